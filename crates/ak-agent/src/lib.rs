@@ -1,0 +1,1 @@
+//! ak-agent: the in-sandbox agent.

@@ -1,0 +1,297 @@
+//! Configuration: the user's config file, the project's `agentkernel.toml`, environment and
+//! flags, merged in one place (flags > environment > project file > user file > profile
+//! defaults) and resolved into a [`SandboxSpec`]. Unknown keys are errors.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::BackendKind;
+use crate::error::ConfigError;
+use crate::image::ImageRef;
+use crate::policy::{NetworkMode, Profile};
+use crate::resources::{parse_cpus, parse_duration, parse_memory, parse_pids};
+use crate::spec::{DEFAULT_WORKDIR, Mount, SandboxSpec, parse_env_entry, validate_sandbox_path};
+
+/// Name of the per-project config file, looked up from the current directory upwards.
+pub const PROJECT_FILE: &str = "agentkernel.toml";
+/// Environment variable naming the user config file (instead of the XDG location).
+pub const USER_CONFIG_ENV: &str = "AGENTKERNEL_CONFIG";
+
+/// One config file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    #[serde(default)]
+    pub sandbox: SandboxOptions,
+}
+
+/// Sandbox settings as the user writes them, in a file or as flags. Every field is optional
+/// so that layers can be merged; [`resolve`] validates them.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxOptions {
+    pub backend: Option<String>,
+    pub image: Option<String>,
+    pub profile: Option<String>,
+    pub memory: Option<String>,
+    pub cpus: Option<f64>,
+    pub pids: Option<u64>,
+    pub timeout: Option<String>,
+    /// `false` gives the sandbox no network whatever its profile says.
+    pub network: Option<bool>,
+    /// `KEY=VALUE` entries; a higher layer's entry replaces a lower one's with the same key.
+    pub env: Option<Vec<String>>,
+    pub workdir: Option<String>,
+    pub mount_cwd: Option<bool>,
+}
+
+impl SandboxOptions {
+    /// `self` over `lower`: each field set here wins; env lists are merged by key.
+    pub fn over(self, lower: SandboxOptions) -> SandboxOptions {
+        let env = match (lower.env, self.env) {
+            (Some(mut base), Some(top)) => {
+                base.extend(top);
+                Some(base)
+            }
+            (base, top) => top.or(base),
+        };
+        SandboxOptions {
+            backend: self.backend.or(lower.backend),
+            image: self.image.or(lower.image),
+            profile: self.profile.or(lower.profile),
+            memory: self.memory.or(lower.memory),
+            cpus: self.cpus.or(lower.cpus),
+            pids: self.pids.or(lower.pids),
+            timeout: self.timeout.or(lower.timeout),
+            network: self.network.or(lower.network),
+            env,
+            workdir: self.workdir.or(lower.workdir),
+            mount_cwd: self.mount_cwd.or(lower.mount_cwd),
+        }
+    }
+}
+
+/// Reads and parses one config file.
+pub fn read_config_file(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_path_buf(),
+        message: e.message().to_string(),
+    })
+}
+
+/// The config files that apply in `cwd`, lowest precedence first.
+pub fn config_files(cwd: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let user = std::env::var_os(USER_CONFIG_ENV)
+        .map(PathBuf::from)
+        .or_else(|| dirs::config_dir().map(|d| d.join("agentkernel").join("config.toml")));
+    // An explicitly named user file must exist; the default location is optional.
+    if let Some(user) = user {
+        if std::env::var_os(USER_CONFIG_ENV).is_some() || user.is_file() {
+            files.push(user);
+        }
+    }
+    if let Some(project) = cwd
+        .ancestors()
+        .map(|dir| dir.join(PROJECT_FILE))
+        .find(|candidate| candidate.is_file())
+    {
+        files.push(project);
+    }
+    files
+}
+
+/// Merges the config files that apply in `cwd` under `flags`.
+pub fn load_options(flags: SandboxOptions, cwd: &Path) -> Result<SandboxOptions, ConfigError> {
+    let mut merged = SandboxOptions::default();
+    for file in config_files(cwd) {
+        merged = read_config_file(&file)?.sandbox.over(merged);
+    }
+    Ok(flags.over(merged))
+}
+
+/// Validates merged options into a complete spec.
+pub fn resolve(options: SandboxOptions, cwd: &Path, id: String) -> Result<SandboxSpec, ConfigError> {
+    let profile: Profile = options.profile.as_deref().unwrap_or("moderate").parse()?;
+    let backend: BackendKind = options.backend.as_deref().unwrap_or("native").parse()?;
+    let image = ImageRef::parse(options.image.as_deref().unwrap_or("host"), cwd)?;
+
+    let mut policy = profile.policy();
+    if options.network == Some(false) {
+        policy.network = NetworkMode::None;
+    } else if options.network == Some(true) {
+        policy.network = NetworkMode::Outbound;
+    }
+
+    let mut resources = profile.default_resources();
+    if let Some(memory) = &options.memory {
+        resources.memory_bytes = parse_memory(memory)?;
+    }
+    if let Some(cpus) = options.cpus {
+        resources.cpus = Some(parse_cpus(cpus)?);
+    }
+    if let Some(pids) = options.pids {
+        resources.pids = parse_pids(pids)?;
+    }
+    let timeout = options.timeout.as_deref().map(parse_duration).transpose()?;
+
+    let mut env: Vec<(String, String)> = Vec::new();
+    for entry in options.env.iter().flatten() {
+        let (key, value) = parse_env_entry(entry)?;
+        env.retain(|(k, _)| *k != key);
+        env.push((key, value));
+    }
+
+    let mut mounts = Vec::new();
+    let mut workdir = PathBuf::from(DEFAULT_WORKDIR);
+    if options.mount_cwd == Some(true) {
+        let host = cwd.canonicalize().map_err(ConfigError::CurrentDir)?;
+        mounts.push(Mount {
+            host: host.clone(),
+            target: host.clone(),
+            writable: true,
+        });
+        workdir = host;
+    }
+    if let Some(dir) = &options.workdir {
+        workdir = validate_sandbox_path(dir)?;
+    }
+
+    Ok(SandboxSpec {
+        hostname: format!("ak-{}", &id[..id.len().min(12)]),
+        id,
+        backend,
+        image,
+        resources,
+        policy,
+        env,
+        workdir,
+        mounts,
+        timeout,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn resolve_default(options: SandboxOptions) -> Result<SandboxSpec, ConfigError> {
+        resolve(options, Path::new("/"), "0123456789abcdef".into())
+    }
+
+    #[test]
+    fn defaults_are_moderate_native_host() {
+        let spec = resolve_default(SandboxOptions::default()).unwrap();
+        assert_eq!(spec.policy.profile, Profile::Moderate);
+        assert_eq!(spec.backend, BackendKind::Native);
+        assert_eq!(spec.image, ImageRef::Host);
+        assert_eq!(spec.workdir, PathBuf::from(DEFAULT_WORKDIR));
+        assert_eq!(spec.hostname, "ak-0123456789ab");
+    }
+
+    #[test]
+    fn flags_override_profile_defaults() {
+        let spec = resolve_default(SandboxOptions {
+            profile: Some("restrictive".into()),
+            memory: Some("64M".into()),
+            pids: Some(32),
+            timeout: Some("2s".into()),
+            network: Some(true),
+            env: Some(vec!["A=1".into(), "A=2".into(), "B=3".into()]),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(spec.resources.memory_bytes, 64 << 20);
+        assert_eq!(spec.resources.pids, 32);
+        assert_eq!(spec.timeout, Some(Duration::from_secs(2)));
+        assert_eq!(spec.policy.network, NetworkMode::Outbound);
+        assert_eq!(
+            spec.env,
+            vec![("A".into(), "2".into()), ("B".into(), "3".into())]
+        );
+    }
+
+    #[test]
+    fn bad_values_are_errors_not_defaults() {
+        let cases = [
+            SandboxOptions {
+                profile: Some("strict".into()),
+                ..Default::default()
+            },
+            SandboxOptions {
+                memory: Some("lots".into()),
+                ..Default::default()
+            },
+            SandboxOptions {
+                backend: Some("vmware".into()),
+                ..Default::default()
+            },
+            SandboxOptions {
+                workdir: Some("../x".into()),
+                ..Default::default()
+            },
+            SandboxOptions {
+                image: Some("/no/such/dir".into()),
+                ..Default::default()
+            },
+        ];
+        for case in cases {
+            assert!(resolve_default(case.clone()).is_err(), "{case:?}");
+        }
+    }
+
+    #[test]
+    fn upper_layer_wins_and_env_merges() {
+        let lower = SandboxOptions {
+            profile: Some("permissive".into()),
+            memory: Some("1G".into()),
+            env: Some(vec!["A=1".into()]),
+            ..Default::default()
+        };
+        let upper = SandboxOptions {
+            profile: Some("restrictive".into()),
+            env: Some(vec!["B=2".into()]),
+            ..Default::default()
+        };
+        let merged = upper.over(lower);
+        assert_eq!(merged.profile.as_deref(), Some("restrictive"));
+        assert_eq!(merged.memory.as_deref(), Some("1G"));
+        assert_eq!(merged.env, Some(vec!["A=1".into(), "B=2".into()]));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_toml_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agentkernel.toml");
+        std::fs::write(&path, "[sandbox]\nprofil = \"moderate\"\n").unwrap();
+        let err = read_config_file(&path).unwrap_err();
+        assert!(err.to_string().contains("profil"), "{err}");
+        std::fs::write(&path, "[sandbox\n").unwrap();
+        assert!(read_config_file(&path).is_err());
+        std::fs::write(&path, "[sandbox]\nmemory = \"256M\"\n").unwrap();
+        assert_eq!(
+            read_config_file(&path).unwrap().sandbox.memory.as_deref(),
+            Some("256M")
+        );
+    }
+
+    #[test]
+    fn project_file_is_found_upwards() {
+        let dir = tempfile::tempdir().unwrap();
+        let nested = dir.path().join("a/b");
+        std::fs::create_dir_all(&nested).unwrap();
+        std::fs::write(
+            dir.path().join(PROJECT_FILE),
+            "[sandbox]\npids = 77\n",
+        )
+        .unwrap();
+        let options = load_options(SandboxOptions::default(), &nested).unwrap();
+        assert_eq!(options.pids, Some(77));
+    }
+}

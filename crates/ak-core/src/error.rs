@@ -1,0 +1,54 @@
+//! Error types shared across crates.
+
+use std::path::PathBuf;
+
+/// Invalid user input: flags, config files, environment.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("unknown profile '{0}' (expected permissive, moderate or restrictive)")]
+    UnknownProfile(String),
+    #[error("unknown backend '{0}' (expected native, gvisor, docker, podman, microvm or apple)")]
+    UnknownBackend(String),
+    #[error("invalid memory size '{0}' (expected a number with an optional unit: 512M, 2G, 1048576)")]
+    InvalidMemory(String),
+    #[error("invalid duration '{0}' (expected e.g. 30s, 5m, 1h30m)")]
+    InvalidDuration(String),
+    #[error("invalid CPU count '{0}' (expected a number greater than 0, at most 1024)")]
+    InvalidCpus(String),
+    #[error("invalid pids limit '{0}' (expected a whole number of at least 1)")]
+    InvalidPids(String),
+    #[error("invalid environment entry '{0}' (expected KEY=VALUE with a non-empty KEY)")]
+    InvalidEnv(String),
+    #[error("invalid path '{path}': {reason}")]
+    InvalidPath { path: String, reason: &'static str },
+    #[error("image directory {0} does not exist or is not a directory")]
+    MissingImageDir(PathBuf),
+    #[error("invalid image '{0}': {1}")]
+    InvalidImage(String, &'static str),
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("cannot use the current directory: {0}")]
+    CurrentDir(std::io::Error),
+}
+
+/// A backend failed to provide, reach or release a sandbox.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    #[error("backend {backend} is not usable here: {reason}")]
+    Unavailable { backend: String, reason: String },
+    #[error("the {backend} backend cannot run this sandbox: {reason}")]
+    Unsupported { backend: String, reason: String },
+    #[error("sandbox set-up failed: {0}")]
+    Setup(String),
+    #[error("cannot reach the sandbox's agent: {0}")]
+    Connect(String),
+    #[error("sandbox tear-down failed: {0}")]
+    Teardown(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}

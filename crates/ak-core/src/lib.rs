@@ -1,0 +1,20 @@
+//! ak-core: the domain types (sandbox spec, resources, security policy, images, state
+//! machine), configuration, and the `Backend` trait that every backend implements.
+
+pub mod backend;
+pub mod config;
+pub mod error;
+pub mod image;
+pub mod policy;
+pub mod resources;
+pub mod spec;
+pub mod state;
+
+pub use ak_protocol::{ExecSpec, ExitStatus, PtySize, StdinMode};
+pub use backend::{Backend, BackendKind, BackendProbe, Sandbox, Transport};
+pub use error::{BackendError, ConfigError};
+pub use image::ImageRef;
+pub use policy::{Capability, NetworkMode, Profile, SecurityPolicy};
+pub use resources::Resources;
+pub use spec::{Mount, SandboxSpec};
+pub use state::SandboxState;

@@ -1,0 +1,69 @@
+//! The lifecycle of a named sandbox and the transitions it allows.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SandboxState {
+    Creating,
+    Running,
+    Stopped,
+    Removed,
+    Failed,
+}
+
+impl SandboxState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SandboxState::Creating => "creating",
+            SandboxState::Running => "running",
+            SandboxState::Stopped => "stopped",
+            SandboxState::Removed => "removed",
+            SandboxState::Failed => "failed",
+        }
+    }
+
+    /// Whether a sandbox in this state may move to `next`.
+    pub fn can_become(self, next: SandboxState) -> bool {
+        use SandboxState::*;
+        matches!(
+            (self, next),
+            (Creating, Running | Stopped | Failed)
+                | (Running, Stopped | Failed)
+                | (Stopped, Running | Removed | Failed)
+                | (Failed, Removed)
+        )
+    }
+}
+
+impl fmt::Display for SandboxState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::SandboxState::*;
+
+    #[test]
+    fn allowed_transitions() {
+        assert!(Creating.can_become(Running));
+        assert!(Running.can_become(Stopped));
+        assert!(Stopped.can_become(Running));
+        assert!(Stopped.can_become(Removed));
+        assert!(Failed.can_become(Removed));
+    }
+
+    #[test]
+    fn forbidden_transitions() {
+        assert!(!Running.can_become(Removed));
+        assert!(!Removed.can_become(Running));
+        assert!(!Removed.can_become(Removed));
+        assert!(!Failed.can_become(Running));
+        assert!(!Stopped.can_become(Stopped));
+    }
+}

@@ -1,0 +1,410 @@
+//! The host-side client of the agent: one connection, many concurrent requests.
+//!
+//! A background task reads events and routes them by request id to the waiting caller, so
+//! several execs and file transfers share one connection without blocking each other's
+//! control requests.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+
+use serde_bytes::ByteBuf;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+
+use crate::error::ProtocolError;
+use crate::frame::{FrameReader, FrameWriter, MAX_CHUNK_LEN};
+use crate::handshake::{Negotiated, client_handshake};
+use crate::message::{
+    AgentError, ErrorKind, Event, ExecSpec, ExitStatus, FileStat, PtySize, Reply, Request,
+    RequestId,
+};
+
+type BoxedWriter = Box<dyn AsyncWrite + Send + Unpin>;
+
+/// Events buffered per request before the reader waits for the caller to catch up.
+const ROUTE_CAPACITY: usize = 64;
+
+/// A connected, handshaken agent.
+#[derive(Clone)]
+pub struct AgentClient {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for AgentClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentClient")
+            .field("negotiated", &self.shared.negotiated)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Shared {
+    writer: tokio::sync::Mutex<FrameWriter<BoxedWriter>>,
+    routes: Mutex<Routes>,
+    next_id: AtomicU32,
+    negotiated: Negotiated,
+}
+
+#[derive(Default)]
+struct Routes {
+    by_id: HashMap<RequestId, mpsc::Sender<Event>>,
+    /// Set once the reader stopped; no new request can be routed after that.
+    closed: bool,
+}
+
+impl AgentClient {
+    /// Performs the handshake over `stream` and starts routing events.
+    pub async fn connect<S>(stream: S, software: String) -> Result<Self, ProtocolError>
+    where
+        S: AsyncRead + AsyncWrite + Send + 'static,
+    {
+        let (read_half, write_half) = tokio::io::split(stream);
+        let mut reader = FrameReader::new(read_half);
+        let mut writer = FrameWriter::new(Box::new(write_half) as BoxedWriter);
+        let negotiated = client_handshake(&mut reader, &mut writer, software).await?;
+        let shared = Arc::new(Shared {
+            writer: tokio::sync::Mutex::new(writer),
+            routes: Mutex::new(Routes::default()),
+            next_id: AtomicU32::new(1),
+            negotiated,
+        });
+        tokio::spawn(route_events(reader, Arc::downgrade(&shared)));
+        Ok(AgentClient { shared })
+    }
+
+    /// The protocol version and agent software settled by the handshake.
+    pub fn negotiated(&self) -> &Negotiated {
+        &self.shared.negotiated
+    }
+
+    /// True once the connection to the agent has ended.
+    pub fn is_closed(&self) -> bool {
+        lock(&self.shared.routes).closed
+    }
+
+    /// Starts a command. Its events arrive through the returned handle.
+    pub async fn exec(&self, spec: ExecSpec) -> Result<ExecHandle, ProtocolError> {
+        let (id, events) = self.register()?;
+        if let Err(e) = self.send(&Request::Exec { id, spec }).await {
+            self.unregister(id);
+            return Err(e);
+        }
+        Ok(ExecHandle {
+            control: ExecControl {
+                client: self.clone(),
+                id,
+            },
+            events,
+            finished: false,
+        })
+    }
+
+    /// Round trip to the agent; returns the agent's software version.
+    pub async fn ping(&self) -> Result<String, ProtocolError> {
+        match self.call(|id| Request::Ping { id }).await? {
+            Reply::Pong { agent_version } => Ok(agent_version),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Reads a whole file, refusing files larger than `max_bytes`.
+    pub async fn read_file(&self, path: &str, max_bytes: u64) -> Result<Vec<u8>, ProtocolError> {
+        let (id, mut events) = self.register()?;
+        let request = Request::ReadFile {
+            id,
+            path: path.to_string(),
+            max_bytes,
+        };
+        if let Err(e) = self.send(&request).await {
+            self.unregister(id);
+            return Err(e);
+        }
+        let mut content = Vec::new();
+        loop {
+            match events.recv().await.ok_or(ProtocolError::Closed)? {
+                Event::FileData { data, .. } => {
+                    if content.len() as u64 + data.len() as u64 > max_bytes {
+                        self.unregister(id);
+                        return Err(AgentError::new(
+                            ErrorKind::TooLarge,
+                            format!("{path} is larger than {max_bytes} bytes"),
+                        )
+                        .into());
+                    }
+                    content.extend_from_slice(&data);
+                }
+                Event::Done { result, .. } => {
+                    return match result? {
+                        Reply::FileEnd { .. } => Ok(content),
+                        other => Err(unexpected(&other)),
+                    };
+                }
+                other => return Err(ProtocolError::Unexpected(format!("{other:?}"))),
+            }
+        }
+    }
+
+    /// Writes a whole file atomically: readers see the old file or the new one, never a part.
+    pub async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), ProtocolError> {
+        let (id, mut events) = self.register()?;
+        let sent = async {
+            self.send(&Request::WriteBegin {
+                id,
+                path: path.to_string(),
+                mode,
+            })
+            .await?;
+            for chunk in data.chunks(MAX_CHUNK_LEN) {
+                self.send(&Request::WriteChunk {
+                    id,
+                    data: ByteBuf::from(chunk.to_vec()),
+                })
+                .await?;
+            }
+            self.send(&Request::WriteCommit { id }).await
+        }
+        .await;
+        if let Err(e) = sent {
+            self.unregister(id);
+            return Err(e);
+        }
+        match events.recv().await.ok_or(ProtocolError::Closed)? {
+            Event::Done { result, .. } => result.map(|_| ()).map_err(Into::into),
+            other => Err(ProtocolError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    pub async fn list_dir(&self, path: &str) -> Result<Vec<FileStat>, ProtocolError> {
+        let path = path.to_string();
+        match self.call(|id| Request::ListDir { id, path }).await? {
+            Reply::Entries(entries) => Ok(entries),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn stat(&self, path: &str) -> Result<FileStat, ProtocolError> {
+        let path = path.to_string();
+        match self.call(|id| Request::Stat { id, path }).await? {
+            Reply::Stat(stat) => Ok(stat),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), ProtocolError> {
+        let path = path.to_string();
+        self.call(|id| Request::Remove {
+            id,
+            path,
+            recursive,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    pub async fn mkdir(&self, path: &str, parents: bool, mode: u32) -> Result<(), ProtocolError> {
+        let path = path.to_string();
+        self.call(|id| Request::Mkdir {
+            id,
+            path,
+            parents,
+            mode,
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Asks the agent to kill every command and exit, which ends the sandbox.
+    pub async fn shutdown(&self) -> Result<(), ProtocolError> {
+        match self.call(|id| Request::Shutdown { id }).await {
+            Ok(_) | Err(ProtocolError::Closed) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn call(&self, make: impl FnOnce(RequestId) -> Request) -> Result<Reply, ProtocolError> {
+        let (id, mut events) = self.register()?;
+        if let Err(e) = self.send(&make(id)).await {
+            self.unregister(id);
+            return Err(e);
+        }
+        match events.recv().await.ok_or(ProtocolError::Closed)? {
+            Event::Done { result, .. } => result.map_err(Into::into),
+            other => Err(ProtocolError::Unexpected(format!("{other:?}"))),
+        }
+    }
+
+    fn register(&self) -> Result<(RequestId, mpsc::Receiver<Event>), ProtocolError> {
+        let (tx, rx) = mpsc::channel(ROUTE_CAPACITY);
+        let mut routes = lock(&self.shared.routes);
+        if routes.closed {
+            return Err(ProtocolError::Closed);
+        }
+        loop {
+            let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
+            if id != 0 && !routes.by_id.contains_key(&id) {
+                routes.by_id.insert(id, tx);
+                return Ok((id, rx));
+            }
+        }
+    }
+
+    fn unregister(&self, id: RequestId) {
+        lock(&self.shared.routes).by_id.remove(&id);
+    }
+
+    async fn send(&self, request: &Request) -> Result<(), ProtocolError> {
+        self.shared.writer.lock().await.write(request).await
+    }
+}
+
+fn lock(routes: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
+    // A panic while holding this lock leaves the map consistent (single inserts/removes).
+    routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn unexpected(reply: &Reply) -> ProtocolError {
+    ProtocolError::Unexpected(format!("{reply:?}"))
+}
+
+/// Reads events until the connection ends, handing each to the request it belongs to.
+async fn route_events<R: AsyncRead + Unpin>(
+    mut reader: FrameReader<R>,
+    shared: std::sync::Weak<Shared>,
+) {
+    loop {
+        let event = match reader.read::<Event>().await {
+            Ok(Some(event)) => event,
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!("agent connection failed: {e}");
+                break;
+            }
+        };
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let id = event.id();
+        let terminal = matches!(event, Event::Exited { .. } | Event::Done { .. });
+        let route = {
+            let mut routes = lock(&shared.routes);
+            if terminal {
+                routes.by_id.remove(&id)
+            } else {
+                routes.by_id.get(&id).cloned()
+            }
+        };
+        match route {
+            // A receiver that went away just means nobody waits for this request any more.
+            Some(tx) => {
+                let _ = tx.send(event).await;
+            }
+            None => tracing::debug!(id, "event for a request nobody waits for"),
+        }
+    }
+    if let Some(shared) = shared.upgrade() {
+        let mut routes = lock(&shared.routes);
+        routes.closed = true;
+        routes.by_id.clear();
+    }
+}
+
+/// What happened to a running command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExecEvent {
+    Started { pid: u32 },
+    Stdout(Vec<u8>),
+    Stderr(Vec<u8>),
+    Exited { status: ExitStatus, timed_out: bool },
+}
+
+/// A running command: its events, and control over it.
+#[derive(Debug)]
+pub struct ExecHandle {
+    control: ExecControl,
+    events: mpsc::Receiver<Event>,
+    finished: bool,
+}
+
+impl ExecHandle {
+    /// The next event; `Ok(None)` after `Exited`. A command that could not start yields
+    /// its `AgentError`; a lost connection yields `ProtocolError::Closed`.
+    pub async fn next_event(&mut self) -> Result<Option<ExecEvent>, ProtocolError> {
+        if self.finished {
+            return Ok(None);
+        }
+        loop {
+            let Some(event) = self.events.recv().await else {
+                self.finished = true;
+                return Err(ProtocolError::Closed);
+            };
+            return Ok(Some(match event {
+                Event::Started { pid, .. } => ExecEvent::Started { pid },
+                Event::Stdout { data, .. } => ExecEvent::Stdout(data.into_vec()),
+                Event::Stderr { data, .. } => ExecEvent::Stderr(data.into_vec()),
+                Event::Exited {
+                    status, timed_out, ..
+                } => {
+                    self.finished = true;
+                    ExecEvent::Exited { status, timed_out }
+                }
+                Event::Done {
+                    result: Err(error), ..
+                } => {
+                    self.finished = true;
+                    return Err(error.into());
+                }
+                other => {
+                    tracing::debug!(?other, "ignoring an event that does not belong to an exec");
+                    continue;
+                }
+            }));
+        }
+    }
+
+    /// A cloneable handle to send stdin, signals and resizes while events are read.
+    pub fn control(&self) -> ExecControl {
+        self.control.clone()
+    }
+}
+
+/// Sends input and control requests to one running command.
+#[derive(Debug, Clone)]
+pub struct ExecControl {
+    client: AgentClient,
+    id: RequestId,
+}
+
+impl ExecControl {
+    pub async fn write_stdin(&self, data: &[u8]) -> Result<(), ProtocolError> {
+        for chunk in data.chunks(MAX_CHUNK_LEN) {
+            self.client
+                .send(&Request::Stdin {
+                    id: self.id,
+                    data: ByteBuf::from(chunk.to_vec()),
+                })
+                .await?;
+        }
+        Ok(())
+    }
+
+    pub async fn close_stdin(&self) -> Result<(), ProtocolError> {
+        self.client.send(&Request::CloseStdin { id: self.id }).await
+    }
+
+    /// Sends `signal` to the command's whole process group.
+    pub async fn signal(&self, signal: i32) -> Result<(), ProtocolError> {
+        self.client
+            .send(&Request::Signal {
+                id: self.id,
+                signal,
+            })
+            .await
+    }
+
+    pub async fn resize(&self, size: PtySize) -> Result<(), ProtocolError> {
+        self.client
+            .send(&Request::Resize { id: self.id, size })
+            .await
+    }
+}
