@@ -11,7 +11,7 @@ use crate::error::{BackendError, ConfigError};
 use crate::spec::SandboxSpec;
 
 /// The backends agentkernel knows, weakest isolation first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendKind {
     Native,
@@ -97,5 +97,13 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     async fn connect(&mut self) -> Result<Box<dyn Transport>, BackendError>;
 
     /// Ends every process and releases every host resource. Safe to call again.
-    async fn destroy(&mut self) -> Result<(), BackendError>;
+    async fn destroy(&mut self) -> Result<SandboxUsage, BackendError>;
+}
+
+/// What a sandbox consumed, as far as the backend can tell.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxUsage {
+    pub peak_memory_bytes: Option<u64>,
+    /// The kernel killed a process of the sandbox for exceeding its memory limit.
+    pub oom_killed: bool,
 }

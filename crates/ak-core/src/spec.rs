@@ -43,6 +43,11 @@ pub struct SandboxSpec {
     pub hostname: String,
 }
 
+/// A fresh, unique sandbox id (32 lowercase hex digits).
+pub fn new_sandbox_id() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
 /// Parses `KEY=VALUE`. The key must be non-empty and neither part may hold a NUL byte.
 pub fn parse_env_entry(entry: &str) -> Result<(String, String), ConfigError> {
     let invalid = || ConfigError::InvalidEnv(entry.to_string());

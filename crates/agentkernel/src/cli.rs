@@ -1,0 +1,96 @@
+//! Command-line arguments. Parsing only: validation and defaults live in `ak-core`.
+
+use ak_core::config::SandboxOptions;
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "agentkernel", version, about = "Run AI agents' commands in isolated sandboxes")]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); AGENTKERNEL_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a command in a fresh sandbox, stream its output, exit with its exit code.
+    Run(RunArgs),
+    /// Show which backends work here, and why the others do not.
+    Status(StatusArgs),
+}
+
+/// Sandbox settings shared by every command that makes a sandbox.
+#[derive(Debug, Args)]
+pub struct SandboxArgs {
+    /// Backend: native, gvisor, docker, podman, microvm, apple.
+    #[arg(long, env = "AGENTKERNEL_BACKEND")]
+    pub backend: Option<String>,
+    /// Image: `host` (the host's root, read-only), a directory, or an OCI image name.
+    #[arg(long, env = "AGENTKERNEL_IMAGE")]
+    pub image: Option<String>,
+    /// Security profile: permissive, moderate (default) or restrictive.
+    #[arg(long, env = "AGENTKERNEL_PROFILE")]
+    pub profile: Option<String>,
+    /// No network at all (only loopback), whatever the profile allows.
+    #[arg(long)]
+    pub no_network: bool,
+    /// Memory limit, e.g. 512M or 2G.
+    #[arg(long)]
+    pub memory: Option<String>,
+    /// CPU limit in CPUs, e.g. 1 or 0.5.
+    #[arg(long)]
+    pub cpus: Option<f64>,
+    /// Maximum number of processes and threads.
+    #[arg(long)]
+    pub pids: Option<u64>,
+    /// Wall-clock limit, e.g. 30s or 5m; the command and all it started are killed after it.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// Environment variable for the command (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox (default /workspace, or the current directory
+    /// with --mount-cwd).
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// Bind the current directory read-write at the same path inside the sandbox.
+    #[arg(long)]
+    pub mount_cwd: bool,
+}
+
+impl SandboxArgs {
+    /// The flags as the top configuration layer (unset flags leave lower layers alone).
+    pub fn options(&self) -> SandboxOptions {
+        SandboxOptions {
+            backend: self.backend.clone(),
+            image: self.image.clone(),
+            profile: self.profile.clone(),
+            memory: self.memory.clone(),
+            cpus: self.cpus,
+            pids: self.pids,
+            timeout: self.timeout.clone(),
+            network: self.no_network.then_some(false),
+            env: (!self.env.is_empty()).then(|| self.env.clone()),
+            workdir: self.workdir.clone(),
+            mount_cwd: self.mount_cwd.then_some(true),
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}

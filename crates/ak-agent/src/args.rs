@@ -1,0 +1,167 @@
+//! Command-line parsing, by hand: the agent starts on every sandbox run and must stay small.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// Printed with every argument error.
+pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH) [--workdir DIR]";
+
+/// Where the host's connections come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// One already connected Unix stream socket, inherited as this file descriptor.
+    Fd(i32),
+    /// A Unix socket listener to create at this path; every connection is served.
+    Listen(PathBuf),
+}
+
+/// The parsed command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Args {
+    pub(crate) mode: Mode,
+    pub(crate) workdir: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum ArgsError {
+    #[error("help requested")]
+    Help,
+    #[error("unknown argument {0:?}")]
+    Unknown(String),
+    #[error("{0} needs a value")]
+    MissingValue(&'static str),
+    #[error("{0} given more than once")]
+    Repeated(&'static str),
+    #[error("--fd needs a non-negative file descriptor number, not {0:?}")]
+    BadFd(String),
+    #[error("{0} is not valid UTF-8")]
+    NotUtf8(&'static str),
+    #[error("--fd and --listen cannot be used together")]
+    BothModes,
+    #[error("one of --fd N or --listen PATH is required")]
+    NoMode,
+}
+
+/// Parses the arguments after the program name.
+pub(crate) fn parse<I>(args: I) -> Result<Args, ArgsError>
+where
+    I: IntoIterator<Item = OsString>,
+{
+    let mut args = args.into_iter();
+    let mut fd = None;
+    let mut listen = None;
+    let mut workdir = None;
+    while let Some(arg) = args.next() {
+        let text = arg
+            .to_str()
+            .ok_or_else(|| ArgsError::Unknown(arg.to_string_lossy().into_owned()))?;
+        // Both `--opt value` and `--opt=value` are accepted.
+        let (name, inline) = match text.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => (name, Some(OsString::from(value))),
+            _ => (text, None),
+        };
+        let mut value = |option: &'static str| {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or(ArgsError::MissingValue(option))
+        };
+        match name {
+            "-h" | "--help" => return Err(ArgsError::Help),
+            "--fd" => {
+                let raw = value("--fd")?;
+                let raw = raw.to_str().ok_or(ArgsError::NotUtf8("--fd"))?;
+                let number = raw
+                    .parse::<i32>()
+                    .ok()
+                    .filter(|n| *n >= 0)
+                    .ok_or_else(|| ArgsError::BadFd(raw.to_string()))?;
+                set_once(&mut fd, number, "--fd")?;
+            }
+            "--listen" => set_once(&mut listen, PathBuf::from(value("--listen")?), "--listen")?,
+            "--workdir" => {
+                set_once(&mut workdir, PathBuf::from(value("--workdir")?), "--workdir")?;
+            }
+            _ => return Err(ArgsError::Unknown(text.to_string())),
+        }
+    }
+    let mode = match (fd, listen) {
+        (Some(fd), None) => Mode::Fd(fd),
+        (None, Some(path)) => Mode::Listen(path),
+        (Some(_), Some(_)) => return Err(ArgsError::BothModes),
+        (None, None) => return Err(ArgsError::NoMode),
+    };
+    Ok(Args { mode, workdir })
+}
+
+fn set_once<T>(slot: &mut Option<T>, value: T, option: &'static str) -> Result<(), ArgsError> {
+    if slot.replace(value).is_some() {
+        return Err(ArgsError::Repeated(option));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_strs(args: &[&str]) -> Result<Args, ArgsError> {
+        parse(args.iter().map(OsString::from))
+    }
+
+    #[test]
+    fn fd_mode() {
+        let args = parse_strs(&["--fd", "3"]).unwrap();
+        assert_eq!(args.mode, Mode::Fd(3));
+        assert_eq!(args.workdir, None);
+    }
+
+    #[test]
+    fn listen_mode_with_workdir_in_both_spellings() {
+        let args = parse_strs(&["--listen=/run/ak.sock", "--workdir", "/work"]).unwrap();
+        assert_eq!(args.mode, Mode::Listen("/run/ak.sock".into()));
+        assert_eq!(args.workdir, Some("/work".into()));
+        let args = parse_strs(&["--workdir=/w", "--listen", "/s"]).unwrap();
+        assert_eq!(args.mode, Mode::Listen("/s".into()));
+        assert_eq!(args.workdir, Some("/w".into()));
+    }
+
+    #[test]
+    fn bad_arguments_are_refused() {
+        assert_eq!(parse_strs(&[]), Err(ArgsError::NoMode));
+        assert_eq!(
+            parse_strs(&["--fd", "3", "--listen", "/s"]),
+            Err(ArgsError::BothModes)
+        );
+        assert_eq!(parse_strs(&["--fd"]), Err(ArgsError::MissingValue("--fd")));
+        assert_eq!(
+            parse_strs(&["--fd", "-1"]),
+            Err(ArgsError::BadFd("-1".into()))
+        );
+        assert_eq!(
+            parse_strs(&["--fd", "x"]),
+            Err(ArgsError::BadFd("x".into()))
+        );
+        assert_eq!(
+            parse_strs(&["--fd", "3", "--fd", "4"]),
+            Err(ArgsError::Repeated("--fd"))
+        );
+        assert_eq!(
+            parse_strs(&["--fd", "3", "--verbose"]),
+            Err(ArgsError::Unknown("--verbose".into()))
+        );
+        assert_eq!(
+            parse_strs(&["--workdir"]),
+            Err(ArgsError::MissingValue("--workdir"))
+        );
+        assert_eq!(parse_strs(&["-h"]), Err(ArgsError::Help));
+    }
+
+    #[test]
+    fn non_utf8_paths_are_kept() {
+        use std::os::unix::ffi::OsStringExt;
+        let path = OsString::from_vec(b"/tmp/\xff.sock".to_vec());
+        let args = parse([OsString::from("--listen"), path.clone()]).unwrap();
+        assert_eq!(args.mode, Mode::Listen(PathBuf::from(path)));
+    }
+}

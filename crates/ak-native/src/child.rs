@@ -1,0 +1,310 @@
+//! Code that runs in the sandbox's first process between `clone3` and `execveat` of the
+//! agent. It must not allocate, lock or panic (it is a raw copy of a possibly
+//! multi-threaded parent), so it only reads the prepared [`ChildPlan`] and makes system
+//! calls; the first failure is reported to the parent as `(step, errno)`.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+use seccompiler::BpfProgram;
+
+use crate::landlock::{LandlockPlan, errno};
+use crate::plan::Op;
+
+/// Steps after the mount ops; their numbers follow the ops' indices.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u32)]
+pub(crate) enum Step {
+    Sync = 1_000_000,
+    Credentials,
+    CgroupNamespace,
+    Propagation,
+    PivotRoot,
+    Hostname,
+    Loopback,
+    Rlimits,
+    Descriptors,
+    Landlock,
+    Capabilities,
+    NoNewPrivs,
+    Seccomp,
+    Exec,
+}
+
+impl Step {
+    pub(crate) const ALL: [Step; 14] = [
+        Step::Sync,
+        Step::Credentials,
+        Step::CgroupNamespace,
+        Step::Propagation,
+        Step::PivotRoot,
+        Step::Hostname,
+        Step::Loopback,
+        Step::Rlimits,
+        Step::Descriptors,
+        Step::Landlock,
+        Step::Capabilities,
+        Step::NoNewPrivs,
+        Step::Seccomp,
+        Step::Exec,
+    ];
+
+    pub(crate) fn describe(code: u32, ops: &[Op]) -> String {
+        if let Some(op) = ops.get(code as usize) {
+            return op.describe();
+        }
+        match Step::ALL.iter().find(|s| **s as u32 == code) {
+            Some(Step::Sync) => "wait for the parent".into(),
+            Some(Step::Credentials) => "become root of the user namespace".into(),
+            Some(Step::CgroupNamespace) => "enter a cgroup namespace".into(),
+            Some(Step::Propagation) => "make mounts private".into(),
+            Some(Step::PivotRoot) => "pivot_root into the sandbox root".into(),
+            Some(Step::Hostname) => "set the hostname".into(),
+            Some(Step::Loopback) => "bring up loopback".into(),
+            Some(Step::Rlimits) => "set resource limits".into(),
+            Some(Step::Descriptors) => "set up file descriptors".into(),
+            Some(Step::Landlock) => "apply landlock rules".into(),
+            Some(Step::Capabilities) => "drop capabilities".into(),
+            Some(Step::NoNewPrivs) => "set no_new_privs".into(),
+            Some(Step::Seccomp) => "install the seccomp filter".into(),
+            Some(Step::Exec) => "execute the agent".into(),
+            None => format!("unknown step {code}"),
+        }
+    }
+}
+
+/// Everything the child needs, built by the parent before `clone3`.
+#[derive(Debug)]
+pub(crate) struct ChildPlan {
+    pub ops: Vec<Op>,
+    pub new_root: CString,
+    pub hostname: CString,
+    /// Root callers may drop the host's supplementary groups; unprivileged ones cannot.
+    pub drop_groups: bool,
+    pub cgroup_namespace: bool,
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    pub landlock: Option<LandlockPlan>,
+    pub seccomp: Vec<BpfProgram>,
+    /// Capabilities removed from the bounding set.
+    pub drop_caps: Vec<u32>,
+    pub agent_fd: RawFd,
+    /// The agent's end of the control socket; left open across exec.
+    pub socket_fd: RawFd,
+    pub sync_fd: RawFd,
+    pub error_fd: RawFd,
+    pub dev_null: CString,
+    pub root_dir: CString,
+    pub dot: CString,
+    pub empty: CString,
+    pub argv: Vec<*const libc::c_char>,
+    pub envp: Vec<*const libc::c_char>,
+}
+
+// SAFETY: the raw pointers point into CStrings owned by the same spawn call, which outlive
+// every use; the plan is only read.
+unsafe impl Send for ChildPlan {}
+unsafe impl Sync for ChildPlan {}
+
+/// Runs the plan and executes the agent; never returns.
+pub(crate) fn run(plan: &ChildPlan) -> ! {
+    let (step, error) = match steps(plan) {
+        Ok(never) => match never {},
+        Err(failure) => failure,
+    };
+    let mut report = [0u8; 8];
+    report[..4].copy_from_slice(&step.to_le_bytes());
+    report[4..].copy_from_slice(&error.to_le_bytes());
+    // SAFETY: writing a stack buffer to our error pipe, then leaving without unwinding.
+    unsafe {
+        libc::write(plan.error_fd, report.as_ptr().cast(), report.len());
+        libc::_exit(125)
+    }
+}
+
+enum Never {}
+
+fn check(step: Step, ret: libc::c_long) -> Result<(), (u32, i32)> {
+    if ret < 0 { Err((step as u32, errno())) } else { Ok(()) }
+}
+
+fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
+    // SAFETY (whole function): plain system calls on NUL-terminated strings and stack
+    // buffers prepared by the parent; nothing here allocates.
+    unsafe {
+        let mut byte = 0u8;
+        if libc::read(plan.sync_fd, (&mut byte as *mut u8).cast(), 1) != 1 {
+            return Err((Step::Sync as u32, libc::EPIPE));
+        }
+        libc::close(plan.sync_fd);
+
+        if plan.drop_groups {
+            check(Step::Credentials, libc::setgroups(0, std::ptr::null()) as libc::c_long)?;
+        }
+        check(Step::Credentials, libc::setresgid(0, 0, 0) as libc::c_long)?;
+        check(Step::Credentials, libc::setresuid(0, 0, 0) as libc::c_long)?;
+        if plan.cgroup_namespace {
+            check(Step::CgroupNamespace, libc::unshare(libc::CLONE_NEWCGROUP) as libc::c_long)?;
+        }
+        check(
+            Step::Propagation,
+            libc::mount(std::ptr::null(), plan.root_dir.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) as libc::c_long,
+        )?;
+
+        for (index, op) in plan.ops.iter().enumerate() {
+            run_op(op).map_err(|e| (index as u32, e))?;
+        }
+
+        check(Step::PivotRoot, libc::chdir(plan.new_root.as_ptr()) as libc::c_long)?;
+        check(Step::PivotRoot, libc::syscall(libc::SYS_pivot_root, plan.dot.as_ptr(), plan.dot.as_ptr()))?;
+        check(Step::PivotRoot, libc::umount2(plan.dot.as_ptr(), libc::MNT_DETACH) as libc::c_long)?;
+        check(Step::PivotRoot, libc::chdir(plan.root_dir.as_ptr()) as libc::c_long)?;
+
+        let hostname = plan.hostname.as_bytes();
+        check(Step::Hostname, libc::sethostname(hostname.as_ptr().cast(), hostname.len()) as libc::c_long)?;
+        loopback_up().map_err(|e| (Step::Loopback as u32, e))?;
+
+        for &(resource, limit) in &plan.rlimits {
+            let value = libc::rlimit { rlim_cur: limit, rlim_max: limit };
+            check(Step::Rlimits, libc::setrlimit(resource, &value) as libc::c_long)?;
+        }
+
+        // Standard input and output of the agent are /dev/null; stderr stays the caller's,
+        // for the agent's own diagnostics. Every other inherited descriptor closes at exec.
+        let null = libc::open(plan.dev_null.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
+        check(Step::Descriptors, null as libc::c_long)?;
+        check(Step::Descriptors, libc::dup2(null, 0) as libc::c_long)?;
+        check(Step::Descriptors, libc::dup2(null, 1) as libc::c_long)?;
+        libc::close(null);
+        check(Step::Descriptors, libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC))?;
+        check(Step::Descriptors, libc::fcntl(plan.socket_fd, libc::F_SETFD, 0) as libc::c_long)?;
+
+        check(Step::NoNewPrivs, libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)?;
+        if let Some(landlock) = &plan.landlock {
+            landlock.apply().map_err(|e| (Step::Landlock as u32, e))?;
+        }
+        for &cap in &plan.drop_caps {
+            check(Step::Capabilities, libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) as libc::c_long)?;
+        }
+        check(
+            Step::Capabilities,
+            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) as libc::c_long,
+        )?;
+        for program in &plan.seccomp {
+            let fprog = libc::sock_fprog {
+                len: program.len() as u16,
+                filter: program.as_ptr() as *mut libc::sock_filter,
+            };
+            check(Step::Seccomp, libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0u32, &fprog as *const libc::sock_fprog))?;
+        }
+
+        let mut empty_set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut empty_set);
+        libc::sigprocmask(libc::SIG_SETMASK, &empty_set, std::ptr::null_mut());
+        libc::syscall(
+            libc::SYS_execveat,
+            plan.agent_fd,
+            plan.empty.as_ptr(),
+            plan.argv.as_ptr(),
+            plan.envp.as_ptr(),
+            libc::AT_EMPTY_PATH,
+        );
+        Err((Step::Exec as u32, errno()))
+    }
+}
+
+fn run_op(op: &Op) -> Result<(), i32> {
+    // SAFETY: system calls on NUL-terminated strings owned by the plan.
+    unsafe {
+        let ret = match op {
+            Op::Mkdir { path } => {
+                if libc::mkdir(path.as_ptr(), 0o755) < 0 && errno() != libc::EEXIST {
+                    return Err(errno());
+                }
+                0
+            }
+            Op::Symlink { target, link } => {
+                if libc::symlink(target.as_ptr(), link.as_ptr()) < 0 && errno() != libc::EEXIST {
+                    return Err(errno());
+                }
+                0
+            }
+            Op::Touch { path } => {
+                let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
+                if fd < 0 {
+                    return Err(errno());
+                }
+                libc::close(fd)
+            }
+            Op::Mount { source, target, fstype, flags, data } => libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                *flags,
+                data.as_ptr().cast(),
+            ),
+            Op::Bind { source, target, attrs } => {
+                if libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) < 0 {
+                    return Err(errno());
+                }
+                return set_attr(target, *attrs, libc::AT_RECURSIVE as u32);
+            }
+            Op::SetAttr { target, attrs } => return set_attr(target, *attrs, 0),
+        };
+        if ret < 0 { Err(errno()) } else { Ok(()) }
+    }
+}
+
+/// `struct mount_attr` of `mount_setattr(2)`.
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+fn set_attr(target: &CString, attrs: u64, flags: u32) -> Result<(), i32> {
+    let attr = MountAttr {
+        attr_set: attrs,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    // SAFETY: valid path and mount_attr of the size passed.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            target.as_ptr(),
+            flags,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if ret < 0 { Err(errno()) } else { Ok(()) }
+}
+
+/// Sets IFF_UP on `lo` in the sandbox's new network namespace.
+fn loopback_up() -> Result<(), i32> {
+    // SAFETY: ioctls on a socket we own, with a zeroed, properly sized ifreq.
+    unsafe {
+        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if sock < 0 {
+            return Err(errno());
+        }
+        let mut request: libc::ifreq = std::mem::zeroed();
+        request.ifr_name[0] = b'l' as libc::c_char;
+        request.ifr_name[1] = b'o' as libc::c_char;
+        let mut result = Ok(());
+        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut request) < 0 {
+            result = Err(errno());
+        } else {
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            if libc::ioctl(sock, libc::SIOCSIFFLAGS, &request) < 0 {
+                result = Err(errno());
+            }
+        }
+        libc::close(sock);
+        result
+    }
+}

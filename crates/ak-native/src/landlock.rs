@@ -1,0 +1,180 @@
+//! Landlock rules for a sandbox, prepared in the parent and applied by the child with raw
+//! system calls. The `landlock` crate allocates while building a ruleset, which the
+//! child of a raw `clone3` must not do (see `plan.rs`), so the few structures are here.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+
+use ak_core::SandboxSpec;
+
+use crate::error::NativeError;
+use crate::plan::cstring;
+
+const EXECUTE: u64 = 1 << 0;
+const WRITE_FILE: u64 = 1 << 1;
+const READ_FILE: u64 = 1 << 2;
+const READ_DIR: u64 = 1 << 3;
+const TRUNCATE: u64 = 1 << 14;
+const IOCTL_DEV: u64 = 1 << 15;
+
+const RULE_PATH_BENEATH: libc::c_int = 1;
+const CREATE_RULESET_VERSION: u32 = 1 << 0;
+
+/// `struct landlock_ruleset_attr`, first field only (valid for every ABI).
+#[repr(C)]
+struct RulesetAttr {
+    handled_access_fs: u64,
+}
+
+/// `struct landlock_path_beneath_attr` (packed in the kernel's UAPI).
+#[repr(C, packed)]
+struct PathBeneathAttr {
+    allowed_access: u64,
+    parent_fd: i32,
+}
+
+/// The landlock ABI version of the running kernel, or `None` without landlock.
+pub fn abi_version() -> Option<u32> {
+    // SAFETY: a version query takes no attribute pointer and size 0.
+    let version = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<RulesetAttr>(),
+            0usize,
+            CREATE_RULESET_VERSION,
+        )
+    };
+    (version > 0).then_some(version as u32)
+}
+
+/// File-system rights the kernel of `abi` knows: every one of them is restricted.
+fn handled_access(abi: u32) -> u64 {
+    match abi {
+        1 => (1 << 13) - 1,
+        2 => (1 << 14) - 1,
+        3 | 4 => (1 << 15) - 1,
+        _ => (1 << 16) - 1,
+    }
+}
+
+/// Rules to apply in the child, after `pivot_root`.
+#[derive(Debug)]
+pub(crate) struct LandlockPlan {
+    handled: u64,
+    /// Paths inside the sandbox and the rights granted beneath them.
+    rules: Vec<(CString, u64)>,
+    /// The agent binary (outside the sandbox's tree) may be executed once, by the child.
+    agent_fd: RawFd,
+}
+
+impl LandlockPlan {
+    pub(crate) fn new(spec: &SandboxSpec, abi: u32, agent_fd: RawFd) -> Result<Self, NativeError> {
+        let handled = handled_access(abi);
+        let read_only = EXECUTE | READ_FILE | READ_DIR;
+        let mut rules = vec![
+            (cstring("/")?, read_only),
+            (cstring("/dev")?, read_only | WRITE_FILE | TRUNCATE | IOCTL_DEV),
+            (cstring("/proc")?, READ_FILE | WRITE_FILE | READ_DIR),
+        ];
+        let writable = ["/tmp", "/run", "/root", "/home", "/dev/shm"]
+            .into_iter()
+            .map(String::from)
+            .chain(std::iter::once(spec.workdir.to_string_lossy().into_owned()))
+            .chain(
+                spec.mounts
+                    .iter()
+                    .filter(|m| m.writable)
+                    .map(|m| m.target.to_string_lossy().into_owned()),
+            );
+        for path in writable {
+            rules.push((cstring(path)?, handled));
+        }
+        Ok(LandlockPlan {
+            handled,
+            rules,
+            agent_fd,
+        })
+    }
+
+    /// Restricts the calling (child) process. Allocation-free; returns the errno on failure.
+    /// Requires `no_new_privs` to be set already.
+    pub(crate) fn apply(&self) -> Result<(), i32> {
+        let attr = RulesetAttr {
+            handled_access_fs: self.handled,
+        };
+        // SAFETY: attr is a valid ruleset_attr of the size passed.
+        let ruleset = unsafe {
+            libc::syscall(
+                libc::SYS_landlock_create_ruleset,
+                &attr as *const RulesetAttr,
+                std::mem::size_of::<RulesetAttr>(),
+                0u32,
+            )
+        };
+        if ruleset < 0 {
+            return Err(errno());
+        }
+        let ruleset = ruleset as libc::c_int;
+        let result = self.add_rules(ruleset).and_then(|()| {
+            // SAFETY: ruleset is a landlock ruleset fd owned by this function.
+            let ret = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0u32) };
+            if ret < 0 { Err(errno()) } else { Ok(()) }
+        });
+        // SAFETY: closing the fd this function opened.
+        unsafe { libc::close(ruleset) };
+        result
+    }
+
+    fn add_rules(&self, ruleset: libc::c_int) -> Result<(), i32> {
+        for (path, access) in &self.rules {
+            // SAFETY: path is a NUL-terminated string prepared by the parent.
+            let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
+            if fd < 0 {
+                let error = errno();
+                if error == libc::ENOENT {
+                    continue;
+                }
+                return Err(error);
+            }
+            let result = add_rule(ruleset, fd, access & self.handled);
+            // SAFETY: closing the fd opened just above.
+            unsafe { libc::close(fd) };
+            result?;
+        }
+        add_rule(ruleset, self.agent_fd, (EXECUTE | READ_FILE) & self.handled)
+    }
+}
+
+fn add_rule(ruleset: libc::c_int, fd: RawFd, access: u64) -> Result<(), i32> {
+    let attr = PathBeneathAttr {
+        allowed_access: access,
+        parent_fd: fd,
+    };
+    // SAFETY: attr is a valid path_beneath_attr; ruleset and fd are open.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_add_rule,
+            ruleset,
+            RULE_PATH_BENEATH,
+            &attr as *const PathBeneathAttr,
+            0u32,
+        )
+    };
+    if ret < 0 { Err(errno()) } else { Ok(()) }
+}
+
+pub(crate) fn errno() -> i32 {
+    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handled_access_grows_with_abi() {
+        assert!(handled_access(1) < handled_access(2));
+        assert!(handled_access(3) < handled_access(5));
+        assert_eq!(handled_access(7), handled_access(5));
+    }
+}

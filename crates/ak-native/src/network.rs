@@ -1,0 +1,108 @@
+//! Outbound network for sandboxes whose policy allows it: `slirp4netns` gives the
+//! sandbox's own network namespace a user-mode NAT to the outside, with the host's
+//! loopback services out of reach (`--disable-host-loopback`). A sandbox without network
+//! keeps its empty namespace with only loopback, and no helper runs.
+
+use std::io::Read;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::error::NativeError;
+
+const HELPER: &str = "slirp4netns";
+/// The resolver slirp4netns answers on inside the namespace.
+pub(crate) const SANDBOX_NAMESERVER: &str = "10.0.2.3";
+
+/// Finds the helper on PATH.
+pub fn find_helper() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(HELPER))
+        .find(|candidate| candidate.is_file())
+}
+
+/// A running network helper for one sandbox.
+#[derive(Debug)]
+pub(crate) struct NetworkHelper {
+    child: Child,
+    ready: Option<OwnedFd>,
+    /// Closing this ends the helper even if we are killed before `stop`.
+    _exit: OwnedFd,
+}
+
+impl NetworkHelper {
+    /// Starts the helper for the namespaces of `pid`; call [`NetworkHelper::wait_ready`]
+    /// before the sandbox's commands need the network.
+    pub(crate) fn start(pid: u32) -> Result<NetworkHelper, NativeError> {
+        let helper = find_helper().ok_or_else(|| {
+            NativeError::Network(format!(
+                "outbound network needs {HELPER} (apt install {HELPER}); or run with --no-network"
+            ))
+        })?;
+        let (ready_read, ready_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| NativeError::io("create a pipe")(e.into()))?;
+        let (exit_read, exit_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| NativeError::io("create a pipe")(e.into()))?;
+        let (ready_fd, exit_fd) = (ready_write.as_raw_fd(), exit_read.as_raw_fd());
+        let mut command = Command::new(helper);
+        command
+            .args(["--configure", "--mtu=65520", "--disable-host-loopback"])
+            .arg(format!("--ready-fd={ready_fd}"))
+            .arg(format!("--exit-fd={exit_fd}"))
+            .arg(format!("--userns-path=/proc/{pid}/ns/user"))
+            .arg("--netns-type=path")
+            .arg(format!("/proc/{pid}/ns/net"))
+            .arg("tap0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        // SAFETY: only fcntl on descriptors that exist in the forked child.
+        unsafe {
+            command.pre_exec(move || {
+                for fd in [ready_fd, exit_fd] {
+                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                Ok(())
+            });
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| NativeError::Network(format!("cannot start {HELPER}: {e}")))?;
+        drop(ready_write);
+        drop(exit_read);
+        Ok(NetworkHelper {
+            child,
+            ready: Some(ready_read),
+            _exit: exit_write,
+        })
+    }
+
+    /// Blocks until the helper reports the interface configured.
+    pub(crate) fn wait_ready(&mut self) -> Result<(), NativeError> {
+        let Some(ready) = self.ready.take() else {
+            return Ok(());
+        };
+        let mut byte = [0u8; 1];
+        let read = std::fs::File::from(ready).read(&mut byte);
+        if matches!(read, Ok(1)) {
+            return Ok(());
+        }
+        let mut message = String::new();
+        if let Some(mut stderr) = self.child.stderr.take() {
+            let _ = stderr.read_to_string(&mut message);
+        }
+        Err(NativeError::Network(format!(
+            "{HELPER} failed: {}",
+            message.lines().last().unwrap_or("exited without configuring the network")
+        )))
+    }
+
+    pub(crate) fn stop(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,379 @@
+//! The set-up steps of one sandbox, prepared in the parent. The child that runs them is a
+//! raw `clone3` copy of a possibly multi-threaded process, where allocating could deadlock
+//! on a lock held by another thread; so every string, path and pointer array is built here
+//! and the child only reads them.
+
+use std::ffi::{CString, OsStr};
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use ak_core::{ImageRef, SandboxSpec};
+
+use crate::error::NativeError;
+
+/// Directories at the top of the host image that never come from the host as they are.
+/// `proc`, `sys`, `dev`, `tmp`, `run`, `root` and `home` get fresh mounts; the rest stay empty.
+const HOST_TOP_LEVEL_REPLACED: &[&str] = &[
+    "proc", "sys", "dev", "tmp", "run", "root", "home", "mnt", "media", "boot", "lost+found",
+];
+
+/// Places inside the host image that hold secrets: hidden behind an empty tmpfs.
+const HOST_HIDDEN_DIRS: &[&str] = &[
+    "/etc/ssh",
+    "/etc/ssl/private",
+    "/etc/sudoers.d",
+    "/var/lib/docker",
+    "/var/lib/containers",
+    "/var/lib/cloud",
+    "/var/lib/sudo",
+    "/var/lib/agentkernel",
+    "/var/log",
+    "/var/spool",
+    "/var/mail",
+];
+
+/// Secret files inside the host image: hidden behind `/dev/null`.
+const HOST_HIDDEN_FILES: &[&str] = &[
+    "/etc/shadow",
+    "/etc/shadow-",
+    "/etc/gshadow",
+    "/etc/gshadow-",
+    "/etc/sudoers",
+    "/etc/security/opasswd",
+];
+
+/// Directories that are private, writable tmpfs in every image.
+const TMPFS_DIRS: &[&str] = &["/tmp", "/run", "/root", "/home"];
+
+/// Host devices made available in the sandbox's `/dev`.
+const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
+
+/// Kernel interfaces in `/proc` the sandbox has no business reading.
+const PROC_HIDDEN_FILES: &[&str] = &[
+    "kcore",
+    "keys",
+    "timer_list",
+    "sysrq-trigger",
+    "kallsyms",
+];
+
+/// `mount_setattr` attribute bits (`linux/mount.h`).
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
+
+/// One set-up step. Errors carry the step's index back to the parent, which describes it.
+#[derive(Debug)]
+pub(crate) enum Op {
+    /// Create a directory; one that exists already is fine.
+    Mkdir { path: CString },
+    Symlink { target: CString, link: CString },
+    /// Create an empty file to mount over; one that exists already is fine.
+    Touch { path: CString },
+    Mount {
+        source: CString,
+        target: CString,
+        fstype: CString,
+        flags: libc::c_ulong,
+        data: CString,
+    },
+    /// Bind `source` over `target` (recursively), then apply `attrs` to the whole tree.
+    Bind {
+        source: CString,
+        target: CString,
+        attrs: u64,
+    },
+    /// Apply `attrs` to the mount at `target` only.
+    SetAttr { target: CString, attrs: u64 },
+}
+
+impl Op {
+    pub(crate) fn describe(&self) -> String {
+        let s = |c: &CString| c.to_string_lossy().into_owned();
+        match self {
+            Op::Mkdir { path } => format!("create directory {}", s(path)),
+            Op::Symlink { target, link } => format!("create symlink {} -> {}", s(link), s(target)),
+            Op::Touch { path } => format!("create mount point {}", s(path)),
+            Op::Mount { fstype, target, .. } => format!("mount {} on {}", s(fstype), s(target)),
+            Op::Bind { source, target, .. } => format!("bind {} on {}", s(source), s(target)),
+            Op::SetAttr { target, .. } => format!("set mount attributes of {}", s(target)),
+        }
+    }
+}
+
+/// A directory entry at the top of an image, as the parent saw it.
+#[derive(Debug, Clone)]
+pub(crate) enum TopEntry {
+    Dir(String),
+    Symlink(String, PathBuf),
+}
+
+/// Lists the top level of an image root (directories and symlinks; files are skipped).
+pub(crate) fn list_top_level(root: &Path) -> Result<Vec<TopEntry>, NativeError> {
+    let io = |source| NativeError::Io {
+        what: format!("list {}", root.display()),
+        source,
+    };
+    let mut entries = Vec::new();
+    for entry in std::fs::read_dir(root).map_err(io)? {
+        let entry = entry.map_err(io)?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let file_type = entry.file_type().map_err(io)?;
+        if file_type.is_symlink() {
+            let target = std::fs::read_link(entry.path()).map_err(io)?;
+            entries.push(TopEntry::Symlink(name, target));
+        } else if file_type.is_dir() {
+            entries.push(TopEntry::Dir(name));
+        }
+    }
+    entries.sort_by(|a, b| top_name(a).cmp(top_name(b)));
+    Ok(entries)
+}
+
+fn top_name(entry: &TopEntry) -> &str {
+    match entry {
+        TopEntry::Dir(name) | TopEntry::Symlink(name, _) => name,
+    }
+}
+
+pub(crate) fn cstring(bytes: impl AsRef<[u8]>) -> Result<CString, NativeError> {
+    CString::new(bytes.as_ref()).map_err(|_| NativeError::InvalidSpec(format!(
+        "path contains a NUL byte: {}",
+        String::from_utf8_lossy(bytes.as_ref())
+    )))
+}
+
+fn path_c(path: &Path) -> Result<CString, NativeError> {
+    cstring(path.as_os_str().as_bytes())
+}
+
+/// Builds the mount steps that assemble the sandbox root under `new_root`.
+#[derive(Debug)]
+pub(crate) struct MountPlanner<'a> {
+    new_root: &'a Path,
+    ops: Vec<Op>,
+}
+
+impl<'a> MountPlanner<'a> {
+    pub(crate) fn new(new_root: &'a Path) -> Self {
+        MountPlanner {
+            new_root,
+            ops: Vec::new(),
+        }
+    }
+
+    /// `path` (absolute, inside the sandbox) as a host path under the new root.
+    fn inside(&self, path: &str) -> PathBuf {
+        self.new_root.join(path.trim_start_matches('/'))
+    }
+
+    /// The whole plan for `spec`, whose image root is `image_root` with `top` entries.
+    pub(crate) fn build(
+        mut self,
+        spec: &SandboxSpec,
+        image_root: &Path,
+        top: &[TopEntry],
+        resolv_conf: Option<&Path>,
+    ) -> Result<Vec<Op>, NativeError> {
+        let host_image = matches!(spec.image, ImageRef::Host);
+        let ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+
+        // A small tmpfs holds the mount points; it is made read-only at the end.
+        self.mount("tmpfs", self.new_root.to_path_buf(), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=0755,size=1m")?;
+
+        for entry in top {
+            match entry {
+                TopEntry::Symlink(name, target) => self.ops.push(Op::Symlink {
+                    target: path_c(target)?,
+                    link: path_c(&self.inside(name))?,
+                }),
+                TopEntry::Dir(name) => {
+                    let target = self.inside(name);
+                    self.ops.push(Op::Mkdir { path: path_c(&target)? });
+                    if host_image && HOST_TOP_LEVEL_REPLACED.contains(&name.as_str()) {
+                        continue;
+                    }
+                    if !host_image && ["proc", "sys", "dev", "tmp", "run"].contains(&name.as_str()) {
+                        continue;
+                    }
+                    let attrs = if spec.policy.read_only_root { ro } else { MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV };
+                    self.ops.push(Op::Bind {
+                        source: path_c(&image_root.join(name))?,
+                        target: path_c(&target)?,
+                        attrs,
+                    });
+                }
+            }
+        }
+
+        if host_image {
+            for dir in HOST_HIDDEN_DIRS {
+                if Path::new(dir).is_dir() {
+                    self.mount("tmpfs", self.inside(dir), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_RDONLY, "mode=0755,size=4k")?;
+                }
+            }
+            for file in HOST_HIDDEN_FILES {
+                if Path::new(file).exists() {
+                    self.bind("/dev/null", self.inside(file), ro)?;
+                }
+            }
+        }
+
+        // With outbound network the resolver is the helper's, whatever the image says. A
+        // resolv.conf that is a symlink (systemd-resolved) cannot be bound over safely.
+        if let Some(resolv_conf) = resolv_conf {
+            let image_file = image_root.join("etc/resolv.conf");
+            if image_file.symlink_metadata().is_ok_and(|m| m.is_file()) {
+                self.ops.push(Op::Bind {
+                    source: path_c(resolv_conf)?,
+                    target: path_c(&self.inside("/etc/resolv.conf"))?,
+                    attrs: ro,
+                });
+            } else {
+                tracing::warn!("{} is not a regular file: DNS inside the sandbox uses it as is", image_file.display());
+            }
+        }
+
+        let tmpfs_size = format!("mode=1777,size={}", spec.resources.memory_bytes);
+        for dir in TMPFS_DIRS {
+            self.ensure_dir(dir)?;
+            let data = if *dir == "/root" { format!("mode=0700,size={}", spec.resources.memory_bytes) } else { tmpfs_size.clone() };
+            self.mount("tmpfs", self.inside(dir), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, &data)?;
+        }
+
+        self.plan_dev()?;
+        self.plan_proc()?;
+        self.ensure_dir("/sys")?;
+        self.mount("sysfs", self.inside("/sys"), "sysfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY, "")?;
+
+        // User mounts, then the default workdir unless a mount already provides it.
+        for mount in &spec.mounts {
+            let target = mount.target.to_string_lossy().into_owned();
+            self.ensure_dir(&target)?;
+            let attrs = if mount.writable { MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV } else { ro };
+            self.ops.push(Op::Bind {
+                source: path_c(&mount.host)?,
+                target: path_c(&self.inside(&target))?,
+                attrs,
+            });
+        }
+        let workdir = spec.workdir.to_string_lossy().into_owned();
+        let covered = spec.mounts.iter().any(|m| spec.workdir.starts_with(&m.target))
+            || TMPFS_DIRS.iter().any(|d| spec.workdir.starts_with(d));
+        self.ensure_dir(&workdir)?;
+        if !covered {
+            self.mount("tmpfs", self.inside(&workdir), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, &tmpfs_size)?;
+        }
+
+        self.ops.push(Op::SetAttr {
+            target: path_c(self.new_root)?,
+            attrs: MOUNT_ATTR_RDONLY,
+        });
+        Ok(self.ops)
+    }
+
+    fn plan_dev(&mut self) -> Result<(), NativeError> {
+        self.ensure_dir("/dev")?;
+        self.mount("tmpfs", self.inside("/dev"), "tmpfs", libc::MS_NOSUID | libc::MS_NOEXEC, "mode=0755,size=64k")?;
+        for device in DEVICES {
+            let target = self.inside(&format!("/dev/{device}"));
+            self.ops.push(Op::Touch { path: path_c(&target)? });
+            self.ops.push(Op::Bind {
+                source: cstring(format!("/dev/{device}"))?,
+                target: path_c(&target)?,
+                attrs: MOUNT_ATTR_NOSUID,
+            });
+        }
+        self.ensure_dir("/dev/pts")?;
+        self.mount("devpts", self.inside("/dev/pts"), "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")?;
+        self.ensure_dir("/dev/shm")?;
+        self.mount("tmpfs", self.inside("/dev/shm"), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777,size=64m")?;
+        for (link, target) in [
+            ("ptmx", "pts/ptmx"),
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            self.ops.push(Op::Symlink {
+                target: cstring(target)?,
+                link: path_c(&self.inside(&format!("/dev/{link}")))?,
+            });
+        }
+        Ok(())
+    }
+
+    fn plan_proc(&mut self) -> Result<(), NativeError> {
+        self.ensure_dir("/proc")?;
+        self.mount("proc", self.inside("/proc"), "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "")?;
+        for file in PROC_HIDDEN_FILES {
+            if Path::new("/proc").join(file).exists() {
+                self.bind("/dev/null", self.inside(&format!("/proc/{file}")), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)?;
+            }
+        }
+        for dir in ["sys", "irq", "bus", "fs"] {
+            if Path::new("/proc").join(dir).is_dir() {
+                let target = self.inside(&format!("/proc/{dir}"));
+                self.ops.push(Op::Bind {
+                    source: path_c(&target)?,
+                    target: path_c(&target)?,
+                    attrs: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn mount(&mut self, source: &str, target: PathBuf, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<(), NativeError> {
+        self.ops.push(Op::Mount {
+            source: cstring(source)?,
+            target: path_c(&target)?,
+            fstype: cstring(fstype)?,
+            flags,
+            data: cstring(data)?,
+        });
+        Ok(())
+    }
+
+    fn bind(&mut self, source: &str, target: PathBuf, attrs: u64) -> Result<(), NativeError> {
+        self.ops.push(Op::Bind {
+            source: cstring(source)?,
+            target: path_c(&target)?,
+            attrs,
+        });
+        Ok(())
+    }
+
+    /// Makes sure every component of `path` exists under the new root. Components that exist
+    /// in a read-only bind are fine (mkdir reports EEXIST before EROFS); new ones can only be
+    /// created inside tmpfs mounts, never on the host.
+    fn ensure_dir(&mut self, path: &str) -> Result<(), NativeError> {
+        let mut current = self.new_root.to_path_buf();
+        for component in Path::new(path).components().skip(1) {
+            current.push(component);
+            self.ops.push(Op::Mkdir { path: path_c(&current)? });
+        }
+        Ok(())
+    }
+}
+
+/// `KEY=VALUE` C strings for `execve`.
+pub(crate) fn env_block(env: &[(String, String)]) -> Result<Vec<CString>, NativeError> {
+    env.iter()
+        .map(|(k, v)| cstring(format!("{k}={v}")))
+        .collect()
+}
+
+/// A NULL-terminated pointer array over `strings` (which must outlive it).
+pub(crate) fn pointer_array(strings: &[CString]) -> Vec<*const libc::c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
+/// Converts an OS string for the kernel.
+pub(crate) fn os_cstring(value: &OsStr) -> Result<CString, NativeError> {
+    cstring(value.as_bytes())
+}

@@ -1,0 +1,125 @@
+//! Per-sandbox runtime directories on the host, and the sweep that releases what a killed
+//! caller left behind. Each directory is held by an exclusive `flock` for as long as its
+//! sandbox lives; a directory whose lock can be taken belongs to nobody any more.
+
+use std::fs::File;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{FlockOperation, flock};
+
+use crate::error::NativeError;
+
+const LOCK_FILE: &str = "lock";
+
+/// The base directory for runtime state of this user's sandboxes.
+pub fn runtime_base() -> PathBuf {
+    if rustix::process::geteuid().is_root() {
+        return PathBuf::from("/run/agentkernel");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if Path::new(&dir).is_dir() => PathBuf::from(dir).join("agentkernel"),
+        _ => std::env::temp_dir().join(format!(
+            "agentkernel-{}",
+            rustix::process::geteuid().as_raw()
+        )),
+    }
+}
+
+/// A live sandbox's runtime directory (locked while this value exists).
+#[derive(Debug)]
+pub struct RunDir {
+    path: PathBuf,
+    _lock: File,
+}
+
+impl RunDir {
+    pub fn create(base: &Path, id: &str) -> Result<RunDir, NativeError> {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(base)
+            .map_err(NativeError::io(format!("create {}", base.display())))?;
+        // Built under a hidden name and renamed once locked, so the sweep never sees a
+        // directory that exists but is not locked yet.
+        let building = base.join(format!(".{id}"));
+        let path = base.join(id);
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(&building)
+            .map_err(NativeError::io(format!("create {}", building.display())))?;
+        let lock = File::create(building.join(LOCK_FILE))
+            .map_err(NativeError::io(format!("create lock in {}", building.display())))?;
+        flock(&lock, FlockOperation::NonBlockingLockExclusive)
+            .map_err(|e| NativeError::io(format!("lock {}", building.display()))(e.into()))?;
+        std::fs::rename(&building, &path)
+            .map_err(NativeError::io(format!("rename {}", building.display())))?;
+        Ok(RunDir { path, _lock: lock })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Removes the directory (its mount point is only ever mounted inside the sandbox).
+    pub fn remove(&self) -> Result<(), NativeError> {
+        match std::fs::remove_dir_all(&self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(NativeError::io(format!("remove {}", self.path.display()))(e)),
+        }
+    }
+}
+
+/// Ids of runtime directories under `base` whose owner is gone (their lock is free).
+/// Taking the lock also reserves them for the caller's clean-up.
+pub fn stale_entries(base: &Path) -> Vec<(String, File)> {
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return Vec::new();
+    };
+    let mut stale = Vec::new();
+    for entry in entries.flatten() {
+        let id = entry.file_name().to_string_lossy().into_owned();
+        if id.starts_with('.') {
+            continue;
+        }
+        let Ok(lock) = File::open(entry.path().join(LOCK_FILE)) else {
+            continue;
+        };
+        if flock(&lock, FlockOperation::NonBlockingLockExclusive).is_ok() {
+            stale.push((id, lock));
+        }
+    }
+    stale
+}
+
+/// Lists every runtime directory id under `base` (for leak checks).
+pub fn list(base: &Path) -> Vec<String> {
+    std::fs::read_dir(base)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn live_dirs_are_not_stale_and_dead_ones_are() {
+        let base = tempfile::tempdir().unwrap();
+        let live = RunDir::create(base.path(), "live").unwrap();
+        {
+            let _dead = RunDir::create(base.path(), "dead").unwrap();
+        }
+        let stale: Vec<String> = stale_entries(base.path()).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(stale, vec!["dead".to_string()]);
+        live.remove().unwrap();
+        assert!(!live.path().exists());
+        live.remove().unwrap();
+    }
+}

@@ -1,0 +1,146 @@
+//! The seccomp deny-list every sandbox runs under: system calls that administer the host,
+//! cross process boundaries, or widen the kernel's attack surface fail with EPERM.
+
+use std::collections::BTreeMap;
+
+use seccompiler::{
+    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
+    SeccompRule, TargetArch,
+};
+
+use crate::error::NativeError;
+
+/// Denied outright, whatever the arguments.
+const DENIED: &[i64] = &[
+    // Mounting and namespaces: the sandbox's view of the system is fixed at start.
+    libc::SYS_mount,
+    libc::SYS_umount2,
+    libc::SYS_pivot_root,
+    libc::SYS_open_tree,
+    libc::SYS_move_mount,
+    libc::SYS_fsopen,
+    libc::SYS_fsconfig,
+    libc::SYS_fsmount,
+    libc::SYS_fspick,
+    libc::SYS_mount_setattr,
+    libc::SYS_unshare,
+    libc::SYS_setns,
+    libc::SYS_chroot,
+    // Looking into or controlling other processes.
+    libc::SYS_ptrace,
+    libc::SYS_process_vm_readv,
+    libc::SYS_process_vm_writev,
+    libc::SYS_kcmp,
+    libc::SYS_pidfd_getfd,
+    // Kernel extension and introspection.
+    libc::SYS_bpf,
+    libc::SYS_perf_event_open,
+    libc::SYS_init_module,
+    libc::SYS_finit_module,
+    libc::SYS_delete_module,
+    libc::SYS_kexec_load,
+    libc::SYS_kexec_file_load,
+    libc::SYS_userfaultfd,
+    libc::SYS_keyctl,
+    libc::SYS_add_key,
+    libc::SYS_request_key,
+    libc::SYS_syslog,
+    libc::SYS_lookup_dcookie,
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+    libc::SYS_fanotify_init,
+    // Host administration.
+    libc::SYS_reboot,
+    libc::SYS_swapon,
+    libc::SYS_swapoff,
+    libc::SYS_acct,
+    libc::SYS_settimeofday,
+    libc::SYS_clock_settime,
+    libc::SYS_clock_adjtime,
+    libc::SYS_adjtimex,
+    libc::SYS_quotactl,
+    libc::SYS_quotactl_fd,
+    libc::SYS_iopl,
+    libc::SYS_ioperm,
+    libc::SYS_vhangup,
+    libc::SYS_uselib,
+    libc::SYS_open_by_handle_at,
+    libc::SYS_name_to_handle_at,
+    // NUMA policy changes affect memory placement beyond the sandbox.
+    libc::SYS_mbind,
+    libc::SYS_migrate_pages,
+    libc::SYS_move_pages,
+    libc::SYS_set_mempolicy,
+];
+
+/// Namespace flags `clone` may not be given (they would undo the deny of `unshare`).
+const CLONE_NAMESPACE_FLAGS: &[u64] = &[
+    libc::CLONE_NEWUSER as u64,
+    libc::CLONE_NEWNS as u64,
+    libc::CLONE_NEWPID as u64,
+    libc::CLONE_NEWNET as u64,
+    libc::CLONE_NEWUTS as u64,
+    libc::CLONE_NEWIPC as u64,
+    libc::CLONE_NEWCGROUP as u64,
+];
+
+fn target_arch() -> Result<TargetArch, NativeError> {
+    TargetArch::try_from(std::env::consts::ARCH).map_err(|e| NativeError::Seccomp(e.to_string()))
+}
+
+/// The filters to install, in order. `clone3` passes its flags in memory where a filter
+/// cannot read them, so it gets ENOSYS (libc then falls back to `clone`, which is checked).
+pub(crate) fn build_filters() -> Result<Vec<BpfProgram>, NativeError> {
+    let arch = target_arch()?;
+    let err = |e: seccompiler::BackendError| NativeError::Seccomp(e.to_string());
+
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
+        DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
+    let clone_rules = CLONE_NAMESPACE_FLAGS
+        .iter()
+        .map(|&flag| {
+            let condition = SeccompCondition::new(
+                0,
+                SeccompCmpArgLen::Qword,
+                SeccompCmpOp::MaskedEq(flag),
+                flag,
+            )
+            .map_err(err)?;
+            SeccompRule::new(vec![condition]).map_err(err)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    rules.insert(libc::SYS_clone, clone_rules);
+    let deny = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        arch,
+    )
+    .map_err(err)?;
+
+    let clone3 = SeccompFilter::new(
+        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::ENOSYS as u32),
+        arch,
+    )
+    .map_err(err)?;
+
+    [deny, clone3]
+        .into_iter()
+        .map(|filter| BpfProgram::try_from(filter).map_err(err))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters_compile() {
+        let filters = build_filters().unwrap();
+        assert_eq!(filters.len(), 2);
+        assert!(filters.iter().all(|f| !f.is_empty()));
+    }
+}

@@ -1,0 +1,247 @@
+//! Starting a sandbox: prepare the child's plan, `clone3` into fresh namespaces, map ids
+//! and place the child in its cgroup from outside, then let it build its root and execute
+//! the agent. Returns once the agent runs (or with the step that failed).
+
+use std::ffi::CString;
+use std::io::Read;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use ak_core::SandboxSpec;
+
+use crate::child::{self, ChildPlan, Step};
+use crate::error::NativeError;
+use crate::landlock::LandlockPlan;
+use crate::plan::{MountPlanner, TopEntry, cstring, env_block, os_cstring, pointer_array};
+
+/// First uid/gid on the host that root-run sandboxes map to (65536 ids from here). Far
+/// above the ranges `useradd` and `/etc/subuid` hand out, so no host account owns them.
+pub const ROOT_MAPPED_BASE: u32 = 1_000_000_000;
+const MAPPED_RANGE: u32 = 65536;
+
+/// What the caller needs to start one sandbox.
+pub(crate) struct SpawnRequest<'a> {
+    pub spec: &'a SandboxSpec,
+    pub image_root: &'a Path,
+    pub top_level: &'a [TopEntry],
+    pub new_root: &'a Path,
+    pub resolv_conf: Option<&'a Path>,
+    pub agent_fd: RawFd,
+    pub landlock_abi: Option<u32>,
+    pub seccomp: &'a [seccompiler::BpfProgram],
+    pub cap_last: u32,
+    pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// Runs in the parent after the child exists and before it may continue: joins the
+    /// cgroup, starts network helpers.
+    pub before_release: &'a mut dyn FnMut(u32) -> Result<(), NativeError>,
+}
+
+/// A started sandbox init process.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub pid: u32,
+    pub pidfd: OwnedFd,
+    pub socket: std::os::unix::net::UnixStream,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+const AGENT_BASE_ENV: &[(&str, &str)] = &[
+    ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    ("HOME", "/root"),
+    ("USER", "root"),
+    ("LANG", "C.UTF-8"),
+];
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), NativeError> {
+    let (read, write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| NativeError::io("create a pipe")(e.into()))?;
+    Ok((read, write))
+}
+
+pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
+    let spec = request.spec;
+    let ops = MountPlanner::new(request.new_root).build(spec, request.image_root, request.top_level, request.resolv_conf)?;
+
+    let (host_socket, agent_socket) = std::os::unix::net::UnixStream::pair()
+        .map_err(NativeError::io("create the agent socket"))?;
+    let (sync_read, sync_write) = pipe()?;
+    let (error_read, error_write) = pipe()?;
+
+    let mut env: Vec<(String, String)> = AGENT_BASE_ENV
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    env.push(("HOSTNAME".into(), spec.hostname.clone()));
+    if let Ok(term) = std::env::var("TERM") {
+        env.push(("TERM".into(), term));
+    }
+    for (key, value) in &spec.env {
+        env.retain(|(k, _)| k != key);
+        env.push((key.clone(), value.clone()));
+    }
+    let env_strings = env_block(&env)?;
+    let argv_strings = vec![
+        cstring("ak-agent")?,
+        cstring("--fd")?,
+        cstring(agent_socket.as_raw_fd().to_string())?,
+        cstring("--workdir")?,
+        os_cstring(spec.workdir.as_os_str())?,
+    ];
+
+    let keep: Vec<u32> = spec.policy.capabilities.iter().map(|c| c.number()).collect();
+    let is_root = rustix::process::geteuid().is_root();
+    let plan = ChildPlan {
+        ops,
+        new_root: os_cstring(request.new_root.as_os_str())?,
+        hostname: cstring(&spec.hostname)?,
+        drop_groups: is_root,
+        cgroup_namespace: Path::new("/proc/self/ns/cgroup").exists(),
+        rlimits: request.rlimits,
+        landlock: match (spec.policy.landlock, request.landlock_abi) {
+            (true, Some(abi)) => Some(LandlockPlan::new(spec, abi, request.agent_fd)?),
+            _ => None,
+        },
+        seccomp: request.seccomp.to_vec(),
+        drop_caps: (0..=request.cap_last).filter(|c| !keep.contains(c)).collect(),
+        agent_fd: request.agent_fd,
+        socket_fd: agent_socket.as_raw_fd(),
+        sync_fd: sync_read.as_raw_fd(),
+        error_fd: error_write.as_raw_fd(),
+        dev_null: CString::from(c"/dev/null"),
+        root_dir: CString::from(c"/"),
+        dot: CString::from(c"."),
+        empty: CString::from(c""),
+        argv: pointer_array(&argv_strings),
+        envp: pointer_array(&env_strings),
+    };
+
+    let (pid, pidfd) = clone_child(&plan)?;
+    drop(agent_socket);
+    drop(sync_read);
+    drop(error_write);
+
+    let released = write_id_maps(pid, is_root)
+        .and_then(|()| (request.before_release)(pid))
+        .and_then(|()| {
+            rustix::io::write(&sync_write, &[1])
+                .map(drop)
+                .map_err(|e| NativeError::io("release the sandbox process")(e.into()))
+        });
+    drop(sync_write);
+    if let Err(error) = released {
+        reap(pid, &pidfd);
+        return Err(error);
+    }
+
+    // The error pipe closes on exec (success) or carries (step, errno).
+    let mut report = Vec::with_capacity(8);
+    let mut error_read = std::fs::File::from(error_read);
+    error_read
+        .read_to_end(&mut report)
+        .map_err(NativeError::io("read the sandbox start-up status"))?;
+    if report.len() == 8 {
+        reap(pid, &pidfd);
+        let step = u32::from_le_bytes([report[0], report[1], report[2], report[3]]);
+        let errno = i32::from_le_bytes([report[4], report[5], report[6], report[7]]);
+        return Err(NativeError::ChildStep {
+            step: Step::describe(step, &plan.ops),
+            source: std::io::Error::from_raw_os_error(errno),
+        });
+    }
+    drop(plan);
+    drop(argv_strings);
+    drop(env_strings);
+    Ok(Spawned {
+        pid,
+        pidfd,
+        socket: host_socket,
+    })
+}
+
+/// `clone3` with every namespace; the child runs the plan and never returns here.
+fn clone_child(plan: &ChildPlan) -> Result<(u32, OwnedFd), NativeError> {
+    let mut pidfd: RawFd = -1;
+    let mut args = CloneArgs {
+        flags: (libc::CLONE_NEWUSER
+            | libc::CLONE_NEWNS
+            | libc::CLONE_NEWPID
+            | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | libc::CLONE_NEWNET
+            | libc::CLONE_PIDFD) as u64,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..CloneArgs::default()
+    };
+    // Signals stay blocked in the child until just before exec, so no handler of the
+    // parent's (e.g. the async runtime's) runs in the half-built sandbox.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid sigset pointers; clone3 gets a properly sized clone_args.
+    let ret = unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
+        let ret = libc::syscall(
+            libc::SYS_clone3,
+            &mut args as *mut CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        );
+        if ret == 0 {
+            child::run(plan);
+        }
+        let saved = std::io::Error::last_os_error();
+        libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
+        if ret < 0 {
+            return Err(NativeError::io("clone3 into new namespaces")(saved));
+        }
+        ret
+    };
+    // SAFETY: clone3 with CLONE_PIDFD stored a new, owned pidfd.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+    Ok((ret as u32, pidfd))
+}
+
+/// Maps uid/gid 0 inside to an unprivileged host id: the caller's own when unprivileged,
+/// a range far from any host account when root.
+fn write_id_maps(pid: u32, is_root: bool) -> Result<(), NativeError> {
+    let proc_dir = format!("/proc/{pid}");
+    let write = |file: &str, content: String| {
+        std::fs::write(format!("{proc_dir}/{file}"), content)
+            .map_err(NativeError::io(format!("write {proc_dir}/{file}")))
+    };
+    if is_root {
+        write("uid_map", format!("0 {ROOT_MAPPED_BASE} {MAPPED_RANGE}\n"))?;
+        write("gid_map", format!("0 {ROOT_MAPPED_BASE} {MAPPED_RANGE}\n"))?;
+    } else {
+        let uid = rustix::process::geteuid().as_raw();
+        let gid = rustix::process::getegid().as_raw();
+        write("uid_map", format!("0 {uid} 1\n"))?;
+        write("setgroups", "deny".into())?;
+        write("gid_map", format!("0 {gid} 1\n"))?;
+    }
+    Ok(())
+}
+
+/// Kills and reaps a sandbox init that will not be used.
+pub(crate) fn reap(pid: u32, pidfd: &OwnedFd) {
+    let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+    let _ = rustix::process::waitpid(
+        rustix::process::Pid::from_raw(pid as i32),
+        rustix::process::WaitOptions::empty(),
+    );
+}
