@@ -80,7 +80,11 @@ where
             }
             "--listen" => set_once(&mut listen, PathBuf::from(value("--listen")?), "--listen")?,
             "--workdir" => {
-                set_once(&mut workdir, PathBuf::from(value("--workdir")?), "--workdir")?;
+                set_once(
+                    &mut workdir,
+                    PathBuf::from(value("--workdir")?),
+                    "--workdir",
+                )?;
             }
             _ => return Err(ArgsError::Unknown(text.to_string())),
         }

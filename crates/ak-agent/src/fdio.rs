@@ -20,9 +20,11 @@ impl FdStream {
     pub(crate) fn new(fd: OwnedFd, interest: Interest) -> io::Result<FdStream> {
         let flags = rustix::fs::fcntl_getfl(&fd)?;
         rustix::fs::fcntl_setfl(&fd, flags | OFlags::NONBLOCK)?;
-        Ok(FdStream {
-            inner: AsyncFd::with_interest(fd, interest)?,
-        })
+        // SAFETY: the `OwnedFd` is open and owned by the `AsyncFd` from here on; it is
+        // never replaced (no `get_mut`), so it stays the same open file until the `AsyncFd`
+        // is dropped, and its `as_raw_fd` always returns that fd.
+        let inner = unsafe { AsyncFd::register_with_interest(fd, interest) }?;
+        Ok(FdStream { inner })
     }
 
     /// Reads what is available, waiting until something is; `Ok(0)` at end of file.

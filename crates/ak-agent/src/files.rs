@@ -140,8 +140,7 @@ fn remove_contents<P: rustix::path::Arg>(parent: &OwnedFd, name: P) -> Result<()
             // Some file systems do not fill in d_type.
             rustix::fs::FileType::Unknown => {
                 let stat = rustix::fs::statat(&dir, &*child, AtFlags::SYMLINK_NOFOLLOW)?;
-                rustix::fs::FileType::from_raw_mode(stat.st_mode)
-                    == rustix::fs::FileType::Directory
+                rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory
             }
             _ => false,
         };
@@ -166,7 +165,11 @@ pub(crate) fn open_for_read(
     let fail = |errno| fs_error("read", &display, errno);
     // NONBLOCK so that opening a FIFO cannot hang the agent; it is refused below anyway.
     let fd = root
-        .open_at(&path, OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY, Mode::empty())
+        .open_at(
+            &path,
+            OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOCTTY,
+            Mode::empty(),
+        )
         .map_err(fail)?;
     let stat = rustix::fs::fstat(&fd).map_err(fail)?;
     match rustix::fs::FileType::from_raw_mode(stat.st_mode) {

@@ -1,1 +1,136 @@
-//! ak-agent: the in-sandbox agent.
+//! ak-agent: the in-sandbox agent, PID 1 of every sandbox.
+//!
+//! The host talks to it over one byte stream with the `ak-protocol`: it runs commands
+//! (with pipes or a pty, timeouts and signals) and reads and writes files confined to the
+//! sandbox root. [`main_entry`] is the whole program; [`Agent`] serves connections and is
+//! what tests drive in-process.
+
+mod agent;
+mod args;
+mod errors;
+mod exec;
+mod fdio;
+mod files;
+mod listener;
+mod outbox;
+mod output;
+mod paths;
+mod pty;
+mod reaper;
+mod server;
+mod signals;
+mod spawn;
+mod users;
+mod write;
+
+use std::path::PathBuf;
+
+pub use agent::{Agent, AgentConfig};
+pub use reaper::ReapPolicy;
+
+use args::{ArgsError, Mode};
+
+/// Environment variable with the log filter (`tracing_subscriber::EnvFilter` syntax).
+const LOG_ENV: &str = "AK_AGENT_LOG";
+
+/// Runs the agent with the process's arguments; returns the process exit code: 0 after a
+/// shutdown or the end of the host connection, 1 on a start-up failure, 2 on bad arguments.
+pub fn main_entry() -> i32 {
+    let args = match args::parse(std::env::args_os().skip(1)) {
+        Ok(args) => args,
+        Err(ArgsError::Help) => {
+            report_usage(None);
+            return 0;
+        }
+        Err(e) => {
+            report_usage(Some(&e));
+            return 2;
+        }
+    };
+    init_logging();
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            tracing::error!("cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    runtime.block_on(run(args))
+}
+
+#[allow(
+    clippy::print_stderr,
+    reason = "bad arguments are reported before logging is set up, and must always be shown"
+)]
+fn report_usage(error: Option<&ArgsError>) {
+    match error {
+        Some(error) => eprintln!("ak-agent: {error}\n{}", args::USAGE),
+        None => eprintln!("{}", args::USAGE),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env(LOG_ENV)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    // Fails only if a subscriber is already set, which then keeps logging.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .try_init();
+}
+
+async fn run(args: args::Args) -> i32 {
+    if let Some(dir) = &args.workdir
+        && let Err(e) = std::env::set_current_dir(dir)
+    {
+        tracing::error!("cannot change to the workdir {}: {e}", dir.display());
+        return 1;
+    }
+    let workdir = match std::env::current_dir() {
+        Ok(dir) => dir,
+        Err(e) => {
+            tracing::error!("cannot determine the working directory: {e}");
+            return 1;
+        }
+    };
+    let pid1 = rustix::process::getpid().is_init();
+    // Orphaned grandchildren are re-parented to the agent instead of escaping to an
+    // outer init, so they stay inside the agent's control (and get reaped by it).
+    let subreaper = match rustix::process::set_child_subreaper(None) {
+        Ok(()) => true,
+        Err(errno) => {
+            tracing::warn!("cannot become a child subreaper: {errno}");
+            false
+        }
+    };
+    // A subreaper inherits orphans just like PID 1 does; left unreaped they would stay
+    // zombies, so the binary reaps every child either way.
+    let reap = if pid1 || subreaper {
+        ReapPolicy::All
+    } else {
+        ReapPolicy::Tracked
+    };
+    let config = AgentConfig {
+        root: PathBuf::from("/"),
+        workdir,
+        reap,
+    };
+    let agent = match Agent::start(config) {
+        Ok(agent) => agent,
+        Err(e) => {
+            tracing::error!("cannot start the agent: {e}");
+            return 1;
+        }
+    };
+    if pid1 && let Err(e) = signals::forward_signals(agent.clone()) {
+        tracing::warn!("cannot install the signal handlers of PID 1: {e}");
+    }
+    match args.mode {
+        Mode::Fd(fd) => listener::serve_fd(agent, fd).await,
+        Mode::Listen(path) => listener::serve_listener(agent, &path).await,
+    }
+}

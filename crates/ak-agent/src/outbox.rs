@@ -95,9 +95,9 @@ impl Outbox {
     /// Events queued through here keep their order with each other.
     pub(crate) async fn send_data(&self, event: Event) -> Result<(), Closed> {
         let len = match &event {
-            Event::Stdout { data, .. } | Event::Stderr { data, .. } | Event::FileData { data, .. } => {
-                data.len()
-            }
+            Event::Stdout { data, .. }
+            | Event::Stderr { data, .. }
+            | Event::FileData { data, .. } => data.len(),
             _ => 0,
         };
         // Never more than the whole budget, or the wait could not end.

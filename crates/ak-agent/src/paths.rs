@@ -176,7 +176,11 @@ impl Root {
     /// last component itself is never followed by those calls, so a symlink there is
     /// handled as the link, not its target.
     pub(crate) fn open_parent(&self, path: &SandboxPath) -> Result<OwnedFd, Errno> {
-        self.open_at(&path.parent(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+        self.open_at(
+            &path.parent(),
+            OFlags::PATH | OFlags::DIRECTORY,
+            Mode::empty(),
+        )
     }
 }
 

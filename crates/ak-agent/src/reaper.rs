@@ -89,7 +89,9 @@ impl Children {
         match self.policy {
             ReapPolicy::All => loop {
                 match rustix::process::wait(WaitOptions::NOHANG) {
-                    Ok(Some((pid, status))) => deliver(&mut waiting, pid.as_raw_nonzero().get(), status),
+                    Ok(Some((pid, status))) => {
+                        deliver(&mut waiting, pid.as_raw_nonzero().get(), status)
+                    }
                     Ok(None) | Err(Errno::CHILD) => break,
                     Err(Errno::INTR) => {}
                     Err(errno) => {
@@ -126,11 +128,7 @@ impl Children {
     }
 }
 
-fn deliver(
-    waiting: &mut HashMap<i32, oneshot::Sender<ExitStatus>>,
-    pid: i32,
-    status: WaitStatus,
-) {
+fn deliver(waiting: &mut HashMap<i32, oneshot::Sender<ExitStatus>>, pid: i32, status: WaitStatus) {
     let status = if let Some(code) = status.exit_status() {
         ExitStatus::Code(code)
     } else if let Some(signal) = status.terminating_signal() {

@@ -143,8 +143,13 @@ impl PendingWrite {
     fn commit(mut self) -> Result<(), AgentError> {
         // Renaming onto the last component replaces a symlink there rather than writing
         // through it, so a planted link cannot redirect the write.
-        rustix::fs::renameat(&self.dir, self.temp.as_str(), &self.dir, self.target.as_str())
-            .map_err(|errno| fs_error("write", &self.display, errno))?;
+        rustix::fs::renameat(
+            &self.dir,
+            self.temp.as_str(),
+            &self.dir,
+            self.target.as_str(),
+        )
+        .map_err(|errno| fs_error("write", &self.display, errno))?;
         self.committed = true;
         Ok(())
     }
@@ -235,7 +240,11 @@ mod tests {
         assert_eq!(writes.begin(&root, 1, "a", 0o644), None);
         assert_eq!(writes.begin(&root, 2, "b", 0o644), None);
         assert_eq!(writes.chunk(1, b"data"), None);
-        assert_eq!(names(dir.path()).len(), 2, "temporary files exist meanwhile");
+        assert_eq!(
+            names(dir.path()).len(),
+            2,
+            "temporary files exist meanwhile"
+        );
         drop(writes);
         assert!(names(dir.path()).is_empty(), "{:?}", names(dir.path()));
     }
@@ -247,7 +256,10 @@ mod tests {
         let mut writes = Writes::default();
         let err = writes.begin(&root, 1, "d", 0o644).unwrap().unwrap_err();
         assert_eq!(err.kind, ErrorKind::IsADirectory);
-        let err = writes.begin(&root, 2, "missing/f", 0o644).unwrap().unwrap_err();
+        let err = writes
+            .begin(&root, 2, "missing/f", 0o644)
+            .unwrap()
+            .unwrap_err();
         assert_eq!(err.kind, ErrorKind::NotFound);
         assert!(err.message.contains("/missing/f"), "{}", err.message);
         let err = writes.begin(&root, 3, "../f", 0o644).unwrap().unwrap_err();

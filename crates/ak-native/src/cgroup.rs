@@ -1,34 +1,33 @@
-//! Resource limits for one sandbox on cgroup v2, v1 and hybrid (v1 controllers + v2 for `cgroup.kill`) hosts.
+//! Resource limits for one sandbox on cgroup v2, v1 and hybrid (v1 controllers + v2 `cgroup.kill`) hosts.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
-use std::fs;
-use std::io;
 use std::os::unix::ffi::OsStringExt;
 use std::path::{Path, PathBuf};
-use std::thread;
 use std::time::{Duration, Instant};
+use std::{fs, io, thread};
 
 use ak_core::Resources;
-use rustix::fs::{Access, AtFlags, CWD};
+use rustix::fs::AtFlags;
+use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal};
 
 /// Directory under each hierarchy's root that holds one child cgroup per sandbox.
 pub const PARENT_DIR: &str = "agentkernel";
 
-/// CFS period for CPU limits: the kernel default, so a quota reads as a share of 100 ms.
+/// CFS period: the kernel default, so a quota reads as a share of 100 ms.
 const CPU_PERIOD_US: u64 = 100_000;
 /// The kernel rejects CFS quotas below 1 ms.
 const MIN_CPU_QUOTA_US: u64 = 1_000;
-/// How long `remove` waits for exiting processes to leave before giving up on EBUSY.
+/// How long `remove` retries EBUSY while killed processes finish exiting.
 const REMOVE_PATIENCE: Duration = Duration::from_millis(500);
-/// How long `kill_all` keeps re-reading `cgroup.procs` for processes forked mid-kill or still exiting.
+/// How long `kill_all` re-reads `cgroup.procs` for processes forked mid-kill or still exiting.
 const KILL_PATIENCE: Duration = Duration::from_secs(1);
-const POLL_INTERVAL: Duration = Duration::from_millis(5);
-/// Controllers a sandbox cannot run without: an unlimited sandbox could exhaust the host.
+const POLL: Duration = Duration::from_millis(5);
+/// Without these a sandbox could exhaust the host's memory or pid space.
 const REQUIRED: [&str; 2] = ["memory", "pids"];
 
-/// A cgroup operation failed; every variant names the file or hierarchy involved.
+/// A cgroup operation failed; each variant names the file or hierarchy involved.
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
     #[error("cgroups are not usable: {0}")]
@@ -43,9 +42,8 @@ pub enum CgroupError {
     #[error("cgroup {0} already exists")]
     AlreadyExists(PathBuf),
     #[error(
-        "cannot enable controllers in {0}: the cgroup has processes of its own, and cgroup v2 \
-         only allows controllers below cgroups without member processes (run agentkernel in a \
-         child cgroup)"
+        "cannot enable controllers below {0}: it has processes of its own, which cgroup v2 \
+         forbids for a cgroup with controllers enabled (run agentkernel in a child cgroup)"
     )]
     ControllersBusy(PathBuf),
     #[error("cannot {op} {path}: {source}")]
@@ -54,21 +52,11 @@ pub enum CgroupError {
         path: PathBuf,
         source: io::Error,
     },
-    #[error("cannot SIGKILL process {pid} listed in {path}: {source}")]
-    Signal {
-        pid: u32,
-        path: PathBuf,
-        source: io::Error,
-    },
-    #[error("{path} still lists {remaining} process(es) after {waited:?} of SIGKILL")]
-    KillIncomplete {
-        path: PathBuf,
-        remaining: usize,
-        waited: Duration,
-    },
+    #[error("{path} still lists {remaining} process(es) after {KILL_PATIENCE:?} of SIGKILL")]
+    KillIncomplete { path: PathBuf, remaining: usize },
 }
 
-fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
+fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
     let path = path.to_path_buf();
     move |source| CgroupError::Io { op, path, source }
 }
@@ -77,64 +65,50 @@ fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupEr
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CgroupLayout {
     /// One unified hierarchy holding every controller.
-    V2 { root: PathBuf },
-    /// Per-controller v1 hierarchies; `unified` is the (controller-less) v2 mount of a
-    /// hybrid host, used only for `cgroup.kill`.
+    V2 {
+        root: PathBuf,
+    },
+    /// Per-controller v1 hierarchies; `unified` is the controller-less v2 mount of a hybrid
+    /// host, used only for `cgroup.kill`.
     V1 {
         memory: Option<PathBuf>,
         pids: Option<PathBuf>,
         cpu: Option<PathBuf>,
         unified: Option<PathBuf>,
     },
-    Unavailable { reason: String },
+    Unavailable {
+        reason: String,
+    },
 }
 
-/// One line of `/proc/self/mountinfo`, reduced to what layout detection needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct MountEntry {
-    mount_point: PathBuf,
-    fstype: String,
-    super_options: String,
-}
-
-/// Parses `/proc/<pid>/mountinfo`; malformed lines are skipped.
-fn parse_mountinfo(text: &str) -> Vec<MountEntry> {
-    text.lines()
-        .filter_map(|line| {
-            // Optional fields sit between the mount options and the " - " separator, and
-            // spaces inside paths are escaped, so the separator is unambiguous.
-            let (left, right) = line.split_once(" - ")?;
-            let mount_point = left.split(' ').nth(4)?;
-            let mut right = right.split(' ');
-            let fstype = right.next()?.to_string();
-            let _source = right.next();
-            let super_options = right.next().unwrap_or("").to_string();
-            Some(MountEntry {
-                mount_point: PathBuf::from(unescape_octal(mount_point)),
-                fstype,
-                super_options,
-            })
-        })
-        .collect()
+/// `(mount point, fstype, super options)` of each well-formed line of a mountinfo file.
+fn parse_mountinfo(text: &str) -> impl Iterator<Item = (PathBuf, &str, &str)> {
+    text.lines().filter_map(|line| {
+        // Optional fields sit before the " - " separator and paths have their spaces
+        // escaped, so the separator is unambiguous.
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = PathBuf::from(unescape_octal(left.split(' ').nth(4)?));
+        let mut right = right.split(' ');
+        let fstype = right.next()?;
+        Some((mount_point, fstype, right.nth(1).unwrap_or("")))
+    })
 }
 
 /// Undoes the kernel's `\ooo` escaping of space, tab, newline and backslash in paths.
 fn unescape_octal(field: &str) -> OsString {
     let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escape = bytes.get(i + 1..i + 4).filter(|d| {
-            bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b))
-        });
-        match escape {
-            Some(d) => {
-                let value = d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'));
+    let (mut out, mut i) = (Vec::with_capacity(bytes.len()), 0);
+    while let Some(&byte) = bytes.get(i) {
+        let digits = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| byte == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match digits.map(|d| d.iter().fold(0u32, |acc, b| acc * 8 + u32::from(b - b'0'))) {
+            Some(value) => {
                 out.push(u8::try_from(value).unwrap_or(b'?'));
                 i += 4;
             }
             None => {
-                out.push(bytes[i]);
+                out.push(byte);
                 i += 1;
             }
         }
@@ -143,21 +117,23 @@ fn unescape_octal(field: &str) -> OsString {
 }
 
 /// Parses a space-separated controller list (`cgroup.controllers`, `cgroup.subtree_control`).
-fn parse_controllers(text: &str) -> BTreeSet<String> {
-    text.split_whitespace().map(str::to_string).collect()
+fn parse_controllers(text: &str) -> BTreeSet<&str> {
+    text.split_whitespace().collect()
 }
 
 /// Value of `key` in a flat keyed file such as `memory.events` or `memory.oom_control`.
 fn parse_keyed(text: &str, key: &str) -> Option<u64> {
-    text.lines().find_map(|line| {
-        let (k, v) = line.split_once(char::is_whitespace)?;
-        (k == key).then(|| v.trim().parse().ok())?
+    text.lines().find_map(|line| match line.split_once(' ') {
+        Some((k, v)) if k == key => v.trim().parse().ok(),
+        _ => None,
     })
 }
 
 /// Parses `cgroup.procs`: one pid per line.
 fn parse_pids(text: &str) -> Vec<u32> {
-    text.split_whitespace().filter_map(|p| p.parse().ok()).collect()
+    text.split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
 }
 
 fn cpu_quota_us(cpus: f64) -> u64 {
@@ -175,53 +151,46 @@ impl CgroupLayout {
         }
     }
 
-    /// Derives the layout from the text of a mountinfo file. The first mount of each
-    /// hierarchy wins; v1 controllers take precedence because a controller bound to v1
-    /// cannot also be used through v2.
+    /// Derives the layout from a mountinfo text. The first mount of each hierarchy wins;
+    /// v1 controllers take precedence because a controller bound to v1 is absent from v2.
     pub fn from_mountinfo(text: &str) -> CgroupLayout {
         let (mut memory, mut pids, mut cpu, mut unified) = (None, None, None, None);
         let mut any_v1 = false;
-        for entry in parse_mountinfo(text) {
-            match entry.fstype.as_str() {
-                "cgroup2" if unified.is_none() => unified = Some(entry.mount_point),
-                "cgroup" => {
-                    any_v1 = true;
-                    for option in entry.super_options.split(',') {
-                        let slot = match option {
-                            "memory" => &mut memory,
-                            "pids" => &mut pids,
-                            "cpu" => &mut cpu,
-                            _ => continue,
-                        };
-                        if slot.is_none() {
-                            *slot = Some(entry.mount_point.clone());
-                        }
-                    }
+        for (mount_point, fstype, options) in parse_mountinfo(text) {
+            if fstype == "cgroup2" {
+                unified = unified.or(Some(mount_point));
+            } else if fstype == "cgroup" {
+                any_v1 = true;
+                for option in options.split(',') {
+                    let slot = match option {
+                        "memory" => &mut memory,
+                        "pids" => &mut pids,
+                        "cpu" => &mut cpu,
+                        _ => continue,
+                    };
+                    slot.get_or_insert_with(|| mount_point.clone());
                 }
-                _ => {}
             }
         }
-        if memory.is_some() || pids.is_some() || cpu.is_some() {
-            CgroupLayout::V1 {
-                memory,
-                pids,
-                cpu,
-                unified,
+        let reason = match (memory.is_some() || pids.is_some() || cpu.is_some(), unified) {
+            (true, unified) => {
+                return CgroupLayout::V1 {
+                    memory,
+                    pids,
+                    cpu,
+                    unified,
+                };
             }
-        } else if let Some(root) = unified {
-            CgroupLayout::V2 { root }
-        } else if any_v1 {
-            CgroupLayout::Unavailable {
-                reason: "only cgroup v1 hierarchies without the memory, pids and cpu controllers \
-                         are mounted"
-                    .into(),
+            (false, Some(root)) => return CgroupLayout::V2 { root },
+            _ if any_v1 => {
+                "only cgroup v1 hierarchies without the memory, pids and cpu controllers are mounted"
             }
-        } else {
-            CgroupLayout::Unavailable {
-                reason: "no cgroup filesystem is mounted (no cgroup or cgroup2 entry in \
-                         /proc/self/mountinfo)"
-                    .into(),
+            _ => {
+                "no cgroup filesystem is mounted (no cgroup or cgroup2 line in /proc/self/mountinfo)"
             }
+        };
+        CgroupLayout::Unavailable {
+            reason: reason.into(),
         }
     }
 
@@ -236,13 +205,16 @@ impl CgroupLayout {
                 unified,
             } => {
                 let named = [("memory", memory), ("pids", pids), ("cpu", cpu)];
-                let have: Vec<_> = named.iter().filter(|(_, p)| p.is_some()).map(|(n, _)| *n);
-                let have = have.collect::<Vec<_>>();
-                let missing: Vec<_> = named.iter().filter(|(_, p)| p.is_none()).map(|(n, _)| *n);
-                let missing = missing.collect::<Vec<_>>();
-                let mut v1 = format!("v1 {}", have.join(","));
-                if !missing.is_empty() {
-                    v1.push_str(&format!(" (no {})", missing.join(",")));
+                let names = |present: bool| -> Vec<&str> {
+                    named
+                        .iter()
+                        .filter(|(_, p)| p.is_some() == present)
+                        .map(|(n, _)| *n)
+                        .collect()
+                };
+                let mut v1 = format!("v1 {}", names(true).join(","));
+                if !names(false).is_empty() {
+                    v1 = format!("{v1} (no {})", names(false).join(","));
                 }
                 match unified {
                     Some(u) => format!("hybrid: {v1} + v2 at {} (cgroup.kill)", u.display()),
@@ -258,36 +230,25 @@ impl CgroupLayout {
         match self {
             CgroupLayout::Unavailable { reason } => Err(reason.clone()),
             CgroupLayout::V2 { root } => {
-                let file = root.join("cgroup.controllers");
-                let text = fs::read_to_string(&file)
-                    .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-                let available = parse_controllers(&text);
-                if let Some(missing) = REQUIRED.iter().find(|c| !available.contains(**c)) {
-                    return Err(format!(
-                        "the {missing} controller is not available in {} (it lists: {})",
-                        file.display(),
-                        if available.is_empty() { "none" } else { text.trim() }
-                    ));
-                }
+                v2_controllers(root).map_err(|e| e.to_string())?;
                 check_writable(root)
             }
             CgroupLayout::V1 {
                 memory, pids, cpu, ..
             } => {
-                for (name, dir) in [("memory", memory), ("pids", pids)] {
-                    if dir.is_none() {
-                        return Err(format!("no cgroup v1 hierarchy with the {name} controller is mounted"));
-                    }
-                }
-                [memory, pids, cpu].into_iter().flatten().try_for_each(|h| check_writable(h))
+                v1_required(memory, pids).map_err(|e| e.to_string())?;
+                [memory, pids, cpu]
+                    .into_iter()
+                    .flatten()
+                    .try_for_each(|h| check_writable(h))
             }
         }
     }
 
-    /// The hierarchies sandbox cgroups live in, the v2 one of a hybrid host last.
+    /// The hierarchies sandbox cgroups live in; a hybrid host's v2 one last.
     fn hierarchies(&self) -> Vec<&Path> {
         match self {
-            CgroupLayout::V2 { root } => vec![root.as_path()],
+            CgroupLayout::V2 { root } => vec![root],
             CgroupLayout::V1 {
                 memory,
                 pids,
@@ -303,8 +264,35 @@ impl CgroupLayout {
     }
 }
 
-/// Whether the effective uid may create sandbox cgroups in `hierarchy`: in the existing
-/// `agentkernel` dir (a delegated subtree), or in the hierarchy root to create it.
+/// Reads a v2 root's controllers, failing unless memory and pids are among them.
+fn v2_controllers(root: &Path) -> Result<BTreeSet<String>, CgroupError> {
+    let file = root.join("cgroup.controllers");
+    let text = fs::read_to_string(&file).map_err(io_err("read", &file))?;
+    let available = parse_controllers(&text);
+    match REQUIRED.into_iter().find(|c| !available.contains(c)) {
+        Some(controller) => Err(CgroupError::MissingController {
+            controller,
+            detail: format!("{} lists only {:?}", file.display(), text.trim()),
+        }),
+        None => Ok(available.into_iter().map(str::to_string).collect()),
+    }
+}
+
+fn v1_required(memory: &Option<PathBuf>, pids: &Option<PathBuf>) -> Result<(), CgroupError> {
+    match [("memory", memory), ("pids", pids)]
+        .into_iter()
+        .find(|(_, dir)| dir.is_none())
+    {
+        Some((controller, _)) => Err(CgroupError::MissingController {
+            controller,
+            detail: "no cgroup v1 hierarchy has it and no v2 hierarchy is used".into(),
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Whether the effective uid may create sandbox cgroups in `hierarchy`: in an existing
+/// `agentkernel` dir (a delegated subtree), or else in the hierarchy root to create it.
 fn check_writable(hierarchy: &Path) -> Result<(), String> {
     let parent = hierarchy.join(PARENT_DIR);
     let (target, note) = if parent.is_dir() {
@@ -312,100 +300,87 @@ fn check_writable(hierarchy: &Path) -> Result<(), String> {
     } else {
         (hierarchy, format!(" (needed to create {PARENT_DIR})"))
     };
-    let access = Access::WRITE_OK | Access::EXEC_OK;
-    match rustix::fs::accessat(CWD, target, access, AtFlags::EACCESS) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let detail = if e == rustix::io::Errno::ACCESS || e == rustix::io::Errno::PERM {
-                String::new()
-            } else {
-                format!(": {}", io::Error::from(e))
-            };
-            Err(format!(
-                "cgroups need root or a delegated subtree: {} is not writable by uid {}{note}{detail}",
-                target.display(),
-                rustix::process::geteuid().as_raw(),
-            ))
-        }
-    }
+    let access = rustix::fs::Access::WRITE_OK | rustix::fs::Access::EXEC_OK;
+    let checked = rustix::fs::accessat(rustix::fs::CWD, target, access, AtFlags::EACCESS);
+    checked.map_err(|e| {
+        // Plain permission problems need no errno; EROFS and the like do.
+        let detail = match e {
+            Errno::ACCESS | Errno::PERM => String::new(),
+            other => format!(": {}", io::Error::from(other)),
+        };
+        format!(
+            "cgroups need root or a delegated subtree: {} is not writable by uid {}{note}{detail}",
+            target.display(),
+            rustix::process::geteuid().as_raw()
+        )
+    })
 }
 
 fn validate_id(id: &str) -> Result<(), CgroupError> {
-    let bad = id.is_empty() || id == "." || id == ".." || id.contains(['/', '\0', '\n']);
-    if bad {
+    if id.is_empty() || id == "." || id == ".." || id.contains(['/', '\0', '\n']) {
         Err(CgroupError::InvalidId(id.to_string()))
     } else {
         Ok(())
     }
 }
 
-/// Whether this sandbox's files use v2 or v1 names.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flavor {
-    V2,
-    V1,
-}
-
 /// The cgroup directories of one sandbox, one per hierarchy.
 #[derive(Debug)]
 pub struct SandboxCgroup {
     id: String,
-    flavor: Flavor,
+    /// File names differ: v2 (`memory.max`, `memory.peak`) or v1 (`memory.limit_in_bytes`).
+    v2: bool,
     /// Every directory, deduplicated (co-mounted v1 controllers share one), in creation order.
     dirs: Vec<PathBuf>,
-    /// The directory holding the memory controller's files.
     memory: Option<PathBuf>,
+    pids: Option<PathBuf>,
+    cpu: Option<PathBuf>,
     /// The v2 directory whose `cgroup.kill` ends every process at once.
     kill: Option<PathBuf>,
 }
 
-/// Removes the directories created so far unless disarmed, so a failed `create` leaves nothing.
-#[derive(Default)]
+/// Removes the directories created so far unless cleared, so a failed `create` leaves nothing.
 struct Rollback(Vec<PathBuf>);
 
 impl Drop for Rollback {
     fn drop(&mut self) {
         for dir in self.0.iter().rev() {
             if let Err(e) = fs::remove_dir(dir) {
-                tracing::warn!("cannot remove {} after a failed cgroup set-up: {e}", dir.display());
+                tracing::warn!(
+                    "cannot remove {} after a failed cgroup set-up: {e}",
+                    dir.display()
+                );
             }
         }
     }
 }
 
-fn sandbox_dir(hierarchy: &Path, id: &str) -> PathBuf {
-    hierarchy.join(PARENT_DIR).join(id)
+fn write_value(dir: &Path, file: &str, value: impl ToString) -> Result<(), CgroupError> {
+    let path = dir.join(file);
+    fs::write(&path, value.to_string()).map_err(io_err("write", &path))
 }
 
-fn write_value(path: &Path, value: impl ToString) -> Result<(), CgroupError> {
-    fs::write(path, value.to_string()).map_err(io_error("write", path))
-}
-
-fn write_if_present(path: &Path, value: impl ToString) -> Result<(), CgroupError> {
-    if path.exists() {
-        write_value(path, value)
+/// Writes files that only some kernels have (swap accounting).
+fn write_if_present(dir: &Path, file: &str, value: impl ToString) -> Result<(), CgroupError> {
+    if dir.join(file).exists() {
+        write_value(dir, file, value)
     } else {
-        tracing::debug!("{} does not exist on this kernel; not set", path.display());
+        tracing::debug!("{}/{file} does not exist here; not set", dir.display());
         Ok(())
     }
-}
-
-fn read_controllers(path: &Path) -> Result<BTreeSet<String>, CgroupError> {
-    let text = fs::read_to_string(path).map_err(io_error("read", path))?;
-    Ok(parse_controllers(&text))
 }
 
 /// Creates the shared parent; concurrent creators race, so an existing one is fine.
 fn make_parent(hierarchy: &Path) -> Result<(), CgroupError> {
     let parent = hierarchy.join(PARENT_DIR);
     match fs::create_dir(&parent) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(io_error("create", &parent)(e)),
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(io_err("create", &parent)(e)),
         _ => Ok(()),
     }
 }
 
-/// Creates a sandbox's own directory, which must be new: reusing one could inherit
-/// another sandbox's processes or limits.
+/// Creates a sandbox's own directory, which must be new: reusing one could inherit another
+/// sandbox's processes or limits.
 fn make_sandbox_dir(dir: &Path, rollback: &mut Rollback) -> Result<(), CgroupError> {
     match fs::create_dir(dir) {
         Ok(()) => {
@@ -415,22 +390,20 @@ fn make_sandbox_dir(dir: &Path, rollback: &mut Rollback) -> Result<(), CgroupErr
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
             Err(CgroupError::AlreadyExists(dir.to_path_buf()))
         }
-        Err(e) => Err(io_error("create", dir)(e)),
+        Err(e) => Err(io_err("create", dir)(e)),
     }
 }
 
-/// Enables `wanted` for the children of `dir`, writing only what is not already on (a
-/// delegated subtree may allow reading but not writing `cgroup.subtree_control`).
+/// Enables `wanted` for the children of `dir`, writing only what is not on yet (a delegated
+/// subtree may let us read `cgroup.subtree_control` but not write it).
 fn enable_controllers(dir: &Path, wanted: &[&str]) -> Result<(), CgroupError> {
     let file = dir.join("cgroup.subtree_control");
-    let enabled = read_controllers(&file)?;
-    for controller in wanted.iter().filter(|c| !enabled.contains(**c)) {
-        fs::write(&file, format!("+{controller}")).map_err(|e| {
-            if e.raw_os_error() == Some(libc::EBUSY) {
-                CgroupError::ControllersBusy(dir.to_path_buf())
-            } else {
-                io_error("write", &file)(e)
-            }
+    let text = fs::read_to_string(&file).map_err(io_err("read", &file))?;
+    let enabled = parse_controllers(&text);
+    for controller in wanted.iter().filter(|c| !enabled.contains(*c)) {
+        fs::write(&file, format!("+{controller}")).map_err(|e| match e.raw_os_error() {
+            Some(libc::EBUSY) => CgroupError::ControllersBusy(dir.to_path_buf()),
+            _ => io_err("write", &file)(e),
         })?;
     }
     Ok(())
@@ -444,61 +417,140 @@ impl SandboxCgroup {
         limits: &Resources,
     ) -> Result<SandboxCgroup, CgroupError> {
         validate_id(id)?;
-        let mut rollback = Rollback::default();
-        let cgroup = match layout {
+        let mut cgroup = SandboxCgroup::existing(layout, id);
+        match layout {
             CgroupLayout::Unavailable { reason } => {
                 return Err(CgroupError::Unavailable(reason.clone()));
             }
-            CgroupLayout::V2 { root } => create_v2(root, id, limits, &mut rollback)?,
-            CgroupLayout::V1 { .. } => create_v1(layout, id, limits, &mut rollback)?,
-        };
+            CgroupLayout::V2 { root } => {
+                if !v2_controllers(root)?.contains("cpu") {
+                    cgroup.cpu = None;
+                }
+                let wanted = if cgroup.cpu.is_some() {
+                    &["memory", "pids", "cpu"][..]
+                } else {
+                    &REQUIRED
+                };
+                enable_controllers(root, wanted)?;
+                make_parent(root)?;
+                enable_controllers(&root.join(PARENT_DIR), wanted)?;
+            }
+            CgroupLayout::V1 { memory, pids, .. } => v1_required(memory, pids)?,
+        }
+        let mut rollback = Rollback(Vec::new());
+        for dir in cgroup.dirs.clone() {
+            let hierarchy = dir
+                .parent()
+                .and_then(Path::parent)
+                .unwrap_or(Path::new("/"));
+            let made = make_parent(hierarchy).and_then(|()| make_sandbox_dir(&dir, &mut rollback));
+            match made {
+                // On a hybrid host the v2 directory only adds cgroup.kill; kill_all can
+                // signal each process instead.
+                Err(e) if !cgroup.v2 && cgroup.kill.as_ref() == Some(&dir) => {
+                    tracing::warn!(
+                        id,
+                        "no v2 cgroup for cgroup.kill, killing by signals instead: {e}"
+                    );
+                    cgroup.kill = None;
+                    cgroup.dirs.retain(|d| *d != dir);
+                }
+                other => other?,
+            }
+        }
+        cgroup.set_limits(limits)?;
         rollback.0.clear();
         tracing::debug!(id, dirs = ?cgroup.dirs, "sandbox cgroup created");
         Ok(cgroup)
     }
 
+    fn set_limits(&self, limits: &Resources) -> Result<(), CgroupError> {
+        let (Some(memory), Some(pids)) = (&self.memory, &self.pids) else {
+            return Err(CgroupError::Unavailable("no memory or pids cgroup".into()));
+        };
+        if self.v2 {
+            write_value(memory, "memory.max", limits.memory_bytes)?;
+            // The limit covers RAM and swap together, as on v1 with memsw.
+            write_if_present(memory, "memory.swap.max", 0)?;
+        } else {
+            write_value(memory, "memory.limit_in_bytes", limits.memory_bytes)?;
+            // After the RAM limit: the kernel requires memsw >= limit. Equal means no swap.
+            write_if_present(memory, "memory.memsw.limit_in_bytes", limits.memory_bytes)?;
+        }
+        write_value(pids, "pids.max", limits.pids)?;
+        match (limits.cpus, &self.cpu) {
+            (Some(cpus), Some(cpu)) if self.v2 => write_value(
+                cpu,
+                "cpu.max",
+                format!("{} {CPU_PERIOD_US}", cpu_quota_us(cpus)),
+            ),
+            (Some(cpus), Some(cpu)) => {
+                write_value(cpu, "cpu.cfs_period_us", CPU_PERIOD_US)?;
+                write_value(cpu, "cpu.cfs_quota_us", cpu_quota_us(cpus))
+            }
+            (Some(_), None) => {
+                tracing::warn!(
+                    id = self.id,
+                    "no cpu controller here: the CPU limit is not applied"
+                );
+                Ok(())
+            }
+            (None, _) => Ok(()),
+        }
+    }
+
     /// Reopens the cgroup of a sandbox by id (for cleanup after a crash), without creating it.
     pub fn existing(layout: &CgroupLayout, id: &str) -> SandboxCgroup {
-        let mut cgroup = SandboxCgroup {
-            id: id.to_string(),
-            flavor: Flavor::V2,
-            dirs: Vec::new(),
-            memory: None,
-            kill: None,
-        };
-        if validate_id(id).is_err() {
-            // Never a path outside the parent dirs; such an id cannot have been created.
+        let valid = validate_id(id).is_ok();
+        if !valid {
+            // Such an id was never created, and must not name a path outside the parents.
             tracing::warn!(id, "not a valid sandbox cgroup id; nothing to reopen");
-            return cgroup;
         }
-        for hierarchy in layout.hierarchies() {
-            let dir = sandbox_dir(hierarchy, id);
-            if !cgroup.dirs.contains(&dir) {
-                cgroup.dirs.push(dir);
-            }
-        }
-        match layout {
-            CgroupLayout::V2 { root } => {
-                cgroup.memory = Some(sandbox_dir(root, id));
-                cgroup.kill = Some(sandbox_dir(root, id));
-            }
+        let at = |h: Option<&PathBuf>| h.filter(|_| valid).map(|h| h.join(PARENT_DIR).join(id));
+        let (v2, memory, pids, cpu, kill) = match layout {
+            CgroupLayout::V2 { root } => (
+                true,
+                at(Some(root)),
+                at(Some(root)),
+                at(Some(root)),
+                at(Some(root)),
+            ),
             CgroupLayout::V1 {
-                memory, unified, ..
-            } => {
-                cgroup.flavor = Flavor::V1;
-                cgroup.memory = memory.as_deref().map(|h| sandbox_dir(h, id));
-                cgroup.kill = unified.as_deref().map(|h| sandbox_dir(h, id));
+                memory,
+                pids,
+                cpu,
+                unified,
+            } => (
+                false,
+                at(memory.as_ref()),
+                at(pids.as_ref()),
+                at(cpu.as_ref()),
+                at(unified.as_ref()),
+            ),
+            CgroupLayout::Unavailable { .. } => (false, None, None, None, None),
+        };
+        let mut dirs = Vec::new();
+        for dir in [&memory, &pids, &cpu, &kill].into_iter().flatten() {
+            if !dirs.contains(dir) {
+                dirs.push(dir.clone());
             }
-            CgroupLayout::Unavailable { .. } => {}
         }
-        cgroup
+        SandboxCgroup {
+            id: id.into(),
+            v2,
+            dirs,
+            memory,
+            pids,
+            cpu,
+            kill,
+        }
     }
 
     /// Moves `pid` into the sandbox: writes it into `cgroup.procs` of every directory.
     pub fn add_process(&self, pid: u32) -> Result<(), CgroupError> {
         self.dirs
             .iter()
-            .try_for_each(|dir| write_value(&dir.join("cgroup.procs"), pid))
+            .try_for_each(|dir| write_value(dir, "cgroup.procs", pid))
     }
 
     /// SIGKILLs every process of the sandbox and waits (bounded) until none is listed.
@@ -506,17 +558,15 @@ impl SandboxCgroup {
         if let Some(dir) = &self.kill {
             let file = dir.join("cgroup.kill");
             match fs::write(&file, "1") {
-                Ok(()) => {}
-                // The cgroup is gone, or the kernel predates cgroup.kill (5.14): the signal
-                // loop below covers both.
+                // Gone already, or a kernel before 5.14: the signal loop below covers both.
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                    tracing::debug!("{} is missing; signalling each process", file.display());
+                    tracing::debug!("no {}", file.display())
                 }
-                Err(e) => return Err(io_error("write", &file)(e)),
+                other => other.map_err(io_err("write", &file))?,
             }
         }
-        // Also after cgroup.kill: it only queues the signals, and on hybrid hosts a
-        // process that never reached the v2 directory would survive it.
+        // Also after cgroup.kill: it only queues the signals, and on a hybrid host a process
+        // that never reached the v2 directory would survive it.
         let deadline = Instant::now() + KILL_PATIENCE;
         self.dirs
             .iter()
@@ -525,12 +575,16 @@ impl SandboxCgroup {
 
     /// Highest memory use seen (v2 `memory.peak`, v1 `memory.max_usage_in_bytes`).
     pub fn peak_memory_bytes(&self) -> Option<u64> {
-        let file = match self.flavor {
-            Flavor::V2 => "memory.peak",
-            Flavor::V1 => "memory.max_usage_in_bytes",
+        let file = if self.v2 {
+            "memory.peak"
+        } else {
+            "memory.max_usage_in_bytes"
         };
-        let text = fs::read_to_string(self.memory.as_ref()?.join(file)).ok()?;
-        text.trim().parse().ok()
+        fs::read_to_string(self.memory.as_ref()?.join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     /// Whether the kernel's OOM killer ended a process of this sandbox.
@@ -539,15 +593,22 @@ impl SandboxCgroup {
             return false;
         };
         let read = |name: &str| fs::read_to_string(dir.join(name)).unwrap_or_default();
-        match self.flavor {
-            Flavor::V2 => parse_keyed(&read("memory.events"), "oom_kill").is_some_and(|n| n > 0),
-            Flavor::V1 => match parse_keyed(&read("memory.oom_control"), "oom_kill") {
-                Some(kills) => kills > 0,
-                // Kernels before 4.13 lack the counter; hitting the limit is the closest
-                // sign left, though reclaim alone can also raise it.
-                None => parse_keyed(&format!("failcnt {}", read("memory.failcnt")), "failcnt")
-                    .is_some_and(|n| n > 0),
-            },
+        let events = if self.v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        match parse_keyed(&read(events), "oom_kill") {
+            Some(kills) => kills > 0,
+            // v1 before Linux 4.13 has no counter; hitting the limit is the closest sign
+            // left, though reclaim alone can also raise it.
+            None => {
+                !self.v2
+                    && read("memory.failcnt")
+                        .trim()
+                        .parse()
+                        .is_ok_and(|n: u64| n > 0)
+            }
         }
     }
 
@@ -571,141 +632,14 @@ impl SandboxCgroup {
     }
 }
 
-fn create_v2(
-    root: &Path,
-    id: &str,
-    limits: &Resources,
-    rollback: &mut Rollback,
-) -> Result<SandboxCgroup, CgroupError> {
-    let controllers_file = root.join("cgroup.controllers");
-    let available = read_controllers(&controllers_file)?;
-    if let Some(missing) = REQUIRED.iter().find(|c| !available.contains(**c)) {
-        return Err(CgroupError::MissingController {
-            controller: missing,
-            detail: format!("not listed in {}", controllers_file.display()),
-        });
-    }
-    let has_cpu = available.contains("cpu");
-    let wanted: &[&str] = if has_cpu {
-        &["memory", "pids", "cpu"]
-    } else {
-        &REQUIRED
-    };
-    enable_controllers(root, wanted)?;
-    make_parent(root)?;
-    enable_controllers(&root.join(PARENT_DIR), wanted)?;
-    let dir = sandbox_dir(root, id);
-    make_sandbox_dir(&dir, rollback)?;
-
-    write_value(&dir.join("memory.max"), limits.memory_bytes)?;
-    // The limit covers RAM and swap together, as on v1 with memsw.
-    write_if_present(&dir.join("memory.swap.max"), 0)?;
-    write_value(&dir.join("pids.max"), limits.pids)?;
-    match (limits.cpus, has_cpu) {
-        (Some(cpus), true) => write_value(
-            &dir.join("cpu.max"),
-            format!("{} {CPU_PERIOD_US}", cpu_quota_us(cpus)),
-        )?,
-        (Some(_), false) => tracing::warn!(
-            id,
-            "the cpu controller is not available in {}: the CPU limit is not applied",
-            controllers_file.display()
-        ),
-        (None, _) => {}
-    }
-    Ok(SandboxCgroup {
-        id: id.to_string(),
-        flavor: Flavor::V2,
-        dirs: vec![dir.clone()],
-        memory: Some(dir.clone()),
-        kill: Some(dir),
-    })
-}
-
-fn create_v1(
-    layout: &CgroupLayout,
-    id: &str,
-    limits: &Resources,
-    rollback: &mut Rollback,
-) -> Result<SandboxCgroup, CgroupError> {
-    let CgroupLayout::V1 {
-        memory: Some(memory),
-        pids: Some(pids),
-        cpu,
-        unified,
-    } = layout
-    else {
-        let controller = match layout {
-            CgroupLayout::V1 { memory: None, .. } => "memory",
-            _ => "pids",
-        };
-        return Err(CgroupError::MissingController {
-            controller,
-            detail: format!("no cgroup v1 hierarchy with the {controller} controller is mounted"),
-        });
-    };
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for hierarchy in [Some(memory), Some(pids), cpu.as_ref()].into_iter().flatten() {
-        let dir = sandbox_dir(hierarchy, id);
-        if !dirs.contains(&dir) {
-            make_parent(hierarchy)?;
-            make_sandbox_dir(&dir, rollback)?;
-            dirs.push(dir);
-        }
-    }
-
-    let memory_dir = sandbox_dir(memory, id);
-    write_value(&memory_dir.join("memory.limit_in_bytes"), limits.memory_bytes)?;
-    // After the RAM limit: the kernel requires memsw >= limit. Equal means no swap.
-    write_if_present(&memory_dir.join("memory.memsw.limit_in_bytes"), limits.memory_bytes)?;
-    write_value(&sandbox_dir(pids, id).join("pids.max"), limits.pids)?;
-    match (limits.cpus, cpu) {
-        (Some(cpus), Some(cpu)) => {
-            let dir = sandbox_dir(cpu, id);
-            write_value(&dir.join("cpu.cfs_period_us"), CPU_PERIOD_US)?;
-            write_value(&dir.join("cpu.cfs_quota_us"), cpu_quota_us(cpus))?;
-        }
-        (Some(_), None) => tracing::warn!(
-            id,
-            "no cgroup v1 hierarchy with the cpu controller is mounted: the CPU limit is not applied"
-        ),
-        (None, _) => {}
-    }
-
-    // The v2 directory only adds cgroup.kill; without it kill_all signals each process.
-    let mut kill = None;
-    if let Some(unified) = unified {
-        let dir = sandbox_dir(unified, id);
-        match make_parent(unified).and_then(|()| make_sandbox_dir(&dir, rollback)) {
-            Ok(()) => {
-                dirs.push(dir.clone());
-                kill = Some(dir);
-            }
-            Err(e) => tracing::warn!(id, "no v2 cgroup for cgroup.kill, killing by signals: {e}"),
-        }
-    }
-    Ok(SandboxCgroup {
-        id: id.to_string(),
-        flavor: Flavor::V1,
-        dirs,
-        memory: Some(memory_dir),
-        kill,
-    })
-}
-
-fn read_pids(procs: &Path) -> io::Result<Vec<u32>> {
-    fs::read_to_string(procs).map(|text| parse_pids(&text))
-}
-
 /// Re-sends SIGKILL to whatever `procs` lists until it lists nothing or `deadline` passes
-/// (new processes may be forked between reading the list and signalling).
+/// (processes may fork between our reading the list and signalling).
 fn signal_until_empty(procs: &Path, deadline: Instant) -> Result<(), CgroupError> {
     let own = std::process::id();
     loop {
-        let listed = match read_pids(procs) {
-            Ok(pids) => pids,
+        let listed = match fs::read_to_string(procs) {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-            Err(e) => return Err(io_error("read", procs)(e)),
+            other => parse_pids(&other.map_err(io_err("read", procs))?),
         };
         // Killing ourselves would end the service, not the sandbox.
         let listed: Vec<u32> = listed.into_iter().filter(|pid| *pid != own).collect();
@@ -714,71 +648,64 @@ fn signal_until_empty(procs: &Path, deadline: Instant) -> Result<(), CgroupError
         }
         if Instant::now() >= deadline {
             return Err(CgroupError::KillIncomplete {
-                path: procs.to_path_buf(),
+                path: procs.into(),
                 remaining: listed.len(),
-                waited: KILL_PATIENCE,
             });
         }
-        sigkill_members(procs, &listed)?;
-        thread::sleep(POLL_INTERVAL);
-    }
-}
-
-/// A listed pid may exit and be reused by an unrelated process before we signal it, so each
-/// process is pinned with a pidfd first and only signalled if its pid is still listed after
-/// pinning (then the pidfd's process is the member).
-fn sigkill_members(procs: &Path, listed: &[u32]) -> Result<(), CgroupError> {
-    let pinned: Vec<_> = listed
-        .iter()
-        .filter_map(|&pid| Some((pid, Pid::from_raw(i32::try_from(pid).ok()?)?)))
-        .map(|(pid, raw)| (pid, raw, rustix::process::pidfd_open(raw, PidfdFlags::empty())))
-        .collect();
-    let still_listed: BTreeSet<u32> = read_pids(procs).unwrap_or_default().into_iter().collect();
-    for (pid, raw, pidfd) in pinned {
-        if !still_listed.contains(&pid) {
-            continue;
-        }
-        let sent = match pidfd {
-            Ok(fd) => rustix::process::pidfd_send_signal(&fd, Signal::KILL),
-            // Before Linux 5.3 there are no pidfds; accept the small reuse window.
-            Err(rustix::io::Errno::NOSYS) => rustix::process::kill_process(raw, Signal::KILL),
-            Err(e) => Err(e),
-        };
-        match sent {
-            Ok(()) | Err(rustix::io::Errno::SRCH) => {}
-            Err(e) => {
-                return Err(CgroupError::Signal {
+        // A listed pid may exit and be reused by an unrelated process before the signal, so
+        // each is pinned with a pidfd and signalled only if still listed after pinning.
+        let pinned: Vec<_> = listed
+            .iter()
+            .filter_map(|&pid| Some((pid, Pid::from_raw(i32::try_from(pid).ok()?)?)))
+            .map(|(pid, raw)| {
+                (
                     pid,
-                    path: procs.to_path_buf(),
-                    source: e.into(),
-                });
+                    raw,
+                    rustix::process::pidfd_open(raw, PidfdFlags::empty()),
+                )
+            })
+            .collect();
+        let still_listed = parse_pids(&fs::read_to_string(procs).unwrap_or_default());
+        for (_, raw, pidfd) in pinned
+            .into_iter()
+            .filter(|(pid, ..)| still_listed.contains(pid))
+        {
+            let sent = match pidfd {
+                Ok(fd) => rustix::process::pidfd_send_signal(&fd, Signal::KILL),
+                // Before Linux 5.3 there are no pidfds; accept the small reuse window.
+                Err(Errno::NOSYS) => rustix::process::kill_process(raw, Signal::KILL),
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(()) | Err(Errno::SRCH) => {}
+                Err(e) => return Err(io_err("SIGKILL a process listed in", procs)(e.into())),
             }
         }
+        thread::sleep(POLL);
     }
-    Ok(())
 }
 
 /// Removes `dir` after any nested cgroups (rmdir refuses a cgroup with children).
 fn remove_tree(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
     match fs::read_dir(dir) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io_err("list", dir)(e)),
         Ok(entries) => {
-            for entry in entries.flatten() {
-                if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                    remove_tree(&entry.path(), deadline)?;
-                }
+            for entry in entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            {
+                remove_tree(&entry.path(), deadline)?;
             }
         }
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(io_error("list", dir)(e)),
     }
     loop {
         match fs::remove_dir(dir) {
-            Ok(()) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
             Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
-                thread::sleep(POLL_INTERVAL);
+                thread::sleep(POLL)
             }
-            Err(e) => return Err(io_error("remove", dir)(e)),
+            other => return other.map_err(io_err("remove", dir)),
         }
     }
 }
@@ -786,22 +713,325 @@ fn remove_tree(dir: &Path, deadline: Instant) -> Result<(), CgroupError> {
 /// Ids of sandbox cgroups that exist under the agentkernel parent dirs (for leak checks and
 /// crash cleanup).
 pub fn list_sandbox_cgroups(layout: &CgroupLayout) -> Vec<String> {
-    let mut ids = BTreeSet::new();
-    for hierarchy in layout.hierarchies() {
-        let Ok(entries) = fs::read_dir(hierarchy.join(PARENT_DIR)) else {
-            continue;
-        };
-        for entry in entries.flatten() {
-            if entry.file_type().is_ok_and(|t| t.is_dir()) {
-                if let Ok(name) = entry.file_name().into_string() {
-                    ids.insert(name);
-                }
-            }
-        }
-    }
+    let entries = layout
+        .hierarchies()
+        .into_iter()
+        .filter_map(|h| fs::read_dir(h.join(PARENT_DIR)).ok());
+    let ids: BTreeSet<String> = entries
+        .flat_map(|dir| dir.flatten())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
     ids.into_iter().collect()
 }
 
 #[cfg(test)]
-#[path = "cgroup_tests.rs"]
-mod tests;
+mod tests {
+    use std::io::Write;
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    /// This machine's `/proc/self/mountinfo`, cgroup part: v1 controllers + bare v2.
+    const HYBRID: &str = "\
+23 1 0:21 / /sys rw,nosuid,nodev,noexec,relatime - sysfs sysfs rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu
+33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory
+36 31 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer
+38 31 0:35 / /sys/fs/cgroup/blkio rw,relatime - cgroup cgroup rw,blkio
+39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+";
+    const PURE_V2: &str = "\
+22 1 0:21 / /proc rw,nosuid,nodev,noexec,relatime shared:12 - proc proc rw
+35 24 0:30 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot
+";
+    const PURE_V1: &str = "\
+30 24 0:26 / /sys/fs/cgroup/cpu,cpuacct rw,nosuid shared:11 - cgroup cgroup rw,cpu,cpuacct
+31 24 0:27 / /sys/fs/cgroup/memory rw,nosuid shared:12 - cgroup cgroup rw,memory
+32 24 0:28 / /sys/fs/cgroup/pids rw,nosuid shared:13 - cgroup cgroup rw,pids
+";
+
+    fn v1(memory: &str, pids: &str, cpu: Option<&str>, unified: Option<&str>) -> CgroupLayout {
+        CgroupLayout::V1 {
+            memory: Some(memory.into()),
+            pids: Some(pids.into()),
+            cpu: cpu.map(PathBuf::from),
+            unified: unified.map(PathBuf::from),
+        }
+    }
+
+    fn v2(root: &str) -> CgroupLayout {
+        CgroupLayout::V2 { root: root.into() }
+    }
+
+    #[test]
+    fn mountinfo_layouts_and_descriptions() {
+        let (memory, pids) = ("/sys/fs/cgroup/memory", "/sys/fs/cgroup/pids");
+        let systemd = "40 31 0:37 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd\n";
+        let cases = [
+            (
+                HYBRID.to_string(),
+                v1(
+                    memory,
+                    pids,
+                    Some("/sys/fs/cgroup/cpu"),
+                    Some("/sys/fs/cgroup/unified"),
+                ),
+                "hybrid: v1 memory,pids,cpu + v2 at /sys/fs/cgroup/unified (cgroup.kill)",
+            ),
+            (PURE_V2.into(), v2("/sys/fs/cgroup"), "v2 at /sys/fs/cgroup"),
+            (
+                PURE_V1.into(),
+                v1(memory, pids, Some("/sys/fs/cgroup/cpu,cpuacct"), None),
+                "v1 memory,pids,cpu",
+            ),
+            // Only name=systemd on v1: the controllers are on the v2 mount.
+            (
+                format!("{systemd}41 31 0:38 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw\n"),
+                v2("/sys/fs/cgroup/unified"),
+                "v2 at /sys/fs/cgroup/unified",
+            ),
+            (
+                "1 0 0:1 / /my\\040cg rw - cgroup2 x rw\n".into(),
+                v2("/my cg"),
+                "v2 at /my cg",
+            ),
+        ];
+        for (text, layout, description) in cases {
+            assert_eq!(CgroupLayout::from_mountinfo(&text), layout);
+            assert_eq!(layout.describe(), description);
+        }
+        for text in ["", "garbage\n\n1 2 3\n", systemd] {
+            let layout = CgroupLayout::from_mountinfo(text);
+            assert!(
+                matches!(layout, CgroupLayout::Unavailable { .. }),
+                "{text:?}"
+            );
+            assert!(layout.usable().is_err());
+        }
+        let no_pids = CgroupLayout::V1 {
+            memory: Some("/m".into()),
+            pids: None,
+            cpu: None,
+            unified: None,
+        };
+        assert_eq!(no_pids.describe(), "v1 memory (no pids,cpu)");
+        assert!(no_pids.usable().is_err_and(|e| e.contains("pids")));
+    }
+
+    #[test]
+    fn small_parsers() {
+        let events = "low 0\nhigh 0\nmax 12\noom 1\noom_kill 1\noom_group_kill 0\n";
+        assert_eq!(parse_keyed(events, "oom_kill"), Some(1));
+        let oom_control = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+        assert_eq!(parse_keyed(oom_control, "oom_kill"), Some(3));
+        assert_eq!(parse_keyed("oom_kill_disable 0\n", "oom_kill"), None);
+        assert_eq!(parse_pids("12\n345\n"), vec![12, 345]);
+        assert!(parse_pids("").is_empty());
+        let quotas = [0.5, 2.0, 0.001].map(cpu_quota_us);
+        assert_eq!(quotas, [50_000, 200_000, MIN_CPU_QUOTA_US]);
+        for bad in ["", ".", "..", "a/b", "x\ny"] {
+            assert!(validate_id(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn existing_paths_per_layout() {
+        let hybrid = SandboxCgroup::existing(&CgroupLayout::from_mountinfo(HYBRID), "s1");
+        let dirs: Vec<_> = ["memory", "pids", "cpu", "unified"]
+            .map(|h| PathBuf::from(format!("/sys/fs/cgroup/{h}/agentkernel/s1")))
+            .into();
+        assert_eq!(hybrid.paths(), dirs);
+        let co_mounted = v1("/cg/all", "/cg/all", Some("/cg/all"), None);
+        assert_eq!(
+            SandboxCgroup::existing(&co_mounted, "s1").paths(),
+            [PathBuf::from("/cg/all/agentkernel/s1")]
+        );
+        assert!(
+            SandboxCgroup::existing(&co_mounted, "../x")
+                .paths()
+                .is_empty()
+        );
+        let gone = SandboxCgroup::existing(&CgroupLayout::from_mountinfo(""), "s1");
+        assert!(gone.paths().is_empty() && gone.remove().is_ok() && gone.kill_all().is_ok());
+    }
+
+    /// The detected layout when real cgroups can be created here, else `None` (and why).
+    fn real_layout() -> Option<CgroupLayout> {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: not running as root");
+            return None;
+        }
+        let layout = CgroupLayout::detect();
+        match layout.usable() {
+            Ok(()) => Some(layout),
+            Err(reason) => {
+                eprintln!("skipped: {reason}");
+                None
+            }
+        }
+    }
+
+    fn unique_id() -> String {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        format!(
+            "test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    fn read(dir: &Path, file: &str) -> String {
+        fs::read_to_string(dir.join(file))
+            .unwrap()
+            .trim()
+            .to_string()
+    }
+
+    /// Limits are written, processes are killed and the directories go away.
+    fn lifecycle(layout: &CgroupLayout) {
+        let id = unique_id();
+        let limits = Resources {
+            cpus: Some(0.5),
+            memory_bytes: 64 << 20,
+            pids: 16,
+        };
+        let cgroup = SandboxCgroup::create(layout, &id, &limits).unwrap();
+        eprintln!("{} -> {:?}", layout.describe(), cgroup.paths());
+        let (memory, cpu) = (cgroup.memory.clone().unwrap(), cgroup.cpu.clone().unwrap());
+        if cgroup.v2 {
+            assert_eq!(read(&memory, "memory.max"), "67108864");
+            assert_eq!(read(&cpu, "cpu.max"), "50000 100000");
+        } else {
+            assert_eq!(read(&memory, "memory.limit_in_bytes"), "67108864");
+            assert_eq!(read(&cpu, "cpu.cfs_quota_us"), "50000");
+            assert_eq!(read(&cpu, "cpu.cfs_period_us"), "100000");
+        }
+        assert_eq!(read(cgroup.pids.as_ref().unwrap(), "pids.max"), "16");
+        assert!(list_sandbox_cgroups(layout).contains(&id));
+        assert!(matches!(
+            SandboxCgroup::create(layout, &id, &limits),
+            Err(CgroupError::AlreadyExists(_))
+        ));
+        assert!(
+            cgroup.paths().iter().all(|p| p.is_dir()),
+            "a failed create removed another's dirs"
+        );
+
+        // A shell with children of its own: all of them must die.
+        let mut child = Command::new("sh")
+            .args(["-c", "sleep 30 & sleep 30 & wait"])
+            .spawn()
+            .unwrap();
+        cgroup.add_process(child.id()).unwrap();
+        for dir in cgroup.paths() {
+            assert!(parse_pids(&read(dir, "cgroup.procs")).contains(&child.id()));
+        }
+        thread::sleep(Duration::from_millis(50));
+        cgroup.kill_all().unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        assert!(!cgroup.oom_killed());
+        cgroup.remove().unwrap();
+        assert!(cgroup.paths().iter().all(|p| !p.exists()));
+        cgroup.remove().unwrap();
+        assert!(!list_sandbox_cgroups(layout).contains(&id));
+    }
+
+    #[test]
+    fn real_cgroup_lifecycle() {
+        if let Some(layout) = real_layout() {
+            lifecycle(&layout);
+        }
+    }
+
+    /// On a hybrid host, also the pure v1 path: no cgroup.kill, each process signalled.
+    #[test]
+    fn real_cgroup_lifecycle_without_cgroup_kill() {
+        match real_layout() {
+            Some(CgroupLayout::V1 {
+                memory,
+                pids,
+                cpu: Some(cpu),
+                unified: Some(_),
+            }) => {
+                lifecycle(&CgroupLayout::V1 {
+                    memory,
+                    pids,
+                    cpu: Some(cpu),
+                    unified: None,
+                });
+            }
+            Some(other) => eprintln!("skipped: not a hybrid host ({})", other.describe()),
+            None => {}
+        }
+    }
+
+    /// A create that fails halfway removes the directories it made.
+    #[test]
+    fn real_failed_create_rolls_back() {
+        let Some(CgroupLayout::V1 { memory, pids, .. }) = real_layout() else {
+            return eprintln!("skipped: needs a v1 or hybrid host");
+        };
+        let broken = CgroupLayout::V1 {
+            memory,
+            pids,
+            cpu: Some("/nonexistent-ak".into()),
+            unified: None,
+        };
+        let id = unique_id();
+        let limits = Resources {
+            cpus: Some(1.0),
+            memory_bytes: 64 << 20,
+            pids: 16,
+        };
+        let error = SandboxCgroup::create(&broken, &id, &limits).unwrap_err();
+        assert!(
+            error.to_string().contains("/nonexistent-ak/agentkernel"),
+            "{error}"
+        );
+        assert!(!list_sandbox_cgroups(&broken).contains(&id));
+    }
+
+    #[test]
+    fn real_oom_kill_is_reported_and_crash_cleanup_works() {
+        let Some(layout) = real_layout() else { return };
+        let id = unique_id();
+        let limits = Resources {
+            cpus: None,
+            memory_bytes: 32 << 20,
+            pids: 16,
+        };
+        let cgroup = SandboxCgroup::create(&layout, &id, &limits).unwrap();
+        // Waits for a line so it is inside the cgroup before dd allocates its 128 MiB buffer.
+        let mut child = Command::new("sh")
+            .args([
+                "-c",
+                "read _ && exec dd if=/dev/zero of=/dev/null bs=128M count=1",
+            ])
+            .stdin(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        cgroup.add_process(child.id()).unwrap();
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        assert_eq!(child.wait().unwrap().signal(), Some(libc::SIGKILL));
+        assert!(cgroup.oom_killed());
+        let peak = cgroup.peak_memory_bytes();
+        eprintln!("peak memory of the OOM-killed sandbox: {peak:?}");
+        assert!(peak.is_none_or(|p| p > 1 << 20 && p <= 32 << 20));
+        // As after a crash: only the id is known.
+        let reopened = SandboxCgroup::existing(&layout, &id);
+        assert_eq!(reopened.paths(), cgroup.paths());
+        reopened.kill_all().unwrap();
+        reopened.remove().unwrap();
+        assert!(!list_sandbox_cgroups(&layout).contains(&id));
+    }
+}

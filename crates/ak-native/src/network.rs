@@ -97,7 +97,7 @@ impl NetworkHelper {
         }
         Err(NativeError::Network(format!(
             "{HELPER} failed: {}",
-            message.lines().last().unwrap_or("exited without configuring the network")
+            if message.trim().is_empty() { "exited without configuring the network".to_string() } else { message.trim().lines().collect::<Vec<_>>().join("; ") }
         )))
     }
 

@@ -214,7 +214,8 @@ impl<'a> MountPlanner<'a> {
             }
             for file in HOST_HIDDEN_FILES {
                 if Path::new(file).exists() {
-                    self.bind("/dev/null", self.inside(file), ro)?;
+                    // Not nodev: the mask is the /dev/null device itself.
+                    self.bind("/dev/null", self.inside(file), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)?;
                 }
             }
         }
@@ -308,7 +309,7 @@ impl<'a> MountPlanner<'a> {
         self.mount("proc", self.inside("/proc"), "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "")?;
         for file in PROC_HIDDEN_FILES {
             if Path::new("/proc").join(file).exists() {
-                self.bind("/dev/null", self.inside(&format!("/proc/{file}")), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV)?;
+                self.bind("/dev/null", self.inside(&format!("/proc/{file}")), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)?;
             }
         }
         for dir in ["sys", "irq", "bus", "fs"] {

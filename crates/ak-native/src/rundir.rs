@@ -26,6 +26,10 @@ pub fn runtime_base() -> PathBuf {
     }
 }
 
+/// Directories are 0711: the sandbox's first process, already running as the mapped
+/// (unprivileged) uid, must traverse them to reach its mount point, but nobody may list them.
+const DIR_MODE: u32 = 0o711;
+
 /// A live sandbox's runtime directory (locked while this value exists).
 #[derive(Debug)]
 pub struct RunDir {
@@ -37,7 +41,7 @@ impl RunDir {
     pub fn create(base: &Path, id: &str) -> Result<RunDir, NativeError> {
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(DIR_MODE)
             .create(base)
             .map_err(NativeError::io(format!("create {}", base.display())))?;
         // Built under a hidden name and renamed once locked, so the sweep never sees a
@@ -45,7 +49,7 @@ impl RunDir {
         let building = base.join(format!(".{id}"));
         let path = base.join(id);
         std::fs::DirBuilder::new()
-            .mode(0o700)
+            .mode(DIR_MODE)
             .create(&building)
             .map_err(NativeError::io(format!("create {}", building.display())))?;
         let lock = File::create(building.join(LOCK_FILE))

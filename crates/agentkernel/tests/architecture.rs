@@ -1,0 +1,61 @@
+//! Keeps the architecture from rotting: workspace crates may only depend downwards
+//! (types and protocol at the bottom, backends beside each other, the service above them,
+//! the binary on top). Reads `cargo metadata`, so a new edge fails here first.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::process::Command;
+
+/// Each workspace crate and the workspace crates it may depend on.
+fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
+    let rules: &[(&str, &[&str])] = &[
+        ("ak-protocol", &[]),
+        ("ak-agent", &["ak-protocol"]),
+        ("ak-core", &["ak-protocol"]),
+        ("ak-native", &["ak-core", "ak-protocol"]),
+        ("ak-service", &["ak-core", "ak-protocol"]),
+        (
+            "agentkernel",
+            &["ak-agent", "ak-core", "ak-native", "ak-protocol", "ak-service"],
+        ),
+    ];
+    rules
+        .iter()
+        .map(|(name, deps)| (*name, deps.iter().copied().collect()))
+        .collect()
+}
+
+#[test]
+fn workspace_dependencies_point_down() {
+    let output = Command::new(env!("CARGO"))
+        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .expect("run cargo metadata");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let packages = metadata["packages"].as_array().unwrap();
+    let members: BTreeSet<String> = packages
+        .iter()
+        .map(|p| p["name"].as_str().unwrap().to_string())
+        .collect();
+    let allowed = allowed();
+    let mut violations = Vec::new();
+    for package in packages {
+        let name = package["name"].as_str().unwrap();
+        let Some(permitted) = allowed.get(name) else {
+            violations.push(format!("{name} is not in the architecture table of this test"));
+            continue;
+        };
+        for dependency in package["dependencies"].as_array().unwrap() {
+            let dep = dependency["name"].as_str().unwrap();
+            // Dev-dependencies may reach sideways for tests; normal and build ones may not.
+            if dependency["kind"].as_str() == Some("dev") {
+                continue;
+            }
+            if members.contains(dep) && !permitted.contains(dep) {
+                violations.push(format!("{name} must not depend on {dep}"));
+            }
+        }
+    }
+    assert!(violations.is_empty(), "architecture violations:\n{}", violations.join("\n"));
+}

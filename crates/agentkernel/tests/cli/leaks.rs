@@ -1,0 +1,39 @@
+//! No leaks: many runs, including failing and killed ones, leave no mounts, cgroups,
+//! network namespaces, processes or runtime directories behind.
+
+use std::time::Duration;
+
+use crate::common::{exclusive_host, shared_host, Mode, agentkernel, assert_code, assert_no_leaks, run, snapshot};
+
+#[test]
+fn two_hundred_runs_leave_nothing_behind() {
+    let _host = exclusive_host();
+    let before = snapshot();
+    for i in 0..200 {
+        let mode = if i % 4 == 3 { Mode::Rootless } else { Mode::Root };
+        let (cmd, code): (&[&str], i32) = match i % 5 {
+            0 => (&["sh", "-c", "exit 7"], 7),
+            1 => (&["sh", "-c", "sleep 100 & echo bg"], 0),
+            _ => (&["true"], 0),
+        };
+        assert_code(&run(mode, &["--no-network"], cmd), code);
+    }
+    assert_no_leaks(&before);
+}
+
+#[test]
+fn a_killed_cli_leaves_nothing_behind() {
+    let _host = exclusive_host();
+    let before = snapshot();
+    for mode in [Mode::Root, Mode::Rootless] {
+        let mut child = agentkernel(mode, &["run", "--no-network", "--", "sleep", "600"]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    // The next run sweeps what the killed ones could not release themselves.
+    std::thread::sleep(Duration::from_millis(300));
+    assert_code(&run(Mode::Root, &["--no-network"], &["true"]), 0);
+    assert_code(&run(Mode::Rootless, &["--no-network"], &["true"]), 0);
+    assert_no_leaks(&before);
+}

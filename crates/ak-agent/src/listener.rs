@@ -1,0 +1,145 @@
+//! Where connections come from: one inherited socket (`--fd`) or a listener (`--listen`).
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::path::Path;
+use std::time::Duration;
+
+use rustix::io::FdFlags;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::task::JoinSet;
+
+use crate::agent::Agent;
+
+/// How long open connections get to finish (flush the reply to `Shutdown`) at exit.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Serves the one connection on inherited fd `fd`; returns the exit code.
+pub(crate) async fn serve_fd(agent: Agent, fd: i32) -> i32 {
+    let stream = match adopt_socket(fd) {
+        Ok(stream) => stream,
+        Err(e) => {
+            tracing::error!("cannot use fd {fd} as the host connection: {e}");
+            return 1;
+        }
+    };
+    agent.serve_connection(stream).await;
+    // The host is gone (or asked to shut down): nobody is left to report to.
+    agent.shutdown();
+    0
+}
+
+/// Takes ownership of the inherited connection.
+fn adopt_socket(fd: i32) -> std::io::Result<UnixStream> {
+    // SAFETY: F_GETFD only inspects the descriptor table; an fd number that is not open
+    // just yields EBADF.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the fd is open (checked above) and was handed to this process on its command
+    // line for exactly this use; nothing else in the process knows of it, so this is its
+    // only owner.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let stat = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a socket",
+        ));
+    }
+    // Inherited fds are usually not close-on-exec: commands must not get the host link.
+    rustix::io::fcntl_setfd(&fd, FdFlags::CLOEXEC)?;
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    stream.set_nonblocking(true)?;
+    UnixStream::from_std(stream)
+}
+
+/// Accepts connections at `path` until a shutdown; returns the exit code.
+pub(crate) async fn serve_listener(agent: Agent, path: &Path) -> i32 {
+    let listener = match bind(path) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!("cannot listen on {}: {e}", path.display());
+            return 1;
+        }
+    };
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let agent = agent.clone();
+                    connections.spawn(async move { agent.serve_connection(stream).await });
+                }
+                Err(e) => {
+                    tracing::warn!("cannot accept a connection: {e}");
+                    // Out of fds, typically: give connections time to end instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Err(e) = done {
+                    tracing::error!("a connection task failed: {e}");
+                }
+            }
+            () = agent.shutdown_requested() => break,
+        }
+    }
+    drop(listener);
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::debug!("cannot remove {}: {e}", path.display());
+    }
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while connections.join_next().await.is_some() {}
+    });
+    if drained.await.is_err() {
+        tracing::debug!("connections still open at exit");
+    }
+    0
+}
+
+/// Binds `path`, replacing a stale socket file left by an earlier agent (but never any
+/// other kind of file).
+fn bind(path: &Path) -> std::io::Result<UnixListener> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
+        Ok(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "the path exists and is not a socket",
+            ));
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    UnixListener::bind(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn stale_sockets_are_replaced_other_files_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        drop(bind(&path).unwrap());
+        assert!(
+            path.exists(),
+            "the socket file stays after the listener is dropped"
+        );
+        drop(bind(&path).unwrap());
+        let file = dir.path().join("file");
+        std::fs::write(&file, "data").unwrap();
+        assert!(bind(&file).is_err());
+        assert_eq!(std::fs::read(&file).unwrap(), b"data");
+    }
+
+    #[test]
+    fn adopt_refuses_closed_and_non_socket_fds() {
+        assert!(adopt_socket(987_654).is_err());
+        let file = tempfile::tempfile().unwrap();
+        let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+        assert!(adopt_socket(fd).is_err());
+    }
+}

@@ -1,0 +1,243 @@
+//! Starting one command: argv, environment, working directory, user, stdio or pty.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use ak_protocol::{AgentError, ErrorKind, ExecSpec, StdinMode};
+use rustix::fs::{Mode, OFlags};
+use rustix::process::{Gid, Pid, Uid};
+
+use crate::agent::Shared;
+use crate::reaper::ExitWaiter;
+use crate::users::{self, User};
+
+/// Used when neither the agent (as PID 1, often started with an empty environment) nor the
+/// request provides `PATH`; the same default container runtimes use.
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Used for PTY execs unless the request or the agent's environment names a terminal.
+const DEFAULT_TERM: &str = "xterm-256color";
+
+/// A started command and the agent's ends of its stdio.
+#[derive(Debug)]
+pub(crate) struct Spawned {
+    pub(crate) pid: Pid,
+    pub(crate) exit: ExitWaiter,
+    pub(crate) stdin: Option<OwnedFd>,
+    pub(crate) stdout: Option<OwnedFd>,
+    pub(crate) stderr: Option<OwnedFd>,
+    /// For PTY execs, the master; output, input and resizes all go through it.
+    pub(crate) pty_master: Option<OwnedFd>,
+}
+
+/// Starts `spec` as the leader of a new session (and so of a new process group).
+pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentError> {
+    let Some(program) = spec.argv.first() else {
+        return Err(AgentError::new(
+            ErrorKind::BadRequest,
+            "the command line (argv) is empty",
+        ));
+    };
+    let mut command = Command::new(program);
+    command
+        .args(&spec.argv[1..])
+        .envs(spec.env.iter().map(|(k, v)| (k, v)));
+    if !has_env(spec, "PATH") {
+        command.env("PATH", DEFAULT_PATH);
+    }
+
+    let cwd = shared
+        .root
+        .host_path(Path::new(spec.cwd.as_deref().unwrap_or(".")));
+    check_cwd(&cwd, spec.cwd.as_deref())?;
+    command.current_dir(&cwd);
+
+    let user = match &spec.user {
+        Some(name) => Some(resolve_user(shared, name)?),
+        None => None,
+    };
+    if let Some(user) = &user {
+        if let (Some(home), false) = (&user.home, has_env(spec, "HOME")) {
+            command.env("HOME", home);
+        }
+        if let (Some(name), false) = (&user.name, has_env(spec, "USER")) {
+            command.env("USER", name);
+        }
+    }
+
+    let pty = match spec.pty {
+        Some(size) => {
+            let pty = crate::pty::open(size)
+                .map_err(|e| spawn_failed(format!("cannot open a pty: {e}")))?;
+            let dup = |fd: &OwnedFd| {
+                fd.try_clone()
+                    .map_err(|e| spawn_failed(format!("cannot open a pty: {e}")))
+            };
+            command
+                .stdin(Stdio::from(dup(&pty.slave)?))
+                .stdout(Stdio::from(dup(&pty.slave)?))
+                .stderr(Stdio::from(pty.slave));
+            if !has_env(spec, "TERM") {
+                command.env("TERM", DEFAULT_TERM);
+            }
+            Some(pty.master)
+        }
+        None => {
+            command
+                .stdin(match spec.stdin {
+                    StdinMode::Null => Stdio::null(),
+                    StdinMode::Pipe => Stdio::piped(),
+                })
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            None
+        }
+    };
+    set_up_child(&mut command, user.as_ref(), pty.is_some());
+
+    let (mut child, exit) = shared
+        .children
+        .spawn(&mut command)
+        .map_err(|e| spawn_error(program, &e))?;
+    // The command holds the parent's copies of the pty slave: they must be closed now, or
+    // reading the master would never see the end of the command's output.
+    drop(command);
+    let pid = i32::try_from(child.id())
+        .ok()
+        .and_then(Pid::from_raw)
+        .ok_or_else(|| spawn_failed(format!("unexpected pid {}", child.id())))?;
+    Ok(Spawned {
+        pid,
+        exit,
+        stdin: child.stdin.take().map(OwnedFd::from),
+        stdout: child.stdout.take().map(OwnedFd::from),
+        stderr: child.stderr.take().map(OwnedFd::from),
+        pty_master: pty,
+    })
+}
+
+/// Installs what runs in the child between fork and exec: a new session (so that the
+/// whole command tree can be signalled as one process group), the controlling terminal,
+/// and the user switch.
+fn set_up_child(command: &mut Command, user: Option<&User>, pty: bool) {
+    let ids = user.map(|user| (Uid::from_raw(user.uid), Gid::from_raw(user.gid)));
+    let as_root = rustix::process::geteuid().is_root();
+    let hook = move || -> std::io::Result<()> {
+        rustix::process::setsid()?;
+        if pty {
+            // stdin is the pty slave by now (std sets up stdio before this hook runs).
+            rustix::process::ioctl_tiocsctty(rustix::stdio::stdin())?;
+        }
+        if let Some((uid, gid)) = ids {
+            // Supplementary groups can only be changed by root; an unprivileged agent can
+            // still "switch" to its own ids, which the caller has checked.
+            if as_root {
+                rustix::thread::set_thread_groups(&[gid])?;
+            }
+            // Group before user: after the uid change the right to change groups is gone.
+            rustix::thread::set_thread_res_gid(gid, gid, gid)?;
+            rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child, where only async-signal-safe operations
+    // are allowed. It makes raw system calls through rustix (no allocation, no locks) and
+    // touches only values it owns. The `set_thread_*` calls affect the calling thread only,
+    // which in the freshly forked child is the only thread.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+fn resolve_user(shared: &Shared, name: &str) -> Result<User, AgentError> {
+    let passwd = read_passwd(shared);
+    let user = users::resolve(name, &passwd).map_err(|e| spawn_failed(e.to_string()))?;
+    let (uid, gid) = (rustix::process::geteuid(), rustix::process::getegid());
+    let same_ids = uid.as_raw() == user.uid && gid.as_raw() == user.gid;
+    if !uid.is_root() && !same_ids {
+        return Err(spawn_failed(format!(
+            "cannot run as user {name:?}: the agent runs as uid {} and cannot switch users",
+            uid.as_raw()
+        )));
+    }
+    Ok(user)
+}
+
+/// The sandbox's `/etc/passwd`, read through the root; empty if there is none.
+fn read_passwd(shared: &Shared) -> String {
+    let path = crate::paths::SandboxPath::root().join("etc").join("passwd");
+    let Ok(fd) = shared.root.open_at(&path, OFlags::RDONLY, Mode::empty()) else {
+        return String::new();
+    };
+    let mut content = String::new();
+    if let Err(e) = std::io::Read::read_to_string(&mut std::fs::File::from(fd), &mut content) {
+        tracing::warn!("cannot read /etc/passwd: {e}");
+    }
+    content
+}
+
+/// Checked before the fork: a missing directory would otherwise fail the exec with the
+/// same `ENOENT` as a missing program.
+fn check_cwd(cwd: &Path, requested: Option<&str>) -> Result<(), AgentError> {
+    let shown = requested.map_or_else(|| cwd.display().to_string(), str::to_string);
+    match std::fs::metadata(cwd) {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        Ok(_) => Err(spawn_failed(format!(
+            "working directory {shown} is not a directory"
+        ))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(spawn_failed(format!(
+            "working directory {shown} does not exist"
+        ))),
+        Err(e) => Err(spawn_failed(format!("working directory {shown}: {e}"))),
+    }
+}
+
+fn has_env(spec: &ExecSpec, name: &str) -> bool {
+    spec.env.iter().any(|(key, _)| key == name) || std::env::var_os(name).is_some()
+}
+
+fn spawn_failed(message: String) -> AgentError {
+    AgentError::new(ErrorKind::SpawnFailed, message)
+}
+
+/// A message a person can act on, for the usual reasons a command does not start.
+fn spawn_error(program: &str, error: &std::io::Error) -> AgentError {
+    let message = match error.kind() {
+        std::io::ErrorKind::NotFound if program.contains('/') => {
+            format!("no such file or directory: {program}")
+        }
+        std::io::ErrorKind::NotFound => format!("command not found: {program}"),
+        std::io::ErrorKind::PermissionDenied => format!("permission denied: {program}"),
+        _ if error.raw_os_error() == Some(libc::ENOEXEC) => {
+            format!("exec format error (not a valid executable): {program}")
+        }
+        _ => format!("cannot start {program}: {error}"),
+    };
+    spawn_failed(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spawn_error_messages() {
+        let not_found = std::io::Error::from(std::io::ErrorKind::NotFound);
+        assert_eq!(
+            spawn_error("foo", &not_found).message,
+            "command not found: foo"
+        );
+        assert_eq!(
+            spawn_error("./foo", &not_found).message,
+            "no such file or directory: ./foo"
+        );
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let err = spawn_error("./x", &denied);
+        assert_eq!(
+            (err.kind, err.message.as_str()),
+            (ErrorKind::SpawnFailed, "permission denied: ./x")
+        );
+    }
+}

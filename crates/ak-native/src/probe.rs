@@ -1,0 +1,335 @@
+//! Kernel features of this host, for `agentkernel status` and the native backend's availability.
+
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use crate::cgroup::CgroupLayout;
+
+/// What the kernel offers this process, each fact probed directly where that is cheap.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct HostFeatures {
+    /// `uname -r`.
+    pub kernel: String,
+    /// Whether this process can create a user namespace; `Err` says why not.
+    pub user_namespaces: Result<(), String>,
+    /// `(name, present)` for user, mount, pid, uts, ipc, net and cgroup namespaces.
+    pub namespaces: Vec<(String, bool)>,
+    pub seccomp: bool,
+    /// Landlock ABI version; `None` when the kernel lacks or disables Landlock.
+    pub landlock_abi: Option<u32>,
+    /// The `mount_setattr` system call (Linux 5.12) exists and is not filtered.
+    pub mount_setattr: bool,
+    /// `CgroupLayout::describe()` of this host.
+    pub cgroups: String,
+    pub cgroups_usable: Result<(), String>,
+    pub kvm: KvmSupport,
+    pub running_as_root: bool,
+}
+
+/// What `/dev/kvm` can do for this process.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub enum KvmSupport {
+    Absent,
+    NotAccessible(String),
+    /// Hardware virtualisation (vmx or svm): any guest kernel runs.
+    Full,
+    /// KVM without vmx/svm, e.g. `kvm_pvm`: only guests built for paravirtualisation run.
+    ParavirtOnly,
+}
+
+impl KvmSupport {
+    /// One line for `agentkernel status`.
+    pub fn describe(&self) -> String {
+        match self {
+            KvmSupport::Absent => "absent (no /dev/kvm)".into(),
+            KvmSupport::NotAccessible(reason) => format!("present but not usable: {reason}"),
+            KvmSupport::Full => "hardware virtualisation (vmx/svm)".into(),
+            KvmSupport::ParavirtOnly => {
+                "KVM present but only for paravirtualised guests (kvm_pvm, no vmx/svm)".into()
+            }
+        }
+    }
+}
+
+/// Namespaces reported, with their file names under `/proc/self/ns`.
+const NAMESPACES: [(&str, &str); 7] = [
+    ("user", "user"),
+    ("mount", "mnt"),
+    ("pid", "pid"),
+    ("uts", "uts"),
+    ("ipc", "ipc"),
+    ("net", "net"),
+    ("cgroup", "cgroup"),
+];
+
+/// `LANDLOCK_CREATE_RULESET_VERSION`: ask for the ABI version instead of creating a ruleset.
+const LANDLOCK_CREATE_RULESET_VERSION: u32 = 1;
+
+impl HostFeatures {
+    /// Probes this host; never fails, unknowns are reported as absent with a reason.
+    pub fn detect() -> HostFeatures {
+        let running_as_root = rustix::process::geteuid().is_root();
+        let cgroups = CgroupLayout::detect();
+        let features = HostFeatures {
+            kernel: rustix::system::uname()
+                .release()
+                .to_string_lossy()
+                .into_owned(),
+            user_namespaces: probe_user_namespaces(running_as_root),
+            namespaces: NAMESPACES
+                .iter()
+                .map(|(name, file)| {
+                    let present = Path::new("/proc/self/ns").join(file).exists();
+                    (name.to_string(), present)
+                })
+                .collect(),
+            seccomp: probe_seccomp(),
+            landlock_abi: probe_landlock(),
+            mount_setattr: probe_mount_setattr(),
+            cgroups: cgroups.describe(),
+            cgroups_usable: cgroups.usable(),
+            kvm: probe_kvm(),
+            running_as_root,
+        };
+        tracing::debug!(?features, "host features");
+        features
+    }
+}
+
+/// Whether the `flags` line of `/proc/cpuinfo` lists `(vmx, svm)`: Intel VT-x, AMD-V.
+pub fn parse_cpu_flags(cpuinfo: &str) -> (bool, bool) {
+    // Only the `flags` key: newer kernels add a `vmx flags` line with VMX sub-features.
+    let flags = cpuinfo.lines().find_map(|line| {
+        let (key, value) = line.split_once(':')?;
+        (key.trim() == "flags").then_some(value)
+    });
+    let has = |flag: &str| flags.is_some_and(|f| f.split_whitespace().any(|f| f == flag));
+    (has("vmx"), has("svm"))
+}
+
+/// Whether `/proc/self/status` has a `Seccomp:` line (kernels built with seccomp).
+fn parse_status_seccomp(status: &str) -> bool {
+    status.lines().any(|line| line.starts_with("Seccomp:"))
+}
+
+/// Why the sysctls forbid user namespaces, if they do: the contents of
+/// `/proc/sys/user/max_user_namespaces` and `/proc/sys/kernel/unprivileged_userns_clone`
+/// (a Debian/Ubuntu patch that only restricts unprivileged callers).
+fn userns_sysctl_block(
+    max_user_namespaces: Option<&str>,
+    unprivileged_userns_clone: Option<&str>,
+    root: bool,
+) -> Option<String> {
+    if max_user_namespaces.is_some_and(|v| v.trim() == "0") {
+        return Some(
+            "user namespaces are disabled (/proc/sys/user/max_user_namespaces is 0)".into(),
+        );
+    }
+    if !root && unprivileged_userns_clone.is_some_and(|v| v.trim() == "0") {
+        return Some(
+            "unprivileged user namespaces are disabled (/proc/sys/kernel/unprivileged_userns_clone is 0)"
+                .into(),
+        );
+    }
+    None
+}
+
+/// Whether `/proc/modules` lists the `kvm_pvm` module.
+fn parse_modules_has_pvm(modules: &str) -> bool {
+    modules
+        .lines()
+        .any(|line| line.split_whitespace().next() == Some("kvm_pvm"))
+}
+
+fn probe_user_namespaces(root: bool) -> Result<(), String> {
+    let read = |path: &str| fs::read_to_string(path).ok();
+    let max = read("/proc/sys/user/max_user_namespaces");
+    let clone = read("/proc/sys/kernel/unprivileged_userns_clone");
+    if let Some(reason) = userns_sysctl_block(max.as_deref(), clone.as_deref(), root) {
+        return Err(reason);
+    }
+    // The sysctls do not cover seccomp filters, LSMs or running inside a chroot or
+    // container, so ask the kernel. The child is single-threaded, which unshare
+    // (CLONE_NEWUSER) requires, and the namespace dies with it.
+    // SAFETY: the child only makes raw system calls and `_exit`s, all async-signal-safe,
+    // so forking a possibly multi-threaded process is sound.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: without `UnshareFlags::FILES` no file-descriptor table is split.
+        let result =
+            unsafe { rustix::thread::unshare_unsafe(rustix::thread::UnshareFlags::NEWUSER) };
+        let code = result.map_or_else(|e| e.raw_os_error().clamp(1, 255), |()| 0);
+        // SAFETY: `_exit` skips atexit handlers and destructors, which belong to the parent.
+        unsafe { libc::_exit(code) };
+    }
+    if child < 0 {
+        return Err(format!(
+            "cannot fork to probe user namespaces: {}",
+            io::Error::last_os_error()
+        ));
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: waits for our own child, writing only into `status`.
+        if unsafe { libc::waitpid(child, &mut status, 0) } >= 0 {
+            break;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(format!("cannot wait for the user namespace probe: {e}"));
+        }
+    }
+    match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+        (true, 0) => Ok(()),
+        (true, errno) => Err(format!(
+            "unshare(CLONE_NEWUSER) failed: {}",
+            io::Error::from_raw_os_error(errno)
+        )),
+        _ => Err(format!(
+            "the user namespace probe died (wait status {status:#x})"
+        )),
+    }
+}
+
+fn probe_seccomp() -> bool {
+    // SAFETY: PR_GET_SECCOMP reads this thread's mode and takes no pointers.
+    let mode = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+    mode >= 0 || fs::read_to_string("/proc/self/status").is_ok_and(|s| parse_status_seccomp(&s))
+}
+
+fn probe_landlock() -> Option<u32> {
+    // SAFETY: with a null attribute pointer and size 0 the kernel reads no memory.
+    let abi = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    if abi < 0 {
+        // ENOSYS: not built in; EOPNOTSUPP: disabled at boot; EPERM: filtered.
+        tracing::debug!("landlock unavailable: {}", io::Error::last_os_error());
+        return None;
+    }
+    u32::try_from(abi).ok()
+}
+
+fn probe_mount_setattr() -> bool {
+    // SAFETY: a bad dirfd, empty path and null attributes: the kernel rejects the call
+    // before touching memory or mounts, and the errno tells whether the call exists.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            -1,
+            c"".as_ptr(),
+            0,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+        )
+    };
+    let errno = io::Error::last_os_error().raw_os_error();
+    // ENOSYS: kernel older than 5.12; EPERM: a seccomp filter denies it.
+    result == 0 || !matches!(errno, Some(libc::ENOSYS | libc::EPERM))
+}
+
+fn probe_kvm() -> KvmSupport {
+    let dev = Path::new("/dev/kvm");
+    if !dev.exists() {
+        return KvmSupport::Absent;
+    }
+    if let Err(e) = fs::OpenOptions::new().read(true).write(true).open(dev) {
+        return KvmSupport::NotAccessible(format!("cannot open /dev/kvm read-write: {e}"));
+    }
+    let (vmx, svm) = parse_cpu_flags(&fs::read_to_string("/proc/cpuinfo").unwrap_or_default());
+    // Other architectures have no such flags; an openable /dev/kvm is the whole story there.
+    if vmx || svm || !cfg!(any(target_arch = "x86_64", target_arch = "x86")) {
+        return KvmSupport::Full;
+    }
+    let pvm = Path::new("/sys/module/kvm_pvm").exists()
+        || fs::read_to_string("/proc/modules").is_ok_and(|m| parse_modules_has_pvm(&m));
+    if !pvm {
+        tracing::debug!(
+            "/dev/kvm works without vmx/svm and without kvm_pvm; assuming paravirtual only"
+        );
+    }
+    KvmSupport::ParavirtOnly
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const INTEL: &str = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu vme de pse tsc msr vmx sse2\nvmx flags\t: vnmi preemption_timer\n";
+    const AMD: &str = "processor\t: 0\nflags\t\t: fpu vme svm sse2 lm\n";
+    const GUEST: &str = "processor\t: 0\nflags\t\t: fpu vme hypervisor sse2\nvmx flags\t: vnmi\n";
+
+    #[test]
+    fn cpu_flags() {
+        assert_eq!(parse_cpu_flags(INTEL), (true, false));
+        assert_eq!(parse_cpu_flags(AMD), (false, true));
+        // The `vmx flags` line alone must not count as vmx.
+        assert_eq!(parse_cpu_flags(GUEST), (false, false));
+        assert_eq!(parse_cpu_flags(""), (false, false));
+        assert_eq!(parse_cpu_flags("flags : fpu vmxe svm2\n"), (false, false));
+    }
+
+    #[test]
+    fn seccomp_status_line() {
+        assert!(parse_status_seccomp(
+            "Name:\tcat\nSeccomp:\t0\nSeccomp_filters:\t0\n"
+        ));
+        assert!(!parse_status_seccomp("Name:\tcat\nNoNewPrivs:\t0\n"));
+    }
+
+    #[test]
+    fn userns_sysctls() {
+        assert!(
+            userns_sysctl_block(Some("0\n"), None, true)
+                .is_some_and(|r| r.contains("max_user_namespaces"))
+        );
+        assert_eq!(userns_sysctl_block(Some("96365\n"), None, false), None);
+        let unprivileged = userns_sysctl_block(Some("10\n"), Some("0\n"), false);
+        assert!(unprivileged.is_some_and(|r| r.contains("unprivileged_userns_clone")));
+        // The Debian switch does not apply to root.
+        assert_eq!(userns_sysctl_block(Some("10\n"), Some("0\n"), true), None);
+        assert_eq!(userns_sysctl_block(None, Some("1\n"), false), None);
+    }
+
+    #[test]
+    fn pvm_module() {
+        let modules = "kvm_pvm 65536 0 - Live 0x0\nkvm 1212416 1 kvm_pvm, Live 0x0\n";
+        assert!(parse_modules_has_pvm(modules));
+        assert!(!parse_modules_has_pvm(
+            "kvm_intel 1 0 - Live 0x0\nkvm 1 1 kvm_intel, Live 0x0\n"
+        ));
+    }
+
+    #[test]
+    fn kvm_descriptions() {
+        assert_eq!(
+            KvmSupport::ParavirtOnly.describe(),
+            "KVM present but only for paravirtualised guests (kvm_pvm, no vmx/svm)"
+        );
+        assert!(
+            KvmSupport::NotAccessible("EACCES".into())
+                .describe()
+                .contains("EACCES")
+        );
+    }
+
+    #[test]
+    fn detect_runs_and_reports_a_kernel() {
+        let features = HostFeatures::detect();
+        assert!(!features.kernel.is_empty());
+        assert_eq!(features.namespaces.len(), NAMESPACES.len());
+        assert!(
+            features
+                .namespaces
+                .iter()
+                .any(|(name, present)| name == "mount" && *present)
+        );
+        eprintln!("host features: {features:#?}");
+    }
+}
