@@ -1,6 +1,8 @@
 //! Turns system errors into the protocol's stable [`AgentError`] kinds, with messages that
 //! name the operation and the path.
 
+use std::borrow::Cow;
+
 use ak_protocol::{AgentError, ErrorKind};
 use rustix::io::Errno;
 
@@ -22,17 +24,17 @@ pub(crate) fn kind_of(errno: Errno) -> ErrorKind {
 
 /// `cannot <op> <path>: <reason>`.
 pub(crate) fn fs_error(op: &str, path: &str, errno: Errno) -> AgentError {
-    let reason = match errno {
-        Errno::NOENT => "no such file or directory".to_string(),
-        Errno::ACCESS | Errno::PERM => "permission denied".to_string(),
-        Errno::ROFS => "read-only file system".to_string(),
-        Errno::EXIST => "already exists".to_string(),
-        Errno::NOTDIR => "not a directory".to_string(),
-        Errno::ISDIR => "is a directory".to_string(),
-        Errno::NOTEMPTY => "directory not empty".to_string(),
-        Errno::LOOP => "too many levels of symbolic links, or a /proc magic link".to_string(),
-        Errno::XDEV => "the path leaves the sandbox root".to_string(),
-        other => std::io::Error::from(other).to_string(),
+    let reason: Cow<'static, str> = match errno {
+        Errno::NOENT => "no such file or directory".into(),
+        Errno::ACCESS | Errno::PERM => "permission denied".into(),
+        Errno::ROFS => "read-only file system".into(),
+        Errno::EXIST => "already exists".into(),
+        Errno::NOTDIR => "not a directory".into(),
+        Errno::ISDIR => "is a directory".into(),
+        Errno::NOTEMPTY => "directory not empty".into(),
+        Errno::LOOP => "too many levels of symbolic links, or a /proc magic link".into(),
+        Errno::XDEV => "the path leaves the sandbox root".into(),
+        other => std::io::Error::from(other).to_string().into(),
     };
     AgentError::new(kind_of(errno), format!("cannot {op} {path}: {reason}"))
 }

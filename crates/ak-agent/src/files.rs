@@ -8,7 +8,7 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 
 use ak_protocol::{AgentError, ErrorKind, Event, FileStat, FileType, MAX_CHUNK_LEN, Reply};
-use rustix::fs::{AtFlags, Dir, Mode, OFlags};
+use rustix::fs::{AtFlags, Dir, FileType as SysFileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde_bytes::ByteBuf;
 
@@ -106,7 +106,7 @@ pub(crate) fn remove(root: &Root, request: &str, recursive: bool) -> Result<(), 
     };
     let parent = root.open_parent(&path).map_err(fail)?;
     let stat = rustix::fs::statat(&parent, name, AtFlags::SYMLINK_NOFOLLOW).map_err(fail)?;
-    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Directory {
+    if SysFileType::from_raw_mode(stat.st_mode) != SysFileType::Directory {
         return rustix::fs::unlinkat(&parent, name, AtFlags::empty()).map_err(fail);
     }
     if recursive {
@@ -136,11 +136,11 @@ fn remove_contents<P: rustix::path::Arg>(parent: &OwnedFd, name: P) -> Result<()
     }
     for (child, file_type) in children {
         let is_dir = match file_type {
-            rustix::fs::FileType::Directory => true,
+            SysFileType::Directory => true,
             // Some file systems do not fill in d_type.
-            rustix::fs::FileType::Unknown => {
+            SysFileType::Unknown => {
                 let stat = rustix::fs::statat(&dir, &*child, AtFlags::SYMLINK_NOFOLLOW)?;
-                rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::Directory
+                SysFileType::from_raw_mode(stat.st_mode) == SysFileType::Directory
             }
             _ => false,
         };
@@ -172,9 +172,9 @@ pub(crate) fn open_for_read(
         )
         .map_err(fail)?;
     let stat = rustix::fs::fstat(&fd).map_err(fail)?;
-    match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
-        rustix::fs::FileType::RegularFile => {}
-        rustix::fs::FileType::Directory => return Err(fail(Errno::ISDIR)),
+    match SysFileType::from_raw_mode(stat.st_mode) {
+        SysFileType::RegularFile => {}
+        SysFileType::Directory => return Err(fail(Errno::ISDIR)),
         _ => {
             return Err(AgentError::new(
                 ErrorKind::BadRequest,
@@ -232,10 +232,10 @@ pub(crate) async fn send_file(
 }
 
 fn to_file_stat(name: &str, stat: &rustix::fs::Stat) -> FileStat {
-    let file_type = match rustix::fs::FileType::from_raw_mode(stat.st_mode) {
-        rustix::fs::FileType::RegularFile => FileType::File,
-        rustix::fs::FileType::Directory => FileType::Dir,
-        rustix::fs::FileType::Symlink => FileType::Symlink,
+    let file_type = match SysFileType::from_raw_mode(stat.st_mode) {
+        SysFileType::RegularFile => FileType::File,
+        SysFileType::Directory => FileType::Dir,
+        SysFileType::Symlink => FileType::Symlink,
         _ => FileType::Other,
     };
     FileStat {
@@ -246,5 +246,107 @@ fn to_file_stat(name: &str, stat: &rustix::fs::Stat) -> FileStat {
         uid: stat.st_uid,
         gid: stat.st_gid,
         mtime: stat.st_mtime,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn setup() -> (tempfile::TempDir, Root) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = Root::open(dir.path(), Path::new("/work")).unwrap();
+        std::fs::create_dir(dir.path().join("work")).unwrap();
+        (dir, root)
+    }
+
+    #[test]
+    fn relative_paths_are_in_the_workdir() {
+        let (dir, root) = setup();
+        mkdir(&root, "a/b", true, 0o755).unwrap();
+        assert!(dir.path().join("work/a/b").is_dir());
+        std::fs::write(dir.path().join("work/a/f"), "12345").unwrap();
+        let stat = stat(&root, "a/f").unwrap();
+        assert_eq!(
+            (stat.name.as_str(), stat.size, stat.file_type),
+            ("f", 5, FileType::File)
+        );
+        assert_eq!(stat, super::stat(&root, "/work/a/f").unwrap());
+        let names: Vec<String> = list_dir(&root, "a")
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(names, ["b", "f"]);
+        assert_eq!(super::stat(&root, "/").unwrap().file_type, FileType::Dir);
+    }
+
+    #[test]
+    fn mkdir_errors() {
+        let (dir, root) = setup();
+        std::fs::write(dir.path().join("work/file"), "").unwrap();
+        let err = mkdir(&root, "file/sub", true, 0o755).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotADirectory);
+        let err = mkdir(&root, "file", true, 0o755).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotADirectory);
+        let err = mkdir(&root, "/", false, 0o755).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::AlreadyExists);
+        mkdir(&root, "/", true, 0o755).unwrap();
+    }
+
+    #[test]
+    fn remove_handles_links_as_links() {
+        let (dir, root) = setup();
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::create_dir(outside.path().join("d")).unwrap();
+        std::fs::write(outside.path().join("d/keep"), "keep").unwrap();
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(work.join("t/u")).unwrap();
+        std::fs::write(work.join("t/u/file"), "x").unwrap();
+        std::os::unix::fs::symlink(outside.path().join("d"), work.join("t/u/dirlink")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("d"), work.join("top")).unwrap();
+
+        let err = remove(&root, "t", false).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::DirectoryNotEmpty);
+        // A symlink to a directory is removed as a link, with or without `recursive`.
+        remove(&root, "top", false).unwrap();
+        remove(&root, "t", true).unwrap();
+        assert!(!work.join("t").exists() && !work.join("top").exists());
+        assert!(outside.path().join("d/keep").exists());
+        let err = remove(&root, "t", true).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::NotFound);
+        let err = remove(&root, "/", true).unwrap_err();
+        assert_eq!(err.kind, ErrorKind::InvalidPath);
+    }
+
+    #[test]
+    fn read_refuses_what_it_cannot_stream() {
+        let (dir, root) = setup();
+        std::fs::write(dir.path().join("work/f"), "0123456789").unwrap();
+        let (_, display) = open_for_read(&root, "f", 10).unwrap();
+        assert_eq!(display, "/work/f");
+        assert_eq!(
+            open_for_read(&root, "f", 9).unwrap_err().kind,
+            ErrorKind::TooLarge
+        );
+        assert_eq!(
+            open_for_read(&root, ".", 9).unwrap_err().kind,
+            ErrorKind::IsADirectory
+        );
+        let fifo = dir.path().join("work/fifo");
+        rustix::fs::mknodat(
+            rustix::fs::CWD,
+            &fifo,
+            SysFileType::Fifo,
+            Mode::from_bits_truncate(0o600),
+            0,
+        )
+        .unwrap();
+        // Opening a FIFO must neither hang nor be streamed.
+        assert_eq!(
+            open_for_read(&root, "fifo", 9).unwrap_err().kind,
+            ErrorKind::BadRequest
+        );
     }
 }

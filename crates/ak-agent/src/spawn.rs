@@ -44,7 +44,7 @@ pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentEr
     command
         .args(&spec.argv[1..])
         .envs(spec.env.iter().map(|(k, v)| (k, v)));
-    if !has_env(spec, "PATH") {
+    if !requested_env(spec, "PATH") && std::env::var_os("PATH").is_none() {
         command.env("PATH", DEFAULT_PATH);
     }
 
@@ -58,11 +58,12 @@ pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentEr
         Some(name) => Some(resolve_user(shared, name)?),
         None => None,
     };
+    // The agent's own HOME and USER belong to the agent's user, not the requested one.
     if let Some(user) = &user {
-        if let (Some(home), false) = (&user.home, has_env(spec, "HOME")) {
+        if let (Some(home), false) = (&user.home, requested_env(spec, "HOME")) {
             command.env("HOME", home);
         }
-        if let (Some(name), false) = (&user.name, has_env(spec, "USER")) {
+        if let (Some(name), false) = (&user.name, requested_env(spec, "USER")) {
             command.env("USER", name);
         }
     }
@@ -79,7 +80,7 @@ pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentEr
                 .stdin(Stdio::from(dup(&pty.slave)?))
                 .stdout(Stdio::from(dup(&pty.slave)?))
                 .stderr(Stdio::from(pty.slave));
-            if !has_env(spec, "TERM") {
+            if !requested_env(spec, "TERM") && std::env::var_os("TERM").is_none() {
                 command.env("TERM", DEFAULT_TERM);
             }
             Some(pty.master)
@@ -194,8 +195,8 @@ fn check_cwd(cwd: &Path, requested: Option<&str>) -> Result<(), AgentError> {
     }
 }
 
-fn has_env(spec: &ExecSpec, name: &str) -> bool {
-    spec.env.iter().any(|(key, _)| key == name) || std::env::var_os(name).is_some()
+fn requested_env(spec: &ExecSpec, name: &str) -> bool {
+    spec.env.iter().any(|(key, _)| key == name)
 }
 
 fn spawn_failed(message: String) -> AgentError {

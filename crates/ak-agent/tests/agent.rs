@@ -704,3 +704,68 @@ async fn shutdown_kills_everything_and_ends_the_connection() {
         .unwrap();
     assert!(wait_gone(pid).await, "command {pid} survived the shutdown");
 }
+
+#[tokio::test]
+async fn user_switching() {
+    let h = harness().await;
+    if !rustix::process::geteuid().is_root() {
+        // Switching users needs root; an unprivileged agent refuses clearly instead.
+        let mut spec = argv(&["true"]);
+        spec.user = Some("0".into());
+        let mut handle = h.client.exec(spec).await.unwrap();
+        let err = agent_error(handle.next_event().await.unwrap_err());
+        assert_eq!(err.kind, ErrorKind::SpawnFailed);
+        return;
+    }
+    // The sandbox's passwd is read through the root, not the host's.
+    std::fs::create_dir(h.root.path().join("etc")).unwrap();
+    std::fs::write(
+        h.root.path().join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\ntester:x:4321:4322::/home/tester:/bin/sh\n",
+    )
+    .unwrap();
+    let script = "echo $(id -u) $(id -g) $(id -G) $HOME $USER";
+    let mut spec = sh(script);
+    spec.user = Some("tester".into());
+    let out = run(&h.client, spec).await;
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "4321 4322 4322 /home/tester tester\n"
+    );
+
+    let mut spec = sh("echo $(id -u) $(id -g) $(id -G)");
+    spec.user = Some("1234:5678".into());
+    let out = run(&h.client, spec).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "1234 5678 5678\n");
+
+    let mut spec = argv(&["id", "-u"]);
+    spec.user = Some("tester".into());
+    spec.pty = Some(PtySize { rows: 24, cols: 80 });
+    let out = run(&h.client, spec).await;
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "4321");
+}
+
+#[tokio::test]
+async fn pty_close_stdin_sends_end_of_file() {
+    let h = harness().await;
+    let mut spec = argv(&["cat"]);
+    spec.pty = Some(PtySize { rows: 24, cols: 80 });
+    let mut handle = h.client.exec(spec).await.unwrap();
+    let control = handle.control();
+    control.write_stdin(b"line\n").await.unwrap();
+    control.close_stdin().await.unwrap();
+    let mut output = Vec::new();
+    let mut status = None;
+    while let Some(event) = handle.next_event().await.unwrap() {
+        match event {
+            ExecEvent::Stdout(data) => output.extend(data),
+            ExecEvent::Exited { status: s, .. } => status = Some(s),
+            _ => {}
+        }
+    }
+    assert_eq!(status, Some(ExitStatus::Code(0)));
+    assert!(
+        String::from_utf8_lossy(&output).contains("line"),
+        "{output:?}"
+    );
+}
