@@ -20,6 +20,7 @@ pub struct AgentConfig {
     /// The default working directory, as a path inside `root`. Relative request paths and
     /// execs without a `cwd` start here.
     pub workdir: PathBuf,
+    /// Which children to wait for; see [`ReapPolicy`].
     pub reap: ReapPolicy,
 }
 

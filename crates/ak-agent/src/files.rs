@@ -7,7 +7,9 @@
 use std::io::Read;
 use std::os::fd::OwnedFd;
 
-use ak_protocol::{AgentError, ErrorKind, Event, FileStat, FileType, MAX_CHUNK_LEN, Reply};
+use ak_protocol::{
+    AgentError, ErrorKind, Event, FileStat, FileType, MAX_CHUNK_LEN, Reply, RequestId,
+};
 use rustix::fs::{AtFlags, Dir, FileType as SysFileType, Mode, OFlags};
 use rustix::io::Errno;
 use serde_bytes::ByteBuf;
@@ -200,7 +202,7 @@ fn too_large(path: &str, max_bytes: u64) -> AgentError {
 /// may grow while it is read, so the limit is checked again on what is actually read.
 pub(crate) async fn send_file(
     outbox: Outbox,
-    id: u32,
+    id: RequestId,
     mut file: std::fs::File,
     path: String,
     max_bytes: u64,

@@ -100,7 +100,9 @@ async fn run(args: args::Args) -> i32 {
     let pid1 = rustix::process::getpid().is_init();
     // Orphaned grandchildren are re-parented to the agent instead of escaping to an
     // outer init, so they stay inside the agent's control (and get reaped by it).
-    let subreaper = match rustix::process::set_child_subreaper(None) {
+    // The argument is the flag: any non-zero value (here our pid) turns it on; `None` would
+    // turn it off.
+    let subreaper = match rustix::process::set_child_subreaper(Some(rustix::process::getpid())) {
         Ok(()) => true,
         Err(errno) => {
             tracing::warn!("cannot become a child subreaper: {errno}");

@@ -16,6 +16,7 @@ use crate::outbox::Outbox;
 /// The most read from a pipe at once, and so the largest output event (well under
 /// `ak_protocol::MAX_CHUNK_LEN`).
 const READ_CHUNK: usize = 64 * 1024;
+const _: () = assert!(READ_CHUNK <= ak_protocol::MAX_CHUNK_LEN);
 
 /// Which output event a pump produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -41,12 +41,7 @@ pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentEr
         ));
     };
     let mut command = Command::new(program);
-    command
-        .args(&spec.argv[1..])
-        .envs(spec.env.iter().map(|(k, v)| (k, v)));
-    if !requested_env(spec, "PATH") && std::env::var_os("PATH").is_none() {
-        command.env("PATH", DEFAULT_PATH);
-    }
+    command.args(&spec.argv[1..]);
 
     let cwd = shared
         .root
@@ -58,45 +53,9 @@ pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentEr
         Some(name) => Some(resolve_user(shared, name)?),
         None => None,
     };
-    // The agent's own HOME and USER belong to the agent's user, not the requested one.
-    if let Some(user) = &user {
-        if let (Some(home), false) = (&user.home, requested_env(spec, "HOME")) {
-            command.env("HOME", home);
-        }
-        if let (Some(name), false) = (&user.name, requested_env(spec, "USER")) {
-            command.env("USER", name);
-        }
-    }
-
-    let pty = match spec.pty {
-        Some(size) => {
-            let pty = crate::pty::open(size)
-                .map_err(|e| spawn_failed(format!("cannot open a pty: {e}")))?;
-            let dup = |fd: &OwnedFd| {
-                fd.try_clone()
-                    .map_err(|e| spawn_failed(format!("cannot open a pty: {e}")))
-            };
-            command
-                .stdin(Stdio::from(dup(&pty.slave)?))
-                .stdout(Stdio::from(dup(&pty.slave)?))
-                .stderr(Stdio::from(pty.slave));
-            if !requested_env(spec, "TERM") && std::env::var_os("TERM").is_none() {
-                command.env("TERM", DEFAULT_TERM);
-            }
-            Some(pty.master)
-        }
-        None => {
-            command
-                .stdin(match spec.stdin {
-                    StdinMode::Null => Stdio::null(),
-                    StdinMode::Pipe => Stdio::piped(),
-                })
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            None
-        }
-    };
-    set_up_child(&mut command, user.as_ref(), pty.is_some());
+    set_environment(&mut command, spec, user.as_ref());
+    let pty_master = set_stdio(&mut command, spec)?;
+    set_up_child(&mut command, user.as_ref(), pty_master.is_some());
 
     let (mut child, exit) = shared
         .children
@@ -105,18 +64,59 @@ pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentEr
     // The command holds the parent's copies of the pty slave: they must be closed now, or
     // reading the master would never see the end of the command's output.
     drop(command);
-    let pid = i32::try_from(child.id())
-        .ok()
-        .and_then(Pid::from_raw)
-        .ok_or_else(|| spawn_failed(format!("unexpected pid {}", child.id())))?;
     Ok(Spawned {
-        pid,
+        pid: Pid::from_child(&child),
         exit,
         stdin: child.stdin.take().map(OwnedFd::from),
         stdout: child.stdout.take().map(OwnedFd::from),
         stderr: child.stderr.take().map(OwnedFd::from),
-        pty_master: pty,
+        pty_master,
     })
+}
+
+/// The agent's environment, the request's variables on top, and defaults for what a
+/// command expects to find.
+fn set_environment(command: &mut Command, spec: &ExecSpec, user: Option<&User>) {
+    command.envs(spec.env.iter().map(|(key, value)| (key, value)));
+    let inherited_or_requested =
+        |name: &str| requested_env(spec, name) || std::env::var_os(name).is_some();
+    if !inherited_or_requested("PATH") {
+        command.env("PATH", DEFAULT_PATH);
+    }
+    if spec.pty.is_some() && !inherited_or_requested("TERM") {
+        command.env("TERM", DEFAULT_TERM);
+    }
+    // The agent's own HOME and USER belong to the agent's user, not the requested one.
+    if let Some(user) = user {
+        if let (Some(home), false) = (&user.home, requested_env(spec, "HOME")) {
+            command.env("HOME", home);
+        }
+        if let (Some(name), false) = (&user.name, requested_env(spec, "USER")) {
+            command.env("USER", name);
+        }
+    }
+}
+
+/// Connects stdin, stdout and stderr: pipes (stdin per the request), or all three to a new
+/// pty, whose master is returned.
+fn set_stdio(command: &mut Command, spec: &ExecSpec) -> Result<Option<OwnedFd>, AgentError> {
+    let Some(size) = spec.pty else {
+        command
+            .stdin(match spec.stdin {
+                StdinMode::Null => Stdio::null(),
+                StdinMode::Pipe => Stdio::piped(),
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        return Ok(None);
+    };
+    let pty_error = |e: std::io::Error| spawn_failed(format!("cannot open a pty: {e}"));
+    let pty = crate::pty::open(size).map_err(pty_error)?;
+    command
+        .stdin(Stdio::from(pty.slave.try_clone().map_err(pty_error)?))
+        .stdout(Stdio::from(pty.slave.try_clone().map_err(pty_error)?))
+        .stderr(Stdio::from(pty.slave));
+    Ok(Some(pty.master))
 }
 
 /// Installs what runs in the child between fork and exec: a new session (so that the

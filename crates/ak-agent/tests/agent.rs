@@ -1,5 +1,10 @@
 //! The agent served in-process over a socket pair and driven by the real host client.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "the helpers below are not #[test] fns, and a failing step should stop the test loudly"
+)]
+
 use std::time::{Duration, Instant};
 
 use ak_agent::{Agent, AgentConfig, ReapPolicy};

@@ -1,4 +1,4 @@
-//! Resource limits for one sandbox on cgroup v2, v1 and hybrid (v1 controllers + v2 `cgroup.kill`) hosts.
+//! Resource limits for one sandbox on cgroup v2, v1 and hybrid (v1 + v2 for cgroup.kill) hosts.
 
 use std::collections::BTreeSet;
 use std::ffi::OsString;
@@ -978,7 +978,30 @@ mod tests {
     #[test]
     fn real_failed_create_rolls_back() {
         let (memory, pids) = match real_layout() {
-            Some(CgroupLayout::V1 { memory, pids, .. }) => (memory, pids),
+            Some(CgroupLayout::V1 {
+                memory,
+                pids,
+                unified,
+                ..
+            }) => {
+                // A hybrid host's v2 mount has no memory controller: the v2 path must say so.
+                if let Some(root) = unified {
+                    let limits = Resources {
+                        cpus: None,
+                        memory_bytes: 1 << 30,
+                        pids: 1,
+                    };
+                    let error = SandboxCgroup::create(&v2(&root.to_string_lossy()), "x", &limits);
+                    assert!(matches!(
+                        error,
+                        Err(CgroupError::MissingController {
+                            controller: "memory",
+                            ..
+                        })
+                    ));
+                }
+                (memory, pids)
+            }
             Some(other) => {
                 eprintln!("skipped: not a v1 host ({})", other.describe());
                 return;

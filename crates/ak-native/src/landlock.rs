@@ -33,7 +33,8 @@ struct PathBeneathAttr {
     parent_fd: i32,
 }
 
-/// The landlock ABI version of the running kernel, or `None` without landlock.
+/// The landlock ABI version of the running kernel, or `None` without landlock (not built
+/// in, disabled at boot, or filtered).
 pub fn abi_version() -> Option<u32> {
     // SAFETY: a version query takes no attribute pointer and size 0.
     let version = unsafe {
