@@ -203,8 +203,15 @@ fn spawn_failed(message: String) -> AgentError {
     AgentError::new(ErrorKind::SpawnFailed, message)
 }
 
-/// A message a person can act on, for the usual reasons a command does not start.
+/// A message a person can act on, for the usual reasons a command does not start. A missing
+/// program is `NotFound` and one that cannot be executed `PermissionDenied`, so hosts can
+/// report them the shell's way (127 and 126).
 fn spawn_error(program: &str, error: &std::io::Error) -> AgentError {
+    let kind = match error.kind() {
+        std::io::ErrorKind::NotFound => ErrorKind::NotFound,
+        std::io::ErrorKind::PermissionDenied => ErrorKind::PermissionDenied,
+        _ => ErrorKind::SpawnFailed,
+    };
     let message = match error.kind() {
         std::io::ErrorKind::NotFound if program.contains('/') => {
             format!("no such file or directory: {program}")
@@ -216,7 +223,7 @@ fn spawn_error(program: &str, error: &std::io::Error) -> AgentError {
         }
         _ => format!("cannot start {program}: {error}"),
     };
-    spawn_failed(message)
+    AgentError::new(kind, message)
 }
 
 #[cfg(test)]
@@ -226,9 +233,10 @@ mod tests {
     #[test]
     fn spawn_error_messages() {
         let not_found = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let err = spawn_error("foo", &not_found);
         assert_eq!(
-            spawn_error("foo", &not_found).message,
-            "command not found: foo"
+            (err.kind, err.message.as_str()),
+            (ErrorKind::NotFound, "command not found: foo")
         );
         assert_eq!(
             spawn_error("./foo", &not_found).message,
@@ -238,7 +246,7 @@ mod tests {
         let err = spawn_error("./x", &denied);
         assert_eq!(
             (err.kind, err.message.as_str()),
-            (ErrorKind::SpawnFailed, "permission denied: ./x")
+            (ErrorKind::PermissionDenied, "permission denied: ./x")
         );
     }
 }

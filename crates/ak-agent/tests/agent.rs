@@ -328,7 +328,7 @@ async fn spawn_failures_are_agent_errors() {
         .await
         .unwrap();
     let err = agent_error(handle.next_event().await.unwrap_err());
-    assert_eq!(err.kind, ErrorKind::SpawnFailed);
+    assert_eq!(err.kind, ErrorKind::NotFound);
     assert_eq!(
         err.message,
         "command not found: definitely-not-a-command-xyz"
