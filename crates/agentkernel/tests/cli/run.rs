@@ -35,7 +35,7 @@ fn missing_and_unexecutable_commands_have_distinct_codes() {
         let output = run(mode, &["--no-network"], &["no-such-command-xyz"]);
         assert_code(&output, 127);
         assert!(stderr(&output).contains("no-such-command-xyz"), "{}", stderr(&output));
-        assert_code(&run(mode, &["--no-network"], &["/etc/hostname"]), 126);
+        assert_code(&run(mode, &["--no-network"], &["/etc/passwd"]), 126);
     }
 }
 
