@@ -131,11 +131,8 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
     // SAFETY (whole function): plain system calls on NUL-terminated strings and stack
     // buffers prepared by the parent; nothing here allocates.
     unsafe {
-        let mut byte = 0u8;
-        if libc::read(plan.sync_fd, (&mut byte as *mut u8).cast(), 1) != 1 {
-            return Err((Step::Sync as u32, libc::EPIPE));
-        }
-        libc::close(plan.sync_fd);
+        // First go: the id maps are written, so files we create have owners.
+        wait_for_parent(plan.sync_fd)?;
 
         if plan.drop_groups {
             check(Step::Credentials, libc::setgroups(0, std::ptr::null()) as libc::c_long)?;
@@ -150,6 +147,8 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
             libc::mount(std::ptr::null(), plan.root_dir.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) as libc::c_long,
         )?;
 
+        // Modes in the plan are exact; the agent gets the usual 022 back before exec.
+        libc::umask(0);
         for (index, op) in plan.ops.iter().enumerate() {
             run_op(op).map_err(|e| (index as u32, e))?;
         }
@@ -178,6 +177,7 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
         check(Step::Descriptors, libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC))?;
         check(Step::Descriptors, libc::fcntl(plan.socket_fd, libc::F_SETFD, 0) as libc::c_long)?;
 
+        libc::umask(0o022);
         check(Step::NoNewPrivs, libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)?;
         if let Some(landlock) = &plan.landlock {
             landlock.apply().map_err(|e| (Step::Landlock as u32, e))?;
@@ -197,6 +197,11 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
             check(Step::Seccomp, libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0u32, &fprog as *const libc::sock_fprog))?;
         }
 
+        // Second go: the parent has placed us in our cgroups (it did so while we were
+        // building the root); only now may the agent, and so untrusted code, run.
+        wait_for_parent(plan.sync_fd)?;
+        libc::close(plan.sync_fd);
+
         let mut empty_set: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut empty_set);
         libc::sigprocmask(libc::SIG_SETMASK, &empty_set, std::ptr::null_mut());
@@ -212,12 +217,22 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
     }
 }
 
+/// Blocks until the parent writes one byte; a closed pipe means the parent gave up.
+fn wait_for_parent(fd: RawFd) -> Result<(), (u32, i32)> {
+    let mut byte = 0u8;
+    // SAFETY: reading one byte into a stack variable.
+    if unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) } != 1 {
+        return Err((Step::Sync as u32, libc::EPIPE));
+    }
+    Ok(())
+}
+
 fn run_op(op: &Op) -> Result<(), i32> {
     // SAFETY: system calls on NUL-terminated strings owned by the plan.
     unsafe {
         let ret = match op {
-            Op::Mkdir { path } => {
-                if libc::mkdir(path.as_ptr(), 0o755) < 0 && errno() != libc::EEXIST {
+            Op::Mkdir { path, mode } => {
+                if libc::mkdir(path.as_ptr(), *mode) < 0 && errno() != libc::EEXIST {
                     return Err(errno());
                 }
                 0
@@ -248,7 +263,6 @@ fn run_op(op: &Op) -> Result<(), i32> {
                 }
                 return set_attr(target, *attrs, libc::AT_RECURSIVE as u32);
             }
-            Op::SetAttr { target, attrs } => return set_attr(target, *attrs, 0),
         };
         if ret < 0 { Err(errno()) } else { Ok(()) }
     }

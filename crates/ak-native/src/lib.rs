@@ -115,6 +115,7 @@ impl NativeBackend {
     }
 
     fn create_sandbox(&self, spec: &SandboxSpec) -> Result<NativeSandbox, NativeError> {
+        let started = std::time::Instant::now();
         let prepared = self.prepared()?;
         let (image_root, top_level) = match &spec.image {
             ImageRef::Host => (PathBuf::from("/"), prepared.host_top_level.clone()),
@@ -140,22 +141,20 @@ impl NativeBackend {
             None
         };
 
-        let mut cgroup = None;
         let mut rlimits = vec![(libc::RLIMIT_CORE, 0)];
-        match &prepared.cgroups_usable {
-            Ok(()) => cgroup = Some(SandboxCgroup::create(&prepared.cgroups, &spec.id, &spec.resources)?),
-            Err(reason) => {
-                tracing::warn!(
-                    "cgroups unavailable ({reason}): memory limited by RLIMIT_AS only, pids and CPU not limited"
-                );
-                rlimits.push((libc::RLIMIT_AS, spec.resources.memory_bytes));
-            }
+        if let Err(reason) = &prepared.cgroups_usable {
+            tracing::warn!(
+                "cgroups unavailable ({reason}): memory limited by RLIMIT_AS only, pids and CPU not limited"
+            );
+            rlimits.push((libc::RLIMIT_AS, spec.resources.memory_bytes));
         }
 
+        let mut cgroup = None;
         let mut network = None;
         let mut before_release = |pid: u32| -> Result<(), NativeError> {
-            if let Some(cgroup) = &cgroup {
-                cgroup.add_process(pid)?;
+            if prepared.cgroups_usable.is_ok() {
+                let created = cgroup.insert(SandboxCgroup::create(&prepared.cgroups, &spec.id, &spec.resources)?);
+                created.add_process(pid)?;
             }
             if spec.policy.network == NetworkMode::Outbound {
                 network = Some(NetworkHelper::start(pid)?);
@@ -175,6 +174,7 @@ impl NativeBackend {
             rlimits,
             before_release: &mut before_release,
         });
+        tracing::debug!(elapsed = ?started.elapsed(), "sandbox init running the agent");
         let spawned = match spawned {
             Ok(spawned) => spawned,
             Err(error) => {
@@ -199,6 +199,7 @@ impl NativeBackend {
         };
         if let Some(helper) = &mut sandbox.network {
             helper.wait_ready()?;
+            tracing::debug!(elapsed = ?started.elapsed(), "network ready");
         }
         Ok(sandbox)
     }
@@ -263,9 +264,11 @@ impl NativeSandbox {
     /// Kills every process and releases every host resource; idempotent.
     fn release(&mut self) -> Result<SandboxUsage, NativeError> {
         let mut usage = SandboxUsage::default();
+        let started = std::time::Instant::now();
         if let Some(pidfd) = self.pidfd.take() {
             // The whole pid namespace dies with its init.
             spawn::reap(self.pid, &pidfd);
+            tracing::debug!(elapsed = ?started.elapsed(), "sandbox init reaped");
         }
         self.socket = None;
         if let Some(helper) = self.network.take() {
@@ -274,10 +277,15 @@ impl NativeSandbox {
         if let Some(cgroup) = self.cgroup.take() {
             usage.peak_memory_bytes = cgroup.peak_memory_bytes();
             usage.oom_killed = cgroup.oom_killed();
-            let _ = cgroup.kill_all();
-            cgroup.remove()?;
+            // Every process died with the pid namespace's init; should anything still be
+            // in the cgroup (it cannot be, short of a kernel surprise), kill it and retry.
+            if cgroup.remove().is_err() {
+                cgroup.kill_all()?;
+                cgroup.remove()?;
+            }
         }
         self.rundir.remove()?;
+        tracing::debug!(elapsed = ?started.elapsed(), "sandbox released");
         Ok(usage)
     }
 }

@@ -66,7 +66,16 @@ impl RunDir {
     }
 
     /// Removes the directory (its mount point is only ever mounted inside the sandbox).
+    /// The known entries go one by one, which is a fraction of a generic recursive walk;
+    /// anything unexpected falls back to the walk.
     pub fn remove(&self) -> Result<(), NativeError> {
+        for file in [LOCK_FILE, "resolv.conf"] {
+            let _ = std::fs::remove_file(self.path.join(file));
+        }
+        let _ = std::fs::remove_dir(self.path.join("root"));
+        if std::fs::remove_dir(&self.path).is_ok() {
+            return Ok(());
+        }
         match std::fs::remove_dir_all(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

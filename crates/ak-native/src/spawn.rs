@@ -31,8 +31,8 @@ pub(crate) struct SpawnRequest<'a> {
     pub seccomp: &'a [seccompiler::BpfProgram],
     pub cap_last: u32,
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
-    /// Runs in the parent after the child exists and before it may continue: joins the
-    /// cgroup, starts network helpers.
+    /// Runs in the parent while the child builds its root, before the agent may start:
+    /// creates and joins the cgroup, starts network helpers.
     pub before_release: &'a mut dyn FnMut(u32) -> Result<(), NativeError>,
 }
 
@@ -135,13 +135,15 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
     drop(sync_read);
     drop(error_write);
 
+    let go = || {
+        rustix::io::write(&sync_write, &[1])
+            .map(drop)
+            .map_err(|e| NativeError::io("release the sandbox process")(e.into()))
+    };
     let released = write_id_maps(pid, is_root)
+        .and_then(|()| go())
         .and_then(|()| (request.before_release)(pid))
-        .and_then(|()| {
-            rustix::io::write(&sync_write, &[1])
-                .map(drop)
-                .map_err(|e| NativeError::io("release the sandbox process")(e.into()))
-        });
+        .and_then(|()| go());
     drop(sync_write);
     if let Err(error) = released {
         reap(pid, &pidfd);

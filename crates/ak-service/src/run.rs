@@ -48,7 +48,9 @@ impl Service {
         if exec.timeout_ms.is_none() {
             exec.timeout_ms = spec.timeout.map(|t| t.as_millis() as u64);
         }
+        let begun = std::time::Instant::now();
         let mut sandbox = backend.create(spec).await?;
+        tracing::debug!(elapsed = ?begun.elapsed(), "sandbox created");
         let started = async {
             let transport = sandbox.connect().await?;
             let client = AgentClient::connect(transport, software("agentkernel")).await?;
@@ -57,7 +59,10 @@ impl Service {
         }
         .await;
         let (client, handle) = match started {
-            Ok(started) => started,
+            Ok(started) => {
+                tracing::debug!(elapsed = ?begun.elapsed(), "command sent to the agent");
+                started
+            }
             Err(error) => {
                 let _ = sandbox.destroy().await;
                 return Err(error);
