@@ -71,6 +71,9 @@ pub async fn run(args: RunArgs) -> i32 {
 
     match session.finish().await {
         Ok(outcome) => {
+            if let Some(peak) = outcome.usage.peak_memory_bytes {
+                tracing::info!("sandbox peak memory: {} KiB", peak / 1024);
+            }
             if outcome.usage.oom_killed {
                 exit::report(&anyhow!(
                     "the sandbox ran out of memory (limit {} bytes); raise it with --memory",
