@@ -1,5 +1,6 @@
-//! Feeds arbitrary bytes to the frame decoder as every message type: it must never panic,
-//! and every message it accepts must survive encode + decode unchanged.
+//! Arbitrary bytes never panic the frame decoder, and every message it accepts round-trips.
+//!
+//! Each input is decoded as every message type, frame after frame, as a connection would.
 #![no_main]
 
 use std::fmt::Debug;
@@ -11,8 +12,7 @@ use libfuzzer_sys::fuzz_target;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-/// Consumes frames off the front of `buf` until more bytes are needed or one is refused,
-/// as a connection's reader would.
+/// Consumes frames off the front of `buf` until more bytes are needed or one is refused.
 fn decode_all<T>(mut buf: &[u8])
 where
     T: Serialize + DeserializeOwned + PartialEq + Debug,

@@ -4,7 +4,11 @@ use ak_core::config::SandboxOptions;
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "agentkernel", version, about = "Run AI agents' commands in isolated sandboxes")]
+#[command(
+    name = "agentkernel",
+    version,
+    about = "Run AI agents' commands in isolated sandboxes"
+)]
 pub struct Cli {
     /// More log output on stderr (-v info, -vv debug, -vvv trace); AGENTKERNEL_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
@@ -16,7 +20,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run a command in a fresh sandbox, stream its output, exit with its exit code.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Show which backends work here, and why the others do not.
     Status(StatusArgs),
 }

@@ -15,7 +15,10 @@ fn main() {
         .build()
     {
         Ok(runtime) => runtime,
-        Err(error) => exit::fail(exit::SANDBOX_FAILURE, &anyhow::anyhow!("cannot start the async runtime: {error}")),
+        Err(error) => exit::fail(
+            exit::SANDBOX_FAILURE,
+            &anyhow::anyhow!("cannot start the async runtime: {error}"),
+        ),
     };
     let code = runtime.block_on(commands::dispatch(cli.command));
     // Exit at once: a thread blocked reading our stdin must not keep the process alive.

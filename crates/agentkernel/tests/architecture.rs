@@ -15,7 +15,13 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("ak-service", &["ak-core", "ak-protocol"]),
         (
             "agentkernel",
-            &["ak-agent", "ak-core", "ak-native", "ak-protocol", "ak-service"],
+            &[
+                "ak-agent",
+                "ak-core",
+                "ak-native",
+                "ak-protocol",
+                "ak-service",
+            ],
         ),
     ];
     rules
@@ -27,11 +33,21 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
 #[test]
 fn workspace_dependencies_point_down() {
     let output = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--no-deps", "--offline"])
+        .args([
+            "metadata",
+            "--format-version",
+            "1",
+            "--no-deps",
+            "--offline",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .expect("run cargo metadata");
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let metadata: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     let packages = metadata["packages"].as_array().unwrap();
     let members: BTreeSet<String> = packages
@@ -43,7 +59,9 @@ fn workspace_dependencies_point_down() {
     for package in packages {
         let name = package["name"].as_str().unwrap();
         let Some(permitted) = allowed.get(name) else {
-            violations.push(format!("{name} is not in the architecture table of this test"));
+            violations.push(format!(
+                "{name} is not in the architecture table of this test"
+            ));
             continue;
         };
         for dependency in package["dependencies"].as_array().unwrap() {
@@ -57,5 +75,9 @@ fn workspace_dependencies_point_down() {
             }
         }
     }
-    assert!(violations.is_empty(), "architecture violations:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "architecture violations:\n{}",
+        violations.join("\n")
+    );
 }

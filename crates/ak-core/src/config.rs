@@ -91,10 +91,10 @@ pub fn config_files(cwd: &Path) -> Vec<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| dirs::config_dir().map(|d| d.join("agentkernel").join("config.toml")));
     // An explicitly named user file must exist; the default location is optional.
-    if let Some(user) = user {
-        if std::env::var_os(USER_CONFIG_ENV).is_some() || user.is_file() {
-            files.push(user);
-        }
+    if let Some(user) = user
+        && (std::env::var_os(USER_CONFIG_ENV).is_some() || user.is_file())
+    {
+        files.push(user);
     }
     if let Some(project) = cwd
         .ancestors()
@@ -116,7 +116,11 @@ pub fn load_options(flags: SandboxOptions, cwd: &Path) -> Result<SandboxOptions,
 }
 
 /// Validates merged options into a complete spec.
-pub fn resolve(options: SandboxOptions, cwd: &Path, id: String) -> Result<SandboxSpec, ConfigError> {
+pub fn resolve(
+    options: SandboxOptions,
+    cwd: &Path,
+    id: String,
+) -> Result<SandboxSpec, ConfigError> {
     let profile: Profile = options.profile.as_deref().unwrap_or("moderate").parse()?;
     let backend: BackendKind = options.backend.as_deref().unwrap_or("native").parse()?;
     let image = ImageRef::parse(options.image.as_deref().unwrap_or("host"), cwd)?;
@@ -286,11 +290,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let nested = dir.path().join("a/b");
         std::fs::create_dir_all(&nested).unwrap();
-        std::fs::write(
-            dir.path().join(PROJECT_FILE),
-            "[sandbox]\npids = 77\n",
-        )
-        .unwrap();
+        std::fs::write(dir.path().join(PROJECT_FILE), "[sandbox]\npids = 77\n").unwrap();
         let options = load_options(SandboxOptions::default(), &nested).unwrap();
         assert_eq!(options.pids, Some(77));
     }

@@ -9,7 +9,9 @@ pub enum ConfigError {
     UnknownProfile(String),
     #[error("unknown backend '{0}' (expected native, gvisor, docker, podman, microvm or apple)")]
     UnknownBackend(String),
-    #[error("invalid memory size '{0}' (expected a number with an optional unit: 512M, 2G, 1048576)")]
+    #[error(
+        "invalid memory size '{0}' (expected a number with an optional unit: 512M, 2G, 1048576)"
+    )]
     InvalidMemory(String),
     #[error("invalid duration '{0}' (expected e.g. 30s, 5m, 1h30m)")]
     InvalidDuration(String),

@@ -26,7 +26,11 @@ impl ImageRef {
         if input == "host" {
             return Ok(ImageRef::Host);
         }
-        if input.starts_with('/') || input.starts_with("./") || input.starts_with("../") || input == "." {
+        if input.starts_with('/')
+            || input.starts_with("./")
+            || input.starts_with("../")
+            || input == "."
+        {
             let path = cwd.join(input);
             let canonical = path
                 .canonicalize()
@@ -54,7 +58,11 @@ fn validate_oci_reference(input: &str) -> Result<(), ConfigError> {
     if !input.chars().all(allowed) {
         return invalid("only letters, digits and . _ - / : @ are allowed");
     }
-    if !input.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) {
+    if !input
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
+    {
         return invalid("must start with a letter or digit");
     }
     Ok(())

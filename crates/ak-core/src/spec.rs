@@ -87,7 +87,10 @@ mod tests {
             parse_env_entry("A=b=c").unwrap(),
             ("A".into(), "b=c".into())
         );
-        assert_eq!(parse_env_entry("EMPTY=").unwrap(), ("EMPTY".into(), "".into()));
+        assert_eq!(
+            parse_env_entry("EMPTY=").unwrap(),
+            ("EMPTY".into(), "".into())
+        );
         for bad in ["", "=x", "NOEQUALS", "A\0=x"] {
             assert!(parse_env_entry(bad).is_err(), "{bad:?}");
         }

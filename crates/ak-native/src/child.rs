@@ -124,7 +124,11 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
 enum Never {}
 
 fn check(step: Step, ret: libc::c_long) -> Result<(), (u32, i32)> {
-    if ret < 0 { Err((step as u32, errno())) } else { Ok(()) }
+    if ret < 0 {
+        Err((step as u32, errno()))
+    } else {
+        Ok(())
+    }
 }
 
 fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
@@ -135,16 +139,28 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
         wait_for_parent(plan.sync_fd)?;
 
         if plan.drop_groups {
-            check(Step::Credentials, libc::setgroups(0, std::ptr::null()) as libc::c_long)?;
+            check(
+                Step::Credentials,
+                libc::setgroups(0, std::ptr::null()) as libc::c_long,
+            )?;
         }
         check(Step::Credentials, libc::setresgid(0, 0, 0) as libc::c_long)?;
         check(Step::Credentials, libc::setresuid(0, 0, 0) as libc::c_long)?;
         if plan.cgroup_namespace {
-            check(Step::CgroupNamespace, libc::unshare(libc::CLONE_NEWCGROUP) as libc::c_long)?;
+            check(
+                Step::CgroupNamespace,
+                libc::unshare(libc::CLONE_NEWCGROUP) as libc::c_long,
+            )?;
         }
         check(
             Step::Propagation,
-            libc::mount(std::ptr::null(), plan.root_dir.as_ptr(), std::ptr::null(), libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()) as libc::c_long,
+            libc::mount(
+                std::ptr::null(),
+                plan.root_dir.as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ) as libc::c_long,
         )?;
 
         // Modes in the plan are exact; the agent gets the usual 022 back before exec.
@@ -153,18 +169,39 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
             run_op(op).map_err(|e| (index as u32, e))?;
         }
 
-        check(Step::PivotRoot, libc::chdir(plan.new_root.as_ptr()) as libc::c_long)?;
-        check(Step::PivotRoot, libc::syscall(libc::SYS_pivot_root, plan.dot.as_ptr(), plan.dot.as_ptr()))?;
-        check(Step::PivotRoot, libc::umount2(plan.dot.as_ptr(), libc::MNT_DETACH) as libc::c_long)?;
-        check(Step::PivotRoot, libc::chdir(plan.root_dir.as_ptr()) as libc::c_long)?;
+        check(
+            Step::PivotRoot,
+            libc::chdir(plan.new_root.as_ptr()) as libc::c_long,
+        )?;
+        check(
+            Step::PivotRoot,
+            libc::syscall(libc::SYS_pivot_root, plan.dot.as_ptr(), plan.dot.as_ptr()),
+        )?;
+        check(
+            Step::PivotRoot,
+            libc::umount2(plan.dot.as_ptr(), libc::MNT_DETACH) as libc::c_long,
+        )?;
+        check(
+            Step::PivotRoot,
+            libc::chdir(plan.root_dir.as_ptr()) as libc::c_long,
+        )?;
 
         let hostname = plan.hostname.as_bytes();
-        check(Step::Hostname, libc::sethostname(hostname.as_ptr().cast(), hostname.len()) as libc::c_long)?;
+        check(
+            Step::Hostname,
+            libc::sethostname(hostname.as_ptr().cast(), hostname.len()) as libc::c_long,
+        )?;
         loopback_up().map_err(|e| (Step::Loopback as u32, e))?;
 
         for &(resource, limit) in &plan.rlimits {
-            let value = libc::rlimit { rlim_cur: limit, rlim_max: limit };
-            check(Step::Rlimits, libc::setrlimit(resource, &value) as libc::c_long)?;
+            let value = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            check(
+                Step::Rlimits,
+                libc::setrlimit(resource, &value) as libc::c_long,
+            )?;
         }
 
         // Standard input and output of the agent are /dev/null; stderr stays the caller's,
@@ -174,27 +211,58 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
         check(Step::Descriptors, libc::dup2(null, 0) as libc::c_long)?;
         check(Step::Descriptors, libc::dup2(null, 1) as libc::c_long)?;
         libc::close(null);
-        check(Step::Descriptors, libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC))?;
-        check(Step::Descriptors, libc::fcntl(plan.socket_fd, libc::F_SETFD, 0) as libc::c_long)?;
+        check(
+            Step::Descriptors,
+            libc::syscall(
+                libc::SYS_close_range,
+                3u32,
+                u32::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ),
+        )?;
+        check(
+            Step::Descriptors,
+            libc::fcntl(plan.socket_fd, libc::F_SETFD, 0) as libc::c_long,
+        )?;
 
         libc::umask(0o022);
-        check(Step::NoNewPrivs, libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long)?;
+        check(
+            Step::NoNewPrivs,
+            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long,
+        )?;
         if let Some(landlock) = &plan.landlock {
             landlock.apply().map_err(|e| (Step::Landlock as u32, e))?;
         }
         for &cap in &plan.drop_caps {
-            check(Step::Capabilities, libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) as libc::c_long)?;
+            check(
+                Step::Capabilities,
+                libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) as libc::c_long,
+            )?;
         }
         check(
             Step::Capabilities,
-            libc::prctl(libc::PR_CAP_AMBIENT, libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong, 0, 0, 0) as libc::c_long,
+            libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) as libc::c_long,
         )?;
         for program in &plan.seccomp {
             let fprog = libc::sock_fprog {
                 len: program.len() as u16,
                 filter: program.as_ptr() as *mut libc::sock_filter,
             };
-            check(Step::Seccomp, libc::syscall(libc::SYS_seccomp, libc::SECCOMP_SET_MODE_FILTER, 0u32, &fprog as *const libc::sock_fprog))?;
+            check(
+                Step::Seccomp,
+                libc::syscall(
+                    libc::SYS_seccomp,
+                    libc::SECCOMP_SET_MODE_FILTER,
+                    0u32,
+                    &fprog as *const libc::sock_fprog,
+                ),
+            )?;
         }
 
         // Second go: the parent has placed us in our cgroups (it did so while we were
@@ -244,21 +312,42 @@ fn run_op(op: &Op) -> Result<(), i32> {
                 0
             }
             Op::Touch { path } => {
-                let fd = libc::open(path.as_ptr(), libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC, 0o644);
+                let fd = libc::open(
+                    path.as_ptr(),
+                    libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
+                    0o644,
+                );
                 if fd < 0 {
                     return Err(errno());
                 }
                 libc::close(fd)
             }
-            Op::Mount { source, target, fstype, flags, data } => libc::mount(
+            Op::Mount {
+                source,
+                target,
+                fstype,
+                flags,
+                data,
+            } => libc::mount(
                 source.as_ptr(),
                 target.as_ptr(),
                 fstype.as_ptr(),
                 *flags,
                 data.as_ptr().cast(),
             ),
-            Op::Bind { source, target, attrs } => {
-                if libc::mount(source.as_ptr(), target.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) < 0 {
+            Op::Bind {
+                source,
+                target,
+                attrs,
+            } => {
+                if libc::mount(
+                    source.as_ptr(),
+                    target.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ) < 0
+                {
                     return Err(errno());
                 }
                 return set_attr(target, *attrs, libc::AT_RECURSIVE as u32);

@@ -74,7 +74,10 @@ impl LandlockPlan {
         let read_only = EXECUTE | READ_FILE | READ_DIR;
         let mut rules = vec![
             (cstring("/")?, read_only),
-            (cstring("/dev")?, read_only | WRITE_FILE | TRUNCATE | IOCTL_DEV),
+            (
+                cstring("/dev")?,
+                read_only | WRITE_FILE | TRUNCATE | IOCTL_DEV,
+            ),
             (cstring("/proc")?, READ_FILE | WRITE_FILE | READ_DIR),
         ];
         let writable = ["/tmp", "/run", "/root", "/home", "/dev/shm"]
@@ -165,7 +168,9 @@ fn add_rule(ruleset: libc::c_int, fd: RawFd, access: u64) -> Result<(), i32> {
 }
 
 pub(crate) fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 #[cfg(test)]

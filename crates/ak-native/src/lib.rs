@@ -18,11 +18,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ak_core::{
-    Backend, BackendError, BackendKind, BackendProbe, ImageRef, NetworkMode, Sandbox,
-    SandboxSpec, Transport,
-};
 use ak_core::backend::SandboxUsage;
+use ak_core::{
+    Backend, BackendError, BackendKind, BackendProbe, ImageRef, NetworkMode, Sandbox, SandboxSpec,
+    Transport,
+};
 
 use crate::cgroup::{CgroupLayout, SandboxCgroup};
 pub use crate::error::NativeError;
@@ -130,12 +130,16 @@ impl NativeBackend {
 
         let rundir = RunDir::create(&prepared.runtime_base, &spec.id)?;
         let new_root = rundir.path().join("root");
-        std::fs::create_dir(&new_root).map_err(NativeError::io(format!("create {}", new_root.display())))?;
+        std::fs::create_dir(&new_root)
+            .map_err(NativeError::io(format!("create {}", new_root.display())))?;
 
         let resolv_conf = if spec.policy.network == NetworkMode::Outbound {
             let path = rundir.path().join("resolv.conf");
-            std::fs::write(&path, format!("nameserver {}\n", network::SANDBOX_NAMESERVER))
-                .map_err(NativeError::io(format!("write {}", path.display())))?;
+            std::fs::write(
+                &path,
+                format!("nameserver {}\n", network::SANDBOX_NAMESERVER),
+            )
+            .map_err(NativeError::io(format!("write {}", path.display())))?;
             Some(path)
         } else {
             None
@@ -153,7 +157,11 @@ impl NativeBackend {
         let mut network = None;
         let mut before_release = |pid: u32| -> Result<(), NativeError> {
             if prepared.cgroups_usable.is_ok() {
-                let created = cgroup.insert(SandboxCgroup::create(&prepared.cgroups, &spec.id, &spec.resources)?);
+                let created = cgroup.insert(SandboxCgroup::create(
+                    &prepared.cgroups,
+                    &spec.id,
+                    &spec.resources,
+                )?);
                 created.add_process(pid)?;
             }
             if spec.policy.network == NetworkMode::Outbound {
@@ -226,7 +234,10 @@ impl Backend for NativeBackend {
             ("agent".to_string(), self.agent_path.display().to_string()),
         ];
         if let Err(reason) = &features.cgroups_usable {
-            details.push(("limits".into(), format!("not enforced by cgroups: {reason}")));
+            details.push((
+                "limits".into(),
+                format!("not enforced by cgroups: {reason}"),
+            ));
         }
         let problem = if let Err(reason) = &features.user_namespaces {
             Some(format!("user namespaces unavailable: {reason}"))
@@ -238,7 +249,8 @@ impl Backend for NativeBackend {
         BackendProbe {
             backend: BackendKind::Native,
             usable: problem.is_none(),
-            reason: problem.unwrap_or_else(|| "namespaces, seccomp and pivot_root work here".into()),
+            reason: problem
+                .unwrap_or_else(|| "namespaces, seccomp and pivot_root work here".into()),
             details,
         }
     }
@@ -297,10 +309,9 @@ impl Sandbox for NativeSandbox {
     }
 
     async fn connect(&mut self) -> Result<Box<dyn Transport>, BackendError> {
-        let socket = self
-            .socket
-            .take()
-            .ok_or_else(|| BackendError::Connect("the agent connection was already taken".into()))?;
+        let socket = self.socket.take().ok_or_else(|| {
+            BackendError::Connect("the agent connection was already taken".into())
+        })?;
         socket.set_nonblocking(true)?;
         Ok(Box::new(tokio::net::UnixStream::from_std(socket)?))
     }
@@ -312,11 +323,10 @@ impl Sandbox for NativeSandbox {
 
 impl Drop for NativeSandbox {
     fn drop(&mut self) {
-        if self.pidfd.is_some() {
-            if let Err(e) = self.release() {
-                tracing::warn!(id = %self.id, "releasing sandbox on drop: {e}");
-            }
+        if self.pidfd.is_some()
+            && let Err(e) = self.release()
+        {
+            tracing::warn!(id = %self.id, "releasing sandbox on drop: {e}");
         }
     }
 }
-

@@ -97,7 +97,11 @@ impl NetworkHelper {
         }
         Err(NativeError::Network(format!(
             "{HELPER} failed: {}",
-            if message.trim().is_empty() { "exited without configuring the network".to_string() } else { message.trim().lines().collect::<Vec<_>>().join("; ") }
+            if message.trim().is_empty() {
+                "exited without configuring the network".to_string()
+            } else {
+                message.trim().lines().collect::<Vec<_>>().join("; ")
+            }
         )))
     }
 

@@ -14,7 +14,17 @@ use crate::error::NativeError;
 /// Directories at the top of the host image that never come from the host as they are.
 /// `proc`, `sys`, `dev`, `tmp`, `run`, `root` and `home` get fresh mounts; the rest stay empty.
 const HOST_TOP_LEVEL_REPLACED: &[&str] = &[
-    "proc", "sys", "dev", "tmp", "run", "root", "home", "mnt", "media", "boot", "lost+found",
+    "proc",
+    "sys",
+    "dev",
+    "tmp",
+    "run",
+    "root",
+    "home",
+    "mnt",
+    "media",
+    "boot",
+    "lost+found",
 ];
 
 /// Places inside the host image that hold secrets: hidden behind an empty tmpfs.
@@ -45,19 +55,18 @@ const HOST_HIDDEN_FILES: &[&str] = &[
 /// Writable directories of every sandbox, with their modes. They live in the sandbox's
 /// root tmpfs (private, memory-accounted, as large as the memory limit) rather than in
 /// tmpfs mounts of their own: every mount costs tens of microseconds at each start.
-const SCRATCH_DIRS: &[(&str, u32)] = &[("/tmp", 0o1777), ("/run", 0o755), ("/root", 0o700), ("/home", 0o755)];
+const SCRATCH_DIRS: &[(&str, u32)] = &[
+    ("/tmp", 0o1777),
+    ("/run", 0o755),
+    ("/root", 0o700),
+    ("/home", 0o755),
+];
 
 /// Host devices made available in the sandbox's `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 
 /// Kernel interfaces in `/proc` the sandbox has no business reading.
-const PROC_HIDDEN_FILES: &[&str] = &[
-    "kcore",
-    "keys",
-    "timer_list",
-    "sysrq-trigger",
-    "kallsyms",
-];
+const PROC_HIDDEN_FILES: &[&str] = &["kcore", "keys", "timer_list", "sysrq-trigger", "kallsyms"];
 
 /// `mount_setattr` attribute bits (`linux/mount.h`).
 pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
@@ -68,10 +77,18 @@ pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
 #[derive(Debug)]
 pub(crate) enum Op {
     /// Create a directory; one that exists already is fine.
-    Mkdir { path: CString, mode: u32 },
-    Symlink { target: CString, link: CString },
+    Mkdir {
+        path: CString,
+        mode: u32,
+    },
+    Symlink {
+        target: CString,
+        link: CString,
+    },
     /// Create an empty file to mount over; one that exists already is fine.
-    Touch { path: CString },
+    Touch {
+        path: CString,
+    },
     Mount {
         source: CString,
         target: CString,
@@ -136,10 +153,12 @@ fn top_name(entry: &TopEntry) -> &str {
 }
 
 pub(crate) fn cstring(bytes: impl AsRef<[u8]>) -> Result<CString, NativeError> {
-    CString::new(bytes.as_ref()).map_err(|_| NativeError::InvalidSpec(format!(
-        "path contains a NUL byte: {}",
-        String::from_utf8_lossy(bytes.as_ref())
-    )))
+    CString::new(bytes.as_ref()).map_err(|_| {
+        NativeError::InvalidSpec(format!(
+            "path contains a NUL byte: {}",
+            String::from_utf8_lossy(bytes.as_ref())
+        ))
+    })
 }
 
 fn path_c(path: &Path) -> Result<CString, NativeError> {
@@ -183,7 +202,13 @@ impl<'a> MountPlanner<'a> {
         // The root is a private tmpfs holding the mount points and the scratch directories;
         // everything that comes from the image is mounted read-only onto it.
         let root_data = format!("mode=0755,size={}", spec.resources.memory_bytes);
-        self.mount("tmpfs", self.new_root.to_path_buf(), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, &root_data)?;
+        self.mount(
+            "tmpfs",
+            self.new_root.to_path_buf(),
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            &root_data,
+        )?;
 
         for (dir, mode) in SCRATCH_DIRS {
             self.mkdir(self.inside(dir), *mode)?;
@@ -200,10 +225,15 @@ impl<'a> MountPlanner<'a> {
                     if host_image && HOST_TOP_LEVEL_REPLACED.contains(&name.as_str()) {
                         continue;
                     }
-                    if !host_image && ["proc", "sys", "dev", "tmp", "run"].contains(&name.as_str()) {
+                    if !host_image && ["proc", "sys", "dev", "tmp", "run"].contains(&name.as_str())
+                    {
                         continue;
                     }
-                    let attrs = if spec.policy.read_only_root { ro } else { MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV };
+                    let attrs = if spec.policy.read_only_root {
+                        ro
+                    } else {
+                        MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+                    };
                     self.ops.push(Op::Bind {
                         source: path_c(&image_root.join(name))?,
                         target: path_c(&target)?,
@@ -216,13 +246,23 @@ impl<'a> MountPlanner<'a> {
         if host_image {
             for dir in HOST_HIDDEN_DIRS {
                 if Path::new(dir).is_dir() {
-                    self.mount("tmpfs", self.inside(dir), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_RDONLY, "mode=0755,size=4k")?;
+                    self.mount(
+                        "tmpfs",
+                        self.inside(dir),
+                        "tmpfs",
+                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_RDONLY,
+                        "mode=0755,size=4k",
+                    )?;
                 }
             }
             for file in HOST_HIDDEN_FILES {
                 if Path::new(file).exists() {
                     // Not nodev: the mask is the /dev/null device itself.
-                    self.bind("/dev/null", self.inside(file), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)?;
+                    self.bind(
+                        "/dev/null",
+                        self.inside(file),
+                        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
+                    )?;
                 }
             }
         }
@@ -238,20 +278,33 @@ impl<'a> MountPlanner<'a> {
                     attrs: ro,
                 });
             } else {
-                tracing::warn!("{} is not a regular file: DNS inside the sandbox uses it as is", image_file.display());
+                tracing::warn!(
+                    "{} is not a regular file: DNS inside the sandbox uses it as is",
+                    image_file.display()
+                );
             }
         }
 
         self.plan_dev()?;
         self.plan_proc()?;
         self.ensure_dir("/sys")?;
-        self.mount("sysfs", self.inside("/sys"), "sysfs", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY, "")?;
+        self.mount(
+            "sysfs",
+            self.inside("/sys"),
+            "sysfs",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+            "",
+        )?;
 
         // User mounts, then the default workdir unless a mount already provides it.
         for mount in &spec.mounts {
             let target = mount.target.to_string_lossy().into_owned();
             self.ensure_dir(&target)?;
-            let attrs = if mount.writable { MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV } else { ro };
+            let attrs = if mount.writable {
+                MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+            } else {
+                ro
+            };
             self.ops.push(Op::Bind {
                 source: path_c(&mount.host)?,
                 target: path_c(&self.inside(&target))?,
@@ -266,10 +319,18 @@ impl<'a> MountPlanner<'a> {
 
     fn plan_dev(&mut self) -> Result<(), NativeError> {
         self.ensure_dir("/dev")?;
-        self.mount("tmpfs", self.inside("/dev"), "tmpfs", libc::MS_NOSUID | libc::MS_NOEXEC, "mode=0755,size=64k")?;
+        self.mount(
+            "tmpfs",
+            self.inside("/dev"),
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "mode=0755,size=64k",
+        )?;
         for device in DEVICES {
             let target = self.inside(&format!("/dev/{device}"));
-            self.ops.push(Op::Touch { path: path_c(&target)? });
+            self.ops.push(Op::Touch {
+                path: path_c(&target)?,
+            });
             self.ops.push(Op::Bind {
                 source: cstring(format!("/dev/{device}"))?,
                 target: path_c(&target)?,
@@ -277,9 +338,21 @@ impl<'a> MountPlanner<'a> {
             });
         }
         self.ensure_dir("/dev/pts")?;
-        self.mount("devpts", self.inside("/dev/pts"), "devpts", libc::MS_NOSUID | libc::MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")?;
+        self.mount(
+            "devpts",
+            self.inside("/dev/pts"),
+            "devpts",
+            libc::MS_NOSUID | libc::MS_NOEXEC,
+            "newinstance,ptmxmode=0666,mode=0620",
+        )?;
         self.ensure_dir("/dev/shm")?;
-        self.mount("tmpfs", self.inside("/dev/shm"), "tmpfs", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777,size=64m")?;
+        self.mount(
+            "tmpfs",
+            self.inside("/dev/shm"),
+            "tmpfs",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            "mode=1777,size=64m",
+        )?;
         for (link, target) in [
             ("ptmx", "pts/ptmx"),
             ("fd", "/proc/self/fd"),
@@ -297,10 +370,20 @@ impl<'a> MountPlanner<'a> {
 
     fn plan_proc(&mut self) -> Result<(), NativeError> {
         self.ensure_dir("/proc")?;
-        self.mount("proc", self.inside("/proc"), "proc", libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC, "")?;
+        self.mount(
+            "proc",
+            self.inside("/proc"),
+            "proc",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            "",
+        )?;
         for file in PROC_HIDDEN_FILES {
             if Path::new("/proc").join(file).exists() {
-                self.bind("/dev/null", self.inside(&format!("/proc/{file}")), MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID)?;
+                self.bind(
+                    "/dev/null",
+                    self.inside(&format!("/proc/{file}")),
+                    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
+                )?;
             }
         }
         // Namespaced /proc/sys entries would be writable by the sandbox's root; none of
@@ -318,7 +401,14 @@ impl<'a> MountPlanner<'a> {
         Ok(())
     }
 
-    fn mount(&mut self, source: &str, target: PathBuf, fstype: &str, flags: libc::c_ulong, data: &str) -> Result<(), NativeError> {
+    fn mount(
+        &mut self,
+        source: &str,
+        target: PathBuf,
+        fstype: &str,
+        flags: libc::c_ulong,
+        data: &str,
+    ) -> Result<(), NativeError> {
         self.ops.push(Op::Mount {
             source: cstring(source)?,
             target: path_c(&target)?,
@@ -351,7 +441,10 @@ impl<'a> MountPlanner<'a> {
     }
 
     fn mkdir(&mut self, path: PathBuf, mode: u32) -> Result<(), NativeError> {
-        let op = Op::Mkdir { path: path_c(&path)?, mode };
+        let op = Op::Mkdir {
+            path: path_c(&path)?,
+            mode,
+        };
         if self.made.insert(path) {
             self.ops.push(op);
         }

@@ -331,7 +331,8 @@ mod tests {
 
     #[test]
     fn favordynmods_is_found_on_cgroup2_only() {
-        let fast = "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,favordynmods\n";
+        let fast =
+            "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,favordynmods\n";
         let slow = "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
                     30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,favordynmods\n";
         assert!(fast_cgroup_migration(fast));

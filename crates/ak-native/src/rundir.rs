@@ -52,8 +52,10 @@ impl RunDir {
             .mode(DIR_MODE)
             .create(&building)
             .map_err(NativeError::io(format!("create {}", building.display())))?;
-        let lock = File::create(building.join(LOCK_FILE))
-            .map_err(NativeError::io(format!("create lock in {}", building.display())))?;
+        let lock = File::create(building.join(LOCK_FILE)).map_err(NativeError::io(format!(
+            "create lock in {}",
+            building.display()
+        )))?;
         flock(&lock, FlockOperation::NonBlockingLockExclusive)
             .map_err(|e| NativeError::io(format!("lock {}", building.display()))(e.into()))?;
         std::fs::rename(&building, &path)
@@ -79,7 +81,9 @@ impl RunDir {
         match std::fs::remove_dir_all(&self.path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(NativeError::io(format!("remove {}", self.path.display()))(e)),
+            Err(e) => Err(NativeError::io(format!("remove {}", self.path.display()))(
+                e,
+            )),
         }
     }
 }
@@ -129,7 +133,10 @@ mod tests {
         {
             let _dead = RunDir::create(base.path(), "dead").unwrap();
         }
-        let stale: Vec<String> = stale_entries(base.path()).into_iter().map(|(id, _)| id).collect();
+        let stale: Vec<String> = stale_entries(base.path())
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
         assert_eq!(stale, vec!["dead".to_string()]);
         live.remove().unwrap();
         assert!(!live.path().exists());

@@ -61,7 +61,10 @@ struct CloneArgs {
 }
 
 const AGENT_BASE_ENV: &[(&str, &str)] = &[
-    ("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    (
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ),
     ("HOME", "/root"),
     ("USER", "root"),
     ("LANG", "C.UTF-8"),
@@ -75,7 +78,12 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), NativeError> {
 
 pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
     let spec = request.spec;
-    let ops = MountPlanner::new(request.new_root).build(spec, request.image_root, request.top_level, request.resolv_conf)?;
+    let ops = MountPlanner::new(request.new_root).build(
+        spec,
+        request.image_root,
+        request.top_level,
+        request.resolv_conf,
+    )?;
 
     let (host_socket, agent_socket) = std::os::unix::net::UnixStream::pair()
         .map_err(NativeError::io("create the agent socket"))?;
@@ -103,7 +111,12 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
         os_cstring(spec.workdir.as_os_str())?,
     ];
 
-    let keep: Vec<u32> = spec.policy.capabilities.iter().map(|c| c.number()).collect();
+    let keep: Vec<u32> = spec
+        .policy
+        .capabilities
+        .iter()
+        .map(|c| c.number())
+        .collect();
     let is_root = rustix::process::geteuid().is_root();
     let plan = ChildPlan {
         ops,
@@ -117,7 +130,9 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
             _ => None,
         },
         seccomp: request.seccomp.to_vec(),
-        drop_caps: (0..=request.cap_last).filter(|c| !keep.contains(c)).collect(),
+        drop_caps: (0..=request.cap_last)
+            .filter(|c| !keep.contains(c))
+            .collect(),
         agent_fd: request.agent_fd,
         socket_fd: agent_socket.as_raw_fd(),
         sync_fd: sync_read.as_raw_fd(),

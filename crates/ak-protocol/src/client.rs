@@ -146,7 +146,12 @@ impl AgentClient {
     }
 
     /// Writes a whole file atomically: readers see the old file or the new one, never a part.
-    pub async fn write_file(&self, path: &str, data: &[u8], mode: u32) -> Result<(), ProtocolError> {
+    pub async fn write_file(
+        &self,
+        path: &str,
+        data: &[u8],
+        mode: u32,
+    ) -> Result<(), ProtocolError> {
         let (id, mut events) = self.register()?;
         let sent = async {
             self.send(&Request::WriteBegin {
@@ -260,7 +265,9 @@ impl AgentClient {
 
 fn lock(routes: &Mutex<Routes>) -> std::sync::MutexGuard<'_, Routes> {
     // A panic while holding this lock leaves the map consistent (single inserts/removes).
-    routes.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    routes
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn unexpected(reply: &Reply) -> ProtocolError {

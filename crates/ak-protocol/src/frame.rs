@@ -36,8 +36,8 @@ pub fn encode_frame<T: Serialize>(message: &T) -> Result<Vec<u8>, ProtocolError>
 
 /// Decodes one message from a frame payload (without the header).
 pub fn decode_payload<T: DeserializeOwned>(payload: &[u8]) -> Result<T, ProtocolError> {
-    let (message, rest) = postcard::take_from_bytes(payload)
-        .map_err(|e| ProtocolError::Malformed(e.to_string()))?;
+    let (message, rest) =
+        postcard::take_from_bytes(payload).map_err(|e| ProtocolError::Malformed(e.to_string()))?;
     if !rest.is_empty() {
         return Err(ProtocolError::Malformed(format!(
             "{} trailing bytes after the message",
@@ -151,7 +151,11 @@ mod tests {
         };
         let frame = encode_frame(&event).unwrap();
         // Binary data is carried as is: the frame is barely larger than the data.
-        assert!(frame.len() < data.len() + 16, "frame is {} bytes", frame.len());
+        assert!(
+            frame.len() < data.len() + 16,
+            "frame is {} bytes",
+            frame.len()
+        );
         let (decoded, used): (Event, usize) = decode_frame(&frame).unwrap().unwrap();
         assert_eq!(used, frame.len());
         assert_eq!(decoded, event);

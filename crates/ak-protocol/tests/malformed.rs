@@ -1,5 +1,6 @@
-//! Truncated, corrupted and random input never panics the frame decoder, and whatever it
-//! accepts re-encodes to an equal message: the stable-Rust twin of `fuzz/fuzz_targets/decode_frames.rs`.
+//! Truncated, corrupted and random frames never panic the decoder, and what it accepts round-trips.
+//!
+//! The stable-Rust twin of `fuzz/fuzz_targets/decode_frames.rs`, so CI checks the property too.
 
 #![allow(
     clippy::unwrap_used,
@@ -50,7 +51,10 @@ fn check(buf: &[u8]) -> usize {
     };
     match catch_unwind(AssertUnwindSafe(run)) {
         Ok(decoded) => decoded,
-        Err(_) => panic!("decoding panicked or failed the round trip on input {}", hex(buf)),
+        Err(_) => panic!(
+            "decoding panicked or failed the round trip on input {}",
+            hex(buf)
+        ),
     }
 }
 
@@ -191,7 +195,11 @@ fn valid_frames_decode_back_to_back() {
     // Each frame decodes as the type it was written as, but a stream of mixed types stops
     // at the first frame of another type, so count frames per type separately.
     let decoded: usize = frames.iter().map(|frame| check(frame)).sum();
-    assert!(decoded >= frames.len(), "{decoded} of {} decoded", frames.len());
+    assert!(
+        decoded >= frames.len(),
+        "{decoded} of {} decoded",
+        frames.len()
+    );
     check(&stream);
 }
 

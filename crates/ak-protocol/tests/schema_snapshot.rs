@@ -105,7 +105,10 @@ fn requests() -> Vec<(&'static str, Request)> {
             "Request::Resize",
             Request::Resize {
                 id,
-                size: PtySize { rows: 50, cols: 132 },
+                size: PtySize {
+                    rows: 50,
+                    cols: 132,
+                },
             },
         ),
         (
@@ -124,7 +127,10 @@ fn requests() -> Vec<(&'static str, Request)> {
                 mode: 0o644,
             },
         ),
-        ("Request::WriteChunk", Request::WriteChunk { id, data: data() }),
+        (
+            "Request::WriteChunk",
+            Request::WriteChunk { id, data: data() },
+        ),
         ("Request::WriteCommit", Request::WriteCommit { id }),
         (
             "Request::ListDir",
@@ -218,7 +224,10 @@ fn events() -> Vec<(String, Event)> {
                 timed_out: true,
             },
         ),
-        ("Event::FileData".into(), Event::FileData { id, data: data() }),
+        (
+            "Event::FileData".into(),
+            Event::FileData { id, data: data() },
+        ),
     ];
     for reply in replies() {
         let name = format!("Event::Done(Ok(Reply::{}))", variant(&reply));
@@ -332,9 +341,9 @@ fn differences(committed: &str, current: &str) -> String {
     for (name, hex) in &new {
         match old.get(name) {
             None => out.push_str(&format!("  new:     {name}: {hex}\n")),
-            Some(was) if was != hex => {
-                out.push_str(&format!("  changed: {name}\n    was {was}\n    now {hex}\n"))
-            }
+            Some(was) if was != hex => out.push_str(&format!(
+                "  changed: {name}\n    was {was}\n    now {hex}\n"
+            )),
             Some(_) => {}
         }
     }

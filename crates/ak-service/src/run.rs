@@ -8,8 +8,8 @@ use ak_protocol::handshake::software;
 use ak_protocol::{AgentClient, ExecControl, ExecEvent, ExecHandle};
 use tokio::time::Instant;
 
-use crate::error::ServiceError;
 use crate::Service;
+use crate::error::ServiceError;
 
 /// Time the agent gets to kill a timed-out command itself before the service ends the
 /// whole sandbox.
@@ -40,7 +40,11 @@ pub struct RunSession {
 
 impl Service {
     /// Starts `exec` in a fresh sandbox described by `spec`.
-    pub async fn start_run(&self, spec: &SandboxSpec, mut exec: ExecSpec) -> Result<RunSession, ServiceError> {
+    pub async fn start_run(
+        &self,
+        spec: &SandboxSpec,
+        mut exec: ExecSpec,
+    ) -> Result<RunSession, ServiceError> {
         if exec.argv.is_empty() {
             return Err(ServiceError::EmptyCommand);
         }
@@ -91,7 +95,8 @@ impl RunSession {
             return Ok(None);
         }
         let event = match self.deadline {
-            Some(deadline) => match tokio::time::timeout_at(deadline, self.exec.next_event()).await {
+            Some(deadline) => match tokio::time::timeout_at(deadline, self.exec.next_event()).await
+            {
                 Ok(event) => event?,
                 Err(_) => {
                     tracing::warn!("the command outlived its timeout; ending the sandbox");
@@ -125,4 +130,3 @@ impl RunSession {
         })
     }
 }
-

@@ -7,7 +7,7 @@ use crate::cli::Command;
 
 pub async fn dispatch(command: Command) -> i32 {
     match command {
-        Command::Run(args) => run::run(args).await,
+        Command::Run(args) => run::run(*args).await,
         Command::Status(args) => status::status(args),
     }
 }

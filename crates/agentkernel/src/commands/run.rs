@@ -22,7 +22,10 @@ const FORWARDED: [i32; 4] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP, libc::SI
 pub async fn run(args: RunArgs) -> i32 {
     let cwd = match std::env::current_dir() {
         Ok(cwd) => cwd,
-        Err(e) => exit::fail(exit::USAGE, &anyhow!("cannot read the current directory: {e}")),
+        Err(e) => exit::fail(
+            exit::USAGE,
+            &anyhow!("cannot read the current directory: {e}"),
+        ),
     };
     let spec = match load_options(args.sandbox.options(), &cwd)
         .and_then(|options| resolve(options, &cwd, new_sandbox_id()))
@@ -30,9 +33,16 @@ pub async fn run(args: RunArgs) -> i32 {
         Ok(spec) => spec,
         Err(e) => exit::fail(exit::USAGE, &e.into()),
     };
+    // With /dev/null as our stdin there is nothing to forward: the command gets /dev/null
+    // too, and no reader thread or messages are spent on it.
+    let stdin = if stdin_is_null() {
+        StdinMode::Null
+    } else {
+        StdinMode::Pipe
+    };
     let exec = ExecSpec {
         argv: args.command,
-        stdin: StdinMode::Pipe,
+        stdin,
         ..ExecSpec::default()
     };
 
@@ -43,7 +53,8 @@ pub async fn run(args: RunArgs) -> i32 {
     };
 
     let control = session.control();
-    let stdin_task = tokio::spawn(forward_stdin(control.clone()));
+    let stdin_task =
+        (stdin == StdinMode::Pipe).then(|| tokio::spawn(forward_stdin(control.clone())));
     let signal_task = tokio::spawn(forward_signals(control));
 
     let mut stdout = std::io::stdout().lock();
@@ -62,7 +73,9 @@ pub async fn run(args: RunArgs) -> i32 {
             Err(error) => break Err(error),
         }
     };
-    stdin_task.abort();
+    if let Some(task) = stdin_task {
+        task.abort();
+    }
     signal_task.abort();
     if let Err(error) = streamed {
         let _ = session.finish().await;
@@ -110,6 +123,16 @@ fn fail_start(error: ServiceError) -> i32 {
     code
 }
 
+/// Whether our standard input is `/dev/null` (character device 1:3).
+fn stdin_is_null() -> bool {
+    let Ok(stat) = rustix::fs::fstat(rustix::stdio::stdin()) else {
+        return false;
+    };
+    let is_char =
+        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::CharacterDevice;
+    is_char && rustix::fs::major(stat.st_rdev) == 1 && rustix::fs::minor(stat.st_rdev) == 3
+}
+
 /// Copies our stdin to the command until end of file.
 async fn forward_stdin(control: ExecControl) {
     let mut stdin = tokio::io::stdin();
@@ -151,4 +174,3 @@ async fn forward_signals(control: ExecControl) {
         let _ = control.signal(number).await;
     }
 }
-

@@ -41,7 +41,12 @@ fn render(report: &StatusReport) -> String {
     let mut out = String::from("Backends:\n");
     for probe in &report.backends {
         let mark = if probe.usable { "usable" } else { "not usable" };
-        out.push_str(&format!("  {:<8} {:<11} {}\n", probe.backend.as_str(), mark, probe.reason));
+        out.push_str(&format!(
+            "  {:<8} {:<11} {}\n",
+            probe.backend.as_str(),
+            mark,
+            probe.reason
+        ));
         for (name, value) in &probe.details {
             out.push_str(&format!("  {:<8}   {name}: {value}\n", ""));
         }

@@ -1,28 +1,54 @@
 //! Bad input: a clear error, a non-zero exit, and nothing left behind.
 
-use crate::common::{shared_host, Mode, agentkernel, assert_code, run, snapshot, stderr, assert_no_leaks};
+use crate::common::{
+    Mode, agentkernel, assert_code, assert_no_leaks, run, shared_host, snapshot, stderr,
+};
 
 fn assert_refused(flags: &[&str], cmd: &[&str], expected: &str) {
     let output = run(Mode::Root, flags, cmd);
     assert_code(&output, 2);
-    assert!(stderr(&output).contains(expected), "expected {expected:?} in: {}", stderr(&output));
+    assert!(
+        stderr(&output).contains(expected),
+        "expected {expected:?} in: {}",
+        stderr(&output)
+    );
 }
 
 #[test]
 fn bad_flags_are_refused_clearly() {
     let _host = shared_host();
     let before = snapshot();
-    assert_refused(&["--profile", "strict"], &["true"], "unknown profile 'strict'");
-    assert_refused(&["--memory", "lots"], &["true"], "invalid memory size 'lots'");
+    assert_refused(
+        &["--profile", "strict"],
+        &["true"],
+        "unknown profile 'strict'",
+    );
+    assert_refused(
+        &["--memory", "lots"],
+        &["true"],
+        "invalid memory size 'lots'",
+    );
     assert_refused(&["--memory", "0"], &["true"], "invalid memory size '0'");
     assert_refused(&["--timeout", "soon"], &["true"], "invalid duration 'soon'");
     assert_refused(&["--cpus", "0"], &["true"], "invalid CPU count");
     assert_refused(&["--pids", "0"], &["true"], "invalid pids limit");
-    assert_refused(&["--image", "/no/such/image/dir"], &["true"], "/no/such/image/dir does not exist");
+    assert_refused(
+        &["--image", "/no/such/image/dir"],
+        &["true"],
+        "/no/such/image/dir does not exist",
+    );
     assert_refused(&["--image=--privileged"], &["true"], "invalid image");
     assert_refused(&["-e", "=oops"], &["true"], "invalid environment entry");
-    assert_refused(&["--workdir", "../escape"], &["true"], "invalid path '../escape'");
-    assert_refused(&["--backend", "vmware"], &["true"], "unknown backend 'vmware'");
+    assert_refused(
+        &["--workdir", "../escape"],
+        &["true"],
+        "invalid path '../escape'",
+    );
+    assert_refused(
+        &["--backend", "vmware"],
+        &["true"],
+        "unknown backend 'vmware'",
+    );
     assert_no_leaks(&before);
 }
 
@@ -43,9 +69,15 @@ fn malformed_config_files_are_refused() {
     let before = snapshot();
     for (content, expected) in [
         ("[sandbox\n", "invalid config file"),
-        ("[sandbox]\nprofil = \"moderate\"\n", "unknown field `profil`"),
+        (
+            "[sandbox]\nprofil = \"moderate\"\n",
+            "unknown field `profil`",
+        ),
         ("[sandbox]\nmemory = 12\n", "invalid type"),
-        ("[sandbox]\nprofile = \"strict\"\n", "unknown profile 'strict'"),
+        (
+            "[sandbox]\nprofile = \"strict\"\n",
+            "unknown profile 'strict'",
+        ),
     ] {
         std::fs::write(dir.path().join("agentkernel.toml"), content).unwrap();
         let output = agentkernel(Mode::Root, &["run", "--", "true"])
@@ -53,14 +85,22 @@ fn malformed_config_files_are_refused() {
             .output()
             .unwrap();
         assert_code(&output, 2);
-        assert!(stderr(&output).contains(expected), "{content:?}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains(expected),
+            "{content:?}: {}",
+            stderr(&output)
+        );
     }
     let output = agentkernel(Mode::Root, &["run", "--", "true"])
         .env("AGENTKERNEL_CONFIG", dir.path().join("missing.toml"))
         .output()
         .unwrap();
     assert_code(&output, 2);
-    assert!(stderr(&output).contains("cannot read config file"), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("cannot read config file"),
+        "{}",
+        stderr(&output)
+    );
     assert_no_leaks(&before);
 }
 

@@ -1,7 +1,6 @@
 //! Shared helpers of the CLI integration tests: run the built `agentkernel` as root or as
 //! an unprivileged user, and snapshot host resources to prove nothing leaked.
 
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -64,7 +63,9 @@ pub fn agentkernel(mode: Mode, args: &[&str]) -> Command {
                 .arg(format!("--regid={ROOTLESS_UID}"))
                 .args(["--clear-groups", "--inh-caps=-all", "--"])
                 .arg(bin);
-            command.env("HOME", "/nonexistent").env_remove("XDG_RUNTIME_DIR");
+            command
+                .env("HOME", "/nonexistent")
+                .env_remove("XDG_RUNTIME_DIR");
             command
         }
     };
@@ -120,7 +121,12 @@ pub struct HostSnapshot {
 
 fn list_dir(path: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(path)
-        .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
         .unwrap_or_default();
     names.sort();
     names
@@ -130,8 +136,12 @@ fn list_dir(path: &Path) -> Vec<String> {
 fn sandbox_processes() -> Vec<u32> {
     let mut pids = Vec::new();
     for name in list_dir(Path::new("/proc")) {
-        let Ok(pid) = name.parse::<u32>() else { continue };
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+        let Ok(pid) = name.parse::<u32>() else {
+            continue;
+        };
+        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+            continue;
+        };
         let uid: Option<u32> = status
             .lines()
             .find(|l| l.starts_with("Uid:"))
@@ -160,21 +170,35 @@ fn net_namespaces() -> Vec<u64> {
 pub fn snapshot() -> HostSnapshot {
     let mut cgroups = Vec::new();
     for hierarchy in list_dir(Path::new("/sys/fs/cgroup")) {
-        for id in list_dir(&Path::new("/sys/fs/cgroup").join(&hierarchy).join("agentkernel")) {
-            if Path::new("/sys/fs/cgroup").join(&hierarchy).join("agentkernel").join(&id).is_dir() {
+        for id in list_dir(
+            &Path::new("/sys/fs/cgroup")
+                .join(&hierarchy)
+                .join("agentkernel"),
+        ) {
+            if Path::new("/sys/fs/cgroup")
+                .join(&hierarchy)
+                .join("agentkernel")
+                .join(&id)
+                .is_dir()
+            {
                 cgroups.push(format!("{hierarchy}/{id}"));
             }
         }
     }
-    for id in list_dir(&Path::new("/sys/fs/cgroup/agentkernel")) {
+    for id in list_dir(Path::new("/sys/fs/cgroup/agentkernel")) {
         if Path::new("/sys/fs/cgroup/agentkernel").join(&id).is_dir() {
             cgroups.push(id);
         }
     }
     let mut runtime_dirs = list_dir(Path::new("/run/agentkernel"));
-    runtime_dirs.extend(list_dir(&std::env::temp_dir().join(format!("agentkernel-{ROOTLESS_UID}"))));
+    runtime_dirs.extend(list_dir(
+        &std::env::temp_dir().join(format!("agentkernel-{ROOTLESS_UID}")),
+    ));
     HostSnapshot {
-        mounts: std::fs::read_to_string("/proc/self/mountinfo").unwrap().lines().count(),
+        mounts: std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .count(),
         cgroups,
         net_namespaces: net_namespaces(),
         sandbox_processes: sandbox_processes(),
@@ -199,16 +223,38 @@ pub fn exclusive_host() -> std::sync::RwLockWriteGuard<'static, ()> {
 pub fn assert_no_leaks(before: &HostSnapshot) {
     let mut after = snapshot();
     for _ in 0..50 {
-        if after.sandbox_processes.is_empty() && after.cgroups.is_empty() && after.runtime_dirs.is_empty() {
+        if after.sandbox_processes.is_empty()
+            && after.cgroups.is_empty()
+            && after.runtime_dirs.is_empty()
+        {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(100));
         after = snapshot();
     }
     assert_eq!(after.mounts, before.mounts, "host mounts changed");
-    assert!(after.cgroups.is_empty(), "leftover cgroups: {:?}", after.cgroups);
-    assert!(after.runtime_dirs.is_empty(), "leftover runtime dirs: {:?}", after.runtime_dirs);
-    assert!(after.sandbox_processes.is_empty(), "leftover sandbox processes: {:?}", after.sandbox_processes);
-    let new_netns: Vec<_> = after.net_namespaces.iter().filter(|ns| !before.net_namespaces.contains(ns)).collect();
-    assert!(new_netns.is_empty(), "leftover network namespaces: {new_netns:?}");
+    assert!(
+        after.cgroups.is_empty(),
+        "leftover cgroups: {:?}",
+        after.cgroups
+    );
+    assert!(
+        after.runtime_dirs.is_empty(),
+        "leftover runtime dirs: {:?}",
+        after.runtime_dirs
+    );
+    assert!(
+        after.sandbox_processes.is_empty(),
+        "leftover sandbox processes: {:?}",
+        after.sandbox_processes
+    );
+    let new_netns: Vec<_> = after
+        .net_namespaces
+        .iter()
+        .filter(|ns| !before.net_namespaces.contains(ns))
+        .collect();
+    assert!(
+        new_netns.is_empty(),
+        "leftover network namespaces: {new_netns:?}"
+    );
 }

@@ -7,7 +7,9 @@ use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{shared_host, Mode, ROOTLESS_UID, agentkernel, assert_code, modes, run, stderr, stdout};
+use crate::common::{
+    Mode, ROOTLESS_UID, agentkernel, assert_code, modes, run, shared_host, stderr, stdout,
+};
 
 /// Runs a perl one-liner that makes system call `nr` with `args` and prints `ret errno`.
 fn syscall_probe(mode: Mode, nr: u32, args: &str) -> String {
@@ -20,7 +22,11 @@ fn syscall_probe(mode: Mode, nr: u32, args: &str) -> String {
 #[test]
 fn host_files_outside_the_view_are_invisible() {
     let _host = shared_host();
-    let canaries = ["/root/agentkernel-canary", "/tmp/agentkernel-canary", "/home/agentkernel-canary"];
+    let canaries = [
+        "/root/agentkernel-canary",
+        "/tmp/agentkernel-canary",
+        "/home/agentkernel-canary",
+    ];
     for path in canaries {
         std::fs::create_dir_all(std::path::Path::new(path).parent().unwrap()).unwrap();
         std::fs::write(path, "secret").unwrap();
@@ -31,9 +37,20 @@ fn host_files_outside_the_view_are_invisible() {
             assert_ne!(output.status.code(), Some(0), "{mode:?} read {path}");
             assert!(!stdout(&output).contains("secret"));
         }
-        let output = run(mode, &["--no-network"], &["sh", "-c", "cat /etc/shadow; ls /etc/ssh | wc -l"]);
-        assert!(!stdout(&output).contains("root:"), "{mode:?}: /etc/shadow readable");
-        assert!(stdout(&output).ends_with("0\n"), "{mode:?}: /etc/ssh not hidden: {}", stdout(&output));
+        let output = run(
+            mode,
+            &["--no-network"],
+            &["sh", "-c", "cat /etc/shadow; ls /etc/ssh | wc -l"],
+        );
+        assert!(
+            !stdout(&output).contains("root:"),
+            "{mode:?}: /etc/shadow readable"
+        );
+        assert!(
+            stdout(&output).ends_with("0\n"),
+            "{mode:?}: /etc/ssh not hidden: {}",
+            stdout(&output)
+        );
     }
     for path in canaries {
         assert_eq!(std::fs::read_to_string(path).unwrap(), "secret");
@@ -44,7 +61,9 @@ fn host_files_outside_the_view_are_invisible() {
 #[test]
 fn host_files_cannot_be_written() {
     let _host = shared_host();
-    let target = std::env::current_dir().unwrap().join("agentkernel-write-canary");
+    let target = std::env::current_dir()
+        .unwrap()
+        .join("agentkernel-write-canary");
     for mode in modes() {
         let script = format!(
             "echo x > {} ; echo x > /etc/agentkernel-canary ; echo x >> /etc/hostname ; rm -f /bin/sh ; exit 0",
@@ -52,7 +71,11 @@ fn host_files_cannot_be_written() {
         );
         let output = run(mode, &["--no-network"], &["sh", "-c", &script]);
         assert_code(&output, 0);
-        assert!(stderr(&output).contains("Read-only file system"), "{mode:?}: {}", stderr(&output));
+        assert!(
+            stderr(&output).contains("Read-only file system"),
+            "{mode:?}: {}",
+            stderr(&output)
+        );
     }
     assert!(!target.exists());
     assert!(!std::path::Path::new("/etc/agentkernel-canary").exists());
@@ -71,12 +94,21 @@ fn host_processes_are_invisible_and_unsignalable() {
         );
         let output = run(mode, &["--no-network"], &["sh", "-c", &script]);
         let text = stdout(&output);
-        assert!(!text.contains("found"), "{mode:?} sees the host process: {text}");
-        assert!(!text.contains("signalled"), "{mode:?} signalled the host process");
+        assert!(
+            !text.contains("found"),
+            "{mode:?} sees the host process: {text}"
+        );
+        assert!(
+            !text.contains("signalled"),
+            "{mode:?} signalled the host process"
+        );
         let visible: u32 = text.trim().lines().last().unwrap().parse().unwrap();
         assert!(visible < 10, "{mode:?} sees {visible} processes");
     }
-    assert!(victim.try_wait().unwrap().is_none(), "the host process was killed");
+    assert!(
+        victim.try_wait().unwrap().is_none(),
+        "the host process was killed"
+    );
     victim.kill().unwrap();
     victim.wait().unwrap();
 }
@@ -91,11 +123,17 @@ fn no_network_means_no_host_loopback() {
         for profile_flags in [&["--no-network"][..], &["--profile", "restrictive"][..]] {
             let script = format!("exec 3<>/dev/tcp/127.0.0.1/{port} && echo connected");
             let output = run(mode, profile_flags, &["bash", "-c", &script]);
-            assert!(!stdout(&output).contains("connected"), "{mode:?} {profile_flags:?} reached the host");
+            assert!(
+                !stdout(&output).contains("connected"),
+                "{mode:?} {profile_flags:?} reached the host"
+            );
             let output = run(mode, profile_flags, &["cat", "/proc/net/dev"]);
             let text = stdout(&output);
             let interfaces: Vec<&str> = text.lines().skip(2).map(|l| l.trim()).collect();
-            assert!(interfaces.iter().all(|l| l.starts_with("lo:")), "{mode:?}: {interfaces:?}");
+            assert!(
+                interfaces.iter().all(|l| l.starts_with("lo:")),
+                "{mode:?}: {interfaces:?}"
+            );
         }
     }
     assert!(listener.accept().is_err(), "the listener saw a connection");
@@ -108,7 +146,11 @@ fn memory_limit_holds() {
         let output = run(
             mode,
             &["--no-network", "--memory", "64M"],
-            &["python3", "-c", "b = bytearray(512 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); print('allocated')"],
+            &[
+                "python3",
+                "-c",
+                "b = bytearray(512 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); print('allocated')",
+            ],
         );
         assert_ne!(output.status.code(), Some(0), "{mode:?}");
         assert!(!stdout(&output).contains("allocated"), "{mode:?}");
@@ -128,12 +170,23 @@ fn pids_limit_stops_a_fork_bomb() {
     let output = run(
         Mode::Root,
         &["--no-network", "--pids", "16"],
-        &["bash", "-c", "for i in $(seq 40); do sleep 5 & done 2>&1 | grep -c 'retry\\|Resource temporarily unavailable'"],
+        &[
+            "bash",
+            "-c",
+            "for i in $(seq 40); do sleep 5 & done 2>&1 | grep -c 'retry\\|Resource temporarily unavailable'",
+        ],
     );
     let failures: u32 = stdout(&output).trim().parse().unwrap_or(0);
-    assert!(failures > 0, "forks beyond the limit did not fail: {}", stderr(&output));
+    assert!(
+        failures > 0,
+        "forks beyond the limit did not fail: {}",
+        stderr(&output)
+    );
     std::thread::sleep(Duration::from_millis(500));
-    assert!(count_processes() < before + 20, "processes left behind on the host");
+    assert!(
+        count_processes() < before + 20,
+        "processes left behind on the host"
+    );
 }
 
 fn count_processes() -> usize {
@@ -148,7 +201,15 @@ fn count_processes() -> usize {
 fn mounting_is_denied() {
     let _host = shared_host();
     for mode in modes() {
-        let output = run(mode, &["--no-network"], &["sh", "-c", "mount -t tmpfs none /tmp && echo mounted; unshare -U true && echo unshared; exit 0"]);
+        let output = run(
+            mode,
+            &["--no-network"],
+            &[
+                "sh",
+                "-c",
+                "mount -t tmpfs none /tmp && echo mounted; unshare -U true && echo unshared; exit 0",
+            ],
+        );
         assert!(!stdout(&output).contains("mounted"), "{mode:?}");
         assert!(!stdout(&output).contains("unshared"), "{mode:?}");
     }
@@ -159,7 +220,11 @@ fn ptrace_is_denied() {
     let _host = shared_host();
     // ptrace(PTRACE_ATTACH = 16, pid 1)
     for mode in modes() {
-        assert_eq!(syscall_probe(mode, 101, ", 16, 1, 0, 0"), format!("-1 {}\n", libc::EPERM), "{mode:?}");
+        assert_eq!(
+            syscall_probe(mode, 101, ", 16, 1, 0, 0"),
+            format!("-1 {}\n", libc::EPERM),
+            "{mode:?}"
+        );
     }
 }
 
@@ -168,8 +233,16 @@ fn kernel_modules_cannot_be_loaded() {
     let _host = shared_host();
     for mode in modes() {
         // init_module(NULL, 0, "") and finit_module(0, "", 0)
-        assert_eq!(syscall_probe(mode, 175, ", 0, 0, 0"), format!("-1 {}\n", libc::EPERM), "{mode:?}");
-        assert_eq!(syscall_probe(mode, 313, ", 0, 0, 0"), format!("-1 {}\n", libc::EPERM), "{mode:?}");
+        assert_eq!(
+            syscall_probe(mode, 175, ", 0, 0, 0"),
+            format!("-1 {}\n", libc::EPERM),
+            "{mode:?}"
+        );
+        assert_eq!(
+            syscall_probe(mode, 313, ", 0, 0, 0"),
+            format!("-1 {}\n", libc::EPERM),
+            "{mode:?}"
+        );
     }
 }
 
@@ -177,19 +250,38 @@ fn kernel_modules_cannot_be_loaded() {
 fn root_inside_is_not_root_outside() {
     let _host = shared_host();
     for mode in modes() {
-        let mut child = agentkernel(mode, &["run", "--no-network", "--", "sh", "-c", "id -u; cat /proc/self/uid_map; exec sleep 2718.28"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = agentkernel(
+            mode,
+            &[
+                "run",
+                "--no-network",
+                "--",
+                "sh",
+                "-c",
+                "id -u; cat /proc/self/uid_map; exec sleep 2718.28",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
         let mut head = [0u8; 2];
-        child.stdout.as_mut().unwrap().read_exact(&mut head).unwrap();
+        child
+            .stdout
+            .as_mut()
+            .unwrap()
+            .read_exact(&mut head)
+            .unwrap();
         assert_eq!(&head, b"0\n", "{mode:?}: not root inside");
         let host_uid = find_process_uid("2718.28");
         let expected = match mode {
             Mode::Root => ak_native::ROOT_MAPPED_BASE,
             Mode::Rootless => ROOTLESS_UID,
         };
-        assert_eq!(host_uid, Some(expected), "{mode:?}: sandbox root runs as host uid {host_uid:?}");
+        assert_eq!(
+            host_uid,
+            Some(expected),
+            "{mode:?}: sandbox root runs as host uid {host_uid:?}"
+        );
         // SAFETY: signalling our own child.
         unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
         child.wait().unwrap();
@@ -198,13 +290,29 @@ fn root_inside_is_not_root_outside() {
     let dir = tempfile::tempdir().unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let output = agentkernel(Mode::Root, &["run", "--no-network", "--mount-cwd", "--", "sh", "-c", "touch made-inside; chown 0:0 made-inside"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
+    let output = agentkernel(
+        Mode::Root,
+        &[
+            "run",
+            "--no-network",
+            "--mount-cwd",
+            "--",
+            "sh",
+            "-c",
+            "touch made-inside; chown 0:0 made-inside",
+        ],
+    )
+    .current_dir(dir.path())
+    .output()
+    .unwrap();
     assert_code(&output, 0);
-    let owner = std::fs::metadata(dir.path().join("made-inside")).unwrap().uid();
-    assert_ne!(owner, 0, "a file made by the sandbox's root is owned by host root");
+    let owner = std::fs::metadata(dir.path().join("made-inside"))
+        .unwrap()
+        .uid();
+    assert_ne!(
+        owner, 0,
+        "a file made by the sandbox's root is owned by host root"
+    );
 }
 
 /// Host uid of the process running exactly `sleep <marker>` (waits up to 5 s).
@@ -212,7 +320,9 @@ fn find_process_uid(marker: &str) -> Option<u32> {
     let wanted = format!("sleep\0{marker}\0");
     for _ in 0..100 {
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else { continue };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
             if cmdline == wanted.as_bytes() {
                 return std::fs::metadata(entry.path()).ok().map(|m| m.uid());
             }

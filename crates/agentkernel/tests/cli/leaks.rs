@@ -3,14 +3,20 @@
 
 use std::time::Duration;
 
-use crate::common::{exclusive_host, shared_host, Mode, agentkernel, assert_code, assert_no_leaks, run, snapshot};
+use crate::common::{
+    Mode, agentkernel, assert_code, assert_no_leaks, exclusive_host, run, snapshot,
+};
 
 #[test]
 fn two_hundred_runs_leave_nothing_behind() {
     let _host = exclusive_host();
     let before = snapshot();
     for i in 0..200 {
-        let mode = if i % 4 == 3 { Mode::Rootless } else { Mode::Root };
+        let mode = if i % 4 == 3 {
+            Mode::Rootless
+        } else {
+            Mode::Root
+        };
         let (cmd, code): (&[&str], i32) = match i % 5 {
             0 => (&["sh", "-c", "exit 7"], 7),
             1 => (&["sh", "-c", "sleep 100 & echo bg"], 0),
@@ -26,7 +32,9 @@ fn a_killed_cli_leaves_nothing_behind() {
     let _host = exclusive_host();
     let before = snapshot();
     for mode in [Mode::Root, Mode::Rootless] {
-        let mut child = agentkernel(mode, &["run", "--no-network", "--", "sleep", "600"]).spawn().unwrap();
+        let mut child = agentkernel(mode, &["run", "--no-network", "--", "sleep", "600"])
+            .spawn()
+            .unwrap();
         std::thread::sleep(Duration::from_millis(500));
         child.kill().unwrap();
         child.wait().unwrap();

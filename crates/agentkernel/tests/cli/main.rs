@@ -1,6 +1,11 @@
 //! Integration tests of the `agentkernel` CLI on the native backend, as root and as an
 //! unprivileged user: behaviour, escapes, bad input and leaks.
 
+#![allow(
+    clippy::unwrap_used,
+    reason = "test helpers outside #[test] functions panic on failure by design"
+)]
+
 mod bad_input;
 mod common;
 mod escape;

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::common::{shared_host, Mode, agentkernel, assert_code, modes, run, stderr, stdout};
+use crate::common::{Mode, agentkernel, assert_code, modes, run, shared_host, stderr, stdout};
 
 #[test]
 fn hello_world() {
@@ -23,8 +23,14 @@ fn exit_codes_are_the_commands() {
         assert_code(&run(mode, &["--no-network"], &["sh", "-c", "exit 3"]), 3);
         assert_code(&run(mode, &["--no-network"], &["false"]), 1);
         // A signal is reported the shell's way: 128 + N.
-        assert_code(&run(mode, &["--no-network"], &["sh", "-c", "kill -TERM $$"]), 128 + 15);
-        assert_code(&run(mode, &["--no-network"], &["sh", "-c", "kill -KILL $$"]), 128 + 9);
+        assert_code(
+            &run(mode, &["--no-network"], &["sh", "-c", "kill -TERM $$"]),
+            128 + 15,
+        );
+        assert_code(
+            &run(mode, &["--no-network"], &["sh", "-c", "kill -KILL $$"]),
+            128 + 9,
+        );
     }
 }
 
@@ -34,7 +40,11 @@ fn missing_and_unexecutable_commands_have_distinct_codes() {
     for mode in modes() {
         let output = run(mode, &["--no-network"], &["no-such-command-xyz"]);
         assert_code(&output, 127);
-        assert!(stderr(&output).contains("no-such-command-xyz"), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("no-such-command-xyz"),
+            "{}",
+            stderr(&output)
+        );
         assert_code(&run(mode, &["--no-network"], &["/etc/passwd"]), 126);
     }
 }
@@ -42,7 +52,11 @@ fn missing_and_unexecutable_commands_have_distinct_codes() {
 #[test]
 fn stdout_and_stderr_stay_apart() {
     let _host = shared_host();
-    let output = run(Mode::Root, &["--no-network"], &["sh", "-c", "echo out; echo err >&2"]);
+    let output = run(
+        Mode::Root,
+        &["--no-network"],
+        &["sh", "-c", "echo out; echo err >&2"],
+    );
     assert_code(&output, 0);
     assert_eq!(stdout(&output), "out\n");
     assert!(stderr(&output).ends_with("err\n"), "{}", stderr(&output));
@@ -52,12 +66,27 @@ fn stdout_and_stderr_stay_apart() {
 fn stdin_is_forwarded() {
     let _host = shared_host();
     for mode in modes() {
-        let mut child = agentkernel(mode, &["run", "--no-network", "--", "sh", "-c", "tr a-z A-Z; echo done"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
+        let mut child = agentkernel(
+            mode,
+            &[
+                "run",
+                "--no-network",
+                "--",
+                "sh",
+                "-c",
+                "tr a-z A-Z; echo done",
+            ],
+        )
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(b"hello sandbox\n")
             .unwrap();
-        child.stdin.take().unwrap().write_all(b"hello sandbox\n").unwrap();
         let output = child.wait_with_output().unwrap();
         assert_code(&output, 0);
         assert_eq!(stdout(&output), "HELLO SANDBOX\ndone\n", "{mode:?}");
@@ -69,10 +98,20 @@ fn output_streams_before_the_command_ends() {
     let _host = shared_host();
     for mode in modes() {
         let start = Instant::now();
-        let mut child = agentkernel(mode, &["run", "--no-network", "--", "sh", "-c", "echo first; sleep 3; echo second"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = agentkernel(
+            mode,
+            &[
+                "run",
+                "--no-network",
+                "--",
+                "sh",
+                "-c",
+                "echo first; sleep 3; echo second",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         assert_eq!(lines.next().unwrap().unwrap(), "first");
         let first_after = start.elapsed();
@@ -95,11 +134,19 @@ fn timeout_kills_the_whole_tree() {
         let output = run(
             mode,
             &["--no-network", "--timeout", "1s"],
-            &["sh", "-c", "setsid sleep 300 & sleep 300 & echo started; wait"],
+            &[
+                "sh",
+                "-c",
+                "setsid sleep 300 & sleep 300 & echo started; wait",
+            ],
         );
         assert_code(&output, 124);
         assert_eq!(stdout(&output), "started\n");
-        assert!(start.elapsed() < Duration::from_secs(20), "{mode:?}: took {:?}", start.elapsed());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{mode:?}: took {:?}",
+            start.elapsed()
+        );
     }
 }
 
@@ -109,8 +156,16 @@ fn concurrent_runs_are_independent() {
     let handles: Vec<_> = (0..8)
         .map(|i| {
             std::thread::spawn(move || {
-                let mode = if i % 2 == 0 { Mode::Root } else { Mode::Rootless };
-                let output = run(mode, &["--no-network"], &["sh", "-c", &format!("echo run-{i}; hostname")]);
+                let mode = if i % 2 == 0 {
+                    Mode::Root
+                } else {
+                    Mode::Rootless
+                };
+                let output = run(
+                    mode,
+                    &["--no-network"],
+                    &["sh", "-c", &format!("echo run-{i}; hostname")],
+                );
                 assert_code(&output, 0);
                 let text = stdout(&output);
                 assert!(text.starts_with(&format!("run-{i}\nak-")), "{text}");
@@ -128,8 +183,18 @@ fn env_and_workdir_flags_apply() {
     let _host = shared_host();
     let output = run(
         Mode::Root,
-        &["--no-network", "-e", "GREETING=hi there", "--workdir", "/tmp"],
-        &["sh", "-c", "echo \"$GREETING\"; pwd; touch ok && echo writable"],
+        &[
+            "--no-network",
+            "-e",
+            "GREETING=hi there",
+            "--workdir",
+            "/tmp",
+        ],
+        &[
+            "sh",
+            "-c",
+            "echo \"$GREETING\"; pwd; touch ok && echo writable",
+        ],
     );
     assert_code(&output, 0);
     assert_eq!(stdout(&output), "hi there\n/tmp\nwritable\n");
@@ -139,7 +204,11 @@ fn env_and_workdir_flags_apply() {
 fn default_workdir_is_a_private_writable_tmpfs() {
     let _host = shared_host();
     for mode in modes() {
-        let output = run(mode, &["--no-network"], &["sh", "-c", "pwd; echo data > file; cat file; id -u"]);
+        let output = run(
+            mode,
+            &["--no-network"],
+            &["sh", "-c", "pwd; echo data > file; cat file; id -u"],
+        );
         assert_code(&output, 0);
         assert_eq!(stdout(&output), "/workspace\ndata\n0\n", "{mode:?}");
     }
@@ -153,16 +222,33 @@ fn mount_cwd_shares_the_current_directory() {
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
     std::fs::write(dir.path().join("input.txt"), "from host\n").unwrap();
     for mode in modes() {
-        let output = agentkernel(mode, &["run", "--no-network", "--mount-cwd", "--", "sh", "-c", "pwd; cat input.txt; echo from sandbox > out.txt"])
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
+        let output = agentkernel(
+            mode,
+            &[
+                "run",
+                "--no-network",
+                "--mount-cwd",
+                "--",
+                "sh",
+                "-c",
+                "pwd; cat input.txt; echo from sandbox > out.txt",
+            ],
+        )
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
         assert_code(&output, 0);
         assert_eq!(
             stdout(&output),
-            format!("{}\nfrom host\n", dir.path().canonicalize().unwrap().display())
+            format!(
+                "{}\nfrom host\n",
+                dir.path().canonicalize().unwrap().display()
+            )
         );
-        assert_eq!(std::fs::read_to_string(dir.path().join("out.txt")).unwrap(), "from sandbox\n");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("out.txt")).unwrap(),
+            "from sandbox\n"
+        );
         std::fs::remove_file(dir.path().join("out.txt")).unwrap();
     }
 }
@@ -181,7 +267,9 @@ fn status_reports_native_usable() {
             .find(|b| b["backend"] == "native")
             .unwrap();
         assert_eq!(native["usable"], true, "{mode:?}: {native}");
-        assert!(report["host"]["landlock_abi"].is_number() || report["host"]["landlock_abi"].is_null());
+        assert!(
+            report["host"]["landlock_abi"].is_number() || report["host"]["landlock_abi"].is_null()
+        );
     }
     let table = agentkernel(Mode::Root, &["status"]).output().unwrap();
     assert!(stdout(&table).contains("native"), "{}", stdout(&table));
