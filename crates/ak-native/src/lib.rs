@@ -154,7 +154,6 @@ impl NativeBackend {
         }
 
         let mut cgroup = None;
-        let mut network = None;
         let mut before_release = |pid: u32| -> Result<(), NativeError> {
             if prepared.cgroups_usable.is_ok() {
                 let created = cgroup.insert(SandboxCgroup::create(
@@ -163,9 +162,6 @@ impl NativeBackend {
                     &spec.resources,
                 )?);
                 created.add_process(pid)?;
-            }
-            if spec.policy.network == NetworkMode::Outbound {
-                network = Some(NetworkHelper::start(pid)?);
             }
             Ok(())
         };
@@ -186,9 +182,6 @@ impl NativeBackend {
         let spawned = match spawned {
             Ok(spawned) => spawned,
             Err(error) => {
-                if let Some(helper) = network.take() {
-                    helper.stop();
-                }
                 if let Some(cgroup) = &cgroup {
                     let _ = cgroup.remove();
                 }
@@ -202,10 +195,13 @@ impl NativeBackend {
             pidfd: Some(spawned.pidfd),
             socket: Some(spawned.socket),
             cgroup,
-            network,
+            network: None,
             rundir,
         };
-        if let Some(helper) = &mut sandbox.network {
+        // Only now is the child certainly in its own network namespace (it makes it itself,
+        // before executing the agent), so only now may the helper attach to it.
+        if spec.policy.network == NetworkMode::Outbound {
+            let helper = sandbox.network.insert(NetworkHelper::start(sandbox.pid)?);
             helper.wait_ready()?;
             tracing::debug!(elapsed = ?started.elapsed(), "network ready");
         }

@@ -190,17 +190,12 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
     })
 }
 
-/// `clone3` with every namespace; the child runs the plan and never returns here.
+/// `clone3` into new user and pid namespaces; the child runs the plan and never returns.
 fn clone_child(plan: &ChildPlan) -> Result<(u32, OwnedFd), NativeError> {
     let mut pidfd: RawFd = -1;
     let mut args = CloneArgs {
-        flags: (libc::CLONE_NEWUSER
-            | libc::CLONE_NEWNS
-            | libc::CLONE_NEWPID
-            | libc::CLONE_NEWUTS
-            | libc::CLONE_NEWIPC
-            | libc::CLONE_NEWNET
-            | libc::CLONE_PIDFD) as u64,
+        // The other namespaces are created by the child itself (see child.rs).
+        flags: (libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_PIDFD) as u64,
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()

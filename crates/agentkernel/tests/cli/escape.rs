@@ -331,3 +331,30 @@ fn find_process_uid(marker: &str) -> Option<u32> {
     }
     None
 }
+
+#[test]
+fn outbound_network_still_cannot_reach_host_loopback() {
+    let _host = shared_host();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // 10.0.2.2 is where user-mode networking would map the host's loopback.
+    let script = format!(
+        "cat /proc/net/dev | grep -c tap0; \
+         for host in 10.0.2.2 127.0.0.1; do timeout 3 bash -c \"exec 3<>/dev/tcp/$host/{port}\" && echo reached $host; done; exit 0"
+    );
+    let output = run(
+        Mode::Root,
+        &["--profile", "moderate"],
+        &["bash", "-c", &script],
+    );
+    assert_code(&output, 0);
+    let text = stdout(&output);
+    assert!(
+        text.starts_with("1\n"),
+        "the sandbox has no outbound interface: {text} {}",
+        stderr(&output)
+    );
+    assert!(!text.contains("reached"), "host loopback reachable: {text}");
+    assert!(listener.accept().is_err(), "the listener saw a connection");
+}
