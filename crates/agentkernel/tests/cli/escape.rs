@@ -66,7 +66,8 @@ fn host_files_cannot_be_written() {
         .join("agentkernel-write-canary");
     for mode in modes() {
         let script = format!(
-            "echo x > {} ; echo x > /etc/agentkernel-canary ; echo x >> /etc/hostname ; rm -f /bin/sh ; exit 0",
+            "echo x > {} ; echo x > /etc/agentkernel-canary ; echo x >> /etc/hostname ; rm -f /bin/sh ; \
+             touch /new-top-level-file && echo created-top-level; exit 0",
             target.display()
         );
         let output = run(mode, &["--no-network"], &["sh", "-c", &script]);

@@ -274,3 +274,68 @@ fn status_reports_native_usable() {
     let table = agentkernel(Mode::Root, &["status"]).output().unwrap();
     assert!(stdout(&table).contains("native"), "{}", stdout(&table));
 }
+
+#[test]
+fn ctrl_c_reaches_the_command() {
+    let _host = shared_host();
+    for mode in modes() {
+        let mut child = agentkernel(
+            mode,
+            &[
+                "run",
+                "--no-network",
+                "--",
+                "sh",
+                "-c",
+                "trap 'echo got INT; exit 5' INT; echo ready; sleep 30 & wait",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        assert_eq!(lines.next().unwrap().unwrap(), "ready");
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        assert_eq!(lines.next().unwrap().unwrap(), "got INT", "{mode:?}");
+        assert_eq!(child.wait().unwrap().code(), Some(5), "{mode:?}");
+    }
+}
+
+#[test]
+fn a_directory_image_is_the_whole_root() {
+    let _host = shared_host();
+    use std::os::unix::fs::PermissionsExt;
+    // A root holding only one static executable (our own CLI): nothing of the host shows.
+    let image = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(image.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::create_dir(image.path().join("bin")).unwrap();
+    std::fs::copy(
+        env!("CARGO_BIN_EXE_agentkernel"),
+        image.path().join("bin/tool"),
+    )
+    .unwrap();
+    let image_arg = image.path().to_str().unwrap();
+    for mode in modes() {
+        let output = run(
+            mode,
+            &["--no-network", "--image", image_arg],
+            &["/bin/tool", "--version"],
+        );
+        assert_code(&output, 0);
+        assert!(
+            stdout(&output).starts_with("agentkernel "),
+            "{mode:?}: {}",
+            stdout(&output)
+        );
+        // The host's shell is not part of this image.
+        assert_code(
+            &run(
+                mode,
+                &["--no-network", "--image", image_arg],
+                &["/bin/sh", "-c", "true"],
+            ),
+            127,
+        );
+    }
+}
