@@ -23,6 +23,102 @@ pub enum Command {
     Run(Box<RunArgs>),
     /// Show which backends work here, and why the others do not.
     Status(StatusArgs),
+    /// Create a named sandbox (stopped; `start` runs it). Its workdir persists until removal.
+    Create(Box<CreateArgs>),
+    /// Start a named sandbox.
+    Start(NameArgs),
+    /// Run a command in a running named sandbox.
+    Exec(ExecArgs),
+    /// Open an interactive shell in a running named sandbox; leaving it leaves the sandbox running.
+    Attach(AttachArgs),
+    /// Copy files or directories between the host and a sandbox: `cp SRC DST`, one of them `NAME:/path`.
+    Cp(CpArgs),
+    /// Stop a named sandbox: every process ends, its workdir stays.
+    Stop(NameArgs),
+    /// Remove a stopped or failed sandbox and its workdir.
+    #[command(alias = "rm")]
+    Remove(RemoveArgs),
+    /// List named sandboxes.
+    #[command(alias = "ls")]
+    List(ListArgs),
+    /// Show one named sandbox in detail.
+    Inspect(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Name: 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit.
+    pub name: String,
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// Use this host directory (read-write, at the same path) as the workdir instead of a
+    /// directory the service keeps for the sandbox.
+    #[arg(long, value_name = "PATH")]
+    pub dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct NameArgs {
+    pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    pub name: String,
+    /// Environment variable for the command (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory inside the sandbox.
+    #[arg(long)]
+    pub workdir: Option<String>,
+    /// Run the command on a terminal (interactive programs).
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Wall-clock limit, e.g. 30s; the command and all it started are killed after it.
+    #[arg(long)]
+    pub timeout: Option<String>,
+    /// The command and its arguments (after `--`).
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AttachArgs {
+    pub name: String,
+    /// The shell to run (default: /bin/bash if the sandbox has it, else /bin/sh).
+    #[arg(long)]
+    pub shell: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct CpArgs {
+    /// Source: a host path or NAME:/path.
+    pub src: String,
+    /// Destination: a host path or NAME:/path.
+    pub dst: String,
+}
+
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    pub name: String,
+    /// Stop the sandbox first if it is running.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    pub name: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Sandbox settings shared by every command that makes a sandbox.

@@ -20,6 +20,12 @@ pub fn agent_path() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("ak-agent"))
 }
 
+/// Environment variable naming the registry database (tests use private ones).
+pub const REGISTRY_ENV: &str = "AGENTKERNEL_REGISTRY";
+
 pub fn service() -> Service {
-    Service::new(vec![Arc::new(NativeBackend::new(agent_path()))])
+    let registry = std::env::var_os(REGISTRY_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(ak_service::Registry::default_path);
+    Service::new(vec![Arc::new(NativeBackend::new(agent_path()))], registry)
 }

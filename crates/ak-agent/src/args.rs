@@ -4,7 +4,8 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// Printed with every argument error.
-pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH) [--workdir DIR]";
+pub(crate) const USAGE: &str =
+    "usage: ak-agent (--fd N | --listen PATH | --listen-fd N) [--hold-fd N] [--workdir DIR]";
 
 /// Where the host's connections come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,12 +14,18 @@ pub(crate) enum Mode {
     Fd(i32),
     /// A Unix socket listener to create at this path; every connection is served.
     Listen(PathBuf),
+    /// A listening Unix socket the host created, inherited as this file descriptor; every
+    /// connection is served.
+    ListenFd(i32),
 }
 
 /// The parsed command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Args {
     pub(crate) mode: Mode,
+    /// An inherited descriptor kept open (never used) for the agent's whole life: the host
+    /// holds a lock through it that tells it the sandbox still runs.
+    pub(crate) hold_fd: Option<i32>,
     pub(crate) workdir: Option<PathBuf>,
 }
 
@@ -32,13 +39,13 @@ pub(crate) enum ArgsError {
     MissingValue(&'static str),
     #[error("{0} given more than once")]
     Repeated(&'static str),
-    #[error("--fd needs a non-negative file descriptor number, not {0:?}")]
-    BadFd(String),
+    #[error("{0} needs a non-negative file descriptor number, not {1:?}")]
+    BadFd(&'static str, String),
     #[error("{0} is not valid UTF-8")]
     NotUtf8(&'static str),
-    #[error("--fd and --listen cannot be used together")]
-    BothModes,
-    #[error("one of --fd N or --listen PATH is required")]
+    #[error("only one of --fd, --listen and --listen-fd can be used")]
+    ConflictingModes,
+    #[error("one of --fd N, --listen PATH or --listen-fd N is required")]
     NoMode,
 }
 
@@ -50,6 +57,8 @@ where
     let mut args = args.into_iter();
     let mut fd = None;
     let mut listen = None;
+    let mut listen_fd = None;
+    let mut hold_fd = None;
     let mut workdir = None;
     while let Some(arg) = args.next() {
         let text = arg
@@ -68,16 +77,17 @@ where
         };
         match name {
             "-h" | "--help" => return Err(ArgsError::Help),
-            "--fd" => {
-                let raw = value("--fd")?;
-                let raw = raw.to_str().ok_or(ArgsError::NotUtf8("--fd"))?;
-                let number = raw
-                    .parse::<i32>()
-                    .ok()
-                    .filter(|n| *n >= 0)
-                    .ok_or_else(|| ArgsError::BadFd(raw.to_string()))?;
-                set_once(&mut fd, number, "--fd")?;
-            }
+            "--fd" => set_once(&mut fd, fd_number(value("--fd")?, "--fd")?, "--fd")?,
+            "--listen-fd" => set_once(
+                &mut listen_fd,
+                fd_number(value("--listen-fd")?, "--listen-fd")?,
+                "--listen-fd",
+            )?,
+            "--hold-fd" => set_once(
+                &mut hold_fd,
+                fd_number(value("--hold-fd")?, "--hold-fd")?,
+                "--hold-fd",
+            )?,
             "--listen" => set_once(&mut listen, PathBuf::from(value("--listen")?), "--listen")?,
             "--workdir" => {
                 set_once(
@@ -89,13 +99,26 @@ where
             _ => return Err(ArgsError::Unknown(text.to_string())),
         }
     }
-    let mode = match (fd, listen) {
-        (Some(fd), None) => Mode::Fd(fd),
-        (None, Some(path)) => Mode::Listen(path),
-        (Some(_), Some(_)) => return Err(ArgsError::BothModes),
-        (None, None) => return Err(ArgsError::NoMode),
+    let mode = match (fd, listen, listen_fd) {
+        (Some(fd), None, None) => Mode::Fd(fd),
+        (None, Some(path), None) => Mode::Listen(path),
+        (None, None, Some(fd)) => Mode::ListenFd(fd),
+        (None, None, None) => return Err(ArgsError::NoMode),
+        _ => return Err(ArgsError::ConflictingModes),
     };
-    Ok(Args { mode, workdir })
+    Ok(Args {
+        mode,
+        hold_fd,
+        workdir,
+    })
+}
+
+fn fd_number(raw: OsString, option: &'static str) -> Result<i32, ArgsError> {
+    let raw = raw.to_str().ok_or(ArgsError::NotUtf8(option))?;
+    raw.parse::<i32>()
+        .ok()
+        .filter(|n| *n >= 0)
+        .ok_or_else(|| ArgsError::BadFd(option, raw.to_string()))
 }
 
 fn set_once<T>(slot: &mut Option<T>, value: T, option: &'static str) -> Result<(), ArgsError> {
@@ -117,7 +140,20 @@ mod tests {
     fn fd_mode() {
         let args = parse_strs(&["--fd", "3"]).unwrap();
         assert_eq!(args.mode, Mode::Fd(3));
+        assert_eq!(args.hold_fd, None);
         assert_eq!(args.workdir, None);
+    }
+
+    #[test]
+    fn listen_fd_mode_with_a_held_fd() {
+        let args = parse_strs(&["--listen-fd", "3", "--hold-fd=4", "--workdir", "/w"]).unwrap();
+        assert_eq!(args.mode, Mode::ListenFd(3));
+        assert_eq!(args.hold_fd, Some(4));
+        assert_eq!(args.workdir, Some("/w".into()));
+        assert_eq!(
+            parse_strs(&["--listen-fd", "3", "--hold-fd", "4", "--hold-fd", "5"]),
+            Err(ArgsError::Repeated("--hold-fd"))
+        );
     }
 
     #[test]
@@ -135,16 +171,25 @@ mod tests {
         assert_eq!(parse_strs(&[]), Err(ArgsError::NoMode));
         assert_eq!(
             parse_strs(&["--fd", "3", "--listen", "/s"]),
-            Err(ArgsError::BothModes)
+            Err(ArgsError::ConflictingModes)
+        );
+        assert_eq!(
+            parse_strs(&["--listen-fd", "3", "--listen", "/s"]),
+            Err(ArgsError::ConflictingModes)
+        );
+        assert_eq!(parse_strs(&["--hold-fd", "4"]), Err(ArgsError::NoMode));
+        assert_eq!(
+            parse_strs(&["--listen-fd", "3", "--hold-fd", "x"]),
+            Err(ArgsError::BadFd("--hold-fd", "x".into()))
         );
         assert_eq!(parse_strs(&["--fd"]), Err(ArgsError::MissingValue("--fd")));
         assert_eq!(
             parse_strs(&["--fd", "-1"]),
-            Err(ArgsError::BadFd("-1".into()))
+            Err(ArgsError::BadFd("--fd", "-1".into()))
         );
         assert_eq!(
             parse_strs(&["--fd", "x"]),
-            Err(ArgsError::BadFd("x".into()))
+            Err(ArgsError::BadFd("--fd", "x".into()))
         );
         assert_eq!(
             parse_strs(&["--fd", "3", "--fd", "4"]),

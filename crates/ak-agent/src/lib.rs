@@ -84,6 +84,14 @@ fn init_logging() {
 }
 
 async fn run(args: args::Args) -> i32 {
+    // Held, never used, until the process exits: the host's liveness lock lives on it.
+    let _held = match args.hold_fd.map(listener::adopt_open_fd).transpose() {
+        Ok(held) => held,
+        Err(e) => {
+            tracing::error!("cannot keep the descriptor given with --hold-fd: {e}");
+            return 1;
+        }
+    };
     if let Some(dir) = &args.workdir
         && let Err(e) = std::env::set_current_dir(dir)
     {
@@ -134,5 +142,6 @@ async fn run(args: args::Args) -> i32 {
     match args.mode {
         Mode::Fd(fd) => listener::serve_fd(agent, fd).await,
         Mode::Listen(path) => listener::serve_listener(agent, &path).await,
+        Mode::ListenFd(fd) => listener::serve_listen_fd(agent, fd).await,
     }
 }

@@ -1,4 +1,5 @@
-//! Where connections come from: one inherited socket (`--fd`) or a listener (`--listen`).
+//! Where connections come from: one inherited socket (`--fd`), a listener the agent
+//! creates (`--listen`) or one the host created and handed over (`--listen-fd`).
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
@@ -31,6 +32,27 @@ pub(crate) async fn serve_fd(agent: Agent, fd: i32) -> i32 {
 
 /// Takes ownership of the inherited connection.
 fn adopt_socket(fd: i32) -> std::io::Result<UnixStream> {
+    let fd = adopt_fd(fd)?;
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    stream.set_nonblocking(true)?;
+    UnixStream::from_std(stream)
+}
+
+/// Takes ownership of inherited socket `fd` and makes it close-on-exec.
+fn adopt_fd(fd: i32) -> std::io::Result<OwnedFd> {
+    let fd = adopt_open_fd(fd)?;
+    let stat = rustix::fs::fstat(&fd)?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a socket",
+        ));
+    }
+    Ok(fd)
+}
+
+/// Takes ownership of inherited descriptor `fd` (of any kind) and makes it close-on-exec.
+pub(crate) fn adopt_open_fd(fd: i32) -> std::io::Result<OwnedFd> {
     // SAFETY: F_GETFD only inspects the descriptor table; an fd number that is not open
     // just yields EBADF.
     if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
@@ -40,18 +62,39 @@ fn adopt_socket(fd: i32) -> std::io::Result<UnixStream> {
     // line for exactly this use; nothing else in the process knows of it, so this is its
     // only owner.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-    let stat = rustix::fs::fstat(&fd)?;
-    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Socket {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "not a socket",
-        ));
-    }
-    // Inherited fds are usually not close-on-exec: commands must not get the host link.
+    // Inherited fds are usually not close-on-exec: commands must not get the host's.
     rustix::io::fcntl_setfd(&fd, FdFlags::CLOEXEC)?;
-    let stream = std::os::unix::net::UnixStream::from(fd);
-    stream.set_nonblocking(true)?;
-    UnixStream::from_std(stream)
+    Ok(fd)
+}
+
+/// Takes ownership of an inherited, listening Unix stream socket.
+fn adopt_listener(fd: i32) -> std::io::Result<UnixListener> {
+    let fd = adopt_fd(fd)?;
+    let invalid = |what| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+    if rustix::net::sockopt::socket_domain(&fd)? != rustix::net::AddressFamily::UNIX {
+        return Err(invalid("not a Unix socket"));
+    }
+    if !rustix::net::sockopt::socket_acceptconn(&fd)? {
+        return Err(invalid("not a listening socket"));
+    }
+    let listener = std::os::unix::net::UnixListener::from(fd);
+    listener.set_nonblocking(true)?;
+    UnixListener::from_std(listener)
+}
+
+/// Accepts connections on the listening socket inherited as `fd` until a shutdown; returns
+/// the exit code. The socket file, if any, is the host's to remove.
+pub(crate) async fn serve_listen_fd(agent: Agent, fd: i32) -> i32 {
+    match adopt_listener(fd) {
+        Ok(listener) => {
+            accept_loop(agent, listener).await;
+            0
+        }
+        Err(e) => {
+            tracing::error!("cannot use fd {fd} as the listening socket: {e}");
+            1
+        }
+    }
 }
 
 /// Accepts connections at `path` until a shutdown; returns the exit code.
@@ -63,6 +106,16 @@ pub(crate) async fn serve_listener(agent: Agent, path: &Path) -> i32 {
             return 1;
         }
     };
+    accept_loop(agent, listener).await;
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::debug!("cannot remove {}: {e}", path.display());
+    }
+    0
+}
+
+/// Serves every connection `listener` accepts, each on its own task, until a shutdown;
+/// then stops accepting and gives open connections a moment to finish.
+async fn accept_loop(agent: Agent, listener: UnixListener) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -86,16 +139,12 @@ pub(crate) async fn serve_listener(agent: Agent, path: &Path) -> i32 {
         }
     }
     drop(listener);
-    if let Err(e) = std::fs::remove_file(path) {
-        tracing::debug!("cannot remove {}: {e}", path.display());
-    }
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while connections.join_next().await.is_some() {}
     });
     if drained.await.is_err() {
         tracing::debug!("connections still open at exit");
     }
-    0
 }
 
 /// Binds `path`, replacing a stale socket file left by an earlier agent (but never any
@@ -141,5 +190,44 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
         assert!(adopt_socket(fd).is_err());
+    }
+
+    #[tokio::test]
+    async fn adopt_listener_refuses_sockets_that_do_not_listen() {
+        use std::os::fd::IntoRawFd;
+        let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
+        let error = adopt_listener(a.into_raw_fd()).unwrap_err();
+        assert!(
+            error.to_string().contains("not a listening socket"),
+            "{error}"
+        );
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let error = adopt_listener(udp.into_raw_fd()).unwrap_err();
+        assert!(error.to_string().contains("not a Unix socket"), "{error}");
+        assert!(adopt_listener(987_654).is_err());
+    }
+
+    #[tokio::test]
+    async fn an_inherited_listener_serves_many_connections_until_shutdown() {
+        use ak_protocol::AgentClient;
+        use std::os::fd::IntoRawFd;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let agent = Agent::start(crate::AgentConfig::new(dir.path())).unwrap();
+        let served = tokio::spawn(serve_listen_fd(agent, listener.into_raw_fd()));
+        let connect = || async {
+            let stream = UnixStream::connect(&path).await.unwrap();
+            AgentClient::connect(stream, "test".into()).await.unwrap()
+        };
+        let (first, second) = (connect().await, connect().await);
+        assert!(!first.ping().await.unwrap().is_empty());
+        assert!(!second.ping().await.unwrap().is_empty());
+        drop(first);
+        // A connection ending does not end the agent; a shutdown from any one does.
+        let third = connect().await;
+        third.shutdown().await.unwrap();
+        assert_eq!(served.await.unwrap(), 0);
+        assert!(path.exists(), "the host's socket file is left to the host");
     }
 }

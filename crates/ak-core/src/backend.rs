@@ -76,6 +76,25 @@ pub struct BackendProbe {
 pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug> Transport for T {}
 
+/// How long a sandbox lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Lifetime {
+    /// Dies with the caller: its transport closing ends it.
+    Ephemeral,
+    /// Keeps running until stopped; reachable again through its [`SandboxHandle`].
+    Persistent,
+}
+
+/// What is needed to find a persistent sandbox again (stored by the service's registry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxHandle {
+    pub backend: BackendKind,
+    pub id: String,
+    /// Backend-specific, JSON text.
+    pub data: String,
+}
+
 /// One way of running sandboxes.
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + fmt::Debug {
@@ -85,7 +104,26 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn probe(&self) -> BackendProbe;
 
     /// Provisions a sandbox whose first process is the agent, and starts it.
-    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, BackendError>;
+    async fn create(
+        &self,
+        spec: &SandboxSpec,
+        lifetime: Lifetime,
+    ) -> Result<Box<dyn Sandbox>, BackendError>;
+
+    /// Re-attaches to a running persistent sandbox; [`BackendError::Gone`] if it no longer
+    /// runs.
+    async fn attach(&self, handle: &SandboxHandle) -> Result<Box<dyn Sandbox>, BackendError>;
+
+    /// Ends a sandbox (if still alive) and releases every host resource it holds, from its
+    /// handle alone (after a crash the owning process is gone). Idempotent.
+    async fn release(&self, handle: &SandboxHandle) -> Result<(), BackendError>;
+
+    /// The host uid and gid that are root inside this backend's sandboxes, when a host
+    /// directory mounted writable must be owned by them for the sandbox's root to write to
+    /// it; `None` when ownership does not matter to this backend.
+    fn sandbox_root_owner(&self) -> Option<(u32, u32)> {
+        None
+    }
 }
 
 /// A running sandbox owned by a backend.
@@ -93,11 +131,20 @@ pub trait Backend: Send + Sync + fmt::Debug {
 pub trait Sandbox: Send + Sync + fmt::Debug {
     fn id(&self) -> &str;
 
+    /// What finds this sandbox again (meaningful for persistent sandboxes).
+    fn handle(&self) -> SandboxHandle;
+
     /// Opens a byte stream to the agent (the caller does the protocol handshake).
+    /// Ephemeral: the one transport (a second call errors). Persistent: a new connection
+    /// each call.
     async fn connect(&mut self) -> Result<Box<dyn Transport>, BackendError>;
 
     /// Ends every process and releases every host resource. Safe to call again.
     async fn destroy(&mut self) -> Result<SandboxUsage, BackendError>;
+
+    /// Persistent only: forgets the sandbox without ending it (dropping a persistent
+    /// sandbox does not end it either). An ephemeral sandbox ends, as when dropped.
+    fn detach(self: Box<Self>);
 }
 
 /// What a sandbox consumed, as far as the backend can tell.

@@ -36,6 +36,29 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("cannot use the current directory: {0}")]
     CurrentDir(std::io::Error),
+    #[error("invalid sandbox name '{}': {reason}", shown_name(.name))]
+    InvalidName { name: String, reason: &'static str },
+}
+
+/// The longest part of a refused name an error message repeats.
+const SHOWN_NAME_CHARS: usize = 64;
+
+/// A refused name as an error message shows it: cut to a readable length, and with
+/// control characters escaped, since the message goes to a terminal and a name is
+/// untrusted input (an escape sequence in it could rewrite the screen).
+fn shown_name(name: &str) -> String {
+    let mut shown = String::new();
+    for c in name.chars().take(SHOWN_NAME_CHARS) {
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    if name.chars().nth(SHOWN_NAME_CHARS).is_some() {
+        shown.push('…');
+    }
+    shown
 }
 
 /// A backend failed to provide, reach or release a sandbox.
@@ -51,6 +74,8 @@ pub enum BackendError {
     Connect(String),
     #[error("sandbox tear-down failed: {0}")]
     Teardown(String),
+    #[error("sandbox {0} is no longer running")]
+    Gone(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
 }

@@ -77,6 +77,44 @@ pub fn validate_sandbox_path(path: &str) -> Result<PathBuf, ConfigError> {
     Ok(parsed.components().collect())
 }
 
+/// The longest sandbox name: a DNS label's limit, so a name can also serve as a hostname.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// Checks a sandbox name: 1 to 63 ASCII letters, digits, `-`, `_` or `.`, starting with a
+/// letter or digit. Names end up in paths, hostnames, URLs and shell-adjacent output, so
+/// anything that could be read as a path step, an option or a metacharacter is refused.
+pub fn validate_name(name: &str) -> Result<(), ConfigError> {
+    let invalid = |reason| ConfigError::InvalidName {
+        name: name.to_string(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(invalid("must not be empty"));
+    }
+    if name.chars().count() > MAX_NAME_LEN {
+        return Err(invalid("must be at most 63 characters long"));
+    }
+    if name == "." || name == ".." {
+        return Err(invalid("must not be '.' or '..'"));
+    }
+    for c in name.chars() {
+        let reason = match c {
+            'a'..='z' | 'A'..='Z' | '0'..='9' | '-' | '_' | '.' => continue,
+            '\0' => "must not contain a NUL byte",
+            '/' => "must not contain '/'",
+            c if c.is_whitespace() => "must not contain whitespace",
+            c if !c.is_ascii() => "must contain only ASCII characters",
+            _ => "may contain only ASCII letters, digits, '-', '_' and '.'",
+        };
+        return Err(invalid(reason));
+    }
+    // A leading '-' reads as an option to tools, a leading '.' as a hidden or relative path.
+    if !name.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        return Err(invalid("must start with a letter or digit"));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,5 +143,65 @@ mod tests {
         for bad in ["relative", "/a/../b", "/x\0"] {
             assert!(validate_sandbox_path(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn sandbox_names_refused() {
+        let long = "a".repeat(200);
+        for bad in [
+            "../x",
+            "",
+            long.as_str(),
+            "a;rm -rf /",
+            "$(id)",
+            "a b",
+            "-x",
+            ".hidden",
+            ".",
+            "..",
+            "naïve",
+            "名前",
+            "a\0b",
+            "a\nb",
+            "a|b",
+            "`id`",
+            "a*",
+            "~root",
+        ] {
+            match validate_name(bad) {
+                Err(ConfigError::InvalidName { name, reason }) => {
+                    assert_eq!(name, bad);
+                    assert!(!reason.is_empty(), "{bad:?}");
+                }
+                other => panic!("{bad:?} was not refused: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn sandbox_names_accepted() {
+        let longest = "a".repeat(MAX_NAME_LEN);
+        for good in ["my-box_1.2", "a", "7", "A.b-C_d", longest.as_str()] {
+            assert!(validate_name(good).is_ok(), "{good:?}");
+        }
+        assert!(validate_name(&"a".repeat(MAX_NAME_LEN + 1)).is_err());
+    }
+
+    #[test]
+    fn sandbox_name_errors_read_well() {
+        let message = validate_name("a b").unwrap_err().to_string();
+        assert_eq!(
+            message,
+            "invalid sandbox name 'a b': must not contain whitespace"
+        );
+        let message = validate_name(&"x".repeat(200)).unwrap_err().to_string();
+        assert!(
+            message.starts_with(&format!("invalid sandbox name '{}…'", "x".repeat(64))),
+            "{message}"
+        );
+        // Control characters never reach the terminal raw.
+        let message = validate_name("a\u{1b}[2J").unwrap_err().to_string();
+        assert!(!message.contains('\u{1b}'), "{message}");
+        assert!(message.contains("\\u{1b}"), "{message}");
     }
 }

@@ -91,8 +91,11 @@ pub(crate) struct ChildPlan {
     /// Capabilities removed from the bounding set.
     pub drop_caps: Vec<u32>,
     pub agent_fd: RawFd,
-    /// The agent's end of the control socket; left open across exec.
-    pub socket_fd: RawFd,
+    /// Left open across exec: the agent's end of the control socket (ephemeral), or its
+    /// listening socket and the runtime directory's lock (persistent).
+    pub inherit_fds: Vec<RawFd>,
+    /// Becomes the agent's stderr instead of the caller's (persistent sandboxes).
+    pub stderr_fd: Option<RawFd>,
     pub sync_fd: RawFd,
     pub error_fd: RawFd,
     pub dev_null: CString,
@@ -210,13 +213,17 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
             )?;
         }
 
-        // Standard input and output of the agent are /dev/null; stderr stays the caller's,
-        // for the agent's own diagnostics. Every other inherited descriptor closes at exec.
+        // Standard input and output of the agent are /dev/null; stderr stays the caller's
+        // (or becomes the persistent sandbox's log), for the agent's own diagnostics. Every
+        // other inherited descriptor closes at exec.
         let null = libc::open(plan.dev_null.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
         check(Step::Descriptors, null as libc::c_long)?;
         check(Step::Descriptors, libc::dup2(null, 0) as libc::c_long)?;
         check(Step::Descriptors, libc::dup2(null, 1) as libc::c_long)?;
         libc::close(null);
+        if let Some(log) = plan.stderr_fd {
+            check(Step::Descriptors, libc::dup2(log, 2) as libc::c_long)?;
+        }
         check(
             Step::Descriptors,
             libc::syscall(
@@ -226,10 +233,12 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
                 libc::CLOSE_RANGE_CLOEXEC,
             ),
         )?;
-        check(
-            Step::Descriptors,
-            libc::fcntl(plan.socket_fd, libc::F_SETFD, 0) as libc::c_long,
-        )?;
+        for &fd in &plan.inherit_fds {
+            check(
+                Step::Descriptors,
+                libc::fcntl(fd, libc::F_SETFD, 0) as libc::c_long,
+            )?;
+        }
 
         libc::umask(0o022);
         check(

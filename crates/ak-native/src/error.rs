@@ -13,7 +13,7 @@ pub enum NativeError {
     InvalidSpec(String),
     #[error("the native backend is not usable here: {0}")]
     Unavailable(String),
-    #[error("sandbox set-up failed at step '{step}': {source}")]
+    #[error("step '{step}' failed: {source}")]
     ChildStep {
         step: String,
         source: std::io::Error,

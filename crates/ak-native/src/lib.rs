@@ -1,16 +1,20 @@
 //! ak-native: the Linux namespace backend. Each sandbox is a `clone3` into fresh user,
 //! mount, pid, uts, ipc, net and cgroup namespaces, with a `pivot_root` into a read-only
 //! view of its image, seccomp, landlock, dropped capabilities and cgroup limits; the agent
-//! is its PID 1, reached over a socket pair.
+//! is its PID 1, reached over a socket pair (ephemeral sandboxes, which end with their
+//! caller) or a listening socket in the runtime directory (persistent ones, which run on
+//! until released and are found again from their handle).
 
 pub mod cgroup;
 mod child;
 mod error;
 mod landlock;
 mod network;
+mod persistent;
 mod plan;
 pub mod probe;
 pub mod rundir;
+mod sandbox;
 mod seccomp;
 mod spawn;
 
@@ -18,19 +22,34 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use ak_core::backend::SandboxUsage;
+use ak_core::backend::{Lifetime, SandboxHandle};
 use ak_core::{
     Backend, BackendError, BackendKind, BackendProbe, ImageRef, NetworkMode, Sandbox, SandboxSpec,
-    Transport,
 };
 
 use crate::cgroup::{CgroupLayout, SandboxCgroup};
 pub use crate::error::NativeError;
 use crate::network::NetworkHelper;
+use crate::persistent::{HandleData, ProcessRef};
 use crate::plan::{TopEntry, list_top_level};
 use crate::probe::HostFeatures;
 use crate::rundir::RunDir;
+pub use crate::sandbox::NativeSandbox;
+use crate::sandbox::Reach;
 pub use crate::spawn::ROOT_MAPPED_BASE;
+
+/// The host uid and gid that are root inside this process's sandboxes: what a host
+/// directory mounted writable must be owned by for the sandbox's root to write to it.
+pub fn sandbox_root_host_ids() -> (u32, u32) {
+    if rustix::process::geteuid().is_root() {
+        (ROOT_MAPPED_BASE, ROOT_MAPPED_BASE)
+    } else {
+        (
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        )
+    }
+}
 
 /// The native backend. Cheap to create; host facts are probed once, on first use.
 #[derive(Debug)]
@@ -114,7 +133,20 @@ impl NativeBackend {
         }
     }
 
-    fn create_sandbox(&self, spec: &SandboxSpec) -> Result<NativeSandbox, NativeError> {
+    /// The cgroup layout, also when the backend cannot start sandboxes any more (its agent
+    /// executable is gone, say) but must still release them.
+    fn cgroup_layout(&self) -> std::borrow::Cow<'_, CgroupLayout> {
+        match self.prepared() {
+            Ok(prepared) => std::borrow::Cow::Borrowed(&prepared.cgroups),
+            Err(_) => std::borrow::Cow::Owned(CgroupLayout::detect()),
+        }
+    }
+
+    fn create_sandbox(
+        &self,
+        spec: &SandboxSpec,
+        lifetime: Lifetime,
+    ) -> Result<NativeSandbox, NativeError> {
         let started = std::time::Instant::now();
         let prepared = self.prepared()?;
         let (image_root, top_level) = match &spec.image {
@@ -153,6 +185,12 @@ impl NativeBackend {
             rlimits.push((libc::RLIMIT_AS, spec.resources.memory_bytes));
         }
 
+        // Kept until the agent has its copies; all close-on-exec here.
+        let persistent_ends = match lifetime {
+            Lifetime::Ephemeral => None,
+            Lifetime::Persistent => Some(PersistentEnds::open(&rundir)?),
+        };
+
         let mut cgroup = None;
         let mut before_release = |pid: u32| -> Result<(), NativeError> {
             if prepared.cgroups_usable.is_ok() {
@@ -176,6 +214,11 @@ impl NativeBackend {
             seccomp: &prepared.seccomp,
             cap_last: prepared.cap_last,
             rlimits,
+            persistent: persistent_ends.as_ref().map(|ends| spawn::PersistentFds {
+                listener: ends.listener.as_raw_fd(),
+                hold: ends.hold,
+                log: ends.log.as_raw_fd(),
+            }),
             before_release: &mut before_release,
         });
         tracing::debug!(elapsed = ?started.elapsed(), "sandbox init running the agent");
@@ -189,23 +232,153 @@ impl NativeBackend {
                 return Err(error);
             }
         };
-        let mut sandbox = NativeSandbox {
-            id: spec.id.clone(),
-            pid: spawned.pid,
-            pidfd: Some(spawned.pidfd),
-            socket: Some(spawned.socket),
-            cgroup,
-            network: None,
-            rundir,
-        };
-        // Only now is the child certainly in its own network namespace (it makes it itself,
-        // before executing the agent), so only now may the helper attach to it.
-        if spec.policy.network == NetworkMode::Outbound {
-            let helper = sandbox.network.insert(NetworkHelper::start(sandbox.pid)?);
-            helper.wait_ready()?;
-            tracing::debug!(elapsed = ?started.elapsed(), "network ready");
+        drop(persistent_ends);
+        let network = spec.policy.network == NetworkMode::Outbound;
+        match lifetime {
+            Lifetime::Ephemeral => {
+                let mut sandbox = NativeSandbox {
+                    id: spec.id.clone(),
+                    pid: spawned.pid,
+                    pidfd: Some(spawned.pidfd),
+                    cgroup,
+                    rundir,
+                    reach: Reach::Ephemeral {
+                        socket: spawned.socket,
+                        network: None,
+                    },
+                };
+                // Only now is the child certainly in its own network namespace (it makes it
+                // itself, before executing the agent), so only now may the helper attach.
+                if network {
+                    let helper = NetworkHelper::start(sandbox.pid)?;
+                    if let Reach::Ephemeral { network, .. } = &mut sandbox.reach {
+                        network.insert(helper).wait_ready()?;
+                    }
+                    tracing::debug!(elapsed = ?started.elapsed(), "network ready");
+                }
+                Ok(sandbox)
+            }
+            Lifetime::Persistent => {
+                // Our unreaped child: its pid cannot have been reused yet.
+                let start_time = persistent::start_time(spawned.pid).unwrap_or_default();
+                let mut sandbox = NativeSandbox {
+                    id: spec.id.clone(),
+                    pid: spawned.pid,
+                    pidfd: Some(spawned.pidfd),
+                    reach: Reach::Persistent {
+                        start_time,
+                        socket: rundir.path().join(persistent::SOCKET_FILE),
+                        has_cgroup: cgroup.is_some(),
+                        network: None,
+                    },
+                    cgroup,
+                    rundir,
+                };
+                if network {
+                    // Dropping does not end a persistent sandbox, so a failure here must.
+                    if let Err(error) = self.start_persistent_network(&mut sandbox) {
+                        let _ = sandbox.release();
+                        return Err(error);
+                    }
+                    tracing::debug!(elapsed = ?started.elapsed(), "network ready");
+                }
+                Ok(sandbox)
+            }
         }
-        Ok(sandbox)
+    }
+
+    fn start_persistent_network(&self, sandbox: &mut NativeSandbox) -> Result<(), NativeError> {
+        let Some(pidfd) = &sandbox.pidfd else {
+            return Ok(());
+        };
+        let log = sandbox.rundir.path().join(persistent::NETWORK_LOG_FILE);
+        let pid = network::start_detached(sandbox.pid, pidfd, &log)?;
+        // Our unreaped child as well.
+        let helper = ProcessRef {
+            pid,
+            start_time: persistent::start_time(pid).unwrap_or_default(),
+        };
+        if let Reach::Persistent { network, .. } = &mut sandbox.reach {
+            *network = Some(helper);
+        }
+        Ok(())
+    }
+
+    fn attach_sandbox(&self, handle: &SandboxHandle) -> Result<NativeSandbox, BackendError> {
+        let data = HandleData::parse(handle)?;
+        if data.lifetime != Lifetime::Persistent {
+            return Err(BackendError::Unsupported {
+                backend: "native".into(),
+                reason: format!(
+                    "sandbox {} is ephemeral: it cannot be attached to again",
+                    handle.id
+                ),
+            });
+        }
+        let pidfd = match persistent::open_process(data.init()) {
+            Some((pidfd, true)) => pidfd,
+            _ => return Err(BackendError::Gone(handle.id.clone())),
+        };
+        let cgroup = data
+            .cgroup
+            .then(|| SandboxCgroup::existing(&self.cgroup_layout(), &handle.id));
+        Ok(NativeSandbox {
+            id: handle.id.clone(),
+            pid: data.pid,
+            pidfd: Some(pidfd),
+            cgroup,
+            rundir: RunDir::adopt(data.rundir),
+            reach: Reach::Persistent {
+                start_time: data.start_time,
+                socket: data.socket,
+                has_cgroup: data.cgroup,
+                network: data.network,
+            },
+        })
+    }
+
+    fn release_handle(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
+        let data = HandleData::parse(handle)?;
+        let pidfd = persistent::open_process(data.init()).map(|(pidfd, _)| pidfd);
+        let mut sandbox = NativeSandbox {
+            id: handle.id.clone(),
+            pid: data.pid,
+            pidfd,
+            cgroup: data
+                .cgroup
+                .then(|| SandboxCgroup::existing(&self.cgroup_layout(), &handle.id)),
+            rundir: RunDir::adopt(data.rundir),
+            reach: Reach::Persistent {
+                start_time: data.start_time,
+                socket: data.socket,
+                has_cgroup: data.cgroup,
+                network: data.network,
+            },
+        };
+        sandbox.release()?;
+        Ok(())
+    }
+}
+
+/// A persistent sandbox's inheritance, opened before the clone: the listening socket, the
+/// runtime directory's lock and the agent's log.
+#[derive(Debug)]
+struct PersistentEnds {
+    listener: OwnedFd,
+    hold: std::os::fd::RawFd,
+    log: std::fs::File,
+}
+
+impl PersistentEnds {
+    fn open(rundir: &RunDir) -> Result<PersistentEnds, NativeError> {
+        let hold = rundir.lock_fd().ok_or_else(|| {
+            NativeError::InvalidSpec("a new runtime directory is always locked".into())
+        })?;
+        Ok(PersistentEnds {
+            listener: persistent::listen_at(&rundir.path().join(persistent::SOCKET_FILE))?,
+            hold,
+            log: persistent::open_log(&rundir.path().join(persistent::AGENT_LOG_FILE))?,
+        })
     }
 }
 
@@ -251,78 +424,23 @@ impl Backend for NativeBackend {
         }
     }
 
-    async fn create(&self, spec: &SandboxSpec) -> Result<Box<dyn Sandbox>, BackendError> {
-        Ok(Box::new(self.create_sandbox(spec)?))
-    }
-}
-
-/// A running native sandbox.
-#[derive(Debug)]
-pub struct NativeSandbox {
-    id: String,
-    pid: u32,
-    pidfd: Option<OwnedFd>,
-    socket: Option<std::os::unix::net::UnixStream>,
-    cgroup: Option<SandboxCgroup>,
-    network: Option<NetworkHelper>,
-    rundir: RunDir,
-}
-
-impl NativeSandbox {
-    /// Kills every process and releases every host resource; idempotent.
-    fn release(&mut self) -> Result<SandboxUsage, NativeError> {
-        let mut usage = SandboxUsage::default();
-        let started = std::time::Instant::now();
-        if let Some(pidfd) = self.pidfd.take() {
-            // The whole pid namespace dies with its init.
-            spawn::reap(self.pid, &pidfd);
-            tracing::debug!(elapsed = ?started.elapsed(), "sandbox init reaped");
-        }
-        self.socket = None;
-        if let Some(helper) = self.network.take() {
-            helper.stop();
-        }
-        if let Some(cgroup) = self.cgroup.take() {
-            usage.peak_memory_bytes = cgroup.peak_memory_bytes();
-            usage.oom_killed = cgroup.oom_killed();
-            // Every process died with the pid namespace's init; should anything still be
-            // in the cgroup (it cannot be, short of a kernel surprise), kill it and retry.
-            if cgroup.remove().is_err() {
-                cgroup.kill_all()?;
-                cgroup.remove()?;
-            }
-        }
-        self.rundir.remove()?;
-        tracing::debug!(elapsed = ?started.elapsed(), "sandbox released");
-        Ok(usage)
-    }
-}
-
-#[async_trait::async_trait]
-impl Sandbox for NativeSandbox {
-    fn id(&self) -> &str {
-        &self.id
+    async fn create(
+        &self,
+        spec: &SandboxSpec,
+        lifetime: Lifetime,
+    ) -> Result<Box<dyn Sandbox>, BackendError> {
+        Ok(Box::new(self.create_sandbox(spec, lifetime)?))
     }
 
-    async fn connect(&mut self) -> Result<Box<dyn Transport>, BackendError> {
-        let socket = self.socket.take().ok_or_else(|| {
-            BackendError::Connect("the agent connection was already taken".into())
-        })?;
-        socket.set_nonblocking(true)?;
-        Ok(Box::new(tokio::net::UnixStream::from_std(socket)?))
+    async fn attach(&self, handle: &SandboxHandle) -> Result<Box<dyn Sandbox>, BackendError> {
+        Ok(Box::new(self.attach_sandbox(handle)?))
     }
 
-    async fn destroy(&mut self) -> Result<SandboxUsage, BackendError> {
-        Ok(self.release()?)
+    async fn release(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
+        self.release_handle(handle)
     }
-}
 
-impl Drop for NativeSandbox {
-    fn drop(&mut self) {
-        if self.pidfd.is_some()
-            && let Err(e) = self.release()
-        {
-            tracing::warn!(id = %self.id, "releasing sandbox on drop: {e}");
-        }
+    fn sandbox_root_owner(&self) -> Option<(u32, u32)> {
+        Some(sandbox_root_host_ids())
     }
 }

@@ -6,7 +6,7 @@
 use std::io::Read;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use crate::error::NativeError;
@@ -36,42 +36,9 @@ impl NetworkHelper {
     /// Starts the helper for the namespaces of `pid`; call [`NetworkHelper::wait_ready`]
     /// before the sandbox's commands need the network.
     pub(crate) fn start(pid: u32) -> Result<NetworkHelper, NativeError> {
-        let helper = find_helper().ok_or_else(|| {
-            NativeError::Network(format!(
-                "outbound network needs {HELPER} (apt install {HELPER}); or run with --no-network"
-            ))
-        })?;
-        let (ready_read, ready_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| NativeError::io("create a pipe")(e.into()))?;
-        let (exit_read, exit_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| NativeError::io("create a pipe")(e.into()))?;
-        let (ready_fd, exit_fd) = (ready_write.as_raw_fd(), exit_read.as_raw_fd());
-        let mut command = Command::new(helper);
-        command
-            .args(["--configure", "--mtu=65520", "--disable-host-loopback"])
-            .arg(format!("--ready-fd={ready_fd}"))
-            .arg(format!("--exit-fd={exit_fd}"))
-            .arg(format!("--userns-path=/proc/{pid}/ns/user"))
-            .arg("--netns-type=path")
-            .arg(format!("/proc/{pid}/ns/net"))
-            .arg("tap0")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
-        // SAFETY: only fcntl on descriptors that exist in the forked child.
-        unsafe {
-            command.pre_exec(move || {
-                for fd in [ready_fd, exit_fd] {
-                    if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
-        let child = command
-            .spawn()
-            .map_err(|e| NativeError::Network(format!("cannot start {HELPER}: {e}")))?;
+        let (ready_read, ready_write) = pipe()?;
+        let (exit_read, exit_write) = pipe()?;
+        let child = spawn_helper(pid, &ready_write, &exit_read, Stdio::piped())?;
         drop(ready_write);
         drop(exit_read);
         Ok(NetworkHelper {
@@ -95,18 +62,96 @@ impl NetworkHelper {
         if let Some(mut stderr) = self.child.stderr.take() {
             let _ = stderr.read_to_string(&mut message);
         }
-        Err(NativeError::Network(format!(
-            "{HELPER} failed: {}",
-            if message.trim().is_empty() {
-                "exited without configuring the network".to_string()
-            } else {
-                message.trim().lines().collect::<Vec<_>>().join("; ")
-            }
-        )))
+        Err(failure(&message))
     }
 
     pub(crate) fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Starts the helper of a persistent sandbox, which must outlive this process: its exit
+/// fd is the sandbox init's pidfd (which reports a hang-up once the init is gone, on Linux
+/// 6.9 and newer; older kernels leave it to the release, which kills the helper by pid),
+/// and its diagnostics go to `log`, not to a pipe whose reader goes away with us. Returns
+/// the helper's pid once the network is configured.
+pub(crate) fn start_detached(
+    pid: u32,
+    init_pidfd: &OwnedFd,
+    log: &Path,
+) -> Result<u32, NativeError> {
+    let (ready_read, ready_write) = pipe()?;
+    let log_file = crate::persistent::open_log(log)?;
+    let mut child = spawn_helper(pid, &ready_write, init_pidfd, Stdio::from(log_file))?;
+    drop(ready_write);
+    let mut byte = [0u8; 1];
+    if matches!(std::fs::File::from(ready_read).read(&mut byte), Ok(1)) {
+        // Not waited for here: it runs on after we are gone; the release reaps it if we are
+        // still its parent then.
+        return Ok(child.id());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let message = std::fs::read_to_string(log).unwrap_or_default();
+    Err(failure(&message))
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), NativeError> {
+    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .map_err(|e| NativeError::io("create a pipe")(e.into()))
+}
+
+/// Runs the helper for the namespaces of `pid`, reporting readiness on `ready` and exiting
+/// when `exit` hangs up.
+fn spawn_helper(
+    pid: u32,
+    ready: &OwnedFd,
+    exit: &OwnedFd,
+    stderr: Stdio,
+) -> Result<Child, NativeError> {
+    let helper = find_helper().ok_or_else(|| {
+        NativeError::Network(format!(
+            "outbound network needs {HELPER} (apt install {HELPER}); or run with --no-network"
+        ))
+    })?;
+    let (ready_fd, exit_fd) = (ready.as_raw_fd(), exit.as_raw_fd());
+    let mut command = Command::new(helper);
+    command
+        .args(["--configure", "--mtu=65520", "--disable-host-loopback"])
+        .arg(format!("--ready-fd={ready_fd}"))
+        .arg(format!("--exit-fd={exit_fd}"))
+        .arg(format!("--userns-path=/proc/{pid}/ns/user"))
+        .arg("--netns-type=path")
+        .arg(format!("/proc/{pid}/ns/net"))
+        .arg("tap0")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    // SAFETY: only fcntl on descriptors that exist in the forked child.
+    unsafe {
+        command.pre_exec(move || {
+            for fd in [ready_fd, exit_fd] {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    command
+        .spawn()
+        .map_err(|e| NativeError::Network(format!("cannot start {HELPER}: {e}")))
+}
+
+/// The error for a helper that did not configure the network, from what it printed.
+fn failure(message: &str) -> NativeError {
+    NativeError::Network(format!(
+        "{HELPER} failed: {}",
+        if message.trim().is_empty() {
+            "exited without configuring the network".to_string()
+        } else {
+            message.trim().lines().collect::<Vec<_>>().join("; ")
+        }
+    ))
 }

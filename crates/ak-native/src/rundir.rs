@@ -1,8 +1,10 @@
 //! Per-sandbox runtime directories on the host, and the sweep that releases what a killed
 //! caller left behind. Each directory is held by an exclusive `flock` for as long as its
-//! sandbox lives; a directory whose lock can be taken belongs to nobody any more.
+//! sandbox lives (by its creator for an ephemeral sandbox, by the sandbox's own agent for a
+//! persistent one); a directory whose lock can be taken belongs to nobody any more.
 
 use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
@@ -30,11 +32,12 @@ pub fn runtime_base() -> PathBuf {
 /// (unprivileged) uid, must traverse them to reach its mount point, but nobody may list them.
 const DIR_MODE: u32 = 0o711;
 
-/// A live sandbox's runtime directory (locked while this value exists).
+/// A live sandbox's runtime directory (locked while this value exists, if it was created
+/// here; one found again from a handle is locked by its sandbox).
 #[derive(Debug)]
 pub struct RunDir {
     path: PathBuf,
-    _lock: File,
+    lock: Option<File>,
 }
 
 impl RunDir {
@@ -60,17 +63,32 @@ impl RunDir {
             .map_err(|e| NativeError::io(format!("lock {}", building.display()))(e.into()))?;
         std::fs::rename(&building, &path)
             .map_err(NativeError::io(format!("rename {}", building.display())))?;
-        Ok(RunDir { path, _lock: lock })
+        Ok(RunDir {
+            path,
+            lock: Some(lock),
+        })
+    }
+
+    /// The runtime directory of a sandbox created elsewhere (not locked by this value).
+    pub fn adopt(path: PathBuf) -> RunDir {
+        RunDir { path, lock: None }
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The descriptor that holds the lock, to hand to a sandbox that keeps it held.
+    pub(crate) fn lock_fd(&self) -> Option<RawFd> {
+        self.lock.as_ref().map(File::as_raw_fd)
+    }
+
     /// Removes the directory (its mount point is only ever mounted inside the sandbox).
     /// The known entries go one by one, which is a fraction of a generic recursive walk;
     /// anything unexpected falls back to the walk.
     pub fn remove(&self) -> Result<(), NativeError> {
+        // A persistent sandbox's socket and logs are left to the walk: listing them here
+        // would cost every ephemeral run three failed unlinks.
         for file in [LOCK_FILE, "resolv.conf"] {
             let _ = std::fs::remove_file(self.path.join(file));
         }

@@ -31,9 +31,24 @@ pub(crate) struct SpawnRequest<'a> {
     pub seccomp: &'a [seccompiler::BpfProgram],
     pub cap_last: u32,
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
+    /// Set for a persistent sandbox, which is reached through a listener instead of a
+    /// socket pair; `None` keeps the ephemeral start exactly as it was.
+    pub persistent: Option<PersistentFds>,
     /// Runs in the parent while the child builds its root, before the agent may start:
     /// creates and joins the cgroup, starts network helpers.
     pub before_release: &'a mut dyn FnMut(u32) -> Result<(), NativeError>,
+}
+
+/// What a persistent sandbox's agent inherits from the parent (all close-on-exec here).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PersistentFds {
+    /// The listening socket the host created at `<rundir>/agent.sock`.
+    pub listener: RawFd,
+    /// The runtime directory's lock: held by the agent from then on, so that the sandbox,
+    /// not its creator, is what keeps the directory from being swept.
+    pub hold: RawFd,
+    /// The agent's stderr: the creator's may be a pipe whose reader goes away with it.
+    pub log: RawFd,
 }
 
 /// A started sandbox init process.
@@ -41,7 +56,8 @@ pub(crate) struct SpawnRequest<'a> {
 pub(crate) struct Spawned {
     pub pid: u32,
     pub pidfd: OwnedFd,
-    pub socket: std::os::unix::net::UnixStream,
+    /// The host's end of the socket pair; `None` for a persistent sandbox.
+    pub socket: Option<std::os::unix::net::UnixStream>,
 }
 
 #[repr(C)]
@@ -85,8 +101,6 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
         request.resolv_conf,
     )?;
 
-    let (host_socket, agent_socket) = std::os::unix::net::UnixStream::pair()
-        .map_err(NativeError::io("create the agent socket"))?;
     let (sync_read, sync_write) = pipe()?;
     let (error_read, error_write) = pipe()?;
 
@@ -103,13 +117,30 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
         env.push((key.clone(), value.clone()));
     }
     let env_strings = env_block(&env)?;
-    let argv_strings = vec![
-        cstring("ak-agent")?,
-        cstring("--fd")?,
-        cstring(agent_socket.as_raw_fd().to_string())?,
-        cstring("--workdir")?,
-        os_cstring(spec.workdir.as_os_str())?,
-    ];
+    let mut argv_strings = vec![cstring("ak-agent")?];
+    let mut host_socket = None;
+    let mut agent_socket = None;
+    let (inherit_fds, stderr_fd) = match request.persistent {
+        None => {
+            let (host, agent) = std::os::unix::net::UnixStream::pair()
+                .map_err(NativeError::io("create the agent socket"))?;
+            argv_strings.push(cstring("--fd")?);
+            argv_strings.push(cstring(agent.as_raw_fd().to_string())?);
+            let inherit = vec![agent.as_raw_fd()];
+            host_socket = Some(host);
+            agent_socket = Some(agent);
+            (inherit, None)
+        }
+        Some(fds) => {
+            argv_strings.push(cstring("--listen-fd")?);
+            argv_strings.push(cstring(fds.listener.to_string())?);
+            argv_strings.push(cstring("--hold-fd")?);
+            argv_strings.push(cstring(fds.hold.to_string())?);
+            (vec![fds.listener, fds.hold], Some(fds.log))
+        }
+    };
+    argv_strings.push(cstring("--workdir")?);
+    argv_strings.push(os_cstring(spec.workdir.as_os_str())?);
 
     let keep: Vec<u32> = spec
         .policy
@@ -134,7 +165,8 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
             .filter(|c| !keep.contains(c))
             .collect(),
         agent_fd: request.agent_fd,
-        socket_fd: agent_socket.as_raw_fd(),
+        inherit_fds,
+        stderr_fd,
         sync_fd: sync_read.as_raw_fd(),
         error_fd: error_write.as_raw_fd(),
         dev_null: CString::from(c"/dev/null"),

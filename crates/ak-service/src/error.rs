@@ -1,6 +1,6 @@
 //! Errors of service operations.
 
-use ak_core::{BackendError, BackendKind, ConfigError};
+use ak_core::{BackendError, BackendKind, ConfigError, SandboxState};
 use ak_protocol::{AgentError, ProtocolError};
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +18,23 @@ pub enum ServiceError {
     Command(AgentError),
     #[error("no command given")]
     EmptyCommand,
+    #[error("{0}")]
+    InvalidInput(String),
+    #[error("no sandbox named '{0}' (see `agentkernel list`)")]
+    NotFound(String),
+    #[error("a sandbox named '{0}' already exists")]
+    Duplicate(String),
+    #[error("sandbox '{name}' is {state}: {hint}")]
+    WrongState {
+        name: String,
+        state: SandboxState,
+        hint: String,
+    },
+    #[error("sandbox registry: {0}")]
+    Registry(#[from] crate::registry::RegistryError),
+    /// The service's own state (directories, locks, handles) could not be used.
+    #[error("{0}")]
+    State(String),
 }
 
 impl From<ProtocolError> for ServiceError {

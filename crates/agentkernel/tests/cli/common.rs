@@ -72,12 +72,36 @@ pub fn agentkernel(mode: Mode, args: &[&str]) -> Command {
     command
         .args(args)
         .env("AGENTKERNEL_CONFIG", "/dev/null")
+        .env("AGENTKERNEL_REGISTRY", registry_path(mode))
         .env_remove("AGENTKERNEL_PROFILE")
         .env_remove("AGENTKERNEL_BACKEND")
         .env_remove("AGENTKERNEL_IMAGE")
         .current_dir("/")
         .stdin(Stdio::null());
     command
+}
+
+/// A registry private to this test process (one per mode: the rootless user cannot write
+/// root's), so tests never touch the user's real sandboxes.
+pub fn registry_path(mode: Mode) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "agentkernel-test-state-{}-{mode:?}",
+        std::process::id()
+    ));
+    if !dir.exists() {
+        // Private, like the real state directory: the service must open it up itself.
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        if mode == Mode::Rootless {
+            std::os::unix::fs::chown(&dir, Some(ROOTLESS_UID), Some(ROOTLESS_UID)).unwrap();
+        }
+    }
+    dir.join("registry.db")
+}
+
+/// Runs `agentkernel ARGS…` and returns its output.
+pub fn ak(mode: Mode, args: &[&str]) -> Output {
+    agentkernel(mode, args).output().unwrap()
 }
 
 /// Runs `agentkernel run [flags] -- cmd…` and returns its output.

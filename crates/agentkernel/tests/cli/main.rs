@@ -10,4 +10,5 @@ mod bad_input;
 mod common;
 mod escape;
 mod leaks;
+mod named;
 mod run;

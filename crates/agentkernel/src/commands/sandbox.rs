@@ -1,0 +1,165 @@
+//! Lifecycle commands of named sandboxes: create, start, stop, remove, list, inspect.
+
+use ak_core::config::{load_options, resolve};
+use ak_core::spec::new_sandbox_id;
+use ak_service::SandboxRecord;
+use anyhow::anyhow;
+
+use super::stream::fail_start;
+use crate::cli::{CreateArgs, InspectArgs, ListArgs, NameArgs, RemoveArgs};
+use crate::exit;
+use crate::wiring;
+
+#[allow(clippy::print_stdout, reason = "the command's output")]
+fn say(text: &str) {
+    println!("{text}");
+}
+
+pub async fn create(args: CreateArgs) -> i32 {
+    let cwd = match std::env::current_dir() {
+        Ok(cwd) => cwd,
+        Err(e) => exit::fail(
+            exit::USAGE,
+            &anyhow!("cannot read the current directory: {e}"),
+        ),
+    };
+    let spec = match load_options(args.sandbox.options(), &cwd)
+        .and_then(|options| resolve(options, &cwd, new_sandbox_id()))
+    {
+        Ok(spec) => spec,
+        Err(e) => exit::fail(exit::USAGE, &e.into()),
+    };
+    match wiring::service()
+        .create_named(&args.name, spec, args.dir.as_deref())
+        .await
+    {
+        Ok(record) => {
+            say(&record.name);
+            0
+        }
+        Err(error) => fail_start(error),
+    }
+}
+
+pub async fn start(args: NameArgs) -> i32 {
+    match wiring::service().start_named(&args.name).await {
+        Ok(record) => {
+            say(&record.name);
+            0
+        }
+        Err(error) => fail_start(error),
+    }
+}
+
+pub async fn stop(args: NameArgs) -> i32 {
+    match wiring::service().stop_named(&args.name).await {
+        Ok(record) => {
+            say(&record.name);
+            0
+        }
+        Err(error) => fail_start(error),
+    }
+}
+
+pub async fn remove(args: RemoveArgs) -> i32 {
+    match wiring::service().remove_named(&args.name, args.force).await {
+        Ok(()) => {
+            say(&args.name);
+            0
+        }
+        Err(error) => fail_start(error),
+    }
+}
+
+pub async fn list(args: ListArgs) -> i32 {
+    let records = match wiring::service().list_named().await {
+        Ok(records) => records,
+        Err(error) => return fail_start(error),
+    };
+    if args.json {
+        return print_json(&records.iter().map(summary).collect::<Vec<_>>());
+    }
+    let mut out = format!(
+        "{:<24} {:<9} {:<8} {:<12} {}\n",
+        "NAME", "STATE", "BACKEND", "IMAGE", "ID"
+    );
+    for record in &records {
+        out.push_str(&format!(
+            "{:<24} {:<9} {:<8} {:<12} {}\n",
+            record.name,
+            record.state.as_str(),
+            record.backend.as_str(),
+            record.spec.image.to_string(),
+            record.uuid
+        ));
+    }
+    say(out.trim_end());
+    0
+}
+
+pub async fn inspect(args: InspectArgs) -> i32 {
+    let record = match wiring::service().inspect_named(&args.name).await {
+        Ok(record) => record,
+        Err(error) => return fail_start(error),
+    };
+    if args.json {
+        return print_json(&record);
+    }
+    let spec = &record.spec;
+    let mut out = format!(
+        "name:     {}\nid:       {}\nstate:    {}\nbackend:  {}\nimage:    {}\nprofile:  {}\nnetwork:  {}\nmemory:   {} bytes\npids:     {}\ncpus:     {}\nworkdir:  {}\n",
+        record.name,
+        record.uuid,
+        record.state,
+        record.backend,
+        spec.image,
+        spec.policy.profile,
+        spec.policy.network.as_str(),
+        spec.resources.memory_bytes,
+        spec.resources.pids,
+        spec.resources
+            .cpus
+            .map_or("unlimited".to_string(), |c| c.to_string()),
+        spec.workdir.display(),
+    );
+    for mount in &spec.mounts {
+        out.push_str(&format!(
+            "mount:    {} -> {} ({})\n",
+            mount.host.display(),
+            mount.target.display(),
+            if mount.writable { "rw" } else { "ro" }
+        ));
+    }
+    if let Some(error) = &record.error {
+        out.push_str(&format!("error:    {error}\n"));
+    }
+    say(out.trim_end());
+    0
+}
+
+/// The fields `list --json` shows of each sandbox.
+fn summary(record: &SandboxRecord) -> serde_json::Value {
+    serde_json::json!({
+        "name": record.name,
+        "uuid": record.uuid,
+        "status": record.state,
+        "backend": record.backend,
+        "image": record.spec.image.to_string(),
+        "vcpus": record.spec.resources.cpus,
+        "memory_mb": record.spec.resources.memory_bytes >> 20,
+        "created_at": record.created_at,
+    })
+}
+
+fn print_json<T: serde::Serialize>(value: &T) -> i32 {
+    match serde_json::to_string_pretty(value) {
+        Ok(json) => {
+            say(&json);
+            0
+        }
+        Err(e) => {
+            exit::report(&e.into());
+            exit::SANDBOX_FAILURE
+        }
+    }
+}

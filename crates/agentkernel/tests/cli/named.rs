@@ -1,0 +1,304 @@
+//! Named sandboxes: lifecycle, state errors, exec, cp, survival of the CLI, bad names.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use crate::common::{Mode, agentkernel, ak, assert_code, modes, shared_host, stderr, stdout};
+
+/// A unique sandbox name for one test.
+fn name(test: &str, mode: Mode) -> String {
+    format!("t-{test}-{mode:?}-{}", std::process::id()).to_lowercase()
+}
+
+#[test]
+fn full_lifecycle() {
+    let _host = shared_host();
+    for mode in modes() {
+        let n = name("life", mode);
+        assert_code(&ak(mode, &["create", &n, "--no-network"]), 0);
+        let listed = stdout(&ak(mode, &["list"]));
+        assert!(
+            listed
+                .lines()
+                .any(|l| l.starts_with(&n) && l.contains("stopped")),
+            "{listed}"
+        );
+        assert_code(&ak(mode, &["start", &n]), 0);
+        // The sandbox outlives the CLI that started it: a later CLI reaches it.
+        let output = ak(
+            mode,
+            &[
+                "exec",
+                &n,
+                "--",
+                "sh",
+                "-c",
+                "echo state > /workspace/kept; hostname",
+            ],
+        );
+        assert_code(&output, 0);
+        let output = ak(
+            mode,
+            &["exec", &n, "--", "sh", "-c", "cat /workspace/kept; exit 4"],
+        );
+        assert_code(&output, 4);
+        assert_eq!(stdout(&output), "state\n");
+        let inspected: serde_json::Value =
+            serde_json::from_slice(&ak(mode, &["inspect", &n, "--json"]).stdout).unwrap();
+        assert_eq!(inspected["state"], "running", "{inspected}");
+        // Stop keeps the workdir; start again and the file is still there.
+        assert_code(&ak(mode, &["stop", &n]), 0);
+        assert_code(&ak(mode, &["start", &n]), 0);
+        assert_eq!(
+            stdout(&ak(mode, &["exec", &n, "--", "cat", "/workspace/kept"])),
+            "state\n"
+        );
+        assert_code(&ak(mode, &["remove", &n, "--force"]), 0);
+        assert!(!stdout(&ak(mode, &["list"])).contains(&n));
+    }
+}
+
+#[test]
+fn wrong_states_say_what_to_do() {
+    let _host = shared_host();
+    let mode = Mode::Root;
+    let n = name("states", mode);
+    assert_code(&ak(mode, &["create", &n, "--no-network"]), 0);
+    let output = ak(mode, &["exec", &n, "--", "true"]);
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("is stopped") && stderr(&output).contains("agentkernel start"),
+        "{}",
+        stderr(&output)
+    );
+    assert_code(&ak(mode, &["stop", &n]), 2);
+    assert_code(&ak(mode, &["start", &n]), 0);
+    let output = ak(mode, &["start", &n]);
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("already running"),
+        "{}",
+        stderr(&output)
+    );
+    let output = ak(mode, &["remove", &n]);
+    assert_code(&output, 2);
+    assert!(stderr(&output).contains("--force"), "{}", stderr(&output));
+    let output = ak(mode, &["create", &n]);
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("already exists"),
+        "{}",
+        stderr(&output)
+    );
+    assert_code(&ak(mode, &["remove", &n, "--force"]), 0);
+    let output = ak(mode, &["start", &n]);
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("no sandbox named"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn bad_names_are_refused() {
+    let _host = shared_host();
+    let long = "a".repeat(200);
+    for bad in [
+        "../x",
+        "",
+        long.as_str(),
+        "a;rm -rf /",
+        "$(id)",
+        "a b",
+        "-x",
+    ] {
+        let output = ak(Mode::Root, &["create", bad]);
+        assert_ne!(output.status.code(), Some(0), "{bad:?} accepted");
+        assert!(!stdout(&ak(Mode::Root, &["list"])).contains(bad) || bad.is_empty());
+    }
+    let output = ak(Mode::Root, &["create", "../x"]);
+    assert!(
+        stderr(&output).contains("invalid sandbox name"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn exec_streams_stdin_and_runs_concurrently() {
+    let _host = shared_host();
+    let mode = Mode::Root;
+    let n = name("exec", mode);
+    assert_code(&ak(mode, &["create", &n, "--no-network"]), 0);
+    assert_code(&ak(mode, &["start", &n]), 0);
+    let mut child = agentkernel(mode, &["exec", &n, "--", "tr", "a-z", "A-Z"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"shout\n").unwrap();
+    assert_eq!(stdout(&child.wait_with_output().unwrap()), "SHOUT\n");
+    let handles: Vec<_> = (0..6)
+        .map(|i| {
+            let n = n.clone();
+            std::thread::spawn(move || {
+                let output = ak(
+                    mode,
+                    &[
+                        "exec",
+                        &n,
+                        "--",
+                        "sh",
+                        "-c",
+                        &format!("sleep 0.3; echo {i}"),
+                    ],
+                );
+                assert_code(&output, 0);
+                stdout(&output)
+            })
+        })
+        .collect();
+    for (i, handle) in handles.into_iter().enumerate() {
+        assert_eq!(handle.join().unwrap(), format!("{i}\n"));
+    }
+    assert_code(&ak(mode, &["remove", &n, "--force"]), 0);
+}
+
+#[test]
+fn cp_both_ways_with_binary_files_and_directories() {
+    let _host = shared_host();
+    let mode = Mode::Root;
+    let n = name("cp", mode);
+    assert_code(&ak(mode, &["create", &n, "--no-network"]), 0);
+    assert_code(&ak(mode, &["start", &n]), 0);
+    let dir = tempfile::tempdir().unwrap();
+    let binary: Vec<u8> = (0..300_000u32).map(|i| (i * 7 % 256) as u8).collect();
+    std::fs::write(dir.path().join("blob.bin"), &binary).unwrap();
+    std::fs::create_dir_all(dir.path().join("tree/sub")).unwrap();
+    std::fs::write(dir.path().join("tree/a.txt"), "a").unwrap();
+    std::fs::write(dir.path().join("tree/sub/b.txt"), "b").unwrap();
+    let host = |p: &str| dir.path().join(p).to_string_lossy().into_owned();
+
+    assert_code(
+        &ak(
+            mode,
+            &["cp", &host("blob.bin"), &format!("{n}:/workspace/blob.bin")],
+        ),
+        0,
+    );
+    assert_code(
+        &ak(mode, &["cp", &host("tree"), &format!("{n}:/tmp/tree")]),
+        0,
+    );
+    let output = ak(
+        mode,
+        &[
+            "exec",
+            &n,
+            "--",
+            "sh",
+            "-c",
+            "md5sum < /workspace/blob.bin; cat /tmp/tree/a.txt /tmp/tree/sub/b.txt",
+        ],
+    );
+    assert_code(&output, 0);
+    assert!(stdout(&output).ends_with("ab"), "{}", stdout(&output));
+
+    assert_code(
+        &ak(
+            mode,
+            &["cp", &format!("{n}:/workspace/blob.bin"), &host("back.bin")],
+        ),
+        0,
+    );
+    assert_eq!(std::fs::read(dir.path().join("back.bin")).unwrap(), binary);
+    assert_code(
+        &ak(mode, &["cp", &format!("{n}:/tmp/tree"), &host("tree-back")]),
+        0,
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("tree-back/sub/b.txt")).unwrap(),
+        "b"
+    );
+
+    // Paths outside the sandbox are refused before anything is copied.
+    let output = ak(
+        mode,
+        &[
+            "cp",
+            &host("blob.bin"),
+            &format!("{n}:/workspace/../../etc/x"),
+        ],
+    );
+    assert_code(&output, 2);
+    assert_code(&ak(mode, &["remove", &n, "--force"]), 0);
+}
+
+#[test]
+fn a_killed_cli_ends_its_command_but_not_the_sandbox() {
+    let _host = shared_host();
+    for mode in modes() {
+        let n = name("killcli", mode);
+        assert_code(&ak(mode, &["create", &n, "--no-network"]), 0);
+        assert_code(&ak(mode, &["start", &n]), 0);
+        let mut child = agentkernel(mode, &["exec", &n, "--", "sleep", "4242"])
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let script = "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline; echo; done | grep -c '^sleep 4242' || true";
+        let output = ak(mode, &["exec", &n, "--", "sh", "-c", script]);
+        assert_code(&output, 0);
+        assert_eq!(
+            stdout(&output),
+            "0\n",
+            "{mode:?}: the orphaned command still runs"
+        );
+        assert_code(&ak(mode, &["remove", &n, "--force"]), 0);
+    }
+}
+
+#[test]
+fn a_sandbox_killed_from_outside_becomes_failed_and_is_released() {
+    let _host = shared_host();
+    let mode = Mode::Root;
+    let n = name("killed", mode);
+    assert_code(&ak(mode, &["create", &n, "--no-network"]), 0);
+    assert_code(&ak(mode, &["start", &n]), 0);
+    let record: serde_json::Value =
+        serde_json::from_slice(&ak(mode, &["inspect", &n, "--json"]).stdout).unwrap();
+    let uuid = record["uuid"].as_str().unwrap().to_string();
+    let handle: serde_json::Value =
+        serde_json::from_str(record["handle"].as_str().unwrap()).unwrap();
+    let data: serde_json::Value = serde_json::from_str(handle["data"].as_str().unwrap()).unwrap();
+    let pid = data["pid"].as_i64().unwrap() as i32;
+    // SAFETY: killing the sandbox's init, which this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let listed = stdout(&ak(mode, &["list"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&n) && l.contains("failed")),
+        "{listed}"
+    );
+    assert!(
+        !std::path::Path::new("/run/agentkernel")
+            .join(&uuid)
+            .exists(),
+        "runtime dir left"
+    );
+    assert!(
+        !std::path::Path::new("/sys/fs/cgroup/pids/agentkernel")
+            .join(&uuid)
+            .exists(),
+        "cgroup left"
+    );
+    let output = ak(mode, &["exec", &n, "--", "true"]);
+    assert_code(&output, 2);
+    assert!(stderr(&output).contains("remove it"), "{}", stderr(&output));
+    assert_code(&ak(mode, &["remove", &n]), 0);
+}

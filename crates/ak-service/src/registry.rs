@@ -1,0 +1,869 @@
+//! The registry of named sandboxes: their state kept in SQLite so that it survives crashes
+//! and is shared by every agentkernel process on the host (CLI runs, the daemon).
+
+use std::fmt;
+use std::fs::{DirBuilder, OpenOptions};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ak_core::{BackendKind, ConfigError, SandboxSpec, SandboxState};
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+
+/// The schema version this build writes and understands (`PRAGMA user_version`).
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// How long a write waits for another process's transaction before giving up.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The registry file of the root user (shared system state).
+const ROOT_PATH: &str = "/var/lib/agentkernel/registry.db";
+
+/// Version 1. `STRICT` makes SQLite refuse values of the wrong type instead of storing
+/// them, so a bad write fails loudly rather than surfacing later as a damaged row.
+const SCHEMA_V1: &str = "
+CREATE TABLE sandboxes (
+    name       TEXT PRIMARY KEY NOT NULL,
+    uuid       TEXT NOT NULL UNIQUE,
+    backend    TEXT NOT NULL,
+    state      TEXT NOT NULL,
+    spec       TEXT NOT NULL,
+    handle     TEXT,
+    created_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL,
+    error      TEXT
+) STRICT;
+";
+
+const COLUMNS: &str = "name, uuid, backend, state, spec, handle, created_at, updated_at, error";
+
+/// One named sandbox as the registry knows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxRecord {
+    pub name: String,
+    /// `ak_core::spec::new_sandbox_id()`; also the id the backend knows the sandbox by.
+    pub uuid: String,
+    pub backend: BackendKind,
+    pub state: SandboxState,
+    /// Stored as JSON text.
+    pub spec: SandboxSpec,
+    /// The backend's handle (JSON text, opaque here) while the sandbox runs.
+    pub handle: Option<String>,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds.
+    pub updated_at: i64,
+    /// Why it failed, when `state` is `Failed`.
+    pub error: Option<String>,
+}
+
+/// What went wrong reading or writing the registry.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("cannot open the sandbox registry {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("the sandbox registry holds a damaged entry: {0}")]
+    Corrupt(String),
+    #[error("a sandbox named '{0}' already exists")]
+    Duplicate(String),
+    #[error("no sandbox named '{0}'")]
+    NotFound(String),
+    #[error("sandbox '{name}' is {actual}, not {expected} (it was changed meanwhile)")]
+    StateChanged {
+        name: String,
+        expected: SandboxState,
+        actual: SandboxState,
+    },
+    #[error("sandbox '{name}' cannot go from {from} to {to}")]
+    InvalidTransition {
+        name: String,
+        from: SandboxState,
+        to: SandboxState,
+    },
+    #[error(
+        "the sandbox registry has schema version {found}, newer than this agentkernel \
+         supports ({supported}); use a newer agentkernel"
+    )]
+    NewerSchema { found: i64, supported: i64 },
+    /// A record whose name `ak_core::spec::validate_name` refuses is never stored.
+    #[error(transparent)]
+    InvalidName(ConfigError),
+}
+
+/// The registry: one SQLite connection, shared by the threads of this process.
+pub struct Registry {
+    path: PathBuf,
+    // rusqlite's Connection is Send but not Sync; the mutex makes the registry Sync and
+    // serializes this process's statements (other processes are serialized by SQLite).
+    conn: Mutex<Connection>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Registry")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Registry {
+    /// Opens (creating it and its parent directories when missing) the registry at `path`.
+    pub fn open(path: &Path) -> Result<Registry, RegistryError> {
+        let open_error = |source: Box<dyn std::error::Error + Send + Sync>| RegistryError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            // Specs hold environment variables, which often hold secrets: keep them private.
+            DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(|e| open_error(e.into()))?;
+        }
+        // Created here rather than by SQLite so that it is 0600 whatever the umask; SQLite
+        // gives its -wal and -shm files the same mode as the database.
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| open_error(e.into()))?;
+        let conn = Connection::open(path).map_err(|e| open_error(e.into()))?;
+        configure(&conn).map_err(open_error)?;
+        let mut registry = Registry {
+            path: path.to_path_buf(),
+            conn: Mutex::new(conn),
+        };
+        registry.migrate()?;
+        Ok(registry)
+    }
+
+    /// Where the registry lives: `/var/lib/agentkernel/registry.db` for root, else
+    /// `$XDG_STATE_HOME/agentkernel/registry.db` (by default
+    /// `~/.local/state/agentkernel/registry.db`).
+    pub fn default_path() -> PathBuf {
+        if rustix::process::geteuid().is_root() {
+            return PathBuf::from(ROOT_PATH);
+        }
+        match dirs::state_dir() {
+            Some(state) => state.join("agentkernel").join("registry.db"),
+            // No home directory at all: the system path, which fails to open with a
+            // permission error that names it, rather than some surprising place.
+            None => PathBuf::from(ROOT_PATH),
+        }
+    }
+
+    /// The file this registry reads and writes.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stores a new sandbox. Its name must be valid and not taken.
+    pub fn insert(&self, record: &SandboxRecord) -> Result<(), RegistryError> {
+        ak_core::spec::validate_name(&record.name).map_err(RegistryError::InvalidName)?;
+        let spec = serde_json::to_string(&record.spec)
+            .map_err(|e| RegistryError::Corrupt(format!("cannot encode the spec: {e}")))?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Checked inside the transaction so that the answer holds until the insert.
+        let taken = tx
+            .query_row(
+                "SELECT 1 FROM sandboxes WHERE name = ?1",
+                [&record.name],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some();
+        if taken {
+            return Err(RegistryError::Duplicate(record.name.clone()));
+        }
+        tx.execute(
+            &format!(
+                "INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+            ),
+            params![
+                record.name,
+                record.uuid,
+                record.backend.as_str(),
+                record.state.as_str(),
+                spec,
+                record.handle,
+                record.created_at,
+                record.updated_at,
+                record.error,
+            ],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The sandbox called `name`, if any.
+    pub fn get(&self, name: &str) -> Result<Option<SandboxRecord>, RegistryError> {
+        query_one(&self.conn(), "name", name)
+    }
+
+    /// The sandbox whose uuid is `uuid`, if any.
+    pub fn get_by_uuid(&self, uuid: &str) -> Result<Option<SandboxRecord>, RegistryError> {
+        query_one(&self.conn(), "uuid", uuid)
+    }
+
+    /// Every sandbox, oldest first (then by name).
+    pub fn list(&self) -> Result<Vec<SandboxRecord>, RegistryError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM sandboxes ORDER BY created_at, name"
+        ))?;
+        let rows = statement.query_map([], RawRecord::from_row)?;
+        let mut records = Vec::new();
+        for row in rows {
+            records.push(row.map_err(column_error)?.into_record()?);
+        }
+        Ok(records)
+    }
+
+    /// Moves `name` from `from` to `to` atomically (compare-and-set: fails with
+    /// [`RegistryError::StateChanged`] if the stored state is not `from`), and sets
+    /// handle and error as given. Refuses what `from.can_become(to)` forbids.
+    pub fn transition(
+        &self,
+        name: &str,
+        from: SandboxState,
+        to: SandboxState,
+        handle: Option<String>,
+        error: Option<String>,
+    ) -> Result<SandboxRecord, RegistryError> {
+        if !from.can_become(to) {
+            return Err(RegistryError::InvalidTransition {
+                name: name.to_string(),
+                from,
+                to,
+            });
+        }
+        let mut conn = self.conn();
+        // IMMEDIATE takes the write lock before the read, so no other process can change
+        // the state between the check and the update.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let stored: Option<String> = tx
+            .query_row(
+                "SELECT state FROM sandboxes WHERE name = ?1",
+                [name],
+                |row| row.get(0),
+            )
+            .optional()
+            .map_err(column_error)?;
+        let Some(stored) = stored else {
+            return Err(RegistryError::NotFound(name.to_string()));
+        };
+        let actual = parse_state(&stored, name)?;
+        if actual != from {
+            return Err(RegistryError::StateChanged {
+                name: name.to_string(),
+                expected: from,
+                actual,
+            });
+        }
+        tx.execute(
+            "UPDATE sandboxes SET state = ?1, handle = ?2, error = ?3, updated_at = ?4
+             WHERE name = ?5 AND state = ?6",
+            params![to.as_str(), handle, error, now_unix(), name, from.as_str()],
+        )?;
+        let record = query_one(&tx, "name", name)?
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    /// Deletes the entry of `name`; whether there was one.
+    pub fn remove(&self, name: &str) -> Result<bool, RegistryError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let deleted = tx.execute("DELETE FROM sandboxes WHERE name = ?1", [name])?;
+        tx.commit()?;
+        Ok(deleted > 0)
+    }
+
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        // A panic while the lock was held cannot leave a half-done write behind: an
+        // unfinished rusqlite transaction rolls back when dropped. So the poison is moot.
+        self.conn.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Brings a new file to the current schema; refuses a file from a newer agentkernel.
+    fn migrate(&mut self) -> Result<(), RegistryError> {
+        let conn = self.conn.get_mut().unwrap_or_else(PoisonError::into_inner);
+        // IMMEDIATE so that two processes opening a new file at once do not both create
+        // the schema: the second waits, then sees the version the first wrote.
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let found: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+        match found {
+            0 => {
+                tx.execute_batch(SCHEMA_V1)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            SCHEMA_VERSION => {}
+            found if found > SCHEMA_VERSION => {
+                return Err(RegistryError::NewerSchema {
+                    found,
+                    supported: SCHEMA_VERSION,
+                });
+            }
+            found => {
+                return Err(RegistryError::Corrupt(format!(
+                    "unknown schema version {found}"
+                )));
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}
+
+/// Per-connection settings; the journal mode is stored in the file, the rest is not.
+fn configure(conn: &Connection) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    // First, so that the statements below wait for other processes instead of failing.
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // WAL: readers never block the writer, and a killed writer leaves only uncommitted
+    // frames behind, which the next opener discards.
+    let mode: String =
+        conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(format!("journal_mode stayed '{mode}' instead of becoming 'wal'").into());
+    }
+    // FULL: the WAL is synced at every commit, so an acknowledged write survives a crash
+    // of the machine, not only of the process (NORMAL could lose the last commits).
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    Ok(())
+}
+
+/// The one row whose `column` (`name` or `uuid`, both unique) equals `value`.
+fn query_one(
+    conn: &Connection,
+    column: &'static str,
+    value: &str,
+) -> Result<Option<SandboxRecord>, RegistryError> {
+    let raw = conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM sandboxes WHERE {column} = ?1"),
+            [value],
+            RawRecord::from_row,
+        )
+        .optional()
+        .map_err(column_error)?;
+    raw.map(RawRecord::into_record).transpose()
+}
+
+/// A row as stored, before its text is decoded.
+struct RawRecord {
+    name: String,
+    uuid: String,
+    backend: String,
+    state: String,
+    spec: String,
+    handle: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+    error: Option<String>,
+}
+
+impl RawRecord {
+    fn from_row(row: &Row<'_>) -> rusqlite::Result<RawRecord> {
+        Ok(RawRecord {
+            name: row.get(0)?,
+            uuid: row.get(1)?,
+            backend: row.get(2)?,
+            state: row.get(3)?,
+            spec: row.get(4)?,
+            handle: row.get(5)?,
+            created_at: row.get(6)?,
+            updated_at: row.get(7)?,
+            error: row.get(8)?,
+        })
+    }
+
+    fn into_record(self) -> Result<SandboxRecord, RegistryError> {
+        let name = self.name;
+        let backend = self.backend.parse::<BackendKind>().map_err(|_| {
+            RegistryError::Corrupt(format!(
+                "sandbox '{name}' has unknown backend '{}'",
+                self.backend
+            ))
+        })?;
+        let state = parse_state(&self.state, &name)?;
+        let spec = serde_json::from_str(&self.spec).map_err(|e| {
+            RegistryError::Corrupt(format!("sandbox '{name}' has an unreadable spec: {e}"))
+        })?;
+        Ok(SandboxRecord {
+            name,
+            uuid: self.uuid,
+            backend,
+            state,
+            spec,
+            handle: self.handle,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            error: self.error,
+        })
+    }
+}
+
+/// A value of the wrong type in a column is a damaged row, not a database failure.
+fn column_error(error: rusqlite::Error) -> RegistryError {
+    match error {
+        rusqlite::Error::InvalidColumnType(index, column, kind) => RegistryError::Corrupt(format!(
+            "column {index} ({column}) holds a value of type {kind}"
+        )),
+        rusqlite::Error::FromSqlConversionFailure(index, kind, source) => RegistryError::Corrupt(
+            format!("column {index} holds an unreadable {kind} value: {source}"),
+        ),
+        other => RegistryError::Sqlite(other),
+    }
+}
+
+/// Decoded here rather than through a `FromStr` on `SandboxState`, which ak-core does not
+/// have: the stored text is `SandboxState::as_str`.
+fn parse_state(text: &str, name: &str) -> Result<SandboxState, RegistryError> {
+    Ok(match text {
+        "creating" => SandboxState::Creating,
+        "running" => SandboxState::Running,
+        "stopped" => SandboxState::Stopped,
+        "removed" => SandboxState::Removed,
+        "failed" => SandboxState::Failed,
+        other => {
+            return Err(RegistryError::Corrupt(format!(
+                "sandbox '{name}' has unknown state '{other}'"
+            )));
+        }
+    })
+}
+
+fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+
+    use ak_core::config::{SandboxOptions, resolve};
+    use ak_core::spec::new_sandbox_id;
+
+    use super::*;
+
+    /// Set in the child process of the crash test: the registry it writes to.
+    const CRASH_CHILD_ENV: &str = "AK_REGISTRY_CRASH_CHILD_DB";
+    const CRASH_TEST: &str = "registry::tests::killed_writer_leaves_a_consistent_registry";
+    const CRASH_RECORDS: usize = 50;
+    /// Acknowledged inserts the parent waits for before it kills the child.
+    const CRASH_AFTER: usize = 10;
+
+    fn record(name: &str, created_at: i64) -> SandboxRecord {
+        let uuid = new_sandbox_id();
+        let options = SandboxOptions {
+            memory: Some("256M".into()),
+            timeout: Some("90s".into()),
+            env: Some(vec!["A=1".into(), "SECRET=x y z".into()]),
+            workdir: Some("/work".into()),
+            ..SandboxOptions::default()
+        };
+        let spec = resolve(options, Path::new("/"), uuid.clone()).unwrap();
+        SandboxRecord {
+            name: name.into(),
+            uuid,
+            backend: spec.backend,
+            state: SandboxState::Creating,
+            spec,
+            handle: None,
+            created_at,
+            updated_at: created_at,
+            error: None,
+        }
+    }
+
+    fn open_temp() -> (tempfile::TempDir, PathBuf, Registry) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir
+            .path()
+            .join("state")
+            .join("agentkernel")
+            .join("registry.db");
+        let registry = Registry::open(&path).unwrap();
+        (dir, path, registry)
+    }
+
+    #[test]
+    fn insert_get_list_remove_round_trip() {
+        let (_dir, _path, registry) = open_temp();
+        let b = record("b", 100);
+        let a = record("a", 100);
+        let first = record("z-first", 50);
+        for r in [&b, &a, &first] {
+            registry.insert(r).unwrap();
+        }
+        assert_eq!(registry.get("a").unwrap().as_ref(), Some(&a));
+        assert_eq!(registry.get_by_uuid(&b.uuid).unwrap().as_ref(), Some(&b));
+        assert_eq!(registry.get("nope").unwrap(), None);
+        assert_eq!(registry.get_by_uuid("nope").unwrap(), None);
+        // Ordered by creation time, then name.
+        assert_eq!(registry.list().unwrap(), vec![first.clone(), a.clone(), b]);
+        assert!(registry.remove("b").unwrap());
+        assert!(!registry.remove("b").unwrap());
+        assert_eq!(registry.get("b").unwrap(), None);
+        assert_eq!(registry.list().unwrap(), vec![first, a]);
+    }
+
+    #[test]
+    fn files_are_private() {
+        let (dir, path, _registry) = open_temp();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&path), 0o600);
+        assert_eq!(mode(path.parent().unwrap()), 0o700);
+        assert_eq!(mode(&dir.path().join("state")), 0o700);
+    }
+
+    #[test]
+    fn duplicate_names_and_bad_names_are_refused() {
+        let (_dir, _path, registry) = open_temp();
+        let original = record("box", 1);
+        registry.insert(&original).unwrap();
+        match registry.insert(&record("box", 2)) {
+            Err(RegistryError::Duplicate(name)) => assert_eq!(name, "box"),
+            other => panic!("expected Duplicate, got {other:?}"),
+        }
+        assert_eq!(registry.get("box").unwrap(), Some(original));
+        assert!(matches!(
+            registry.insert(&record("../x", 1)),
+            Err(RegistryError::InvalidName(_))
+        ));
+        assert_eq!(registry.list().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn transition_is_a_compare_and_set() {
+        let (_dir, _path, registry) = open_temp();
+        registry.insert(&record("box", 1)).unwrap();
+        let running = registry
+            .transition(
+                "box",
+                SandboxState::Creating,
+                SandboxState::Running,
+                Some(r#"{"pid":42}"#.into()),
+                None,
+            )
+            .unwrap();
+        assert_eq!(running.state, SandboxState::Running);
+        assert_eq!(running.handle.as_deref(), Some(r#"{"pid":42}"#));
+        assert!(running.updated_at >= running.created_at);
+        assert_eq!(registry.get("box").unwrap(), Some(running.clone()));
+
+        // A caller that still believes the sandbox is being created loses.
+        match registry.transition(
+            "box",
+            SandboxState::Creating,
+            SandboxState::Failed,
+            None,
+            Some("late".into()),
+        ) {
+            Err(RegistryError::StateChanged {
+                name,
+                expected,
+                actual,
+            }) => {
+                assert_eq!(name, "box");
+                assert_eq!(expected, SandboxState::Creating);
+                assert_eq!(actual, SandboxState::Running);
+            }
+            other => panic!("expected StateChanged, got {other:?}"),
+        }
+        assert_eq!(registry.get("box").unwrap(), Some(running));
+
+        let failed = registry
+            .transition(
+                "box",
+                SandboxState::Running,
+                SandboxState::Failed,
+                None,
+                Some("agent died".into()),
+            )
+            .unwrap();
+        assert_eq!(failed.state, SandboxState::Failed);
+        assert_eq!(failed.handle, None);
+        assert_eq!(failed.error.as_deref(), Some("agent died"));
+
+        assert!(matches!(
+            registry.transition(
+                "ghost",
+                SandboxState::Stopped,
+                SandboxState::Running,
+                None,
+                None
+            ),
+            Err(RegistryError::NotFound(name)) if name == "ghost"
+        ));
+    }
+
+    #[test]
+    fn invalid_transitions_are_refused() {
+        let (_dir, _path, registry) = open_temp();
+        registry.insert(&record("box", 1)).unwrap();
+        registry
+            .transition(
+                "box",
+                SandboxState::Creating,
+                SandboxState::Running,
+                None,
+                None,
+            )
+            .unwrap();
+        match registry.transition(
+            "box",
+            SandboxState::Running,
+            SandboxState::Removed,
+            None,
+            None,
+        ) {
+            Err(RegistryError::InvalidTransition { name, from, to }) => {
+                assert_eq!(name, "box");
+                assert_eq!(from, SandboxState::Running);
+                assert_eq!(to, SandboxState::Removed);
+            }
+            other => panic!("expected InvalidTransition, got {other:?}"),
+        }
+        assert_eq!(
+            registry.get("box").unwrap().unwrap().state,
+            SandboxState::Running
+        );
+    }
+
+    #[test]
+    fn damaged_rows_are_errors_not_panics() {
+        let (_dir, path, registry) = open_temp();
+        registry.insert(&record("bad-json", 1)).unwrap();
+        registry.insert(&record("bad-state", 2)).unwrap();
+        registry.insert(&record("bad-backend", 3)).unwrap();
+        let raw = Connection::open(&path).unwrap();
+        raw.execute_batch(
+            "UPDATE sandboxes SET spec = '{\"id\": 12' WHERE name = 'bad-json';
+             UPDATE sandboxes SET state = 'zombie' WHERE name = 'bad-state';
+             UPDATE sandboxes SET backend = 'qemu' WHERE name = 'bad-backend';",
+        )
+        .unwrap();
+        for name in ["bad-json", "bad-state", "bad-backend"] {
+            match registry.get(name) {
+                Err(RegistryError::Corrupt(message)) => assert!(message.contains(name)),
+                other => panic!("{name}: expected Corrupt, got {other:?}"),
+            }
+        }
+        assert!(matches!(registry.list(), Err(RegistryError::Corrupt(_))));
+        assert!(matches!(
+            registry.transition(
+                "bad-state",
+                SandboxState::Creating,
+                SandboxState::Running,
+                None,
+                None
+            ),
+            Err(RegistryError::Corrupt(_))
+        ));
+        // A damaged entry can still be deleted.
+        assert!(registry.remove("bad-json").unwrap());
+    }
+
+    #[test]
+    fn reopening_keeps_the_data() {
+        let (_dir, path, registry) = open_temp();
+        let original = record("keep", 7);
+        registry.insert(&original).unwrap();
+        drop(registry);
+        let reopened = Registry::open(&path).unwrap();
+        assert_eq!(reopened.list().unwrap(), vec![original]);
+    }
+
+    #[test]
+    fn two_instances_see_each_other() {
+        let (_dir, path, first) = open_temp();
+        let second = Registry::open(&path).unwrap();
+        let created = record("shared", 1);
+        first.insert(&created).unwrap();
+        assert_eq!(second.get("shared").unwrap(), Some(created));
+        second
+            .transition(
+                "shared",
+                SandboxState::Creating,
+                SandboxState::Running,
+                None,
+                None,
+            )
+            .unwrap();
+        assert_eq!(
+            first.get("shared").unwrap().unwrap().state,
+            SandboxState::Running
+        );
+        assert!(matches!(
+            first.transition(
+                "shared",
+                SandboxState::Creating,
+                SandboxState::Running,
+                None,
+                None
+            ),
+            Err(RegistryError::StateChanged { .. })
+        ));
+        assert!(matches!(
+            second.insert(&record("shared", 2)),
+            Err(RegistryError::Duplicate(_))
+        ));
+        assert!(first.remove("shared").unwrap());
+        assert_eq!(second.get("shared").unwrap(), None);
+    }
+
+    #[test]
+    fn registry_is_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Registry>();
+        let (_dir, _path, registry) = open_temp();
+        std::thread::scope(|scope| {
+            for t in 0..4 {
+                let registry = &registry;
+                scope.spawn(move || {
+                    for i in 0..10 {
+                        registry.insert(&record(&format!("t{t}-{i}"), i)).unwrap();
+                    }
+                });
+            }
+        });
+        assert_eq!(registry.list().unwrap().len(), 40);
+    }
+
+    #[test]
+    fn newer_schema_is_refused() {
+        let (_dir, path, registry) = open_temp();
+        drop(registry);
+        Connection::open(&path)
+            .unwrap()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        match Registry::open(&path) {
+            Err(RegistryError::NewerSchema { found, supported }) => {
+                assert_eq!(found, 99);
+                assert_eq!(supported, SCHEMA_VERSION);
+            }
+            other => panic!("expected NewerSchema, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn not_a_database_is_an_open_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.db");
+        std::fs::write(&path, vec![0x5a; 8192]).unwrap();
+        match Registry::open(&path) {
+            Err(RegistryError::Open { path: shown, .. }) => assert_eq!(shown, path),
+            other => panic!("expected Open, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn default_path_is_named_registry_db() {
+        let path = Registry::default_path();
+        assert!(path.is_absolute(), "{}", path.display());
+        assert!(
+            path.ends_with("agentkernel/registry.db"),
+            "{}",
+            path.display()
+        );
+    }
+
+    /// The child of the crash test: inserts records and says so after each commit, until
+    /// the parent kills it.
+    fn crash_child(path: &Path) {
+        let registry = Registry::open(path).unwrap();
+        let mut stdout = std::io::stdout();
+        for i in 0..CRASH_RECORDS {
+            registry
+                .insert(&record(&format!("r{i:02}"), i64::try_from(i).unwrap()))
+                .unwrap();
+            writeln!(stdout, "inserted {i}").unwrap();
+            stdout.flush().unwrap();
+            // Keeps the child from finishing before the parent's kill lands.
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn killed_writer_leaves_a_consistent_registry() {
+        if let Some(path) = std::env::var_os(CRASH_CHILD_ENV) {
+            crash_child(Path::new(&path));
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("registry.db");
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", CRASH_TEST, "--nocapture", "--test-threads=1"])
+            .env(CRASH_CHILD_ENV, &path)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut acknowledged = 0;
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        for line in lines.by_ref() {
+            if line.unwrap().starts_with("inserted ") {
+                acknowledged += 1;
+                if acknowledged == CRASH_AFTER {
+                    break;
+                }
+            }
+        }
+        // Child::kill sends SIGKILL: no destructor, no rollback, no clean close.
+        child.kill().unwrap();
+        let status = child.wait().unwrap();
+        drop(lines);
+        assert_eq!(
+            acknowledged, CRASH_AFTER,
+            "the child stopped early: {status}"
+        );
+
+        let raw = Connection::open(&path).unwrap();
+        let check: String = raw
+            .query_row("PRAGMA integrity_check", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(check, "ok");
+        drop(raw);
+
+        let registry = Registry::open(&path).unwrap();
+        let records = registry.list().unwrap();
+        // Every acknowledged insert survived; nothing beyond what was attempted appeared.
+        assert!(
+            (CRASH_AFTER..=CRASH_RECORDS).contains(&records.len()),
+            "{} records",
+            records.len()
+        );
+        for (i, record) in records.iter().enumerate() {
+            // Inserted in order, so what survived is a prefix, each row whole.
+            assert_eq!(record.name, format!("r{i:02}"));
+            assert_eq!(record.created_at, i64::try_from(i).unwrap());
+            assert_eq!(record.spec.id, record.uuid);
+            assert_eq!(record.state, SandboxState::Creating);
+            assert_eq!(record.spec.env.len(), 2);
+            assert_eq!(
+                registry.get_by_uuid(&record.uuid).unwrap().as_ref(),
+                Some(record)
+            );
+        }
+    }
+}

@@ -1,0 +1,379 @@
+//! Named sandboxes: create, start, exec, stop, remove, list and inspect, for every backend
+//! alike. Every operation checks the state machine first, holds a per-name lock so that
+//! concurrent callers (several CLIs, the daemon) cannot interleave, and records its result
+//! in the registry before returning.
+
+use std::fs::File;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+
+use ak_core::backend::{Lifetime, SandboxHandle};
+use ak_core::spec::validate_name;
+use ak_core::{BackendError, ExecSpec, Mount, SandboxSpec, SandboxState};
+use ak_protocol::AgentClient;
+use ak_protocol::handshake::software;
+use rustix::fs::{FlockOperation, flock};
+
+use crate::Service;
+use crate::error::ServiceError;
+use crate::registry::{RegistryError, SandboxRecord};
+use crate::session::CommandSession;
+
+/// Where a named sandbox's workdir lives inside it when the service provides one.
+const NAMED_WORKDIR: &str = "/workspace";
+
+/// Exclusive hold on one sandbox name, across processes, while an operation runs.
+#[derive(Debug)]
+struct NameLock {
+    _file: File,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or_default()
+}
+
+impl Service {
+    fn lock_name(&self, name: &str) -> Result<NameLock, ServiceError> {
+        let dir = self.state_dir()?.join("locks");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|e| ServiceError::State(format!("create {}: {e}", dir.display())))?;
+        let path = dir.join(format!("{name}.lock"));
+        let file = File::create(&path)
+            .map_err(|e| ServiceError::State(format!("open {}: {e}", path.display())))?;
+        flock(&file, FlockOperation::LockExclusive)
+            .map_err(|e| ServiceError::State(format!("lock {}: {e}", path.display())))?;
+        Ok(NameLock { _file: file })
+    }
+
+    fn record(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
+        validate_name(name)?;
+        self.registry()?
+            .get(name)?
+            .ok_or_else(|| ServiceError::NotFound(name.to_string()))
+    }
+
+    /// The state directory and its `sandboxes` directory get mode 0711: a sandbox's first
+    /// process runs as the sandbox's (unprivileged) root and must pass through them to bind
+    /// its workdir, while nobody may list them (the registry file itself stays 0600).
+    fn make_traversable(&self) -> Result<(), ServiceError> {
+        let state = self.state_dir()?;
+        let sandboxes = state.join("sandboxes");
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o711)
+            .create(&sandboxes)
+            .map_err(|e| ServiceError::State(format!("create {}: {e}", sandboxes.display())))?;
+        for dir in [state, sandboxes.as_path()] {
+            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
+                .map_err(|e| ServiceError::State(format!("chmod {}: {e}", dir.display())))?;
+        }
+        Ok(())
+    }
+
+    fn host_dir_of(&self, record_uuid: &str) -> Result<PathBuf, ServiceError> {
+        Ok(self.state_dir()?.join("sandboxes").join(record_uuid))
+    }
+
+    /// Records a new sandbox (stopped) with a persistent workdir. `dir` makes a host
+    /// directory the workdir instead, mounted at the same path.
+    pub async fn create_named(
+        &self,
+        name: &str,
+        mut spec: SandboxSpec,
+        dir: Option<&Path>,
+    ) -> Result<SandboxRecord, ServiceError> {
+        validate_name(name)?;
+        let backend = self.backend(spec.backend)?.clone();
+        let _lock = self.lock_name(name)?;
+        if self.registry()?.get(name)?.is_some() {
+            return Err(ServiceError::Duplicate(name.to_string()));
+        }
+        let workdir_host = match dir {
+            Some(dir) => dir
+                .canonicalize()
+                .map_err(|e| ServiceError::InvalidInput(format!("--dir {}: {e}", dir.display())))?,
+            None => {
+                self.make_traversable()?;
+                let host = self.host_dir_of(&spec.id)?.join("workspace");
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o755)
+                    .create(&host)
+                    .map_err(|e| ServiceError::State(format!("create {}: {e}", host.display())))?;
+                if let Some((uid, gid)) = backend.sandbox_root_owner() {
+                    rustix::fs::chown(
+                        &host,
+                        Some(rustix::fs::Uid::from_raw(uid)),
+                        Some(rustix::fs::Gid::from_raw(gid)),
+                    )
+                    .map_err(|e| ServiceError::State(format!("chown {}: {e}", host.display())))?;
+                }
+                host
+            }
+        };
+        let target = if dir.is_some() {
+            workdir_host.clone()
+        } else {
+            PathBuf::from(NAMED_WORKDIR)
+        };
+        spec.mounts.retain(|m| m.target != target);
+        spec.mounts.push(Mount {
+            host: workdir_host,
+            target: target.clone(),
+            writable: true,
+        });
+        spec.workdir = target;
+        let record = SandboxRecord {
+            name: name.to_string(),
+            uuid: spec.id.clone(),
+            backend: spec.backend,
+            state: SandboxState::Stopped,
+            spec,
+            handle: None,
+            created_at: now(),
+            updated_at: now(),
+            error: None,
+        };
+        match self.registry()?.insert(&record) {
+            Ok(()) => Ok(record),
+            Err(RegistryError::Duplicate(name)) => Err(ServiceError::Duplicate(name)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Starts a stopped sandbox.
+    pub async fn start_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
+        let _lock = self.lock_name(name)?;
+        let record = self.record(name)?;
+        require(&record, &[SandboxState::Stopped], "start")?;
+        let backend = self.backend(record.backend)?;
+        let sandbox = match backend.create(&record.spec, Lifetime::Persistent).await {
+            Ok(sandbox) => sandbox,
+            Err(error) => {
+                self.registry()?.transition(
+                    name,
+                    SandboxState::Stopped,
+                    SandboxState::Failed,
+                    None,
+                    Some(error.to_string()),
+                )?;
+                return Err(error.into());
+            }
+        };
+        let handle = serde_json::to_string(&sandbox.handle())
+            .map_err(|e| ServiceError::State(format!("encode handle: {e}")))?;
+        sandbox.detach();
+        Ok(self.registry()?.transition(
+            name,
+            SandboxState::Stopped,
+            SandboxState::Running,
+            Some(handle),
+            None,
+        )?)
+    }
+
+    /// Stops a running sandbox: every process ends; the workdir stays.
+    pub async fn stop_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
+        let _lock = self.lock_name(name)?;
+        let record = self.record(name)?;
+        require(&record, &[SandboxState::Running], "stop")?;
+        self.release_record(&record).await?;
+        Ok(self.registry()?.transition(
+            name,
+            SandboxState::Running,
+            SandboxState::Stopped,
+            None,
+            None,
+        )?)
+    }
+
+    /// Removes a stopped or failed sandbox (`force` stops a running one first) and its
+    /// service-owned workdir.
+    pub async fn remove_named(&self, name: &str, force: bool) -> Result<(), ServiceError> {
+        let _lock = self.lock_name(name)?;
+        let mut record = self.record(name)?;
+        if record.state == SandboxState::Running {
+            if !force {
+                return Err(ServiceError::WrongState {
+                    name: name.to_string(),
+                    state: record.state,
+                    hint: format!(
+                        "stop it first (agentkernel stop {name}) or remove it with --force"
+                    ),
+                });
+            }
+            self.release_record(&record).await?;
+            record = self.registry()?.transition(
+                name,
+                SandboxState::Running,
+                SandboxState::Stopped,
+                None,
+                None,
+            )?;
+        }
+        require(
+            &record,
+            &[SandboxState::Stopped, SandboxState::Failed],
+            "remove",
+        )?;
+        self.release_record(&record).await?;
+        let host_dir = self.host_dir_of(&record.uuid)?;
+        if host_dir.exists() {
+            std::fs::remove_dir_all(&host_dir)
+                .map_err(|e| ServiceError::State(format!("remove {}: {e}", host_dir.display())))?;
+        }
+        self.registry()?.remove(name)?;
+        Ok(())
+    }
+
+    /// Every named sandbox, after reconciling running ones with reality.
+    pub async fn list_named(&self) -> Result<Vec<SandboxRecord>, ServiceError> {
+        self.reconcile().await?;
+        Ok(self.registry()?.list()?)
+    }
+
+    /// One named sandbox, after reconciling it with reality.
+    pub async fn inspect_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
+        let record = self.record(name)?;
+        if record.state == SandboxState::Running {
+            let _lock = self.lock_name(name)?;
+            self.check_alive(&self.record(name)?).await?;
+        }
+        self.record(name)
+    }
+
+    /// Starts a command in a running sandbox. The session ends without stopping it.
+    pub async fn exec_named(
+        &self,
+        name: &str,
+        exec: ExecSpec,
+    ) -> Result<CommandSession, ServiceError> {
+        let client = self.client_named(name).await?;
+        CommandSession::start_in(client, exec, None).await
+    }
+
+    /// A connected, handshaken client of a running sandbox's agent (for files, execs).
+    pub async fn client_named(&self, name: &str) -> Result<AgentClient, ServiceError> {
+        let record = self.record(name)?;
+        require(&record, &[SandboxState::Running], "reach")?;
+        let mut sandbox = match self.attach_record(&record).await {
+            Ok(sandbox) => sandbox,
+            Err(ServiceError::Backend(BackendError::Gone(_))) => {
+                let _lock = self.lock_name(name)?;
+                self.check_alive(&self.record(name)?).await?;
+                return Err(ServiceError::WrongState {
+                    name: name.to_string(),
+                    state: SandboxState::Failed,
+                    hint: format!("it stopped unexpectedly; remove it (agentkernel remove {name})"),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let transport = sandbox.connect().await?;
+        sandbox.detach();
+        Ok(AgentClient::connect(transport, software("agentkernel")).await?)
+    }
+
+    /// Marks running sandboxes whose processes are gone as failed and releases what they
+    /// left behind. Returns the names that failed.
+    pub async fn reconcile(&self) -> Result<Vec<String>, ServiceError> {
+        let mut failed = Vec::new();
+        for record in self.registry()?.list()? {
+            if record.state != SandboxState::Running {
+                continue;
+            }
+            let _lock = self.lock_name(&record.name)?;
+            let Some(current) = self.registry()?.get(&record.name)? else {
+                continue;
+            };
+            if !self.check_alive(&current).await? {
+                failed.push(record.name.clone());
+            }
+        }
+        Ok(failed)
+    }
+
+    /// With the name locked: true if alive; otherwise marks it failed and releases it.
+    async fn check_alive(&self, record: &SandboxRecord) -> Result<bool, ServiceError> {
+        if record.state != SandboxState::Running {
+            return Ok(true);
+        }
+        match self.attach_record(record).await {
+            Ok(sandbox) => {
+                sandbox.detach();
+                Ok(true)
+            }
+            Err(ServiceError::Backend(BackendError::Gone(reason))) => {
+                tracing::warn!(name = %record.name, "sandbox is gone: {reason}");
+                self.release_record(record).await?;
+                self.registry()?.transition(
+                    &record.name,
+                    SandboxState::Running,
+                    SandboxState::Failed,
+                    None,
+                    Some(format!("its processes ended unexpectedly ({reason})")),
+                )?;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn attach_record(
+        &self,
+        record: &SandboxRecord,
+    ) -> Result<Box<dyn ak_core::Sandbox>, ServiceError> {
+        let handle = parse_handle(record)?;
+        Ok(self.backend(record.backend)?.attach(&handle).await?)
+    }
+
+    async fn release_record(&self, record: &SandboxRecord) -> Result<(), ServiceError> {
+        if record.handle.is_none() {
+            return Ok(());
+        }
+        let handle = parse_handle(record)?;
+        Ok(self.backend(record.backend)?.release(&handle).await?)
+    }
+}
+
+fn parse_handle(record: &SandboxRecord) -> Result<SandboxHandle, ServiceError> {
+    let text = record.handle.as_deref().ok_or_else(|| {
+        ServiceError::State(format!("sandbox '{}' has no backend handle", record.name))
+    })?;
+    serde_json::from_str(text)
+        .map_err(|e| ServiceError::State(format!("sandbox '{}': bad handle: {e}", record.name)))
+}
+
+/// Fails with a message naming the state and what to do unless `record` is in `allowed`.
+fn require(
+    record: &SandboxRecord,
+    allowed: &[SandboxState],
+    action: &str,
+) -> Result<(), ServiceError> {
+    if allowed.contains(&record.state) {
+        return Ok(());
+    }
+    let name = &record.name;
+    let hint = match (record.state, action) {
+        (SandboxState::Running, "start") => "it is already running".to_string(),
+        (SandboxState::Stopped, "stop") => "it is already stopped".to_string(),
+        (SandboxState::Stopped, _) => format!("start it first (agentkernel start {name})"),
+        (SandboxState::Failed, _) => format!(
+            "it failed ({}); remove it (agentkernel remove {name})",
+            record.error.as_deref().unwrap_or("unknown reason")
+        ),
+        (SandboxState::Running, _) => format!("stop it first (agentkernel stop {name})"),
+        _ => format!("it is {}", record.state),
+    };
+    Err(ServiceError::WrongState {
+        name: name.clone(),
+        state: record.state,
+        hint: format!("cannot {action}: {hint}"),
+    })
+}

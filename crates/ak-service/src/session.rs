@@ -1,0 +1,117 @@
+//! A command running in a sandbox, as every front end consumes it: events to stream,
+//! control to send input and signals, and an end that releases what the session owns.
+
+use std::time::Duration;
+
+use ak_core::backend::SandboxUsage;
+use ak_core::{ExecSpec, ExitStatus, Sandbox};
+use ak_protocol::{AgentClient, ExecControl, ExecEvent, ExecHandle};
+use tokio::time::Instant;
+
+use crate::error::ServiceError;
+
+/// Time the agent gets to kill a timed-out command itself before the service ends the
+/// whole sandbox.
+pub(crate) const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
+/// Linux's SIGKILL, the signal a command ended by the service is reported with.
+const SIGKILL: i32 = 9;
+
+/// How a command ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunOutcome {
+    pub status: ExitStatus,
+    pub timed_out: bool,
+    /// What the sandbox used, when the session owned (and so released) it.
+    pub usage: SandboxUsage,
+}
+
+/// A running command. Read its events with [`CommandSession::next_event`]; send input
+/// through [`CommandSession::control`]; end with [`CommandSession::finish`], which
+/// releases the sandbox when the session owns it (a one-shot run) and leaves a named one
+/// running.
+#[derive(Debug)]
+pub struct CommandSession {
+    owned: Option<Box<dyn Sandbox>>,
+    // Kept so the connection outlives the exec handle.
+    _client: AgentClient,
+    exec: ExecHandle,
+    deadline: Option<Instant>,
+    ended: Option<(ExitStatus, bool)>,
+}
+
+impl CommandSession {
+    /// Sends `exec` over `client`. `owned` is the sandbox to release at the end, if any;
+    /// with it, a command outliving `exec.timeout_ms` (plus a grace) ends the sandbox.
+    pub(crate) async fn start_in(
+        client: AgentClient,
+        exec: ExecSpec,
+        owned: Option<Box<dyn Sandbox>>,
+    ) -> Result<CommandSession, ServiceError> {
+        if exec.argv.is_empty() {
+            return Err(ServiceError::EmptyCommand);
+        }
+        let deadline = exec
+            .timeout_ms
+            .filter(|_| owned.is_some())
+            .map(|ms| Instant::now() + Duration::from_millis(ms) + TIMEOUT_GRACE);
+        let handle = client.exec(exec).await?;
+        Ok(CommandSession {
+            owned,
+            _client: client,
+            exec: handle,
+            deadline,
+            ended: None,
+        })
+    }
+
+    /// Input, signals and resizes for the command.
+    pub fn control(&self) -> ExecControl {
+        self.exec.control()
+    }
+
+    /// The next event; `Ok(None)` once the command has ended. A command that outlives its
+    /// deadline in an owned sandbox ends as killed and timed out.
+    pub async fn next_event(&mut self) -> Result<Option<ExecEvent>, ServiceError> {
+        if self.ended.is_some() {
+            return Ok(None);
+        }
+        let event = match (self.deadline, self.owned.as_mut()) {
+            (Some(deadline), Some(sandbox)) => {
+                match tokio::time::timeout_at(deadline, self.exec.next_event()).await {
+                    Ok(event) => event?,
+                    Err(_) => {
+                        tracing::warn!("the command outlived its timeout; ending the sandbox");
+                        sandbox.destroy().await?;
+                        Some(ExecEvent::Exited {
+                            status: ExitStatus::Signal(SIGKILL),
+                            timed_out: true,
+                        })
+                    }
+                }
+            }
+            _ => self.exec.next_event().await?,
+        };
+        if let Some(ExecEvent::Exited { status, timed_out }) = &event {
+            self.ended = Some((*status, *timed_out));
+        }
+        Ok(event)
+    }
+
+    /// Releases an owned sandbox and reports how the command ended.
+    pub async fn finish(mut self) -> Result<RunOutcome, ServiceError> {
+        let usage = match self.owned.as_mut() {
+            Some(sandbox) => sandbox.destroy().await?,
+            None => SandboxUsage::default(),
+        };
+        let (status, timed_out) = self.ended.ok_or_else(|| {
+            ServiceError::Protocol(ak_protocol::ProtocolError::Unexpected(
+                "the connection ended before the command reported an exit".into(),
+            ))
+        })?;
+        Ok(RunOutcome {
+            status,
+            timed_out,
+            usage,
+        })
+    }
+}
