@@ -98,6 +98,9 @@ pub(crate) struct ChildPlan {
     pub stderr_fd: Option<RawFd>,
     pub sync_fd: RawFd,
     pub error_fd: RawFd,
+    /// The parent's ends of the pipes: the child's copies must go at once, or a parent
+    /// that dies would never be noticed (the child would hold the write end it waits on).
+    pub parent_fds: Vec<RawFd>,
     pub dev_null: CString,
     pub root_dir: CString,
     pub dot: CString,
@@ -141,17 +144,23 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
     // SAFETY (whole function): plain system calls on NUL-terminated strings and stack
     // buffers prepared by the parent; nothing here allocates.
     unsafe {
+        for &fd in &plan.parent_fds {
+            libc::close(fd);
+        }
         // First go: the id maps are written, so files we create have owners.
         wait_for_parent(plan.sync_fd)?;
 
         if plan.drop_groups {
             check(
                 Step::Credentials,
-                libc::setgroups(0, std::ptr::null()) as libc::c_long,
+                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
             )?;
         }
-        check(Step::Credentials, libc::setresgid(0, 0, 0) as libc::c_long)?;
-        check(Step::Credentials, libc::setresuid(0, 0, 0) as libc::c_long)?;
+        // Raw system calls, not libc's wrappers: those apply the change to every thread
+        // the parent had (glibc's setxid broadcast) and would wait forever for threads that
+        // do not exist in this copy of the process.
+        check(Step::Credentials, libc::syscall(libc::SYS_setresgid, 0, 0, 0))?;
+        check(Step::Credentials, libc::syscall(libc::SYS_setresuid, 0, 0, 0))?;
         // The network, mount, uts and ipc namespaces are made here rather than by clone3:
         // a network namespace costs most of a millisecond of kernel work, which this way
         // overlaps with the parent's cgroup set-up instead of delaying it.

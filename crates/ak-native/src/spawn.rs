@@ -169,6 +169,7 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
         stderr_fd,
         sync_fd: sync_read.as_raw_fd(),
         error_fd: error_write.as_raw_fd(),
+        parent_fds: vec![sync_write.as_raw_fd(), error_read.as_raw_fd()],
         dev_null: CString::from(c"/dev/null"),
         root_dir: CString::from(c"/"),
         dot: CString::from(c"."),
