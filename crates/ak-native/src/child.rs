@@ -30,10 +30,11 @@ pub(crate) enum Step {
     NoNewPrivs,
     Seccomp,
     Exec,
+    Session,
 }
 
 impl Step {
-    pub(crate) const ALL: [Step; 15] = [
+    pub(crate) const ALL: [Step; 16] = [
         Step::Sync,
         Step::Credentials,
         Step::Namespaces,
@@ -49,6 +50,7 @@ impl Step {
         Step::NoNewPrivs,
         Step::Seccomp,
         Step::Exec,
+        Step::Session,
     ];
 
     pub(crate) fn describe(code: u32, ops: &[Op]) -> String {
@@ -71,6 +73,7 @@ impl Step {
             Some(Step::NoNewPrivs) => "set no_new_privs".into(),
             Some(Step::Seccomp) => "install the seccomp filter".into(),
             Some(Step::Exec) => "execute the agent".into(),
+            Some(Step::Session) => "start a new session".into(),
             None => format!("unknown step {code}"),
         }
     }
@@ -84,6 +87,9 @@ pub(crate) struct ChildPlan {
     pub hostname: CString,
     /// Root callers may drop the host's supplementary groups; unprivileged ones cannot.
     pub drop_groups: bool,
+    /// Leave the caller's session and process group (persistent sandboxes): a terminal's
+    /// Ctrl-C or hang-up meant for the caller must not reach a sandbox that outlives it.
+    pub new_session: bool,
     pub cgroup_namespace: bool,
     pub rlimits: Vec<(libc::__rlimit_resource_t, u64)>,
     pub landlock: Option<LandlockPlan>,
@@ -150,6 +156,9 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
         // First go: the id maps are written, so files we create have owners.
         wait_for_parent(plan.sync_fd)?;
 
+        if plan.new_session {
+            check(Step::Session, libc::setsid() as libc::c_long)?;
+        }
         if plan.drop_groups {
             check(
                 Step::Credentials,
@@ -159,8 +168,14 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
         // Raw system calls, not libc's wrappers: those apply the change to every thread
         // the parent had (glibc's setxid broadcast) and would wait forever for threads that
         // do not exist in this copy of the process.
-        check(Step::Credentials, libc::syscall(libc::SYS_setresgid, 0, 0, 0))?;
-        check(Step::Credentials, libc::syscall(libc::SYS_setresuid, 0, 0, 0))?;
+        check(
+            Step::Credentials,
+            libc::syscall(libc::SYS_setresgid, 0, 0, 0),
+        )?;
+        check(
+            Step::Credentials,
+            libc::syscall(libc::SYS_setresuid, 0, 0, 0),
+        )?;
         // The network, mount, uts and ipc namespaces are made here rather than by clone3:
         // a network namespace costs most of a millisecond of kernel work, which this way
         // overlaps with the parent's cgroup set-up instead of delaying it.

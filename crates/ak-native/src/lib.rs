@@ -259,8 +259,7 @@ impl NativeBackend {
                 Ok(sandbox)
             }
             Lifetime::Persistent => {
-                // Our unreaped child: its pid cannot have been reused yet.
-                let start_time = persistent::start_time(spawned.pid).unwrap_or_default();
+                let start_time = persistent::child_start_time(spawned.pid).unwrap_or_default();
                 let mut sandbox = NativeSandbox {
                     id: spec.id.clone(),
                     pid: spawned.pid,
@@ -293,10 +292,9 @@ impl NativeBackend {
         };
         let log = sandbox.rundir.path().join(persistent::NETWORK_LOG_FILE);
         let pid = network::start_detached(sandbox.pid, pidfd, &log)?;
-        // Our unreaped child as well.
         let helper = ProcessRef {
             pid,
-            start_time: persistent::start_time(pid).unwrap_or_default(),
+            start_time: persistent::child_start_time(pid).unwrap_or_default(),
         };
         if let Reach::Persistent { network, .. } = &mut sandbox.reach {
             *network = Some(helper);

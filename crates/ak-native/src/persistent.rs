@@ -125,6 +125,12 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
     }
 }
 
+/// The start time of `pid`, also when it has already exited but is not reaped: for
+/// recording a child of ours, which cannot have been reaped and replaced yet.
+pub(crate) fn child_start_time(pid: u32) -> Option<u64> {
+    stat(pid).map(|(_, start_time)| start_time)
+}
+
 /// A pidfd for `process` if it still exists (as a zombie too) and is the same process
 /// that was recorded, with whether it still runs.
 pub(crate) fn open_process(process: ProcessRef) -> Option<(OwnedFd, bool)> {

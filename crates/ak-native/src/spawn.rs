@@ -154,6 +154,7 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
         new_root: os_cstring(request.new_root.as_os_str())?,
         hostname: cstring(&spec.hostname)?,
         drop_groups: is_root,
+        new_session: request.persistent.is_some(),
         cgroup_namespace: Path::new("/proc/self/ns/cgroup").exists(),
         rlimits: request.rlimits,
         landlock: match (spec.policy.landlock, request.landlock_abi) {
