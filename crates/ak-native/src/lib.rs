@@ -317,28 +317,24 @@ impl NativeBackend {
             Some((pidfd, true)) => pidfd,
             _ => return Err(BackendError::Gone(handle.id.clone())),
         };
-        let cgroup = data
-            .cgroup
-            .then(|| SandboxCgroup::existing(&self.cgroup_layout(), &handle.id));
-        Ok(NativeSandbox {
-            id: handle.id.clone(),
-            pid: data.pid,
-            pidfd: Some(pidfd),
-            cgroup,
-            rundir: RunDir::adopt(data.rundir),
-            reach: Reach::Persistent {
-                start_time: data.start_time,
-                socket: data.socket,
-                has_cgroup: data.cgroup,
-                network: data.network,
-            },
-        })
+        Ok(self.sandbox_from_handle(handle, data, Some(pidfd)))
     }
 
     fn release_handle(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
         let data = HandleData::parse(handle)?;
         let pidfd = persistent::open_process(data.init()).map(|(pidfd, _)| pidfd);
-        let mut sandbox = NativeSandbox {
+        self.sandbox_from_handle(handle, data, pidfd).release()?;
+        Ok(())
+    }
+
+    /// The sandbox a handle describes; `pidfd` is its init, when that still runs.
+    fn sandbox_from_handle(
+        &self,
+        handle: &SandboxHandle,
+        data: HandleData,
+        pidfd: Option<OwnedFd>,
+    ) -> NativeSandbox {
+        NativeSandbox {
             id: handle.id.clone(),
             pid: data.pid,
             pidfd,
@@ -352,9 +348,7 @@ impl NativeBackend {
                 has_cgroup: data.cgroup,
                 network: data.network,
             },
-        };
-        sandbox.release()?;
-        Ok(())
+        }
     }
 }
 

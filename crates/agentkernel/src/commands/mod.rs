@@ -9,7 +9,13 @@ mod status;
 mod stream;
 mod terminal;
 
-use crate::cli::Command;
+use ak_core::SandboxSpec;
+use ak_core::config::{load_options, resolve};
+use ak_core::spec::new_sandbox_id;
+use anyhow::anyhow;
+
+use crate::cli::{Command, SandboxArgs};
+use crate::exit;
 
 pub async fn dispatch(command: Command) -> i32 {
     match command {
@@ -24,5 +30,23 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::Remove(args) => sandbox::remove(args).await,
         Command::List(args) => sandbox::list(args).await,
         Command::Inspect(args) => sandbox::inspect(args).await,
+    }
+}
+
+/// The sandbox described by `args` over the config files that apply here; bad input ends
+/// the process with a clear error (exit code 2).
+fn resolve_spec(args: &SandboxArgs) -> SandboxSpec {
+    let cwd = match std::env::current_dir() {
+        Ok(cwd) => cwd,
+        Err(e) => exit::fail(
+            exit::USAGE,
+            &anyhow!("cannot read the current directory: {e}"),
+        ),
+    };
+    match load_options(args.options(), &cwd)
+        .and_then(|options| resolve(options, &cwd, new_sandbox_id()))
+    {
+        Ok(spec) => spec,
+        Err(e) => exit::fail(exit::USAGE, &e.into()),
     }
 }

@@ -1,9 +1,6 @@
 //! Lifecycle commands of named sandboxes: create, start, stop, remove, list, inspect.
 
-use ak_core::config::{load_options, resolve};
-use ak_core::spec::new_sandbox_id;
 use ak_service::SandboxRecord;
-use anyhow::anyhow;
 
 use super::stream::fail_start;
 use crate::cli::{CreateArgs, InspectArgs, ListArgs, NameArgs, RemoveArgs};
@@ -16,19 +13,7 @@ fn say(text: &str) {
 }
 
 pub async fn create(args: CreateArgs) -> i32 {
-    let cwd = match std::env::current_dir() {
-        Ok(cwd) => cwd,
-        Err(e) => exit::fail(
-            exit::USAGE,
-            &anyhow!("cannot read the current directory: {e}"),
-        ),
-    };
-    let spec = match load_options(args.sandbox.options(), &cwd)
-        .and_then(|options| resolve(options, &cwd, new_sandbox_id()))
-    {
-        Ok(spec) => spec,
-        Err(e) => exit::fail(exit::USAGE, &e.into()),
-    };
+    let spec = super::resolve_spec(&args.sandbox);
     match wiring::service()
         .create_named(&args.name, spec, args.dir.as_deref())
         .await
