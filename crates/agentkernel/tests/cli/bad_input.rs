@@ -1,7 +1,8 @@
 //! Bad input: a clear error, a non-zero exit, and nothing left behind.
 
 use crate::common::{
-    Mode, agentkernel, assert_code, assert_no_leaks, run, shared_host, snapshot, stderr,
+    Mode, agentkernel, assert_code, assert_no_leaks, exclusive_host, run, shared_host, snapshot,
+    stderr,
 };
 
 fn assert_refused(flags: &[&str], cmd: &[&str], expected: &str) {
@@ -16,7 +17,8 @@ fn assert_refused(flags: &[&str], cmd: &[&str], expected: &str) {
 
 #[test]
 fn bad_flags_are_refused_clearly() {
-    let _host = shared_host();
+    // Compares the whole host: no other test may run meanwhile.
+    let _host = exclusive_host();
     let before = snapshot();
     assert_refused(
         &["--profile", "strict"],
@@ -64,7 +66,8 @@ fn missing_command_is_a_usage_error() {
 
 #[test]
 fn malformed_config_files_are_refused() {
-    let _host = shared_host();
+    // Compares the whole host: no other test may run meanwhile.
+    let _host = exclusive_host();
     let dir = tempfile::tempdir().unwrap();
     let before = snapshot();
     for (content, expected) in [
