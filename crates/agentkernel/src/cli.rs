@@ -43,6 +43,25 @@ pub enum Command {
     List(ListArgs),
     /// Show one named sandbox in detail.
     Inspect(InspectArgs),
+    /// The daemon that keeps warm pools, so that `run` starts in about a millisecond.
+    #[command(subcommand)]
+    Daemon(DaemonCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DaemonCommand {
+    /// Start the daemon in the background (or in the foreground with --foreground).
+    Start {
+        #[arg(long)]
+        foreground: bool,
+    },
+    /// Show the daemon's pools: warm, in use, created, hits, misses, hand-out time.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop the daemon: waits for running commands (up to 10 s), then cleans up.
+    Stop,
 }
 
 #[derive(Debug, Args)]
@@ -183,6 +202,10 @@ impl SandboxArgs {
 pub struct RunArgs {
     #[command(flatten)]
     pub sandbox: SandboxArgs,
+    /// Take a sandbox from the daemon's warm pool; fail if no daemon runs. (Without it, the
+    /// pool is used when a daemon runs and the sandbox has no host mounts.)
+    #[arg(short = 'F', long)]
+    pub fast: bool,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -23,9 +23,24 @@ pub fn agent_path() -> PathBuf {
 /// Environment variable naming the registry database (tests use private ones).
 pub const REGISTRY_ENV: &str = "AGENTKERNEL_REGISTRY";
 
-pub fn service() -> Service {
-    let registry = std::env::var_os(REGISTRY_ENV)
+fn registry_path() -> PathBuf {
+    std::env::var_os(REGISTRY_ENV)
         .map(PathBuf::from)
-        .unwrap_or_else(ak_service::Registry::default_path);
-    Service::new(vec![Arc::new(NativeBackend::new(agent_path()))], registry)
+        .unwrap_or_else(ak_service::Registry::default_path)
+}
+
+/// The directory of the registry, the daemon's socket and its log.
+pub fn state_dir() -> PathBuf {
+    let registry = registry_path();
+    registry
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub fn service() -> Service {
+    Service::new(
+        vec![Arc::new(NativeBackend::new(agent_path()))],
+        registry_path(),
+    )
 }

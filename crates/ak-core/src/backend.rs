@@ -142,6 +142,14 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     /// Ends every process and releases every host resource. Safe to call again.
     async fn destroy(&mut self) -> Result<SandboxUsage, BackendError>;
 
+    /// Ephemeral only: the one transport as a file descriptor, to hand to another process
+    /// (the daemon's warm pool passes it to the CLI). The sandbox ends once every copy of
+    /// it is closed; [`Sandbox::is_running`] tells when.
+    fn take_transport_fd(&mut self) -> Result<std::os::fd::OwnedFd, BackendError>;
+
+    /// Whether the sandbox's first process still runs.
+    fn is_running(&self) -> bool;
+
     /// Persistent only: forgets the sandbox without ending it (dropping a persistent
     /// sandbox does not end it either). An ephemeral sandbox ends, as when dropped.
     fn detach(self: Box<Self>);

@@ -151,6 +151,33 @@ impl Sandbox for NativeSandbox {
         }
     }
 
+    fn take_transport_fd(&mut self) -> Result<OwnedFd, BackendError> {
+        match &mut self.reach {
+            Reach::Ephemeral { socket, .. } => socket
+                .take()
+                .map(OwnedFd::from)
+                .ok_or_else(|| BackendError::Connect("the agent connection was already taken".into())),
+            Reach::Persistent { .. } => Err(BackendError::Unsupported {
+                backend: "native".into(),
+                reason: "a persistent sandbox is reached through its socket, not a handed-out connection".into(),
+            }),
+        }
+    }
+
+    fn is_running(&self) -> bool {
+        // A pidfd polls readable once its process has exited.
+        self.pidfd.as_ref().is_some_and(|pidfd| {
+            let mut fds = [rustix::event::PollFd::new(
+                pidfd,
+                rustix::event::PollFlags::IN,
+            )];
+            matches!(
+                rustix::event::poll(&mut fds, Some(&rustix::event::Timespec::default())),
+                Ok(0)
+            )
+        })
+    }
+
     async fn destroy(&mut self) -> Result<SandboxUsage, BackendError> {
         Ok(self.release()?)
     }

@@ -2,6 +2,7 @@
 //! the backend a spec names, provisions the sandbox, speaks to its agent and releases it.
 
 mod error;
+pub mod pool;
 pub mod registry;
 mod run;
 mod sandboxes;

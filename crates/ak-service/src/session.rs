@@ -64,6 +64,18 @@ impl CommandSession {
         })
     }
 
+    /// Handshakes over `transport` (a sandbox's agent connection handed over by someone
+    /// else, e.g. the daemon's pool) and starts `exec`. The session does not own the sandbox.
+    pub async fn over(
+        transport: Box<dyn ak_core::Transport>,
+        exec: ExecSpec,
+    ) -> Result<CommandSession, ServiceError> {
+        let client =
+            AgentClient::connect(transport, ak_protocol::handshake::software("agentkernel"))
+                .await?;
+        Self::start_in(client, exec, None).await
+    }
+
     /// Input, signals and resizes for the command.
     pub fn control(&self) -> ExecControl {
         self.exec.control()

@@ -2,6 +2,7 @@
 
 mod attach;
 mod cp;
+mod daemon;
 mod exec;
 mod run;
 mod sandbox;
@@ -30,6 +31,7 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::Remove(args) => sandbox::remove(args).await,
         Command::List(args) => sandbox::list(args).await,
         Command::Inspect(args) => sandbox::inspect(args).await,
+        Command::Daemon(command) => daemon::daemon(command).await,
     }
 }
 

@@ -1,10 +1,18 @@
 //! `agentkernel run`: one command in a fresh sandbox, output streamed live, stdin and
 //! signals forwarded, the command's exit code returned.
 
-use ak_core::ExecSpec;
+use std::os::fd::OwnedFd;
+
+use ak_core::{ExecSpec, SandboxSpec};
+use ak_service::CommandSession;
+use ak_service::pool::pool_key;
+use anyhow::anyhow;
 
 use super::stream;
 use crate::cli::RunArgs;
+use crate::daemon::client::{self, ClientError};
+use crate::daemon::{Request, Response, socket_path};
+use crate::exit;
 use crate::wiring;
 
 pub async fn run(args: RunArgs) -> i32 {
@@ -15,20 +23,72 @@ pub async fn run(args: RunArgs) -> i32 {
         stdin,
         ..ExecSpec::default()
     };
+    let options = stream::Options {
+        stdin,
+        memory_limit: Some(spec.resources.memory_bytes),
+        tty: false,
+    };
+
+    if args.fast || socket_path().exists() {
+        match from_pool(&spec, args.fast) {
+            Ok(Some(connection)) => {
+                // A pool sandbox starts with the default environment: this run's goes with
+                // the command, as does its timeout.
+                let exec = ExecSpec {
+                    env: spec.env.clone(),
+                    timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
+                    ..exec
+                };
+                let connection = std::os::unix::net::UnixStream::from(connection);
+                let transport = match connection
+                    .set_nonblocking(true)
+                    .and_then(|()| tokio::net::UnixStream::from_std(connection))
+                {
+                    Ok(stream) => Box::new(stream),
+                    Err(e) => exit::fail(exit::SANDBOX_FAILURE, &anyhow!("pool connection: {e}")),
+                };
+                return match CommandSession::over(transport, exec).await {
+                    Ok(session) => stream::stream(session, options).await,
+                    Err(error) => stream::fail_start(error),
+                };
+            }
+            Ok(None) => {}
+            Err(error) => exit::fail(exit::SANDBOX_FAILURE, &error),
+        }
+    }
 
     let service = wiring::service();
     match service.start_run(&spec, exec).await {
-        Ok(session) => {
-            stream::stream(
-                session,
-                stream::Options {
-                    stdin,
-                    memory_limit: Some(spec.resources.memory_bytes),
-                    tty: false,
-                },
-            )
-            .await
-        }
+        Ok(session) => stream::stream(session, options).await,
         Err(error) => stream::fail_start(error),
+    }
+}
+
+/// A connection to a never-used sandbox from the daemon's pool. Without `required`, any
+/// reason the pool cannot serve (no daemon, host mounts, the daemon refusing) means
+/// `Ok(None)`: the run makes its own sandbox. With it, those are errors.
+fn from_pool(spec: &SandboxSpec, required: bool) -> anyhow::Result<Option<OwnedFd>> {
+    let refuse = |error: anyhow::Error| if required { Err(error) } else { Ok(None) };
+    if pool_key(spec).is_none() {
+        return refuse(anyhow!(
+            "--fast needs a sandbox without host mounts (drop --mount-cwd)"
+        ));
+    }
+    let request = Request::Acquire {
+        spec: Box::new(spec.clone()),
+    };
+    match client::call(&socket_path(), &request) {
+        Ok((Response::Acquired { .. }, Some(fd))) => Ok(Some(fd)),
+        Ok((Response::Error { message }, _)) => refuse(anyhow!(
+            "the daemon could not hand out a sandbox: {message}"
+        )),
+        Ok((other, _)) => refuse(anyhow!("unexpected answer from the daemon: {other:?}")),
+        Err(ClientError::NotRunning(path)) => refuse(anyhow!(
+            "--fast needs the daemon, and none runs (no socket at {path}); start it with `agentkernel daemon start`"
+        )),
+        Err(ClientError::Other(error)) => {
+            tracing::warn!("daemon unusable, making a fresh sandbox: {error:#}");
+            refuse(error)
+        }
     }
 }

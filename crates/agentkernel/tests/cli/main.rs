@@ -8,6 +8,7 @@
 
 mod bad_input;
 mod common;
+mod daemon;
 mod escape;
 mod leaks;
 mod named;

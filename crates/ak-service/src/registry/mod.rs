@@ -333,9 +333,30 @@ fn configure(conn: &Connection) -> Result<(), Box<dyn std::error::Error + Send +
     // First, so that the statements below wait for other processes instead of failing.
     conn.busy_timeout(BUSY_TIMEOUT)?;
     // WAL: readers never block the writer, and a killed writer leaves only uncommitted
-    // frames behind, which the next opener discards.
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "wal", |row| row.get(0))?;
+    // frames behind, which the next opener discards. Switching needs an exclusive lock
+    // that SQLite does not wait for, so it is only asked when needed (once per file) and
+    // retried briefly while other processes open the same new database.
+    let current: String = conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?;
+    let mut mode = current;
+    for _ in 0..100 {
+        if mode.eq_ignore_ascii_case("wal") {
+            break;
+        }
+        match conn
+            .pragma_update_and_check(None, "journal_mode", "wal", |row| row.get::<_, String>(0))
+        {
+            Ok(now) => mode = now,
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(format!("journal_mode stayed '{mode}' instead of becoming 'wal'").into());
     }

@@ -1,0 +1,130 @@
+//! `agentkernel daemon start|status|stop`.
+
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use ak_service::pool::PoolConfig;
+use anyhow::{Context, anyhow};
+
+use crate::cli::DaemonCommand;
+use crate::daemon::{Request, Response, client, log_path, server, socket_path};
+use crate::exit;
+use crate::wiring;
+
+#[allow(clippy::print_stdout, reason = "the command's output")]
+fn say(text: &str) {
+    println!("{text}");
+}
+
+pub async fn daemon(command: DaemonCommand) -> i32 {
+    let result = match command {
+        DaemonCommand::Start { foreground: true } => {
+            server::serve(&socket_path(), wiring::service(), PoolConfig::default()).await
+        }
+        DaemonCommand::Start { foreground: false } => start_background(),
+        DaemonCommand::Status { json } => status(json),
+        DaemonCommand::Stop => stop(),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(error) => {
+            exit::report(&error);
+            1
+        }
+    }
+}
+
+/// Starts `agentkernel daemon start --foreground` in its own session, logging to the state
+/// directory, and waits until it answers.
+fn start_background() -> anyhow::Result<()> {
+    let socket = socket_path();
+    if let Ok((Response::Status(status), _)) = client::call(&socket, &Request::Status) {
+        return Err(anyhow!("a daemon is already running (pid {})", status.pid));
+    }
+    let log = log_path();
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .with_context(|| format!("open {}", log.display()))?;
+    let exe = std::env::current_exe().context("find this executable")?;
+    let mut command = std::process::Command::new(exe);
+    command
+        .args(["daemon", "start", "--foreground"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file);
+    // SAFETY: setsid is async-signal-safe; the daemon must not share our terminal session.
+    unsafe {
+        command.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
+    }
+    let mut child = command.spawn().context("start the daemon")?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok((Response::Status(status), _)) = client::call(&socket, &Request::Status) {
+            say(&format!("daemon started (pid {})", status.pid));
+            return Ok(());
+        }
+        if let Ok(Some(code)) = child.try_wait() {
+            return Err(anyhow!(
+                "the daemon exited at start ({code}); see {}",
+                log.display()
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(anyhow!(
+        "the daemon did not answer within 10 s; see {}",
+        log.display()
+    ))
+}
+
+fn status(json: bool) -> anyhow::Result<()> {
+    let status = match client::call(&socket_path(), &Request::Status)? {
+        (Response::Status(status), _) => status,
+        (other, _) => return Err(anyhow!("unexpected answer: {other:?}")),
+    };
+    if json {
+        say(&serde_json::to_string_pretty(&status)?);
+        return Ok(());
+    }
+    let mut out = format!("daemon pid {}, up {} s\n", status.pid, status.uptime_s);
+    out.push_str(&format!(
+        "{:<6} {:<7} {:<8} {:<6} {:<7} {:<11} POOL\n",
+        "WARM", "IN USE", "CREATED", "HITS", "MISSES", "HANDOUT ms"
+    ));
+    for pool in &status.pools {
+        out.push_str(&format!(
+            "{:<6} {:<7} {:<8} {:<6} {:<7} {:<11.3} {}\n",
+            pool.warm,
+            pool.in_use,
+            pool.created,
+            pool.hits,
+            pool.misses,
+            pool.average_handout_ms,
+            pool.pool
+        ));
+    }
+    say(out.trim_end());
+    Ok(())
+}
+
+fn stop() -> anyhow::Result<()> {
+    let socket = socket_path();
+    client::call(&socket, &Request::Stop)?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while socket.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // The socket goes first; give the pools their clean-up time too.
+    let stopped = Instant::now() + Duration::from_secs(15);
+    while client::connect(&socket).is_ok() && Instant::now() < stopped {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    say("daemon stopped");
+    Ok(())
+}

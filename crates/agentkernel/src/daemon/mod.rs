@@ -1,0 +1,56 @@
+//! The daemon: keeps warm pools and hands their sandboxes to CLIs over a Unix socket of
+//! mode 0600 in the state directory. A handed-out sandbox travels as the file descriptor
+//! of its agent connection (SCM_RIGHTS), so a pooled `run` costs one small request; the
+//! command's data never passes through the daemon.
+
+pub mod client;
+pub mod server;
+
+use std::path::PathBuf;
+
+use ak_core::SandboxSpec;
+use ak_service::pool::PoolStatus;
+use serde::{Deserialize, Serialize};
+
+/// Largest request or response line.
+pub const MAX_MESSAGE: usize = 1 << 20;
+
+/// A request to the daemon, one JSON line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Request {
+    /// A never-used sandbox for this spec; answered with `Acquired` plus the connection.
+    Acquire {
+        spec: Box<SandboxSpec>,
+    },
+    Status,
+    /// Graceful stop: waits for handed-out commands (up to a limit), then cleans up.
+    Stop,
+}
+
+/// The daemon's answer, one JSON line.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Response {
+    Acquired { sandbox_id: String, hit: bool },
+    Status(DaemonStatus),
+    Stopping,
+    Error { message: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DaemonStatus {
+    pub pid: u32,
+    pub uptime_s: u64,
+    pub pools: Vec<PoolStatus>,
+}
+
+/// The daemon's socket, beside the registry in the state directory.
+pub fn socket_path() -> PathBuf {
+    crate::wiring::state_dir().join("daemon.sock")
+}
+
+/// The daemon's log file.
+pub fn log_path() -> PathBuf {
+    crate::wiring::state_dir().join("daemon.log")
+}

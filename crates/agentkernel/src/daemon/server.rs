@@ -1,0 +1,198 @@
+//! The daemon process: accepts requests on its socket, hands out pool sandboxes, keeps the
+//! pools topped up, and stops gracefully.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ak_core::SandboxSpec;
+use ak_service::Service;
+use ak_service::pool::{PoolConfig, Pools};
+use anyhow::{Context, bail};
+use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+
+use super::{DaemonStatus, MAX_MESSAGE, Request, Response};
+
+/// How often used sandboxes are released and pools topped up.
+const MAINTAIN_EVERY: Duration = Duration::from_millis(50);
+/// How long `stop` waits for handed-out commands before ending them.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+struct Daemon {
+    service: Service,
+    pools: Pools,
+    started: Instant,
+    stop: tokio::sync::Notify,
+}
+
+/// Runs the daemon on `socket` until asked to stop.
+pub async fn serve(socket: &Path, service: Service, config: PoolConfig) -> anyhow::Result<()> {
+    if socket.exists() {
+        if super::client::call(socket, &Request::Status).is_ok() {
+            bail!("a daemon is already running at {}", socket.display());
+        }
+        std::fs::remove_file(socket)
+            .with_context(|| format!("remove stale {}", socket.display()))?;
+    }
+    if let Some(dir) = socket.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    }
+    let listener =
+        UnixListener::bind(socket).with_context(|| format!("bind {}", socket.display()))?;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("chmod {}", socket.display()))?;
+    tracing::info!("daemon listening on {}", socket.display());
+
+    let daemon = Arc::new(Daemon {
+        service,
+        pools: Pools::new(config),
+        started: Instant::now(),
+        stop: tokio::sync::Notify::new(),
+    });
+    let mut tick = tokio::time::interval(MAINTAIN_EVERY);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let daemon = daemon.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = handle(&daemon, stream).await {
+                            tracing::warn!("daemon request failed: {e:#}");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("accept: {e}"),
+            },
+            _ = tick.tick() => daemon.pools.maintain(&daemon.service).await,
+            _ = daemon.stop.notified() => break,
+        }
+    }
+    drop(listener);
+    let _ = std::fs::remove_file(socket);
+    daemon.pools.shutdown(STOP_GRACE).await;
+    tracing::info!("daemon stopped");
+    Ok(())
+}
+
+async fn handle(daemon: &Daemon, stream: UnixStream) -> anyhow::Result<()> {
+    // Only our own user may use the daemon (the socket is 0600; this also covers root).
+    let peer = stream.peer_cred().context("peer credentials")?;
+    let me = rustix::process::geteuid().as_raw();
+    if peer.uid() != me {
+        bail!("refused a connection from uid {}", peer.uid());
+    }
+    let mut reader = BufReader::new(stream).take(MAX_MESSAGE as u64);
+    let mut line = String::new();
+    reader
+        .read_line(&mut line)
+        .await
+        .context("read the request")?;
+    let stream = reader.into_inner().into_inner();
+    let request: Request = match serde_json::from_str(&line) {
+        Ok(request) => request,
+        Err(e) => {
+            return reply(
+                &stream,
+                &Response::Error {
+                    message: format!("malformed request: {e}"),
+                },
+                None,
+            )
+            .await;
+        }
+    };
+    match request {
+        Request::Acquire { spec } => acquire(daemon, &stream, &spec).await,
+        Request::Status => {
+            let status = DaemonStatus {
+                pid: std::process::id(),
+                uptime_s: daemon.started.elapsed().as_secs(),
+                pools: daemon.pools.status(),
+            };
+            reply(&stream, &Response::Status(status), None).await
+        }
+        Request::Stop => {
+            reply(&stream, &Response::Stopping, None).await?;
+            daemon.stop.notify_one();
+            Ok(())
+        }
+    }
+}
+
+async fn acquire(daemon: &Daemon, stream: &UnixStream, spec: &SandboxSpec) -> anyhow::Result<()> {
+    match daemon.pools.acquire(&daemon.service, spec).await {
+        Ok(handed) => {
+            let response = Response::Acquired {
+                sandbox_id: handed.sandbox_id,
+                hit: handed.hit,
+            };
+            reply(stream, &response, Some(handed.transport)).await
+        }
+        Err(e) => {
+            reply(
+                stream,
+                &Response::Error {
+                    message: e.to_string(),
+                },
+                None,
+            )
+            .await
+        }
+    }
+}
+
+/// Writes one JSON line, with `fd` attached when given. Our copy of `fd` closes here, so
+/// the caller's becomes the only one.
+async fn reply(
+    stream: &UnixStream,
+    response: &Response,
+    fd: Option<OwnedFd>,
+) -> anyhow::Result<()> {
+    let mut line = serde_json::to_vec(response)?;
+    line.push(b'\n');
+    let mut sent = 0;
+    if let Some(fd) = fd {
+        stream.writable().await?;
+        let fds = [fd.as_fd()];
+        let mut space = [std::mem::MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+        let mut ancillary = SendAncillaryBuffer::new(&mut space);
+        ancillary.push(SendAncillaryMessage::ScmRights(&fds));
+        sent = sendmsg(
+            stream,
+            &[std::io::IoSlice::new(&line)],
+            &mut ancillary,
+            SendFlags::NOSIGNAL,
+        )
+        .context("send the sandbox connection")?;
+    }
+    let mut rest = &line[sent..];
+    while !rest.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(rest) {
+            Ok(n) => rest = &rest[n..],
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip_and_unknown_fields_are_refused() {
+        let line = serde_json::to_string(&Request::Status).unwrap();
+        assert!(matches!(
+            serde_json::from_str(&line).unwrap(),
+            Request::Status
+        ));
+        assert!(serde_json::from_str::<Request>("{\"acquire\":{\"spec\":{},\"x\":1}}").is_err());
+        assert!(serde_json::from_str::<Request>("\"reboot\"").is_err());
+    }
+}

@@ -1,0 +1,110 @@
+//! The daemon and its warm pools: hand-out under concurrency (no sandbox given twice),
+//! status, graceful stop with nothing left behind, and refusals.
+
+use std::os::unix::fs::PermissionsExt;
+
+use crate::common::{
+    Mode, ROOTLESS_UID, ak, assert_code, assert_no_leaks, exclusive_host, registry_path, snapshot,
+    stderr, stdout,
+};
+
+fn daemon_status(mode: Mode) -> serde_json::Value {
+    let output = ak(mode, &["daemon", "status", "--json"]);
+    assert_code(&output, 0);
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+#[test]
+fn pool_hands_each_sandbox_out_once() {
+    // Compares the whole host: no other test may run meanwhile.
+    let _host = exclusive_host();
+    let before = snapshot();
+    let mode = Mode::Root;
+    assert_code(&ak(mode, &["daemon", "start"]), 0);
+    assert!(stderr(&ak(mode, &["daemon", "start"])).contains("already running"));
+    let handles: Vec<_> = (0..16)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let output = ak(
+                    mode,
+                    &[
+                        "run",
+                        "-F",
+                        "--no-network",
+                        "-e",
+                        &format!("N={i}"),
+                        "--",
+                        "sh",
+                        "-c",
+                        "echo $N; hostname; echo used > /tmp/mark; ls /tmp",
+                    ],
+                );
+                assert_code(&output, 0);
+                let text = stdout(&output);
+                let lines: Vec<&str> = text.lines().collect();
+                assert_eq!(lines[0], i.to_string());
+                // A never-used sandbox: nothing from an earlier command in it.
+                assert_eq!(lines[2..], ["mark"], "{text}");
+                lines[1].to_string()
+            })
+        })
+        .collect();
+    let hostnames: std::collections::BTreeSet<String> =
+        handles.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(
+        hostnames.len(),
+        16,
+        "a sandbox was handed out twice: {hostnames:?}"
+    );
+
+    let status = daemon_status(mode);
+    let pool = &status["pools"][0];
+    assert_eq!(
+        pool["hits"].as_u64().unwrap() + pool["misses"].as_u64().unwrap(),
+        16,
+        "{status}"
+    );
+    assert!(pool["created"].as_u64().unwrap() >= 16, "{status}");
+    assert_code(&ak(mode, &["daemon", "stop"]), 0);
+    assert_code(&ak(mode, &["daemon", "status"]), 1);
+    assert_no_leaks(&before);
+}
+
+#[test]
+fn fast_without_a_daemon_fails_clearly() {
+    let _host = exclusive_host();
+    let output = ak(Mode::Root, &["run", "-F", "--no-network", "--", "true"]);
+    assert_code(&output, 125);
+    assert!(
+        stderr(&output).contains("agentkernel daemon start"),
+        "{}",
+        stderr(&output)
+    );
+    // Without -F the run does not need the daemon.
+    assert_code(&ak(Mode::Root, &["run", "--no-network", "--", "true"]), 0);
+}
+
+#[test]
+fn a_daemon_socket_of_another_user_is_refused() {
+    let _host = exclusive_host();
+    let socket = registry_path(Mode::Root).with_file_name("daemon.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    std::os::unix::fs::chown(&socket, Some(ROOTLESS_UID), Some(ROOTLESS_UID)).unwrap();
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let output = ak(Mode::Root, &["run", "-F", "--no-network", "--", "true"]);
+    assert_code(&output, 125);
+    assert!(
+        stderr(&output).contains(&format!("owned by uid {ROOTLESS_UID}")),
+        "{}",
+        stderr(&output)
+    );
+    let output = ak(Mode::Root, &["daemon", "status"]);
+    assert_code(&output, 1);
+    assert!(
+        stderr(&output).contains("not by you"),
+        "{}",
+        stderr(&output)
+    );
+    drop(listener);
+    std::fs::remove_file(&socket).unwrap();
+}

@@ -1,0 +1,294 @@
+//! Warm pools: sandboxes created ahead of time, never used, handed out once. A handed-out
+//! sandbox is destroyed when its command is done (its agent exits when the caller closes
+//! the connection) and replaced in the background; it is never given to anyone else.
+
+use std::collections::{HashMap, VecDeque};
+use std::os::fd::OwnedFd;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use ak_core::backend::Lifetime;
+use ak_core::spec::new_sandbox_id;
+use ak_core::{Sandbox, SandboxSpec};
+use serde::{Deserialize, Serialize};
+
+use crate::Service;
+use crate::error::ServiceError;
+
+/// Sizes of the pools; defaults that suit a laptop.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PoolConfig {
+    /// Spares kept ready per pool.
+    pub min_warm: usize,
+    /// Spares a pool may hold at most.
+    pub max_warm: usize,
+    /// Sandboxes (spares and handed out) across all pools, so a burst cannot exhaust the host.
+    pub max_total: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig {
+            min_warm: 2,
+            max_warm: 4,
+            max_total: 64,
+        }
+    }
+}
+
+/// What `daemon status` shows of one pool.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolStatus {
+    /// The pool's key: backend, image, profile and limits.
+    pub pool: String,
+    pub warm: usize,
+    pub in_use: usize,
+    pub created: u64,
+    pub hits: u64,
+    pub misses: u64,
+    /// Mean time to hand a sandbox out, in milliseconds.
+    pub average_handout_ms: f64,
+}
+
+/// A sandbox handed out: the connection to its agent and its id.
+#[derive(Debug)]
+pub struct HandedOut {
+    pub sandbox_id: String,
+    pub transport: OwnedFd,
+    pub hit: bool,
+}
+
+#[derive(Debug, Default)]
+struct Pool {
+    template: Option<SandboxSpec>,
+    spares: VecDeque<Box<dyn Sandbox>>,
+    in_use: Vec<Box<dyn Sandbox>>,
+    created: u64,
+    hits: u64,
+    misses: u64,
+    handout_total: Duration,
+}
+
+/// The warm pools of one service.
+#[derive(Debug)]
+pub struct Pools {
+    config: PoolConfig,
+    pools: Mutex<HashMap<String, Pool>>,
+}
+
+/// The pool a spec belongs to, or `None` when it cannot be prepared ahead (host mounts).
+/// Environment and timeout are per command, so they are not part of it.
+pub fn pool_key(spec: &SandboxSpec) -> Option<String> {
+    if !spec.mounts.is_empty() {
+        return None;
+    }
+    let resources = &spec.resources;
+    Some(format!(
+        "{}/{}/{}/{}/mem={}/pids={}/cpus={}/workdir={}",
+        spec.backend,
+        spec.image,
+        spec.policy.profile,
+        spec.policy.network.as_str(),
+        resources.memory_bytes,
+        resources.pids,
+        resources.cpus.map_or("unlimited".into(), |c| c.to_string()),
+        spec.workdir.display()
+    ))
+}
+
+fn lock(pools: &Mutex<HashMap<String, Pool>>) -> std::sync::MutexGuard<'_, HashMap<String, Pool>> {
+    // Every critical section leaves the map consistent, so a poisoned lock is still usable.
+    pools
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn fresh(template: &SandboxSpec) -> SandboxSpec {
+    let mut spec = template.clone();
+    spec.id = new_sandbox_id();
+    spec.hostname = format!("ak-{}", &spec.id[..12]);
+    spec
+}
+
+impl Pools {
+    pub fn new(config: PoolConfig) -> Self {
+        Pools {
+            config,
+            pools: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn total(pools: &HashMap<String, Pool>) -> usize {
+        pools
+            .values()
+            .map(|p| p.spares.len() + p.in_use.len())
+            .sum()
+    }
+
+    /// Hands out a never-used sandbox for `spec`: a spare when one is ready (a hit), else
+    /// a new one (a miss). The pool learns `spec` and keeps spares for it from now on.
+    pub async fn acquire(
+        &self,
+        service: &Service,
+        spec: &SandboxSpec,
+    ) -> Result<HandedOut, ServiceError> {
+        let started = Instant::now();
+        let key = pool_key(spec).ok_or_else(|| {
+            ServiceError::InvalidInput(
+                "sandboxes with host mounts cannot come from a warm pool".into(),
+            )
+        })?;
+        let spare = {
+            let mut pools = lock(&self.pools);
+            let pool = pools.entry(key.clone()).or_default();
+            pool.template.get_or_insert_with(|| spec.clone());
+            pool.spares.pop_front()
+        };
+        let hit = spare.is_some();
+        let mut sandbox = match spare {
+            Some(sandbox) => sandbox,
+            None => {
+                if Self::total(&lock(&self.pools)) >= self.config.max_total {
+                    return Err(ServiceError::State(format!(
+                        "all {} pool sandboxes are in use; try again shortly",
+                        self.config.max_total
+                    )));
+                }
+                let sandbox = service
+                    .backend(spec.backend)?
+                    .create(&fresh(spec), Lifetime::Ephemeral)
+                    .await?;
+                lock(&self.pools).entry(key.clone()).or_default().created += 1;
+                sandbox
+            }
+        };
+        let transport = sandbox.take_transport_fd()?;
+        let sandbox_id = sandbox.id().to_string();
+        let mut pools = lock(&self.pools);
+        let pool = pools.entry(key).or_default();
+        pool.in_use.push(sandbox);
+        if hit {
+            pool.hits += 1;
+        } else {
+            pool.misses += 1;
+        }
+        pool.handout_total += started.elapsed();
+        Ok(HandedOut {
+            sandbox_id,
+            transport,
+            hit,
+        })
+    }
+
+    /// Destroys handed-out sandboxes whose command is done and tops every pool up to
+    /// `min_warm`, within `max_total`. Call it periodically.
+    pub async fn maintain(&self, service: &Service) {
+        let finished: Vec<Box<dyn Sandbox>> = {
+            let mut pools = lock(&self.pools);
+            pools
+                .values_mut()
+                .flat_map(|pool| {
+                    let (done, running): (Vec<_>, Vec<_>) =
+                        pool.in_use.drain(..).partition(|s| !s.is_running());
+                    pool.in_use = running;
+                    done
+                })
+                .collect()
+        };
+        for mut sandbox in finished {
+            if let Err(e) = sandbox.destroy().await {
+                tracing::warn!(id = sandbox.id(), "releasing a used pool sandbox: {e}");
+            }
+        }
+        loop {
+            let wanted = {
+                let pools = lock(&self.pools);
+                if Self::total(&pools) >= self.config.max_total {
+                    return;
+                }
+                pools
+                    .iter()
+                    .filter(|(_, p)| {
+                        p.spares.len() < self.config.min_warm.min(self.config.max_warm)
+                    })
+                    .find_map(|(key, p)| p.template.clone().map(|t| (key.clone(), t)))
+            };
+            let Some((key, template)) = wanted else {
+                return;
+            };
+            let created = match service.backend(template.backend) {
+                Ok(backend) => backend.create(&fresh(&template), Lifetime::Ephemeral).await,
+                Err(e) => {
+                    tracing::warn!("pool {key}: {e}");
+                    return;
+                }
+            };
+            match created {
+                Ok(sandbox) => {
+                    let mut pools = lock(&self.pools);
+                    let pool = pools.entry(key).or_default();
+                    pool.created += 1;
+                    pool.spares.push_back(sandbox);
+                }
+                Err(e) => {
+                    tracing::warn!("pool {key}: cannot create a spare: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    pub fn status(&self) -> Vec<PoolStatus> {
+        let pools = lock(&self.pools);
+        let mut status: Vec<PoolStatus> = pools
+            .iter()
+            .map(|(key, pool)| {
+                let handed = pool.hits + pool.misses;
+                PoolStatus {
+                    pool: key.clone(),
+                    warm: pool.spares.len(),
+                    in_use: pool.in_use.len(),
+                    created: pool.created,
+                    hits: pool.hits,
+                    misses: pool.misses,
+                    average_handout_ms: if handed == 0 {
+                        0.0
+                    } else {
+                        pool.handout_total.as_secs_f64() * 1000.0 / handed as f64
+                    },
+                }
+            })
+            .collect();
+        status.sort_by(|a, b| a.pool.cmp(&b.pool));
+        status
+    }
+
+    /// Destroys every spare; waits up to `grace` for handed-out commands, then ends them.
+    pub async fn shutdown(&self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        loop {
+            let busy = lock(&self.pools)
+                .values()
+                .any(|p| p.in_use.iter().any(|s| s.is_running()));
+            if !busy || Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let all: Vec<Box<dyn Sandbox>> = lock(&self.pools)
+            .values_mut()
+            .flat_map(|p| {
+                p.spares
+                    .drain(..)
+                    .chain(p.in_use.drain(..))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        for mut sandbox in all {
+            if let Err(e) = sandbox.destroy().await {
+                tracing::warn!(id = sandbox.id(), "releasing a pool sandbox: {e}");
+            }
+        }
+    }
+}
