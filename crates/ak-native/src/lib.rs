@@ -126,8 +126,12 @@ impl NativeBackend {
             tracing::info!(%id, "releasing resources of a sandbox whose owner is gone");
             let cgroup = SandboxCgroup::existing(&prepared.cgroups, &id);
             let _ = cgroup.kill_all();
+            // An init whose parent died stays in its cgroup as a zombie until the host's
+            // init reaps it; keep the directory (the record of what to release) until the
+            // cgroup is gone, and a later sweep finishes the job.
             if let Err(e) = cgroup.remove() {
-                tracing::warn!(%id, "cannot remove stale cgroup: {e}");
+                tracing::info!(%id, "stale cgroup not removable yet: {e}");
+                continue;
             }
             let _ = std::fs::remove_dir_all(prepared.runtime_base.join(&id));
         }
@@ -216,9 +220,11 @@ impl NativeBackend {
             rlimits,
             persistent: persistent_ends.as_ref().map(|ends| spawn::PersistentFds {
                 listener: ends.listener.as_raw_fd(),
-                hold: ends.hold,
                 log: ends.log.as_raw_fd(),
             }),
+            hold_fd: rundir.lock_fd().ok_or_else(|| {
+                NativeError::InvalidSpec("a new runtime directory is always locked".into())
+            })?,
             before_release: &mut before_release,
         });
         tracing::debug!(elapsed = ?started.elapsed(), "sandbox init running the agent");
@@ -357,18 +363,13 @@ impl NativeBackend {
 #[derive(Debug)]
 struct PersistentEnds {
     listener: OwnedFd,
-    hold: std::os::fd::RawFd,
     log: std::fs::File,
 }
 
 impl PersistentEnds {
     fn open(rundir: &RunDir) -> Result<PersistentEnds, NativeError> {
-        let hold = rundir.lock_fd().ok_or_else(|| {
-            NativeError::InvalidSpec("a new runtime directory is always locked".into())
-        })?;
         Ok(PersistentEnds {
             listener: persistent::listen_at(&rundir.path().join(persistent::SOCKET_FILE))?,
-            hold,
             log: persistent::open_log(&rundir.path().join(persistent::AGENT_LOG_FILE))?,
         })
     }

@@ -34,6 +34,10 @@ pub(crate) struct SpawnRequest<'a> {
     /// Set for a persistent sandbox, which is reached through a listener instead of a
     /// socket pair; `None` keeps the ephemeral start exactly as it was.
     pub persistent: Option<PersistentFds>,
+    /// The runtime directory's lock: held by the agent from then on, so that the sandbox,
+    /// not (only) its creator, keeps the directory from being swept. A daemon that hands a
+    /// sandbox to a client and then dies must not get that sandbox swept while in use.
+    pub hold_fd: RawFd,
     /// Runs in the parent while the child builds its root, before the agent may start:
     /// creates and joins the cgroup, starts network helpers.
     pub before_release: &'a mut dyn FnMut(u32) -> Result<(), NativeError>,
@@ -44,9 +48,6 @@ pub(crate) struct SpawnRequest<'a> {
 pub(crate) struct PersistentFds {
     /// The listening socket the host created at `<rundir>/agent.sock`.
     pub listener: RawFd,
-    /// The runtime directory's lock: held by the agent from then on, so that the sandbox,
-    /// not its creator, is what keeps the directory from being swept.
-    pub hold: RawFd,
     /// The agent's stderr: the creator's may be a pipe whose reader goes away with it.
     pub log: RawFd,
 }
@@ -126,7 +127,7 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
                 .map_err(NativeError::io("create the agent socket"))?;
             argv_strings.push(cstring("--fd")?);
             argv_strings.push(cstring(agent.as_raw_fd().to_string())?);
-            let inherit = vec![agent.as_raw_fd()];
+            let inherit = vec![agent.as_raw_fd(), request.hold_fd];
             host_socket = Some(host);
             agent_socket = Some(agent);
             (inherit, None)
@@ -134,11 +135,11 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
         Some(fds) => {
             argv_strings.push(cstring("--listen-fd")?);
             argv_strings.push(cstring(fds.listener.to_string())?);
-            argv_strings.push(cstring("--hold-fd")?);
-            argv_strings.push(cstring(fds.hold.to_string())?);
-            (vec![fds.listener, fds.hold], Some(fds.log))
+            (vec![fds.listener, request.hold_fd], Some(fds.log))
         }
     };
+    argv_strings.push(cstring("--hold-fd")?);
+    argv_strings.push(cstring(request.hold_fd.to_string())?);
     argv_strings.push(cstring("--workdir")?);
     argv_strings.push(os_cstring(spec.workdir.as_os_str())?);
 

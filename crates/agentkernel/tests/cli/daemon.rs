@@ -108,3 +108,47 @@ fn a_daemon_socket_of_another_user_is_refused() {
     drop(listener);
     std::fs::remove_file(&socket).unwrap();
 }
+
+#[test]
+fn a_killed_daemon_lets_running_commands_finish_and_leaves_nothing_behind() {
+    let _host = exclusive_host();
+    let before = snapshot();
+    let mode = Mode::Root;
+    assert_code(&ak(mode, &["daemon", "start"]), 0);
+    let pid = daemon_status(mode)["pid"].as_i64().unwrap() as i32;
+    let running = crate::common::agentkernel(
+        mode,
+        &[
+            "run",
+            "-F",
+            "--no-network",
+            "--",
+            "sh",
+            "-c",
+            "sleep 1; echo finished",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    // SAFETY: killing the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let output = running.wait_with_output().unwrap();
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "finished\n");
+    // A new daemon replaces the dead one's socket; the next sandbox set-up sweeps what the
+    // dead daemon's sandboxes left.
+    assert_code(&ak(mode, &["daemon", "start"]), 0);
+    assert_code(&ak(mode, &["daemon", "stop"]), 0);
+    // The dead daemon's inits are reaped by the host's init, in its own time; each run's
+    // sweep releases what has been reaped by then.
+    for _ in 0..50 {
+        assert_code(&ak(mode, &["run", "--no-network", "--", "true"]), 0);
+        if crate::common::snapshot().cgroups.is_empty() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_no_leaks(&before);
+}
