@@ -24,6 +24,59 @@ pub const USER_CONFIG_ENV: &str = "AGENTKERNEL_CONFIG";
 pub struct ConfigFile {
     #[serde(default)]
     pub sandbox: SandboxOptions,
+    /// Read from the user's file only: there is one daemon per user, whatever the project.
+    #[serde(default)]
+    pub daemon: DaemonOptions,
+}
+
+/// Warm pool sizes of the daemon (`[daemon]` in the user's config file).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonOptions {
+    /// Spares kept ready per pool.
+    pub min_warm: Option<usize>,
+    /// Spares a pool may hold at most.
+    pub max_warm: Option<usize>,
+    /// Pool sandboxes across all pools, spares and handed out.
+    pub max_total: Option<usize>,
+}
+
+/// Largest pool size accepted in the config.
+const MAX_POOL: usize = 4096;
+
+impl DaemonOptions {
+    /// The options of the user's config file, checked: each at most 4096, `min_warm` not
+    /// above `max_warm`, `max_total` at least 1.
+    pub fn load() -> Result<DaemonOptions, ConfigError> {
+        let options = match user_config_file() {
+            Some(path) => read_config_file(&path)?.daemon,
+            None => DaemonOptions::default(),
+        };
+        let invalid = |reason: String| ConfigError::Parse {
+            path: user_config_file().unwrap_or_default(),
+            message: format!("[daemon] {reason}"),
+        };
+        for (name, value) in [
+            ("min_warm", options.min_warm),
+            ("max_warm", options.max_warm),
+            ("max_total", options.max_total),
+        ] {
+            if value.is_some_and(|v| v > MAX_POOL) {
+                return Err(invalid(format!("{name} must be at most {MAX_POOL}")));
+            }
+        }
+        if let (Some(min), Some(max)) = (options.min_warm, options.max_warm)
+            && min > max
+        {
+            return Err(invalid(format!(
+                "min_warm ({min}) is above max_warm ({max})"
+            )));
+        }
+        if options.max_total == Some(0) {
+            return Err(invalid("max_total must be at least 1".into()));
+        }
+        Ok(options)
+    }
 }
 
 /// Sandbox settings as the user writes them, in a file or as flags. Every field is optional
@@ -84,18 +137,20 @@ pub fn read_config_file(path: &Path) -> Result<ConfigFile, ConfigError> {
     })
 }
 
+/// The user's config file, if there is one to read: `$AGENTKERNEL_CONFIG` (which must
+/// exist) or `~/.config/agentkernel/config.toml` (which may not).
+pub fn user_config_file() -> Option<PathBuf> {
+    if let Some(named) = std::env::var_os(USER_CONFIG_ENV) {
+        return Some(PathBuf::from(named));
+    }
+    dirs::config_dir()
+        .map(|d| d.join("agentkernel").join("config.toml"))
+        .filter(|path| path.is_file())
+}
+
 /// The config files that apply in `cwd`, lowest precedence first.
 pub fn config_files(cwd: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let user = std::env::var_os(USER_CONFIG_ENV)
-        .map(PathBuf::from)
-        .or_else(|| dirs::config_dir().map(|d| d.join("agentkernel").join("config.toml")));
-    // An explicitly named user file must exist; the default location is optional.
-    if let Some(user) = user
-        && (std::env::var_os(USER_CONFIG_ENV).is_some() || user.is_file())
-    {
-        files.push(user);
-    }
+    let mut files: Vec<PathBuf> = user_config_file().into_iter().collect();
     if let Some(project) = cwd
         .ancestors()
         .map(|dir| dir.join(PROJECT_FILE))
@@ -283,6 +338,14 @@ mod tests {
             read_config_file(&path).unwrap().sandbox.memory.as_deref(),
             Some("256M")
         );
+    }
+
+    #[test]
+    fn daemon_options_parse_strictly() {
+        let file: ConfigFile = toml::from_str("[daemon]\nmin_warm = 1\nmax_warm = 3\n").unwrap();
+        assert_eq!(file.daemon.min_warm, Some(1));
+        assert!(toml::from_str::<ConfigFile>("[daemon]\nmin_warmth = 1\n").is_err());
+        assert!(toml::from_str::<ConfigFile>("[daemon]\nmin_warm = -1\n").is_err());
     }
 
     #[test]

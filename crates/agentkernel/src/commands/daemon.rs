@@ -19,9 +19,10 @@ fn say(text: &str) {
 
 pub async fn daemon(command: DaemonCommand) -> i32 {
     let result = match command {
-        DaemonCommand::Start { foreground: true } => {
-            server::serve(&socket_path(), wiring::service(), PoolConfig::default()).await
-        }
+        DaemonCommand::Start { foreground: true } => match pool_config() {
+            Ok(config) => server::serve(&socket_path(), wiring::service(), config).await,
+            Err(error) => exit::fail(exit::USAGE, &error.into()),
+        },
         DaemonCommand::Start { foreground: false } => start_background(),
         DaemonCommand::Status { json } => status(json),
         DaemonCommand::Stop => stop(),
@@ -35,9 +36,24 @@ pub async fn daemon(command: DaemonCommand) -> i32 {
     }
 }
 
+/// Pool sizes: the user's `[daemon]` settings over the defaults.
+fn pool_config() -> Result<PoolConfig, ak_core::ConfigError> {
+    let options = ak_core::config::DaemonOptions::load()?;
+    let defaults = PoolConfig::default();
+    Ok(PoolConfig {
+        min_warm: options.min_warm.unwrap_or(defaults.min_warm),
+        max_warm: options
+            .max_warm
+            .unwrap_or(defaults.max_warm.max(options.min_warm.unwrap_or(0))),
+        max_total: options.max_total.unwrap_or(defaults.max_total),
+    })
+}
+
 /// Starts `agentkernel daemon start --foreground` in its own session, logging to the state
 /// directory, and waits until it answers.
 fn start_background() -> anyhow::Result<()> {
+    // Bad settings are reported here, not only in the daemon's log.
+    pool_config()?;
     let socket = socket_path();
     if let Ok((Response::Status(status), _)) = client::call(&socket, &Request::Status) {
         return Err(anyhow!("a daemon is already running (pid {})", status.pid));

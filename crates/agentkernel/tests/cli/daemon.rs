@@ -152,3 +152,22 @@ fn a_killed_daemon_lets_running_commands_finish_and_leaves_nothing_behind() {
     }
     assert_no_leaks(&before);
 }
+
+#[test]
+fn bad_pool_settings_are_refused() {
+    let _host = exclusive_host();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[daemon]\nmin_warm = 5\nmax_warm = 1\n").unwrap();
+    let output = crate::common::agentkernel(Mode::Root, &["daemon", "start"])
+        .env("AGENTKERNEL_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert_ne!(output.status.code(), Some(0));
+    assert!(
+        stderr(&output).contains("min_warm (5) is above max_warm (1)"),
+        "{}",
+        stderr(&output)
+    );
+    assert_code(&ak(Mode::Root, &["daemon", "status"]), 1);
+}
