@@ -84,6 +84,13 @@ fn init_logging() {
 }
 
 async fn run(args: args::Args) -> i32 {
+    // Commands run as the same uid as the agent: without this they could read its memory
+    // (/proc/1/mem where ptrace_scope allows) and speak for it to the host.
+    if let Err(e) =
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)
+    {
+        tracing::warn!("cannot make the agent undumpable: {e}");
+    }
     // Held, never used, until the process exits: the host's liveness lock lives on it.
     let _held = match args.hold_fd.map(listener::adopt_open_fd).transpose() {
         Ok(held) => held,

@@ -210,6 +210,12 @@ pub fn resolve(
     let mut workdir = PathBuf::from(DEFAULT_WORKDIR);
     if options.mount_cwd == Some(true) {
         let host = cwd.canonicalize().map_err(ConfigError::CurrentDir)?;
+        if host == Path::new("/") {
+            return Err(ConfigError::InvalidPath {
+                path: "/".into(),
+                reason: "--mount-cwd would share the whole host root; run it from a project directory",
+            });
+        }
         mounts.push(Mount {
             host: host.clone(),
             target: host.clone(),

@@ -38,6 +38,10 @@ impl ImageRef {
             if !canonical.is_dir() {
                 return Err(ConfigError::MissingImageDir(path));
             }
+            // The host's root as a directory image would skip the hiding of its secrets.
+            if canonical == Path::new("/") {
+                return Ok(ImageRef::Host);
+            }
             return Ok(ImageRef::Directory(canonical));
         }
         validate_oci_reference(input)?;
@@ -86,8 +90,10 @@ mod tests {
     fn parses_each_kind() {
         let cwd = std::env::temp_dir();
         assert_eq!(ImageRef::parse("host", &cwd).unwrap(), ImageRef::Host);
+        // The host's root given as a directory is the host image, secrets hidden.
+        assert_eq!(ImageRef::parse("/", &cwd).unwrap(), ImageRef::Host);
         assert!(matches!(
-            ImageRef::parse("/", &cwd).unwrap(),
+            ImageRef::parse("/usr", &cwd).unwrap(),
             ImageRef::Directory(_)
         ));
         assert_eq!(

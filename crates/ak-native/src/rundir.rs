@@ -47,6 +47,7 @@ impl RunDir {
             .mode(DIR_MODE)
             .create(base)
             .map_err(NativeError::io(format!("create {}", base.display())))?;
+        check_owned(base)?;
         // Built under a hidden name and renamed once locked, so the sweep never sees a
         // directory that exists but is not locked yet.
         let building = base.join(format!(".{id}"));
@@ -55,18 +56,30 @@ impl RunDir {
             .mode(DIR_MODE)
             .create(&building)
             .map_err(NativeError::io(format!("create {}", building.display())))?;
-        let lock = File::create(building.join(LOCK_FILE)).map_err(NativeError::io(format!(
-            "create lock in {}",
-            building.display()
-        )))?;
-        flock(&lock, FlockOperation::NonBlockingLockExclusive)
-            .map_err(|e| NativeError::io(format!("lock {}", building.display()))(e.into()))?;
-        std::fs::rename(&building, &path)
-            .map_err(NativeError::io(format!("rename {}", building.display())))?;
-        Ok(RunDir {
-            path,
-            lock: Some(lock),
-        })
+        let locked = File::create(building.join(LOCK_FILE))
+            .map_err(NativeError::io(format!(
+                "create lock in {}",
+                building.display()
+            )))
+            .and_then(|lock| {
+                flock(&lock, FlockOperation::NonBlockingLockExclusive).map_err(|e| {
+                    NativeError::io(format!("lock {}", building.display()))(e.into())
+                })?;
+                std::fs::rename(&building, &path)
+                    .map_err(NativeError::io(format!("rename {}", building.display())))?;
+                Ok(lock)
+            });
+        match locked {
+            Ok(lock) => Ok(RunDir {
+                path,
+                lock: Some(lock),
+            }),
+            Err(error) => {
+                // The sweep skips hidden names: nothing else would ever remove it.
+                let _ = std::fs::remove_dir_all(&building);
+                Err(error)
+            }
+        }
     }
 
     /// The runtime directory of a sandbox created elsewhere (not locked by this value).
@@ -104,6 +117,22 @@ impl RunDir {
             )),
         }
     }
+}
+
+/// Refuses a runtime base that another user could have prepared (in a shared /tmp):
+/// it must be a real directory of ours that nobody else can write.
+fn check_owned(base: &Path) -> Result<(), NativeError> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::symlink_metadata(base)
+        .map_err(NativeError::io(format!("inspect {}", base.display())))?;
+    let me = rustix::process::geteuid().as_raw();
+    if !meta.is_dir() || meta.uid() != me || meta.mode() & 0o022 != 0 {
+        return Err(NativeError::Unavailable(format!(
+            "the runtime directory {} is not a directory owned by uid {me} and writable only by it; remove it or set XDG_RUNTIME_DIR",
+            base.display()
+        )));
+    }
+    Ok(())
 }
 
 /// Ids of runtime directories under `base` whose owner is gone (their lock is free).

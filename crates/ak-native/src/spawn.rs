@@ -155,7 +155,9 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
         new_root: os_cstring(request.new_root.as_os_str())?,
         hostname: cstring(&spec.hostname)?,
         drop_groups: is_root,
-        new_session: request.persistent.is_some(),
+        // Every sandbox leaves the caller's session: the terminal's Ctrl-C must reach the
+        // command once, forwarded by the caller, not also the agent directly.
+        new_session: true,
         cgroup_namespace: Path::new("/proc/self/ns/cgroup").exists(),
         rlimits: request.rlimits,
         landlock: match (spec.policy.landlock, request.landlock_abi) {

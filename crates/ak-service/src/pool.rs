@@ -104,8 +104,13 @@ fn lock(pools: &Mutex<HashMap<String, Pool>>) -> std::sync::MutexGuard<'_, HashM
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// A new sandbox's spec from a pool's template: a fresh id, and none of the requesting
+/// run's environment or timeout (they go with that run's command, never into a spare
+/// another caller may get).
 fn fresh(template: &SandboxSpec) -> SandboxSpec {
     let mut spec = template.clone();
+    spec.env.clear();
+    spec.timeout = None;
     spec.id = new_sandbox_id();
     spec.hostname = format!("ak-{}", &spec.id[..12]);
     spec
@@ -142,7 +147,7 @@ impl Pools {
         let spare = {
             let mut pools = lock(&self.pools);
             let pool = pools.entry(key.clone()).or_default();
-            pool.template.get_or_insert_with(|| spec.clone());
+            pool.template.get_or_insert_with(|| fresh(spec));
             pool.spares.pop_front()
         };
         let hit = spare.is_some();

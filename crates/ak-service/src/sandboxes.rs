@@ -153,29 +153,27 @@ impl Service {
         let record = self.record(name)?;
         require(&record, &[SandboxState::Stopped], "start")?;
         let backend = self.backend(record.backend)?;
-        let sandbox = match backend.create(&record.spec, Lifetime::Persistent).await {
-            Ok(sandbox) => sandbox,
-            Err(error) => {
-                self.registry()?.transition(
-                    name,
-                    SandboxState::Stopped,
-                    SandboxState::Failed,
-                    None,
-                    Some(error.to_string()),
-                )?;
-                return Err(error.into());
-            }
-        };
-        let handle = serde_json::to_string(&sandbox.handle())
-            .map_err(|e| ServiceError::State(format!("encode handle: {e}")))?;
+        // A failed start leaves the sandbox stopped (and its workdir untouched): the cause
+        // may be passing, and `failed` would only allow removing it.
+        let sandbox = backend.create(&record.spec, Lifetime::Persistent).await?;
+        let handle = sandbox.handle();
+        let encoded = serde_json::to_string(&handle)
+            .map_err(|e| ServiceError::State(format!("encode handle: {e}")));
         sandbox.detach();
-        Ok(self.registry()?.transition(
-            name,
-            SandboxState::Stopped,
-            SandboxState::Running,
-            Some(handle),
-            None,
-        )?)
+        let recorded = encoded.and_then(|encoded| {
+            Ok(self.registry()?.transition(
+                name,
+                SandboxState::Stopped,
+                SandboxState::Running,
+                Some(encoded),
+                None,
+            )?)
+        });
+        if recorded.is_err() {
+            // Unrecorded, nobody could reach or stop it: end it now.
+            let _ = backend.release(&handle).await;
+        }
+        recorded
     }
 
     /// Stops a running sandbox: every process ends; the workdir stays.

@@ -37,6 +37,8 @@ pub struct CommandSession {
     exec: ExecHandle,
     deadline: Option<Instant>,
     ended: Option<(ExitStatus, bool)>,
+    /// What the owned sandbox used, once it has been destroyed early (timeout).
+    usage: Option<SandboxUsage>,
 }
 
 impl CommandSession {
@@ -61,6 +63,7 @@ impl CommandSession {
             exec: handle,
             deadline,
             ended: None,
+            usage: None,
         })
     }
 
@@ -93,7 +96,7 @@ impl CommandSession {
                     Ok(event) => event?,
                     Err(_) => {
                         tracing::warn!("the command outlived its timeout; ending the sandbox");
-                        sandbox.destroy().await?;
+                        self.usage = Some(sandbox.destroy().await?);
                         Some(ExecEvent::Exited {
                             status: ExitStatus::Signal(SIGKILL),
                             timed_out: true,
@@ -111,9 +114,10 @@ impl CommandSession {
 
     /// Releases an owned sandbox and reports how the command ended.
     pub async fn finish(mut self) -> Result<RunOutcome, ServiceError> {
-        let usage = match self.owned.as_mut() {
-            Some(sandbox) => sandbox.destroy().await?,
-            None => SandboxUsage::default(),
+        let usage = match (self.usage.take(), self.owned.as_mut()) {
+            (Some(usage), _) => usage,
+            (None, Some(sandbox)) => sandbox.destroy().await?,
+            (None, None) => SandboxUsage::default(),
         };
         let (status, timed_out) = self.ended.ok_or_else(|| {
             ServiceError::Protocol(ak_protocol::ProtocolError::Unexpected(

@@ -145,6 +145,17 @@ async fn fetch(
             std::fs::create_dir(host)
                 .with_context(|| format!("cannot create {}", host.display()))?;
             for entry in client.list_dir(source).await.map_err(agent)? {
+                // The agent is inside the sandbox: a name it sends must not walk the host.
+                if entry.name.is_empty()
+                    || entry.name == "."
+                    || entry.name == ".."
+                    || entry.name.contains('/')
+                {
+                    return Err(anyhow!(
+                        "the sandbox listed an invalid file name {:?} in {source}",
+                        entry.name
+                    ));
+                }
                 let child = format!("{}/{}", source.trim_end_matches('/'), entry.name);
                 Box::pin(fetch(
                     client,

@@ -132,13 +132,15 @@ fn status(json: bool) -> anyhow::Result<()> {
 fn stop() -> anyhow::Result<()> {
     let socket = socket_path();
     client::call(&socket, &Request::Stop)?;
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while socket.exists() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // The socket goes first; give the pools their clean-up time too.
-    let stopped = Instant::now() + Duration::from_secs(15);
-    while client::connect(&socket).is_ok() && Instant::now() < stopped {
+    // The daemon removes its socket once every pool sandbox is released.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while socket.exists() {
+        if Instant::now() >= deadline {
+            return Err(anyhow!(
+                "the daemon did not finish stopping within 30 s; see {}",
+                log_path().display()
+            ));
+        }
         std::thread::sleep(Duration::from_millis(20));
     }
     say("daemon stopped");

@@ -54,6 +54,9 @@ pub async fn serve(socket: &Path, service: Service, config: PoolConfig) -> anyho
         stop: tokio::sync::Notify::new(),
     });
     let mut tick = tokio::time::interval(MAINTAIN_EVERY);
+    // SIGTERM and SIGINT stop the daemon as gracefully as `daemon stop` does.
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -69,11 +72,14 @@ pub async fn serve(socket: &Path, service: Service, config: PoolConfig) -> anyho
             },
             _ = tick.tick() => daemon.pools.maintain(&daemon.service).await,
             _ = daemon.stop.notified() => break,
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
         }
     }
     drop(listener);
-    let _ = std::fs::remove_file(socket);
     daemon.pools.shutdown(STOP_GRACE).await;
+    // Last: `daemon stop` waits for the socket to go, so it returns once all is released.
+    let _ = std::fs::remove_file(socket);
     tracing::info!("daemon stopped");
     Ok(())
 }

@@ -55,6 +55,21 @@ fn bad_flags_are_refused_clearly() {
 }
 
 #[test]
+fn mount_cwd_of_the_root_is_refused() {
+    let _host = shared_host();
+    let output = agentkernel(Mode::Root, &["run", "--mount-cwd", "--", "true"])
+        .current_dir("/")
+        .output()
+        .unwrap();
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("whole host root"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
 fn missing_command_is_a_usage_error() {
     let _host = shared_host();
     let output = agentkernel(Mode::Root, &["run"]).output().unwrap();

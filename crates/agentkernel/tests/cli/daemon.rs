@@ -8,6 +8,22 @@ use crate::common::{
     stderr, stdout,
 };
 
+/// Stops the daemon when the test ends, passed or failed, so no other test sees its pools.
+struct Running(Mode);
+
+impl Running {
+    fn start(mode: Mode) -> Running {
+        assert_code(&ak(mode, &["daemon", "start"]), 0);
+        Running(mode)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = ak(self.0, &["daemon", "stop"]);
+    }
+}
+
 fn daemon_status(mode: Mode) -> serde_json::Value {
     let output = ak(mode, &["daemon", "status", "--json"]);
     assert_code(&output, 0);
@@ -20,7 +36,7 @@ fn pool_hands_each_sandbox_out_once() {
     let _host = exclusive_host();
     let before = snapshot();
     let mode = Mode::Root;
-    assert_code(&ak(mode, &["daemon", "start"]), 0);
+    let daemon = Running::start(mode);
     assert!(stderr(&ak(mode, &["daemon", "start"])).contains("already running"));
     let handles: Vec<_> = (0..16)
         .map(|i| {
@@ -57,15 +73,47 @@ fn pool_hands_each_sandbox_out_once() {
         "a sandbox was handed out twice: {hostnames:?}"
     );
 
+    // A run's environment goes with its command, never into spares others get.
+    assert_code(
+        &ak(
+            mode,
+            &[
+                "run",
+                "-F",
+                "--no-network",
+                "-e",
+                "SECRET_TOKEN=hunter2",
+                "--",
+                "true",
+            ],
+        ),
+        0,
+    );
+    for _ in 0..4 {
+        let output = ak(
+            mode,
+            &[
+                "run",
+                "-F",
+                "--no-network",
+                "--",
+                "sh",
+                "-c",
+                "env; cat /proc/1/environ 2>&1",
+            ],
+        );
+        assert!(!stdout(&output).contains("hunter2"), "{}", stdout(&output));
+    }
+
     let status = daemon_status(mode);
     let pool = &status["pools"][0];
     assert_eq!(
         pool["hits"].as_u64().unwrap() + pool["misses"].as_u64().unwrap(),
-        16,
+        21,
         "{status}"
     );
-    assert!(pool["created"].as_u64().unwrap() >= 16, "{status}");
-    assert_code(&ak(mode, &["daemon", "stop"]), 0);
+    assert!(pool["created"].as_u64().unwrap() >= 21, "{status}");
+    drop(daemon);
     assert_code(&ak(mode, &["daemon", "status"]), 1);
     assert_no_leaks(&before);
 }
