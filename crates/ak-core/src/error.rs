@@ -72,8 +72,6 @@ pub enum BackendError {
     Setup(String),
     #[error("cannot reach the sandbox's agent: {0}")]
     Connect(String),
-    #[error("sandbox tear-down failed: {0}")]
-    Teardown(String),
     #[error("sandbox {0} is no longer running")]
     Gone(String),
     #[error(transparent)]

@@ -8,7 +8,7 @@ use std::os::fd::RawFd;
 use ak_core::SandboxSpec;
 
 use crate::error::NativeError;
-use crate::plan::cstring;
+use crate::plan::{SCRATCH_DIRS, cstring};
 
 const EXECUTE: u64 = 1 << 0;
 const WRITE_FILE: u64 = 1 << 1;
@@ -80,9 +80,10 @@ impl LandlockPlan {
             ),
             (cstring("/proc")?, READ_FILE | WRITE_FILE | READ_DIR),
         ];
-        let writable = ["/tmp", "/run", "/root", "/home", "/dev/shm"]
-            .into_iter()
-            .map(String::from)
+        let writable = SCRATCH_DIRS
+            .iter()
+            .map(|(dir, _)| dir.to_string())
+            .chain(std::iter::once("/dev/shm".to_string()))
             .chain(std::iter::once(spec.workdir.to_string_lossy().into_owned()))
             .chain(
                 spec.mounts

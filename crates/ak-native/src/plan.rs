@@ -55,7 +55,7 @@ const HOST_HIDDEN_FILES: &[&str] = &[
 /// Writable directories of every sandbox, with their modes. They live in the sandbox's
 /// root tmpfs (private, memory-accounted, as large as the memory limit) rather than in
 /// tmpfs mounts of their own: every mount costs tens of microseconds at each start.
-const SCRATCH_DIRS: &[(&str, u32)] = &[
+pub(crate) const SCRATCH_DIRS: &[(&str, u32)] = &[
     ("/tmp", 0o1777),
     ("/run", 0o755),
     ("/root", 0o700),

@@ -66,8 +66,14 @@ const NAMESPACES: [(&str, &str); 7] = [
 ];
 
 impl HostFeatures {
-    /// Probes this host; never fails, unknowns are reported as absent with a reason.
+    /// Probes this host once per process (the probe forks); never fails, unknowns are
+    /// reported as absent with a reason.
     pub fn detect() -> HostFeatures {
+        static FEATURES: std::sync::OnceLock<HostFeatures> = std::sync::OnceLock::new();
+        FEATURES.get_or_init(Self::probe).clone()
+    }
+
+    fn probe() -> HostFeatures {
         let running_as_root = rustix::process::geteuid().is_root();
         let cgroups = CgroupLayout::detect();
         let features = HostFeatures {

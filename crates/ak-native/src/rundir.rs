@@ -157,18 +157,6 @@ pub fn stale_entries(base: &Path) -> Vec<(String, File)> {
     stale
 }
 
-/// Lists every runtime directory id under `base` (for leak checks).
-pub fn list(base: &Path) -> Vec<String> {
-    std::fs::read_dir(base)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,12 +3,10 @@
 
 use ak_core::backend::Lifetime;
 use ak_core::{ExecSpec, SandboxSpec};
-use ak_protocol::AgentClient;
-use ak_protocol::handshake::software;
 
 use crate::Service;
 use crate::error::ServiceError;
-use crate::session::CommandSession;
+use crate::session::{CommandSession, connect_agent};
 
 impl Service {
     /// Starts `exec` in a fresh sandbox described by `spec`; the sandbox's timeout applies
@@ -30,7 +28,7 @@ impl Service {
         tracing::debug!(elapsed = ?begun.elapsed(), "sandbox created");
         let client = async {
             let transport = sandbox.connect().await?;
-            Ok::<_, ServiceError>(AgentClient::connect(transport, software("agentkernel")).await?)
+            connect_agent(transport).await
         }
         .await;
         let client = match client {

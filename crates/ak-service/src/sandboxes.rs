@@ -11,13 +11,12 @@ use ak_core::backend::{Lifetime, SandboxHandle};
 use ak_core::spec::validate_name;
 use ak_core::{BackendError, ExecSpec, Mount, SandboxSpec, SandboxState};
 use ak_protocol::AgentClient;
-use ak_protocol::handshake::software;
 use rustix::fs::{FlockOperation, flock};
 
 use crate::Service;
 use crate::error::ServiceError;
-use crate::registry::{RegistryError, SandboxRecord};
-use crate::session::CommandSession;
+use crate::registry::{RegistryError, SandboxRecord, now_unix};
+use crate::session::{CommandSession, connect_agent};
 
 /// Where a named sandbox's workdir lives inside it when the service provides one.
 const NAMED_WORKDIR: &str = "/workspace";
@@ -26,13 +25,6 @@ const NAMED_WORKDIR: &str = "/workspace";
 #[derive(Debug)]
 struct NameLock {
     _file: File,
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or_default()
 }
 
 impl Service {
@@ -136,8 +128,8 @@ impl Service {
             state: SandboxState::Stopped,
             spec,
             handle: None,
-            created_at: now(),
-            updated_at: now(),
+            created_at: now_unix(),
+            updated_at: now_unix(),
             error: None,
         };
         match self.registry()?.insert(&record) {
@@ -275,7 +267,7 @@ impl Service {
         };
         let transport = sandbox.connect().await?;
         sandbox.detach();
-        Ok(AgentClient::connect(transport, software("agentkernel")).await?)
+        connect_agent(transport).await
     }
 
     /// Marks running sandboxes whose processes are gone as failed and releases what they

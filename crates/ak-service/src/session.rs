@@ -16,6 +16,13 @@ pub(crate) const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
 /// Linux's SIGKILL, the signal a command ended by the service is reported with.
 const SIGKILL: i32 = 9;
 
+/// Handshakes with a sandbox's agent over `transport`, as this software.
+pub(crate) async fn connect_agent(
+    transport: Box<dyn ak_core::Transport>,
+) -> Result<AgentClient, ServiceError> {
+    Ok(AgentClient::connect(transport, ak_protocol::handshake::software("agentkernel")).await?)
+}
+
 /// How a command ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RunOutcome {
@@ -73,9 +80,7 @@ impl CommandSession {
         transport: Box<dyn ak_core::Transport>,
         exec: ExecSpec,
     ) -> Result<CommandSession, ServiceError> {
-        let client =
-            AgentClient::connect(transport, ak_protocol::handshake::software("agentkernel"))
-                .await?;
+        let client = connect_agent(transport).await?;
         Self::start_in(client, exec, None).await
     }
 

@@ -467,7 +467,7 @@ fn parse_state(text: &str, name: &str) -> Result<SandboxState, RegistryError> {
     })
 }
 
-fn now_unix() -> i64 {
+pub(crate) fn now_unix() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
