@@ -48,6 +48,16 @@ pub enum Command {
     Daemon(DaemonCommand),
 }
 
+impl Command {
+    /// Whether this runs the long-lived daemon process itself.
+    pub fn is_daemon_server(&self) -> bool {
+        matches!(
+            self,
+            Command::Daemon(DaemonCommand::Start { foreground: true })
+        )
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum DaemonCommand {
     /// Start the daemon in the background (or in the foreground with --foreground).

@@ -11,10 +11,14 @@ use clap::Parser;
 fn main() {
     let cli = cli::Cli::parse();
     init_tracing(cli.verbose);
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    // One thread for one command; the daemon serves requests while it builds sandboxes
+    // (blocking work) for its pools, so it gets a worker per core.
+    let mut builder = if cli.command.is_daemon_server() {
+        tokio::runtime::Builder::new_multi_thread()
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    let runtime = match builder.enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => exit::fail(
             exit::SANDBOX_FAILURE,

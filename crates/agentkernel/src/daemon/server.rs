@@ -53,7 +53,18 @@ pub async fn serve(socket: &Path, service: Service, config: PoolConfig) -> anyho
         started: Instant::now(),
         stop: tokio::sync::Notify::new(),
     });
-    let mut tick = tokio::time::interval(MAINTAIN_EVERY);
+    // Refills and releases run beside the request loop, so that a hit never waits for
+    // a sandbox being built or torn down.
+    let maintainer = {
+        let daemon = daemon.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MAINTAIN_EVERY);
+            loop {
+                tick.tick().await;
+                daemon.pools.maintain(&daemon.service).await;
+            }
+        })
+    };
     // SIGTERM and SIGINT stop the daemon as gracefully as `daemon stop` does.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -70,13 +81,16 @@ pub async fn serve(socket: &Path, service: Service, config: PoolConfig) -> anyho
                 }
                 Err(e) => tracing::warn!("accept: {e}"),
             },
-            _ = tick.tick() => daemon.pools.maintain(&daemon.service).await,
             _ = daemon.stop.notified() => break,
             _ = terminate.recv() => break,
             _ = interrupt.recv() => break,
         }
     }
     drop(listener);
+    maintainer.abort();
+    // An aborted pass may have been mid-way; what it built is in the pools, what it had
+    // taken out for release is released here or by the next sweep.
+    let _ = maintainer.await;
     daemon.pools.shutdown(STOP_GRACE).await;
     // Last: `daemon stop` waits for the socket to go, so it returns once all is released.
     let _ = std::fs::remove_file(socket);
