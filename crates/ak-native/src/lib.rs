@@ -31,7 +31,7 @@ use crate::cgroup::{CgroupLayout, SandboxCgroup};
 pub use crate::error::NativeError;
 use crate::network::NetworkHelper;
 use crate::persistent::{HandleData, ProcessRef};
-use crate::plan::{TopEntry, list_top_level};
+use crate::plan::{HiddenPaths, TopEntry, list_top_level};
 use crate::probe::HostFeatures;
 use crate::rundir::RunDir;
 pub use crate::sandbox::NativeSandbox;
@@ -63,6 +63,7 @@ pub struct NativeBackend {
 struct Prepared {
     agent: OwnedFd,
     host_top_level: Vec<TopEntry>,
+    hidden: HiddenPaths,
     cgroups: CgroupLayout,
     cgroups_usable: Result<(), String>,
     landlock_abi: Option<u32>,
@@ -108,6 +109,7 @@ impl NativeBackend {
         Ok(Prepared {
             agent,
             host_top_level: list_top_level(Path::new("/"))?,
+            hidden: HiddenPaths::detect(),
             cgroups,
             cgroups_usable,
             landlock_abi: landlock::abi_version(),
@@ -211,6 +213,7 @@ impl NativeBackend {
             spec,
             image_root: &image_root,
             top_level: &top_level,
+            hidden: &prepared.hidden,
             new_root: &new_root,
             resolv_conf: resolv_conf.as_deref(),
             agent_fd: prepared.agent.as_raw_fd(),

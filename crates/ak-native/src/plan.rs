@@ -68,6 +68,39 @@ const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];
 /// Kernel interfaces in `/proc` the sandbox has no business reading.
 const PROC_HIDDEN_FILES: &[&str] = &["kcore", "keys", "timer_list", "sysrq-trigger", "kallsyms"];
 
+/// Which of the places the plan hides exist here: checked once per process rather than
+/// with some twenty `stat` calls at every sandbox start.
+#[derive(Debug, Clone)]
+pub(crate) struct HiddenPaths {
+    dirs: Vec<&'static str>,
+    files: Vec<&'static str>,
+    proc_files: Vec<&'static str>,
+    proc_sys: bool,
+}
+
+impl HiddenPaths {
+    pub(crate) fn detect() -> HiddenPaths {
+        HiddenPaths {
+            dirs: HOST_HIDDEN_DIRS
+                .iter()
+                .copied()
+                .filter(|d| Path::new(d).is_dir())
+                .collect(),
+            files: HOST_HIDDEN_FILES
+                .iter()
+                .copied()
+                .filter(|f| Path::new(f).exists())
+                .collect(),
+            proc_files: PROC_HIDDEN_FILES
+                .iter()
+                .copied()
+                .filter(|f| Path::new("/proc").join(f).exists())
+                .collect(),
+            proc_sys: Path::new("/proc/sys").is_dir(),
+        }
+    }
+}
+
 /// `mount_setattr` attribute bits (`linux/mount.h`).
 pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
@@ -195,6 +228,7 @@ impl<'a> MountPlanner<'a> {
         image_root: &Path,
         top: &[TopEntry],
         resolv_conf: Option<&Path>,
+        hidden: &HiddenPaths,
     ) -> Result<Vec<Op>, NativeError> {
         let host_image = matches!(spec.image, ImageRef::Host);
         let ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
@@ -244,26 +278,22 @@ impl<'a> MountPlanner<'a> {
         }
 
         if host_image {
-            for dir in HOST_HIDDEN_DIRS {
-                if Path::new(dir).is_dir() {
-                    self.mount(
-                        "tmpfs",
-                        self.inside(dir),
-                        "tmpfs",
-                        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_RDONLY,
-                        "mode=0755,size=4k",
-                    )?;
-                }
+            for dir in &hidden.dirs {
+                self.mount(
+                    "tmpfs",
+                    self.inside(dir),
+                    "tmpfs",
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_RDONLY,
+                    "mode=0755,size=4k",
+                )?;
             }
-            for file in HOST_HIDDEN_FILES {
-                if Path::new(file).exists() {
-                    // Not nodev: the mask is the /dev/null device itself.
-                    self.bind(
-                        "/dev/null",
-                        self.inside(file),
-                        MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
-                    )?;
-                }
+            for file in &hidden.files {
+                // Not nodev: the mask is the /dev/null device itself.
+                self.bind(
+                    "/dev/null",
+                    self.inside(file),
+                    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
+                )?;
             }
         }
 
@@ -286,7 +316,7 @@ impl<'a> MountPlanner<'a> {
         }
 
         self.plan_dev()?;
-        self.plan_proc()?;
+        self.plan_proc(hidden)?;
         self.ensure_dir("/sys")?;
         self.mount(
             "sysfs",
@@ -368,7 +398,7 @@ impl<'a> MountPlanner<'a> {
         Ok(())
     }
 
-    fn plan_proc(&mut self) -> Result<(), NativeError> {
+    fn plan_proc(&mut self, hidden: &HiddenPaths) -> Result<(), NativeError> {
         self.ensure_dir("/proc")?;
         self.mount(
             "proc",
@@ -377,26 +407,22 @@ impl<'a> MountPlanner<'a> {
             libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
             "",
         )?;
-        for file in PROC_HIDDEN_FILES {
-            if Path::new("/proc").join(file).exists() {
-                self.bind(
-                    "/dev/null",
-                    self.inside(&format!("/proc/{file}")),
-                    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
-                )?;
-            }
+        for file in &hidden.proc_files {
+            self.bind(
+                "/dev/null",
+                self.inside(&format!("/proc/{file}")),
+                MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
+            )?;
         }
         // Namespaced /proc/sys entries would be writable by the sandbox's root; none of
         // them should change from inside.
-        for dir in ["sys"] {
-            if Path::new("/proc").join(dir).is_dir() {
-                let target = self.inside(&format!("/proc/{dir}"));
-                self.ops.push(Op::Bind {
-                    source: path_c(&target)?,
-                    target: path_c(&target)?,
-                    attrs: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
-                });
-            }
+        if hidden.proc_sys {
+            let target = self.inside("/proc/sys");
+            self.ops.push(Op::Bind {
+                source: path_c(&target)?,
+                target: path_c(&target)?,
+                attrs: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            });
         }
         Ok(())
     }

@@ -12,7 +12,9 @@ use ak_core::SandboxSpec;
 use crate::child::{self, ChildPlan, Step};
 use crate::error::NativeError;
 use crate::landlock::LandlockPlan;
-use crate::plan::{MountPlanner, TopEntry, cstring, env_block, os_cstring, pointer_array};
+use crate::plan::{
+    HiddenPaths, MountPlanner, TopEntry, cstring, env_block, os_cstring, pointer_array,
+};
 
 /// First uid/gid on the host that root-run sandboxes map to (65536 ids from here). Far
 /// above the ranges `useradd` and `/etc/subuid` hand out, so no host account owns them.
@@ -24,6 +26,7 @@ pub(crate) struct SpawnRequest<'a> {
     pub spec: &'a SandboxSpec,
     pub image_root: &'a Path,
     pub top_level: &'a [TopEntry],
+    pub hidden: &'a HiddenPaths,
     pub new_root: &'a Path,
     pub resolv_conf: Option<&'a Path>,
     pub agent_fd: RawFd,
@@ -100,6 +103,7 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
         request.image_root,
         request.top_level,
         request.resolv_conf,
+        request.hidden,
     )?;
 
     let (sync_read, sync_write) = pipe()?;
