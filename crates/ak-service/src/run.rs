@@ -20,9 +20,7 @@ impl Service {
             return Err(ServiceError::EmptyCommand);
         }
         let backend = self.backend(spec.backend)?;
-        if exec.timeout_ms.is_none() {
-            exec.timeout_ms = spec.timeout.map(|t| t.as_millis() as u64);
-        }
+        with_spec_timeout(spec, &mut exec);
         let begun = std::time::Instant::now();
         let mut sandbox = backend.create(spec, Lifetime::Ephemeral).await?;
         tracing::debug!(elapsed = ?begun.elapsed(), "sandbox created");
@@ -41,5 +39,29 @@ impl Service {
         let session = CommandSession::start_in(client, exec, Some(sandbox)).await;
         tracing::debug!(elapsed = ?begun.elapsed(), "command sent to the agent");
         session
+    }
+}
+
+impl Service {
+    /// Starts `exec` in a never-used pool sandbox for `spec`, reached over `transport`
+    /// (handed out by the daemon). Pool sandboxes start without any caller's environment or
+    /// timeout, so the spec's go with the command.
+    pub async fn start_pooled(
+        &self,
+        transport: Box<dyn ak_core::Transport>,
+        spec: &SandboxSpec,
+        mut exec: ExecSpec,
+    ) -> Result<CommandSession, ServiceError> {
+        with_spec_timeout(spec, &mut exec);
+        let command_env = std::mem::take(&mut exec.env);
+        exec.env = spec.env.iter().cloned().chain(command_env).collect();
+        CommandSession::over(transport, exec).await
+    }
+}
+
+/// The sandbox's timeout applies to its command unless the command has its own.
+fn with_spec_timeout(spec: &SandboxSpec, exec: &mut ExecSpec) {
+    if exec.timeout_ms.is_none() {
+        exec.timeout_ms = spec.timeout.map(|t| t.as_millis() as u64);
     }
 }

@@ -4,7 +4,6 @@
 use std::os::fd::OwnedFd;
 
 use ak_core::{ExecSpec, SandboxSpec};
-use ak_service::CommandSession;
 use ak_service::pool::pool_key;
 use anyhow::anyhow;
 
@@ -32,13 +31,6 @@ pub async fn run(args: RunArgs) -> i32 {
     if args.fast || socket_path().exists() {
         match from_pool(&spec, args.fast) {
             Ok(Some(connection)) => {
-                // A pool sandbox starts with the default environment: this run's goes with
-                // the command, as does its timeout.
-                let exec = ExecSpec {
-                    env: spec.env.clone(),
-                    timeout_ms: spec.timeout.map(|t| t.as_millis() as u64),
-                    ..exec
-                };
                 let connection = std::os::unix::net::UnixStream::from(connection);
                 let transport = match connection
                     .set_nonblocking(true)
@@ -47,7 +39,7 @@ pub async fn run(args: RunArgs) -> i32 {
                     Ok(stream) => Box::new(stream),
                     Err(e) => exit::fail(exit::SANDBOX_FAILURE, &anyhow!("pool connection: {e}")),
                 };
-                return match CommandSession::over(transport, exec).await {
+                return match wiring::service().start_pooled(transport, &spec, exec).await {
                     Ok(session) => stream::stream(session, options).await,
                     Err(error) => stream::fail_start(error),
                 };
