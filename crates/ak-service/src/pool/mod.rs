@@ -64,6 +64,9 @@ struct Pool {
     template: Option<SandboxSpec>,
     spares: VecDeque<Box<dyn Sandbox>>,
     in_use: Vec<Box<dyn Sandbox>>,
+    /// Sandboxes being built for this pool right now: they count against `max_total`
+    /// from the moment the decision to build them is taken.
+    building: usize,
     created: u64,
     hits: u64,
     misses: u64,
@@ -75,7 +78,13 @@ struct Pool {
 pub struct Pools {
     config: PoolConfig,
     pools: Mutex<HashMap<String, Pool>>,
+    /// Woken when sandboxes are released, for callers waiting on `max_total`.
+    released: tokio::sync::Notify,
 }
+
+/// How long a caller waits for room when all `max_total` sandboxes exist: a burst queues
+/// for a while rather than failing at once, yet an overloaded host still says so.
+const CAPACITY_WAIT: Duration = Duration::from_secs(30);
 
 /// The pool a spec belongs to, or `None` when it cannot be prepared ahead (host mounts).
 /// Environment and timeout are per command, so they are not part of it.
@@ -121,14 +130,52 @@ impl Pools {
         Pools {
             config,
             pools: Mutex::new(HashMap::new()),
+            released: tokio::sync::Notify::new(),
         }
     }
 
     fn total(pools: &HashMap<String, Pool>) -> usize {
         pools
             .values()
-            .map(|p| p.spares.len() + p.in_use.len())
+            .map(|p| p.spares.len() + p.in_use.len() + p.building)
             .sum()
+    }
+
+    /// Reserves room for one new sandbox of pool `key` if the total allows it.
+    fn try_reserve(&self, key: &str) -> bool {
+        let mut pools = lock(&self.pools);
+        if Self::total(&pools) >= self.config.max_total {
+            return false;
+        }
+        pools.entry(key.to_string()).or_default().building += 1;
+        true
+    }
+
+    fn unreserve(&self, key: &str) {
+        if let Some(pool) = lock(&self.pools).get_mut(key) {
+            pool.building = pool.building.saturating_sub(1);
+        }
+    }
+
+    /// Waits until room for a new sandbox of pool `key` is reserved, or fails after
+    /// `CAPACITY_WAIT`.
+    async fn reserve(&self, key: &str) -> Result<(), ServiceError> {
+        let deadline = tokio::time::Instant::now() + CAPACITY_WAIT;
+        loop {
+            // Registered before the check, so a release between the check and the wait
+            // still wakes this caller.
+            let released = self.released.notified();
+            if self.try_reserve(key) {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline, released).await.is_err() {
+                return Err(ServiceError::State(format!(
+                    "all {} pool sandboxes stayed in use for {}s; try again later or raise [daemon] max_total",
+                    self.config.max_total,
+                    CAPACITY_WAIT.as_secs()
+                )));
+            }
+        }
     }
 
     /// Hands out a never-used sandbox for `spec`: a spare when one is ready (a hit), else
@@ -154,16 +201,16 @@ impl Pools {
         let mut sandbox = match spare {
             Some(sandbox) => sandbox,
             None => {
-                if Self::total(&lock(&self.pools)) >= self.config.max_total {
-                    return Err(ServiceError::State(format!(
-                        "all {} pool sandboxes are in use; try again shortly",
-                        self.config.max_total
-                    )));
-                }
-                let sandbox = service
-                    .backend(spec.backend)?
-                    .create(&fresh(spec), Lifetime::Ephemeral)
-                    .await?;
+                self.reserve(&key).await?;
+                let created = match service.backend(spec.backend) {
+                    Ok(backend) => backend
+                        .create(&fresh(spec), Lifetime::Ephemeral)
+                        .await
+                        .map_err(ServiceError::from),
+                    Err(e) => Err(e),
+                };
+                self.unreserve(&key);
+                let sandbox = created?;
                 lock(&self.pools).entry(key.clone()).or_default().created += 1;
                 sandbox
             }
@@ -201,34 +248,41 @@ impl Pools {
                 })
                 .collect()
         };
+        let released_any = !finished.is_empty();
         for mut sandbox in finished {
             if let Err(e) = sandbox.destroy().await {
                 tracing::warn!(id = sandbox.id(), "releasing a used pool sandbox: {e}");
             }
         }
+        if released_any {
+            self.released.notify_waiters();
+        }
         loop {
             let wanted = {
                 let pools = lock(&self.pools);
-                if Self::total(&pools) >= self.config.max_total {
-                    return;
-                }
                 pools
                     .iter()
                     .filter(|(_, p)| {
-                        p.spares.len() < self.config.min_warm.min(self.config.max_warm)
+                        p.spares.len() + p.building < self.config.min_warm.min(self.config.max_warm)
                     })
                     .find_map(|(key, p)| p.template.clone().map(|t| (key.clone(), t)))
             };
             let Some((key, template)) = wanted else {
                 return;
             };
+            // Within `max_total`, counted with what callers are building right now.
+            if !self.try_reserve(&key) {
+                return;
+            }
             let created = match service.backend(template.backend) {
                 Ok(backend) => backend.create(&fresh(&template), Lifetime::Ephemeral).await,
                 Err(e) => {
+                    self.unreserve(&key);
                     tracing::warn!("pool {key}: {e}");
                     return;
                 }
             };
+            self.unreserve(&key);
             match created {
                 Ok(sandbox) => {
                     let mut pools = lock(&self.pools);
@@ -297,3 +351,6 @@ impl Pools {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;
