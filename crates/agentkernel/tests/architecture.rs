@@ -13,10 +13,13 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("ak-core", &["ak-protocol"]),
         ("ak-native", &["ak-core", "ak-protocol"]),
         ("ak-service", &["ak-core", "ak-protocol"]),
+        // The harness drives the CLI as a user would; it links none of the runtime.
+        ("ak-bench", &[]),
         (
             "agentkernel",
             &[
                 "ak-agent",
+                "ak-bench",
                 "ak-core",
                 "ak-native",
                 "ak-protocol",

@@ -2,7 +2,7 @@
 //! an unprivileged user, and snapshot host resources to prove nothing leaked.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
@@ -133,101 +133,11 @@ pub fn assert_code(output: &Output, code: i32) {
     );
 }
 
-/// Host resources a sandbox could leave behind.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostSnapshot {
-    pub mounts: usize,
-    pub cgroups: Vec<String>,
-    pub net_namespaces: Vec<u64>,
-    pub sandbox_processes: Vec<u32>,
-    pub runtime_dirs: Vec<String>,
-}
+pub use ak_bench::HostSnapshot;
 
-fn list_dir(path: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(path)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
-    names.sort();
-    names
-}
-
-/// Processes whose host uid is a sandbox uid (root-mapped range or the rootless uid).
-fn sandbox_processes() -> Vec<u32> {
-    let mut pids = Vec::new();
-    for name in list_dir(Path::new("/proc")) {
-        let Ok(pid) = name.parse::<u32>() else {
-            continue;
-        };
-        let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-            continue;
-        };
-        let uid: Option<u32> = status
-            .lines()
-            .find(|l| l.starts_with("Uid:"))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok());
-        if uid.is_some_and(|uid| uid >= 1_000_000_000 || uid == ROOTLESS_UID) {
-            pids.push(pid);
-        }
-    }
-    pids
-}
-
-fn net_namespaces() -> Vec<u64> {
-    use std::os::unix::fs::MetadataExt;
-    let mut inodes: Vec<u64> = list_dir(Path::new("/proc"))
-        .into_iter()
-        .filter(|n| n.parse::<u32>().is_ok())
-        .filter_map(|pid| std::fs::metadata(format!("/proc/{pid}/ns/net")).ok())
-        .map(|m| m.ino())
-        .collect();
-    inodes.sort();
-    inodes.dedup();
-    inodes
-}
-
+/// The host's sandbox resources now (see `ak_bench::HostSnapshot`).
 pub fn snapshot() -> HostSnapshot {
-    let mut cgroups = Vec::new();
-    for hierarchy in list_dir(Path::new("/sys/fs/cgroup")) {
-        for id in list_dir(
-            &Path::new("/sys/fs/cgroup")
-                .join(&hierarchy)
-                .join("agentkernel"),
-        ) {
-            if Path::new("/sys/fs/cgroup")
-                .join(&hierarchy)
-                .join("agentkernel")
-                .join(&id)
-                .is_dir()
-            {
-                cgroups.push(format!("{hierarchy}/{id}"));
-            }
-        }
-    }
-    for id in list_dir(Path::new("/sys/fs/cgroup/agentkernel")) {
-        if Path::new("/sys/fs/cgroup/agentkernel").join(&id).is_dir() {
-            cgroups.push(id);
-        }
-    }
-    let mut runtime_dirs = list_dir(Path::new("/run/agentkernel"));
-    runtime_dirs.extend(list_dir(
-        &std::env::temp_dir().join(format!("agentkernel-{ROOTLESS_UID}")),
-    ));
-    HostSnapshot {
-        mounts: std::fs::read_to_string("/proc/self/mountinfo")
-            .unwrap()
-            .lines()
-            .count(),
-        cgroups,
-        net_namespaces: net_namespaces(),
-        sandbox_processes: sandbox_processes(),
-        runtime_dirs,
-    }
+    HostSnapshot::take(&[ROOTLESS_UID])
 }
 
 /// Serialises the leak test against every other test: they take it shared, it exclusive.
@@ -245,40 +155,6 @@ pub fn exclusive_host() -> std::sync::RwLockWriteGuard<'static, ()> {
 
 /// Waits briefly for asynchronous clean-up (process exit) before comparing.
 pub fn assert_no_leaks(before: &HostSnapshot) {
-    let mut after = snapshot();
-    for _ in 0..50 {
-        if after.sandbox_processes.is_empty()
-            && after.cgroups.is_empty()
-            && after.runtime_dirs.is_empty()
-        {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-        after = snapshot();
-    }
-    assert_eq!(after.mounts, before.mounts, "host mounts changed");
-    assert!(
-        after.cgroups.is_empty(),
-        "leftover cgroups: {:?}",
-        after.cgroups
-    );
-    assert!(
-        after.runtime_dirs.is_empty(),
-        "leftover runtime dirs: {:?}",
-        after.runtime_dirs
-    );
-    assert!(
-        after.sandbox_processes.is_empty(),
-        "leftover sandbox processes: {:?}",
-        after.sandbox_processes
-    );
-    let new_netns: Vec<_> = after
-        .net_namespaces
-        .iter()
-        .filter(|ns| !before.net_namespaces.contains(ns))
-        .collect();
-    assert!(
-        new_netns.is_empty(),
-        "leftover network namespaces: {new_netns:?}"
-    );
+    let leaks = before.leaks_since(&[ROOTLESS_UID], std::time::Duration::from_secs(5));
+    assert!(leaks.is_empty(), "{}", leaks.join("\n"));
 }
