@@ -46,16 +46,40 @@ pub enum Command {
     /// The daemon that keeps warm pools, so that `run` starts in about a millisecond.
     #[command(subcommand)]
     Daemon(DaemonCommand),
+    /// Measure where a sandbox's time goes on each usable backend: boot, ready, exec,
+    /// shutdown, and throughput.
+    Bench(Box<BenchArgs>),
 }
 
 impl Command {
-    /// Whether this runs the long-lived daemon process itself.
-    pub fn is_daemon_server(&self) -> bool {
+    /// Whether this command does several sandboxes' blocking work at once (the daemon
+    /// serving while it builds spares, the benchmark's throughput run), so it needs a
+    /// worker thread per core.
+    pub fn needs_worker_threads(&self) -> bool {
         matches!(
             self,
-            Command::Daemon(DaemonCommand::Start { foreground: true })
+            Command::Daemon(DaemonCommand::Start { foreground: true }) | Command::Bench(_)
         )
     }
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Options of the measured sandboxes; without --backend every usable backend is measured.
+    #[command(flatten)]
+    pub sandbox: SandboxArgs,
+    /// Sandboxes taken one at a time through boot, ready, exec and shutdown.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub iterations: u32,
+    /// Sandboxes run (create, exec, release) for the throughput figure.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub runs: u32,
+    /// How many of those run at once (default: twice the CPUs).
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: Option<u32>,
+    /// Print the results as JSON (no progress bar).
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -11,9 +11,9 @@ use clap::Parser;
 fn main() {
     let cli = cli::Cli::parse();
     init_tracing(cli.verbose);
-    // One thread for one command; the daemon serves requests while it builds sandboxes
-    // (blocking work) for its pools, so it gets a worker per core.
-    let mut builder = if cli.command.is_daemon_server() {
+    // One thread for one command; commands that build several sandboxes at once (blocking
+    // work) get a worker per core.
+    let mut builder = if cli.command.needs_worker_threads() {
         tokio::runtime::Builder::new_multi_thread()
     } else {
         tokio::runtime::Builder::new_current_thread()

@@ -1,6 +1,7 @@
 //! ak-service: the one set of operations every front end (CLI, HTTP, MCP) calls. It picks
 //! the backend a spec names, provisions the sandbox, speaks to its agent and releases it.
 
+mod components;
 mod error;
 pub mod pool;
 pub mod registry;
@@ -14,6 +15,7 @@ use std::sync::{Arc, OnceLock};
 
 use ak_core::{Backend, BackendKind, BackendProbe};
 
+pub use crate::components::ComponentTimes;
 pub use crate::error::ServiceError;
 pub use crate::registry::{Registry, SandboxRecord};
 pub use crate::session::{CommandSession, RunOutcome};

@@ -1,6 +1,7 @@
 //! One module per command; `dispatch` maps each to its exit code.
 
 mod attach;
+mod bench;
 mod cp;
 mod daemon;
 mod exec;
@@ -32,6 +33,7 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::List(args) => sandbox::list(args).await,
         Command::Inspect(args) => sandbox::inspect(args).await,
         Command::Daemon(command) => daemon::daemon(command).await,
+        Command::Bench(args) => bench::bench(*args).await,
     }
 }
 

@@ -7,6 +7,7 @@
 )]
 
 mod bad_input;
+mod bench;
 mod common;
 mod daemon;
 mod escape;

@@ -1,0 +1,211 @@
+//! `agentkernel bench`: where a sandbox's time goes on each usable backend (boot, ready,
+//! exec, shutdown) and how many sandboxes per second it runs, with a live progress bar.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ak_bench::{Machine, StepStats};
+use ak_core::spec::new_sandbox_id;
+use ak_core::{BackendKind, SandboxSpec};
+use ak_service::{ComponentTimes, Service};
+use anyhow::{Context, anyhow};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+
+use crate::cli::BenchArgs;
+use crate::exit;
+use crate::wiring;
+
+/// The results of one backend.
+#[derive(Debug, Serialize)]
+struct BackendBench {
+    backend: BackendKind,
+    /// Per component over `iterations` sandboxes, in milliseconds; `total` is their sum.
+    components: BTreeMap<&'static str, StepStats>,
+    throughput: Throughput,
+}
+
+#[derive(Debug, Serialize)]
+struct Throughput {
+    runs: u32,
+    concurrency: u32,
+    wall_ms: f64,
+    sandboxes_per_s: f64,
+}
+
+#[derive(Debug, Serialize)]
+struct BenchReport {
+    machine: Machine,
+    iterations: u32,
+    backends: Vec<BackendBench>,
+}
+
+const COMPONENTS: [&str; 5] = ["boot", "ready", "exec", "shutdown", "total"];
+
+pub async fn bench(args: BenchArgs) -> i32 {
+    let spec = super::resolve_spec(&args.sandbox);
+    let service = Arc::new(wiring::service());
+    let backends: Vec<BackendKind> = if args.sandbox.backend.is_some() {
+        vec![spec.backend]
+    } else {
+        service
+            .status()
+            .into_iter()
+            .filter(|probe| probe.usable)
+            .map(|probe| probe.backend)
+            .collect()
+    };
+    if backends.is_empty() {
+        exit::fail(
+            exit::SANDBOX_FAILURE,
+            &anyhow!("no backend is usable here; `agentkernel status` says why"),
+        );
+    }
+    let concurrency = args
+        .concurrency
+        .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, |n| n.get() as u32));
+    let mut report = BenchReport {
+        machine: Machine::current(),
+        iterations: args.iterations,
+        backends: Vec::new(),
+    };
+    for backend in backends {
+        let spec = SandboxSpec {
+            backend,
+            ..spec.clone()
+        };
+        match bench_backend(&service, &spec, &args, concurrency).await {
+            Ok(result) => report.backends.push(result),
+            Err(error) => exit::fail(
+                exit::SANDBOX_FAILURE,
+                &error.context(format!("benchmark of the {backend} backend")),
+            ),
+        }
+    }
+    let text = if args.json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(json) => json,
+            Err(e) => exit::fail(exit::SANDBOX_FAILURE, &e.into()),
+        }
+    } else {
+        render(&report)
+    };
+    #[allow(clippy::print_stdout, reason = "the command's output")]
+    {
+        println!("{text}");
+    }
+    0
+}
+
+fn progress(args: &BenchArgs, length: u32, message: String) -> ProgressBar {
+    if args.json {
+        return ProgressBar::hidden();
+    }
+    let bar = ProgressBar::new(u64::from(length)).with_message(message);
+    if let Ok(style) = ProgressStyle::with_template("{msg:28} [{bar:30}] {pos}/{len} {elapsed}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// A spec for one more sandbox: each needs its own id.
+fn fresh(spec: &SandboxSpec) -> SandboxSpec {
+    let id = new_sandbox_id();
+    SandboxSpec {
+        hostname: format!("ak-{}", &id[..12]),
+        id,
+        ..spec.clone()
+    }
+}
+
+async fn bench_backend(
+    service: &Arc<Service>,
+    spec: &SandboxSpec,
+    args: &BenchArgs,
+    concurrency: u32,
+) -> anyhow::Result<BackendBench> {
+    let bar = progress(
+        args,
+        args.iterations,
+        format!("{}: components", spec.backend),
+    );
+    let mut samples: Vec<ComponentTimes> = Vec::new();
+    for _ in 0..args.iterations {
+        samples.push(service.time_components(&fresh(spec)).await?);
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let series: [(&str, fn(&ComponentTimes) -> Duration); 5] = [
+        ("boot", |t| t.boot),
+        ("ready", |t| t.ready),
+        ("exec", |t| t.exec),
+        ("shutdown", |t| t.shutdown),
+        ("total", |t| t.boot + t.ready + t.exec + t.shutdown),
+    ];
+    let components = series
+        .iter()
+        .filter_map(|(name, of)| {
+            let durations: Vec<Duration> = samples.iter().map(of).collect();
+            Some((*name, StepStats::from_durations(&durations)?))
+        })
+        .collect();
+
+    let bar = progress(args, args.runs, format!("{}: throughput", spec.backend));
+    let started = Instant::now();
+    let limit = Arc::new(tokio::sync::Semaphore::new(concurrency as usize));
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..args.runs {
+        let (service, spec, limit, bar) =
+            (service.clone(), fresh(spec), limit.clone(), bar.clone());
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await?;
+            service.time_components(&spec).await?;
+            bar.inc(1);
+            anyhow::Ok(())
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        done.context("a throughput task panicked")??;
+    }
+    let wall = started.elapsed();
+    bar.finish_and_clear();
+    Ok(BackendBench {
+        backend: spec.backend,
+        components,
+        throughput: Throughput {
+            runs: args.runs,
+            concurrency,
+            wall_ms: (wall.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+            sandboxes_per_s: (f64::from(args.runs) / wall.as_secs_f64() * 10.0).round() / 10.0,
+        },
+    })
+}
+
+fn render(report: &BenchReport) -> String {
+    let machine = &report.machine;
+    let mut text = format!(
+        "{} cores ({}), kernel {}, {} sandboxes per backend\n",
+        machine.cores, machine.cpu_model, machine.kernel, report.iterations
+    );
+    for backend in &report.backends {
+        text.push_str(&format!(
+            "\n{}\n{:10} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
+            backend.backend, "component", "mean ms", "p50 ms", "p95 ms", "p99 ms", "max ms"
+        ));
+        for name in COMPONENTS {
+            if let Some(s) = backend.components.get(name) {
+                text.push_str(&format!(
+                    "{name:10} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
+                    s.mean_ms, s.p50_ms, s.p95_ms, s.p99_ms, s.max_ms
+                ));
+            }
+        }
+        let t = &backend.throughput;
+        text.push_str(&format!(
+            "throughput {:.1} sandboxes/s ({} sandboxes, {} at once, {:.0} ms)\n",
+            t.sandboxes_per_s, t.runs, t.concurrency, t.wall_ms
+        ));
+    }
+    text
+}
