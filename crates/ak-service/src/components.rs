@@ -24,6 +24,22 @@ pub struct ComponentTimes {
     pub shutdown: Duration,
 }
 
+impl ComponentTimes {
+    /// The components in the order they happen, then their sum.
+    pub const NAMES: [&'static str; 5] = ["boot", "ready", "exec", "shutdown", "total"];
+
+    /// The times in the order of [`ComponentTimes::NAMES`].
+    pub fn values(&self) -> [Duration; 5] {
+        [
+            self.boot,
+            self.ready,
+            self.exec,
+            self.shutdown,
+            self.boot + self.ready + self.exec + self.shutdown,
+        ]
+    }
+}
+
 impl Service {
     /// Takes one fresh sandbox for `spec` through its components. The sandbox is always
     /// released, also when a component fails.

@@ -41,8 +41,6 @@ struct BenchReport {
     backends: Vec<BackendBench>,
 }
 
-const COMPONENTS: [&str; 5] = ["boot", "ready", "exec", "shutdown", "total"];
-
 pub async fn bench(args: BenchArgs) -> i32 {
     let spec = super::resolve_spec(&args.sandbox);
     let service = Arc::new(wiring::service());
@@ -136,17 +134,11 @@ async fn bench_backend(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    let series: [(&str, fn(&ComponentTimes) -> Duration); 5] = [
-        ("boot", |t| t.boot),
-        ("ready", |t| t.ready),
-        ("exec", |t| t.exec),
-        ("shutdown", |t| t.shutdown),
-        ("total", |t| t.boot + t.ready + t.exec + t.shutdown),
-    ];
-    let components = series
+    let components = ComponentTimes::NAMES
         .iter()
-        .filter_map(|(name, of)| {
-            let durations: Vec<Duration> = samples.iter().map(of).collect();
+        .enumerate()
+        .filter_map(|(index, name)| {
+            let durations: Vec<Duration> = samples.iter().map(|t| t.values()[index]).collect();
             Some((*name, StepStats::from_durations(&durations)?))
         })
         .collect();
@@ -193,7 +185,7 @@ fn render(report: &BenchReport) -> String {
             "\n{}\n{:10} {:>9} {:>9} {:>9} {:>9} {:>9}\n",
             backend.backend, "component", "mean ms", "p50 ms", "p95 ms", "p99 ms", "max ms"
         ));
-        for name in COMPONENTS {
+        for name in ComponentTimes::NAMES {
             if let Some(s) = backend.components.get(name) {
                 text.push_str(&format!(
                     "{name:10} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
