@@ -106,47 +106,97 @@ impl HostSnapshot {
         }
     }
 
-    /// What is on the host now that was not at `self` (taken before any sandbox ran),
-    /// one line per kind of leak; empty when nothing leaked. Waits up to `settle` for
+    /// What is on the host now that was not at `self` (taken before the sandboxes
+    /// ran), one line per kind of leak; empty when nothing leaked. What already existed
+    /// at `self` (a user's running sandboxes) is not counted. Waits up to `settle` for
     /// clean-up that finishes asynchronously (processes being reaped).
     pub fn leaks_since(&self, rootless_uids: &[u32], settle: Duration) -> Vec<String> {
         let deadline = Instant::now() + settle;
-        let mut after = HostSnapshot::take(rootless_uids);
-        while !(after.sandbox_processes.is_empty()
-            && after.cgroups.is_empty()
-            && after.runtime_dirs.is_empty())
+        let mut new = self.new_in(&HostSnapshot::take(rootless_uids));
+        while !(new.sandbox_processes.is_empty()
+            && new.cgroups.is_empty()
+            && new.runtime_dirs.is_empty()
+            && new.net_namespaces.is_empty())
             && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(100));
-            after = HostSnapshot::take(rootless_uids);
+            new = self.new_in(&HostSnapshot::take(rootless_uids));
         }
         let mut leaks = Vec::new();
-        if after.mounts != self.mounts {
+        if new.mounts != self.mounts {
             leaks.push(format!(
                 "host mounts changed: {} before, {} after",
-                self.mounts, after.mounts
+                self.mounts, new.mounts
             ));
         }
-        if !after.cgroups.is_empty() {
-            leaks.push(format!("leftover cgroups: {:?}", after.cgroups));
+        if !new.cgroups.is_empty() {
+            leaks.push(format!("leftover cgroups: {:?}", new.cgroups));
         }
-        if !after.runtime_dirs.is_empty() {
-            leaks.push(format!("leftover runtime dirs: {:?}", after.runtime_dirs));
+        if !new.runtime_dirs.is_empty() {
+            leaks.push(format!("leftover runtime dirs: {:?}", new.runtime_dirs));
         }
-        if !after.sandbox_processes.is_empty() {
+        if !new.sandbox_processes.is_empty() {
             leaks.push(format!(
                 "leftover sandbox processes: {:?}",
-                after.sandbox_processes
+                new.sandbox_processes
             ));
         }
-        let new_netns: Vec<_> = after
-            .net_namespaces
-            .iter()
-            .filter(|ns| !self.net_namespaces.contains(ns))
-            .collect();
-        if !new_netns.is_empty() {
-            leaks.push(format!("leftover network namespaces: {new_netns:?}"));
+        if !new.net_namespaces.is_empty() {
+            leaks.push(format!(
+                "leftover network namespaces: {:?}",
+                new.net_namespaces
+            ));
         }
         leaks
+    }
+
+    /// What `after` has that `self` has not (mounts: `after`'s count, compared whole).
+    fn new_in(&self, after: &HostSnapshot) -> HostSnapshot {
+        fn added<T: PartialEq + Clone>(before: &[T], after: &[T]) -> Vec<T> {
+            after
+                .iter()
+                .filter(|x| !before.contains(x))
+                .cloned()
+                .collect()
+        }
+        HostSnapshot {
+            mounts: after.mounts,
+            cgroups: added(&self.cgroups, &after.cgroups),
+            net_namespaces: added(&self.net_namespaces, &after.net_namespaces),
+            sandbox_processes: added(&self.sandbox_processes, &after.sandbox_processes),
+            runtime_dirs: added(&self.runtime_dirs, &after.runtime_dirs),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn snapshot(cgroups: &[&str], processes: &[u32]) -> HostSnapshot {
+        HostSnapshot {
+            mounts: 30,
+            cgroups: cgroups.iter().map(|c| c.to_string()).collect(),
+            net_namespaces: vec![1],
+            sandbox_processes: processes.to_vec(),
+            runtime_dirs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_what_appeared_since_the_snapshot_counts() {
+        let before = snapshot(&["memory/a"], &[10]);
+        let new = before.new_in(&snapshot(&["memory/a", "memory/b"], &[10, 11]));
+        assert_eq!(new.cgroups, ["memory/b"]);
+        assert_eq!(new.sandbox_processes, [11]);
+        assert!(new.net_namespaces.is_empty());
+        assert_eq!(before.new_in(&before), snapshot(&[], &[]).with_netns(&[]));
+    }
+
+    impl HostSnapshot {
+        fn with_netns(mut self, ns: &[u64]) -> HostSnapshot {
+            self.net_namespaces = ns.to_vec();
+            self
+        }
     }
 }

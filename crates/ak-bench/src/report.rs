@@ -38,16 +38,15 @@ impl Phase {
                 samples.entry(step.clone()).or_default().push(*ms);
             }
         }
-        if outcomes.iter().any(|o| o.steps_ms.len() > 1) {
-            samples.insert(
-                "total".into(),
-                outcomes
-                    .iter()
-                    .filter(|o| o.success())
-                    .map(Outcome::total_ms)
-                    .collect(),
-            );
-        }
+        // Also for one-step phases, so every phase answers the same query.
+        samples.insert(
+            "total".into(),
+            outcomes
+                .iter()
+                .filter(|o| o.success())
+                .map(Outcome::total_ms)
+                .collect(),
+        );
         let wall_s = wall.as_secs_f64();
         Phase {
             total,
