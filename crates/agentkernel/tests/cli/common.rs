@@ -22,20 +22,26 @@ pub fn is_root() -> bool {
 }
 
 /// Binaries copied to a world-readable directory so an unprivileged user can run them even
-/// when the build directory lives under a private home.
+/// when the build directory lives under a private home. One directory per build tree, so
+/// runs do not pile up and two checkouts never swap binaries; each copy is renamed into
+/// place, so a running copy is never rewritten.
 fn shared_binaries() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("agentkernel-test-bin-{}", std::process::id()));
+        use std::hash::{Hash, Hasher};
+        let mut tree = std::hash::DefaultHasher::new();
+        env!("CARGO_BIN_EXE_agentkernel").hash(&mut tree);
+        let dir = std::env::temp_dir().join(format!("agentkernel-test-bin-{:016x}", tree.finish()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         for (name, source) in [
             ("agentkernel", env!("CARGO_BIN_EXE_agentkernel")),
             ("ak-agent", env!("CARGO_BIN_EXE_ak-agent")),
         ] {
-            let target = dir.join(name);
-            std::fs::copy(source, &target).unwrap();
-            std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let staged = dir.join(format!(".{name}.{}", std::process::id()));
+            std::fs::copy(source, &staged).unwrap();
+            std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+            std::fs::rename(&staged, dir.join(name)).unwrap();
         }
         dir
     })
