@@ -1,9 +1,10 @@
 //! Benchmark: `BENCH_SANDBOXES` sandboxes (default 10) each going through
 //! `BENCH_ITERATIONS` lifecycles (default 10: create → start → exec → stop → remove), at
 //! most `BENCH_MAX_CONCURRENT` at once (default 50), on `BENCH_BACKEND` (default native);
-//! then as many cold `run`s and `run`s through the daemon's warm pool. Throughput and
+//! then as many cold `run`s, `run`s through the daemon's warm pool, and bare
+//! `/bin/echo hello`s (the baseline, in the same run). Throughput and
 //! p50/p95/p99 per step go to `benchmark-results/benchmark_*.json`. `BENCH_PHASES` picks
-//! phases (`lifecycle`, `run`, `pool_run`), `BENCH_NETWORK=1` gives sandboxes network.
+//! phases (`bare`, `lifecycle`, `run`, `pool_run`), `BENCH_NETWORK=1` gives sandboxes network.
 //!
 //! `cargo test --release --test benchmark_test -- --nocapture --ignored`
 
@@ -23,7 +24,12 @@ fn benchmark() {
     let network = std::env::var("BENCH_NETWORK").is_ok_and(|v| v == "1");
     let phases = env_phases(
         "BENCH_PHASES",
-        &[PhaseKind::Lifecycle, PhaseKind::Run, PhaseKind::PoolRun],
+        &[
+            PhaseKind::Bare,
+            PhaseKind::Lifecycle,
+            PhaseKind::Run,
+            PhaseKind::PoolRun,
+        ],
     )
     .unwrap();
 

@@ -166,20 +166,33 @@ impl CliDriver {
     /// pool when one runs for this state directory.
     pub fn run(&self, label: &str) -> Outcome {
         let args = self.with_flags(&["run"], &[&["--"][..], &PROBE_COMMAND[..]].concat());
-        let (success, error, steps_ms) = match self.step(&args) {
-            Ok((ms, stdout)) if stdout == PROBE_OUTPUT => {
-                (true, None, BTreeMap::from([("run".to_string(), ms)]))
-            }
+        self.probe(label, &args)
+    }
+
+    /// `/bin/echo hello` itself, no sandbox: the baseline, spawned, timed and checked
+    /// exactly as [`CliDriver::run`] does the CLI.
+    pub fn bare(&self, label: &str) -> Outcome {
+        let baseline = CliDriver {
+            binary: PathBuf::from("/bin/echo"),
+            env: Vec::new(),
+            sandbox_flags: Vec::new(),
+        };
+        baseline.probe(label, &PROBE_COMMAND[1..])
+    }
+
+    /// One timed command (step `run`) that must print the probe's output.
+    fn probe(&self, label: &str, args: &[&str]) -> Outcome {
+        let (error, steps_ms) = match self.step(args) {
             Ok((ms, stdout)) => (
-                false,
-                Some(format!("run printed {stdout:?}, expected {PROBE_OUTPUT:?}")),
+                (stdout != PROBE_OUTPUT)
+                    .then(|| format!("printed {stdout:?}, expected {PROBE_OUTPUT:?}")),
                 BTreeMap::from([("run".to_string(), ms)]),
             ),
-            Err(error) => (false, Some(error), BTreeMap::new()),
+            Err(error) => (Some(error), BTreeMap::new()),
         };
         Outcome {
             name: label.into(),
-            success,
+            success: error.is_none(),
             error,
             steps_ms,
         }
@@ -207,6 +220,15 @@ mod tests {
         assert!(outcome.steps_ms.is_empty(), "{:?}", outcome.steps_ms);
         let error = outcome.error.unwrap();
         assert!(error.contains("`agentkernel create"), "{error}");
+    }
+
+    #[test]
+    fn the_bare_baseline_runs_echo_itself() {
+        let state = tempfile::tempdir().unwrap();
+        let driver = CliDriver::new(Path::new("/bin/false"), state.path(), "native", false);
+        let outcome = driver.bare("b");
+        assert!(outcome.success(), "{:?}", outcome.error);
+        assert!(outcome.steps_ms["run"] > 0.0);
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub enum PhaseKind {
     Run,
     /// Each job: `run -- echo hello` with the daemon running (its warm pool).
     PoolRun,
+    /// Each job: a bare `/bin/echo hello` on the host, timed the same way: the baseline
+    /// the other phases are compared with, measured in the same run.
+    Bare,
 }
 
 impl PhaseKind {
@@ -28,6 +31,7 @@ impl PhaseKind {
             PhaseKind::Lifecycle => "lifecycle",
             PhaseKind::Run => "run",
             PhaseKind::PoolRun => "pool_run",
+            PhaseKind::Bare => "bare",
         }
     }
 }
@@ -40,8 +44,9 @@ impl FromStr for PhaseKind {
             "lifecycle" => Ok(PhaseKind::Lifecycle),
             "run" => Ok(PhaseKind::Run),
             "pool_run" => Ok(PhaseKind::PoolRun),
+            "bare" => Ok(PhaseKind::Bare),
             other => Err(format!(
-                "unknown phase {other:?} (expected lifecycle, run or pool_run)"
+                "unknown phase {other:?} (expected lifecycle, run, pool_run or bare)"
             )),
         }
     }
@@ -134,6 +139,7 @@ fn run_phase(
         match kind {
             PhaseKind::Lifecycle => driver.lifecycle(&name),
             PhaseKind::Run | PhaseKind::PoolRun => driver.run(&name),
+            PhaseKind::Bare => driver.bare(&name),
         }
     };
     let done = |outcome: &Outcome| progress(kind, outcome);
@@ -282,6 +288,17 @@ pub fn table(report: &Report) -> String {
                 stats.max_ms,
                 phase.throughput_per_s
             ));
+        }
+    }
+    if let Some(bare) = report.phases.get("bare").and_then(|p| p.steps.get("run")) {
+        for (name, phase) in &report.phases {
+            if let Some(run) = phase.steps.get("run").filter(|_| name != "bare") {
+                text.push_str(&format!(
+                    "{name}: p50 {:.2}x the bare command's, mean {:.2}x\n",
+                    run.p50_ms / bare.p50_ms,
+                    run.mean_ms / bare.mean_ms
+                ));
+            }
         }
     }
     for leak in &report.leaks {
