@@ -3,8 +3,14 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use std::sync::Mutex;
+
+use ak_core::BackendKind;
+use ak_core::config::ConfigFile;
+use ak_docker::{DockerBackend, ProgressSink, PullProgress};
 use ak_native::NativeBackend;
 use ak_service::Service;
+use indicatif::{ProgressBar, ProgressStyle};
 
 /// Environment variable naming the agent executable explicitly.
 pub const AGENT_ENV: &str = "AGENTKERNEL_AGENT";
@@ -39,8 +45,41 @@ pub fn state_dir() -> PathBuf {
 }
 
 pub fn service() -> Service {
+    let config = match ConfigFile::user() {
+        Ok(config) => config,
+        Err(e) => crate::exit::fail(crate::exit::USAGE, &e.into()),
+    };
+    let container = |kind: BackendKind, socket: Option<String>| {
+        Arc::new(DockerBackend::new(kind, agent_path(), socket).with_pull_progress(pull_progress()))
+    };
     Service::new(
-        vec![Arc::new(NativeBackend::new(agent_path()))],
+        vec![
+            Arc::new(NativeBackend::new(agent_path())),
+            container(BackendKind::Docker, config.docker.socket),
+            container(BackendKind::Podman, config.podman.socket),
+        ],
         registry_path(),
     )
+}
+
+/// Draws image pulls as a progress bar on stderr (hidden when stderr is not a terminal).
+fn pull_progress() -> ProgressSink {
+    let bar: Mutex<Option<ProgressBar>> = Mutex::new(None);
+    Arc::new(move |progress: &PullProgress| {
+        let mut bar = bar.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let bar = bar.get_or_insert_with(|| {
+            let bar = ProgressBar::new(0).with_message(format!("pulling {}", progress.image));
+            if let Ok(style) =
+                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {wide_msg}")
+            {
+                bar.set_style(style.progress_chars("=> "));
+            }
+            bar
+        });
+        bar.set_length(progress.total);
+        bar.set_position(progress.current);
+        if progress.done {
+            bar.finish_and_clear();
+        }
+    })
 }

@@ -12,6 +12,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("ak-agent", &["ak-protocol"]),
         ("ak-core", &["ak-protocol"]),
         ("ak-native", &["ak-core", "ak-protocol"]),
+        ("ak-docker", &["ak-core"]),
         ("ak-service", &["ak-core", "ak-protocol"]),
         // The harness drives the CLI as a user would; it links none of the runtime.
         ("ak-bench", &[]),
@@ -21,6 +22,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
                 "ak-agent",
                 "ak-bench",
                 "ak-core",
+                "ak-docker",
                 "ak-native",
                 "ak-protocol",
                 "ak-service",

@@ -4,8 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// Printed with every argument error.
-pub(crate) const USAGE: &str =
-    "usage: ak-agent (--fd N | --listen PATH | --listen-fd N) [--hold-fd N] [--workdir DIR]";
+pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N) [--hold-fd N] [--workdir DIR]";
 
 /// Where the host's connections come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +13,9 @@ pub(crate) enum Mode {
     Fd(i32),
     /// A Unix socket listener to create at this path; every connection is served.
     Listen(PathBuf),
+    /// A Unix socket listener to create at this path for exactly one connection (a
+    /// container's one-shot sandbox): the agent ends when that connection closes.
+    ListenOnce(PathBuf),
     /// A listening Unix socket the host created, inherited as this file descriptor; every
     /// connection is served.
     ListenFd(i32),
@@ -43,9 +45,9 @@ pub(crate) enum ArgsError {
     BadFd(&'static str, String),
     #[error("{0} is not valid UTF-8")]
     NotUtf8(&'static str),
-    #[error("only one of --fd, --listen and --listen-fd can be used")]
+    #[error("only one of --fd, --listen, --listen-once and --listen-fd can be used")]
     ConflictingModes,
-    #[error("one of --fd N, --listen PATH or --listen-fd N is required")]
+    #[error("one of --fd N, --listen PATH, --listen-once PATH or --listen-fd N is required")]
     NoMode,
 }
 
@@ -57,6 +59,7 @@ where
     let mut args = args.into_iter();
     let mut fd = None;
     let mut listen = None;
+    let mut listen_once = None;
     let mut listen_fd = None;
     let mut hold_fd = None;
     let mut workdir = None;
@@ -89,6 +92,11 @@ where
                 "--hold-fd",
             )?,
             "--listen" => set_once(&mut listen, PathBuf::from(value("--listen")?), "--listen")?,
+            "--listen-once" => set_once(
+                &mut listen_once,
+                PathBuf::from(value("--listen-once")?),
+                "--listen-once",
+            )?,
             "--workdir" => {
                 set_once(
                     &mut workdir,
@@ -99,11 +107,12 @@ where
             _ => return Err(ArgsError::Unknown(text.to_string())),
         }
     }
-    let mode = match (fd, listen, listen_fd) {
-        (Some(fd), None, None) => Mode::Fd(fd),
-        (None, Some(path), None) => Mode::Listen(path),
-        (None, None, Some(fd)) => Mode::ListenFd(fd),
-        (None, None, None) => return Err(ArgsError::NoMode),
+    let mode = match (fd, listen, listen_once, listen_fd) {
+        (Some(fd), None, None, None) => Mode::Fd(fd),
+        (None, Some(path), None, None) => Mode::Listen(path),
+        (None, None, Some(path), None) => Mode::ListenOnce(path),
+        (None, None, None, Some(fd)) => Mode::ListenFd(fd),
+        (None, None, None, None) => return Err(ArgsError::NoMode),
         _ => return Err(ArgsError::ConflictingModes),
     };
     Ok(Args {
@@ -164,6 +173,16 @@ mod tests {
         let args = parse_strs(&["--workdir=/w", "--listen", "/s"]).unwrap();
         assert_eq!(args.mode, Mode::Listen("/s".into()));
         assert_eq!(args.workdir, Some("/w".into()));
+    }
+
+    #[test]
+    fn listen_once_mode() {
+        let args = parse_strs(&["--listen-once", "/s/agent.sock"]).unwrap();
+        assert_eq!(args.mode, Mode::ListenOnce("/s/agent.sock".into()));
+        assert_eq!(
+            parse_strs(&["--listen-once", "/a", "--listen", "/b"]),
+            Err(ArgsError::ConflictingModes)
+        );
     }
 
     #[test]

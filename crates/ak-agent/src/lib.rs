@@ -149,6 +149,7 @@ async fn run(args: args::Args) -> i32 {
     match args.mode {
         Mode::Fd(fd) => listener::serve_fd(agent, fd).await,
         Mode::Listen(path) => listener::serve_listener(agent, &path).await,
+        Mode::ListenOnce(path) => listener::serve_one_at(agent, &path).await,
         Mode::ListenFd(fd) => listener::serve_listen_fd(agent, fd).await,
     }
 }

@@ -113,6 +113,34 @@ pub(crate) async fn serve_listener(agent: Agent, path: &Path) -> i32 {
     0
 }
 
+/// Accepts one connection at `path`, removes the socket file (nobody else may connect),
+/// serves that connection and ends with it; returns the exit code.
+pub(crate) async fn serve_one_at(agent: Agent, path: &Path) -> i32 {
+    let listener = match bind(path) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!("cannot listen on {}: {e}", path.display());
+            return 1;
+        }
+    };
+    let accepted = listener.accept().await;
+    drop(listener);
+    if let Err(e) = std::fs::remove_file(path) {
+        tracing::debug!("cannot remove {}: {e}", path.display());
+    }
+    match accepted {
+        Ok((stream, _)) => {
+            agent.serve_connection(stream).await;
+            agent.shutdown();
+            0
+        }
+        Err(e) => {
+            tracing::error!("cannot accept the host's connection: {e}");
+            1
+        }
+    }
+}
+
 /// Serves every connection `listener` accepts, each on its own task, until a shutdown;
 /// then stops accepting and gives open connections a moment to finish.
 async fn accept_loop(agent: Agent, listener: UnixListener) {

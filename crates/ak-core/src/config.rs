@@ -27,6 +27,29 @@ pub struct ConfigFile {
     /// Read from the user's file only: there is one daemon per user, whatever the project.
     #[serde(default)]
     pub daemon: DaemonOptions,
+    /// `[docker]`: the Docker engine's socket (user's file only, like `[daemon]`).
+    #[serde(default)]
+    pub docker: EngineOptions,
+    /// `[podman]`: the Podman engine's socket.
+    #[serde(default)]
+    pub podman: EngineOptions,
+}
+
+/// Where a container engine listens (`socket = "/run/docker.sock"` or `unix:///…`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineOptions {
+    pub socket: Option<String>,
+}
+
+impl ConfigFile {
+    /// The user's config file (none: the defaults).
+    pub fn user() -> Result<ConfigFile, ConfigError> {
+        match user_config_file() {
+            Some(path) => read_config_file(&path),
+            None => Ok(ConfigFile::default()),
+        }
+    }
 }
 
 /// Warm pool sizes of the daemon (`[daemon]` in the user's config file).
@@ -48,10 +71,7 @@ impl DaemonOptions {
     /// The options of the user's config file, checked: each at most 4096, `min_warm` not
     /// above `max_warm`, `max_total` at least 1.
     pub fn load() -> Result<DaemonOptions, ConfigError> {
-        let options = match user_config_file() {
-            Some(path) => read_config_file(&path)?.daemon,
-            None => DaemonOptions::default(),
-        };
+        let options = ConfigFile::user()?.daemon;
         let invalid = |reason: String| ConfigError::Parse {
             path: user_config_file().unwrap_or_default(),
             message: format!("[daemon] {reason}"),

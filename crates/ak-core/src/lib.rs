@@ -7,6 +7,7 @@ pub mod error;
 pub mod image;
 pub mod policy;
 pub mod resources;
+pub mod runtime;
 pub mod spec;
 pub mod state;
 

@@ -161,6 +161,26 @@ pub enum Capability {
 }
 
 impl Capability {
+    /// The name container engines use (`CAP_` dropped), e.g. `NET_BIND_SERVICE`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Capability::Chown => "CHOWN",
+            Capability::DacOverride => "DAC_OVERRIDE",
+            Capability::Fowner => "FOWNER",
+            Capability::Fsetid => "FSETID",
+            Capability::Kill => "KILL",
+            Capability::Setgid => "SETGID",
+            Capability::Setuid => "SETUID",
+            Capability::Setpcap => "SETPCAP",
+            Capability::NetBindService => "NET_BIND_SERVICE",
+            Capability::NetRaw => "NET_RAW",
+            Capability::SysChroot => "SYS_CHROOT",
+            Capability::Mknod => "MKNOD",
+            Capability::AuditWrite => "AUDIT_WRITE",
+            Capability::Setfcap => "SETFCAP",
+        }
+    }
+
     /// The kernel's number for this capability (`linux/capability.h`).
     pub fn number(self) -> u32 {
         match self {

@@ -14,18 +14,9 @@ use crate::error::NativeError;
 
 const LOCK_FILE: &str = "lock";
 
-/// The base directory for runtime state of this user's sandboxes.
+/// The base directory for runtime state of this user's native sandboxes.
 pub fn runtime_base() -> PathBuf {
-    if rustix::process::geteuid().is_root() {
-        return PathBuf::from("/run/agentkernel");
-    }
-    match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(dir) if Path::new(&dir).is_dir() => PathBuf::from(dir).join("agentkernel"),
-        _ => std::env::temp_dir().join(format!(
-            "agentkernel-{}",
-            rustix::process::geteuid().as_raw()
-        )),
-    }
+    ak_core::runtime::runtime_base("agentkernel")
 }
 
 /// Directories are 0711: the sandbox's first process, already running as the mapped

@@ -1,0 +1,16 @@
+//! Where backends keep runtime state on the host (sockets, locks): one rule for all.
+
+use std::path::{Path, PathBuf};
+
+/// The base directory named `name` for this user's runtime state: `/run/NAME` for root,
+/// `$XDG_RUNTIME_DIR/NAME` for others, or `/tmp/NAME-UID` without a runtime directory.
+pub fn runtime_base(name: &str) -> PathBuf {
+    let uid = rustix::process::geteuid();
+    if uid.is_root() {
+        return Path::new("/run").join(name);
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR") {
+        Some(dir) if Path::new(&dir).is_dir() => PathBuf::from(dir).join(name),
+        _ => std::env::temp_dir().join(format!("{name}-{}", uid.as_raw())),
+    }
+}

@@ -1,0 +1,156 @@
+//! Finding and connecting to a container engine's API socket: `DOCKER_HOST` (or
+//! `CONTAINER_HOST` for Podman), the configured socket, then the usual places.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ak_core::BackendKind;
+use bollard::Docker;
+
+use crate::error::DockerError;
+
+/// Seconds an Engine API call may take before it fails (image pulls stream for longer:
+/// their progress keeps the connection alive).
+const API_TIMEOUT_S: u64 = 120;
+
+/// The lowest API version we speak: Docker 20.10 and Podman 4's compatibility API.
+const MIN_API: bollard::ClientVersion = bollard::ClientVersion {
+    major_version: 1,
+    minor_version: 41,
+};
+
+/// Where to look for `kind`'s socket, most specific first: the environment, then the
+/// configured path, then the usual places.
+pub fn candidates(kind: BackendKind, configured: Option<&str>) -> Vec<PathBuf> {
+    let env = match kind {
+        BackendKind::Podman => "CONTAINER_HOST",
+        _ => "DOCKER_HOST",
+    };
+    let mut paths: Vec<PathBuf> = Vec::new();
+    if let Ok(value) = std::env::var(env)
+        && let Some(path) = value.strip_prefix("unix://")
+    {
+        paths.push(PathBuf::from(path));
+    }
+    if let Some(path) = configured {
+        paths.push(PathBuf::from(path.strip_prefix("unix://").unwrap_or(path)));
+    }
+    match kind {
+        BackendKind::Podman => {
+            if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+                paths.push(Path::new(&dir).join("podman/podman.sock"));
+            }
+            paths.push(PathBuf::from("/run/podman/podman.sock"));
+        }
+        _ => {
+            paths.push(PathBuf::from("/var/run/docker.sock"));
+            if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
+                paths.push(Path::new(&dir).join("docker.sock"));
+            }
+        }
+    }
+    paths.dedup();
+    paths
+}
+
+/// The first candidate socket that exists.
+pub fn find_socket(kind: BackendKind, configured: Option<&str>) -> Result<PathBuf, DockerError> {
+    let candidates = candidates(kind, configured);
+    candidates
+        .iter()
+        .find(|path| path.exists())
+        .cloned()
+        .ok_or(DockerError::NoSocket { kind, candidates })
+}
+
+/// A client for the engine at `socket`, speaking the highest API version both sides know.
+pub async fn connect(kind: BackendKind, socket: &Path) -> Result<Docker, DockerError> {
+    let address = socket.to_string_lossy().into_owned();
+    let client = Docker::connect_with_unix(&address, API_TIMEOUT_S, &MIN_API).map_err(|e| {
+        DockerError::Engine {
+            what: format!("connect to {address}"),
+            source: e,
+        }
+    })?;
+    tokio::time::timeout(Duration::from_secs(10), client.negotiate_version())
+        .await
+        .map_err(|_| DockerError::Unreachable {
+            kind,
+            socket: socket.to_path_buf(),
+            reason: "no answer within 10 s".into(),
+        })?
+        .map_err(|e| DockerError::Unreachable {
+            kind,
+            socket: socket.to_path_buf(),
+            reason: e.to_string(),
+        })
+}
+
+/// What `status` shows of an engine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineInfo {
+    /// `Docker Engine` or `Podman Engine`.
+    pub engine: String,
+    pub version: String,
+    pub api_version: String,
+    /// The engine remaps container root to an unprivileged host uid (userns-remap, or
+    /// rootless Podman/Docker).
+    pub user_namespaces: bool,
+}
+
+pub async fn engine_info(client: &Docker) -> Result<EngineInfo, DockerError> {
+    let engine_error = |what: &str| {
+        let what = what.to_string();
+        move |source| DockerError::Engine { what, source }
+    };
+    let version = client.version().await.map_err(engine_error("version"))?;
+    let info = client.info().await.map_err(engine_error("info"))?;
+    // Docker names its platform ("Docker Engine - Community"); Podman its component.
+    let engine = version
+        .platform
+        .as_ref()
+        .map(|p| p.name.clone())
+        .filter(|name| !name.is_empty())
+        .or_else(|| {
+            version
+                .components
+                .as_deref()
+                .and_then(|c| c.first())
+                .map(|c| c.name.clone())
+        })
+        .unwrap_or_else(|| "unknown engine".to_string());
+    let user_namespaces = info
+        .security_options
+        .unwrap_or_default()
+        .iter()
+        .any(|o| o.contains("name=userns") || o.contains("name=rootless"));
+    Ok(EngineInfo {
+        engine,
+        version: version.version.unwrap_or_default(),
+        api_version: version.api_version.unwrap_or_default(),
+        user_namespaces,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn podman_and_docker_look_in_their_own_places() {
+        let docker = candidates(BackendKind::Docker, Some("unix:///srv/d.sock"));
+        assert!(docker.contains(&PathBuf::from("/srv/d.sock")));
+        assert!(docker.contains(&PathBuf::from("/var/run/docker.sock")));
+        assert!(!docker.iter().any(|p| p.ends_with("podman.sock")));
+        let podman = candidates(BackendKind::Podman, None);
+        assert!(podman.contains(&PathBuf::from("/run/podman/podman.sock")));
+        assert!(!podman.iter().any(|p| p.ends_with("docker.sock")));
+    }
+
+    #[test]
+    fn a_missing_socket_names_every_place_looked_at() {
+        let error = find_socket(BackendKind::Podman, Some("/nonexistent/x.sock")).unwrap_err();
+        let text = error.to_string();
+        assert!(text.contains("/nonexistent/x.sock"), "{text}");
+    }
+}

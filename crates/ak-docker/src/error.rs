@@ -1,0 +1,93 @@
+//! Errors of the container backend.
+
+use std::path::PathBuf;
+
+use ak_core::{BackendError, BackendKind};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DockerError {
+    #[error("no {kind} socket found (looked at {})", display_paths(candidates))]
+    NoSocket {
+        kind: BackendKind,
+        candidates: Vec<PathBuf>,
+    },
+    #[error("the {kind} engine at {} does not answer: {reason}", socket.display())]
+    Unreachable {
+        kind: BackendKind,
+        socket: PathBuf,
+        reason: String,
+    },
+    #[error("{what}: {source}")]
+    Engine {
+        what: String,
+        #[source]
+        source: bollard::errors::Error,
+    },
+    #[error(
+        "image {image} is not on this machine and pulling it failed: {reason} (is a registry reachable? `docker pull`/`docker load` it, or pass a local --image)"
+    )]
+    Pull { image: String, reason: String },
+    #[error("the {0} backend runs OCI images, not {1} (pass --image, e.g. --image alpine:3.20)")]
+    Image(BackendKind, String),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the container's agent {0}")]
+    Agent(String),
+}
+
+fn display_paths(paths: &[PathBuf]) -> String {
+    paths
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+impl DockerError {
+    pub(crate) fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> DockerError {
+        let what = what.into();
+        move |source| DockerError::Io { what, source }
+    }
+
+    pub(crate) fn engine(
+        what: impl Into<String>,
+    ) -> impl FnOnce(bollard::errors::Error) -> DockerError {
+        let what = what.into();
+        move |source| DockerError::Engine { what, source }
+    }
+}
+
+/// Whether the engine answered 404 (no such container or image).
+pub(crate) fn is_not_found(error: &bollard::errors::Error) -> bool {
+    matches!(
+        error,
+        bollard::errors::Error::DockerResponseServerError {
+            status_code: 404,
+            ..
+        }
+    )
+}
+
+impl From<DockerError> for BackendError {
+    fn from(error: DockerError) -> Self {
+        let reason = error.to_string();
+        match error {
+            DockerError::NoSocket { kind, .. } | DockerError::Unreachable { kind, .. } => {
+                BackendError::Unavailable {
+                    backend: kind.to_string(),
+                    reason,
+                }
+            }
+            DockerError::Image(kind, _) => BackendError::Unsupported {
+                backend: kind.to_string(),
+                reason,
+            },
+            DockerError::Agent(_) => BackendError::Connect(reason),
+            _ => BackendError::Setup(reason),
+        }
+    }
+}

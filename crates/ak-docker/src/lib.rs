@@ -1,0 +1,406 @@
+//! ak-docker: the Docker and Podman backend. Each sandbox is a container whose entrypoint
+//! is our static agent (bind-mounted read-only), reached through a Unix socket in a
+//! bind-mounted host directory, so exec, files, PTYs and signals cost what they cost on
+//! the native backend; the engine is driven through its API (bollard), never its CLI.
+
+mod container;
+mod engine;
+mod error;
+mod images;
+mod ready;
+mod sandbox;
+
+use std::os::unix::fs::DirBuilderExt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use ak_core::backend::{Lifetime, SandboxHandle};
+use ak_core::{Backend, BackendError, BackendKind, BackendProbe, ImageRef, Sandbox, SandboxSpec};
+use bollard::Docker;
+use bollard::query_parameters::{CreateContainerOptionsBuilder, ListContainersOptionsBuilder};
+use tokio::net::UnixStream;
+use tokio::sync::OnceCell;
+
+use crate::container::{LABEL_CREATOR, LABEL_LIFETIME, LABEL_SANDBOX, Plan, SOCKET_NAME};
+pub use crate::engine::EngineInfo;
+pub use crate::error::DockerError;
+pub use crate::images::PullProgress;
+use crate::ready::SocketWatch;
+use crate::sandbox::{DockerSandbox, HandleData, remove, remove_run_dir, watch_exit};
+
+/// How long a container's agent gets to start listening.
+const AGENT_START_LIMIT: Duration = Duration::from_secs(30);
+
+/// Directory mode of runtime directories: traversable (the socket's own mode guards it),
+/// never listable.
+const DIR_MODE: u32 = 0o711;
+
+/// Receives image pull progress (the CLI draws it).
+pub type ProgressSink = std::sync::Arc<dyn Fn(&PullProgress) + Send + Sync>;
+
+/// The Docker or Podman backend (one value per engine kind).
+pub struct DockerBackend {
+    kind: BackendKind,
+    agent_path: PathBuf,
+    configured_socket: Option<String>,
+    client: OnceCell<Docker>,
+    swept: OnceCell<()>,
+    progress: Option<ProgressSink>,
+}
+
+impl std::fmt::Debug for DockerBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerBackend")
+            .field("kind", &self.kind)
+            .field("agent_path", &self.agent_path)
+            .field("configured_socket", &self.configured_socket)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DockerBackend {
+    /// `kind` is `Docker` or `Podman`; `socket` the configured engine socket, if any.
+    pub fn new(kind: BackendKind, agent_path: PathBuf, socket: Option<String>) -> Self {
+        DockerBackend {
+            kind,
+            agent_path,
+            configured_socket: socket,
+            client: OnceCell::new(),
+            swept: OnceCell::new(),
+            progress: None,
+        }
+    }
+
+    /// Reports image pulls to `sink`.
+    pub fn with_pull_progress(mut self, sink: ProgressSink) -> Self {
+        self.progress = Some(sink);
+        self
+    }
+
+    async fn client(&self) -> Result<&Docker, DockerError> {
+        self.client
+            .get_or_try_init(|| async {
+                let socket = engine::find_socket(self.kind, self.configured_socket.as_deref())?;
+                engine::connect(self.kind, &socket).await
+            })
+            .await
+    }
+
+    fn run_base(&self) -> PathBuf {
+        ak_core::runtime::runtime_base(&format!("agentkernel-{}", self.kind))
+    }
+
+    /// Removes one-shot containers whose creating process is gone (it was killed before it
+    /// could clean up): nobody can reach them any more.
+    async fn sweep(&self, client: &Docker) -> Result<(), DockerError> {
+        let filters = std::collections::HashMap::from([(
+            "label",
+            vec![format!("{LABEL_LIFETIME}=ephemeral")],
+        )]);
+        let options = ListContainersOptionsBuilder::default()
+            .all(true)
+            .filters(&filters)
+            .build();
+        let containers = client
+            .list_containers(Some(options))
+            .await
+            .map_err(DockerError::engine("list containers"))?;
+        for summary in containers {
+            let labels = summary.labels.unwrap_or_default();
+            let (Some(id), Some(container)) = (labels.get(LABEL_SANDBOX), summary.id) else {
+                continue;
+            };
+            let creator_alive = labels
+                .get(LABEL_CREATOR)
+                .is_some_and(|creator| process_alive(creator));
+            if !creator_alive {
+                tracing::info!(sandbox = %id, "removing a one-shot container whose creator is gone");
+                remove(client, &container, &self.run_base().join(id)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    fn image_name<'a>(&self, spec: &'a SandboxSpec) -> Result<&'a str, DockerError> {
+        match &spec.image {
+            ImageRef::Oci(name) => Ok(name),
+            other => Err(DockerError::Image(self.kind, other.to_string())),
+        }
+    }
+
+    async fn create_container(
+        &self,
+        client: &Docker,
+        spec: &SandboxSpec,
+        lifetime: Lifetime,
+    ) -> Result<DockerSandbox, DockerError> {
+        let image = self.image_name(spec)?;
+        images::ensure_present(client, image, self.progress.as_deref()).await?;
+        let base = self.run_base();
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(DIR_MODE)
+            .create(&base)
+            .map_err(DockerError::io(format!("create {}", base.display())))?;
+        let run_dir = base.join(&spec.id);
+        std::fs::DirBuilder::new()
+            .mode(DIR_MODE)
+            .create(&run_dir)
+            .map_err(DockerError::io(format!("create {}", run_dir.display())))?;
+        let watch = SocketWatch::new(&run_dir)?;
+        let creator = process_identity(std::process::id()).unwrap_or_default();
+        let body = Plan {
+            kind: self.kind,
+            spec,
+            image,
+            lifetime,
+            agent: &self.agent_path,
+            run_dir: &run_dir,
+            creator: &creator,
+            nofile: (self.kind == BackendKind::Podman).then(|| {
+                let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+                let hard = limit.maximum.unwrap_or(1 << 20);
+                (limit.current.unwrap_or(hard), hard)
+            }),
+        }
+        .body();
+        let name = container::container_name(&spec.id);
+        let options = CreateContainerOptionsBuilder::default().name(&name).build();
+        let created = match client.create_container(Some(options), body).await {
+            Ok(created) => created,
+            Err(e) => {
+                let _ = remove_run_dir(&run_dir);
+                return Err(DockerError::engine(format!(
+                    "create container from {image}"
+                ))(e));
+            }
+        };
+        let container = created.id;
+        let data = HandleData {
+            container: container.clone(),
+            run_dir: run_dir.clone(),
+        };
+        if let Err(e) = client
+            .start_container(
+                &container,
+                None::<bollard::query_parameters::StartContainerOptions>,
+            )
+            .await
+        {
+            let _ = remove(client, &container, &run_dir).await;
+            return Err(DockerError::engine(format!("start container {name}"))(e));
+        }
+        let (running, mut watcher) = watch_exit(client, &container);
+        let socket = run_dir.join(SOCKET_NAME);
+        let ready = tokio::select! {
+            ready = watch.wait_for(&socket, AGENT_START_LIMIT) => ready,
+            code = &mut watcher => Err(DockerError::Agent(format!(
+                "exited (status {}) before it listened; `{} logs {name}` may say why",
+                code.unwrap_or(-1),
+                self.kind
+            ))),
+        };
+        let transport = match (ready, lifetime) {
+            (Err(e), _) => Err(e),
+            (Ok(()), Lifetime::Persistent) => Ok(None),
+            (Ok(()), Lifetime::Ephemeral) => UnixStream::connect(&socket)
+                .await
+                .map(Some)
+                .map_err(DockerError::io(format!("connect to {}", socket.display()))),
+        };
+        match transport {
+            Ok(transport) => Ok(DockerSandbox {
+                kind: self.kind,
+                id: spec.id.clone(),
+                client: client.clone(),
+                data,
+                lifetime,
+                transport,
+                running,
+                watcher,
+                destroyed: false,
+            }),
+            Err(e) => {
+                watcher.abort();
+                let _ = remove(client, &container, &run_dir).await;
+                Err(e)
+            }
+        }
+    }
+
+    fn probe_blocking(&self) -> Result<(PathBuf, EngineInfo), DockerError> {
+        let socket = engine::find_socket(self.kind, self.configured_socket.as_deref())?;
+        let kind = self.kind;
+        // Probing is synchronous and may run inside the caller's runtime: the engine is
+        // asked from a thread with a runtime of its own.
+        let asked = socket.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(DockerError::io("start a runtime for the probe"))?;
+            runtime.block_on(async {
+                let client = engine::connect(kind, &asked).await?;
+                engine::engine_info(&client).await
+            })
+        })
+        .join()
+        .map_err(|_| DockerError::Agent("probe thread panicked".into()))?
+        .map(|info| (socket, info))
+    }
+}
+
+/// `pid:start-time` of process `pid`: unique across pid reuse.
+fn process_identity(pid: u32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Field 22 (start time); fields counted after the `(comm)`, which may hold spaces.
+    let start = stat.get(stat.rfind(')')? + 2..)?.split(' ').nth(19)?;
+    Some(format!("{pid}:{start}"))
+}
+
+fn process_alive(identity: &str) -> bool {
+    identity
+        .split_once(':')
+        .and_then(|(pid, _)| pid.parse::<u32>().ok())
+        .and_then(process_identity)
+        .is_some_and(|now| now == identity)
+}
+
+#[async_trait::async_trait]
+impl Backend for DockerBackend {
+    fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    fn probe(&self) -> BackendProbe {
+        let mut details = vec![("agent".to_string(), self.agent_path.display().to_string())];
+        let problem = match self.probe_blocking() {
+            Ok((socket, info)) => {
+                details.push(("socket".into(), socket.display().to_string()));
+                details.push(("engine".into(), format!("{} {}", info.engine, info.version)));
+                details.push(("api".into(), info.api_version.clone()));
+                details.push((
+                    "container root".into(),
+                    if info.user_namespaces {
+                        "an unprivileged host uid (user namespaces)".into()
+                    } else {
+                        "host root with no capabilities (the engine does not remap uids)".into()
+                    },
+                ));
+                let wrong_engine = match self.kind {
+                    BackendKind::Podman => !info.engine.to_lowercase().contains("podman"),
+                    _ => info.engine.to_lowercase().contains("podman"),
+                };
+                if wrong_engine {
+                    Some(format!(
+                        "the socket at {} is {}, not {}",
+                        socket.display(),
+                        info.engine,
+                        self.kind
+                    ))
+                } else if !self.agent_path.is_file() {
+                    Some(format!(
+                        "the agent {} is missing",
+                        self.agent_path.display()
+                    ))
+                } else {
+                    None
+                }
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        BackendProbe {
+            backend: self.kind,
+            usable: problem.is_none(),
+            reason: problem.unwrap_or_else(|| "containers through the Engine API".into()),
+            details,
+        }
+    }
+
+    async fn create(
+        &self,
+        spec: &SandboxSpec,
+        lifetime: Lifetime,
+    ) -> Result<Box<dyn Sandbox>, BackendError> {
+        let client = self.client().await?;
+        self.swept.get_or_try_init(|| self.sweep(client)).await?;
+        Ok(Box::new(
+            self.create_container(client, spec, lifetime).await?,
+        ))
+    }
+
+    async fn attach(&self, handle: &SandboxHandle) -> Result<Box<dyn Sandbox>, BackendError> {
+        let data: HandleData = serde_json::from_str(&handle.data)
+            .map_err(|e| BackendError::Setup(format!("bad handle of {}: {e}", handle.id)))?;
+        let client = self.client().await?;
+        let inspected = match client
+            .inspect_container(
+                &data.container,
+                None::<bollard::query_parameters::InspectContainerOptions>,
+            )
+            .await
+        {
+            Ok(inspected) => inspected,
+            Err(e) if error::is_not_found(&e) => return Err(BackendError::Gone(handle.id.clone())),
+            Err(e) => return Err(DockerError::engine("inspect container")(e).into()),
+        };
+        let running = inspected.state.and_then(|s| s.running).unwrap_or(false);
+        if !running || !data.run_dir.join(SOCKET_NAME).exists() {
+            return Err(BackendError::Gone(handle.id.clone()));
+        }
+        let (running, watcher) = watch_exit(client, &data.container);
+        Ok(Box::new(DockerSandbox {
+            kind: self.kind,
+            id: handle.id.clone(),
+            client: client.clone(),
+            data,
+            lifetime: Lifetime::Persistent,
+            transport: None,
+            running,
+            watcher,
+            destroyed: false,
+        }))
+    }
+
+    async fn release(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
+        let data: HandleData = serde_json::from_str(&handle.data)
+            .map_err(|e| BackendError::Setup(format!("bad handle of {}: {e}", handle.id)))?;
+        let client = self.client().await?;
+        Ok(remove(client, &data.container, &data.run_dir).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn a_process_is_identified_across_pid_reuse() {
+        let me = process_identity(std::process::id()).unwrap();
+        assert!(process_alive(&me));
+        let (pid, _) = me.split_once(':').unwrap();
+        assert!(
+            !process_alive(&format!("{pid}:1")),
+            "same pid, other start time"
+        );
+        assert!(!process_alive("4194304:1"));
+        assert!(!process_alive("garbage"));
+    }
+
+    #[test]
+    fn paths_are_not_images() {
+        let backend = DockerBackend::new(BackendKind::Docker, "/x".into(), None);
+        let spec = SandboxSpec {
+            image: ImageRef::Host,
+            ..ak_core::config::resolve(
+                Default::default(),
+                Path::new("/"),
+                "0123456789abcdef".into(),
+            )
+            .unwrap()
+        };
+        let error = backend.image_name(&spec).unwrap_err().to_string();
+        assert!(error.contains("--image"), "{error}");
+    }
+}

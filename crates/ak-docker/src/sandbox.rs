@@ -1,0 +1,178 @@
+//! One sandbox in a container: reached through its agent's socket in the host directory.
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ak_core::backend::{Lifetime, SandboxHandle, SandboxUsage, Transport};
+use ak_core::{BackendError, BackendKind, Sandbox};
+use bollard::Docker;
+use bollard::query_parameters::RemoveContainerOptionsBuilder;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixStream;
+use tokio::task::JoinHandle;
+
+use crate::container::SOCKET_NAME;
+use crate::error::{DockerError, is_not_found};
+
+/// What a handle stores to find the container again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HandleData {
+    pub container: String,
+    pub run_dir: PathBuf,
+}
+
+/// Watches the container and clears `running` when it stops (an event from the engine,
+/// not a poll).
+pub fn watch_exit(client: &Docker, container: &str) -> (Arc<AtomicBool>, JoinHandle<i64>) {
+    let running = Arc::new(AtomicBool::new(true));
+    let task = {
+        let (client, container, running) = (client.clone(), container.to_string(), running.clone());
+        tokio::spawn(async move {
+            let options = bollard::query_parameters::WaitContainerOptionsBuilder::default()
+                .condition("not-running")
+                .build();
+            let mut waits = client.wait_container(&container, Some(options));
+            let code = match waits.next().await {
+                Some(Ok(response)) => response.status_code,
+                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => code,
+                // Gone already (auto-removed), or the engine went away: not running.
+                Some(Err(_)) | None => -1,
+            };
+            running.store(false, Ordering::SeqCst);
+            code
+        })
+    };
+    (running, task)
+}
+
+/// Removes the container (killing it first) and its runtime directory; what is already
+/// gone is fine.
+pub async fn remove(client: &Docker, container: &str, run_dir: &Path) -> Result<(), DockerError> {
+    let options = RemoveContainerOptionsBuilder::default()
+        .force(true)
+        .v(true)
+        .build();
+    match client.remove_container(container, Some(options)).await {
+        Ok(()) => {}
+        Err(e) if is_not_found(&e) => {}
+        // Already being removed (auto-remove racing us): it is going away by itself.
+        Err(bollard::errors::Error::DockerResponseServerError {
+            status_code: 409, ..
+        }) => {}
+        Err(e) => return Err(DockerError::engine(format!("remove container {container}"))(e)),
+    }
+    remove_run_dir(run_dir)
+}
+
+pub fn remove_run_dir(run_dir: &Path) -> Result<(), DockerError> {
+    match std::fs::remove_dir_all(run_dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(DockerError::io(format!("remove {}", run_dir.display()))(e)),
+    }
+}
+
+#[derive(Debug)]
+pub struct DockerSandbox {
+    pub(crate) kind: BackendKind,
+    pub(crate) id: String,
+    pub(crate) client: Docker,
+    pub(crate) data: HandleData,
+    pub(crate) lifetime: Lifetime,
+    /// Ephemeral: the one connection, until handed out.
+    pub(crate) transport: Option<UnixStream>,
+    pub(crate) running: Arc<AtomicBool>,
+    pub(crate) watcher: JoinHandle<i64>,
+    pub(crate) destroyed: bool,
+}
+
+impl DockerSandbox {
+    fn socket(&self) -> PathBuf {
+        self.data.run_dir.join(SOCKET_NAME)
+    }
+}
+
+#[async_trait::async_trait]
+impl Sandbox for DockerSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn handle(&self) -> SandboxHandle {
+        SandboxHandle {
+            backend: self.kind,
+            id: self.id.clone(),
+            data: serde_json::to_string(&self.data).unwrap_or_default(),
+        }
+    }
+
+    async fn connect(&mut self) -> Result<Box<dyn Transport>, BackendError> {
+        match self.lifetime {
+            Lifetime::Ephemeral => self
+                .transport
+                .take()
+                .map(|t| Box::new(t) as Box<dyn Transport>)
+                .ok_or_else(|| {
+                    BackendError::Connect("the one-shot sandbox's connection is taken".into())
+                }),
+            Lifetime::Persistent => {
+                if !self.running.load(Ordering::SeqCst) {
+                    return Err(BackendError::Gone(self.id.clone()));
+                }
+                let stream = UnixStream::connect(self.socket()).await.map_err(|e| {
+                    BackendError::Connect(format!("{}: {e}", self.socket().display()))
+                })?;
+                Ok(Box::new(stream))
+            }
+        }
+    }
+
+    async fn destroy(&mut self) -> Result<SandboxUsage, BackendError> {
+        // Closing the connection first lets a one-shot agent end by itself.
+        drop(self.transport.take());
+        remove(&self.client, &self.data.container, &self.data.run_dir).await?;
+        self.watcher.abort();
+        self.running.store(false, Ordering::SeqCst);
+        self.destroyed = true;
+        Ok(SandboxUsage::default())
+    }
+
+    fn take_transport_fd(&mut self) -> Result<OwnedFd, BackendError> {
+        let stream = self.transport.take().ok_or_else(|| {
+            BackendError::Connect("only a one-shot sandbox hands out its connection".into())
+        })?;
+        let stream = stream.into_std().map_err(BackendError::Io)?;
+        // The receiving process sets its own mode; a blocking fd is the neutral one.
+        stream.set_nonblocking(false).map_err(BackendError::Io)?;
+        Ok(stream.into())
+    }
+
+    fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    fn detach(mut self: Box<Self>) {
+        if self.lifetime == Lifetime::Persistent {
+            // Forgotten, still running: its handle finds it again.
+            self.destroyed = true;
+        }
+    }
+}
+
+impl Drop for DockerSandbox {
+    fn drop(&mut self) {
+        self.watcher.abort();
+        if self.destroyed || self.lifetime == Lifetime::Persistent {
+            return;
+        }
+        // Ephemeral: the connection closes with this value, the agent ends, and the engine
+        // removes the auto-remove container; the host directory is ours to remove.
+        drop(self.transport.take());
+        if let Err(e) = remove_run_dir(&self.data.run_dir) {
+            tracing::warn!("{e}");
+        }
+    }
+}
