@@ -23,6 +23,14 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
+    /// Whether this backend's images are OCI images (no `host` image).
+    pub fn runs_oci_images(self) -> bool {
+        matches!(
+            self,
+            BackendKind::Docker | BackendKind::Podman | BackendKind::Microvm
+        )
+    }
+
     pub const ALL: [BackendKind; 6] = [
         BackendKind::Native,
         BackendKind::Gvisor,

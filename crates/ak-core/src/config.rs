@@ -198,7 +198,12 @@ pub fn resolve(
 ) -> Result<SandboxSpec, ConfigError> {
     let profile: Profile = options.profile.as_deref().unwrap_or("moderate").parse()?;
     let backend: BackendKind = options.backend.as_deref().unwrap_or("native").parse()?;
-    let image = ImageRef::parse(options.image.as_deref().unwrap_or("host"), cwd)?;
+    // Backends that run OCI images choose one by the command when none is named.
+    let image = match options.image.as_deref() {
+        Some(image) => ImageRef::parse(image, cwd)?,
+        None if backend.runs_oci_images() => ImageRef::Auto,
+        None => ImageRef::Host,
+    };
 
     let mut policy = profile.policy();
     if options.network == Some(false) {

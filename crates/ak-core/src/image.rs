@@ -16,7 +16,48 @@ pub enum ImageRef {
     Directory(PathBuf),
     /// A named OCI image (`python:3.12-alpine`), for container and VM backends.
     Oci(String),
+    /// No image named, on a backend that runs OCI images: chosen once the command is known
+    /// ([`ImageRef::settle`]) from the command, then the project's files.
+    Auto,
 }
+
+/// Commands and the image that has them (the table of the original agentkernel README).
+const IMAGE_BY_COMMAND: &[(&[&str], &str)] = &[
+    (
+        &["python", "pip", "pytest", "uv", "poetry"],
+        "python:3.12-alpine",
+    ),
+    (&["node", "npm", "npx", "yarn", "pnpm"], "node:22-alpine"),
+    (&["bun", "bunx"], "oven/bun:1-alpine"),
+    (&["deno"], "denoland/deno:alpine"),
+    (&["go", "gofmt"], "golang:1.23-alpine"),
+    (&["cargo", "rustc", "rustup"], "rust:1-alpine"),
+    (&["ruby", "gem", "bundle", "irb"], "ruby:3.3-alpine"),
+    (
+        &["java", "javac", "mvn", "gradle"],
+        "eclipse-temurin:21-jdk-alpine",
+    ),
+    (&["php", "composer"], "php:8.3-cli-alpine"),
+];
+
+/// Project files and the image for the project they mark, most specific first.
+const IMAGE_BY_PROJECT_FILE: &[(&str, &str)] = &[
+    ("Cargo.toml", "rust:1-alpine"),
+    ("go.mod", "golang:1.23-alpine"),
+    ("package.json", "node:22-alpine"),
+    ("bun.lockb", "oven/bun:1-alpine"),
+    ("deno.json", "denoland/deno:alpine"),
+    ("pyproject.toml", "python:3.12-alpine"),
+    ("requirements.txt", "python:3.12-alpine"),
+    ("setup.py", "python:3.12-alpine"),
+    ("Gemfile", "ruby:3.3-alpine"),
+    ("pom.xml", "eclipse-temurin:21-jdk-alpine"),
+    ("build.gradle", "eclipse-temurin:21-jdk-alpine"),
+    ("composer.json", "php:8.3-cli-alpine"),
+];
+
+/// The image when neither the command nor the project says: small, with a shell.
+pub const DEFAULT_CONTAINER_IMAGE: &str = "alpine:3.20";
 
 impl ImageRef {
     /// Parses an image argument. `host` is the host image; anything that looks like a path
@@ -72,12 +113,45 @@ fn validate_oci_reference(input: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+impl ImageRef {
+    /// The concrete image [`ImageRef::Auto`] stands for: by the command's program name,
+    /// else by the files in `project` (the directory the sandbox works in, when it is the
+    /// host's), else [`DEFAULT_CONTAINER_IMAGE`]. Any other image is kept as it is.
+    pub fn settle(&self, command: Option<&str>, project: Option<&Path>) -> ImageRef {
+        if *self != ImageRef::Auto {
+            return self.clone();
+        }
+        // `/usr/bin/python3.12` → `python`.
+        let program = command
+            .map(|c| c.rsplit('/').next().unwrap_or(c))
+            .map(|p| p.trim_end_matches(|c: char| c.is_ascii_digit() || c == '.'));
+        let by_command = program.and_then(|program| {
+            IMAGE_BY_COMMAND
+                .iter()
+                .find(|(names, _)| names.contains(&program))
+                .map(|(_, image)| *image)
+        });
+        let by_project = || {
+            let project = project?;
+            IMAGE_BY_PROJECT_FILE
+                .iter()
+                .find(|(file, _)| project.join(file).is_file())
+                .map(|(_, image)| *image)
+        };
+        let image = by_command
+            .or_else(by_project)
+            .unwrap_or(DEFAULT_CONTAINER_IMAGE);
+        ImageRef::Oci(image.to_string())
+    }
+}
+
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ImageRef::Host => f.write_str("host"),
             ImageRef::Directory(path) => write!(f, "{}", path.display()),
             ImageRef::Oci(name) => f.write_str(name),
+            ImageRef::Auto => f.write_str("auto"),
         }
     }
 }
@@ -100,6 +174,40 @@ mod tests {
             ImageRef::parse("python:3.12-alpine", &cwd).unwrap(),
             ImageRef::Oci("python:3.12-alpine".into())
         );
+    }
+
+    #[test]
+    fn auto_images_follow_the_command_then_the_project() {
+        let project = tempfile::tempdir().unwrap();
+        let auto = ImageRef::Auto;
+        let oci = |s: &str| ImageRef::Oci(s.into());
+        assert_eq!(
+            auto.settle(Some("python3"), None),
+            oci("python:3.12-alpine")
+        );
+        assert_eq!(
+            auto.settle(Some("/usr/bin/python3.12"), None),
+            oci("python:3.12-alpine")
+        );
+        assert_eq!(auto.settle(Some("npm"), None), oci("node:22-alpine"));
+        assert_eq!(auto.settle(Some("sh"), None), oci(DEFAULT_CONTAINER_IMAGE));
+        assert_eq!(
+            auto.settle(None, Some(project.path())),
+            oci(DEFAULT_CONTAINER_IMAGE)
+        );
+        std::fs::write(project.path().join("Cargo.toml"), "").unwrap();
+        assert_eq!(
+            auto.settle(Some("sh"), Some(project.path())),
+            oci("rust:1-alpine")
+        );
+        // The command wins over the project.
+        assert_eq!(
+            auto.settle(Some("node"), Some(project.path())),
+            oci("node:22-alpine")
+        );
+        // A named image is never replaced.
+        assert_eq!(oci("x:1").settle(Some("python3"), None), oci("x:1"));
+        assert_eq!(ImageRef::Host.settle(Some("python3"), None), ImageRef::Host);
     }
 
     #[test]

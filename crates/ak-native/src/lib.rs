@@ -156,7 +156,10 @@ impl NativeBackend {
         let started = std::time::Instant::now();
         let prepared = self.prepared()?;
         let (image_root, top_level) = match &spec.image {
-            ImageRef::Host => (PathBuf::from("/"), prepared.host_top_level.clone()),
+            // The native backend's own choice is the host.
+            ImageRef::Host | ImageRef::Auto => {
+                (PathBuf::from("/"), prepared.host_top_level.clone())
+            }
             ImageRef::Directory(dir) => (dir.clone(), list_top_level(dir)?),
             ImageRef::Oci(name) => {
                 return Err(NativeError::InvalidSpec(format!(

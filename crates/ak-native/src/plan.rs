@@ -230,7 +230,7 @@ impl<'a> MountPlanner<'a> {
         resolv_conf: Option<&Path>,
         hidden: &HiddenPaths,
     ) -> Result<Vec<Op>, NativeError> {
-        let host_image = matches!(spec.image, ImageRef::Host);
+        let host_image = matches!(spec.image, ImageRef::Host | ImageRef::Auto);
         let ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
 
         // The root is a private tmpfs holding the mount points and the scratch directories;

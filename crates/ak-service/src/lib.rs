@@ -18,6 +18,7 @@ use ak_core::{Backend, BackendKind, BackendProbe};
 pub use crate::components::ComponentTimes;
 pub use crate::error::ServiceError;
 pub use crate::registry::{Registry, SandboxRecord};
+pub use crate::run::settle_image;
 pub use crate::session::{CommandSession, RunOutcome};
 
 /// The service: the registered backends, the registry of named sandboxes, and the

@@ -19,6 +19,9 @@ impl Service {
         if exec.argv.is_empty() {
             return Err(ServiceError::EmptyCommand);
         }
+        let mut spec = spec.clone();
+        settle_image(&mut spec, Some(&exec.argv));
+        let spec = &spec;
         let backend = self.backend(spec.backend)?;
         with_spec_timeout(spec, &mut exec);
         let begun = std::time::Instant::now();
@@ -57,6 +60,19 @@ impl Service {
         exec.env = spec.env.iter().cloned().chain(command_env).collect();
         CommandSession::over(transport, exec).await
     }
+}
+
+/// Makes an `auto` image concrete: by the command's program, else by the project files
+/// in the sandbox's workdir when that is a host directory (`--mount-cwd`, `--dir`). Every
+/// front end's sandbox goes through here before it is built or pooled.
+pub fn settle_image(spec: &mut SandboxSpec, command: Option<&[String]>) {
+    let project = spec
+        .mounts
+        .iter()
+        .find(|m| m.target == spec.workdir)
+        .map(|m| m.host.clone());
+    let program = command.and_then(|c| c.first()).map(String::as_str);
+    spec.image = spec.image.settle(program, project.as_deref());
 }
 
 /// The sandbox's timeout applies to its command unless the command has its own.

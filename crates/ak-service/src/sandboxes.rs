@@ -121,6 +121,7 @@ impl Service {
             writable: true,
         });
         spec.workdir = target;
+        crate::run::settle_image(&mut spec, None);
         let record = SandboxRecord {
             name: name.to_string(),
             uuid: spec.id.clone(),

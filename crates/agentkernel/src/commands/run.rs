@@ -15,7 +15,9 @@ use crate::exit;
 use crate::wiring;
 
 pub async fn run(args: RunArgs) -> i32 {
-    let spec = super::resolve_spec(&args.sandbox);
+    let mut spec = super::resolve_spec(&args.sandbox);
+    // Before the pool is asked: the image is part of the pool's key.
+    ak_service::settle_image(&mut spec, Some(&args.command));
     let stdin = stream::stdin_mode();
     let exec = ExecSpec {
         argv: args.command,

@@ -186,6 +186,9 @@ impl Pools {
         spec: &SandboxSpec,
     ) -> Result<HandedOut, ServiceError> {
         let started = Instant::now();
+        let mut spec = spec.clone();
+        crate::run::settle_image(&mut spec, None);
+        let spec = &spec;
         let key = pool_key(spec).ok_or_else(|| {
             ServiceError::InvalidInput(
                 "sandboxes with host mounts cannot come from a warm pool".into(),
