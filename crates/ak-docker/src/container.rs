@@ -54,7 +54,35 @@ fn bind(source: &Path, target: &Path, read_only: bool) -> Mount {
     }
 }
 
+/// Engines mount tmpfs `noexec` unless told otherwise; agents build and run programs in
+/// /tmp and their workdir.
+const TMPFS_OPTIONS: &str = "rw,exec,nosuid,nodev";
+
 impl Plan<'_> {
+    fn read_only_root(&self) -> bool {
+        // A container's root is a copy-on-write layer thrown away with it, so only the
+        // restrictive profile needs it read-only (the image itself is never written).
+        self.spec.policy.profile == Profile::Restrictive
+    }
+
+    /// A private /tmp, and a scratch workdir when the root is read-only and nothing is
+    /// mounted there.
+    fn tmpfs(&self) -> HashMap<String, String> {
+        let mut tmpfs = HashMap::from([("/tmp".to_string(), format!("{TMPFS_OPTIONS},mode=1777"))]);
+        let workdir_mounted = self
+            .spec
+            .mounts
+            .iter()
+            .any(|m| m.target == self.spec.workdir);
+        if self.read_only_root() && !workdir_mounted {
+            tmpfs.insert(
+                self.spec.workdir.to_string_lossy().into_owned(),
+                format!("{TMPFS_OPTIONS},mode=0755"),
+            );
+        }
+        tmpfs
+    }
+
     /// The Engine API's create body.
     pub fn body(&self) -> ContainerCreateBody {
         let spec = self.spec;
@@ -101,14 +129,8 @@ impl Plan<'_> {
             // The engine's default seccomp profile stays on (it is never set unconfined).
             security_opt: Some(vec!["no-new-privileges".into()]),
             privileged: Some(false),
-            // A container's root is a copy-on-write layer thrown away with it, so only
-            // the restrictive profile needs it read-only (the image itself is never
-            // written either way).
-            readonly_rootfs: Some(spec.policy.profile == Profile::Restrictive),
-            tmpfs: Some(HashMap::from([(
-                "/tmp".to_string(),
-                "rw,nosuid,nodev,mode=1777".to_string(),
-            )])),
+            readonly_rootfs: Some(self.read_only_root()),
+            tmpfs: Some(self.tmpfs()),
             memory: Some(memory),
             // Equal to the memory limit: no swap beyond it.
             memory_swap: Some(memory),
@@ -226,6 +248,12 @@ mod tests {
         assert_eq!(body.network_disabled, Some(true));
         let host = body.host_config.unwrap();
         assert_eq!(host.readonly_rootfs, Some(true));
+        let tmpfs = host.tmpfs.clone().unwrap();
+        assert!(tmpfs["/tmp"].contains(",exec,"), "{tmpfs:?}");
+        assert!(
+            tmpfs.contains_key("/workspace"),
+            "a writable workdir: {tmpfs:?}"
+        );
         assert_eq!(host.network_mode.as_deref(), Some("none"));
         assert!(host.cap_add.unwrap().is_empty());
         assert_eq!(host.auto_remove, Some(false));

@@ -10,6 +10,7 @@ mod bad_input;
 mod bench;
 mod common;
 mod daemon;
+mod docker;
 mod escape;
 mod leaks;
 mod named;
