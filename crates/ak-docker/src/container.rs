@@ -39,9 +39,9 @@ pub struct Plan<'a> {
     /// The sandbox's runtime directory on the host (holds the agent's socket).
     pub run_dir: &'a Path,
     pub creator: &'a str,
-    /// Open-file limits (soft, hard) to set explicitly; Podman needs them where the host's
-    /// are unlimited, Docker inherits its daemon's.
-    pub nofile: Option<(u64, u64)>,
+    /// Limits (name, soft, hard) to set explicitly: Podman's defaults can exceed what its
+    /// service may grant, Docker inherits its daemon's.
+    pub ulimits: Vec<(&'static str, u64, u64)>,
 }
 
 fn bind(source: &Path, target: &Path, read_only: bool) -> Mount {
@@ -142,12 +142,15 @@ impl Plan<'_> {
                 // is not the container's.
                 NetworkMode::Outbound => None,
             },
-            ulimits: self.nofile.map(|(soft, hard)| {
-                vec![ResourcesUlimits {
-                    name: Some("nofile".into()),
-                    soft: Some(i64::try_from(soft).unwrap_or(i64::MAX)),
-                    hard: Some(i64::try_from(hard).unwrap_or(i64::MAX)),
-                }]
+            ulimits: (!self.ulimits.is_empty()).then(|| {
+                self.ulimits
+                    .iter()
+                    .map(|(name, soft, hard)| ResourcesUlimits {
+                        name: Some((*name).into()),
+                        soft: Some(i64::try_from(*soft).unwrap_or(i64::MAX)),
+                        hard: Some(i64::try_from(*hard).unwrap_or(i64::MAX)),
+                    })
+                    .collect()
             }),
             // Podman's crun cannot drive hybrid cgroups; runc can.
             runtime: (self.kind == BackendKind::Podman).then(|| "runc".to_string()),
@@ -205,7 +208,11 @@ mod tests {
             agent: Path::new("/opt/ak-agent"),
             run_dir: Path::new("/run/agentkernel-docker/x"),
             creator: "1:2",
-            nofile: (kind == BackendKind::Podman).then_some((1024, 4096)),
+            ulimits: if kind == BackendKind::Podman {
+                vec![("nofile", 1024, 4096)]
+            } else {
+                Vec::new()
+            },
         }
         .body()
     }

@@ -105,19 +105,21 @@ pub async fn engine_info(client: &Docker) -> Result<EngineInfo, DockerError> {
     };
     let version = client.version().await.map_err(engine_error("version"))?;
     let info = client.info().await.map_err(engine_error("info"))?;
-    // Docker names its platform ("Docker Engine - Community"); Podman its component.
-    let engine = version
-        .platform
-        .as_ref()
-        .map(|p| p.name.clone())
-        .filter(|name| !name.is_empty())
+    // Podman names itself in a component ("Podman Engine"); Docker in its platform
+    // ("Docker Engine - Community") or its first component ("Engine").
+    let components = version.components.as_deref().unwrap_or_default();
+    let engine = components
+        .iter()
+        .find(|c| c.name.contains("Podman"))
+        .map(|c| c.name.clone())
         .or_else(|| {
             version
-                .components
-                .as_deref()
-                .and_then(|c| c.first())
-                .map(|c| c.name.clone())
+                .platform
+                .as_ref()
+                .map(|p| p.name.clone())
+                .filter(|name| name.contains("Docker"))
         })
+        .or_else(|| components.first().map(|c| format!("Docker {}", c.name)))
         .unwrap_or_else(|| "unknown engine".to_string());
     let user_namespaces = info
         .security_options

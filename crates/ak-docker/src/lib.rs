@@ -157,11 +157,11 @@ impl DockerBackend {
             agent: &self.agent_path,
             run_dir: &run_dir,
             creator: &creator,
-            nofile: (self.kind == BackendKind::Podman).then(|| {
-                let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
-                let hard = limit.maximum.unwrap_or(1 << 20);
-                (limit.current.unwrap_or(hard), hard)
-            }),
+            ulimits: if self.kind == BackendKind::Podman {
+                explicit_ulimits()
+            } else {
+                Vec::new()
+            },
         }
         .body();
         let name = container::container_name(&spec.id);
@@ -248,6 +248,24 @@ impl DockerBackend {
         .map_err(|_| DockerError::Agent("probe thread panicked".into()))?
         .map(|info| (socket, info))
     }
+}
+
+/// Explicit open-file and process limits for Podman, whose defaults (1M files) exceed
+/// what its service may grant when root lacks CAP_SYS_RESOURCE, and which sets them even
+/// when not asked. This process's soft limits, capped at a value any default service
+/// grants (Debian's Podman service runs with 32768 processes): enough for builds and test
+/// runners, and the pids cgroup limit still bounds the sandbox.
+fn explicit_ulimits() -> Vec<(&'static str, u64, u64)> {
+    use rustix::process::{Resource, getrlimit};
+    const CAP: u64 = 32_768;
+    [("nofile", Resource::Nofile), ("nproc", Resource::Nproc)]
+        .into_iter()
+        .map(|(name, resource)| {
+            let limit = getrlimit(resource);
+            let value = limit.current.unwrap_or(CAP).min(CAP);
+            (name, value, value)
+        })
+        .collect()
 }
 
 /// `pid:start-time` of process `pid`: unique across pid reuse.

@@ -18,54 +18,71 @@ const IMAGE: &str = "agentkernel-test:busybox";
 const MODE: Mode = Mode::Root;
 
 fn docker(args: &[&str]) -> std::process::Output {
-    Command::new("docker")
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("the docker tests need the docker CLI for set-up: {e}"))
+    cli("docker", args)
 }
 
-/// Checks the engine answers and the test image exists, building it once.
+/// The engine's own CLI (`docker` or `podman`), for set-up and checks only.
+fn cli(engine: &str, args: &[&str]) -> std::process::Output {
+    Command::new(engine)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("the {engine} tests need the {engine} CLI for set-up: {e}"))
+}
+
+/// Checks the docker engine answers and the test image exists, building it once.
 fn engine() {
     static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| {
-        let version = docker(&["version", "--format", "{{.Server.Version}}"]);
-        assert!(
-            version.status.success(),
-            "the docker tests need a running Docker engine (DOCKER_HOST or /var/run/docker.sock): {}",
-            String::from_utf8_lossy(&version.stderr)
-        );
-        if docker(&["image", "inspect", IMAGE]).status.success() {
-            return;
+    READY.get_or_init(|| prepare("docker"));
+}
+
+/// Checks `engine` answers and has the test image, importing it from the host's static
+/// busybox when it has not.
+fn prepare(engine: &str) {
+    let version = cli(engine, &["version", "--format", "{{.Server.Version}}"]);
+    assert!(
+        version.status.success(),
+        "the {engine} tests need a running {engine} engine (its API socket; CI starts one): {}",
+        String::from_utf8_lossy(&version.stderr)
+    );
+    if cli(engine, &["image", "inspect", IMAGE]).status.success() {
+        return;
+    }
+    let busybox = std::path::Path::new("/bin/busybox");
+    assert!(
+        busybox.is_file(),
+        "building the test image needs a static busybox at /bin/busybox (apt install busybox-static)"
+    );
+    let root = tempfile::tempdir().unwrap();
+    for dir in ["bin", "etc", "tmp", "root"] {
+        std::fs::create_dir_all(root.path().join(dir)).unwrap();
+    }
+    std::fs::copy(busybox, root.path().join("bin/busybox")).unwrap();
+    let applets = Command::new(busybox).arg("--list").output().unwrap();
+    for applet in String::from_utf8_lossy(&applets.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", root.path().join("bin").join(applet));
         }
-        let busybox = std::path::Path::new("/bin/busybox");
-        assert!(
-            busybox.is_file(),
-            "building the test image needs a static busybox at /bin/busybox (apt install busybox-static)"
-        );
-        let root = tempfile::tempdir().unwrap();
-        for dir in ["bin", "etc", "tmp", "root"] {
-            std::fs::create_dir_all(root.path().join(dir)).unwrap();
-        }
-        std::fs::copy(busybox, root.path().join("bin/busybox")).unwrap();
-        let applets = Command::new(busybox).arg("--list").output().unwrap();
-        for applet in String::from_utf8_lossy(&applets.stdout).lines() {
-            if applet != "busybox" {
-                let _ = std::os::unix::fs::symlink("busybox", root.path().join("bin").join(applet));
-            }
-        }
-        std::fs::write(root.path().join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
-        let tar = Command::new("tar")
-            .args(["-C", &root.path().to_string_lossy(), "-c", "."])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let import = Command::new("docker")
-            .args(["import", "--change", "ENV PATH=/bin", "-", IMAGE])
-            .stdin(tar.stdout.unwrap())
-            .output()
-            .unwrap();
-        assert!(import.status.success(), "docker import: {}", stderr(&import));
-    });
+    }
+    std::fs::write(
+        root.path().join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\n",
+    )
+    .unwrap();
+    let tar = Command::new("tar")
+        .args(["-C", &root.path().to_string_lossy(), "-c", "."])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let import = Command::new(engine)
+        .args(["import", "--change", "ENV PATH=/bin", "-", IMAGE])
+        .stdin(tar.stdout.unwrap())
+        .output()
+        .unwrap();
+    assert!(
+        import.status.success(),
+        "{engine} import: {}",
+        stderr(&import)
+    );
 }
 
 fn name(test: &str) -> String {
@@ -541,4 +558,62 @@ fn docker_failures_are_clear() {
         "{}",
         stderr(&host_image)
     );
+}
+
+#[test]
+fn podman_runs_and_execs() {
+    let _host = shared_host();
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| prepare("podman"));
+    let output = ak(
+        MODE,
+        &[
+            "run",
+            "--backend",
+            "podman",
+            "--image",
+            IMAGE,
+            "--no-network",
+            "--",
+            "sh",
+            "-c",
+            "echo from podman; exit 6",
+        ],
+    );
+    assert_code(&output, 6);
+    assert_eq!(stdout(&output), "from podman\n");
+    let n = name("podman");
+    assert_code(
+        &ak(
+            MODE,
+            &[
+                "create",
+                &n,
+                "--backend",
+                "podman",
+                "--image",
+                IMAGE,
+                "--no-network",
+            ],
+        ),
+        0,
+    );
+    assert_code(&ak(MODE, &["start", &n]), 0);
+    let output = ak(
+        MODE,
+        &[
+            "exec",
+            &n,
+            "--",
+            "sh",
+            "-c",
+            "echo kept > /workspace/f; cat /workspace/f",
+        ],
+    );
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "kept\n");
+    let id = sandbox_id(&n);
+    assert_code(&ak(MODE, &["remove", &n, "--force"]), 0);
+    let left = cli("podman", &["ps", "-a", "--format", "{{.Names}}"]);
+    assert!(!stdout(&left).contains(&id), "{}", stdout(&left));
 }
