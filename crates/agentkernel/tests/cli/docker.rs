@@ -68,16 +68,17 @@ fn prepare(engine: &str) {
         "root:x:0:0:root:/root:/bin/sh\n",
     )
     .unwrap();
-    let tar = Command::new("tar")
+    let mut tar = Command::new("tar")
         .args(["-C", &root.path().to_string_lossy(), "-c", "."])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
     let import = Command::new(engine)
         .args(["import", "--change", "ENV PATH=/bin", "-", IMAGE])
-        .stdin(tar.stdout.unwrap())
+        .stdin(tar.stdout.take().unwrap())
         .output()
         .unwrap();
+    assert!(tar.wait().unwrap().success(), "tar of the test image failed");
     assert!(
         import.status.success(),
         "{engine} import: {}",
