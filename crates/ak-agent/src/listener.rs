@@ -176,7 +176,8 @@ async fn accept_loop(agent: Agent, listener: UnixListener) {
 }
 
 /// Binds `path`, replacing a stale socket file left by an earlier agent (but never any
-/// other kind of file).
+/// other kind of file). The socket is bound and listening under a temporary name first and
+/// then renamed into place, so whoever sees `path` appear can connect at once.
 fn bind(path: &Path) -> std::io::Result<UnixListener> {
     match std::fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => std::fs::remove_file(path)?,
@@ -189,7 +190,20 @@ fn bind(path: &Path) -> std::io::Result<UnixListener> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e),
     }
-    UnixListener::bind(path)
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
+    let mut staged_name = std::ffi::OsString::from(".");
+    staged_name.push(file_name);
+    staged_name.push(format!(".{}", std::process::id()));
+    let staged = path.with_file_name(staged_name);
+    let _ = std::fs::remove_file(&staged);
+    let listener = UnixListener::bind(&staged)?;
+    if let Err(e) = std::fs::rename(&staged, path) {
+        let _ = std::fs::remove_file(&staged);
+        return Err(e);
+    }
+    Ok(listener)
 }
 
 #[cfg(test)]

@@ -13,8 +13,9 @@ use crate::error::DockerError;
 /// their progress keeps the connection alive).
 const API_TIMEOUT_S: u64 = 120;
 
-/// The lowest API version we speak: Docker 20.10 and Podman 4's compatibility API.
-const MIN_API: bollard::ClientVersion = bollard::ClientVersion {
+/// The API version we speak: Docker 20.10's, which later Dockers and Podman 4's
+/// compatibility API also serve.
+const API_VERSION: bollard::ClientVersion = bollard::ClientVersion {
     major_version: 1,
     minor_version: 41,
 };
@@ -63,27 +64,32 @@ pub fn find_socket(kind: BackendKind, configured: Option<&str>) -> Result<PathBu
         .ok_or(DockerError::NoSocket { kind, candidates })
 }
 
-/// A client for the engine at `socket`, speaking the highest API version both sides know.
-pub async fn connect(kind: BackendKind, socket: &Path) -> Result<Docker, DockerError> {
+/// A client for the engine at `socket`. It speaks API 1.41, which every engine we support
+/// understands, so no version negotiation (a round trip) precedes the first call; nothing
+/// is sent until then.
+pub fn client(socket: &Path) -> Result<Docker, DockerError> {
     let address = socket.to_string_lossy().into_owned();
-    let client = Docker::connect_with_unix(&address, API_TIMEOUT_S, &MIN_API).map_err(|e| {
+    Docker::connect_with_unix(&address, API_TIMEOUT_S, &API_VERSION).map_err(|e| {
         DockerError::Engine {
             what: format!("connect to {address}"),
             source: e,
         }
-    })?;
-    tokio::time::timeout(Duration::from_secs(10), client.negotiate_version())
+    })
+}
+
+/// [`client`], checked to answer (for `status`).
+pub async fn connect(kind: BackendKind, socket: &Path) -> Result<Docker, DockerError> {
+    let client = client(socket)?;
+    let unreachable = |reason: String| DockerError::Unreachable {
+        kind,
+        socket: socket.to_path_buf(),
+        reason,
+    };
+    tokio::time::timeout(Duration::from_secs(10), client.ping())
         .await
-        .map_err(|_| DockerError::Unreachable {
-            kind,
-            socket: socket.to_path_buf(),
-            reason: "no answer within 10 s".into(),
-        })?
-        .map_err(|e| DockerError::Unreachable {
-            kind,
-            socket: socket.to_path_buf(),
-            reason: e.to_string(),
-        })
+        .map_err(|_| unreachable("no answer within 10 s".into()))?
+        .map_err(|e| unreachable(e.to_string()))?;
+    Ok(client)
 }
 
 /// What `status` shows of an engine.

@@ -81,7 +81,7 @@ impl DockerBackend {
         self.client
             .get_or_try_init(|| async {
                 let socket = engine::find_socket(self.kind, self.configured_socket.as_deref())?;
-                engine::connect(self.kind, &socket).await
+                engine::client(&socket)
             })
             .await
     }
@@ -217,7 +217,7 @@ impl DockerBackend {
                 lifetime,
                 transport,
                 running,
-                watcher,
+                watcher: Some(watcher),
                 destroyed: false,
             }),
             Err(e) => {
@@ -350,32 +350,21 @@ impl Backend for DockerBackend {
     async fn attach(&self, handle: &SandboxHandle) -> Result<Box<dyn Sandbox>, BackendError> {
         let data: HandleData = serde_json::from_str(&handle.data)
             .map_err(|e| BackendError::Setup(format!("bad handle of {}: {e}", handle.id)))?;
-        let client = self.client().await?;
-        let inspected = match client
-            .inspect_container(
-                &data.container,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
+        // No engine round trip on this path (every `exec` takes it): the agent answering
+        // on its socket is what "running" means for a sandbox.
+        let first = UnixStream::connect(data.run_dir.join(SOCKET_NAME))
             .await
-        {
-            Ok(inspected) => inspected,
-            Err(e) if error::is_not_found(&e) => return Err(BackendError::Gone(handle.id.clone())),
-            Err(e) => return Err(DockerError::engine("inspect container")(e).into()),
-        };
-        let running = inspected.state.and_then(|s| s.running).unwrap_or(false);
-        if !running || !data.run_dir.join(SOCKET_NAME).exists() {
-            return Err(BackendError::Gone(handle.id.clone()));
-        }
-        let (running, watcher) = watch_exit(client, &data.container);
+            .map_err(|_| BackendError::Gone(handle.id.clone()))?;
+        let client = self.client().await?;
         Ok(Box::new(DockerSandbox {
             kind: self.kind,
             id: handle.id.clone(),
             client: client.clone(),
             data,
             lifetime: Lifetime::Persistent,
-            transport: None,
-            running,
-            watcher,
+            transport: Some(first),
+            running: std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true)),
+            watcher: None,
             destroyed: false,
         }))
     }

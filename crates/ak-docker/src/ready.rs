@@ -21,8 +21,14 @@ impl SocketWatch {
     pub fn new(dir: &Path) -> Result<SocketWatch, DockerError> {
         let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
             .map_err(|e| DockerError::io("inotify_init")(e.into()))?;
-        inotify::add_watch(&fd, dir, inotify::WatchFlags::CREATE)
-            .map_err(|e| DockerError::io(format!("watch {}", dir.display()))(e.into()))?;
+        // The agent renames its socket into place once it listens (MOVED_TO); CREATE
+        // covers an agent that binds in place.
+        inotify::add_watch(
+            &fd,
+            dir,
+            inotify::WatchFlags::CREATE | inotify::WatchFlags::MOVED_TO,
+        )
+        .map_err(|e| DockerError::io(format!("watch {}", dir.display()))(e.into()))?;
         // SAFETY: the inotify fd is an OwnedFd moved into the AsyncFd, which owns it (and so
         // keeps it open and the same) for its whole life.
         let inotify = unsafe { AsyncFd::register(fd) }

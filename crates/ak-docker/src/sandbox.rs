@@ -49,22 +49,24 @@ pub fn watch_exit(client: &Docker, container: &str) -> (Arc<AtomicBool>, JoinHan
 }
 
 /// Removes the container (killing it first) and its runtime directory; what is already
-/// gone is fine.
+/// gone is fine. The directory goes even when the engine refuses, so nothing of ours is
+/// left on the host whatever the engine does.
 pub async fn remove(client: &Docker, container: &str, run_dir: &Path) -> Result<(), DockerError> {
     let options = RemoveContainerOptionsBuilder::default()
         .force(true)
         .v(true)
         .build();
-    match client.remove_container(container, Some(options)).await {
-        Ok(()) => {}
-        Err(e) if is_not_found(&e) => {}
+    let removed = match client.remove_container(container, Some(options)).await {
+        Ok(()) => Ok(()),
+        Err(e) if is_not_found(&e) => Ok(()),
         // Already being removed (auto-remove racing us): it is going away by itself.
         Err(bollard::errors::Error::DockerResponseServerError {
             status_code: 409, ..
-        }) => {}
-        Err(e) => return Err(DockerError::engine(format!("remove container {container}"))(e)),
-    }
-    remove_run_dir(run_dir)
+        }) => Ok(()),
+        Err(e) => Err(DockerError::engine(format!("remove container {container}"))(e)),
+    };
+    let dir_removed = remove_run_dir(run_dir);
+    removed.and(dir_removed)
 }
 
 pub fn remove_run_dir(run_dir: &Path) -> Result<(), DockerError> {
@@ -84,8 +86,11 @@ pub struct DockerSandbox {
     pub(crate) lifetime: Lifetime,
     /// Ephemeral: the one connection, until handed out.
     pub(crate) transport: Option<UnixStream>,
+    /// Cleared when the engine reports the container stopped (sandboxes this process
+    /// created); a sandbox found again from its handle counts as running while its agent
+    /// answers.
     pub(crate) running: Arc<AtomicBool>,
-    pub(crate) watcher: JoinHandle<i64>,
+    pub(crate) watcher: Option<JoinHandle<i64>>,
     pub(crate) destroyed: bool,
 }
 
@@ -122,10 +127,17 @@ impl Sandbox for DockerSandbox {
                 if !self.running.load(Ordering::SeqCst) {
                     return Err(BackendError::Gone(self.id.clone()));
                 }
-                let stream = UnixStream::connect(self.socket()).await.map_err(|e| {
-                    BackendError::Connect(format!("{}: {e}", self.socket().display()))
-                })?;
-                Ok(Box::new(stream))
+                // The connection made when it was found again, first.
+                if let Some(stream) = self.transport.take() {
+                    return Ok(Box::new(stream));
+                }
+                match UnixStream::connect(self.socket()).await {
+                    Ok(stream) => Ok(Box::new(stream)),
+                    Err(_) => {
+                        self.running.store(false, Ordering::SeqCst);
+                        Err(BackendError::Gone(self.id.clone()))
+                    }
+                }
             }
         }
     }
@@ -134,7 +146,9 @@ impl Sandbox for DockerSandbox {
         // Closing the connection first lets a one-shot agent end by itself.
         drop(self.transport.take());
         remove(&self.client, &self.data.container, &self.data.run_dir).await?;
-        self.watcher.abort();
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
         self.running.store(false, Ordering::SeqCst);
         self.destroyed = true;
         Ok(SandboxUsage::default())
@@ -164,7 +178,9 @@ impl Sandbox for DockerSandbox {
 
 impl Drop for DockerSandbox {
     fn drop(&mut self) {
-        self.watcher.abort();
+        if let Some(watcher) = &self.watcher {
+            watcher.abort();
+        }
         if self.destroyed || self.lifetime == Lifetime::Persistent {
             return;
         }

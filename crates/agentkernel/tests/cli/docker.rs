@@ -78,7 +78,10 @@ fn prepare(engine: &str) {
         .stdin(tar.stdout.take().unwrap())
         .output()
         .unwrap();
-    assert!(tar.wait().unwrap().success(), "tar of the test image failed");
+    assert!(
+        tar.wait().unwrap().success(),
+        "tar of the test image failed"
+    );
     assert!(
         import.status.success(),
         "{engine} import: {}",
