@@ -56,7 +56,10 @@ pub fn candidates(kind: BackendKind, configured: Option<&str>) -> Vec<PathBuf> {
 
 /// The first candidate socket that exists.
 pub fn find_socket(kind: BackendKind, configured: Option<&str>) -> Result<PathBuf, DockerError> {
-    let candidates = candidates(kind, configured);
+    first_existing(kind, candidates(kind, configured))
+}
+
+fn first_existing(kind: BackendKind, candidates: Vec<PathBuf>) -> Result<PathBuf, DockerError> {
     candidates
         .iter()
         .find(|path| path.exists())
@@ -157,8 +160,24 @@ mod tests {
 
     #[test]
     fn a_missing_socket_names_every_place_looked_at() {
-        let error = find_socket(BackendKind::Podman, Some("/nonexistent/x.sock")).unwrap_err();
+        let places = vec![
+            PathBuf::from("/nonexistent/x.sock"),
+            PathBuf::from("/nonexistent/y.sock"),
+        ];
+        let error = first_existing(BackendKind::Podman, places).unwrap_err();
         let text = error.to_string();
-        assert!(text.contains("/nonexistent/x.sock"), "{text}");
+        assert!(text.contains("no podman socket found"), "{text}");
+        assert!(
+            text.contains("/nonexistent/x.sock, /nonexistent/y.sock"),
+            "{text}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let present = dir.path().join("docker.sock");
+        std::fs::write(&present, "").unwrap();
+        let places = vec![PathBuf::from("/nonexistent/x.sock"), present.clone()];
+        assert_eq!(
+            first_existing(BackendKind::Docker, places).unwrap(),
+            present
+        );
     }
 }
