@@ -4,7 +4,8 @@
 //! then as many cold `run`s, `run`s through the daemon's warm pool, and bare
 //! `/bin/echo hello`s (the baseline, in the same run). Throughput and
 //! p50/p95/p99 per step go to `benchmark-results/benchmark_*.json`. `BENCH_PHASES` picks
-//! phases (`bare`, `lifecycle`, `run`, `pool_run`), `BENCH_NETWORK=1` gives sandboxes network.
+//! phases (`bare`, `lifecycle`, `run`, `pool_run`), `BENCH_NETWORK=1` gives sandboxes network,
+//! `BENCH_IMAGE` an image (OCI backends).
 //!
 //! `cargo test --release --test benchmark_test -- --nocapture --ignored`
 
@@ -22,6 +23,7 @@ fn benchmark() {
     let max_concurrent = env_count("BENCH_MAX_CONCURRENT", 50).unwrap();
     let backend = std::env::var("BENCH_BACKEND").unwrap_or_else(|_| "native".into());
     let network = std::env::var("BENCH_NETWORK").is_ok_and(|v| v == "1");
+    let image = std::env::var("BENCH_IMAGE").ok().filter(|i| !i.is_empty());
     let phases = env_phases(
         "BENCH_PHASES",
         &[
@@ -39,7 +41,8 @@ fn benchmark() {
         state.path(),
         &backend,
         network,
-    );
+    )
+    .with_image(image.clone());
     // Sandbox s does its iterations one after another: at most `sandboxes` run at once.
     let plan = Plan {
         kind: "benchmark",
@@ -53,6 +56,7 @@ fn benchmark() {
             ("BENCH_MAX_CONCURRENT".into(), max_concurrent.into()),
             ("BENCH_BACKEND".into(), backend.into()),
             ("BENCH_NETWORK".into(), network.into()),
+            ("BENCH_IMAGE".into(), image.into()),
         ]),
     };
     let progress = Progress::new(&plan);

@@ -2,7 +2,8 @@
 //! `STRESS_MAX_CONCURRENT` at once (default 50), on `STRESS_BACKEND` (default native), each
 //! going create → start → exec `echo hello` → stop → remove through the CLI; then as many
 //! `run`s through the daemon's warm pool. `STRESS_PHASES` picks phases (`lifecycle`,
-//! `run`, `pool_run`), `STRESS_NETWORK=1` gives sandboxes the profile's network. Writes
+//! `run`, `pool_run`), `STRESS_NETWORK=1` gives sandboxes the profile's network,
+//! `STRESS_IMAGE` an image (OCI backends). Writes
 //! `benchmark-results/stress_*.json` and fails on any failed sandbox or leaked resource.
 //!
 //! `cargo test --release --test stress_test -- --nocapture --ignored`
@@ -20,6 +21,7 @@ fn stress() {
     let max_concurrent = env_count("STRESS_MAX_CONCURRENT", 50).unwrap();
     let backend = std::env::var("STRESS_BACKEND").unwrap_or_else(|_| "native".into());
     let network = std::env::var("STRESS_NETWORK").is_ok_and(|v| v == "1");
+    let image = std::env::var("STRESS_IMAGE").ok().filter(|i| !i.is_empty());
     let phases = env_phases("STRESS_PHASES", &[PhaseKind::Lifecycle, PhaseKind::PoolRun]).unwrap();
 
     let state = tempfile::tempdir().unwrap();
@@ -28,7 +30,8 @@ fn stress() {
         state.path(),
         &backend,
         network,
-    );
+    )
+    .with_image(image.clone());
     let plan = Plan {
         kind: "stress",
         backend: backend.clone(),
@@ -40,6 +43,7 @@ fn stress() {
             ("STRESS_MAX_CONCURRENT".into(), max_concurrent.into()),
             ("STRESS_BACKEND".into(), backend.into()),
             ("STRESS_NETWORK".into(), network.into()),
+            ("STRESS_IMAGE".into(), image.into()),
         ]),
     };
     let progress = Progress::new(&plan);

@@ -67,6 +67,14 @@ impl CliDriver {
         }
     }
 
+    /// Every sandbox from `image` (OCI backends need one unless the registry is reachable).
+    pub fn with_image(mut self, image: Option<String>) -> CliDriver {
+        if let Some(image) = image {
+            self.sandbox_flags.extend(["--image".to_string(), image]);
+        }
+        self
+    }
+
     fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(&self.binary);
         command

@@ -90,7 +90,16 @@ impl HostSnapshot {
     /// The host now. `rootless_uids`: host uids that ran rootless sandboxes, whose
     /// processes and runtime directories count as the sandboxes'.
     pub fn take(rootless_uids: &[u32]) -> HostSnapshot {
-        let mut runtime_dirs = list_dir(Path::new("/run/agentkernel"));
+        // The native backend's, and the container backends' (one per engine).
+        let mut runtime_dirs: Vec<String> =
+            ["agentkernel", "agentkernel-docker", "agentkernel-podman"]
+                .iter()
+                .flat_map(|base| {
+                    list_dir(&Path::new("/run").join(base))
+                        .into_iter()
+                        .map(move |dir| format!("{base}/{dir}"))
+                })
+                .collect();
         for uid in rootless_uids {
             runtime_dirs.extend(list_dir(
                 &std::env::temp_dir().join(format!("agentkernel-{uid}")),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ak_bench::{Machine, StepStats};
 use ak_core::spec::new_sandbox_id;
-use ak_core::{BackendKind, SandboxSpec};
+use ak_core::{BackendKind, ImageRef, SandboxSpec};
 use ak_service::{ComponentTimes, Service};
 use anyhow::{Context, anyhow};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -39,7 +39,19 @@ struct BenchReport {
     machine: Machine,
     iterations: u32,
     backends: Vec<BackendBench>,
+    /// Usable backends that could not be measured, and why.
+    failed: Vec<FailedBackend>,
 }
+
+#[derive(Debug, Serialize)]
+struct FailedBackend {
+    backend: BackendKind,
+    error: String,
+}
+
+/// The program each measured sandbox runs (`echo hello`), which also picks the image of
+/// OCI backends when none is given.
+const PROBE_PROGRAM: &str = "echo";
 
 pub async fn bench(args: BenchArgs) -> i32 {
     let spec = super::resolve_spec(&args.sandbox);
@@ -67,19 +79,44 @@ pub async fn bench(args: BenchArgs) -> i32 {
         machine: Machine::current(),
         iterations: args.iterations,
         backends: Vec::new(),
+        failed: Vec::new(),
     };
+    let explicit = args.sandbox.backend.is_some();
     for backend in backends {
-        let spec = SandboxSpec {
+        let mut spec = SandboxSpec {
             backend,
+            image: match (&args.sandbox.image, backend.runs_oci_images()) {
+                (Some(_), _) => spec.image.clone(),
+                (None, true) => ImageRef::Auto,
+                (None, false) => ImageRef::Host,
+            },
             ..spec.clone()
         };
+        ak_service::settle_image(&mut spec, Some(&[PROBE_PROGRAM.to_string()]));
         match bench_backend(&service, &spec, &args, concurrency).await {
             Ok(result) => report.backends.push(result),
-            Err(error) => exit::fail(
+            Err(error) if explicit => exit::fail(
                 exit::SANDBOX_FAILURE,
                 &error.context(format!("benchmark of the {backend} backend")),
             ),
+            // Measuring every usable backend: one that cannot run here (its default image
+            // missing, say) is reported, and the others are still measured.
+            Err(error) => report.failed.push(FailedBackend {
+                backend,
+                error: format!("{error:#}"),
+            }),
         }
+    }
+    if report.backends.is_empty() {
+        let reasons: Vec<String> = report
+            .failed
+            .iter()
+            .map(|f| format!("{}: {}", f.backend, f.error))
+            .collect();
+        exit::fail(
+            exit::SANDBOX_FAILURE,
+            &anyhow!("no backend could be measured: {}", reasons.join("; ")),
+        );
     }
     let text = if args.json {
         match serde_json::to_string_pretty(&report) {
@@ -180,6 +217,12 @@ fn render(report: &BenchReport) -> String {
         "{} cores ({}), kernel {}, {} sandboxes per backend\n",
         machine.cores, machine.cpu_model, machine.kernel, report.iterations
     );
+    for failed in &report.failed {
+        text.push_str(&format!(
+            "\n{}: not measured: {}\n",
+            failed.backend, failed.error
+        ));
+    }
     for backend in &report.backends {
         text.push_str(&format!(
             "\n{}\n{:10} {:>9} {:>9} {:>9} {:>9} {:>9}\n",

@@ -55,13 +55,18 @@ pub async fn serve(socket: &Path, service: Service, config: PoolConfig) -> anyho
     });
     // Refills and releases run beside the request loop, so that a hit never waits for
     // a sandbox being built or torn down.
+    // Stopped between passes, never inside one: a pass cut off mid-way could leave a
+    // sandbox half built (a container created but not started) that nobody releases.
+    let stop_maintenance = Arc::new(tokio::sync::Notify::new());
     let maintainer = {
-        let daemon = daemon.clone();
+        let (daemon, stop) = (daemon.clone(), stop_maintenance.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(MAINTAIN_EVERY);
             loop {
-                tick.tick().await;
-                daemon.pools.maintain(&daemon.service).await;
+                tokio::select! {
+                    _ = tick.tick() => daemon.pools.maintain(&daemon.service).await,
+                    () = stop.notified() => break,
+                }
             }
         })
     };
@@ -87,9 +92,8 @@ pub async fn serve(socket: &Path, service: Service, config: PoolConfig) -> anyho
         }
     }
     drop(listener);
-    maintainer.abort();
-    // An aborted pass may have been mid-way; what it built is in the pools, what it had
-    // taken out for release is released here or by the next sweep.
+    // `notify_one` keeps the wake-up for a pass in progress: the loop ends right after it.
+    stop_maintenance.notify_one();
     let _ = maintainer.await;
     daemon.pools.shutdown(STOP_GRACE).await;
     // Last: `daemon stop` waits for the socket to go, so it returns once all is released.
