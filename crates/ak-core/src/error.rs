@@ -36,6 +36,10 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("cannot use the current directory: {0}")]
     CurrentDir(std::io::Error),
+    #[error("no command given")]
+    EmptyCommand,
+    #[error("invalid command: {0}")]
+    InvalidCommand(&'static str),
     #[error("invalid sandbox name '{}': {reason}", shown_name(.name))]
     InvalidName { name: String, reason: &'static str },
 }
