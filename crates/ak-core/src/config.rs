@@ -15,6 +15,9 @@ use crate::spec::{DEFAULT_WORKDIR, Mount, SandboxSpec, parse_env_entry, validate
 
 /// Name of the per-project config file, looked up from the current directory upwards.
 pub const PROJECT_FILE: &str = "agentkernel.toml";
+/// The backend of a sandbox whose settings name none.
+pub const DEFAULT_BACKEND: BackendKind = BackendKind::Native;
+
 /// Environment variable naming the user config file (instead of the XDG location).
 pub const USER_CONFIG_ENV: &str = "AGENTKERNEL_CONFIG";
 
@@ -177,7 +180,10 @@ pub fn resolve(
     id: String,
 ) -> Result<SandboxSpec, ConfigError> {
     let profile: Profile = options.profile.as_deref().unwrap_or("moderate").parse()?;
-    let backend: BackendKind = options.backend.as_deref().unwrap_or("native").parse()?;
+    let backend: BackendKind = match options.backend.as_deref() {
+        Some(name) => name.parse()?,
+        None => DEFAULT_BACKEND,
+    };
     let image = ImageRef::parse(options.image.as_deref().unwrap_or("host"), cwd)?;
 
     let mut policy = profile.policy();
