@@ -43,7 +43,7 @@ impl Service {
         Ok(NameLock { _file: file })
     }
 
-    fn record(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
+    pub(crate) fn record(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
         validate_name(name)?;
         self.registry()?
             .get(name)?
@@ -74,7 +74,7 @@ impl Service {
 
     /// Records a new sandbox (stopped) with a persistent workdir. `dir` makes a host
     /// directory the workdir instead, mounted at the same path.
-    pub async fn create_named(
+    async fn create_unaudited(
         &self,
         name: &str,
         mut spec: SandboxSpec,
@@ -140,7 +140,7 @@ impl Service {
     }
 
     /// Starts a stopped sandbox.
-    pub async fn start_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
+    async fn start_unaudited(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
         let _lock = self.lock_name(name)?;
         let record = self.record(name)?;
         require(&record, &[SandboxState::Stopped], "start")?;
@@ -169,7 +169,7 @@ impl Service {
     }
 
     /// Stops a running sandbox: every process ends; the workdir stays.
-    pub async fn stop_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
+    async fn stop_unaudited(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
         let _lock = self.lock_name(name)?;
         let record = self.record(name)?;
         require(&record, &[SandboxState::Running], "stop")?;
@@ -185,7 +185,7 @@ impl Service {
 
     /// Removes a stopped or failed sandbox (`force` stops a running one first) and its
     /// service-owned workdir.
-    pub async fn remove_named(&self, name: &str, force: bool) -> Result<(), ServiceError> {
+    async fn remove_unaudited(&self, name: &str, force: bool) -> Result<(), ServiceError> {
         let _lock = self.lock_name(name)?;
         let mut record = self.record(name)?;
         if record.state == SandboxState::Running {
@@ -239,7 +239,7 @@ impl Service {
     }
 
     /// Starts a command in a running sandbox. The session ends without stopping it.
-    pub async fn exec_named(
+    async fn exec_unaudited(
         &self,
         name: &str,
         exec: ExecSpec,
@@ -330,6 +330,69 @@ impl Service {
         let handle = parse_handle(record)?;
         Ok(self.backend(record.backend)?.release(&handle).await?)
     }
+}
+
+/// The public operations: each records its outcome in the audit log.
+impl Service {
+    /// Records a new sandbox (stopped) with a persistent workdir. `dir` makes a host
+    /// directory the workdir instead, mounted at the same path.
+    pub async fn create_named(
+        &self,
+        name: &str,
+        spec: SandboxSpec,
+        dir: Option<&Path>,
+    ) -> Result<SandboxRecord, ServiceError> {
+        let result = self.create_unaudited(name, spec, dir).await;
+        self.audited("create", Some(name), None, result)
+    }
+
+    /// Starts a stopped sandbox.
+    pub async fn start_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
+        let result = self.start_unaudited(name).await;
+        self.audited("start", Some(name), None, result)
+    }
+
+    /// Stops a running sandbox: every process ends; the workdir stays.
+    pub async fn stop_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
+        let result = self.stop_unaudited(name).await;
+        self.audited("stop", Some(name), None, result)
+    }
+
+    /// Removes a stopped or failed sandbox (`force` stops a running one first) and its
+    /// service-owned workdir.
+    pub async fn remove_named(&self, name: &str, force: bool) -> Result<(), ServiceError> {
+        let result = self.remove_unaudited(name, force).await;
+        self.audited("remove", Some(name), None, result)
+    }
+
+    /// Starts a command in a running sandbox. The session ends without stopping it.
+    pub async fn exec_named(
+        &self,
+        name: &str,
+        exec: ExecSpec,
+    ) -> Result<CommandSession, ServiceError> {
+        let detail = command_line(&exec.argv);
+        let result = self.exec_unaudited(name, exec).await;
+        self.audited("exec", Some(name), Some(detail), result)
+    }
+}
+
+/// A command line as the audit log shows it (arguments quoted when they need it).
+pub(crate) fn command_line(argv: &[String]) -> String {
+    argv.iter()
+        .map(|arg| {
+            if !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@".contains(c))
+            {
+                arg.clone()
+            } else {
+                format!("{arg:?}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn parse_handle(record: &SandboxRecord) -> Result<SandboxHandle, ServiceError> {
