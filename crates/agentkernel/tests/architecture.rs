@@ -13,6 +13,8 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("ak-core", &["ak-protocol"]),
         ("ak-native", &["ak-core", "ak-protocol"]),
         ("ak-service", &["ak-core", "ak-protocol"]),
+        // The HTTP API and MCP front ends: above the service, below the binary.
+        ("ak-server", &["ak-core", "ak-protocol", "ak-service"]),
         (
             "agentkernel",
             &[
@@ -20,6 +22,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
                 "ak-core",
                 "ak-native",
                 "ak-protocol",
+                "ak-server",
                 "ak-service",
             ],
         ),
