@@ -46,6 +46,8 @@ pub enum Command {
     /// The daemon that keeps warm pools, so that `run` starts in about a millisecond.
     #[command(subcommand)]
     Daemon(DaemonCommand),
+    /// Serve the HTTP API that the agentkernel SDKs speak (token: AGENTKERNEL_API_KEY).
+    Serve(ServeArgs),
 }
 
 impl Command {
@@ -53,7 +55,7 @@ impl Command {
     pub fn is_daemon_server(&self) -> bool {
         matches!(
             self,
-            Command::Daemon(DaemonCommand::Start { foreground: true })
+            Command::Daemon(DaemonCommand::Start { foreground: true }) | Command::Serve(_)
         )
     }
 }
@@ -72,6 +74,19 @@ pub enum DaemonCommand {
     },
     /// Stop the daemon: waits for running commands (up to 10 s), then cleans up.
     Stop,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; anything but loopback requires a token.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// TCP port (0 picks a free one, printed at start).
+    #[arg(long, default_value_t = 18888)]
+    pub port: u16,
+    /// Listen on this Unix socket (mode 0600) instead of TCP.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["host", "port"])]
+    pub socket: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -30,6 +30,46 @@ pub struct ConfigFile {
     /// Read from the user's file only: there is one daemon per user, whatever the project.
     #[serde(default)]
     pub daemon: DaemonOptions,
+    /// Read from the user's file only, like `[daemon]`.
+    #[serde(default)]
+    pub api: ApiOptions,
+}
+
+/// Settings of `agentkernel serve` (`[api]` in the user's config file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiOptions {
+    /// The bearer token clients must send; `AGENTKERNEL_API_KEY` overrides it.
+    pub api_key: Option<String>,
+}
+
+/// Environment variable holding the API's bearer token.
+pub const API_KEY_ENV: &str = "AGENTKERNEL_API_KEY";
+
+impl ApiOptions {
+    /// The API token: `$AGENTKERNEL_API_KEY`, else `api_key` from the user's config file.
+    /// An empty token is an error, never "no token".
+    pub fn token() -> Result<Option<String>, ConfigError> {
+        let token = match std::env::var(API_KEY_ENV) {
+            Ok(token) => Some(token),
+            Err(std::env::VarError::NotPresent) => match user_config_file() {
+                Some(path) => read_config_file(&path)?.api.api_key,
+                None => None,
+            },
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(ConfigError::InvalidApiKey("it is not valid UTF-8"));
+            }
+        };
+        match token {
+            Some(token) if token.trim().is_empty() => {
+                Err(ConfigError::InvalidApiKey("it is empty"))
+            }
+            Some(token) if token.chars().any(|c| c.is_whitespace() || c.is_control()) => Err(
+                ConfigError::InvalidApiKey("it contains whitespace or control characters"),
+            ),
+            other => Ok(other),
+        }
+    }
 }
 
 /// Warm pool sizes of the daemon (`[daemon]` in the user's config file).
@@ -350,6 +390,13 @@ mod tests {
             read_config_file(&path).unwrap().sandbox.memory.as_deref(),
             Some("256M")
         );
+    }
+
+    #[test]
+    fn api_options_parse_strictly() {
+        let file: ConfigFile = toml::from_str("[api]\napi_key = \"k\"\n").unwrap();
+        assert_eq!(file.api.api_key.as_deref(), Some("k"));
+        assert!(toml::from_str::<ConfigFile>("[api]\napikey = \"k\"\n").is_err());
     }
 
     #[test]

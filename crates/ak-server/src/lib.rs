@@ -10,6 +10,7 @@ mod info;
 mod output;
 mod run;
 mod sandboxes;
+mod serve;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use axum::routing::{get, post};
 
 pub use crate::auth::{TokenCheck, check_listen_address};
 pub use crate::error::ApiError;
+pub use crate::serve::{Bound, Listen, ServeError};
 
 /// Largest request body accepted by default (a file upload is one body).
 pub const DEFAULT_MAX_BODY: usize = 16 << 20;

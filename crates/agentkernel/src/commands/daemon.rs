@@ -37,7 +37,7 @@ pub async fn daemon(command: DaemonCommand) -> i32 {
 }
 
 /// Pool sizes: the user's `[daemon]` settings over the defaults.
-fn pool_config() -> Result<PoolConfig, ak_core::ConfigError> {
+pub(crate) fn pool_config() -> Result<PoolConfig, ak_core::ConfigError> {
     let options = ak_core::config::DaemonOptions::load()?;
     let defaults = PoolConfig::default();
     Ok(PoolConfig {

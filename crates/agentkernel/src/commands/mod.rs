@@ -6,6 +6,7 @@ mod daemon;
 mod exec;
 mod run;
 mod sandbox;
+mod serve;
 mod status;
 mod stream;
 mod terminal;
@@ -32,6 +33,7 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::List(args) => sandbox::list(args).await,
         Command::Inspect(args) => sandbox::inspect(args).await,
         Command::Daemon(command) => daemon::daemon(command).await,
+        Command::Serve(args) => serve::serve(args).await,
     }
 }
 

@@ -1,0 +1,98 @@
+//! `agentkernel serve`: the HTTP API over the in-process service, with warm pools for
+//! `fast` runs, on TCP (loopback by default) or a Unix socket.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ak_core::config::{ApiOptions, SandboxOptions, load_options};
+use ak_server::{ApiConfig, AppState, Bound, Listen};
+use ak_service::pool::Pools;
+use anyhow::{Context, anyhow};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::ServeArgs;
+use crate::exit;
+use crate::wiring;
+
+/// How often used pool sandboxes are released and pools topped up.
+const MAINTAIN_EVERY: Duration = Duration::from_millis(50);
+/// How long a stopping server waits for pool sandboxes still in use.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[allow(
+    clippy::print_stdout,
+    reason = "the command's output: where it listens"
+)]
+fn say(text: &str) {
+    println!("{text}");
+}
+
+pub async fn serve(args: ServeArgs) -> i32 {
+    match run(args).await {
+        Ok(()) => 0,
+        Err(error) => {
+            exit::report(&error);
+            1
+        }
+    }
+}
+
+async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let token = ApiOptions::token().map_err(|e| exit::fail(exit::USAGE, &e.into()))?;
+    let listen = match &args.socket {
+        Some(path) => Listen::Unix(path.clone()),
+        None => {
+            let ip = args
+                .host
+                .parse()
+                .map_err(|_| anyhow!("--host '{}' is not an IP address", args.host))?;
+            Listen::Tcp(SocketAddr::new(ip, args.port))
+        }
+    };
+    let cwd = std::env::current_dir().context("read the current directory")?;
+    let base_options = load_options(SandboxOptions::default(), &cwd)
+        .map_err(|e| exit::fail(exit::USAGE, &e.into()))?;
+    let pool_config =
+        super::daemon::pool_config().map_err(|e| exit::fail(exit::USAGE, &e.into()))?;
+
+    let bound = Bound::bind(&listen, token.as_deref()).await?;
+    let service = Arc::new(wiring::service().with_audit_source("api"));
+    let pools = Arc::new(Pools::new(pool_config));
+    let maintainer = {
+        let (service, pools) = (service.clone(), pools.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MAINTAIN_EVERY);
+            loop {
+                tick.tick().await;
+                pools.maintain(&service).await;
+            }
+        })
+    };
+    let state = AppState::new(
+        service.clone(),
+        Some(pools.clone()),
+        ApiConfig {
+            token,
+            base_options,
+            cwd,
+            ..ApiConfig::default()
+        },
+    );
+    say(&format!("agentkernel API listening on {}", bound.address()));
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let stop = async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
+        }
+    };
+    let served = bound.serve(state.clone(), stop).await;
+    state.shutdown().await;
+    maintainer.abort();
+    let _ = maintainer.await;
+    pools.shutdown(STOP_GRACE).await;
+    tracing::info!("API server stopped");
+    Ok(served?)
+}
