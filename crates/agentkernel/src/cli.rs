@@ -48,6 +48,8 @@ pub enum Command {
     Daemon(DaemonCommand),
     /// Serve the HTTP API that the agentkernel SDKs speak (token: AGENTKERNEL_API_KEY).
     Serve(ServeArgs),
+    /// Show the audit log: every sandbox operation and every refused request.
+    Audit(AuditArgs),
 }
 
 impl Command {
@@ -74,6 +76,16 @@ pub enum DaemonCommand {
     },
     /// Stop the daemon: waits for running commands (up to 10 s), then cleans up.
     Stop,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only the entries of this sandbox.
+    #[arg(long, value_name = "NAME")]
+    pub sandbox: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

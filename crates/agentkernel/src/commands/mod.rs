@@ -1,6 +1,7 @@
 //! One module per command; `dispatch` maps each to its exit code.
 
 mod attach;
+mod audit;
 mod cp;
 mod daemon;
 mod exec;
@@ -34,6 +35,7 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::Inspect(args) => sandbox::inspect(args).await,
         Command::Daemon(command) => daemon::daemon(command).await,
         Command::Serve(args) => serve::serve(args).await,
+        Command::Audit(args) => audit::audit(args),
     }
 }
 
