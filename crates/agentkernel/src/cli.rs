@@ -50,6 +50,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Show the audit log: every sandbox operation and every refused request.
     Audit(AuditArgs),
+    /// Serve MCP (Model Context Protocol) on stdin/stdout for agent clients.
+    Mcp,
 }
 
 impl Command {
@@ -57,7 +59,9 @@ impl Command {
     pub fn is_daemon_server(&self) -> bool {
         matches!(
             self,
-            Command::Daemon(DaemonCommand::Start { foreground: true }) | Command::Serve(_)
+            Command::Daemon(DaemonCommand::Start { foreground: true })
+                | Command::Serve(_)
+                | Command::Mcp
         )
     }
 }

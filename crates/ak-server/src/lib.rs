@@ -7,6 +7,7 @@ mod error;
 mod exec;
 mod files;
 mod info;
+pub mod mcp;
 mod output;
 mod run;
 mod sandboxes;

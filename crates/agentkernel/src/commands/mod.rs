@@ -5,6 +5,7 @@ mod audit;
 mod cp;
 mod daemon;
 mod exec;
+mod mcp;
 mod run;
 mod sandbox;
 mod serve;
@@ -36,6 +37,7 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::Daemon(command) => daemon::daemon(command).await,
         Command::Serve(args) => serve::serve(args).await,
         Command::Audit(args) => audit::audit(args),
+        Command::Mcp => mcp::mcp().await,
     }
 }
 

@@ -7,6 +7,7 @@
 )]
 
 mod http;
+mod mcp;
 mod python;
 mod serve;
 mod server;
