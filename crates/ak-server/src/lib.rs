@@ -97,6 +97,7 @@ pub fn router(state: AppState) -> Router {
             get(sandboxes::get_one).delete(sandboxes::remove),
         )
         .route("/sandboxes/{name}/logs", get(sandboxes::logs))
+        .route("/sandboxes/{name}/extend", post(sandboxes::extend))
         .route("/sandboxes/{name}/exec", post(exec::exec))
         .route("/sandboxes/{name}/exec/detach", post(exec::detach))
         .route("/sandboxes/{name}/exec/detached", get(exec::detached_list))

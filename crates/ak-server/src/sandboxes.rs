@@ -3,6 +3,7 @@
 
 use ak_core::SandboxState;
 use ak_core::config::{SandboxOptions, resolve};
+use ak_core::resources::parse_duration;
 use ak_core::spec::{new_sandbox_id, validate_name};
 use ak_service::SandboxRecord;
 use ak_service::audit::rfc3339_unix;
@@ -34,6 +35,8 @@ pub struct SandboxInfo {
     /// Why it failed, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// RFC 3339: when the service removes it; absent when it lives until removed.
+    pub expires_at: Option<String>,
 }
 
 impl From<&SandboxRecord> for SandboxInfo {
@@ -53,6 +56,7 @@ impl From<&SandboxRecord> for SandboxInfo {
             memory_mb: resources.memory_bytes >> 20,
             created_at: rfc3339_unix(record.created_at),
             error: record.error.clone(),
+            expires_at: record.expires_at.map(rfc3339_unix),
         }
     }
 }
@@ -83,6 +87,9 @@ pub struct CreateRequest {
     /// Named volumes; this server has none, so any is refused rather than ignored.
     #[serde(default)]
     pub volumes: Option<Vec<String>>,
+    /// Time to live, e.g. `30m`: the service removes the sandbox after it (see `extend`).
+    #[serde(default)]
+    pub ttl: Option<String>,
 }
 
 pub async fn create(
@@ -105,12 +112,20 @@ pub async fn create(
     }
     .over(state.config.base_options.clone());
     let spec = resolve(options, &state.config.cwd, new_sandbox_id())?;
+    let ttl = request.ttl.as_deref().map(parse_duration).transpose()?;
     state
         .service
         .create_named(&request.name, spec, None)
         .await?;
     // The API's sandboxes are created running; one that cannot start is not left behind.
-    match state.service.start_named(&request.name).await {
+    let started = match state.service.start_named(&request.name).await {
+        Ok(record) => match ttl {
+            Some(ttl) => state.service.extend_named(&request.name, ttl).await,
+            None => Ok(record),
+        },
+        Err(error) => Err(error),
+    };
+    match started {
         Ok(record) => Ok(with_status(StatusCode::CREATED, SandboxInfo::from(&record))),
         Err(error) => {
             if let Err(cleanup) = state.service.remove_named(&request.name, true).await {
@@ -161,6 +176,27 @@ pub async fn remove(
     state.detached.kill_sandbox(&name).await;
     state.service.remove_named(&name, true).await?;
     Ok(ok("removed"))
+}
+
+/// `POST /sandboxes/{name}/extend`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// How much longer it may live, e.g. `30m`.
+    pub by: String,
+}
+
+pub async fn extend(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(request): JsonBody<ExtendRequest>,
+) -> Result<Response, ApiError> {
+    validate_name(&name)?;
+    let by = parse_duration(&request.by)?;
+    let record = state.service.extend_named(&name, by).await?;
+    Ok(ok(serde_json::json!({
+        "expires_at": record.expires_at.map(rfc3339_unix),
+    })))
 }
 
 pub async fn logs(

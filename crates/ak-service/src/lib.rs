@@ -3,6 +3,7 @@
 
 pub mod audit;
 mod error;
+mod expiry;
 mod files;
 pub mod pool;
 pub mod registry;

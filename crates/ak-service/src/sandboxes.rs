@@ -23,12 +23,12 @@ const NAMED_WORKDIR: &str = "/workspace";
 
 /// Exclusive hold on one sandbox name, across processes, while an operation runs.
 #[derive(Debug)]
-struct NameLock {
+pub(crate) struct NameLock {
     _file: File,
 }
 
 impl Service {
-    fn lock_name(&self, name: &str) -> Result<NameLock, ServiceError> {
+    pub(crate) fn lock_name(&self, name: &str) -> Result<NameLock, ServiceError> {
         let dir = self.state_dir()?.join("locks");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -131,6 +131,7 @@ impl Service {
             created_at: now_unix(),
             updated_at: now_unix(),
             error: None,
+            expires_at: None,
         };
         match self.registry()?.insert(&record) {
             Ok(()) => Ok(record),

@@ -17,6 +17,8 @@ use crate::wiring;
 
 /// How often used pool sandboxes are released and pools topped up.
 const MAINTAIN_EVERY: Duration = Duration::from_millis(50);
+/// How often sandboxes whose time to live ran out are removed.
+const REAP_EVERY: Duration = Duration::from_secs(5);
 /// How long a stopping server waits for pool sandboxes still in use.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -69,6 +71,18 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         })
     };
+    let reaper = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REAP_EVERY);
+            loop {
+                tick.tick().await;
+                for name in service.reap_expired().await {
+                    tracing::info!(%name, "removed the sandbox: its time to live ran out");
+                }
+            }
+        })
+    };
     let state = AppState::new(
         service.clone(),
         Some(pools.clone()),
@@ -91,7 +105,9 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let served = bound.serve(state.clone(), stop).await;
     state.shutdown().await;
     maintainer.abort();
+    reaper.abort();
     let _ = maintainer.await;
+    let _ = reaper.await;
     pools.shutdown(STOP_GRACE).await;
     tracing::info!("API server stopped");
     Ok(served?)

@@ -19,6 +19,8 @@ use super::{DaemonStatus, MAX_MESSAGE, Request, Response};
 
 /// How often used sandboxes are released and pools topped up.
 const MAINTAIN_EVERY: Duration = Duration::from_millis(50);
+/// How often named sandboxes whose time to live ran out are removed.
+const REAP_EVERY: Duration = Duration::from_secs(5);
 /// How long `stop` waits for handed-out commands before ending them.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
@@ -59,9 +61,15 @@ pub async fn serve(socket: &Path, service: Service, config: PoolConfig) -> anyho
         let daemon = daemon.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(MAINTAIN_EVERY);
+            let mut last_reap = Instant::now();
             loop {
                 tick.tick().await;
                 daemon.pools.maintain(&daemon.service).await;
+                // Named sandboxes whose time to live ran out go too, while a daemon runs.
+                if last_reap.elapsed() >= REAP_EVERY {
+                    last_reap = Instant::now();
+                    daemon.service.reap_expired().await;
+                }
             }
         })
     };

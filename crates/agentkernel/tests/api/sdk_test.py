@@ -98,9 +98,13 @@ def main():
             time.sleep(0.05)
         check(status.status == "failed" and status.exit_code == 137, f"killed: {status}")
 
+        expires = client.extend_ttl("sdk-box", by="30m")
+        check(isinstance(expires, str) and expires.endswith("Z"), f"extend_ttl: {expires!r}")
+        check(client.get_sandbox("sdk-box").status == "running", "still running after extend")
+
         logs = client.get_sandbox_logs("sdk-box")
         actions = {entry["action"] for entry in logs}
-        check({"create", "start", "exec", "file_write", "file_read"} <= actions, f"audit: {actions}")
+        check({"create", "start", "exec", "file_write", "file_read", "extend"} <= actions, f"audit: {actions}")
 
     try:
         client.get_sandbox("sdk-box")

@@ -101,6 +101,29 @@ fn sandboxes_over_http() {
 }
 
 #[test]
+fn expired_sandboxes_are_removed_by_the_server() {
+    let server = Server::start(Some(TOKEN), &[]);
+    let port = server.port();
+    let body = json!({"name": "short-lived", "ttl": "1s", "profile": "restrictive"});
+    let created = tcp(port, "POST", "/sandboxes", Some(TOKEN), Some(&body));
+    assert_eq!(created.status, 201, "{:?}", created.json());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = tcp(port, "GET", "/sandboxes/short-lived", Some(TOKEN), None);
+        if answer.status == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the expired sandbox is still there"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(server.state.path().join("audit.log")).unwrap();
+    assert!(log.contains("\"expire\""), "{log}");
+}
+
+#[test]
 fn huge_bodies_are_refused() {
     let server = Server::start(Some(TOKEN), &[]);
     let huge = vec![b'x'; 32 << 20];

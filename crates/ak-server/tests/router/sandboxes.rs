@@ -373,3 +373,92 @@ async fn detached_commands() {
     app.data("DELETE", "/sandboxes/bg", None).await;
     app.error("GET", &base, None, StatusCode::NOT_FOUND).await;
 }
+
+fn unix_of(rfc3339: &Value) -> i64 {
+    let text = rfc3339.as_str().unwrap();
+    humantime::parse_rfc3339(text)
+        .unwrap()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+#[tokio::test]
+async fn time_to_live_and_extend() {
+    let app = app();
+    app.sandbox("forever").await;
+    assert!(app.data("GET", "/sandboxes/forever", None).await["expires_at"].is_null());
+
+    let (status, value) = app
+        .call(
+            "POST",
+            "/sandboxes",
+            Some(json!({"name": "leased", "ttl": "1h"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{value}");
+    let first = unix_of(&value["data"]["expires_at"]);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!((first - now - 3600).abs() <= 5, "{value}");
+    let extended = app
+        .data(
+            "POST",
+            "/sandboxes/leased/extend",
+            Some(json!({"by": "30m"})),
+        )
+        .await;
+    assert_eq!(unix_of(&extended["expires_at"]), first + 1800);
+
+    for body in [json!({"by": "soon"}), json!({"by": "0s"}), json!({})] {
+        app.error(
+            "POST",
+            "/sandboxes/leased/extend",
+            Some(body),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    }
+    app.error(
+        "POST",
+        "/sandboxes/ghost/extend",
+        Some(json!({"by": "1m"})),
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    app.error(
+        "POST",
+        "/sandboxes",
+        Some(json!({"name": "bad-ttl", "ttl": "forever"})),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    app.error("GET", "/sandboxes/bad-ttl", None, StatusCode::NOT_FOUND)
+        .await;
+
+    // Past its expiry, the reaper removes it and nothing else.
+    let (status, _) = app
+        .call(
+            "POST",
+            "/sandboxes",
+            Some(json!({"name": "short", "ttl": "1s"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_eq!(app.service.reap_expired().await, vec!["short".to_string()]);
+    app.error("GET", "/sandboxes/short", None, StatusCode::NOT_FOUND)
+        .await;
+    app.data("GET", "/sandboxes/leased", None).await;
+    app.data("GET", "/sandboxes/forever", None).await;
+    let logs = app.data("GET", "/sandboxes/short/logs", None).await;
+    assert!(
+        logs.as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "expire"),
+        "{logs}"
+    );
+}
