@@ -23,6 +23,13 @@ pub fn with_status<T: Serialize>(status: StatusCode, data: T) -> Response {
         .into_response()
 }
 
+/// Every error answer: `{"success": false, "error": "…"}`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub success: bool,
+    pub error: String,
+}
+
 /// Why a request failed, as the client sees it.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -76,11 +83,11 @@ impl IntoResponse for ApiError {
             }
             other => other.to_string(),
         };
-        let mut response = (
-            status,
-            Json(serde_json::json!({"success": false, "error": message})),
-        )
-            .into_response();
+        let body = ErrorBody {
+            success: false,
+            error: message.clone(),
+        };
+        let mut response = (status, Json(body)).into_response();
         // The auth layer writes refused requests to the audit log with this message.
         response.extensions_mut().insert(Refusal(message));
         response

@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::body::JsonBody;
-use crate::error::{ApiError, ok};
+use crate::error::{ApiError, ErrorBody, ok};
+use crate::output::RunResult;
 use crate::output::{Capture, collect, spawn_failure_code};
 
 /// Detached commands one server keeps at most (finished ones count until their sandbox is
@@ -28,7 +29,7 @@ pub const MAX_DETACHED: usize = 256;
 const SIGKILL: i32 = 9;
 
 /// `POST /sandboxes/{name}/exec` and `…/exec/detach`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     pub command: Vec<String>,
@@ -63,6 +64,14 @@ async fn start(
     Ok(state.service.exec_named(name, exec).await?)
 }
 
+/// Runs a command in a running sandbox and answers when it ends; a non-zero exit is an
+/// answer, not an error.
+#[utoipa::path(post, path = "/sandboxes/{name}/exec", tag = "exec", params(("name" = String, Path, description = "The sandbox's name")),
+    request_body = ExecRequest,
+    responses((status = 200, description = "The command ran", body = RunResult),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 404, description = "No such sandbox", body = ErrorBody),
+        (status = 409, description = "The sandbox is not running", body = ErrorBody)))]
 pub async fn exec(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -74,7 +83,7 @@ pub async fn exec(
 }
 
 /// A detached command as the SDKs describe it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DetachedInfo {
     pub id: String,
     pub sandbox: String,
@@ -151,6 +160,11 @@ impl Detached {
     }
 }
 
+/// Starts a command that runs on after the answer; the server keeps its output.
+#[utoipa::path(post, path = "/sandboxes/{name}/exec/detach", tag = "exec", params(("name" = String, Path, description = "The sandbox's name")),
+    request_body = ExecRequest,
+    responses((status = 200, description = "Started", body = DetachedInfo),
+        (status = 404, description = "No such sandbox", body = ErrorBody)))]
 pub async fn detach(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -245,6 +259,9 @@ async fn follow(mut session: CommandSession, entry: Arc<Mutex<Entry>>) {
     }
 }
 
+/// The sandbox's detached commands.
+#[utoipa::path(get, path = "/sandboxes/{name}/exec/detached", tag = "exec", params(("name" = String, Path, description = "The sandbox's name")),
+    responses((status = 200, description = "Its detached commands", body = Vec<DetachedInfo>)))]
 pub async fn detached_list(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -259,6 +276,11 @@ pub async fn detached_list(
     Ok(ok(list))
 }
 
+/// One detached command.
+#[utoipa::path(get, path = "/sandboxes/{name}/exec/detached/{id}", tag = "exec",
+    params(("name" = String, Path, description = "The sandbox's name"), ("id" = String, Path, description = "The command's id")),
+    responses((status = 200, description = "The command", body = DetachedInfo),
+        (status = 404, description = "No such command", body = ErrorBody)))]
 pub async fn detached_get(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,
@@ -269,13 +291,26 @@ pub async fn detached_get(
     Ok(ok(info))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 pub struct LogsQuery {
+    /// `stdout` or `stderr`; both when absent.
     #[serde(default)]
     pub stream: Option<String>,
 }
 
+/// `…/exec/detached/{id}/logs`'s answer: the streams asked for.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct DetachedLogs {
+    pub stdout: Option<String>,
+    pub stderr: Option<String>,
+}
+
+/// A detached command's output so far.
+#[utoipa::path(get, path = "/sandboxes/{name}/exec/detached/{id}/logs", tag = "exec",
+    params(("name" = String, Path, description = "The sandbox's name"), ("id" = String, Path, description = "The command's id"), LogsQuery),
+    responses((status = 200, description = "stdout and stderr", body = DetachedLogs),
+        (status = 404, description = "No such command", body = ErrorBody)))]
 pub async fn detached_logs(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,
@@ -297,12 +332,17 @@ pub async fn detached_logs(
     let entry = state.detached.get(&name, &id)?;
     let entry = lock(&entry);
     let text = |capture: &Capture| String::from_utf8_lossy(&capture.bytes).into_owned();
-    Ok(ok(serde_json::json!({
-        "stdout": want_out.then(|| text(&entry.stdout)),
-        "stderr": want_err.then(|| text(&entry.stderr)),
-    })))
+    Ok(ok(DetachedLogs {
+        stdout: want_out.then(|| text(&entry.stdout)),
+        stderr: want_err.then(|| text(&entry.stderr)),
+    }))
 }
 
+/// Kills a detached command (SIGKILL to its process group).
+#[utoipa::path(delete, path = "/sandboxes/{name}/exec/detached/{id}", tag = "exec",
+    params(("name" = String, Path, description = "The sandbox's name"), ("id" = String, Path, description = "The command's id")),
+    responses((status = 200, description = "Killed, or already finished", body = String),
+        (status = 404, description = "No such command", body = ErrorBody)))]
 pub async fn detached_kill(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,

@@ -12,10 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::body::JsonBody;
-use crate::error::{ApiError, ok};
+use crate::error::{ApiError, ErrorBody, ok};
 
 /// How a file's content travels in JSON.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     #[default]
@@ -24,13 +24,19 @@ pub enum Encoding {
 }
 
 /// `GET /sandboxes/{name}/files/{path}`: text when the file is UTF-8, base64 otherwise.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FileContent {
     pub content: String,
     pub encoding: Encoding,
     pub size: u64,
 }
 
+/// Reads a file of a running sandbox.
+#[utoipa::path(get, path = "/sandboxes/{name}/files/{path}", tag = "files", params(("name" = String, Path, description = "The sandbox's name"), ("path" = String, Path, description = "Absolute, or relative to the sandbox's workdir")),
+    responses((status = 200, description = "The file", body = FileContent),
+        (status = 400, description = "Bad path (e.g. '..')", body = ErrorBody),
+        (status = 404, description = "No such sandbox or file", body = ErrorBody),
+        (status = 413, description = "The file is too large", body = ErrorBody)))]
 pub async fn read(
     State(state): State<AppState>,
     Path((name, path)): Path<(String, String)>,
@@ -55,7 +61,7 @@ pub async fn read(
 }
 
 /// `PUT /sandboxes/{name}/files/{path}`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WriteRequest {
     pub content: String,
@@ -63,6 +69,11 @@ pub struct WriteRequest {
     pub encoding: Encoding,
 }
 
+/// Writes a file of a running sandbox atomically (parent directories are created).
+#[utoipa::path(put, path = "/sandboxes/{name}/files/{path}", tag = "files", params(("name" = String, Path, description = "The sandbox's name"), ("path" = String, Path, description = "Absolute, or relative to the sandbox's workdir")),
+    request_body = WriteRequest,
+    responses((status = 200, description = "Written", body = String),
+        (status = 400, description = "Bad path or content", body = ErrorBody)))]
 pub async fn write(
     State(state): State<AppState>,
     Path((name, path)): Path<(String, String)>,
@@ -82,6 +93,10 @@ pub async fn write(
     Ok(ok("written"))
 }
 
+/// Deletes a file of a running sandbox.
+#[utoipa::path(delete, path = "/sandboxes/{name}/files/{path}", tag = "files", params(("name" = String, Path, description = "The sandbox's name"), ("path" = String, Path, description = "Absolute, or relative to the sandbox's workdir")),
+    responses((status = 200, description = "Deleted", body = String),
+        (status = 404, description = "No such sandbox or file", body = ErrorBody)))]
 pub async fn remove(
     State(state): State<AppState>,
     Path((name, path)): Path<(String, String)>,
@@ -92,12 +107,23 @@ pub async fn remove(
 }
 
 /// `POST /sandboxes/{name}/files`: UTF-8 contents by path.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WriteManyRequest {
     pub files: BTreeMap<String, String>,
 }
 
+/// `POST /sandboxes/{name}/files`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Written {
+    pub written: usize,
+}
+
+/// Writes several UTF-8 files; every path is checked before anything is written.
+#[utoipa::path(post, path = "/sandboxes/{name}/files", tag = "files", params(("name" = String, Path, description = "The sandbox's name")),
+    request_body = WriteManyRequest,
+    responses((status = 200, description = "How many were written", body = Written),
+        (status = 400, description = "A bad path; nothing was written", body = ErrorBody)))]
 pub async fn write_many(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -114,5 +140,7 @@ pub async fn write_many(
             .write_file_named(&name, path, content.as_bytes())
             .await?;
     }
-    Ok(ok(serde_json::json!({ "written": request.files.len() })))
+    Ok(ok(Written {
+        written: request.files.len(),
+    }))
 }

@@ -9,13 +9,17 @@ use serde::Serialize;
 use crate::AppState;
 use crate::error::{ApiError, ok};
 
+/// Liveness: `"ok"`. Needs no token.
+#[utoipa::path(get, path = "/health", tag = "info", security(()),
+    responses((status = 200, description = "The server runs", body = String)))]
 pub async fn health() -> Response {
     ok("ok")
 }
 
 /// One backend as the SDKs describe it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct BackendDescriptor {
+    #[schema(value_type = String, example = "native")]
     pub backend: BackendKind,
     /// Built into this agentkernel.
     pub configured: bool,
@@ -23,9 +27,20 @@ pub struct BackendDescriptor {
     pub usable: bool,
     /// Why it is not usable, or a short note when it is.
     pub readiness_reason: String,
+    #[schema(value_type = Object)]
     pub capabilities: ak_core::backend::Capabilities,
 }
 
+/// `GET /backends`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BackendDiscovery {
+    pub default_backend: String,
+    pub backends: Vec<BackendDescriptor>,
+}
+
+/// Each backend as its availability probe found it, and what it can do.
+#[utoipa::path(get, path = "/backends", tag = "info",
+    responses((status = 200, description = "The backends", body = BackendDiscovery)))]
 pub async fn backends(State(state): State<AppState>) -> Result<Response, ApiError> {
     // Probes read /proc and /sys and may run helpers: keep them off the async workers.
     let service = state.service.clone();
@@ -51,8 +66,8 @@ pub async fn backends(State(state): State<AppState>) -> Result<Response, ApiErro
         .backend
         .clone()
         .unwrap_or_else(|| DEFAULT_BACKEND.to_string());
-    Ok(ok(serde_json::json!({
-        "default_backend": default_backend,
-        "backends": probes,
-    })))
+    Ok(ok(BackendDiscovery {
+        default_backend,
+        backends: probes,
+    }))
 }

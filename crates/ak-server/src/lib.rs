@@ -8,6 +8,7 @@ mod exec;
 mod files;
 mod info;
 pub mod mcp;
+mod openapi;
 mod output;
 mod run;
 mod sandboxes;
@@ -25,6 +26,7 @@ use axum::routing::{get, post};
 
 pub use crate::auth::{TokenCheck, check_listen_address};
 pub use crate::error::ApiError;
+pub use crate::openapi::ApiDoc;
 pub use crate::serve::{Bound, Listen, ServeError};
 
 /// Largest request body accepted by default (a file upload is one body).
@@ -87,6 +89,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(info::health))
         .route("/backends", get(info::backends))
+        .route("/openapi.json", get(openapi::document))
         .route("/run", post(run::run))
         .route("/run/stream", post(run::run_stream))
         .route("/batch/run", post(run::batch))

@@ -11,7 +11,7 @@ pub const MAX_CAPTURE: usize = 8 << 20;
 pub const TIMED_OUT_CODE: i32 = 124;
 
 /// What a finished command produced.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunResult {
     /// stdout, then stderr: what the SDKs show as the command's output.
     pub output: String,

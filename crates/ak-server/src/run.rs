@@ -19,14 +19,14 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::body::JsonBody;
-use crate::error::{ApiError, ok};
+use crate::error::{ApiError, ErrorBody, ok};
 use crate::output::{RunResult, TIMED_OUT_CODE, Utf8Chunks, collect, spawn_failure_code};
 
 /// Most commands one batch may hold.
 pub const MAX_BATCH: usize = 64;
 
 /// `POST /run` and `POST /run/stream`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunRequest {
     pub command: Vec<String>,
@@ -98,6 +98,12 @@ fn prepare(
     Ok((spec, exec, request.fast.unwrap_or(true)))
 }
 
+/// Runs a command in a fresh sandbox and answers when it ends.
+#[utoipa::path(post, path = "/run", tag = "run", request_body = RunRequest,
+    responses((status = 200, description = "The command ran (whatever its exit code)", body = RunResult),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 401, description = "Missing or wrong token", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody)))]
 pub async fn run(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<RunRequest>,
@@ -120,26 +126,30 @@ async fn run_once(
 }
 
 /// `POST /batch/run`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchRequest {
     pub commands: Vec<BatchCommand>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct BatchCommand {
     pub command: Vec<String>,
 }
 
 /// One command's result in a batch: its output, or why it could not run.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum BatchResult {
     Output { output: String, exit_code: i32 },
     Error { error: String },
 }
 
+/// Runs several commands in parallel, each in its own fresh sandbox.
+#[utoipa::path(post, path = "/batch/run", tag = "run", request_body = BatchRequest,
+    responses((status = 200, description = "One result per command: its output or why it could not run", body = BatchResults),
+        (status = 400, description = "Bad input", body = ErrorBody)))]
 pub async fn batch(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<BatchRequest>,
@@ -175,7 +185,13 @@ pub async fn batch(
         }
     });
     let results = futures_util::future::join_all(runs).await;
-    Ok(ok(serde_json::json!({ "results": results })))
+    Ok(ok(BatchResults { results }))
+}
+
+/// `POST /batch/run`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct BatchResults {
+    pub results: Vec<BatchResult>,
 }
 
 /// What a client may read of an error inside a successful answer (faults are logged).
@@ -189,6 +205,11 @@ fn client_message(error: ApiError) -> String {
     }
 }
 
+/// Runs a command in a fresh sandbox and streams Server-Sent Events as it runs:
+/// `started {pid}`, `output {data, stream}`, then `done {exit_code}` or `error {message}`.
+#[utoipa::path(post, path = "/run/stream", tag = "run", request_body = RunRequest,
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
+        (status = 400, description = "Bad input (before any event)", body = ErrorBody)))]
 pub async fn run_stream(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<RunRequest>,

@@ -14,16 +14,17 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::body::JsonBody;
-use crate::error::{ApiError, ok, with_status};
+use crate::error::{ApiError, ErrorBody, ok, with_status};
 
 /// A sandbox as the SDKs describe it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct SandboxInfo {
     pub name: String,
     pub uuid: String,
     /// In the SDKs' words: `running`, or `stopped` for every state that is not.
     pub status: &'static str,
     /// agentkernel's own state (`running`, `stopped`, `failed`, …).
+    #[schema(value_type = String, example = "running")]
     pub state: SandboxState,
     pub backend: String,
     pub image: String,
@@ -61,6 +62,9 @@ impl From<&SandboxRecord> for SandboxInfo {
     }
 }
 
+/// The named sandboxes.
+#[utoipa::path(get, path = "/sandboxes", tag = "sandboxes",
+    responses((status = 200, description = "Every named sandbox", body = Vec<SandboxInfo>)))]
 pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
     let records = state.service.list_named().await?;
     Ok(ok(records
@@ -70,7 +74,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
 }
 
 /// `POST /sandboxes`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateRequest {
     pub name: String,
@@ -92,6 +96,11 @@ pub struct CreateRequest {
     pub ttl: Option<String>,
 }
 
+/// Creates a named sandbox and starts it.
+#[utoipa::path(post, path = "/sandboxes", tag = "sandboxes", request_body = CreateRequest,
+    responses((status = 201, description = "Created and running", body = SandboxInfo),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody)))]
 pub async fn create(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<CreateRequest>,
@@ -136,6 +145,10 @@ pub async fn create(
     }
 }
 
+/// One named sandbox.
+#[utoipa::path(get, path = "/sandboxes/{name}", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox's name")),
+    responses((status = 200, description = "The sandbox", body = SandboxInfo),
+        (status = 404, description = "No such sandbox", body = ErrorBody)))]
 pub async fn get_one(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -144,6 +157,11 @@ pub async fn get_one(
     Ok(ok(SandboxInfo::from(&record)))
 }
 
+/// One named sandbox, by its uuid.
+#[utoipa::path(get, path = "/sandboxes/by-uuid/{uuid}", tag = "sandboxes",
+    params(("uuid" = String, Path, description = "The sandbox's uuid")),
+    responses((status = 200, description = "The sandbox", body = SandboxInfo),
+        (status = 404, description = "No such sandbox", body = ErrorBody)))]
 pub async fn by_uuid(
     State(state): State<AppState>,
     Path(uuid): Path<String>,
@@ -168,6 +186,10 @@ pub async fn by_uuid(
     Ok(ok(SandboxInfo::from(&record)))
 }
 
+/// Removes a sandbox (stopping it first) and its workdir.
+#[utoipa::path(delete, path = "/sandboxes/{name}", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox's name")),
+    responses((status = 200, description = "Removed", body = String),
+        (status = 404, description = "No such sandbox", body = ErrorBody)))]
 pub async fn remove(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -179,13 +201,25 @@ pub async fn remove(
 }
 
 /// `POST /sandboxes/{name}/extend`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExtendRequest {
     /// How much longer it may live, e.g. `30m`.
     pub by: String,
 }
 
+/// `POST /sandboxes/{name}/extend`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ExtendResponse {
+    /// RFC 3339.
+    pub expires_at: Option<String>,
+}
+
+/// Pushes the sandbox's expiry back; the service removes it once the expiry passes.
+#[utoipa::path(post, path = "/sandboxes/{name}/extend", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox's name")),
+    request_body = ExtendRequest,
+    responses((status = 200, description = "The new expiry", body = ExtendResponse),
+        (status = 404, description = "No such sandbox", body = ErrorBody)))]
 pub async fn extend(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -194,11 +228,14 @@ pub async fn extend(
     validate_name(&name)?;
     let by = parse_duration(&request.by)?;
     let record = state.service.extend_named(&name, by).await?;
-    Ok(ok(serde_json::json!({
-        "expires_at": record.expires_at.map(rfc3339_unix),
-    })))
+    Ok(ok(ExtendResponse {
+        expires_at: record.expires_at.map(rfc3339_unix),
+    }))
 }
 
+/// The sandbox's audit log entries.
+#[utoipa::path(get, path = "/sandboxes/{name}/logs", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox's name")),
+    responses((status = 200, description = "Audit entries, oldest first", body = Vec<Object>)))]
 pub async fn logs(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -352,3 +352,67 @@ async fn faults_are_hidden_from_the_client() {
     );
     assert!(message.contains("internal error"), "{message}");
 }
+
+#[tokio::test]
+async fn openapi_document_matches_the_routes() {
+    let app = app();
+    let response = app
+        .router
+        .clone()
+        .oneshot(request("GET", "/openapi.json", None))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    let doc: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    let mut documented = Vec::new();
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in item.as_object().unwrap().keys() {
+            documented.push(format!("{} {path}", method.to_uppercase()));
+        }
+    }
+    documented.sort();
+    let mut expected = vec![
+        "GET /health",
+        "GET /backends",
+        "POST /run",
+        "POST /run/stream",
+        "POST /batch/run",
+        "GET /sandboxes",
+        "POST /sandboxes",
+        "GET /sandboxes/{name}",
+        "DELETE /sandboxes/{name}",
+        "GET /sandboxes/by-uuid/{uuid}",
+        "POST /sandboxes/{name}/extend",
+        "GET /sandboxes/{name}/logs",
+        "POST /sandboxes/{name}/exec",
+        "POST /sandboxes/{name}/exec/detach",
+        "GET /sandboxes/{name}/exec/detached",
+        "GET /sandboxes/{name}/exec/detached/{id}",
+        "DELETE /sandboxes/{name}/exec/detached/{id}",
+        "GET /sandboxes/{name}/exec/detached/{id}/logs",
+        "GET /sandboxes/{name}/files/{path}",
+        "PUT /sandboxes/{name}/files/{path}",
+        "DELETE /sandboxes/{name}/files/{path}",
+        "POST /sandboxes/{name}/files",
+    ];
+    expected.sort();
+    assert_eq!(documented, expected);
+    // Every documented operation is served by the router (no 404 "no such endpoint", no 405).
+    for operation in &documented {
+        let (method, path) = operation.split_once(' ').unwrap();
+        let uri = path
+            .replace("{name}", "nobody")
+            .replace("{uuid}", "abc")
+            .replace("{id}", "x")
+            .replace("{path}", "f.txt");
+        let (status, value) = app.call(method, &uri, Some(json!({}))).await;
+        assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{operation}");
+        assert_ne!(value["error"], "no such endpoint", "{operation}");
+    }
+}
