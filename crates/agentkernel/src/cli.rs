@@ -52,6 +52,21 @@ pub enum Command {
     Audit(AuditArgs),
     /// Serve MCP (Model Context Protocol) on stdin/stdout for agent clients.
     Mcp,
+    /// Set agent clients up to use `agentkernel mcp`.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Add agentkernel's MCP server to a client's configuration (merging, never clobbering).
+    Install {
+        /// The client: claude, codex, gemini or opencode.
+        client: String,
+        /// Print the configuration that would be written, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 impl Command {

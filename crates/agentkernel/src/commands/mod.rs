@@ -6,6 +6,7 @@ mod cp;
 mod daemon;
 mod exec;
 mod mcp;
+mod plugin;
 mod run;
 mod sandbox;
 mod serve;
@@ -38,6 +39,7 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::Serve(args) => serve::serve(args).await,
         Command::Audit(args) => audit::audit(args),
         Command::Mcp => mcp::mcp().await,
+        Command::Plugin(command) => plugin::plugin(command),
     }
 }
 
