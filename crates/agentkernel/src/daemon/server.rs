@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ak_core::SandboxSpec;
+use ak_core::config::{SandboxOptions, load_options};
+use ak_server::{ApiConfig, AppState, Bound, Listen};
 use ak_service::Service;
 use ak_service::pool::{PoolConfig, Pools};
 use anyhow::{Context, bail};
@@ -25,14 +27,19 @@ const REAP_EVERY: Duration = Duration::from_secs(5);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 struct Daemon {
-    service: Service,
-    pools: Pools,
+    service: Arc<Service>,
+    pools: Arc<Pools>,
     started: Instant,
     stop: tokio::sync::Notify,
 }
 
-/// Runs the daemon on `socket` until asked to stop.
-pub async fn serve(socket: &Path, service: Service, config: PoolConfig) -> anyhow::Result<()> {
+/// Runs the daemon on `socket` until asked to stop, with the HTTP API on `api_socket`.
+pub async fn serve(
+    socket: &Path,
+    api_socket: &Path,
+    service: Service,
+    config: PoolConfig,
+) -> anyhow::Result<()> {
     if socket.exists() {
         if super::client::call(socket, &Request::Status).is_ok() {
             bail!("a daemon is already running at {}", socket.display());
@@ -50,11 +57,27 @@ pub async fn serve(socket: &Path, service: Service, config: PoolConfig) -> anyho
     tracing::info!("daemon listening on {}", socket.display());
 
     let daemon = Arc::new(Daemon {
-        service,
-        pools: Pools::new(config),
+        service: Arc::new(service.with_audit_source("api")),
+        pools: Arc::new(Pools::new(config)),
         started: Instant::now(),
         stop: tokio::sync::Notify::new(),
     });
+    // The same HTTP API as `agentkernel serve`, over the daemon's service and pools, on a
+    // socket only this user can reach (0600), so it needs no token.
+    let api_state = AppState::new(
+        daemon.service.clone(),
+        Some(daemon.pools.clone()),
+        ApiConfig {
+            base_options: load_options(SandboxOptions::default(), Path::new("/"))?,
+            ..ApiConfig::default()
+        },
+    );
+    let api = Bound::bind(&Listen::Unix(api_socket.to_path_buf()), None).await?;
+    tracing::info!("daemon serving the HTTP API on {}", api.address());
+    let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api_task = tokio::spawn(api.serve(api_state.clone(), async move {
+        let _ = api_stopped.await;
+    }));
     // Refills and releases run beside the request loop, so that a hit never waits for
     // a sandbox being built or torn down.
     let maintainer = {
@@ -95,6 +118,14 @@ pub async fn serve(socket: &Path, service: Service, config: PoolConfig) -> anyho
         }
     }
     drop(listener);
+    let _ = api_stop.send(());
+    api_state.shutdown().await;
+    // Requests in flight (a long stream) get the same grace as handed-out sandboxes.
+    match tokio::time::timeout(STOP_GRACE, api_task).await {
+        Ok(Ok(Err(error))) => tracing::warn!("the HTTP API stopped with an error: {error}"),
+        Ok(_) => {}
+        Err(_) => tracing::warn!("HTTP requests still running after {STOP_GRACE:?}; ending them"),
+    }
     maintainer.abort();
     // An aborted pass may have been mid-way; what it built is in the pools, what it had
     // taken out for release is released here or by the next sweep.
