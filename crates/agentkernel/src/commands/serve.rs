@@ -8,7 +8,7 @@ use std::time::Duration;
 use ak_core::config::{ApiOptions, SandboxOptions, load_options};
 use ak_server::{ApiConfig, AppState, Bound, Listen};
 use ak_service::pool::Pools;
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::ServeArgs;
@@ -41,22 +41,28 @@ pub async fn serve(args: ServeArgs) -> i32 {
 }
 
 async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let token = ApiOptions::token().map_err(|e| exit::fail(exit::USAGE, &e.into()))?;
+    // Bad settings are usage errors (exit code 2), reported before anything listens.
+    let settings = (|| {
+        let token = ApiOptions::token()?;
+        let cwd = std::env::current_dir().map_err(ak_core::ConfigError::CurrentDir)?;
+        let base_options = load_options(SandboxOptions::default(), &cwd)?;
+        let pool_config = super::daemon::pool_config()?;
+        Ok::<_, ak_core::ConfigError>((token, cwd, base_options, pool_config))
+    })();
+    let (token, cwd, base_options, pool_config) = match settings {
+        Ok(settings) => settings,
+        Err(error) => exit::fail(exit::USAGE, &error.into()),
+    };
     let listen = match &args.socket {
         Some(path) => Listen::Unix(path.clone()),
-        None => {
-            let ip = args
-                .host
-                .parse()
-                .map_err(|_| anyhow!("--host '{}' is not an IP address", args.host))?;
-            Listen::Tcp(SocketAddr::new(ip, args.port))
-        }
+        None => match args.host.parse() {
+            Ok(ip) => Listen::Tcp(SocketAddr::new(ip, args.port)),
+            Err(_) => exit::fail(
+                exit::USAGE,
+                &anyhow!("--host '{}' is not an IP address", args.host),
+            ),
+        },
     };
-    let cwd = std::env::current_dir().context("read the current directory")?;
-    let base_options = load_options(SandboxOptions::default(), &cwd)
-        .map_err(|e| exit::fail(exit::USAGE, &e.into()))?;
-    let pool_config =
-        super::daemon::pool_config().map_err(|e| exit::fail(exit::USAGE, &e.into()))?;
 
     let bound = Bound::bind(&listen, token.as_deref()).await?;
     let service = Arc::new(wiring::service().with_audit_source("api"));
