@@ -17,7 +17,7 @@ impl Service {
         by: Duration,
     ) -> Result<SandboxRecord, ServiceError> {
         let result = async {
-            let _lock = self.lock_name(name)?;
+            let _lock = self.lock_name(name).await?;
             let record = self.record(name)?;
             let by = i64::try_from(by.as_secs()).unwrap_or(i64::MAX);
             let from = record.expires_at.unwrap_or(0).max(now_unix());

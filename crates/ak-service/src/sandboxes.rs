@@ -28,7 +28,9 @@ pub(crate) struct NameLock {
 }
 
 impl Service {
-    pub(crate) fn lock_name(&self, name: &str) -> Result<NameLock, ServiceError> {
+    /// Waits for the name's lock without holding up the async runtime: a contended lock is
+    /// waited for on a blocking thread (the holder may need this runtime to finish).
+    pub(crate) async fn lock_name(&self, name: &str) -> Result<NameLock, ServiceError> {
         let dir = self.state_dir()?.join("locks");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -38,8 +40,19 @@ impl Service {
         let path = dir.join(format!("{name}.lock"));
         let file = File::create(&path)
             .map_err(|e| ServiceError::State(format!("open {}: {e}", path.display())))?;
-        flock(&file, FlockOperation::LockExclusive)
-            .map_err(|e| ServiceError::State(format!("lock {}: {e}", path.display())))?;
+        let lock_error =
+            |e: rustix::io::Errno| ServiceError::State(format!("lock {}: {e}", path.display()));
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(NameLock { _file: file }),
+            Err(rustix::io::Errno::WOULDBLOCK) => {}
+            Err(e) => return Err(lock_error(e)),
+        }
+        let file = tokio::task::spawn_blocking(move || {
+            flock(&file, FlockOperation::LockExclusive).map(|()| file)
+        })
+        .await
+        .map_err(|e| ServiceError::State(format!("lock {}: {e}", path.display())))?
+        .map_err(lock_error)?;
         Ok(NameLock { _file: file })
     }
 
@@ -82,7 +95,7 @@ impl Service {
     ) -> Result<SandboxRecord, ServiceError> {
         validate_name(name)?;
         let backend = self.backend(spec.backend)?.clone();
-        let _lock = self.lock_name(name)?;
+        let _lock = self.lock_name(name).await?;
         if self.registry()?.get(name)?.is_some() {
             return Err(ServiceError::Duplicate(name.to_string()));
         }
@@ -142,7 +155,7 @@ impl Service {
 
     /// Starts a stopped sandbox.
     async fn start_unaudited(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
-        let _lock = self.lock_name(name)?;
+        let _lock = self.lock_name(name).await?;
         let record = self.record(name)?;
         require(&record, &[SandboxState::Stopped], "start")?;
         let backend = self.backend(record.backend)?;
@@ -171,7 +184,7 @@ impl Service {
 
     /// Stops a running sandbox: every process ends; the workdir stays.
     async fn stop_unaudited(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
-        let _lock = self.lock_name(name)?;
+        let _lock = self.lock_name(name).await?;
         let record = self.record(name)?;
         require(&record, &[SandboxState::Running], "stop")?;
         self.release_record(&record).await?;
@@ -187,7 +200,7 @@ impl Service {
     /// Removes a stopped or failed sandbox (`force` stops a running one first) and its
     /// service-owned workdir.
     async fn remove_unaudited(&self, name: &str, force: bool) -> Result<(), ServiceError> {
-        let _lock = self.lock_name(name)?;
+        let _lock = self.lock_name(name).await?;
         let mut record = self.record(name)?;
         if record.state == SandboxState::Running {
             if !force {
@@ -233,7 +246,7 @@ impl Service {
     pub async fn inspect_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
         let record = self.record(name)?;
         if record.state == SandboxState::Running {
-            let _lock = self.lock_name(name)?;
+            let _lock = self.lock_name(name).await?;
             self.check_alive(&self.record(name)?).await?;
         }
         self.record(name)
@@ -256,7 +269,7 @@ impl Service {
         let mut sandbox = match self.attach_record(&record).await {
             Ok(sandbox) => sandbox,
             Err(ServiceError::Backend(BackendError::Gone(_))) => {
-                let _lock = self.lock_name(name)?;
+                let _lock = self.lock_name(name).await?;
                 self.check_alive(&self.record(name)?).await?;
                 return Err(ServiceError::WrongState {
                     name: name.to_string(),
@@ -279,7 +292,7 @@ impl Service {
             if record.state != SandboxState::Running {
                 continue;
             }
-            let _lock = self.lock_name(&record.name)?;
+            let _lock = self.lock_name(&record.name).await?;
             let Some(current) = self.registry()?.get(&record.name)? else {
                 continue;
             };

@@ -462,3 +462,53 @@ async fn time_to_live_and_extend() {
         "{logs}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_requests_on_one_name() {
+    let app = std::sync::Arc::new(app());
+    // More contenders than worker threads: waiting for the name's lock must not hold a
+    // worker, or the holder could never finish.
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move {
+                app.call("POST", "/sandboxes", Some(json!({"name": "contended"})))
+                    .await
+                    .0
+            })
+        })
+        .collect();
+    let mut statuses = Vec::new();
+    for task in tasks {
+        statuses.push(task.await.unwrap());
+    }
+    let created = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CREATED)
+        .count();
+    let conflicts = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::CONFLICT)
+        .count();
+    assert_eq!((created, conflicts), (1, 7), "{statuses:?}");
+    let removals: Vec<_> = (0..4)
+        .map(|_| {
+            let app = app.clone();
+            tokio::spawn(async move { app.call("DELETE", "/sandboxes/contended", None).await.0 })
+        })
+        .collect();
+    let mut removed = Vec::new();
+    for task in removals {
+        removed.push(task.await.unwrap());
+    }
+    assert_eq!(
+        removed.iter().filter(|s| **s == StatusCode::OK).count(),
+        1,
+        "{removed:?}"
+    );
+    assert!(
+        removed
+            .iter()
+            .all(|s| *s == StatusCode::OK || *s == StatusCode::NOT_FOUND)
+    );
+}
