@@ -66,9 +66,31 @@ impl McpServer {
         Ok(())
     }
 
-    fn spec(&self, options: SandboxOptions) -> Result<ak_core::SandboxSpec, String> {
+    fn spec(&self, tool: &str, options: SandboxOptions) -> Result<ak_core::SandboxSpec, String> {
         let options = options.over(self.base_options.clone());
-        resolve(options, &self.cwd, new_sandbox_id()).map_err(|e| e.to_string())
+        resolve(options, &self.cwd, new_sandbox_id()).map_err(|e| self.refuse(tool, None, e))
+    }
+
+    fn exec(
+        &self,
+        tool: &str,
+        sandbox: Option<&str>,
+        options: ExecOptions,
+    ) -> Result<ak_core::ExecSpec, String> {
+        options.resolve().map_err(|e| self.refuse(tool, sandbox, e))
+    }
+
+    /// Input refused before any service call: recorded in the audit log like the API's
+    /// refusals (the service records its own).
+    fn refuse(&self, tool: &str, sandbox: Option<&str>, error: impl std::fmt::Display) -> String {
+        let message = error.to_string();
+        self.service.record_audit(
+            "request",
+            sandbox,
+            ak_service::Outcome::Refused,
+            Some(format!("mcp {tool}: {message}")),
+        );
+        message
     }
 }
 
@@ -172,21 +194,26 @@ impl McpServer {
         &self,
         Parameters(params): Parameters<RunParams>,
     ) -> Result<String, String> {
-        let exec = ExecOptions {
-            argv: params.command,
-            env: params.env.unwrap_or_default(),
-            workdir: params.cwd,
-            timeout_ms: params.timeout_ms,
-            ..ExecOptions::default()
-        }
-        .resolve()
-        .map_err(message)?;
-        let spec = self.spec(SandboxOptions {
-            image: params.image,
-            profile: params.profile,
-            network: params.network,
-            ..SandboxOptions::default()
-        })?;
+        let exec = self.exec(
+            "sandbox_run",
+            None,
+            ExecOptions {
+                argv: params.command,
+                env: params.env.unwrap_or_default(),
+                workdir: params.cwd,
+                timeout_ms: params.timeout_ms,
+                ..ExecOptions::default()
+            },
+        )?;
+        let spec = self.spec(
+            "sandbox_run",
+            SandboxOptions {
+                image: params.image,
+                profile: params.profile,
+                network: params.network,
+                ..SandboxOptions::default()
+            },
+        )?;
         let session = self.service.start_run(&spec, exec).await.map_err(message)?;
         json(collect(session).await.map_err(message)?)
     }
@@ -198,14 +225,17 @@ impl McpServer {
         &self,
         Parameters(params): Parameters<CreateParams>,
     ) -> Result<String, String> {
-        let spec = self.spec(SandboxOptions {
-            image: params.image,
-            profile: params.profile,
-            network: params.network,
-            memory: params.memory,
-            cpus: params.cpus,
-            ..SandboxOptions::default()
-        })?;
+        let spec = self.spec(
+            "sandbox_create",
+            SandboxOptions {
+                image: params.image,
+                profile: params.profile,
+                network: params.network,
+                memory: params.memory,
+                cpus: params.cpus,
+                ..SandboxOptions::default()
+            },
+        )?;
         let record = self
             .service
             .create_named(&params.name, spec, None)
@@ -247,15 +277,17 @@ impl McpServer {
         &self,
         Parameters(params): Parameters<ExecParams>,
     ) -> Result<String, String> {
-        let exec = ExecOptions {
-            argv: params.command,
-            env: params.env.unwrap_or_default(),
-            workdir: params.cwd,
-            timeout_ms: params.timeout_ms,
-            ..ExecOptions::default()
-        }
-        .resolve()
-        .map_err(message)?;
+        let exec = self.exec(
+            "sandbox_exec",
+            Some(&params.name),
+            ExecOptions {
+                argv: params.command,
+                env: params.env.unwrap_or_default(),
+                workdir: params.cwd,
+                timeout_ms: params.timeout_ms,
+                ..ExecOptions::default()
+            },
+        )?;
         let session = self
             .service
             .exec_named(&params.name, exec)
@@ -311,13 +343,21 @@ impl McpServer {
     ) -> Result<String, String> {
         let content = match params.encoding.as_deref() {
             None | Some("utf8") => params.content.into_bytes(),
-            Some("base64") => BASE64
-                .decode(params.content.as_bytes())
-                .map_err(|e| format!("content is not valid base64: {e}"))?,
+            Some("base64") => BASE64.decode(params.content.as_bytes()).map_err(|e| {
+                self.refuse(
+                    "sandbox_file_write",
+                    Some(&params.name),
+                    format!("content is not valid base64: {e}"),
+                )
+            })?,
             Some(other) => {
-                return Err(format!(
-                    "encoding must be utf8 or base64, not '{}'",
-                    other.escape_default()
+                return Err(self.refuse(
+                    "sandbox_file_write",
+                    Some(&params.name),
+                    format!(
+                        "encoding must be utf8 or base64, not '{}'",
+                        other.escape_default()
+                    ),
                 ));
             }
         };

@@ -30,4 +30,6 @@ fn mcp_client_drives_every_tool() {
     let log = std::fs::read_to_string(state.path().join("audit.log")).unwrap();
     assert!(log.contains("\"source\":\"mcp\""), "{log}");
     assert!(log.contains("\"action\":\"file_write\""), "{log}");
+    // Input refused before any service call is recorded too.
+    assert!(log.contains("mcp sandbox_run: invalid image"), "{log}");
 }
