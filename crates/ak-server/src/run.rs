@@ -118,10 +118,7 @@ async fn run_once(
     exec: ExecSpec,
     fast: bool,
 ) -> Result<RunResult, ApiError> {
-    let session = match start(state, spec, exec, fast).await {
-        Ok(session) => session,
-        Err(error) => return Err(error.into()),
-    };
+    let session = start(state, spec, exec, fast).await?;
     Ok(collect(session).await?)
 }
 

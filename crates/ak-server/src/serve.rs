@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use tokio::net::{TcpListener, UnixListener};
 
@@ -111,15 +111,15 @@ impl Bound {
 }
 
 /// A socket left by a server that is gone is removed; one that answers is in use.
-fn remove_stale_socket(path: &PathBuf) -> Result<(), ServeError> {
+fn remove_stale_socket(path: &Path) -> Result<(), ServeError> {
     let Ok(meta) = std::fs::symlink_metadata(path) else {
         return Ok(());
     };
     if !meta.file_type().is_socket() {
-        return Err(ServeError::NotASocket(path.clone()));
+        return Err(ServeError::NotASocket(path.to_path_buf()));
     }
     if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(ServeError::SocketInUse(path.clone()));
+        return Err(ServeError::SocketInUse(path.to_path_buf()));
     }
     std::fs::remove_file(path).map_err(|source| ServeError::Bind {
         address: path.display().to_string(),

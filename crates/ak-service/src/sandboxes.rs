@@ -85,8 +85,7 @@ impl Service {
         Ok(self.state_dir()?.join("sandboxes").join(record_uuid))
     }
 
-    /// Records a new sandbox (stopped) with a persistent workdir. `dir` makes a host
-    /// directory the workdir instead, mounted at the same path.
+    /// [`Service::create_named`] without its audit entry.
     async fn create_unaudited(
         &self,
         name: &str,
@@ -153,7 +152,7 @@ impl Service {
         }
     }
 
-    /// Starts a stopped sandbox.
+    /// [`Service::start_named`] without its audit entry.
     async fn start_unaudited(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
         let _lock = self.lock_name(name).await?;
         let record = self.record(name)?;
@@ -182,7 +181,7 @@ impl Service {
         recorded
     }
 
-    /// Stops a running sandbox: every process ends; the workdir stays.
+    /// [`Service::stop_named`] without its audit entry.
     async fn stop_unaudited(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
         let _lock = self.lock_name(name).await?;
         let record = self.record(name)?;
@@ -197,8 +196,7 @@ impl Service {
         )?)
     }
 
-    /// Removes a stopped or failed sandbox (`force` stops a running one first) and its
-    /// service-owned workdir.
+    /// [`Service::remove_named`] without its audit entry.
     async fn remove_unaudited(&self, name: &str, force: bool) -> Result<(), ServiceError> {
         let _lock = self.lock_name(name).await?;
         let mut record = self.record(name)?;
@@ -252,7 +250,7 @@ impl Service {
         self.record(name)
     }
 
-    /// Starts a command in a running sandbox. The session ends without stopping it.
+    /// [`Service::exec_named`] without its audit entry.
     async fn exec_unaudited(
         &self,
         name: &str,
