@@ -65,6 +65,8 @@ pub struct AppState {
     pub(crate) pools: Option<Arc<Pools>>,
     pub(crate) config: Arc<ApiConfig>,
     pub(crate) detached: exec::Detached,
+    /// Sandboxes being set up at once for one-shot runs.
+    pub(crate) setups: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
@@ -74,6 +76,7 @@ impl AppState {
             pools,
             config: Arc::new(config),
             detached: exec::Detached::default(),
+            setups: Arc::new(tokio::sync::Semaphore::new(setup_limit())),
         }
     }
 
@@ -81,6 +84,14 @@ impl AppState {
     pub async fn shutdown(&self) {
         self.detached.kill_all().await;
     }
+}
+
+/// How many one-shot sandboxes are set up at once: one per CPU. Setting one up is CPU work,
+/// much of it in the kernel, and more at once only makes each slower: with 64 clients on two
+/// cores, 40 runs/s unlimited, 62 with twice the CPUs, 120 with one per CPU (see
+/// docs/benchmarks.md). Further requests wait their turn, in order.
+fn setup_limit() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// The whole API. Tests call it without a socket; `serve` binds it to TCP or a Unix socket.

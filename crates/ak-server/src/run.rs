@@ -53,6 +53,12 @@ pub(crate) async fn start(
     exec: ExecSpec,
     fast: bool,
 ) -> Result<CommandSession, ServiceError> {
+    // Only the set-up is limited: the command then runs without holding a turn.
+    let _turn = state
+        .setups
+        .acquire()
+        .await
+        .map_err(|e| ServiceError::State(format!("sandbox set-up queue: {e}")))?;
     if fast
         && let Some(pools) = &state.pools
         && pool_key(spec).is_some()
