@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Load generator for the HTTP API: N concurrent clients doing `POST /run` for D seconds.
 
-Usage: scripts/load-api.py BASE_URL [CONCURRENCY] [SECONDS]  (token from AGENTKERNEL_API_KEY)
+Usage: scripts/load-api.py BASE_URL|SOCKET [CONCURRENCY] [SECONDS]
+(token from AGENTKERNEL_API_KEY; a path is a Unix socket, e.g. the daemon's api.sock)
 Prints throughput, latency percentiles and every error; exits 1 if any request failed.
 Needs httpx (installed with `pip install agentkernel-sdk`). Loopback only: it refuses other
 hosts, so that it cannot be pointed at someone else's server by mistake.
@@ -42,6 +43,10 @@ async def main():
     base = sys.argv[1]
     concurrency = int(sys.argv[2]) if len(sys.argv) > 2 else 64
     seconds = float(sys.argv[3]) if len(sys.argv) > 3 else 30
+    transport = None
+    if base.startswith("/"):
+        transport = httpx.AsyncHTTPTransport(uds=base)
+        base = "http://localhost"
     host = urlparse(base).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
         sys.exit(f"refusing to load {host}: loopback only")
@@ -50,7 +55,11 @@ async def main():
         headers["Authorization"] = f"Bearer {os.environ['AGENTKERNEL_API_KEY']}"
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     latencies, errors = [], []
-    async with httpx.AsyncClient(base_url=base, headers=headers, limits=limits, timeout=60) as http:
+    if transport is not None:
+        transport = httpx.AsyncHTTPTransport(uds=sys.argv[1], limits=limits)
+    async with httpx.AsyncClient(
+        base_url=base, headers=headers, limits=limits, timeout=60, transport=transport
+    ) as http:
         begun = time.monotonic()
         deadline = begun + seconds
         await asyncio.gather(*(client(http, deadline, latencies, errors) for _ in range(concurrency)))
