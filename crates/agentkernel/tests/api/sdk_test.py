@@ -4,9 +4,10 @@ Run by python.rs with AGENTKERNEL_BASE_URL and AGENTKERNEL_API_KEY set; any fail
 raises, which fails the Rust test with this script's output.
 """
 
+import asyncio
 import time
 
-from agentkernel import AgentKernel
+from agentkernel import AgentKernel, AsyncAgentKernel
 from agentkernel.errors import AuthError, NotFoundError, ValidationError
 
 
@@ -124,7 +125,22 @@ def main():
     except AuthError:
         check(True, "wrong token refused")
 
+    asyncio.run(async_checks())
     print("ALL SDK CHECKS PASSED")
+
+
+async def async_checks():
+    """The SDK's async client: concurrent runs and a stream."""
+    async with AsyncAgentKernel(timeout=60) as client:
+        results = await asyncio.gather(*(client.run(["echo", str(i)]) for i in range(4)))
+        check([r.output for r in results] == ["0\n", "1\n", "2\n", "3\n"], f"async runs: {results}")
+        # This SDK's async run_stream is a coroutine that returns the event iterator.
+        stream = await client.run_stream(["sh", "-c", "echo a; echo b >&2"])
+        events = [e async for e in stream]
+        kinds = [e.type for e in events]
+        check(kinds[0] == "started" and kinds[-1] == "done", f"async stream: {kinds}")
+        streams = {e.data["stream"] for e in events if e.type == "output"}
+        check(streams == {"stdout", "stderr"}, f"async stream carries both streams: {streams}")
 
 
 main()
