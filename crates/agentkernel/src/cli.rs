@@ -49,6 +49,27 @@ pub enum Command {
     /// Measure where a sandbox's time goes on each usable backend: boot, ready, exec,
     /// shutdown, and throughput.
     Bench(Box<BenchArgs>),
+    /// Serve the HTTP API that the agentkernel SDKs speak (token: AGENTKERNEL_API_KEY).
+    Serve(ServeArgs),
+    /// Show the audit log: every sandbox operation and every refused request.
+    Audit(AuditArgs),
+    /// Serve MCP (Model Context Protocol) on stdin/stdout for agent clients.
+    Mcp,
+    /// Set agent clients up to use `agentkernel mcp`.
+    #[command(subcommand)]
+    Plugin(PluginCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PluginCommand {
+    /// Add agentkernel's MCP server to a client's configuration (merging, never clobbering).
+    Install {
+        /// The client: claude, codex, gemini or opencode.
+        client: String,
+        /// Print the configuration that would be written, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 impl Command {
@@ -58,7 +79,10 @@ impl Command {
     pub fn needs_worker_threads(&self) -> bool {
         matches!(
             self,
-            Command::Daemon(DaemonCommand::Start { foreground: true }) | Command::Bench(_)
+            Command::Daemon(DaemonCommand::Start { foreground: true })
+                | Command::Bench(_)
+                | Command::Serve(_)
+                | Command::Mcp
         )
     }
 }
@@ -96,6 +120,29 @@ pub enum DaemonCommand {
     },
     /// Stop the daemon: waits for running commands (up to 10 s), then cleans up.
     Stop,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Only the entries of this sandbox.
+    #[arg(long, value_name = "NAME")]
+    pub sandbox: Option<String>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on; anything but loopback requires a token.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: String,
+    /// TCP port (0 picks a free one, printed at start).
+    #[arg(long, default_value_t = 18888)]
+    pub port: u16,
+    /// Listen on this Unix socket (mode 0600) instead of TCP.
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["host", "port"])]
+    pub socket: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Args)]

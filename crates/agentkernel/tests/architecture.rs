@@ -16,6 +16,8 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("ak-service", &["ak-core", "ak-protocol"]),
         // The harness drives the CLI as a user would; it links none of the runtime.
         ("ak-bench", &[]),
+        // The HTTP API and MCP front ends: above the service, below the binary.
+        ("ak-server", &["ak-core", "ak-protocol", "ak-service"]),
         (
             "agentkernel",
             &[
@@ -25,6 +27,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
                 "ak-docker",
                 "ak-native",
                 "ak-protocol",
+                "ak-server",
                 "ak-service",
             ],
         ),

@@ -123,8 +123,13 @@ fn set_stdio(command: &mut Command, spec: &ExecSpec) -> Result<Option<OwnedFd>, 
 /// whole command tree can be signalled as one process group), the controlling terminal,
 /// and the user switch.
 fn set_up_child(command: &mut Command, user: Option<&User>, pty: bool) {
-    let ids = user.map(|user| (Uid::from_raw(user.uid), Gid::from_raw(user.gid)));
-    let as_root = rustix::process::geteuid().is_root();
+    let (current_uid, current_gid) = (rustix::process::geteuid(), rustix::process::getegid());
+    // Running as the ids the agent already has needs no switch, and so no privilege: a
+    // sandbox's root without CAP_SETGID (the restrictive profile) can still ask for root.
+    let ids = user
+        .map(|user| (Uid::from_raw(user.uid), Gid::from_raw(user.gid)))
+        .filter(|ids| *ids != (current_uid, current_gid));
+    let as_root = current_uid.is_root();
     let hook = move || -> std::io::Result<()> {
         rustix::process::setsid()?;
         if pty {

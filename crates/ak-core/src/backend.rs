@@ -80,6 +80,27 @@ pub struct BackendProbe {
     pub details: Vec<(String, String)>,
 }
 
+/// What a backend can do beyond running commands, as the HTTP API reports it (the field
+/// names are those of the agentkernel SDKs). Everything is `false` unless a backend says
+/// otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// The current directory can be mounted into a sandbox.
+    pub mount_cwd: bool,
+    pub mount_home: bool,
+    /// An interactive shell can be attached to a running sandbox.
+    pub attach: bool,
+    pub host_volumes: bool,
+    pub ssh: bool,
+    pub proxy_secret_bindings: bool,
+    pub secret_files: bool,
+    pub snapshots: bool,
+    pub resume: bool,
+    pub full_state_pause_resume: bool,
+    pub full_state_fork: bool,
+    pub endpoints: bool,
+}
+
 /// A byte stream to a sandbox's agent.
 pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug {}
 impl<T: AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug> Transport for T {}
@@ -131,6 +152,11 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// it; `None` when ownership does not matter to this backend.
     fn sandbox_root_owner(&self) -> Option<(u32, u32)> {
         None
+    }
+
+    /// What this backend can do besides running commands.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
     }
 }
 

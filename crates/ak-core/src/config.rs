@@ -15,6 +15,9 @@ use crate::spec::{DEFAULT_WORKDIR, Mount, SandboxSpec, parse_env_entry, validate
 
 /// Name of the per-project config file, looked up from the current directory upwards.
 pub const PROJECT_FILE: &str = "agentkernel.toml";
+/// The backend of a sandbox whose settings name none.
+pub const DEFAULT_BACKEND: BackendKind = BackendKind::Native;
+
 /// Environment variable naming the user config file (instead of the XDG location).
 pub const USER_CONFIG_ENV: &str = "AGENTKERNEL_CONFIG";
 
@@ -33,6 +36,9 @@ pub struct ConfigFile {
     /// `[podman]`: the Podman engine's socket.
     #[serde(default)]
     pub podman: EngineOptions,
+    /// Read from the user's file only, like `[daemon]`.
+    #[serde(default)]
+    pub api: ApiOptions,
 }
 
 /// Where a container engine listens (`socket = "/run/docker.sock"` or `unix:///…`).
@@ -48,6 +54,43 @@ impl ConfigFile {
         match user_config_file() {
             Some(path) => read_config_file(&path),
             None => Ok(ConfigFile::default()),
+        }
+    }
+}
+
+/// Settings of `agentkernel serve` (`[api]` in the user's config file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiOptions {
+    /// The bearer token clients must send; `AGENTKERNEL_API_KEY` overrides it.
+    pub api_key: Option<String>,
+}
+
+/// Environment variable holding the API's bearer token.
+pub const API_KEY_ENV: &str = "AGENTKERNEL_API_KEY";
+
+impl ApiOptions {
+    /// The API token: `$AGENTKERNEL_API_KEY`, else `api_key` from the user's config file.
+    /// An empty token is an error, never "no token".
+    pub fn token() -> Result<Option<String>, ConfigError> {
+        let token = match std::env::var(API_KEY_ENV) {
+            Ok(token) => Some(token),
+            Err(std::env::VarError::NotPresent) => match user_config_file() {
+                Some(path) => read_config_file(&path)?.api.api_key,
+                None => None,
+            },
+            Err(std::env::VarError::NotUnicode(_)) => {
+                return Err(ConfigError::InvalidApiKey("it is not valid UTF-8"));
+            }
+        };
+        match token {
+            Some(token) if token.trim().is_empty() => {
+                Err(ConfigError::InvalidApiKey("it is empty"))
+            }
+            Some(token) if token.chars().any(|c| c.is_whitespace() || c.is_control()) => Err(
+                ConfigError::InvalidApiKey("it contains whitespace or control characters"),
+            ),
+            other => Ok(other),
         }
     }
 }
@@ -197,7 +240,10 @@ pub fn resolve(
     id: String,
 ) -> Result<SandboxSpec, ConfigError> {
     let profile: Profile = options.profile.as_deref().unwrap_or("moderate").parse()?;
-    let backend: BackendKind = options.backend.as_deref().unwrap_or("native").parse()?;
+    let backend: BackendKind = match options.backend.as_deref() {
+        Some(name) => name.parse()?,
+        None => DEFAULT_BACKEND,
+    };
     // Backends that run OCI images choose one by the command when none is named.
     let image = match options.image.as_deref() {
         Some(image) => ImageRef::parse(image, cwd)?,
@@ -369,6 +415,13 @@ mod tests {
             read_config_file(&path).unwrap().sandbox.memory.as_deref(),
             Some("256M")
         );
+    }
+
+    #[test]
+    fn api_options_parse_strictly() {
+        let file: ConfigFile = toml::from_str("[api]\napi_key = \"k\"\n").unwrap();
+        assert_eq!(file.api.api_key.as_deref(), Some("k"));
+        assert!(toml::from_str::<ConfigFile>("[api]\napikey = \"k\"\n").is_err());
     }
 
     #[test]

@@ -36,6 +36,12 @@ pub enum ConfigError {
     Parse { path: PathBuf, message: String },
     #[error("cannot use the current directory: {0}")]
     CurrentDir(std::io::Error),
+    #[error("invalid API key: {0}")]
+    InvalidApiKey(&'static str),
+    #[error("no command given")]
+    EmptyCommand,
+    #[error("invalid command: {0}")]
+    InvalidCommand(&'static str),
     #[error("invalid sandbox name '{}': {reason}", shown_name(.name))]
     InvalidName { name: String, reason: &'static str },
 }

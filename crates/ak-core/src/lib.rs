@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod config;
 pub mod error;
+pub mod exec;
 pub mod image;
 pub mod policy;
 pub mod resources;

@@ -347,6 +347,16 @@ impl Backend for DockerBackend {
         ))
     }
 
+    fn capabilities(&self) -> ak_core::backend::Capabilities {
+        // The workdir mount (`--mount-cwd`, `--dir`) is a bind mount; `attach` is the
+        // agent's PTY, as on the native backend.
+        ak_core::backend::Capabilities {
+            mount_cwd: true,
+            attach: true,
+            ..ak_core::backend::Capabilities::default()
+        }
+    }
+
     async fn attach(&self, handle: &SandboxHandle) -> Result<Box<dyn Sandbox>, BackendError> {
         let data: HandleData = serde_json::from_str(&handle.data)
             .map_err(|e| BackendError::Setup(format!("bad handle of {}: {e}", handle.id)))?;

@@ -442,4 +442,13 @@ impl Backend for NativeBackend {
     fn sandbox_root_owner(&self) -> Option<(u32, u32)> {
         Some(sandbox_root_host_ids())
     }
+
+    fn capabilities(&self) -> ak_core::backend::Capabilities {
+        // `--mount-cwd` binds the current directory; `attach` opens a shell on a terminal.
+        ak_core::backend::Capabilities {
+            mount_cwd: true,
+            attach: true,
+            ..ak_core::backend::Capabilities::default()
+        }
+    }
 }

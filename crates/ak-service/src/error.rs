@@ -45,3 +45,20 @@ impl From<ProtocolError> for ServiceError {
         }
     }
 }
+
+impl ServiceError {
+    /// Whether the request was refused before anything was attempted: bad input, an unknown
+    /// or duplicate name, a state that does not allow it.
+    pub fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            ServiceError::Config(_)
+                | ServiceError::BackendNotBuilt(_)
+                | ServiceError::EmptyCommand
+                | ServiceError::InvalidInput(_)
+                | ServiceError::NotFound(_)
+                | ServiceError::Duplicate(_)
+                | ServiceError::WrongState { .. }
+        )
+    }
+}

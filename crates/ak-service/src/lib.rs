@@ -1,8 +1,11 @@
 //! ak-service: the one set of operations every front end (CLI, HTTP, MCP) calls. It picks
 //! the backend a spec names, provisions the sandbox, speaks to its agent and releases it.
 
+pub mod audit;
 mod components;
 mod error;
+mod expiry;
+mod files;
 pub mod pool;
 pub mod registry;
 mod run;
@@ -15,6 +18,7 @@ use std::sync::{Arc, OnceLock};
 
 use ak_core::{Backend, BackendKind, BackendProbe};
 
+pub use crate::audit::{AuditEntry, AuditLog, Outcome};
 pub use crate::components::ComponentTimes;
 pub use crate::error::ServiceError;
 pub use crate::registry::{Registry, SandboxRecord};
@@ -29,6 +33,8 @@ pub struct Service {
     registry_path: PathBuf,
     /// Opened on first use, so one-shot runs never pay for the database.
     registry: OnceLock<Result<Registry, String>>,
+    /// Who the audit log names as the caller (`cli`, `api`, `mcp`).
+    audit_source: &'static str,
 }
 
 impl Service {
@@ -39,7 +45,64 @@ impl Service {
             backends: backends.into_iter().map(|b| (b.kind(), b)).collect(),
             registry_path,
             registry: OnceLock::new(),
+            audit_source: "cli",
         }
+    }
+
+    /// The same service, naming `source` as the caller in the audit log.
+    pub fn with_audit_source(mut self, source: &'static str) -> Self {
+        self.audit_source = source;
+        self
+    }
+
+    /// The audit log beside the registry.
+    pub fn audit_log(&self) -> Result<AuditLog, ServiceError> {
+        Ok(AuditLog::in_dir(self.state_dir()?))
+    }
+
+    /// Appends an entry to the audit log. A log that cannot be written is reported in the
+    /// process's log rather than failing the operation it describes, which already happened.
+    pub fn record_audit(
+        &self,
+        action: &str,
+        sandbox: Option<&str>,
+        outcome: Outcome,
+        detail: Option<String>,
+    ) {
+        let entry = AuditEntry::new(self.audit_source, action, sandbox, outcome, detail);
+        let written = self.audit_log().and_then(|log| {
+            log.append(&entry)
+                .map_err(|e| ServiceError::State(e.to_string()))
+        });
+        if let Err(error) = written {
+            tracing::error!("cannot write the audit log: {error}");
+        }
+    }
+
+    /// Records how `result` of `action` ended and passes it on.
+    pub(crate) fn audited<T>(
+        &self,
+        action: &str,
+        sandbox: Option<&str>,
+        detail: Option<String>,
+        result: Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        match &result {
+            Ok(_) => self.record_audit(action, sandbox, Outcome::Ok, detail),
+            Err(error) => {
+                let outcome = if error.is_refusal() {
+                    Outcome::Refused
+                } else {
+                    Outcome::Error
+                };
+                let detail = match detail {
+                    Some(detail) => format!("{detail}: {error}"),
+                    None => error.to_string(),
+                };
+                self.record_audit(action, sandbox, outcome, Some(detail));
+            }
+        }
+        result
     }
 
     /// The registry of named sandboxes.
@@ -65,6 +128,19 @@ impl Service {
         self.backends
             .get(&kind)
             .ok_or(ServiceError::BackendNotBuilt(kind))
+    }
+
+    /// What the backend of that kind can do; nothing when it is not in this build.
+    pub fn capabilities(&self, kind: BackendKind) -> ak_core::backend::Capabilities {
+        self.backends
+            .get(&kind)
+            .map(|backend| backend.capabilities())
+            .unwrap_or_default()
+    }
+
+    /// Whether this build has the backend of that kind.
+    pub fn has_backend(&self, kind: BackendKind) -> bool {
+        self.backends.contains_key(&kind)
     }
 
     /// Every known backend's probe; those not in this build say so.

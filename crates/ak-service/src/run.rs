@@ -6,12 +6,23 @@ use ak_core::{ExecSpec, SandboxSpec};
 
 use crate::Service;
 use crate::error::ServiceError;
+use crate::sandboxes::command_line;
 use crate::session::{CommandSession, connect_agent};
 
 impl Service {
     /// Starts `exec` in a fresh sandbox described by `spec`; the sandbox's timeout applies
     /// to the command.
     pub async fn start_run(
+        &self,
+        spec: &SandboxSpec,
+        exec: ExecSpec,
+    ) -> Result<CommandSession, ServiceError> {
+        let detail = command_line(&exec.argv);
+        let result = self.start_run_unaudited(spec, exec).await;
+        self.audited("run", None, Some(detail), result)
+    }
+
+    async fn start_run_unaudited(
         &self,
         spec: &SandboxSpec,
         mut exec: ExecSpec,
@@ -58,7 +69,9 @@ impl Service {
         with_spec_timeout(spec, &mut exec);
         let command_env = std::mem::take(&mut exec.env);
         exec.env = spec.env.iter().cloned().chain(command_env).collect();
-        CommandSession::over(transport, exec).await
+        let detail = command_line(&exec.argv);
+        let result = CommandSession::over(transport, exec).await;
+        self.audited("run", None, Some(detail), result)
     }
 }
 

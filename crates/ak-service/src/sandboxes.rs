@@ -23,12 +23,14 @@ const NAMED_WORKDIR: &str = "/workspace";
 
 /// Exclusive hold on one sandbox name, across processes, while an operation runs.
 #[derive(Debug)]
-struct NameLock {
+pub(crate) struct NameLock {
     _file: File,
 }
 
 impl Service {
-    fn lock_name(&self, name: &str) -> Result<NameLock, ServiceError> {
+    /// Waits for the name's lock without holding up the async runtime: a contended lock is
+    /// waited for on a blocking thread (the holder may need this runtime to finish).
+    pub(crate) async fn lock_name(&self, name: &str) -> Result<NameLock, ServiceError> {
         let dir = self.state_dir()?.join("locks");
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -38,12 +40,23 @@ impl Service {
         let path = dir.join(format!("{name}.lock"));
         let file = File::create(&path)
             .map_err(|e| ServiceError::State(format!("open {}: {e}", path.display())))?;
-        flock(&file, FlockOperation::LockExclusive)
-            .map_err(|e| ServiceError::State(format!("lock {}: {e}", path.display())))?;
+        let lock_error =
+            |e: rustix::io::Errno| ServiceError::State(format!("lock {}: {e}", path.display()));
+        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => return Ok(NameLock { _file: file }),
+            Err(rustix::io::Errno::WOULDBLOCK) => {}
+            Err(e) => return Err(lock_error(e)),
+        }
+        let file = tokio::task::spawn_blocking(move || {
+            flock(&file, FlockOperation::LockExclusive).map(|()| file)
+        })
+        .await
+        .map_err(|e| ServiceError::State(format!("lock {}: {e}", path.display())))?
+        .map_err(lock_error)?;
         Ok(NameLock { _file: file })
     }
 
-    fn record(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
+    pub(crate) fn record(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
         validate_name(name)?;
         self.registry()?
             .get(name)?
@@ -72,9 +85,8 @@ impl Service {
         Ok(self.state_dir()?.join("sandboxes").join(record_uuid))
     }
 
-    /// Records a new sandbox (stopped) with a persistent workdir. `dir` makes a host
-    /// directory the workdir instead, mounted at the same path.
-    pub async fn create_named(
+    /// [`Service::create_named`] without its audit entry.
+    async fn create_unaudited(
         &self,
         name: &str,
         mut spec: SandboxSpec,
@@ -82,7 +94,7 @@ impl Service {
     ) -> Result<SandboxRecord, ServiceError> {
         validate_name(name)?;
         let backend = self.backend(spec.backend)?.clone();
-        let _lock = self.lock_name(name)?;
+        let _lock = self.lock_name(name).await?;
         if self.registry()?.get(name)?.is_some() {
             return Err(ServiceError::Duplicate(name.to_string()));
         }
@@ -132,6 +144,7 @@ impl Service {
             created_at: now_unix(),
             updated_at: now_unix(),
             error: None,
+            expires_at: None,
         };
         match self.registry()?.insert(&record) {
             Ok(()) => Ok(record),
@@ -140,9 +153,9 @@ impl Service {
         }
     }
 
-    /// Starts a stopped sandbox.
-    pub async fn start_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
-        let _lock = self.lock_name(name)?;
+    /// [`Service::start_named`] without its audit entry.
+    async fn start_unaudited(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
+        let _lock = self.lock_name(name).await?;
         let record = self.record(name)?;
         require(&record, &[SandboxState::Stopped], "start")?;
         let backend = self.backend(record.backend)?;
@@ -169,9 +182,9 @@ impl Service {
         recorded
     }
 
-    /// Stops a running sandbox: every process ends; the workdir stays.
-    pub async fn stop_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
-        let _lock = self.lock_name(name)?;
+    /// [`Service::stop_named`] without its audit entry.
+    async fn stop_unaudited(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
+        let _lock = self.lock_name(name).await?;
         let record = self.record(name)?;
         require(&record, &[SandboxState::Running], "stop")?;
         self.release_record(&record).await?;
@@ -184,10 +197,9 @@ impl Service {
         )?)
     }
 
-    /// Removes a stopped or failed sandbox (`force` stops a running one first) and its
-    /// service-owned workdir.
-    pub async fn remove_named(&self, name: &str, force: bool) -> Result<(), ServiceError> {
-        let _lock = self.lock_name(name)?;
+    /// [`Service::remove_named`] without its audit entry.
+    async fn remove_unaudited(&self, name: &str, force: bool) -> Result<(), ServiceError> {
+        let _lock = self.lock_name(name).await?;
         let mut record = self.record(name)?;
         if record.state == SandboxState::Running {
             if !force {
@@ -233,14 +245,14 @@ impl Service {
     pub async fn inspect_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
         let record = self.record(name)?;
         if record.state == SandboxState::Running {
-            let _lock = self.lock_name(name)?;
+            let _lock = self.lock_name(name).await?;
             self.check_alive(&self.record(name)?).await?;
         }
         self.record(name)
     }
 
-    /// Starts a command in a running sandbox. The session ends without stopping it.
-    pub async fn exec_named(
+    /// [`Service::exec_named`] without its audit entry.
+    async fn exec_unaudited(
         &self,
         name: &str,
         exec: ExecSpec,
@@ -256,7 +268,7 @@ impl Service {
         let mut sandbox = match self.attach_record(&record).await {
             Ok(sandbox) => sandbox,
             Err(ServiceError::Backend(BackendError::Gone(_))) => {
-                let _lock = self.lock_name(name)?;
+                let _lock = self.lock_name(name).await?;
                 self.check_alive(&self.record(name)?).await?;
                 return Err(ServiceError::WrongState {
                     name: name.to_string(),
@@ -279,7 +291,7 @@ impl Service {
             if record.state != SandboxState::Running {
                 continue;
             }
-            let _lock = self.lock_name(&record.name)?;
+            let _lock = self.lock_name(&record.name).await?;
             let Some(current) = self.registry()?.get(&record.name)? else {
                 continue;
             };
@@ -331,6 +343,69 @@ impl Service {
         let handle = parse_handle(record)?;
         Ok(self.backend(record.backend)?.release(&handle).await?)
     }
+}
+
+/// The public operations: each records its outcome in the audit log.
+impl Service {
+    /// Records a new sandbox (stopped) with a persistent workdir. `dir` makes a host
+    /// directory the workdir instead, mounted at the same path.
+    pub async fn create_named(
+        &self,
+        name: &str,
+        spec: SandboxSpec,
+        dir: Option<&Path>,
+    ) -> Result<SandboxRecord, ServiceError> {
+        let result = self.create_unaudited(name, spec, dir).await;
+        self.audited("create", Some(name), None, result)
+    }
+
+    /// Starts a stopped sandbox.
+    pub async fn start_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
+        let result = self.start_unaudited(name).await;
+        self.audited("start", Some(name), None, result)
+    }
+
+    /// Stops a running sandbox: every process ends; the workdir stays.
+    pub async fn stop_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
+        let result = self.stop_unaudited(name).await;
+        self.audited("stop", Some(name), None, result)
+    }
+
+    /// Removes a stopped or failed sandbox (`force` stops a running one first) and its
+    /// service-owned workdir.
+    pub async fn remove_named(&self, name: &str, force: bool) -> Result<(), ServiceError> {
+        let result = self.remove_unaudited(name, force).await;
+        self.audited("remove", Some(name), None, result)
+    }
+
+    /// Starts a command in a running sandbox. The session ends without stopping it.
+    pub async fn exec_named(
+        &self,
+        name: &str,
+        exec: ExecSpec,
+    ) -> Result<CommandSession, ServiceError> {
+        let detail = command_line(&exec.argv);
+        let result = self.exec_unaudited(name, exec).await;
+        self.audited("exec", Some(name), Some(detail), result)
+    }
+}
+
+/// A command line as the audit log shows it (arguments quoted when they need it).
+pub(crate) fn command_line(argv: &[String]) -> String {
+    argv.iter()
+        .map(|arg| {
+            if !arg.is_empty()
+                && arg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_./=:,@".contains(c))
+            {
+                arg.clone()
+            } else {
+                format!("{arg:?}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn parse_handle(record: &SandboxRecord) -> Result<SandboxHandle, ServiceError> {

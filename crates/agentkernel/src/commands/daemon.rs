@@ -8,7 +8,7 @@ use ak_service::pool::PoolConfig;
 use anyhow::{Context, anyhow};
 
 use crate::cli::DaemonCommand;
-use crate::daemon::{Request, Response, client, log_path, server, socket_path};
+use crate::daemon::{Request, Response, api_socket_path, client, log_path, server, socket_path};
 use crate::exit;
 use crate::wiring;
 
@@ -20,7 +20,15 @@ fn say(text: &str) {
 pub async fn daemon(command: DaemonCommand) -> i32 {
     let result = match command {
         DaemonCommand::Start { foreground: true } => match pool_config() {
-            Ok(config) => server::serve(&socket_path(), wiring::service(), config).await,
+            Ok(config) => {
+                server::serve(
+                    &socket_path(),
+                    &api_socket_path(),
+                    wiring::service(),
+                    config,
+                )
+                .await
+            }
             Err(error) => exit::fail(exit::USAGE, &error.into()),
         },
         DaemonCommand::Start { foreground: false } => start_background(),
@@ -37,7 +45,7 @@ pub async fn daemon(command: DaemonCommand) -> i32 {
 }
 
 /// Pool sizes: the user's `[daemon]` settings over the defaults.
-fn pool_config() -> Result<PoolConfig, ak_core::ConfigError> {
+pub(crate) fn pool_config() -> Result<PoolConfig, ak_core::ConfigError> {
     let options = ak_core::config::DaemonOptions::load()?;
     let defaults = PoolConfig::default();
     Ok(PoolConfig {

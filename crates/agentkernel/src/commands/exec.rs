@@ -1,7 +1,6 @@
 //! `agentkernel exec NAME -- CMD`: a command in a running named sandbox, streamed like `run`.
 
-use ak_core::resources::parse_duration;
-use ak_core::spec::{parse_env_entry, validate_sandbox_path};
+use ak_core::exec::ExecOptions;
 use ak_core::{ExecSpec, PtySize};
 
 use super::stream;
@@ -32,32 +31,17 @@ pub async fn exec(args: ExecArgs) -> i32 {
 }
 
 fn build(args: &ExecArgs) -> Result<ExecSpec, ak_core::ConfigError> {
-    let env = args
-        .env
-        .iter()
-        .map(|entry| parse_env_entry(entry))
-        .collect::<Result<Vec<_>, _>>()?;
-    let cwd = args
-        .workdir
-        .as_deref()
-        .map(validate_sandbox_path)
-        .transpose()?
-        .map(|p| p.to_string_lossy().into_owned());
-    let timeout_ms = args
-        .timeout
-        .as_deref()
-        .map(parse_duration)
-        .transpose()?
-        .map(|t| t.as_millis() as u64);
-    Ok(ExecSpec {
+    let mut exec = ExecOptions {
         argv: args.command.clone(),
-        env,
-        cwd,
-        user: None,
-        stdin: stream::stdin_mode(),
-        timeout_ms,
-        pty: args.tty.then(terminal_size),
-    })
+        env: args.env.clone(),
+        workdir: args.workdir.clone(),
+        timeout: args.timeout.clone(),
+        ..ExecOptions::default()
+    }
+    .resolve()?;
+    exec.stdin = stream::stdin_mode();
+    exec.pty = args.tty.then(terminal_size);
+    Ok(exec)
 }
 
 /// The size of our terminal, or 24x80 when stdout is not one.

@@ -1,12 +1,16 @@
 //! One module per command; `dispatch` maps each to its exit code.
 
 mod attach;
+mod audit;
 mod bench;
 mod cp;
 mod daemon;
 mod exec;
+mod mcp;
+mod plugin;
 mod run;
 mod sandbox;
+mod serve;
 mod status;
 mod stream;
 mod terminal;
@@ -34,6 +38,10 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::Inspect(args) => sandbox::inspect(args).await,
         Command::Daemon(command) => daemon::daemon(command).await,
         Command::Bench(args) => bench::bench(*args).await,
+        Command::Serve(args) => serve::serve(args).await,
+        Command::Audit(args) => audit::audit(args),
+        Command::Mcp => mcp::mcp().await,
+        Command::Plugin(command) => plugin::plugin(command),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The daemon: keeps warm pools and hands their sandboxes to CLIs over a Unix socket of
 //! mode 0600 in the state directory. A handed-out sandbox travels as the file descriptor
 //! of its agent connection (SCM_RIGHTS), so a pooled `run` costs one small request; the
-//! command's data never passes through the daemon.
+//! command's data never passes through the daemon. Beside that socket, the daemon serves the
+//! HTTP API (the one `agentkernel serve` serves) on `api.sock`, also 0600.
 
 pub mod client;
 pub mod server;
@@ -48,6 +49,11 @@ pub struct DaemonStatus {
 /// The daemon's socket, beside the registry in the state directory.
 pub fn socket_path() -> PathBuf {
     crate::wiring::state_dir().join("daemon.sock")
+}
+
+/// The daemon's HTTP API socket (the API of `agentkernel serve`), beside its own socket.
+pub fn api_socket_path() -> PathBuf {
+    crate::wiring::state_dir().join("api.sock")
 }
 
 /// The daemon's log file.

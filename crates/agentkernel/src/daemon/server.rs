@@ -8,6 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ak_core::SandboxSpec;
+use ak_core::config::{SandboxOptions, load_options};
+use ak_server::{ApiConfig, AppState, Bound, Listen};
 use ak_service::Service;
 use ak_service::pool::{PoolConfig, Pools};
 use anyhow::{Context, bail};
@@ -19,18 +21,25 @@ use super::{DaemonStatus, MAX_MESSAGE, Request, Response};
 
 /// How often used sandboxes are released and pools topped up.
 const MAINTAIN_EVERY: Duration = Duration::from_millis(50);
+/// How often named sandboxes whose time to live ran out are removed.
+const REAP_EVERY: Duration = Duration::from_secs(5);
 /// How long `stop` waits for handed-out commands before ending them.
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 struct Daemon {
-    service: Service,
-    pools: Pools,
+    service: Arc<Service>,
+    pools: Arc<Pools>,
     started: Instant,
     stop: tokio::sync::Notify,
 }
 
-/// Runs the daemon on `socket` until asked to stop.
-pub async fn serve(socket: &Path, service: Service, config: PoolConfig) -> anyhow::Result<()> {
+/// Runs the daemon on `socket` until asked to stop, with the HTTP API on `api_socket`.
+pub async fn serve(
+    socket: &Path,
+    api_socket: &Path,
+    service: Service,
+    config: PoolConfig,
+) -> anyhow::Result<()> {
     if socket.exists() {
         if super::client::call(socket, &Request::Status).is_ok() {
             bail!("a daemon is already running at {}", socket.display());
@@ -48,11 +57,27 @@ pub async fn serve(socket: &Path, service: Service, config: PoolConfig) -> anyho
     tracing::info!("daemon listening on {}", socket.display());
 
     let daemon = Arc::new(Daemon {
-        service,
-        pools: Pools::new(config),
+        service: Arc::new(service.with_audit_source("api")),
+        pools: Arc::new(Pools::new(config)),
         started: Instant::now(),
         stop: tokio::sync::Notify::new(),
     });
+    // The same HTTP API as `agentkernel serve`, over the daemon's service and pools, on a
+    // socket only this user can reach (0600), so it needs no token.
+    let api_state = AppState::new(
+        daemon.service.clone(),
+        Some(daemon.pools.clone()),
+        ApiConfig {
+            base_options: load_options(SandboxOptions::default(), Path::new("/"))?,
+            ..ApiConfig::default()
+        },
+    );
+    let api = Bound::bind(&Listen::Unix(api_socket.to_path_buf()), None).await?;
+    tracing::info!("daemon serving the HTTP API on {}", api.address());
+    let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let api_task = tokio::spawn(api.serve(api_state.clone(), async move {
+        let _ = api_stopped.await;
+    }));
     // Refills and releases run beside the request loop, so that a hit never waits for
     // a sandbox being built or torn down.
     // Stopped between passes, never inside one: a pass cut off mid-way could leave a
@@ -62,10 +87,17 @@ pub async fn serve(socket: &Path, service: Service, config: PoolConfig) -> anyho
         let (daemon, stop) = (daemon.clone(), stop_maintenance.clone());
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(MAINTAIN_EVERY);
+            let mut last_reap = Instant::now();
             loop {
                 tokio::select! {
-                    _ = tick.tick() => daemon.pools.maintain(&daemon.service).await,
+                    _ = tick.tick() => {}
                     () = stop.notified() => break,
+                }
+                daemon.pools.maintain(&daemon.service).await;
+                // Named sandboxes whose time to live ran out go too, while a daemon runs.
+                if last_reap.elapsed() >= REAP_EVERY {
+                    last_reap = Instant::now();
+                    daemon.service.reap_expired().await;
                 }
             }
         })
@@ -92,6 +124,14 @@ pub async fn serve(socket: &Path, service: Service, config: PoolConfig) -> anyho
         }
     }
     drop(listener);
+    let _ = api_stop.send(());
+    api_state.shutdown().await;
+    // Requests in flight (a long stream) get the same grace as handed-out sandboxes.
+    match tokio::time::timeout(STOP_GRACE, api_task).await {
+        Ok(Ok(Err(error))) => tracing::warn!("the HTTP API stopped with an error: {error}"),
+        Ok(_) => {}
+        Err(_) => tracing::warn!("HTTP requests still running after {STOP_GRACE:?}; ending them"),
+    }
     // `notify_one` keeps the wake-up for a pass in progress: the loop ends right after it.
     stop_maintenance.notify_one();
     let _ = maintainer.await;

@@ -219,3 +219,53 @@ fn bad_pool_settings_are_refused() {
     );
     assert_code(&ak(Mode::Root, &["daemon", "status"]), 1);
 }
+
+/// One HTTP/1.1 request over a Unix socket; the status and the JSON body of the answer.
+fn http_over(
+    socket: &std::path::Path,
+    method: &str,
+    path: &str,
+    body: &str,
+) -> (u16, serde_json::Value) {
+    use std::io::{Read, Write};
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nHost: daemon\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).unwrap();
+    let (head, json) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(json).unwrap())
+}
+
+#[test]
+fn the_daemon_serves_the_http_api_on_its_socket() {
+    let _host = exclusive_host();
+    let before = snapshot();
+    let mode = Mode::Root;
+    let daemon = Running::start(mode);
+    let socket = registry_path(mode).parent().unwrap().join("api.sock");
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    let (status, value) = http_over(
+        &socket,
+        "POST",
+        "/run",
+        r#"{"command": ["sh", "-c", "echo from the daemon; exit 2"], "profile": "restrictive"}"#,
+    );
+    assert_eq!(status, 200, "{value}");
+    assert_eq!(value["data"]["output"], "from the daemon\n");
+    assert_eq!(value["data"]["exit_code"], 2);
+    // The API's fast runs come from the daemon's own pools.
+    let pools = daemon_status(mode)["pools"].as_array().unwrap().clone();
+    assert!(!pools.is_empty(), "no pool was used");
+    let (status, value) = http_over(&socket, "GET", "/sandboxes/..%2Fx", "");
+    assert_eq!(status, 400, "{value}");
+    drop(daemon);
+    assert!(!socket.exists(), "the API socket outlived the daemon");
+    assert_no_leaks(&before);
+}

@@ -13,7 +13,7 @@ use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 /// The schema version this build writes and understands (`PRAGMA user_version`).
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// How long a write waits for another process's transaction before giving up.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -37,7 +37,11 @@ CREATE TABLE sandboxes (
 ) STRICT;
 ";
 
-const COLUMNS: &str = "name, uuid, backend, state, spec, handle, created_at, updated_at, error";
+/// Version 2: an optional expiry (Unix seconds) after which the service removes the sandbox.
+const SCHEMA_V2: &str = "ALTER TABLE sandboxes ADD COLUMN expires_at INTEGER;";
+
+const COLUMNS: &str =
+    "name, uuid, backend, state, spec, handle, created_at, updated_at, error, expires_at";
 
 /// One named sandbox as the registry knows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -57,6 +61,8 @@ pub struct SandboxRecord {
     pub updated_at: i64,
     /// Why it failed, when `state` is `Failed`.
     pub error: Option<String>,
+    /// Unix seconds after which the service removes it; `None`: it lives until removed.
+    pub expires_at: Option<i64>,
 }
 
 /// What went wrong reading or writing the registry.
@@ -189,7 +195,7 @@ impl Registry {
         }
         tx.execute(
             &format!(
-                "INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
+                "INSERT INTO sandboxes ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"
             ),
             params![
                 record.name,
@@ -201,6 +207,7 @@ impl Registry {
                 record.created_at,
                 record.updated_at,
                 record.error,
+                record.expires_at,
             ],
         )?;
         tx.commit()?;
@@ -283,6 +290,38 @@ impl Registry {
         Ok(record)
     }
 
+    /// Sets (or clears) when `name` expires; returns the updated record.
+    pub fn set_expiry(
+        &self,
+        name: &str,
+        expires_at: Option<i64>,
+    ) -> Result<SandboxRecord, RegistryError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
+            "UPDATE sandboxes SET expires_at = ?1, updated_at = ?2 WHERE name = ?3",
+            params![expires_at, now_unix(), name],
+        )?;
+        if changed == 0 {
+            return Err(RegistryError::NotFound(name.to_string()));
+        }
+        let record = query_one(&tx, "name", name)?
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        tx.commit()?;
+        Ok(record)
+    }
+
+    /// The names of sandboxes whose expiry is at or before `now` (Unix seconds).
+    pub fn expired(&self, now: i64) -> Result<Vec<String>, RegistryError> {
+        let conn = self.conn();
+        let mut statement = conn.prepare(
+            "SELECT name FROM sandboxes WHERE expires_at IS NOT NULL AND expires_at <= ?1
+             ORDER BY expires_at, name",
+        )?;
+        let names = statement.query_map([now], |row| row.get::<_, String>(0))?;
+        names.collect::<Result<Vec<_>, _>>().map_err(column_error)
+    }
+
     /// Deletes the entry of `name`; whether there was one.
     pub fn remove(&self, name: &str) -> Result<bool, RegistryError> {
         let mut conn = self.conn();
@@ -308,6 +347,11 @@ impl Registry {
         match found {
             0 => {
                 tx.execute_batch(SCHEMA_V1)?;
+                tx.execute_batch(SCHEMA_V2)?;
+                tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+            }
+            1 => {
+                tx.execute_batch(SCHEMA_V2)?;
                 tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
             }
             SCHEMA_VERSION => {}
@@ -394,6 +438,7 @@ struct RawRecord {
     created_at: i64,
     updated_at: i64,
     error: Option<String>,
+    expires_at: Option<i64>,
 }
 
 impl RawRecord {
@@ -408,6 +453,7 @@ impl RawRecord {
             created_at: row.get(6)?,
             updated_at: row.get(7)?,
             error: row.get(8)?,
+            expires_at: row.get(9)?,
         })
     }
 
@@ -433,6 +479,7 @@ impl RawRecord {
             created_at: self.created_at,
             updated_at: self.updated_at,
             error: self.error,
+            expires_at: self.expires_at,
         })
     }
 }

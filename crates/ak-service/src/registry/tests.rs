@@ -35,6 +35,7 @@ fn record(name: &str, created_at: i64) -> SandboxRecord {
         created_at,
         updated_at: created_at,
         error: None,
+        expires_at: None,
     }
 }
 
@@ -409,4 +410,50 @@ fn killed_writer_leaves_a_consistent_registry() {
             Some(record)
         );
     }
+}
+
+#[test]
+fn expiry_is_stored_and_found() {
+    let (_dir, _path, registry) = open_temp();
+    registry.insert(&record("soon", 1)).unwrap();
+    registry.insert(&record("later", 2)).unwrap();
+    registry.insert(&record("never", 3)).unwrap();
+    registry.set_expiry("soon", Some(100)).unwrap();
+    let later = registry.set_expiry("later", Some(200)).unwrap();
+    assert_eq!(later.expires_at, Some(200));
+    assert_eq!(registry.expired(99).unwrap(), Vec::<String>::new());
+    assert_eq!(registry.expired(150).unwrap(), vec!["soon".to_string()]);
+    assert_eq!(
+        registry.expired(200).unwrap(),
+        vec!["soon".to_string(), "later".to_string()]
+    );
+    registry.set_expiry("soon", None).unwrap();
+    assert_eq!(registry.expired(1000).unwrap(), vec!["later".to_string()]);
+    assert!(matches!(
+        registry.set_expiry("ghost", Some(1)),
+        Err(RegistryError::NotFound(_))
+    ));
+}
+
+#[test]
+fn version_1_files_are_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(SCHEMA_V1).unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        let spec = serde_json::to_string(&record("x", 1).spec).unwrap();
+        conn.execute(
+            "INSERT INTO sandboxes (name, uuid, backend, state, spec, handle, created_at, updated_at, error)
+             VALUES ('old', 'u1', 'native', 'stopped', ?1, NULL, 1, 1, NULL)",
+            [spec],
+        )
+        .unwrap();
+    }
+    let registry = Registry::open(&path).unwrap();
+    let old = registry.get("old").unwrap().unwrap();
+    assert_eq!(old.expires_at, None);
+    registry.set_expiry("old", Some(5)).unwrap();
+    assert_eq!(registry.expired(5).unwrap(), vec!["old".to_string()]);
 }

@@ -1,0 +1,120 @@
+//! `agentkernel serve`: the HTTP API over the in-process service, with warm pools for
+//! `fast` runs, on TCP (loopback by default) or a Unix socket.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ak_core::config::{ApiOptions, SandboxOptions, load_options};
+use ak_server::{ApiConfig, AppState, Bound, Listen};
+use ak_service::pool::Pools;
+use anyhow::anyhow;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::ServeArgs;
+use crate::exit;
+use crate::wiring;
+
+/// How often used pool sandboxes are released and pools topped up.
+const MAINTAIN_EVERY: Duration = Duration::from_millis(50);
+/// How often sandboxes whose time to live ran out are removed.
+const REAP_EVERY: Duration = Duration::from_secs(5);
+/// How long a stopping server waits for pool sandboxes still in use.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[allow(
+    clippy::print_stdout,
+    reason = "the command's output: where it listens"
+)]
+fn say(text: &str) {
+    println!("{text}");
+}
+
+pub async fn serve(args: ServeArgs) -> i32 {
+    match run(args).await {
+        Ok(()) => 0,
+        Err(error) => {
+            exit::report(&error);
+            1
+        }
+    }
+}
+
+async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    // Bad settings are usage errors (exit code 2), reported before anything listens.
+    let settings = (|| {
+        let token = ApiOptions::token()?;
+        let cwd = std::env::current_dir().map_err(ak_core::ConfigError::CurrentDir)?;
+        let base_options = load_options(SandboxOptions::default(), &cwd)?;
+        let pool_config = super::daemon::pool_config()?;
+        Ok::<_, ak_core::ConfigError>((token, cwd, base_options, pool_config))
+    })();
+    let (token, cwd, base_options, pool_config) = match settings {
+        Ok(settings) => settings,
+        Err(error) => exit::fail(exit::USAGE, &error.into()),
+    };
+    let listen = match &args.socket {
+        Some(path) => Listen::Unix(path.clone()),
+        None => match args.host.parse() {
+            Ok(ip) => Listen::Tcp(SocketAddr::new(ip, args.port)),
+            Err(_) => exit::fail(
+                exit::USAGE,
+                &anyhow!("--host '{}' is not an IP address", args.host),
+            ),
+        },
+    };
+
+    let bound = Bound::bind(&listen, token.as_deref()).await?;
+    let service = Arc::new(wiring::service().with_audit_source("api"));
+    let pools = Arc::new(Pools::new(pool_config));
+    let maintainer = {
+        let (service, pools) = (service.clone(), pools.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(MAINTAIN_EVERY);
+            loop {
+                tick.tick().await;
+                pools.maintain(&service).await;
+            }
+        })
+    };
+    let reaper = {
+        let service = service.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(REAP_EVERY);
+            loop {
+                tick.tick().await;
+                for name in service.reap_expired().await {
+                    tracing::info!(%name, "removed the sandbox: its time to live ran out");
+                }
+            }
+        })
+    };
+    let state = AppState::new(
+        service.clone(),
+        Some(pools.clone()),
+        ApiConfig {
+            token,
+            base_options,
+            cwd,
+            ..ApiConfig::default()
+        },
+    );
+    say(&format!("agentkernel API listening on {}", bound.address()));
+    let mut terminate = signal(SignalKind::terminate())?;
+    let mut interrupt = signal(SignalKind::interrupt())?;
+    let stop = async move {
+        tokio::select! {
+            _ = terminate.recv() => {},
+            _ = interrupt.recv() => {},
+        }
+    };
+    let served = bound.serve(state.clone(), stop).await;
+    state.shutdown().await;
+    maintainer.abort();
+    reaper.abort();
+    let _ = maintainer.await;
+    let _ = reaper.await;
+    pools.shutdown(STOP_GRACE).await;
+    tracing::info!("API server stopped");
+    Ok(served?)
+}

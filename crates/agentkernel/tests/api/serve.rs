@@ -1,0 +1,218 @@
+//! `agentkernel serve` over real sockets on the native backend.
+
+use std::io::{BufRead, BufReader, Write};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::http::{exchange, tcp};
+use crate::server::{Server, TOKEN, agentkernel, assert_root};
+
+#[test]
+fn sandboxes_over_http() {
+    let server = Server::start(Some(TOKEN), &[]);
+    let port = server.port();
+    let call = |method: &str, path: &str, body: Option<serde_json::Value>| {
+        let answer = tcp(port, method, path, Some(TOKEN), body.as_ref());
+        let value = answer.json();
+        (answer.status, value)
+    };
+
+    let (status, value) = call("GET", "/health", None);
+    assert_eq!((status, &value["data"]), (200, &json!("ok")));
+    let (status, value) = call(
+        "POST",
+        "/run",
+        Some(
+            json!({"command": ["sh", "-c", "echo hi; hostname; exit 7"], "profile": "restrictive"}),
+        ),
+    );
+    assert_eq!(status, 200, "{value}");
+    assert!(
+        value["data"]["stdout"]
+            .as_str()
+            .unwrap()
+            .starts_with("hi\nak-"),
+        "{value}"
+    );
+    assert_eq!(value["data"]["exit_code"], 7);
+
+    let (status, value) = call(
+        "POST",
+        "/sandboxes",
+        Some(json!({"name": "e2e-box", "profile": "restrictive", "memory_mb": 256})),
+    );
+    assert_eq!(status, 201, "{value}");
+    assert_eq!(value["data"]["status"], "running");
+    let (status, value) = call(
+        "POST",
+        "/sandboxes/e2e-box/exec",
+        Some(
+            json!({"command": ["sh", "-c", "id -u; echo $X; pwd"], "env": ["X=from-env"], "sudo": true}),
+        ),
+    );
+    assert_eq!(status, 200, "{value}");
+    assert_eq!(value["data"]["stdout"], "0\nfrom-env\n/workspace\n");
+    let (status, _) = call(
+        "PUT",
+        "/sandboxes/e2e-box/files/data/in.txt",
+        Some(json!({"content": "payload"})),
+    );
+    assert_eq!(status, 200);
+    let (_, value) = call(
+        "POST",
+        "/sandboxes/e2e-box/exec",
+        Some(json!({"command": ["cat", "/workspace/data/in.txt"]})),
+    );
+    assert_eq!(value["data"]["stdout"], "payload");
+    let (status, value) = call("GET", "/sandboxes/e2e-box/files/../../etc/shadow", None);
+    assert_eq!(status, 400, "{value}");
+    // The host's secrets are hidden inside the sandbox: nothing to read.
+    let (status, value) = call("GET", "/sandboxes/e2e-box/files//etc/shadow", None);
+    assert!(status == 400 || status == 404, "{status} {value}");
+    assert!(!value.to_string().contains("root:"), "{value}");
+
+    // The CLI sees the same sandbox (one registry).
+    let listed = server.cli(&["list"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("e2e-box"));
+
+    let (status, _) = call("DELETE", "/sandboxes/e2e-box", None);
+    assert_eq!(status, 200);
+    let (status, _) = call("GET", "/sandboxes/e2e-box", None);
+    assert_eq!(status, 404);
+
+    // No token, wrong token: refused, and written to the audit log.
+    assert_eq!(tcp(port, "GET", "/sandboxes", None, None).status, 401);
+    assert_eq!(
+        tcp(port, "GET", "/sandboxes", Some("nope"), None).status,
+        401
+    );
+    let log = std::fs::read_to_string(server.state.path().join("audit.log")).unwrap();
+    assert!(log.contains("\"refused\""), "{log}");
+    for action in [
+        "\"create\"",
+        "\"start\"",
+        "\"exec\"",
+        "\"file_write\"",
+        "\"remove\"",
+    ] {
+        assert!(log.contains(action), "{action} missing from {log}");
+    }
+}
+
+#[test]
+fn expired_sandboxes_are_removed_by_the_server() {
+    let server = Server::start(Some(TOKEN), &[]);
+    let port = server.port();
+    let body = json!({"name": "short-lived", "ttl": "1s", "profile": "restrictive"});
+    let created = tcp(port, "POST", "/sandboxes", Some(TOKEN), Some(&body));
+    assert_eq!(created.status, 201, "{:?}", created.json());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let answer = tcp(port, "GET", "/sandboxes/short-lived", Some(TOKEN), None);
+        if answer.status == 404 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the expired sandbox is still there"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = std::fs::read_to_string(server.state.path().join("audit.log")).unwrap();
+    assert!(log.contains("\"expire\""), "{log}");
+}
+
+#[test]
+fn huge_bodies_are_refused() {
+    let server = Server::start(Some(TOKEN), &[]);
+    let huge = vec![b'x'; 32 << 20];
+    let stream = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    let answer = exchange(stream, "POST", "/run", Some(TOKEN), Some(&huge));
+    assert_eq!(answer.status, 413);
+    assert_eq!(answer.header("content-type"), Some("application/json"));
+    assert_eq!(answer.json()["success"], false);
+}
+
+#[test]
+fn stream_arrives_while_the_command_runs() {
+    let server = Server::start(Some(TOKEN), &[]);
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+    let body = json!({"command": ["sh", "-c", "echo first; sleep 30; echo never"]}).to_string();
+    write!(
+        stream,
+        "POST /run/stream HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(15)))
+        .unwrap();
+    let begun = Instant::now();
+    let mut reader = BufReader::new(stream);
+    let mut seen = String::new();
+    while !seen.contains("event: output") || !seen.contains("first") {
+        let mut line = String::new();
+        let read = reader
+            .read_line(&mut line)
+            .expect("an event before the timeout");
+        assert!(read > 0, "the stream ended early: {seen}");
+        seen.push_str(&line);
+    }
+    assert!(seen.contains("text/event-stream"), "{seen}");
+    assert!(seen.contains("event: started"), "{seen}");
+    assert!(
+        begun.elapsed() < Duration::from_secs(20),
+        "the output came only at the end"
+    );
+}
+
+#[test]
+fn unix_socket_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let server = Server::start(None, &["--socket", socket.to_str().unwrap()]);
+    assert_eq!(server.socket(), socket);
+    let mode = std::fs::metadata(&socket).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+    let stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    let answer = exchange(
+        stream,
+        "POST",
+        "/run",
+        None,
+        Some(
+            json!({"command": ["echo", "over a socket"]})
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.json()["data"]["output"], "over a socket\n");
+}
+
+#[test]
+fn non_loopback_listener_needs_a_token() {
+    assert_root();
+    let state = tempfile::tempdir().unwrap();
+    let output = agentkernel(state.path(), &["serve", "--host", "0.0.0.0", "--port", "0"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("AGENTKERNEL_API_KEY"), "{stderr}");
+    // An empty token is not a token.
+    let output = agentkernel(state.path(), &["serve", "--port", "0"])
+        .env("AGENTKERNEL_API_KEY", "")
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("empty"));
+    // With a token it listens on every address.
+    let server = Server::start(Some(TOKEN), &["--host", "0.0.0.0"]);
+    let answer = tcp(server.port(), "GET", "/health", None, None);
+    assert_eq!(answer.status, 200);
+}

@@ -1,0 +1,102 @@
+//! A running `agentkernel serve` for one test, with a private state directory.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+/// The token the test servers require.
+pub const TOKEN: &str = "e2e-secret-token";
+
+pub fn assert_root() {
+    // SAFETY: geteuid has no preconditions.
+    let root = unsafe { libc::geteuid() } == 0;
+    assert!(
+        root,
+        "these tests start sandboxes on the native backend and must run as root (CI does)"
+    );
+}
+
+/// `agentkernel ARGS…` with a private registry and no user config.
+pub fn agentkernel(state: &Path, args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_agentkernel"));
+    command
+        .args(args)
+        .env("AGENTKERNEL_AGENT", env!("CARGO_BIN_EXE_ak-agent"))
+        .env("AGENTKERNEL_CONFIG", "/dev/null")
+        .env("AGENTKERNEL_REGISTRY", state.join("registry.db"))
+        .env_remove("AGENTKERNEL_API_KEY")
+        .env_remove("AGENTKERNEL_PROFILE")
+        .env_remove("AGENTKERNEL_BACKEND")
+        .env_remove("AGENTKERNEL_IMAGE")
+        .current_dir("/")
+        .stdin(Stdio::null());
+    command
+}
+
+/// A server process; stopped (SIGTERM, then waited for) when dropped.
+#[derive(Debug)]
+pub struct Server {
+    child: Child,
+    /// `http://127.0.0.1:PORT` or the socket path.
+    pub address: String,
+    pub state: tempfile::TempDir,
+}
+
+impl Server {
+    /// Starts `agentkernel serve EXTRA…` with `token` (or none) and waits until it listens.
+    pub fn start(token: Option<&str>, extra: &[&str]) -> Server {
+        assert_root();
+        let state = tempfile::tempdir().unwrap();
+        let mut args = vec!["serve"];
+        if !extra.contains(&"--socket") {
+            args.extend(["--port", "0"]);
+        }
+        args.extend_from_slice(extra);
+        let mut command = agentkernel(state.path(), &args);
+        if let Some(token) = token {
+            command.env("AGENTKERNEL_API_KEY", token);
+        }
+        let mut child = command
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let address = line
+            .trim()
+            .strip_prefix("agentkernel API listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line from serve: {line:?}"))
+            .to_string();
+        Server {
+            child,
+            address,
+            state,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.address.rsplit(':').next().unwrap().parse().unwrap()
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        PathBuf::from(&self.address)
+    }
+
+    /// `agentkernel ARGS…` against this server's state directory.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        agentkernel(self.state.path(), args).output().unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let _ = self.child.wait();
+    }
+}

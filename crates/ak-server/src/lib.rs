@@ -1,0 +1,139 @@
+//! ak-server: the HTTP API that the agentkernel SDKs speak (axum, with SSE streaming and
+//! bearer-token auth) and the MCP server; both only translate requests into Service calls.
+
+mod auth;
+mod body;
+mod error;
+mod exec;
+mod files;
+mod info;
+pub mod mcp;
+mod openapi;
+mod output;
+mod run;
+mod sandboxes;
+mod serve;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ak_core::config::SandboxOptions;
+use ak_service::Service;
+use ak_service::pool::Pools;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+
+pub use crate::auth::{TokenCheck, check_listen_address};
+pub use crate::error::ApiError;
+pub use crate::openapi::ApiDoc;
+pub use crate::serve::{Bound, Listen, ServeError};
+
+/// Largest request body accepted by default (a file upload is one body).
+pub const DEFAULT_MAX_BODY: usize = 16 << 20;
+
+/// How the API behaves, fixed when the server starts.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The bearer token every request (but `GET /health`) must carry; `None` lets every
+    /// request in (only for listeners that only this user can reach).
+    pub token: Option<String>,
+    /// Largest request body, in bytes; larger ones get 413.
+    pub max_body: usize,
+    /// Sandbox settings from the server's config files, under each request's own.
+    pub base_options: SandboxOptions,
+    /// The directory relative image paths in requests are taken from.
+    pub cwd: PathBuf,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            token: None,
+            max_body: DEFAULT_MAX_BODY,
+            base_options: SandboxOptions::default(),
+            cwd: PathBuf::from("/"),
+        }
+    }
+}
+
+/// What every handler shares.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub(crate) service: Arc<Service>,
+    /// Warm pools serving `fast` runs, when the host keeps them.
+    pub(crate) pools: Option<Arc<Pools>>,
+    pub(crate) config: Arc<ApiConfig>,
+    pub(crate) detached: exec::Detached,
+    /// Sandboxes being set up at once for one-shot runs.
+    pub(crate) setups: Arc<tokio::sync::Semaphore>,
+}
+
+impl AppState {
+    pub fn new(service: Arc<Service>, pools: Option<Arc<Pools>>, config: ApiConfig) -> Self {
+        AppState {
+            service,
+            pools,
+            config: Arc::new(config),
+            detached: exec::Detached::default(),
+            setups: Arc::new(tokio::sync::Semaphore::new(setup_limit())),
+        }
+    }
+
+    /// Ends every detached command (when the server stops).
+    pub async fn shutdown(&self) {
+        self.detached.kill_all().await;
+    }
+}
+
+/// How many one-shot sandboxes are set up at once: one per CPU. Setting one up is CPU work,
+/// much of it in the kernel, and more at once only makes each slower: with 64 clients on two
+/// cores, 40 runs/s unlimited, 62 with twice the CPUs, 120 with one per CPU (see
+/// docs/benchmarks.md). Further requests wait their turn, in order.
+fn setup_limit() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
+}
+
+/// The whole API. Tests call it without a socket; `serve` binds it to TCP or a Unix socket.
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.max_body;
+    Router::new()
+        .route("/health", get(info::health))
+        .route("/backends", get(info::backends))
+        .route("/openapi.json", get(openapi::document))
+        .route("/run", post(run::run))
+        .route("/run/stream", post(run::run_stream))
+        .route("/batch/run", post(run::batch))
+        .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
+        .route("/sandboxes/by-uuid/{uuid}", get(sandboxes::by_uuid))
+        .route(
+            "/sandboxes/{name}",
+            get(sandboxes::get_one).delete(sandboxes::remove),
+        )
+        .route("/sandboxes/{name}/logs", get(sandboxes::logs))
+        .route("/sandboxes/{name}/extend", post(sandboxes::extend))
+        .route("/sandboxes/{name}/exec", post(exec::exec))
+        .route("/sandboxes/{name}/exec/detach", post(exec::detach))
+        .route("/sandboxes/{name}/exec/detached", get(exec::detached_list))
+        .route(
+            "/sandboxes/{name}/exec/detached/{id}",
+            get(exec::detached_get).delete(exec::detached_kill),
+        )
+        .route(
+            "/sandboxes/{name}/exec/detached/{id}/logs",
+            get(exec::detached_logs),
+        )
+        .route("/sandboxes/{name}/files", post(files::write_many))
+        .route(
+            "/sandboxes/{name}/files/{*path}",
+            get(files::read).put(files::write).delete(files::remove),
+        )
+        .fallback(error::not_found)
+        .method_not_allowed_fallback(error::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::guard,
+        ))
+        .layer(DefaultBodyLimit::max(max_body))
+        .with_state(state)
+}

@@ -1,0 +1,377 @@
+//! The MCP server (`agentkernel mcp`, over stdio, built on rmcp): each tool is one service
+//! call, and its input goes through the same validation as the CLI's (names, images,
+//! profiles, paths, environment entries), so `--privileged` as an image or `../x` as a name
+//! is refused the same way.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use ak_core::config::{SandboxOptions, resolve};
+use ak_core::exec::ExecOptions;
+use ak_core::spec::new_sandbox_id;
+use ak_service::Service;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rmcp::handler::server::router::tool::ToolRouter;
+use rmcp::handler::server::wrapper::Parameters;
+use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use crate::error::ApiError;
+use crate::output::collect;
+use crate::sandboxes::SandboxInfo;
+
+/// Largest file `sandbox_file_read` returns.
+const MAX_READ: u64 = 16 << 20;
+
+/// The MCP server over one service.
+#[derive(Debug, Clone)]
+pub struct McpServer {
+    service: Arc<Service>,
+    base_options: SandboxOptions,
+    cwd: PathBuf,
+    tool_router: ToolRouter<Self>,
+}
+
+/// Why `agentkernel mcp` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum McpError {
+    #[error("MCP session: {0}")]
+    Session(String),
+}
+
+impl McpServer {
+    /// A server whose sandboxes get `base_options` (the config files) under each call's
+    /// own settings; relative image paths start at `cwd`.
+    pub fn new(service: Arc<Service>, base_options: SandboxOptions, cwd: PathBuf) -> Self {
+        McpServer {
+            service,
+            base_options,
+            cwd,
+            tool_router: Self::tool_router(),
+        }
+    }
+
+    /// Serves MCP on stdin/stdout until the client disconnects.
+    pub async fn serve_stdio(self) -> Result<(), McpError> {
+        let running = self
+            .serve(rmcp::transport::stdio())
+            .await
+            .map_err(|e| McpError::Session(e.to_string()))?;
+        running
+            .waiting()
+            .await
+            .map_err(|e| McpError::Session(e.to_string()))?;
+        Ok(())
+    }
+
+    fn spec(&self, tool: &str, options: SandboxOptions) -> Result<ak_core::SandboxSpec, String> {
+        let options = options.over(self.base_options.clone());
+        resolve(options, &self.cwd, new_sandbox_id()).map_err(|e| self.refuse(tool, None, e))
+    }
+
+    fn exec(
+        &self,
+        tool: &str,
+        sandbox: Option<&str>,
+        options: ExecOptions,
+    ) -> Result<ak_core::ExecSpec, String> {
+        options.resolve().map_err(|e| self.refuse(tool, sandbox, e))
+    }
+
+    /// Input refused before any service call: recorded in the audit log like the API's
+    /// refusals (the service records its own).
+    fn refuse(&self, tool: &str, sandbox: Option<&str>, error: impl std::fmt::Display) -> String {
+        let message = error.to_string();
+        self.service.record_audit(
+            "request",
+            sandbox,
+            ak_service::Outcome::Refused,
+            Some(format!("mcp {tool}: {message}")),
+        );
+        message
+    }
+}
+
+/// A tool's error text; faults are logged in full and summarised.
+fn message(error: impl Into<ApiError>) -> String {
+    match error.into() {
+        ApiError::Internal(details) => {
+            tracing::error!("MCP tool failed: {details}");
+            "internal error; agentkernel's log (stderr) has the details".into()
+        }
+        other => other.to_string(),
+    }
+}
+
+fn json(value: impl serde::Serialize) -> Result<String, String> {
+    serde_json::to_string_pretty(&value).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunParams {
+    /// The command and its arguments (never joined into a shell string).
+    pub command: Vec<String>,
+    /// `host` (the host's root, read-only), a directory, or an OCI image name.
+    pub image: Option<String>,
+    /// `permissive`, `moderate` (default) or `restrictive`.
+    pub profile: Option<String>,
+    /// `false`: no network at all; `true`: outbound network.
+    pub network: Option<bool>,
+    /// Absolute working directory inside the sandbox.
+    pub cwd: Option<String>,
+    /// `KEY=VALUE` entries.
+    pub env: Option<Vec<String>>,
+    /// Wall-clock limit in milliseconds; the command is killed after it.
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateParams {
+    /// 1-63 letters, digits, '-', '_' or '.', starting with a letter or digit.
+    pub name: String,
+    pub image: Option<String>,
+    pub profile: Option<String>,
+    pub network: Option<bool>,
+    /// Memory limit, e.g. `512M`.
+    pub memory: Option<String>,
+    /// CPU limit, e.g. 1 or 0.5.
+    pub cpus: Option<f64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NameParams {
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RemoveParams {
+    pub name: String,
+    /// Stop it first if it runs.
+    pub force: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExecParams {
+    pub name: String,
+    pub command: Vec<String>,
+    pub cwd: Option<String>,
+    pub env: Option<Vec<String>>,
+    pub timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileReadParams {
+    pub name: String,
+    /// Absolute, or relative to the sandbox's workdir.
+    pub path: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FileWriteParams {
+    pub name: String,
+    /// Absolute, or relative to the sandbox's workdir.
+    pub path: String,
+    pub content: String,
+    /// `utf8` (default) or `base64`.
+    pub encoding: Option<String>,
+}
+
+#[tool_router]
+impl McpServer {
+    #[tool(
+        description = "Run a command in a fresh, isolated sandbox that is destroyed afterwards. Returns exit_code, stdout and stderr."
+    )]
+    async fn sandbox_run(
+        &self,
+        Parameters(params): Parameters<RunParams>,
+    ) -> Result<String, String> {
+        let exec = self.exec(
+            "sandbox_run",
+            None,
+            ExecOptions {
+                argv: params.command,
+                env: params.env.unwrap_or_default(),
+                workdir: params.cwd,
+                timeout_ms: params.timeout_ms,
+                ..ExecOptions::default()
+            },
+        )?;
+        let spec = self.spec(
+            "sandbox_run",
+            SandboxOptions {
+                image: params.image,
+                profile: params.profile,
+                network: params.network,
+                ..SandboxOptions::default()
+            },
+        )?;
+        let session = self.service.start_run(&spec, exec).await.map_err(message)?;
+        json(collect(session).await.map_err(message)?)
+    }
+
+    #[tool(
+        description = "Create a named sandbox (stopped; start it with sandbox_start). Its /workspace persists until it is removed."
+    )]
+    async fn sandbox_create(
+        &self,
+        Parameters(params): Parameters<CreateParams>,
+    ) -> Result<String, String> {
+        let spec = self.spec(
+            "sandbox_create",
+            SandboxOptions {
+                image: params.image,
+                profile: params.profile,
+                network: params.network,
+                memory: params.memory,
+                cpus: params.cpus,
+                ..SandboxOptions::default()
+            },
+        )?;
+        let record = self
+            .service
+            .create_named(&params.name, spec, None)
+            .await
+            .map_err(message)?;
+        json(SandboxInfo::from(&record))
+    }
+
+    #[tool(description = "Start a stopped named sandbox.")]
+    async fn sandbox_start(
+        &self,
+        Parameters(params): Parameters<NameParams>,
+    ) -> Result<String, String> {
+        let record = self
+            .service
+            .start_named(&params.name)
+            .await
+            .map_err(message)?;
+        json(SandboxInfo::from(&record))
+    }
+
+    #[tool(description = "Stop a running named sandbox; its /workspace is kept.")]
+    async fn sandbox_stop(
+        &self,
+        Parameters(params): Parameters<NameParams>,
+    ) -> Result<String, String> {
+        let record = self
+            .service
+            .stop_named(&params.name)
+            .await
+            .map_err(message)?;
+        json(SandboxInfo::from(&record))
+    }
+
+    #[tool(
+        description = "Run a command in a running named sandbox. Returns exit_code, stdout and stderr."
+    )]
+    async fn sandbox_exec(
+        &self,
+        Parameters(params): Parameters<ExecParams>,
+    ) -> Result<String, String> {
+        let exec = self.exec(
+            "sandbox_exec",
+            Some(&params.name),
+            ExecOptions {
+                argv: params.command,
+                env: params.env.unwrap_or_default(),
+                workdir: params.cwd,
+                timeout_ms: params.timeout_ms,
+                ..ExecOptions::default()
+            },
+        )?;
+        let session = self
+            .service
+            .exec_named(&params.name, exec)
+            .await
+            .map_err(message)?;
+        json(collect(session).await.map_err(message)?)
+    }
+
+    #[tool(description = "List the named sandboxes.")]
+    async fn sandbox_list(&self) -> Result<String, String> {
+        let records = self.service.list_named().await.map_err(message)?;
+        json(records.iter().map(SandboxInfo::from).collect::<Vec<_>>())
+    }
+
+    #[tool(description = "Remove a named sandbox and its /workspace (force: stop it first).")]
+    async fn sandbox_remove(
+        &self,
+        Parameters(params): Parameters<RemoveParams>,
+    ) -> Result<String, String> {
+        self.service
+            .remove_named(&params.name, params.force.unwrap_or(false))
+            .await
+            .map_err(message)?;
+        Ok(format!("removed {}", params.name))
+    }
+
+    #[tool(
+        description = "Read a file of a running named sandbox. Returns content, encoding (utf8 or base64) and size."
+    )]
+    async fn sandbox_file_read(
+        &self,
+        Parameters(params): Parameters<FileReadParams>,
+    ) -> Result<String, String> {
+        let bytes = self
+            .service
+            .read_file_named(&params.name, &params.path, MAX_READ)
+            .await
+            .map_err(message)?;
+        let size = bytes.len();
+        let (content, encoding) = match String::from_utf8(bytes) {
+            Ok(text) => (text, "utf8"),
+            Err(binary) => (BASE64.encode(binary.as_bytes()), "base64"),
+        };
+        json(serde_json::json!({"content": content, "encoding": encoding, "size": size}))
+    }
+
+    #[tool(
+        description = "Write a file into a running named sandbox (atomically; parent directories are created)."
+    )]
+    async fn sandbox_file_write(
+        &self,
+        Parameters(params): Parameters<FileWriteParams>,
+    ) -> Result<String, String> {
+        let content = match params.encoding.as_deref() {
+            None | Some("utf8") => params.content.into_bytes(),
+            Some("base64") => BASE64.decode(params.content.as_bytes()).map_err(|e| {
+                self.refuse(
+                    "sandbox_file_write",
+                    Some(&params.name),
+                    format!("content is not valid base64: {e}"),
+                )
+            })?,
+            Some(other) => {
+                return Err(self.refuse(
+                    "sandbox_file_write",
+                    Some(&params.name),
+                    format!(
+                        "encoding must be utf8 or base64, not '{}'",
+                        other.escape_default()
+                    ),
+                ));
+            }
+        };
+        self.service
+            .write_file_named(&params.name, &params.path, &content)
+            .await
+            .map_err(message)?;
+        Ok(format!("wrote {} bytes to {}", content.len(), params.path))
+    }
+}
+
+#[tool_handler(
+    router = self.tool_router,
+    name = "agentkernel",
+    instructions = "Run commands in isolated sandboxes: sandbox_run for one-shot commands; sandbox_create, sandbox_start, sandbox_exec, sandbox_file_read/write, sandbox_stop and sandbox_remove for sandboxes that persist."
+)]
+impl ServerHandler for McpServer {}

@@ -1,0 +1,250 @@
+//! Named sandboxes over HTTP: list, create (and start), inspect (by name or uuid), remove,
+//! and their audit entries.
+
+use ak_core::SandboxState;
+use ak_core::config::{SandboxOptions, resolve};
+use ak_core::resources::parse_duration;
+use ak_core::spec::{new_sandbox_id, validate_name};
+use ak_service::SandboxRecord;
+use ak_service::audit::rfc3339_unix;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+
+use crate::AppState;
+use crate::body::JsonBody;
+use crate::error::{ApiError, ErrorBody, ok, with_status};
+
+/// A sandbox as the SDKs describe it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct SandboxInfo {
+    pub name: String,
+    pub uuid: String,
+    /// In the SDKs' words: `running`, or `stopped` for every state that is not.
+    pub status: &'static str,
+    /// agentkernel's own state (`running`, `stopped`, `failed`, …).
+    #[schema(value_type = String, example = "running")]
+    pub state: SandboxState,
+    pub backend: String,
+    pub image: String,
+    /// CPUs it may use, rounded up; absent when unlimited.
+    pub vcpus: Option<u32>,
+    pub memory_mb: u64,
+    /// RFC 3339.
+    pub created_at: String,
+    /// Why it failed, when it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// RFC 3339: when the service removes it; absent when it lives until removed.
+    pub expires_at: Option<String>,
+}
+
+impl From<&SandboxRecord> for SandboxInfo {
+    fn from(record: &SandboxRecord) -> Self {
+        let resources = &record.spec.resources;
+        SandboxInfo {
+            name: record.name.clone(),
+            uuid: record.uuid.clone(),
+            status: match record.state {
+                SandboxState::Running => "running",
+                _ => "stopped",
+            },
+            state: record.state,
+            backend: record.backend.to_string(),
+            image: record.spec.image.to_string(),
+            vcpus: resources.cpus.map(|cpus| cpus.ceil() as u32),
+            memory_mb: resources.memory_bytes >> 20,
+            created_at: rfc3339_unix(record.created_at),
+            error: record.error.clone(),
+            expires_at: record.expires_at.map(rfc3339_unix),
+        }
+    }
+}
+
+/// The named sandboxes.
+#[utoipa::path(get, path = "/sandboxes", tag = "sandboxes",
+    responses((status = 200, description = "Every named sandbox", body = Vec<SandboxInfo>)))]
+pub async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let records = state.service.list_named().await?;
+    Ok(ok(records
+        .iter()
+        .map(SandboxInfo::from)
+        .collect::<Vec<_>>()))
+}
+
+/// `POST /sandboxes`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateRequest {
+    pub name: String,
+    #[serde(default)]
+    pub backend: Option<String>,
+    #[serde(default)]
+    pub image: Option<String>,
+    #[serde(default)]
+    pub vcpus: Option<u32>,
+    #[serde(default)]
+    pub memory_mb: Option<u64>,
+    #[serde(default)]
+    pub profile: Option<String>,
+    /// Named volumes; this server has none, so any is refused rather than ignored.
+    #[serde(default)]
+    pub volumes: Option<Vec<String>>,
+    /// Time to live, e.g. `30m`: the service removes the sandbox after it (see `extend`).
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+/// Creates a named sandbox and starts it.
+#[utoipa::path(post, path = "/sandboxes", tag = "sandboxes", request_body = CreateRequest,
+    responses((status = 201, description = "Created and running", body = SandboxInfo),
+        (status = 400, description = "Bad input", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody)))]
+pub async fn create(
+    State(state): State<AppState>,
+    JsonBody(request): JsonBody<CreateRequest>,
+) -> Result<Response, ApiError> {
+    validate_name(&request.name)?;
+    if request.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
+        return Err(ApiError::BadRequest(
+            "volumes are not supported by this server".into(),
+        ));
+    }
+    let options = SandboxOptions {
+        backend: request.backend,
+        image: request.image,
+        profile: request.profile,
+        cpus: request.vcpus.map(f64::from),
+        memory: request.memory_mb.map(|mb| format!("{mb}M")),
+        ..SandboxOptions::default()
+    }
+    .over(state.config.base_options.clone());
+    let spec = resolve(options, &state.config.cwd, new_sandbox_id())?;
+    let ttl = request.ttl.as_deref().map(parse_duration).transpose()?;
+    state
+        .service
+        .create_named(&request.name, spec, None)
+        .await?;
+    // The API's sandboxes are created running; one that cannot start is not left behind.
+    let started = match state.service.start_named(&request.name).await {
+        Ok(record) => match ttl {
+            Some(ttl) => state.service.extend_named(&request.name, ttl).await,
+            None => Ok(record),
+        },
+        Err(error) => Err(error),
+    };
+    match started {
+        Ok(record) => Ok(with_status(StatusCode::CREATED, SandboxInfo::from(&record))),
+        Err(error) => {
+            if let Err(cleanup) = state.service.remove_named(&request.name, true).await {
+                tracing::warn!(name = %request.name, "removing a sandbox that failed to start: {cleanup}");
+            }
+            Err(error.into())
+        }
+    }
+}
+
+/// One named sandbox.
+#[utoipa::path(get, path = "/sandboxes/{name}", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox's name")),
+    responses((status = 200, description = "The sandbox", body = SandboxInfo),
+        (status = 404, description = "No such sandbox", body = ErrorBody)))]
+pub async fn get_one(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    let record = state.service.inspect_named(&name).await?;
+    Ok(ok(SandboxInfo::from(&record)))
+}
+
+/// One named sandbox, by its uuid.
+#[utoipa::path(get, path = "/sandboxes/by-uuid/{uuid}", tag = "sandboxes",
+    params(("uuid" = String, Path, description = "The sandbox's uuid")),
+    responses((status = 200, description = "The sandbox", body = SandboxInfo),
+        (status = 404, description = "No such sandbox", body = ErrorBody)))]
+pub async fn by_uuid(
+    State(state): State<AppState>,
+    Path(uuid): Path<String>,
+) -> Result<Response, ApiError> {
+    let well_formed =
+        (1..=36).contains(&uuid.len()) && uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
+    if !well_formed {
+        return Err(ApiError::BadRequest(format!(
+            "invalid sandbox uuid '{}'",
+            uuid.escape_default()
+        )));
+    }
+    let found = state
+        .service
+        .registry()?
+        .get_by_uuid(&uuid)
+        .map_err(ak_service::ServiceError::from)?;
+    let Some(record) = found else {
+        return Err(ApiError::NotFound(format!("no sandbox with uuid '{uuid}'")));
+    };
+    let record = state.service.inspect_named(&record.name).await?;
+    Ok(ok(SandboxInfo::from(&record)))
+}
+
+/// Removes a sandbox (stopping it first) and its workdir.
+#[utoipa::path(delete, path = "/sandboxes/{name}", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox's name")),
+    responses((status = 200, description = "Removed", body = String),
+        (status = 404, description = "No such sandbox", body = ErrorBody)))]
+pub async fn remove(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    validate_name(&name)?;
+    state.detached.kill_sandbox(&name).await;
+    state.service.remove_named(&name, true).await?;
+    Ok(ok("removed"))
+}
+
+/// `POST /sandboxes/{name}/extend`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendRequest {
+    /// How much longer it may live, e.g. `30m`.
+    pub by: String,
+}
+
+/// `POST /sandboxes/{name}/extend`'s answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ExtendResponse {
+    /// RFC 3339.
+    pub expires_at: Option<String>,
+}
+
+/// Pushes the sandbox's expiry back; the service removes it once the expiry passes.
+#[utoipa::path(post, path = "/sandboxes/{name}/extend", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox's name")),
+    request_body = ExtendRequest,
+    responses((status = 200, description = "The new expiry", body = ExtendResponse),
+        (status = 404, description = "No such sandbox", body = ErrorBody)))]
+pub async fn extend(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(request): JsonBody<ExtendRequest>,
+) -> Result<Response, ApiError> {
+    validate_name(&name)?;
+    let by = parse_duration(&request.by)?;
+    let record = state.service.extend_named(&name, by).await?;
+    Ok(ok(ExtendResponse {
+        expires_at: record.expires_at.map(rfc3339_unix),
+    }))
+}
+
+/// The sandbox's audit log entries.
+#[utoipa::path(get, path = "/sandboxes/{name}/logs", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox's name")),
+    responses((status = 200, description = "Audit entries, oldest first", body = Vec<Object>)))]
+pub async fn logs(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    validate_name(&name)?;
+    let log = state.service.audit_log()?;
+    let entries = tokio::task::spawn_blocking(move || log.read(Some(&name)))
+        .await
+        .map_err(|e| ApiError::Internal(format!("audit log reader: {e}")))?
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(ok(entries))
+}

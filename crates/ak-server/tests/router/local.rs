@@ -1,0 +1,129 @@
+//! A test backend: each "sandbox" is an in-process agent rooted at a temporary directory,
+//! reached over a Unix socket pair. Nothing is isolated; it exists so that the router can
+//! be tested end to end (service, agent, protocol) without root or a real backend.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use ak_agent::{Agent, AgentConfig, ReapPolicy};
+use ak_core::backend::{Lifetime, SandboxHandle, SandboxUsage};
+use ak_core::{Backend, BackendError, BackendKind, BackendProbe, Sandbox, SandboxSpec, Transport};
+
+/// The running agents by sandbox id, each with the directory that is its root.
+type Running = Arc<Mutex<HashMap<String, (Agent, Arc<tempfile::TempDir>)>>>;
+
+#[derive(Debug, Default)]
+pub struct LocalBackend {
+    running: Running,
+}
+
+#[async_trait::async_trait]
+impl Backend for LocalBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Native
+    }
+
+    fn probe(&self) -> BackendProbe {
+        BackendProbe {
+            backend: BackendKind::Native,
+            usable: true,
+            reason: "in-process test agent".into(),
+            details: Vec::new(),
+        }
+    }
+
+    async fn create(
+        &self,
+        spec: &SandboxSpec,
+        _lifetime: Lifetime,
+    ) -> Result<Box<dyn Sandbox>, BackendError> {
+        let root = Arc::new(tempfile::tempdir()?);
+        let workdir = spec.workdir.clone();
+        std::fs::create_dir_all(
+            root.path()
+                .join(workdir.strip_prefix("/").unwrap_or(&workdir)),
+        )?;
+        let agent = Agent::start(AgentConfig {
+            root: root.path().to_path_buf(),
+            workdir,
+            reap: ReapPolicy::Tracked,
+        })?;
+        self.running
+            .lock()
+            .unwrap()
+            .insert(spec.id.clone(), (agent.clone(), root.clone()));
+        Ok(Box::new(LocalSandbox {
+            id: spec.id.clone(),
+            agent,
+            running: self.running.clone(),
+        }))
+    }
+
+    async fn attach(&self, handle: &SandboxHandle) -> Result<Box<dyn Sandbox>, BackendError> {
+        let found = self.running.lock().unwrap().get(&handle.id).cloned();
+        let Some((agent, _root)) = found else {
+            return Err(BackendError::Gone(handle.id.clone()));
+        };
+        Ok(Box::new(LocalSandbox {
+            id: handle.id.clone(),
+            agent,
+            running: self.running.clone(),
+        }))
+    }
+
+    async fn release(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
+        if let Some((agent, _root)) = self.running.lock().unwrap().remove(&handle.id) {
+            agent.shutdown();
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug)]
+struct LocalSandbox {
+    id: String,
+    agent: Agent,
+    running: Running,
+}
+
+#[async_trait::async_trait]
+impl Sandbox for LocalSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn handle(&self) -> SandboxHandle {
+        SandboxHandle {
+            backend: BackendKind::Native,
+            id: self.id.clone(),
+            data: "{}".into(),
+        }
+    }
+
+    async fn connect(&mut self) -> Result<Box<dyn Transport>, BackendError> {
+        let (host, guest) = tokio::net::UnixStream::pair()?;
+        let agent = self.agent.clone();
+        tokio::spawn(async move { agent.serve_connection(guest).await });
+        Ok(Box::new(host))
+    }
+
+    async fn destroy(&mut self) -> Result<SandboxUsage, BackendError> {
+        if let Some((agent, _root)) = self.running.lock().unwrap().remove(&self.id) {
+            agent.shutdown();
+        }
+        Ok(SandboxUsage::default())
+    }
+
+    fn take_transport_fd(&mut self) -> Result<std::os::fd::OwnedFd, BackendError> {
+        Err(BackendError::Unsupported {
+            backend: "local test".into(),
+            reason: "no pools in router tests".into(),
+        })
+    }
+
+    fn is_running(&self) -> bool {
+        self.running.lock().unwrap().contains_key(&self.id)
+    }
+
+    fn detach(self: Box<Self>) {}
+}
