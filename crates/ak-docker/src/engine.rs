@@ -20,38 +20,35 @@ const API_VERSION: bollard::ClientVersion = bollard::ClientVersion {
     minor_version: 41,
 };
 
-/// Where to look for `kind`'s socket, most specific first: the environment, then the
-/// configured path, then the usual places.
+/// Where to look for `kind`'s socket. A socket named by the environment, else by the
+/// config, is the only candidate (as for the engines' own CLIs: an explicit choice never
+/// falls back to another engine); without either, the usual places.
 pub fn candidates(kind: BackendKind, configured: Option<&str>) -> Vec<PathBuf> {
     let env = match kind {
         BackendKind::Podman => "CONTAINER_HOST",
         _ => "DOCKER_HOST",
     };
-    let mut paths: Vec<PathBuf> = Vec::new();
-    if let Ok(value) = std::env::var(env)
-        && let Some(path) = value.strip_prefix("unix://")
-    {
-        paths.push(PathBuf::from(path));
+    let named = std::env::var(env)
+        .ok()
+        .filter(|v| !v.is_empty())
+        .or_else(|| configured.map(String::from));
+    if let Some(named) = named {
+        return vec![PathBuf::from(
+            named.strip_prefix("unix://").unwrap_or(&named),
+        )];
     }
-    if let Some(path) = configured {
-        paths.push(PathBuf::from(path.strip_prefix("unix://").unwrap_or(path)));
-    }
+    let runtime_dir = std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from);
     match kind {
-        BackendKind::Podman => {
-            if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-                paths.push(Path::new(&dir).join("podman/podman.sock"));
-            }
-            paths.push(PathBuf::from("/run/podman/podman.sock"));
-        }
-        _ => {
-            paths.push(PathBuf::from("/var/run/docker.sock"));
-            if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR") {
-                paths.push(Path::new(&dir).join("docker.sock"));
-            }
-        }
+        BackendKind::Podman => runtime_dir
+            .map(|dir| dir.join("podman/podman.sock"))
+            .into_iter()
+            .chain([PathBuf::from("/run/podman/podman.sock")])
+            .collect(),
+        _ => [PathBuf::from("/var/run/docker.sock")]
+            .into_iter()
+            .chain(runtime_dir.map(|dir| dir.join("docker.sock")))
+            .collect(),
     }
-    paths.dedup();
-    paths
 }
 
 /// The first candidate socket that exists.
@@ -149,13 +146,15 @@ mod tests {
 
     #[test]
     fn podman_and_docker_look_in_their_own_places() {
-        let docker = candidates(BackendKind::Docker, Some("unix:///srv/d.sock"));
-        assert!(docker.contains(&PathBuf::from("/srv/d.sock")));
-        assert!(docker.contains(&PathBuf::from("/var/run/docker.sock")));
-        assert!(!docker.iter().any(|p| p.ends_with("podman.sock")));
+        // CONTAINER_HOST is not set in the test environment (CI does not set it).
         let podman = candidates(BackendKind::Podman, None);
         assert!(podman.contains(&PathBuf::from("/run/podman/podman.sock")));
         assert!(!podman.iter().any(|p| p.ends_with("docker.sock")));
+        // A configured socket is the only candidate: no falling back to the usual places.
+        assert_eq!(
+            candidates(BackendKind::Podman, Some("unix:///srv/p.sock")),
+            [PathBuf::from("/srv/p.sock")]
+        );
     }
 
     #[test]
