@@ -75,10 +75,7 @@ impl ApiOptions {
     pub fn token() -> Result<Option<String>, ConfigError> {
         let token = match std::env::var(API_KEY_ENV) {
             Ok(token) => Some(token),
-            Err(std::env::VarError::NotPresent) => match user_config_file() {
-                Some(path) => read_config_file(&path)?.api.api_key,
-                None => None,
-            },
+            Err(std::env::VarError::NotPresent) => ConfigFile::user()?.api.api_key,
             Err(std::env::VarError::NotUnicode(_)) => {
                 return Err(ConfigError::InvalidApiKey("it is not valid UTF-8"));
             }
