@@ -82,6 +82,22 @@ pub struct Pools {
     released: tokio::sync::Notify,
 }
 
+/// Room for one sandbox being built for pool `key`, counted against `max_total` until
+/// dropped: also when the build's future is dropped half-way (a caller gone), so room is
+/// never lost.
+struct Reservation<'a> {
+    pools: &'a Pools,
+    key: String,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(pool) = lock(&self.pools.pools).get_mut(&self.key) {
+            pool.building = pool.building.saturating_sub(1);
+        }
+    }
+}
+
 /// How long a caller waits for room when all `max_total` sandboxes exist: a burst queues
 /// for a while rather than failing at once, yet an overloaded host still says so.
 const CAPACITY_WAIT: Duration = Duration::from_secs(30);
@@ -142,31 +158,28 @@ impl Pools {
     }
 
     /// Reserves room for one new sandbox of pool `key` if the total allows it.
-    fn try_reserve(&self, key: &str) -> bool {
+    fn try_reserve(&self, key: &str) -> Option<Reservation<'_>> {
         let mut pools = lock(&self.pools);
         if Self::total(&pools) >= self.config.max_total {
-            return false;
+            return None;
         }
         pools.entry(key.to_string()).or_default().building += 1;
-        true
-    }
-
-    fn unreserve(&self, key: &str) {
-        if let Some(pool) = lock(&self.pools).get_mut(key) {
-            pool.building = pool.building.saturating_sub(1);
-        }
+        Some(Reservation {
+            pools: self,
+            key: key.to_string(),
+        })
     }
 
     /// Waits until room for a new sandbox of pool `key` is reserved, or fails after
     /// `CAPACITY_WAIT`.
-    async fn reserve(&self, key: &str) -> Result<(), ServiceError> {
+    async fn reserve(&self, key: &str) -> Result<Reservation<'_>, ServiceError> {
         let deadline = tokio::time::Instant::now() + CAPACITY_WAIT;
         loop {
             // Registered before the check, so a release between the check and the wait
             // still wakes this caller.
             let released = self.released.notified();
-            if self.try_reserve(key) {
-                return Ok(());
+            if let Some(reservation) = self.try_reserve(key) {
+                return Ok(reservation);
             }
             if tokio::time::timeout_at(deadline, released).await.is_err() {
                 return Err(ServiceError::State(format!(
@@ -201,21 +214,17 @@ impl Pools {
             pool.spares.pop_front()
         };
         let hit = spare.is_some();
-        let mut sandbox = match spare {
-            Some(sandbox) => sandbox,
+        // A reservation for a sandbox built here lasts until it is counted in `in_use`.
+        let (mut sandbox, _reservation) = match spare {
+            Some(sandbox) => (sandbox, None),
             None => {
-                self.reserve(&key).await?;
-                let created = match service.backend(spec.backend) {
-                    Ok(backend) => backend
-                        .create(&fresh(spec), Lifetime::Ephemeral)
-                        .await
-                        .map_err(ServiceError::from),
-                    Err(e) => Err(e),
-                };
-                self.unreserve(&key);
-                let sandbox = created?;
+                let reservation = self.reserve(&key).await?;
+                let sandbox = service
+                    .backend(spec.backend)?
+                    .create(&fresh(spec), Lifetime::Ephemeral)
+                    .await?;
                 lock(&self.pools).entry(key.clone()).or_default().created += 1;
-                sandbox
+                (sandbox, Some(reservation))
             }
         };
         let transport = sandbox.take_transport_fd()?;
@@ -274,18 +283,16 @@ impl Pools {
                 return;
             };
             // Within `max_total`, counted with what callers are building right now.
-            if !self.try_reserve(&key) {
+            let Some(_reservation) = self.try_reserve(&key) else {
                 return;
-            }
+            };
             let created = match service.backend(template.backend) {
                 Ok(backend) => backend.create(&fresh(&template), Lifetime::Ephemeral).await,
                 Err(e) => {
-                    self.unreserve(&key);
                     tracing::warn!("pool {key}: {e}");
                     return;
                 }
             };
-            self.unreserve(&key);
             match created {
                 Ok(sandbox) => {
                     let mut pools = lock(&self.pools);

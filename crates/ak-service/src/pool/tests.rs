@@ -16,6 +16,8 @@ use super::*;
 struct FakeBackend {
     created: AtomicUsize,
     running: Mutex<Vec<Arc<AtomicBool>>>,
+    /// Creations never finish while set (a slow backend whose caller gives up).
+    hang: AtomicBool,
 }
 
 #[derive(Debug)]
@@ -37,6 +39,9 @@ impl Backend for FakeBackend {
         spec: &SandboxSpec,
         _: Lifetime,
     ) -> Result<Box<dyn Sandbox>, BackendError> {
+        if self.hang.load(Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
         self.created.fetch_add(1, Ordering::SeqCst);
         let running = Arc::new(AtomicBool::new(true));
         self.running.lock().unwrap().push(running.clone());
@@ -143,4 +148,28 @@ async fn refills_stay_within_max_total() {
     let status = pools.status();
     assert_eq!((status[0].warm, status[0].in_use), (2, 1));
     assert!(pools.acquire(&service, &spec).await.unwrap().hit);
+}
+
+#[tokio::test]
+async fn a_caller_that_gives_up_mid_build_gives_its_room_back() {
+    let config = PoolConfig {
+        min_warm: 0,
+        max_warm: 0,
+        max_total: 1,
+    };
+    let (backend, service, pools, spec) = setup(config);
+    backend.hang.store(true, Ordering::SeqCst);
+    let stuck = tokio::spawn({
+        let (service, pools, spec) = (service.clone(), pools.clone(), spec.clone());
+        async move { pools.acquire(&service, &spec).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    stuck.abort();
+    let _ = stuck.await;
+    backend.hang.store(false, Ordering::SeqCst);
+    let handed = tokio::time::timeout(Duration::from_secs(2), pools.acquire(&service, &spec))
+        .await
+        .expect("the room of the abandoned build was given back")
+        .unwrap();
+    assert!(!handed.hit);
 }
