@@ -117,6 +117,31 @@ pub(crate) fn remove(root: &Root, request: &str, recursive: bool) -> Result<(), 
     rustix::fs::unlinkat(&parent, name, AtFlags::REMOVEDIR).map_err(fail)
 }
 
+/// Moves `from` to `to` in one step, both resolved inside the sandbox root. `to` must not
+/// exist: a copy put in place this way never replaces what is there.
+pub(crate) fn rename(root: &Root, from: &str, to: &str) -> Result<(), AgentError> {
+    let source = root.resolve(from)?;
+    let target = root.resolve(to)?;
+    let display = source.display();
+    let fail = |errno| fs_error("rename", &display, errno);
+    let (Some(from_name), Some(to_name)) = (source.name(), target.name()) else {
+        return Err(AgentError::new(
+            ErrorKind::InvalidPath,
+            "refusing to rename the sandbox root",
+        ));
+    };
+    let from_parent = root.open_parent(&source).map_err(fail)?;
+    let to_parent = root.open_parent(&target).map_err(fail)?;
+    rustix::fs::renameat_with(
+        &from_parent,
+        from_name,
+        &to_parent,
+        to_name,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(|errno| fs_error("rename", &target.display(), errno))
+}
+
 /// Empties the directory `name` in `parent`. Each level is opened with `NOFOLLOW`
 /// relative to the level above, so a symlink is unlinked, never descended into, and the
 /// walk cannot leave the tree it started in even if a command swaps entries meanwhile.
@@ -261,6 +286,31 @@ mod tests {
         let root = Root::open(dir.path(), Path::new("/work")).unwrap();
         std::fs::create_dir(dir.path().join("work")).unwrap();
         (dir, root)
+    }
+
+    #[test]
+    fn rename_moves_in_one_step_never_replaces_and_stays_inside() {
+        let (dir, root) = setup();
+        mkdir(&root, ".staged/sub", true, 0o755).unwrap();
+        std::fs::write(dir.path().join("work/.staged/sub/f"), "x").unwrap();
+        rename(&root, ".staged", "tree").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("work/tree/sub/f")).unwrap(),
+            "x"
+        );
+        assert!(!dir.path().join("work/.staged").exists());
+        // The destination exists: refused, both left as they were.
+        mkdir(&root, "other", false, 0o755).unwrap();
+        let error = rename(&root, "other", "tree").unwrap_err();
+        assert!(error.message.contains("already exists"), "{error:?}");
+        assert!(dir.path().join("work/other").is_dir());
+        // `..` is refused; an absolute path is the sandbox's, inside its root.
+        let error = rename(&root, "other", "../../../moved").unwrap_err();
+        assert_eq!(error.kind, ErrorKind::InvalidPath);
+        rename(&root, "other", "/moved").unwrap();
+        assert!(dir.path().join("moved").is_dir(), "stayed inside the root");
+        assert!(rename(&root, "/", "x").is_err());
+        assert!(rename(&root, "missing", "y").is_err());
     }
 
     #[test]

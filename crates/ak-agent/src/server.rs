@@ -170,6 +170,10 @@ impl Connection {
                     }),
                 );
             }
+            Request::Rename { id, from, to } => {
+                let result = files::rename(&self.shared.root, &from, &to).map(|()| Reply::Ok);
+                self.outbox.reply(id, result);
+            }
             Request::Shutdown { id } => {
                 tracing::info!("shutdown requested by the host");
                 // Queued before the connection closes, so the host gets it.

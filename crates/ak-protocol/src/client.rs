@@ -207,6 +207,21 @@ impl AgentClient {
         .map(|_| ())
     }
 
+    /// Moves `from` to `to` inside the sandbox in one step (`to` must not exist): what
+    /// makes a directory copied in appear whole.
+    pub async fn rename(&self, from: &str, to: &str) -> Result<(), ProtocolError> {
+        let version = self.negotiated().version;
+        if version < 2 {
+            return Err(ProtocolError::Unexpected(format!(
+                "the agent speaks protocol version {version}, which cannot rename"
+            )));
+        }
+        let (from, to) = (from.to_string(), to.to_string());
+        self.call(|id| Request::Rename { id, from, to })
+            .await
+            .map(|_| ())
+    }
+
     pub async fn mkdir(&self, path: &str, parents: bool, mode: u32) -> Result<(), ProtocolError> {
         let path = path.to_string();
         self.call(|id| Request::Mkdir {

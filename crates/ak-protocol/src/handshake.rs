@@ -14,7 +14,7 @@ use crate::frame::{FrameReader, FrameWriter};
 /// Marks a connection as speaking this protocol.
 pub const MAGIC: [u8; 4] = *b"AKPR";
 /// Newest protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 /// Oldest protocol version this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 

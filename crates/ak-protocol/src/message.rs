@@ -131,6 +131,12 @@ pub enum Request {
     Shutdown {
         id: RequestId,
     },
+    /// Move `from` to `to` in one step; `to` must not exist. Since protocol version 2.
+    Rename {
+        id: RequestId,
+        from: String,
+        to: String,
+    },
 }
 
 impl Request {
@@ -148,6 +154,7 @@ impl Request {
             | Request::ListDir { id, .. }
             | Request::Stat { id, .. }
             | Request::Remove { id, .. }
+            | Request::Rename { id, .. }
             | Request::Mkdir { id, .. }
             | Request::Ping { id }
             | Request::Shutdown { id } => *id,

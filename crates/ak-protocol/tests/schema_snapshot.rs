@@ -165,6 +165,14 @@ fn requests() -> Vec<(&'static str, Request)> {
         ),
         ("Request::Ping", Request::Ping { id }),
         ("Request::Shutdown", Request::Shutdown { id }),
+        (
+            "Request::Rename",
+            Request::Rename {
+                id,
+                from: "/workspace/.tree.ak-cp-1".into(),
+                to: "/workspace/tree".into(),
+            },
+        ),
     ]
 }
 

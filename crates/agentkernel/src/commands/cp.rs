@@ -78,8 +78,36 @@ pub async fn cp(args: CpArgs) -> i32 {
     }
 }
 
-/// Host file or directory -> sandbox path.
+/// Host file or directory -> sandbox path. Both appear whole: a file is written atomically
+/// by the agent, a directory is built under a hidden name beside the target and renamed
+/// into place in one step (the target must not exist yet).
 async fn upload(client: &AgentClient, host: &Path, target: &str) -> anyhow::Result<()> {
+    let meta =
+        std::fs::metadata(host).with_context(|| format!("cannot read {}", host.display()))?;
+    if !meta.is_dir() {
+        return upload_tree(client, host, target).await;
+    }
+    let target = target.trim_end_matches('/');
+    let (parent, name) = match target.rsplit_once('/') {
+        Some((parent, name)) => (format!("{parent}/"), name),
+        None => (String::new(), target),
+    };
+    if name.is_empty() {
+        return Err(anyhow!("cannot copy a directory onto the sandbox's root"));
+    }
+    let staging = format!("{parent}.{name}.ak-cp-{}", std::process::id());
+    let copied = match upload_tree(client, host, &staging).await {
+        Ok(()) => client.rename(&staging, target).await.map_err(agent),
+        Err(error) => Err(error),
+    };
+    if copied.is_err() {
+        let _ = client.remove(&staging, true).await;
+    }
+    copied
+}
+
+/// Copies `host` (file or tree) to `target`, entry by entry.
+async fn upload_tree(client: &AgentClient, host: &Path, target: &str) -> anyhow::Result<()> {
     let meta =
         std::fs::metadata(host).with_context(|| format!("cannot read {}", host.display()))?;
     if meta.is_dir() {
@@ -93,7 +121,7 @@ async fn upload(client: &AgentClient, host: &Path, target: &str) -> anyhow::Resu
         entries.sort_by_key(|e| e.file_name());
         for entry in entries {
             let name = entry.file_name().to_string_lossy().into_owned();
-            Box::pin(upload(
+            Box::pin(upload_tree(
                 client,
                 &entry.path(),
                 &format!("{}/{name}", target.trim_end_matches('/')),

@@ -204,6 +204,17 @@ fn cp_both_ways_with_binary_files_and_directories() {
     );
     assert_code(&output, 0);
     assert!(stdout(&output).ends_with("ab"), "{}", stdout(&output));
+    // A directory appears whole, in one rename, and never replaces one that is there: a
+    // second copy onto it is refused and leaves no staging directory behind.
+    let again = ak(mode, &["cp", &host("tree"), &format!("{n}:/tmp/tree")]);
+    assert_code(&again, 1);
+    assert!(
+        stderr(&again).contains("already exists"),
+        "{}",
+        stderr(&again)
+    );
+    let listing = stdout(&ak(mode, &["exec", &n, "--", "ls", "-a", "/tmp"]));
+    assert!(!listing.contains("ak-cp"), "{listing}");
 
     assert_code(
         &ak(
