@@ -2,14 +2,10 @@
 
 use ak_core::spec::validate_name;
 
+use super::say;
 use crate::cli::AuditArgs;
 use crate::exit;
 use crate::wiring;
-
-#[allow(clippy::print_stdout, reason = "the command's output")]
-fn say(text: &str) {
-    println!("{text}");
-}
 
 pub fn audit(args: AuditArgs) -> i32 {
     if let Some(name) = &args.sandbox

@@ -126,10 +126,7 @@ pub async fn bench(args: BenchArgs) -> i32 {
     } else {
         render(&report)
     };
-    #[allow(clippy::print_stdout, reason = "the command's output")]
-    {
-        println!("{text}");
-    }
+    super::say(&text);
     0
 }
 

@@ -7,15 +7,11 @@ use std::time::{Duration, Instant};
 use ak_service::pool::PoolConfig;
 use anyhow::{Context, anyhow};
 
+use super::say;
 use crate::cli::DaemonCommand;
 use crate::daemon::{Request, Response, api_socket_path, client, log_path, server, socket_path};
 use crate::exit;
 use crate::wiring;
-
-#[allow(clippy::print_stdout, reason = "the command's output")]
-fn say(text: &str) {
-    println!("{text}");
-}
 
 pub async fn daemon(command: DaemonCommand) -> i32 {
     let result = match command {

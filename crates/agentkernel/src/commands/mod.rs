@@ -23,6 +23,12 @@ use anyhow::anyhow;
 use crate::cli::{Command, SandboxArgs};
 use crate::exit;
 
+/// Prints a command's output on stdout: the one place the binary writes results.
+#[allow(clippy::print_stdout, reason = "the commands' output")]
+pub(crate) fn say(text: &str) {
+    println!("{text}");
+}
+
 pub async fn dispatch(command: Command) -> i32 {
     match command {
         Command::Run(args) => run::run(*args).await,

@@ -9,16 +9,12 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, anyhow, bail};
 use serde_json::{Value, json};
 
+use super::say;
 use crate::cli::PluginCommand;
 use crate::exit;
 
 /// The name of our entry in every client's list of MCP servers.
 const SERVER_NAME: &str = "agentkernel";
-
-#[allow(clippy::print_stdout, reason = "the command's output")]
-fn say(text: &str) {
-    println!("{text}");
-}
 
 /// The agent clients we know how to configure.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

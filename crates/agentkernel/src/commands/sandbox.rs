@@ -2,15 +2,11 @@
 
 use ak_service::SandboxRecord;
 
+use super::say;
 use super::stream::fail_start;
 use crate::cli::{CreateArgs, InspectArgs, ListArgs, NameArgs, RemoveArgs};
 use crate::exit;
 use crate::wiring;
-
-#[allow(clippy::print_stdout, reason = "the command's output")]
-fn say(text: &str) {
-    println!("{text}");
-}
 
 pub async fn create(args: CreateArgs) -> i32 {
     let spec = super::resolve_spec(&args.sandbox);

@@ -11,6 +11,7 @@ use ak_service::pool::Pools;
 use anyhow::anyhow;
 use tokio::signal::unix::{SignalKind, signal};
 
+use super::say;
 use crate::cli::ServeArgs;
 use crate::exit;
 use crate::wiring;
@@ -21,14 +22,6 @@ const MAINTAIN_EVERY: Duration = Duration::from_millis(50);
 const REAP_EVERY: Duration = Duration::from_secs(5);
 /// How long a stopping server waits for pool sandboxes still in use.
 const STOP_GRACE: Duration = Duration::from_secs(10);
-
-#[allow(
-    clippy::print_stdout,
-    reason = "the command's output: where it listens"
-)]
-fn say(text: &str) {
-    println!("{text}");
-}
 
 pub async fn serve(args: ServeArgs) -> i32 {
     match run(args).await {

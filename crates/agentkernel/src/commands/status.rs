@@ -30,10 +30,7 @@ pub fn status(args: StatusArgs) -> i32 {
     } else {
         render(&report)
     };
-    #[allow(clippy::print_stdout, reason = "the command's output")]
-    {
-        println!("{text}");
-    }
+    super::say(&text);
     0
 }
 
