@@ -9,21 +9,14 @@
 //!
 //! `cargo test --release --test benchmark_test -- --nocapture --ignored`
 
-use std::collections::BTreeMap;
-
-use ak_bench::{
-    CliDriver, PhaseKind, Plan, Progress, conclude, env_count, env_phases, execute, results_dir,
-};
+use ak_bench::{PhaseKind, Plan, Target, env_count, env_phases, results_dir, run_to_conclusion};
 
 #[test]
-#[ignore = "long: run it with --ignored"]
+#[ignore = "long: run it with --ignored (CI runs a small instance)"]
 fn benchmark() {
     let sandboxes = env_count("BENCH_SANDBOXES", 10).unwrap();
     let iterations = env_count("BENCH_ITERATIONS", 10).unwrap();
     let max_concurrent = env_count("BENCH_MAX_CONCURRENT", 50).unwrap();
-    let backend = std::env::var("BENCH_BACKEND").unwrap_or_else(|_| "native".into());
-    let network = std::env::var("BENCH_NETWORK").is_ok_and(|v| v == "1");
-    let image = std::env::var("BENCH_IMAGE").ok().filter(|i| !i.is_empty());
     let phases = env_phases(
         "BENCH_PHASES",
         &[
@@ -34,50 +27,30 @@ fn benchmark() {
         ],
     )
     .unwrap();
-
+    let target = Target::from_env("BENCH");
     let state = tempfile::tempdir().unwrap();
-    let driver = CliDriver::new(
-        env!("CARGO_BIN_EXE_agentkernel").as_ref(),
-        state.path(),
-        &backend,
-        network,
-    )
-    .with_image(image.clone());
+    let driver = target.driver(env!("CARGO_BIN_EXE_agentkernel").as_ref(), state.path());
+    let mut parameters = target.parameters("BENCH");
+    parameters.extend([
+        ("BENCH_SANDBOXES".to_string(), sandboxes.into()),
+        ("BENCH_ITERATIONS".to_string(), iterations.into()),
+        ("BENCH_MAX_CONCURRENT".to_string(), max_concurrent.into()),
+    ]);
     // Sandbox s does its iterations one after another: at most `sandboxes` run at once.
     let plan = Plan {
         kind: "benchmark",
-        backend: backend.clone(),
+        backend: target.backend.clone(),
         phases,
         jobs: sandboxes * iterations,
         max_concurrent: max_concurrent.min(sandboxes),
-        parameters: BTreeMap::from([
-            ("BENCH_SANDBOXES".into(), sandboxes.into()),
-            ("BENCH_ITERATIONS".into(), iterations.into()),
-            ("BENCH_MAX_CONCURRENT".into(), max_concurrent.into()),
-            ("BENCH_BACKEND".into(), backend.into()),
-            ("BENCH_NETWORK".into(), network.into()),
-            ("BENCH_IMAGE".into(), image.into()),
-        ]),
+        parameters,
     };
-    let progress = Progress::new(&plan);
-    let (report, details) = execute(
-        &driver,
-        &plan,
-        &|phase, index| {
-            format!(
-                "bench-{}-{}-{}",
-                phase.as_str(),
-                index % sandboxes,
-                index / sandboxes
-            )
-        },
-        &|phase, outcome| {
-            if let Some(line) = progress.record(phase, outcome) {
-                eprintln!("{line}");
-            }
-        },
-    );
-    match conclude(&report, &details, &results_dir(env!("CARGO_MANIFEST_DIR"))) {
+    let name_of = |phase: PhaseKind, index: usize| {
+        let (sandbox, iteration) = (index % sandboxes, index / sandboxes);
+        format!("bench-{}-{sandbox}-{iteration}", phase.as_str())
+    };
+    let dir = results_dir(env!("CARGO_MANIFEST_DIR"));
+    match run_to_conclusion(&driver, &plan, &name_of, &dir, &|line| eprintln!("{line}")) {
         Ok(summary) => eprintln!("{summary}"),
         Err(failure) => panic!("{failure}"),
     }

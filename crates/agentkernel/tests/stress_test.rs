@@ -8,56 +8,33 @@
 //!
 //! `cargo test --release --test stress_test -- --nocapture --ignored`
 
-use std::collections::BTreeMap;
-
-use ak_bench::{
-    CliDriver, PhaseKind, Plan, Progress, conclude, env_count, env_phases, execute, results_dir,
-};
+use ak_bench::{PhaseKind, Plan, Target, env_count, env_phases, results_dir, run_to_conclusion};
 
 #[test]
 #[ignore = "long: run it with --ignored (CI runs it at STRESS_VM_COUNT=50)"]
 fn stress() {
     let count = env_count("STRESS_VM_COUNT", 10).unwrap();
     let max_concurrent = env_count("STRESS_MAX_CONCURRENT", 50).unwrap();
-    let backend = std::env::var("STRESS_BACKEND").unwrap_or_else(|_| "native".into());
-    let network = std::env::var("STRESS_NETWORK").is_ok_and(|v| v == "1");
-    let image = std::env::var("STRESS_IMAGE").ok().filter(|i| !i.is_empty());
     let phases = env_phases("STRESS_PHASES", &[PhaseKind::Lifecycle, PhaseKind::PoolRun]).unwrap();
-
+    let target = Target::from_env("STRESS");
     let state = tempfile::tempdir().unwrap();
-    let driver = CliDriver::new(
-        env!("CARGO_BIN_EXE_agentkernel").as_ref(),
-        state.path(),
-        &backend,
-        network,
-    )
-    .with_image(image.clone());
+    let driver = target.driver(env!("CARGO_BIN_EXE_agentkernel").as_ref(), state.path());
+    let mut parameters = target.parameters("STRESS");
+    parameters.extend([
+        ("STRESS_VM_COUNT".to_string(), count.into()),
+        ("STRESS_MAX_CONCURRENT".to_string(), max_concurrent.into()),
+    ]);
     let plan = Plan {
         kind: "stress",
-        backend: backend.clone(),
+        backend: target.backend.clone(),
         phases,
         jobs: count,
         max_concurrent,
-        parameters: BTreeMap::from([
-            ("STRESS_VM_COUNT".into(), count.into()),
-            ("STRESS_MAX_CONCURRENT".into(), max_concurrent.into()),
-            ("STRESS_BACKEND".into(), backend.into()),
-            ("STRESS_NETWORK".into(), network.into()),
-            ("STRESS_IMAGE".into(), image.into()),
-        ]),
+        parameters,
     };
-    let progress = Progress::new(&plan);
-    let (report, details) = execute(
-        &driver,
-        &plan,
-        &|phase, index| format!("stress-{}-{index}", phase.as_str()),
-        &|phase, outcome| {
-            if let Some(line) = progress.record(phase, outcome) {
-                eprintln!("{line}");
-            }
-        },
-    );
-    match conclude(&report, &details, &results_dir(env!("CARGO_MANIFEST_DIR"))) {
+    let name_of = |phase: PhaseKind, index: usize| format!("stress-{}-{index}", phase.as_str());
+    let dir = results_dir(env!("CARGO_MANIFEST_DIR"));
+    match run_to_conclusion(&driver, &plan, &name_of, &dir, &|line| eprintln!("{line}")) {
         Ok(summary) => eprintln!("{summary}"),
         Err(failure) => panic!("{failure}"),
     }

@@ -200,6 +200,59 @@ impl Progress {
     }
 }
 
+/// What the long tests share from their environment, read as `{PREFIX}_BACKEND` (default
+/// native), `{PREFIX}_NETWORK` (`1`: the profile's network) and `{PREFIX}_IMAGE`.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub backend: String,
+    pub network: bool,
+    pub image: Option<String>,
+}
+
+impl Target {
+    pub fn from_env(prefix: &str) -> Target {
+        let var = |name: &str| std::env::var(format!("{prefix}_{name}")).ok();
+        Target {
+            backend: var("BACKEND").unwrap_or_else(|| "native".into()),
+            network: var("NETWORK").is_some_and(|v| v == "1"),
+            image: var("IMAGE").filter(|i| !i.is_empty()),
+        }
+    }
+
+    /// A driver of `binary` with a private state directory, for this target.
+    pub fn driver(&self, binary: &std::path::Path, state_dir: &std::path::Path) -> CliDriver {
+        CliDriver::new(binary, state_dir, &self.backend, self.network)
+            .with_image(self.image.clone())
+    }
+
+    /// The target's settings as the report's parameters, under their variables' names.
+    pub fn parameters(&self, prefix: &str) -> BTreeMap<String, serde_json::Value> {
+        BTreeMap::from([
+            (format!("{prefix}_BACKEND"), self.backend.clone().into()),
+            (format!("{prefix}_NETWORK"), self.network.into()),
+            (format!("{prefix}_IMAGE"), self.image.clone().into()),
+        ])
+    }
+}
+
+/// Runs `plan` (progress lines to `say`), writes its results into `dir` and concludes:
+/// the summary, or `Err` with the reasons when anything failed or leaked.
+pub fn run_to_conclusion(
+    driver: &CliDriver,
+    plan: &Plan,
+    name_of: &(dyn Fn(PhaseKind, usize) -> String + Sync),
+    dir: &std::path::Path,
+    say: &(dyn Fn(&str) + Sync),
+) -> Result<String, String> {
+    let progress = Progress::new(plan);
+    let (report, details) = execute(driver, plan, name_of, &|phase, outcome| {
+        if let Some(line) = progress.record(phase, outcome) {
+            say(&line);
+        }
+    });
+    conclude(&report, &details, dir)
+}
+
 /// Writes the result files of a finished run and describes it: the table and where the
 /// files are, and `Err` with the reasons when anything failed or leaked.
 pub fn conclude(

@@ -11,7 +11,10 @@ pub mod runner;
 pub mod stats;
 
 pub use driver::{CliDriver, Outcome};
-pub use harness::{PhaseKind, Plan, Progress, conclude, env_phases, execute, results_dir, table};
+pub use harness::{
+    PhaseKind, Plan, Progress, Target, conclude, env_phases, execute, results_dir,
+    run_to_conclusion, table,
+};
 pub use leaks::HostSnapshot;
 pub use machine::Machine;
 pub use report::{Detail, Phase, Report, ResultFiles, write_results};
