@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use ak_bench::{Machine, StepStats};
 use ak_core::spec::new_sandbox_id;
-use ak_core::{BackendKind, ImageRef, SandboxSpec};
+use ak_core::{BackendKind, SandboxSpec};
 use ak_service::{ComponentTimes, Service};
 use anyhow::{Context, anyhow};
 use indicatif::{ProgressBar, ProgressStyle};
@@ -83,15 +83,10 @@ pub async fn bench(args: BenchArgs) -> i32 {
     };
     let explicit = args.sandbox.backend.is_some();
     for backend in backends {
-        let mut spec = SandboxSpec {
-            backend,
-            image: match (&args.sandbox.image, backend.runs_oci_images()) {
-                (Some(_), _) => spec.image.clone(),
-                (None, true) => ImageRef::Auto,
-                (None, false) => ImageRef::Host,
-            },
-            ..spec.clone()
-        };
+        // Resolved again for each backend: its default image is the config's rule.
+        let mut options = args.sandbox.options();
+        options.backend = Some(backend.to_string());
+        let mut spec = super::resolve_options(options);
         ak_service::settle_image(&mut spec, Some(&[PROBE_PROGRAM.to_string()]));
         match bench_backend(&service, &spec, &args, concurrency).await {
             Ok(result) => report.backends.push(result),

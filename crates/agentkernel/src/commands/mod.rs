@@ -16,7 +16,7 @@ mod stream;
 mod terminal;
 
 use ak_core::SandboxSpec;
-use ak_core::config::{load_options, resolve};
+use ak_core::config::{SandboxOptions, load_options, resolve};
 use ak_core::spec::new_sandbox_id;
 use anyhow::anyhow;
 
@@ -54,6 +54,11 @@ pub async fn dispatch(command: Command) -> i32 {
 /// The sandbox described by `args` over the config files that apply here; bad input ends
 /// the process with a clear error (exit code 2).
 fn resolve_spec(args: &SandboxArgs) -> SandboxSpec {
+    resolve_options(args.options())
+}
+
+/// [`resolve_spec`] for options already taken from the command line.
+fn resolve_options(flags: SandboxOptions) -> SandboxSpec {
     let cwd = match std::env::current_dir() {
         Ok(cwd) => cwd,
         Err(e) => exit::fail(
@@ -61,7 +66,7 @@ fn resolve_spec(args: &SandboxArgs) -> SandboxSpec {
             &anyhow!("cannot read the current directory: {e}"),
         ),
     };
-    match load_options(args.options(), &cwd)
+    match load_options(flags, &cwd)
         .and_then(|options| resolve(options, &cwd, new_sandbox_id()))
     {
         Ok(spec) => spec,
