@@ -3,6 +3,9 @@
 //! processes and runtime directories.
 
 use std::os::unix::fs::MetadataExt;
+
+use ak_core::BackendKind;
+use ak_core::runtime::backend_runtime_base;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -91,15 +94,18 @@ impl HostSnapshot {
     /// processes and runtime directories count as the sandboxes'.
     pub fn take(rootless_uids: &[u32]) -> HostSnapshot {
         // The native backend's, and the container backends' (one per engine).
-        let mut runtime_dirs: Vec<String> =
-            ["agentkernel", "agentkernel-docker", "agentkernel-podman"]
-                .iter()
-                .flat_map(|base| {
-                    list_dir(&Path::new("/run").join(base))
-                        .into_iter()
-                        .map(move |dir| format!("{base}/{dir}"))
-                })
-                .collect();
+        let mut runtime_dirs: Vec<String> = [
+            BackendKind::Native,
+            BackendKind::Docker,
+            BackendKind::Podman,
+        ]
+        .into_iter()
+        .flat_map(|kind| {
+            list_dir(&backend_runtime_base(kind))
+                .into_iter()
+                .map(move |dir| format!("{kind}/{dir}"))
+        })
+        .collect();
         for uid in rootless_uids {
             runtime_dirs.extend(list_dir(
                 &std::env::temp_dir().join(format!("agentkernel-{uid}")),

@@ -2,6 +2,17 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::backend::BackendKind;
+
+/// Where `kind`'s sandboxes keep their runtime directories: `agentkernel` for the native
+/// backend, `agentkernel-<backend>` for the others (see [`runtime_base`]).
+pub fn backend_runtime_base(kind: BackendKind) -> PathBuf {
+    match kind {
+        BackendKind::Native => runtime_base("agentkernel"),
+        other => runtime_base(&format!("agentkernel-{other}")),
+    }
+}
+
 /// The base directory named `name` for this user's runtime state: `/run/NAME` for root,
 /// `$XDG_RUNTIME_DIR/NAME` for others, or `/tmp/NAME-UID` without a runtime directory.
 pub fn runtime_base(name: &str) -> PathBuf {

@@ -87,7 +87,7 @@ impl DockerBackend {
     }
 
     fn run_base(&self) -> PathBuf {
-        ak_core::runtime::runtime_base(&format!("agentkernel-{}", self.kind))
+        ak_core::runtime::backend_runtime_base(self.kind)
     }
 
     /// Removes one-shot containers whose creating process is gone (it was killed before it

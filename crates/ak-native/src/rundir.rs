@@ -16,7 +16,7 @@ const LOCK_FILE: &str = "lock";
 
 /// The base directory for runtime state of this user's native sandboxes.
 pub fn runtime_base() -> PathBuf {
-    ak_core::runtime::runtime_base("agentkernel")
+    ak_core::runtime::backend_runtime_base(ak_core::BackendKind::Native)
 }
 
 /// Directories are 0711: the sandbox's first process, already running as the mapped

@@ -66,9 +66,7 @@ fn resolve_options(flags: SandboxOptions) -> SandboxSpec {
             &anyhow!("cannot read the current directory: {e}"),
         ),
     };
-    match load_options(flags, &cwd)
-        .and_then(|options| resolve(options, &cwd, new_sandbox_id()))
-    {
+    match load_options(flags, &cwd).and_then(|options| resolve(options, &cwd, new_sandbox_id())) {
         Ok(spec) => spec,
         Err(e) => exit::fail(exit::USAGE, &e.into()),
     }
