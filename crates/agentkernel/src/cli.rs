@@ -58,6 +58,20 @@ pub enum Command {
     /// Set agent clients up to use `agentkernel mcp`.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// Build what the microvm backend boots: the guest kernel (from Debian's
+    /// linux-source-6.1), the default base image (debootstrap), the agent's initramfs, and
+    /// install the vsock daemon. Everything is cached; a second run costs nothing.
+    Setup(SetupArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SetupArgs {
+    /// Only the guest kernel.
+    #[arg(long)]
+    pub kernel: bool,
+    /// Only the base image: `debian-minbase` (the default) or a root file system directory.
+    #[arg(long, value_name = "IMAGE", num_args = 0..=1, default_missing_value = "debian-minbase")]
+    pub image: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use ak_core::BackendKind;
 use ak_core::config::ConfigFile;
 use ak_docker::{DockerBackend, ProgressSink, PullProgress};
+use ak_microvm::MicrovmBackend;
 use ak_native::NativeBackend;
 use ak_service::Service;
 use indicatif::{ProgressBar, ProgressStyle};
@@ -52,14 +53,24 @@ pub fn service() -> Service {
     let container = |kind: BackendKind, socket: Option<String>| {
         Arc::new(DockerBackend::new(kind, agent_path(), socket).with_pull_progress(pull_progress()))
     };
+    let microvm = match microvm_backend(&config) {
+        Ok(backend) => backend,
+        Err(e) => crate::exit::fail(crate::exit::USAGE, &e.into()),
+    };
     Service::new(
         vec![
             Arc::new(NativeBackend::new(agent_path())),
             container(BackendKind::Docker, config.docker.socket),
             container(BackendKind::Podman, config.podman.socket),
+            Arc::new(microvm),
         ],
         registry_path(),
     )
+}
+
+/// The microvm backend as the user's config sets it up.
+pub fn microvm_backend(config: &ConfigFile) -> Result<MicrovmBackend, ak_microvm::MicrovmError> {
+    MicrovmBackend::new(agent_path(), &config.microvm)
 }
 
 /// Draws image pulls as a progress bar on stderr (hidden when stderr is not a terminal).

@@ -13,6 +13,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("ak-core", &["ak-protocol"]),
         ("ak-native", &["ak-core", "ak-protocol"]),
         ("ak-docker", &["ak-core"]),
+        ("ak-microvm", &["ak-core"]),
         ("ak-service", &["ak-core", "ak-protocol"]),
         // The harness drives the CLI as a user would; it links only the shared types
         // (where backends keep their runtime state, for the leak check).
@@ -26,6 +27,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
                 "ak-bench",
                 "ak-core",
                 "ak-docker",
+                "ak-microvm",
                 "ak-native",
                 "ak-protocol",
                 "ak-server",

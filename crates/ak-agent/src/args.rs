@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// Printed with every argument error.
-pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N) [--hold-fd N] [--workdir DIR]";
+pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT) [--hold-fd N] [--workdir DIR] [--guest] [--ready-port PORT]";
 
 /// Where the host's connections come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,6 +19,11 @@ pub(crate) enum Mode {
     /// A listening Unix socket the host created, inherited as this file descriptor; every
     /// connection is served.
     ListenFd(i32),
+    /// A vsock listener on this port (inside a microVM); every connection is served.
+    Vsock(u32),
+    /// A vsock listener on this port for exactly one connection (a one-shot microVM): the
+    /// agent, and with it the VM, ends when that connection closes.
+    VsockOnce(u32),
 }
 
 /// The parsed command line.
@@ -29,6 +34,12 @@ pub(crate) struct Args {
     /// holds a lock through it that tells it the sandbox still runs.
     pub(crate) hold_fd: Option<i32>,
     pub(crate) workdir: Option<PathBuf>,
+    /// Be a microVM's init: build the sandbox's root from the base disk first, and power
+    /// the VM off at exit.
+    pub(crate) guest: bool,
+    /// Once listening, connect to the host (vsock CID 2) on this port and close: the host
+    /// learns the agent is ready without polling.
+    pub(crate) ready_port: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -45,10 +56,18 @@ pub(crate) enum ArgsError {
     BadFd(&'static str, String),
     #[error("{0} is not valid UTF-8")]
     NotUtf8(&'static str),
-    #[error("only one of --fd, --listen, --listen-once and --listen-fd can be used")]
+    #[error("{0} needs a port number, not {1:?}")]
+    BadPort(&'static str, String),
+    #[error(
+        "only one of --fd, --listen, --listen-once, --listen-fd, --vsock and --vsock-once can be used"
+    )]
     ConflictingModes,
-    #[error("one of --fd N, --listen PATH, --listen-once PATH or --listen-fd N is required")]
+    #[error(
+        "one of --fd N, --listen PATH, --listen-once PATH, --listen-fd N, --vsock PORT or --vsock-once PORT is required"
+    )]
     NoMode,
+    #[error("--ready-port is only for --vsock and --vsock-once")]
+    ReadyPortWithoutVsock,
 }
 
 /// Parses the arguments after the program name.
@@ -63,6 +82,10 @@ where
     let mut listen_fd = None;
     let mut hold_fd = None;
     let mut workdir = None;
+    let mut vsock = None;
+    let mut vsock_once = None;
+    let mut ready_port = None;
+    let mut guest = false;
     while let Some(arg) = args.next() {
         let text = arg
             .to_str()
@@ -97,6 +120,22 @@ where
                 PathBuf::from(value("--listen-once")?),
                 "--listen-once",
             )?,
+            "--vsock" => set_once(&mut vsock, port(value("--vsock")?, "--vsock")?, "--vsock")?,
+            "--vsock-once" => set_once(
+                &mut vsock_once,
+                port(value("--vsock-once")?, "--vsock-once")?,
+                "--vsock-once",
+            )?,
+            "--ready-port" => set_once(
+                &mut ready_port,
+                port(value("--ready-port")?, "--ready-port")?,
+                "--ready-port",
+            )?,
+            "--guest" if inline.is_none() => {
+                if std::mem::replace(&mut guest, true) {
+                    return Err(ArgsError::Repeated("--guest"));
+                }
+            }
             "--workdir" => {
                 set_once(
                     &mut workdir,
@@ -107,18 +146,29 @@ where
             _ => return Err(ArgsError::Unknown(text.to_string())),
         }
     }
-    let mode = match (fd, listen, listen_once, listen_fd) {
-        (Some(fd), None, None, None) => Mode::Fd(fd),
-        (None, Some(path), None, None) => Mode::Listen(path),
-        (None, None, Some(path), None) => Mode::ListenOnce(path),
-        (None, None, None, Some(fd)) => Mode::ListenFd(fd),
-        (None, None, None, None) => return Err(ArgsError::NoMode),
-        _ => return Err(ArgsError::ConflictingModes),
-    };
+
+    let modes = [
+        fd.map(Mode::Fd),
+        listen.map(Mode::Listen),
+        listen_once.map(Mode::ListenOnce),
+        listen_fd.map(Mode::ListenFd),
+        vsock.map(Mode::Vsock),
+        vsock_once.map(Mode::VsockOnce),
+    ];
+    let mut given = modes.into_iter().flatten();
+    let mode = given.next().ok_or(ArgsError::NoMode)?;
+    if given.next().is_some() {
+        return Err(ArgsError::ConflictingModes);
+    }
+    if ready_port.is_some() && !matches!(mode, Mode::Vsock(_) | Mode::VsockOnce(_)) {
+        return Err(ArgsError::ReadyPortWithoutVsock);
+    }
     Ok(Args {
         mode,
         hold_fd,
         workdir,
+        guest,
+        ready_port,
     })
 }
 
@@ -128,6 +178,12 @@ fn fd_number(raw: OsString, option: &'static str) -> Result<i32, ArgsError> {
         .ok()
         .filter(|n| *n >= 0)
         .ok_or_else(|| ArgsError::BadFd(option, raw.to_string()))
+}
+
+fn port(raw: OsString, option: &'static str) -> Result<u32, ArgsError> {
+    let raw = raw.to_str().ok_or(ArgsError::NotUtf8(option))?;
+    raw.parse::<u32>()
+        .map_err(|_| ArgsError::BadPort(option, raw.to_string()))
 }
 
 fn set_once<T>(slot: &mut Option<T>, value: T, option: &'static str) -> Result<(), ArgsError> {
@@ -182,6 +238,37 @@ mod tests {
         assert_eq!(
             parse_strs(&["--listen-once", "/a", "--listen", "/b"]),
             Err(ArgsError::ConflictingModes)
+        );
+    }
+
+    #[test]
+    fn vsock_modes_for_a_microvm() {
+        let args = parse_strs(&["--vsock", "1024", "--guest", "--ready-port=1025"]).unwrap();
+        assert_eq!(args.mode, Mode::Vsock(1024));
+        assert!(args.guest);
+        assert_eq!(args.ready_port, Some(1025));
+        let args = parse_strs(&["--vsock-once", "7"]).unwrap();
+        assert_eq!(args.mode, Mode::VsockOnce(7));
+        assert!(!args.guest);
+        assert_eq!(
+            parse_strs(&["--vsock", "1", "--vsock-once", "2"]),
+            Err(ArgsError::ConflictingModes)
+        );
+        assert_eq!(
+            parse_strs(&["--vsock", "-1"]),
+            Err(ArgsError::BadPort("--vsock", "-1".into()))
+        );
+        assert_eq!(
+            parse_strs(&["--fd", "3", "--ready-port", "9"]),
+            Err(ArgsError::ReadyPortWithoutVsock)
+        );
+        assert_eq!(
+            parse_strs(&["--vsock", "1", "--guest", "--guest"]),
+            Err(ArgsError::Repeated("--guest"))
+        );
+        assert_eq!(
+            parse_strs(&["--vsock", "1", "--guest=yes"]),
+            Err(ArgsError::Unknown("--guest=yes".into()))
         );
     }
 

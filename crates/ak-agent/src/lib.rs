@@ -11,6 +11,7 @@ mod errors;
 mod exec;
 mod fdio;
 mod files;
+mod guest;
 mod listener;
 mod outbox;
 mod output;
@@ -48,6 +49,26 @@ pub fn main_entry() -> i32 {
         }
     };
     init_logging();
+    if args.guest {
+        // Refused outside a VM's init: it would mount over the host's root.
+        if !rustix::process::getpid().is_init() {
+            tracing::error!("--guest is only for the init of a microVM");
+            return 2;
+        }
+        if let Err(e) = guest::enter_root(args.workdir.as_deref()) {
+            tracing::error!("{e}");
+            guest::power_off();
+        }
+    }
+    let code = serve(args.clone());
+    if args.guest {
+        guest::power_off();
+    }
+    code
+}
+
+/// Runs the agent's event loop with `args`; returns the process exit code.
+fn serve(args: args::Args) -> i32 {
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -151,5 +172,7 @@ async fn run(args: args::Args) -> i32 {
         Mode::Listen(path) => listener::serve_listener(agent, &path).await,
         Mode::ListenOnce(path) => listener::serve_one_at(agent, &path).await,
         Mode::ListenFd(fd) => listener::serve_listen_fd(agent, fd).await,
+        Mode::Vsock(port) => listener::serve_vsock(agent, port, false, args.ready_port).await,
+        Mode::VsockOnce(port) => listener::serve_vsock(agent, port, true, args.ready_port).await,
     }
 }

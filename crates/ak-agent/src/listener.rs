@@ -1,5 +1,6 @@
 //! Where connections come from: one inherited socket (`--fd`), a listener the agent
-//! creates (`--listen`) or one the host created and handed over (`--listen-fd`).
+//! creates (`--listen`), one the host created and handed over (`--listen-fd`), or a vsock
+//! port inside a microVM (`--vsock`).
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
@@ -7,8 +8,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use rustix::io::FdFlags;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
+use tokio_vsock::{VMADDR_CID_ANY, VMADDR_CID_HOST, VsockAddr, VsockListener, VsockStream};
 
 use crate::agent::Agent;
 
@@ -141,14 +144,81 @@ pub(crate) async fn serve_one_at(agent: Agent, path: &Path) -> i32 {
     }
 }
 
+/// A listening socket of either kind.
+trait Acceptor {
+    type Stream: AsyncRead + AsyncWrite + Send + 'static;
+    async fn accept_one(&self) -> std::io::Result<Self::Stream>;
+}
+
+impl Acceptor for UnixListener {
+    type Stream = UnixStream;
+    async fn accept_one(&self) -> std::io::Result<UnixStream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+impl Acceptor for VsockListener {
+    type Stream = VsockStream;
+    async fn accept_one(&self) -> std::io::Result<VsockStream> {
+        self.accept().await.map(|(stream, _)| stream)
+    }
+}
+
+/// Listens on vsock `port` (any CID: the VM's own), tells the host on `ready_port` that it
+/// does, then serves every connection (`once`: exactly one, ending with it); returns the
+/// exit code.
+pub(crate) async fn serve_vsock(
+    agent: Agent,
+    port: u32,
+    once: bool,
+    ready_port: Option<u32>,
+) -> i32 {
+    let listener = match VsockListener::bind(VsockAddr::new(VMADDR_CID_ANY, port)) {
+        Ok(listener) => listener,
+        Err(e) => {
+            tracing::error!("cannot listen on vsock port {port}: {e}");
+            return 1;
+        }
+    };
+    if let Some(ready_port) = ready_port {
+        // The host listens for this before it starts the VM; the connection itself is the
+        // message.
+        match VsockStream::connect(VsockAddr::new(VMADDR_CID_HOST, ready_port)).await {
+            Ok(stream) => drop(stream),
+            Err(e) => {
+                tracing::error!(
+                    "cannot tell the host (vsock port {ready_port}) that the agent is ready: {e}"
+                );
+                return 1;
+            }
+        }
+    }
+    if !once {
+        accept_loop(agent, listener).await;
+        return 0;
+    }
+    match listener.accept_one().await {
+        Ok(stream) => {
+            drop(listener);
+            agent.serve_connection(stream).await;
+            agent.shutdown();
+            0
+        }
+        Err(e) => {
+            tracing::error!("cannot accept the host's connection: {e}");
+            1
+        }
+    }
+}
+
 /// Serves every connection `listener` accepts, each on its own task, until a shutdown;
 /// then stops accepting and gives open connections a moment to finish.
-async fn accept_loop(agent: Agent, listener: UnixListener) {
+async fn accept_loop<L: Acceptor>(agent: Agent, listener: L) {
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+            accepted = listener.accept_one() => match accepted {
+                Ok(stream) => {
                     let agent = agent.clone();
                     connections.spawn(async move { agent.serve_connection(stream).await });
                 }

@@ -39,6 +39,21 @@ pub struct ConfigFile {
     /// Read from the user's file only, like `[daemon]`.
     #[serde(default)]
     pub api: ApiOptions,
+    /// `[microvm]`: which hypervisor, and the user's own kernel (user's file only).
+    #[serde(default)]
+    pub microvm: MicrovmOptions,
+}
+
+/// The microvm backend's settings.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MicrovmOptions {
+    /// `qemu` (the default) or `firecracker`.
+    pub driver: Option<String>,
+    /// An uncompressed x86_64 `vmlinux` to boot instead of the one `setup` builds.
+    pub kernel: Option<PathBuf>,
+    /// The firecracker executable, when not on PATH.
+    pub firecracker: Option<PathBuf>,
 }
 
 /// Where a container engine listens (`socket = "/run/docker.sock"` or `unix:///…`).
@@ -244,6 +259,10 @@ pub fn resolve(
     // Backends that run OCI images choose one by the command when none is named.
     let image = match options.image.as_deref() {
         Some(image) => ImageRef::parse(image, cwd)?,
+        // A VM boots a root file system of its own: the one `setup` builds.
+        None if backend == BackendKind::Microvm => {
+            ImageRef::Oci(crate::image::MICROVM_BASE_IMAGE.to_string())
+        }
         None if backend.runs_oci_images() => ImageRef::Auto,
         None => ImageRef::Host,
     };
@@ -253,6 +272,9 @@ pub fn resolve(
         policy.network = NetworkMode::None;
     } else if options.network == Some(true) {
         policy.network = NetworkMode::Outbound;
+    } else if backend == BackendKind::Microvm {
+        // A microVM gets no network device unless asked for one.
+        policy.network = NetworkMode::None;
     }
 
     let mut resources = profile.default_resources();

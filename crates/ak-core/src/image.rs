@@ -59,6 +59,10 @@ const IMAGE_BY_PROJECT_FILE: &[(&str, &str)] = &[
 /// The image when neither the command nor the project says: small, with a shell.
 pub const DEFAULT_CONTAINER_IMAGE: &str = "alpine:3.20";
 
+/// The microvm backend's default image: Debian's minimal root, built by `agentkernel
+/// setup` (VMs boot their own root file system; container images are not converted).
+pub const MICROVM_BASE_IMAGE: &str = "debian-minbase";
+
 impl ImageRef {
     /// Parses an image argument. `host` is the host image; anything that looks like a path
     /// (starts with `/`, `./` or `../`, or is `.`) must be an existing directory; anything

@@ -7,10 +7,12 @@ pub mod error;
 pub mod exec;
 pub mod image;
 pub mod policy;
+pub mod process;
 pub mod resources;
 pub mod runtime;
 pub mod spec;
 pub mod state;
+pub mod watch;
 
 pub use ak_protocol::{ExecSpec, ExitStatus, PtySize, StdinMode};
 pub use backend::{Backend, BackendKind, BackendProbe, Sandbox, Transport};

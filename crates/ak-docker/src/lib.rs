@@ -7,7 +7,6 @@ mod container;
 mod engine;
 mod error;
 mod images;
-mod ready;
 mod sandbox;
 
 use std::os::unix::fs::DirBuilderExt;
@@ -25,8 +24,8 @@ use crate::container::{LABEL_CREATOR, LABEL_LIFETIME, LABEL_SANDBOX, Plan, SOCKE
 pub use crate::engine::EngineInfo;
 pub use crate::error::DockerError;
 pub use crate::images::PullProgress;
-use crate::ready::SocketWatch;
 use crate::sandbox::{DockerSandbox, HandleData, remove, remove_run_dir, watch_exit};
+use ak_core::watch::SocketWatch;
 
 /// How long a container's agent gets to start listening.
 const AGENT_START_LIMIT: Duration = Duration::from_secs(30);
@@ -112,7 +111,7 @@ impl DockerBackend {
             };
             let creator_alive = labels
                 .get(LABEL_CREATOR)
-                .is_some_and(|creator| process_alive(creator));
+                .is_some_and(|creator| ak_core::process::alive(creator));
             if !creator_alive {
                 tracing::info!(sandbox = %id, "removing a one-shot container whose creator is gone");
                 remove(client, &container, &self.run_base().join(id)).await?;
@@ -147,8 +146,9 @@ impl DockerBackend {
             .mode(DIR_MODE)
             .create(&run_dir)
             .map_err(DockerError::io(format!("create {}", run_dir.display())))?;
-        let watch = SocketWatch::new(&run_dir)?;
-        let creator = process_identity(std::process::id()).unwrap_or_default();
+        let watch = SocketWatch::new(&run_dir)
+            .map_err(DockerError::io(format!("watch {}", run_dir.display())))?;
+        let creator = ak_core::process::identity(std::process::id()).unwrap_or_default();
         let body = Plan {
             kind: self.kind,
             spec,
@@ -193,7 +193,8 @@ impl DockerBackend {
         let (running, mut watcher) = watch_exit(client, &container);
         let socket = run_dir.join(SOCKET_NAME);
         let ready = tokio::select! {
-            ready = watch.wait_for(&socket, AGENT_START_LIMIT) => ready,
+            ready = watch.wait_for(&socket, AGENT_START_LIMIT) => ready
+                .map_err(|e| DockerError::Agent(e.to_string())),
             code = &mut watcher => Err(DockerError::Agent(format!(
                 "exited (status {}) before it listened; `{} logs {name}` may say why",
                 code.unwrap_or(-1),
@@ -266,22 +267,6 @@ fn explicit_ulimits() -> Vec<(&'static str, u64, u64)> {
             (name, value, value)
         })
         .collect()
-}
-
-/// `pid:start-time` of process `pid`: unique across pid reuse.
-fn process_identity(pid: u32) -> Option<String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22 (start time); fields counted after the `(comm)`, which may hold spaces.
-    let start = stat.get(stat.rfind(')')? + 2..)?.split(' ').nth(19)?;
-    Some(format!("{pid}:{start}"))
-}
-
-fn process_alive(identity: &str) -> bool {
-    identity
-        .split_once(':')
-        .and_then(|(pid, _)| pid.parse::<u32>().ok())
-        .and_then(process_identity)
-        .is_some_and(|now| now == identity)
 }
 
 #[async_trait::async_trait]
@@ -391,19 +376,6 @@ impl Backend for DockerBackend {
 mod tests {
     use super::*;
     use std::path::Path;
-
-    #[test]
-    fn a_process_is_identified_across_pid_reuse() {
-        let me = process_identity(std::process::id()).unwrap();
-        assert!(process_alive(&me));
-        let (pid, _) = me.split_once(':').unwrap();
-        assert!(
-            !process_alive(&format!("{pid}:1")),
-            "same pid, other start time"
-        );
-        assert!(!process_alive("4194304:1"));
-        assert!(!process_alive("garbage"));
-    }
 
     #[test]
     fn paths_are_not_images() {

@@ -11,6 +11,7 @@ mod plugin;
 mod run;
 mod sandbox;
 mod serve;
+mod setup;
 mod status;
 mod stream;
 mod terminal;
@@ -48,6 +49,7 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::Audit(args) => audit::audit(args),
         Command::Mcp => mcp::mcp().await,
         Command::Plugin(command) => plugin::plugin(command),
+        Command::Setup(args) => setup::setup(args),
     }
 }
 

@@ -1,5 +1,5 @@
-//! Waiting for the agent's socket to appear in the host directory, without polling: an
-//! inotify watch on the directory wakes us when the agent binds it.
+//! Waiting for a socket to appear in a host directory, without polling: an inotify watch
+//! on the directory wakes us when the agent (or a helper process) binds it.
 
 use std::mem::MaybeUninit;
 use std::os::fd::OwnedFd;
@@ -9,35 +9,32 @@ use std::time::Duration;
 use rustix::fs::inotify;
 use tokio::io::unix::AsyncFd;
 
-use crate::error::DockerError;
-
-/// A watch on a directory, set up before the container starts so no creation is missed.
+/// A watch on a directory, set up before whatever binds the socket starts, so no
+/// creation is missed.
 #[derive(Debug)]
 pub struct SocketWatch {
     inotify: AsyncFd<OwnedFd>,
 }
 
 impl SocketWatch {
-    pub fn new(dir: &Path) -> Result<SocketWatch, DockerError> {
-        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)
-            .map_err(|e| DockerError::io("inotify_init")(e.into()))?;
+    pub fn new(dir: &Path) -> std::io::Result<SocketWatch> {
+        let fd = inotify::init(inotify::CreateFlags::CLOEXEC | inotify::CreateFlags::NONBLOCK)?;
         // The agent renames its socket into place once it listens (MOVED_TO); CREATE
         // covers an agent that binds in place.
         inotify::add_watch(
             &fd,
             dir,
             inotify::WatchFlags::CREATE | inotify::WatchFlags::MOVED_TO,
-        )
-        .map_err(|e| DockerError::io(format!("watch {}", dir.display()))(e.into()))?;
-        // SAFETY: the inotify fd is an OwnedFd moved into the AsyncFd, which owns it (and so
-        // keeps it open and the same) for its whole life.
-        let inotify = unsafe { AsyncFd::register(fd) }
-            .map_err(|e| DockerError::io("register the inotify watch")(e.into()))?;
+        )?;
+        // SAFETY: the inotify fd is an OwnedFd moved into the AsyncFd, which owns it (and
+        // so keeps it open and the same) for its whole life.
+        let inotify = unsafe { AsyncFd::register(fd) }?;
         Ok(SocketWatch { inotify })
     }
 
-    /// Returns once `path` (in the watched directory) exists, or fails after `limit`.
-    pub async fn wait_for(&self, path: &Path, limit: Duration) -> Result<(), DockerError> {
+    /// Returns once `path` (in the watched directory) exists, or fails with `TimedOut`
+    /// after `limit`.
+    pub async fn wait_for(&self, path: &Path, limit: Duration) -> std::io::Result<()> {
         let name = path.file_name().map(|n| n.as_encoded_bytes().to_vec());
         let waited = tokio::time::timeout(limit, async {
             loop {
@@ -46,11 +43,7 @@ impl SocketWatch {
                 if path.exists() {
                     return Ok(());
                 }
-                let mut guard = self
-                    .inotify
-                    .readable()
-                    .await
-                    .map_err(DockerError::io("wait on inotify"))?;
+                let mut guard = self.inotify.readable().await?;
                 let mut buffer = [MaybeUninit::<u8>::uninit(); 1024];
                 let mut reader = inotify::Reader::new(self.inotify.get_ref(), &mut buffer);
                 loop {
@@ -64,18 +57,21 @@ impl SocketWatch {
                             guard.clear_ready();
                             break;
                         }
-                        Err(e) => return Err(DockerError::io("read inotify events")(e.into())),
+                        Err(e) => return Err(e.into()),
                     }
                 }
             }
         })
         .await;
         waited.unwrap_or_else(|_| {
-            Err(DockerError::Agent(format!(
-                "did not listen on {} within {}s",
-                path.display(),
-                limit.as_secs()
-            )))
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!(
+                    "nothing listened on {} within {}s",
+                    path.display(),
+                    limit.as_secs()
+                ),
+            ))
         })
     }
 }
@@ -104,6 +100,6 @@ mod tests {
             .wait_for(&dir.path().join("never"), Duration::from_millis(50))
             .await
             .unwrap_err();
-        assert!(error.to_string().contains("did not listen"), "{error}");
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut, "{error}");
     }
 }

@@ -1,0 +1,492 @@
+//! ak-microvm: the microVM backend. Each sandbox is a VM with its own kernel (ours, built
+//! from Debian's source), our agent as init from a tiny initramfs, and the image as a
+//! read-only disk under a memory-backed writable layer; the host reaches the agent over
+//! vsock. Two drivers share everything but the hypervisor: QEMU's `microvm` machine and
+//! Firecracker.
+
+mod error;
+pub mod firecracker;
+pub mod guest;
+mod qemu;
+mod sandbox;
+pub mod tools;
+mod vm;
+pub mod vsock;
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use ak_core::backend::{Capabilities, Lifetime, SandboxHandle};
+use ak_core::config::MicrovmOptions;
+use ak_core::{
+    Backend, BackendError, BackendKind, BackendProbe, NetworkMode, Sandbox, SandboxSpec,
+};
+use serde::{Deserialize, Serialize};
+use tokio::net::UnixListener;
+
+pub use crate::error::MicrovmError;
+use crate::guest::image::BaseSource;
+use crate::guest::{initramfs, kernel};
+use crate::sandbox::MicrovmSandbox;
+use crate::tools::Kvm;
+use crate::vm::{Layout, VmRecord};
+
+/// How long a VM gets from launch to its agent listening (emulated boots on a loaded
+/// host take seconds); past it the watchdog kills the VM.
+const BOOT_LIMIT: Duration = Duration::from_secs(60);
+/// The kernel command line every driver shares: serial console, quiet boot, no probing
+/// of legacy devices, and an immediate exit on panic.
+const KERNEL_ARGS: &str =
+    "console=ttyS0 quiet loglevel=4 i8042.nokbd i8042.noaux i8042.nopnp 8250.nr_uarts=1 panic=-1";
+/// The least memory a guest boots with.
+const MIN_MEMORY_MIB: u64 = 128;
+
+/// Which hypervisor runs the VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DriverKind {
+    Qemu,
+    Firecracker,
+}
+
+impl FromStr for DriverKind {
+    type Err = MicrovmError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "qemu" => Ok(DriverKind::Qemu),
+            "firecracker" => Ok(DriverKind::Firecracker),
+            other => Err(MicrovmError::Unsupported(format!(
+                "unknown microvm driver '{other}' (expected qemu or firecracker)"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for DriverKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DriverKind::Qemu => "qemu",
+            DriverKind::Firecracker => "firecracker",
+        })
+    }
+}
+
+/// What a driver boots.
+#[derive(Debug, Clone)]
+pub struct Boot<'a> {
+    pub kernel: &'a Path,
+    pub initramfs: &'a Path,
+    /// The read-only base image (the guest's `/dev/vda`).
+    pub base: &'a Path,
+    /// The kernel's parameters (the driver adds its own and its devices').
+    pub kernel_args: String,
+    /// The agent's arguments (after `--`).
+    pub init_args: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+}
+
+impl Boot<'_> {
+    /// The full command line with the driver's `extra` kernel parameters.
+    pub fn cmdline(&self, extra: &str) -> String {
+        format!("{} {extra} -- {}", self.kernel_args, self.init_args)
+    }
+}
+
+/// The host processes a driver started.
+#[derive(Debug)]
+pub struct Launched {
+    pub hypervisor: tokio::process::Child,
+    pub hypervisor_id: String,
+    /// The vsock daemon (QEMU).
+    pub helper: Option<(tokio::process::Child, String)>,
+}
+
+/// The microvm backend.
+#[derive(Debug)]
+pub struct MicrovmBackend {
+    agent: PathBuf,
+    driver: DriverKind,
+    kernel: Option<PathBuf>,
+    firecracker: Option<PathBuf>,
+    cache: PathBuf,
+    swept: std::sync::Once,
+}
+
+impl MicrovmBackend {
+    pub fn new(agent: PathBuf, options: &MicrovmOptions) -> Result<Self, MicrovmError> {
+        let driver = match &options.driver {
+            Some(name) => name.parse()?,
+            None => DriverKind::Qemu,
+        };
+        Ok(MicrovmBackend {
+            agent,
+            driver,
+            kernel: options.kernel.clone(),
+            firecracker: options.firecracker.clone(),
+            cache: tools::cache_dir(),
+            swept: std::sync::Once::new(),
+        })
+    }
+
+    /// Uses `cache` for built artifacts instead of the default.
+    pub fn with_cache(mut self, cache: PathBuf) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    pub fn cache(&self) -> &Path {
+        &self.cache
+    }
+
+    pub fn driver(&self) -> DriverKind {
+        self.driver
+    }
+
+    /// The kernel to boot: the configured one, else the one `setup` built.
+    pub fn kernel(&self) -> Result<PathBuf, MicrovmError> {
+        let path = match &self.kernel {
+            Some(path) => path.clone(),
+            None => kernel::find_built(&self.cache).ok_or_else(|| {
+                MicrovmError::Artifact(
+                    "no guest kernel is built: run `agentkernel setup` (about 2-3 minutes)".into(),
+                )
+            })?,
+        };
+        kernel::check_vmlinux(&path)?;
+        Ok(path)
+    }
+
+    fn hypervisor(&self) -> Result<PathBuf, MicrovmError> {
+        match self.driver {
+            DriverKind::Qemu => tools::require_program(tools::QEMU, tools::QEMU_HINT),
+            DriverKind::Firecracker => match &self.firecracker {
+                Some(path) if path.is_file() => Ok(path.clone()),
+                Some(path) => Err(MicrovmError::MissingTool {
+                    program: path.display().to_string(),
+                    hint: tools::FIRECRACKER_HINT.into(),
+                }),
+                None => tools::require_program(tools::FIRECRACKER, tools::FIRECRACKER_HINT),
+            },
+        }
+    }
+
+    fn run_base(&self) -> PathBuf {
+        ak_core::runtime::backend_runtime_base(BackendKind::Microvm)
+    }
+
+    /// Checks what the spec asks for against what a VM here can give.
+    fn check_spec(spec: &SandboxSpec) -> Result<(), MicrovmError> {
+        if spec.policy.network != NetworkMode::None {
+            return Err(MicrovmError::Unsupported(
+                "the microvm backend gives VMs no network device yet; run without --network".into(),
+            ));
+        }
+        if !spec.mounts.is_empty() {
+            return Err(MicrovmError::Unsupported(
+                "host directories (--mount-cwd, --dir) cannot be shared with a VM yet (no virtiofs); copy files in with `agentkernel cp`".into(),
+            ));
+        }
+        let workdir = spec.workdir.to_string_lossy();
+        if !spec.workdir.is_absolute()
+            || workdir.contains(char::is_whitespace)
+            || workdir.contains('"')
+        {
+            return Err(MicrovmError::Unsupported(format!(
+                "the workdir {workdir:?} must be an absolute path without spaces or quotes (it is passed on the kernel command line)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn boot_args(&self, spec: &SandboxSpec, lifetime: Lifetime, kvm: bool) -> (String, String) {
+        let mut kernel_args = KERNEL_ARGS.to_string();
+        if !kvm && let Some(khz) = tools::host_tsc_khz() {
+            // Emulated guests sometimes hang calibrating the TSC; told its rate they don't.
+            kernel_args.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+        let mode = match lifetime {
+            Lifetime::Ephemeral => "--vsock-once",
+            Lifetime::Persistent => "--vsock",
+        };
+        let init_args = format!(
+            "--guest {mode} {} --ready-port {} --workdir {}",
+            vsock::AGENT_PORT,
+            vsock::READY_PORT,
+            spec.workdir.display()
+        );
+        (kernel_args, init_args)
+    }
+
+    async fn boot(
+        &self,
+        spec: &SandboxSpec,
+        lifetime: Lifetime,
+    ) -> Result<MicrovmSandbox, MicrovmError> {
+        Self::check_spec(spec)?;
+        self.hypervisor()?;
+        let kernel = self.kernel()?;
+        let source = BaseSource::from_image(&spec.image)?;
+        let (cache, agent) = (self.cache.clone(), self.agent.clone());
+        // Hashing a directory image and packing it are file-system heavy: off the runtime.
+        let (base, initramfs) = tokio::task::spawn_blocking(move || {
+            Ok::<_, MicrovmError>((
+                guest::image::ensure(&cache, &source)?,
+                initramfs::ensure(&cache, &agent)?,
+            ))
+        })
+        .await
+        .map_err(|e| MicrovmError::Artifact(format!("preparing the guest failed: {e}")))??;
+        let run_base = self.run_base();
+        self.swept.call_once(|| vm::sweep(&run_base));
+        let kvm = Kvm::detect() == Kvm::Usable;
+        let (kernel_args, init_args) = self.boot_args(spec, lifetime, kvm);
+        let memory_mib = (spec.resources.memory_bytes >> 20).max(MIN_MEMORY_MIB);
+        let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+        let vcpus = spec
+            .resources
+            .cpus
+            .map_or(1, |cpus| cpus.ceil() as u32)
+            .clamp(1, host_cpus);
+        let boot = Boot {
+            kernel: &kernel,
+            initramfs: &initramfs,
+            base: &base,
+            kernel_args,
+            init_args,
+            vcpus,
+            memory_mib,
+        };
+        let layout = Layout::create(run_base.join(&spec.id))?;
+        let started = self.start(&boot, &layout, lifetime, spec).await;
+        if started.is_err() {
+            let _ = layout.remove();
+        }
+        started
+    }
+
+    async fn start(
+        &self,
+        boot: &Boot<'_>,
+        layout: &Layout,
+        lifetime: Lifetime,
+        spec: &SandboxSpec,
+    ) -> Result<MicrovmSandbox, MicrovmError> {
+        let ready_path = vsock::host_port_socket(&layout.vsock(), vsock::READY_PORT);
+        // Listening before the VM starts: the agent's one connection here is its "ready".
+        let ready = UnixListener::bind(&ready_path).map_err(MicrovmError::io(format!(
+            "listen on {}",
+            ready_path.display()
+        )))?;
+        let launched = match self.driver {
+            DriverKind::Qemu => qemu::launch(boot, layout, lifetime).await?,
+            DriverKind::Firecracker => {
+                firecracker::launch(&self.hypervisor()?, boot, layout, lifetime).await?
+            }
+        };
+        let Launched {
+            mut hypervisor,
+            hypervisor_id,
+            helper,
+        } = launched;
+        let record = VmRecord {
+            layout: layout.clone(),
+            driver: self.driver,
+            lifetime,
+            hypervisor: hypervisor_id,
+            vsock_daemon: helper.as_ref().map(|(_, id)| id.clone()),
+            creator: ak_core::process::identity(std::process::id()).unwrap_or_default(),
+        };
+        let outcome = async {
+            record.save()?;
+            tokio::select! {
+                accepted = ready.accept() => accepted
+                    .map(drop)
+                    .map_err(MicrovmError::io("accept the agent's ready connection")),
+                status = hypervisor.wait() => Err(MicrovmError::Boot {
+                    reason: format!(
+                        "the {} process exited ({}) before the agent was ready",
+                        self.driver,
+                        status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+                    ),
+                    log: layout.last_output(),
+                }),
+                () = tokio::time::sleep(BOOT_LIMIT) => Err(MicrovmError::Boot {
+                    reason: format!(
+                        "the agent was not ready within {}s; the watchdog killed the VM",
+                        BOOT_LIMIT.as_secs()
+                    ),
+                    log: layout.last_output(),
+                }),
+            }?;
+            drop(ready);
+            let _ = std::fs::remove_file(&ready_path);
+            match lifetime {
+                Lifetime::Ephemeral => vsock::connect(&layout.vsock(), vsock::AGENT_PORT)
+                    .await
+                    .map(Some),
+                Lifetime::Persistent => Ok(None),
+            }
+        }
+        .await;
+        let transport = match outcome {
+            Ok(transport) => transport,
+            Err(e) => {
+                let _ = hypervisor.start_kill();
+                if let Some((mut helper, _)) = helper {
+                    let _ = helper.start_kill();
+                }
+                let _ = record.end();
+                return Err(e);
+            }
+        };
+        let running = Arc::new(AtomicBool::new(true));
+        let watcher = {
+            let running = running.clone();
+            tokio::spawn(async move {
+                let _ = hypervisor.wait().await;
+                running.store(false, Ordering::SeqCst);
+                // The vsock daemon serves no one once the VM is gone.
+                if let Some((mut helper, _)) = helper {
+                    let _ = helper.kill().await;
+                }
+            })
+        };
+        Ok(MicrovmSandbox {
+            id: spec.id.clone(),
+            record,
+            transport,
+            running,
+            watcher: Some(watcher),
+            destroyed: false,
+        })
+    }
+
+    fn decode(handle: &SandboxHandle) -> Result<VmRecord, BackendError> {
+        serde_json::from_str(&handle.data)
+            .map_err(|e| BackendError::Setup(format!("bad handle of {}: {e}", handle.id)))
+    }
+}
+
+#[async_trait::async_trait]
+impl Backend for MicrovmBackend {
+    fn kind(&self) -> BackendKind {
+        BackendKind::Microvm
+    }
+
+    fn probe(&self) -> BackendProbe {
+        let mut details = vec![("driver".to_string(), self.driver.to_string())];
+        let mut problems = Vec::new();
+        match self.hypervisor() {
+            Ok(path) => {
+                let version = match self.driver {
+                    DriverKind::Qemu => qemu::version(&path).unwrap_or_default(),
+                    DriverKind::Firecracker => String::new(),
+                };
+                details.push((
+                    self.driver.to_string(),
+                    format!("{} {version}", path.display()),
+                ));
+            }
+            Err(e) => problems.push(e.to_string()),
+        }
+        if self.driver == DriverKind::Qemu {
+            match tools::find_program(tools::VSOCK_DAEMON) {
+                Some(path) => details.push(("vsock".into(), path.display().to_string())),
+                None => problems.push(format!(
+                    "{} not found ({})",
+                    tools::VSOCK_DAEMON,
+                    tools::VSOCK_DAEMON_HINT
+                )),
+            }
+        } else {
+            details.push((
+                "firecracker".into(),
+                "unverified on real hardware: its driver is tested against Firecracker's documented API only".into(),
+            ));
+        }
+        let kvm = Kvm::detect();
+        details.push(("kvm".into(), kvm.describe()));
+        if self.driver == DriverKind::Firecracker && kvm != Kvm::Usable {
+            problems.push("Firecracker needs KVM that runs ordinary guests".into());
+        }
+        match self.kernel() {
+            Ok(path) => details.push(("kernel".into(), path.display().to_string())),
+            Err(e) => problems.push(e.to_string()),
+        }
+        let base = BaseSource::Debian
+            .cached_path(&self.cache)
+            .ok()
+            .filter(|p| p.is_file());
+        details.push((
+            "image".into(),
+            match &base {
+                Some(path) => format!(
+                    "{} ({})",
+                    ak_core::image::MICROVM_BASE_IMAGE,
+                    path.display()
+                ),
+                None => format!(
+                    "{} not built (`agentkernel setup`)",
+                    ak_core::image::MICROVM_BASE_IMAGE
+                ),
+            },
+        ));
+        if !self.agent.is_file() {
+            problems.push(format!("the agent {} is missing", self.agent.display()));
+        }
+        let accel = if kvm == Kvm::Usable {
+            "KVM"
+        } else {
+            "emulation (TCG)"
+        };
+        BackendProbe {
+            backend: BackendKind::Microvm,
+            usable: problems.is_empty(),
+            reason: if problems.is_empty() {
+                format!("{} microVMs with {accel}", self.driver)
+            } else {
+                problems.join("; ")
+            },
+            details,
+        }
+    }
+
+    async fn create(
+        &self,
+        spec: &SandboxSpec,
+        lifetime: Lifetime,
+    ) -> Result<Box<dyn Sandbox>, BackendError> {
+        Ok(Box::new(self.boot(spec, lifetime).await?))
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        // `attach` is the agent's PTY, as everywhere.
+        Capabilities {
+            attach: true,
+            ..Capabilities::default()
+        }
+    }
+
+    async fn attach(&self, handle: &SandboxHandle) -> Result<Box<dyn Sandbox>, BackendError> {
+        let record = Self::decode(handle)?;
+        if !record.hypervisor_alive() {
+            return Err(BackendError::Gone(handle.id.clone()));
+        }
+        Ok(Box::new(MicrovmSandbox {
+            id: handle.id.clone(),
+            record,
+            transport: None,
+            running: Arc::new(AtomicBool::new(true)),
+            watcher: None,
+            destroyed: false,
+        }))
+    }
+
+    async fn release(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
+        Ok(Self::decode(handle)?.end()?)
+    }
+}

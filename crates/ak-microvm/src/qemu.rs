@@ -1,0 +1,212 @@
+//! The QEMU driver: `qemu-system-x86_64 -M microvm` with the kernel loaded through PVH,
+//! the base image on virtio-blk, and vsock through the `vhost-device-vsock` daemon
+//! (vhost-user), with KVM where it takes ordinary guests and emulation (TCG) elsewhere.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ak_core::backend::Lifetime;
+use ak_core::watch::SocketWatch;
+
+use crate::error::MicrovmError;
+use crate::tools::{self, Kvm};
+use crate::vm::{self, Layout};
+use crate::{Boot, Launched};
+
+/// How long the vsock daemon gets to create its control socket.
+const DAEMON_START_LIMIT: Duration = Duration::from_secs(10);
+
+/// The kernel command line QEMU's machine needs besides the common one: `reboot=t` (a
+/// triple fault) is how a guest without ACPI makes QEMU, run with `-no-reboot`, exit.
+pub const CMDLINE: &str = "reboot=t";
+
+/// QEMU's microvm machine has 8 virtio-mmio transports of 512 bytes from this address,
+/// with interrupts from 5, and gives the n-th `-device` the n-th transport from the top.
+const MMIO_BASE: u64 = 0xfeb0_0000;
+const MMIO_SIZE: u64 = 512;
+const MMIO_TRANSPORTS: u64 = 8;
+const MMIO_FIRST_IRQ: u64 = 5;
+/// Our devices, in `-device` order: the base disk, then vsock.
+const DEVICES: u64 = 2;
+
+/// `virtio_mmio.device=` declarations of our devices. QEMU can append them itself, but
+/// after everything, so after the `--` that starts init's arguments, where the kernel
+/// does not look; so they are declared here, before it (`auto-kernel-cmdline=off`).
+fn device_declarations() -> String {
+    (0..DEVICES)
+        .map(|n| {
+            let slot = MMIO_TRANSPORTS - 1 - n;
+            format!(
+                "virtio_mmio.device={MMIO_SIZE}@{:#x}:{}",
+                MMIO_BASE + slot * MMIO_SIZE,
+                MMIO_FIRST_IRQ + slot
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The command line of `qemu-system-x86_64` for `boot`.
+pub fn arguments(boot: &Boot, layout: &Layout, kvm: bool) -> Vec<String> {
+    let memory = format!("{}M", boot.memory_mib);
+    let mut args: Vec<String> = vec![
+        // No ACPI: the kernel finds the virtio-mmio devices on its command line.
+        "-M".into(),
+        "microvm,acpi=off,auto-kernel-cmdline=off,memory-backend=mem".into(),
+        "-accel".into(),
+        if kvm { "kvm" } else { "tcg" }.into(),
+        "-cpu".into(),
+        if kvm { "host" } else { "max" }.into(),
+        "-smp".into(),
+        boot.vcpus.to_string(),
+        "-m".into(),
+        memory.clone(),
+        // vhost-user needs the guest's memory shared with the daemon.
+        "-object".into(),
+        format!("memory-backend-memfd,id=mem,size={memory},share=on"),
+        "-nodefaults".into(),
+        "-no-user-config".into(),
+        "-display".into(),
+        "none".into(),
+        "-no-reboot".into(),
+        "-kernel".into(),
+        boot.kernel.display().to_string(),
+        "-initrd".into(),
+        boot.initramfs.display().to_string(),
+        "-append".into(),
+        boot.cmdline(&format!("{CMDLINE} {}", device_declarations())),
+        "-chardev".into(),
+        format!("file,id=console,path={}", layout.console().display()),
+        "-serial".into(),
+        "chardev:console".into(),
+        // Read-only: every VM of an image shares the file, none writes it.
+        "-drive".into(),
+        format!(
+            "id=base,file={},format=raw,if=none,readonly=on",
+            boot.base.display()
+        ),
+        "-device".into(),
+        "virtio-blk-device,drive=base".into(),
+        "-chardev".into(),
+        format!("socket,id=vsock,path={}", layout.vhost_socket().display()),
+        "-device".into(),
+        "vhost-user-vsock-device,chardev=vsock".into(),
+    ];
+    args.shrink_to_fit();
+    args
+}
+
+/// Starts the vsock daemon, then QEMU.
+pub async fn launch(
+    boot: &Boot<'_>,
+    layout: &Layout,
+    lifetime: Lifetime,
+) -> Result<Launched, MicrovmError> {
+    let qemu = tools::require_program(tools::QEMU, tools::QEMU_HINT)?;
+    let daemon = tools::require_program(tools::VSOCK_DAEMON, tools::VSOCK_DAEMON_HINT)?;
+    let watch = SocketWatch::new(&layout.dir)
+        .map_err(MicrovmError::io(format!("watch {}", layout.dir.display())))?;
+    let daemon_args = vec![
+        "--guest-cid".to_string(),
+        "3".into(),
+        "--socket".into(),
+        layout.vhost_socket().display().to_string(),
+        "--uds-path".into(),
+        layout.vsock().display().to_string(),
+    ];
+    let (mut daemon_child, daemon_id) =
+        vm::spawn(&daemon, &daemon_args, &layout.host_log(), lifetime)?;
+    let control = layout.vhost_socket();
+    let started = tokio::select! {
+        started = watch.wait_for(&control, DAEMON_START_LIMIT) => started
+            .map_err(|e| format!("{} did not start: {e}", tools::VSOCK_DAEMON)),
+        status = daemon_child.wait() => Err(format!("{} exited ({})", tools::VSOCK_DAEMON,
+            status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()))),
+    };
+    if let Err(reason) = started {
+        let _ = daemon_child.start_kill();
+        return Err(MicrovmError::Boot {
+            reason,
+            log: layout.last_output(),
+        });
+    }
+    let kvm = Kvm::detect() == Kvm::Usable;
+    match vm::spawn(
+        &qemu,
+        &arguments(boot, layout, kvm),
+        &layout.host_log(),
+        lifetime,
+    ) {
+        Ok((hypervisor, hypervisor_id)) => Ok(Launched {
+            hypervisor,
+            hypervisor_id,
+            helper: Some((daemon_child, daemon_id)),
+        }),
+        Err(e) => {
+            let _ = daemon_child.start_kill();
+            Err(e)
+        }
+    }
+}
+
+/// Whether `path` is a QEMU new enough for `-M microvm` with vhost-user vsock (7.0+).
+pub fn version(path: &Path) -> Option<String> {
+    let output = std::process::Command::new(path)
+        .arg("--version")
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    text.lines()
+        .next()
+        .and_then(|line| line.split("version ").nth(1))
+        .map(|v| v.split_whitespace().next().unwrap_or(v).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_base_disk_is_read_only_and_vsock_goes_through_vhost_user() {
+        let boot = Boot {
+            kernel: Path::new("/k/vmlinux"),
+            initramfs: Path::new("/k/init.cpio"),
+            base: Path::new("/i/base.sqfs"),
+            kernel_args: "console=ttyS0".into(),
+            init_args: "--guest".into(),
+            vcpus: 2,
+            memory_mib: 256,
+        };
+        let layout = Layout {
+            dir: "/run/vm".into(),
+        };
+        let args = arguments(&boot, &layout, false).join(" ");
+        assert!(
+            args.contains("file=/i/base.sqfs,format=raw,if=none,readonly=on"),
+            "{args}"
+        );
+        assert!(args.contains("-accel tcg"), "{args}");
+        assert!(
+            args.contains("memory-backend-memfd,id=mem,size=256M,share=on"),
+            "{args}"
+        );
+        assert!(
+            args.contains("socket,id=vsock,path=/run/vm/vhost.sock"),
+            "{args}"
+        );
+        assert!(args.contains("-no-reboot"), "{args}");
+        assert!(args.contains("-smp 2 -m 256M"), "{args}");
+        assert!(
+            arguments(&boot, &layout, true)
+                .join(" ")
+                .contains("-accel kvm -cpu host")
+        );
+        // What QEMU 7.2 itself declares for two devices (read off a guest's dmesg).
+        assert!(
+            args.contains(
+                "console=ttyS0 reboot=t virtio_mmio.device=512@0xfeb00e00:12 virtio_mmio.device=512@0xfeb00c00:11 -- --guest"
+            ),
+            "{args}"
+        );
+    }
+}

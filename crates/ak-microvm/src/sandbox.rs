@@ -1,0 +1,120 @@
+//! One sandbox in a microVM: reached through the vsock device socket in its runtime
+//! directory; ended by killing its processes.
+
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use ak_core::backend::{Lifetime, SandboxHandle, SandboxUsage, Transport};
+use ak_core::{BackendError, BackendKind, Sandbox};
+use tokio::net::UnixStream;
+use tokio::task::JoinHandle;
+
+use crate::vm::VmRecord;
+use crate::vsock;
+
+#[derive(Debug)]
+pub struct MicrovmSandbox {
+    pub(crate) id: String,
+    pub(crate) record: VmRecord,
+    /// Ephemeral: the one connection, until handed out.
+    pub(crate) transport: Option<UnixStream>,
+    /// Cleared when the hypervisor exits (VMs this process started); a VM found again
+    /// from its handle is checked through its recorded process instead.
+    pub(crate) running: Arc<AtomicBool>,
+    pub(crate) watcher: Option<JoinHandle<()>>,
+    pub(crate) destroyed: bool,
+}
+
+impl MicrovmSandbox {
+    fn lifetime(&self) -> Lifetime {
+        self.record.lifetime
+    }
+}
+
+#[async_trait::async_trait]
+impl Sandbox for MicrovmSandbox {
+    fn id(&self) -> &str {
+        &self.id
+    }
+
+    fn handle(&self) -> SandboxHandle {
+        SandboxHandle {
+            backend: BackendKind::Microvm,
+            id: self.id.clone(),
+            data: serde_json::to_string(&self.record).unwrap_or_default(),
+        }
+    }
+
+    async fn connect(&mut self) -> Result<Box<dyn Transport>, BackendError> {
+        match self.lifetime() {
+            Lifetime::Ephemeral => self
+                .transport
+                .take()
+                .map(|t| Box::new(t) as Box<dyn Transport>)
+                .ok_or_else(|| {
+                    BackendError::Connect("the one-shot sandbox's connection is taken".into())
+                }),
+            Lifetime::Persistent => {
+                if !self.is_running() {
+                    return Err(BackendError::Gone(self.id.clone()));
+                }
+                match vsock::connect(&self.record.layout.vsock(), vsock::AGENT_PORT).await {
+                    Ok(stream) => Ok(Box::new(stream)),
+                    Err(e) if !self.record.hypervisor_alive() => {
+                        tracing::debug!("{e}");
+                        self.running.store(false, Ordering::SeqCst);
+                        Err(BackendError::Gone(self.id.clone()))
+                    }
+                    Err(e) => Err(e.into()),
+                }
+            }
+        }
+    }
+
+    async fn destroy(&mut self) -> Result<SandboxUsage, BackendError> {
+        drop(self.transport.take());
+        if let Some(watcher) = self.watcher.take() {
+            watcher.abort();
+        }
+        self.record.end()?;
+        self.running.store(false, Ordering::SeqCst);
+        self.destroyed = true;
+        Ok(SandboxUsage::default())
+    }
+
+    fn take_transport_fd(&mut self) -> Result<OwnedFd, BackendError> {
+        let stream = self.transport.take().ok_or_else(|| {
+            BackendError::Connect("only a one-shot sandbox hands out its connection".into())
+        })?;
+        let stream = stream.into_std().map_err(BackendError::Io)?;
+        // The receiving process sets its own mode; a blocking fd is the neutral one.
+        stream.set_nonblocking(false).map_err(BackendError::Io)?;
+        Ok(stream.into())
+    }
+
+    fn is_running(&self) -> bool {
+        self.running.load(Ordering::SeqCst) && self.record.hypervisor_alive()
+    }
+
+    fn detach(mut self: Box<Self>) {
+        if self.lifetime() == Lifetime::Persistent {
+            // Forgotten, still running: its handle finds it again.
+            self.destroyed = true;
+        }
+    }
+}
+
+impl Drop for MicrovmSandbox {
+    fn drop(&mut self) {
+        if let Some(watcher) = self.watcher.take() {
+            watcher.abort();
+        }
+        if self.destroyed || self.lifetime() == Lifetime::Persistent {
+            return;
+        }
+        if let Err(e) = self.record.end() {
+            tracing::warn!("{e}");
+        }
+    }
+}
