@@ -4,7 +4,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 
 /// Printed with every argument error.
-pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT) [--hold-fd N] [--workdir DIR] [--guest] [--ready-port PORT]";
+pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT) [--hold-fd N] [--workdir DIR] [--guest] [--ready-port PORT] [--share TAG:PATH:rw|ro]...";
 
 /// Where the host's connections come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +40,16 @@ pub(crate) struct Args {
     /// Once listening, connect to the host (vsock CID 2) on this port and close: the host
     /// learns the agent is ready without polling.
     pub(crate) ready_port: Option<u32>,
+    /// Host directories the VM's hypervisor shares over 9p, mounted by a `--guest` agent.
+    pub(crate) shares: Vec<Share>,
+}
+
+/// One `--share TAG:PATH:rw|ro`: the 9p device tagged TAG mounted at PATH.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Share {
+    pub(crate) tag: String,
+    pub(crate) path: PathBuf,
+    pub(crate) writable: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -68,6 +78,10 @@ pub(crate) enum ArgsError {
     NoMode,
     #[error("--ready-port is only for --vsock and --vsock-once")]
     ReadyPortWithoutVsock,
+    #[error("--share needs TAG:/ABSOLUTE/PATH:rw or :ro, not {0:?}")]
+    BadShare(String),
+    #[error("--share is only for --guest")]
+    ShareWithoutGuest,
 }
 
 /// Parses the arguments after the program name.
@@ -86,6 +100,7 @@ where
     let mut vsock_once = None;
     let mut ready_port = None;
     let mut guest = false;
+    let mut shares = Vec::new();
     while let Some(arg) = args.next() {
         let text = arg
             .to_str()
@@ -131,6 +146,7 @@ where
                 port(value("--ready-port")?, "--ready-port")?,
                 "--ready-port",
             )?,
+            "--share" => shares.push(share(value("--share")?)?),
             "--guest" if inline.is_none() => {
                 if std::mem::replace(&mut guest, true) {
                     return Err(ArgsError::Repeated("--guest"));
@@ -163,12 +179,16 @@ where
     if ready_port.is_some() && !matches!(mode, Mode::Vsock(_) | Mode::VsockOnce(_)) {
         return Err(ArgsError::ReadyPortWithoutVsock);
     }
+    if !shares.is_empty() && !guest {
+        return Err(ArgsError::ShareWithoutGuest);
+    }
     Ok(Args {
         mode,
         hold_fd,
         workdir,
         guest,
         ready_port,
+        shares,
     })
 }
 
@@ -184,6 +204,26 @@ fn port(raw: OsString, option: &'static str) -> Result<u32, ArgsError> {
     let raw = raw.to_str().ok_or(ArgsError::NotUtf8(option))?;
     raw.parse::<u32>()
         .map_err(|_| ArgsError::BadPort(option, raw.to_string()))
+}
+
+fn share(raw: OsString) -> Result<Share, ArgsError> {
+    let raw = raw.to_str().ok_or(ArgsError::NotUtf8("--share"))?;
+    let bad = || ArgsError::BadShare(raw.to_string());
+    let (tag, rest) = raw.split_once(':').ok_or_else(bad)?;
+    let (path, access) = rest.rsplit_once(':').ok_or_else(bad)?;
+    let writable = match access {
+        "rw" => true,
+        "ro" => false,
+        _ => return Err(bad()),
+    };
+    if tag.is_empty() || !path.starts_with('/') {
+        return Err(bad());
+    }
+    Ok(Share {
+        tag: tag.to_string(),
+        path: PathBuf::from(path),
+        writable,
+    })
 }
 
 fn set_once<T>(slot: &mut Option<T>, value: T, option: &'static str) -> Result<(), ArgsError> {
@@ -261,6 +301,40 @@ mod tests {
         assert_eq!(
             parse_strs(&["--fd", "3", "--ready-port", "9"]),
             Err(ArgsError::ReadyPortWithoutVsock)
+        );
+        let args = parse_strs(&[
+            "--guest",
+            "--vsock",
+            "1",
+            "--share",
+            "m0:/workspace:rw",
+            "--share=m1:/a:b:ro",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.shares,
+            vec![
+                Share {
+                    tag: "m0".into(),
+                    path: "/workspace".into(),
+                    writable: true
+                },
+                Share {
+                    tag: "m1".into(),
+                    path: "/a:b".into(),
+                    writable: false
+                },
+            ]
+        );
+        for bad in ["m0:/w", "m0:relative:rw", ":/w:rw", "m0:/w:rx"] {
+            assert_eq!(
+                parse_strs(&["--guest", "--vsock", "1", "--share", bad]),
+                Err(ArgsError::BadShare(bad.into()))
+            );
+        }
+        assert_eq!(
+            parse_strs(&["--vsock", "1", "--share", "m0:/w:rw"]),
+            Err(ArgsError::ShareWithoutGuest)
         );
         assert_eq!(
             parse_strs(&["--vsock", "1", "--guest", "--guest"]),

@@ -55,7 +55,10 @@ fn mount_fs(
 /// Builds the sandbox's root and enters it: base image (read-only) + tmpfs upper layer as
 /// an overlay, then `/proc`, `/sys`, `/dev`, `/dev/pts`, `/dev/shm`, `/tmp`, `/run`, and
 /// the working directory (which an image need not have).
-pub(crate) fn enter_root(workdir: Option<&std::path::Path>) -> Result<(), GuestError> {
+pub(crate) fn enter_root(
+    workdir: Option<&std::path::Path>,
+    shares: &[crate::args::Share],
+) -> Result<(), GuestError> {
     // In the initramfs (a writable ramfs holding only this program).
     mount_fs("devtmpfs", "/dev", "devtmpfs", MountFlags::NOSUID, None)?;
     mkdir("/base")?;
@@ -119,6 +122,9 @@ pub(crate) fn enter_root(workdir: Option<&std::path::Path>) -> Result<(), GuestE
         MountFlags::NOSUID | MountFlags::NODEV,
         Some(c"mode=0755"),
     )?;
+    for share in shares {
+        mount_share(share)?;
+    }
     if let Some(workdir) = workdir {
         std::fs::create_dir_all(workdir).map_err(|source| GuestError {
             step: format!("create the workdir {}", workdir.display()),
@@ -137,6 +143,34 @@ pub(crate) fn enter_root(workdir: Option<&std::path::Path>) -> Result<(), GuestE
         std::env::set_var("HOME", "/root");
     }
     Ok(())
+}
+
+/// Mounts a host directory the hypervisor shares over 9p (virtio transport).
+fn mount_share(share: &crate::args::Share) -> Result<(), GuestError> {
+    std::fs::create_dir_all(&share.path).map_err(|source| GuestError {
+        step: format!("create the mount point {}", share.path.display()),
+        source,
+    })?;
+    let flags = if share.writable {
+        MountFlags::NOSUID | MountFlags::NODEV
+    } else {
+        MountFlags::NOSUID | MountFlags::NODEV | MountFlags::RDONLY
+    };
+    // 9p2000.L for Linux semantics; a large msize makes big reads and writes few messages.
+    step(
+        format!(
+            "mount the shared directory {} ({})",
+            share.path.display(),
+            share.tag
+        ),
+        mount(
+            share.tag.as_str(),
+            &share.path,
+            "9p",
+            flags,
+            Some(c"trans=virtio,version=9p2000.L,msize=262144,cache=none"),
+        ),
+    )
 }
 
 /// Sets `lo` up (the kernel creates it down).

@@ -55,7 +55,7 @@ pub fn main_entry() -> i32 {
             tracing::error!("--guest is only for the init of a microVM");
             return 2;
         }
-        if let Err(e) = guest::enter_root(args.workdir.as_deref()) {
+        if let Err(e) = guest::enter_root(args.workdir.as_deref(), &args.shares) {
             tracing::error!("{e}");
             guest::power_off();
         }

@@ -142,6 +142,11 @@ pub async fn launch(
     layout: &Layout,
     lifetime: Lifetime,
 ) -> Result<Launched, MicrovmError> {
+    if !boot.shares.is_empty() {
+        return Err(MicrovmError::Unsupported(
+            "Firecracker has no shared file system device: host directories (a named sandbox's workdir, --mount-cwd, --dir) need the qemu driver".into(),
+        ));
+    }
     let watch = SocketWatch::new(&layout.dir)
         .map_err(MicrovmError::io(format!("watch {}", layout.dir.display())))?;
     let api = layout.api_socket();

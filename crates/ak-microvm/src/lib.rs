@@ -87,6 +87,17 @@ pub struct Boot<'a> {
     pub init_args: String,
     pub vcpus: u32,
     pub memory_mib: u64,
+    /// Host directories shared into the VM (the agent mounts them).
+    pub shares: Vec<Share>,
+}
+
+/// A host directory shared into a VM over 9p, mounted at `guest` by the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Share {
+    pub tag: String,
+    pub host: PathBuf,
+    pub guest: PathBuf,
+    pub writable: bool,
 }
 
 impl Boot<'_> {
@@ -185,18 +196,27 @@ impl MicrovmBackend {
                 "the microvm backend gives VMs no network device yet; run without --network".into(),
             ));
         }
-        if !spec.mounts.is_empty() {
-            return Err(MicrovmError::Unsupported(
-                "host directories (--mount-cwd, --dir) cannot be shared with a VM yet (no virtiofs); copy files in with `agentkernel cp`".into(),
-            ));
+        // Guest paths travel on the kernel command line (words split at spaces; `:`
+        // separates the parts of a share).
+        let on_cmdline = |what: &str, path: &Path| {
+            let text = path.to_string_lossy();
+            if !path.is_absolute()
+                || text.contains(|c: char| c.is_whitespace() || c == '"' || c == ':')
+            {
+                return Err(MicrovmError::Unsupported(format!(
+                    "the {what} {text:?} must be an absolute path without spaces, quotes or ':' (it is passed on the kernel command line)"
+                )));
+            }
+            Ok(())
+        };
+        on_cmdline("workdir", &spec.workdir)?;
+        for mount in &spec.mounts {
+            on_cmdline("mount point", &mount.target)?;
         }
-        let workdir = spec.workdir.to_string_lossy();
-        if !spec.workdir.is_absolute()
-            || workdir.contains(char::is_whitespace)
-            || workdir.contains('"')
-        {
+        if spec.mounts.len() > qemu::MAX_SHARES {
             return Err(MicrovmError::Unsupported(format!(
-                "the workdir {workdir:?} must be an absolute path without spaces or quotes (it is passed on the kernel command line)"
+                "at most {} host directories can be shared with a VM",
+                qemu::MAX_SHARES
             )));
         }
         Ok(())
@@ -212,12 +232,20 @@ impl MicrovmBackend {
             Lifetime::Ephemeral => "--vsock-once",
             Lifetime::Persistent => "--vsock",
         };
-        let init_args = format!(
+        let mut init_args = format!(
             "--guest {mode} {} --ready-port {} --workdir {}",
             vsock::AGENT_PORT,
             vsock::READY_PORT,
             spec.workdir.display()
         );
+        for share in shares(spec) {
+            let access = if share.writable { "rw" } else { "ro" };
+            init_args.push_str(&format!(
+                " --share {}:{}:{access}",
+                share.tag,
+                share.guest.display()
+            ));
+        }
         (kernel_args, init_args)
     }
 
@@ -259,6 +287,7 @@ impl MicrovmBackend {
             init_args,
             vcpus,
             memory_mib,
+            shares: shares(spec),
         };
         let layout = Layout::create(run_base.join(&spec.id))?;
         let started = self.start(&boot, &layout, lifetime, spec).await;
@@ -371,6 +400,20 @@ impl MicrovmBackend {
     }
 }
 
+/// The spec's host directories as 9p shares, tagged in order.
+fn shares(spec: &SandboxSpec) -> Vec<Share> {
+    spec.mounts
+        .iter()
+        .enumerate()
+        .map(|(i, mount)| Share {
+            tag: format!("share{i}"),
+            host: mount.host.clone(),
+            guest: mount.target.clone(),
+            writable: mount.writable,
+        })
+        .collect()
+}
+
 #[async_trait::async_trait]
 impl Backend for MicrovmBackend {
     fn kind(&self) -> BackendKind {
@@ -467,6 +510,7 @@ impl Backend for MicrovmBackend {
         // `attach` is the agent's PTY, as everywhere.
         Capabilities {
             attach: true,
+            mount_cwd: self.driver == DriverKind::Qemu,
             ..Capabilities::default()
         }
     }

@@ -26,14 +26,16 @@ const MMIO_BASE: u64 = 0xfeb0_0000;
 const MMIO_SIZE: u64 = 512;
 const MMIO_TRANSPORTS: u64 = 8;
 const MMIO_FIRST_IRQ: u64 = 5;
-/// Our devices, in `-device` order: the base disk, then vsock.
-const DEVICES: u64 = 2;
+/// Our fixed devices, in `-device` order: the base disk, then vsock; shares follow.
+const FIXED_DEVICES: u64 = 2;
+/// How many 9p shares fit in the remaining transports.
+pub const MAX_SHARES: usize = (MMIO_TRANSPORTS - FIXED_DEVICES) as usize;
 
 /// `virtio_mmio.device=` declarations of our devices. QEMU can append them itself, but
 /// after everything, so after the `--` that starts init's arguments, where the kernel
 /// does not look; so they are declared here, before it (`auto-kernel-cmdline=off`).
-fn device_declarations() -> String {
-    (0..DEVICES)
+fn device_declarations(shares: usize) -> String {
+    (0..FIXED_DEVICES + shares as u64)
         .map(|n| {
             let slot = MMIO_TRANSPORTS - 1 - n;
             format!(
@@ -74,7 +76,10 @@ pub fn arguments(boot: &Boot, layout: &Layout, kvm: bool) -> Vec<String> {
         "-initrd".into(),
         boot.initramfs.display().to_string(),
         "-append".into(),
-        boot.cmdline(&format!("{CMDLINE} {}", device_declarations())),
+        boot.cmdline(&format!(
+            "{CMDLINE} {}",
+            device_declarations(boot.shares.len())
+        )),
         "-chardev".into(),
         format!("file,id=console,path={}", layout.console().display()),
         "-serial".into(),
@@ -92,8 +97,27 @@ pub fn arguments(boot: &Boot, layout: &Layout, kvm: bool) -> Vec<String> {
         "-device".into(),
         "vhost-user-vsock-device,chardev=vsock".into(),
     ];
-    args.shrink_to_fit();
+    for (i, share) in boot.shares.iter().enumerate() {
+        // security_model=none: files keep QEMU's (the caller's) ownership on the host,
+        // and the guest's chown requests are not applied to the host.
+        let readonly = if share.writable { "" } else { ",readonly=on" };
+        args.push("-fsdev".into());
+        args.push(format!(
+            "local,id=fs{i},path={},security_model=none{readonly}",
+            escape_option(&share.host.to_string_lossy())
+        ));
+        args.push("-device".into());
+        args.push(format!(
+            "virtio-9p-device,fsdev=fs{i},mount_tag={}",
+            share.tag
+        ));
+    }
     args
+}
+
+/// A value inside QEMU's `key=value,…` option syntax: commas are doubled.
+fn escape_option(value: &str) -> String {
+    value.replace(',', ",,")
 }
 
 /// Starts the vsock daemon, then QEMU.
@@ -176,6 +200,12 @@ mod tests {
             init_args: "--guest".into(),
             vcpus: 2,
             memory_mib: 256,
+            shares: vec![crate::Share {
+                tag: "share0".into(),
+                host: "/srv/a,b".into(),
+                guest: "/workspace".into(),
+                writable: false,
+            }],
         };
         let layout = Layout {
             dir: "/run/vm".into(),
@@ -195,6 +225,10 @@ mod tests {
             "{args}"
         );
         assert!(args.contains("-no-reboot"), "{args}");
+        assert!(
+            args.contains("-fsdev local,id=fs0,path=/srv/a,,b,security_model=none,readonly=on -device virtio-9p-device,fsdev=fs0,mount_tag=share0"),
+            "{args}"
+        );
         assert!(args.contains("-smp 2 -m 256M"), "{args}");
         assert!(
             arguments(&boot, &layout, true)
@@ -204,7 +238,7 @@ mod tests {
         // What QEMU 7.2 itself declares for two devices (read off a guest's dmesg).
         assert!(
             args.contains(
-                "console=ttyS0 reboot=t virtio_mmio.device=512@0xfeb00e00:12 virtio_mmio.device=512@0xfeb00c00:11 -- --guest"
+                "console=ttyS0 reboot=t virtio_mmio.device=512@0xfeb00e00:12 virtio_mmio.device=512@0xfeb00c00:11 virtio_mmio.device=512@0xfeb00a00:10 -- --guest"
             ),
             "{args}"
         );

@@ -13,5 +13,6 @@ mod daemon;
 mod docker;
 mod escape;
 mod leaks;
+mod microvm;
 mod named;
 mod run;

@@ -195,6 +195,7 @@ fn boot<'a>(kernel: &'a Path, initramfs: &'a Path, base: &'a Path) -> Boot<'a> {
         init_args: "--guest --vsock 1024".into(),
         vcpus: 2,
         memory_mib: 512,
+        shares: Vec::new(),
     }
 }
 
