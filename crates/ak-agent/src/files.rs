@@ -132,14 +132,29 @@ pub(crate) fn rename(root: &Root, from: &str, to: &str) -> Result<(), AgentError
     };
     let from_parent = root.open_parent(&source).map_err(fail)?;
     let to_parent = root.open_parent(&target).map_err(fail)?;
-    rustix::fs::renameat_with(
+    let renamed = rustix::fs::renameat_with(
         &from_parent,
         from_name,
         &to_parent,
         to_name,
         rustix::fs::RenameFlags::NOREPLACE,
-    )
-    .map_err(|errno| fs_error("rename", &target.display(), errno))
+    );
+    let renamed = match renamed {
+        // File systems without RENAME_NOREPLACE (9p: a VM's shared host directory) say
+        // EINVAL. There the check and the rename are two steps; only the sandbox's own
+        // processes could race them, and the worst they get is their own file replaced.
+        Err(Errno::INVAL) => {
+            match rustix::fs::statat(&to_parent, to_name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(_) => Err(Errno::EXIST),
+                Err(Errno::NOENT) => {
+                    rustix::fs::renameat(&from_parent, from_name, &to_parent, to_name)
+                }
+                Err(other) => Err(other),
+            }
+        }
+        other => other,
+    };
+    renamed.map_err(|errno| fs_error("rename", &target.display(), errno))
 }
 
 /// Empties the directory `name` in `parent`. Each level is opened with `NOFOLLOW`

@@ -1,11 +1,18 @@
 //! Naming a host process so that it stays the same process across pid reuse: how
 //! backends record the processes a sandbox owns (its creator, its hypervisor).
 
-/// `pid:start-time` of process `pid`: unique across pid reuse.
+/// `pid:start-time` of process `pid`: unique across pid reuse. `None` when there is no
+/// such process, or it has exited and only waits to be reaped (a zombie: a killed
+/// hypervisor whose parent is gone may stay one for a while).
 pub fn identity(pid: u32) -> Option<String> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Field 22 (start time); fields counted after the `(comm)`, which may hold spaces.
-    let start = stat.get(stat.rfind(')')? + 2..)?.split(' ').nth(19)?;
+    // Fields counted after the `(comm)`, which may hold spaces: the state (field 3), the
+    // start time (field 22).
+    let mut fields = stat.get(stat.rfind(')')? + 2..)?.split(' ');
+    if matches!(fields.next()?, "Z" | "X") {
+        return None;
+    }
+    let start = fields.nth(18)?;
     Some(format!("{pid}:{start}"))
 }
 
@@ -41,5 +48,23 @@ mod tests {
         assert!(!alive(&format!("{pid}:1")), "same pid, other start time");
         assert!(!alive("4194304:1"));
         assert!(!alive("garbage"));
+        // An exited child not yet reaped is not alive.
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let recorded = identity(pid).unwrap();
+        assert!(signal(&recorded, rustix::process::Signal::KILL));
+        let start = std::time::Instant::now();
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z "))
+        {
+            assert!(start.elapsed().as_secs() < 10, "the child never exited");
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(identity(pid).is_none());
+        assert!(!alive(&recorded));
+        child.wait().unwrap();
     }
 }

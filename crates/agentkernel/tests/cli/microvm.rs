@@ -199,8 +199,13 @@ fn microvm_is_isolated_from_the_host() {
         ],
     );
     assert_eq!(stdout(&again), "fresh\n");
-    // Asking for a network is refused clearly, not silently dropped.
-    let network = vrun(&["--network"], &["true"]);
+    // Asking for a network (in a config file) is refused clearly, not silently dropped.
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[sandbox]\nnetwork = true\n").unwrap();
+    let network = agentkernel(MODE, &["run", "--backend", "microvm", "--", "true"])
+        .env("AGENTKERNEL_CONFIG", config.path())
+        .output()
+        .unwrap();
     assert_code(&network, 125);
     assert!(
         stderr(&network).contains("no network device"),
@@ -318,7 +323,7 @@ fn microvm_hypervisor_killed_from_outside_fails_and_is_released() {
     );
     let inspected: serde_json::Value =
         serde_json::from_slice(&ak(MODE, &["inspect", &n, "--json"]).stdout).unwrap();
-    assert_eq!(inspected["status"], "failed", "{inspected}");
+    assert_eq!(inspected["state"], "failed", "{inspected}");
     wait_until(
         "the VM's processes are gone",
         Duration::from_secs(10),
@@ -409,6 +414,7 @@ fn microvm_pool_hands_out_booted_vms() {
             .output()
             .unwrap()
     };
+    let before = run_dirs();
     assert_code(&with_state(&["daemon", "start"]), 0);
     for i in 0..3 {
         let text = format!("echo pooled {i}; cat /proc/sys/kernel/random/boot_id");
@@ -434,6 +440,14 @@ fn microvm_pool_hands_out_booted_vms() {
     wait_until(
         "every VM of the pool is gone",
         Duration::from_secs(15),
-        || std::fs::read_dir(RUN_BASE).map_or(true, |d| d.count() == 0),
+        || run_dirs().is_subset(&before),
     );
+}
+
+/// The VMs' runtime directories now.
+fn run_dirs() -> std::collections::BTreeSet<std::ffi::OsString> {
+    std::fs::read_dir(RUN_BASE).map_or_else(
+        |_| Default::default(),
+        |dir| dir.flatten().map(|e| e.file_name()).collect(),
+    )
 }
