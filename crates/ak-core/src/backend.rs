@@ -184,6 +184,13 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     /// Whether the sandbox's first process still runs.
     fn is_running(&self) -> bool;
 
+    /// Where [`Backend::create`]'s time went, phase by phase in order, for backends that
+    /// can tell (the microvm backend: its host processes' start and the guest's boot);
+    /// what `agentkernel bench` breaks `boot` into.
+    fn boot_phases(&self) -> Vec<(&'static str, std::time::Duration)> {
+        Vec::new()
+    }
+
     /// Persistent only: forgets the sandbox without ending it (dropping a persistent
     /// sandbox does not end it either). An ephemeral sandbox ends, as when dropped.
     fn detach(self: Box<Self>);

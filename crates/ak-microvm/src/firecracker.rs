@@ -151,7 +151,9 @@ pub async fn launch(
         .map_err(MicrovmError::io(format!("watch {}", layout.dir.display())))?;
     let api = layout.api_socket();
     let args = vec!["--api-sock".to_string(), api.display().to_string()];
+    let started = std::time::Instant::now();
     let (mut hypervisor, hypervisor_id) = vm::spawn(program, &args, &layout.host_log(), lifetime)?;
+    let mut phases = Vec::new();
     let configured = async {
         tokio::select! {
             ready = watch.wait_for(&api, API_START_LIMIT) => ready
@@ -162,7 +164,11 @@ pub async fn launch(
                 log: layout.last_output(),
             }),
         }
-        configure(&api, &requests(boot, layout)).await
+        phases.push(("hypervisor process start", started.elapsed()));
+        let configuring = std::time::Instant::now();
+        let configured = configure(&api, &requests(boot, layout)).await;
+        phases.push(("instance configuration and start", configuring.elapsed()));
+        configured
     }
     .await;
     match configured {
@@ -170,6 +176,7 @@ pub async fn launch(
             hypervisor,
             hypervisor_id,
             helper: None,
+            phases,
         }),
         Err(e) => {
             let _ = hypervisor.start_kill();

@@ -114,6 +114,8 @@ pub struct Launched {
     pub hypervisor_id: String,
     /// The vsock daemon (QEMU).
     pub helper: Option<(tokio::process::Child, String)>,
+    /// How long each of the driver's steps took, in order.
+    pub phases: Vec<(&'static str, Duration)>,
 }
 
 /// The microvm backend.
@@ -310,6 +312,7 @@ impl MicrovmBackend {
             "listen on {}",
             ready_path.display()
         )))?;
+        let launch_started = std::time::Instant::now();
         let launched = match self.driver {
             DriverKind::Qemu => qemu::launch(boot, layout, lifetime).await?,
             DriverKind::Firecracker => {
@@ -320,7 +323,9 @@ impl MicrovmBackend {
             mut hypervisor,
             hypervisor_id,
             helper,
+            mut phases,
         } = launched;
+        let launch_done = std::time::Instant::now();
         let record = VmRecord {
             layout: layout.clone(),
             driver: self.driver,
@@ -353,12 +358,16 @@ impl MicrovmBackend {
             }?;
             drop(ready);
             let _ = std::fs::remove_file(&ready_path);
-            match lifetime {
+            phases.push(("guest boot until the agent is ready", launch_done.elapsed()));
+            let connect_started = std::time::Instant::now();
+            let transport = match lifetime {
                 Lifetime::Ephemeral => vsock::connect(&layout.vsock(), vsock::AGENT_PORT)
                     .await
                     .map(Some),
                 Lifetime::Persistent => Ok(None),
-            }
+            }?;
+            phases.push(("vsock connection", connect_started.elapsed()));
+            Ok(transport)
         }
         .await;
         let transport = match outcome {
@@ -384,6 +393,7 @@ impl MicrovmBackend {
                 }
             })
         };
+        tracing::debug!(?phases, total = ?launch_started.elapsed(), "microVM booted");
         Ok(MicrovmSandbox {
             id: spec.id.clone(),
             record,
@@ -391,6 +401,7 @@ impl MicrovmBackend {
             running,
             watcher: Some(watcher),
             destroyed: false,
+            boot_phases: phases,
         })
     }
 
@@ -527,6 +538,7 @@ impl Backend for MicrovmBackend {
             running: Arc::new(AtomicBool::new(true)),
             watcher: None,
             destroyed: false,
+            boot_phases: Vec::new(),
         }))
     }
 

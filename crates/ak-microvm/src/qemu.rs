@@ -128,6 +128,7 @@ pub async fn launch(
 ) -> Result<Launched, MicrovmError> {
     let qemu = tools::require_program(tools::QEMU, tools::QEMU_HINT)?;
     let daemon = tools::require_program(tools::VSOCK_DAEMON, tools::VSOCK_DAEMON_HINT)?;
+    let daemon_started = std::time::Instant::now();
     let watch = SocketWatch::new(&layout.dir)
         .map_err(MicrovmError::io(format!("watch {}", layout.dir.display())))?;
     let daemon_args = vec![
@@ -154,7 +155,9 @@ pub async fn launch(
             log: layout.last_output(),
         });
     }
+    let daemon_up = daemon_started.elapsed();
     let kvm = Kvm::detect() == Kvm::Usable;
+    let qemu_started = std::time::Instant::now();
     match vm::spawn(
         &qemu,
         &arguments(boot, layout, kvm),
@@ -165,6 +168,11 @@ pub async fn launch(
             hypervisor,
             hypervisor_id,
             helper: Some((daemon_child, daemon_id)),
+            phases: vec![
+                ("vsock daemon start", daemon_up),
+                // QEMU runs the guest from its start: there is no separate instance start.
+                ("hypervisor process start", qemu_started.elapsed()),
+            ],
         }),
         Err(e) => {
             let _ = daemon_child.start_kill();

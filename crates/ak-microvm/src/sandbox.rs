@@ -24,6 +24,8 @@ pub struct MicrovmSandbox {
     pub(crate) running: Arc<AtomicBool>,
     pub(crate) watcher: Option<JoinHandle<()>>,
     pub(crate) destroyed: bool,
+    /// Where creating it went (see `Sandbox::boot_phases`); empty when found again.
+    pub(crate) boot_phases: Vec<(&'static str, std::time::Duration)>,
 }
 
 impl MicrovmSandbox {
@@ -95,6 +97,10 @@ impl Sandbox for MicrovmSandbox {
 
     fn is_running(&self) -> bool {
         self.running.load(Ordering::SeqCst) && self.record.hypervisor_alive()
+    }
+
+    fn boot_phases(&self) -> Vec<(&'static str, std::time::Duration)> {
+        self.boot_phases.clone()
     }
 
     fn detach(mut self: Box<Self>) {

@@ -12,7 +12,7 @@ use crate::error::ServiceError;
 use crate::session::connect_agent;
 
 /// The times of one sandbox's components.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ComponentTimes {
     /// The backend provisions the sandbox and starts its agent.
     pub boot: Duration,
@@ -22,6 +22,8 @@ pub struct ComponentTimes {
     pub exec: Duration,
     /// Everything ended and every host resource released.
     pub shutdown: Duration,
+    /// `boot` broken down, when the backend tells (see `Sandbox::boot_phases`).
+    pub boot_phases: Vec<(&'static str, Duration)>,
 }
 
 impl ComponentTimes {
@@ -51,6 +53,7 @@ impl Service {
         let started = Instant::now();
         let mut sandbox = backend.create(spec, Lifetime::Ephemeral).await?;
         let boot = started.elapsed();
+        let boot_phases = sandbox.boot_phases();
         let measured = async {
             let started = Instant::now();
             let client = connect_agent(sandbox.connect().await?).await?;
@@ -101,6 +104,7 @@ impl Service {
             ready,
             exec,
             shutdown: started.elapsed(),
+            boot_phases,
         })
     }
 }

@@ -23,6 +23,9 @@ struct BackendBench {
     backend: BackendKind,
     /// Per component over `iterations` sandboxes, in milliseconds; `total` is their sum.
     components: BTreeMap<&'static str, StepStats>,
+    /// `boot` phase by phase (in milliseconds), for backends that tell (microvm).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    boot_phases: Vec<(&'static str, StepStats)>,
     throughput: Throughput,
 }
 
@@ -171,6 +174,24 @@ async fn bench_backend(
             Some((*name, StepStats::from_durations(&durations)?))
         })
         .collect();
+    // Phases in the order the first sample lists them.
+    let boot_phases = samples
+        .first()
+        .map(|first| {
+            first
+                .boot_phases
+                .iter()
+                .filter_map(|(name, _)| {
+                    let durations: Vec<Duration> = samples
+                        .iter()
+                        .filter_map(|t| t.boot_phases.iter().find(|(n, _)| n == name))
+                        .map(|(_, d)| *d)
+                        .collect();
+                    Some((*name, StepStats::from_durations(&durations)?))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
 
     let bar = progress(args, args.runs, format!("{}: throughput", spec.backend));
     let started = Instant::now();
@@ -194,6 +215,7 @@ async fn bench_backend(
     Ok(BackendBench {
         backend: spec.backend,
         components,
+        boot_phases,
         throughput: Throughput {
             runs: args.runs,
             concurrency,
@@ -226,6 +248,14 @@ fn render(report: &BenchReport) -> String {
                     "{name:10} {:>9.2} {:>9.2} {:>9.2} {:>9.2} {:>9.2}\n",
                     s.mean_ms, s.p50_ms, s.p95_ms, s.p99_ms, s.max_ms
                 ));
+            }
+            if name == "boot" {
+                for (phase, s) in &backend.boot_phases {
+                    text.push_str(&format!(
+                        "  {phase}: {:.2} mean, {:.2} p50, {:.2} p95 ms\n",
+                        s.mean_ms, s.p50_ms, s.p95_ms
+                    ));
+                }
             }
         }
         let t = &backend.throughput;
