@@ -10,8 +10,8 @@ use rustix::mount::{MountFlags, mount, mount_move};
 
 /// The disk holding the base image (the first virtio-blk device).
 const BASE_DEVICE: &str = "/dev/vda";
-/// File systems a base image may have, tried in order.
-const BASE_FILE_SYSTEMS: [&str; 2] = ["squashfs", "ext4"];
+/// File systems a base image may have, tried in order (the host builds ext4).
+const BASE_FILE_SYSTEMS: [&str; 2] = ["ext4", "squashfs"];
 /// The search path of commands in the guest (the kernel starts init with none).
 const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 const HOSTNAME: &[u8] = b"sandbox";
@@ -70,7 +70,7 @@ pub(crate) fn enter_root(
         }
     }
     step(
-        format!("mount the base image {BASE_DEVICE} (squashfs or ext4)"),
+        format!("mount the base image {BASE_DEVICE} (ext4 or squashfs)"),
         mounted,
     )?;
     mount_fs(

@@ -203,7 +203,7 @@ mod tests {
         let boot = Boot {
             kernel: Path::new("/k/vmlinux"),
             initramfs: Path::new("/k/init.cpio"),
-            base: Path::new("/i/base.sqfs"),
+            base: Path::new("/i/base.ext4"),
             kernel_args: "console=ttyS0".into(),
             init_args: "--guest".into(),
             vcpus: 2,
@@ -220,7 +220,7 @@ mod tests {
         };
         let args = arguments(&boot, &layout, false).join(" ");
         assert!(
-            args.contains("file=/i/base.sqfs,format=raw,if=none,readonly=on"),
+            args.contains("file=/i/base.ext4,format=raw,if=none,readonly=on"),
             "{args}"
         );
         assert!(args.contains("-accel tcg"), "{args}");

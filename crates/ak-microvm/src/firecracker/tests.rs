@@ -206,7 +206,7 @@ async fn the_vm_is_configured_as_recorded_and_started_last() {
     let (kernel, initramfs, base) = (
         Path::new("/cache/vmlinux"),
         Path::new("/cache/agent.cpio"),
-        Path::new("/cache/base.sqfs"),
+        Path::new("/cache/base.ext4"),
     );
     let layout = Layout {
         dir: "/run/vm".into(),

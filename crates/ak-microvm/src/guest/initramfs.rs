@@ -26,7 +26,28 @@ pub fn ensure(cache: &Path, agent: &Path) -> Result<PathBuf, MicrovmError> {
     if written.is_err() {
         let _ = std::fs::remove_file(&staged);
     }
+    prune(&dir);
     written.map(|()| path)
+}
+
+/// How many initramfs files (one per agent build) the cache keeps: a few agents (a debug
+/// and a release build, an upgrade) may be in use at once.
+const KEEP: usize = 4;
+
+/// Removes all but the newest [`KEEP`] initramfs files.
+fn prune(dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut files: Vec<(std::time::SystemTime, PathBuf)> = entries
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with("agent-"))
+        .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
+        .collect();
+    files.sort_by(|a, b| b.0.cmp(&a.0));
+    for (_, old) in files.into_iter().skip(KEEP) {
+        let _ = std::fs::remove_file(old);
+    }
 }
 
 /// Writes a newc archive holding `agent` as `/init` (mode 0755, root's).
