@@ -69,7 +69,8 @@ pub struct SetupArgs {
     /// Only the guest kernel.
     #[arg(long)]
     pub kernel: bool,
-    /// Only the base image: `debian-minbase` (the default) or a root file system directory.
+    /// Only the base image: `debian-minbase` (the default), a root file system directory, or
+    /// a container image (exported through the Docker engine).
     #[arg(long, value_name = "IMAGE", num_args = 0..=1, default_missing_value = "debian-minbase")]
     pub image: Option<String>,
 }

@@ -70,7 +70,32 @@ pub fn service() -> Service {
 
 /// The microvm backend as the user's config sets it up.
 pub fn microvm_backend(config: &ConfigFile) -> Result<MicrovmBackend, ak_microvm::MicrovmError> {
-    MicrovmBackend::new(agent_path(), &config.microvm)
+    let docker = DockerBackend::new(
+        BackendKind::Docker,
+        agent_path(),
+        config.docker.socket.clone(),
+    )
+    .with_pull_progress(pull_progress());
+    Ok(MicrovmBackend::new(agent_path(), &config.microvm)?
+        .with_image_exporter(Arc::new(EngineImages(docker))))
+}
+
+/// Container images for microVMs, exported through the Docker engine's API.
+#[derive(Debug)]
+struct EngineImages(DockerBackend);
+
+#[async_trait::async_trait]
+impl ak_microvm::ImageExporter for EngineImages {
+    async fn image_id(&self, image: &str) -> Result<String, String> {
+        self.0.image_id(image).await.map_err(|e| e.to_string())
+    }
+
+    async fn export(&self, image: &str, into: &std::path::Path) -> Result<(), String> {
+        self.0
+            .export_root(image, into)
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 /// Draws image pulls as a progress bar on stderr (hidden when stderr is not a terminal).

@@ -6,6 +6,7 @@
 mod container;
 mod engine;
 mod error;
+mod export;
 mod images;
 mod sandbox;
 

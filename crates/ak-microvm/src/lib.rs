@@ -118,6 +118,16 @@ pub struct Launched {
     pub phases: Vec<(&'static str, Duration)>,
 }
 
+/// Where container images come from: a container engine that can name an image's
+/// content and write out its root file system (the binary wires the docker backend in).
+#[async_trait::async_trait]
+pub trait ImageExporter: Send + Sync + std::fmt::Debug {
+    /// `image`'s content id (the cache key of its disk), fetching the image if needed.
+    async fn image_id(&self, image: &str) -> Result<String, String>;
+    /// Writes `image`'s root file system into the empty directory `into`.
+    async fn export(&self, image: &str, into: &Path) -> Result<(), String>;
+}
+
 /// The microvm backend.
 #[derive(Debug)]
 pub struct MicrovmBackend {
@@ -127,6 +137,7 @@ pub struct MicrovmBackend {
     firecracker: Option<PathBuf>,
     cache: PathBuf,
     swept: std::sync::Once,
+    exporter: Option<Arc<dyn ImageExporter>>,
 }
 
 impl MicrovmBackend {
@@ -142,7 +153,51 @@ impl MicrovmBackend {
             firecracker: options.firecracker.clone(),
             cache: tools::cache_dir(),
             swept: std::sync::Once::new(),
+            exporter: None,
         })
+    }
+
+    /// Boots container images exported through `exporter`.
+    pub fn with_image_exporter(mut self, exporter: Arc<dyn ImageExporter>) -> Self {
+        self.exporter = Some(exporter);
+        self
+    }
+
+    /// The disk of container image `name`: cached by the image's id, else exported and
+    /// packed now.
+    pub async fn container_disk(&self, name: &str) -> Result<PathBuf, MicrovmError> {
+        let exporter = self.exporter.as_ref().ok_or_else(|| {
+            MicrovmError::Unsupported(format!(
+                "image {name}: container images are exported through Docker or Podman, and neither is usable here"
+            ))
+        })?;
+        let failed = |what: &str, e: String| MicrovmError::Build {
+            what: format!("{what} of image {name}"),
+            detail: e,
+        };
+        let id = exporter
+            .image_id(name)
+            .await
+            .map_err(|e| failed("the id", e))?;
+        let disk = guest::image::container_path(&self.cache, &id);
+        if disk.is_file() {
+            return Ok(disk);
+        }
+        let staging = guest::image::export_staging(&self.cache)?;
+        let packed = match exporter.export(name, &staging).await {
+            Ok(()) => {
+                let (tree, out) = (staging.clone(), disk.clone());
+                tokio::task::spawn_blocking(move || guest::image::pack(&tree, &out))
+                    .await
+                    .map_err(|e| failed("packing", e.to_string()))
+                    .and_then(|packed| packed)
+            }
+            Err(e) => Err(failed("the export", e)),
+        };
+        if let Err(e) = std::fs::remove_dir_all(&staging) {
+            tracing::warn!("cannot remove {}: {e}", staging.display());
+        }
+        packed.map(|()| disk)
     }
 
     /// Uses `cache` for built artifacts instead of the default.
@@ -260,13 +315,18 @@ impl MicrovmBackend {
         self.hypervisor()?;
         let kernel = self.kernel()?;
         let source = BaseSource::from_image(&spec.image)?;
+        let container = match &source {
+            BaseSource::Container(name) => Some(self.container_disk(name).await?),
+            _ => None,
+        };
         let (cache, agent) = (self.cache.clone(), self.agent.clone());
         // Hashing a directory image and packing it are file-system heavy: off the runtime.
         let (base, initramfs) = tokio::task::spawn_blocking(move || {
-            Ok::<_, MicrovmError>((
-                guest::image::ensure(&cache, &source)?,
-                initramfs::ensure(&cache, &agent)?,
-            ))
+            let base = match container {
+                Some(disk) => disk,
+                None => guest::image::ensure(&cache, &source)?,
+            };
+            Ok::<_, MicrovmError>((base, initramfs::ensure(&cache, &agent)?))
         })
         .await
         .map_err(|e| MicrovmError::Artifact(format!("preparing the guest failed: {e}")))??;

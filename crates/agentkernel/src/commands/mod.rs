@@ -49,7 +49,7 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::Audit(args) => audit::audit(args),
         Command::Mcp => mcp::mcp().await,
         Command::Plugin(command) => plugin::plugin(command),
-        Command::Setup(args) => setup::setup(args),
+        Command::Setup(args) => setup::setup(args).await,
     }
 }
 

@@ -13,8 +13,8 @@ use indicatif::{ProgressBar, ProgressStyle};
 use crate::cli::SetupArgs;
 use crate::{exit, wiring};
 
-pub fn setup(args: SetupArgs) -> i32 {
-    match run(args) {
+pub async fn setup(args: SetupArgs) -> i32 {
+    match run(args).await {
         Ok(()) => 0,
         Err(e) => {
             exit::report(&e);
@@ -23,7 +23,7 @@ pub fn setup(args: SetupArgs) -> i32 {
     }
 }
 
-fn run(args: SetupArgs) -> anyhow::Result<()> {
+async fn run(args: SetupArgs) -> anyhow::Result<()> {
     let config = ConfigFile::user()?;
     let backend = wiring::microvm_backend(&config)?;
     let cache = backend.cache().to_path_buf();
@@ -53,7 +53,10 @@ fn run(args: SetupArgs) -> anyhow::Result<()> {
             .unwrap_or(ak_core::image::MICROVM_BASE_IMAGE);
         let cwd = std::env::current_dir().context("the current directory")?;
         let source = BaseSource::from_image(&ImageRef::parse(name, &cwd)?)?;
-        let built = with_bar("base image", |sink| image::build(&cache, &source, sink))?;
+        let built = match &source {
+            BaseSource::Container(image) => backend.container_disk(image).await?,
+            _ => with_bar("base image", |sink| image::build(&cache, &source, sink))?,
+        };
         super::say(&format!("image {name}: {}", built.display()));
     }
     if everything {

@@ -14,7 +14,7 @@ use crate::common::{
 };
 
 /// Built by the tests from the host's static busybox: no registry needed.
-const IMAGE: &str = "agentkernel-test:busybox";
+pub(crate) const IMAGE: &str = "agentkernel-test:busybox";
 const MODE: Mode = Mode::Root;
 
 fn docker(args: &[&str]) -> std::process::Output {
@@ -30,7 +30,7 @@ fn cli(engine: &str, args: &[&str]) -> std::process::Output {
 }
 
 /// Checks the docker engine answers and the test image exists, building it once.
-fn engine() {
+pub(crate) fn engine() {
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| prepare("docker"));
 }

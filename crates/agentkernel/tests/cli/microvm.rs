@@ -177,7 +177,7 @@ fn microvm_is_isolated_from_the_host() {
         .unwrap();
     let probe = format!(
         "test -e {0} && echo visible || echo invisible; ls /sys/class/net; \
-         echo x > /etc/written && echo wrote; ps -e -o comm= 2>/dev/null | wc -l",
+         echo x > /etc/written && echo wrote; rm -r /etc/apt && mkdir /etc/apt && ls -A /etc/apt | wc -l",
         marker.path().display()
     );
     let output = vrun(&[], &["sh", "-c", &probe]);
@@ -189,6 +189,8 @@ fn microvm_is_isolated_from_the_host() {
     assert_eq!(lines[1], "lo", "{text}");
     // The root is writable (an overlay in the VM's memory)...
     assert_eq!(lines[2], "wrote", "{text}");
+    // A directory of the image removed and made again is empty (overlay's opaque dirs).
+    assert_eq!(lines[3], "0", "{text}");
     // ...and nothing of it reaches the next VM or the image.
     let again = vrun(
         &[],
@@ -450,4 +452,33 @@ fn run_dirs() -> std::collections::BTreeSet<std::ffi::OsString> {
         |_| Default::default(),
         |dir| dir.flatten().map(|e| e.file_name()).collect(),
     )
+}
+
+#[test]
+fn microvm_boots_a_container_image() {
+    let _host = shared_host();
+    ready();
+    // The docker tests' busybox image, exported through the engine's API into a disk.
+    crate::docker::engine();
+    let output = vrun(
+        &["--image", crate::docker::IMAGE],
+        &[
+            "sh",
+            "-c",
+            "readlink /bin/sh; test -e /usr/bin/apt && echo debian || echo busybox",
+        ],
+    );
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "busybox\nbusybox\n", "{}", stderr(&output));
+    // Cached by the image's id: the second boot exports nothing.
+    let again = vrun(&["--image", crate::docker::IMAGE], &["true"]);
+    assert_code(&again, 0);
+    // An image the engine does not have and cannot pull is a clear error.
+    let missing = vrun(&["--image", "agentkernel-test:absent"], &["true"]);
+    assert_ne!(missing.status.code(), Some(0));
+    assert!(
+        stderr(&missing).contains("agentkernel-test:absent"),
+        "{}",
+        stderr(&missing)
+    );
 }

@@ -24,6 +24,9 @@ pub enum BaseSource {
     Debian,
     /// A root file system tree on the host.
     Directory(PathBuf),
+    /// A container image, exported through a container engine (see
+    /// [`crate::ImageExporter`]) and cached by the image's content id.
+    Container(String),
 }
 
 impl BaseSource {
@@ -31,9 +34,7 @@ impl BaseSource {
         match image {
             ImageRef::Oci(name) if name == MICROVM_BASE_IMAGE => Ok(BaseSource::Debian),
             ImageRef::Directory(path) => Ok(BaseSource::Directory(path.clone())),
-            ImageRef::Oci(name) => Err(MicrovmError::Unsupported(format!(
-                "image {name}: the microvm backend runs {MICROVM_BASE_IMAGE} (built by `agentkernel setup`) or a root file system directory (--image /path/to/root); container images are not converted yet"
-            ))),
+            ImageRef::Oci(name) => Ok(BaseSource::Container(name.clone())),
             ImageRef::Host | ImageRef::Auto => Err(MicrovmError::Unsupported(format!(
                 "image {image}: a VM cannot boot the host's root; use {MICROVM_BASE_IMAGE} or a root file system directory"
             ))),
@@ -51,6 +52,11 @@ impl BaseSource {
                 ])
             ),
             BaseSource::Directory(dir) => format!("dir-{}.ext4", tree_hash(dir)?),
+            BaseSource::Container(name) => {
+                return Err(MicrovmError::Artifact(format!(
+                    "the container image {name} is found by its id: see container_path"
+                )));
+            }
         };
         Ok(images(cache).join(name))
     }
@@ -58,6 +64,23 @@ impl BaseSource {
 
 fn images(cache: &Path) -> PathBuf {
     cache.join("images")
+}
+
+/// The cache file of the container image whose content id is `id`.
+pub fn container_path(cache: &Path, id: &str) -> PathBuf {
+    images(cache).join(format!("oci-{}.ext4", short_hash([id.as_bytes()])))
+}
+
+/// A fresh directory to export a container image into (beside the cache entries, so the
+/// packed result is renamed, never copied, into place).
+pub fn export_staging(cache: &Path) -> Result<PathBuf, MicrovmError> {
+    let dir = images(cache).join(format!(
+        ".export-{}-{}",
+        std::process::id(),
+        short_hash([format!("{:?}", std::time::SystemTime::now()).as_bytes()])
+    ));
+    std::fs::create_dir_all(&dir).map_err(MicrovmError::io(format!("create {}", dir.display())))?;
+    Ok(dir)
 }
 
 /// The base image for `source`: the cached one, or (for a directory) one built now. The
@@ -75,7 +98,14 @@ pub fn ensure(cache: &Path, source: &BaseSource) -> Result<PathBuf, MicrovmError
             pack(dir, &path)?;
             Ok(path)
         }
+        BaseSource::Container(_) => exported_on_first_use(),
     }
+}
+
+fn exported_on_first_use() -> Result<PathBuf, MicrovmError> {
+    Err(MicrovmError::Artifact(
+        "container images are exported by the backend on first use, not here".into(),
+    ))
 }
 
 /// Builds the image for `source` unless cached; returns its path.
@@ -97,6 +127,7 @@ pub fn build(
             });
             pack(dir, &path)?;
         }
+        BaseSource::Container(_) => return exported_on_first_use(),
         BaseSource::Debian => {
             let debootstrap =
                 tools::require_program("debootstrap", "install Debian's debootstrap package")?;
@@ -144,7 +175,7 @@ pub fn build(
 /// Uncompressed on purpose: under emulation, decompressing squashfs (zstd) made the
 /// guest's boot 9% and its first command 100 ms slower (measured: docs/benchmarks.md);
 /// the file is sparse, so its disk cost is close to the tree's.
-fn pack(dir: &Path, out: &Path) -> Result<(), MicrovmError> {
+pub(crate) fn pack(dir: &Path, out: &Path) -> Result<(), MicrovmError> {
     let mkfs = tools::require_program("mkfs.ext4", "install Debian's e2fsprogs package")?;
     let parent = out.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent)
@@ -261,10 +292,14 @@ mod tests {
             BaseSource::from_image(&ImageRef::Directory("/srv/root".into())).unwrap(),
             BaseSource::Directory("/srv/root".into())
         );
-        let error = BaseSource::from_image(&ImageRef::Oci("python:3.12-alpine".into()))
-            .unwrap_err()
-            .to_string();
-        assert!(error.contains("python:3.12-alpine"), "{error}");
+        assert_eq!(
+            BaseSource::from_image(&ImageRef::Oci("python:3.12-alpine".into())).unwrap(),
+            BaseSource::Container("python:3.12-alpine".into())
+        );
+        assert_ne!(
+            container_path(Path::new("/c"), "sha256:aa"),
+            container_path(Path::new("/c"), "sha256:ab")
+        );
         assert!(BaseSource::from_image(&ImageRef::Host).is_err());
     }
 
