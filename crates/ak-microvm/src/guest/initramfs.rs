@@ -44,7 +44,7 @@ fn prune(dir: &Path) {
         .filter(|e| e.file_name().to_string_lossy().starts_with("agent-"))
         .filter_map(|e| Some((e.metadata().ok()?.modified().ok()?, e.path())))
         .collect();
-    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
     for (_, old) in files.into_iter().skip(KEEP) {
         let _ = std::fs::remove_file(old);
     }
