@@ -196,6 +196,20 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     fn detach(self: Box<Self>);
 }
 
+/// A one-shot sandbox's connection (`transport`, taken out of the sandbox) as a blocking
+/// file descriptor, for [`Sandbox::take_transport_fd`]: the receiving process sets its own
+/// mode, and a blocking descriptor is the neutral one.
+pub fn hand_out_transport(
+    transport: Option<tokio::net::UnixStream>,
+) -> Result<std::os::fd::OwnedFd, BackendError> {
+    let stream = transport.ok_or_else(|| {
+        BackendError::Connect("only a one-shot sandbox hands out its connection, once".into())
+    })?;
+    let stream = stream.into_std().map_err(BackendError::Io)?;
+    stream.set_nonblocking(false).map_err(BackendError::Io)?;
+    Ok(stream.into())
+}
+
 /// What a sandbox consumed, as far as the backend can tell.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxUsage {

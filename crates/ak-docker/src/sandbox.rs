@@ -155,13 +155,7 @@ impl Sandbox for DockerSandbox {
     }
 
     fn take_transport_fd(&mut self) -> Result<OwnedFd, BackendError> {
-        let stream = self.transport.take().ok_or_else(|| {
-            BackendError::Connect("only a one-shot sandbox hands out its connection".into())
-        })?;
-        let stream = stream.into_std().map_err(BackendError::Io)?;
-        // The receiving process sets its own mode; a blocking fd is the neutral one.
-        stream.set_nonblocking(false).map_err(BackendError::Io)?;
-        Ok(stream.into())
+        ak_core::backend::hand_out_transport(self.transport.take())
     }
 
     fn is_running(&self) -> bool {

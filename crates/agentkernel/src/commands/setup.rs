@@ -8,7 +8,7 @@ use ak_microvm::guest::image::BaseSource;
 use ak_microvm::guest::{Progress, image, initramfs, kernel};
 use ak_microvm::tools;
 use anyhow::{Context, anyhow};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 
 use crate::cli::SetupArgs;
 use crate::{exit, wiring};
@@ -18,7 +18,12 @@ pub async fn setup(args: SetupArgs) -> i32 {
         Ok(()) => 0,
         Err(e) => {
             exit::report(&e);
-            exit::SANDBOX_FAILURE
+            // Bad input (an image that does not exist, a broken config) is a usage error.
+            if e.downcast_ref::<ak_core::ConfigError>().is_some() {
+                exit::USAGE
+            } else {
+                exit::SANDBOX_FAILURE
+            }
         }
     }
 }
@@ -28,35 +33,60 @@ async fn run(args: SetupArgs) -> anyhow::Result<()> {
     let backend = wiring::microvm_backend(&config)?;
     let cache = backend.cache().to_path_buf();
     let everything = !args.kernel && args.image.is_none();
+    let image = if everything || args.image.is_some() {
+        let name = args
+            .image
+            .clone()
+            .unwrap_or_else(|| ak_core::image::MICROVM_BASE_IMAGE.to_string());
+        let cwd = std::env::current_dir().context("the current directory")?;
+        let source = BaseSource::from_image(&ImageRef::parse(&name, &cwd)?)?;
+        Some((name, source))
+    } else {
+        None
+    };
     if everything {
         install_vsock_daemon()?;
     }
-    if everything || args.kernel {
-        match &config.microvm.kernel {
-            Some(own) => {
-                kernel::check_vmlinux(own)?;
-                super::say(&format!(
-                    "kernel: {} (yours, from the config)",
-                    own.display()
-                ));
+    let bars = MultiProgress::new();
+    // The kernel build is compiler-bound, the image build mostly downloads and disk
+    // writes: they run side by side.
+    std::thread::scope(|scope| -> anyhow::Result<()> {
+        let image_build = match &image {
+            Some((name, source)) if !matches!(source, BaseSource::Container(_)) => {
+                let (bars, cache) = (&bars, &cache);
+                Some(scope.spawn(move || {
+                    with_bar(bars, "base image", |sink| image::build(cache, source, sink))
+                        .map(|built| format!("image {name}: {}", built.display()))
+                }))
             }
-            None => {
-                let built = with_bar("guest kernel", |sink| kernel::build(&cache, sink))?;
-                super::say(&format!("kernel: {}", built.display()));
+            _ => None,
+        };
+        if everything || args.kernel {
+            match &config.microvm.kernel {
+                Some(own) => {
+                    kernel::check_vmlinux(own)?;
+                    super::say(&format!(
+                        "kernel: {} (yours, from the config)",
+                        own.display()
+                    ));
+                }
+                None => {
+                    let built =
+                        with_bar(&bars, "guest kernel", |sink| kernel::build(&cache, sink))?;
+                    super::say(&format!("kernel: {}", built.display()));
+                }
             }
         }
-    }
-    if everything || args.image.is_some() {
-        let name = args
-            .image
-            .as_deref()
-            .unwrap_or(ak_core::image::MICROVM_BASE_IMAGE);
-        let cwd = std::env::current_dir().context("the current directory")?;
-        let source = BaseSource::from_image(&ImageRef::parse(name, &cwd)?)?;
-        let built = match &source {
-            BaseSource::Container(image) => backend.container_disk(image).await?,
-            _ => with_bar("base image", |sink| image::build(&cache, &source, sink))?,
-        };
+        if let Some(build) = image_build {
+            let line = build
+                .join()
+                .map_err(|_| anyhow!("the image build panicked"))??;
+            super::say(&line);
+        }
+        Ok(())
+    })?;
+    if let Some((name, BaseSource::Container(reference))) = &image {
+        let built = backend.container_disk(reference).await?;
         super::say(&format!("image {name}: {}", built.display()));
     }
     if everything {
@@ -115,13 +145,14 @@ fn spinner(message: &str) -> ProgressBar {
     bar
 }
 
-/// Runs `build` with a bar that follows its progress (a spinner while the length is
-/// unknown); hidden when stderr is not a terminal.
+/// Runs `build` with a bar in `bars` that follows its progress (a spinner while the
+/// length is unknown); hidden when stderr is not a terminal.
 fn with_bar<T>(
+    bars: &MultiProgress,
     what: &str,
     build: impl FnOnce(&(dyn Fn(&Progress) + Send + Sync)) -> Result<T, ak_microvm::MicrovmError>,
 ) -> anyhow::Result<T> {
-    let bar = spinner(what);
+    let bar = bars.add(spinner(what));
     let bar_style = ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}")
         .map(|style| style.progress_chars("=> "));
     let sink = |progress: &Progress| {
