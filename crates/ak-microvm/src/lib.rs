@@ -494,18 +494,36 @@ impl Backend for MicrovmBackend {
     fn probe(&self) -> BackendProbe {
         let mut details = vec![("driver".to_string(), self.driver.to_string())];
         let mut problems = Vec::new();
-        match self.hypervisor() {
-            Ok(path) => {
-                let version = match self.driver {
-                    DriverKind::Qemu => qemu::version(&path).unwrap_or_default(),
-                    DriverKind::Firecracker => String::new(),
-                };
-                details.push((
-                    self.driver.to_string(),
-                    format!("{} {version}", path.display()),
-                ));
-            }
-            Err(e) => problems.push(e.to_string()),
+        // Both hypervisors are reported, whichever is configured; only the configured
+        // driver's needs decide usability.
+        let qemu = tools::find_program(tools::QEMU);
+        details.push((
+            "qemu".into(),
+            match &qemu {
+                Some(path) => format!(
+                    "{} {}",
+                    path.display(),
+                    qemu::version(path).unwrap_or_default()
+                ),
+                None => format!("not found ({})", tools::QEMU_HINT),
+            },
+        ));
+        let firecracker = match &self.firecracker {
+            Some(path) => Some(path.clone()).filter(|p| p.is_file()),
+            None => tools::find_program(tools::FIRECRACKER),
+        };
+        details.push((
+            "firecracker".into(),
+            match &firecracker {
+                Some(path) => format!(
+                    "{} (unverified on real hardware: its driver is tested against Firecracker's documented API only)",
+                    path.display()
+                ),
+                None => "not found (not a Debian package: put its release binary on PATH or set [microvm] firecracker)".into(),
+            },
+        ));
+        if let Err(e) = self.hypervisor() {
+            problems.push(e.to_string());
         }
         if self.driver == DriverKind::Qemu {
             match tools::find_program(tools::VSOCK_DAEMON) {
@@ -516,11 +534,6 @@ impl Backend for MicrovmBackend {
                     tools::VSOCK_DAEMON_HINT
                 )),
             }
-        } else {
-            details.push((
-                "firecracker".into(),
-                "unverified on real hardware: its driver is tested against Firecracker's documented API only".into(),
-            ));
         }
         let kvm = Kvm::detect();
         details.push(("kvm".into(), kvm.describe()));

@@ -375,6 +375,21 @@ fn microvm_bad_kernel_and_corrupt_image_fail_clearly() {
     let bad = with_config(&not_elf.to_string_lossy());
     assert!(stderr(&bad).contains("not an ELF file"), "{}", stderr(&bad));
 
+    // The Firecracker driver where there is no Firecracker (nor KVM for it), and a driver
+    // that does not exist: clear errors, nothing started.
+    for (driver, code, words) in [
+        ("firecracker", 125, "firecracker not found"),
+        ("bogus", 2, "unknown microvm driver 'bogus'"),
+    ] {
+        std::fs::write(&config, format!("[microvm]\ndriver = \"{driver}\"\n")).unwrap();
+        let output = agentkernel(MODE, &["run", "--backend", "microvm", "--", "true"])
+            .env("AGENTKERNEL_CONFIG", &config)
+            .output()
+            .unwrap();
+        assert_code(&output, code);
+        assert!(stderr(&output).contains(words), "{}", stderr(&output));
+    }
+
     // A corrupt base image: a private cache holding the real kernel and a garbage image.
     let (cache, kernel) = built_cache();
     let private = dir.path().join("cache");
