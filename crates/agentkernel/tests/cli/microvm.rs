@@ -71,6 +71,22 @@ fn sandbox_id(name: &str) -> String {
         .to_string()
 }
 
+/// Runs `agentkernel ARGS` (split at spaces) on a terminal made by `script`; its output.
+fn in_terminal(args: &str) -> String {
+    let cli = agentkernel(MODE, &[]);
+    let line = format!("{} {args}", cli.get_program().to_string_lossy());
+    let mut script = std::process::Command::new("script");
+    script.args(["-qec", &line, "/dev/null"]);
+    for (key, value) in cli.get_envs() {
+        match value {
+            Some(value) => script.env(key, value),
+            None => script.env_remove(key),
+        };
+    }
+    let output = script.output().expect("script (util-linux) runs");
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
 /// Hypervisor and vsock daemon processes whose command line mentions `part`.
 fn vm_processes(part: &str) -> Vec<u32> {
     let mut found = Vec::new();
@@ -284,6 +300,9 @@ fn microvm_named_lifecycle_cp_and_concurrent_execs() {
         started.elapsed() < Duration::from_secs(7),
         "the execs ran one after another"
     );
+    // A terminal: `exec -t` gets a PTY from the guest's agent (`script` gives the CLI one).
+    let tty = in_terminal(&format!("exec -t {n} -- tty"));
+    assert!(tty.contains("/dev/pts/"), "{tty}");
     let id = sandbox_id(&n);
     assert_code(&ak(MODE, &["stop", &n]), 0);
     assert!(vm_processes(&id).is_empty(), "stopped, its VM is gone");
