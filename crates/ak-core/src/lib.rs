@@ -6,6 +6,7 @@ pub mod config;
 pub mod error;
 pub mod exec;
 pub mod image;
+pub mod kvm;
 pub mod policy;
 pub mod process;
 pub mod resources;

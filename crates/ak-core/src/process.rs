@@ -1,6 +1,19 @@
 //! Naming a host process so that it stays the same process across pid reuse: how
 //! backends record the processes a sandbox owns (its creator, its hypervisor).
 
+/// `program` in a directory of `PATH`, if one holds it as an executable file.
+pub fn find_on_path(program: &str) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| is_executable(candidate))
+}
+
+/// Whether `path` is a file this process may execute.
+pub fn is_executable(path: &std::path::Path) -> bool {
+    path.is_file() && rustix::fs::access(path, rustix::fs::Access::EXEC_OK).is_ok()
+}
+
 /// `pid:start-time` of process `pid`: unique across pid reuse. `None` when there is no
 /// such process, or it has exited and only waits to be reaped (a zombie: a killed
 /// hypervisor whose parent is gone may stay one for a while).

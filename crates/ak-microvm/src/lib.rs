@@ -31,8 +31,8 @@ pub use crate::error::MicrovmError;
 use crate::guest::image::BaseSource;
 use crate::guest::{initramfs, kernel};
 use crate::sandbox::MicrovmSandbox;
-use crate::tools::Kvm;
 use crate::vm::{Layout, VmRecord};
+use ak_core::kvm::KvmSupport;
 
 /// How long a VM gets from launch to its agent listening (emulated boots on a loaded
 /// host take seconds); past it the watchdog kills the VM.
@@ -332,7 +332,7 @@ impl MicrovmBackend {
         .map_err(|e| MicrovmError::Artifact(format!("preparing the guest failed: {e}")))??;
         let run_base = self.run_base();
         self.swept.call_once(|| vm::sweep(&run_base));
-        let kvm = Kvm::detect() == Kvm::Usable;
+        let kvm = KvmSupport::detect() == KvmSupport::Full;
         let (kernel_args, init_args) = self.boot_args(spec, lifetime, kvm);
         let memory_mib = (spec.resources.memory_bytes >> 20).max(MIN_MEMORY_MIB);
         let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
@@ -352,7 +352,7 @@ impl MicrovmBackend {
             shares: shares(spec),
         };
         let layout = Layout::create(run_base.join(&spec.id))?;
-        let started = self.start(&boot, &layout, lifetime, spec).await;
+        let started = self.start(&boot, &layout, lifetime, spec, kvm).await;
         if started.is_err() {
             let _ = layout.remove();
         }
@@ -365,6 +365,7 @@ impl MicrovmBackend {
         layout: &Layout,
         lifetime: Lifetime,
         spec: &SandboxSpec,
+        kvm: bool,
     ) -> Result<MicrovmSandbox, MicrovmError> {
         let ready_path = vsock::host_port_socket(&layout.vsock(), vsock::READY_PORT);
         // Listening before the VM starts: the agent's one connection here is its "ready".
@@ -374,7 +375,7 @@ impl MicrovmBackend {
         )))?;
         let launch_started = std::time::Instant::now();
         let launched = match self.driver {
-            DriverKind::Qemu => qemu::launch(boot, layout, lifetime).await?,
+            DriverKind::Qemu => qemu::launch(boot, layout, lifetime, kvm).await?,
             DriverKind::Firecracker => {
                 firecracker::launch(&self.hypervisor()?, boot, layout, lifetime).await?
             }
@@ -535,9 +536,14 @@ impl Backend for MicrovmBackend {
                 )),
             }
         }
-        let kvm = Kvm::detect();
-        details.push(("kvm".into(), kvm.describe()));
-        if self.driver == DriverKind::Firecracker && kvm != Kvm::Usable {
+        let kvm = KvmSupport::detect();
+        let fallback = if kvm == KvmSupport::Full {
+            ""
+        } else {
+            ": QEMU emulates (TCG)"
+        };
+        details.push(("kvm".into(), format!("{}{fallback}", kvm.describe())));
+        if self.driver == DriverKind::Firecracker && kvm != KvmSupport::Full {
             problems.push("Firecracker needs KVM that runs ordinary guests".into());
         }
         match self.kernel() {
@@ -565,7 +571,7 @@ impl Backend for MicrovmBackend {
         if !self.agent.is_file() {
             problems.push(format!("the agent {} is missing", self.agent.display()));
         }
-        let accel = if kvm == Kvm::Usable {
+        let accel = if kvm == KvmSupport::Full {
             "KVM"
         } else {
             "emulation (TCG)"

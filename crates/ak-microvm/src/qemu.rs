@@ -9,7 +9,7 @@ use ak_core::backend::Lifetime;
 use ak_core::watch::SocketWatch;
 
 use crate::error::MicrovmError;
-use crate::tools::{self, Kvm};
+use crate::tools;
 use crate::vm::{self, Layout};
 use crate::{Boot, Launched};
 
@@ -125,6 +125,7 @@ pub async fn launch(
     boot: &Boot<'_>,
     layout: &Layout,
     lifetime: Lifetime,
+    kvm: bool,
 ) -> Result<Launched, MicrovmError> {
     let qemu = tools::require_program(tools::QEMU, tools::QEMU_HINT)?;
     let daemon = tools::require_program(tools::VSOCK_DAEMON, tools::VSOCK_DAEMON_HINT)?;
@@ -156,7 +157,6 @@ pub async fn launch(
         });
     }
     let daemon_up = daemon_started.elapsed();
-    let kvm = Kvm::detect() == Kvm::Usable;
     let qemu_started = std::time::Instant::now();
     match vm::spawn(
         &qemu,

@@ -32,21 +32,13 @@ fn dirs_cache() -> Option<PathBuf> {
 /// `program` on `PATH`, or in cargo's bin directory (where `cargo install` puts the vsock
 /// daemon).
 pub fn find_program(program: &str) -> Option<PathBuf> {
-    let on_path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|path| std::env::split_paths(&path).collect::<Vec<_>>());
-    let cargo_bin = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))
-        .map(|dir| dir.join("bin"));
-    on_path
-        .chain(cargo_bin)
-        .map(|dir| dir.join(program))
-        .find(|candidate| is_executable(candidate))
-}
-
-fn is_executable(path: &Path) -> bool {
-    rustix::fs::access(path, rustix::fs::Access::EXEC_OK).is_ok() && path.is_file()
+    ak_core::process::find_on_path(program).or_else(|| {
+        let cargo_home = std::env::var_os("CARGO_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")))?;
+        Some(cargo_home.join("bin").join(program))
+            .filter(|candidate| ak_core::process::is_executable(candidate))
+    })
 }
 
 /// `program`, or an error that says how to install it.
@@ -64,51 +56,6 @@ pub const VSOCK_DAEMON_HINT: &str =
     "`agentkernel setup` installs it with `cargo install vhost-device-vsock`";
 pub const FIRECRACKER: &str = "firecracker";
 pub const FIRECRACKER_HINT: &str = "Firecracker is not a Debian package: put its release binary on PATH, or set [microvm] firecracker = \"/path/to/firecracker\"";
-
-/// How the host's KVM can serve our guests.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Kvm {
-    /// `/dev/kvm` opens and the CPU has hardware virtualisation: ordinary guests run.
-    Usable,
-    /// `/dev/kvm` exists but is the PVM module, which runs only paravirtualised guests.
-    ParavirtOnly,
-    /// No usable KVM, with the reason.
-    Absent(String),
-}
-
-impl Kvm {
-    pub fn detect() -> Kvm {
-        let kvm = Path::new("/dev/kvm");
-        if !kvm.exists() {
-            return Kvm::Absent("/dev/kvm does not exist".into());
-        }
-        if let Err(e) = std::fs::OpenOptions::new().read(true).write(true).open(kvm) {
-            return Kvm::Absent(format!("/dev/kvm cannot be opened: {e}"));
-        }
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let hardware = cpuinfo
-            .lines()
-            .filter(|line| line.starts_with("flags"))
-            .any(|line| line.split_whitespace().any(|f| f == "vmx" || f == "svm"));
-        if hardware {
-            Kvm::Usable
-        } else if Path::new("/sys/module/kvm_pvm").exists() {
-            Kvm::ParavirtOnly
-        } else {
-            Kvm::Absent("the CPU shows no vmx or svm flag".into())
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        match self {
-            Kvm::Usable => "usable".into(),
-            Kvm::ParavirtOnly => {
-                "present but only for paravirtualised guests (the kvm_pvm module; no vmx/svm flag): QEMU emulates (TCG)".into()
-            }
-            Kvm::Absent(reason) => format!("not usable ({reason}): QEMU emulates (TCG)"),
-        }
-    }
-}
 
 /// The host's TSC frequency in kHz, from `/proc/cpuinfo`: given to the guest kernel so
 /// that it does not calibrate the TSC, which under emulation sometimes hangs.

@@ -17,10 +17,7 @@ pub(crate) const SANDBOX_NAMESERVER: &str = "10.0.2.3";
 
 /// Finds the helper on PATH.
 pub fn find_helper() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(HELPER))
-        .find(|candidate| candidate.is_file())
+    ak_core::process::find_on_path(HELPER)
 }
 
 /// A running network helper for one sandbox.

@@ -4,6 +4,8 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
+use ak_core::kvm::KvmSupport;
+
 use crate::cgroup::CgroupLayout;
 
 /// What the kernel offers this process, each fact probed directly where that is cheap.
@@ -27,31 +29,6 @@ pub struct HostFeatures {
     pub cgroup_migration: String,
     pub kvm: KvmSupport,
     pub running_as_root: bool,
-}
-
-/// What `/dev/kvm` can do for this process.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub enum KvmSupport {
-    Absent,
-    NotAccessible(String),
-    /// Hardware virtualisation (vmx or svm): any guest kernel runs.
-    Full,
-    /// KVM without vmx/svm, e.g. `kvm_pvm`: only guests built for paravirtualisation run.
-    ParavirtOnly,
-}
-
-impl KvmSupport {
-    /// One line for `agentkernel status`.
-    pub fn describe(&self) -> String {
-        match self {
-            KvmSupport::Absent => "absent (no /dev/kvm)".into(),
-            KvmSupport::NotAccessible(reason) => format!("present but not usable: {reason}"),
-            KvmSupport::Full => "hardware virtualisation (vmx/svm)".into(),
-            KvmSupport::ParavirtOnly => {
-                "KVM present but only for paravirtualised guests (kvm_pvm, no vmx/svm)".into()
-            }
-        }
-    }
 }
 
 /// Namespaces reported, with their file names under `/proc/self/ns`.
@@ -97,7 +74,7 @@ impl HostFeatures {
             cgroup_migration: std::fs::read_to_string("/proc/self/mountinfo")
                 .map(|text| describe_cgroup_migration(fast_cgroup_migration(&text)))
                 .unwrap_or_else(|e| format!("unknown: {e}")),
-            kvm: probe_kvm(),
+            kvm: KvmSupport::detect(),
             running_as_root,
         };
         tracing::debug!(?features, "host features");
@@ -131,17 +108,6 @@ fn describe_cgroup_migration(fast: bool) -> String {
     }
 }
 
-/// Whether the `flags` line of `/proc/cpuinfo` lists `(vmx, svm)`: Intel VT-x, AMD-V.
-pub fn parse_cpu_flags(cpuinfo: &str) -> (bool, bool) {
-    // Only the `flags` key: newer kernels add a `vmx flags` line with VMX sub-features.
-    let flags = cpuinfo.lines().find_map(|line| {
-        let (key, value) = line.split_once(':')?;
-        (key.trim() == "flags").then_some(value)
-    });
-    let has = |flag: &str| flags.is_some_and(|f| f.split_whitespace().any(|f| f == flag));
-    (has("vmx"), has("svm"))
-}
-
 /// Whether `/proc/self/status` has a `Seccomp:` line (kernels built with seccomp).
 fn parse_status_seccomp(status: &str) -> bool {
     status.lines().any(|line| line.starts_with("Seccomp:"))
@@ -167,13 +133,6 @@ fn userns_sysctl_block(
         );
     }
     None
-}
-
-/// Whether `/proc/modules` lists the `kvm_pvm` module.
-fn parse_modules_has_pvm(modules: &str) -> bool {
-    modules
-        .lines()
-        .any(|line| line.split_whitespace().next() == Some("kvm_pvm"))
 }
 
 fn probe_user_namespaces(root: bool) -> Result<(), String> {
@@ -250,46 +209,9 @@ fn probe_mount_setattr() -> bool {
     result == 0 || !matches!(errno, Some(libc::ENOSYS | libc::EPERM))
 }
 
-fn probe_kvm() -> KvmSupport {
-    let dev = Path::new("/dev/kvm");
-    if !dev.exists() {
-        return KvmSupport::Absent;
-    }
-    if let Err(e) = fs::OpenOptions::new().read(true).write(true).open(dev) {
-        return KvmSupport::NotAccessible(format!("cannot open /dev/kvm read-write: {e}"));
-    }
-    let (vmx, svm) = parse_cpu_flags(&fs::read_to_string("/proc/cpuinfo").unwrap_or_default());
-    // Other architectures have no such flags; an openable /dev/kvm is the whole story there.
-    if vmx || svm || !cfg!(any(target_arch = "x86_64", target_arch = "x86")) {
-        return KvmSupport::Full;
-    }
-    let pvm = Path::new("/sys/module/kvm_pvm").exists()
-        || fs::read_to_string("/proc/modules").is_ok_and(|m| parse_modules_has_pvm(&m));
-    if !pvm {
-        tracing::debug!(
-            "/dev/kvm works without vmx/svm and without kvm_pvm; assuming paravirtual only"
-        );
-    }
-    KvmSupport::ParavirtOnly
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const INTEL: &str = "processor\t: 0\nvendor_id\t: GenuineIntel\nflags\t\t: fpu vme de pse tsc msr vmx sse2\nvmx flags\t: vnmi preemption_timer\n";
-    const AMD: &str = "processor\t: 0\nflags\t\t: fpu vme svm sse2 lm\n";
-    const GUEST: &str = "processor\t: 0\nflags\t\t: fpu vme hypervisor sse2\nvmx flags\t: vnmi\n";
-
-    #[test]
-    fn cpu_flags() {
-        assert_eq!(parse_cpu_flags(INTEL), (true, false));
-        assert_eq!(parse_cpu_flags(AMD), (false, true));
-        // The `vmx flags` line alone must not count as vmx.
-        assert_eq!(parse_cpu_flags(GUEST), (false, false));
-        assert_eq!(parse_cpu_flags(""), (false, false));
-        assert_eq!(parse_cpu_flags("flags : fpu vmxe svm2\n"), (false, false));
-    }
 
     #[test]
     fn seccomp_status_line() {
@@ -311,28 +233,6 @@ mod tests {
         // The Debian switch does not apply to root.
         assert_eq!(userns_sysctl_block(Some("10\n"), Some("0\n"), true), None);
         assert_eq!(userns_sysctl_block(None, Some("1\n"), false), None);
-    }
-
-    #[test]
-    fn pvm_module() {
-        let modules = "kvm_pvm 65536 0 - Live 0x0\nkvm 1212416 1 kvm_pvm, Live 0x0\n";
-        assert!(parse_modules_has_pvm(modules));
-        assert!(!parse_modules_has_pvm(
-            "kvm_intel 1 0 - Live 0x0\nkvm 1 1 kvm_intel, Live 0x0\n"
-        ));
-    }
-
-    #[test]
-    fn kvm_descriptions() {
-        assert_eq!(
-            KvmSupport::ParavirtOnly.describe(),
-            "KVM present but only for paravirtualised guests (kvm_pvm, no vmx/svm)"
-        );
-        assert!(
-            KvmSupport::NotAccessible("EACCES".into())
-                .describe()
-                .contains("EACCES")
-        );
     }
 
     #[test]

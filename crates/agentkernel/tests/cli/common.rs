@@ -110,6 +110,25 @@ pub fn ak(mode: Mode, args: &[&str]) -> Output {
     agentkernel(mode, args).output().unwrap()
 }
 
+/// Runs `agentkernel ARGS…` as root with a registry (and so a daemon) of its own in
+/// `state`, so that its daemon is no other test's.
+pub fn ak_with_state(state: &std::path::Path, args: &[&str]) -> Output {
+    agentkernel(Mode::Root, args)
+        .env("AGENTKERNEL_REGISTRY", state.join("registry.db"))
+        .output()
+        .unwrap()
+}
+
+/// The id of named sandbox `name` (its `uuid` in `inspect --json`).
+pub fn sandbox_id(mode: Mode, name: &str) -> String {
+    let inspected: serde_json::Value =
+        serde_json::from_slice(&ak(mode, &["inspect", name, "--json"]).stdout).unwrap();
+    inspected["uuid"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no uuid in {inspected}"))
+        .to_string()
+}
+
 /// Runs `agentkernel run [flags] -- cmd…` and returns its output.
 pub fn run(mode: Mode, flags: &[&str], cmd: &[&str]) -> Output {
     let mut args = vec!["run"];

@@ -10,7 +10,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Mode, agentkernel, ak, assert_code, exclusive_host, shared_host, stderr, stdout,
+    Mode, agentkernel, ak, ak_with_state, assert_code, exclusive_host, sandbox_id, shared_host,
+    stderr, stdout,
 };
 
 /// Built by the tests from the host's static busybox: no registry needed.
@@ -93,6 +94,21 @@ fn name(test: &str) -> String {
     format!("d-{test}-{}", std::process::id())
 }
 
+/// Creates named sandbox `n` on `engine` (the test image, no network) and starts it.
+fn create_started(engine: &str, n: &str) {
+    let create = [
+        "create",
+        n,
+        "--backend",
+        engine,
+        "--image",
+        IMAGE,
+        "--no-network",
+    ];
+    assert_code(&ak(MODE, &create), 0);
+    assert_code(&ak(MODE, &["start", n]), 0);
+}
+
 fn drun(flags: &[&str], cmd: &[&str]) -> std::process::Output {
     let mut args = vec!["run", "--backend", "docker", "--image", IMAGE];
     args.extend_from_slice(flags);
@@ -116,16 +132,6 @@ fn containers_left(part: &str) -> Vec<String> {
         .filter(|l| l.contains(part))
         .map(String::from)
         .collect()
-}
-
-fn sandbox_id(name: &str) -> String {
-    let inspected: serde_json::Value =
-        serde_json::from_slice(&ak(MODE, &["inspect", name, "--json"]).stdout).unwrap();
-    inspected["uuid"]
-        .as_str()
-        .or_else(|| inspected["id"].as_str())
-        .unwrap_or_else(|| panic!("no id in {inspected}"))
-        .to_string()
 }
 
 #[test]
@@ -278,23 +284,8 @@ fn docker_named_sandbox_lifecycle_cp_and_concurrent_execs() {
     let _host = shared_host();
     engine();
     let n = name("life");
-    assert_code(
-        &ak(
-            MODE,
-            &[
-                "create",
-                &n,
-                "--backend",
-                "docker",
-                "--image",
-                IMAGE,
-                "--no-network",
-            ],
-        ),
-        0,
-    );
-    assert_code(&ak(MODE, &["start", &n]), 0);
-    let id = sandbox_id(&n);
+    create_started("docker", &n);
+    let id = sandbox_id(MODE, &n);
     assert_eq!(containers_left(&id).len(), 1);
     let output = ak(
         MODE,
@@ -388,23 +379,8 @@ fn a_container_killed_from_outside_fails_and_is_cleaned_up() {
     let _host = shared_host();
     engine();
     let n = name("killed");
-    assert_code(
-        &ak(
-            MODE,
-            &[
-                "create",
-                &n,
-                "--backend",
-                "docker",
-                "--image",
-                IMAGE,
-                "--no-network",
-            ],
-        ),
-        0,
-    );
-    assert_code(&ak(MODE, &["start", &n]), 0);
-    let id = sandbox_id(&n);
+    create_started("docker", &n);
+    let id = sandbox_id(MODE, &n);
     let container = format!("agentkernel-{id}");
     assert!(docker(&["kill", &container]).status.success());
     let output = ak(MODE, &["exec", &n, "--", "true"]);
@@ -469,13 +445,7 @@ fn docker_pool_hands_out_started_containers() {
     engine();
     // Its own registry directory, so its daemon is not another test's.
     let state = tempfile::tempdir().unwrap();
-    let registry = state.path().join("registry.db");
-    let with_state = |args: &[&str]| {
-        agentkernel(MODE, args)
-            .env("AGENTKERNEL_REGISTRY", &registry)
-            .output()
-            .unwrap()
-    };
+    let with_state = |args: &[&str]| ak_with_state(state.path(), args);
     assert_code(&with_state(&["daemon", "start"]), 0);
     let flags = [
         "run",
@@ -587,22 +557,7 @@ fn podman_runs_and_execs() {
     assert_code(&output, 6);
     assert_eq!(stdout(&output), "from podman\n");
     let n = name("podman");
-    assert_code(
-        &ak(
-            MODE,
-            &[
-                "create",
-                &n,
-                "--backend",
-                "podman",
-                "--image",
-                IMAGE,
-                "--no-network",
-            ],
-        ),
-        0,
-    );
-    assert_code(&ak(MODE, &["start", &n]), 0);
+    create_started("podman", &n);
     let output = ak(
         MODE,
         &[
@@ -616,7 +571,7 @@ fn podman_runs_and_execs() {
     );
     assert_code(&output, 0);
     assert_eq!(stdout(&output), "kept\n");
-    let id = sandbox_id(&n);
+    let id = sandbox_id(MODE, &n);
     assert_code(&ak(MODE, &["remove", &n, "--force"]), 0);
     let left = cli("podman", &["ps", "-a", "--format", "{{.Names}}"]);
     assert!(!stdout(&left).contains(&id), "{}", stdout(&left));

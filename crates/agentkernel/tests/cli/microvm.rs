@@ -12,7 +12,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use crate::common::{
-    Mode, agentkernel, ak, assert_code, exclusive_host, shared_host, stderr, stdout,
+    Mode, agentkernel, ak, ak_with_state, assert_code, exclusive_host, sandbox_id, shared_host,
+    stderr, stdout,
 };
 
 const MODE: Mode = Mode::Root;
@@ -59,16 +60,6 @@ fn vrun(flags: &[&str], cmd: &[&str]) -> std::process::Output {
     args.push("--");
     args.extend_from_slice(cmd);
     ak(MODE, &args)
-}
-
-fn sandbox_id(name: &str) -> String {
-    let inspected: serde_json::Value =
-        serde_json::from_slice(&ak(MODE, &["inspect", name, "--json"]).stdout).unwrap();
-    inspected["uuid"]
-        .as_str()
-        .or_else(|| inspected["id"].as_str())
-        .unwrap_or_else(|| panic!("no id in {inspected}"))
-        .to_string()
 }
 
 /// Runs `agentkernel ARGS` (split at spaces) on a terminal made by `script`; its output.
@@ -303,7 +294,7 @@ fn microvm_named_lifecycle_cp_and_concurrent_execs() {
     // A terminal: `exec -t` gets a PTY from the guest's agent (`script` gives the CLI one).
     let tty = in_terminal(&format!("exec -t {n} -- tty"));
     assert!(tty.contains("/dev/pts/"), "{tty}");
-    let id = sandbox_id(&n);
+    let id = sandbox_id(MODE, &n);
     assert_code(&ak(MODE, &["stop", &n]), 0);
     assert!(vm_processes(&id).is_empty(), "stopped, its VM is gone");
     assert!(!Path::new(RUN_BASE).join(&id).exists());
@@ -321,7 +312,7 @@ fn microvm_hypervisor_killed_from_outside_fails_and_is_released() {
     let n = name("killed");
     assert_code(&ak(MODE, &["create", &n, "--backend", "microvm"]), 0);
     assert_code(&ak(MODE, &["start", &n]), 0);
-    let id = sandbox_id(&n);
+    let id = sandbox_id(MODE, &n);
     let processes = vm_processes(&id);
     assert_eq!(processes.len(), 2, "qemu and the vsock daemon");
     let qemu = processes
@@ -443,13 +434,7 @@ fn microvm_pool_hands_out_booted_vms() {
     let _host = exclusive_host();
     ready();
     let state = tempfile::tempdir().unwrap();
-    let registry = state.path().join("registry.db");
-    let with_state = |args: &[&str]| {
-        agentkernel(MODE, args)
-            .env("AGENTKERNEL_REGISTRY", &registry)
-            .output()
-            .unwrap()
-    };
+    let with_state = |args: &[&str]| ak_with_state(state.path(), args);
     let before = run_dirs();
     assert_code(&with_state(&["daemon", "start"]), 0);
     for i in 0..3 {
