@@ -102,8 +102,20 @@ pub struct Capabilities {
 }
 
 /// A byte stream to a sandbox's agent.
-pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug {}
-impl<T: AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug> Transport for T {}
+pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug {
+    /// The connection as a blocking file descriptor, for another process to take over (the
+    /// daemon hands agent connections to CLIs, so a command's data never passes through
+    /// it). A blocking descriptor is the neutral one: the receiver sets its own mode.
+    fn into_fd(self: Box<Self>) -> std::io::Result<std::os::fd::OwnedFd>;
+}
+
+impl Transport for tokio::net::UnixStream {
+    fn into_fd(self: Box<Self>) -> std::io::Result<std::os::fd::OwnedFd> {
+        let stream = (*self).into_std()?;
+        stream.set_nonblocking(false)?;
+        Ok(stream.into())
+    }
+}
 
 /// How long a sandbox lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -205,9 +217,7 @@ pub fn hand_out_transport(
     let stream = transport.ok_or_else(|| {
         BackendError::Connect("only a one-shot sandbox hands out its connection, once".into())
     })?;
-    let stream = stream.into_std().map_err(BackendError::Io)?;
-    stream.set_nonblocking(false).map_err(BackendError::Io)?;
-    Ok(stream.into())
+    Box::new(stream).into_fd().map_err(BackendError::Io)
 }
 
 /// What a sandbox consumed, as far as the backend can tell.

@@ -23,7 +23,7 @@ pub use crate::components::ComponentTimes;
 pub use crate::error::ServiceError;
 pub use crate::registry::{Registry, SandboxRecord};
 pub use crate::run::settle_image;
-pub use crate::session::{CommandSession, RunOutcome};
+pub use crate::session::{CommandSession, RunOutcome, connect_agent};
 
 /// The service: the registered backends, the registry of named sandboxes, and the
 /// operations on them.

@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
-use ak_core::backend::{Lifetime, SandboxHandle};
+use ak_core::backend::{Lifetime, SandboxHandle, Transport};
 use ak_core::spec::validate_name;
 use ak_core::{BackendError, ExecSpec, Mount, SandboxSpec, SandboxState};
 use ak_protocol::AgentClient;
@@ -263,6 +263,12 @@ impl Service {
 
     /// A connected, handshaken client of a running sandbox's agent (for files, execs).
     pub async fn client_named(&self, name: &str) -> Result<AgentClient, ServiceError> {
+        connect_agent(self.connect_named(name).await?).await
+    }
+
+    /// A new connection to a running sandbox's agent, not yet handshaken: what the daemon
+    /// hands to a CLI, which then speaks to the agent itself.
+    pub async fn connect_named(&self, name: &str) -> Result<Box<dyn Transport>, ServiceError> {
         let record = self.record(name)?;
         require(&record, &[SandboxState::Running], "reach")?;
         let mut sandbox = match self.attach_record(&record).await {
@@ -280,7 +286,7 @@ impl Service {
         };
         let transport = sandbox.connect().await?;
         sandbox.detach();
-        connect_agent(transport).await
+        Ok(transport)
     }
 
     /// Marks running sandboxes whose processes are gone as failed and releases what they
@@ -386,6 +392,19 @@ impl Service {
     ) -> Result<CommandSession, ServiceError> {
         let detail = command_line(&exec.argv);
         let result = self.exec_unaudited(name, exec).await;
+        self.audited("exec", Some(name), Some(detail), result)
+    }
+
+    /// [`Service::exec_named`] over a connection to the sandbox's agent that someone else
+    /// opened (the daemon, through [`Service::connect_named`]).
+    pub async fn exec_named_over(
+        &self,
+        name: &str,
+        transport: Box<dyn Transport>,
+        exec: ExecSpec,
+    ) -> Result<CommandSession, ServiceError> {
+        let detail = command_line(&exec.argv);
+        let result = CommandSession::over(transport, exec).await;
         self.audited("exec", Some(name), Some(detail), result)
     }
 }

@@ -17,7 +17,7 @@ pub(crate) const TIMEOUT_GRACE: Duration = Duration::from_secs(2);
 const SIGKILL: i32 = 9;
 
 /// Handshakes with a sandbox's agent over `transport`, as this software.
-pub(crate) async fn connect_agent(
+pub async fn connect_agent(
     transport: Box<dyn ak_core::Transport>,
 ) -> Result<AgentClient, ServiceError> {
     Ok(AgentClient::connect(transport, ak_protocol::handshake::software("agentkernel")).await?)

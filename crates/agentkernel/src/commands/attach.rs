@@ -6,6 +6,7 @@ use ak_core::{ExecSpec, StdinMode};
 use super::exec::terminal_size;
 use super::stream;
 use crate::cli::AttachArgs;
+use crate::front;
 use crate::wiring;
 
 /// Starts bash when the sandbox has it, else sh.
@@ -30,7 +31,7 @@ pub async fn attach(args: AttachArgs) -> i32 {
         pty: Some(terminal_size()),
         ..ExecSpec::default()
     };
-    match wiring::service().exec_named(&args.name, exec).await {
+    match front::exec(&wiring::service(), &args.name, exec).await {
         Ok(session) => {
             stream::stream(
                 session,
@@ -42,6 +43,6 @@ pub async fn attach(args: AttachArgs) -> i32 {
             )
             .await
         }
-        Err(error) => stream::fail_start(error),
+        Err(failure) => failure.report(),
     }
 }

@@ -10,9 +10,9 @@ use ak_core::spec::validate_name;
 use ak_protocol::{AgentClient, FileType, ProtocolError};
 use anyhow::{Context, anyhow, bail};
 
-use super::stream::fail_start;
 use crate::cli::CpArgs;
 use crate::exit;
+use crate::front;
 use crate::wiring;
 
 /// Largest single file `cp` moves (the agent refuses larger reads).
@@ -53,15 +53,15 @@ pub async fn cp(args: CpArgs) -> i32 {
     let service = wiring::service();
     let result = match (src, dst) {
         (Location::Host(host), Location::Sandbox { name, path }) => {
-            match service.client_named(&name).await {
+            match front::client(&service, &name).await {
                 Ok(client) => upload(&client, &host, &path).await,
-                Err(error) => return fail_start(error),
+                Err(failure) => return failure.report(),
             }
         }
         (Location::Sandbox { name, path }, Location::Host(host)) => {
-            match service.client_named(&name).await {
+            match front::client(&service, &name).await {
                 Ok(client) => download(&client, &path, &host).await,
-                Err(error) => return fail_start(error),
+                Err(failure) => return failure.report(),
             }
         }
         _ => exit::fail(

@@ -17,13 +17,7 @@ pub async fn daemon(command: DaemonCommand) -> i32 {
     let result = match command {
         DaemonCommand::Start { foreground: true } => match pool_config() {
             Ok(config) => {
-                server::serve(
-                    &socket_path(),
-                    &api_socket_path(),
-                    wiring::service(),
-                    config,
-                )
-                .await
+                server::serve(&socket_path(), &api_socket_path(), wiring::service, config).await
             }
             Err(error) => exit::fail(exit::USAGE, &error.into()),
         },

@@ -6,6 +6,7 @@ use ak_core::{ExecSpec, PtySize};
 use super::stream;
 use crate::cli::ExecArgs;
 use crate::exit;
+use crate::front;
 use crate::wiring;
 
 pub async fn exec(args: ExecArgs) -> i32 {
@@ -14,7 +15,7 @@ pub async fn exec(args: ExecArgs) -> i32 {
         Err(e) => exit::fail(exit::USAGE, &e.into()),
     };
     let (stdin, tty) = (exec.stdin, exec.pty.is_some());
-    match wiring::service().exec_named(&args.name, exec).await {
+    match front::exec(&wiring::service(), &args.name, exec).await {
         Ok(session) => {
             stream::stream(
                 session,
@@ -26,7 +27,7 @@ pub async fn exec(args: ExecArgs) -> i32 {
             )
             .await
         }
-        Err(error) => stream::fail_start(error),
+        Err(failure) => failure.report(),
     }
 }
 

@@ -73,7 +73,7 @@ fn from_pool(spec: &SandboxSpec, required: bool) -> anyhow::Result<Option<OwnedF
     };
     match client::call(&socket_path(), &request) {
         Ok((Response::Acquired { .. }, Some(fd))) => Ok(Some(fd)),
-        Ok((Response::Error { message }, _)) => refuse(anyhow!(
+        Ok((Response::Error { message, .. }, _)) => refuse(anyhow!(
             "the daemon could not hand out a sandbox: {message}"
         )),
         Ok((other, _)) => refuse(anyhow!("unexpected answer from the daemon: {other:?}")),

@@ -3,59 +3,48 @@
 use ak_service::SandboxRecord;
 
 use super::say;
-use super::stream::fail_start;
 use crate::cli::{CreateArgs, InspectArgs, ListArgs, NameArgs, RemoveArgs};
 use crate::exit;
-use crate::wiring;
+use crate::front::{self, Failure};
 
 pub async fn create(args: CreateArgs) -> i32 {
     let spec = super::resolve_spec(&args.sandbox);
-    match wiring::service()
-        .create_named(&args.name, spec, args.dir.as_deref())
-        .await
-    {
-        Ok(record) => {
-            say(&record.name);
-            0
-        }
-        Err(error) => fail_start(error),
-    }
+    named(front::create(&args.name, spec, args.dir.as_deref()).await)
 }
 
 pub async fn start(args: NameArgs) -> i32 {
-    match wiring::service().start_named(&args.name).await {
-        Ok(record) => {
-            say(&record.name);
-            0
-        }
-        Err(error) => fail_start(error),
-    }
+    named(front::start(&args.name).await)
 }
 
 pub async fn stop(args: NameArgs) -> i32 {
-    match wiring::service().stop_named(&args.name).await {
-        Ok(record) => {
-            say(&record.name);
-            0
-        }
-        Err(error) => fail_start(error),
-    }
+    named(front::stop(&args.name).await)
 }
 
 pub async fn remove(args: RemoveArgs) -> i32 {
-    match wiring::service().remove_named(&args.name, args.force).await {
+    match front::remove(&args.name, args.force).await {
         Ok(()) => {
             say(&args.name);
             0
         }
-        Err(error) => fail_start(error),
+        Err(failure) => failure.report(),
+    }
+}
+
+/// Prints the name of the sandbox an operation left, or the failure.
+fn named(result: Result<SandboxRecord, Failure>) -> i32 {
+    match result {
+        Ok(record) => {
+            say(&record.name);
+            0
+        }
+        Err(failure) => failure.report(),
     }
 }
 
 pub async fn list(args: ListArgs) -> i32 {
-    let records = match wiring::service().list_named().await {
+    let records = match front::list().await {
         Ok(records) => records,
-        Err(error) => return fail_start(error),
+        Err(failure) => return failure.report(),
     };
     if args.json {
         return print_json(&records.iter().map(summary).collect::<Vec<_>>());
@@ -79,9 +68,9 @@ pub async fn list(args: ListArgs) -> i32 {
 }
 
 pub async fn inspect(args: InspectArgs) -> i32 {
-    let record = match wiring::service().inspect_named(&args.name).await {
+    let record = match front::inspect(&args.name).await {
         Ok(record) => record,
-        Err(error) => return fail_start(error),
+        Err(failure) => return failure.report(),
     };
     if args.json {
         return print_json(&record);

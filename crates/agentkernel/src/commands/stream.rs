@@ -5,7 +5,7 @@
 use std::io::Write;
 
 use ak_core::{ExitStatus, StdinMode};
-use ak_protocol::{ErrorKind, ExecControl, ExecEvent};
+use ak_protocol::{ExecControl, ExecEvent};
 use ak_service::{CommandSession, ServiceError};
 use anyhow::anyhow;
 use tokio::io::AsyncReadExt;
@@ -106,21 +106,9 @@ pub async fn stream(mut session: CommandSession, options: Options) -> i32 {
     }
 }
 
-/// Exit code for a run that failed before or while its command ran.
+/// Reports a run that failed before or while its command ran; returns its exit code.
 pub fn fail_start(error: ServiceError) -> i32 {
-    let code = match &error {
-        ServiceError::Config(_)
-        | ServiceError::EmptyCommand
-        | ServiceError::InvalidInput(_)
-        | ServiceError::NotFound(_)
-        | ServiceError::Duplicate(_)
-        | ServiceError::WrongState { .. } => exit::USAGE,
-        ServiceError::Command(agent) => match agent.kind {
-            ErrorKind::NotFound => exit::NOT_FOUND,
-            _ => exit::CANNOT_EXECUTE,
-        },
-        _ => exit::SANDBOX_FAILURE,
-    };
+    let code = exit::code_for(&error);
     exit::report(&error.into());
     code
 }

@@ -5,11 +5,13 @@
 //! HTTP API (the one `agentkernel serve` serves) on `api.sock`, also 0600.
 
 pub mod client;
+mod named;
 pub mod server;
 
 use std::path::PathBuf;
 
 use ak_core::SandboxSpec;
+use ak_service::SandboxRecord;
 use ak_service::pool::PoolStatus;
 use serde::{Deserialize, Serialize};
 
@@ -27,16 +29,54 @@ pub enum Request {
     Status,
     /// Graceful stop: waits for handed-out commands (up to a limit), then cleans up.
     Stop,
+    /// Named sandboxes: the CLI's commands, done by the daemon's service.
+    Create {
+        name: String,
+        spec: Box<SandboxSpec>,
+        /// Absolute (the CLI resolves it against its own directory).
+        dir: Option<PathBuf>,
+    },
+    Start {
+        name: String,
+    },
+    StopSandbox {
+        name: String,
+    },
+    Remove {
+        name: String,
+        force: bool,
+    },
+    List,
+    Inspect {
+        name: String,
+    },
+    /// A new connection to a running named sandbox's agent; answered with `Connected` plus
+    /// the connection, over which the CLI runs its exec, attach or cp itself.
+    Connect {
+        name: String,
+    },
 }
 
 /// The daemon's answer, one JSON line.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Response {
-    Acquired { sandbox_id: String, hit: bool },
+    Acquired {
+        sandbox_id: String,
+        hit: bool,
+    },
     Status(DaemonStatus),
     Stopping,
-    Error { message: String },
+    Record(Box<SandboxRecord>),
+    Records(Vec<SandboxRecord>),
+    Removed,
+    Connected,
+    /// The request failed; `code` is the exit code the CLI would have given had it done
+    /// the work itself.
+    Error {
+        message: String,
+        code: i32,
+    },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

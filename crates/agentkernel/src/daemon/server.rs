@@ -27,17 +27,21 @@ const REAP_EVERY: Duration = Duration::from_secs(5);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 struct Daemon {
+    /// Serves the pools and the HTTP API (audited as `api`).
     service: Arc<Service>,
+    /// Serves the CLI's named-sandbox commands (audited as `cli`, as when the CLI does them).
+    cli_service: Service,
     pools: Arc<Pools>,
     started: Instant,
     stop: tokio::sync::Notify,
 }
 
 /// Runs the daemon on `socket` until asked to stop, with the HTTP API on `api_socket`.
+/// `make_service` builds the service (called once per kind of caller).
 pub async fn serve(
     socket: &Path,
     api_socket: &Path,
-    service: Service,
+    make_service: fn() -> Service,
     config: PoolConfig,
 ) -> anyhow::Result<()> {
     if socket.exists() {
@@ -57,7 +61,8 @@ pub async fn serve(
     tracing::info!("daemon listening on {}", socket.display());
 
     let daemon = Arc::new(Daemon {
-        service: Arc::new(service.with_audit_source("api")),
+        service: Arc::new(make_service().with_audit_source("api")),
+        cli_service: make_service(),
         pools: Arc::new(Pools::new(config)),
         started: Instant::now(),
         stop: tokio::sync::Notify::new(),
@@ -163,6 +168,7 @@ async fn handle(daemon: &Daemon, stream: UnixStream) -> anyhow::Result<()> {
                 &stream,
                 &Response::Error {
                     message: format!("malformed request: {e}"),
+                    code: crate::exit::USAGE,
                 },
                 None,
             )
@@ -184,6 +190,10 @@ async fn handle(daemon: &Daemon, stream: UnixStream) -> anyhow::Result<()> {
             daemon.stop.notify_one();
             Ok(())
         }
+        named => {
+            let (response, connection) = super::named::answer(&daemon.cli_service, named).await;
+            reply(&stream, &response, connection).await
+        }
     }
 }
 
@@ -196,16 +206,7 @@ async fn acquire(daemon: &Daemon, stream: &UnixStream, spec: &SandboxSpec) -> an
             };
             reply(stream, &response, Some(handed.transport)).await
         }
-        Err(e) => {
-            reply(
-                stream,
-                &Response::Error {
-                    message: e.to_string(),
-                },
-                None,
-            )
-            .await
-        }
+        Err(error) => reply(stream, &super::named::failure(error), None).await,
     }
 }
 

@@ -269,3 +269,140 @@ fn the_daemon_serves_the_http_api_on_its_socket() {
     assert!(!socket.exists(), "the API socket outlived the daemon");
     assert_no_leaks(&before);
 }
+
+/// The parent of process `pid` (field 4 of /proc/PID/stat, after the command's name).
+fn parent_of(pid: i64) -> i64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn named_commands_go_through_the_daemon_and_survive_its_kill() {
+    let _host = exclusive_host();
+    let before = snapshot();
+    let mode = Mode::Root;
+    let daemon = Running::start(mode);
+    let daemon_pid = daemon_status(mode)["pid"].as_i64().unwrap();
+    let n = format!("t-via-daemon-{}", std::process::id());
+    let host_dir = tempfile::tempdir().unwrap();
+    // Root in the sandbox is an unprivileged host user.
+    std::fs::set_permissions(host_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    // A relative --dir is the CLI's directory, not the daemon's.
+    let created = crate::common::agentkernel(mode, &["create", &n, "--no-network", "--dir", "."])
+        .current_dir(host_dir.path())
+        .output()
+        .unwrap();
+    assert_code(&created, 0);
+    assert_code(&ak(mode, &["start", &n]), 0);
+    // The daemon started it: the sandbox's init is the daemon's child, not the CLI's.
+    let inspected: serde_json::Value =
+        serde_json::from_slice(&ak(mode, &["inspect", &n, "--json"]).stdout).unwrap();
+    let handle: serde_json::Value =
+        serde_json::from_str(inspected["handle"].as_str().unwrap()).unwrap();
+    let data: serde_json::Value = serde_json::from_str(handle["data"].as_str().unwrap()).unwrap();
+    let init = data["pid"].as_i64().unwrap();
+    assert_eq!(parent_of(init), daemon_pid, "{inspected}");
+    let workdir = host_dir.path().canonicalize().unwrap();
+    assert_eq!(
+        inspected["spec"]["workdir"].as_str().unwrap(),
+        workdir.to_str().unwrap(),
+        "{inspected}"
+    );
+
+    // Errors come back from the daemon with the CLI's exit codes and messages.
+    let output = ak(mode, &["start", &n]);
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("is running"),
+        "{}",
+        stderr(&output)
+    );
+    let output = ak(mode, &["exec", "t-no-such-sandbox", "--", "true"]);
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("no sandbox named"),
+        "{}",
+        stderr(&output)
+    );
+    let output = ak(mode, &["exec", &n, "--", "/no/such/program"]);
+    assert_code(&output, 127);
+
+    // exec and cp speak to the agent over the connection the daemon handed out.
+    let file = host_dir.path().join("in.bin");
+    std::fs::write(&file, [0u8, 1, 2, 255]).unwrap();
+    assert_code(
+        &ak(
+            mode,
+            &["cp", file.to_str().unwrap(), &format!("{n}:/tmp/in.bin")],
+        ),
+        0,
+    );
+    let output = ak(
+        mode,
+        &["exec", &n, "--", "od", "-An", "-tu1", "/tmp/in.bin"],
+    );
+    assert_code(&output, 0);
+    assert_eq!(
+        stdout(&output).split_whitespace().collect::<Vec<_>>(),
+        ["0", "1", "2", "255"]
+    );
+    let back = host_dir.path().join("back.bin");
+    assert_code(
+        &ak(
+            mode,
+            &["cp", &format!("{n}:/tmp/in.bin"), back.to_str().unwrap()],
+        ),
+        0,
+    );
+    assert_eq!(std::fs::read(&back).unwrap(), [0u8, 1, 2, 255]);
+
+    // kill -9 of the daemon during a running exec: the command finishes (its data never
+    // passed through the daemon) and the sandbox keeps running.
+    let running = crate::common::agentkernel(
+        mode,
+        &[
+            "exec",
+            &n,
+            "--",
+            "sh",
+            "-c",
+            "sleep 1; echo finished > done; echo finished",
+        ],
+    )
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(400));
+    // SAFETY: killing the daemon this test started.
+    unsafe { libc::kill(daemon_pid as i32, libc::SIGKILL) };
+    let output = running.wait_with_output().unwrap();
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "finished\n");
+    assert_eq!(
+        std::fs::read_to_string(host_dir.path().join("done")).unwrap(),
+        "finished\n"
+    );
+
+    // Without a daemon the CLI does the work itself; a restarted daemon takes over the
+    // registry as it was.
+    let listed = stdout(&ak(mode, &["list"]));
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.starts_with(&n) && l.contains("running")),
+        "{listed}"
+    );
+    drop(daemon);
+    let daemon = Running::start(mode);
+    assert_eq!(
+        stdout(&ak(mode, &["exec", &n, "--", "cat", "done"])),
+        "finished\n"
+    );
+    assert_code(&ak(mode, &["stop", &n]), 0);
+    assert_code(&ak(mode, &["remove", &n]), 0);
+    let output = ak(mode, &["inspect", &n]);
+    assert_code(&output, 2);
+    drop(daemon);
+    assert_no_leaks(&before);
+}

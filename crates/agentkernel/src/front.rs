@@ -1,0 +1,188 @@
+//! Where a named-sandbox command does its work: in the daemon when one runs (so one process
+//! keeps the registry and the sandboxes' lifecycles), else in this process, through the same
+//! service code. Commands that talk to a sandbox's agent (exec, attach, cp) get their
+//! connection from the daemon and speak to the agent themselves: their data never passes
+//! through the daemon.
+
+use std::os::fd::OwnedFd;
+use std::path::Path;
+
+use ak_core::{ExecSpec, SandboxSpec};
+use ak_protocol::AgentClient;
+use ak_service::{CommandSession, SandboxRecord, Service, ServiceError};
+use anyhow::anyhow;
+
+use crate::daemon::client::{self, ClientError};
+use crate::daemon::{Request, Response, socket_path};
+use crate::exit;
+use crate::wiring;
+
+/// A failed command: what to print and the exit code.
+#[derive(Debug)]
+pub struct Failure {
+    code: i32,
+    error: anyhow::Error,
+}
+
+impl Failure {
+    /// Prints the failure; returns the exit code.
+    pub fn report(self) -> i32 {
+        exit::report(&self.error);
+        self.code
+    }
+}
+
+impl From<ServiceError> for Failure {
+    fn from(error: ServiceError) -> Self {
+        Failure {
+            code: exit::code_for(&error),
+            error: error.into(),
+        }
+    }
+}
+
+pub async fn create(
+    name: &str,
+    spec: SandboxSpec,
+    dir: Option<&Path>,
+) -> Result<SandboxRecord, Failure> {
+    // The daemon runs elsewhere: a relative directory means this one's.
+    let dir = match dir.map(std::path::absolute).transpose() {
+        Ok(dir) => dir,
+        Err(e) => return Err(usage(anyhow!("--dir: {e}"))),
+    };
+    let request = Request::Create {
+        name: name.to_string(),
+        spec: Box::new(spec.clone()),
+        dir: dir.clone(),
+    };
+    match ask(&request)? {
+        Some(answer) => record(answer),
+        None => Ok(wiring::service()
+            .create_named(name, spec, dir.as_deref())
+            .await?),
+    }
+}
+
+pub async fn start(name: &str) -> Result<SandboxRecord, Failure> {
+    match ask(&Request::Start { name: name.into() })? {
+        Some(answer) => record(answer),
+        None => Ok(wiring::service().start_named(name).await?),
+    }
+}
+
+pub async fn stop(name: &str) -> Result<SandboxRecord, Failure> {
+    match ask(&Request::StopSandbox { name: name.into() })? {
+        Some(answer) => record(answer),
+        None => Ok(wiring::service().stop_named(name).await?),
+    }
+}
+
+pub async fn remove(name: &str, force: bool) -> Result<(), Failure> {
+    let request = Request::Remove {
+        name: name.into(),
+        force,
+    };
+    match ask(&request)? {
+        Some((Response::Removed, _)) => Ok(()),
+        Some((other, _)) => Err(refused(other)),
+        None => Ok(wiring::service().remove_named(name, force).await?),
+    }
+}
+
+pub async fn list() -> Result<Vec<SandboxRecord>, Failure> {
+    match ask(&Request::List)? {
+        Some((Response::Records(records), _)) => Ok(records),
+        Some((other, _)) => Err(refused(other)),
+        None => Ok(wiring::service().list_named().await?),
+    }
+}
+
+pub async fn inspect(name: &str) -> Result<SandboxRecord, Failure> {
+    match ask(&Request::Inspect { name: name.into() })? {
+        Some(answer) => record(answer),
+        None => Ok(wiring::service().inspect_named(name).await?),
+    }
+}
+
+/// Starts `exec` in the running sandbox `name`; `service` records it in the audit log.
+pub async fn exec(
+    service: &Service,
+    name: &str,
+    exec: ExecSpec,
+) -> Result<CommandSession, Failure> {
+    match connection(name)? {
+        Some(fd) => Ok(service.exec_named_over(name, transport(fd)?, exec).await?),
+        None => Ok(service.exec_named(name, exec).await?),
+    }
+}
+
+/// A handshaken client of the running sandbox `name`'s agent (for files).
+pub async fn client(service: &Service, name: &str) -> Result<AgentClient, Failure> {
+    match connection(name)? {
+        Some(fd) => Ok(ak_service::connect_agent(transport(fd)?).await?),
+        None => Ok(service.client_named(name).await?),
+    }
+}
+
+/// The daemon's new connection to `name`'s agent; `None` when no daemon runs.
+fn connection(name: &str) -> Result<Option<OwnedFd>, Failure> {
+    match ask(&Request::Connect { name: name.into() })? {
+        Some((Response::Connected, Some(fd))) => Ok(Some(fd)),
+        Some((Response::Connected, None)) => Err(failure(anyhow!(
+            "the daemon answered without the sandbox's connection"
+        ))),
+        Some((other, _)) => Err(refused(other)),
+        None => Ok(None),
+    }
+}
+
+fn transport(fd: OwnedFd) -> Result<Box<dyn ak_core::Transport>, Failure> {
+    let stream = std::os::unix::net::UnixStream::from(fd);
+    stream
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(stream))
+        .map(|stream| Box::new(stream) as Box<dyn ak_core::Transport>)
+        .map_err(|e| failure(anyhow!("the daemon's connection to the sandbox: {e}")))
+}
+
+/// The daemon's answer to `request`; `None` when no daemon runs (the work is done here).
+fn ask(request: &Request) -> Result<Option<(Response, Option<OwnedFd>)>, Failure> {
+    match client::call(&socket_path(), request) {
+        Ok(answer) => Ok(Some(answer)),
+        Err(ClientError::NotRunning(_)) => Ok(None),
+        Err(ClientError::Other(error)) => Err(failure(error)),
+    }
+}
+
+fn record((response, _): (Response, Option<OwnedFd>)) -> Result<SandboxRecord, Failure> {
+    match response {
+        Response::Record(record) => Ok(*record),
+        other => Err(refused(other)),
+    }
+}
+
+/// The daemon's error as ours, or an answer that does not fit the request.
+fn refused(response: Response) -> Failure {
+    match response {
+        Response::Error { message, code } => Failure {
+            code,
+            error: anyhow!(message),
+        },
+        other => failure(anyhow!("unexpected answer from the daemon: {other:?}")),
+    }
+}
+
+fn failure(error: anyhow::Error) -> Failure {
+    Failure {
+        code: exit::SANDBOX_FAILURE,
+        error,
+    }
+}
+
+fn usage(error: anyhow::Error) -> Failure {
+    Failure {
+        code: exit::USAGE,
+        error,
+    }
+}
