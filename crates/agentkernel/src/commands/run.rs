@@ -58,12 +58,14 @@ pub async fn run(args: RunArgs) -> i32 {
     }
 }
 
-/// A connection to a never-used sandbox from the daemon's pool. Without `required`, any
-/// reason the pool cannot serve (no daemon, host mounts, the daemon refusing) means
-/// `Ok(None)`: the run makes its own sandbox. With it, those are errors.
+/// A connection to a never-used sandbox from the daemon (from its pool, or built for this
+/// run when the spec has host mounts). Without `required`, any reason the daemon cannot
+/// serve (none running, the daemon refusing) means `Ok(None)`: the run makes its own
+/// sandbox. With it (`--fast`), those are errors, and so are host mounts, which no pool
+/// can prepare ahead.
 fn from_pool(spec: &SandboxSpec, required: bool) -> anyhow::Result<Option<OwnedFd>> {
     let refuse = |error: anyhow::Error| if required { Err(error) } else { Ok(None) };
-    if pool_key(spec).is_none() {
+    if required && pool_key(spec).is_none() {
         return refuse(anyhow!(
             "--fast needs a sandbox without host mounts (drop --mount-cwd)"
         ));

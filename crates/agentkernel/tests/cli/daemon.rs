@@ -357,6 +357,35 @@ fn named_commands_go_through_the_daemon_and_survive_its_kill() {
     );
     assert_eq!(std::fs::read(&back).unwrap(), [0u8, 1, 2, 255]);
 
+    // A run with host mounts goes through the daemon too, in a sandbox built for it.
+    let output = crate::common::agentkernel(
+        mode,
+        &[
+            "run",
+            "--no-network",
+            "--mount-cwd",
+            "--",
+            "sh",
+            "-c",
+            "echo ran > from-run",
+        ],
+    )
+    .current_dir(host_dir.path())
+    .output()
+    .unwrap();
+    assert_code(&output, 0);
+    assert_eq!(
+        std::fs::read_to_string(host_dir.path().join("from-run")).unwrap(),
+        "ran\n"
+    );
+    let pools = daemon_status(mode)["pools"].as_array().unwrap().clone();
+    assert!(
+        pools
+            .iter()
+            .any(|p| p["pool"].as_str().unwrap().starts_with("one-off") && p["misses"] == 1),
+        "{pools:?}"
+    );
+
     // kill -9 of the daemon during a running exec: the command finishes (its data never
     // passed through the daemon) and the sandbox keeps running.
     let running = crate::common::agentkernel(

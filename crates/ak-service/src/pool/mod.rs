@@ -98,6 +98,9 @@ impl Drop for Reservation<'_> {
     }
 }
 
+/// Where sandboxes with host mounts are counted: built per caller, never kept as spares.
+pub const ONE_OFF_POOL: &str = "one-off (host mounts; built per run)";
+
 /// How long a caller waits for room when all `max_total` sandboxes exist: a burst queues
 /// for a while rather than failing at once, yet an overloaded host still says so.
 const CAPACITY_WAIT: Duration = Duration::from_secs(30);
@@ -192,7 +195,8 @@ impl Pools {
     }
 
     /// Hands out a never-used sandbox for `spec`: a spare when one is ready (a hit), else
-    /// a new one (a miss). The pool learns `spec` and keeps spares for it from now on.
+    /// a new one (a miss). The pool learns `spec` and keeps spares for it from now on,
+    /// unless it has host mounts (see [`ONE_OFF_POOL`]).
     pub async fn acquire(
         &self,
         service: &Service,
@@ -202,16 +206,20 @@ impl Pools {
         let mut spec = spec.clone();
         crate::run::settle_image(&mut spec, None);
         let spec = &spec;
-        let key = pool_key(spec).ok_or_else(|| {
-            ServiceError::InvalidInput(
-                "sandboxes with host mounts cannot come from a warm pool".into(),
-            )
-        })?;
-        let spare = {
+        // A sandbox with host mounts cannot be prepared ahead: it is built for this caller,
+        // handed out and released like a pool's, and never kept as a spare (its pool has
+        // no template).
+        let (key, poolable) = match pool_key(spec) {
+            Some(key) => (key, true),
+            None => (ONE_OFF_POOL.to_string(), false),
+        };
+        let spare = if poolable {
             let mut pools = lock(&self.pools);
             let pool = pools.entry(key.clone()).or_default();
             pool.template.get_or_insert_with(|| fresh(spec));
             pool.spares.pop_front()
+        } else {
+            None
         };
         let hit = spare.is_some();
         // A reservation for a sandbox built here lasts until it is counted in `in_use`.

@@ -173,3 +173,38 @@ async fn a_caller_that_gives_up_mid_build_gives_its_room_back() {
         .unwrap();
     assert!(!handed.hit);
 }
+
+#[tokio::test]
+async fn a_sandbox_with_host_mounts_is_built_per_caller_and_never_kept() {
+    let config = PoolConfig {
+        min_warm: 2,
+        max_warm: 2,
+        max_total: 8,
+    };
+    let (backend, service, pools, mut spec) = setup(config);
+    spec.mounts.push(ak_core::Mount {
+        host: std::env::temp_dir(),
+        target: "/project".into(),
+        writable: true,
+    });
+    let first = pools.acquire(&service, &spec).await.unwrap();
+    let second = pools.acquire(&service, &spec).await.unwrap();
+    assert!(!first.hit && !second.hit);
+    assert_ne!(first.sandbox_id, second.sandbox_id);
+    pools.maintain(&service).await;
+    assert_eq!(
+        backend.created.load(Ordering::SeqCst),
+        2,
+        "no spare is built for a spec with host mounts"
+    );
+    let status = pools.status();
+    assert_eq!(status[0].pool, super::ONE_OFF_POOL);
+    assert_eq!((status[0].warm, status[0].in_use), (0, 2));
+    // Released like any handed-out sandbox once its command is done.
+    for running in backend.running.lock().unwrap().iter() {
+        running.store(false, Ordering::SeqCst);
+    }
+    pools.maintain(&service).await;
+    assert_eq!(pools.status()[0].in_use, 0);
+    assert_eq!(backend.created.load(Ordering::SeqCst), 2);
+}
