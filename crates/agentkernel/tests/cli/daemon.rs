@@ -270,6 +270,15 @@ fn the_daemon_serves_the_http_api_on_its_socket() {
     assert_no_leaks(&before);
 }
 
+/// Removes a named sandbox when the test ends, passed or failed.
+struct RemovedAtEnd(Mode, String);
+
+impl Drop for RemovedAtEnd {
+    fn drop(&mut self) {
+        let _ = ak(self.0, &["remove", "--force", &self.1]);
+    }
+}
+
 /// The parent of process `pid` (field 4 of /proc/PID/stat, after the command's name).
 fn parent_of(pid: i64) -> i64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -285,6 +294,7 @@ fn named_commands_go_through_the_daemon_and_survive_its_kill() {
     let daemon = Running::start(mode);
     let daemon_pid = daemon_status(mode)["pid"].as_i64().unwrap();
     let n = format!("t-via-daemon-{}", std::process::id());
+    let _removed = RemovedAtEnd(mode, n.clone());
     let host_dir = tempfile::tempdir().unwrap();
     // Root in the sandbox is an unprivileged host user.
     std::fs::set_permissions(host_dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
