@@ -1,0 +1,295 @@
+//! A microVM's network (root only): a NIC with NAT reaches a listener in a network
+//! namespace this test makes (the only place test traffic goes besides loopback), never
+//! the host's own services; the tap, the firewall rules and the lease go with the VM, also
+//! when its creator is killed; without root a network is refused clearly.
+
+use std::io::{BufRead, BufReader};
+use std::net::{Ipv4Addr, TcpListener};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::common::{Mode, agentkernel, assert_code, shared_host, stderr, stdout};
+use crate::microvm::{ready, vrun, wait_until};
+
+/// The microvm backend's network leases (see ak-microvm's `net` module).
+const LEASES: &str = "/run/agentkernel-microvm/.net";
+const IP_FORWARD: &str = "/proc/sys/net/ipv4/ip_forward";
+
+/// The network tests one at a time: each checks that the host holds no VM network when
+/// its VM is gone, which another's running VM would spoil.
+static NETWORK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn network_alone() -> std::sync::MutexGuard<'static, ()> {
+    NETWORK.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn sh(command: &str) -> std::process::Output {
+    Command::new("sh").args(["-c", command]).output().unwrap()
+}
+
+fn must(command: &str) {
+    let output = sh(command);
+    assert!(
+        output.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// A network namespace joined to the host by a veth pair (host .1, namespace .2 of a
+/// /30 in 10.214.0.0/16), removed on drop even when the test fails; also puts IPv4
+/// forwarding back as it found it.
+struct Netns {
+    name: String,
+    host_if: String,
+    subnet: u8,
+    ip_forward: String,
+}
+
+impl Netns {
+    fn create() -> Netns {
+        let pid = std::process::id();
+        let netns = Netns {
+            name: format!("aktns{pid}"),
+            host_if: format!("akth{}", pid % 1_000_000),
+            subnet: (pid % 250) as u8,
+            ip_forward: std::fs::read_to_string(IP_FORWARD).unwrap(),
+        };
+        let (ns, host, inner) = (
+            &netns.name,
+            &netns.host_if,
+            format!("aktn{}", pid % 1_000_000),
+        );
+        let s = netns.subnet;
+        must(&format!(
+            "ip netns add {ns} && ip link add {host} type veth peer name {inner} && \
+             ip link set {inner} netns {ns} && ip addr add 10.214.{s}.1/30 dev {host} && \
+             ip link set {host} up && ip -n {ns} addr add 10.214.{s}.2/30 dev {inner} && \
+             ip -n {ns} link set {inner} up && ip -n {ns} link set lo up"
+        ));
+        netns
+    }
+
+    fn host_address(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 214, self.subnet, 1)
+    }
+
+    fn inner_address(&self) -> Ipv4Addr {
+        Ipv4Addr::new(10, 214, self.subnet, 2)
+    }
+
+    /// A one-connection TCP server in the namespace that greets with `greeting` and gives
+    /// up after 60 s; returns once it listens.
+    fn serve(&self, port: u16, greeting: &str) -> Child {
+        let script = format!(
+            "import socket\n\
+             s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+             s.bind(('{}', {port})); s.listen(1); s.settimeout(60)\n\
+             print('listening', flush=True)\n\
+             c, _ = s.accept(); c.sendall(b'{greeting}\\n'); c.close()\n",
+            self.inner_address()
+        );
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.name, "python3", "-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "listening\n");
+        child
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        // The namespace's end of the pair goes with it, and the host's with its peer.
+        let _ = sh(&format!("ip netns del {}", self.name));
+        let _ = sh(&format!("ip link del {} 2>/dev/null", self.host_if));
+        let _ = std::fs::write(IP_FORWARD, self.ip_forward.trim());
+    }
+}
+
+/// What the host holds for VM networks now: tap devices, our firewall rules, leases.
+fn vm_network_state() -> Vec<String> {
+    let mut held = Vec::new();
+    for entry in std::fs::read_dir("/sys/class/net").unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with("akv") {
+            held.push(format!("tap {name}"));
+        }
+    }
+    for table in ["filter", "nat"] {
+        let rules = stdout(
+            &Command::new("iptables")
+                .args(["-t", table, "-S"])
+                .output()
+                .unwrap(),
+        );
+        held.extend(
+            rules
+                .lines()
+                .filter(|rule| rule.contains("agentkernel-vm:"))
+                .map(|rule| format!("{table}: {rule}")),
+        );
+    }
+    if let Ok(leases) = std::fs::read_dir(LEASES) {
+        for lease in leases.flatten() {
+            let name = lease.file_name().to_string_lossy().into_owned();
+            if name.parse::<u32>().is_ok() {
+                held.push(format!("lease {name}"));
+            }
+        }
+    }
+    held
+}
+
+fn assert_released() {
+    wait_until(
+        "the VM network's tap, rules and lease are released",
+        Duration::from_secs(10),
+        || vm_network_state().is_empty(),
+    );
+}
+
+/// The IPv4 nameservers of the host a guest can reach (what the backend gives it).
+fn reachable_host_nameservers() -> Vec<String> {
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|line| line.strip_prefix("nameserver"))
+        .filter_map(|rest| rest.split_whitespace().next()?.parse::<Ipv4Addr>().ok())
+        .filter(|ip| !ip.is_loopback() && !ip.is_unspecified())
+        .map(|ip| ip.to_string())
+        .collect()
+}
+
+#[test]
+fn microvm_network_reaches_out_through_nat_but_not_the_host() {
+    let _host = shared_host();
+    let _alone = network_alone();
+    ready();
+    assert!(
+        vm_network_state().is_empty(),
+        "left over before the test: {:?}",
+        vm_network_state()
+    );
+    let netns = Netns::create();
+    let port = 40000 + (std::process::id() % 20000) as u16;
+    let mut server = netns.serve(port, "hello through NAT");
+    // A service of the host's own, on every address: the VM must not reach it.
+    let host_service = TcpListener::bind("0.0.0.0:0").unwrap();
+    host_service.set_nonblocking(true).unwrap();
+    let host_port = host_service.local_addr().unwrap().port();
+    // bash's /dev/tcp; the gateway (the tap's host address) from the routing table.
+    let probe = format!(
+        "set -u; exec 3<>/dev/tcp/{outside}/{port} && head -n1 <&3; exec 3<&-; \
+         gw=$(awk '$2 == \"00000000\" {{ print $3 }}' /proc/net/route); \
+         gw=$(printf '%d.%d.%d.%d' 0x${{gw:6:2}} 0x${{gw:4:2}} 0x${{gw:2:2}} 0x${{gw:0:2}}); \
+         for target in $gw {host_if_address}; do \
+           if timeout 3 bash -c \"exec 4<>/dev/tcp/$target/{host_port}\" 2>/dev/null; \
+           then echo \"host $target reachable\"; else echo \"host $target unreachable\"; fi; \
+         done; ls /sys/class/net | tr '\\n' ' '; echo; grep '^nameserver' /etc/resolv.conf || true",
+        outside = netns.inner_address(),
+        host_if_address = netns.host_address(),
+    );
+    let output = vrun(&["--network"], &["bash", "-c", &probe]);
+    // Served and gone, or still waiting because the VM never came: either way, done.
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_code(&output, 0);
+    let text = stdout(&output);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "hello through NAT", "{text}\n{}", stderr(&output));
+    assert!(
+        lines[1].starts_with("host 10.213.") && lines[1].ends_with(" unreachable"),
+        "{text}"
+    );
+    assert_eq!(
+        lines[2],
+        format!("host {} unreachable", netns.host_address()),
+        "{text}"
+    );
+    assert_eq!(lines[3].trim(), "eth0 lo", "{text}");
+    let nameservers: Vec<String> = lines[4..]
+        .iter()
+        .map(|l| l.trim_start_matches("nameserver").trim().to_string())
+        .collect();
+    let expected = reachable_host_nameservers();
+    if !expected.is_empty() {
+        assert_eq!(
+            nameservers, expected,
+            "the host's reachable nameservers: {text}"
+        );
+    }
+    match host_service.accept() {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the host's own service saw a connection from the VM: {other:?}"),
+    }
+    assert_released();
+    assert_eq!(std::fs::read_to_string(IP_FORWARD).unwrap().trim(), "1");
+
+    // Without a network: only loopback, and nothing is set up on the host.
+    let plain = vrun(&[], &["ls", "/sys/class/net"]);
+    assert_eq!(stdout(&plain), "lo\n");
+    assert!(vm_network_state().is_empty());
+}
+
+#[test]
+fn microvm_network_of_a_killed_creator_is_swept() {
+    let _host = shared_host();
+    let _alone = network_alone();
+    ready();
+    // Asked for in a config file this time (the other test uses the flag).
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(config.path(), "[sandbox]\nnetwork = true\n").unwrap();
+    let mut creator = agentkernel(
+        Mode::Root,
+        &[
+            "run",
+            "--backend",
+            "microvm",
+            "--",
+            "sh",
+            "-c",
+            "echo up; sleep 60",
+        ],
+    )
+    .env("AGENTKERNEL_CONFIG", config.path())
+    .stdout(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut line = String::new();
+    BufReader::new(creator.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "up\n");
+    assert!(!vm_network_state().is_empty(), "the VM has a network");
+    // Killed before it can clean up: its VM dies with it (parent-death signal), its
+    // network stays until the next boot's sweep.
+    creator.kill().unwrap();
+    creator.wait().unwrap();
+    let next = vrun(&[], &["true"]);
+    assert_code(&next, 0);
+    assert_released();
+}
+
+#[test]
+fn microvm_network_needs_root() {
+    let _host = shared_host();
+    ready();
+    let output = agentkernel(
+        Mode::Rootless,
+        &["run", "--backend", "microvm", "--network", "--", "true"],
+    )
+    .output()
+    .unwrap();
+    assert_code(&output, 125);
+    assert!(
+        stderr(&output).contains("needs root"),
+        "{}",
+        stderr(&output)
+    );
+}
