@@ -369,6 +369,7 @@ impl MicrovmBackend {
             .clamp(1, host_cpus);
         let layout = Layout::create(run_base.join(&spec.id))?;
         // After the directory: a lease whose VM has no directory is an orphan to the sweep.
+        let net_started = std::time::Instant::now();
         let net = if spec.policy.network == NetworkMode::None {
             None
         } else {
@@ -387,6 +388,7 @@ impl MicrovmBackend {
                 }
             }
         };
+        let net_set_up = net.as_ref().map(|_| net_started.elapsed());
         let (kernel_args, init_args) = self.boot_args(spec, lifetime, kvm, net.as_ref());
         let boot = Boot {
             kernel: &kernel,
@@ -402,9 +404,14 @@ impl MicrovmBackend {
                 mac: net.mac(),
             }),
         };
-        let started = self
+        let mut started = self
             .start(&boot, &layout, lifetime, spec, kvm, net.clone())
             .await;
+        if let (Ok(sandbox), Some(took)) = (&mut started, net_set_up) {
+            sandbox
+                .boot_phases
+                .insert(0, ("network set-up (lease, tap, NAT rules)", took));
+        }
         if started.is_err() {
             if let Some(net) = &net
                 && let Err(e) = net.release()

@@ -3,13 +3,15 @@
 //! from a tap to a host address is dropped) nor another VM, and nothing new reaches it.
 //! Each VM's rules carry a comment naming its sandbox, which is how they are removed.
 //!
-//! Through the `iptables` command: there is no maintained Rust library that manages
-//! netfilter rules (nftables' netlink protocol is undocumented beyond libnftnl), and the
-//! command works with both of its backends (legacy and nf_tables).
+//! Through the `iptables` and `iptables-restore` commands: there is no maintained Rust
+//! library that manages netfilter rules (nftables' netlink protocol is undocumented beyond
+//! libnftnl), and the commands work with both of their backends (legacy and nf_tables).
+//! A VM's rules are added, and removed, in one `iptables-restore --noflush` batch.
 
+use std::io::Write;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 use crate::error::MicrovmError;
 
@@ -26,10 +28,19 @@ pub const IPTABLES: &str = "iptables";
 
 /// `iptables`: on PATH, else where Debian puts it (root's PATH has sbin, others' may not).
 pub fn program() -> Option<PathBuf> {
-    crate::tools::find_program(IPTABLES).or_else(|| {
-        ["/usr/sbin/iptables", "/sbin/iptables"]
+    find(IPTABLES)
+}
+
+/// `iptables-restore`, from the same package.
+pub fn restore_program() -> Option<PathBuf> {
+    find("iptables-restore")
+}
+
+fn find(name: &str) -> Option<PathBuf> {
+    crate::tools::find_program(name).or_else(|| {
+        ["/usr/sbin", "/sbin"]
             .into_iter()
-            .map(PathBuf::from)
+            .map(|dir| Path::new(dir).join(name))
             .find(|p| ak_core::process::is_executable(p))
     })
 }
@@ -84,7 +95,14 @@ pub fn rules(
     ]
 }
 
-fn iptables(program: &PathBuf, args: &[String]) -> Result<String, MicrovmError> {
+fn missing() -> MicrovmError {
+    MicrovmError::MissingTool {
+        program: IPTABLES.into(),
+        hint: "install Debian's iptables package".into(),
+    }
+}
+
+fn iptables(program: &Path, args: &[String]) -> Result<String, MicrovmError> {
     // -w: wait for the xtables lock instead of failing when another process holds it.
     let output = Command::new(program)
         .arg("-w")
@@ -101,13 +119,63 @@ fn iptables(program: &PathBuf, args: &[String]) -> Result<String, MicrovmError> 
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// Applies `batch` (iptables-restore input) in one go, leaving every other rule alone:
+/// one process and one atomic commit per table instead of one per rule (deleting rules
+/// one by one cost ~17 ms each here).
+fn restore(batch: &str) -> Result<(), MicrovmError> {
+    let program = restore_program().ok_or_else(missing)?;
+    let mut child = Command::new(&program)
+        .args(["-w", "--noflush"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(MicrovmError::io(format!("run {}", program.display())))?;
+    let written = child
+        .stdin
+        .take()
+        .map(|mut stdin| stdin.write_all(batch.as_bytes()));
+    let output = child
+        .wait_with_output()
+        .map_err(MicrovmError::io(format!("run {}", program.display())))?;
+    if !output.status.success() || !matches!(written, Some(Ok(()))) {
+        return Err(MicrovmError::Network(format!(
+            "iptables-restore of\n{batch}failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// iptables-restore input for `lines` (table, `-A`/`-D` rule), grouped by table.
+pub fn batch(lines: &[(&str, String)]) -> String {
+    let mut text = String::new();
+    for table in ["filter", "nat"] {
+        let of_table: Vec<&String> = lines
+            .iter()
+            .filter(|(t, _)| *t == table)
+            .map(|(_, line)| line)
+            .collect();
+        if of_table.is_empty() {
+            continue;
+        }
+        text.push_str(&format!("*{table}\n"));
+        for line in of_table {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str("COMMIT\n");
+    }
+    text
+}
+
 fn strings(words: &[&str]) -> Vec<String> {
     words.iter().map(|w| w.to_string()).collect()
 }
 
 /// Makes our chains and the jumps to them, if missing (the caller holds the network lock,
 /// so no other agentkernel process does this at the same time).
-fn ensure_chains(program: &PathBuf) -> Result<(), MicrovmError> {
+fn ensure_chains(program: &Path) -> Result<(), MicrovmError> {
     for (table, chain, parent) in CHAINS {
         if iptables(program, &strings(&["-t", table, "-S", chain])).is_err() {
             iptables(program, &strings(&["-t", table, "-N", chain]))?;
@@ -131,40 +199,36 @@ pub fn add(
     guest: Ipv4Addr,
     network: Ipv4Addr,
 ) -> Result<(), MicrovmError> {
-    let program = program().ok_or_else(|| MicrovmError::MissingTool {
-        program: IPTABLES.into(),
-        hint: "install Debian's iptables package".into(),
-    })?;
+    let program = program().ok_or_else(missing)?;
     ensure_chains(&program)?;
     let comment = comment(sandbox);
-    for (table, chain, rule) in rules(tap, guest, network) {
-        let mut args = strings(&["-t", table, "-A", chain]);
-        args.extend(rule);
-        args.extend(strings(&["-m", "comment", "--comment", &comment]));
-        iptables(&program, &args)?;
-    }
-    Ok(())
+    let lines: Vec<(&str, String)> = rules(tap, guest, network)
+        .into_iter()
+        .map(|(table, chain, rule)| {
+            (
+                table,
+                format!(
+                    "-A {chain} {} -m comment --comment {comment}",
+                    rule.join(" ")
+                ),
+            )
+        })
+        .collect();
+    restore(&batch(&lines))
 }
 
-/// The `-D` commands that remove the rules marked `comment` from `listing` (the output of
-/// `iptables -t TABLE -S CHAIN`).
-pub fn deletions(table: &str, listing: &str, comment: &str) -> Vec<Vec<String>> {
+/// The `-D` lines that remove the rules marked `comment` from `listing` (the output of
+/// `iptables -S CHAIN`, whose quoting iptables-restore reads back).
+pub fn deletions(listing: &str, comment: &str) -> Vec<String> {
     listing
         .lines()
-        .filter(|line| line.starts_with("-A "))
-        .map(|line| {
-            // iptables quotes comments; ours have no spaces, so words split at spaces.
-            line.split_whitespace()
-                .skip(1)
-                .map(|word| word.trim_matches('"').to_string())
-                .collect::<Vec<_>>()
+        .filter_map(|line| line.strip_prefix("-A "))
+        // iptables quotes comments; ours have no spaces, so words split at spaces.
+        .filter(|rule| {
+            rule.split_whitespace()
+                .any(|word| word.trim_matches('"') == comment)
         })
-        .filter(|rule| rule.iter().any(|word| word == comment))
-        .map(|rule| {
-            let mut args = strings(&["-t", table, "-D"]);
-            args.extend(rule);
-            args
-        })
+        .map(|rule| format!("-D {rule}"))
         .collect()
 }
 
@@ -175,18 +239,21 @@ pub fn remove(sandbox: &str) -> Result<(), MicrovmError> {
         return Ok(());
     };
     let comment = comment(sandbox);
-    let mut first_error = None;
+    let mut lines = Vec::new();
     for (table, chain, _) in CHAINS {
         let Ok(listing) = iptables(&program, &strings(&["-t", table, "-S", chain])) else {
             continue;
         };
-        for args in deletions(table, &listing, &comment) {
-            if let Err(e) = iptables(&program, &args) {
-                first_error.get_or_insert(e);
-            }
-        }
+        lines.extend(
+            deletions(&listing, &comment)
+                .into_iter()
+                .map(|line| (table, line)),
+        );
     }
-    first_error.map_or(Ok(()), Err)
+    if lines.is_empty() {
+        return Ok(());
+    }
+    restore(&batch(&lines))
 }
 
 #[cfg(test)]
@@ -221,26 +288,25 @@ mod tests {
         let listing = "-N AGENTKERNEL-VM-NAT\n\
             -A AGENTKERNEL-VM-NAT -s 10.213.0.12/30 ! -o akv3 -m comment --comment \"agentkernel-vm:abc\" -j MASQUERADE\n\
             -A AGENTKERNEL-VM-NAT -s 10.213.0.16/30 ! -o akv4 -m comment --comment \"agentkernel-vm:abcd\" -j MASQUERADE\n";
+        let deleted = deletions(listing, &comment("abc"));
         assert_eq!(
-            deletions("nat", listing, &comment("abc")),
-            vec![strings(&[
-                "-t",
-                "nat",
-                "-D",
-                "AGENTKERNEL-VM-NAT",
-                "-s",
-                "10.213.0.12/30",
-                "!",
-                "-o",
-                "akv3",
-                "-m",
-                "comment",
-                "--comment",
-                "agentkernel-vm:abc",
-                "-j",
-                "MASQUERADE"
-            ])]
+            deleted,
+            [
+                "-D AGENTKERNEL-VM-NAT -s 10.213.0.12/30 ! -o akv3 -m comment --comment \"agentkernel-vm:abc\" -j MASQUERADE"
+            ]
         );
-        assert!(deletions("nat", listing, &comment("zzz")).is_empty());
+        assert!(deletions(listing, &comment("zzz")).is_empty());
+        // One batch, a commit per table, tables without lines left out.
+        assert_eq!(
+            batch(&[
+                ("nat", deleted[0].clone()),
+                ("filter", "-D AGENTKERNEL-VM-IN -i akv3 -j DROP".into()),
+            ]),
+            format!(
+                "*filter\n-D AGENTKERNEL-VM-IN -i akv3 -j DROP\nCOMMIT\n*nat\n{}\nCOMMIT\n",
+                deleted[0]
+            )
+        );
+        assert!(batch(&[]).is_empty());
     }
 }

@@ -119,7 +119,7 @@ pub fn unavailable() -> Option<String> {
     if !Path::new("/dev/net/tun").exists() {
         return Some("/dev/net/tun is missing (the tun module)".into());
     }
-    if firewall::program().is_none() {
+    if firewall::program().is_none() || firewall::restore_program().is_none() {
         return Some("iptables not found (install Debian's iptables package)".into());
     }
     None
@@ -137,7 +137,7 @@ pub fn describe() -> String {
                 "off: the first VM with a network turns it on, host-wide"
             };
             format!(
-                "a NIC with NAT when the policy allows network (tap + iptables {}, 10.213.0.0/16; net.ipv4.ip_forward {forwarding})",
+                "a NIC with NAT for sandboxes given a network (--network): tap + iptables {}, 10.213.0.0/16; net.ipv4.ip_forward {forwarding}",
                 firewall::program()
                     .map(|p| p.display().to_string())
                     .unwrap_or_default()
