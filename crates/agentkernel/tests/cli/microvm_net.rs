@@ -61,11 +61,15 @@ impl Netns {
             format!("aktn{}", pid % 1_000_000),
         );
         let s = netns.subnet;
+        let link_local = netns.link_local_address();
+        let link_net = Ipv4Addr::from(u32::from(link_local) & !0xff);
         must(&format!(
             "ip netns add {ns} && ip link add {host} type veth peer name {inner} && \
              ip link set {inner} netns {ns} && ip addr add 10.214.{s}.1/30 dev {host} && \
              ip link set {host} up && ip -n {ns} addr add 10.214.{s}.2/30 dev {inner} && \
-             ip -n {ns} link set {inner} up && ip -n {ns} link set lo up"
+             ip -n {ns} link set {inner} up && ip -n {ns} link set lo up && \
+             ip -n {ns} addr add {link_local}/24 dev {inner} && \
+             ip route add {link_net}/24 dev {host}"
         ));
         netns
     }
@@ -78,16 +82,25 @@ impl Netns {
         Ipv4Addr::new(10, 214, self.subnet, 2)
     }
 
-    /// A one-connection TCP server in the namespace that greets with `greeting` and gives
-    /// up after 60 s; returns once it listens.
+    /// The namespace's link-local address, routed to from the host like a cloud's
+    /// metadata service (169.254.169.254) would be.
+    fn link_local_address(&self) -> Ipv4Addr {
+        // Never 169.254.169.0/24, where a real metadata service of the host may be.
+        Ipv4Addr::new(169, 254, 200 + self.subnet % 50, 2)
+    }
+
+    /// A TCP server on every address of the namespace that greets each connection with
+    /// `greeting` and prints the address it was reached at; it gives up after 60 s.
+    /// Returns once it listens.
     fn serve(&self, port: u16, greeting: &str) -> Child {
         let script = format!(
             "import socket\n\
              s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
-             s.bind(('{}', {port})); s.listen(1); s.settimeout(60)\n\
+             s.bind(('0.0.0.0', {port})); s.listen(4); s.settimeout(60)\n\
              print('listening', flush=True)\n\
-             c, _ = s.accept(); c.sendall(b'{greeting}\\n'); c.close()\n",
-            self.inner_address()
+             while True:\n\
+             \x20   c, _ = s.accept(); c.sendall(b'{greeting}\\n')\n\
+             \x20   print(c.getsockname()[0], flush=True); c.close()\n"
         );
         let mut child = Command::new("ip")
             .args(["netns", "exec", &self.name, "python3", "-c", &script])
@@ -188,32 +201,44 @@ fn microvm_network_reaches_out_through_nat_but_not_the_host() {
         "set -u; exec 3<>/dev/tcp/{outside}/{port} && head -n1 <&3; exec 3<&-; \
          gw=$(awk '$2 == \"00000000\" {{ print $3 }}' /proc/net/route); \
          gw=$(printf '%d.%d.%d.%d' 0x${{gw:6:2}} 0x${{gw:4:2}} 0x${{gw:2:2}} 0x${{gw:0:2}}); \
-         for target in $gw {host_if_address}; do \
-           if timeout 3 bash -c \"exec 4<>/dev/tcp/$target/{host_port}\" 2>/dev/null; \
-           then echo \"host $target reachable\"; else echo \"host $target unreachable\"; fi; \
+         for target in $gw:{host_port} {host_if_address}:{host_port} {link_local}:{port}; do \
+           if timeout 3 bash -c \"exec 4<>/dev/tcp/${{target%:*}}/${{target#*:}}\" 2>/dev/null; \
+           then echo \"${{target%:*}} reachable\"; else echo \"${{target%:*}} unreachable\"; fi; \
          done; ls /sys/class/net | tr '\\n' ' '; echo; grep '^nameserver' /etc/resolv.conf || true",
         outside = netns.inner_address(),
         host_if_address = netns.host_address(),
+        link_local = netns.link_local_address(),
     );
     let output = vrun(&["--network"], &["bash", "-c", &probe]);
-    // Served and gone, or still waiting because the VM never came: either way, done.
     let _ = server.kill();
-    let _ = server.wait();
+    let served = server.wait_with_output().unwrap();
     assert_code(&output, 0);
     let text = stdout(&output);
     let lines: Vec<&str> = text.lines().collect();
     assert_eq!(lines[0], "hello through NAT", "{text}\n{}", stderr(&output));
+    // The host: neither through its address on the VM's tap nor through another of its
+    // addresses; nor a link-local service behind it.
     assert!(
-        lines[1].starts_with("host 10.213.") && lines[1].ends_with(" unreachable"),
+        lines[1].starts_with("10.213.") && lines[1].ends_with(" unreachable"),
         "{text}"
     );
     assert_eq!(
         lines[2],
-        format!("host {} unreachable", netns.host_address()),
+        format!("{} unreachable", netns.host_address()),
         "{text}"
     );
-    assert_eq!(lines[3].trim(), "eth0 lo", "{text}");
-    let nameservers: Vec<String> = lines[4..]
+    assert_eq!(
+        lines[3],
+        format!("{} unreachable", netns.link_local_address()),
+        "{text}"
+    );
+    assert_eq!(
+        stdout(&served).lines().collect::<Vec<_>>(),
+        [netns.inner_address().to_string()],
+        "the namespace's server was reached once, at its routable address"
+    );
+    assert_eq!(lines[4].trim(), "eth0 lo", "{text}");
+    let nameservers: Vec<String> = lines[5..]
         .iter()
         .map(|l| l.trim_start_matches("nameserver").trim().to_string())
         .collect();

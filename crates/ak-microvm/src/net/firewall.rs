@@ -1,6 +1,7 @@
 //! The VMs' NAT and firewall, in chains of our own that the host's built-in chains jump
 //! to: a VM reaches the outside through masquerading, never the host itself (everything
-//! from a tap to a host address is dropped) nor another VM, and nothing new reaches it.
+//! from a tap to a host address is dropped), another VM or a link-local address, and
+//! nothing new reaches it.
 //! Each VM's rules carry a comment naming its sandbox, which is how they are removed.
 //!
 //! Through the `iptables` and `iptables-restore` commands: there is no maintained Rust
@@ -71,6 +72,13 @@ pub fn rules(
             "filter",
             forward,
             words(&format!("-i {tap} ! -s {guest}/32 -j DROP")),
+        ),
+        // Not to the host's link-local neighbours: a cloud's metadata service
+        // (169.254.169.254) answers with the host's own credentials.
+        (
+            "filter",
+            forward,
+            words(&format!("-i {tap} -d 169.254.0.0/16 -j DROP")),
         ),
         // Not to another VM (nor back into its own tap).
         (
@@ -276,6 +284,7 @@ mod tests {
             [
                 "filter AGENTKERNEL-VM-IN -i akv3 -j DROP",
                 "filter AGENTKERNEL-VM-FWD -i akv3 ! -s 10.213.0.14/32 -j DROP",
+                "filter AGENTKERNEL-VM-FWD -i akv3 -d 169.254.0.0/16 -j DROP",
                 "filter AGENTKERNEL-VM-FWD -i akv3 -o akv+ -j DROP",
                 "filter AGENTKERNEL-VM-FWD -i akv3 -j ACCEPT",
                 "filter AGENTKERNEL-VM-FWD -o akv3 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
