@@ -50,7 +50,7 @@ pub(crate) fn ready() {
     });
 }
 
-fn name(test: &str) -> String {
+pub(crate) fn name(test: &str) -> String {
     format!("vm-{test}-{}", std::process::id())
 }
 
@@ -79,7 +79,7 @@ fn in_terminal(args: &str) -> String {
 }
 
 /// Hypervisor and vsock daemon processes whose command line mentions `part`.
-fn vm_processes(part: &str) -> Vec<u32> {
+pub(crate) fn vm_processes(part: &str) -> Vec<u32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {

@@ -1,15 +1,16 @@
 //! A microVM's network (root only): a NIC with NAT reaches a listener in a network
 //! namespace this test makes (the only place test traffic goes besides loopback), never
-//! the host's own services; the tap, the firewall rules and the lease go with the VM, also
-//! when its creator is killed; without root a network is refused clearly.
+//! the host's own services nor a link-local address; the tap, the firewall rules and the
+//! lease go with the VM, when a named one stops, when its hypervisor is killed and when its
+//! creator is killed; without root a network is refused clearly.
 
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::common::{Mode, agentkernel, assert_code, shared_host, stderr, stdout};
-use crate::microvm::{ready, vrun, wait_until};
+use crate::common::{Mode, agentkernel, ak, assert_code, sandbox_id, shared_host, stderr, stdout};
+use crate::microvm::{name, ready, vm_processes, vrun, wait_until};
 
 /// The microvm backend's network leases (see ak-microvm's `net` module).
 const LEASES: &str = "/run/agentkernel-microvm/.net";
@@ -299,6 +300,46 @@ fn microvm_network_of_a_killed_creator_is_swept() {
     let next = vrun(&[], &["true"]);
     assert_code(&next, 0);
     assert_released();
+}
+
+#[test]
+fn microvm_network_of_a_named_vm_goes_with_stop_and_a_killed_hypervisor() {
+    let _host = shared_host();
+    let _alone = network_alone();
+    ready();
+    let n = name("net");
+    let root = |args: &[&str]| ak(Mode::Root, args);
+    assert_code(
+        &root(&["create", &n, "--backend", "microvm", "--network"]),
+        0,
+    );
+    assert_code(&root(&["start", &n]), 0);
+    let id = sandbox_id(Mode::Root, &n);
+    let held = vm_network_state();
+    assert!(
+        held.iter()
+            .any(|h| h.contains(&format!("agentkernel-vm:{id}"))),
+        "its rules carry its id: {held:?}"
+    );
+    assert_code(&root(&["stop", &n]), 0);
+    assert_released();
+    // Started again it gets a network again; its hypervisor killed from outside, the
+    // next command finds it failed and everything is released.
+    assert_code(&root(&["start", &n]), 0);
+    let exec = root(&["exec", &n, "--", "ls", "/sys/class/net"]);
+    assert_eq!(stdout(&exec), "eth0\nlo\n", "{}", stderr(&exec));
+    for pid in vm_processes(&id) {
+        if std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .unwrap_or_default()
+            .starts_with("qemu")
+        {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+    assert_ne!(root(&["exec", &n, "--", "true"]).status.code(), Some(0));
+    assert_released();
+    assert_code(&root(&["remove", &n, "--force"]), 0);
 }
 
 #[test]
