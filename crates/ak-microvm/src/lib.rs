@@ -690,6 +690,11 @@ impl Backend for MicrovmBackend {
     }
 
     async fn release(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
-        Ok(Self::decode(handle)?.end()?)
+        let record = Self::decode(handle)?;
+        // A network's release runs iptables and waits on netlink: off the runtime's threads.
+        tokio::task::spawn_blocking(move || record.end())
+            .await
+            .map_err(|e| BackendError::Setup(format!("ending the VM: {e}")))??;
+        Ok(())
     }
 }
