@@ -610,7 +610,7 @@ impl Backend for MicrovmBackend {
         };
         details.push(("kvm".into(), format!("{}{fallback}", kvm.describe())));
         // Not a problem when missing: only sandboxes that ask for network need it.
-        details.push(("network".into(), net::describe()));
+        details.push(("network".into(), net::describe(&self.run_base())));
         if self.driver == DriverKind::Firecracker && kvm != KvmSupport::Full {
             problems.push("Firecracker needs KVM that runs ordinary guests".into());
         }

@@ -39,7 +39,7 @@ fn must(command: &str) {
 
 /// A network namespace joined to the host by a veth pair (host .1, namespace .2 of a
 /// /30 in 10.214.0.0/16), removed on drop even when the test fails; also puts IPv4
-/// forwarding back as it found it.
+/// forwarding back when it found it off (the VM's network turned it on, host-wide).
 struct Netns {
     name: String,
     host_if: String,
@@ -122,7 +122,11 @@ impl Drop for Netns {
         // The namespace's end of the pair goes with it, and the host's with its peer.
         let _ = sh(&format!("ip netns del {}", self.name));
         let _ = sh(&format!("ip link del {} 2>/dev/null", self.host_if));
-        let _ = std::fs::write(IP_FORWARD, self.ip_forward.trim());
+        if self.ip_forward.trim() == "0" {
+            // Undone, so agentkernel's note that it turned forwarding on goes too.
+            let _ = std::fs::write(IP_FORWARD, "0");
+            let _ = std::fs::remove_file(format!("{LEASES}/ip_forward-enabled-by-agentkernel"));
+        }
     }
 }
 

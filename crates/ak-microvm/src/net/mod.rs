@@ -125,16 +125,19 @@ pub fn unavailable() -> Option<String> {
     None
 }
 
-/// What `status` says about VM networks.
-pub fn describe() -> String {
+/// What `status` says about VM networks (of VMs under `run_base`).
+pub fn describe(run_base: &Path) -> String {
     match unavailable() {
         Some(why) => format!("none: {why}"),
         None => {
             let forwarding = std::fs::read_to_string(IP_FORWARD).unwrap_or_default();
-            let forwarding = if forwarding.trim() == "1" {
-                "on"
+            let record = run_base.join(LEASE_DIR).join(FORWARDING_RECORD);
+            let forwarding = if forwarding.trim() != "1" {
+                "off: the first VM with a network turns it on, host-wide".to_string()
+            } else if record.is_file() {
+                format!("on, turned on by agentkernel (see {})", record.display())
             } else {
-                "off: the first VM with a network turns it on, host-wide"
+                "on".to_string()
             };
             format!(
                 "a NIC with NAT for sandboxes given a network (--network): tap + iptables {}, 10.213.0.0/16; net.ipv4.ip_forward {forwarding}",
