@@ -362,4 +362,19 @@ fn microvm_network_needs_root() {
         "{}",
         stderr(&output)
     );
+    // Asking for a network and for none at once is a usage error.
+    let both = ak(
+        Mode::Root,
+        &[
+            "run",
+            "--backend",
+            "microvm",
+            "--network",
+            "--no-network",
+            "--",
+            "true",
+        ],
+    );
+    assert_code(&both, 2);
+    assert!(stderr(&both).contains("--no-network"), "{}", stderr(&both));
 }
