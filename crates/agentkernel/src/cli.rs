@@ -251,6 +251,10 @@ pub struct SandboxArgs {
     /// No network at all (only loopback), whatever the profile allows.
     #[arg(long)]
     pub no_network: bool,
+    /// Outbound network also where a backend gives none by default (a microVM gets a NIC
+    /// with NAT; root only).
+    #[arg(long, conflicts_with = "no_network")]
+    pub network: bool,
     /// Memory limit, e.g. 512M or 2G.
     #[arg(long)]
     pub memory: Option<String>,
@@ -286,7 +290,11 @@ impl SandboxArgs {
             cpus: self.cpus,
             pids: self.pids,
             timeout: self.timeout.clone(),
-            network: self.no_network.then_some(false),
+            network: if self.no_network {
+                Some(false)
+            } else {
+                self.network.then_some(true)
+            },
             env: (!self.env.is_empty()).then(|| self.env.clone()),
             workdir: self.workdir.clone(),
             mount_cwd: self.mount_cwd.then_some(true),

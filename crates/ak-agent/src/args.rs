@@ -1,10 +1,11 @@
 //! Command-line parsing, by hand: the agent starts on every sandbox run and must stay small.
 
 use std::ffi::OsString;
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 /// Printed with every argument error.
-pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT) [--hold-fd N] [--workdir DIR] [--guest] [--ready-port PORT] [--share TAG:PATH:rw|ro]...";
+pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT) [--hold-fd N] [--workdir DIR] [--guest] [--ready-port PORT] [--share TAG:PATH:rw|ro]... [--net ADDRESS/PREFIX,GATEWAY [--nameserver ADDRESS]...]";
 
 /// Where the host's connections come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -42,6 +43,29 @@ pub(crate) struct Args {
     pub(crate) ready_port: Option<u32>,
     /// Host directories the VM's hypervisor shares over 9p, mounted by a `--guest` agent.
     pub(crate) shares: Vec<Share>,
+    /// The VM's network device (`eth0`), configured by a `--guest` agent.
+    pub(crate) net: Option<Net>,
+    /// Written to the guest's `/etc/resolv.conf` (needs `--net`).
+    pub(crate) nameservers: Vec<Ipv4Addr>,
+}
+
+/// `--net ADDRESS/PREFIX,GATEWAY`: `eth0`'s address and the default route's gateway, which
+/// is inside its network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Net {
+    pub(crate) address: Ipv4Addr,
+    pub(crate) prefix: u8,
+    pub(crate) gateway: Ipv4Addr,
+}
+
+impl Net {
+    pub(crate) fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(
+            u32::MAX
+                .checked_shl(32 - u32::from(self.prefix))
+                .unwrap_or(0),
+        )
+    }
 }
 
 /// One `--share TAG:PATH:rw|ro`: the 9p device tagged TAG mounted at PATH.
@@ -82,6 +106,16 @@ pub(crate) enum ArgsError {
     BadShare(String),
     #[error("--share is only for --guest")]
     ShareWithoutGuest,
+    #[error(
+        "--net needs ADDRESS/PREFIX,GATEWAY (IPv4, prefix 1-30, the gateway in the network and not the address), not {0:?}"
+    )]
+    BadNet(String),
+    #[error("--net is only for --guest")]
+    NetWithoutGuest,
+    #[error("--nameserver needs an IPv4 address, not {0:?}")]
+    BadNameserver(String),
+    #[error("--nameserver is only for --net")]
+    NameserverWithoutNet,
 }
 
 /// Parses the arguments after the program name.
@@ -101,6 +135,8 @@ where
     let mut ready_port = None;
     let mut guest = false;
     let mut shares = Vec::new();
+    let mut net = None;
+    let mut nameservers = Vec::new();
     while let Some(arg) = args.next() {
         let text = arg
             .to_str()
@@ -147,6 +183,15 @@ where
                 "--ready-port",
             )?,
             "--share" => shares.push(share(value("--share")?)?),
+            "--net" => set_once(&mut net, network(value("--net")?)?, "--net")?,
+            "--nameserver" => {
+                let raw = value("--nameserver")?;
+                let raw = raw.to_str().ok_or(ArgsError::NotUtf8("--nameserver"))?;
+                nameservers.push(
+                    raw.parse()
+                        .map_err(|_| ArgsError::BadNameserver(raw.to_string()))?,
+                );
+            }
             "--guest" if inline.is_none() => {
                 if std::mem::replace(&mut guest, true) {
                     return Err(ArgsError::Repeated("--guest"));
@@ -182,6 +227,12 @@ where
     if !shares.is_empty() && !guest {
         return Err(ArgsError::ShareWithoutGuest);
     }
+    if net.is_some() && !guest {
+        return Err(ArgsError::NetWithoutGuest);
+    }
+    if !nameservers.is_empty() && net.is_none() {
+        return Err(ArgsError::NameserverWithoutNet);
+    }
     Ok(Args {
         mode,
         hold_fd,
@@ -189,7 +240,27 @@ where
         guest,
         ready_port,
         shares,
+        net,
+        nameservers,
     })
+}
+
+fn network(raw: OsString) -> Result<Net, ArgsError> {
+    let raw = raw.to_str().ok_or(ArgsError::NotUtf8("--net"))?;
+    let bad = || ArgsError::BadNet(raw.to_string());
+    let (cidr, gateway) = raw.split_once(',').ok_or_else(bad)?;
+    let (address, prefix) = cidr.split_once('/').ok_or_else(bad)?;
+    let net = Net {
+        address: address.parse().map_err(|_| bad())?,
+        prefix: prefix.parse().map_err(|_| bad())?,
+        gateway: gateway.parse().map_err(|_| bad())?,
+    };
+    let mask = u32::from(net.netmask());
+    let same_network = u32::from(net.address) & mask == u32::from(net.gateway) & mask;
+    if !(1..=30).contains(&net.prefix) || !same_network || net.address == net.gateway {
+        return Err(bad());
+    }
+    Ok(net)
 }
 
 fn fd_number(raw: OsString, option: &'static str) -> Result<i32, ArgsError> {
@@ -343,6 +414,84 @@ mod tests {
         assert_eq!(
             parse_strs(&["--vsock", "1", "--guest=yes"]),
             Err(ArgsError::Unknown("--guest=yes".into()))
+        );
+    }
+
+    #[test]
+    fn a_guest_network_and_its_nameservers() {
+        let args = parse_strs(&[
+            "--guest",
+            "--vsock-once",
+            "1",
+            "--net",
+            "10.213.0.6/30,10.213.0.5",
+            "--nameserver",
+            "192.168.1.1",
+            "--nameserver=10.0.0.2",
+        ])
+        .unwrap();
+        let net = args.net.unwrap();
+        assert_eq!(
+            net,
+            Net {
+                address: Ipv4Addr::new(10, 213, 0, 6),
+                prefix: 30,
+                gateway: Ipv4Addr::new(10, 213, 0, 5),
+            }
+        );
+        assert_eq!(net.netmask(), Ipv4Addr::new(255, 255, 255, 252));
+        assert_eq!(
+            args.nameservers,
+            vec![Ipv4Addr::new(192, 168, 1, 1), Ipv4Addr::new(10, 0, 0, 2)]
+        );
+        let plain = parse_strs(&["--guest", "--vsock", "1"]).unwrap();
+        assert_eq!((plain.net, plain.nameservers), (None, Vec::new()));
+        for bad in [
+            "10.213.0.6/30",
+            "10.213.0.6,10.213.0.5",
+            "10.213.0.6/31,10.213.0.7",
+            "10.213.0.6/0,10.213.0.5",
+            "10.213.0.6/30,10.213.0.9",
+            "10.213.0.6/30,10.213.0.6",
+            "10.213.0.6/x,10.213.0.5",
+            "fe80::1/64,fe80::2",
+            "",
+        ] {
+            assert_eq!(
+                parse_strs(&["--guest", "--vsock", "1", "--net", bad]),
+                Err(ArgsError::BadNet(bad.into())),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_strs(&["--vsock", "1", "--net", "10.0.0.2/24,10.0.0.1"]),
+            Err(ArgsError::NetWithoutGuest)
+        );
+        assert_eq!(
+            parse_strs(&["--guest", "--vsock", "1", "--nameserver", "1.1.1.1"]),
+            Err(ArgsError::NameserverWithoutNet)
+        );
+        assert_eq!(
+            parse_strs(&[
+                "--guest",
+                "--vsock",
+                "1",
+                "--net",
+                "10.0.0.2/24,10.0.0.1",
+                "--nameserver",
+                "::1"
+            ]),
+            Err(ArgsError::BadNameserver("::1".into()))
+        );
+        assert_eq!(
+            parse_strs(&[
+                "--guest",
+                "--vsock",
+                "1",
+                "--net=10.0.0.2/24,10.0.0.1",
+                "--net=10.0.0.3/24,10.0.0.1"
+            ]),
+            Err(ArgsError::Repeated("--net"))
         );
     }
 

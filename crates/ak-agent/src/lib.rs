@@ -55,7 +55,13 @@ pub fn main_entry() -> i32 {
             tracing::error!("--guest is only for the init of a microVM");
             return 2;
         }
-        if let Err(e) = guest::enter_root(args.workdir.as_deref(), &args.shares) {
+        let entered = guest::enter_root(args.workdir.as_deref(), &args.shares).and_then(|()| {
+            match &args.net {
+                Some(net) => guest::network_up(net, &args.nameservers),
+                None => Ok(()),
+            }
+        });
+        if let Err(e) = entered {
             tracing::error!("{e}");
             guest::power_off();
         }

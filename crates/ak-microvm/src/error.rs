@@ -33,6 +33,9 @@ pub enum MicrovmError {
         status: u16,
         body: String,
     },
+    /// The VM's network could not be set up on the host.
+    #[error("the VM's network: {0}")]
+    Network(String),
     #[error("Firecracker's API at {}: {reason}", socket.display())]
     FirecrackerUnreachable { socket: PathBuf, reason: String },
 }

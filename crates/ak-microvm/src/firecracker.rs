@@ -1,6 +1,6 @@
 //! The Firecracker driver: starts `firecracker --api-sock`, then configures the VM over
 //! its REST API on that Unix socket (boot source, the base drive, machine size, hybrid
-//! vsock) and starts it. Firecracker's hybrid vsock speaks the same `CONNECT` handshake
+//! vsock, the network interface when there is one) and starts it. Firecracker's hybrid vsock speaks the same `CONNECT` handshake
 //! as the QEMU driver's vsock daemon, so everything after launch is shared.
 //!
 //! Unverified on real hardware: these machines have no Firecracker and their KVM runs only
@@ -40,7 +40,7 @@ pub struct ApiRequest {
 /// The calls that configure and start a VM for `boot`, in the order they are made
 /// (every `PUT`; `InstanceStart` last, after everything it needs).
 pub fn requests(boot: &Boot, layout: &Layout) -> Vec<ApiRequest> {
-    vec![
+    let mut requests = vec![
         ApiRequest {
             path: "/boot-source",
             body: json!({
@@ -72,11 +72,22 @@ pub fn requests(boot: &Boot, layout: &Layout) -> Vec<ApiRequest> {
                 "uds_path": layout.vsock(),
             }),
         },
-        ApiRequest {
-            path: "/actions",
-            body: json!({ "action_type": "InstanceStart" }),
-        },
-    ]
+    ];
+    if let Some(nic) = &boot.nic {
+        requests.push(ApiRequest {
+            path: "/network-interfaces/eth0",
+            body: json!({
+                "iface_id": "eth0",
+                "host_dev_name": nic.tap,
+                "guest_mac": nic.mac,
+            }),
+        });
+    }
+    requests.push(ApiRequest {
+        path: "/actions",
+        body: json!({ "action_type": "InstanceStart" }),
+    });
+    requests
 }
 
 /// Sends `requests` in order to the API at `socket`; the first refusal ends it.

@@ -7,6 +7,7 @@
 mod error;
 pub mod firecracker;
 pub mod guest;
+mod net;
 mod qemu;
 mod sandbox;
 pub mod tools;
@@ -89,6 +90,15 @@ pub struct Boot<'a> {
     pub memory_mib: u64,
     /// Host directories shared into the VM (the agent mounts them).
     pub shares: Vec<Share>,
+    /// The network device, when the policy allows network.
+    pub nic: Option<Nic>,
+}
+
+/// A VM's network device: the host's tap it is connected to, and its MAC.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Nic {
+    pub tap: String,
+    pub mac: String,
 }
 
 /// A host directory shared into a VM over 9p, mounted at `guest` by the agent.
@@ -248,10 +258,12 @@ impl MicrovmBackend {
 
     /// Checks what the spec asks for against what a VM here can give.
     fn check_spec(spec: &SandboxSpec) -> Result<(), MicrovmError> {
-        if spec.policy.network != NetworkMode::None {
-            return Err(MicrovmError::Unsupported(
-                "the microvm backend gives VMs no network device yet; run without --network".into(),
-            ));
+        if spec.policy.network != NetworkMode::None
+            && let Some(why) = net::unavailable()
+        {
+            return Err(MicrovmError::Unsupported(format!(
+                "{why}; run without network (--no-network)"
+            )));
         }
         // Guest paths travel on the kernel command line (words split at spaces; `:`
         // separates the parts of a share).
@@ -270,16 +282,22 @@ impl MicrovmBackend {
         for mount in &spec.mounts {
             on_cmdline("mount point", &mount.target)?;
         }
-        if spec.mounts.len() > qemu::MAX_SHARES {
+        let max_shares = qemu::max_shares(spec.policy.network != NetworkMode::None);
+        if spec.mounts.len() > max_shares {
             return Err(MicrovmError::Unsupported(format!(
-                "at most {} host directories can be shared with a VM",
-                qemu::MAX_SHARES
+                "at most {max_shares} host directories can be shared with a VM"
             )));
         }
         Ok(())
     }
 
-    fn boot_args(&self, spec: &SandboxSpec, lifetime: Lifetime, kvm: bool) -> (String, String) {
+    fn boot_args(
+        &self,
+        spec: &SandboxSpec,
+        lifetime: Lifetime,
+        kvm: bool,
+        net: Option<&net::Attachment>,
+    ) -> (String, String) {
         let mut kernel_args = KERNEL_ARGS.to_string();
         if !kvm && let Some(khz) = tools::host_tsc_khz() {
             // Emulated guests sometimes hang calibrating the TSC; told its rate they don't.
@@ -302,6 +320,12 @@ impl MicrovmBackend {
                 share.tag,
                 share.guest.display()
             ));
+        }
+        if let Some(net) = net {
+            init_args.push_str(&format!(" --net {}", net.guest_arg()));
+            for nameserver in net::host_nameservers() {
+                init_args.push_str(&format!(" --nameserver {nameserver}"));
+            }
         }
         (kernel_args, init_args)
     }
@@ -331,9 +355,11 @@ impl MicrovmBackend {
         .await
         .map_err(|e| MicrovmError::Artifact(format!("preparing the guest failed: {e}")))??;
         let run_base = self.run_base();
-        self.swept.call_once(|| vm::sweep(&run_base));
+        self.swept.call_once(|| {
+            vm::sweep(&run_base);
+            net::sweep(&run_base);
+        });
         let kvm = KvmSupport::detect() == KvmSupport::Full;
-        let (kernel_args, init_args) = self.boot_args(spec, lifetime, kvm);
         let memory_mib = (spec.resources.memory_bytes >> 20).max(MIN_MEMORY_MIB);
         let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
         let vcpus = spec
@@ -341,6 +367,29 @@ impl MicrovmBackend {
             .cpus
             .map_or(1, |cpus| cpus.ceil() as u32)
             .clamp(1, host_cpus);
+        let layout = Layout::create(run_base.join(&spec.id))?;
+        // After the directory: a lease whose VM has no directory is an orphan to the sweep.
+        let net_started = std::time::Instant::now();
+        let net = if spec.policy.network == NetworkMode::None {
+            None
+        } else {
+            let attached = tokio::task::spawn_blocking({
+                let (run_base, id) = (run_base.clone(), spec.id.clone());
+                move || net::attach(&run_base, &id)
+            })
+            .await
+            .map_err(|e| MicrovmError::Network(e.to_string()))
+            .and_then(|attached| attached);
+            match attached {
+                Ok(net) => Some(net),
+                Err(e) => {
+                    let _ = layout.remove();
+                    return Err(e);
+                }
+            }
+        };
+        let net_set_up = net.as_ref().map(|_| net_started.elapsed());
+        let (kernel_args, init_args) = self.boot_args(spec, lifetime, kvm, net.as_ref());
         let boot = Boot {
             kernel: &kernel,
             initramfs: &initramfs,
@@ -350,10 +399,25 @@ impl MicrovmBackend {
             vcpus,
             memory_mib,
             shares: shares(spec),
+            nic: net.as_ref().map(|net| Nic {
+                tap: net.tap.clone(),
+                mac: net.mac(),
+            }),
         };
-        let layout = Layout::create(run_base.join(&spec.id))?;
-        let started = self.start(&boot, &layout, lifetime, spec, kvm).await;
+        let mut started = self
+            .start(&boot, &layout, lifetime, spec, kvm, net.clone())
+            .await;
+        if let (Ok(sandbox), Some(took)) = (&mut started, net_set_up) {
+            sandbox
+                .boot_phases
+                .insert(0, ("network set-up (lease, tap, NAT rules)", took));
+        }
         if started.is_err() {
+            if let Some(net) = &net
+                && let Err(e) = net.release()
+            {
+                tracing::warn!("{e}");
+            }
             let _ = layout.remove();
         }
         started
@@ -366,6 +430,7 @@ impl MicrovmBackend {
         lifetime: Lifetime,
         spec: &SandboxSpec,
         kvm: bool,
+        net: Option<net::Attachment>,
     ) -> Result<MicrovmSandbox, MicrovmError> {
         let ready_path = vsock::host_port_socket(&layout.vsock(), vsock::READY_PORT);
         // Listening before the VM starts: the agent's one connection here is its "ready".
@@ -394,6 +459,7 @@ impl MicrovmBackend {
             hypervisor: hypervisor_id,
             vsock_daemon: helper.as_ref().map(|(_, id)| id.clone()),
             creator: ak_core::process::identity(std::process::id()).unwrap_or_default(),
+            net,
         };
         let outcome = async {
             record.save()?;
@@ -543,6 +609,8 @@ impl Backend for MicrovmBackend {
             ": QEMU emulates (TCG)"
         };
         details.push(("kvm".into(), format!("{}{fallback}", kvm.describe())));
+        // Not a problem when missing: only sandboxes that ask for network need it.
+        details.push(("network".into(), net::describe(&self.run_base())));
         if self.driver == DriverKind::Firecracker && kvm != KvmSupport::Full {
             problems.push("Firecracker needs KVM that runs ordinary guests".into());
         }
@@ -622,6 +690,11 @@ impl Backend for MicrovmBackend {
     }
 
     async fn release(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
-        Ok(Self::decode(handle)?.end()?)
+        let record = Self::decode(handle)?;
+        // A network's release runs iptables and waits on netlink: off the runtime's threads.
+        tokio::task::spawn_blocking(move || record.end())
+            .await
+            .map_err(|e| BackendError::Setup(format!("ending the VM: {e}")))??;
+        Ok(())
     }
 }

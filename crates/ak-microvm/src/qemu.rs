@@ -26,16 +26,20 @@ const MMIO_BASE: u64 = 0xfeb0_0000;
 const MMIO_SIZE: u64 = 512;
 const MMIO_TRANSPORTS: u64 = 8;
 const MMIO_FIRST_IRQ: u64 = 5;
-/// Our fixed devices, in `-device` order: the base disk, then vsock; shares follow.
+/// Our fixed devices, in `-device` order: the base disk, then vsock; the network device
+/// (when there is one) and the shares follow.
 const FIXED_DEVICES: u64 = 2;
+
 /// How many 9p shares fit in the remaining transports.
-pub const MAX_SHARES: usize = (MMIO_TRANSPORTS - FIXED_DEVICES) as usize;
+pub fn max_shares(nic: bool) -> usize {
+    (MMIO_TRANSPORTS - FIXED_DEVICES - u64::from(nic)) as usize
+}
 
 /// `virtio_mmio.device=` declarations of our devices. QEMU can append them itself, but
 /// after everything, so after the `--` that starts init's arguments, where the kernel
 /// does not look; so they are declared here, before it (`auto-kernel-cmdline=off`).
-fn device_declarations(shares: usize) -> String {
-    (0..FIXED_DEVICES + shares as u64)
+fn device_declarations(devices: u64) -> String {
+    (0..devices)
         .map(|n| {
             let slot = MMIO_TRANSPORTS - 1 - n;
             format!(
@@ -78,7 +82,9 @@ pub fn arguments(boot: &Boot, layout: &Layout, kvm: bool) -> Vec<String> {
         "-append".into(),
         boot.cmdline(&format!(
             "{CMDLINE} {}",
-            device_declarations(boot.shares.len())
+            device_declarations(
+                FIXED_DEVICES + u64::from(boot.nic.is_some()) + boot.shares.len() as u64
+            )
         )),
         "-chardev".into(),
         format!("file,id=console,path={}", layout.console().display()),
@@ -97,6 +103,17 @@ pub fn arguments(boot: &Boot, layout: &Layout, kvm: bool) -> Vec<String> {
         "-device".into(),
         "vhost-user-vsock-device,chardev=vsock".into(),
     ];
+    if let Some(nic) = &boot.nic {
+        // The tap exists already (root made it, persistent): QEMU only opens it, and runs
+        // no script on it.
+        args.push("-netdev".into());
+        args.push(format!(
+            "tap,id=net0,ifname={},script=no,downscript=no",
+            nic.tap
+        ));
+        args.push("-device".into());
+        args.push(format!("virtio-net-device,netdev=net0,mac={}", nic.mac));
+    }
     for (i, share) in boot.shares.iter().enumerate() {
         // security_model=none: files keep QEMU's (the caller's) ownership on the host,
         // and the guest's chown requests are not applied to the host.
@@ -214,6 +231,7 @@ mod tests {
                 guest: "/workspace".into(),
                 writable: false,
             }],
+            nic: None,
         };
         let layout = Layout {
             dir: "/run/vm".into(),
@@ -250,5 +268,47 @@ mod tests {
             ),
             "{args}"
         );
+        assert!(!args.contains("-netdev"), "no network unless asked: {args}");
+    }
+
+    #[test]
+    fn a_nic_is_a_tap_on_the_next_transport_before_the_shares() {
+        let boot = Boot {
+            kernel: Path::new("/k/vmlinux"),
+            initramfs: Path::new("/k/init.cpio"),
+            base: Path::new("/i/base.ext4"),
+            kernel_args: "console=ttyS0".into(),
+            init_args: "--guest --net 10.213.0.2/30,10.213.0.1".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            shares: vec![crate::Share {
+                tag: "share0".into(),
+                host: "/srv".into(),
+                guest: "/workspace".into(),
+                writable: true,
+            }],
+            nic: Some(crate::Nic {
+                tap: "akv0".into(),
+                mac: "02:ac:0a:d5:00:02".into(),
+            }),
+        };
+        let layout = Layout {
+            dir: "/run/vm".into(),
+        };
+        let args = arguments(&boot, &layout, false).join(" ");
+        assert!(
+            args.contains(
+                "vhost-user-vsock-device,chardev=vsock -netdev tap,id=net0,ifname=akv0,script=no,downscript=no -device virtio-net-device,netdev=net0,mac=02:ac:0a:d5:00:02 -fsdev local,id=fs0"
+            ),
+            "{args}"
+        );
+        // Four devices, four declarations; the agent's arguments after `--`.
+        assert!(
+            args.contains(
+                "reboot=t virtio_mmio.device=512@0xfeb00e00:12 virtio_mmio.device=512@0xfeb00c00:11 virtio_mmio.device=512@0xfeb00a00:10 virtio_mmio.device=512@0xfeb00800:9 -- --guest --net 10.213.0.2/30,10.213.0.1"
+            ),
+            "{args}"
+        );
+        assert_eq!(max_shares(true), max_shares(false) - 1);
     }
 }

@@ -79,7 +79,12 @@ impl Sandbox for MicrovmSandbox {
         if let Some(watcher) = self.watcher.take() {
             watcher.abort();
         }
-        self.record.end()?;
+        // Ending a VM with a network runs iptables and waits on netlink (~50 ms): off
+        // the runtime's threads.
+        let record = self.record.clone();
+        tokio::task::spawn_blocking(move || record.end())
+            .await
+            .map_err(|e| BackendError::Setup(format!("ending the VM: {e}")))??;
         self.running.store(false, Ordering::SeqCst);
         self.destroyed = true;
         Ok(SandboxUsage::default())

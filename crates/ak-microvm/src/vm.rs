@@ -96,6 +96,9 @@ pub struct VmRecord {
     pub vsock_daemon: Option<String>,
     /// Of the process that created a one-shot VM: when it is gone, so is every user.
     pub creator: String,
+    /// Its network device's host side, when its policy allows network.
+    #[serde(default)]
+    pub net: Option<crate::net::Attachment>,
 }
 
 impl VmRecord {
@@ -117,14 +120,17 @@ impl VmRecord {
         ak_core::process::alive(&self.hypervisor)
     }
 
-    /// Kills the VM's processes (those still the recorded ones) and removes its
-    /// directory. Idempotent.
+    /// Kills the VM's processes (those still the recorded ones), releases its network
+    /// and removes its directory (last: a network lease outliving its directory is what
+    /// the sweep looks for). Idempotent.
     pub fn end(&self) -> Result<(), MicrovmError> {
         ak_core::process::signal(&self.hypervisor, Signal::KILL);
         if let Some(daemon) = &self.vsock_daemon {
             ak_core::process::signal(daemon, Signal::KILL);
         }
-        self.layout.remove()
+        let net = self.net.as_ref().map_or(Ok(()), |net| net.release());
+        let removed = self.layout.remove();
+        net.and(removed)
     }
 }
 
@@ -187,6 +193,10 @@ pub fn sweep(base: &Path) {
         return;
     };
     for entry in entries.flatten() {
+        // Dot-names are the backend's own (the network leases), not VMs.
+        if entry.file_name().to_string_lossy().starts_with('.') {
+            continue;
+        }
         let dir = entry.path();
         match VmRecord::load(&dir) {
             Some(record)

@@ -14,5 +14,6 @@ mod docker;
 mod escape;
 mod leaks;
 mod microvm;
+mod microvm_net;
 mod named;
 mod run;

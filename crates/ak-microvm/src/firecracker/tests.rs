@@ -150,6 +150,45 @@ async fn vsock(State(api): Shared, Json(body): Json<Value>) -> Reply {
     checked.map_or_else(|e| e, |()| no_content())
 }
 
+async fn network_interface(
+    State(api): Shared,
+    UrlPath(id): UrlPath<String>,
+    Json(body): Json<Value>,
+) -> Reply {
+    let checked = fields(
+        &body,
+        &["iface_id", "host_dev_name"],
+        &["guest_mac", "rx_rate_limiter", "tx_rate_limiter"],
+    )
+    .and_then(|()| {
+        if body["iface_id"] != json!(id) {
+            return Err(fault("iface_id in the path and the body differ"));
+        }
+        if !body["host_dev_name"].is_string() {
+            return Err(fault("host_dev_name must be a string"));
+        }
+        // A MAC is six two-digit hex bytes separated by colons.
+        let mac_ok = body.get("guest_mac").is_none_or(|mac| {
+            mac.as_str().is_some_and(|mac| {
+                let bytes: Vec<&str> = mac.split(':').collect();
+                bytes.len() == 6
+                    && bytes
+                        .iter()
+                        .all(|b| b.len() == 2 && u8::from_str_radix(b, 16).is_ok())
+            })
+        });
+        if !mac_ok {
+            return Err(fault("guest_mac must be a MAC address"));
+        }
+        record(
+            &mut api.lock().unwrap(),
+            format!("/network-interfaces/{id}"),
+            body.clone(),
+        )
+    });
+    checked.map_or_else(|e| e, |()| no_content())
+}
+
 async fn actions(State(api): Shared, Json(body): Json<Value>) -> Reply {
     let checked = fields(&body, &["action_type"], &[]).and_then(|()| {
         let mut api = api.lock().unwrap();
@@ -178,6 +217,7 @@ async fn serve(dir: &std::path::Path) -> (std::path::PathBuf, Arc<Mutex<Api>>) {
         .route("/drives/{id}", put(drive))
         .route("/machine-config", put(machine_config))
         .route("/vsock", put(vsock))
+        .route("/network-interfaces/{id}", put(network_interface))
         .route("/actions", put(actions))
         .with_state(api.clone());
     let socket = dir.join("firecracker.sock");
@@ -196,6 +236,7 @@ fn boot<'a>(kernel: &'a Path, initramfs: &'a Path, base: &'a Path) -> Boot<'a> {
         vcpus: 2,
         memory_mib: 512,
         shares: Vec::new(),
+        nic: None,
     }
 }
 
@@ -211,7 +252,13 @@ async fn the_vm_is_configured_as_recorded_and_started_last() {
     let layout = Layout {
         dir: "/run/vm".into(),
     };
-    configure(&socket, &requests(&boot(kernel, initramfs, base), &layout))
+    // With a network device: the contract holds every call the driver can make.
+    let mut with_nic = boot(kernel, initramfs, base);
+    with_nic.nic = Some(crate::Nic {
+        tap: "akv0".into(),
+        mac: "02:ac:0a:d5:00:02".into(),
+    });
+    configure(&socket, &requests(&with_nic, &layout))
         .await
         .unwrap();
     let contract: Value = serde_json::from_str(include_str!("contract.json")).unwrap();
@@ -247,6 +294,27 @@ async fn a_refusal_is_reported_with_firecrackers_message() {
         .unwrap_err()
         .to_string();
     assert!(error.contains("after starting the microVM"), "{error}");
+}
+
+#[tokio::test]
+async fn a_bad_network_interface_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (socket, _api) = serve(dir.path()).await;
+    let (kernel, initramfs, base) = (Path::new("/k"), Path::new("/i"), Path::new("/b"));
+    let layout = Layout {
+        dir: "/run/vm".into(),
+    };
+    let mut bad = boot(kernel, initramfs, base);
+    bad.nic = Some(crate::Nic {
+        tap: "akv0".into(),
+        mac: "not-a-mac".into(),
+    });
+    let error = configure(&socket, &requests(&bad, &layout))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("PUT /network-interfaces/eth0"), "{error}");
+    assert!(error.contains("guest_mac must be a MAC address"), "{error}");
 }
 
 #[tokio::test]
