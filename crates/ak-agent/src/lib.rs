@@ -105,7 +105,11 @@ fn init_logging() {
     // memory).
     let filter = std::env::var(LOG_ENV)
         .ok()
-        .and_then(|level| level.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .and_then(|level| {
+            level
+                .parse::<tracing_subscriber::filter::LevelFilter>()
+                .ok()
+        })
         .unwrap_or(tracing_subscriber::filter::LevelFilter::WARN);
     // Fails only if a subscriber is already set, which then keeps logging.
     let _ = tracing_subscriber::fmt()

@@ -4,7 +4,7 @@
 //! in the registry before returning.
 
 use std::fs::File;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ak_core::backend::{Lifetime, SandboxHandle, Transport};
@@ -63,9 +63,10 @@ impl Service {
             .ok_or_else(|| ServiceError::NotFound(name.to_string()))
     }
 
-    /// The state directory and its `sandboxes` directory get mode 0711: a sandbox's first
-    /// process runs as the sandbox's (unprivileged) root and must pass through them to bind
-    /// its workdir, while nobody may list them (the registry file itself stays 0600).
+    /// The state directory and its `sandboxes` directory get the search bits for everyone
+    /// (the state directory is created 0700, so it becomes 0711): a sandbox's first process
+    /// runs as the sandbox's (unprivileged) root and must pass through them to bind its
+    /// workdir; the registry file itself stays 0600.
     fn make_traversable(&self) -> Result<(), ServiceError> {
         let state = self.state_dir()?;
         let sandboxes = state.join("sandboxes");
@@ -75,8 +76,17 @@ impl Service {
             .create(&sandboxes)
             .map_err(|e| ServiceError::State(format!("create {}: {e}", sandboxes.display())))?;
         for dir in [state, sandboxes.as_path()] {
-            std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o711))
-                .map_err(|e| ServiceError::State(format!("chmod {}: {e}", dir.display())))?;
+            // Only adds the search bits: the state directory may be one the user named
+            // (`AGENTKERNEL_REGISTRY=/tmp/x.db` makes it /tmp), whose other bits (sticky,
+            // world-writable) are not ours to take away.
+            let mode = std::fs::metadata(dir)
+                .map_err(|e| ServiceError::State(format!("stat {}: {e}", dir.display())))?
+                .permissions()
+                .mode();
+            if mode & 0o111 != 0o111 {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o111))
+                    .map_err(|e| ServiceError::State(format!("chmod {}: {e}", dir.display())))?;
+            }
         }
         Ok(())
     }

@@ -313,3 +313,31 @@ fn a_sandbox_killed_from_outside_becomes_failed_and_is_released() {
     assert!(stderr(&output).contains("remove it"), "{}", stderr(&output));
     assert_code(&ak(mode, &["remove", &n]), 0);
 }
+
+#[test]
+fn a_shared_state_directory_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let _host = shared_host();
+    // A registry the user placed in a shared directory (like /tmp): the service only adds
+    // the search bits its sandboxes need, never takes the sticky or write bits away.
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(shared.path(), std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let n = name("shared-state", Mode::Root);
+    let with_registry = |args: &[&str]| {
+        agentkernel(Mode::Root, args)
+            .env("AGENTKERNEL_REGISTRY", shared.path().join("registry.db"))
+            .output()
+            .unwrap()
+    };
+    assert_code(&with_registry(&["create", &n, "--no-network"]), 0);
+    let mode = std::fs::metadata(shared.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_code(&with_registry(&["remove", &n]), 0);
+    assert_eq!(
+        mode & 0o7777,
+        0o1777,
+        "the state directory's mode changed: {mode:o}"
+    );
+}
