@@ -9,11 +9,13 @@ use std::process::Command;
 fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
     let rules: &[(&str, &[&str])] = &[
         ("ak-protocol", &[]),
-        ("ak-agent", &["ak-protocol"]),
+        // Interface ioctls: beside the protocol at the bottom, for the agent and backends.
+        ("ak-netif", &[]),
+        ("ak-agent", &["ak-netif", "ak-protocol"]),
         ("ak-core", &["ak-protocol"]),
-        ("ak-native", &["ak-core", "ak-protocol"]),
+        ("ak-native", &["ak-core", "ak-netif", "ak-protocol"]),
         ("ak-docker", &["ak-core"]),
-        ("ak-microvm", &["ak-core"]),
+        ("ak-microvm", &["ak-core", "ak-netif"]),
         ("ak-service", &["ak-core", "ak-protocol"]),
         // The harness drives the CLI as a user would; it links only the shared types
         // (where backends keep their runtime state, for the leak check).

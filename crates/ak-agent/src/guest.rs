@@ -5,7 +5,6 @@
 
 use std::ffi::CStr;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
 
 use rustix::fs::Mode;
 use rustix::mount::{MountFlags, mount, mount_move};
@@ -177,61 +176,9 @@ fn mount_share(share: &crate::args::Share) -> Result<(), GuestError> {
     )
 }
 
-// No library in the tree configures interfaces (rustix has none of these ioctls, and a
-// netlink crate for an address and a route is out of proportion): ioctls on a datagram
-// socket, as `ifconfig` and `route` do.
-
-fn inet_socket() -> std::io::Result<OwnedFd> {
-    Ok(rustix::net::socket(
-        rustix::net::AddressFamily::INET,
-        rustix::net::SocketType::DGRAM,
-        None,
-    )?)
-}
-
-/// An `ifreq` naming interface `name` (a short constant of ours).
-fn ifreq(name: &str) -> libc::ifreq {
-    // SAFETY: ifreq is plain data; zeroed is a valid value for it.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
-        *slot = byte as libc::c_char;
-    }
-    request
-}
-
-fn sockaddr(address: Ipv4Addr) -> libc::sockaddr {
-    let inet = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(address).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr have the same size and both are plain data.
-    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(inet) }
-}
-
-/// One ioctl that reads `argument`; its error as an io::Error.
-fn ioctl<T>(socket: &OwnedFd, request: libc::c_ulong, argument: &T) -> std::io::Result<()> {
-    // SAFETY: every caller passes the structure `request` reads (an ifreq or an rtentry).
-    let result = unsafe { libc::ioctl(socket.as_raw_fd(), request, argument as *const T) };
-    if result < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-/// Sets interface `name` up (the kernel creates interfaces down).
-fn interface_up(socket: &OwnedFd, name: &str) -> std::io::Result<()> {
-    let mut request = ifreq(name);
-    request.ifr_ifru.ifru_flags = (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-    ioctl(socket, libc::SIOCSIFFLAGS, &request)
-}
-
 /// Sets `lo` up.
 fn loopback_up() -> std::io::Result<()> {
-    interface_up(&inet_socket()?, "lo")
+    ak_netif::Interfaces::open()?.set_up("lo")
 }
 
 /// Configures the VM's network device from `--net` (address, up, default route through
@@ -263,21 +210,10 @@ pub(crate) fn network_up(
 }
 
 fn configure_nic(net: &crate::args::Net) -> std::io::Result<()> {
-    let socket = inet_socket()?;
-    let mut request = ifreq(NIC);
-    request.ifr_ifru.ifru_addr = sockaddr(net.address);
-    ioctl(&socket, libc::SIOCSIFADDR, &request)?;
-    request.ifr_ifru.ifru_netmask = sockaddr(net.netmask());
-    ioctl(&socket, libc::SIOCSIFNETMASK, &request)?;
-    interface_up(&socket, NIC)?;
-    // SAFETY: rtentry is plain data; zeroed is a valid value for it (no device pointer:
-    // the kernel finds the interface from the gateway).
-    let mut route: libc::rtentry = unsafe { std::mem::zeroed() };
-    route.rt_dst = sockaddr(Ipv4Addr::UNSPECIFIED);
-    route.rt_genmask = sockaddr(Ipv4Addr::UNSPECIFIED);
-    route.rt_gateway = sockaddr(net.gateway);
-    route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
-    ioctl(&socket, libc::SIOCADDRT, &route)
+    let interfaces = ak_netif::Interfaces::open()?;
+    interfaces.set_address(NIC, net.address, net.netmask())?;
+    interfaces.set_up(NIC)?;
+    interfaces.add_default_route(net.gateway)
 }
 
 /// Ends the VM: flushes the file systems and restarts, which the hypervisor (QEMU with

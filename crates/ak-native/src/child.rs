@@ -432,27 +432,9 @@ fn set_attr(target: &CString, attrs: u64, flags: u32) -> Result<(), i32> {
     if ret < 0 { Err(errno()) } else { Ok(()) }
 }
 
-/// Sets IFF_UP on `lo` in the sandbox's new network namespace.
+/// Sets IFF_UP on `lo` in the sandbox's new network namespace (allocation-free).
 fn loopback_up() -> Result<(), i32> {
-    // SAFETY: ioctls on a socket we own, with a zeroed, properly sized ifreq.
-    unsafe {
-        let sock = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if sock < 0 {
-            return Err(errno());
-        }
-        let mut request: libc::ifreq = std::mem::zeroed();
-        request.ifr_name[0] = b'l' as libc::c_char;
-        request.ifr_name[1] = b'o' as libc::c_char;
-        let mut result = Ok(());
-        if libc::ioctl(sock, libc::SIOCGIFFLAGS, &mut request) < 0 {
-            result = Err(errno());
-        } else {
-            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
-            if libc::ioctl(sock, libc::SIOCSIFFLAGS, &request) < 0 {
-                result = Err(errno());
-            }
-        }
-        libc::close(sock);
-        result
-    }
+    ak_netif::Interfaces::open()
+        .and_then(|interfaces| interfaces.set_up("lo"))
+        .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))
 }

@@ -3,61 +3,20 @@
 //! netlink, which works while a hypervisor still holds it (a tap takes a single opener, so
 //! the tun device's own "persist off" needs the hypervisor gone first).
 //!
-//! Plain ioctls and one netlink message: rustix has neither the tun nor the interface
-//! address calls, and a netlink crate for one message is out of proportion.
+//! Plain ioctls (the interface ones in `ak-netif`) and one netlink message: rustix has
+//! neither the tun nor the interface address calls, and a netlink crate for one message
+//! is out of proportion.
 
 use std::ffi::CString;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
 
-/// `ifreq` naming `name` (at most 15 bytes).
-fn ifreq(name: &str) -> io::Result<libc::ifreq> {
-    if name.is_empty() || name.len() >= libc::IFNAMSIZ || name.contains('/') {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("bad interface name {name:?}"),
-        ));
-    }
-    // SAFETY: ifreq is plain data; zeroed is a valid value for it.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (slot, byte) in request.ifr_name.iter_mut().zip(name.bytes()) {
-        *slot = byte as libc::c_char;
-    }
-    Ok(request)
-}
-
-fn check(result: libc::c_int) -> io::Result<()> {
-    if result < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
-}
-
-fn inet_socket() -> io::Result<OwnedFd> {
-    Ok(rustix::net::socket(
-        rustix::net::AddressFamily::INET,
-        rustix::net::SocketType::DGRAM,
-        None,
-    )?)
-}
-
-fn sockaddr(address: Ipv4Addr) -> libc::sockaddr {
-    let inet = libc::sockaddr_in {
-        sin_family: libc::AF_INET as libc::sa_family_t,
-        sin_port: 0,
-        sin_addr: libc::in_addr {
-            s_addr: u32::from(address).to_be(),
-        },
-        sin_zero: [0; 8],
-    };
-    // SAFETY: sockaddr_in and sockaddr have the same size and sockaddr is plain data.
-    unsafe { std::mem::transmute::<libc::sockaddr_in, libc::sockaddr>(inet) }
-}
+use ak_netif::check;
 
 /// Creates tap `name` (failing if it exists), persistent, with `address`/`netmask`, up.
 pub fn create(name: &str, address: Ipv4Addr, netmask: Ipv4Addr) -> io::Result<()> {
-    let mut request = ifreq(name)?;
+    let mut request = ak_netif::ifreq(name)?;
     // IFF_TUN_EXCL: never adopt an existing interface of that name.
     request.ifr_ifru.ifru_flags = (libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_TUN_EXCL) as i16;
     let tun = std::fs::OpenOptions::new()
@@ -74,23 +33,9 @@ pub fn create(name: &str, address: Ipv4Addr, netmask: Ipv4Addr) -> io::Result<()
     if std::path::Path::new(&ipv6).exists() {
         std::fs::write(&ipv6, b"1")?;
     }
-    let socket = inet_socket()?;
-    let fd = socket.as_raw_fd();
-    let mut request = ifreq(name)?;
-    request.ifr_ifru.ifru_addr = sockaddr(address);
-    // SAFETY: SIOCSIFADDR reads an ifreq holding a sockaddr_in.
-    check(unsafe { libc::ioctl(fd, libc::SIOCSIFADDR, &request) })?;
-    request.ifr_ifru.ifru_netmask = sockaddr(netmask);
-    // SAFETY: as above, for the netmask.
-    check(unsafe { libc::ioctl(fd, libc::SIOCSIFNETMASK, &request) })?;
-    let mut request = ifreq(name)?;
-    // SAFETY: SIOCGIFFLAGS fills the flags of the ifreq it is given.
-    check(unsafe { libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut request) })?;
-    // SAFETY: the kernel just wrote the flags member of the union.
-    let flags = unsafe { request.ifr_ifru.ifru_flags };
-    request.ifr_ifru.ifru_flags = flags | libc::IFF_UP as i16;
-    // SAFETY: SIOCSIFFLAGS reads an ifreq.
-    check(unsafe { libc::ioctl(fd, libc::SIOCSIFFLAGS, &request) })
+    let interfaces = ak_netif::Interfaces::open()?;
+    interfaces.set_address(name, address, netmask)?;
+    interfaces.set_up(name)
 }
 
 /// Deletes interface `name`; one that does not exist is no error.
