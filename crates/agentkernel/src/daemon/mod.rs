@@ -1,8 +1,9 @@
 //! The daemon: keeps warm pools and hands their sandboxes to CLIs over a Unix socket of
-//! mode 0600 in the state directory. A handed-out sandbox travels as the file descriptor
-//! of its agent connection (SCM_RIGHTS), so a pooled `run` costs one small request; the
-//! command's data never passes through the daemon. Beside that socket, the daemon serves the
-//! HTTP API (the one `agentkernel serve` serves) on `api.sock`, also 0600.
+//! mode 0600 in the state directory, and does the CLI's named-sandbox operations while it
+//! runs. A handed-out sandbox, and a connection to a named sandbox's agent, travel as file
+//! descriptors (SCM_RIGHTS), so a pooled `run` costs one small request and a command's
+//! data never passes through the daemon. Beside that socket, the daemon serves the HTTP
+//! API (the one `agentkernel serve` serves) on `api.sock`, also 0600.
 
 pub mod client;
 mod named;
