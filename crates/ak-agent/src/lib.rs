@@ -50,6 +50,7 @@ pub fn main_entry() -> i32 {
     };
     init_logging();
     if args.guest {
+        guest::reached("init started");
         // Refused outside a VM's init: it would mount over the host's root.
         if !rustix::process::getpid().is_init() {
             tracing::error!("--guest is only for the init of a microVM");
@@ -61,7 +62,11 @@ pub fn main_entry() -> i32 {
                 None => Ok(()),
             }
         });
+        if entered.is_ok() && args.net.is_some() {
+            guest::reached("network configured");
+        }
         if let Err(e) = entered {
+            guest::log_steps();
             tracing::error!("{e}");
             guest::power_off();
         }
@@ -85,6 +90,9 @@ fn serve(args: args::Args) -> i32 {
             return 1;
         }
     };
+    if args.guest {
+        guest::reached("runtime built");
+    }
     runtime.block_on(run(args))
 }
 
@@ -105,7 +113,11 @@ fn init_logging() {
     // memory).
     let filter = std::env::var(LOG_ENV)
         .ok()
-        .and_then(|level| level.parse::<tracing_subscriber::filter::LevelFilter>().ok())
+        .and_then(|level| {
+            level
+                .parse::<tracing_subscriber::filter::LevelFilter>()
+                .ok()
+        })
         .unwrap_or(tracing_subscriber::filter::LevelFilter::WARN);
     // Fails only if a subscriber is already set, which then keeps logging.
     let _ = tracing_subscriber::fmt()
@@ -177,6 +189,9 @@ async fn run(args: args::Args) -> i32 {
     };
     if pid1 && let Err(e) = signals::forward_signals(agent.clone()) {
         tracing::warn!("cannot install the signal handlers of PID 1: {e}");
+    }
+    if args.guest {
+        guest::reached("agent started");
     }
     match args.mode {
         Mode::Fd(fd) => listener::serve_fd(agent, fd).await,

@@ -181,10 +181,15 @@ pub(crate) async fn serve_vsock(
         }
     };
     if let Some(ready_port) = ready_port {
+        crate::guest::reached("listening on vsock");
         // The host listens for this before it starts the VM; the connection itself is the
         // message.
         match VsockStream::connect(VsockAddr::new(VMADDR_CID_HOST, ready_port)).await {
-            Ok(stream) => drop(stream),
+            Ok(stream) => {
+                drop(stream);
+                crate::guest::reached("ready connection made");
+                crate::guest::log_steps();
+            }
             Err(e) => {
                 tracing::error!(
                     "cannot tell the host (vsock port {ready_port}) that the agent is ready: {e}"
