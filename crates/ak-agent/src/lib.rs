@@ -200,5 +200,6 @@ async fn run(args: args::Args) -> i32 {
         Mode::ListenFd(fd) => listener::serve_listen_fd(agent, fd).await,
         Mode::Vsock(port) => listener::serve_vsock(agent, port, false, args.ready_port).await,
         Mode::VsockOnce(port) => listener::serve_vsock(agent, port, true, args.ready_port).await,
+        Mode::VsockConnect(port) => listener::serve_vsock_connect(agent, port).await,
     }
 }

@@ -216,6 +216,24 @@ pub(crate) async fn serve_vsock(
     }
 }
 
+/// Connects to the host's vsock `port` and serves that one connection, then shuts the
+/// agent down (`--vsock-connect`).
+pub(crate) async fn serve_vsock_connect(agent: Agent, port: u32) -> i32 {
+    match VsockStream::connect(VsockAddr::new(VMADDR_CID_HOST, port)).await {
+        Ok(stream) => {
+            crate::guest::reached("connected to the host");
+            crate::guest::log_steps();
+            agent.serve_connection(stream).await;
+            agent.shutdown();
+            0
+        }
+        Err(e) => {
+            tracing::error!("cannot connect to the host (vsock port {port}): {e}");
+            1
+        }
+    }
+}
+
 /// Serves every connection `listener` accepts, each on its own task, until a shutdown;
 /// then stops accepting and gives open connections a moment to finish.
 async fn accept_loop<L: Acceptor>(agent: Agent, listener: L) {
