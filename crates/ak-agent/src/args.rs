@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 /// Printed with every argument error.
-pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT) [--hold-fd N] [--workdir DIR] [--guest] [--ready-port PORT] [--share TAG:PATH:rw|ro]... [--net ADDRESS/PREFIX,GATEWAY [--nameserver ADDRESS]...]";
+pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT | --vsock-connect PORT) [--hold-fd N] [--workdir DIR] [--guest] [--ready-port PORT] [--share TAG:PATH:rw|ro]... [--net ADDRESS/PREFIX,GATEWAY [--nameserver ADDRESS]...]";
 
 /// Where the host's connections come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +25,11 @@ pub(crate) enum Mode {
     /// A vsock listener on this port for exactly one connection (a one-shot microVM): the
     /// agent, and with it the VM, ends when that connection closes.
     VsockOnce(u32),
+    /// Connect to the host (vsock CID 2) on this port and serve that one connection (a
+    /// one-shot microVM): the connection is both the host's sign that the agent is ready
+    /// and its transport, which saves a second connection's set-up through the vsock
+    /// device at every boot. The agent, and with it the VM, ends when it closes.
+    VsockConnect(u32),
 }
 
 /// The parsed command line.
@@ -93,11 +98,11 @@ pub(crate) enum ArgsError {
     #[error("{0} needs a port number, not {1:?}")]
     BadPort(&'static str, String),
     #[error(
-        "only one of --fd, --listen, --listen-once, --listen-fd, --vsock and --vsock-once can be used"
+        "only one of --fd, --listen, --listen-once, --listen-fd, --vsock, --vsock-once and --vsock-connect can be used"
     )]
     ConflictingModes,
     #[error(
-        "one of --fd N, --listen PATH, --listen-once PATH, --listen-fd N, --vsock PORT or --vsock-once PORT is required"
+        "one of --fd N, --listen PATH, --listen-once PATH, --listen-fd N, --vsock PORT, --vsock-once PORT or --vsock-connect PORT is required"
     )]
     NoMode,
     #[error("--ready-port is only for --vsock and --vsock-once")]
@@ -132,6 +137,7 @@ where
     let mut workdir = None;
     let mut vsock = None;
     let mut vsock_once = None;
+    let mut vsock_connect = None;
     let mut ready_port = None;
     let mut guest = false;
     let mut shares = Vec::new();
@@ -177,6 +183,11 @@ where
                 port(value("--vsock-once")?, "--vsock-once")?,
                 "--vsock-once",
             )?,
+            "--vsock-connect" => set_once(
+                &mut vsock_connect,
+                port(value("--vsock-connect")?, "--vsock-connect")?,
+                "--vsock-connect",
+            )?,
             "--ready-port" => set_once(
                 &mut ready_port,
                 port(value("--ready-port")?, "--ready-port")?,
@@ -215,6 +226,7 @@ where
         listen_fd.map(Mode::ListenFd),
         vsock.map(Mode::Vsock),
         vsock_once.map(Mode::VsockOnce),
+        vsock_connect.map(Mode::VsockConnect),
     ];
     let mut given = modes.into_iter().flatten();
     let mode = given.next().ok_or(ArgsError::NoMode)?;
@@ -361,6 +373,17 @@ mod tests {
         let args = parse_strs(&["--vsock-once", "7"]).unwrap();
         assert_eq!(args.mode, Mode::VsockOnce(7));
         assert!(!args.guest);
+        let args = parse_strs(&["--guest", "--vsock-connect", "1025"]).unwrap();
+        assert_eq!(args.mode, Mode::VsockConnect(1025));
+        assert_eq!(
+            parse_strs(&["--vsock-connect", "1025", "--vsock-once", "1024"]),
+            Err(ArgsError::ConflictingModes)
+        );
+        // The connection itself tells the host the agent is ready.
+        assert_eq!(
+            parse_strs(&["--vsock-connect", "1025", "--ready-port", "1026"]),
+            Err(ArgsError::ReadyPortWithoutVsock)
+        );
         assert_eq!(
             parse_strs(&["--vsock", "1", "--vsock-once", "2"]),
             Err(ArgsError::ConflictingModes)

@@ -19,6 +19,54 @@ const HOSTNAME: &[u8] = b"sandbox";
 /// The VM's network device (the only virtio-net device, when the host gives one).
 const NIC: &str = "eth0";
 
+/// Milliseconds since the guest's kernel started (CLOCK_BOOTTIME).
+fn since_boot_ms() -> f64 {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid timespec for the call to fill.
+    if unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut now) } != 0 {
+        return f64::NAN;
+    }
+    now.tv_sec as f64 * 1e3 + now.tv_nsec as f64 / 1e6
+}
+
+/// The guest's start-up steps reached so far, with the time since the kernel started:
+/// kept in memory and logged in one line once the agent is ready (`AK_AGENT_LOG=debug` on
+/// the kernel command line), since a console line per step would itself cost the boot
+/// milliseconds under emulation. The host's clock cannot tell the kernel's part of a boot
+/// from ours; this can.
+static STEPS: std::sync::Mutex<Vec<(&'static str, f64)>> = std::sync::Mutex::new(Vec::new());
+
+/// Notes that the guest's start-up reached `step`.
+pub(crate) fn reached(step: &'static str) {
+    let at = since_boot_ms();
+    if let Ok(mut steps) = STEPS.lock() {
+        steps.push((step, at));
+    }
+}
+
+/// Logs the steps noted so far (at debug level) and forgets them.
+pub(crate) fn log_steps() {
+    let Ok(mut steps) = STEPS.lock() else {
+        return;
+    };
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let mut previous = None;
+        let line: Vec<String> = steps
+            .iter()
+            .map(|(step, at)| {
+                let took = previous.map_or(String::new(), |p: f64| format!(" (+{:.1})", at - p));
+                previous = Some(*at);
+                format!("{step} {at:.1}{took}")
+            })
+            .collect();
+        tracing::debug!("guest start-up, ms since boot: {}", line.join("; "));
+    }
+    steps.clear();
+}
+
 /// Why the guest could not be set up (printed on the VM's console, which the host shows).
 #[derive(Debug, thiserror::Error)]
 #[error("guest set-up: {step}: {source}")]
@@ -64,6 +112,7 @@ pub(crate) fn enter_root(
 ) -> Result<(), GuestError> {
     // In the initramfs (a writable ramfs holding only this program).
     mount_fs("devtmpfs", "/dev", "devtmpfs", MountFlags::NOSUID, None)?;
+    reached("devtmpfs mounted in the initramfs");
     mkdir("/base")?;
     let mut mounted = Err(rustix::io::Errno::NODEV);
     for fs in BASE_FILE_SYSTEMS {
@@ -76,6 +125,7 @@ pub(crate) fn enter_root(
         format!("mount the base image {BASE_DEVICE} (ext4 or squashfs)"),
         mounted,
     )?;
+    reached("base image mounted");
     mount_fs(
         "tmpfs",
         "/layer",
@@ -85,6 +135,7 @@ pub(crate) fn enter_root(
     )?;
     mkdir("/layer/upper")?;
     mkdir("/layer/work")?;
+    reached("tmpfs layer mounted");
     mount_fs(
         "overlay",
         "/root",
@@ -92,17 +143,22 @@ pub(crate) fn enter_root(
         MountFlags::empty(),
         Some(c"lowerdir=/base,upperdir=/layer/upper,workdir=/layer/work"),
     )?;
+    reached("overlay mounted");
     // The initramfs cannot be pivoted away from: move the new root over it and chroot
     // (what switch_root does). The initramfs stays, unreachable, holding this binary.
     step("chdir /root", rustix::process::chdir("/root"))?;
     step("move the root", mount_move(".", "/"))?;
     step("chroot", rustix::process::chroot("."))?;
     step("chdir /", rustix::process::chdir("/"))?;
+    reached("root moved");
 
     let nodev = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
     mount_fs("proc", "/proc", "proc", nodev, None)?;
+    reached("proc mounted");
     mount_fs("sysfs", "/sys", "sysfs", nodev, None)?;
+    reached("sysfs mounted");
     mount_fs("devtmpfs", "/dev", "devtmpfs", MountFlags::NOSUID, None)?;
+    reached("devtmpfs mounted");
     mount_fs(
         "devpts",
         "/dev/pts",
@@ -110,6 +166,7 @@ pub(crate) fn enter_root(
         MountFlags::NOSUID | MountFlags::NOEXEC,
         Some(c"mode=0620,ptmxmode=0666"),
     )?;
+    reached("devpts mounted");
     mount_fs("tmpfs", "/dev/shm", "tmpfs", nodev, Some(c"mode=1777"))?;
     mount_fs(
         "tmpfs",
@@ -125,6 +182,7 @@ pub(crate) fn enter_root(
         MountFlags::NOSUID | MountFlags::NODEV,
         Some(c"mode=0755"),
     )?;
+    reached("tmpfs on /dev/shm /tmp /run mounted");
     for share in shares {
         mount_share(share)?;
     }
@@ -134,7 +192,9 @@ pub(crate) fn enter_root(
             source,
         })?;
     }
+    reached("shares and workdir ready");
     step("sethostname", rustix::system::sethostname(HOSTNAME))?;
+    reached("hostname set");
     if let Err(e) = loopback_up() {
         // Programs that serve on localhost need it; the agent itself does not.
         tracing::warn!("cannot bring the loopback interface up: {e}");
@@ -145,6 +205,7 @@ pub(crate) fn enter_root(
         std::env::set_var("PATH", GUEST_PATH);
         std::env::set_var("HOME", "/root");
     }
+    reached("loopback up");
     Ok(())
 }
 

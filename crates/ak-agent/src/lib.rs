@@ -50,6 +50,7 @@ pub fn main_entry() -> i32 {
     };
     init_logging();
     if args.guest {
+        guest::reached("init started");
         // Refused outside a VM's init: it would mount over the host's root.
         if !rustix::process::getpid().is_init() {
             tracing::error!("--guest is only for the init of a microVM");
@@ -61,7 +62,11 @@ pub fn main_entry() -> i32 {
                 None => Ok(()),
             }
         });
+        if entered.is_ok() && args.net.is_some() {
+            guest::reached("network configured");
+        }
         if let Err(e) = entered {
+            guest::log_steps();
             tracing::error!("{e}");
             guest::power_off();
         }
@@ -85,6 +90,9 @@ fn serve(args: args::Args) -> i32 {
             return 1;
         }
     };
+    if args.guest {
+        guest::reached("runtime built");
+    }
     runtime.block_on(run(args))
 }
 
@@ -182,6 +190,9 @@ async fn run(args: args::Args) -> i32 {
     if pid1 && let Err(e) = signals::forward_signals(agent.clone()) {
         tracing::warn!("cannot install the signal handlers of PID 1: {e}");
     }
+    if args.guest {
+        guest::reached("agent started");
+    }
     match args.mode {
         Mode::Fd(fd) => listener::serve_fd(agent, fd).await,
         Mode::Listen(path) => listener::serve_listener(agent, &path).await,
@@ -189,5 +200,6 @@ async fn run(args: args::Args) -> i32 {
         Mode::ListenFd(fd) => listener::serve_listen_fd(agent, fd).await,
         Mode::Vsock(port) => listener::serve_vsock(agent, port, false, args.ready_port).await,
         Mode::VsockOnce(port) => listener::serve_vsock(agent, port, true, args.ready_port).await,
+        Mode::VsockConnect(port) => listener::serve_vsock_connect(agent, port).await,
     }
 }

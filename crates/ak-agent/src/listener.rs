@@ -181,10 +181,15 @@ pub(crate) async fn serve_vsock(
         }
     };
     if let Some(ready_port) = ready_port {
+        crate::guest::reached("listening on vsock");
         // The host listens for this before it starts the VM; the connection itself is the
         // message.
         match VsockStream::connect(VsockAddr::new(VMADDR_CID_HOST, ready_port)).await {
-            Ok(stream) => drop(stream),
+            Ok(stream) => {
+                drop(stream);
+                crate::guest::reached("ready connection made");
+                crate::guest::log_steps();
+            }
             Err(e) => {
                 tracing::error!(
                     "cannot tell the host (vsock port {ready_port}) that the agent is ready: {e}"
@@ -206,6 +211,24 @@ pub(crate) async fn serve_vsock(
         }
         Err(e) => {
             tracing::error!("cannot accept the host's connection: {e}");
+            1
+        }
+    }
+}
+
+/// Connects to the host's vsock `port` and serves that one connection, then shuts the
+/// agent down (`--vsock-connect`).
+pub(crate) async fn serve_vsock_connect(agent: Agent, port: u32) -> i32 {
+    match VsockStream::connect(VsockAddr::new(VMADDR_CID_HOST, port)).await {
+        Ok(stream) => {
+            crate::guest::reached("connected to the host");
+            crate::guest::log_steps();
+            agent.serve_connection(stream).await;
+            agent.shutdown();
+            0
+        }
+        Err(e) => {
+            tracing::error!("cannot connect to the host (vsock port {port}): {e}");
             1
         }
     }

@@ -304,15 +304,18 @@ impl MicrovmBackend {
             kernel_args.push_str(&format!(" tsc_early_khz={khz}"));
         }
         let mode = match lifetime {
-            Lifetime::Ephemeral => "--vsock-once",
-            Lifetime::Persistent => "--vsock",
+            // A one-shot VM's agent serves its one connection, to the host's ready port:
+            // one vsock connection set up per boot instead of two.
+            Lifetime::Ephemeral => format!("--vsock-connect {}", vsock::READY_PORT),
+            // A persistent VM's agent listens for every later connection and tells the
+            // host it does by connecting to the ready port.
+            Lifetime::Persistent => format!(
+                "--vsock {} --ready-port {}",
+                vsock::AGENT_PORT,
+                vsock::READY_PORT
+            ),
         };
-        let mut init_args = format!(
-            "--guest {mode} {} --ready-port {} --workdir {}",
-            vsock::AGENT_PORT,
-            vsock::READY_PORT,
-            spec.workdir.display()
-        );
+        let mut init_args = format!("--guest {mode} --workdir {}", spec.workdir.display());
         for share in shares(spec) {
             let access = if share.writable { "rw" } else { "ro" };
             init_args.push_str(&format!(
@@ -433,7 +436,8 @@ impl MicrovmBackend {
         net: Option<net::Attachment>,
     ) -> Result<MicrovmSandbox, MicrovmError> {
         let ready_path = vsock::host_port_socket(&layout.vsock(), vsock::READY_PORT);
-        // Listening before the VM starts: the agent's one connection here is its "ready".
+        // Listening before the VM starts: the agent's one connection here is its "ready",
+        // and a one-shot VM's transport.
         let ready = UnixListener::bind(&ready_path).map_err(MicrovmError::io(format!(
             "listen on {}",
             ready_path.display()
@@ -463,9 +467,9 @@ impl MicrovmBackend {
         };
         let outcome = async {
             record.save()?;
-            tokio::select! {
+            let accepted = tokio::select! {
                 accepted = ready.accept() => accepted
-                    .map(drop)
+                    .map(|(stream, _)| stream)
                     .map_err(MicrovmError::io("accept the agent's ready connection")),
                 status = hypervisor.wait() => Err(MicrovmError::Boot {
                     reason: format!(
@@ -486,15 +490,11 @@ impl MicrovmBackend {
             drop(ready);
             let _ = std::fs::remove_file(&ready_path);
             phases.push(("guest boot until the agent is ready", launch_done.elapsed()));
-            let connect_started = std::time::Instant::now();
-            let transport = match lifetime {
-                Lifetime::Ephemeral => vsock::connect(&layout.vsock(), vsock::AGENT_PORT)
-                    .await
-                    .map(Some),
-                Lifetime::Persistent => Ok(None),
-            }?;
-            phases.push(("vsock connection", connect_started.elapsed()));
-            Ok(transport)
+            // A persistent VM's connections are made to its listener, later.
+            Ok(match lifetime {
+                Lifetime::Ephemeral => Some(accepted),
+                Lifetime::Persistent => None,
+            })
         }
         .await;
         let transport = match outcome {

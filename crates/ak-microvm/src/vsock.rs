@@ -11,9 +11,10 @@ use tokio::net::UnixStream;
 
 use crate::error::MicrovmError;
 
-/// The port the agent listens on inside the guest.
+/// The port a persistent VM's agent listens on inside the guest.
 pub const AGENT_PORT: u32 = 1024;
-/// The host port the agent connects to once it listens (the readiness signal).
+/// The host port the agent connects to once it is ready: a persistent VM's agent then
+/// listens on [`AGENT_PORT`]; a one-shot VM's agent serves the host on this connection.
 pub const READY_PORT: u32 = 1025;
 /// The longest reply line accepted from the vsock device.
 const MAX_REPLY: usize = 64;

@@ -3,31 +3,81 @@
 //! rebuild. Cached by the agent's hash.
 
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use super::{file_hash, publish};
 use crate::error::MicrovmError;
 
+/// What identifies one version of the agent's file without reading it: a rebuilt or
+/// replaced agent has another inode, size, or change time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp {
+    path: PathBuf,
+    device: u64,
+    inode: u64,
+    size: u64,
+    changed: (i64, i64),
+}
+
+impl Stamp {
+    fn of(path: &Path, meta: &std::fs::Metadata) -> Stamp {
+        use std::os::unix::fs::MetadataExt;
+        Stamp {
+            path: path.to_path_buf(),
+            device: meta.dev(),
+            inode: meta.ino(),
+            size: meta.size(),
+            changed: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// The initramfs found for the agent files seen by this process: hashing the agent (a few
+/// MB) is milliseconds of every boot otherwise.
+static KNOWN: Mutex<Vec<(Stamp, PathBuf)>> = Mutex::new(Vec::new());
+
 /// The initramfs for `agent`, written into the cache if not there yet.
 pub fn ensure(cache: &Path, agent: &Path) -> Result<PathBuf, MicrovmError> {
-    if !agent.is_file() {
+    let meta = std::fs::metadata(agent).ok().filter(|meta| meta.is_file());
+    let Some(meta) = meta else {
         return Err(MicrovmError::Artifact(format!(
             "the agent {} is missing",
             agent.display()
         )));
-    }
+    };
     let dir = cache.join("initramfs");
-    let path = dir.join(format!("agent-{}.cpio", file_hash(agent)?));
-    if path.is_file() {
+    let stamp = Stamp::of(agent, &meta);
+    let known = KNOWN.lock().ok().and_then(|known| {
+        known
+            .iter()
+            .find(|(seen, path)| *seen == stamp && path.starts_with(&dir))
+            .map(|(_, path)| path.clone())
+    });
+    // The cache may have been pruned or cleared since.
+    if let Some(path) = known.filter(|path| path.is_file()) {
         return Ok(path);
     }
-    std::fs::create_dir_all(&dir).map_err(MicrovmError::io(format!("create {}", dir.display())))?;
+    let path = dir.join(format!("agent-{}.cpio", file_hash(agent)?));
+    if !path.is_file() {
+        build(agent, &dir, &path)?;
+    }
+    if let Ok(mut known) = KNOWN.lock() {
+        known.retain(|(seen, _)| seen.path != stamp.path);
+        known.push((stamp, path.clone()));
+    }
+    Ok(path)
+}
+
+/// Writes the initramfs for `agent` at `path`, in `dir`.
+fn build(agent: &Path, dir: &Path, path: &Path) -> Result<(), MicrovmError> {
+    std::fs::create_dir_all(dir).map_err(MicrovmError::io(format!("create {}", dir.display())))?;
     let staged = dir.join(format!(".staged-{}.cpio", std::process::id()));
-    let written = write(agent, &staged).and_then(|()| publish(&staged, &path));
+    let written = write(agent, &staged).and_then(|()| publish(&staged, path));
     if written.is_err() {
         let _ = std::fs::remove_file(&staged);
     }
-    prune(&dir);
-    written.map(|()| path)
+    prune(dir);
+    written
 }
 
 /// How many initramfs files (one per agent build) the cache keeps: a few agents (a debug
@@ -91,5 +141,22 @@ mod tests {
         let rest = reader.finish().unwrap();
         assert!(cpio::NewcReader::new(rest).unwrap().entry().is_trailer());
         assert!(ensure(&cache, &dir.path().join("none")).is_err());
+    }
+
+    #[test]
+    fn a_rebuilt_agent_or_a_pruned_archive_is_noticed_without_rehashing_the_same_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("ak-agent");
+        let cache = dir.path().join("cache");
+        std::fs::write(&agent, b"\x7fELF first build").unwrap();
+        let first = ensure(&cache, &agent).unwrap();
+        // Replaced the way a build does: another inode and size.
+        std::fs::remove_file(&agent).unwrap();
+        std::fs::write(&agent, b"\x7fELF second, longer build").unwrap();
+        let second = ensure(&cache, &agent).unwrap();
+        assert_ne!(first, second);
+        std::fs::remove_file(&second).unwrap();
+        assert_eq!(ensure(&cache, &agent).unwrap(), second);
+        assert!(second.is_file());
     }
 }
