@@ -49,9 +49,73 @@ pub fn signal(recorded: &str, signal: rustix::process::Signal) -> bool {
         .is_some_and(|pid| rustix::process::kill_process(pid, signal).is_ok())
 }
 
+/// SIGKILLs the process of `pidfd` and waits, at most `limit`, until it has exited (a
+/// zombie counts as exited); reaps it if it is our child (it may not be: after a restart
+/// the creator is gone, so this waits on the pidfd, not on `waitpid`). Returns whether it
+/// is gone.
+pub fn kill_and_wait(pidfd: &std::os::fd::OwnedFd, limit: std::time::Duration) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let _ = rustix::process::pidfd_send_signal(pidfd, rustix::process::Signal::KILL);
+    let deadline = std::time::Instant::now() + limit;
+    let exited = loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let timeout = Timespec::try_from(left).unwrap_or(Timespec {
+            tv_sec: 1,
+            tv_nsec: 0,
+        });
+        let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+        match poll(&mut fds, Some(&timeout)) {
+            Ok(0) => break false,
+            Ok(_) => break true,
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(_) => break false,
+        }
+    };
+    // ECHILD when another process is its parent, which then reaps it.
+    let _ = rustix::process::waitid(
+        rustix::process::WaitId::PidFd(std::os::fd::AsFd::as_fd(pidfd)),
+        rustix::process::WaitIdOptions::EXITED | rustix::process::WaitIdOptions::NOHANG,
+    );
+    exited
+}
+
+/// Kills the process recorded as `recorded` (only if it is still that process) and waits,
+/// at most `limit`, until it is gone: a caller that returns "stopped" means it. Returns
+/// whether it is gone.
+pub fn kill_recorded(recorded: &str, limit: std::time::Duration) -> bool {
+    let Some(pid) = pid_of(recorded).and_then(|pid| rustix::process::Pid::from_raw(pid as i32))
+    else {
+        return true;
+    };
+    let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty()) else {
+        return true;
+    };
+    // The pid may have been reused between the check and the open; the pidfd now pins
+    // whichever process it is, so check again before killing it.
+    if pid_of(recorded).is_none() {
+        return true;
+    }
+    kill_and_wait(&pidfd, limit)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_killed_process_is_gone_when_kill_recorded_returns() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        let recorded = identity(child.id()).unwrap();
+        assert!(kill_recorded(&recorded, std::time::Duration::from_secs(5)));
+        assert!(!alive(&recorded));
+        // Our child, so reaped as well: there is nothing left to wait for.
+        assert!(child.try_wait().is_err(), "reaped");
+        // Gone already: nothing to do, and no other process is touched.
+        assert!(kill_recorded(&recorded, std::time::Duration::from_secs(1)));
+    }
 
     #[test]
     fn a_process_is_identified_across_pid_reuse() {

@@ -16,6 +16,8 @@ use crate::error::MicrovmError;
 const DIR_MODE: u32 = 0o700;
 /// The record of a VM's processes inside its runtime directory (read by the sweep).
 const RECORD: &str = "vm.json";
+/// How long a killed VM process gets to be gone before ending it goes on regardless.
+const KILL_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// The files of one VM's runtime directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -124,9 +126,15 @@ impl VmRecord {
     /// and removes its directory (last: a network lease outliving its directory is what
     /// the sweep looks for). Idempotent.
     pub fn end(&self) -> Result<(), MicrovmError> {
-        ak_core::process::signal(&self.hypervisor, Signal::KILL);
-        if let Some(daemon) = &self.vsock_daemon {
-            ak_core::process::signal(daemon, Signal::KILL);
+        // Waited for, not only signalled: once this returns, the VM's processes are gone
+        // (a `stop` that returned while QEMU was still exiting was seen by a test).
+        if !ak_core::process::kill_recorded(&self.hypervisor, KILL_WAIT) {
+            tracing::warn!("the hypervisor is still not gone {KILL_WAIT:?} after SIGKILL");
+        }
+        if let Some(daemon) = &self.vsock_daemon
+            && !ak_core::process::kill_recorded(daemon, KILL_WAIT)
+        {
+            tracing::warn!("the vsock daemon is still not gone {KILL_WAIT:?} after SIGKILL");
         }
         let net = self.net.as_ref().map_or(Ok(()), |net| net.release());
         let removed = self.layout.remove();

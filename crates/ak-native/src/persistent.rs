@@ -4,14 +4,14 @@
 //! restart the creator is gone), without mistaking a reused pid for them.
 
 use std::fs::File;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ak_core::backend::{Lifetime, SandboxHandle};
 use ak_core::{BackendError, BackendKind};
-use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
+use rustix::process::{Pid, PidfdFlags};
 use serde::{Deserialize, Serialize};
 
 use crate::error::NativeError;
@@ -143,34 +143,11 @@ pub(crate) fn open_process(process: ProcessRef) -> Option<(OwnedFd, bool)> {
 }
 
 /// SIGKILLs the process of `pidfd` and waits (bounded) until it has exited, then reaps it
-/// if it is our child. It may not be (after a restart), so this polls the pidfd rather
-/// than relying on `waitpid`.
+/// if it is our child.
 pub(crate) fn kill_and_wait(pidfd: &OwnedFd) {
-    let _ = rustix::process::pidfd_send_signal(pidfd, Signal::KILL);
-    let deadline = Instant::now() + KILL_WAIT;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut poll = libc::pollfd {
-            fd: pidfd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let timeout_ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
-        // SAFETY: one valid pollfd for the duration of the call.
-        let ready = unsafe { libc::poll(&mut poll, 1, timeout_ms) };
-        if ready > 0 {
-            break;
-        }
-        if ready == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
-            tracing::warn!("a killed sandbox process is still not gone after {KILL_WAIT:?}");
-            return;
-        }
+    if !ak_core::process::kill_and_wait(pidfd, KILL_WAIT) {
+        tracing::warn!("a killed sandbox process is still not gone after {KILL_WAIT:?}");
     }
-    // ECHILD when another process is its parent, which then reaps it.
-    let _ = rustix::process::waitid(
-        WaitId::PidFd(pidfd.as_fd()),
-        WaitIdOptions::EXITED | WaitIdOptions::NOHANG,
-    );
 }
 
 /// Kills `process` if it is still the one recorded, and waits for it.
