@@ -79,6 +79,21 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
+    send_hello(writer, software).await?;
+    read_hello_reply(reader).await
+}
+
+/// Host side, first half: sends `Hello`. Requests may follow before the answer
+/// ([`read_hello_reply`]) only if they are encoded the same in every version from
+/// [`MIN_PROTOCOL_VERSION`] to [`PROTOCOL_VERSION`]: the agent reads them in whichever version
+/// it settles on, and drops them unread if it refuses.
+pub(crate) async fn send_hello<W>(
+    writer: &mut FrameWriter<W>,
+    software: String,
+) -> Result<(), ProtocolError>
+where
+    W: AsyncWrite + Unpin,
+{
     writer
         .write(&Hello {
             magic: MAGIC,
@@ -86,7 +101,16 @@ where
             max_version: PROTOCOL_VERSION,
             software,
         })
-        .await?;
+        .await
+}
+
+/// Host side, second half: the agent's answer to `Hello`.
+pub(crate) async fn read_hello_reply<R>(
+    reader: &mut FrameReader<R>,
+) -> Result<Negotiated, ProtocolError>
+where
+    R: AsyncRead + Unpin,
+{
     match reader.read::<HelloReply>().await? {
         None => Err(ProtocolError::Closed),
         Some(HelloReply::Accept { version, software }) => {

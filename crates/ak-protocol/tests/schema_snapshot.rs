@@ -14,7 +14,7 @@ use std::fmt::{self, Debug};
 use std::path::PathBuf;
 
 use ak_protocol::frame::encode_frame;
-use ak_protocol::handshake::{Hello, HelloReply};
+use ak_protocol::handshake::{Hello, HelloReply, MIN_PROTOCOL_VERSION};
 use ak_protocol::{
     AgentError, ErrorKind, Event, ExecSpec, ExitStatus, FileStat, FileType, PROTOCOL_VERSION,
     PtySize, Reply, Request, StdinMode,
@@ -410,6 +410,34 @@ fn handshake_is_frozen_across_versions() {
                 "{name} encodes differently than in wire_v{version}.txt: the handshake \
                  messages (Hello, HelloReply) are frozen and must never change, not even \
                  with a version bump; otherwise old peers cannot even refuse cleanly"
+            );
+        }
+    }
+}
+
+/// The host sends its first `Exec` right behind `Hello`, before it knows which version the
+/// agent settles on (`AgentClient::connect_with_exec`), so an exec request must encode the
+/// same in every version this build speaks.
+#[test]
+fn exec_encodes_the_same_in_every_spoken_version() {
+    let current = all_examples().render();
+    let current = parse_snapshot(&current);
+    let execs: Vec<_> = current
+        .iter()
+        .filter(|(name, _)| name.starts_with("Request::Exec"))
+        .collect();
+    assert_eq!(execs.len(), 2);
+    for version in MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION {
+        let text = std::fs::read_to_string(snapshot_path(version))
+            .unwrap_or_else(|e| panic!("wire_v{version}.txt: {e}"));
+        let old = parse_snapshot(&text);
+        for (name, hex) in &execs {
+            assert_eq!(
+                old.get(*name),
+                Some(*hex),
+                "{name} encodes differently than in wire_v{version}.txt: an exec is sent \
+                 before the version is settled, so either keep its encoding or raise \
+                 MIN_PROTOCOL_VERSION past {version} (see VERSIONING.md)"
             );
         }
     }

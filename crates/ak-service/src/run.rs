@@ -7,7 +7,7 @@ use ak_core::{ExecSpec, SandboxSpec};
 use crate::Service;
 use crate::error::ServiceError;
 use crate::sandboxes::command_line;
-use crate::session::{CommandSession, connect_agent};
+use crate::session::CommandSession;
 
 impl Service {
     /// Starts `exec` in a fresh sandbox described by `spec`; the sandbox's timeout applies
@@ -38,19 +38,14 @@ impl Service {
         let begun = std::time::Instant::now();
         let mut sandbox = backend.create(spec, Lifetime::Ephemeral).await?;
         tracing::debug!(elapsed = ?begun.elapsed(), "sandbox created");
-        let client = async {
-            let transport = sandbox.connect().await?;
-            connect_agent(transport).await
-        }
-        .await;
-        let client = match client {
-            Ok(client) => client,
+        let transport = match sandbox.connect().await {
+            Ok(transport) => transport,
             Err(error) => {
                 let _ = sandbox.destroy().await;
-                return Err(error);
+                return Err(error.into());
             }
         };
-        let session = CommandSession::start_in(client, exec, Some(sandbox)).await;
+        let session = CommandSession::start(transport, exec, Some(sandbox)).await;
         tracing::debug!(elapsed = ?begun.elapsed(), "command sent to the agent");
         session
     }

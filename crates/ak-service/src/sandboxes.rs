@@ -267,8 +267,7 @@ impl Service {
         name: &str,
         exec: ExecSpec,
     ) -> Result<CommandSession, ServiceError> {
-        let client = self.client_named(name).await?;
-        CommandSession::start_in(client, exec, None).await
+        CommandSession::over(self.connect_named(name).await?, exec).await
     }
 
     /// A connected, handshaken client of a running sandbox's agent (for files, execs).

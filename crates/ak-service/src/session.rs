@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use ak_core::backend::SandboxUsage;
 use ak_core::{ExecSpec, ExitStatus, Sandbox};
+use ak_protocol::handshake::software;
 use ak_protocol::{AgentClient, ExecControl, ExecEvent, ExecHandle};
 use tokio::time::Instant;
 
@@ -20,7 +21,7 @@ const SIGKILL: i32 = 9;
 pub async fn connect_agent(
     transport: Box<dyn ak_core::Transport>,
 ) -> Result<AgentClient, ServiceError> {
-    Ok(AgentClient::connect(transport, ak_protocol::handshake::software("agentkernel")).await?)
+    Ok(AgentClient::connect(transport, software("agentkernel")).await?)
 }
 
 /// How a command ended.
@@ -49,29 +50,43 @@ pub struct CommandSession {
 }
 
 impl CommandSession {
-    /// Sends `exec` over `client`. `owned` is the sandbox to release at the end, if any;
-    /// with it, a command outliving `exec.timeout_ms` (plus a grace) ends the sandbox.
-    pub(crate) async fn start_in(
-        client: AgentClient,
+    /// Handshakes over `transport` and starts `exec` in the same round trip. `owned` is the
+    /// sandbox to release at the end, if any (destroyed here if the start fails); with it, a
+    /// command outliving `exec.timeout_ms` (plus a grace) ends the sandbox.
+    pub(crate) async fn start(
+        transport: Box<dyn ak_core::Transport>,
         exec: ExecSpec,
-        owned: Option<Box<dyn Sandbox>>,
+        mut owned: Option<Box<dyn Sandbox>>,
     ) -> Result<CommandSession, ServiceError> {
-        if exec.argv.is_empty() {
-            return Err(ServiceError::EmptyCommand);
-        }
         let deadline = exec
             .timeout_ms
             .filter(|_| owned.is_some())
             .map(|ms| Instant::now() + Duration::from_millis(ms) + TIMEOUT_GRACE);
-        let handle = client.exec(exec).await?;
-        Ok(CommandSession {
-            owned,
-            _client: client,
-            exec: handle,
-            deadline,
-            ended: None,
-            usage: None,
-        })
+        let started = if exec.argv.is_empty() {
+            Err(ServiceError::EmptyCommand)
+        } else {
+            AgentClient::connect_with_exec(transport, software("agentkernel"), exec)
+                .await
+                .map_err(ServiceError::from)
+        };
+        match started {
+            Ok((client, exec)) => Ok(CommandSession {
+                owned,
+                _client: client,
+                exec,
+                deadline,
+                ended: None,
+                usage: None,
+            }),
+            Err(error) => {
+                if let Some(mut sandbox) = owned.take()
+                    && let Err(e) = sandbox.destroy().await
+                {
+                    tracing::warn!("cannot release the sandbox after a failed start: {e}");
+                }
+                Err(error)
+            }
+        }
     }
 
     /// Handshakes over `transport` (a sandbox's agent connection handed over by someone
@@ -80,8 +95,7 @@ impl CommandSession {
         transport: Box<dyn ak_core::Transport>,
         exec: ExecSpec,
     ) -> Result<CommandSession, ServiceError> {
-        let client = connect_agent(transport).await?;
-        Self::start_in(client, exec, None).await
+        Self::start(transport, exec, None).await
     }
 
     /// Input, signals and resizes for the command.
