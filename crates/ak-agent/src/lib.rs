@@ -7,6 +7,7 @@
 
 mod agent;
 mod args;
+mod direct_spawn;
 mod errors;
 mod exec;
 mod fdio;

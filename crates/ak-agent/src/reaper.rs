@@ -69,18 +69,28 @@ impl Children {
         Ok(children)
     }
 
-    /// Spawns `command` and registers it for reaping.
+    /// Starts a child with `start` (which returns its pid) and registers it for reaping.
     ///
-    /// The table stays locked from fork to registration, and reaping also takes the lock,
-    /// so a command that exits at once cannot be reaped before it is known. It also keeps
-    /// `waitpid(-1)` away from the window in which std reaps a child whose exec failed.
-    pub(crate) fn spawn(&self, command: &mut Command) -> std::io::Result<(Child, ExitWaiter)> {
+    /// The table stays locked from the start to registration, and reaping also takes the
+    /// lock, so a command that exits at once cannot be reaped before it is known. It also
+    /// keeps `waitpid(-1)` away from the window in which std reaps a child whose exec failed.
+    pub(crate) fn register<T>(
+        &self,
+        start: impl FnOnce() -> std::io::Result<(i32, T)>,
+    ) -> std::io::Result<(T, ExitWaiter)> {
         let mut waiting = self.lock();
-        let child = command.spawn()?;
+        let (pid, started) = start()?;
         let (tx, rx) = oneshot::channel();
-        let pid = i32::try_from(child.id()).unwrap_or(i32::MAX);
         waiting.insert(pid, tx);
-        Ok((child, ExitWaiter(rx)))
+        Ok((started, ExitWaiter(rx)))
+    }
+
+    /// Spawns `command` and registers it for reaping (see [`Children::register`]).
+    pub(crate) fn spawn(&self, command: &mut Command) -> std::io::Result<(Child, ExitWaiter)> {
+        self.register(|| {
+            let child = command.spawn()?;
+            Ok((i32::try_from(child.id()).unwrap_or(i32::MAX), child))
+        })
     }
 
     /// Collects every child that has ended, without blocking.

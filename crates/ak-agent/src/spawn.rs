@@ -1,5 +1,6 @@
 //! Starting one command: argv, environment, working directory, user, stdio or pty.
 
+use std::ffi::OsString;
 use std::os::fd::OwnedFd;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -10,6 +11,7 @@ use rustix::fs::{Mode, OFlags};
 use rustix::process::{Gid, Pid, Uid};
 
 use crate::agent::Shared;
+use crate::direct_spawn::{self, DirectSpawn};
 use crate::reaper::ExitWaiter;
 use crate::users::{self, User};
 
@@ -40,22 +42,55 @@ pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentEr
             "the command line (argv) is empty",
         ));
     };
-    let mut command = Command::new(program);
-    command.args(&spec.argv[1..]);
-
     let cwd = shared
         .root
         .host_path(Path::new(spec.cwd.as_deref().unwrap_or(".")));
     check_cwd(&cwd, spec.cwd.as_deref())?;
-    command.current_dir(&cwd);
-
     let user = match &spec.user {
         Some(name) => Some(resolve_user(shared, name)?),
         None => None,
     };
-    set_environment(&mut command, spec, user.as_ref());
+    let env = environment(spec, user.as_ref());
+    let switch = ids_to_switch(user.as_ref());
+
+    // Most commands need neither a terminal nor another user, and are found on the agent's
+    // own PATH (what posix_spawnp searches): they start without a fork.
+    let found_on_agent_path = program.contains('/')
+        || (!requested_env(spec, "PATH") && std::env::var_os("PATH").is_some());
+    if spec.pty.is_none() && switch.is_none() && found_on_agent_path {
+        let request = DirectSpawn {
+            program,
+            argv: &spec.argv,
+            env: &env,
+            cwd: &cwd,
+            stdin: spec.stdin,
+        };
+        match shared.children.register(|| direct_spawn::spawn(&request)) {
+            Ok((ends, exit)) => {
+                let pid = Pid::from_raw(ends.pid)
+                    .ok_or_else(|| spawn_failed(format!("posix_spawn gave pid {}", ends.pid)))?;
+                return Ok(Spawned {
+                    pid,
+                    exit,
+                    stdin: ends.stdin,
+                    stdout: Some(ends.stdout),
+                    stderr: Some(ends.stderr),
+                    pty_master: None,
+                });
+            }
+            // A file without `#!` is a shell script to execvp (and so to a shell user):
+            // the forking path below runs it with /bin/sh.
+            Err(e) if e.raw_os_error() == Some(libc::ENOEXEC) => {}
+            Err(e) => return Err(spawn_error(program, &e)),
+        }
+    }
+
+    let mut command = Command::new(program);
+    command.args(&spec.argv[1..]);
+    command.current_dir(&cwd);
+    command.env_clear().envs(env);
     let pty_master = set_stdio(&mut command, spec)?;
-    set_up_child(&mut command, user.as_ref(), pty_master.is_some());
+    set_up_child(&mut command, switch, pty_master.is_some());
 
     let (mut child, exit) = shared
         .children
@@ -74,27 +109,36 @@ pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentEr
     })
 }
 
-/// The agent's environment, the request's variables on top, and defaults for what a
-/// command expects to find.
-fn set_environment(command: &mut Command, spec: &ExecSpec, user: Option<&User>) {
-    command.envs(spec.env.iter().map(|(key, value)| (key, value)));
-    let inherited_or_requested =
-        |name: &str| requested_env(spec, name) || std::env::var_os(name).is_some();
-    if !inherited_or_requested("PATH") {
-        command.env("PATH", DEFAULT_PATH);
-    }
-    if spec.pty.is_some() && !inherited_or_requested("TERM") {
-        command.env("TERM", DEFAULT_TERM);
+/// The command's whole environment: the agent's, the request's variables on top, and
+/// defaults for what a command expects to find.
+fn environment(spec: &ExecSpec, user: Option<&User>) -> Vec<(OsString, OsString)> {
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
+        .filter(|(key, _)| !spec.env.iter().any(|(name, _)| key == name.as_str()))
+        .collect();
+    env.extend(
+        spec.env
+            .iter()
+            .map(|(key, value)| (OsString::from(key), OsString::from(value))),
+    );
+    let mut default = |name: &str, value: &str| {
+        if !env.iter().any(|(key, _)| key == name) {
+            env.push((name.into(), value.into()));
+        }
+    };
+    default("PATH", DEFAULT_PATH);
+    if spec.pty.is_some() {
+        default("TERM", DEFAULT_TERM);
     }
     // The agent's own HOME and USER belong to the agent's user, not the requested one.
     if let Some(user) = user {
-        if let (Some(home), false) = (&user.home, requested_env(spec, "HOME")) {
-            command.env("HOME", home);
-        }
-        if let (Some(name), false) = (&user.name, requested_env(spec, "USER")) {
-            command.env("USER", name);
+        for (name, value) in [("HOME", &user.home), ("USER", &user.name)] {
+            if let (Some(value), false) = (value, requested_env(spec, name)) {
+                env.retain(|(key, _)| key != name);
+                env.push((name.into(), OsString::from(value)));
+            }
         }
     }
+    env
 }
 
 /// Connects stdin, stdout and stderr: pipes (stdin per the request), or all three to a new
@@ -119,17 +163,20 @@ fn set_stdio(command: &mut Command, spec: &ExecSpec) -> Result<Option<OwnedFd>, 
     Ok(Some(pty.master))
 }
 
+/// The ids to switch to for `user`; none when the agent already runs as them, which needs
+/// no privilege: a sandbox's root without CAP_SETGID (the restrictive profile) can still
+/// ask for root.
+fn ids_to_switch(user: Option<&User>) -> Option<(Uid, Gid)> {
+    let current = (rustix::process::geteuid(), rustix::process::getegid());
+    user.map(|user| (Uid::from_raw(user.uid), Gid::from_raw(user.gid)))
+        .filter(|ids| *ids != current)
+}
+
 /// Installs what runs in the child between fork and exec: a new session (so that the
 /// whole command tree can be signalled as one process group), the controlling terminal,
 /// and the user switch.
-fn set_up_child(command: &mut Command, user: Option<&User>, pty: bool) {
-    let (current_uid, current_gid) = (rustix::process::geteuid(), rustix::process::getegid());
-    // Running as the ids the agent already has needs no switch, and so no privilege: a
-    // sandbox's root without CAP_SETGID (the restrictive profile) can still ask for root.
-    let ids = user
-        .map(|user| (Uid::from_raw(user.uid), Gid::from_raw(user.gid)))
-        .filter(|ids| *ids != (current_uid, current_gid));
-    let as_root = current_uid.is_root();
+fn set_up_child(command: &mut Command, ids: Option<(Uid, Gid)>, pty: bool) {
+    let as_root = rustix::process::geteuid().is_root();
     let hook = move || -> std::io::Result<()> {
         rustix::process::setsid()?;
         if pty {

@@ -319,6 +319,50 @@ async fn five_concurrent_execs() {
     }
 }
 
+/// Commands start without a fork (posix_spawn) when they can; either way each leads its own
+/// session, with no signal blocked and SIGPIPE (which the agent ignores) back at its default.
+#[tokio::test]
+async fn commands_lead_their_own_session_with_default_signals() {
+    let h = harness().await;
+    let script = "cut -d' ' -f1,6 /proc/$$/stat; grep -E '^Sig(Blk|Ign)' /proc/$$/status";
+    let out = run(&h.client, sh(script)).await;
+    assert_eq!(out.status, Some(ExitStatus::Code(0)), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut lines = text.lines();
+    let ids: Vec<&str> = lines.next().unwrap().split(' ').collect();
+    assert_eq!(
+        ids[0], ids[1],
+        "the command's session is its own pid: {text}"
+    );
+    assert_eq!(ids[0], out.pid.to_string());
+    let mask = |name: &str| {
+        let line = text.lines().find(|l| l.starts_with(name)).unwrap();
+        u64::from_str_radix(line.split_whitespace().nth(1).unwrap(), 16).unwrap()
+    };
+    assert_eq!(mask("SigBlk:"), 0, "{text}");
+    let sigpipe = 1 << (libc::SIGPIPE - 1);
+    assert_eq!(
+        mask("SigIgn:") & sigpipe,
+        0,
+        "SIGPIPE must not stay ignored: {text}"
+    );
+}
+
+/// A file without `#!` runs with /bin/sh, as execvp (and so a shell) runs it.
+#[tokio::test]
+async fn a_script_without_an_interpreter_line_runs_with_sh() {
+    let h = harness().await;
+    h.client
+        .write_file("/plain-script", b"echo from-the-script\n", 0o755)
+        .await
+        .unwrap();
+    let mut spec = argv(&["./plain-script"]);
+    spec.cwd = Some("/".into());
+    let out = run(&h.client, spec).await;
+    assert_eq!(out.stdout, b"from-the-script\n", "{out:?}");
+    assert_eq!(out.status, Some(ExitStatus::Code(0)));
+}
+
 #[tokio::test]
 async fn spawn_failures_are_agent_errors() {
     let h = harness().await;
