@@ -112,14 +112,12 @@ pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentEr
 /// The command's whole environment: the agent's, the request's variables on top, and
 /// defaults for what a command expects to find.
 fn environment(spec: &ExecSpec, user: Option<&User>) -> Vec<(OsString, OsString)> {
-    let mut env: Vec<(OsString, OsString)> = std::env::vars_os()
-        .filter(|(key, _)| !spec.env.iter().any(|(name, _)| key == name.as_str()))
-        .collect();
-    env.extend(
-        spec.env
-            .iter()
-            .map(|(key, value)| (OsString::from(key), OsString::from(value))),
-    );
+    let mut env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
+    // Later values win, as they would in a shell (also when the request names one twice).
+    for (key, value) in &spec.env {
+        env.retain(|(name, _)| name != key.as_str());
+        env.push((key.into(), value.into()));
+    }
     let mut default = |name: &str, value: &str| {
         if !env.iter().any(|(key, _)| key == name) {
             env.push((name.into(), value.into()));

@@ -186,6 +186,32 @@ async fn env_cwd_and_default_workdir() {
         String::from_utf8_lossy(&out.stdout),
         format!("{}\n", h.root.path().display())
     );
+    // A variable named twice takes its last value; one the agent has is replaced, not
+    // listed twice. Without a PATH of its own the command starts without a fork; with one,
+    // through the forking path: both see the same rule.
+    for own_path in [false, true] {
+        let mut spec = argv(&["env"]);
+        spec.env = vec![
+            ("TWICE".into(), "first".into()),
+            ("TWICE".into(), "second".into()),
+        ];
+        if own_path {
+            spec.env
+                .push(("PATH".into(), "/usr/bin:/bin:/ak-test".into()));
+        }
+        let out = run(&h.client, spec).await;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.contains(&"TWICE=second"), "{text}");
+        let count = |prefix: &str| lines.iter().filter(|l| l.starts_with(prefix)).count();
+        assert_eq!(count("TWICE="), 1, "{text}");
+        assert_eq!(count("PATH="), 1, "{text}");
+        assert_eq!(
+            lines.contains(&"PATH=/usr/bin:/bin:/ak-test"),
+            own_path,
+            "{text}"
+        );
+    }
 }
 
 #[tokio::test]
