@@ -9,7 +9,7 @@
 
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 
 /// A datagram socket to configure interfaces through (of the network namespace it was
 /// opened in).
@@ -68,6 +68,19 @@ impl Interfaces {
     fn fd(&self) -> libc::c_int {
         self.socket.as_raw_fd()
     }
+}
+
+/// Makes the tun or tap device behind `tun` (an open `/dev/net/tun` attached to it)
+/// persistent or not: a persistent device outlives its last open file.
+pub fn set_tun_persistent(tun: BorrowedFd<'_>, persistent: bool) -> io::Result<()> {
+    // SAFETY: TUNSETPERSIST takes an integer argument.
+    check(unsafe {
+        libc::ioctl(
+            tun.as_raw_fd(),
+            libc::TUNSETPERSIST,
+            libc::c_ulong::from(persistent),
+        )
+    })
 }
 
 /// An `ifreq` naming interface `name`: 1 to 15 bytes, no `/` (an `InvalidInput` error

@@ -10,7 +10,7 @@
 use std::ffi::CString;
 use std::io;
 use std::net::Ipv4Addr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use ak_netif::check;
 
@@ -25,8 +25,7 @@ pub fn create(name: &str, address: Ipv4Addr, netmask: Ipv4Addr) -> io::Result<()
         .open("/dev/net/tun")?;
     // SAFETY: TUNSETIFF reads and writes an ifreq, which `request` is.
     check(unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &mut request) })?;
-    // SAFETY: TUNSETPERSIST takes an integer argument.
-    check(unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETPERSIST, 1 as libc::c_ulong) })?;
+    ak_netif::set_tun_persistent(tun.as_fd(), true)?;
     drop(tun);
     // The tap's IPv6 link-local address would be a second way to the host's services.
     let ipv6 = format!("/proc/sys/net/ipv6/conf/{name}/disable_ipv6");
