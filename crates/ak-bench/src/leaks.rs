@@ -1,6 +1,6 @@
 //! Host resources a sandbox could leave behind, snapshotted before and after a run so a
-//! harness or test can prove nothing leaked: mounts, cgroups, network namespaces, sandbox
-//! processes and runtime directories.
+//! harness or test can prove nothing leaked: mounts, cgroups, network namespaces and
+//! interfaces, sandbox processes, network helpers and runtime directories.
 
 use std::os::unix::fs::MetadataExt;
 
@@ -17,7 +17,11 @@ pub struct HostSnapshot {
     pub mounts: usize,
     pub cgroups: Vec<String>,
     pub net_namespaces: Vec<u64>,
+    /// The host's network interfaces (a tap left behind shows up here).
+    pub interfaces: Vec<String>,
     pub sandbox_processes: Vec<u32>,
+    /// Network helpers (`slirp4netns`), whoever runs them.
+    pub network_helpers: Vec<u32>,
     pub runtime_dirs: Vec<String>,
 }
 
@@ -54,6 +58,15 @@ fn sandbox_processes(uids: &[u32]) -> Vec<u32> {
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok());
             uid.is_some_and(|uid| uid >= MAPPED_ROOT_UIDS || uids.contains(&uid))
+        })
+        .collect()
+}
+
+fn network_helpers() -> Vec<u32> {
+    pids()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|comm| comm.trim_end() == "slirp4netns")
         })
         .collect()
 }
@@ -116,7 +129,9 @@ impl HostSnapshot {
                 .map_or(0, |m| m.lines().count()),
             cgroups: cgroups(),
             net_namespaces: net_namespaces(),
+            interfaces: list_dir(Path::new("/sys/class/net")),
             sandbox_processes: sandbox_processes(rootless_uids),
+            network_helpers: network_helpers(),
             runtime_dirs,
         }
     }
@@ -131,7 +146,9 @@ impl HostSnapshot {
         while !(new.sandbox_processes.is_empty()
             && new.cgroups.is_empty()
             && new.runtime_dirs.is_empty()
-            && new.net_namespaces.is_empty())
+            && new.net_namespaces.is_empty()
+            && new.interfaces.is_empty()
+            && new.network_helpers.is_empty())
             && Instant::now() < deadline
         {
             std::thread::sleep(Duration::from_millis(100));
@@ -162,6 +179,15 @@ impl HostSnapshot {
                 new.net_namespaces
             ));
         }
+        if !new.interfaces.is_empty() {
+            leaks.push(format!("leftover network interfaces: {:?}", new.interfaces));
+        }
+        if !new.network_helpers.is_empty() {
+            leaks.push(format!(
+                "leftover network helpers: {:?}",
+                new.network_helpers
+            ));
+        }
         leaks
     }
 
@@ -178,7 +204,9 @@ impl HostSnapshot {
             mounts: after.mounts,
             cgroups: added(&self.cgroups, &after.cgroups),
             net_namespaces: added(&self.net_namespaces, &after.net_namespaces),
+            interfaces: added(&self.interfaces, &after.interfaces),
             sandbox_processes: added(&self.sandbox_processes, &after.sandbox_processes),
+            network_helpers: added(&self.network_helpers, &after.network_helpers),
             runtime_dirs: added(&self.runtime_dirs, &after.runtime_dirs),
         }
     }
@@ -193,7 +221,9 @@ mod tests {
             mounts: 30,
             cgroups: cgroups.iter().map(|c| c.to_string()).collect(),
             net_namespaces: vec![1],
+            interfaces: vec!["lo".into()],
             sandbox_processes: processes.to_vec(),
+            network_helpers: Vec::new(),
             runtime_dirs: Vec::new(),
         }
     }
@@ -205,12 +235,21 @@ mod tests {
         assert_eq!(new.cgroups, ["memory/b"]);
         assert_eq!(new.sandbox_processes, [11]);
         assert!(new.net_namespaces.is_empty());
-        assert_eq!(before.new_in(&before), snapshot(&[], &[]).with_netns(&[]));
+        assert_eq!(before.new_in(&before), snapshot(&[], &[]).without_network());
+        let mut with_tap = before.clone();
+        with_tap.interfaces.push("tap0".into());
+        with_tap.network_helpers.push(12);
+        let new = before.new_in(&with_tap);
+        assert_eq!(
+            (new.interfaces, new.network_helpers),
+            (vec!["tap0".into()], vec![12])
+        );
     }
 
     impl HostSnapshot {
-        fn with_netns(mut self, ns: &[u64]) -> HostSnapshot {
-            self.net_namespaces = ns.to_vec();
+        fn without_network(mut self) -> HostSnapshot {
+            self.net_namespaces.clear();
+            self.interfaces.clear();
             self
         }
     }

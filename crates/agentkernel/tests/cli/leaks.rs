@@ -27,6 +27,24 @@ fn two_hundred_runs_leave_nothing_behind() {
     assert_no_leaks(&before);
 }
 
+/// Outbound network adds a helper process and a tap to each sandbox; both go with it (the
+/// tap with the sandbox's network namespace, after the helper made it persistent). As root
+/// only: rootless outbound network needs a world-usable /dev/net/tun (this machine's is 0600).
+#[test]
+fn runs_with_outbound_network_leave_nothing_behind() {
+    let _host = exclusive_host();
+    let before = snapshot();
+    for _ in 0..4 {
+        let output = run(
+            Mode::Root,
+            &["--profile", "moderate"],
+            &["grep", "-c", "tap0", "/proc/net/dev"],
+        );
+        assert_code(&output, 0);
+    }
+    assert_no_leaks(&before);
+}
+
 #[test]
 fn a_killed_cli_leaves_nothing_behind() {
     let _host = exclusive_host();
