@@ -104,6 +104,8 @@ pub(crate) struct ChildPlan {
     pub stderr_fd: Option<RawFd>,
     pub sync_fd: RawFd,
     pub error_fd: RawFd,
+    /// Gets one byte once the child has its own network namespace (and is then closed).
+    pub netns_ready_fd: Option<RawFd>,
     /// The parent's ends of the pipes: the child's copies must go at once, or a parent
     /// that dies would never be noticed (the child would hold the write end it waits on).
     pub parent_fds: Vec<RawFd>,
@@ -185,6 +187,11 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
                 libc::CLONE_NEWNET | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
             ) as libc::c_long,
         )?;
+        if let Some(fd) = plan.netns_ready_fd {
+            let byte = 1u8;
+            libc::write(fd, (&raw const byte).cast(), 1);
+            libc::close(fd);
+        }
         check(
             Step::Propagation,
             libc::mount(

@@ -212,6 +212,19 @@ impl NativeBackend {
             }
             Ok(())
         };
+        // An ephemeral sandbox's network helper starts as soon as the child has its network
+        // namespace; a persistent sandbox's is detached from us and starts afterwards.
+        let network = spec.policy.network == NetworkMode::Outbound;
+        let mut helper = None;
+        let mut start_helper = |pid: u32| -> Result<(), NativeError> {
+            helper = Some(NetworkHelper::start(pid)?);
+            Ok(())
+        };
+        let after_netns: Option<&mut dyn FnMut(u32) -> Result<(), NativeError>> =
+            match (network, lifetime) {
+                (true, Lifetime::Ephemeral) => Some(&mut start_helper),
+                _ => None,
+            };
         let spawned = spawn::spawn(spawn::SpawnRequest {
             spec,
             image_root: &image_root,
@@ -232,11 +245,15 @@ impl NativeBackend {
                 NativeError::InvalidSpec("a new runtime directory is always locked".into())
             })?,
             before_release: &mut before_release,
+            after_netns,
         });
         tracing::debug!(elapsed = ?started.elapsed(), "sandbox init running the agent");
         let spawned = match spawned {
             Ok(spawned) => spawned,
             Err(error) => {
+                if let Some(helper) = helper {
+                    helper.stop();
+                }
                 if let Some(cgroup) = &cgroup {
                     let _ = cgroup.remove();
                 }
@@ -245,7 +262,6 @@ impl NativeBackend {
             }
         };
         drop(persistent_ends);
-        let network = spec.policy.network == NetworkMode::Outbound;
         match lifetime {
             Lifetime::Ephemeral => {
                 let mut sandbox = NativeSandbox {
@@ -259,13 +275,11 @@ impl NativeBackend {
                         network: None,
                     },
                 };
-                // Only now is the child certainly in its own network namespace (it makes it
-                // itself, before executing the agent), so only now may the helper attach.
-                if network {
-                    let helper = NetworkHelper::start(sandbox.pid)?;
-                    if let Reach::Ephemeral { network, .. } = &mut sandbox.reach {
-                        network.insert(helper).wait_ready()?;
-                    }
+                // Started while the child built its root; the agent's commands need it ready.
+                if let (Some(helper), Reach::Ephemeral { network, .. }) =
+                    (helper, &mut sandbox.reach)
+                {
+                    network.insert(helper).wait_ready()?;
                     tracing::debug!(elapsed = ?started.elapsed(), "network ready");
                 }
                 Ok(sandbox)

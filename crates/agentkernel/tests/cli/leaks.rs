@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use crate::common::{
-    Mode, agentkernel, assert_code, assert_no_leaks, exclusive_host, run, snapshot,
+    Mode, agentkernel, assert_code, assert_no_leaks, exclusive_host, run, snapshot, stderr,
 };
 
 #[test]
@@ -42,6 +42,25 @@ fn runs_with_outbound_network_leave_nothing_behind() {
         );
         assert_code(&output, 0);
     }
+    assert_no_leaks(&before);
+}
+
+/// The helper starts while the sandbox is half built; when it cannot start at all, the run
+/// fails clearly and what was built is released.
+#[test]
+fn a_network_helper_that_cannot_start_leaves_nothing_behind() {
+    let _host = exclusive_host();
+    let before = snapshot();
+    let output = agentkernel(Mode::Root, &["run", "--profile", "moderate", "--", "true"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_code(&output, 125);
+    assert!(
+        stderr(&output).contains("apt install slirp4netns"),
+        "{}",
+        stderr(&output)
+    );
     assert_no_leaks(&before);
 }
 
