@@ -55,7 +55,11 @@ pub fn sandbox_root_host_ids() -> (u32, u32) {
 #[derive(Debug)]
 pub struct NativeBackend {
     agent_path: PathBuf,
+    /// What creating a sandbox needs (probed at the first creation).
     state: OnceLock<Result<Prepared, String>>,
+    /// What reaching and releasing one needs: the cgroup layout alone, so that `exec`,
+    /// `inspect` and `stop` do not also probe for what a creation needs (~0.5 ms here).
+    cgroups: OnceLock<CgroupLayout>,
 }
 
 /// Host facts and prepared artefacts shared by every sandbox of this backend.
@@ -64,7 +68,6 @@ struct Prepared {
     agent: OwnedFd,
     host_top_level: Vec<TopEntry>,
     hidden: HiddenPaths,
-    cgroups: CgroupLayout,
     cgroups_usable: Result<(), String>,
     landlock_abi: Option<u32>,
     seccomp: Vec<seccompiler::BpfProgram>,
@@ -78,6 +81,7 @@ impl NativeBackend {
         NativeBackend {
             agent_path,
             state: OnceLock::new(),
+            cgroups: OnceLock::new(),
         }
     }
 
@@ -100,8 +104,7 @@ impl NativeBackend {
                 self.agent_path.display()
             ))
         })?;
-        let cgroups = CgroupLayout::detect();
-        let cgroups_usable = cgroups.usable();
+        let cgroups_usable = self.cgroup_layout().usable();
         let cap_last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
             .ok()
             .and_then(|s| s.trim().parse().ok())
@@ -110,7 +113,6 @@ impl NativeBackend {
             agent,
             host_top_level: list_top_level(Path::new("/"))?,
             hidden: HiddenPaths::detect(),
-            cgroups,
             cgroups_usable,
             landlock_abi: landlock::abi_version(),
             seccomp: seccomp::build_filters()?,
@@ -126,7 +128,7 @@ impl NativeBackend {
         };
         for (id, _lock) in rundir::stale_entries(&prepared.runtime_base) {
             tracing::info!(%id, "releasing resources of a sandbox whose owner is gone");
-            let cgroup = SandboxCgroup::existing(&prepared.cgroups, &id);
+            let cgroup = SandboxCgroup::existing(self.cgroup_layout(), &id);
             let _ = cgroup.kill_all();
             // An init whose parent died stays in its cgroup as a zombie until the host's
             // init reaps it; keep the directory (the record of what to release) until the
@@ -141,11 +143,8 @@ impl NativeBackend {
 
     /// The cgroup layout, also when the backend cannot start sandboxes any more (its agent
     /// executable is gone, say) but must still release them.
-    fn cgroup_layout(&self) -> std::borrow::Cow<'_, CgroupLayout> {
-        match self.prepared() {
-            Ok(prepared) => std::borrow::Cow::Borrowed(&prepared.cgroups),
-            Err(_) => std::borrow::Cow::Owned(CgroupLayout::detect()),
-        }
+    fn cgroup_layout(&self) -> &CgroupLayout {
+        self.cgroups.get_or_init(CgroupLayout::detect)
     }
 
     fn create_sandbox(
@@ -204,7 +203,7 @@ impl NativeBackend {
         let mut before_release = |pid: u32| -> Result<(), NativeError> {
             if prepared.cgroups_usable.is_ok() {
                 let created = cgroup.insert(SandboxCgroup::create(
-                    &prepared.cgroups,
+                    self.cgroup_layout(),
                     &spec.id,
                     &spec.resources,
                 )?);
@@ -366,7 +365,7 @@ impl NativeBackend {
             pidfd,
             cgroup: data
                 .cgroup
-                .then(|| SandboxCgroup::existing(&self.cgroup_layout(), &handle.id)),
+                .then(|| SandboxCgroup::existing(self.cgroup_layout(), &handle.id)),
             rundir: RunDir::adopt(data.rundir),
             reach: Reach::Persistent {
                 start_time: data.start_time,
