@@ -7,7 +7,7 @@
 //! (it looks it up at run time), so with a working directory it always forks. Commands that
 //! need a terminal or another user still go through `Command` and its `pre_exec` hook.
 
-use std::ffi::{CString, OsStr, OsString};
+use std::ffi::{CStr, CString, OsString};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
@@ -36,7 +36,7 @@ pub(crate) struct Started {
 
 /// Starts the command as the leader of a new session, with default signal handling and an
 /// empty signal mask, stdout and stderr on new pipes and stdin on a pipe or `/dev/null`.
-pub(crate) fn spawn(request: &DirectSpawn<'_>) -> std::io::Result<(i32, Started)> {
+pub(crate) fn spawn(request: &DirectSpawn<'_>) -> std::io::Result<Started> {
     let program = c_string(request.program.as_bytes())?;
     let argv = request
         .argv
@@ -54,7 +54,6 @@ pub(crate) fn spawn(request: &DirectSpawn<'_>) -> std::io::Result<(i32, Started)
         })
         .collect::<std::io::Result<Vec<_>>>()?;
     let cwd = c_string(request.cwd.as_os_str().as_bytes())?;
-    let dev_null = c_string(OsStr::new("/dev/null").as_bytes())?;
 
     let stdin = match request.stdin {
         StdinMode::Pipe => Some(pipe_with(PipeFlags::CLOEXEC)?),
@@ -66,7 +65,7 @@ pub(crate) fn spawn(request: &DirectSpawn<'_>) -> std::io::Result<(i32, Started)
     let mut actions = FileActions::new()?;
     match &stdin {
         Some((read_end, _)) => actions.dup2(read_end, 0)?,
-        None => actions.open_read_only(0, &dev_null)?,
+        None => actions.open_read_only(0, c"/dev/null")?,
     }
     actions.dup2(&stdout_write, 1)?;
     actions.dup2(&stderr_write, 2)?;
@@ -91,15 +90,12 @@ pub(crate) fn spawn(request: &DirectSpawn<'_>) -> std::io::Result<(i32, Started)
     if error != 0 {
         return Err(std::io::Error::from_raw_os_error(error));
     }
-    Ok((
+    Ok(Started {
         pid,
-        Started {
-            pid,
-            stdin: stdin.map(|(_, write_end)| write_end),
-            stdout: stdout_read,
-            stderr: stderr_read,
-        },
-    ))
+        stdin: stdin.map(|(_, write_end)| write_end),
+        stdout: stdout_read,
+        stderr: stderr_read,
+    })
 }
 
 fn c_string(bytes: &[u8]) -> std::io::Result<CString> {
@@ -154,7 +150,7 @@ impl FileActions {
         })
     }
 
-    fn open_read_only(&mut self, target: libc::c_int, path: &CString) -> std::io::Result<()> {
+    fn open_read_only(&mut self, target: libc::c_int, path: &CStr) -> std::io::Result<()> {
         // SAFETY: initialised actions; glibc copies the path.
         check(unsafe {
             libc::posix_spawn_file_actions_addopen(

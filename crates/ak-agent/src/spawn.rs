@@ -65,7 +65,10 @@ pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentEr
             cwd: &cwd,
             stdin: spec.stdin,
         };
-        match shared.children.register(|| direct_spawn::spawn(&request)) {
+        let started = shared
+            .children
+            .register(|| direct_spawn::spawn(&request).map(|started| (started.pid, started)));
+        match started {
             Ok((ends, exit)) => {
                 let pid = Pid::from_raw(ends.pid)
                     .ok_or_else(|| spawn_failed(format!("posix_spawn gave pid {}", ends.pid)))?;

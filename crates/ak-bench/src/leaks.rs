@@ -5,7 +5,7 @@
 use std::os::unix::fs::MetadataExt;
 
 use ak_core::BackendKind;
-use ak_core::runtime::backend_runtime_base;
+use ak_core::runtime::{NATIVE_NETWORK_HELPER, backend_runtime_base};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -20,7 +20,7 @@ pub struct HostSnapshot {
     /// The host's network interfaces (a tap left behind shows up here).
     pub interfaces: Vec<String>,
     pub sandbox_processes: Vec<u32>,
-    /// Network helpers (`slirp4netns`), whoever runs them.
+    /// Network helpers ([`NATIVE_NETWORK_HELPER`]), whoever runs them.
     pub network_helpers: Vec<u32>,
     pub runtime_dirs: Vec<String>,
 }
@@ -66,7 +66,7 @@ fn network_helpers() -> Vec<u32> {
     pids()
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|comm| comm.trim_end() == "slirp4netns")
+                .is_ok_and(|comm| comm.trim_end() == NATIVE_NETWORK_HELPER)
         })
         .collect()
 }

@@ -4,6 +4,10 @@ use std::path::{Path, PathBuf};
 
 use crate::backend::BackendKind;
 
+/// The program that gives native sandboxes outbound network: host processes of this name
+/// are the native backend's network helpers (leak checks look for them too).
+pub const NATIVE_NETWORK_HELPER: &str = "slirp4netns";
+
 /// Where `kind`'s sandboxes keep their runtime directories: `agentkernel` for the native
 /// backend, `agentkernel-<backend>` for the others (see [`runtime_base`]).
 pub fn backend_runtime_base(kind: BackendKind) -> PathBuf {

@@ -13,7 +13,7 @@ use rustix::process::{Pid, PidfdFlags, PidfdGetfdFlags, pidfd_getfd, pidfd_open}
 
 use crate::error::NativeError;
 
-const HELPER: &str = "slirp4netns";
+const HELPER: &str = ak_core::runtime::NATIVE_NETWORK_HELPER;
 /// The resolver slirp4netns answers on inside the namespace.
 pub(crate) const SANDBOX_NAMESERVER: &str = "10.0.2.3";
 
