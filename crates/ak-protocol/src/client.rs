@@ -44,6 +44,11 @@ struct Shared {
     routes: Mutex<Routes>,
     next_id: AtomicU32,
     negotiated: Negotiated,
+    /// Dropped with the last handle on the connection, which tells the reader task to stop
+    /// and so closes the connection: the reader owns the read half, and without this it
+    /// would wait for the agent, which waits for us (one socket leaked on each side per
+    /// client).
+    _hangup: tokio::sync::oneshot::Sender<()>,
 }
 
 #[derive(Default)]
@@ -103,13 +108,15 @@ impl AgentClient {
         R: AsyncRead + Send + Unpin + 'static,
     {
         let next_id = routes.by_id.keys().max().map_or(1, |id| id + 1);
+        let (hangup, hung_up) = tokio::sync::oneshot::channel();
         let shared = Arc::new(Shared {
             writer: tokio::sync::Mutex::new(writer),
             routes: Mutex::new(routes),
             next_id: AtomicU32::new(next_id),
             negotiated,
+            _hangup: hangup,
         });
-        tokio::spawn(route_events(reader, Arc::downgrade(&shared)));
+        tokio::spawn(route_events(reader, Arc::downgrade(&shared), hung_up));
         AgentClient { shared }
     }
 
@@ -334,12 +341,20 @@ fn unexpected(reply: &Reply) -> ProtocolError {
 }
 
 /// Reads events until the connection ends, handing each to the request it belongs to.
+/// Stops as soon as the last handle on the connection is gone (`hung_up`), closing it.
 async fn route_events<R: AsyncRead + Unpin>(
     mut reader: FrameReader<R>,
     shared: std::sync::Weak<Shared>,
+    mut hung_up: tokio::sync::oneshot::Receiver<()>,
 ) {
     loop {
-        let event = match reader.read::<Event>().await {
+        // Reading a frame is not cancel-safe, but nobody reads this connection after a
+        // hang-up.
+        let read = tokio::select! {
+            read = reader.read::<Event>() => read,
+            _ = &mut hung_up => return,
+        };
+        let event = match read {
             Ok(Some(event)) => event,
             Ok(None) => break,
             Err(e) => {
@@ -553,6 +568,39 @@ mod tests {
         );
         assert_eq!(client.ping().await.expect("ping"), "test-agent/1");
         agent.await.expect("agent task").expect("agent side");
+    }
+
+    #[tokio::test]
+    async fn dropping_the_last_handle_closes_the_connection() {
+        let (host, agent) = tokio::io::duplex(4096);
+        let agent = tokio::spawn(async move {
+            let (read_half, write_half) = tokio::io::split(agent);
+            let (mut reader, mut writer) =
+                (FrameReader::new(read_half), FrameWriter::new(write_half));
+            server_handshake(&mut reader, &mut writer, "test-agent/1".into()).await?;
+            // The agent waits for requests; the host's hang-up must end that wait.
+            let mut requests = 0;
+            while reader.read::<Request>().await?.is_some() {
+                requests += 1;
+            }
+            Ok::<_, ProtocolError>(requests)
+        });
+        let (client, exec) = AgentClient::connect_with_exec(host, "host/1".into(), echo_spec())
+            .await
+            .expect("connect");
+        let control = exec.control();
+        drop(exec);
+        drop(client);
+        // A control handle still holds the connection open.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!agent.is_finished());
+        drop(control);
+        let read = tokio::time::timeout(std::time::Duration::from_secs(5), agent)
+            .await
+            .expect("the agent saw the connection close")
+            .expect("agent task");
+        // The pipelined exec, then the end of the stream.
+        assert_eq!(read.expect("agent side"), 1);
     }
 
     #[tokio::test]
