@@ -73,12 +73,23 @@ impl ConfigFile {
     }
 }
 
-/// Settings of `agentkernel serve` (`[api]` in the user's config file).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+/// Settings of the API (`[api]` in the user's config file): its token, and what remote
+/// callers (HTTP, MCP) may ask for.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ApiOptions {
     /// The bearer token clients must send; `AGENTKERNEL_API_KEY` overrides it.
     pub api_key: Option<String>,
+    /// The least restrictive profile remote callers may use (default `moderate`).
+    pub max_profile: Option<String>,
+    /// Whether remote callers' sandboxes may have outbound network (default true).
+    pub network: Option<bool>,
+    /// Most memory a remote caller's sandbox may have (default: the host's memory).
+    pub max_memory: Option<String>,
+    /// Most CPUs (default: the host's CPUs).
+    pub max_cpus: Option<f64>,
+    /// Most processes (default: the kernel's limit).
+    pub max_pids: Option<u64>,
 }
 
 /// Environment variable holding the API's bearer token.

@@ -176,9 +176,13 @@ pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
-/// Unix seconds as RFC 3339 in UTC (times before 1970 show as the epoch).
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z).
+const LAST_WRITABLE_SECOND: u64 = 253_402_300_799;
+
+/// Unix seconds as RFC 3339 in UTC (times before 1970 show as the epoch, times after the
+/// year 9999 as its last second: a stored time must never make listing panic).
 pub fn rfc3339_unix(seconds: i64) -> String {
-    let seconds = u64::try_from(seconds).unwrap_or(0);
+    let seconds = u64::try_from(seconds).unwrap_or(0).min(LAST_WRITABLE_SECOND);
     rfc3339(UNIX_EPOCH + Duration::from_secs(seconds))
 }
 

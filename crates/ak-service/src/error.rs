@@ -1,7 +1,28 @@
-//! Errors of service operations.
+//! Errors of service operations, and the one classification every front end renders them
+//! by (an exit code, an HTTP status, an MCP error): each front end maps a class in one
+//! place, so they cannot disagree about what a failure means.
 
 use ak_core::{BackendError, BackendKind, ConfigError, SandboxState};
-use ak_protocol::{AgentError, ProtocolError};
+use ak_protocol::{AgentError, ErrorKind, ProtocolError};
+
+/// What kind of failure an error is, independent of the front end that reports it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The request itself is wrong: bad input, an empty command, an unknown profile.
+    Invalid,
+    /// The caller may not ask for this (the caller policy, a permission inside the sandbox).
+    Forbidden,
+    /// No such sandbox, file or command.
+    NotFound,
+    /// The request does not fit the current state: a duplicate name, a stopped sandbox.
+    Conflict,
+    /// A body, file or output over its limit.
+    TooLarge,
+    /// Not possible here or now: a backend not built or not usable, capacity exhausted.
+    Unavailable,
+    /// A fault of agentkernel or the host; its details belong in a log.
+    Fault,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -20,7 +41,7 @@ pub enum ServiceError {
     EmptyCommand,
     #[error("{0}")]
     InvalidInput(String),
-    #[error("no sandbox named '{0}' (see `agentkernel list`)")]
+    #[error("no sandbox named '{0}'")]
     NotFound(String),
     #[error("a sandbox named '{0}' already exists")]
     Duplicate(String),
@@ -30,6 +51,16 @@ pub enum ServiceError {
         state: SandboxState,
         hint: String,
     },
+    /// The caller policy does not allow what was asked; the message names the setting
+    /// that would.
+    #[error("{0}")]
+    Forbidden(String),
+    /// Over a size or count limit of the service.
+    #[error("{0}")]
+    TooLarge(String),
+    /// Capacity exhausted for now (pools full, set-up queue closed); trying later may work.
+    #[error("{0}")]
+    Unavailable(String),
     #[error("sandbox registry: {0}")]
     Registry(#[from] crate::registry::RegistryError),
     /// The service's own state (directories, locks, handles) could not be used.
@@ -47,18 +78,65 @@ impl From<ProtocolError> for ServiceError {
 }
 
 impl ServiceError {
-    /// Whether the request was refused before anything was attempted: bad input, an unknown
-    /// or duplicate name, a state that does not allow it.
+    /// The error's class: the one rule front ends render.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ServiceError::Config(_) | ServiceError::EmptyCommand | ServiceError::InvalidInput(_) => {
+                ErrorClass::Invalid
+            }
+            ServiceError::Forbidden(_) => ErrorClass::Forbidden,
+            ServiceError::NotFound(_) => ErrorClass::NotFound,
+            ServiceError::Duplicate(_) | ServiceError::WrongState { .. } => ErrorClass::Conflict,
+            ServiceError::TooLarge(_) => ErrorClass::TooLarge,
+            ServiceError::BackendNotBuilt(_) | ServiceError::Unavailable(_) => {
+                ErrorClass::Unavailable
+            }
+            ServiceError::Backend(BackendError::Unavailable { .. }) => ErrorClass::Unavailable,
+            ServiceError::Backend(BackendError::Unsupported { .. }) => ErrorClass::Invalid,
+            ServiceError::Command(agent) => match agent.kind {
+                ErrorKind::NotFound => ErrorClass::NotFound,
+                ErrorKind::BadRequest
+                | ErrorKind::InvalidPath
+                | ErrorKind::NotADirectory
+                | ErrorKind::IsADirectory
+                | ErrorKind::SpawnFailed => ErrorClass::Invalid,
+                ErrorKind::PermissionDenied => ErrorClass::Forbidden,
+                ErrorKind::AlreadyExists | ErrorKind::DirectoryNotEmpty => ErrorClass::Conflict,
+                ErrorKind::TooLarge => ErrorClass::TooLarge,
+                ErrorKind::Io => ErrorClass::Fault,
+            },
+            ServiceError::Backend(_)
+            | ServiceError::Protocol(_)
+            | ServiceError::Registry(_)
+            | ServiceError::State(_) => ErrorClass::Fault,
+        }
+    }
+
+    /// Whether the request was refused before anything was attempted (bad input, policy,
+    /// an unknown or duplicate name, a state that does not allow it), as the audit log
+    /// records it.
     pub fn is_refusal(&self) -> bool {
-        matches!(
-            self,
-            ServiceError::Config(_)
-                | ServiceError::BackendNotBuilt(_)
-                | ServiceError::EmptyCommand
-                | ServiceError::InvalidInput(_)
-                | ServiceError::NotFound(_)
-                | ServiceError::Duplicate(_)
-                | ServiceError::WrongState { .. }
-        )
+        !matches!(self, ServiceError::Command(_))
+            && matches!(
+                self.class(),
+                ErrorClass::Invalid
+                    | ErrorClass::Forbidden
+                    | ErrorClass::NotFound
+                    | ErrorClass::Conflict
+                    | ErrorClass::TooLarge
+            )
+    }
+
+    /// The command could not be started in the sandbox (not found, not executable): what
+    /// a shell reports with exit code 127 or 126.
+    pub fn spawn_failure_code(&self) -> Option<i32> {
+        match self {
+            ServiceError::Command(agent) => match agent.kind {
+                ErrorKind::NotFound => Some(127),
+                ErrorKind::SpawnFailed | ErrorKind::PermissionDenied => Some(126),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 }

@@ -4,29 +4,46 @@
 
 use std::time::Duration;
 
-use crate::Service;
 use crate::error::ServiceError;
 use crate::registry::{SandboxRecord, now_unix};
+use crate::{Caller, Service};
+
+/// The longest a sandbox may be given to live from now: longer is refused, never stored
+/// (a far-off expiry is a mistake, and times beyond the year 9999 cannot be written down).
+pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
 impl Service {
     /// Pushes the expiry of `name` to `by` after its current expiry (or after now, when it
-    /// has none or it has passed).
+    /// has none or it has passed); the new expiry may be at most [`MAX_TTL`] from now.
     pub async fn extend_named(
         &self,
+        caller: Caller,
         name: &str,
         by: Duration,
     ) -> Result<SandboxRecord, ServiceError> {
         let result = async {
+            let too_long = || {
+                ServiceError::InvalidInput(format!(
+                    "a sandbox may live at most {} from now",
+                    humantime::format_duration(MAX_TTL)
+                ))
+            };
+            if by > MAX_TTL {
+                return Err(too_long());
+            }
             let _lock = self.lock_name(name).await?;
             let record = self.record(name)?;
-            let by = i64::try_from(by.as_secs()).unwrap_or(i64::MAX);
-            let from = record.expires_at.unwrap_or(0).max(now_unix());
-            Ok(self
-                .registry()?
-                .set_expiry(name, Some(from.saturating_add(by)))?)
+            let now = now_unix();
+            let from = record.expires_at.unwrap_or(0).max(now);
+            let until = from.saturating_add(by.as_secs() as i64);
+            if until.saturating_sub(now) > MAX_TTL.as_secs() as i64 {
+                return Err(too_long());
+            }
+            Ok(self.registry()?.set_expiry(name, Some(until))?)
         }
         .await;
         self.audited(
+            caller,
             "extend",
             Some(name),
             Some(format!("by {}s", by.as_secs())),
@@ -46,9 +63,11 @@ impl Service {
         };
         let mut removed = Vec::new();
         for name in names {
-            match self.remove_named(&name, true).await {
+            // The service itself removes it, on behalf of whoever set the time to live.
+            match self.remove_named(Caller::Local, &name, true).await {
                 Ok(()) => {
                     self.record_audit(
+                        Caller::Local,
                         "expire",
                         Some(&name),
                         crate::Outcome::Ok,

@@ -4,8 +4,8 @@
 
 use ak_core::spec::validate_sandbox_path;
 
-use crate::Service;
 use crate::error::ServiceError;
+use crate::{Caller, Service};
 
 /// Mode of files written through these operations.
 const FILE_MODE: u32 = 0o644;
@@ -27,6 +27,7 @@ impl Service {
     /// Reads a whole file of a running sandbox, refusing files over `max_bytes`.
     pub async fn read_file_named(
         &self,
+        caller: Caller,
         name: &str,
         path: &str,
         max_bytes: u64,
@@ -37,13 +38,14 @@ impl Service {
             Ok(client.read_file(&path, max_bytes).await?)
         }
         .await;
-        self.audited("file_read", Some(name), Some(path.to_string()), result)
+        self.audited(caller, "file_read", Some(name), Some(path.to_string()), result)
     }
 
     /// Writes a whole file of a running sandbox atomically, creating missing parent
     /// directories.
     pub async fn write_file_named(
         &self,
+        caller: Caller,
         name: &str,
         path: &str,
         content: &[u8],
@@ -59,17 +61,22 @@ impl Service {
             Ok(client.write_file(&path, content, FILE_MODE).await?)
         }
         .await;
-        self.audited("file_write", Some(name), Some(path.to_string()), result)
+        self.audited(caller, "file_write", Some(name), Some(path.to_string()), result)
     }
 
     /// Removes one file (not a directory) of a running sandbox.
-    pub async fn remove_file_named(&self, name: &str, path: &str) -> Result<(), ServiceError> {
+    pub async fn remove_file_named(
+        &self,
+        caller: Caller,
+        name: &str,
+        path: &str,
+    ) -> Result<(), ServiceError> {
         let result = async {
             let path = self.sandbox_path(name, path)?;
             let client = self.client_named(name).await?;
             Ok(client.remove(&path, false).await?)
         }
         .await;
-        self.audited("file_remove", Some(name), Some(path.to_string()), result)
+        self.audited(caller, "file_remove", Some(name), Some(path.to_string()), result)
     }
 }

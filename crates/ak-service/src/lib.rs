@@ -2,10 +2,13 @@
 //! the backend a spec names, provisions the sandbox, speaks to its agent and releases it.
 
 pub mod audit;
+mod caller;
 mod components;
+pub mod detached;
 mod error;
 mod expiry;
 mod files;
+pub mod output;
 pub mod pool;
 pub mod registry;
 mod run;
@@ -13,28 +16,44 @@ mod sandboxes;
 mod session;
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
 use ak_core::{Backend, BackendKind, BackendProbe};
 
 pub use crate::audit::{AuditEntry, AuditLog, Outcome};
+pub use crate::caller::{Caller, CallerPolicy};
 pub use crate::components::ComponentTimes;
-pub use crate::error::ServiceError;
+pub use crate::error::{ErrorClass, ServiceError};
+pub use crate::expiry::MAX_TTL;
 pub use crate::registry::{Registry, SandboxRecord};
-pub use crate::run::settle_image;
+pub use crate::run::{Placement, settle_image};
 pub use crate::session::{CommandSession, RunOutcome, connect_agent};
 
 /// The service: the registered backends, the registry of named sandboxes, and the
-/// operations on them.
+/// operations on them. One per process; every operation names its [`Caller`].
 #[derive(Debug)]
 pub struct Service {
     backends: BTreeMap<BackendKind, Arc<dyn Backend>>,
     registry_path: PathBuf,
     /// Opened on first use, so one-shot runs never pay for the database.
     registry: OnceLock<Result<Registry, String>>,
-    /// Who the audit log names as the caller (`cli`, `api`, `mcp`).
-    audit_source: &'static str,
+    /// What remote callers may ask for.
+    policy: CallerPolicy,
+    /// Warm pools, in hosts that keep them (the daemon, `serve`).
+    pools: Option<Arc<pool::Pools>>,
+    /// One-shot sandboxes being set up at once; sized apart from the async workers, which
+    /// never do the set-up themselves in a long-lived host (see `offload_blocking`).
+    setups: tokio::sync::Semaphore,
+    /// Whether backend work (clone, mounts, cgroup writes) runs on blocking threads, so that
+    /// a burst of set-ups cannot stall the async workers (`/health` keeps answering).
+    /// Long-lived hosts turn it on; a one-shot CLI run does the work inline (no thread hop).
+    offload_blocking: bool,
+    /// Commands started detached, held until they end or their sandbox goes.
+    detached: detached::Detached,
+    /// Output held for callers at once, across every request of this service.
+    output_budget: Arc<output::ByteBudget>,
 }
 
 impl Service {
@@ -45,14 +64,103 @@ impl Service {
             backends: backends.into_iter().map(|b| (b.kind(), b)).collect(),
             registry_path,
             registry: OnceLock::new(),
-            audit_source: "cli",
+            policy: CallerPolicy::host_default(),
+            pools: None,
+            setups: tokio::sync::Semaphore::new(default_setup_limit()),
+            offload_blocking: false,
+            detached: detached::Detached::default(),
+            output_budget: Arc::new(output::ByteBudget::new(output::SERVICE_OUTPUT_BUDGET)),
         }
     }
 
-    /// The same service, naming `source` as the caller in the audit log.
-    pub fn with_audit_source(mut self, source: &'static str) -> Self {
-        self.audit_source = source;
+    /// The same service with `policy` for remote callers.
+    pub fn with_policy(mut self, policy: CallerPolicy) -> Self {
+        self.policy = policy;
         self
+    }
+
+    /// The same service as a long-lived host runs it: warm pools of `config` serve pooled
+    /// runs, and backend work runs on blocking threads.
+    pub fn serving(mut self, config: pool::PoolConfig) -> Self {
+        self.pools = Some(Arc::new(pool::Pools::new(config)));
+        self.offload_blocking = true;
+        self
+    }
+
+    /// The same service with at most `limit` one-shot set-ups at once (at least one).
+    pub fn with_setup_limit(mut self, limit: usize) -> Self {
+        self.setups = tokio::sync::Semaphore::new(limit.max(1));
+        self
+    }
+
+    /// The same service holding at most `bytes` of command output for callers at once.
+    pub fn with_output_budget(mut self, bytes: usize) -> Self {
+        self.output_budget = Arc::new(output::ByteBudget::new(bytes));
+        self
+    }
+
+    /// The warm pools, when this host keeps them.
+    pub fn pools(&self) -> Option<&Arc<pool::Pools>> {
+        self.pools.as_ref()
+    }
+
+    /// The caller policy.
+    pub fn policy(&self) -> &CallerPolicy {
+        &self.policy
+    }
+
+    /// Runs `work` where backend work belongs: on a blocking thread in a long-lived host
+    /// (it makes system calls that block: clone, mounts, cgroup writes, waits), inline
+    /// otherwise.
+    pub(crate) async fn offload<T, F>(&self, work: F) -> Result<T, ServiceError>
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+    {
+        if !self.offload_blocking {
+            return Ok(work.await);
+        }
+        let runtime = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || runtime.block_on(work))
+            .await
+            .map_err(|e| ServiceError::State(format!("a blocking task failed: {e}")))
+    }
+
+    /// Keeps pools topped up, releases used sandboxes and removes expired ones until the
+    /// returned task is aborted or `stop` is notified (between passes, never inside one:
+    /// a pass cut off mid-way could leave a sandbox half built that nobody releases).
+    pub async fn maintain_until(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        reap_every: std::time::Duration,
+        stop: Arc<tokio::sync::Notify>,
+    ) {
+        let mut tick = tokio::time::interval(every);
+        let mut last_reap = std::time::Instant::now();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.notified() => break,
+            }
+            if let Some(pools) = &self.pools {
+                pools.maintain(&self).await;
+            }
+            if last_reap.elapsed() >= reap_every {
+                last_reap = std::time::Instant::now();
+                for name in self.reap_expired().await {
+                    tracing::info!(%name, "removed the sandbox: its time to live ran out");
+                }
+            }
+        }
+    }
+
+    /// Ends what a long-lived host holds: detached commands, then the pools (handed-out
+    /// sandboxes get `grace` to finish).
+    pub async fn shutdown(&self, grace: std::time::Duration) {
+        self.detached.kill_all().await;
+        if let Some(pools) = &self.pools {
+            pools.shutdown(grace).await;
+        }
     }
 
     /// The audit log beside the registry.
@@ -64,12 +172,13 @@ impl Service {
     /// process's log rather than failing the operation it describes, which already happened.
     pub fn record_audit(
         &self,
+        caller: Caller,
         action: &str,
         sandbox: Option<&str>,
         outcome: Outcome,
         detail: Option<String>,
     ) {
-        let entry = AuditEntry::new(self.audit_source, action, sandbox, outcome, detail);
+        let entry = AuditEntry::new(caller.as_str(), action, sandbox, outcome, detail);
         let written = self.audit_log().and_then(|log| {
             log.append(&entry)
                 .map_err(|e| ServiceError::State(e.to_string()))
@@ -82,13 +191,14 @@ impl Service {
     /// Records how `result` of `action` ended and passes it on.
     pub(crate) fn audited<T>(
         &self,
+        caller: Caller,
         action: &str,
         sandbox: Option<&str>,
         detail: Option<String>,
         result: Result<T, ServiceError>,
     ) -> Result<T, ServiceError> {
         match &result {
-            Ok(_) => self.record_audit(action, sandbox, Outcome::Ok, detail),
+            Ok(_) => self.record_audit(caller, action, sandbox, Outcome::Ok, detail),
             Err(error) => {
                 let outcome = if error.is_refusal() {
                     Outcome::Refused
@@ -99,7 +209,7 @@ impl Service {
                     Some(detail) => format!("{detail}: {error}"),
                     None => error.to_string(),
                 };
-                self.record_audit(action, sandbox, outcome, Some(detail));
+                self.record_audit(caller, action, sandbox, outcome, Some(detail));
             }
         }
         result
@@ -158,4 +268,12 @@ impl Service {
             })
             .collect()
     }
+}
+
+/// One-shot set-ups at once by default: one per CPU. Setting a sandbox up is CPU work, much
+/// of it in the kernel, and more at once only makes each slower: with 64 clients on two
+/// cores, 40 runs/s unlimited, 62 with twice the CPUs, 120 with one per CPU (see
+/// docs/benchmarks.md). Further requests wait their turn, in order.
+fn default_setup_limit() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get())
 }

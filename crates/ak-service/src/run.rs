@@ -4,28 +4,44 @@
 use ak_core::backend::Lifetime;
 use ak_core::{ExecSpec, SandboxSpec};
 
-use crate::Service;
 use crate::error::ServiceError;
+use crate::pool::pool_key;
 use crate::sandboxes::command_line;
-use crate::session::CommandSession;
+use crate::session::{CommandSession, Owned};
+use crate::{Caller, Service};
+
+/// Where a one-shot run's sandbox comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Placement {
+    /// Built for this run.
+    Fresh,
+    /// A never-used spare from this host's warm pools when it keeps them and the sandbox
+    /// can be prepared ahead; else built for this run.
+    Pooled,
+}
 
 impl Service {
-    /// Starts `exec` in a fresh sandbox described by `spec`; the sandbox's timeout applies
-    /// to the command.
+    /// Starts `exec` in a one-shot sandbox described by `spec`, which the session releases
+    /// when the command ends (or when the session is dropped); the sandbox's timeout
+    /// applies to the command.
     pub async fn start_run(
         &self,
+        caller: Caller,
         spec: &SandboxSpec,
         exec: ExecSpec,
+        placement: Placement,
     ) -> Result<CommandSession, ServiceError> {
         let detail = command_line(&exec.argv);
-        let result = self.start_run_unaudited(spec, exec).await;
-        self.audited("run", None, Some(detail), result)
+        let result = self.start_run_unaudited(caller, spec, exec, placement).await;
+        self.audited(caller, "run", None, Some(detail), result)
     }
 
     async fn start_run_unaudited(
         &self,
+        caller: Caller,
         spec: &SandboxSpec,
         mut exec: ExecSpec,
+        placement: Placement,
     ) -> Result<CommandSession, ServiceError> {
         if exec.argv.is_empty() {
             return Err(ServiceError::EmptyCommand);
@@ -33,41 +49,82 @@ impl Service {
         let mut spec = spec.clone();
         settle_image(&mut spec, Some(&exec.argv));
         let spec = &spec;
-        let backend = self.backend(spec.backend)?;
+        self.policy.admit(caller, spec)?;
+        let backend = self.backend(spec.backend)?.clone();
         with_spec_timeout(spec, &mut exec);
+        // Only the set-up takes a turn: the command then runs without holding one.
+        let turn = self
+            .setups
+            .acquire()
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("sandbox set-up queue: {e}")))?;
         let begun = std::time::Instant::now();
-        let mut sandbox = backend.create(spec, Lifetime::Ephemeral).await?;
-        tracing::debug!(elapsed = ?begun.elapsed(), "sandbox created");
-        let transport = match sandbox.connect().await {
-            Ok(transport) => transport,
-            Err(error) => {
-                let _ = sandbox.destroy().await;
-                return Err(error.into());
+        if placement == Placement::Pooled
+            && let Some(pools) = &self.pools
+            && pool_key(spec).is_some()
+        {
+            match pools.take(self, spec).await {
+                Ok(taken) => {
+                    drop(turn);
+                    // Spares start without any caller's environment; the spec's goes
+                    // with the command.
+                    with_spec_env(spec, &mut exec);
+                    let owned = Owned::new(taken.sandbox, Some(taken.slot), self.offload_blocking);
+                    return self.connect_owned(owned, exec).await;
+                }
+                // A full pool (or one that cannot build) must not fail the run: a fresh
+                // sandbox is what the run would get without a pool.
+                Err(error) => tracing::debug!("warm pool unavailable, making a sandbox: {error}"),
             }
-        };
-        let session = CommandSession::start(transport, exec, Some(sandbox)).await;
+        }
+        let owned_spec = spec.clone();
+        let sandbox = self
+            .offload(async move { backend.create(&owned_spec, Lifetime::Ephemeral).await })
+            .await??;
+        drop(turn);
+        tracing::debug!(elapsed = ?begun.elapsed(), "sandbox created");
+        let session = self
+            .connect_owned(Owned::new(sandbox, None, self.offload_blocking), exec)
+            .await;
         tracing::debug!(elapsed = ?begun.elapsed(), "command sent to the agent");
         session
     }
-}
 
-impl Service {
-    /// Starts `exec` in a never-used pool sandbox for `spec`, reached over `transport`
-    /// (handed out by the daemon). Pool sandboxes start without any caller's environment or
-    /// timeout, so the spec's go with the command.
-    pub async fn start_pooled(
+    /// Connects to an owned sandbox's agent and starts `exec`; the sandbox is released if
+    /// that fails.
+    async fn connect_owned(
         &self,
+        mut owned: Owned,
+        exec: ExecSpec,
+    ) -> Result<CommandSession, ServiceError> {
+        let transport = owned.connect().await?;
+        CommandSession::start(transport, exec, Some(owned)).await
+    }
+
+    /// Starts `exec` in a never-used pool sandbox for `spec`, reached over `transport`
+    /// that the daemon handed to this process (the sandbox stays the daemon's, which
+    /// releases it once the connection closes). The same action as [`Service::start_run`]
+    /// over another transport: the command's data never passes through the daemon.
+    pub async fn start_handed_out(
+        &self,
+        caller: Caller,
         transport: Box<dyn ak_core::Transport>,
         spec: &SandboxSpec,
         mut exec: ExecSpec,
     ) -> Result<CommandSession, ServiceError> {
         with_spec_timeout(spec, &mut exec);
-        let command_env = std::mem::take(&mut exec.env);
-        exec.env = spec.env.iter().cloned().chain(command_env).collect();
+        with_spec_env(spec, &mut exec);
         let detail = command_line(&exec.argv);
         let result = CommandSession::over(transport, exec).await;
-        self.audited("run", None, Some(detail), result)
+        self.audited(caller, "run", None, Some(detail), result)
     }
+}
+
+/// Pool sandboxes start without any caller's environment, so the spec's goes with the
+/// command (the command's own entries win).
+fn with_spec_env(spec: &SandboxSpec, exec: &mut ExecSpec) {
+    let command_env = std::mem::take(&mut exec.env);
+    exec.env = spec.env.iter().cloned().chain(command_env).collect();
 }
 
 /// Makes an `auto` image concrete: by the command's program, else by the project files

@@ -13,8 +13,8 @@ use ak_core::{BackendError, ExecSpec, Mount, SandboxSpec, SandboxState};
 use ak_protocol::AgentClient;
 use rustix::fs::{FlockOperation, flock};
 
-use crate::Service;
 use crate::error::ServiceError;
+use crate::{Caller, Service};
 use crate::registry::{RegistryError, SandboxRecord, now_unix};
 use crate::session::{CommandSession, connect_agent};
 
@@ -111,7 +111,7 @@ impl Service {
         let workdir_host = match dir {
             Some(dir) => dir
                 .canonicalize()
-                .map_err(|e| ServiceError::InvalidInput(format!("--dir {}: {e}", dir.display())))?,
+                .map_err(|e| ServiceError::InvalidInput(format!("workdir {}: {e}", dir.display())))?,
             None => {
                 self.make_traversable()?;
                 let host = self.host_dir_of(&spec.id)?.join("workspace");
@@ -216,9 +216,7 @@ impl Service {
                 return Err(ServiceError::WrongState {
                     name: name.to_string(),
                     state: record.state,
-                    hint: format!(
-                        "stop it first (agentkernel stop {name}) or remove it with --force"
-                    ),
+                    hint: "stop it first, or remove it forcibly".into(),
                 });
             }
             self.release_record(&record).await?;
@@ -288,7 +286,7 @@ impl Service {
                 return Err(ServiceError::WrongState {
                     name: name.to_string(),
                     state: SandboxState::Failed,
-                    hint: format!("it stopped unexpectedly; remove it (agentkernel remove {name})"),
+                    hint: "it stopped unexpectedly; remove it".into(),
                 });
             }
             Err(e) => return Err(e),
@@ -366,55 +364,86 @@ impl Service {
     /// directory the workdir instead, mounted at the same path.
     pub async fn create_named(
         &self,
+        caller: Caller,
         name: &str,
         spec: SandboxSpec,
         dir: Option<&Path>,
     ) -> Result<SandboxRecord, ServiceError> {
-        let result = self.create_unaudited(name, spec, dir).await;
-        self.audited("create", Some(name), None, result)
+        let result = async {
+            self.policy.admit_dir(caller, dir)?;
+            self.policy.admit(caller, &spec)?;
+            self.create_unaudited(name, spec, dir).await
+        }
+        .await;
+        self.audited(caller, "create", Some(name), None, result)
     }
 
     /// Starts a stopped sandbox.
-    pub async fn start_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
+    pub async fn start_named(
+        &self,
+        caller: Caller,
+        name: &str,
+    ) -> Result<SandboxRecord, ServiceError> {
         let result = self.start_unaudited(name).await;
-        self.audited("start", Some(name), None, result)
+        self.audited(caller, "start", Some(name), None, result)
     }
 
-    /// Stops a running sandbox: every process ends; the workdir stays.
-    pub async fn stop_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
+    /// Stops a running sandbox: every process ends (detached commands too); the workdir
+    /// stays.
+    pub async fn stop_named(
+        &self,
+        caller: Caller,
+        name: &str,
+    ) -> Result<SandboxRecord, ServiceError> {
         let result = self.stop_unaudited(name).await;
-        self.audited("stop", Some(name), None, result)
+        if result.is_ok() {
+            self.detached.forget_sandbox(name).await;
+        }
+        self.audited(caller, "stop", Some(name), None, result)
     }
 
-    /// Removes a stopped or failed sandbox (`force` stops a running one first) and its
-    /// service-owned workdir.
-    pub async fn remove_named(&self, name: &str, force: bool) -> Result<(), ServiceError> {
+    /// Removes a stopped or failed sandbox (`force` stops a running one first), its
+    /// detached commands and its service-owned workdir. Every removal path (CLI, HTTP,
+    /// MCP, TTL) comes through here.
+    pub async fn remove_named(
+        &self,
+        caller: Caller,
+        name: &str,
+        force: bool,
+    ) -> Result<(), ServiceError> {
         let result = self.remove_unaudited(name, force).await;
-        self.audited("remove", Some(name), None, result)
+        if result.is_ok() {
+            self.detached.forget_sandbox(name).await;
+        }
+        self.audited(caller, "remove", Some(name), None, result)
     }
 
-    /// Starts a command in a running sandbox. The session ends without stopping it.
+    /// Starts a command in a running sandbox. The session ends without stopping it;
+    /// dropping the session closes its connection, which ends the command.
     pub async fn exec_named(
         &self,
+        caller: Caller,
         name: &str,
         exec: ExecSpec,
     ) -> Result<CommandSession, ServiceError> {
         let detail = command_line(&exec.argv);
         let result = self.exec_unaudited(name, exec).await;
-        self.audited("exec", Some(name), Some(detail), result)
+        self.audited(caller, "exec", Some(name), Some(detail), result)
     }
 
-    /// [`Service::exec_named`] over a connection to the sandbox's agent that someone else
-    /// opened (the daemon, through [`Service::connect_named`]).
+    /// [`Service::exec_named`] over a connection to the sandbox's agent that the daemon
+    /// opened and handed to this process ([`Service::connect_named`]): the same action
+    /// over another transport.
     pub async fn exec_named_over(
         &self,
+        caller: Caller,
         name: &str,
         transport: Box<dyn Transport>,
         exec: ExecSpec,
     ) -> Result<CommandSession, ServiceError> {
         let detail = command_line(&exec.argv);
         let result = CommandSession::over(transport, exec).await;
-        self.audited("exec", Some(name), Some(detail), result)
+        self.audited(caller, "exec", Some(name), Some(detail), result)
     }
 }
 
@@ -453,20 +482,19 @@ fn require(
     if allowed.contains(&record.state) {
         return Ok(());
     }
-    let name = &record.name;
     let hint = match (record.state, action) {
         (SandboxState::Running, "start") => "it is already running".to_string(),
         (SandboxState::Stopped, "stop") => "it is already stopped".to_string(),
-        (SandboxState::Stopped, _) => format!("start it first (agentkernel start {name})"),
+        (SandboxState::Stopped, _) => "start it first".to_string(),
         (SandboxState::Failed, _) => format!(
-            "it failed ({}); remove it (agentkernel remove {name})",
+            "it failed ({}); remove it",
             record.error.as_deref().unwrap_or("unknown reason")
         ),
-        (SandboxState::Running, _) => format!("stop it first (agentkernel stop {name})"),
+        (SandboxState::Running, _) => "stop it first".to_string(),
         _ => format!("it is {}", record.state),
     };
     Err(ServiceError::WrongState {
-        name: name.clone(),
+        name: record.name.clone(),
         state: record.state,
         hint: format!("cannot {action}: {hint}"),
     })

@@ -1,6 +1,7 @@
 //! A command running in a sandbox, as every front end consumes it: events to stream,
 //! control to send input and signals, and an end that releases what the session owns.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use ak_core::backend::SandboxUsage;
@@ -10,6 +11,93 @@ use ak_protocol::{AgentClient, ExecControl, ExecEvent, ExecHandle};
 use tokio::time::Instant;
 
 use crate::error::ServiceError;
+use crate::output::{ByteBudget, Capture};
+use crate::pool::Slot;
+
+/// A one-shot sandbox a session owns: released when the session finishes, and also when
+/// it is dropped half-way (a client that went away), so a one-shot sandbox never outlives
+/// its command.
+#[derive(Debug)]
+pub(crate) struct Owned {
+    sandbox: Option<Box<dyn Sandbox>>,
+    /// The pool room it takes, when it came from a pool: given back once it is released.
+    slot: Option<Slot>,
+    offload: bool,
+}
+
+impl Owned {
+    pub(crate) fn new(sandbox: Box<dyn Sandbox>, slot: Option<Slot>, offload: bool) -> Owned {
+        Owned {
+            sandbox: Some(sandbox),
+            slot,
+            offload,
+        }
+    }
+
+    /// A connection to the sandbox's agent.
+    pub(crate) async fn connect(&mut self) -> Result<Box<dyn ak_core::Transport>, ServiceError> {
+        match self.sandbox.as_mut() {
+            Some(sandbox) => Ok(sandbox.connect().await?),
+            None => Err(ServiceError::State("the sandbox was already released".into())),
+        }
+    }
+
+    /// Destroys the sandbox (on a blocking thread when the service offloads) and reports
+    /// what it used.
+    async fn release(&mut self) -> Result<SandboxUsage, ServiceError> {
+        let Some(mut sandbox) = self.sandbox.take() else {
+            return Ok(SandboxUsage::default());
+        };
+        let usage = if self.offload {
+            let runtime = tokio::runtime::Handle::current();
+            tokio::task::spawn_blocking(move || runtime.block_on(sandbox.destroy()))
+                .await
+                .map_err(|e| ServiceError::State(format!("releasing a sandbox: {e}")))??
+        } else {
+            sandbox.destroy().await?
+        };
+        drop(self.slot.take());
+        Ok(usage)
+    }
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        let (Some(mut sandbox), Ok(runtime)) =
+            (self.sandbox.take(), tokio::runtime::Handle::try_current())
+        else {
+            // No runtime to release it on: the sandbox's own drop releases what it can.
+            return;
+        };
+        let slot = self.slot.take();
+        runtime.spawn(async move {
+            if let Err(e) = sandbox.destroy().await {
+                tracing::warn!(id = sandbox.id(), "releasing an abandoned sandbox: {e}");
+            }
+            drop(slot);
+        });
+    }
+}
+
+/// A finished command's output and how it ended, as [`CommandSession::collect`] gathers it.
+#[derive(Debug)]
+pub struct Collected {
+    pub stdout: Capture,
+    pub stderr: Capture,
+    /// The shell's exit code: the command's own, 128+N for a signal, 124 for a timeout,
+    /// 127/126 for a command that could not be started.
+    pub exit_code: i32,
+    pub timed_out: bool,
+}
+
+impl Collected {
+    pub fn truncated(&self) -> bool {
+        self.stdout.truncated() || self.stderr.truncated()
+    }
+}
+
+/// Exit code of a command that ran past its timeout (as `timeout(1)` and the CLI).
+pub const TIMED_OUT_CODE: i32 = 124;
 
 /// Time the agent gets to kill a timed-out command itself before the service ends the
 /// whole sandbox.
@@ -39,7 +127,7 @@ pub struct RunOutcome {
 /// running.
 #[derive(Debug)]
 pub struct CommandSession {
-    owned: Option<Box<dyn Sandbox>>,
+    owned: Option<Owned>,
     // Kept so the connection outlives the exec handle.
     _client: AgentClient,
     exec: ExecHandle,
@@ -56,7 +144,7 @@ impl CommandSession {
     pub(crate) async fn start(
         transport: Box<dyn ak_core::Transport>,
         exec: ExecSpec,
-        mut owned: Option<Box<dyn Sandbox>>,
+        mut owned: Option<Owned>,
     ) -> Result<CommandSession, ServiceError> {
         let deadline = exec
             .timeout_ms
@@ -79,8 +167,8 @@ impl CommandSession {
                 usage: None,
             }),
             Err(error) => {
-                if let Some(mut sandbox) = owned.take()
-                    && let Err(e) = sandbox.destroy().await
+                if let Some(mut owned) = owned.take()
+                    && let Err(e) = owned.release().await
                 {
                     tracing::warn!("cannot release the sandbox after a failed start: {e}");
                 }
@@ -110,12 +198,12 @@ impl CommandSession {
             return Ok(None);
         }
         let event = match (self.deadline, self.owned.as_mut()) {
-            (Some(deadline), Some(sandbox)) => {
+            (Some(deadline), Some(owned)) => {
                 match tokio::time::timeout_at(deadline, self.exec.next_event()).await {
                     Ok(event) => event?,
                     Err(_) => {
                         tracing::warn!("the command outlived its timeout; ending the sandbox");
-                        self.usage = Some(sandbox.destroy().await?);
+                        self.usage = Some(owned.release().await?);
                         Some(ExecEvent::Exited {
                             status: ExitStatus::Signal(SIGKILL),
                             timed_out: true,
@@ -135,7 +223,7 @@ impl CommandSession {
     pub async fn finish(mut self) -> Result<RunOutcome, ServiceError> {
         let usage = match (self.usage.take(), self.owned.as_mut()) {
             (Some(usage), _) => usage,
-            (None, Some(sandbox)) => sandbox.destroy().await?,
+            (None, Some(owned)) => owned.release().await?,
             (None, None) => SandboxUsage::default(),
         };
         let (status, timed_out) = self.ended.ok_or_else(|| {
@@ -148,5 +236,56 @@ impl CommandSession {
             timed_out,
             usage,
         })
+    }
+}
+
+impl CommandSession {
+    /// Runs the command to its end and gathers its output into captures drawing on
+    /// `budgets`. A command that could not be started (not found, not executable) is
+    /// reported as a shell would: exit code 127 or 126 and the reason on stderr.
+    pub async fn collect(mut self, budgets: Vec<Arc<ByteBudget>>) -> Result<Collected, ServiceError> {
+        let mut stdout = Capture::new(budgets.clone());
+        let mut stderr = Capture::new(budgets);
+        loop {
+            match self.next_event().await {
+                Ok(Some(ExecEvent::Stdout(data))) => stdout.push(&data),
+                Ok(Some(ExecEvent::Stderr(data))) => stderr.push(&data),
+                Ok(Some(ExecEvent::Started { .. })) => {}
+                Ok(Some(ExecEvent::Exited { .. }) | None) => break,
+                Err(error) => {
+                    let code = error.spawn_failure_code();
+                    let _ = self.finish().await;
+                    let Some(exit_code) = code else {
+                        return Err(error);
+                    };
+                    stderr.push(format!("{error}\n").as_bytes());
+                    return Ok(Collected {
+                        stdout,
+                        stderr,
+                        exit_code,
+                        timed_out: false,
+                    });
+                }
+            }
+        }
+        let outcome = self.finish().await?;
+        Ok(Collected {
+            stdout,
+            stderr,
+            exit_code: outcome.exit_code(),
+            timed_out: outcome.timed_out,
+        })
+    }
+}
+
+impl RunOutcome {
+    /// The shell's exit code for this end: 124 for a timeout, else the command's own (or
+    /// 128+N for a signal).
+    pub fn exit_code(&self) -> i32 {
+        if self.timed_out {
+            TIMED_OUT_CODE
+        } else {
+            self.status.shell_code()
+        }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ak_core::backend::Lifetime;
@@ -49,6 +49,12 @@ pub struct PoolStatus {
     pub misses: u64,
     /// Mean time to hand a sandbox out, in milliseconds.
     pub average_handout_ms: f64,
+    /// Why the last spare could not be built, while the pool backs off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// When the pool tries to build a spare again, in milliseconds from now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_in_ms: Option<u64>,
 }
 
 /// A sandbox handed out: the connection to its agent and its id.
@@ -63,7 +69,16 @@ pub struct HandedOut {
 struct Pool {
     template: Option<SandboxSpec>,
     spares: VecDeque<Box<dyn Sandbox>>,
+    /// Handed out to another process (the daemon's CLI clients): released once their
+    /// agent has exited.
     in_use: Vec<Box<dyn Sandbox>>,
+    /// Taken by a command session in this process, which releases it (see [`Slot`]).
+    taken: usize,
+    /// Failures to build a spare in a row, and when to try again: a pool that cannot
+    /// build (an image that cannot be used) backs off instead of retrying at full speed.
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
     /// Sandboxes being built for this pool right now: they count against `max_total`
     /// from the moment the decision to build them is taken.
     building: usize,
@@ -96,6 +111,42 @@ impl Drop for Reservation<'_> {
             pool.building = pool.building.saturating_sub(1);
         }
     }
+}
+
+/// Room that a sandbox taken by a command session of this process holds in its pool,
+/// counted against `max_total` until the session has released the sandbox.
+#[derive(Debug)]
+pub struct Slot {
+    pools: Arc<Pools>,
+    key: String,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(pool) = lock(&self.pools.pools).get_mut(&self.key) {
+            pool.taken = pool.taken.saturating_sub(1);
+        }
+        self.pools.released.notify_waiters();
+    }
+}
+
+/// A never-used sandbox taken from a pool by this process; see [`Pools::take`].
+#[derive(Debug)]
+pub struct Taken {
+    pub sandbox: Box<dyn Sandbox>,
+    pub slot: Slot,
+    pub hit: bool,
+}
+
+/// The first wait after a pool failed to build a spare; it doubles with each failure in a
+/// row, up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(500);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+fn backoff(failures: u32) -> Duration {
+    FIRST_BACKOFF
+        .saturating_mul(1 << failures.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
 }
 
 /// Where sandboxes with host mounts are counted: built per caller, never kept as spares.
@@ -156,7 +207,7 @@ impl Pools {
     fn total(pools: &HashMap<String, Pool>) -> usize {
         pools
             .values()
-            .map(|p| p.spares.len() + p.in_use.len() + p.building)
+            .map(|p| p.spares.len() + p.in_use.len() + p.taken + p.building)
             .sum()
     }
 
@@ -185,7 +236,7 @@ impl Pools {
                 return Ok(reservation);
             }
             if tokio::time::timeout_at(deadline, released).await.is_err() {
-                return Err(ServiceError::State(format!(
+                return Err(ServiceError::Unavailable(format!(
                     "all {} pool sandboxes stayed in use for {}s; try again later or raise [daemon] max_total",
                     self.config.max_total,
                     CAPACITY_WAIT.as_secs()
@@ -194,15 +245,14 @@ impl Pools {
         }
     }
 
-    /// Hands out a never-used sandbox for `spec`: a spare when one is ready (a hit), else
-    /// a new one (a miss). The pool learns `spec` and keeps spares for it from now on,
-    /// unless it has host mounts (see [`ONE_OFF_POOL`]).
-    pub async fn acquire(
+    /// A never-used sandbox for `spec`: a spare when one is ready (a hit), else a new one
+    /// (a miss), with the room it takes reserved. The pool learns `spec` and keeps spares
+    /// for it from now on, unless it has host mounts (see [`ONE_OFF_POOL`]).
+    async fn obtain(
         &self,
         service: &Service,
         spec: &SandboxSpec,
-    ) -> Result<HandedOut, ServiceError> {
-        let started = Instant::now();
+    ) -> Result<(String, Box<dyn Sandbox>, bool, Option<Reservation<'_>>), ServiceError> {
         let mut spec = spec.clone();
         crate::run::settle_image(&mut spec, None);
         let spec = &spec;
@@ -221,34 +271,77 @@ impl Pools {
         } else {
             None
         };
-        let hit = spare.is_some();
-        // A reservation for a sandbox built here lasts until it is counted in `in_use`.
-        let (mut sandbox, _reservation) = match spare {
-            Some(sandbox) => (sandbox, None),
+        match spare {
+            Some(sandbox) => Ok((key, sandbox, true, None)),
             None => {
                 let reservation = self.reserve(&key).await?;
+                let backend = service.backend(spec.backend)?.clone();
+                let fresh_spec = fresh(spec);
                 let sandbox = service
-                    .backend(spec.backend)?
-                    .create(&fresh(spec), Lifetime::Ephemeral)
-                    .await?;
+                    .offload(async move {
+                        backend
+                            .create(&fresh_spec, Lifetime::Ephemeral)
+                            .await
+                    })
+                    .await??;
                 lock(&self.pools).entry(key.clone()).or_default().created += 1;
-                (sandbox, Some(reservation))
+                Ok((key, sandbox, false, Some(reservation)))
             }
-        };
-        let transport = sandbox.take_transport_fd()?;
-        let sandbox_id = sandbox.id().to_string();
+        }
+    }
+
+    fn count_handout(&self, key: &str, hit: bool, started: Instant) -> std::sync::MutexGuard<'_, HashMap<String, Pool>> {
         let mut pools = lock(&self.pools);
-        let pool = pools.entry(key).or_default();
-        pool.in_use.push(sandbox);
+        let pool = pools.entry(key.to_string()).or_default();
         if hit {
             pool.hits += 1;
         } else {
             pool.misses += 1;
         }
         pool.handout_total += started.elapsed();
+        pools
+    }
+
+    /// Hands out a never-used sandbox for `spec` to another process: the connection to
+    /// its agent goes with it; the pool keeps the sandbox and releases it once its agent
+    /// has exited (the other process closed the connection).
+    pub async fn acquire(
+        &self,
+        service: &Service,
+        spec: &SandboxSpec,
+    ) -> Result<HandedOut, ServiceError> {
+        let started = Instant::now();
+        // A reservation for a sandbox built here lasts until it is counted in `in_use`.
+        let (key, mut sandbox, hit, _reservation) = self.obtain(service, spec).await?;
+        let transport = sandbox.take_transport_fd()?;
+        let sandbox_id = sandbox.id().to_string();
+        let mut pools = self.count_handout(&key, hit, started);
+        pools.entry(key).or_default().in_use.push(sandbox);
         Ok(HandedOut {
             sandbox_id,
             transport,
+            hit,
+        })
+    }
+
+    /// Takes a never-used sandbox for `spec` for a command session of this process, which
+    /// owns it from now on and releases it when its command ends.
+    pub async fn take(
+        self: &Arc<Self>,
+        service: &Service,
+        spec: &SandboxSpec,
+    ) -> Result<Taken, ServiceError> {
+        let started = Instant::now();
+        let (key, sandbox, hit, _reservation) = self.obtain(service, spec).await?;
+        let mut pools = self.count_handout(&key, hit, started);
+        pools.entry(key.clone()).or_default().taken += 1;
+        drop(pools);
+        Ok(Taken {
+            sandbox,
+            slot: Slot {
+                pools: self.clone(),
+                key,
+            },
             hit,
         })
     }
@@ -280,10 +373,12 @@ impl Pools {
         loop {
             let wanted = {
                 let pools = lock(&self.pools);
+                let now = Instant::now();
                 pools
                     .iter()
                     .filter(|(_, p)| {
                         p.spares.len() + p.building < self.config.min_warm.min(self.config.max_warm)
+                            && p.retry_at.is_none_or(|at| at <= now)
                     })
                     .find_map(|(key, p)| p.template.clone().map(|t| (key.clone(), t)))
             };
@@ -295,22 +390,36 @@ impl Pools {
                 return;
             };
             let created = match service.backend(template.backend) {
-                Ok(backend) => backend.create(&fresh(&template), Lifetime::Ephemeral).await,
-                Err(e) => {
-                    tracing::warn!("pool {key}: {e}");
-                    return;
+                Ok(backend) => {
+                    let (backend, spec) = (backend.clone(), fresh(&template));
+                    service
+                        .offload(async move { backend.create(&spec, Lifetime::Ephemeral).await })
+                        .await
+                        .and_then(|created| created.map_err(ServiceError::from))
                 }
+                Err(e) => Err(e),
             };
+            let mut pools = lock(&self.pools);
+            let pool = pools.entry(key.clone()).or_default();
             match created {
                 Ok(sandbox) => {
-                    let mut pools = lock(&self.pools);
-                    let pool = pools.entry(key).or_default();
                     pool.created += 1;
+                    pool.failures = 0;
+                    pool.retry_at = None;
+                    pool.last_error = None;
                     pool.spares.push_back(sandbox);
                 }
                 Err(e) => {
-                    tracing::warn!("pool {key}: cannot create a spare: {e}");
-                    return;
+                    pool.failures = pool.failures.saturating_add(1);
+                    let wait = backoff(pool.failures);
+                    pool.retry_at = Some(Instant::now() + wait);
+                    pool.last_error = Some(e.to_string());
+                    tracing::warn!(
+                        "pool {key}: cannot create a spare (failure {} in a row; next try in {wait:?}): {e}",
+                        pool.failures
+                    );
+                    // Other pools may still build.
+                    continue;
                 }
             }
         }
@@ -325,7 +434,7 @@ impl Pools {
                 PoolStatus {
                     pool: key.clone(),
                     warm: pool.spares.len(),
-                    in_use: pool.in_use.len(),
+                    in_use: pool.in_use.len() + pool.taken,
                     created: pool.created,
                     hits: pool.hits,
                     misses: pool.misses,
@@ -334,6 +443,10 @@ impl Pools {
                     } else {
                         pool.handout_total.as_secs_f64() * 1000.0 / handed as f64
                     },
+                    last_error: pool.last_error.clone(),
+                    retry_in_ms: pool.retry_at.map(|at| {
+                        at.saturating_duration_since(Instant::now()).as_millis() as u64
+                    }),
                 }
             })
             .collect();

@@ -1,0 +1,292 @@
+//! Who asks, and what they may ask for. Every service operation takes a [`Caller`]; the
+//! local user may ask for anything the host lets them, while remote callers (a token holder
+//! over HTTP, an AI agent over MCP) get what the [`CallerPolicy`] allows: no host paths,
+//! and profile, network and limits within its caps. Asking beyond a cap is refused with the
+//! setting that would allow it, never silently clamped.
+
+use std::path::Path;
+
+use ak_core::config::ApiOptions;
+use ak_core::resources::{parse_cpus, parse_memory, parse_pids};
+use ak_core::{ConfigError, ImageRef, NetworkMode, Profile, SandboxSpec};
+
+use crate::error::ServiceError;
+
+/// Who a request comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Caller {
+    /// The user at this host's CLI (also when the daemon does the work for them).
+    Local,
+    /// A holder of the API token, over HTTP.
+    Api,
+    /// An agent client over MCP.
+    Mcp,
+}
+
+impl Caller {
+    /// The caller as the audit log names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Caller::Local => "local",
+            Caller::Api => "api",
+            Caller::Mcp => "mcp",
+        }
+    }
+
+    /// Whether the caller policy applies (everyone but the local user).
+    pub fn is_remote(self) -> bool {
+        !matches!(self, Caller::Local)
+    }
+}
+
+/// What remote callers may ask for (`[api]` in the user's config file).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallerPolicy {
+    /// The least restrictive profile allowed.
+    pub max_profile: Profile,
+    /// Whether sandboxes may have outbound network.
+    pub network: bool,
+    pub max_memory_bytes: u64,
+    pub max_cpus: f64,
+    pub max_pids: u64,
+}
+
+/// The kernel's largest pid limit (`PID_MAX_LIMIT` on 64-bit).
+const KERNEL_MAX_PIDS: u64 = 4 << 20;
+
+impl CallerPolicy {
+    /// The defaults: the `moderate` profile, outbound network, and limits no larger than
+    /// this host's memory and CPUs.
+    pub fn host_default() -> CallerPolicy {
+        CallerPolicy {
+            max_profile: Profile::Moderate,
+            network: true,
+            max_memory_bytes: host_memory_bytes().unwrap_or(u64::MAX),
+            max_cpus: std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
+            max_pids: KERNEL_MAX_PIDS,
+        }
+    }
+
+    /// The policy `[api]` describes, over the host defaults; a bad value is an error.
+    pub fn from_options(options: &ApiOptions) -> Result<CallerPolicy, ConfigError> {
+        let mut policy = CallerPolicy::host_default();
+        if let Some(profile) = &options.max_profile {
+            policy.max_profile = profile.parse()?;
+        }
+        if let Some(network) = options.network {
+            policy.network = network;
+        }
+        if let Some(memory) = &options.max_memory {
+            policy.max_memory_bytes = parse_memory(memory)?;
+        }
+        if let Some(cpus) = options.max_cpus {
+            policy.max_cpus = parse_cpus(cpus)?;
+        }
+        if let Some(pids) = options.max_pids {
+            policy.max_pids = parse_pids(pids)?;
+        }
+        Ok(policy)
+    }
+
+    /// Refuses a sandbox a remote `caller` may not have; the local user passes.
+    pub fn admit(&self, caller: Caller, spec: &SandboxSpec) -> Result<(), ServiceError> {
+        if !caller.is_remote() {
+            return Ok(());
+        }
+        let refuse = |what: String| {
+            Err(ServiceError::Forbidden(format!(
+                "{} callers may not {what}",
+                caller.as_str()
+            )))
+        };
+        if let ImageRef::Directory(dir) = &spec.image {
+            return refuse(format!(
+                "use a host directory ({}) as the image",
+                dir.display()
+            ));
+        }
+        if let Some(mount) = spec.mounts.first() {
+            return refuse(format!("mount host paths ({})", mount.host.display()));
+        }
+        if looseness(spec.policy.profile) > looseness(self.max_profile) {
+            return refuse(format!(
+                "use the {} profile (allowed up to {}; set max_profile under [api] to allow it)",
+                spec.policy.profile.as_str(),
+                self.max_profile.as_str()
+            ));
+        }
+        if spec.policy.network != NetworkMode::None && !self.network {
+            return refuse(
+                "have network access (set network = true under [api] to allow it)".into(),
+            );
+        }
+        let resources = &spec.resources;
+        if resources.memory_bytes > self.max_memory_bytes {
+            return refuse(format!(
+                "ask for {} bytes of memory (at most {}; set max_memory under [api])",
+                resources.memory_bytes, self.max_memory_bytes
+            ));
+        }
+        let cpus = resources.cpus.unwrap_or(host_cpus());
+        if cpus > self.max_cpus {
+            return refuse(format!(
+                "ask for {cpus} CPUs (at most {}; set max_cpus under [api])",
+                self.max_cpus
+            ));
+        }
+        if resources.pids > self.max_pids {
+            return refuse(format!(
+                "ask for {} processes (at most {}; set max_pids under [api])",
+                resources.pids, self.max_pids
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a host directory as a named sandbox's workdir for remote callers.
+    pub fn admit_dir(&self, caller: Caller, dir: Option<&Path>) -> Result<(), ServiceError> {
+        match dir {
+            Some(dir) if caller.is_remote() => Err(ServiceError::Forbidden(format!(
+                "{} callers may not use a host directory ({}) as the workdir",
+                caller.as_str(),
+                dir.display()
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// How far a profile loosens the sandbox: higher is less restricted.
+fn looseness(profile: Profile) -> u8 {
+    match profile {
+        Profile::Restrictive => 0,
+        Profile::Moderate => 1,
+        Profile::Permissive => 2,
+    }
+}
+
+fn host_cpus() -> f64 {
+    std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64)
+}
+
+/// `MemTotal` of /proc/meminfo.
+fn host_memory_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ak_core::config::{SandboxOptions, resolve};
+
+    fn spec(options: SandboxOptions) -> SandboxSpec {
+        resolve(options, Path::new("/"), "0123456789abcdef".into()).expect("spec")
+    }
+
+    fn policy() -> CallerPolicy {
+        CallerPolicy {
+            max_profile: Profile::Moderate,
+            network: true,
+            max_memory_bytes: 1 << 30,
+            max_cpus: 2.0,
+            max_pids: 2000,
+        }
+    }
+
+    fn refusal(caller: Caller, options: SandboxOptions) -> String {
+        match policy().admit(caller, &spec(options)) {
+            Err(ServiceError::Forbidden(message)) => message,
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_local_user_may_ask_for_anything() {
+        let options = SandboxOptions {
+            image: Some("/".into()),
+            profile: Some("permissive".into()),
+            memory: Some("100G".into()),
+            ..SandboxOptions::default()
+        };
+        policy().admit(Caller::Local, &spec(options)).expect("local");
+    }
+
+    #[test]
+    fn remote_callers_get_what_the_policy_allows() {
+        policy()
+            .admit(Caller::Api, &spec(SandboxOptions::default()))
+            .expect("defaults are within the caps");
+        let host_dir = SandboxOptions {
+            image: Some("/".into()),
+            ..SandboxOptions::default()
+        };
+        assert!(refusal(Caller::Api, host_dir).contains("host directory"));
+        let permissive = SandboxOptions {
+            profile: Some("permissive".into()),
+            ..SandboxOptions::default()
+        };
+        let message = refusal(Caller::Mcp, permissive);
+        assert!(message.starts_with("mcp callers"), "{message}");
+        assert!(message.contains("max_profile under [api]"), "{message}");
+        let memory = SandboxOptions {
+            memory: Some("2G".into()),
+            ..SandboxOptions::default()
+        };
+        assert!(refusal(Caller::Api, memory).contains("max_memory"));
+        let cpus = SandboxOptions {
+            cpus: Some(3.0),
+            ..SandboxOptions::default()
+        };
+        assert!(refusal(Caller::Api, cpus).contains("max_cpus"));
+        let pids = SandboxOptions {
+            pids: Some(2001),
+            ..SandboxOptions::default()
+        };
+        assert!(refusal(Caller::Api, pids).contains("max_pids"));
+        let mount = SandboxOptions {
+            mount_cwd: Some(true),
+            ..SandboxOptions::default()
+        };
+        assert!(refusal(Caller::Api, mount).contains("mount host paths"));
+    }
+
+    #[test]
+    fn network_can_be_denied_to_remote_callers() {
+        let policy = CallerPolicy {
+            network: false,
+            ..policy()
+        };
+        let open = spec(SandboxOptions::default());
+        assert!(policy.admit(Caller::Api, &open).is_err());
+        let closed = spec(SandboxOptions {
+            network: Some(false),
+            ..SandboxOptions::default()
+        });
+        policy.admit(Caller::Api, &closed).expect("no network");
+    }
+
+    #[test]
+    fn bad_policy_settings_are_errors() {
+        let options = ApiOptions {
+            max_profile: Some("lenient".into()),
+            ..ApiOptions::default()
+        };
+        assert!(CallerPolicy::from_options(&options).is_err());
+        let options = ApiOptions {
+            max_memory: Some("lots".into()),
+            ..ApiOptions::default()
+        };
+        assert!(CallerPolicy::from_options(&options).is_err());
+        let options = ApiOptions {
+            max_profile: Some("restrictive".into()),
+            network: Some(false),
+            ..ApiOptions::default()
+        };
+        let policy = CallerPolicy::from_options(&options).expect("valid");
+        assert_eq!(policy.max_profile, Profile::Restrictive);
+        assert!(!policy.network);
+    }
+}
