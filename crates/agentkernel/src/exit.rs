@@ -1,7 +1,7 @@
 //! Exit codes of the CLI besides the command's own, and the one place errors are printed.
 
 use ak_protocol::ErrorKind;
-use ak_service::ServiceError;
+use ak_service::{ErrorClass, ServiceError};
 
 /// Invalid usage or input (flags, config files, names).
 pub const USAGE: i32 = 2;
@@ -17,18 +17,45 @@ pub const NOT_FOUND: i32 = 127;
 /// The exit code for a service operation that failed: one rule, whether the work was done
 /// in this process or by the daemon (which sends the code along with its message).
 pub fn code_for(error: &ServiceError) -> i32 {
-    match error {
-        ServiceError::Config(_)
-        | ServiceError::EmptyCommand
-        | ServiceError::InvalidInput(_)
-        | ServiceError::NotFound(_)
-        | ServiceError::Duplicate(_)
-        | ServiceError::WrongState { .. } => USAGE,
-        ServiceError::Command(agent) => match agent.kind {
+    // What the agent could not do is the command's failure, as a shell reports it.
+    if let ServiceError::Command(agent) = error {
+        return match agent.kind {
             ErrorKind::NotFound => NOT_FOUND,
             _ => CANNOT_EXECUTE,
+        };
+    }
+    match error.class() {
+        ErrorClass::Invalid
+        | ErrorClass::Forbidden
+        | ErrorClass::NotFound
+        | ErrorClass::Conflict
+        | ErrorClass::TooLarge => USAGE,
+        ErrorClass::Unavailable | ErrorClass::Fault => SANDBOX_FAILURE,
+    }
+}
+
+/// What the CLI user can do about `error`, in CLI terms (the service's messages name no
+/// command or flag, since other front ends show them too).
+pub fn hint_for(error: &ServiceError) -> Option<String> {
+    match error {
+        ServiceError::NotFound(_) => Some("see `agentkernel list`".into()),
+        ServiceError::WrongState { name, state, .. } => match state {
+            ak_core::SandboxState::Stopped => Some(format!("agentkernel start {name}")),
+            ak_core::SandboxState::Running => Some(format!(
+                "agentkernel stop {name}, or agentkernel remove --force {name}"
+            )),
+            ak_core::SandboxState::Failed => Some(format!("agentkernel remove {name}")),
+            _ => None,
         },
-        _ => SANDBOX_FAILURE,
+        _ => None,
+    }
+}
+
+/// `error` as the CLI prints it: the service's message with the CLI's hint.
+pub fn with_hint(error: ServiceError) -> anyhow::Error {
+    match hint_for(&error) {
+        Some(hint) => anyhow::anyhow!("{:#} ({hint})", anyhow::Error::from(error)),
+        None => error.into(),
     }
 }
 

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use ak_core::{ExecSpec, SandboxSpec};
 use ak_protocol::AgentClient;
-use ak_service::{CommandSession, SandboxRecord, Service, ServiceError};
+use ak_service::{Caller, CommandSession, SandboxRecord, Service, ServiceError};
 use anyhow::anyhow;
 
 use crate::daemon::client::{self, ClientError};
@@ -36,7 +36,7 @@ impl From<ServiceError> for Failure {
     fn from(error: ServiceError) -> Self {
         Failure {
             code: exit::code_for(&error),
-            error: error.into(),
+            error: exit::with_hint(error),
         }
     }
 }
@@ -59,7 +59,7 @@ pub async fn create(
     match ask(&request)? {
         Some(answer) => record(answer),
         None => Ok(wiring::service()
-            .create_named(name, spec, dir.as_deref())
+            .create_named(Caller::Local, name, spec, dir.as_deref())
             .await?),
     }
 }
@@ -67,14 +67,14 @@ pub async fn create(
 pub async fn start(name: &str) -> Result<SandboxRecord, Failure> {
     match ask(&Request::Start { name: name.into() })? {
         Some(answer) => record(answer),
-        None => Ok(wiring::service().start_named(name).await?),
+        None => Ok(wiring::service().start_named(Caller::Local, name).await?),
     }
 }
 
 pub async fn stop(name: &str) -> Result<SandboxRecord, Failure> {
     match ask(&Request::StopSandbox { name: name.into() })? {
         Some(answer) => record(answer),
-        None => Ok(wiring::service().stop_named(name).await?),
+        None => Ok(wiring::service().stop_named(Caller::Local, name).await?),
     }
 }
 
@@ -86,7 +86,9 @@ pub async fn remove(name: &str, force: bool) -> Result<(), Failure> {
     match ask(&request)? {
         Some((Response::Removed, _)) => Ok(()),
         Some((other, _)) => Err(refused(other)),
-        None => Ok(wiring::service().remove_named(name, force).await?),
+        None => Ok(wiring::service()
+            .remove_named(Caller::Local, name, force)
+            .await?),
     }
 }
 
@@ -112,8 +114,10 @@ pub async fn exec(
     exec: ExecSpec,
 ) -> Result<CommandSession, Failure> {
     match connection(name)? {
-        Some(fd) => Ok(service.exec_named_over(name, transport(fd)?, exec).await?),
-        None => Ok(service.exec_named(name, exec).await?),
+        Some(fd) => Ok(service
+            .exec_named_over(Caller::Local, name, transport(fd)?, exec)
+            .await?),
+        None => Ok(service.exec_named(Caller::Local, name, exec).await?),
     }
 }
 

@@ -10,7 +10,8 @@ use ak_core::config::ConfigFile;
 use ak_docker::{DockerBackend, ProgressSink, PullProgress};
 use ak_microvm::MicrovmBackend;
 use ak_native::NativeBackend;
-use ak_service::Service;
+use ak_service::pool::PoolConfig;
+use ak_service::{CallerPolicy, Service};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Environment variable naming the agent executable explicitly.
@@ -56,18 +57,31 @@ pub fn service() -> Service {
         Ok(config) => config,
         Err(e) => crate::exit::fail(crate::exit::USAGE, &e.into()),
     };
+    service_with(&config)
+}
+
+/// The service of a long-lived host (`serve`, the daemon): remote callers get the `[api]`
+/// policy, pools of `pools` serve pooled runs, and backend work stays off the async
+/// workers.
+pub fn serving_service(pools: PoolConfig) -> Result<Service, ak_core::ConfigError> {
+    let config = ConfigFile::user()?;
+    let policy = CallerPolicy::from_options(&config.api)?;
+    Ok(service_with(&config).with_policy(policy).serving(pools))
+}
+
+fn service_with(config: &ConfigFile) -> Service {
     let container = |kind: BackendKind, socket: Option<String>| {
         Arc::new(DockerBackend::new(kind, agent_path(), socket).with_pull_progress(pull_progress()))
     };
-    let microvm = match microvm_backend(&config) {
+    let microvm = match microvm_backend(config) {
         Ok(backend) => backend,
         Err(e) => crate::exit::fail(crate::exit::USAGE, &e.into()),
     };
     Service::new(
         vec![
             Arc::new(NativeBackend::new(agent_path())),
-            container(BackendKind::Docker, config.docker.socket),
-            container(BackendKind::Podman, config.podman.socket),
+            container(BackendKind::Docker, config.docker.socket.clone()),
+            container(BackendKind::Podman, config.podman.socket.clone()),
             Arc::new(microvm),
         ],
         registry_path(),

@@ -59,6 +59,7 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             .get::<Refusal>()
             .map_or_else(|| status.to_string(), |r| r.0.clone());
         state.service.record_audit(
+            ak_service::Caller::Api,
             "request",
             sandbox_of(&path),
             Outcome::Refused,

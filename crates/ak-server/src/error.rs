@@ -2,8 +2,7 @@
 //! `{"success": false, "error"}`), and the one error type of the API: each failure gets its
 //! HTTP status; real faults are logged in full and reach the client as a plain message.
 
-use ak_protocol::ErrorKind;
-use ak_service::ServiceError;
+use ak_service::{ErrorClass, ServiceError};
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -51,6 +50,9 @@ pub enum ApiError {
     /// A body or file over the limit (413).
     #[error("{0}")]
     TooLarge(String),
+    /// Not possible here or now: a backend not built or usable, capacity exhausted (503).
+    #[error("{0}")]
+    Unavailable(String),
     /// A fault of agentkernel or the host (500); the message is logged, never sent.
     #[error("{0}")]
     Internal(String),
@@ -68,6 +70,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -98,36 +101,18 @@ impl IntoResponse for ApiError {
 #[derive(Debug, Clone)]
 pub struct Refusal(pub String);
 
+/// The one mapping of a service error's class to an HTTP answer.
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         let message = error.to_string();
-        match &error {
-            ServiceError::Config(_)
-            | ServiceError::BackendNotBuilt(_)
-            | ServiceError::EmptyCommand
-            | ServiceError::InvalidInput(_) => ApiError::BadRequest(message),
-            ServiceError::NotFound(_) => ApiError::NotFound(message),
-            ServiceError::Duplicate(_) | ServiceError::WrongState { .. } => {
-                ApiError::Conflict(message)
-            }
-            ServiceError::Command(agent) => match agent.kind {
-                ErrorKind::NotFound => ApiError::NotFound(message),
-                ErrorKind::BadRequest
-                | ErrorKind::InvalidPath
-                | ErrorKind::NotADirectory
-                | ErrorKind::IsADirectory
-                | ErrorKind::SpawnFailed => ApiError::BadRequest(message),
-                ErrorKind::PermissionDenied => ApiError::Forbidden(message),
-                ErrorKind::AlreadyExists | ErrorKind::DirectoryNotEmpty => {
-                    ApiError::Conflict(message)
-                }
-                ErrorKind::TooLarge => ApiError::TooLarge(message),
-                ErrorKind::Io => ApiError::Internal(message),
-            },
-            ServiceError::Backend(_)
-            | ServiceError::Protocol(_)
-            | ServiceError::Registry(_)
-            | ServiceError::State(_) => ApiError::Internal(message),
+        match error.class() {
+            ErrorClass::Invalid => ApiError::BadRequest(message),
+            ErrorClass::Forbidden => ApiError::Forbidden(message),
+            ErrorClass::NotFound => ApiError::NotFound(message),
+            ErrorClass::Conflict => ApiError::Conflict(message),
+            ErrorClass::TooLarge => ApiError::TooLarge(message),
+            ErrorClass::Unavailable => ApiError::Unavailable(message),
+            ErrorClass::Fault => ApiError::Internal(message),
         }
     }
 }

@@ -10,6 +10,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::{Deserialize, Serialize};
 
+use ak_service::Caller;
+
 use crate::AppState;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody, ok};
@@ -43,7 +45,10 @@ pub async fn read(
 ) -> Result<Response, ApiError> {
     validate_name(&name)?;
     let max = state.config.max_body as u64;
-    let bytes = state.service.read_file_named(&name, &path, max).await?;
+    let bytes = state
+        .service
+        .read_file_named(Caller::Api, &name, &path, max)
+        .await?;
     let size = bytes.len() as u64;
     let file = match String::from_utf8(bytes) {
         Ok(text) => FileContent {
@@ -88,7 +93,7 @@ pub async fn write(
     };
     state
         .service
-        .write_file_named(&name, &path, &content)
+        .write_file_named(Caller::Api, &name, &path, &content)
         .await?;
     Ok(ok("written"))
 }
@@ -102,7 +107,10 @@ pub async fn remove(
     Path((name, path)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     validate_name(&name)?;
-    state.service.remove_file_named(&name, &path).await?;
+    state
+        .service
+        .remove_file_named(Caller::Api, &name, &path)
+        .await?;
     Ok(ok("deleted"))
 }
 
@@ -137,7 +145,7 @@ pub async fn write_many(
     for (path, content) in &request.files {
         state
             .service
-            .write_file_named(&name, path, content.as_bytes())
+            .write_file_named(Caller::Api, &name, path, content.as_bytes())
             .await?;
     }
     Ok(ok(Written {

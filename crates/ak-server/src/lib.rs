@@ -19,7 +19,6 @@ use std::sync::Arc;
 
 use ak_core::config::SandboxOptions;
 use ak_service::Service;
-use ak_service::pool::Pools;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
@@ -57,41 +56,22 @@ impl Default for ApiConfig {
     }
 }
 
-/// What every handler shares.
+/// What every handler shares: the process's one service (its pools, detached commands and
+/// budgets live there) and the API's settings. Every request reaches the service as
+/// [`ak_service::Caller::Api`].
 #[derive(Debug, Clone)]
 pub struct AppState {
     pub(crate) service: Arc<Service>,
-    /// Warm pools serving `fast` runs, when the host keeps them.
-    pub(crate) pools: Option<Arc<Pools>>,
     pub(crate) config: Arc<ApiConfig>,
-    pub(crate) detached: exec::Detached,
-    /// Sandboxes being set up at once for one-shot runs.
-    pub(crate) setups: Arc<tokio::sync::Semaphore>,
 }
 
 impl AppState {
-    pub fn new(service: Arc<Service>, pools: Option<Arc<Pools>>, config: ApiConfig) -> Self {
+    pub fn new(service: Arc<Service>, config: ApiConfig) -> Self {
         AppState {
             service,
-            pools,
             config: Arc::new(config),
-            detached: exec::Detached::default(),
-            setups: Arc::new(tokio::sync::Semaphore::new(setup_limit())),
         }
     }
-
-    /// Ends every detached command (when the server stops).
-    pub async fn shutdown(&self) {
-        self.detached.kill_all().await;
-    }
-}
-
-/// How many one-shot sandboxes are set up at once: one per CPU. Setting one up is CPU work,
-/// much of it in the kernel, and more at once only makes each slower: with 64 clients on two
-/// cores, 40 runs/s unlimited, 62 with twice the CPUs, 120 with one per CPU (see
-/// docs/benchmarks.md). Further requests wait their turn, in order.
-fn setup_limit() -> usize {
-    std::thread::available_parallelism().map_or(2, |n| n.get())
 }
 
 /// The whole API. Tests call it without a socket; `serve` binds it to TCP or a Unix socket.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use ak_core::config::{SandboxOptions, resolve};
 use ak_core::exec::ExecOptions;
 use ak_core::spec::new_sandbox_id;
-use ak_service::Service;
+use ak_service::{Caller, ErrorClass, Placement, Service, ServiceError};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rmcp::handler::server::router::tool::ToolRouter;
@@ -18,8 +18,7 @@ use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use crate::error::ApiError;
-use crate::output::collect;
+use crate::output::RunResult;
 use crate::sandboxes::SandboxInfo;
 
 /// Largest file `sandbox_file_read` returns.
@@ -85,6 +84,7 @@ impl McpServer {
     fn refuse(&self, tool: &str, sandbox: Option<&str>, error: impl std::fmt::Display) -> String {
         let message = error.to_string();
         self.service.record_audit(
+            Caller::Mcp,
             "request",
             sandbox,
             ak_service::Outcome::Refused,
@@ -94,15 +94,22 @@ impl McpServer {
     }
 }
 
-/// A tool's error text; faults are logged in full and summarised.
-fn message(error: impl Into<ApiError>) -> String {
-    match error.into() {
-        ApiError::Internal(details) => {
-            tracing::error!("MCP tool failed: {details}");
-            "internal error; agentkernel's log (stderr) has the details".into()
+/// The one mapping of a service error's class to a tool error: the class leads the text
+/// so an agent can tell a refusal from a fault; faults are logged in full and summarised.
+fn message(error: ServiceError) -> String {
+    let class = match error.class() {
+        ErrorClass::Invalid => "invalid",
+        ErrorClass::Forbidden => "forbidden",
+        ErrorClass::NotFound => "not found",
+        ErrorClass::Conflict => "conflict",
+        ErrorClass::TooLarge => "too large",
+        ErrorClass::Unavailable => "unavailable",
+        ErrorClass::Fault => {
+            tracing::error!("MCP tool failed: {error}");
+            return "internal error; agentkernel's log (stderr) has the details".into();
         }
-        other => other.to_string(),
-    }
+    };
+    format!("{class}: {error}")
 }
 
 fn json(value: impl serde::Serialize) -> Result<String, String> {
@@ -188,7 +195,7 @@ pub struct FileWriteParams {
 #[tool_router]
 impl McpServer {
     #[tool(
-        description = "Run a command in a fresh, isolated sandbox that is destroyed afterwards. Returns exit_code, stdout and stderr."
+        description = "Run a command in a fresh, isolated sandbox that is destroyed afterwards. Returns output (stdout, then stderr), exit_code, timed_out and truncated."
     )]
     async fn sandbox_run(
         &self,
@@ -214,8 +221,15 @@ impl McpServer {
                 ..SandboxOptions::default()
             },
         )?;
-        let session = self.service.start_run(&spec, exec).await.map_err(message)?;
-        json(collect(session).await.map_err(message)?)
+        let session = self
+            .service
+            .start_run(Caller::Mcp, &spec, exec, Placement::Pooled)
+            .await
+            .map_err(message)?;
+        let budgets = self.service.request_budgets();
+        json(RunResult::from(
+            session.collect(budgets).await.map_err(message)?,
+        ))
     }
 
     #[tool(
@@ -238,7 +252,7 @@ impl McpServer {
         )?;
         let record = self
             .service
-            .create_named(&params.name, spec, None)
+            .create_named(Caller::Mcp, &params.name, spec, None)
             .await
             .map_err(message)?;
         json(SandboxInfo::from(&record))
@@ -251,7 +265,7 @@ impl McpServer {
     ) -> Result<String, String> {
         let record = self
             .service
-            .start_named(&params.name)
+            .start_named(Caller::Mcp, &params.name)
             .await
             .map_err(message)?;
         json(SandboxInfo::from(&record))
@@ -264,14 +278,14 @@ impl McpServer {
     ) -> Result<String, String> {
         let record = self
             .service
-            .stop_named(&params.name)
+            .stop_named(Caller::Mcp, &params.name)
             .await
             .map_err(message)?;
         json(SandboxInfo::from(&record))
     }
 
     #[tool(
-        description = "Run a command in a running named sandbox. Returns exit_code, stdout and stderr."
+        description = "Run a command in a running named sandbox. Returns output (stdout, then stderr), exit_code, timed_out and truncated."
     )]
     async fn sandbox_exec(
         &self,
@@ -290,10 +304,13 @@ impl McpServer {
         )?;
         let session = self
             .service
-            .exec_named(&params.name, exec)
+            .exec_named(Caller::Mcp, &params.name, exec)
             .await
             .map_err(message)?;
-        json(collect(session).await.map_err(message)?)
+        let budgets = self.service.request_budgets();
+        json(RunResult::from(
+            session.collect(budgets).await.map_err(message)?,
+        ))
     }
 
     #[tool(description = "List the named sandboxes.")]
@@ -308,7 +325,7 @@ impl McpServer {
         Parameters(params): Parameters<RemoveParams>,
     ) -> Result<String, String> {
         self.service
-            .remove_named(&params.name, params.force.unwrap_or(false))
+            .remove_named(Caller::Mcp, &params.name, params.force.unwrap_or(false))
             .await
             .map_err(message)?;
         Ok(format!("removed {}", params.name))
@@ -323,7 +340,7 @@ impl McpServer {
     ) -> Result<String, String> {
         let bytes = self
             .service
-            .read_file_named(&params.name, &params.path, MAX_READ)
+            .read_file_named(Caller::Mcp, &params.name, &params.path, MAX_READ)
             .await
             .map_err(message)?;
         let size = bytes.len();
@@ -362,7 +379,7 @@ impl McpServer {
             }
         };
         self.service
-            .write_file_named(&params.name, &params.path, &content)
+            .write_file_named(Caller::Mcp, &params.name, &params.path, &content)
             .await
             .map_err(message)?;
         Ok(format!("wrote {} bytes to {}", content.len(), params.path))

@@ -1,100 +1,42 @@
-//! A finished command as the API reports it (`{output, exit_code, stdout, stderr}`), and the
-//! decoding of output bytes into text without splitting a character across two chunks.
+//! A finished command as the API reports it (`{output, exit_code, timed_out, truncated}`),
+//! and the decoding of output bytes into text without splitting a character across two
+//! chunks.
 
-use ak_protocol::{ErrorKind, ExecEvent};
-use ak_service::{CommandSession, ServiceError};
+use ak_service::Collected;
 use serde::Serialize;
 
-/// Output kept per stream of one command; the rest is dropped and `truncated` says so.
-pub const MAX_CAPTURE: usize = 8 << 20;
-/// Exit code of a command that ran past its timeout (as `timeout(1)` and the CLI).
-pub const TIMED_OUT_CODE: i32 = 124;
-
-/// What a finished command produced.
+/// What a finished command produced. The output is held once: `output` is stdout followed
+/// by stderr, what the SDKs read (separate streams come with `/run/stream`'s events).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct RunResult {
-    /// stdout, then stderr: what the SDKs show as the command's output.
+    /// stdout, then stderr.
     pub output: String,
     pub exit_code: i32,
-    pub stdout: String,
-    pub stderr: String,
     pub timed_out: bool,
-    /// Output beyond the capture limit was dropped.
+    /// Output beyond a capture limit was dropped.
     pub truncated: bool,
 }
 
-/// Runs `session` to its end and gathers its output. A command that could not be started
-/// (not found, not executable) is reported as a shell would: exit code 127 or 126 and the
-/// reason on stderr.
-pub async fn collect(mut session: CommandSession) -> Result<RunResult, ServiceError> {
-    let mut stdout = Capture::default();
-    let mut stderr = Capture::default();
-    loop {
-        match session.next_event().await {
-            Ok(Some(ExecEvent::Stdout(data))) => stdout.push(&data),
-            Ok(Some(ExecEvent::Stderr(data))) => stderr.push(&data),
-            Ok(Some(ExecEvent::Started { .. })) => {}
-            Ok(Some(ExecEvent::Exited { .. }) | None) => break,
-            Err(error) => {
-                let code = spawn_failure_code(&error);
-                let _ = session.finish().await;
-                let Some(code) = code else {
-                    return Err(error);
-                };
-                stderr.push(format!("{error}\n").as_bytes());
-                return Ok(result(stdout, stderr, code, false));
-            }
+impl From<Collected> for RunResult {
+    fn from(collected: Collected) -> Self {
+        let truncated = collected.truncated();
+        let mut bytes =
+            Vec::with_capacity(collected.stdout.bytes().len() + collected.stderr.bytes().len());
+        bytes.extend_from_slice(collected.stdout.bytes());
+        bytes.extend_from_slice(collected.stderr.bytes());
+        // The captures give their bytes back to the budgets now: only `output` remains.
+        drop(collected.stdout);
+        drop(collected.stderr);
+        let output = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(not_text) => String::from_utf8_lossy(not_text.as_bytes()).into_owned(),
+        };
+        RunResult {
+            output,
+            exit_code: collected.exit_code,
+            timed_out: collected.timed_out,
+            truncated,
         }
-    }
-    let outcome = session.finish().await?;
-    let code = if outcome.timed_out {
-        TIMED_OUT_CODE
-    } else {
-        outcome.status.shell_code()
-    };
-    Ok(result(stdout, stderr, code, outcome.timed_out))
-}
-
-/// The shell's exit code for a command that could not start, if that is what `error` is.
-pub fn spawn_failure_code(error: &ServiceError) -> Option<i32> {
-    match error {
-        ServiceError::Command(agent) => match agent.kind {
-            ErrorKind::NotFound => Some(127),
-            ErrorKind::SpawnFailed | ErrorKind::PermissionDenied => Some(126),
-            _ => None,
-        },
-        _ => None,
-    }
-}
-
-fn result(stdout: Capture, stderr: Capture, exit_code: i32, timed_out: bool) -> RunResult {
-    let truncated = stdout.truncated || stderr.truncated;
-    let stdout = String::from_utf8_lossy(&stdout.bytes).into_owned();
-    let stderr = String::from_utf8_lossy(&stderr.bytes).into_owned();
-    RunResult {
-        output: format!("{stdout}{stderr}"),
-        exit_code,
-        stdout,
-        stderr,
-        timed_out,
-        truncated,
-    }
-}
-
-/// Output of one stream, up to [`MAX_CAPTURE`] bytes.
-#[derive(Debug, Default)]
-pub struct Capture {
-    pub bytes: Vec<u8>,
-    pub truncated: bool,
-}
-
-impl Capture {
-    pub fn push(&mut self, data: &[u8]) {
-        let room = MAX_CAPTURE.saturating_sub(self.bytes.len());
-        if data.len() > room {
-            self.truncated = true;
-        }
-        self.bytes.extend_from_slice(&data[..data.len().min(room)]);
     }
 }
 
@@ -167,15 +109,5 @@ mod tests {
         assert_eq!(decoder.decode(b"a\xffb"), "a\u{fffd}b");
         assert_eq!(decoder.decode(b"\xe4"), "");
         assert_eq!(decoder.finish(), "\u{fffd}");
-    }
-
-    #[test]
-    fn capture_is_bounded() {
-        let mut capture = Capture::default();
-        capture.push(&vec![b'x'; MAX_CAPTURE - 1]);
-        assert!(!capture.truncated);
-        capture.push(b"yz");
-        assert!(capture.truncated);
-        assert_eq!(capture.bytes.len(), MAX_CAPTURE);
     }
 }

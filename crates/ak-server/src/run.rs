@@ -9,8 +9,7 @@ use ak_core::exec::ExecOptions;
 use ak_core::spec::new_sandbox_id;
 use ak_core::{ExecSpec, SandboxSpec};
 use ak_protocol::ExecEvent;
-use ak_service::pool::pool_key;
-use ak_service::{CommandSession, ServiceError};
+use ak_service::{Caller, CommandSession, Placement, ServiceError};
 use axum::extract::State;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -20,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::AppState;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody, ok};
-use crate::output::{RunResult, TIMED_OUT_CODE, Utf8Chunks, collect, spawn_failure_code};
+use crate::output::{RunResult, Utf8Chunks};
 
 /// Most commands one batch may hold.
 pub const MAX_BATCH: usize = 64;
@@ -45,43 +44,24 @@ pub(crate) fn run_spec(state: &AppState, options: SandboxOptions) -> Result<Sand
     Ok(resolve(options, &state.config.cwd, new_sandbox_id())?)
 }
 
-/// Starts `exec` in a fresh sandbox for `spec`: a warm one from the pool when asked and
-/// possible, else a new one.
+/// Starts `exec` in a one-shot sandbox for `spec`: a warm one from the pool when asked and
+/// possible, else a new one. The session releases it when the command ends, and when it is
+/// dropped because the client went away.
 pub(crate) async fn start(
     state: &AppState,
     spec: &SandboxSpec,
     exec: ExecSpec,
     fast: bool,
 ) -> Result<CommandSession, ServiceError> {
-    // Only the set-up is limited: the command then runs without holding a turn.
-    let _turn = state
-        .setups
-        .acquire()
+    let placement = if fast {
+        Placement::Pooled
+    } else {
+        Placement::Fresh
+    };
+    state
+        .service
+        .start_run(Caller::Api, spec, exec, placement)
         .await
-        .map_err(|e| ServiceError::State(format!("sandbox set-up queue: {e}")))?;
-    if fast
-        && let Some(pools) = &state.pools
-        && pool_key(spec).is_some()
-    {
-        match pools.acquire(&state.service, spec).await {
-            Ok(handed) => {
-                let connection = std::os::unix::net::UnixStream::from(handed.transport);
-                connection
-                    .set_nonblocking(true)
-                    .map_err(|e| ServiceError::State(format!("pool connection: {e}")))?;
-                let transport = tokio::net::UnixStream::from_std(connection)
-                    .map_err(|e| ServiceError::State(format!("pool connection: {e}")))?;
-                return state
-                    .service
-                    .start_pooled(Box::new(transport), spec, exec)
-                    .await;
-            }
-            // A full pool (or one that cannot build) must not fail the run: a fresh sandbox
-            // is what the run would get without a pool.
-            Err(error) => tracing::debug!("warm pool unavailable, making a sandbox: {error}"),
-        }
-    }
-    state.service.start_run(spec, exec).await
 }
 
 fn prepare(
@@ -115,7 +95,8 @@ pub async fn run(
     JsonBody(request): JsonBody<RunRequest>,
 ) -> Result<Response, ApiError> {
     let (spec, exec, fast) = prepare(&state, request)?;
-    Ok(ok(run_once(&state, &spec, exec, fast).await?))
+    let budgets = state.service.request_budgets();
+    Ok(ok(run_once(&state, &spec, exec, fast, budgets).await?))
 }
 
 async fn run_once(
@@ -123,9 +104,10 @@ async fn run_once(
     spec: &SandboxSpec,
     exec: ExecSpec,
     fast: bool,
+    budgets: Vec<std::sync::Arc<ak_service::output::ByteBudget>>,
 ) -> Result<RunResult, ApiError> {
     let session = start(state, spec, exec, fast).await?;
-    Ok(collect(session).await?)
+    Ok(session.collect(budgets).await?.into())
 }
 
 /// `POST /batch/run`.
@@ -157,14 +139,17 @@ pub async fn batch(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<BatchRequest>,
 ) -> Result<Response, ApiError> {
-    if request.commands.len() > MAX_BATCH {
+    if request.commands.is_empty() || request.commands.len() > MAX_BATCH {
         return Err(ApiError::BadRequest(format!(
-            "a batch holds at most {MAX_BATCH} commands, not {}",
+            "a batch holds 1 to {MAX_BATCH} commands, not {}",
             request.commands.len()
         )));
     }
+    // One request: its commands share one output budget, so a batch holds no more output
+    // than a single run may.
+    let budgets = state.service.request_budgets();
     let runs = request.commands.into_iter().map(|command| {
-        let state = state.clone();
+        let (state, budgets) = (state.clone(), budgets.clone());
         async move {
             let request = RunRequest {
                 command: command.command,
@@ -173,7 +158,7 @@ pub async fn batch(
                 fast: Some(true),
             };
             let result = match prepare(&state, request) {
-                Ok((spec, exec, fast)) => run_once(&state, &spec, exec, fast).await,
+                Ok((spec, exec, fast)) => run_once(&state, &spec, exec, fast, budgets).await,
                 Err(error) => Err(error),
             };
             match result {
@@ -278,15 +263,10 @@ impl Streaming {
                 };
                 match session.finish().await {
                     Ok(outcome) => {
-                        let exit_code = if outcome.timed_out {
-                            TIMED_OUT_CODE
-                        } else {
-                            outcome.status.shell_code()
-                        };
                         self.queue.push_back(sse(
                             "done",
                             serde_json::json!({
-                                "exit_code": exit_code,
+                                "exit_code": outcome.exit_code(),
                                 "timed_out": outcome.timed_out,
                             }),
                         ));
@@ -298,7 +278,7 @@ impl Streaming {
                 if let Some(session) = self.session.take() {
                     let _ = session.finish().await;
                 }
-                match spawn_failure_code(&error) {
+                match error.spawn_failure_code() {
                     Some(exit_code) => {
                         self.output(format!("{error}\n"), "stderr");
                         self.queue.push_back(sse(

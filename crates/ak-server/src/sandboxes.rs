@@ -5,8 +5,8 @@ use ak_core::SandboxState;
 use ak_core::config::{SandboxOptions, resolve};
 use ak_core::resources::parse_duration;
 use ak_core::spec::{new_sandbox_id, validate_name};
-use ak_service::SandboxRecord;
 use ak_service::audit::rfc3339_unix;
+use ak_service::{Caller, SandboxRecord};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
@@ -122,14 +122,22 @@ pub async fn create(
     .over(state.config.base_options.clone());
     let spec = resolve(options, &state.config.cwd, new_sandbox_id())?;
     let ttl = request.ttl.as_deref().map(parse_duration).transpose()?;
+    if let Some(ttl) = ttl {
+        ak_service::check_ttl(ttl)?;
+    }
     state
         .service
-        .create_named(&request.name, spec, None)
+        .create_named(Caller::Api, &request.name, spec, None)
         .await?;
     // The API's sandboxes are created running; one that cannot start is not left behind.
-    let started = match state.service.start_named(&request.name).await {
+    let started = match state.service.start_named(Caller::Api, &request.name).await {
         Ok(record) => match ttl {
-            Some(ttl) => state.service.extend_named(&request.name, ttl).await,
+            Some(ttl) => {
+                state
+                    .service
+                    .extend_named(Caller::Api, &request.name, ttl)
+                    .await
+            }
             None => Ok(record),
         },
         Err(error) => Err(error),
@@ -137,7 +145,11 @@ pub async fn create(
     match started {
         Ok(record) => Ok(with_status(StatusCode::CREATED, SandboxInfo::from(&record))),
         Err(error) => {
-            if let Err(cleanup) = state.service.remove_named(&request.name, true).await {
+            if let Err(cleanup) = state
+                .service
+                .remove_named(Caller::Api, &request.name, true)
+                .await
+            {
                 tracing::warn!(name = %request.name, "removing a sandbox that failed to start: {cleanup}");
             }
             Err(error.into())
@@ -166,23 +178,7 @@ pub async fn by_uuid(
     State(state): State<AppState>,
     Path(uuid): Path<String>,
 ) -> Result<Response, ApiError> {
-    let well_formed =
-        (1..=36).contains(&uuid.len()) && uuid.chars().all(|c| c.is_ascii_hexdigit() || c == '-');
-    if !well_formed {
-        return Err(ApiError::BadRequest(format!(
-            "invalid sandbox uuid '{}'",
-            uuid.escape_default()
-        )));
-    }
-    let found = state
-        .service
-        .registry()?
-        .get_by_uuid(&uuid)
-        .map_err(ak_service::ServiceError::from)?;
-    let Some(record) = found else {
-        return Err(ApiError::NotFound(format!("no sandbox with uuid '{uuid}'")));
-    };
-    let record = state.service.inspect_named(&record.name).await?;
+    let record = state.service.inspect_by_uuid(&uuid).await?;
     Ok(ok(SandboxInfo::from(&record)))
 }
 
@@ -195,8 +191,7 @@ pub async fn remove(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     validate_name(&name)?;
-    state.detached.kill_sandbox(&name).await;
-    state.service.remove_named(&name, true).await?;
+    state.service.remove_named(Caller::Api, &name, true).await?;
     Ok(ok("removed"))
 }
 
@@ -227,7 +222,7 @@ pub async fn extend(
 ) -> Result<Response, ApiError> {
     validate_name(&name)?;
     let by = parse_duration(&request.by)?;
-    let record = state.service.extend_named(&name, by).await?;
+    let record = state.service.extend_named(Caller::Api, &name, by).await?;
     Ok(ok(ExtendResponse {
         expires_at: record.expires_at.map(rfc3339_unix),
     }))

@@ -182,7 +182,9 @@ const LAST_WRITABLE_SECOND: u64 = 253_402_300_799;
 /// Unix seconds as RFC 3339 in UTC (times before 1970 show as the epoch, times after the
 /// year 9999 as its last second: a stored time must never make listing panic).
 pub fn rfc3339_unix(seconds: i64) -> String {
-    let seconds = u64::try_from(seconds).unwrap_or(0).min(LAST_WRITABLE_SECOND);
+    let seconds = u64::try_from(seconds)
+        .unwrap_or(0)
+        .min(LAST_WRITABLE_SECOND);
     rfc3339(UNIX_EPOCH + Duration::from_secs(seconds))
 }
 

@@ -46,8 +46,11 @@ pub struct CallerPolicy {
     pub max_profile: Profile,
     /// Whether sandboxes may have outbound network.
     pub network: bool,
-    pub max_memory_bytes: u64,
-    pub max_cpus: f64,
+    /// `None`: the host's memory, read when a remote caller asks (so that local runs
+    /// never pay for reading it).
+    pub max_memory_bytes: Option<u64>,
+    /// `None`: the host's CPUs, likewise.
+    pub max_cpus: Option<f64>,
     pub max_pids: u64,
 }
 
@@ -61,8 +64,8 @@ impl CallerPolicy {
         CallerPolicy {
             max_profile: Profile::Moderate,
             network: true,
-            max_memory_bytes: host_memory_bytes().unwrap_or(u64::MAX),
-            max_cpus: std::thread::available_parallelism().map_or(1.0, |n| n.get() as f64),
+            max_memory_bytes: None,
+            max_cpus: None,
             max_pids: KERNEL_MAX_PIDS,
         }
     }
@@ -77,10 +80,10 @@ impl CallerPolicy {
             policy.network = network;
         }
         if let Some(memory) = &options.max_memory {
-            policy.max_memory_bytes = parse_memory(memory)?;
+            policy.max_memory_bytes = Some(parse_memory(memory)?);
         }
         if let Some(cpus) = options.max_cpus {
-            policy.max_cpus = parse_cpus(cpus)?;
+            policy.max_cpus = Some(parse_cpus(cpus)?);
         }
         if let Some(pids) = options.max_pids {
             policy.max_pids = parse_pids(pids)?;
@@ -121,17 +124,21 @@ impl CallerPolicy {
             );
         }
         let resources = &spec.resources;
-        if resources.memory_bytes > self.max_memory_bytes {
+        let max_memory = self
+            .max_memory_bytes
+            .or_else(host_memory_bytes)
+            .unwrap_or(u64::MAX);
+        if resources.memory_bytes > max_memory {
             return refuse(format!(
-                "ask for {} bytes of memory (at most {}; set max_memory under [api])",
-                resources.memory_bytes, self.max_memory_bytes
+                "ask for {} bytes of memory (at most {max_memory}; set max_memory under [api])",
+                resources.memory_bytes
             ));
         }
-        let cpus = resources.cpus.unwrap_or(host_cpus());
-        if cpus > self.max_cpus {
+        let max_cpus = self.max_cpus.unwrap_or_else(host_cpus);
+        let cpus = resources.cpus.unwrap_or_else(host_cpus);
+        if cpus > max_cpus {
             return refuse(format!(
-                "ask for {cpus} CPUs (at most {}; set max_cpus under [api])",
-                self.max_cpus
+                "ask for {cpus} CPUs (at most {max_cpus}; set max_cpus under [api])"
             ));
         }
         if resources.pids > self.max_pids {
@@ -190,8 +197,8 @@ mod tests {
         CallerPolicy {
             max_profile: Profile::Moderate,
             network: true,
-            max_memory_bytes: 1 << 30,
-            max_cpus: 2.0,
+            max_memory_bytes: Some(1 << 30),
+            max_cpus: Some(2.0),
             max_pids: 2000,
         }
     }
@@ -211,7 +218,9 @@ mod tests {
             memory: Some("100G".into()),
             ..SandboxOptions::default()
         };
-        policy().admit(Caller::Local, &spec(options)).expect("local");
+        policy()
+            .admit(Caller::Local, &spec(options))
+            .expect("local");
     }
 
     #[test]

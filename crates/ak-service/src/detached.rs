@@ -88,7 +88,7 @@ impl Detached {
             .filter(|entry| lock(entry).info.sandbox == sandbox)
             .cloned()
             .ok_or_else(|| {
-                ServiceError::NotFound(format!(
+                ServiceError::NoSuch(format!(
                     "detached command '{}' in sandbox '{sandbox}'",
                     id.escape_default()
                 ))
@@ -245,7 +245,13 @@ impl Service {
             Ok(running)
         }
         .await;
-        self.audited(caller, "exec_kill", Some(name), Some(id.to_string()), result)
+        self.audited(
+            caller,
+            "exec_kill",
+            Some(name),
+            Some(id.to_string()),
+            result,
+        )
     }
 }
 

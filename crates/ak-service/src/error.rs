@@ -43,6 +43,9 @@ pub enum ServiceError {
     InvalidInput(String),
     #[error("no sandbox named '{0}'")]
     NotFound(String),
+    /// Something other than a sandbox that does not exist (`no {0}`).
+    #[error("no {0}")]
+    NoSuch(String),
     #[error("a sandbox named '{0}' already exists")]
     Duplicate(String),
     #[error("sandbox '{name}' is {state}: {hint}")]
@@ -81,11 +84,11 @@ impl ServiceError {
     /// The error's class: the one rule front ends render.
     pub fn class(&self) -> ErrorClass {
         match self {
-            ServiceError::Config(_) | ServiceError::EmptyCommand | ServiceError::InvalidInput(_) => {
-                ErrorClass::Invalid
-            }
+            ServiceError::Config(_)
+            | ServiceError::EmptyCommand
+            | ServiceError::InvalidInput(_) => ErrorClass::Invalid,
             ServiceError::Forbidden(_) => ErrorClass::Forbidden,
-            ServiceError::NotFound(_) => ErrorClass::NotFound,
+            ServiceError::NotFound(_) | ServiceError::NoSuch(_) => ErrorClass::NotFound,
             ServiceError::Duplicate(_) | ServiceError::WrongState { .. } => ErrorClass::Conflict,
             ServiceError::TooLarge(_) => ErrorClass::TooLarge,
             ServiceError::BackendNotBuilt(_) | ServiceError::Unavailable(_) => {

@@ -12,6 +12,21 @@ use crate::{Caller, Service};
 /// (a far-off expiry is a mistake, and times beyond the year 9999 cannot be written down).
 pub const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
+/// Refuses a time to live over [`MAX_TTL`], before anything is created for it.
+pub fn check_ttl(ttl: Duration) -> Result<(), ServiceError> {
+    if ttl > MAX_TTL {
+        return Err(ttl_too_long());
+    }
+    Ok(())
+}
+
+fn ttl_too_long() -> ServiceError {
+    ServiceError::InvalidInput(format!(
+        "a sandbox may live at most {} from now",
+        humantime::format_duration(MAX_TTL)
+    ))
+}
+
 impl Service {
     /// Pushes the expiry of `name` to `by` after its current expiry (or after now, when it
     /// has none or it has passed); the new expiry may be at most [`MAX_TTL`] from now.
@@ -22,22 +37,14 @@ impl Service {
         by: Duration,
     ) -> Result<SandboxRecord, ServiceError> {
         let result = async {
-            let too_long = || {
-                ServiceError::InvalidInput(format!(
-                    "a sandbox may live at most {} from now",
-                    humantime::format_duration(MAX_TTL)
-                ))
-            };
-            if by > MAX_TTL {
-                return Err(too_long());
-            }
+            check_ttl(by)?;
             let _lock = self.lock_name(name).await?;
             let record = self.record(name)?;
             let now = now_unix();
             let from = record.expires_at.unwrap_or(0).max(now);
             let until = from.saturating_add(by.as_secs() as i64);
             if until.saturating_sub(now) > MAX_TTL.as_secs() as i64 {
-                return Err(too_long());
+                return Err(ttl_too_long());
             }
             Ok(self.registry()?.set_expiry(name, Some(until))?)
         }

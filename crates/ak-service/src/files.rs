@@ -38,7 +38,13 @@ impl Service {
             Ok(client.read_file(&path, max_bytes).await?)
         }
         .await;
-        self.audited(caller, "file_read", Some(name), Some(path.to_string()), result)
+        self.audited(
+            caller,
+            "file_read",
+            Some(name),
+            Some(path.to_string()),
+            result,
+        )
     }
 
     /// Writes a whole file of a running sandbox atomically, creating missing parent
@@ -61,7 +67,13 @@ impl Service {
             Ok(client.write_file(&path, content, FILE_MODE).await?)
         }
         .await;
-        self.audited(caller, "file_write", Some(name), Some(path.to_string()), result)
+        self.audited(
+            caller,
+            "file_write",
+            Some(name),
+            Some(path.to_string()),
+            result,
+        )
     }
 
     /// Removes one file (not a directory) of a running sandbox.
@@ -77,6 +89,12 @@ impl Service {
             Ok(client.remove(&path, false).await?)
         }
         .await;
-        self.audited(caller, "file_remove", Some(name), Some(path.to_string()), result)
+        self.audited(
+            caller,
+            "file_remove",
+            Some(name),
+            Some(path.to_string()),
+            result,
+        )
     }
 }

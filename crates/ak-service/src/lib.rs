@@ -26,10 +26,10 @@ pub use crate::audit::{AuditEntry, AuditLog, Outcome};
 pub use crate::caller::{Caller, CallerPolicy};
 pub use crate::components::ComponentTimes;
 pub use crate::error::{ErrorClass, ServiceError};
-pub use crate::expiry::MAX_TTL;
+pub use crate::expiry::{MAX_TTL, check_ttl};
 pub use crate::registry::{Registry, SandboxRecord};
 pub use crate::run::{Placement, settle_image};
-pub use crate::session::{CommandSession, RunOutcome, connect_agent};
+pub use crate::session::{Collected, CommandSession, RunOutcome, TIMED_OUT_CODE, connect_agent};
 
 /// The service: the registered backends, the registry of named sandboxes, and the
 /// operations on them. One per process; every operation names its [`Caller`].
@@ -97,6 +97,15 @@ impl Service {
     pub fn with_output_budget(mut self, bytes: usize) -> Self {
         self.output_budget = Arc::new(output::ByteBudget::new(bytes));
         self
+    }
+
+    /// The budgets one request's captured output draws on: its own (shared by every
+    /// command of the request, a batch included) and this service's.
+    pub fn request_budgets(&self) -> Vec<Arc<output::ByteBudget>> {
+        vec![
+            Arc::new(output::ByteBudget::new(output::REQUEST_OUTPUT_BUDGET)),
+            self.output_budget.clone(),
+        ]
     }
 
     /// The warm pools, when this host keeps them.

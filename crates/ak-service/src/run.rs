@@ -32,7 +32,9 @@ impl Service {
         placement: Placement,
     ) -> Result<CommandSession, ServiceError> {
         let detail = command_line(&exec.argv);
-        let result = self.start_run_unaudited(caller, spec, exec, placement).await;
+        let result = self
+            .start_run_unaudited(caller, spec, exec, placement)
+            .await;
         self.audited(caller, "run", None, Some(detail), result)
     }
 

@@ -14,9 +14,9 @@ use ak_protocol::AgentClient;
 use rustix::fs::{FlockOperation, flock};
 
 use crate::error::ServiceError;
-use crate::{Caller, Service};
 use crate::registry::{RegistryError, SandboxRecord, now_unix};
 use crate::session::{CommandSession, connect_agent};
+use crate::{Caller, Service};
 
 /// Where a named sandbox's workdir lives inside it when the service provides one.
 const NAMED_WORKDIR: &str = "/workspace";
@@ -109,9 +109,9 @@ impl Service {
             return Err(ServiceError::Duplicate(name.to_string()));
         }
         let workdir_host = match dir {
-            Some(dir) => dir
-                .canonicalize()
-                .map_err(|e| ServiceError::InvalidInput(format!("workdir {}: {e}", dir.display())))?,
+            Some(dir) => dir.canonicalize().map_err(|e| {
+                ServiceError::InvalidInput(format!("workdir {}: {e}", dir.display()))
+            })?,
             None => {
                 self.make_traversable()?;
                 let host = self.host_dir_of(&spec.id)?.join("workspace");
@@ -247,6 +247,23 @@ impl Service {
     pub async fn list_named(&self) -> Result<Vec<SandboxRecord>, ServiceError> {
         self.reconcile().await?;
         Ok(self.registry()?.list()?)
+    }
+
+    /// The named sandbox with `uuid` (with or without dashes), after reconciling it.
+    pub async fn inspect_by_uuid(&self, uuid: &str) -> Result<SandboxRecord, ServiceError> {
+        let simple: String = uuid.chars().filter(|c| *c != '-').collect();
+        let well_formed = simple.len() == 32 && simple.chars().all(|c| c.is_ascii_hexdigit());
+        if !well_formed {
+            return Err(ServiceError::InvalidInput(format!(
+                "invalid sandbox uuid '{}'",
+                uuid.escape_default()
+            )));
+        }
+        let found = self.registry()?.get_by_uuid(&simple.to_ascii_lowercase())?;
+        let Some(record) = found else {
+            return Err(ServiceError::NoSuch(format!("sandbox with uuid {uuid}")));
+        };
+        self.inspect_named(&record.name).await
     }
 
     /// One named sandbox, after reconciling it with reality.

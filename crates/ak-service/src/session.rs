@@ -38,7 +38,9 @@ impl Owned {
     pub(crate) async fn connect(&mut self) -> Result<Box<dyn ak_core::Transport>, ServiceError> {
         match self.sandbox.as_mut() {
             Some(sandbox) => Ok(sandbox.connect().await?),
-            None => Err(ServiceError::State("the sandbox was already released".into())),
+            None => Err(ServiceError::State(
+                "the sandbox was already released".into(),
+            )),
         }
     }
 
@@ -243,7 +245,10 @@ impl CommandSession {
     /// Runs the command to its end and gathers its output into captures drawing on
     /// `budgets`. A command that could not be started (not found, not executable) is
     /// reported as a shell would: exit code 127 or 126 and the reason on stderr.
-    pub async fn collect(mut self, budgets: Vec<Arc<ByteBudget>>) -> Result<Collected, ServiceError> {
+    pub async fn collect(
+        mut self,
+        budgets: Vec<Arc<ByteBudget>>,
+    ) -> Result<Collected, ServiceError> {
         let mut stdout = Capture::new(budgets.clone());
         let mut stderr = Capture::new(budgets);
         loop {

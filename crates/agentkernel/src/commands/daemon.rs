@@ -15,12 +15,12 @@ use crate::wiring;
 
 pub async fn daemon(command: DaemonCommand) -> i32 {
     let result = match command {
-        DaemonCommand::Start { foreground: true } => match pool_config() {
-            Ok(config) => {
-                server::serve(&socket_path(), &api_socket_path(), wiring::service, config).await
+        DaemonCommand::Start { foreground: true } => {
+            match pool_config().and_then(wiring::serving_service) {
+                Ok(service) => server::serve(&socket_path(), &api_socket_path(), service).await,
+                Err(error) => exit::fail(exit::USAGE, &error.into()),
             }
-            Err(error) => exit::fail(exit::USAGE, &error.into()),
-        },
+        }
         DaemonCommand::Start { foreground: false } => start_background(),
         DaemonCommand::Status { json } => status(json),
         DaemonCommand::Stop => stop(),

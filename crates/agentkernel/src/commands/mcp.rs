@@ -25,9 +25,22 @@ async fn run() -> anyhow::Result<()> {
         Ok(options) => options,
         Err(error) => exit::fail(exit::USAGE, &error.into()),
     };
-    let service = Arc::new(wiring::service().with_audit_source("mcp"));
-    McpServer::new(service, base_options, cwd)
+    let service = match super::daemon::pool_config().and_then(wiring::serving_service) {
+        Ok(service) => Arc::new(service),
+        Err(error) => exit::fail(exit::USAGE, &error.into()),
+    };
+    // Used pool sandboxes are released and pools topped up while the session lasts.
+    let stop = Arc::new(tokio::sync::Notify::new());
+    let maintainer = tokio::spawn(service.clone().maintain_until(
+        super::serve::MAINTAIN_EVERY,
+        super::serve::REAP_EVERY,
+        stop.clone(),
+    ));
+    let served = McpServer::new(service.clone(), base_options, cwd)
         .serve_stdio()
-        .await?;
-    Ok(())
+        .await;
+    stop.notify_one();
+    let _ = maintainer.await;
+    service.shutdown(super::serve::STOP_GRACE).await;
+    Ok(served?)
 }

@@ -5,6 +5,7 @@ use std::os::fd::OwnedFd;
 
 use ak_core::{ExecSpec, SandboxSpec};
 use ak_service::pool::pool_key;
+use ak_service::{Caller, Placement};
 use anyhow::anyhow;
 
 use super::stream;
@@ -41,7 +42,11 @@ pub async fn run(args: RunArgs) -> i32 {
                     Ok(stream) => Box::new(stream),
                     Err(e) => exit::fail(exit::SANDBOX_FAILURE, &anyhow!("pool connection: {e}")),
                 };
-                return match wiring::service().start_pooled(transport, &spec, exec).await {
+                let service = wiring::service();
+                let started = service
+                    .start_handed_out(Caller::Local, transport, &spec, exec)
+                    .await;
+                return match started {
                     Ok(session) => stream::stream(session, options).await,
                     Err(error) => stream::fail_start(error),
                 };
@@ -52,7 +57,10 @@ pub async fn run(args: RunArgs) -> i32 {
     }
 
     let service = wiring::service();
-    match service.start_run(&spec, exec).await {
+    match service
+        .start_run(Caller::Local, &spec, exec, Placement::Fresh)
+        .await
+    {
         Ok(session) => stream::stream(session, options).await,
         Err(error) => stream::fail_start(error),
     }

@@ -7,7 +7,6 @@ use std::time::Duration;
 
 use ak_core::config::{ApiOptions, SandboxOptions, load_options};
 use ak_server::{ApiConfig, AppState, Bound, Listen};
-use ak_service::pool::Pools;
 use anyhow::anyhow;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -17,11 +16,11 @@ use crate::exit;
 use crate::wiring;
 
 /// How often used pool sandboxes are released and pools topped up.
-const MAINTAIN_EVERY: Duration = Duration::from_millis(50);
+pub(crate) const MAINTAIN_EVERY: Duration = Duration::from_millis(50);
 /// How often sandboxes whose time to live ran out are removed.
-const REAP_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const REAP_EVERY: Duration = Duration::from_secs(5);
 /// How long a stopping server waits for pool sandboxes still in use.
-const STOP_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(10);
 
 pub async fn serve(args: ServeArgs) -> i32 {
     match run(args).await {
@@ -39,10 +38,10 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let token = ApiOptions::token()?;
         let cwd = std::env::current_dir().map_err(ak_core::ConfigError::CurrentDir)?;
         let base_options = load_options(SandboxOptions::default(), &cwd)?;
-        let pool_config = super::daemon::pool_config()?;
-        Ok::<_, ak_core::ConfigError>((token, cwd, base_options, pool_config))
+        let service = super::daemon::pool_config().and_then(wiring::serving_service)?;
+        Ok::<_, ak_core::ConfigError>((token, cwd, base_options, service))
     })();
-    let (token, cwd, base_options, pool_config) = match settings {
+    let (token, cwd, base_options, service) = match settings {
         Ok(settings) => settings,
         Err(error) => exit::fail(exit::USAGE, &error.into()),
     };
@@ -58,33 +57,15 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
 
     let bound = Bound::bind(&listen, token.as_deref()).await?;
-    let service = Arc::new(wiring::service().with_audit_source("api"));
-    let pools = Arc::new(Pools::new(pool_config));
-    let maintainer = {
-        let (service, pools) = (service.clone(), pools.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(MAINTAIN_EVERY);
-            loop {
-                tick.tick().await;
-                pools.maintain(&service).await;
-            }
-        })
-    };
-    let reaper = {
-        let service = service.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(REAP_EVERY);
-            loop {
-                tick.tick().await;
-                for name in service.reap_expired().await {
-                    tracing::info!(%name, "removed the sandbox: its time to live ran out");
-                }
-            }
-        })
-    };
+    let service = Arc::new(service);
+    let stop_maintenance = Arc::new(tokio::sync::Notify::new());
+    let maintainer = tokio::spawn(service.clone().maintain_until(
+        MAINTAIN_EVERY,
+        REAP_EVERY,
+        stop_maintenance.clone(),
+    ));
     let state = AppState::new(
         service.clone(),
-        Some(pools.clone()),
         ApiConfig {
             token,
             base_options,
@@ -101,13 +82,11 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
             _ = interrupt.recv() => {},
         }
     };
-    let served = bound.serve(state.clone(), stop).await;
-    state.shutdown().await;
-    maintainer.abort();
-    reaper.abort();
+    let served = bound.serve(state, stop).await;
+    // `notify_one` keeps the wake-up for a pass in progress: the loop ends right after it.
+    stop_maintenance.notify_one();
     let _ = maintainer.await;
-    let _ = reaper.await;
-    pools.shutdown(STOP_GRACE).await;
+    service.shutdown(STOP_GRACE).await;
     tracing::info!("API server stopped");
     Ok(served?)
 }

@@ -4,7 +4,7 @@
 use std::os::fd::OwnedFd;
 
 use ak_core::BackendError;
-use ak_service::{Service, ServiceError};
+use ak_service::{Caller, Service, ServiceError};
 
 use super::{Request, Response};
 use crate::exit;
@@ -14,13 +14,13 @@ pub(super) async fn answer(service: &Service, request: Request) -> (Response, Op
     let record = |record| Response::Record(Box::new(record));
     let result = match request {
         Request::Create { name, spec, dir } => service
-            .create_named(&name, *spec, dir.as_deref())
+            .create_named(Caller::Local, &name, *spec, dir.as_deref())
             .await
             .map(record),
-        Request::Start { name } => service.start_named(&name).await.map(record),
-        Request::StopSandbox { name } => service.stop_named(&name).await.map(record),
+        Request::Start { name } => service.start_named(Caller::Local, &name).await.map(record),
+        Request::StopSandbox { name } => service.stop_named(Caller::Local, &name).await.map(record),
         Request::Remove { name, force } => service
-            .remove_named(&name, force)
+            .remove_named(Caller::Local, &name, force)
             .await
             .map(|()| Response::Removed),
         Request::List => service.list_named().await.map(Response::Records),
@@ -59,7 +59,7 @@ pub(super) fn failure(error: ServiceError) -> Response {
     let code = exit::code_for(&error);
     Response::Error {
         // As the CLI prints its own errors: with every cause.
-        message: format!("{:#}", anyhow::Error::from(error)),
+        message: format!("{:#}", exit::with_hint(error)),
         code,
     }
 }

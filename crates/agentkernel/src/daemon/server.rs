@@ -11,7 +11,6 @@ use ak_core::SandboxSpec;
 use ak_core::config::{SandboxOptions, load_options};
 use ak_server::{ApiConfig, AppState, Bound, Listen};
 use ak_service::Service;
-use ak_service::pool::{PoolConfig, Pools};
 use anyhow::{Context, bail};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
@@ -27,23 +26,19 @@ const REAP_EVERY: Duration = Duration::from_secs(5);
 const STOP_GRACE: Duration = Duration::from_secs(10);
 
 struct Daemon {
-    /// Serves the pools and the HTTP API (audited as `api`).
+    /// The one service: its pools, the CLI's requests (as the local caller) and the HTTP
+    /// API (as the API caller).
     service: Arc<Service>,
-    /// Serves the CLI's named-sandbox commands (audited as `cli`, as when the CLI does them).
-    cli_service: Service,
-    pools: Arc<Pools>,
     started: Instant,
     stop: tokio::sync::Notify,
 }
 
-/// Runs the daemon on `socket` until asked to stop, with the HTTP API on `api_socket`.
-/// `make_service` builds the service (called once per kind of caller).
-pub async fn serve(
-    socket: &Path,
-    api_socket: &Path,
-    make_service: fn() -> Service,
-    config: PoolConfig,
-) -> anyhow::Result<()> {
+/// Runs the daemon on `socket` until asked to stop, with the HTTP API on `api_socket`,
+/// over `service` (which keeps the warm pools).
+pub async fn serve(socket: &Path, api_socket: &Path, service: Service) -> anyhow::Result<()> {
+    let Some(pools) = service.pools().cloned() else {
+        bail!("the daemon's service keeps no pools");
+    };
     if socket.exists() {
         if super::client::call(socket, &Request::Status).is_ok() {
             bail!("a daemon is already running at {}", socket.display());
@@ -61,9 +56,7 @@ pub async fn serve(
     tracing::info!("daemon listening on {}", socket.display());
 
     let daemon = Arc::new(Daemon {
-        service: Arc::new(make_service().with_audit_source("api")),
-        cli_service: make_service(),
-        pools: Arc::new(Pools::new(config)),
+        service: Arc::new(service),
         started: Instant::now(),
         stop: tokio::sync::Notify::new(),
     });
@@ -71,7 +64,6 @@ pub async fn serve(
     // socket only this user can reach (0600), so it needs no token.
     let api_state = AppState::new(
         daemon.service.clone(),
-        Some(daemon.pools.clone()),
         ApiConfig {
             base_options: load_options(SandboxOptions::default(), Path::new("/"))?,
             ..ApiConfig::default()
@@ -80,7 +72,7 @@ pub async fn serve(
     let api = Bound::bind(&Listen::Unix(api_socket.to_path_buf()), None).await?;
     tracing::info!("daemon serving the HTTP API on {}", api.address());
     let (api_stop, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let api_task = tokio::spawn(api.serve(api_state.clone(), async move {
+    let api_task = tokio::spawn(api.serve(api_state, async move {
         let _ = api_stopped.await;
     }));
     // Refills and releases run beside the request loop, so that a hit never waits for
@@ -88,25 +80,11 @@ pub async fn serve(
     // Stopped between passes, never inside one: a pass cut off mid-way could leave a
     // sandbox half built (a container created but not started) that nobody releases.
     let stop_maintenance = Arc::new(tokio::sync::Notify::new());
-    let maintainer = {
-        let (daemon, stop) = (daemon.clone(), stop_maintenance.clone());
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(MAINTAIN_EVERY);
-            let mut last_reap = Instant::now();
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    () = stop.notified() => break,
-                }
-                daemon.pools.maintain(&daemon.service).await;
-                // Named sandboxes whose time to live ran out go too, while a daemon runs.
-                if last_reap.elapsed() >= REAP_EVERY {
-                    last_reap = Instant::now();
-                    daemon.service.reap_expired().await;
-                }
-            }
-        })
-    };
+    let maintainer = tokio::spawn(daemon.service.clone().maintain_until(
+        MAINTAIN_EVERY,
+        REAP_EVERY,
+        stop_maintenance.clone(),
+    ));
     // SIGTERM and SIGINT stop the daemon as gracefully as `daemon stop` does.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
@@ -130,7 +108,6 @@ pub async fn serve(
     }
     drop(listener);
     let _ = api_stop.send(());
-    api_state.shutdown().await;
     // Requests in flight (a long stream) get the same grace as handed-out sandboxes.
     match tokio::time::timeout(STOP_GRACE, api_task).await {
         Ok(Ok(Err(error))) => tracing::warn!("the HTTP API stopped with an error: {error}"),
@@ -140,7 +117,8 @@ pub async fn serve(
     // `notify_one` keeps the wake-up for a pass in progress: the loop ends right after it.
     stop_maintenance.notify_one();
     let _ = maintainer.await;
-    daemon.pools.shutdown(STOP_GRACE).await;
+    daemon.service.shutdown(STOP_GRACE).await;
+    drop(pools);
     // Last: `daemon stop` waits for the socket to go, so it returns once all is released.
     let _ = std::fs::remove_file(socket);
     tracing::info!("daemon stopped");
@@ -181,7 +159,7 @@ async fn handle(daemon: &Daemon, stream: UnixStream) -> anyhow::Result<()> {
             let status = DaemonStatus {
                 pid: std::process::id(),
                 uptime_s: daemon.started.elapsed().as_secs(),
-                pools: daemon.pools.status(),
+                pools: pools_status(daemon),
             };
             reply(&stream, &Response::Status(status), None).await
         }
@@ -191,14 +169,26 @@ async fn handle(daemon: &Daemon, stream: UnixStream) -> anyhow::Result<()> {
             Ok(())
         }
         named => {
-            let (response, connection) = super::named::answer(&daemon.cli_service, named).await;
+            let (response, connection) = super::named::answer(&daemon.service, named).await;
             reply(&stream, &response, connection).await
         }
     }
 }
 
+fn pools_status(daemon: &Daemon) -> Vec<ak_service::pool::PoolStatus> {
+    daemon
+        .service
+        .pools()
+        .map(|pools| pools.status())
+        .unwrap_or_default()
+}
+
 async fn acquire(daemon: &Daemon, stream: &UnixStream, spec: &SandboxSpec) -> anyhow::Result<()> {
-    match daemon.pools.acquire(&daemon.service, spec).await {
+    let Some(pools) = daemon.service.pools() else {
+        let error = ak_service::ServiceError::Unavailable("the daemon keeps no pools".into());
+        return reply(stream, &super::named::failure(error), None).await;
+    };
+    match pools.acquire(&daemon.service, spec).await {
         Ok(handed) => {
             let response = Response::Acquired {
                 sandbox_id: handed.sandbox_id,

@@ -80,7 +80,7 @@ async def main():
                 "timeout_ms": 20000,
             })
             check(out["exit_code"] == 3, f"run exit code: {out}")
-            check(out["stdout"] == "hello mcp\n/tmp\nlo\n", f"run env, cwd, no network: {out}")
+            check(out["output"] == "hello mcp\n/tmp\nlo\n", f"run env, cwd, no network: {out}")
             begun = time.monotonic()
             out = await ok(session, "sandbox_run", {"command": ["sleep", "30"], "timeout_ms": 500})
             check(out["timed_out"] and out["exit_code"] == 124, f"run timeout: {out}")
@@ -103,7 +103,7 @@ async def main():
                 "name": "mcp-box", "command": ["sh", "-c", "echo $A; pwd"],
                 "env": ["A=b"], "cwd": "/tmp", "timeout_ms": 10000,
             })
-            check(out["stdout"] == "b\n/tmp\n" and out["exit_code"] == 0, f"exec: {out}")
+            check(out["output"] == "b\n/tmp\n" and out["exit_code"] == 0, f"exec: {out}")
             await ok(session, "sandbox_file_write", {"name": "mcp-box", "path": "notes/n.txt", "content": "written by mcp"})
             read = await ok(session, "sandbox_file_read", {"name": "mcp-box", "path": "/workspace/notes/n.txt"})
             check(read == {"content": "written by mcp", "encoding": "utf8", "size": 14}, f"file read: {read}")

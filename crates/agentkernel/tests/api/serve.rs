@@ -29,7 +29,7 @@ fn sandboxes_over_http() {
     );
     assert_eq!(status, 200, "{value}");
     assert!(
-        value["data"]["stdout"]
+        value["data"]["output"]
             .as_str()
             .unwrap()
             .starts_with("hi\nak-"),
@@ -52,7 +52,7 @@ fn sandboxes_over_http() {
         ),
     );
     assert_eq!(status, 200, "{value}");
-    assert_eq!(value["data"]["stdout"], "0\nfrom-env\n/workspace\n");
+    assert_eq!(value["data"]["output"], "0\nfrom-env\n/workspace\n");
     let (status, _) = call(
         "PUT",
         "/sandboxes/e2e-box/files/data/in.txt",
@@ -64,7 +64,7 @@ fn sandboxes_over_http() {
         "/sandboxes/e2e-box/exec",
         Some(json!({"command": ["cat", "/workspace/data/in.txt"]})),
     );
-    assert_eq!(value["data"]["stdout"], "payload");
+    assert_eq!(value["data"]["output"], "payload");
     let (status, value) = call("GET", "/sandboxes/e2e-box/files/../../etc/shadow", None);
     assert_eq!(status, 400, "{value}");
     // The host's secrets are hidden inside the sandbox: nothing to read.

@@ -135,9 +135,12 @@ async fn run_reports_output_and_exit_code() {
             Some(json!({"command": ["sh", "-c", "echo out; echo err >&2; exit 3"], "image": null, "profile": "restrictive", "fast": true})),
         )
         .await;
-    assert_eq!(data["stdout"], "out\n");
-    assert_eq!(data["stderr"], "err\n");
+    // The output is held once: stdout, then stderr.
     assert_eq!(data["output"], "out\nerr\n");
+    assert!(
+        data.get("stdout").is_none() && data.get("stderr").is_none(),
+        "{data}"
+    );
     assert_eq!(data["exit_code"], 3);
     assert_eq!(data["timed_out"], false);
 
@@ -150,7 +153,7 @@ async fn run_reports_output_and_exit_code() {
         .await;
     assert_eq!(data["exit_code"], 127);
     assert!(
-        data["stderr"].as_str().unwrap().contains("not found"),
+        data["output"].as_str().unwrap().contains("not found"),
         "{data}"
     );
 
@@ -337,7 +340,6 @@ async fn faults_are_hidden_from_the_client() {
     let app = App {
         router: ak_server::router(ak_server::AppState::new(
             service.clone(),
-            None,
             ApiConfig::default(),
         )),
         service,

@@ -34,14 +34,11 @@ pub struct App {
 
 pub fn app_with(config: ApiConfig) -> App {
     let state_dir = tempfile::tempdir().unwrap();
-    let service = Arc::new(
-        Service::new(
-            vec![Arc::new(local::LocalBackend::default())],
-            state_dir.path().join("registry.db"),
-        )
-        .with_audit_source("api"),
-    );
-    let state = AppState::new(service.clone(), None, config);
+    let service = Arc::new(Service::new(
+        vec![Arc::new(local::LocalBackend::default())],
+        state_dir.path().join("registry.db"),
+    ));
+    let state = AppState::new(service.clone(), config);
     App {
         router: router(state),
         service,

@@ -278,11 +278,7 @@ impl Pools {
                 let backend = service.backend(spec.backend)?.clone();
                 let fresh_spec = fresh(spec);
                 let sandbox = service
-                    .offload(async move {
-                        backend
-                            .create(&fresh_spec, Lifetime::Ephemeral)
-                            .await
-                    })
+                    .offload(async move { backend.create(&fresh_spec, Lifetime::Ephemeral).await })
                     .await??;
                 lock(&self.pools).entry(key.clone()).or_default().created += 1;
                 Ok((key, sandbox, false, Some(reservation)))
@@ -290,7 +286,12 @@ impl Pools {
         }
     }
 
-    fn count_handout(&self, key: &str, hit: bool, started: Instant) -> std::sync::MutexGuard<'_, HashMap<String, Pool>> {
+    fn count_handout(
+        &self,
+        key: &str,
+        hit: bool,
+        started: Instant,
+    ) -> std::sync::MutexGuard<'_, HashMap<String, Pool>> {
         let mut pools = lock(&self.pools);
         let pool = pools.entry(key.to_string()).or_default();
         if hit {
@@ -444,9 +445,9 @@ impl Pools {
                         pool.handout_total.as_secs_f64() * 1000.0 / handed as f64
                     },
                     last_error: pool.last_error.clone(),
-                    retry_in_ms: pool.retry_at.map(|at| {
-                        at.saturating_duration_since(Instant::now()).as_millis() as u64
-                    }),
+                    retry_in_ms: pool
+                        .retry_at
+                        .map(|at| at.saturating_duration_since(Instant::now()).as_millis() as u64),
                 }
             })
             .collect();
