@@ -15,6 +15,30 @@ type Running = Arc<Mutex<HashMap<String, (Agent, Arc<tempfile::TempDir>)>>>;
 #[derive(Debug, Default)]
 pub struct LocalBackend {
     running: Running,
+    /// Each creation blocks its thread this long, as a real backend's system calls do.
+    blocking_create: Option<std::time::Duration>,
+    /// The threads creations ran on.
+    create_threads: Mutex<Vec<std::thread::ThreadId>>,
+}
+
+impl LocalBackend {
+    /// A backend whose creations each block their thread for `blocking_create`.
+    pub fn blocking(blocking_create: Option<std::time::Duration>) -> Self {
+        LocalBackend {
+            blocking_create,
+            ..LocalBackend::default()
+        }
+    }
+
+    /// The threads creations ran on, so far.
+    pub fn create_threads(&self) -> Vec<std::thread::ThreadId> {
+        self.create_threads.lock().unwrap().clone()
+    }
+
+    /// Sandboxes created and not yet released.
+    pub fn running(&self) -> usize {
+        self.running.lock().unwrap().len()
+    }
 }
 
 #[async_trait::async_trait]
@@ -37,6 +61,13 @@ impl Backend for LocalBackend {
         spec: &SandboxSpec,
         _lifetime: Lifetime,
     ) -> Result<Box<dyn Sandbox>, BackendError> {
+        self.create_threads
+            .lock()
+            .unwrap()
+            .push(std::thread::current().id());
+        if let Some(blocking) = self.blocking_create {
+            std::thread::sleep(blocking);
+        }
         let root = Arc::new(tempfile::tempdir()?);
         let workdir = spec.workdir.clone();
         std::fs::create_dir_all(

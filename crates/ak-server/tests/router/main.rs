@@ -9,6 +9,7 @@
 mod endpoints;
 mod input;
 mod local;
+mod policy;
 mod sandboxes;
 
 use std::sync::Arc;
@@ -43,6 +44,23 @@ pub fn app_with(config: ApiConfig) -> App {
         router: router(state),
         service,
         state_dir,
+    }
+}
+
+/// A router over `service` (built by the test), with the default settings and [`TOKEN`].
+pub fn app_over(service: Service) -> App {
+    let service = Arc::new(service);
+    let state = AppState::new(
+        service.clone(),
+        ApiConfig {
+            token: Some(TOKEN.into()),
+            ..ApiConfig::default()
+        },
+    );
+    App {
+        router: router(state),
+        service,
+        state_dir: tempfile::tempdir().unwrap(),
     }
 }
 

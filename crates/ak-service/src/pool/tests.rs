@@ -18,6 +18,9 @@ struct FakeBackend {
     running: Mutex<Vec<Arc<AtomicBool>>>,
     /// Creations never finish while set (a slow backend whose caller gives up).
     hang: AtomicBool,
+    /// Creations fail while set (an image that cannot be used); counts the attempts.
+    fail: AtomicBool,
+    attempts: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -41,6 +44,10 @@ impl Backend for FakeBackend {
     ) -> Result<Box<dyn Sandbox>, BackendError> {
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
+        }
+        self.attempts.fetch_add(1, Ordering::SeqCst);
+        if self.fail.load(Ordering::SeqCst) {
+            return Err(BackendError::Setup("no such image".into()));
         }
         self.created.fetch_add(1, Ordering::SeqCst);
         let running = Arc::new(AtomicBool::new(true));
@@ -207,4 +214,63 @@ async fn a_sandbox_with_host_mounts_is_built_per_caller_and_never_kept() {
     pools.maintain(&service).await;
     assert_eq!(pools.status()[0].in_use, 0);
     assert_eq!(backend.created.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn a_pool_that_cannot_build_backs_off_and_says_why() {
+    let config = PoolConfig {
+        min_warm: 1,
+        max_warm: 1,
+        max_total: 4,
+    };
+    let (backend, service, pools, spec) = setup(config);
+    // The pool learns the spec from a hand-out, then the image stops working.
+    drop(pools.acquire(&service, &spec).await.unwrap());
+    backend.fail.store(true, Ordering::SeqCst);
+    let before = backend.attempts.load(Ordering::SeqCst);
+    for _ in 0..20 {
+        pools.maintain(&service).await;
+    }
+    // One try, then the pool waits instead of retrying at full speed.
+    assert_eq!(backend.attempts.load(Ordering::SeqCst), before + 1);
+    let status = pools.status();
+    let failing = status.iter().find(|s| s.last_error.is_some()).unwrap();
+    assert!(
+        failing
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("no such image"),
+        "{failing:?}"
+    );
+    assert!(failing.retry_in_ms.unwrap() > 0, "{failing:?}");
+    // Each failure in a row doubles the wait, up to a minute.
+    assert_eq!(backoff(1), Duration::from_millis(500));
+    assert_eq!(backoff(2), Duration::from_secs(1));
+    assert_eq!(backoff(40), MAX_BACKOFF);
+}
+
+#[tokio::test]
+async fn a_taken_sandbox_holds_its_room_until_the_slot_goes() {
+    let config = PoolConfig {
+        min_warm: 0,
+        max_warm: 0,
+        max_total: 1,
+    };
+    let (_backend, service, pools, spec) = setup(config);
+    let taken = pools.take(&service, &spec).await.unwrap();
+    assert!(!taken.hit);
+    assert_eq!(pools.status()[0].in_use, 1);
+    let waiting = tokio::spawn({
+        let (service, pools, spec) = (service.clone(), pools.clone(), spec.clone());
+        async move { pools.take(&service, &spec).await.map(|t| t.hit) }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "max_total is 1");
+    drop(taken);
+    let second = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the released room is given to the waiting caller")
+        .unwrap();
+    assert!(second.is_ok(), "{second:?}");
 }

@@ -1,0 +1,243 @@
+//! What the service decides for every front end, seen through the API: the caller policy,
+//! bounds on times to live and batches, one-shot sandboxes released after their command,
+//! and set-ups that never stall the async workers.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ak_service::Service;
+use ak_service::pool::PoolConfig;
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::local::LocalBackend;
+use crate::{App, app, app_over, request};
+
+#[tokio::test]
+async fn api_callers_get_only_what_the_policy_allows() {
+    let app = app();
+    // A host directory as the image would skip the hidden-path masks.
+    let message = app
+        .error(
+            "POST",
+            "/run",
+            Some(json!({"command": ["true"], "image": "/usr"})),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+    assert!(message.contains("host directory"), "{message}");
+    let message = app
+        .error(
+            "POST",
+            "/sandboxes",
+            Some(json!({"name": "loose", "profile": "permissive"})),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+    assert!(message.contains("max_profile under [api]"), "{message}");
+    // More memory than the host has: refused, not clamped.
+    let message = app
+        .error(
+            "POST",
+            "/sandboxes",
+            Some(json!({"name": "huge", "memory_mb": 1u64 << 40})),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+    assert!(message.contains("max_memory"), "{message}");
+    app.error("GET", "/sandboxes/loose", None, StatusCode::NOT_FOUND)
+        .await;
+    // Every refusal names its caller in the audit log.
+    let entries = app.service.audit_log().unwrap().read(None).unwrap();
+    let refused: Vec<_> = entries
+        .iter()
+        .filter(|e| e.outcome == ak_service::Outcome::Refused && e.source == "api")
+        .collect();
+    assert!(refused.len() >= 3, "{entries:?}");
+}
+
+#[tokio::test]
+async fn times_to_live_are_bounded_and_never_break_listing() {
+    let app = app();
+    let message = app
+        .error(
+            "POST",
+            "/sandboxes",
+            Some(json!({"name": "ancient", "ttl": "99999999999999h"})),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert!(!message.is_empty());
+    app.error("GET", "/sandboxes/ancient", None, StatusCode::NOT_FOUND)
+        .await;
+    app.sandbox("leased").await;
+    app.error(
+        "POST",
+        "/sandboxes/leased/extend",
+        Some(json!({"by": "31days"})),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    // Extensions add up, and the sum is bounded too.
+    app.data(
+        "POST",
+        "/sandboxes/leased/extend",
+        Some(json!({"by": "20days"})),
+    )
+    .await;
+    app.error(
+        "POST",
+        "/sandboxes/leased/extend",
+        Some(json!({"by": "20days"})),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+    let list = app.data("GET", "/sandboxes", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
+}
+
+#[tokio::test]
+async fn an_empty_batch_is_refused() {
+    let app = app();
+    app.error(
+        "POST",
+        "/batch/run",
+        Some(json!({"commands": []})),
+        StatusCode::BAD_REQUEST,
+    )
+    .await;
+}
+
+/// A router over a service with warm pools and blocking set-ups, and the backend under it.
+fn serving_app(blocking_create: Option<Duration>, setups: usize) -> (App, Arc<LocalBackend>) {
+    let backend = Arc::new(LocalBackend::blocking(blocking_create));
+    let state_dir = tempfile::tempdir().unwrap();
+    let service = Service::new(
+        vec![backend.clone() as Arc<dyn ak_core::Backend>],
+        state_dir.path().join("registry.db"),
+    )
+    .serving(PoolConfig {
+        min_warm: 0,
+        max_warm: 0,
+        max_total: 4,
+    })
+    .with_setup_limit(setups);
+    let mut app = app_over(service);
+    app.state_dir = state_dir;
+    (app, backend)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_sandboxes_go_when_their_command_ends() {
+    let (app, backend) = serving_app(None, 2);
+    for fast in [true, false] {
+        for _ in 0..10 {
+            let data = app
+                .data(
+                    "POST",
+                    "/run",
+                    Some(json!({"command": ["sh", "-c", "(sleep 70 &); echo ran"], "fast": fast})),
+                )
+                .await;
+            assert_eq!(data["output"], "ran\n", "{data}");
+        }
+    }
+    // A batch's sandboxes go too.
+    let commands: Vec<_> = (0..6).map(|_| json!({"command": ["true"]})).collect();
+    app.data("POST", "/batch/run", Some(json!({ "commands": commands })))
+        .await;
+    // Released as the answer is sent; released ones give their pool room back.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.running() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        backend.running(),
+        0,
+        "one-shot sandboxes outlived their runs"
+    );
+    let pools = app.service.pools().unwrap().status();
+    assert!(pools.iter().all(|p| p.in_use == 0), "{pools:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_ends_its_run() {
+    let (app, backend) = serving_app(None, 2);
+    let router = app.router.clone();
+    let call = tokio::spawn(async move {
+        use tower::ServiceExt;
+        router
+            .oneshot(request(
+                "POST",
+                "/run",
+                Some(json!({"command": ["sleep", "60"]})),
+            ))
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.running() == 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(backend.running(), 1, "the run started");
+    // The server drops a request's handler when its client disconnects.
+    call.abort();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.running() > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        backend.running(),
+        0,
+        "the abandoned run's sandbox was released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn set_ups_run_off_the_async_workers() {
+    // Set-ups block their thread (200 ms each here), as a real backend's system calls do;
+    // run on the one async worker, they would hold up every other request meanwhile.
+    let (app, backend) = serving_app(Some(Duration::from_millis(200)), 2);
+    let worker = tokio::spawn(async { std::thread::current().id() })
+        .await
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app.router).await });
+    let run = r#"{"command":["true"]}"#;
+    let burst: Vec<_> = (0..4)
+        .map(|_| tokio::spawn(http(address, "POST", "/run", Some(run))))
+        .collect();
+    for call in burst {
+        let answer = call.await.unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    }
+    let threads = backend.create_threads();
+    assert_eq!(threads.len(), 4);
+    assert!(
+        threads.iter().all(|thread| *thread != worker),
+        "a set-up ran on the async worker"
+    );
+    let health = http(address, "GET", "/health", None).await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+}
+
+/// One HTTP/1.1 request over a new connection; the whole answer as text.
+async fn http(
+    address: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    let body = body.unwrap_or("");
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: test\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        crate::TOKEN,
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.unwrap();
+    answer
+}
