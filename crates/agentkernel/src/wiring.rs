@@ -15,6 +15,13 @@ use ak_service::{CallerPolicy, Service};
 use indicatif::{ProgressBar, ProgressStyle};
 
 /// Environment variable naming the agent executable explicitly.
+/// The kernel features the native backend found on this host (for `status`).
+pub use ak_native::probe::HostFeatures;
+
+pub fn host_features() -> HostFeatures {
+    HostFeatures::detect()
+}
+
 pub const AGENT_ENV: &str = "AGENTKERNEL_AGENT";
 
 /// The static agent: `$AGENTKERNEL_AGENT`, else `ak-agent` beside this executable. Worked

@@ -94,3 +94,64 @@ fn workspace_dependencies_point_down() {
         violations.join("\n")
     );
 }
+
+/// Source files of `dir` (recursively), with their text.
+fn sources(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
+    let fail = |e: std::io::Error| panic!("read {}: {e}", dir.display());
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap_or_else(fail) {
+        let path = entry.unwrap_or_else(fail).path();
+        if path.is_dir() {
+            found.extend(sources(&path));
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let text = std::fs::read_to_string(&path).unwrap_or_else(fail);
+            found.push((path, text));
+        }
+    }
+    found
+}
+
+/// The front ends (the HTTP API and MCP in ak-server, the CLI's commands) only translate
+/// into the service's operations: none of them reaches past it into the registry, the
+/// pools' machinery or a backend. (The CLI's `wiring.rs` is where backends are built; its
+/// `setup` command builds microVM guest files, which is no sandbox operation.)
+#[test]
+fn front_ends_call_the_service_only() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let forbidden = [
+        "ak_service::pool::",
+        "ak_service::registry",
+        "Registry",
+        "Pools",
+        ".registry()",
+        "ak_core::Backend;",
+        "ak_core::Backend}",
+        "ak_core::{Backend,",
+        "dyn Backend",
+        "ak_native",
+        "ak_docker",
+        "ak_microvm",
+    ];
+    let mut violations = Vec::new();
+    let front_ends = [
+        root.join("ak-server/src"),
+        root.join("agentkernel/src/commands"),
+    ];
+    for dir in front_ends {
+        for (path, text) in sources(&dir) {
+            if path.ends_with("commands/setup.rs") {
+                continue;
+            }
+            for word in forbidden {
+                if text.contains(word) {
+                    violations.push(format!("{} uses {word}", path.display()));
+                }
+            }
+        }
+    }
+    assert!(
+        violations.is_empty(),
+        "front ends must go through ak-service's operations:\n{}",
+        violations.join("\n")
+    );
+}

@@ -27,6 +27,7 @@ pub use crate::caller::{Caller, CallerPolicy};
 pub use crate::components::ComponentTimes;
 pub use crate::error::{ErrorClass, ServiceError};
 pub use crate::expiry::{MAX_TTL, check_ttl};
+pub use crate::pool::{PoolConfig, PoolStatus, poolable};
 pub use crate::registry::{Registry, SandboxRecord};
 pub use crate::run::{Placement, settle_image};
 pub use crate::session::{Collected, CommandSession, RunOutcome, TIMED_OUT_CODE, connect_agent};

@@ -4,7 +4,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use ak_service::pool::PoolConfig;
+use ak_service::PoolConfig;
 use anyhow::{Context, anyhow};
 
 use super::say;

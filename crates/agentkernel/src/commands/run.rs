@@ -4,7 +4,6 @@
 use std::os::fd::OwnedFd;
 
 use ak_core::{ExecSpec, SandboxSpec};
-use ak_service::pool::pool_key;
 use ak_service::{Caller, Placement};
 use anyhow::anyhow;
 
@@ -73,7 +72,7 @@ pub async fn run(args: RunArgs) -> i32 {
 /// can prepare ahead.
 fn from_pool(spec: &SandboxSpec, required: bool) -> anyhow::Result<Option<OwnedFd>> {
     let refuse = |error: anyhow::Error| if required { Err(error) } else { Ok(None) };
-    if required && pool_key(spec).is_none() {
+    if required && !ak_service::poolable(spec) {
         return refuse(anyhow!(
             "--fast needs a sandbox without host mounts (drop --mount-cwd)"
         ));

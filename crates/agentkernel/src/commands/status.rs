@@ -1,8 +1,8 @@
 //! `agentkernel status`: which backends work here and why the others do not, plus the
 //! kernel features found.
 
+use crate::wiring::HostFeatures;
 use ak_core::BackendProbe;
-use ak_native::probe::HostFeatures;
 use serde::Serialize;
 
 use crate::cli::StatusArgs;
@@ -17,7 +17,7 @@ struct StatusReport {
 pub fn status(args: StatusArgs) -> i32 {
     let report = StatusReport {
         backends: wiring::service().status(),
-        host: HostFeatures::detect(),
+        host: crate::wiring::host_features(),
     };
     let text = if args.json {
         match serde_json::to_string_pretty(&report) {

@@ -156,6 +156,12 @@ pub const ONE_OFF_POOL: &str = "one-off (host mounts; built per run)";
 /// for a while rather than failing at once, yet an overloaded host still says so.
 const CAPACITY_WAIT: Duration = Duration::from_secs(30);
 
+/// Whether a sandbox for `spec` can be prepared ahead in a warm pool (it has no host
+/// mounts).
+pub fn poolable(spec: &SandboxSpec) -> bool {
+    pool_key(spec).is_some()
+}
+
 /// The pool a spec belongs to, or `None` when it cannot be prepared ahead (host mounts).
 /// Environment and timeout are per command, so they are not part of it.
 pub fn pool_key(spec: &SandboxSpec) -> Option<String> {
