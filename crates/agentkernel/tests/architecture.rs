@@ -97,7 +97,9 @@ fn workspace_dependencies_point_down() {
 
 /// Source files of `dir` (recursively), with their text.
 fn sources(dir: &std::path::Path) -> Vec<(std::path::PathBuf, String)> {
-    let fail = |e: std::io::Error| panic!("read {}: {e}", dir.display());
+    fn fail<T>(e: std::io::Error) -> T {
+        panic!("reading the sources: {e}")
+    }
     let mut found = Vec::new();
     for entry in std::fs::read_dir(dir).unwrap_or_else(fail) {
         let path = entry.unwrap_or_else(fail).path();
