@@ -80,34 +80,94 @@ fn service_with(config: &ConfigFile) -> Service {
     let container = |kind: BackendKind, socket: Option<String>| {
         Arc::new(DockerBackend::new(kind, agent_path(), socket).with_pull_progress(pull_progress()))
     };
-    let microvm = match microvm_backend(config) {
-        Ok(backend) => backend,
-        Err(e) => crate::exit::fail(crate::exit::USAGE, &e.into()),
+    // A bad [microvm] section makes only that backend unusable (saying why), never the
+    // others' sandboxes.
+    let microvm: Arc<dyn ak_core::Backend> = match microvm_backend(config) {
+        Ok(backend) => Arc::new(backend),
+        Err(error) => Arc::new(UnusableBackend {
+            kind: BackendKind::Microvm,
+            reason: format!("{error:#}"),
+        }),
     };
     Service::new(
         vec![
             Arc::new(NativeBackend::new(agent_path())),
             container(BackendKind::Docker, config.docker.socket.clone()),
             container(BackendKind::Podman, config.podman.socket.clone()),
-            Arc::new(microvm),
+            microvm,
         ],
         registry_path(),
     )
 }
 
 /// The microvm backend as the user's config sets it up.
-pub fn microvm_backend(config: &ConfigFile) -> Result<MicrovmBackend, ak_microvm::MicrovmError> {
+pub fn microvm_backend(config: &ConfigFile) -> anyhow::Result<MicrovmBackend> {
+    let options = config.microvm_options()?;
     let docker = DockerBackend::new(
         BackendKind::Docker,
         agent_path(),
         config.docker.socket.clone(),
     )
     .with_pull_progress(pull_progress());
-    Ok(MicrovmBackend::new(agent_path(), &config.microvm)?
+    Ok(MicrovmBackend::new(agent_path(), &options)?
         .with_image_exporter(Arc::new(EngineImages(docker))))
 }
 
 /// Container images for microVMs, exported through the Docker engine's API.
+/// A backend this build has but the settings make unusable: every use says why.
+#[derive(Debug)]
+struct UnusableBackend {
+    kind: BackendKind,
+    reason: String,
+}
+
+impl UnusableBackend {
+    fn error(&self) -> ak_core::BackendError {
+        ak_core::BackendError::Unavailable {
+            backend: self.kind.to_string(),
+            reason: self.reason.clone(),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl ak_core::Backend for UnusableBackend {
+    fn kind(&self) -> BackendKind {
+        self.kind
+    }
+
+    fn probe(&self) -> ak_core::BackendProbe {
+        ak_core::BackendProbe {
+            backend: self.kind,
+            usable: false,
+            reason: self.reason.clone(),
+            details: Vec::new(),
+        }
+    }
+
+    async fn create(
+        &self,
+        _spec: &ak_core::SandboxSpec,
+        _lifetime: ak_core::backend::Lifetime,
+    ) -> Result<Box<dyn ak_core::Sandbox>, ak_core::BackendError> {
+        Err(self.error())
+    }
+
+    async fn attach(
+        &self,
+        _handle: &ak_core::backend::SandboxHandle,
+    ) -> Result<Box<dyn ak_core::Sandbox>, ak_core::BackendError> {
+        Err(self.error())
+    }
+
+    async fn release(
+        &self,
+        _handle: &ak_core::backend::SandboxHandle,
+    ) -> Result<(), ak_core::BackendError> {
+        Err(self.error())
+    }
+}
+
 #[derive(Debug)]
 struct EngineImages(DockerBackend);
 

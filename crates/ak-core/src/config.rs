@@ -39,17 +39,39 @@ pub struct ConfigFile {
     /// Read from the user's file only, like `[daemon]`.
     #[serde(default)]
     pub api: ApiOptions,
-    /// `[microvm]`: which hypervisor, and the user's own kernel (user's file only).
+    /// `[microvm]`: which hypervisor, and the user's own kernel (user's file only). Kept
+    /// as written and checked when the microvm backend is built
+    /// ([`ConfigFile::microvm_options`]), so that a mistake there cannot break other
+    /// backends' sandboxes.
     #[serde(default)]
-    pub microvm: MicrovmOptions,
+    pub microvm: toml::Table,
+}
+
+/// The hypervisor of microVMs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MicrovmDriver {
+    #[default]
+    Qemu,
+    Firecracker,
+}
+
+impl std::fmt::Display for MicrovmDriver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            MicrovmDriver::Qemu => "qemu",
+            MicrovmDriver::Firecracker => "firecracker",
+        })
+    }
 }
 
 /// The microvm backend's settings.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct MicrovmOptions {
-    /// `qemu` (the default) or `firecracker`.
-    pub driver: Option<String>,
+    /// `qemu` (the default) or `firecracker`; anything else is an error when the file is
+    /// read.
+    pub driver: Option<MicrovmDriver>,
     /// An uncompressed x86_64 `vmlinux` to boot instead of the one `setup` builds.
     pub kernel: Option<PathBuf>,
     /// The firecracker executable, when not on PATH.
@@ -64,6 +86,16 @@ pub struct EngineOptions {
 }
 
 impl ConfigFile {
+    /// The `[microvm]` settings, checked.
+    pub fn microvm_options(&self) -> Result<MicrovmOptions, ConfigError> {
+        toml::Value::Table(self.microvm.clone())
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Parse {
+                path: user_config_file().unwrap_or_default(),
+                message: format!("[microvm] {}", e.message()),
+            })
+    }
+
     /// The user's config file (none: the defaults).
     pub fn user() -> Result<ConfigFile, ConfigError> {
         match user_config_file() {
@@ -247,13 +279,41 @@ pub fn config_files(cwd: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Merges the config files that apply in `cwd` under `flags`.
+/// Merges the config files that apply in `cwd` under `flags`. A project file holds only
+/// `[sandbox]`: the other tables configure this user's host (their daemon, engines, API
+/// policy, hypervisor), which a checked-out repository must not change; they are refused
+/// rather than dropped, so nobody believes they apply.
 pub fn load_options(flags: SandboxOptions, cwd: &Path) -> Result<SandboxOptions, ConfigError> {
     let mut merged = SandboxOptions::default();
+    let user = user_config_file();
     for file in config_files(cwd) {
-        merged = read_config_file(&file)?.sandbox.over(merged);
+        let config = read_config_file(&file)?;
+        if Some(&file) != user.as_ref() {
+            refuse_user_tables(&file, &config)?;
+        }
+        merged = config.sandbox.over(merged);
     }
     Ok(flags.over(merged))
+}
+
+/// Fails when a project file sets a table that belongs in the user's config file.
+fn refuse_user_tables(path: &Path, config: &ConfigFile) -> Result<(), ConfigError> {
+    let tables = [
+        ("daemon", config.daemon != DaemonOptions::default()),
+        ("docker", config.docker != EngineOptions::default()),
+        ("podman", config.podman != EngineOptions::default()),
+        ("api", config.api != ApiOptions::default()),
+        ("microvm", !config.microvm.is_empty()),
+    ];
+    match tables.iter().find(|(_, set)| *set) {
+        Some((table, _)) => Err(ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: format!(
+                "[{table}] belongs in the user's config file, not in a project's {PROJECT_FILE}"
+            ),
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Validates merged options into a complete spec.
@@ -349,6 +409,38 @@ mod tests {
 
     fn resolve_default(options: SandboxOptions) -> Result<SandboxSpec, ConfigError> {
         resolve(options, Path::new("/"), "0123456789abcdef".into())
+    }
+
+    #[test]
+    fn a_project_file_may_not_set_the_users_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let project = dir.path().join(PROJECT_FILE);
+        std::fs::write(&project, "[sandbox]\nprofile = \"restrictive\"\n").unwrap();
+        let options = load_options(SandboxOptions::default(), dir.path()).unwrap();
+        assert_eq!(options.profile.as_deref(), Some("restrictive"));
+        std::fs::write(&project, "[api]\nmax_profile = \"permissive\"\n").unwrap();
+        let error = load_options(SandboxOptions::default(), dir.path()).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .contains("[api] belongs in the user's config file"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn the_microvm_driver_is_one_of_the_known_ones() {
+        let config: ConfigFile = toml::from_str("[microvm]\ndriver = \"firecracker\"\n").unwrap();
+        let options = config.microvm_options().unwrap();
+        assert_eq!(options.driver, Some(MicrovmDriver::Firecracker));
+        // A bad [microvm] leaves the rest of the file usable; only its backend fails.
+        let config: ConfigFile = toml::from_str(
+            "[sandbox]\nprofile = \"restrictive\"\n[microvm]\ndriver = \"kvmtool\"\n",
+        )
+        .unwrap();
+        assert_eq!(config.sandbox.profile.as_deref(), Some("restrictive"));
+        let error = config.microvm_options().unwrap_err();
+        assert!(error.to_string().contains("[microvm]"), "{error}");
     }
 
     #[test]

@@ -15,7 +15,6 @@ mod vm;
 pub mod vsock;
 
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -25,7 +24,6 @@ use ak_core::config::MicrovmOptions;
 use ak_core::{
     Backend, BackendError, BackendKind, BackendProbe, NetworkMode, Sandbox, SandboxSpec,
 };
-use serde::{Deserialize, Serialize};
 use tokio::net::UnixListener;
 
 pub use crate::error::MicrovmError;
@@ -45,35 +43,8 @@ const KERNEL_ARGS: &str =
 /// The least memory a guest boots with.
 const MIN_MEMORY_MIB: u64 = 128;
 
-/// Which hypervisor runs the VMs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DriverKind {
-    Qemu,
-    Firecracker,
-}
-
-impl FromStr for DriverKind {
-    type Err = MicrovmError;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "qemu" => Ok(DriverKind::Qemu),
-            "firecracker" => Ok(DriverKind::Firecracker),
-            other => Err(MicrovmError::Unsupported(format!(
-                "unknown microvm driver '{other}' (expected qemu or firecracker)"
-            ))),
-        }
-    }
-}
-
-impl std::fmt::Display for DriverKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            DriverKind::Qemu => "qemu",
-            DriverKind::Firecracker => "firecracker",
-        })
-    }
-}
+/// Which hypervisor runs the VMs (`[microvm] driver` in the user's config file).
+pub use ak_core::config::MicrovmDriver as DriverKind;
 
 /// What a driver boots.
 #[derive(Debug, Clone)]
@@ -152,10 +123,7 @@ pub struct MicrovmBackend {
 
 impl MicrovmBackend {
     pub fn new(agent: PathBuf, options: &MicrovmOptions) -> Result<Self, MicrovmError> {
-        let driver = match &options.driver {
-            Some(name) => name.parse()?,
-            None => DriverKind::Qemu,
-        };
+        let driver = options.driver.unwrap_or_default();
         Ok(MicrovmBackend {
             agent,
             driver,

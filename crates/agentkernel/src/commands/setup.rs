@@ -62,7 +62,7 @@ async fn run(args: SetupArgs) -> anyhow::Result<()> {
             _ => None,
         };
         if everything || args.kernel {
-            match &config.microvm.kernel {
+            match &config.microvm_options()?.kernel {
                 Some(own) => {
                     kernel::check_vmlinux(own)?;
                     super::say(&format!(
