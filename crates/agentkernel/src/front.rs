@@ -9,7 +9,7 @@ use std::path::Path;
 
 use ak_core::{ExecSpec, SandboxSpec};
 use ak_protocol::AgentClient;
-use ak_service::{Caller, CommandSession, SandboxRecord, Service, ServiceError};
+use ak_service::{Action, Answer, Caller, CommandSession, SandboxRecord, Service, ServiceError};
 use anyhow::anyhow;
 
 use crate::daemon::client::{self, ClientError};
@@ -51,59 +51,48 @@ pub async fn create(
         Ok(dir) => dir,
         Err(e) => return Err(usage(anyhow!("--dir: {e}"))),
     };
-    let request = Request::Create {
+    let action = Action::Create {
         name: name.to_string(),
-        spec: Box::new(spec.clone()),
-        dir: dir.clone(),
+        spec: Box::new(spec),
+        dir,
     };
-    match ask(&request)? {
-        Some(answer) => record(answer),
-        None => Ok(wiring::service()
-            .create_named(Caller::Local, name, spec, dir.as_deref())
-            .await?),
-    }
+    Ok(perform(action).await?.into_record()?)
 }
 
 pub async fn start(name: &str) -> Result<SandboxRecord, Failure> {
-    match ask(&Request::Start { name: name.into() })? {
-        Some(answer) => record(answer),
-        None => Ok(wiring::service().start_named(Caller::Local, name).await?),
-    }
+    let action = Action::Start { name: name.into() };
+    Ok(perform(action).await?.into_record()?)
 }
 
 pub async fn stop(name: &str) -> Result<SandboxRecord, Failure> {
-    match ask(&Request::StopSandbox { name: name.into() })? {
-        Some(answer) => record(answer),
-        None => Ok(wiring::service().stop_named(Caller::Local, name).await?),
-    }
+    let action = Action::Stop { name: name.into() };
+    Ok(perform(action).await?.into_record()?)
 }
 
 pub async fn remove(name: &str, force: bool) -> Result<(), Failure> {
-    let request = Request::Remove {
+    let action = Action::Remove {
         name: name.into(),
         force,
     };
-    match ask(&request)? {
-        Some((Response::Removed, _)) => Ok(()),
-        Some((other, _)) => Err(refused(other)),
-        None => Ok(wiring::service()
-            .remove_named(Caller::Local, name, force)
-            .await?),
-    }
+    Ok(perform(action).await?.into_removed()?)
 }
 
 pub async fn list() -> Result<Vec<SandboxRecord>, Failure> {
-    match ask(&Request::List)? {
-        Some((Response::Records(records), _)) => Ok(records),
-        Some((other, _)) => Err(refused(other)),
-        None => Ok(wiring::service().list_named().await?),
-    }
+    Ok(perform(Action::List).await?.into_records()?)
 }
 
 pub async fn inspect(name: &str) -> Result<SandboxRecord, Failure> {
-    match ask(&Request::Inspect { name: name.into() })? {
-        Some(answer) => record(answer),
-        None => Ok(wiring::service().inspect_named(name).await?),
+    let action = Action::Inspect { name: name.into() };
+    Ok(perform(action).await?.into_record()?)
+}
+
+/// Performs `action`: by the daemon when one runs, else by this process's service. The
+/// same value either way.
+async fn perform(action: Action) -> Result<Answer, Failure> {
+    match ask(&Request::Perform(action.clone()))? {
+        Some((Response::Performed(answer), _)) => Ok(answer),
+        Some((other, _)) => Err(refused(other)),
+        None => Ok(wiring::service().perform(Caller::Local, action).await?),
     }
 }
 
@@ -156,13 +145,6 @@ fn ask(request: &Request) -> Result<Option<(Response, Option<OwnedFd>)>, Failure
         Ok(answer) => Ok(Some(answer)),
         Err(ClientError::NotRunning(_)) => Ok(None),
         Err(ClientError::Other(error)) => Err(failure(error)),
-    }
-}
-
-fn record((response, _): (Response, Option<OwnedFd>)) -> Result<SandboxRecord, Failure> {
-    match response {
-        Response::Record(record) => Ok(*record),
-        other => Err(refused(other)),
     }
 }
 

@@ -1,6 +1,7 @@
 //! ak-service: the one set of operations every front end (CLI, HTTP, MCP) calls. It picks
 //! the backend a spec names, provisions the sandbox, speaks to its agent and releases it.
 
+mod action;
 pub mod audit;
 mod caller;
 mod components;
@@ -22,6 +23,7 @@ use std::sync::{Arc, OnceLock};
 
 use ak_core::{Backend, BackendKind, BackendProbe};
 
+pub use crate::action::{Action, Answer};
 pub use crate::audit::{AuditEntry, AuditLog, Outcome};
 pub use crate::caller::{Caller, CallerPolicy};
 pub use crate::components::ComponentTimes;

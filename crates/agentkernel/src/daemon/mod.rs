@@ -1,9 +1,11 @@
 //! The daemon: keeps warm pools and hands their sandboxes to CLIs over a Unix socket of
-//! mode 0600 in the state directory, and does the CLI's named-sandbox operations while it
-//! runs. A handed-out sandbox, and a connection to a named sandbox's agent, travel as file
-//! descriptors (SCM_RIGHTS), so a pooled `run` costs one small request and a command's
-//! data never passes through the daemon. Beside that socket, the daemon serves the HTTP
-//! API (the one `agentkernel serve` serves) on `api.sock`, also 0600.
+//! mode 0600 in the state directory, and performs the CLI's named-sandbox actions while it
+//! runs. The socket carries the service's own [`Action`]s (the value the CLI would perform
+//! itself without a daemon), not request types of its own. A handed-out sandbox, and a
+//! connection to a named sandbox's agent, travel as file descriptors (SCM_RIGHTS): the
+//! transport of a run's and an exec's data, which never passes through the daemon. Beside
+//! that socket, the daemon serves the HTTP API (the one `agentkernel serve` serves, for
+//! remote callers) on `api.sock`, also 0600.
 
 pub mod client;
 mod named;
@@ -12,8 +14,7 @@ pub mod server;
 use std::path::PathBuf;
 
 use ak_core::SandboxSpec;
-use ak_service::SandboxRecord;
-use ak_service::pool::PoolStatus;
+use ak_service::{Action, Answer, PoolStatus};
 use serde::{Deserialize, Serialize};
 
 /// Largest request or response line.
@@ -30,27 +31,8 @@ pub enum Request {
     Status,
     /// Graceful stop: waits for handed-out commands (up to a limit), then cleans up.
     Stop,
-    /// Named sandboxes: the CLI's commands, done by the daemon's service.
-    Create {
-        name: String,
-        spec: Box<SandboxSpec>,
-        /// Absolute (the CLI resolves it against its own directory).
-        dir: Option<PathBuf>,
-    },
-    Start {
-        name: String,
-    },
-    StopSandbox {
-        name: String,
-    },
-    Remove {
-        name: String,
-        force: bool,
-    },
-    List,
-    Inspect {
-        name: String,
-    },
+    /// A named-sandbox action, performed by the daemon's service for the local user.
+    Perform(Action),
     /// A new connection to a running named sandbox's agent; answered with `Connected` plus
     /// the connection, over which the CLI runs its exec, attach or cp itself.
     Connect {
@@ -68,9 +50,7 @@ pub enum Response {
     },
     Status(DaemonStatus),
     Stopping,
-    Record(Box<SandboxRecord>),
-    Records(Vec<SandboxRecord>),
-    Removed,
+    Performed(Answer),
     Connected,
     /// The request failed; `code` is the exit code the CLI would have given had it done
     /// the work itself.

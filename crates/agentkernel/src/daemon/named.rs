@@ -1,5 +1,5 @@
-//! The daemon's side of the CLI's named-sandbox commands: the same service calls the CLI
-//! makes when no daemon runs, with a failure sent back with the exit code it stands for.
+//! The daemon's side of the CLI's named-sandbox commands: the same service action the CLI
+//! performs when no daemon runs, with a failure sent back with the exit code it stands for.
 
 use std::os::fd::OwnedFd;
 
@@ -11,20 +11,11 @@ use crate::exit;
 
 /// Does `request` with `service`: the answer, and the agent connection for `Connect`.
 pub(super) async fn answer(service: &Service, request: Request) -> (Response, Option<OwnedFd>) {
-    let record = |record| Response::Record(Box::new(record));
     let result = match request {
-        Request::Create { name, spec, dir } => service
-            .create_named(Caller::Local, &name, *spec, dir.as_deref())
+        Request::Perform(action) => service
+            .perform(Caller::Local, action)
             .await
-            .map(record),
-        Request::Start { name } => service.start_named(Caller::Local, &name).await.map(record),
-        Request::StopSandbox { name } => service.stop_named(Caller::Local, &name).await.map(record),
-        Request::Remove { name, force } => service
-            .remove_named(Caller::Local, &name, force)
-            .await
-            .map(|()| Response::Removed),
-        Request::List => service.list_named().await.map(Response::Records),
-        Request::Inspect { name } => service.inspect_named(&name).await.map(record),
+            .map(Response::Performed),
         Request::Connect { name } => {
             return match connect(service, &name).await {
                 Ok(connection) => (Response::Connected, Some(connection)),

@@ -1,0 +1,124 @@
+//! The operations on named sandboxes as values: what a front end asks, handled once by
+//! [`Service::perform`]. The daemon's socket carries these as they are (the CLI sends the
+//! same value it would perform itself without a daemon), so no front end has request types
+//! of its own for them. Operations that stream (a run, an exec, files) are started through
+//! their own methods, since their answers are sessions rather than values.
+
+use std::path::PathBuf;
+
+use ak_core::SandboxSpec;
+use serde::{Deserialize, Serialize};
+
+use crate::error::ServiceError;
+use crate::registry::SandboxRecord;
+use crate::{Caller, Service};
+
+/// One operation on named sandboxes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Action {
+    /// Records a new sandbox, stopped. `dir` makes a host directory its workdir (absolute:
+    /// a front end resolves it where its user is).
+    Create {
+        name: String,
+        spec: Box<SandboxSpec>,
+        dir: Option<PathBuf>,
+    },
+    Start {
+        name: String,
+    },
+    Stop {
+        name: String,
+    },
+    /// `force` stops a running sandbox first.
+    Remove {
+        name: String,
+        force: bool,
+    },
+    List,
+    Inspect {
+        name: String,
+    },
+}
+
+/// What an [`Action`] answers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Answer {
+    Record(Box<SandboxRecord>),
+    Records(Vec<SandboxRecord>),
+    Removed,
+}
+
+impl Answer {
+    /// The one sandbox this answer carries.
+    pub fn into_record(self) -> Result<SandboxRecord, ServiceError> {
+        match self {
+            Answer::Record(record) => Ok(*record),
+            other => Err(mismatch("a sandbox", &other)),
+        }
+    }
+
+    /// The sandboxes this answer carries.
+    pub fn into_records(self) -> Result<Vec<SandboxRecord>, ServiceError> {
+        match self {
+            Answer::Records(records) => Ok(records),
+            other => Err(mismatch("a list of sandboxes", &other)),
+        }
+    }
+
+    /// That a removal happened.
+    pub fn into_removed(self) -> Result<(), ServiceError> {
+        match self {
+            Answer::Removed => Ok(()),
+            other => Err(mismatch("a removal", &other)),
+        }
+    }
+}
+
+fn mismatch(wanted: &str, got: &Answer) -> ServiceError {
+    ServiceError::State(format!("expected {wanted} in the answer, got {got:?}"))
+}
+
+impl Service {
+    /// Performs `action` for `caller`: the one handler of every named-sandbox operation.
+    pub async fn perform(&self, caller: Caller, action: Action) -> Result<Answer, ServiceError> {
+        let record = |record| Answer::Record(Box::new(record));
+        match action {
+            Action::Create { name, spec, dir } => self
+                .create_named(caller, &name, *spec, dir.as_deref())
+                .await
+                .map(record),
+            Action::Start { name } => self.start_named(caller, &name).await.map(record),
+            Action::Stop { name } => self.stop_named(caller, &name).await.map(record),
+            Action::Remove { name, force } => self
+                .remove_named(caller, &name, force)
+                .await
+                .map(|()| Answer::Removed),
+            Action::List => self.list_named().await.map(Answer::Records),
+            Action::Inspect { name } => self.inspect_named(&name).await.map(record),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn actions_round_trip_and_unknown_fields_are_refused() {
+        for action in [
+            Action::Start { name: "a".into() },
+            Action::Remove {
+                name: "a".into(),
+                force: true,
+            },
+            Action::List,
+        ] {
+            let line = serde_json::to_string(&action).unwrap();
+            assert_eq!(serde_json::from_str::<Action>(&line).unwrap(), action);
+        }
+        assert!(serde_json::from_str::<Action>(r#"{"start":{"name":"a","x":1}}"#).is_err());
+        assert!(serde_json::from_str::<Action>(r#""reboot""#).is_err());
+    }
+}
