@@ -168,10 +168,13 @@ impl Service {
         let _lock = self.lock_name(name).await?;
         let record = self.record(name)?;
         require(&record, &[SandboxState::Stopped], "start")?;
-        let backend = self.backend(record.backend)?;
+        let backend = self.backend(record.backend)?.clone();
         // A failed start leaves the sandbox stopped (and its workdir untouched): the cause
         // may be passing, and `failed` would only allow removing it.
-        let sandbox = backend.create(&record.spec, Lifetime::Persistent).await?;
+        let (creator, spec) = (backend.clone(), record.spec.clone());
+        let sandbox = self
+            .offload(async move { creator.create(&spec, Lifetime::Persistent).await })
+            .await??;
         let handle = sandbox.handle();
         let encoded = serde_json::to_string(&handle)
             .map_err(|e| ServiceError::State(format!("encode handle: {e}")));
@@ -371,7 +374,10 @@ impl Service {
             return Ok(());
         }
         let handle = parse_handle(record)?;
-        Ok(self.backend(record.backend)?.release(&handle).await?)
+        let backend = self.backend(record.backend)?.clone();
+        Ok(self
+            .offload(async move { backend.release(&handle).await })
+            .await??)
     }
 }
 
