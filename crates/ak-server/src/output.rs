@@ -3,11 +3,12 @@
 //! chunks.
 
 use ak_service::Collected;
+use ak_service::output::Held;
 use serde::Serialize;
 
 /// What a finished command produced. The output is held once: `output` is stdout followed
 /// by stderr, what the SDKs read (separate streams come with `/run/stream`'s events).
-#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct RunResult {
     /// stdout, then stderr.
     pub output: String,
@@ -15,18 +16,20 @@ pub struct RunResult {
     pub timed_out: bool,
     /// Output beyond a capture limit was dropped.
     pub truncated: bool,
+    /// Keeps `output` counted in the request's and the service's budgets until the answer
+    /// is gone.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub held: Held,
 }
 
 impl From<Collected> for RunResult {
     fn from(collected: Collected) -> Self {
         let truncated = collected.truncated();
-        let mut bytes =
-            Vec::with_capacity(collected.stdout.bytes().len() + collected.stderr.bytes().len());
-        bytes.extend_from_slice(collected.stdout.bytes());
-        bytes.extend_from_slice(collected.stderr.bytes());
-        // The captures give their bytes back to the budgets now: only `output` remains.
-        drop(collected.stdout);
-        drop(collected.stderr);
+        let (mut bytes, held) = collected.stdout.into_held();
+        let (stderr, stderr_held) = collected.stderr.into_held();
+        bytes.extend_from_slice(&stderr);
+        drop(stderr);
         let output = match String::from_utf8(bytes) {
             Ok(text) => text,
             Err(not_text) => String::from_utf8_lossy(not_text.as_bytes()).into_owned(),
@@ -36,6 +39,7 @@ impl From<Collected> for RunResult {
             exit_code: collected.exit_code,
             timed_out: collected.timed_out,
             truncated,
+            held: held.join(stderr_held),
         }
     }
 }

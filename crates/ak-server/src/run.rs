@@ -127,8 +127,19 @@ pub struct BatchCommand {
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum BatchResult {
-    Output { output: String, exit_code: i32 },
-    Error { error: String },
+    Output {
+        output: String,
+        exit_code: i32,
+        /// Output beyond the batch's shared budget was dropped.
+        truncated: bool,
+        /// Keeps the output counted in the budgets until the answer is gone.
+        #[serde(skip)]
+        #[schema(ignore)]
+        held: ak_service::output::Held,
+    },
+    Error {
+        error: String,
+    },
 }
 
 /// Runs several commands in parallel, each in its own fresh sandbox.
@@ -165,6 +176,8 @@ pub async fn batch(
                 Ok(result) => BatchResult::Output {
                     output: result.output,
                     exit_code: result.exit_code,
+                    truncated: result.truncated,
+                    held: result.held,
                 },
                 Err(error) => BatchResult::Error {
                     error: client_message(error),

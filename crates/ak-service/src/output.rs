@@ -105,6 +105,43 @@ impl Drop for Capture {
     }
 }
 
+/// Bytes taken from budgets by output that left its capture (moved into an answer): given
+/// back when the answer is gone, so output counts for as long as the host holds it.
+#[derive(Debug, Default)]
+pub struct Held {
+    bytes: usize,
+    budgets: Vec<Arc<ByteBudget>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        for budget in &self.budgets {
+            budget.give_back(self.bytes);
+        }
+    }
+}
+
+impl Capture {
+    /// The captured bytes, and what keeps them counted in the budgets.
+    pub fn into_held(mut self) -> (Vec<u8>, Held) {
+        let bytes = std::mem::take(&mut self.bytes);
+        let held = Held {
+            bytes: bytes.len(),
+            budgets: std::mem::take(&mut self.budgets),
+        };
+        (bytes, held)
+    }
+}
+
+impl Held {
+    /// One hold for both.
+    pub fn join(mut self, mut other: Held) -> Held {
+        // Both drew on the same budgets (one request's captures).
+        self.bytes += std::mem::take(&mut other.bytes);
+        self
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

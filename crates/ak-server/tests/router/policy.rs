@@ -108,6 +108,29 @@ async fn an_empty_batch_is_refused() {
     .await;
 }
 
+#[tokio::test]
+async fn a_batch_holds_no_more_output_than_one_request_may() {
+    let app = app();
+    // Eight commands of 6 MiB each: 48 MiB of output, against a 16 MiB budget per request.
+    let commands: Vec<_> = (0..8)
+        .map(|_| json!({"command": ["head", "-c", "6291456", "/dev/zero"]}))
+        .collect();
+    let data = app
+        .data("POST", "/batch/run", Some(json!({ "commands": commands })))
+        .await;
+    let results = data["results"].as_array().unwrap();
+    let held: usize = results
+        .iter()
+        .map(|r| r["output"].as_str().unwrap().len())
+        .sum();
+    assert!(
+        held <= ak_service::output::REQUEST_OUTPUT_BUDGET,
+        "{held} bytes held"
+    );
+    assert!(results.iter().any(|r| r["truncated"] == true), "{held}");
+    assert!(results.iter().all(|r| r["exit_code"] == 0));
+}
+
 /// A router over a service with warm pools and blocking set-ups, and the backend under it.
 fn serving_app(blocking_create: Option<Duration>, setups: usize) -> (App, Arc<LocalBackend>) {
     let backend = Arc::new(LocalBackend::blocking(blocking_create));
