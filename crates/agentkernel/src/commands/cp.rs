@@ -212,8 +212,9 @@ fn staging_name(name: &OsStr) -> std::ffi::OsString {
     staging
 }
 
-/// The pid in a staging name made by [`staging_name`], or `None` for any other name.
-fn staging_owner(name: &[u8]) -> Option<u32> {
+/// The pid in a staging name made by [`staging_name`], or `None` for any other name
+/// (a pid that is not a positive `pid_t` included: the name may be planted).
+fn staging_owner(name: &[u8]) -> Option<rustix::process::Pid> {
     let name = std::str::from_utf8(name).ok()?;
     let (head, tail) = name.rsplit_once(STAGING_MARK)?;
     let (pid, random) = tail.split_once('-')?;
@@ -221,7 +222,8 @@ fn staging_owner(name: &[u8]) -> Option<u32> {
         && head.len() > 1
         && random.len() == 32
         && random.bytes().all(|b| b.is_ascii_hexdigit());
-    well_formed.then(|| pid.parse().ok()).flatten()
+    let pid: i32 = pid.parse().ok().filter(|pid| *pid > 0 && well_formed)?;
+    rustix::process::Pid::from_raw(pid)
 }
 
 /// Removes the staging entries in `dir` that a copy left behind when it was killed: ours
@@ -237,9 +239,8 @@ fn sweep_stale_staging(dir: BorrowedFd<'_>) {
         let Some(pid) = staging_owner(name) else {
             continue;
         };
-        let still_running = rustix::process::Pid::from_raw(pid as i32).is_some_and(|pid| {
-            rustix::process::test_kill_process(pid) != Err(rustix::io::Errno::SRCH)
-        });
+        // EPERM (another user's process) counts as running.
+        let still_running = rustix::process::test_kill_process(pid) != Err(rustix::io::Errno::SRCH);
         let name = OsStr::from_bytes(name);
         let ours = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
             .is_ok_and(|stat| stat.st_uid == me);
@@ -406,13 +407,19 @@ mod tests {
         assert_ne!(first, second);
         let prefix = format!(".out{STAGING_MARK}{}-", std::process::id());
         assert!(first.to_string_lossy().starts_with(&prefix), "{first:?}");
-        assert_eq!(staging_owner(first.as_bytes()), Some(std::process::id()));
+        assert_eq!(
+            staging_owner(first.as_bytes()).map(|pid| pid.as_raw_nonzero().get()),
+            Some(std::process::id() as i32)
+        );
         for other in [
             "out",
             ".out.ak-cp-12",
             ".out.ak-cp-12-xyz",
             ".ak-cp-12-0123456789abcdef0123456789abcdef",
             ".out.ak-cp-x-0123456789abcdef0123456789abcdef",
+            ".out.ak-cp-0-0123456789abcdef0123456789abcdef",
+            ".out.ak-cp--1-0123456789abcdef0123456789abcdef",
+            ".out.ak-cp-4294967295-0123456789abcdef0123456789abcdef",
         ] {
             assert_eq!(staging_owner(other.as_bytes()), None, "{other}");
         }
