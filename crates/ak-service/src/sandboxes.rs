@@ -463,41 +463,6 @@ impl Service {
 }
 
 /// A command line as the audit log shows it (arguments quoted when they need it).
-/// The sandbox's root (host uid and gid) when it is not this process's user: then it needs
-/// permissions of its own to reach host directories.
-fn foreign_root(root_owner: Option<(u32, u32)>) -> Option<(u32, u32)> {
-    root_owner.filter(|(uid, _)| *uid != rustix::process::geteuid().as_raw())
-}
-
-/// The first directory above `path` (absolute, resolved) that `owner` (a host uid and gid,
-/// without supplementary groups: a sandbox's root has none on the host) may not search,
-/// described with what would fix it; `None` when it can reach `path`.
-fn unreachable_ancestor(path: &Path, owner: (u32, u32)) -> Result<Option<String>, ServiceError> {
-    use std::os::unix::fs::MetadataExt;
-    for dir in path.ancestors().skip(1) {
-        let meta = std::fs::metadata(dir)
-            .map_err(|e| ServiceError::State(format!("stat {}: {e}", dir.display())))?;
-        let search = if meta.uid() == owner.0 {
-            0o100
-        } else if meta.gid() == owner.1 {
-            0o010
-        } else {
-            0o001
-        };
-        if meta.mode() & search == 0 {
-            return Ok(Some(format!(
-                "{} (mode {:04o}, owner uid {}) does not let it pass; allow it with \
-                 `chmod o+x {}`",
-                dir.display(),
-                meta.mode() & 0o7777,
-                meta.uid(),
-                dir.display()
-            )));
-        }
-    }
-    Ok(None)
-}
-
 pub(crate) fn command_line(argv: &[String]) -> String {
     argv.iter()
         .map(|arg| {
@@ -549,4 +514,39 @@ fn require(
         state: record.state,
         hint: format!("cannot {action}: {hint}"),
     })
+}
+
+/// The sandbox's root (host uid and gid) when it is not this process's user: then it needs
+/// permissions of its own to reach host directories.
+fn foreign_root(root_owner: Option<(u32, u32)>) -> Option<(u32, u32)> {
+    root_owner.filter(|(uid, _)| *uid != rustix::process::geteuid().as_raw())
+}
+
+/// The first directory above `path` (absolute, resolved) that `owner` (a host uid and gid,
+/// without supplementary groups: a sandbox's root has none on the host) may not search,
+/// described with what would fix it; `None` when it can reach `path`.
+fn unreachable_ancestor(path: &Path, owner: (u32, u32)) -> Result<Option<String>, ServiceError> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in path.ancestors().skip(1) {
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| ServiceError::State(format!("stat {}: {e}", dir.display())))?;
+        let search = if meta.uid() == owner.0 {
+            0o100
+        } else if meta.gid() == owner.1 {
+            0o010
+        } else {
+            0o001
+        };
+        if meta.mode() & search == 0 {
+            return Ok(Some(format!(
+                "{} (mode {:04o}, owner uid {}) does not let it pass; allow it with \
+                 `chmod o+x {}`",
+                dir.display(),
+                meta.mode() & 0o7777,
+                meta.uid(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(None)
 }
