@@ -10,8 +10,8 @@ use crate::backend::BackendKind;
 use crate::error::ConfigError;
 use crate::image::ImageRef;
 use crate::policy::{NetworkMode, Profile};
-use crate::resources::{parse_cpus, parse_duration, parse_memory, parse_pids};
-use crate::spec::{DEFAULT_WORKDIR, Mount, SandboxSpec, parse_env_entry, validate_sandbox_path};
+use crate::resources::{parse_cpus, parse_duration, parse_memory_limit, parse_pids};
+use crate::spec::{DEFAULT_WORKDIR, Mount, SandboxSpec, parse_env_entry, validate_workdir};
 
 /// Name of the per-project config file, looked up from the current directory upwards.
 pub const PROJECT_FILE: &str = "agentkernel.toml";
@@ -350,7 +350,7 @@ pub fn resolve(
 
     let mut resources = profile.default_resources();
     if let Some(memory) = &options.memory {
-        resources.memory_bytes = parse_memory(memory)?;
+        resources.memory_bytes = parse_memory_limit(memory)?;
     }
     if let Some(cpus) = options.cpus {
         resources.cpus = Some(parse_cpus(cpus)?);
@@ -385,7 +385,7 @@ pub fn resolve(
         workdir = host;
     }
     if let Some(dir) = &options.workdir {
-        workdir = validate_sandbox_path(dir)?;
+        workdir = validate_workdir(dir)?;
     }
 
     Ok(SandboxSpec {
@@ -502,6 +502,62 @@ mod tests {
         for case in cases {
             assert!(resolve_default(case.clone()).is_err(), "{case:?}");
         }
+    }
+
+    #[test]
+    fn out_of_range_limits_are_refused() {
+        let refused = |options: SandboxOptions| match resolve_default(options.clone()) {
+            Err(error) => error.to_string(),
+            Ok(_) => panic!("accepted: {options:?}"),
+        };
+        let message = refused(SandboxOptions {
+            memory: Some("9999999T".into()),
+            ..Default::default()
+        });
+        assert!(
+            message.contains("invalid memory size '9999999T'"),
+            "{message}"
+        );
+        let message = refused(SandboxOptions {
+            memory: Some("1M".into()),
+            ..Default::default()
+        });
+        assert!(message.contains("smallest workable"), "{message}");
+        let message = refused(SandboxOptions {
+            pids: Some(4_194_305),
+            ..Default::default()
+        });
+        assert!(
+            message.contains("invalid pids limit '4194305'"),
+            "{message}"
+        );
+        let message = refused(SandboxOptions {
+            cpus: Some(0.0001),
+            ..Default::default()
+        });
+        assert!(message.contains("invalid CPU count '0.0001'"), "{message}");
+        let message = refused(SandboxOptions {
+            env: Some(vec!["MY VAR=1".into()]),
+            ..Default::default()
+        });
+        assert!(message.contains("invalid environment entry"), "{message}");
+        for workdir in ["/", "/usr/src", "/etc"] {
+            let message = refused(SandboxOptions {
+                workdir: Some(workdir.into()),
+                ..Default::default()
+            });
+            assert!(message.contains("writable"), "{workdir}: {message}");
+        }
+        let spec = resolve_default(SandboxOptions {
+            memory: Some("8M".into()),
+            pids: Some(4_194_304),
+            cpus: Some(0.001),
+            workdir: Some("/srv/app".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(spec.resources.memory_bytes, 8 << 20);
+        assert_eq!(spec.workdir, PathBuf::from("/srv/app"));
     }
 
     #[test]

@@ -13,15 +13,19 @@ pub enum ConfigError {
         "invalid memory size '{0}' (expected a number with an optional unit: 512M, 2G, 1048576)"
     )]
     InvalidMemory(String),
+    #[error("invalid memory size '{value}': {reason}")]
+    MemoryOutOfRange { value: String, reason: &'static str },
     #[error("invalid duration '{0}' (expected e.g. 30s, 5m, 1h30m)")]
     InvalidDuration(String),
-    #[error("invalid CPU count '{0}' (expected a number greater than 0, at most 1024)")]
+    #[error("invalid CPU count '{0}' (expected a number from 0.001 to 1024)")]
     InvalidCpus(String),
-    #[error("invalid pids limit '{0}' (expected a whole number of at least 1)")]
+    #[error(
+        "invalid pids limit '{0}' (expected a whole number from 1 to 4194304, the kernel's limit)"
+    )]
     InvalidPids(String),
-    #[error("invalid environment entry '{0}' (expected KEY=VALUE with a non-empty KEY)")]
-    InvalidEnv(String),
-    #[error("invalid path '{path}': {reason}")]
+    #[error("invalid environment entry '{}': {reason}", shown_name(.entry))]
+    InvalidEnv { entry: String, reason: &'static str },
+    #[error("invalid path '{}': {reason}", shown_name(.path))]
     InvalidPath { path: String, reason: &'static str },
     #[error("image directory {0} does not exist or is not a directory")]
     MissingImageDir(PathBuf),

@@ -18,10 +18,23 @@ pub struct Resources {
 }
 
 const MAX_CPUS: f64 = 1024.0;
+/// One millicpu: the CFS quota cannot express less (the kernel refuses a quota under 1 ms
+/// per 100 ms period), so a smaller value could only be rounded, never honoured.
+const MIN_CPUS: f64 = 0.001;
+
+/// Below this a sandbox cannot even start its agent and a shell; a smaller limit would
+/// only fail later as an obscure out-of-memory kill.
+pub const MIN_MEMORY: u64 = 8 << 20;
+/// The largest memory size accepted: 1 PiB. cgroup limits are signed 64-bit byte counts,
+/// and no host has this much; anything larger is a typo (e.g. `9999999T`).
+pub const MAX_MEMORY: u64 = 1 << 50;
+/// The kernel's largest possible `pid_max` (`PID_MAX_LIMIT` on 64-bit): a pids limit
+/// above it can never bind.
+pub const MAX_PIDS: u64 = 4_194_304;
 
 /// Parses a memory size the way container tools do: a number with an optional binary
 /// unit (`k`, `m`, `g`, `t`, optionally followed by `b`/`ib`, case-insensitive).
-/// A bare number is bytes. Hand-written because the size crates on crates.io use decimal
+/// A bare number is bytes; at most [`MAX_MEMORY`]. Hand-written because the size crates on crates.io use decimal
 /// units for `M`/`G`, which would silently shrink every limit by 5-7%.
 pub fn parse_memory(input: &str) -> Result<u64, ConfigError> {
     let invalid = || ConfigError::InvalidMemory(input.to_string());
@@ -40,10 +53,29 @@ pub fn parse_memory(input: &str) -> Result<u64, ConfigError> {
     };
     let value: f64 = number.parse().map_err(|_| invalid())?;
     let bytes = value * (1u64 << shift) as f64;
-    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+    if !bytes.is_finite() || bytes < 1.0 {
         return Err(invalid());
     }
+    if bytes > MAX_MEMORY as f64 {
+        return Err(ConfigError::MemoryOutOfRange {
+            value: input.to_string(),
+            reason: "above the largest accepted size, 1P (1024T)",
+        });
+    }
     Ok(bytes as u64)
+}
+
+/// Parses a sandbox's memory limit: a size as [`parse_memory`] reads it, at least
+/// [`MIN_MEMORY`].
+pub fn parse_memory_limit(input: &str) -> Result<u64, ConfigError> {
+    let bytes = parse_memory(input)?;
+    if bytes < MIN_MEMORY {
+        return Err(ConfigError::MemoryOutOfRange {
+            value: input.to_string(),
+            reason: "below the smallest workable limit, 8M",
+        });
+    }
+    Ok(bytes)
 }
 
 /// Parses a duration such as `30s`, `5m`, `1h30m` or `250ms`.
@@ -58,7 +90,7 @@ pub fn parse_duration(input: &str) -> Result<Duration, ConfigError> {
 
 /// Validates a CPU count.
 pub fn parse_cpus(value: f64) -> Result<f64, ConfigError> {
-    if value.is_finite() && value > 0.0 && value <= MAX_CPUS {
+    if value.is_finite() && (MIN_CPUS..=MAX_CPUS).contains(&value) {
         Ok(value)
     } else {
         Err(ConfigError::InvalidCpus(value.to_string()))
@@ -67,7 +99,7 @@ pub fn parse_cpus(value: f64) -> Result<f64, ConfigError> {
 
 /// Validates a pids limit.
 pub fn parse_pids(value: u64) -> Result<u64, ConfigError> {
-    if value >= 1 {
+    if (1..=MAX_PIDS).contains(&value) {
         Ok(value)
     } else {
         Err(ConfigError::InvalidPids(value.to_string()))
@@ -96,6 +128,32 @@ mod tests {
     }
 
     #[test]
+    fn memory_beyond_the_kernels_range_is_refused_clearly() {
+        // Above i64::MAX bytes (what a cgroup limit can hold) but below u64::MAX.
+        let message = parse_memory("9999999T").unwrap_err().to_string();
+        assert!(
+            message.contains("invalid memory size '9999999T'"),
+            "{message}"
+        );
+        assert!(message.contains("largest"), "{message}");
+        assert!(parse_memory("1025T").is_err());
+        assert!(parse_memory(&format!("{}", u64::MAX)).is_err());
+        assert_eq!(parse_memory("1024T").unwrap(), MAX_MEMORY);
+    }
+
+    #[test]
+    fn memory_limits_have_a_workable_minimum() {
+        assert_eq!(parse_memory_limit("8M").unwrap(), MIN_MEMORY);
+        assert_eq!(parse_memory_limit("1G").unwrap(), 1 << 30);
+        for small in ["1", "4096", "64k", "7.9M"] {
+            let message = parse_memory_limit(small).unwrap_err().to_string();
+            assert!(message.contains("smallest workable"), "{small}: {message}");
+        }
+        assert!(parse_memory_limit("9999999T").is_err());
+        assert!(parse_memory_limit("lots").is_err());
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
         assert_eq!(parse_duration("1h30m").unwrap(), Duration::from_secs(5400));
@@ -111,7 +169,13 @@ mod tests {
         assert!(parse_cpus(0.0).is_err());
         assert!(parse_cpus(f64::NAN).is_err());
         assert!(parse_cpus(5000.0).is_err());
+        assert!(parse_cpus(0.001).is_ok());
+        assert!(parse_cpus(0.0009).is_err());
+        assert!(parse_cpus(f64::MIN_POSITIVE).is_err());
         assert!(parse_pids(0).is_err());
         assert_eq!(parse_pids(64).unwrap(), 64);
+        assert_eq!(parse_pids(MAX_PIDS).unwrap(), MAX_PIDS);
+        assert!(parse_pids(MAX_PIDS + 1).is_err());
+        assert!(parse_pids(u64::MAX).is_err());
     }
 }

@@ -48,17 +48,37 @@ pub fn new_sandbox_id() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-/// Parses `KEY=VALUE`. The key must be non-empty and neither part may hold a NUL byte.
+/// The kernel's longest path (`PATH_MAX`, counting the terminating NUL): a longer path
+/// could only fail later, inside the sandbox, with a less helpful error.
+pub const MAX_PATH_BYTES: usize = 4096;
+
+/// Parses `KEY=VALUE`. The key must be non-empty and hold no whitespace or control
+/// characters (no shell or program could refer to it, and a space usually means a
+/// mistyped flag); neither part may hold a NUL byte.
 pub fn parse_env_entry(entry: &str) -> Result<(String, String), ConfigError> {
-    let invalid = || ConfigError::InvalidEnv(entry.to_string());
-    let (key, value) = entry.split_once('=').ok_or_else(invalid)?;
-    if key.is_empty() || key.contains('\0') || value.contains('\0') {
-        return Err(invalid());
+    let invalid = |reason| ConfigError::InvalidEnv {
+        entry: entry.to_string(),
+        reason,
+    };
+    let (key, value) = entry
+        .split_once('=')
+        .ok_or_else(|| invalid("expected KEY=VALUE"))?;
+    if key.is_empty() {
+        return Err(invalid("the name before '=' is empty"));
+    }
+    if key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(invalid(
+            "the name must not contain whitespace or control characters",
+        ));
+    }
+    if value.contains('\0') {
+        return Err(invalid("the value contains a NUL byte"));
     }
     Ok((key.to_string(), value.to_string()))
 }
 
-/// Checks a path that names a place inside a sandbox: absolute, no `..`, no NUL.
+/// Checks a path that names a place inside a sandbox: absolute, no `..`, no NUL, shorter
+/// than `PATH_MAX`.
 pub fn validate_sandbox_path(path: &str) -> Result<PathBuf, ConfigError> {
     let invalid = |reason| ConfigError::InvalidPath {
         path: path.to_string(),
@@ -66,6 +86,9 @@ pub fn validate_sandbox_path(path: &str) -> Result<PathBuf, ConfigError> {
     };
     if path.contains('\0') {
         return Err(invalid("contains a NUL byte"));
+    }
+    if path.len() >= MAX_PATH_BYTES {
+        return Err(invalid("longer than the kernel's limit of 4095 bytes"));
     }
     let parsed = Path::new(path);
     if !parsed.is_absolute() {
@@ -75,6 +98,35 @@ pub fn validate_sandbox_path(path: &str) -> Result<PathBuf, ConfigError> {
         return Err(invalid("must not contain '..'"));
     }
     Ok(parsed.components().collect())
+}
+
+/// Host system directories a sandbox's workdir must not be or lie in. The workdir is made
+/// writable for the sandbox's processes (landlock grants every right beneath it), so a
+/// workdir of `/` or `/usr` would lift the read-only rule on the system itself.
+const SYSTEM_DIRS: &[&str] = &[
+    "/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/sbin",
+    "/sys", "/usr",
+];
+
+/// Checks a sandbox's workdir: a valid sandbox path (see [`validate_sandbox_path`]) that
+/// is neither `/` nor a system directory or a place inside one.
+pub fn validate_workdir(path: &str) -> Result<PathBuf, ConfigError> {
+    let checked = validate_sandbox_path(path)?;
+    let invalid = |reason| ConfigError::InvalidPath {
+        path: path.to_string(),
+        reason,
+    };
+    if checked == Path::new("/") {
+        return Err(invalid(
+            "the workdir is writable, and '/' would make the whole file system writable",
+        ));
+    }
+    if SYSTEM_DIRS.iter().any(|dir| checked.starts_with(dir)) {
+        return Err(invalid(
+            "the workdir is writable and must not be a system directory (/usr, /etc, /proc, ...) or lie inside one",
+        ));
+    }
+    Ok(checked)
 }
 
 /// The longest sandbox name: a DNS label's limit, so a name can also serve as a hostname.
@@ -129,9 +181,59 @@ mod tests {
             parse_env_entry("EMPTY=").unwrap(),
             ("EMPTY".into(), "".into())
         );
-        for bad in ["", "=x", "NOEQUALS", "A\0=x"] {
+        for bad in [
+            "", "=x", "NOEQUALS", "A\0=x", "A=x\0", "MY VAR=1", " A=1", "A =1", "A\tB=1", "A\nB=1",
+        ] {
             assert!(parse_env_entry(bad).is_err(), "{bad:?}");
         }
+        let message = parse_env_entry("MY VAR=1").unwrap_err().to_string();
+        assert!(message.contains("'MY VAR=1'"), "{message}");
+        assert!(message.contains("whitespace"), "{message}");
+        let message = parse_env_entry("NOEQUALS").unwrap_err().to_string();
+        assert!(message.contains("expected KEY=VALUE"), "{message}");
+    }
+
+    #[test]
+    fn over_long_paths_are_refused() {
+        let longest = format!("/{}", "a".repeat(MAX_PATH_BYTES - 2));
+        assert!(validate_sandbox_path(&longest).is_ok());
+        let too_long = format!("/{}", "a".repeat(MAX_PATH_BYTES));
+        let message = validate_sandbox_path(&too_long).unwrap_err().to_string();
+        assert!(message.contains("4095 bytes"), "{message}");
+        // The message quotes the start of the path, not all of it.
+        assert!(message.len() < 300, "{message}");
+    }
+
+    #[test]
+    fn workdirs_that_would_open_up_the_system_are_refused() {
+        for bad in [
+            "/",
+            "//",
+            "/.",
+            "/usr",
+            "/usr/",
+            "/usr/local/src",
+            "/etc",
+            "/proc/self",
+            "/sys",
+            "/dev",
+            "/bin",
+            "/lib64",
+        ] {
+            assert!(validate_workdir(bad).is_err(), "{bad:?} was accepted");
+        }
+        let message = validate_workdir("/").unwrap_err().to_string();
+        assert!(message.contains("invalid path '/'"), "{message}");
+        for good in [
+            "/workspace",
+            "/tmp/w",
+            "/home/u/project",
+            "/srv/app",
+            "/usrx",
+        ] {
+            assert!(validate_workdir(good).is_ok(), "{good:?} was refused");
+        }
+        assert!(validate_workdir("relative").is_err());
     }
 
     #[test]

@@ -2,17 +2,30 @@
 //! exec, file read and write) and per refused request, appended to `audit.log` in the state
 //! directory. Every agentkernel process of the user appends to the same file; each entry is
 //! one `write` to a file opened with `O_APPEND`, so concurrent entries never interleave.
+//!
+//! The log is bounded: an append that would take `audit.log` past its size limit first
+//! renames it to `audit.log.1` (`.1` to `.2`, and so on; the oldest generation kept is
+//! overwritten). Renames keep every byte of the renamed file, also what a writer that had
+//! it open appends afterwards; rotations take an exclusive `flock` on `audit.log.lock`,
+//! readers a shared one, so that a reader sees each generation once.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use rustix::fs::{FlockOperation, flock};
 use serde::{Deserialize, Serialize};
 
 /// The file name of the audit log inside the state directory.
 pub const AUDIT_FILE: &str = "audit.log";
+
+/// Size at which `audit.log` is rotated.
+pub const ROTATE_BYTES: u64 = 16 << 20;
+/// Rotated generations kept (`audit.log.1` is the newest): with [`ROTATE_BYTES`], the log
+/// takes at most 64 MiB.
+pub const KEEP_GENERATIONS: u32 = 3;
 
 /// Longest detail an entry keeps, so that a huge command line cannot bloat the log.
 const MAX_DETAIL: usize = 1024;
@@ -85,17 +98,29 @@ pub enum AuditError {
     },
 }
 
-/// The audit log file of one state directory.
+/// The audit log file of one state directory, with its rotated generations.
 #[derive(Debug, Clone)]
 pub struct AuditLog {
     path: PathBuf,
+    /// `audit.log` is rotated before an append would take it past this size.
+    rotate_bytes: u64,
+    /// Rotated files kept: `audit.log.1` to `audit.log.<generations>`.
+    generations: u32,
 }
 
 impl AuditLog {
-    /// The log in `state_dir`.
+    /// The log in `state_dir`, rotated at [`ROTATE_BYTES`], keeping [`KEEP_GENERATIONS`].
     pub fn in_dir(state_dir: &Path) -> AuditLog {
+        AuditLog::with_rotation(state_dir, ROTATE_BYTES, KEEP_GENERATIONS)
+    }
+
+    /// The log in `state_dir`, rotated at `rotate_bytes`, keeping `generations` rotated
+    /// files (at least one: rotating into nothing would lose the entries).
+    pub fn with_rotation(state_dir: &Path, rotate_bytes: u64, generations: u32) -> AuditLog {
         AuditLog {
             path: state_dir.join(AUDIT_FILE),
+            rotate_bytes,
+            generations: generations.max(1),
         }
     }
 
@@ -103,14 +128,44 @@ impl AuditLog {
         &self.path
     }
 
-    /// Appends `entry` (creating the file, mode 0600: commands and paths are private).
-    pub fn append(&self, entry: &AuditEntry) -> Result<(), AuditError> {
-        let io = |source| AuditError::Io {
+    /// Rotated generation `n` (1 is the newest).
+    fn generation(&self, n: u32) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    fn lock_path(&self) -> PathBuf {
+        let mut name = self.path.as_os_str().to_owned();
+        name.push(".lock");
+        PathBuf::from(name)
+    }
+
+    fn io_error(&self, source: std::io::Error) -> AuditError {
+        AuditError::Io {
             path: self.path.clone(),
             source,
-        };
+        }
+    }
+
+    /// Appends `entry` (creating the file, mode 0600: commands and paths are private),
+    /// rotating the log first when the entry would take it past its size limit.
+    pub fn append(&self, entry: &AuditEntry) -> Result<(), AuditError> {
+        let io = |source| self.io_error(source);
         let mut line = serde_json::to_vec(entry).map_err(|e| io(e.into()))?;
         line.push(b'\n');
+        let mut file = self.open_for_append()?;
+        let size = file.metadata().map_err(io)?.len();
+        if size > 0 && size + line.len() as u64 > self.rotate_bytes {
+            self.rotate(&file)?;
+            file = self.open_for_append()?;
+        }
+        // One write: O_APPEND places it whole at the end, whoever else is appending.
+        file.write_all(&line).map_err(io)
+    }
+
+    fn open_for_append(&self) -> Result<File, AuditError> {
+        let io = |source| self.io_error(source);
         let open = || {
             OpenOptions::new()
                 .create(true)
@@ -118,7 +173,7 @@ impl AuditLog {
                 .mode(0o600)
                 .open(&self.path)
         };
-        let mut file = match open() {
+        match open() {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 // The first entry of a new state directory; private, like the registry's.
                 if let Some(dir) = self.path.parent() {
@@ -128,47 +183,112 @@ impl AuditLog {
                         .create(dir)
                         .map_err(io)?;
                 }
-                open().map_err(io)?
+                open().map_err(io)
             }
-            other => other.map_err(io)?,
-        };
-        // One write: O_APPEND places it whole at the end, whoever else is appending.
-        file.write_all(&line).map_err(io)
+            other => other.map_err(io),
+        }
     }
 
-    /// Every entry, oldest first; only those of `sandbox` when given. A missing log is empty.
-    pub fn read(&self, sandbox: Option<&str>) -> Result<Vec<AuditEntry>, AuditError> {
-        let file = match std::fs::File::open(&self.path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(AuditError::Io {
-                    path: self.path.clone(),
-                    source,
-                });
+    /// The lock that orders rotations and reads (created 0600 when missing).
+    fn lock(&self, operation: FlockOperation) -> Result<File, AuditError> {
+        let path = self.lock_path();
+        let io = |source| AuditError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        flock(&file, operation).map_err(|e| io(e.into()))?;
+        Ok(file)
+    }
+
+    /// Shifts the generations up by one and makes `current` (the open `audit.log`)
+    /// generation 1, unless another process rotated it meanwhile.
+    fn rotate(&self, current: &File) -> Result<(), AuditError> {
+        let _lock = self.lock(FlockOperation::LockExclusive)?;
+        let io = |source| self.io_error(source);
+        let ours = current.metadata().map_err(io)?;
+        // Decided again under the lock: whoever took it first rotated the file, and the
+        // name now holds a new one (or none yet) that is not ours to move.
+        match std::fs::metadata(&self.path) {
+            Ok(now) if now.dev() == ours.dev() && now.ino() == ours.ino() => {}
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io(e)),
+        }
+        for n in (1..self.generations).rev() {
+            match std::fs::rename(self.generation(n), self.generation(n + 1)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(source) => {
+                    return Err(AuditError::Io {
+                        path: self.generation(n),
+                        source,
+                    });
+                }
             }
+        }
+        std::fs::rename(&self.path, self.generation(1)).map_err(io)
+    }
+
+    /// Every entry, oldest first (the oldest rotated file first, `audit.log` last); only
+    /// those of `sandbox` when given. A missing log is empty.
+    pub fn read(&self, sandbox: Option<&str>) -> Result<Vec<AuditEntry>, AuditError> {
+        // Shared: no rotation can move a file between two of the reads below. No lock
+        // file (and no directory) means no log has been written yet.
+        let _lock = match self.lock(FlockOperation::LockShared) {
+            Ok(lock) => Some(lock),
+            Err(AuditError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {
+                None
+            }
+            Err(e) => return Err(e),
         };
         let mut entries = Vec::new();
-        for (index, line) in BufReader::new(file).lines().enumerate() {
-            let line = line.map_err(|source| AuditError::Io {
-                path: self.path.clone(),
-                source,
-            })?;
-            if line.trim().is_empty() {
-                continue;
-            }
-            let entry: AuditEntry =
-                serde_json::from_str(&line).map_err(|e| AuditError::Corrupt {
-                    path: self.path.clone(),
-                    line: index + 1,
-                    message: e.to_string(),
-                })?;
-            if sandbox.is_none_or(|name| entry.sandbox.as_deref() == Some(name)) {
-                entries.push(entry);
-            }
+        let files = (1..=self.generations)
+            .rev()
+            .map(|n| self.generation(n))
+            .chain(std::iter::once(self.path.clone()));
+        for path in files {
+            read_file(&path, sandbox, &mut entries)?;
         }
         Ok(entries)
     }
+}
+
+/// Appends the entries of one log file (none when it does not exist) to `entries`.
+fn read_file(
+    path: &Path,
+    sandbox: Option<&str>,
+    entries: &mut Vec<AuditEntry>,
+) -> Result<(), AuditError> {
+    let io = |source| AuditError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = match File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(io(source)),
+    };
+    for (index, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let entry: AuditEntry = serde_json::from_str(&line).map_err(|e| AuditError::Corrupt {
+            path: path.to_path_buf(),
+            line: index + 1,
+            message: e.to_string(),
+        })?;
+        if sandbox.is_none_or(|name| entry.sandbox.as_deref() == Some(name)) {
+            entries.push(entry);
+        }
+    }
+    Ok(())
 }
 
 /// `time` as RFC 3339 in UTC, to the second.
@@ -255,6 +375,117 @@ mod tests {
             log.read(None),
             Err(AuditError::Corrupt { line: 1, .. })
         ));
+    }
+
+    fn numbered(n: usize) -> AuditEntry {
+        AuditEntry::new(
+            "cli",
+            "exec",
+            Some("box"),
+            Outcome::Ok,
+            Some(format!("{n:06}")),
+        )
+    }
+
+    fn details(entries: &[AuditEntry]) -> Vec<usize> {
+        entries
+            .iter()
+            .map(|e| e.detail.as_deref().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn rotates_at_the_limit_and_reads_oldest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = serde_json::to_vec(&numbered(0)).unwrap().len() as u64 + 1;
+        // Room for four entries per file.
+        let log = AuditLog::with_rotation(dir.path(), 4 * line, 3);
+        for n in 0..10 {
+            log.append(&numbered(n)).unwrap();
+        }
+        for file in [
+            log.path().to_path_buf(),
+            log.generation(1),
+            log.generation(2),
+        ] {
+            let size = std::fs::metadata(&file).unwrap().len();
+            assert!(size <= 4 * line, "{}: {size}", file.display());
+        }
+        assert!(!log.generation(3).exists());
+        assert_eq!(
+            details(&log.read(None).unwrap()),
+            (0..10).collect::<Vec<_>>()
+        );
+        assert_eq!(log.read(Some("other")).unwrap().len(), 0);
+        // Rotated files stay private.
+        let mode = std::fs::metadata(log.generation(1)).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+    }
+
+    #[test]
+    fn the_oldest_generation_beyond_the_kept_ones_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let line = serde_json::to_vec(&numbered(0)).unwrap().len() as u64 + 1;
+        let log = AuditLog::with_rotation(dir.path(), 2 * line, 2);
+        for n in 0..11 {
+            log.append(&numbered(n)).unwrap();
+        }
+        // Files of two entries: [..][..][6,7][8,9][10]; two rotated ones are kept.
+        assert_eq!(details(&log.read(None).unwrap()), vec![6, 7, 8, 9, 10]);
+        assert!(!log.generation(3).exists());
+    }
+
+    #[test]
+    fn a_damaged_rotated_file_is_named_in_the_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = AuditLog::with_rotation(dir.path(), 1, 2);
+        log.append(&numbered(1)).unwrap();
+        std::fs::write(log.generation(2), "{not json\n").unwrap();
+        match log.read(None) {
+            Err(AuditError::Corrupt { path, line: 1, .. }) => {
+                assert_eq!(path, log.generation(2))
+            }
+            other => panic!("expected Corrupt, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn concurrent_writers_lose_nothing_across_rotations() {
+        let dir = tempfile::tempdir().unwrap();
+        let (writers, each) = (8, 150);
+        // Small files, and more generations than can fill up: every entry must survive.
+        let writers_threads: Vec<_> = (0..writers)
+            .map(|w| {
+                // Each writer has its own AuditLog and opens the file for every entry, as
+                // separate processes do.
+                let log = AuditLog::with_rotation(dir.path(), 2048, 1000);
+                std::thread::spawn(move || {
+                    for i in 0..each {
+                        log.append(&numbered(w * each + i)).unwrap();
+                    }
+                })
+            })
+            .collect();
+        let reader = AuditLog::with_rotation(dir.path(), 2048, 1000);
+        // Reads meanwhile never fail and never see an entry twice.
+        for _ in 0..20 {
+            let mut seen = details(&reader.read(None).unwrap());
+            let count = seen.len();
+            seen.sort_unstable();
+            seen.dedup();
+            assert_eq!(seen.len(), count, "an entry was read twice");
+        }
+        for thread in writers_threads {
+            thread.join().unwrap();
+        }
+        let mut all = details(&reader.read(None).unwrap());
+        assert_eq!(all.len(), writers * each);
+        all.sort_unstable();
+        assert_eq!(all, (0..writers * each).collect::<Vec<_>>());
+        assert!(reader.generation(2).exists(), "the log never rotated");
     }
 
     #[test]

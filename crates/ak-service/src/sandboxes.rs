@@ -66,8 +66,11 @@ impl Service {
     /// The state directory and its `sandboxes` directory get the search bits for everyone
     /// (the state directory is created 0700, so it becomes 0711): a sandbox's first process
     /// runs as the sandbox's (unprivileged) root and must pass through them to bind its
-    /// workdir; the registry file itself stays 0600.
-    fn make_traversable(&self) -> Result<(), ServiceError> {
+    /// workdir; the registry file itself stays 0600. The directories above the state
+    /// directory are not ours to change: when the sandbox's root (`root_owner`, a host uid
+    /// and gid) cannot pass through one of them, that is an error naming it, rather than a
+    /// sandbox that fails to start with a broken pipe.
+    fn make_traversable(&self, root_owner: Option<(u32, u32)>) -> Result<(), ServiceError> {
         let state = self.state_dir()?;
         let sandboxes = state.join("sandboxes");
         std::fs::DirBuilder::new()
@@ -87,6 +90,19 @@ impl Service {
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode | 0o111))
                     .map_err(|e| ServiceError::State(format!("chmod {}: {e}", dir.display())))?;
             }
+        }
+        if let Some(owner) = foreign_root(root_owner) {
+            let state = state
+                .canonicalize()
+                .map_err(|e| ServiceError::State(format!("resolve {}: {e}", state.display())))?;
+            unreachable_ancestor(&state, owner)?.map_or(Ok(()), |blocked| {
+                Err(ServiceError::State(format!(
+                    "the sandbox's root user (host uid {}) cannot reach the state directory {}: {blocked}; \
+                     or set AGENTKERNEL_REGISTRY to a registry in a directory it can reach",
+                    owner.0,
+                    state.display()
+                )))
+            })?;
         }
         Ok(())
     }
@@ -113,14 +129,31 @@ impl Service {
                 ServiceError::InvalidInput(format!("workdir {}: {e}", dir.display()))
             })?,
             None => {
-                self.make_traversable()?;
-                let host = self.host_dir_of(&spec.id)?.join("workspace");
-                std::fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o755)
-                    .create(&host)
-                    .map_err(|e| ServiceError::State(format!("create {}: {e}", host.display())))?;
-                if let Some((uid, gid)) = backend.sandbox_root_owner() {
+                let root_owner = backend.sandbox_root_owner();
+                self.make_traversable(root_owner)?;
+                // Private to the sandbox: its root owns the workspace, and no other local
+                // user may read or list it. The sandbox's own directory only lets others
+                // pass (0711) when the sandbox's root is another uid and must pass through.
+                let sandbox_dir = self.host_dir_of(&spec.id)?;
+                let host = sandbox_dir.join("workspace");
+                let sandbox_dir_mode = if foreign_root(root_owner).is_some() {
+                    0o711
+                } else {
+                    0o700
+                };
+                for (dir, mode) in [(&sandbox_dir, sandbox_dir_mode), (&host, 0o700)] {
+                    std::fs::DirBuilder::new()
+                        .mode(mode)
+                        .create(dir)
+                        .map_err(|e| {
+                            ServiceError::State(format!("create {}: {e}", dir.display()))
+                        })?;
+                    // Exactly this mode: the umask may have taken the search bit away.
+                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(
+                        |e| ServiceError::State(format!("chmod {}: {e}", dir.display())),
+                    )?;
+                }
+                if let Some((uid, gid)) = root_owner {
                     rustix::fs::chown(
                         &host,
                         Some(rustix::fs::Uid::from_raw(uid)),
@@ -131,6 +164,17 @@ impl Service {
                 host
             }
         };
+        // A directory the user named must be reachable by the sandbox's root too.
+        if dir.is_some()
+            && let Some(owner) = foreign_root(backend.sandbox_root_owner())
+            && let Some(blocked) = unreachable_ancestor(&workdir_host, owner)?
+        {
+            return Err(ServiceError::InvalidInput(format!(
+                "the sandbox's root user (host uid {}) cannot reach {}: {blocked}",
+                owner.0,
+                workdir_host.display()
+            )));
+        }
         let target = if dir.is_some() {
             workdir_host.clone()
         } else {
@@ -521,4 +565,39 @@ fn require(
         state: record.state,
         hint: format!("cannot {action}: {hint}"),
     })
+}
+
+/// The sandbox's root (host uid and gid) when it is not this process's user: then it needs
+/// permissions of its own to reach host directories.
+fn foreign_root(root_owner: Option<(u32, u32)>) -> Option<(u32, u32)> {
+    root_owner.filter(|(uid, _)| *uid != rustix::process::geteuid().as_raw())
+}
+
+/// The first directory above `path` (absolute, resolved) that `owner` (a host uid and gid,
+/// without supplementary groups: a sandbox's root has none on the host) may not search,
+/// described with what would fix it; `None` when it can reach `path`.
+fn unreachable_ancestor(path: &Path, owner: (u32, u32)) -> Result<Option<String>, ServiceError> {
+    use std::os::unix::fs::MetadataExt;
+    for dir in path.ancestors().skip(1) {
+        let meta = std::fs::metadata(dir)
+            .map_err(|e| ServiceError::State(format!("stat {}: {e}", dir.display())))?;
+        let search = if meta.uid() == owner.0 {
+            0o100
+        } else if meta.gid() == owner.1 {
+            0o010
+        } else {
+            0o001
+        };
+        if meta.mode() & search == 0 {
+            return Ok(Some(format!(
+                "{} (mode {:04o}, owner uid {}) does not let it pass; allow it with \
+                 `chmod o+x {}`",
+                dir.display(),
+                meta.mode() & 0o7777,
+                meta.uid(),
+                dir.display()
+            )));
+        }
+    }
+    Ok(None)
 }

@@ -2,13 +2,24 @@
 //! (one side is `NAME:/path`). Files land atomically on both sides (the agent writes a
 //! temporary file and renames it; the host side does the same); a directory copied to the
 //! host appears whole, under a temporary name first.
+//!
+//! What comes out of a sandbox is hostile data: on the host, every file and directory is
+//! created afresh (`O_CREAT|O_EXCL|O_NOFOLLOW`, relative to its parent's descriptor, so
+//! no planted symlink is followed) under an unpredictable staging name, and gets its
+//! sandbox mode without the setuid, setgid and sticky bits and without write access for
+//! group and others.
 
+use std::ffi::OsStr;
+use std::io::Write;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use ak_core::spec::validate_name;
+use ak_core::spec::{new_sandbox_id, validate_name};
 use ak_protocol::{AgentClient, FileType, ProtocolError};
 use anyhow::{Context, anyhow, bail};
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 use crate::cli::CpArgs;
 use crate::exit;
@@ -17,6 +28,14 @@ use crate::wiring;
 
 /// Largest single file `cp` moves (the agent refuses larger reads).
 const MAX_FILE: u64 = 4 << 30;
+
+/// Marks a host staging entry: `.NAME.ak-cp-PID-RANDOM` beside the destination NAME.
+const STAGING_MARK: &str = ".ak-cp-";
+
+/// The mode bits a file or directory copied out of a sandbox keeps: no setuid, setgid or
+/// sticky bit (a setuid file made by the sandbox's root must not become a host program
+/// that runs as the user), and no write access for group or others.
+const KEPT_MODE_BITS: u32 = 0o755;
 
 /// One side of a copy.
 #[derive(Debug, PartialEq, Eq)]
@@ -140,6 +159,9 @@ async fn upload_tree(client: &AgentClient, host: &Path, target: &str) -> anyhow:
 /// Sandbox file or directory -> host path (a directory appears whole).
 async fn download(client: &AgentClient, source: &str, host: &Path) -> anyhow::Result<()> {
     let stat = client.stat(source).await.map_err(agent)?;
+    if !matches!(stat.file_type, FileType::File | FileType::Dir) {
+        bail!("{source} is not a regular file or directory");
+    }
     let parent = host
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -147,31 +169,153 @@ async fn download(client: &AgentClient, source: &str, host: &Path) -> anyhow::Re
     let name = host
         .file_name()
         .ok_or_else(|| anyhow!("{} names no file", host.display()))?;
-    let staging = parent.join(format!(
-        ".{}.ak-cp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let result = fetch(client, source, stat.file_type, stat.mode, &staging).await;
+    // Every step below is relative to this descriptor: a parent swapped meanwhile cannot
+    // redirect part of the copy elsewhere.
+    let parent_fd = rustix::fs::open(
+        parent,
+        OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("cannot open {}", parent.display()))?;
+    // Staging entries of copies that were killed before they could clean up.
+    sweep_stale_staging(parent_fd.as_fd());
+    let staging = staging_name(name);
+    let result = fetch(
+        client,
+        source,
+        stat.file_type,
+        stat.mode,
+        parent_fd.as_fd(),
+        &staging,
+    )
+    .await;
     if let Err(error) = result {
-        let _ = std::fs::remove_dir_all(&staging).or_else(|_| std::fs::remove_file(&staging));
+        let _ = remove_tree_at(parent_fd.as_fd(), &staging);
         return Err(error);
     }
-    std::fs::rename(&staging, host)
-        .with_context(|| format!("cannot move into place: {}", host.display()))
+    rustix::fs::renameat(parent_fd.as_fd(), &staging, parent_fd.as_fd(), name).map_err(|e| {
+        let _ = remove_tree_at(parent_fd.as_fd(), &staging);
+        anyhow!("cannot move into place: {}: {e}", host.display())
+    })
 }
 
+/// A staging name beside `name` that no one can guess ahead: `.NAME.ak-cp-PID-RANDOM`.
+/// The pid tells a later copy whether the entry's owner still runs.
+fn staging_name(name: &OsStr) -> std::ffi::OsString {
+    let mut staging = std::ffi::OsString::from(".");
+    staging.push(name);
+    staging.push(format!(
+        "{STAGING_MARK}{}-{}",
+        std::process::id(),
+        new_sandbox_id()
+    ));
+    staging
+}
+
+/// The pid in a staging name made by [`staging_name`], or `None` for any other name
+/// (a pid that is not a positive `pid_t` included: the name may be planted).
+fn staging_owner(name: &[u8]) -> Option<rustix::process::Pid> {
+    let name = std::str::from_utf8(name).ok()?;
+    let (head, tail) = name.rsplit_once(STAGING_MARK)?;
+    let (pid, random) = tail.split_once('-')?;
+    let well_formed = head.starts_with('.')
+        && head.len() > 1
+        && random.len() == 32
+        && random.bytes().all(|b| b.is_ascii_hexdigit());
+    let pid: i32 = pid.parse().ok().filter(|pid| *pid > 0 && well_formed)?;
+    rustix::process::Pid::from_raw(pid)
+}
+
+/// Removes the staging entries in `dir` that a copy left behind when it was killed: ours
+/// (owned by this user) and whose copy no longer runs. Best effort: a copy never fails
+/// for a leftover it could not remove.
+fn sweep_stale_staging(dir: BorrowedFd<'_>) {
+    let Ok(listing) = rustix::fs::Dir::read_from(dir) else {
+        return;
+    };
+    let me = rustix::process::geteuid().as_raw();
+    for entry in listing.flatten() {
+        let name = entry.file_name().to_bytes();
+        let Some(pid) = staging_owner(name) else {
+            continue;
+        };
+        // EPERM (another user's process) counts as running.
+        let still_running = rustix::process::test_kill_process(pid) != Err(rustix::io::Errno::SRCH);
+        let name = OsStr::from_bytes(name);
+        let ours = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+            .is_ok_and(|stat| stat.st_uid == me);
+        if ours && !still_running {
+            let _ = remove_tree_at(dir, name);
+        }
+    }
+}
+
+/// Removes `name` in `dir` and, when it is a directory, everything beneath it, never
+/// following a symlink (a symlink is removed itself).
+fn remove_tree_at(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<()> {
+    let stat = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+    if rustix::fs::FileType::from_raw_mode(stat.st_mode) != rustix::fs::FileType::Directory {
+        return rustix::fs::unlinkat(dir, name, AtFlags::empty());
+    }
+    let sub = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    // A copied directory may have lost its own write bit; its entries must go first.
+    rustix::fs::fchmod(&sub, Mode::from_raw_mode(0o700))?;
+    for entry in rustix::fs::Dir::read_from(&sub)?.flatten() {
+        let child = entry.file_name().to_bytes();
+        if child != b"." && child != b".." {
+            remove_tree_at(sub.as_fd(), OsStr::from_bytes(child))?;
+        }
+    }
+    rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR)
+}
+
+/// Creates directory `name` in `dir` (failing if anything, a symlink included, is there)
+/// and opens it without following a symlink put there meanwhile. Private until its
+/// content is complete.
+fn create_dir_at(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700))?;
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+}
+
+/// Creates file `name` in `dir`, which must not exist (not even as a symlink).
+fn create_file_at(dir: BorrowedFd<'_>, name: &OsStr) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat(
+        dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o600),
+    )
+}
+
+/// The mode a copy on the host gets for sandbox mode `mode`.
+fn host_mode(mode: u32) -> Mode {
+    Mode::from_raw_mode(mode & KEPT_MODE_BITS)
+}
+
+/// Copies `source` (of `file_type`, with sandbox mode `mode`) to `name` in `dir`.
 async fn fetch(
     client: &AgentClient,
     source: &str,
     file_type: FileType,
     mode: u32,
-    host: &Path,
+    dir: BorrowedFd<'_>,
+    name: &OsStr,
 ) -> anyhow::Result<()> {
-    match file_type {
+    let shown = || Path::new(name).display().to_string();
+    let created = match file_type {
         FileType::Dir => {
-            std::fs::create_dir(host)
-                .with_context(|| format!("cannot create {}", host.display()))?;
+            let created =
+                create_dir_at(dir, name).with_context(|| format!("cannot create {}", shown()))?;
             for entry in client.list_dir(source).await.map_err(agent)? {
                 // The agent is inside the sandbox: a name it sends must not walk the host.
                 if entry.name.is_empty()
@@ -190,23 +334,29 @@ async fn fetch(
                     &child,
                     entry.file_type,
                     entry.mode,
-                    &host.join(&entry.name),
+                    created.as_fd(),
+                    OsStr::new(&entry.name),
                 ))
                 .await?;
             }
+            created
         }
         FileType::File => {
             let data = client.read_file(source, MAX_FILE).await.map_err(agent)?;
-            std::fs::write(host, data)
-                .with_context(|| format!("cannot write {}", host.display()))?;
+            let created =
+                create_file_at(dir, name).with_context(|| format!("cannot create {}", shown()))?;
+            let mut file = std::fs::File::from(created);
+            file.write_all(&data)
+                .with_context(|| format!("cannot write {}", shown()))?;
+            OwnedFd::from(file)
         }
         FileType::Symlink | FileType::Other => {
             tracing::warn!("skipping {source}: not a regular file or directory");
             return Ok(());
         }
-    }
-    std::fs::set_permissions(host, std::fs::Permissions::from_mode(mode & 0o7777))
-        .with_context(|| format!("cannot set the mode of {}", host.display()))
+    };
+    rustix::fs::fchmod(&created, host_mode(mode))
+        .with_context(|| format!("cannot set the mode of {}", shown()))
 }
 
 fn agent(error: ProtocolError) -> anyhow::Error {
@@ -234,5 +384,99 @@ mod tests {
         assert!(parse("box:").is_err());
         assert!(parse("box:/../etc").is_err());
         assert!(parse("b;x:/a").is_err());
+    }
+
+    fn dir_fd(path: &Path) -> OwnedFd {
+        rustix::fs::open(path, OFlags::DIRECTORY | OFlags::RDONLY, Mode::empty()).unwrap()
+    }
+
+    #[test]
+    fn host_modes_lose_privilege_and_shared_write_bits() {
+        assert_eq!(host_mode(0o4755).as_raw_mode(), 0o755);
+        assert_eq!(host_mode(0o6777).as_raw_mode(), 0o755);
+        assert_eq!(host_mode(0o1777).as_raw_mode(), 0o755);
+        assert_eq!(host_mode(0o666).as_raw_mode(), 0o644);
+        assert_eq!(host_mode(0o600).as_raw_mode(), 0o600);
+        assert_eq!(host_mode(0o170_777).as_raw_mode(), 0o755);
+    }
+
+    #[test]
+    fn staging_names_are_unpredictable_and_recognisable() {
+        let first = staging_name(OsStr::new("out"));
+        let second = staging_name(OsStr::new("out"));
+        assert_ne!(first, second);
+        let prefix = format!(".out{STAGING_MARK}{}-", std::process::id());
+        assert!(first.to_string_lossy().starts_with(&prefix), "{first:?}");
+        assert_eq!(
+            staging_owner(first.as_bytes()).map(|pid| pid.as_raw_nonzero().get()),
+            Some(std::process::id() as i32)
+        );
+        for other in [
+            "out",
+            ".out.ak-cp-12",
+            ".out.ak-cp-12-xyz",
+            ".ak-cp-12-0123456789abcdef0123456789abcdef",
+            ".out.ak-cp-x-0123456789abcdef0123456789abcdef",
+            ".out.ak-cp-0-0123456789abcdef0123456789abcdef",
+            ".out.ak-cp--1-0123456789abcdef0123456789abcdef",
+            ".out.ak-cp-4294967295-0123456789abcdef0123456789abcdef",
+        ] {
+            assert_eq!(staging_owner(other.as_bytes()), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_planted_symlink_is_never_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let victim = dir.path().join("victim");
+        std::fs::create_dir(&victim).unwrap();
+        std::fs::write(victim.join("keep"), "precious").unwrap();
+        let planted = OsStr::new(".out.ak-cp-1-0123456789abcdef0123456789abcdef");
+        std::os::unix::fs::symlink(&victim, dir.path().join(planted)).unwrap();
+        std::os::unix::fs::symlink(victim.join("keep"), dir.path().join("file-link")).unwrap();
+        let fd = dir_fd(dir.path());
+        assert_eq!(
+            create_dir_at(fd.as_fd(), planted).unwrap_err(),
+            rustix::io::Errno::EXIST
+        );
+        assert_eq!(
+            create_file_at(fd.as_fd(), OsStr::new("file-link")).unwrap_err(),
+            rustix::io::Errno::EXIST
+        );
+        assert_eq!(
+            std::fs::read_to_string(victim.join("keep")).unwrap(),
+            "precious"
+        );
+        // Removing a staging entry that is a symlink removes the link, not its target.
+        remove_tree_at(fd.as_fd(), planted).unwrap();
+        assert!(dir.path().join(planted).symlink_metadata().is_err());
+        assert_eq!(
+            std::fs::read_to_string(victim.join("keep")).unwrap(),
+            "precious"
+        );
+    }
+
+    #[test]
+    fn stale_staging_entries_are_swept_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let random = "0123456789abcdef0123456789abcdef";
+        // Above the kernel's pid_max limit: never a running process.
+        let stale = format!(".out{STAGING_MARK}4194305-{random}");
+        std::fs::create_dir_all(dir.path().join(&stale).join("sub")).unwrap();
+        std::fs::write(dir.path().join(&stale).join("sub/f"), "x").unwrap();
+        // A read-only directory inside, as a copied tree may have.
+        std::fs::set_permissions(
+            dir.path().join(&stale).join("sub"),
+            std::fs::Permissions::from_mode(0o555),
+        )
+        .unwrap();
+        let live = format!(".out{STAGING_MARK}{}-{random}", std::process::id());
+        std::fs::write(dir.path().join(&live), "in progress").unwrap();
+        let unrelated = format!(".out{STAGING_MARK}4194305");
+        std::fs::write(dir.path().join(&unrelated), "not ours").unwrap();
+        sweep_stale_staging(dir_fd(dir.path()).as_fd());
+        assert!(!dir.path().join(&stale).exists());
+        assert!(dir.path().join(&live).exists());
+        assert!(dir.path().join(&unrelated).exists());
     }
 }

@@ -138,3 +138,79 @@ fn valid_project_config_applies() {
     assert_code(&output, 0);
     assert_eq!(String::from_utf8_lossy(&output.stdout), "yes\n");
 }
+
+#[test]
+fn limits_beyond_the_kernels_range_are_refused_clearly() {
+    let _host = shared_host();
+    for (flags, expected) in [
+        (
+            &["--memory", "9999999T"][..],
+            "invalid memory size '9999999T'",
+        ),
+        (&["--memory", "4M"], "below the smallest workable limit"),
+        (&["--pids", "4194305"], "invalid pids limit '4194305'"),
+        (&["--cpus", "0.0001"], "invalid CPU count '0.0001'"),
+        (&["-e", "MY VAR=1"], "invalid environment entry 'MY VAR=1'"),
+        (&["-e", "NOEQUALS"], "expected KEY=VALUE"),
+        (&["--workdir", "/"], "invalid path '/'"),
+        (&["--workdir", "/usr/local"], "system directory"),
+    ] {
+        assert_refused(flags, &["true"], expected);
+    }
+    // The same rules in a config file.
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("agentkernel.toml"),
+        "[sandbox]\nmemory = \"9999999T\"\n",
+    )
+    .unwrap();
+    let output = agentkernel(Mode::Root, &["run", "--", "true"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("invalid memory size '9999999T'"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn over_long_commands_and_paths_are_refused_clearly() {
+    let _host = shared_host();
+    // Checked before the sandbox is looked up: no sandbox of this name needs to exist.
+    let exec = |extra: &[&str], cmd: &[String]| {
+        let mut args = vec!["exec", "t-no-such-sandbox"];
+        args.extend_from_slice(extra);
+        args.push("--");
+        args.extend(cmd.iter().map(String::as_str));
+        agentkernel(Mode::Root, &args).output().unwrap()
+    };
+    // Each argument within MAX_ARG_STRLEN (which also binds this test's own execve),
+    // together over 1 MiB.
+    let mut argv = vec!["echo".to_string()];
+    argv.extend(std::iter::repeat_n("a".repeat(120 << 10), 10));
+    let output = exec(&[], &argv);
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("exceed 1 MiB"),
+        "{}",
+        stderr(&output)
+    );
+    let long = format!("/{}", "d".repeat(5000));
+    let output = exec(&["--workdir", &long], &["true".to_string()]);
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("longer than the kernel's limit of 4095 bytes"),
+        "{}",
+        stderr(&output)
+    );
+    let output = exec(&["-e", "A B=1"], &["true".to_string()]);
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("invalid environment entry"),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -341,3 +341,197 @@ fn a_shared_state_directory_keeps_its_mode() {
         "the state directory's mode changed: {mode:o}"
     );
 }
+
+#[test]
+fn cp_out_strips_privilege_bits_and_follows_no_planted_symlink() {
+    use std::os::unix::fs::PermissionsExt;
+    let _host = shared_host();
+    let mode = Mode::Root;
+    let n = name("cp-hostile", mode);
+    assert_code(&ak(mode, &["create", &n, "--no-network"]), 0);
+    assert_code(&ak(mode, &["start", &n]), 0);
+    let made = ak(
+        mode,
+        &[
+            "exec",
+            &n,
+            "--",
+            "sh",
+            "-c",
+            "cd /workspace && echo x > suid && chmod 6777 suid \
+             && mkdir d && echo y > d/f && chmod 4766 d/f && chmod 3777 d \
+             && stat -c %a suid d d/f",
+        ],
+    );
+    assert_code(&made, 0);
+    // The sandbox really made them privileged, so the copy has something to strip.
+    assert_eq!(stdout(&made), "6777\n3777\n4766\n");
+
+    let dir = tempfile::tempdir().unwrap();
+    let host = |p: &str| dir.path().join(p);
+    // What a hostile local user (or an earlier, killed copy) left where staging entries
+    // go: symlinks into a directory that must stay untouched, and a stale staging tree.
+    let victim = host("victim");
+    std::fs::create_dir(&victim).unwrap();
+    std::fs::write(victim.join("keep"), "precious").unwrap();
+    let random = "0123456789abcdef0123456789abcdef";
+    for planted in [".suid-back", ".d-back"] {
+        for pid in ["4194305", "1"] {
+            std::os::unix::fs::symlink(&victim, host(&format!("{planted}.ak-cp-{pid}-{random}")))
+                .unwrap();
+        }
+    }
+    let stale = host(&format!(".d-back.ak-cp-4194305-{}", "f".repeat(32)));
+    std::fs::create_dir_all(stale.join("half")).unwrap();
+
+    let cp_out = |from: &str, to: &str| {
+        let output = ak(
+            mode,
+            &[
+                "cp",
+                &format!("{n}:/workspace/{from}"),
+                &host(to).to_string_lossy(),
+            ],
+        );
+        assert_code(&output, 0);
+    };
+    cp_out("suid", "suid-back");
+    cp_out("d", "d-back");
+    let mode_of = |p: &str| {
+        std::fs::symlink_metadata(host(p))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode_of("suid-back"), 0o755);
+    assert_eq!(mode_of("d-back"), 0o755);
+    assert_eq!(mode_of("d-back/f"), 0o744);
+    assert_eq!(std::fs::read_to_string(host("d-back/f")).unwrap(), "y\n");
+
+    // Nothing was written through a planted symlink.
+    let victim_entries: Vec<_> = std::fs::read_dir(&victim)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(victim_entries, ["keep"]);
+    assert_eq!(
+        std::fs::read_to_string(victim.join("keep")).unwrap(),
+        "precious"
+    );
+    // Stale staging entries (their copy no longer runs) are gone, a symlink as a link;
+    // those of a copy that may still run (pid 1) stay; no staging entry of ours is left.
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        [
+            format!(".d-back.ak-cp-1-{random}"),
+            format!(".suid-back.ak-cp-1-{random}"),
+            "d-back".to_string(),
+            "suid-back".to_string(),
+            "victim".to_string(),
+        ]
+    );
+    assert_code(&ak(mode, &["remove", &n, "--force"]), 0);
+}
+
+#[test]
+fn a_named_sandboxs_workspace_is_private() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let _host = shared_host();
+    for mode in modes() {
+        let n = name("private", mode);
+        assert_code(&ak(mode, &["create", &n, "--no-network"]), 0);
+        let state = crate::common::registry_path(mode);
+        let sandbox_dir = state
+            .parent()
+            .unwrap()
+            .join("sandboxes")
+            .join(crate::common::sandbox_id(mode, &n));
+        let workspace = sandbox_dir.join("workspace");
+        let meta = std::fs::metadata(&workspace).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o7777, 0o700, "{mode:?}");
+        let sandbox_dir_mode = std::fs::metadata(&sandbox_dir)
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777;
+        match mode {
+            // The sandbox's root is another uid, which must pass through.
+            Mode::Root => {
+                assert_eq!(sandbox_dir_mode, 0o711);
+                assert_ne!(meta.uid(), 0);
+            }
+            Mode::Rootless => {
+                assert_eq!(sandbox_dir_mode, 0o700);
+                assert_eq!(meta.uid(), crate::common::ROOTLESS_UID);
+            }
+        }
+        // The sandbox itself still uses it.
+        assert_code(&ak(mode, &["start", &n]), 0);
+        let output = ak(
+            mode,
+            &[
+                "exec",
+                &n,
+                "--",
+                "sh",
+                "-c",
+                "cd /workspace && echo hi > f && cat f && ls",
+            ],
+        );
+        assert_code(&output, 0);
+        assert_eq!(stdout(&output), "hi\nf\n", "{mode:?}");
+        assert_code(&ak(mode, &["remove", &n, "--force"]), 0);
+    }
+}
+
+#[test]
+fn a_state_directory_the_sandbox_cannot_reach_is_named() {
+    use std::os::unix::fs::PermissionsExt;
+    let _host = shared_host();
+    let n = name("unreachable", Mode::Root);
+    // Private: the sandbox's root (another uid) cannot pass through it.
+    let private = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
+    let output = agentkernel(Mode::Root, &["create", &n, "--no-network"])
+        .env(
+            "AGENTKERNEL_REGISTRY",
+            private.path().join("state/registry.db"),
+        )
+        .output()
+        .unwrap();
+    assert_ne!(output.status.code(), Some(0), "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("cannot reach"), "{message}");
+    assert!(
+        message.contains(&format!("{} (mode 0700", private.path().display())),
+        "{message}"
+    );
+    assert!(!message.contains("Broken pipe"), "{message}");
+
+    // The same for a directory given with --dir.
+    let project = private.path().join("project");
+    std::fs::create_dir(&project).unwrap();
+    std::fs::set_permissions(&project, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let output = ak(
+        Mode::Root,
+        &[
+            "create",
+            &n,
+            "--no-network",
+            "--dir",
+            &project.to_string_lossy(),
+        ],
+    );
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains(&format!("{} (mode 0700", private.path().display())),
+        "{}",
+        stderr(&output)
+    );
+}

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ak_core::{BackendKind, ConfigError, SandboxSpec, SandboxState};
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use serde::{Deserialize, Serialize};
 
 /// The schema version this build writes and understands (`PRAGMA user_version`).
@@ -73,6 +73,12 @@ pub enum RegistryError {
         path: PathBuf,
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    #[error(
+        "the sandbox registry {} is empty (0 bytes): it is not a database, and taking it for \
+         a new one would forget every sandbox it held; move it away to start a new registry",
+        .0.display()
+    )]
+    Empty(PathBuf),
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
     #[error("the sandbox registry holds a damaged entry: {0}")]
@@ -134,17 +140,20 @@ impl Registry {
                 .create(parent)
                 .map_err(|e| open_error(e.into()))?;
         }
-        // Created here rather than by SQLite so that it is 0600 whatever the umask; SQLite
-        // gives its -wal and -shm files the same mode as the database.
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)
-            .map_err(|e| open_error(e.into()))?;
-        let conn = Connection::open(path).map_err(|e| open_error(e.into()))?;
+        // A new registry is built under a temporary name and linked into place whole, so
+        // `path` never exists empty: an empty file there is a damaged registry (truncated,
+        // or emptied by hand), never one being created, and is refused rather than taken
+        // for a new, empty database.
+        match std::fs::metadata(path) {
+            Ok(meta) if meta.len() == 0 => return Err(RegistryError::Empty(path.to_path_buf())),
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_new(path)?,
+            Err(e) => return Err(open_error(e.into())),
+        }
+        // Without SQLITE_OPEN_CREATE: a registry removed meanwhile is an error, not a
+        // silently new database.
+        let flags = OpenFlags::default().difference(OpenFlags::SQLITE_OPEN_CREATE);
+        let conn = Connection::open_with_flags(path, flags).map_err(|e| open_error(e.into()))?;
         configure(&conn).map_err(open_error)?;
         let mut registry = Registry {
             path: path.to_path_buf(),
@@ -370,6 +379,51 @@ impl Registry {
         tx.commit()?;
         Ok(())
     }
+}
+
+/// Creates the registry at `path` with the current schema, unless another process does so
+/// first. Built beside it under a unique name (0600 whatever the umask; SQLite gives its
+/// -wal and -shm files the same mode) and hard-linked into place, which never replaces a
+/// file that is there.
+fn create_new(path: &Path) -> Result<(), RegistryError> {
+    let name = path.file_name().map_or_else(
+        || "registry.db".into(),
+        |name| name.to_string_lossy().into_owned(),
+    );
+    let staging = path.with_file_name(format!(".{name}.new-{}", ak_core::spec::new_sandbox_id()));
+    let open_error = |source: Box<dyn std::error::Error + Send + Sync>| RegistryError::Open {
+        path: staging.clone(),
+        source,
+    };
+    let built = (|| {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&staging)
+            .map_err(|e| open_error(e.into()))?;
+        // The default rollback journal: each commit is in the file itself when the
+        // connection closes, so the linked file is complete (the first real open switches
+        // it to WAL).
+        let conn = Connection::open(&staging).map_err(|e| open_error(e.into()))?;
+        let mut registry = Registry {
+            path: staging.clone(),
+            conn: Mutex::new(conn),
+        };
+        registry.migrate()?;
+        drop(registry);
+        match std::fs::hard_link(&staging, path) {
+            Ok(()) => Ok(()),
+            // Another process created it first: theirs is as good as ours.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+            Err(e) => Err(RegistryError::Open {
+                path: path.to_path_buf(),
+                source: e.into(),
+            }),
+        }
+    })();
+    let _ = std::fs::remove_file(&staging);
+    built
 }
 
 /// Per-connection settings; the journal mode is stored in the file, the rest is not.

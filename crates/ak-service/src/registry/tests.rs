@@ -323,6 +323,62 @@ fn not_a_database_is_an_open_error() {
 }
 
 #[test]
+fn an_empty_file_is_refused_not_taken_for_a_new_registry() {
+    let (dir, path, registry) = open_temp();
+    registry.insert(&record("kept", 1)).unwrap();
+    drop(registry);
+    // Another file, emptied (say by a full disk or a careless `> registry.db`).
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    match Registry::open(&empty) {
+        Err(error @ RegistryError::Empty(_)) => {
+            let message = error.to_string();
+            assert!(message.contains(&empty.display().to_string()), "{message}");
+            assert!(message.contains("empty"), "{message}");
+        }
+        other => panic!("expected Empty, got {other:?}"),
+    }
+    // Refusing it changed nothing: it is still empty, and nothing was created beside it.
+    assert_eq!(std::fs::metadata(&empty).unwrap().len(), 0);
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["empty.db", "state"]);
+    // A real registry still opens with its content.
+    let reopened = Registry::open(&path).unwrap();
+    assert_eq!(reopened.list().unwrap().len(), 1);
+}
+
+#[test]
+fn a_new_registry_leaves_no_staging_file() {
+    let (_dir, path, _registry) = open_temp();
+    let names: Vec<_> = std::fs::read_dir(path.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.contains(".new-"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+    assert!(std::fs::metadata(&path).unwrap().len() > 0);
+}
+
+#[test]
+fn concurrent_first_opens_agree() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("registry.db");
+    let threads: Vec<_> = (0..8)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || Registry::open(&path).map(|r| r.list().map(|l| l.len())))
+        })
+        .collect();
+    for thread in threads {
+        assert_eq!(thread.join().unwrap().unwrap().unwrap(), 0);
+    }
+}
+
+#[test]
 fn default_path_is_named_registry_db() {
     let path = Registry::default_path();
     assert!(path.is_absolute(), "{}", path.display());
