@@ -45,9 +45,7 @@ impl Service {
         mut exec: ExecSpec,
         placement: Placement,
     ) -> Result<CommandSession, ServiceError> {
-        if exec.argv.is_empty() {
-            return Err(ServiceError::EmptyCommand);
-        }
+        ak_core::exec::validate_argv(&exec.argv, &[])?;
         let mut spec = spec.clone();
         settle_image(&mut spec, Some(&exec.argv));
         let spec = &spec;
@@ -117,7 +115,10 @@ impl Service {
         with_spec_timeout(spec, &mut exec);
         with_spec_env(spec, &mut exec);
         let detail = command_line(&exec.argv);
-        let result = CommandSession::over(transport, exec).await;
+        let result = match ak_core::exec::validate_argv(&exec.argv, &[]) {
+            Ok(()) => CommandSession::over(transport, exec).await,
+            Err(error) => Err(error.into()),
+        };
         self.audited(caller, "run", None, Some(detail), result)
     }
 }

@@ -329,6 +329,7 @@ impl Service {
         name: &str,
         exec: ExecSpec,
     ) -> Result<CommandSession, ServiceError> {
+        ak_core::exec::validate_argv(&exec.argv, &[])?;
         CommandSession::over(self.connect_named(name).await?, exec).await
     }
 

@@ -198,6 +198,16 @@ fn over_long_commands_and_paths_are_refused_clearly() {
         "{}",
         stderr(&output)
     );
+    // `run` is refused the same way, by the same rule in the service.
+    let mut run = vec!["run", "--no-network", "--"];
+    run.extend(argv.iter().map(String::as_str));
+    let output = agentkernel(Mode::Root, &run).output().unwrap();
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("exceed 1 MiB"),
+        "{}",
+        stderr(&output)
+    );
     let long = format!("/{}", "d".repeat(5000));
     let output = exec(&["--workdir", &long], &["true".to_string()]);
     assert_code(&output, 2);
