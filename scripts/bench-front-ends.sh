@@ -43,4 +43,4 @@ $NEW_ENV "$NEW" create bench-box --no-network >/dev/null
 $NEW_ENV "$NEW" start bench-box >/dev/null
 python3 "$AB" "$ROUNDS" 0.02 \
   "$NEW_ENV $NEW exec bench-box -- /bin/echo hello" \
-  "curl -sf --unix-socket $new_state/api.sock -X POST -H content-type:application/json -d {\"command\":[\"/bin/echo\",\"hello\"]} http://localhost/sandboxes/bench-box/exec"
+  "curl -sf --unix-socket $new_state/api.sock -X POST -H content-type:application/json -d '{\"command\":[\"/bin/echo\",\"hello\"]}' http://localhost/sandboxes/bench-box/exec"
