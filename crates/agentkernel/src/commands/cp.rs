@@ -21,6 +21,8 @@ use ak_protocol::{AgentClient, FileType, ProtocolError};
 use anyhow::{Context, anyhow, bail};
 use rustix::fs::{AtFlags, Mode, OFlags};
 
+use ak_service::{Caller, Outcome};
+
 use crate::cli::CpArgs;
 use crate::exit;
 use crate::front;
@@ -70,24 +72,31 @@ pub async fn cp(args: CpArgs) -> i32 {
         (Err(e), _) | (_, Err(e)) => exit::fail(exit::USAGE, &e),
     };
     let service = wiring::service();
-    let result = match (src, dst) {
-        (Location::Host(host), Location::Sandbox { name, path }) => {
-            match front::client(&service, &name).await {
-                Ok(client) => upload(&client, &host, &path).await,
-                Err(failure) => return failure.report(),
-            }
-        }
-        (Location::Sandbox { name, path }, Location::Host(host)) => {
-            match front::client(&service, &name).await {
-                Ok(client) => download(&client, &path, &host).await,
-                Err(failure) => return failure.report(),
-            }
-        }
+    let (upward, name, path, host) = match (src, dst) {
+        (Location::Host(host), Location::Sandbox { name, path }) => (true, name, path, host),
+        (Location::Sandbox { name, path }, Location::Host(host)) => (false, name, path, host),
         _ => exit::fail(
             exit::USAGE,
             &anyhow!("exactly one of SRC and DST must be NAME:/path"),
         ),
     };
+    let client = match front::client(&service, &name).await {
+        Ok(client) => client,
+        Err(failure) => return failure.report(),
+    };
+    // Recorded in the audit log like the service's own file operations.
+    let (action, detail, result) = if upward {
+        let detail = format!("{} -> {path}", host.display());
+        ("cp_in", detail, upload(&client, &host, &path).await)
+    } else {
+        let detail = format!("{path} -> {}", host.display());
+        ("cp_out", detail, download(&client, &path, &host).await)
+    };
+    let (outcome, detail) = match &result {
+        Ok(()) => (Outcome::Ok, detail),
+        Err(error) => (Outcome::Error, format!("{detail}: {error:#}")),
+    };
+    service.record_audit(Caller::Local, action, Some(&name), outcome, Some(detail));
     match result {
         Ok(()) => 0,
         Err(error) => {

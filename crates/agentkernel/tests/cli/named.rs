@@ -232,6 +232,22 @@ fn cp_both_ways_with_binary_files_and_directories() {
         std::fs::read_to_string(dir.path().join("tree-back/sub/b.txt")).unwrap(),
         "b"
     );
+    // Copies are in the audit log like every other operation on the sandbox, failed ones
+    // too, with the local user as the caller.
+    let audit = stdout(&ak(mode, &["audit", "--sandbox", &n, "--json"]));
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&audit).unwrap();
+    let copies: Vec<&serde_json::Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "cp_in" || e["action"] == "cp_out")
+        .collect();
+    assert_eq!(copies.len(), 5, "{audit}");
+    assert!(copies.iter().all(|e| e["source"] == "local"), "{audit}");
+    assert!(
+        copies
+            .iter()
+            .any(|e| e["outcome"] == "error" && e["detail"].as_str().unwrap().contains("exists")),
+        "{audit}"
+    );
 
     // Paths outside the sandbox are refused before anything is copied.
     let output = ak(
