@@ -40,7 +40,7 @@ async fn api_callers_get_only_what_the_policy_allows() {
         .error(
             "POST",
             "/sandboxes",
-            Some(json!({"name": "huge", "memory_mb": 1u64 << 40})),
+            Some(json!({"name": "huge", "memory_mb": 1u64 << 24})),
             StatusCode::FORBIDDEN,
         )
         .await;
