@@ -45,6 +45,15 @@ pub struct Server {
 impl Server {
     /// Starts `agentkernel serve EXTRA…` with `token` (or none) and waits until it listens.
     pub fn start(token: Option<&str>, extra: &[&str]) -> Server {
+        Server::spawn(token, extra, false)
+    }
+
+    /// As [`Server::start`], with the server's stderr kept in [`Server::stderr`].
+    pub fn start_logged(token: Option<&str>, extra: &[&str]) -> Server {
+        Server::spawn(token, extra, true)
+    }
+
+    fn spawn(token: Option<&str>, extra: &[&str], logged: bool) -> Server {
         assert_root();
         let state = tempfile::tempdir().unwrap();
         let mut args = vec!["serve"];
@@ -56,9 +65,14 @@ impl Server {
         if let Some(token) = token {
             command.env("AGENTKERNEL_API_KEY", token);
         }
+        let stderr = if logged {
+            Stdio::from(std::fs::File::create(state.path().join("serve.stderr")).unwrap())
+        } else {
+            Stdio::inherit()
+        };
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -75,6 +89,11 @@ impl Server {
             address,
             state,
         }
+    }
+
+    /// What a server started with [`Server::start_logged`] wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("serve.stderr")).unwrap()
     }
 
     pub fn port(&self) -> u16 {
