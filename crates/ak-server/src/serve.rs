@@ -24,7 +24,7 @@ use crate::{AppState, router};
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the accept loop pauses after a failed accept (out of descriptors, mostly),
-/// instead of spinning on the same error.
+/// instead of spinning on the same error until a descriptor is freed.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Where to listen.
@@ -53,8 +53,6 @@ pub enum ServeError {
     SocketInUse(PathBuf),
     #[error("{0} exists and is not a socket")]
     NotASocket(PathBuf),
-    #[error("serving: {0}")]
-    Serve(std::io::Error),
 }
 
 /// A bound listener, not serving yet.
@@ -152,6 +150,8 @@ async fn serve_connections<S, A, F>(
         let stream = tokio::select! {
             accepted = accept() => match accepted {
                 Ok(stream) => stream,
+                // One client's connection failing on the way in concerns only that client.
+                Err(error) if is_connection_error(&error) => continue,
                 Err(error) => {
                     tracing::warn!("accepting a connection: {error}");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
@@ -171,6 +171,14 @@ async fn serve_connections<S, A, F>(
         });
     }
     graceful.shutdown().await;
+}
+
+fn is_connection_error(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    )
 }
 
 /// Binds a Unix socket that is mode 0600 from the moment `path` exists: bound in a fresh
