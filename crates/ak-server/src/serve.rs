@@ -263,8 +263,11 @@ fn remove_stale_socket(path: &Path) -> Result<(), ServeError> {
 #[cfg(test)]
 mod tests {
     use std::io::{Read, Write};
+    use std::mem::MaybeUninit;
     use std::sync::Arc;
     use std::time::Instant;
+
+    use rustix::fs::inotify::{self, CreateFlags, ReadFlags, WatchFlags};
 
     use super::*;
     use crate::ApiConfig;
@@ -320,6 +323,51 @@ mod tests {
         // Once the first is gone, its socket is stale and replaced.
         drop(listener);
         let _again = bind_private_socket(&path).unwrap();
+        assert_eq!(mode(&path), 0o600);
+    }
+
+    /// What happened to `name` in `dir` while `make` ran: inotify's events on it, in order.
+    fn events_on(dir: &Path, name: &str, make: impl FnOnce()) -> Vec<ReadFlags> {
+        let watch = inotify::init(CreateFlags::CLOEXEC | CreateFlags::NONBLOCK).unwrap();
+        inotify::add_watch(&watch, dir, WatchFlags::CREATE | WatchFlags::ATTRIB).unwrap();
+        make();
+        let mut buffer = [MaybeUninit::uninit(); 4096];
+        let mut reader = inotify::Reader::new(&watch, &mut buffer);
+        let mut events = Vec::new();
+        loop {
+            match reader.next() {
+                Ok(event) => {
+                    if event
+                        .file_name()
+                        .is_some_and(|n| n.to_bytes() == name.as_bytes())
+                    {
+                        events.push(event.events());
+                    }
+                }
+                Err(rustix::io::Errno::AGAIN) => return events,
+                Err(error) => panic!("reading inotify events: {error}"),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_socket_needs_no_chmod_once_at_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        // What the watch sees of a socket bound at its path and chmod-ed after: created
+        // with the umask's mode (anyone could connect), then changed.
+        let late = events_on(dir.path(), "late.sock", || {
+            let path = dir.path().join("late.sock");
+            let _listener = UnixListener::bind(&path).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        });
+        assert_eq!(late, [ReadFlags::CREATE, ReadFlags::ATTRIB]);
+        // Ours appears once, already 0600, and is never changed after.
+        let path = dir.path().join("api.sock");
+        let mut listener = None;
+        let ours = events_on(dir.path(), "api.sock", || {
+            listener = Some(bind_private_socket(&path).unwrap());
+        });
+        assert_eq!(ours, [ReadFlags::CREATE]);
         assert_eq!(mode(&path), 0o600);
     }
 
