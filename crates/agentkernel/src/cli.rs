@@ -152,15 +152,21 @@ pub struct AuditArgs {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on; anything but loopback requires a token.
+    /// Address to listen on. TCP always requires a token: AGENTKERNEL_API_KEY, `api_key`
+    /// under `[api]` in the config, else one generated into the state directory's
+    /// `api-token` file (mode 0600; its path is printed at start).
     #[arg(long, default_value = "127.0.0.1")]
     pub host: String,
     /// TCP port (0 picks a free one, printed at start).
     #[arg(long, default_value_t = 18888)]
     pub port: u16,
-    /// Listen on this Unix socket (mode 0600) instead of TCP.
+    /// Listen on this Unix socket (mode 0600, no token needed) instead of TCP.
     #[arg(long, value_name = "PATH", conflicts_with_all = ["host", "port"])]
     pub socket: Option<std::path::PathBuf>,
+    /// Serve loopback TCP without a token: every local user can then run commands in your
+    /// sandboxes. Refused for any address beyond loopback.
+    #[arg(long, conflicts_with = "socket")]
+    pub insecure_no_auth: bool,
 }
 
 #[derive(Debug, Args)]

@@ -148,8 +148,9 @@ fn spawn_helper(
     exit: &OwnedFd,
     stderr: Stdio,
 ) -> Result<Child, NativeError> {
+    // Missing from the host, not a failure of this sandbox: the caller sees "unavailable".
     let helper = find_helper().ok_or_else(|| {
-        NativeError::Network(format!(
+        NativeError::Unavailable(format!(
             "outbound network needs {HELPER} (apt install {HELPER}); or run with --no-network"
         ))
     })?;

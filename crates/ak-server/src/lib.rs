@@ -23,10 +23,14 @@ use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 
-pub use crate::auth::{TokenCheck, check_listen_address};
+pub use crate::auth::{
+    StoredToken, TOKEN_FILE, TokenCheck, TokenFileError, check_listen_address, load_or_create_token,
+};
 pub use crate::error::ApiError;
 pub use crate::openapi::ApiDoc;
-pub use crate::serve::{Bound, Listen, ServeError};
+pub use crate::serve::{
+    Bound, DEFAULT_HEADER_READ_TIMEOUT, Listen, ServeError, bind_private_socket,
+};
 
 /// Largest request body accepted by default (a file upload is one body).
 pub const DEFAULT_MAX_BODY: usize = 16 << 20;
@@ -43,6 +47,9 @@ pub struct ApiConfig {
     pub base_options: SandboxOptions,
     /// The directory relative image paths in requests are taken from.
     pub cwd: PathBuf,
+    /// How long a connection may take to send a request's head, and stay idle between
+    /// requests, before it is closed.
+    pub header_read_timeout: std::time::Duration,
 }
 
 impl Default for ApiConfig {
@@ -52,6 +59,7 @@ impl Default for ApiConfig {
             max_body: DEFAULT_MAX_BODY,
             base_options: SandboxOptions::default(),
             cwd: PathBuf::from("/"),
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 }

@@ -52,20 +52,14 @@ impl Service {
         self.policy.admit(caller, spec)?;
         let backend = self.backend(spec.backend)?.clone();
         with_spec_timeout(spec, &mut exec);
-        // Only the set-up takes a turn: the command then runs without holding one.
-        let turn = self
-            .setups
-            .acquire()
-            .await
-            .map_err(|e| ServiceError::Unavailable(format!("sandbox set-up queue: {e}")))?;
         let begun = std::time::Instant::now();
         if placement == Placement::Pooled
             && let Some(pools) = &self.pools
             && pool_key(spec).is_some()
         {
-            match pools.take(self, spec).await {
+            // A spare needs no set-up turn; a miss takes one once the pool has room.
+            match pools.take(self, spec, Some(&self.setups)).await {
                 Ok(taken) => {
-                    drop(turn);
                     // Spares start without any caller's environment; the spec's goes
                     // with the command.
                     with_spec_env(spec, &mut exec);
@@ -77,6 +71,12 @@ impl Service {
                 Err(error) => tracing::debug!("warm pool unavailable, making a sandbox: {error}"),
             }
         }
+        // Only the set-up takes a turn: the command then runs without holding one.
+        let turn = self
+            .setups
+            .acquire()
+            .await
+            .map_err(|e| ServiceError::Unavailable(format!("sandbox set-up queue: {e}")))?;
         let owned_spec = spec.clone();
         let sandbox = self
             .offload(async move { backend.create(&owned_spec, Lifetime::Ephemeral).await })

@@ -48,12 +48,23 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listen = match &args.socket {
         Some(path) => Listen::Unix(path.clone()),
         None => match args.host.parse() {
+            Ok(ip) if args.insecure_no_auth => Listen::TcpNoAuth(SocketAddr::new(ip, args.port)),
             Ok(ip) => Listen::Tcp(SocketAddr::new(ip, args.port)),
             Err(_) => exit::fail(
                 exit::USAGE,
                 &anyhow!("--host '{}' is not an IP address", args.host),
             ),
         },
+    };
+    let token = match (&listen, token) {
+        (Listen::TcpNoAuth(_), Some(_)) => exit::fail(
+            exit::USAGE,
+            &anyhow!(
+                "--insecure-no-auth serves without a token, but one is configured (AGENTKERNEL_API_KEY or api_key in the config): drop one of them"
+            ),
+        ),
+        (Listen::Tcp(_), None) => Some(generated_token()?),
+        (_, token) => token,
     };
 
     let bound = Bound::bind(&listen, token.as_deref()).await?;
@@ -89,4 +100,27 @@ async fn run(args: ServeArgs) -> anyhow::Result<()> {
     service.shutdown(STOP_GRACE).await;
     tracing::info!("API server stopped");
     Ok(served?)
+}
+
+/// The token of a TCP listener that has none configured: made once into the state
+/// directory and reused, so that clients keep working across restarts. Only where it is
+/// goes to the terminal (and so into logs), never the token itself.
+fn generated_token() -> anyhow::Result<String> {
+    let stored = ak_server::load_or_create_token(&wiring::state_dir().join(ak_server::TOKEN_FILE))?;
+    let made = if stored.created {
+        "generated an API token"
+    } else {
+        "using the API token"
+    };
+    #[allow(
+        clippy::print_stderr,
+        reason = "a notice for the operator, not a result"
+    )]
+    {
+        eprintln!(
+            "agentkernel: {made} in {} (no AGENTKERNEL_API_KEY or api_key set); clients send it as 'Authorization: Bearer <token>'",
+            stored.path.display()
+        );
+    }
+    Ok(stored.token)
 }

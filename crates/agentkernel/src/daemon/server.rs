@@ -2,7 +2,6 @@
 //! pools topped up, and stops gracefully.
 
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +13,7 @@ use ak_service::Service;
 use anyhow::{Context, bail};
 use rustix::net::{SendAncillaryBuffer, SendAncillaryMessage, SendFlags, sendmsg};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixStream;
 
 use super::{DaemonStatus, MAX_MESSAGE, Request, Response};
 
@@ -49,10 +48,8 @@ pub async fn serve(socket: &Path, api_socket: &Path, service: Service) -> anyhow
     if let Some(dir) = socket.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     }
-    let listener =
-        UnixListener::bind(socket).with_context(|| format!("bind {}", socket.display()))?;
-    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))
-        .with_context(|| format!("chmod {}", socket.display()))?;
+    // Mode 0600 from the moment the socket exists, not only after a chmod.
+    let listener = ak_server::bind_private_socket(socket)?;
     tracing::info!("daemon listening on {}", socket.display());
 
     let daemon = Arc::new(Daemon {

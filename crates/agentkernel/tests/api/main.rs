@@ -11,3 +11,4 @@ mod mcp;
 mod python;
 mod serve;
 mod server;
+mod soak;

@@ -2,11 +2,12 @@
 //! initialize, tools/list, and each tool with good and bad input.
 
 use crate::python::python;
-use crate::server::assert_root;
+use crate::server::{assert_root, shared_host};
 
 #[test]
 fn mcp_client_drives_every_tool() {
     assert_root();
+    let _host = shared_host();
     let state = tempfile::tempdir().unwrap();
     let registry = state.path().join("registry.db");
     let output = python(

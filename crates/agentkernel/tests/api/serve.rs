@@ -1,6 +1,7 @@
 //! `agentkernel serve` over real sockets on the native backend.
 
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
@@ -174,10 +175,9 @@ fn unix_socket_listener() {
     let server = Server::start(None, &["--socket", socket.to_str().unwrap()]);
     assert_eq!(server.socket(), socket);
     let mode = std::fs::metadata(&socket).unwrap().permissions();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
-        0o600
-    );
+    assert_eq!(mode.mode() & 0o777, 0o600);
+    // Bound in a private directory beside it, which is gone.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     let stream = std::os::unix::net::UnixStream::connect(&socket).unwrap();
     let answer = exchange(
         stream,
@@ -195,15 +195,97 @@ fn unix_socket_listener() {
 }
 
 #[test]
-fn non_loopback_listener_needs_a_token() {
+fn every_tcp_listener_needs_a_token() {
+    // None configured: one is generated into the state directory, readable only by the
+    // user, and only where it is goes to the terminal.
+    let server = Server::start_logged(None, &[]);
+    let file = server.state.path().join("api-token");
+    let meta = std::fs::symlink_metadata(&file).unwrap();
+    assert!(meta.is_file());
+    assert_eq!(meta.permissions().mode() & 0o7777, 0o600);
+    let token = std::fs::read_to_string(&file).unwrap().trim().to_string();
+    assert!(token.len() >= 32, "{token}");
+    let stderr = server.stderr();
+    assert!(stderr.contains(file.to_str().unwrap()), "{stderr}");
+    assert!(
+        !stderr.contains(&token),
+        "the token itself was printed: {stderr}"
+    );
+
+    let port = server.port();
+    assert_eq!(tcp(port, "GET", "/sandboxes", None, None).status, 401);
+    assert_eq!(
+        tcp(port, "GET", "/sandboxes", Some("nope"), None).status,
+        401
+    );
+    assert_eq!(
+        tcp(port, "GET", "/sandboxes", Some(&token), None).status,
+        200
+    );
+    // GET /health stays open (for load balancers' probes).
+    assert_eq!(tcp(port, "GET", "/health", None, None).status, 200);
+}
+
+#[test]
+fn a_generated_token_is_reused_by_the_next_server() {
+    let server = Server::start_logged(None, &[]);
+    let file = server.state.path().join("api-token");
+    let first = std::fs::read_to_string(&file).unwrap();
+    drop(server);
+    // The same state directory, as a restarted server has.
+    let state = tempfile::tempdir().unwrap();
+    std::fs::write(state.path().join("api-token"), &first).unwrap();
+    std::fs::set_permissions(
+        state.path().join("api-token"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let mut child = agentkernel(state.path(), &["serve", "--port", "0"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let answer = tcp(port, "GET", "/sandboxes", Some(first.trim()), None);
+    // SAFETY: kill has no memory-safety preconditions; the pid is our child's.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(answer.status, 200);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("using the API token"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(state.path().join("api-token")).unwrap(),
+        first
+    );
+}
+
+#[test]
+fn beyond_loopback_a_token_is_required_and_never_waived() {
     assert_root();
     let state = tempfile::tempdir().unwrap();
-    let output = agentkernel(state.path(), &["serve", "--host", "0.0.0.0", "--port", "0"])
-        .output()
-        .unwrap();
+    let output = agentkernel(
+        state.path(),
+        &[
+            "serve",
+            "--insecure-no-auth",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            "0",
+        ],
+    )
+    .output()
+    .unwrap();
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("AGENTKERNEL_API_KEY"), "{stderr}");
+    assert!(stderr.contains("loopback"), "{stderr}");
+    assert!(!state.path().join("api-token").exists());
     // An empty token is not a token.
     let output = agentkernel(state.path(), &["serve", "--port", "0"])
         .env("AGENTKERNEL_API_KEY", "")
@@ -211,8 +293,37 @@ fn non_loopback_listener_needs_a_token() {
         .unwrap();
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("empty"));
+    // A configured token and a request for none contradict each other.
+    let output = agentkernel(
+        state.path(),
+        &["serve", "--insecure-no-auth", "--port", "0"],
+    )
+    .env("AGENTKERNEL_API_KEY", TOKEN)
+    .output()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(2));
     // With a token it listens on every address.
     let server = Server::start(Some(TOKEN), &["--host", "0.0.0.0"]);
-    let answer = tcp(server.port(), "GET", "/health", None, None);
-    assert_eq!(answer.status, 200);
+    assert_eq!(tcp(server.port(), "GET", "/health", None, None).status, 200);
+    assert_eq!(
+        tcp(server.port(), "GET", "/sandboxes", None, None).status,
+        401
+    );
+    // Without one it gets a generated one there too.
+    let server = Server::start_logged(None, &["--host", "0.0.0.0"]);
+    assert!(server.state.path().join("api-token").exists());
+    assert_eq!(
+        tcp(server.port(), "GET", "/sandboxes", None, None).status,
+        401
+    );
+}
+
+#[test]
+fn insecure_no_auth_serves_loopback_without_a_token() {
+    let server = Server::start_logged(None, &["--insecure-no-auth"]);
+    assert_eq!(
+        tcp(server.port(), "GET", "/sandboxes", None, None).status,
+        200
+    );
+    assert!(!server.state.path().join("api-token").exists());
 }

@@ -7,6 +7,20 @@ use std::process::{Child, Command, Stdio};
 /// The token the test servers require.
 pub const TOKEN: &str = "e2e-secret-token";
 
+/// Serialises the tests that compare the whole host (the soak's leak check) against every
+/// other test here: they take it exclusively, servers hold it shared.
+static HOST: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// Held by every test that makes sandboxes (a failed test must not poison the others).
+pub fn shared_host() -> std::sync::RwLockReadGuard<'static, ()> {
+    HOST.read().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Held by the tests that compare the host before and after, alone.
+pub fn exclusive_host() -> std::sync::RwLockWriteGuard<'static, ()> {
+    HOST.write().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn assert_root() {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
@@ -40,11 +54,32 @@ pub struct Server {
     /// `http://127.0.0.1:PORT` or the socket path.
     pub address: String,
     pub state: tempfile::TempDir,
+    /// Shared, unless the test holds the host exclusively itself.
+    _host: Option<std::sync::RwLockReadGuard<'static, ()>>,
 }
 
 impl Server {
     /// Starts `agentkernel serve EXTRA…` with `token` (or none) and waits until it listens.
     pub fn start(token: Option<&str>, extra: &[&str]) -> Server {
+        Server::spawn(token, extra, false, Some(shared_host()))
+    }
+
+    /// As [`Server::start`], with the server's stderr kept in [`Server::stderr`].
+    pub fn start_logged(token: Option<&str>, extra: &[&str]) -> Server {
+        Server::spawn(token, extra, true, Some(shared_host()))
+    }
+
+    /// As [`Server::start`], for a test that holds [`exclusive_host`] itself.
+    pub fn start_exclusive(token: Option<&str>, extra: &[&str]) -> Server {
+        Server::spawn(token, extra, false, None)
+    }
+
+    fn spawn(
+        token: Option<&str>,
+        extra: &[&str],
+        logged: bool,
+        host: Option<std::sync::RwLockReadGuard<'static, ()>>,
+    ) -> Server {
         assert_root();
         let state = tempfile::tempdir().unwrap();
         let mut args = vec!["serve"];
@@ -56,9 +91,14 @@ impl Server {
         if let Some(token) = token {
             command.env("AGENTKERNEL_API_KEY", token);
         }
+        let stderr = if logged {
+            Stdio::from(std::fs::File::create(state.path().join("serve.stderr")).unwrap())
+        } else {
+            Stdio::inherit()
+        };
         let mut child = command
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap();
         let mut line = String::new();
@@ -74,7 +114,18 @@ impl Server {
             child,
             address,
             state,
+            _host: host,
         }
+    }
+
+    /// What a server started with [`Server::start_logged`] wrote on stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("serve.stderr")).unwrap()
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn port(&self) -> u16 {

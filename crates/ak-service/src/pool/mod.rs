@@ -258,6 +258,7 @@ impl Pools {
         &self,
         service: &Service,
         spec: &SandboxSpec,
+        setups: Option<&tokio::sync::Semaphore>,
     ) -> Result<(String, Box<dyn Sandbox>, bool, Option<Reservation<'_>>), ServiceError> {
         let mut spec = spec.clone();
         crate::run::settle_image(&mut spec, None);
@@ -281,6 +282,14 @@ impl Pools {
             Some(sandbox) => Ok((key, sandbox, true, None)),
             None => {
                 let reservation = self.reserve(&key).await?;
+                // A set-up turn only once there is room: waiting for room must not hold
+                // up set-ups that have it.
+                let _turn = match setups {
+                    Some(setups) => Some(setups.acquire().await.map_err(|e| {
+                        ServiceError::Unavailable(format!("sandbox set-up queue: {e}"))
+                    })?),
+                    None => None,
+                };
                 let backend = service.backend(spec.backend)?.clone();
                 let fresh_spec = fresh(spec);
                 let sandbox = service
@@ -319,7 +328,7 @@ impl Pools {
     ) -> Result<HandedOut, ServiceError> {
         let started = Instant::now();
         // A reservation for a sandbox built here lasts until it is counted in `in_use`.
-        let (key, mut sandbox, hit, _reservation) = self.obtain(service, spec).await?;
+        let (key, mut sandbox, hit, _reservation) = self.obtain(service, spec, None).await?;
         let transport = sandbox.take_transport_fd()?;
         let sandbox_id = sandbox.id().to_string();
         let mut pools = self.count_handout(&key, hit, started);
@@ -332,14 +341,16 @@ impl Pools {
     }
 
     /// Takes a never-used sandbox for `spec` for a command session of this process, which
-    /// owns it from now on and releases it when its command ends.
+    /// owns it from now on and releases it when its command ends. A sandbox built for it
+    /// (a miss) waits for a turn of `setups` once there is room for it.
     pub async fn take(
         self: &Arc<Self>,
         service: &Service,
         spec: &SandboxSpec,
+        setups: Option<&tokio::sync::Semaphore>,
     ) -> Result<Taken, ServiceError> {
         let started = Instant::now();
-        let (key, sandbox, hit, _reservation) = self.obtain(service, spec).await?;
+        let (key, sandbox, hit, _reservation) = self.obtain(service, spec, setups).await?;
         let mut pools = self.count_handout(&key, hit, started);
         pools.entry(key.clone()).or_default().taken += 1;
         drop(pools);

@@ -258,12 +258,12 @@ async fn a_taken_sandbox_holds_its_room_until_the_slot_goes() {
         max_total: 1,
     };
     let (_backend, service, pools, spec) = setup(config);
-    let taken = pools.take(&service, &spec).await.unwrap();
+    let taken = pools.take(&service, &spec, None).await.unwrap();
     assert!(!taken.hit);
     assert_eq!(pools.status()[0].in_use, 1);
     let waiting = tokio::spawn({
         let (service, pools, spec) = (service.clone(), pools.clone(), spec.clone());
-        async move { pools.take(&service, &spec).await.map(|t| t.hit) }
+        async move { pools.take(&service, &spec, None).await.map(|t| t.hit) }
     });
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(!waiting.is_finished(), "max_total is 1");
