@@ -191,7 +191,7 @@ class Client:
         kind = ("exec", "write", "read", "run")[self.step % 4]
         if kind == "exec":
             status, value = self.call("POST", f"{base}/exec", {"command": ["echo", "hi"]})
-            self.check(kind, status, value, 200, lambda v: v["data"]["stdout"] == "hi\n")
+            self.check(kind, status, value, 200, lambda v: v["data"]["output"] == "hi\n")
         elif kind == "write":
             content = f"client {self.index} step {self.step}\n"
             self.written = content
@@ -207,7 +207,7 @@ class Client:
             status, value = self.call(
                 "POST", "/run", {"command": ["echo", "hi"], "profile": self.args.profile}
             )
-            self.check(kind, status, value, 200, lambda v: v["data"]["stdout"] == "hi\n")
+            self.check(kind, status, value, 200, lambda v: v["data"]["output"] == "hi\n")
         return True
 
 
