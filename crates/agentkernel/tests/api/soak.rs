@@ -46,6 +46,11 @@ fn soak(target: &[&str], pid: u32) -> serde_json::Value {
             panic!("python3 is required for this test (apt-get install python3): {e}")
         });
     let stdout = String::from_utf8_lossy(&output.stdout);
+    // The numbers docs/benchmarks.md reports, shown with --nocapture.
+    #[allow(clippy::print_stderr, reason = "the soak's summary for the reader")]
+    {
+        eprintln!("soak summary: {stdout}");
+    }
     serde_json::from_str(&stdout).unwrap_or_else(|e| {
         panic!(
             "soak.py printed no summary ({e})\nstdout:\n{stdout}\nstderr:\n{}",
