@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::sync::Mutex;
 
 use ak_core::BackendKind;
-use ak_core::config::ConfigFile;
+use ak_core::config::{ConfigFile, Settings};
 use ak_docker::{DockerBackend, ProgressSink, PullProgress};
 use ak_microvm::MicrovmBackend;
 use ak_native::NativeBackend;
@@ -59,21 +59,32 @@ pub fn state_dir() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from("."))
 }
 
+/// The process's settings: the config files that apply in its current directory, read
+/// once. Bad settings end the process with a usage error (exit code 2).
+pub fn settings() -> &'static Settings {
+    static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
+    SETTINGS.get_or_init(|| {
+        let loaded = std::env::current_dir()
+            .map_err(ak_core::ConfigError::CurrentDir)
+            .and_then(|cwd| Settings::load(&cwd));
+        match loaded {
+            Ok(settings) => settings,
+            Err(e) => crate::exit::fail(crate::exit::USAGE, &e.into()),
+        }
+    })
+}
+
 pub fn service() -> Service {
-    let config = match ConfigFile::user() {
-        Ok(config) => config,
-        Err(e) => crate::exit::fail(crate::exit::USAGE, &e.into()),
-    };
-    service_with(&config)
+    service_with(&settings().user)
 }
 
 /// The service of a long-lived host (`serve`, the daemon): remote callers get the `[api]`
 /// policy, pools of `pools` serve pooled runs, and backend work stays off the async
 /// workers.
 pub fn serving_service(pools: PoolConfig) -> Result<Service, ak_core::ConfigError> {
-    let config = ConfigFile::user()?;
+    let config = &settings().user;
     let policy = CallerPolicy::from_options(&config.api)?;
-    Ok(service_with(&config).with_policy(policy).serving(pools))
+    Ok(service_with(config).with_policy(policy).serving(pools))
 }
 
 fn service_with(config: &ConfigFile) -> Service {

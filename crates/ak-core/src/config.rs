@@ -95,14 +95,6 @@ impl ConfigFile {
                 message: format!("[microvm] {}", e.message()),
             })
     }
-
-    /// The user's config file (none: the defaults).
-    pub fn user() -> Result<ConfigFile, ConfigError> {
-        match user_config_file() {
-            Some(path) => read_config_file(&path),
-            None => Ok(ConfigFile::default()),
-        }
-    }
 }
 
 /// Settings of the API (`[api]` in the user's config file): its token, and what remote
@@ -128,12 +120,12 @@ pub struct ApiOptions {
 pub const API_KEY_ENV: &str = "AGENTKERNEL_API_KEY";
 
 impl ApiOptions {
-    /// The API token: `$AGENTKERNEL_API_KEY`, else `api_key` from the user's config file.
-    /// An empty token is an error, never "no token".
-    pub fn token() -> Result<Option<String>, ConfigError> {
+    /// The API token: `$AGENTKERNEL_API_KEY`, else `api_key` from these options (the
+    /// user's config file). An empty token is an error, never "no token".
+    pub fn token(&self) -> Result<Option<String>, ConfigError> {
         let token = match std::env::var(API_KEY_ENV) {
             Ok(token) => Some(token),
-            Err(std::env::VarError::NotPresent) => ConfigFile::user()?.api.api_key,
+            Err(std::env::VarError::NotPresent) => self.api_key.clone(),
             Err(std::env::VarError::NotUnicode(_)) => {
                 return Err(ConfigError::InvalidApiKey("it is not valid UTF-8"));
             }
@@ -166,10 +158,10 @@ pub struct DaemonOptions {
 const MAX_POOL: usize = 4096;
 
 impl DaemonOptions {
-    /// The options of the user's config file, checked: each at most 4096, `min_warm` not
+    /// These options (the user's config file's), checked: each at most 4096, `min_warm` not
     /// above `max_warm`, `max_total` at least 1.
-    pub fn load() -> Result<DaemonOptions, ConfigError> {
-        let options = ConfigFile::user()?.daemon;
+    pub fn checked(self) -> Result<DaemonOptions, ConfigError> {
+        let options = self;
         let invalid = |reason: String| ConfigError::Parse {
             path: user_config_file().unwrap_or_default(),
             message: format!("[daemon] {reason}"),
@@ -279,21 +271,73 @@ pub fn config_files(cwd: &Path) -> Vec<PathBuf> {
     files
 }
 
-/// Merges the config files that apply in `cwd` under `flags`. A project file holds only
-/// `[sandbox]`: the other tables configure this user's host (their daemon, engines, API
-/// policy, hypervisor), which a checked-out repository must not change; they are refused
-/// rather than dropped, so nobody believes they apply.
-pub fn load_options(flags: SandboxOptions, cwd: &Path) -> Result<SandboxOptions, ConfigError> {
-    let mut merged = SandboxOptions::default();
-    let user = user_config_file();
-    for file in config_files(cwd) {
-        let config = read_config_file(&file)?;
-        if Some(&file) != user.as_ref() {
-            refuse_user_tables(&file, &config)?;
-        }
-        merged = config.sandbox.over(merged);
+/// Every config file that applies to a process, read once: the user's file (all its
+/// tables) and the project's `[sandbox]`. Front ends load it once and take what they need
+/// from it; flags and environment go over it ([`Settings::sandbox_options`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Settings {
+    /// The user's config file (the defaults when there is none).
+    pub user: ConfigFile,
+    /// The project's `[sandbox]`, when an `agentkernel.toml` applies.
+    project: Option<SandboxOptions>,
+}
+
+impl Settings {
+    /// Reads the user's file and the project file that applies in `cwd`. A project file
+    /// holds only `[sandbox]`: the other tables configure this user's host (their daemon,
+    /// engines, API policy, hypervisor), which a checked-out repository must not change;
+    /// they are refused rather than dropped, so nobody believes they apply.
+    pub fn load(cwd: &Path) -> Result<Settings, ConfigError> {
+        let user_path = user_config_file();
+        let user = match &user_path {
+            Some(path) => read_config_file(path)?,
+            None => ConfigFile::default(),
+        };
+        let project = match config_files(cwd)
+            .into_iter()
+            .find(|file| Some(file) != user_path.as_ref())
+        {
+            Some(path) => {
+                let config = read_config_file(&path)?;
+                refuse_user_tables(&path, &config)?;
+                Some(config.sandbox)
+            }
+            None => None,
+        };
+        Ok(Settings { user, project })
     }
-    Ok(flags.over(merged))
+
+    /// The user's file only, without any project's (a daemon serves every project).
+    pub fn user_only(&self) -> Settings {
+        Settings {
+            user: self.user.clone(),
+            project: None,
+        }
+    }
+
+    /// Sandbox options: `flags` over the project file over the user's file.
+    pub fn sandbox_options(&self, flags: SandboxOptions) -> SandboxOptions {
+        let merged = match &self.project {
+            Some(project) => project.clone().over(self.user.sandbox.clone()),
+            None => self.user.sandbox.clone(),
+        };
+        flags.over(merged)
+    }
+
+    /// The API's bearer token: `$AGENTKERNEL_API_KEY`, else `[api] api_key`.
+    pub fn api_token(&self) -> Result<Option<String>, ConfigError> {
+        self.user.api.token()
+    }
+
+    /// `[daemon]`, checked.
+    pub fn daemon(&self) -> Result<DaemonOptions, ConfigError> {
+        self.user.daemon.checked()
+    }
+}
+
+/// Merges the config files that apply in `cwd` under `flags` (see [`Settings::load`]).
+pub fn load_options(flags: SandboxOptions, cwd: &Path) -> Result<SandboxOptions, ConfigError> {
+    Ok(Settings::load(cwd)?.sandbox_options(flags))
 }
 
 /// Fails when a project file sets a table that belongs in the user's config file.

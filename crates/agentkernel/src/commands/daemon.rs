@@ -36,7 +36,7 @@ pub async fn daemon(command: DaemonCommand) -> i32 {
 
 /// Pool sizes: the user's `[daemon]` settings over the defaults.
 pub(crate) fn pool_config() -> Result<PoolConfig, ak_core::ConfigError> {
-    let options = ak_core::config::DaemonOptions::load()?;
+    let options = wiring::settings().daemon()?;
     let defaults = PoolConfig::default();
     Ok(PoolConfig {
         min_warm: options.min_warm.unwrap_or(defaults.min_warm),

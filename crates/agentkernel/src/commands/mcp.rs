@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use ak_core::config::{SandboxOptions, load_options};
+use ak_core::config::SandboxOptions;
 use ak_server::mcp::McpServer;
 use anyhow::Context;
 
@@ -21,10 +21,7 @@ pub async fn mcp() -> i32 {
 
 async fn run() -> anyhow::Result<()> {
     let cwd = std::env::current_dir().context("read the current directory")?;
-    let base_options = match load_options(SandboxOptions::default(), &cwd) {
-        Ok(options) => options,
-        Err(error) => exit::fail(exit::USAGE, &error.into()),
-    };
+    let base_options = wiring::settings().sandbox_options(SandboxOptions::default());
     let service = match super::daemon::pool_config().and_then(wiring::serving_service) {
         Ok(service) => Arc::new(service),
         Err(error) => exit::fail(exit::USAGE, &error.into()),

@@ -17,7 +17,7 @@ mod stream;
 mod terminal;
 
 use ak_core::SandboxSpec;
-use ak_core::config::{SandboxOptions, load_options, resolve};
+use ak_core::config::{SandboxOptions, resolve};
 use ak_core::spec::new_sandbox_id;
 use anyhow::anyhow;
 
@@ -68,7 +68,8 @@ fn resolve_options(flags: SandboxOptions) -> SandboxSpec {
             &anyhow!("cannot read the current directory: {e}"),
         ),
     };
-    match load_options(flags, &cwd).and_then(|options| resolve(options, &cwd, new_sandbox_id())) {
+    let options = crate::wiring::settings().sandbox_options(flags);
+    match resolve(options, &cwd, new_sandbox_id()) {
         Ok(spec) => spec,
         Err(e) => exit::fail(exit::USAGE, &e.into()),
     }

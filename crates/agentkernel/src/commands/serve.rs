@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ak_core::config::{ApiOptions, SandboxOptions, load_options};
+use ak_core::config::SandboxOptions;
 use ak_server::{ApiConfig, AppState, Bound, Listen};
 use anyhow::anyhow;
 use tokio::signal::unix::{SignalKind, signal};
@@ -35,9 +35,9 @@ pub async fn serve(args: ServeArgs) -> i32 {
 async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // Bad settings are usage errors (exit code 2), reported before anything listens.
     let settings = (|| {
-        let token = ApiOptions::token()?;
+        let token = wiring::settings().api_token()?;
         let cwd = std::env::current_dir().map_err(ak_core::ConfigError::CurrentDir)?;
-        let base_options = load_options(SandboxOptions::default(), &cwd)?;
+        let base_options = wiring::settings().sandbox_options(SandboxOptions::default());
         let service = super::daemon::pool_config().and_then(wiring::serving_service)?;
         Ok::<_, ak_core::ConfigError>((token, cwd, base_options, service))
     })();

@@ -3,7 +3,6 @@
 use std::process::Command;
 
 use ak_core::ImageRef;
-use ak_core::config::ConfigFile;
 use ak_microvm::guest::image::BaseSource;
 use ak_microvm::guest::{Progress, image, initramfs, kernel};
 use ak_microvm::tools;
@@ -29,7 +28,7 @@ pub async fn setup(args: SetupArgs) -> i32 {
 }
 
 async fn run(args: SetupArgs) -> anyhow::Result<()> {
-    let config = ConfigFile::user()?;
+    let config = wiring::settings().user.clone();
     let backend = wiring::microvm_backend(&config)?;
     let cache = backend.cache().to_path_buf();
     let everything = !args.kernel && args.image.is_none();

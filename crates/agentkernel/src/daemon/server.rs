@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use ak_core::SandboxSpec;
-use ak_core::config::{SandboxOptions, load_options};
+use ak_core::config::SandboxOptions;
 use ak_server::{ApiConfig, AppState, Bound, Listen};
 use ak_service::Service;
 use anyhow::{Context, bail};
@@ -62,7 +62,10 @@ pub async fn serve(socket: &Path, api_socket: &Path, service: Service) -> anyhow
     let api_state = AppState::new(
         daemon.service.clone(),
         ApiConfig {
-            base_options: load_options(SandboxOptions::default(), Path::new("/"))?,
+            // The user's settings only: one daemon serves every project.
+            base_options: crate::wiring::settings()
+                .user_only()
+                .sandbox_options(SandboxOptions::default()),
             ..ApiConfig::default()
         },
     );
