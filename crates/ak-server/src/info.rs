@@ -36,6 +36,21 @@ pub struct BackendDescriptor {
 pub struct BackendDiscovery {
     pub default_backend: String,
     pub backends: Vec<BackendDescriptor>,
+    /// The server's warm pools, and why one backs off when it cannot build.
+    pub pools: Vec<PoolInfo>,
+}
+
+/// One warm pool as `/backends` shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct PoolInfo {
+    /// Backend, image, profile and limits.
+    pub pool: String,
+    pub warm: usize,
+    pub in_use: usize,
+    /// Why the last spare could not be built, while the pool backs off.
+    pub last_error: Option<String>,
+    /// When it tries again, in milliseconds from now.
+    pub retry_in_ms: Option<u64>,
 }
 
 /// Each backend as its availability probe found it, and what it can do.
@@ -66,8 +81,23 @@ pub async fn backends(State(state): State<AppState>) -> Result<Response, ApiErro
         .backend
         .clone()
         .unwrap_or_else(|| DEFAULT_BACKEND.to_string());
+    let pools = state
+        .service
+        .pools()
+        .map(|pools| pools.status())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|status| PoolInfo {
+            pool: status.pool,
+            warm: status.warm,
+            in_use: status.in_use,
+            last_error: status.last_error,
+            retry_in_ms: status.retry_in_ms,
+        })
+        .collect();
     Ok(ok(BackendDiscovery {
         default_backend,
         backends: probes,
+        pools,
     }))
 }

@@ -50,6 +50,7 @@ use crate::{error, exec, files, info, output, run, sandboxes};
         run::BatchResults,
         info::BackendDescriptor,
         info::BackendDiscovery,
+        info::PoolInfo,
         sandboxes::SandboxInfo,
         sandboxes::CreateRequest,
         sandboxes::ExtendRequest,

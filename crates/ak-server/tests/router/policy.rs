@@ -151,6 +151,21 @@ fn serving_app(blocking_create: Option<Duration>, setups: usize) -> (App, Arc<Lo
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backends_show_the_pools_and_why_one_backs_off() {
+    let (app, _backend) = serving_app(None, 2);
+    app.data("POST", "/run", Some(json!({"command": ["true"]})))
+        .await;
+    let data = app.data("GET", "/backends", None).await;
+    let pools = data["pools"].as_array().unwrap();
+    assert_eq!(pools.len(), 1, "{data}");
+    assert!(
+        pools[0]["pool"].as_str().unwrap().starts_with("native/"),
+        "{data}"
+    );
+    assert!(pools[0]["last_error"].is_null(), "{data}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_shot_sandboxes_go_when_their_command_ends() {
     let (app, backend) = serving_app(None, 2);
     for fast in [true, false] {
