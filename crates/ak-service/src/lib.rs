@@ -129,13 +129,7 @@ impl Service {
         T: Send + 'static,
         F: Future<Output = T> + Send + 'static,
     {
-        if !self.offload_blocking {
-            return Ok(work.await);
-        }
-        let runtime = tokio::runtime::Handle::current();
-        tokio::task::spawn_blocking(move || runtime.block_on(work))
-            .await
-            .map_err(|e| ServiceError::State(format!("a blocking task failed: {e}")))
+        run_blocking(self.offload_blocking, work).await
     }
 
     /// Keeps pools topped up, releases used sandboxes and removes expired ones until the
@@ -280,6 +274,22 @@ impl Service {
             })
             .collect()
     }
+}
+
+/// Runs `work` on a blocking thread when `offload` is set (see [`Service::offload`]), inline
+/// otherwise.
+pub(crate) async fn run_blocking<T, F>(offload: bool, work: F) -> Result<T, ServiceError>
+where
+    T: Send + 'static,
+    F: Future<Output = T> + Send + 'static,
+{
+    if !offload {
+        return Ok(work.await);
+    }
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(work))
+        .await
+        .map_err(|e| ServiceError::State(format!("a blocking task failed: {e}")))
 }
 
 /// One-shot set-ups at once by default: one per CPU. Setting a sandbox up is CPU work, much

@@ -50,14 +50,8 @@ impl Owned {
         let Some(mut sandbox) = self.sandbox.take() else {
             return Ok(SandboxUsage::default());
         };
-        let usage = if self.offload {
-            let runtime = tokio::runtime::Handle::current();
-            tokio::task::spawn_blocking(move || runtime.block_on(sandbox.destroy()))
-                .await
-                .map_err(|e| ServiceError::State(format!("releasing a sandbox: {e}")))??
-        } else {
-            sandbox.destroy().await?
-        };
+        let usage =
+            crate::run_blocking(self.offload, async move { sandbox.destroy().await }).await??;
         drop(self.slot.take());
         Ok(usage)
     }
