@@ -94,6 +94,33 @@ pub struct CreateRequest {
     /// Time to live, e.g. `30m`: the service removes the sandbox after it (see `extend`).
     #[serde(default)]
     pub ttl: Option<String>,
+    /// A git repository to clone into the sandbox (not supported yet: refused when given).
+    #[serde(default)]
+    pub source_url: Option<String>,
+    #[serde(default)]
+    pub source_ref: Option<String>,
+    /// Secrets for the sandbox's egress proxy (not supported yet: refused when given).
+    #[serde(default)]
+    pub secrets: Option<Vec<String>>,
+    #[serde(default)]
+    pub secret_files: Option<Vec<String>>,
+}
+
+impl CreateRequest {
+    /// The SDK fields this server does not carry out yet, when given (a JSON `null` means
+    /// "not given", as the async SDK sends them).
+    fn unsupported(&self) -> Option<&'static str> {
+        let given = |list: &Option<Vec<String>>| list.as_ref().is_some_and(|v| !v.is_empty());
+        if given(&self.volumes) {
+            Some("volumes")
+        } else if self.source_url.is_some() || self.source_ref.is_some() {
+            Some("source_url and source_ref")
+        } else if given(&self.secrets) || given(&self.secret_files) {
+            Some("secrets and secret_files")
+        } else {
+            None
+        }
+    }
 }
 
 /// Creates a named sandbox and starts it.
@@ -106,10 +133,10 @@ pub async fn create(
     JsonBody(request): JsonBody<CreateRequest>,
 ) -> Result<Response, ApiError> {
     validate_name(&request.name)?;
-    if request.volumes.as_ref().is_some_and(|v| !v.is_empty()) {
-        return Err(ApiError::BadRequest(
-            "volumes are not supported by this server".into(),
-        ));
+    if let Some(fields) = request.unsupported() {
+        return Err(ApiError::BadRequest(format!(
+            "{fields}: not supported by this server yet"
+        )));
     }
     let options = SandboxOptions {
         backend: request.backend,

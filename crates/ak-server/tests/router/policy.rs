@@ -97,6 +97,28 @@ async fn times_to_live_are_bounded_and_never_break_listing() {
 }
 
 #[tokio::test]
+async fn a_json_null_means_not_given() {
+    let app = app();
+    // What the published async SDK sends for a plain create.
+    let body = json!({
+        "name": "nulls", "backend": null, "image": null, "vcpus": null, "memory_mb": null,
+        "profile": null, "source_url": null, "source_ref": null, "volumes": null,
+    });
+    let (status, value) = app.call("POST", "/sandboxes", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{value}");
+    // Given, they are refused clearly rather than ignored.
+    let message = app
+        .error(
+            "POST",
+            "/sandboxes",
+            Some(json!({"name": "cloned", "source_url": "https://example.com/r.git"})),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert!(message.contains("source_url"), "{message}");
+}
+
+#[tokio::test]
 async fn an_empty_batch_is_refused() {
     let app = app();
     app.error(
