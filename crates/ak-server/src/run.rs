@@ -275,15 +275,7 @@ impl Streaming {
                     return;
                 };
                 match session.finish().await {
-                    Ok(outcome) => {
-                        self.queue.push_back(sse(
-                            "done",
-                            serde_json::json!({
-                                "exit_code": outcome.exit_code(),
-                                "timed_out": outcome.timed_out,
-                            }),
-                        ));
-                    }
+                    Ok(outcome) => self.done(outcome.exit_code(), outcome.timed_out),
                     Err(error) => self.fail(error.into()),
                 }
             }
@@ -294,15 +286,24 @@ impl Streaming {
                 match error.spawn_failure_code() {
                     Some(exit_code) => {
                         self.output(format!("{error}\n"), "stderr");
-                        self.queue.push_back(sse(
-                            "done",
-                            serde_json::json!({ "exit_code": exit_code, "timed_out": false }),
-                        ));
+                        self.done(exit_code, false);
                     }
                     None => self.fail(error.into()),
                 }
             }
         }
+    }
+
+    /// The last event: how the command ended (`success` as the SDKs read it).
+    fn done(&mut self, exit_code: i32, timed_out: bool) {
+        self.queue.push_back(sse(
+            "done",
+            serde_json::json!({
+                "exit_code": exit_code,
+                "success": exit_code == 0,
+                "timed_out": timed_out,
+            }),
+        ));
     }
 
     fn output(&mut self, text: String, stream: &str) {

@@ -262,7 +262,8 @@ pub async fn logs(
     State(state): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
-    validate_name(&name)?;
+    // A sandbox that does not exist (or no longer does) has no logs to show: 404.
+    state.service.require_named(&name)?;
     let log = state.service.audit_log()?;
     let entries = tokio::task::spawn_blocking(move || log.read(Some(&name)))
         .await

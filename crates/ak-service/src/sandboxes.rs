@@ -56,6 +56,11 @@ impl Service {
         Ok(NameLock { _file: file })
     }
 
+    /// Fails unless a named sandbox `name` exists (in any state).
+    pub fn require_named(&self, name: &str) -> Result<(), ServiceError> {
+        self.record(name).map(|_| ())
+    }
+
     pub(crate) fn record(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
         validate_name(name)?;
         self.registry()?

@@ -268,6 +268,7 @@ async fn stream_ends_with_done_and_the_exit_code() {
     assert_eq!(names.first(), Some(&"started"));
     assert_eq!(names.last(), Some(&"done"), "{events:?}");
     assert_eq!(events.last().unwrap().1["exit_code"], 2);
+    assert_eq!(events.last().unwrap().1["success"], false);
     let mut stdout = String::new();
     let mut stderr = String::new();
     for (name, data) in &events {

@@ -66,6 +66,24 @@ async fn lifecycle() {
     )
     .await;
 
+    // Every step is in the audit log, which the API serves per sandbox while it exists.
+    let logs = app.data("GET", "/sandboxes/life/logs", None).await;
+    let actions: Vec<&str> = logs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    for action in ["create", "start", "stop"] {
+        assert!(actions.contains(&action), "{action} missing: {actions:?}");
+    }
+    assert!(
+        logs.as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["sandbox"] == "life")
+    );
+
     assert_eq!(app.data("DELETE", "/sandboxes/life", None).await, "removed");
     app.error("GET", "/sandboxes/life", None, StatusCode::NOT_FOUND)
         .await;
@@ -85,24 +103,16 @@ async fn lifecycle() {
         StatusCode::NOT_FOUND,
     )
     .await;
-
-    // Every step is in the audit log, which the API serves per sandbox.
-    let logs = app.data("GET", "/sandboxes/life/logs", None).await;
-    let actions: Vec<&str> = logs
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["action"].as_str().unwrap())
-        .collect();
-    for action in ["create", "start", "stop", "remove"] {
-        assert!(actions.contains(&action), "{action} missing: {actions:?}");
-    }
-    assert!(
-        logs.as_array()
-            .unwrap()
-            .iter()
-            .all(|e| e["sandbox"] == "life")
-    );
+    // A sandbox that is gone has no logs, and no detached commands: 404 as the SDKs expect.
+    app.error("GET", "/sandboxes/life/logs", None, StatusCode::NOT_FOUND)
+        .await;
+    app.error(
+        "GET",
+        "/sandboxes/life/exec/detached",
+        None,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -455,14 +465,14 @@ async fn time_to_live_and_extend() {
         .await;
     app.data("GET", "/sandboxes/leased", None).await;
     app.data("GET", "/sandboxes/forever", None).await;
-    let logs = app.data("GET", "/sandboxes/short/logs", None).await;
-    assert!(
-        logs.as_array()
-            .unwrap()
-            .iter()
-            .any(|e| e["action"] == "expire"),
-        "{logs}"
-    );
+    // The expiry is in the audit log (the sandbox's own logs went with it).
+    let entries = app
+        .service
+        .audit_log()
+        .unwrap()
+        .read(Some("short"))
+        .unwrap();
+    assert!(entries.iter().any(|e| e.action == "expire"), "{entries:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
