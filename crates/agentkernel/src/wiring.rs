@@ -98,6 +98,8 @@ fn service_with(config: &ConfigFile) -> Service {
         Err(error) => Arc::new(UnusableBackend {
             kind: BackendKind::Microvm,
             reason: format!("{error:#}"),
+            // A bad [microvm] section is the user's input: reported as such (exit 2, 400).
+            settings: config.microvm_options().is_err().then(|| config.clone()),
         }),
     };
     Service::new(
@@ -124,16 +126,20 @@ pub fn microvm_backend(config: &ConfigFile) -> anyhow::Result<MicrovmBackend> {
         .with_image_exporter(Arc::new(EngineImages(docker))))
 }
 
-/// Container images for microVMs, exported through the Docker engine's API.
 /// A backend this build has but the settings make unusable: every use says why.
 #[derive(Debug)]
 struct UnusableBackend {
     kind: BackendKind,
     reason: String,
+    /// The settings whose backend section is wrong, when that is why.
+    settings: Option<ConfigFile>,
 }
 
 impl UnusableBackend {
     fn error(&self) -> ak_core::BackendError {
+        if let Some(Err(error)) = self.settings.as_ref().map(ConfigFile::microvm_options) {
+            return ak_core::BackendError::Misconfigured(error);
+        }
         ak_core::BackendError::Unavailable {
             backend: self.kind.to_string(),
             reason: self.reason.clone(),
@@ -179,6 +185,7 @@ impl ak_core::Backend for UnusableBackend {
     }
 }
 
+/// Container images for microVMs, exported through the Docker engine's API.
 #[derive(Debug)]
 struct EngineImages(DockerBackend);
 

@@ -78,6 +78,9 @@ pub enum BackendError {
     Unavailable { backend: String, reason: String },
     #[error("the {backend} backend cannot run this sandbox: {reason}")]
     Unsupported { backend: String, reason: String },
+    /// The user's settings for the backend are wrong (e.g. a bad `[microvm]` section).
+    #[error(transparent)]
+    Misconfigured(#[from] ConfigError),
     #[error("sandbox set-up failed: {0}")]
     Setup(String),
     #[error("cannot reach the sandbox's agent: {0}")]

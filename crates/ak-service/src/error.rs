@@ -94,8 +94,11 @@ impl ServiceError {
             ServiceError::BackendNotBuilt(_) | ServiceError::Unavailable(_) => {
                 ErrorClass::Unavailable
             }
-            ServiceError::Backend(BackendError::Unavailable { .. }) => ErrorClass::Unavailable,
-            ServiceError::Backend(BackendError::Unsupported { .. }) => ErrorClass::Invalid,
+            // "Not here": the host or this user lacks what the sandbox needs.
+            ServiceError::Backend(
+                BackendError::Unavailable { .. } | BackendError::Unsupported { .. },
+            ) => ErrorClass::Unavailable,
+            ServiceError::Backend(BackendError::Misconfigured(_)) => ErrorClass::Invalid,
             ServiceError::Command(agent) => match agent.kind {
                 ErrorKind::NotFound => ErrorClass::NotFound,
                 ErrorKind::BadRequest

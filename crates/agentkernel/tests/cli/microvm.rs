@@ -377,7 +377,7 @@ fn microvm_bad_kernel_and_corrupt_image_fail_clearly() {
     // that does not exist: clear errors, nothing started.
     for (driver, code, words) in [
         ("firecracker", 125, "firecracker not found"),
-        ("bogus", 2, "unknown microvm driver 'bogus'"),
+        ("bogus", 2, "[microvm] unknown variant `bogus`"),
     ] {
         std::fs::write(&config, format!("[microvm]\ndriver = \"{driver}\"\n")).unwrap();
         let output = agentkernel(MODE, &["run", "--backend", "microvm", "--", "true"])
@@ -387,6 +387,12 @@ fn microvm_bad_kernel_and_corrupt_image_fail_clearly() {
         assert_code(&output, code);
         assert!(stderr(&output).contains(words), "{}", stderr(&output));
     }
+    // A bad [microvm] section breaks only the microvm backend, not a native run.
+    let output = agentkernel(MODE, &["run", "--no-network", "--", "true"])
+        .env("AGENTKERNEL_CONFIG", &config)
+        .output()
+        .unwrap();
+    assert_code(&output, 0);
 
     // A corrupt base image: a private cache holding the real kernel and a garbage image.
     let (cache, kernel) = built_cache();
