@@ -58,9 +58,6 @@ pub enum ServiceError {
     /// that would.
     #[error("{0}")]
     Forbidden(String),
-    /// Over a size or count limit of the service.
-    #[error("{0}")]
-    TooLarge(String),
     /// Capacity exhausted for now (pools full, set-up queue closed); trying later may work.
     #[error("{0}")]
     Unavailable(String),
@@ -90,7 +87,6 @@ impl ServiceError {
             ServiceError::Forbidden(_) => ErrorClass::Forbidden,
             ServiceError::NotFound(_) | ServiceError::NoSuch(_) => ErrorClass::NotFound,
             ServiceError::Duplicate(_) | ServiceError::WrongState { .. } => ErrorClass::Conflict,
-            ServiceError::TooLarge(_) => ErrorClass::TooLarge,
             ServiceError::BackendNotBuilt(_) | ServiceError::Unavailable(_) => {
                 ErrorClass::Unavailable
             }

@@ -96,12 +96,6 @@ impl Service {
         self
     }
 
-    /// The same service holding at most `bytes` of command output for callers at once.
-    pub fn with_output_budget(mut self, bytes: usize) -> Self {
-        self.output_budget = Arc::new(output::ByteBudget::new(bytes));
-        self
-    }
-
     /// The budgets one request's captured output draws on: its own (shared by every
     /// command of the request, a batch included) and this service's.
     pub fn request_budgets(&self) -> Vec<Arc<output::ByteBudget>> {
@@ -114,11 +108,6 @@ impl Service {
     /// The warm pools, when this host keeps them.
     pub fn pools(&self) -> Option<&Arc<pool::Pools>> {
         self.pools.as_ref()
-    }
-
-    /// The caller policy.
-    pub fn policy(&self) -> &CallerPolicy {
-        &self.policy
     }
 
     /// Runs `work` where backend work belongs: on a blocking thread in a long-lived host
