@@ -59,10 +59,15 @@ impl Owned {
 
 impl Drop for Owned {
     fn drop(&mut self) {
-        let (Some(mut sandbox), Ok(runtime)) =
-            (self.sandbox.take(), tokio::runtime::Handle::try_current())
-        else {
-            // No runtime to release it on: the sandbox's own drop releases what it can.
+        // A long-lived host releases it in the background. Elsewhere (a one-shot CLI, which
+        // exits without running its remaining tasks) the sandbox is dropped here, and its
+        // own drop releases an ephemeral sandbox at once.
+        let runtime = tokio::runtime::Handle::try_current()
+            .ok()
+            .filter(|runtime| {
+                runtime.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread
+            });
+        let (Some(mut sandbox), Some(runtime)) = (self.sandbox.take(), runtime) else {
             return;
         };
         let slot = self.slot.take();
