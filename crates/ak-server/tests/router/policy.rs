@@ -252,6 +252,61 @@ async fn a_client_that_goes_away_ends_its_run() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_hangs_up_on_the_server_ends_its_run() {
+    // Served as `serve` serves it (hyper over TCP), not only the router.
+    let backend = Arc::new(LocalBackend::blocking(None));
+    let state_dir = tempfile::tempdir().unwrap();
+    let service = Service::new(
+        vec![backend.clone() as Arc<dyn ak_core::Backend>],
+        state_dir.path().join("registry.db"),
+    )
+    .serving(PoolConfig {
+        min_warm: 0,
+        max_warm: 0,
+        max_total: 4,
+    });
+    let state = ak_server::AppState::new(
+        Arc::new(service),
+        ak_server::ApiConfig {
+            token: Some(crate::TOKEN.into()),
+            ..ak_server::ApiConfig::default()
+        },
+    );
+    let bound = ak_server::Bound::bind(
+        &ak_server::Listen::Tcp("127.0.0.1:0".parse().unwrap()),
+        Some(crate::TOKEN),
+    )
+    .await
+    .unwrap();
+    let address: std::net::SocketAddr = bound
+        .address()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+    tokio::spawn(bound.serve(state, std::future::pending()));
+    for path in ["/run", "/run/stream"] {
+        let body = r#"{"command":["sleep","60"]}"#;
+        let call = tokio::spawn(http(address, "POST", path, Some(body)));
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while backend.running() == 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(backend.running(), 1, "{path}: the run started");
+        // The client goes away: its connection closes.
+        call.abort();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while backend.running() > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(
+            backend.running(),
+            0,
+            "{path}: the abandoned run's sandbox was released"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
 async fn set_ups_run_off_the_async_workers() {
     // Set-ups block their thread (200 ms each here), as a real backend's system calls do;
