@@ -13,10 +13,10 @@ use ak_service::{Caller, ErrorClass, Placement, Service, ServiceError};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::handler::server::wrapper::Parameters;
+use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::output::RunResult;
 use crate::sandboxes::SandboxInfo;
@@ -112,8 +112,33 @@ fn message(error: ServiceError) -> String {
     format!("{class}: {error}")
 }
 
-fn json(value: impl serde::Serialize) -> Result<String, String> {
-    serde_json::to_string_pretty(&value).map_err(|e| e.to_string())
+/// `sandbox_list`'s answer (structured content is an object).
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SandboxList {
+    pub sandboxes: Vec<SandboxInfo>,
+}
+
+/// `sandbox_file_read`'s answer.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct FileRead {
+    /// The file's text, or base64 of its bytes when it is not UTF-8.
+    pub content: String,
+    /// `utf8` or `base64`.
+    pub encoding: &'static str,
+    pub size: usize,
+}
+
+/// `sandbox_remove`'s answer.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Removed {
+    pub removed: String,
+}
+
+/// `sandbox_file_write`'s answer.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Written {
+    pub path: String,
+    pub bytes: usize,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -127,8 +152,9 @@ pub struct RunParams {
     pub profile: Option<String>,
     /// `false`: no network at all; `true`: outbound network.
     pub network: Option<bool>,
-    /// Absolute working directory inside the sandbox.
-    pub cwd: Option<String>,
+    /// Absolute working directory inside the sandbox (`cwd` is accepted too).
+    #[serde(alias = "cwd")]
+    pub workdir: Option<String>,
     /// `KEY=VALUE` entries.
     pub env: Option<Vec<String>>,
     /// Wall-clock limit in milliseconds; the command is killed after it.
@@ -168,7 +194,9 @@ pub struct RemoveParams {
 pub struct ExecParams {
     pub name: String,
     pub command: Vec<String>,
-    pub cwd: Option<String>,
+    /// Working directory inside the sandbox (`cwd` is accepted too), as the HTTP API's.
+    #[serde(alias = "cwd")]
+    pub workdir: Option<String>,
     pub env: Option<Vec<String>>,
     pub timeout_ms: Option<u64>,
 }
@@ -195,19 +223,26 @@ pub struct FileWriteParams {
 #[tool_router]
 impl McpServer {
     #[tool(
-        description = "Run a command in a fresh, isolated sandbox that is destroyed afterwards. Returns output (stdout, then stderr), exit_code, timed_out and truncated."
+        title = "Run a command in a fresh sandbox",
+        description = "Run a command in a fresh, isolated sandbox that is destroyed afterwards. Returns output (stdout, then stderr; base64 when encoding says so), exit_code, timed_out and truncated.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
     )]
     async fn sandbox_run(
         &self,
         Parameters(params): Parameters<RunParams>,
-    ) -> Result<String, String> {
+    ) -> Result<Json<RunResult>, String> {
         let exec = self.exec(
             "sandbox_run",
             None,
             ExecOptions {
                 argv: params.command,
                 env: params.env.unwrap_or_default(),
-                workdir: params.cwd,
+                workdir: params.workdir,
                 timeout_ms: params.timeout_ms,
                 ..ExecOptions::default()
             },
@@ -227,18 +262,25 @@ impl McpServer {
             .await
             .map_err(message)?;
         let budgets = self.service.request_budgets();
-        json(RunResult::from(
+        Ok(Json(RunResult::from(
             session.collect(budgets).await.map_err(message)?,
-        ))
+        )))
     }
 
     #[tool(
-        description = "Create a named sandbox (stopped; start it with sandbox_start). Its /workspace persists until it is removed."
+        title = "Create a named sandbox",
+        description = "Create a named sandbox, stopped: start it with sandbox_start (unlike the HTTP API's create, which also starts it). Its /workspace persists until it is removed.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
     )]
     async fn sandbox_create(
         &self,
         Parameters(params): Parameters<CreateParams>,
-    ) -> Result<String, String> {
+    ) -> Result<Json<SandboxInfo>, String> {
         let spec = self.spec(
             "sandbox_create",
             SandboxOptions {
@@ -255,49 +297,74 @@ impl McpServer {
             .create_named(Caller::Mcp, &params.name, spec, None)
             .await
             .map_err(message)?;
-        json(SandboxInfo::from(&record))
+        Ok(Json(SandboxInfo::from(&record)))
     }
 
-    #[tool(description = "Start a stopped named sandbox.")]
+    #[tool(
+        title = "Start a named sandbox",
+        description = "Start a stopped named sandbox.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
     async fn sandbox_start(
         &self,
         Parameters(params): Parameters<NameParams>,
-    ) -> Result<String, String> {
+    ) -> Result<Json<SandboxInfo>, String> {
         let record = self
             .service
             .start_named(Caller::Mcp, &params.name)
             .await
             .map_err(message)?;
-        json(SandboxInfo::from(&record))
+        Ok(Json(SandboxInfo::from(&record)))
     }
 
-    #[tool(description = "Stop a running named sandbox; its /workspace is kept.")]
+    #[tool(
+        title = "Stop a named sandbox",
+        description = "Stop a running named sandbox: its processes end; its /workspace is kept.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
     async fn sandbox_stop(
         &self,
         Parameters(params): Parameters<NameParams>,
-    ) -> Result<String, String> {
+    ) -> Result<Json<SandboxInfo>, String> {
         let record = self
             .service
             .stop_named(Caller::Mcp, &params.name)
             .await
             .map_err(message)?;
-        json(SandboxInfo::from(&record))
+        Ok(Json(SandboxInfo::from(&record)))
     }
 
     #[tool(
-        description = "Run a command in a running named sandbox. Returns output (stdout, then stderr), exit_code, timed_out and truncated."
+        title = "Run a command in a named sandbox",
+        description = "Run a command in a running named sandbox. Returns output (stdout, then stderr; base64 when encoding says so), exit_code, timed_out and truncated.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = true
+        )
     )]
     async fn sandbox_exec(
         &self,
         Parameters(params): Parameters<ExecParams>,
-    ) -> Result<String, String> {
+    ) -> Result<Json<RunResult>, String> {
         let exec = self.exec(
             "sandbox_exec",
             Some(&params.name),
             ExecOptions {
                 argv: params.command,
                 env: params.env.unwrap_or_default(),
-                workdir: params.cwd,
+                workdir: params.workdir,
                 timeout_ms: params.timeout_ms,
                 ..ExecOptions::default()
             },
@@ -308,36 +375,55 @@ impl McpServer {
             .await
             .map_err(message)?;
         let budgets = self.service.request_budgets();
-        json(RunResult::from(
+        Ok(Json(RunResult::from(
             session.collect(budgets).await.map_err(message)?,
-        ))
+        )))
     }
 
-    #[tool(description = "List the named sandboxes.")]
-    async fn sandbox_list(&self) -> Result<String, String> {
+    #[tool(
+        title = "List named sandboxes",
+        description = "List the named sandboxes.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn sandbox_list(&self) -> Result<Json<SandboxList>, String> {
         let records = self.service.list_named().await.map_err(message)?;
-        json(records.iter().map(SandboxInfo::from).collect::<Vec<_>>())
+        Ok(Json(SandboxList {
+            sandboxes: records.iter().map(SandboxInfo::from).collect(),
+        }))
     }
 
-    #[tool(description = "Remove a named sandbox and its /workspace (force: stop it first).")]
+    #[tool(
+        title = "Remove a named sandbox",
+        description = "Remove a named sandbox and its /workspace (force: stop it first).",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
     async fn sandbox_remove(
         &self,
         Parameters(params): Parameters<RemoveParams>,
-    ) -> Result<String, String> {
+    ) -> Result<Json<Removed>, String> {
         self.service
             .remove_named(Caller::Mcp, &params.name, params.force.unwrap_or(false))
             .await
             .map_err(message)?;
-        Ok(format!("removed {}", params.name))
+        Ok(Json(Removed {
+            removed: params.name,
+        }))
     }
 
     #[tool(
-        description = "Read a file of a running named sandbox. Returns content, encoding (utf8 or base64) and size."
+        title = "Read a file in a named sandbox",
+        description = "Read a file of a running named sandbox. Returns content, encoding (utf8 or base64) and size.",
+        annotations(read_only_hint = true, open_world_hint = false)
     )]
     async fn sandbox_file_read(
         &self,
         Parameters(params): Parameters<FileReadParams>,
-    ) -> Result<String, String> {
+    ) -> Result<Json<FileRead>, String> {
         let bytes = self
             .service
             .read_file_named(Caller::Mcp, &params.name, &params.path, MAX_READ)
@@ -348,16 +434,27 @@ impl McpServer {
             Ok(text) => (text, "utf8"),
             Err(binary) => (BASE64.encode(binary.as_bytes()), "base64"),
         };
-        json(serde_json::json!({"content": content, "encoding": encoding, "size": size}))
+        Ok(Json(FileRead {
+            content,
+            encoding,
+            size,
+        }))
     }
 
     #[tool(
-        description = "Write a file into a running named sandbox (atomically; parent directories are created)."
+        title = "Write a file in a named sandbox",
+        description = "Write a file into a running named sandbox (atomically; parent directories are created).",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = true,
+            open_world_hint = false
+        )
     )]
     async fn sandbox_file_write(
         &self,
         Parameters(params): Parameters<FileWriteParams>,
-    ) -> Result<String, String> {
+    ) -> Result<Json<Written>, String> {
         let content = match params.encoding.as_deref() {
             None | Some("utf8") => params.content.into_bytes(),
             Some("base64") => BASE64.decode(params.content.as_bytes()).map_err(|e| {
@@ -382,7 +479,10 @@ impl McpServer {
             .write_file_named(Caller::Mcp, &params.name, &params.path, &content)
             .await
             .map_err(message)?;
-        Ok(format!("wrote {} bytes to {}", content.len(), params.path))
+        Ok(Json(Written {
+            path: params.path,
+            bytes: content.len(),
+        }))
     }
 }
 

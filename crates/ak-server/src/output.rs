@@ -4,14 +4,26 @@
 
 use ak_service::Collected;
 use ak_service::output::Held;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use serde::Serialize;
+
+/// How `output` is written: as text when the command wrote UTF-8, else base64 of its bytes
+/// (never text with replacement characters).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputEncoding {
+    Utf8,
+    Base64,
+}
 
 /// What a finished command produced. The output is held once: `output` is stdout followed
 /// by stderr, what the SDKs read (separate streams come with `/run/stream`'s events).
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct RunResult {
     /// stdout, then stderr.
     pub output: String,
+    pub encoding: OutputEncoding,
     pub exit_code: i32,
     pub timed_out: bool,
     /// Output beyond a capture limit was dropped.
@@ -20,6 +32,7 @@ pub struct RunResult {
     /// is gone.
     #[serde(skip)]
     #[schema(ignore)]
+    #[schemars(skip)]
     pub held: Held,
 }
 
@@ -30,12 +43,13 @@ impl From<Collected> for RunResult {
         let (stderr, stderr_held) = collected.stderr.into_held();
         bytes.extend_from_slice(&stderr);
         drop(stderr);
-        let output = match String::from_utf8(bytes) {
-            Ok(text) => text,
-            Err(not_text) => String::from_utf8_lossy(not_text.as_bytes()).into_owned(),
+        let (output, encoding) = match String::from_utf8(bytes) {
+            Ok(text) => (text, OutputEncoding::Utf8),
+            Err(not_text) => (BASE64.encode(not_text.as_bytes()), OutputEncoding::Base64),
         };
         RunResult {
             output,
+            encoding,
             exit_code: collected.exit_code,
             timed_out: collected.timed_out,
             truncated,

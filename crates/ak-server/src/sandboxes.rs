@@ -17,7 +17,7 @@ use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody, ok, with_status};
 
 /// A sandbox as the SDKs describe it.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Serialize, utoipa::ToSchema, schemars::JsonSchema)]
 pub struct SandboxInfo {
     pub name: String,
     pub uuid: String,
@@ -25,6 +25,7 @@ pub struct SandboxInfo {
     pub status: &'static str,
     /// agentkernel's own state (`running`, `stopped`, `failed`, …).
     #[schema(value_type = String, example = "running")]
+    #[schemars(with = "String")]
     pub state: SandboxState,
     pub backend: String,
     pub image: String,

@@ -39,12 +39,14 @@ async def call(session, tool, arguments=None):
 
 
 async def ok(session, tool, arguments=None):
-    is_error, text = await call(session, tool, arguments)
-    check(not is_error, f"{tool} succeeds: {text[:300]}")
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
+    result = await session.call_tool(tool, arguments or {})
+    text = result.content[0].text if result.content else ""
+    check(not result.is_error, f"{tool} succeeds: {text[:300]}")
+    # Every tool answers with structured content (its output schema's object), and the
+    # same JSON once as text for clients that read only text.
+    check(result.structured_content is not None, f"{tool} has structured content")
+    check(json.loads(text) == result.structured_content, f"{tool}'s text is its structured content")
+    return result.structured_content
 
 
 async def refused(session, tool, arguments, needle):
@@ -65,9 +67,17 @@ async def main():
             run_tool = [t for t in tools.tools if t.name == "sandbox_run"][0]
             props = set(run_tool.input_schema["properties"])
             check(
-                {"command", "image", "profile", "network", "cwd", "env", "timeout_ms"} <= props,
+                {"command", "image", "profile", "network", "workdir", "env", "timeout_ms"} <= props,
                 f"sandbox_run's schema: {sorted(props)}",
             )
+            for tool in tools.tools:
+                check(tool.output_schema is not None and tool.output_schema.get("type") == "object",
+                      f"{tool.name} has an output schema")
+                check(bool(tool.title) and tool.annotations is not None, f"{tool.name} has a title and annotations")
+            by_name = {tool.name: tool for tool in tools.tools}
+            check(by_name["sandbox_list"].annotations.read_only_hint is True, "sandbox_list is read-only")
+            check(by_name["sandbox_remove"].annotations.destructive_hint is True, "sandbox_remove is destructive")
+            check("output" in by_name["sandbox_run"].output_schema["properties"], "sandbox_run's output schema")
 
             # sandbox_run honours every field.
             out = await ok(session, "sandbox_run", {
@@ -104,18 +114,23 @@ async def main():
                 "env": ["A=b"], "cwd": "/tmp", "timeout_ms": 10000,
             })
             check(out["output"] == "b\n/tmp\n" and out["exit_code"] == 0, f"exec: {out}")
+            # The HTTP API's name for it, and binary output returned faithfully.
+            out = await ok(session, "sandbox_exec", {
+                "name": "mcp-box", "command": ["printf", "\\377\\376"], "workdir": "/tmp",
+            })
+            check(out["encoding"] == "base64" and out["output"] == "//4=", f"binary exec output: {out}")
             await ok(session, "sandbox_file_write", {"name": "mcp-box", "path": "notes/n.txt", "content": "written by mcp"})
             read = await ok(session, "sandbox_file_read", {"name": "mcp-box", "path": "/workspace/notes/n.txt"})
             check(read == {"content": "written by mcp", "encoding": "utf8", "size": 14}, f"file read: {read}")
             await refused(session, "sandbox_file_read", {"name": "mcp-box", "path": "../../etc/passwd"}, "invalid path")
             await refused(session, "sandbox_file_write", {"name": "mcp-box", "path": "x", "content": "x", "encoding": "rot13"}, "encoding")
             listed = await ok(session, "sandbox_list")
-            check([s["name"] for s in listed] == ["mcp-box"], f"list: {listed}")
+            check([s["name"] for s in listed["sandboxes"]] == ["mcp-box"], f"list: {listed}")
             stopped = await ok(session, "sandbox_stop", {"name": "mcp-box"})
             check(stopped["status"] == "stopped", f"stopped: {stopped}")
             await ok(session, "sandbox_remove", {"name": "mcp-box"})
             await refused(session, "sandbox_remove", {"name": "mcp-box"}, "no sandbox named")
-            check(await ok(session, "sandbox_list") == [], "nothing left")
+            check(await ok(session, "sandbox_list") == {"sandboxes": []}, "nothing left")
 
     print("ALL MCP CHECKS PASSED")
 
