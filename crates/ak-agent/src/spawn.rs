@@ -233,17 +233,21 @@ fn read_passwd(shared: &Shared) -> String {
 }
 
 /// Checked before the fork: a missing directory would otherwise fail the exec with the
-/// same `ENOENT` as a missing program.
+/// same `ENOENT` as a missing program. A working directory that is missing or no directory
+/// is a mistake in the request (the command never started), not the command's failure,
+/// so hosts report it as an error rather than as the command's output.
 fn check_cwd(cwd: &Path, requested: Option<&str>) -> Result<(), AgentError> {
     let shown = requested.map_or_else(|| cwd.display().to_string(), str::to_string);
     match std::fs::metadata(cwd) {
         Ok(meta) if meta.is_dir() => Ok(()),
-        Ok(_) => Err(spawn_failed(format!(
-            "working directory {shown} is not a directory"
-        ))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(spawn_failed(format!(
-            "working directory {shown} does not exist"
-        ))),
+        Ok(_) => Err(AgentError::new(
+            ErrorKind::NotADirectory,
+            format!("working directory {shown} is not a directory"),
+        )),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(AgentError::new(
+            ErrorKind::InvalidPath,
+            format!("working directory {shown} does not exist"),
+        )),
         Err(e) => Err(spawn_failed(format!("working directory {shown}: {e}"))),
     }
 }

@@ -413,7 +413,8 @@ async fn spawn_failures_are_agent_errors() {
     spec.cwd = Some("/no/such/dir".into());
     let mut handle = h.client.exec(spec).await.unwrap();
     let err = agent_error(handle.next_event().await.unwrap_err());
-    assert_eq!(err.kind, ErrorKind::SpawnFailed);
+    // A mistake in the request, not a command that failed to start.
+    assert_eq!(err.kind, ErrorKind::InvalidPath);
     assert!(err.message.contains("/no/such/dir"), "{}", err.message);
 
     let mut spec = argv(&["true"]);

@@ -119,6 +119,30 @@ async fn a_json_null_means_not_given() {
 }
 
 #[tokio::test]
+async fn a_missing_working_directory_is_an_error_not_output() {
+    let app = app();
+    app.sandbox("wd").await;
+    let message = app
+        .error(
+            "POST",
+            "/sandboxes/wd/exec",
+            Some(json!({"command": ["true"], "workdir": "/no/such/dir"})),
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert!(message.contains("does not exist"), "{message}");
+    // A missing program is still the command's answer, as a shell gives it.
+    let data = app
+        .data(
+            "POST",
+            "/sandboxes/wd/exec",
+            Some(json!({"command": ["no-such-program-xyz"]})),
+        )
+        .await;
+    assert_eq!(data["exit_code"], 127, "{data}");
+}
+
+#[tokio::test]
 async fn an_empty_batch_is_refused() {
     let app = app();
     app.error(
