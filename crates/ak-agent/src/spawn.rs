@@ -65,9 +65,11 @@ pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentEr
             cwd: &cwd,
             stdin: spec.stdin,
         };
-        let started = shared
-            .children
-            .register(|| direct_spawn::spawn(&request).map(|started| (started.pid, started)));
+        let started = with_oom_preference(|| {
+            shared
+                .children
+                .register(|| direct_spawn::spawn(&request).map(|started| (started.pid, started)))
+        });
         match started {
             Ok((ends, exit)) => {
                 let pid = Pid::from_raw(ends.pid)
@@ -95,9 +97,7 @@ pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentEr
     let pty_master = set_stdio(&mut command, spec)?;
     set_up_child(&mut command, switch, pty_master.is_some());
 
-    let (mut child, exit) = shared
-        .children
-        .spawn(&mut command)
+    let (mut child, exit) = with_oom_preference(|| shared.children.spawn(&mut command))
         .map_err(|e| spawn_error(program, &e))?;
     // The command holds the parent's copies of the pty slave: they must be closed now, or
     // reading the master would never see the end of the command's output.
@@ -203,6 +203,35 @@ fn set_up_child(command: &mut Command, ids: Option<(Uid, Gid)>, pty: bool) {
     unsafe {
         command.pre_exec(hook);
     }
+}
+
+/// Where the agent's own OOM score adjustment is (in its /proc: the sandbox's).
+const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
+
+/// Starts a command (through `spawn`) so that it, and everything it starts, is the OOM
+/// killer's choice before the agent: when a sandbox reaches its memory limit the kernel may
+/// otherwise pick the agent (seen in containers: a second OOM right after the hog was
+/// killed took the agent, and with it the command's exit status). A child inherits its
+/// adjustment when it is created, so the agent raises its own to the maximum around the
+/// spawn and lowers it back after; raising needs no privilege, and going back down to the
+/// value it started with needs none either. The lock keeps concurrent spawns from lowering
+/// it under each other. Best effort: where the agent cannot write it (a landlocked /proc),
+/// nothing changes.
+fn with_oom_preference<T>(spawn: impl FnOnce() -> T) -> T {
+    static TOGGLE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _held = TOGGLE
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let original = std::fs::read_to_string(OOM_SCORE_ADJ)
+        .ok()
+        .filter(|_| std::fs::write(OOM_SCORE_ADJ, "1000").is_ok());
+    let spawned = spawn();
+    if let Some(original) = original
+        && let Err(e) = std::fs::write(OOM_SCORE_ADJ, original.trim())
+    {
+        tracing::warn!("cannot restore the agent's OOM score adjustment: {e}");
+    }
+    spawned
 }
 
 fn resolve_user(shared: &Shared, name: &str) -> Result<User, AgentError> {

@@ -154,6 +154,32 @@ async fn echo_hello() {
     assert!(!out.timed_out);
 }
 
+/// Commands, and what they start, are the OOM killer's choice before the agent; the
+/// agent's own adjustment is what it was (the agent runs in this test's process).
+#[tokio::test]
+async fn commands_are_killed_for_memory_before_the_agent() {
+    let h = harness().await;
+    // Both ways of starting a command: posix_spawn, and the forking path (a pty).
+    let spawned = run(&h.client, argv(&["cat", "/proc/self/oom_score_adj"])).await;
+    assert_eq!(spawned.stdout, b"1000\n");
+    let mut forked = sh("cat /proc/self/oom_score_adj");
+    forked.pty = Some(ak_protocol::PtySize { rows: 24, cols: 80 });
+    let forked = run(&h.client, forked).await;
+    assert_eq!(String::from_utf8_lossy(&forked.stdout).trim(), "1000");
+    // The agent lowers its own back after each start. Other tests in this process start
+    // commands too, so it may be raised for a moment: it must not stay raised.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let agent = || std::fs::read_to_string("/proc/self/oom_score_adj").unwrap();
+    while agent().trim() == "1000" && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_ne!(
+        agent().trim(),
+        "1000",
+        "the agent stayed the OOM killer's first choice"
+    );
+}
+
 #[tokio::test]
 async fn exit_code_and_signal() {
     let h = harness().await;
