@@ -144,7 +144,8 @@ impl Service {
         let command = exec.argv.clone();
         let mut session = self.exec_named(caller, name, exec).await?;
         let mut info = DetachedInfo {
-            id: uuid_like(),
+            // 32 hex digits, like sandbox ids.
+            id: ak_core::spec::new_sandbox_id(),
             sandbox: name.to_string(),
             command,
             pid: 0,
@@ -253,11 +254,6 @@ impl Service {
             result,
         )
     }
-}
-
-/// A fresh id for a detached command (32 hex digits, like sandbox ids).
-fn uuid_like() -> String {
-    ak_core::spec::new_sandbox_id()
 }
 
 /// Keeps a detached command's output and records how it ended.
