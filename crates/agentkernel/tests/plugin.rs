@@ -131,3 +131,40 @@ fn damaged_files_and_unknown_clients_are_refused() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("unknown client"));
 }
+
+#[test]
+fn an_existing_entry_keeps_the_users_settings() {
+    let home = tempfile::tempdir().unwrap();
+    let path = home.path().join(".claude.json");
+    // An entry of ours from an older install, with the user's own environment.
+    std::fs::write(
+        &path,
+        r#"{"mcpServers": {"agentkernel": {"type": "stdio", "command": "/old/agentkernel", "args": ["mcp"], "env": {"AGENTKERNEL_LOG": "debug"}}}}"#,
+    )
+    .unwrap();
+    let output = install(home.path(), &["claude"]);
+    assert!(output.status.success(), "{output:?}");
+    let said = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        said.contains("updated") && said.contains("command"),
+        "{said}"
+    );
+    let ours = &json(&path)["mcpServers"]["agentkernel"];
+    assert_eq!(ours["command"], exe());
+    assert_eq!(ours["env"]["AGENTKERNEL_LOG"], "debug", "{ours}");
+
+    // opencode: a server the user turned off stays off.
+    let path = home.path().join(".config/opencode/opencode.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(
+        &path,
+        serde_json::json!({"mcp": {"agentkernel": {"type": "local", "command": [exe(), "mcp"], "enabled": false}}})
+            .to_string(),
+    )
+    .unwrap();
+    let before = std::fs::read_to_string(&path).unwrap();
+    let output = install(home.path(), &["opencode"]);
+    assert!(output.status.success(), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stdout).contains("already configured"));
+    assert_eq!(std::fs::read_to_string(&path).unwrap(), before);
+}

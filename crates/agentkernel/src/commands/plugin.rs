@@ -1,7 +1,9 @@
 //! `agentkernel plugin install claude|codex|gemini|opencode [--dry-run]`: adds
 //! `agentkernel mcp` to an agent client's MCP configuration. Existing files are merged:
-//! only agentkernel's own entry is added or updated, everything else stays as it was; a
-//! file that cannot be parsed is left alone and reported.
+//! only agentkernel's own entry is added or updated, everything else stays as it was; in an
+//! existing entry of ours only the keys that say how to start us (command, arguments,
+//! transport) are updated, and the user's own (`env`, `trust`, `enabled`, ...) are kept; what
+//! changed is said. A file that cannot be parsed is left alone and reported.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -85,28 +87,48 @@ fn install(client: Client, dry_run: bool) -> anyhow::Result<()> {
         json_client => merge_json(json_client, existing.as_deref(), exe),
     }
     .with_context(|| format!("{} was left unchanged", path.display()))?;
-    let Some(merged) = merged else {
-        say(&format!(
-            "{}: agentkernel is already configured",
-            path.display()
-        ));
-        return Ok(());
+    let (merged, what) = match merged {
+        Merged::Unchanged => {
+            say(&format!(
+                "{}: agentkernel is already configured",
+                path.display()
+            ));
+            return Ok(());
+        }
+        Merged::Added(text) => (text, "added the agentkernel MCP server".to_string()),
+        Merged::Updated { text, changed } => (
+            text,
+            format!(
+                "updated the agentkernel MCP server's {} (your other settings of it are kept)",
+                changed.join(", ")
+            ),
+        ),
     };
     if dry_run {
         say(&format!("# {} (dry run: nothing written)", path.display()));
         say(merged.trim_end());
+        say(&format!("# would have {what}"));
         return Ok(());
     }
     write_atomically(&path, &merged)?;
-    say(&format!(
-        "{}: added the agentkernel MCP server",
-        path.display()
-    ));
+    say(&format!("{}: {what}", path.display()));
     Ok(())
 }
 
-/// The JSON clients: our entry under their map of servers. `None` when it is already there.
-fn merge_json(client: Client, existing: Option<&str>, exe: &str) -> anyhow::Result<Option<String>> {
+/// What merging our entry into a client's file comes to.
+#[derive(Debug, PartialEq)]
+enum Merged {
+    /// Our entry is there as it should be.
+    Unchanged,
+    /// The file with our entry added.
+    Added(String),
+    /// The file with the named keys of our existing entry updated.
+    Updated { text: String, changed: Vec<String> },
+}
+
+/// The JSON clients: our entry under their map of servers. An entry of ours that is there
+/// keeps every key but those that say how to start us.
+fn merge_json(client: Client, existing: Option<&str>, exe: &str) -> anyhow::Result<Merged> {
     let mut root: Value = match existing {
         Some(text) if !text.trim().is_empty() => {
             serde_json::from_str(text).context("it is not valid JSON")?
@@ -133,17 +155,48 @@ fn merge_json(client: Client, existing: Option<&str>, exe: &str) -> anyhow::Resu
         .or_insert_with(|| json!({}))
         .as_object_mut()
         .ok_or_else(|| anyhow!("its '{key}' is not a JSON object"))?;
-    if servers.get(SERVER_NAME) == Some(&entry) {
-        return Ok(None);
+    let Some(current) = servers.get_mut(SERVER_NAME) else {
+        servers.insert(SERVER_NAME.to_string(), entry);
+        return Ok(Merged::Added(serde_json::to_string_pretty(&root)? + "\n"));
+    };
+    let current = current
+        .as_object_mut()
+        .ok_or_else(|| anyhow!("its '{key}.{SERVER_NAME}' is not a JSON object"))?;
+    let Value::Object(ours) = entry else {
+        bail!("our own entry is not a JSON object");
+    };
+    let mut changed = Vec::new();
+    for (name, value) in ours {
+        match current.get(&name) {
+            Some(mine) if *mine == value => {}
+            // A setting of the user's own (`env`, `enabled`): theirs stays.
+            Some(_) if !STARTS_US.contains(&name.as_str()) => {}
+            None if !STARTS_US.contains(&name.as_str()) => {
+                current.insert(name, value);
+            }
+            _ => {
+                changed.push(name.clone());
+                current.insert(name, value);
+            }
+        }
     }
-    servers.insert(SERVER_NAME.to_string(), entry);
-    Ok(Some(serde_json::to_string_pretty(&root)? + "\n"))
+    if changed.is_empty() {
+        return Ok(Merged::Unchanged);
+    }
+    Ok(Merged::Updated {
+        text: serde_json::to_string_pretty(&root)? + "\n",
+        changed,
+    })
 }
+
+/// The keys of our entry that say how to start us; the rest of an existing entry is the
+/// user's.
+const STARTS_US: [&str; 3] = ["type", "command", "args"];
 
 /// Codex: a `[mcp_servers.agentkernel]` table appended to `config.toml`, so the user's
 /// comments and layout stay as they are. An entry of ours that differs is not rewritten
 /// (that would need re-serialising the whole file): the user is told to remove it.
-fn merge_codex(existing: Option<&str>, exe: &str) -> anyhow::Result<Option<String>> {
+fn merge_codex(existing: Option<&str>, exe: &str) -> anyhow::Result<Merged> {
     let text = existing.unwrap_or("");
     let parsed: toml::Table = toml::from_str(text).context("it is not valid TOML")?;
     let ours = toml::Value::Table(toml::Table::from_iter([
@@ -160,7 +213,7 @@ fn merge_codex(existing: Option<&str>, exe: &str) -> anyhow::Result<Option<Strin
         bail!("its 'mcp_servers' is not a table");
     }
     match servers.and_then(|s| s.get(SERVER_NAME)) {
-        Some(current) if *current == ours => return Ok(None),
+        Some(current) if *current == ours => return Ok(Merged::Unchanged),
         Some(_) => bail!(
             "it already has a different [mcp_servers.{SERVER_NAME}]; remove that table and run this again"
         ),
@@ -182,7 +235,7 @@ fn merge_codex(existing: Option<&str>, exe: &str) -> anyhow::Result<Option<Strin
     if check.get("mcp_servers").and_then(|s| s.get(SERVER_NAME)) != Some(&ours) {
         bail!("the merged file does not hold the expected entry");
     }
-    Ok(Some(merged))
+    Ok(Merged::Added(merged))
 }
 
 /// Writes `path` through a temporary file in the same directory and a rename, keeping the
