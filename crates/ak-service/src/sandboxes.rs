@@ -335,7 +335,17 @@ impl Service {
         exec: ExecSpec,
     ) -> Result<CommandSession, ServiceError> {
         ak_core::exec::validate_argv(&exec.argv, &[])?;
-        CommandSession::over(self.connect_named(name).await?, exec).await
+        match CommandSession::over(self.connect_named(name).await?, exec).await {
+            // The connection failed: a sandbox whose processes died just now is found
+            // failed (and released) here, rather than left recorded as running.
+            Err(error @ ServiceError::Protocol(_)) => {
+                if let Err(e) = self.inspect_named(name).await {
+                    tracing::debug!(%name, "reconciling after a failed connection: {e}");
+                }
+                Err(error)
+            }
+            started => started,
+        }
     }
 
     /// A connected, handshaken client of a running sandbox's agent (for files, execs).

@@ -339,6 +339,11 @@ fn microvm_network_of_a_named_vm_goes_with_stop_and_a_killed_hypervisor() {
         {
             // SAFETY: kill has no memory-safety preconditions.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            // The next command comes once it is gone (dead, or a zombie), as it would
+            // after any crash: not in the instant the signal is on its way.
+            wait_until("the hypervisor ends", Duration::from_secs(10), || {
+                ak_core::process::identity(pid).is_none()
+            });
         }
     }
     assert_ne!(root(&["exec", &n, "--", "true"]).status.code(), Some(0));
