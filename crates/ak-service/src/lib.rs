@@ -121,6 +121,20 @@ impl Service {
         run_blocking(self.offload_blocking, work).await
     }
 
+    /// A sandbox for `spec` from its backend, built where backend work belongs (see
+    /// [`Service::offload`]).
+    pub(crate) async fn create_sandbox(
+        &self,
+        spec: &ak_core::SandboxSpec,
+        lifetime: ak_core::backend::Lifetime,
+    ) -> Result<Box<dyn ak_core::Sandbox>, ServiceError> {
+        let backend = self.backend(spec.backend)?.clone();
+        let spec = spec.clone();
+        Ok(self
+            .offload(async move { backend.create(&spec, lifetime).await })
+            .await??)
+    }
+
     /// Keeps pools topped up, releases used sandboxes and removes expired ones until the
     /// returned task is aborted or `stop` is notified (between passes, never inside one:
     /// a pass cut off mid-way could leave a sandbox half built that nobody releases).

@@ -5,7 +5,7 @@ use ak_core::backend::Lifetime;
 use ak_core::{ExecSpec, SandboxSpec};
 
 use crate::error::ServiceError;
-use crate::pool::pool_key;
+use crate::pool::poolable;
 use crate::sandboxes::command_line;
 use crate::session::{CommandSession, Owned};
 use crate::{Caller, Service};
@@ -50,12 +50,13 @@ impl Service {
         settle_image(&mut spec, Some(&exec.argv));
         let spec = &spec;
         self.policy.admit(caller, spec)?;
-        let backend = self.backend(spec.backend)?.clone();
+        // A backend this build lacks is refused before the run waits for a set-up turn.
+        self.backend(spec.backend)?;
         with_spec_timeout(spec, &mut exec);
         let begun = std::time::Instant::now();
         if placement == Placement::Pooled
             && let Some(pools) = &self.pools
-            && pool_key(spec).is_some()
+            && poolable(spec)
         {
             // A spare needs no set-up turn; a miss takes one once the pool has room.
             match pools.take(self, spec, Some(&self.setups)).await {
@@ -77,10 +78,7 @@ impl Service {
             .acquire()
             .await
             .map_err(|e| ServiceError::Unavailable(format!("sandbox set-up queue: {e}")))?;
-        let owned_spec = spec.clone();
-        let sandbox = self
-            .offload(async move { backend.create(&owned_spec, Lifetime::Ephemeral).await })
-            .await??;
+        let sandbox = self.create_sandbox(spec, Lifetime::Ephemeral).await?;
         drop(turn);
         tracing::debug!(elapsed = ?begun.elapsed(), "sandbox created");
         let session = self

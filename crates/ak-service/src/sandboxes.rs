@@ -220,10 +220,9 @@ impl Service {
         let backend = self.backend(record.backend)?.clone();
         // A failed start leaves the sandbox stopped (and its workdir untouched): the cause
         // may be passing, and `failed` would only allow removing it.
-        let (creator, spec) = (backend.clone(), record.spec.clone());
         let sandbox = self
-            .offload(async move { creator.create(&spec, Lifetime::Persistent).await })
-            .await??;
+            .create_sandbox(&record.spec, Lifetime::Persistent)
+            .await?;
         let handle = sandbox.handle();
         let encoded = serde_json::to_string(&handle)
             .map_err(|e| ServiceError::State(format!("encode handle: {e}")));

@@ -290,11 +290,9 @@ impl Pools {
                     })?),
                     None => None,
                 };
-                let backend = service.backend(spec.backend)?.clone();
-                let fresh_spec = fresh(spec);
                 let sandbox = service
-                    .offload(async move { backend.create(&fresh_spec, Lifetime::Ephemeral).await })
-                    .await??;
+                    .create_sandbox(&fresh(spec), Lifetime::Ephemeral)
+                    .await?;
                 lock(&self.pools).entry(key.clone()).or_default().created += 1;
                 Ok((key, sandbox, false, Some(reservation)))
             }
@@ -407,16 +405,9 @@ impl Pools {
             let Some(_reservation) = self.try_reserve(&key) else {
                 return;
             };
-            let created = match service.backend(template.backend) {
-                Ok(backend) => {
-                    let (backend, spec) = (backend.clone(), fresh(&template));
-                    service
-                        .offload(async move { backend.create(&spec, Lifetime::Ephemeral).await })
-                        .await
-                        .and_then(|created| created.map_err(ServiceError::from))
-                }
-                Err(e) => Err(e),
-            };
+            let created = service
+                .create_sandbox(&fresh(&template), Lifetime::Ephemeral)
+                .await;
             let mut pools = lock(&self.pools);
             let pool = pools.entry(key.clone()).or_default();
             match created {
