@@ -16,13 +16,35 @@ use crate::AppState;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ErrorBody, ok};
 
-/// How a file's content travels in JSON.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+/// How bytes (a file's content, a command's output) travel in JSON.
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Encoding {
     #[default]
     Utf8,
     Base64,
+}
+
+impl Encoding {
+    /// `bytes` as JSON text: themselves when they are UTF-8, else base64 (never text with
+    /// replacement characters).
+    pub fn encode(bytes: Vec<u8>) -> (String, Encoding) {
+        match String::from_utf8(bytes) {
+            Ok(text) => (text, Encoding::Utf8),
+            Err(not_text) => (BASE64.encode(not_text.as_bytes()), Encoding::Base64),
+        }
+    }
 }
 
 /// `GET /sandboxes/{name}/files/{path}`: text when the file is UTF-8, base64 otherwise.
@@ -50,19 +72,12 @@ pub async fn read(
         .read_file_named(Caller::Api, &name, &path, max)
         .await?;
     let size = bytes.len() as u64;
-    let file = match String::from_utf8(bytes) {
-        Ok(text) => FileContent {
-            content: text,
-            encoding: Encoding::Utf8,
-            size,
-        },
-        Err(not_text) => FileContent {
-            content: BASE64.encode(not_text.as_bytes()),
-            encoding: Encoding::Base64,
-            size,
-        },
-    };
-    Ok(ok(file))
+    let (content, encoding) = Encoding::encode(bytes);
+    Ok(ok(FileContent {
+        content,
+        encoding,
+        size,
+    }))
 }
 
 /// `PUT /sandboxes/{name}/files/{path}`.

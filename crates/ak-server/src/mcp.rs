@@ -18,6 +18,7 @@ use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use crate::files::Encoding;
 use crate::output::RunResult;
 use crate::sandboxes::SandboxInfo;
 
@@ -123,8 +124,7 @@ pub struct SandboxList {
 pub struct FileRead {
     /// The file's text, or base64 of its bytes when it is not UTF-8.
     pub content: String,
-    /// `utf8` or `base64`.
-    pub encoding: &'static str,
+    pub encoding: Encoding,
     pub size: usize,
 }
 
@@ -430,10 +430,7 @@ impl McpServer {
             .await
             .map_err(message)?;
         let size = bytes.len();
-        let (content, encoding) = match String::from_utf8(bytes) {
-            Ok(text) => (text, "utf8"),
-            Err(binary) => (BASE64.encode(binary.as_bytes()), "base64"),
-        };
+        let (content, encoding) = Encoding::encode(bytes);
         Ok(Json(FileRead {
             content,
             encoding,

@@ -43,7 +43,6 @@ use crate::{error, exec, files, info, output, run, sandboxes};
     components(schemas(
         error::ErrorBody,
         output::RunResult,
-        output::OutputEncoding,
         run::RunRequest,
         run::BatchRequest,
         run::BatchCommand,

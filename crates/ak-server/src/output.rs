@@ -4,18 +4,9 @@
 
 use ak_service::Collected;
 use ak_service::output::Held;
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
-use serde::Serialize;
 
-/// How `output` is written: as text when the command wrote UTF-8, else base64 of its bytes
-/// (never text with replacement characters).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema, schemars::JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum OutputEncoding {
-    Utf8,
-    Base64,
-}
+use crate::files::Encoding;
+use serde::Serialize;
 
 /// What a finished command produced. The output is held once: `output` is stdout followed
 /// by stderr, what the SDKs read (separate streams come with `/run/stream`'s events).
@@ -23,7 +14,8 @@ pub enum OutputEncoding {
 pub struct RunResult {
     /// stdout, then stderr.
     pub output: String,
-    pub encoding: OutputEncoding,
+    /// `utf8`, or `base64` when the command wrote bytes that are not UTF-8.
+    pub encoding: Encoding,
     pub exit_code: i32,
     pub timed_out: bool,
     /// Output beyond a capture limit was dropped.
@@ -43,10 +35,7 @@ impl From<Collected> for RunResult {
         let (stderr, stderr_held) = collected.stderr.into_held();
         bytes.extend_from_slice(&stderr);
         drop(stderr);
-        let (output, encoding) = match String::from_utf8(bytes) {
-            Ok(text) => (text, OutputEncoding::Utf8),
-            Err(not_text) => (BASE64.encode(not_text.as_bytes()), OutputEncoding::Base64),
-        };
+        let (output, encoding) = Encoding::encode(bytes);
         RunResult {
             output,
             encoding,
