@@ -219,16 +219,23 @@ const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 /// nothing changes.
 fn with_oom_preference<T>(spawn: impl FnOnce() -> T) -> T {
     static TOGGLE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    // The agent's own value, when it may write it: found out once (writing the value it
+    // has changes nothing), so that a sandbox whose /proc refuses it pays nothing per spawn.
+    static OWN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let own = OWN.get_or_init(|| {
+        let value = std::fs::read_to_string(OOM_SCORE_ADJ).ok()?;
+        let value = value.trim().to_string();
+        std::fs::write(OOM_SCORE_ADJ, &value).ok().map(|()| value)
+    });
+    let Some(own) = own else {
+        return spawn();
+    };
     let _held = TOGGLE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let original = std::fs::read_to_string(OOM_SCORE_ADJ)
-        .ok()
-        .filter(|_| std::fs::write(OOM_SCORE_ADJ, "1000").is_ok());
+    let raised = std::fs::write(OOM_SCORE_ADJ, "1000").is_ok();
     let spawned = spawn();
-    if let Some(original) = original
-        && let Err(e) = std::fs::write(OOM_SCORE_ADJ, original.trim())
-    {
+    if raised && let Err(e) = std::fs::write(OOM_SCORE_ADJ, own) {
         tracing::warn!("cannot restore the agent's OOM score adjustment: {e}");
     }
     spawned
