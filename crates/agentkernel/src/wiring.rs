@@ -8,6 +8,7 @@ use std::sync::Mutex;
 use ak_core::BackendKind;
 use ak_core::config::{ConfigFile, Settings};
 use ak_docker::{DockerBackend, ProgressSink, PullProgress};
+use ak_gvisor::GvisorBackend;
 use ak_microvm::MicrovmBackend;
 use ak_native::NativeBackend;
 use ak_service::pool::PoolConfig;
@@ -105,6 +106,7 @@ fn service_with(config: &ConfigFile) -> Service {
     Service::new(
         vec![
             Arc::new(NativeBackend::new(agent_path())),
+            Arc::new(GvisorBackend::new(agent_path(), config.gvisor.clone())),
             container(BackendKind::Docker, config.docker.socket.clone()),
             container(BackendKind::Podman, config.podman.socket.clone()),
             microvm,

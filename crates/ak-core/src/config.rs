@@ -36,6 +36,9 @@ pub struct ConfigFile {
     /// `[podman]`: the Podman engine's socket.
     #[serde(default)]
     pub podman: EngineOptions,
+    /// `[gvisor]`: which `runsc`, and which platform (user's file only).
+    #[serde(default)]
+    pub gvisor: GvisorOptions,
     /// Read from the user's file only, like `[daemon]`.
     #[serde(default)]
     pub api: ApiOptions,
@@ -76,6 +79,41 @@ pub struct MicrovmOptions {
     pub kernel: Option<PathBuf>,
     /// The firecracker executable, when not on PATH.
     pub firecracker: Option<PathBuf>,
+}
+
+/// How gVisor's `runsc` intercepts the sandbox's system calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GvisorPlatform {
+    Systrap,
+    Ptrace,
+    Kvm,
+}
+
+impl GvisorPlatform {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GvisorPlatform::Systrap => "systrap",
+            GvisorPlatform::Ptrace => "ptrace",
+            GvisorPlatform::Kvm => "kvm",
+        }
+    }
+}
+
+impl std::fmt::Display for GvisorPlatform {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The gVisor backend's settings; unset means chosen per host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GvisorOptions {
+    /// The `runsc` executable, when not the one on PATH.
+    pub runsc: Option<PathBuf>,
+    /// The platform, instead of the best one this host and `runsc` support.
+    pub platform: Option<GvisorPlatform>,
 }
 
 /// Where a container engine listens (`socket = "/run/docker.sock"` or `unix:///…`).
@@ -346,6 +384,7 @@ fn refuse_user_tables(path: &Path, config: &ConfigFile) -> Result<(), ConfigErro
         ("daemon", config.daemon != DaemonOptions::default()),
         ("docker", config.docker != EngineOptions::default()),
         ("podman", config.podman != EngineOptions::default()),
+        ("gvisor", config.gvisor != GvisorOptions::default()),
         ("api", config.api != ApiOptions::default()),
         ("microvm", !config.microvm.is_empty()),
     ];

@@ -5,6 +5,7 @@ pub mod backend;
 pub mod config;
 pub mod error;
 pub mod exec;
+pub mod host_image;
 pub mod image;
 pub mod kvm;
 pub mod policy;

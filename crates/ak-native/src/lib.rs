@@ -9,7 +9,7 @@ pub mod cgroup;
 mod child;
 mod error;
 mod landlock;
-mod network;
+pub mod network;
 mod persistent;
 mod plan;
 pub mod probe;
@@ -216,7 +216,7 @@ impl NativeBackend {
         let network = spec.policy.network == NetworkMode::Outbound;
         let mut helper = None;
         let mut start_helper = |pid: u32| -> Result<(), NativeError> {
-            helper = Some(NetworkHelper::start(pid)?);
+            helper = Some(NetworkHelper::start(network::HelperTarget::Process(pid))?);
             Ok(())
         };
         let after_netns: Option<&mut dyn FnMut(u32) -> Result<(), NativeError>> =

@@ -15,16 +15,26 @@ use crate::error::NativeError;
 
 const HELPER: &str = ak_core::runtime::NATIVE_NETWORK_HELPER;
 /// The resolver slirp4netns answers on inside the namespace.
-pub(crate) const SANDBOX_NAMESERVER: &str = "10.0.2.3";
+pub const SANDBOX_NAMESERVER: &str = "10.0.2.3";
 
 /// Finds the helper on PATH.
 pub fn find_helper() -> Option<PathBuf> {
     ak_core::process::find_on_path(HELPER)
 }
 
+/// The network namespace a helper gives its interface to.
+#[derive(Debug, Clone, Copy)]
+pub enum HelperTarget<'a> {
+    /// The namespaces (user and network) of this process: a native sandbox's init.
+    Process(u32),
+    /// A network namespace file, entered without a user namespace (the caller is root): a
+    /// gVisor sandbox's namespace, made before runsc starts.
+    Netns(&'a Path),
+}
+
 /// A running network helper for one sandbox.
 #[derive(Debug)]
-pub(crate) struct NetworkHelper {
+pub struct NetworkHelper {
     child: Child,
     ready: Option<OwnedFd>,
     /// Closing this ends the helper even if we are killed before `stop`.
@@ -34,10 +44,10 @@ pub(crate) struct NetworkHelper {
 impl NetworkHelper {
     /// Starts the helper for the namespaces of `pid`; call [`NetworkHelper::wait_ready`]
     /// before the sandbox's commands need the network.
-    pub(crate) fn start(pid: u32) -> Result<NetworkHelper, NativeError> {
+    pub fn start(target: HelperTarget<'_>) -> Result<NetworkHelper, NativeError> {
         let (ready_read, ready_write) = pipe()?;
         let (exit_read, exit_write) = pipe()?;
-        let child = spawn_helper(pid, &ready_write, &exit_read, Stdio::piped())?;
+        let child = spawn_helper(target, &ready_write, Some(&exit_read), Stdio::piped())?;
         drop(ready_write);
         drop(exit_read);
         Ok(NetworkHelper {
@@ -48,7 +58,7 @@ impl NetworkHelper {
     }
 
     /// Blocks until the helper reports the interface configured.
-    pub(crate) fn wait_ready(&mut self) -> Result<(), NativeError> {
+    pub fn wait_ready(&mut self) -> Result<(), NativeError> {
         let Some(ready) = self.ready.take() else {
             return Ok(());
         };
@@ -65,7 +75,7 @@ impl NetworkHelper {
         Err(failure(&message))
     }
 
-    pub(crate) fn stop(mut self) {
+    pub fn stop(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -83,7 +93,37 @@ pub(crate) fn start_detached(
 ) -> Result<u32, NativeError> {
     let (ready_read, ready_write) = pipe()?;
     let log_file = crate::persistent::open_log(log)?;
-    let mut child = spawn_helper(pid, &ready_write, init_pidfd, Stdio::from(log_file))?;
+    let child = spawn_helper(
+        HelperTarget::Process(pid),
+        &ready_write,
+        Some(init_pidfd),
+        Stdio::from(log_file),
+    )?;
+    wait_detached(child, ready_read, ready_write, log)
+}
+
+/// Starts the helper of a persistent sandbox in network namespace `netns`, to outlive
+/// this process: it has no exit descriptor, so the sandbox's release ends it by the pid
+/// this returns once the network is configured. Its diagnostics go to `log`.
+pub fn start_detached_in(netns: &Path, log: &Path) -> Result<u32, NativeError> {
+    let (ready_read, ready_write) = pipe()?;
+    let log_file = crate::persistent::open_log(log)?;
+    let child = spawn_helper(
+        HelperTarget::Netns(netns),
+        &ready_write,
+        None,
+        Stdio::from(log_file),
+    )?;
+    wait_detached(child, ready_read, ready_write, log)
+}
+
+/// Waits for a detached helper to configure the network; returns its pid.
+fn wait_detached(
+    mut child: Child,
+    ready_read: OwnedFd,
+    ready_write: OwnedFd,
+    log: &Path,
+) -> Result<u32, NativeError> {
     drop(ready_write);
     let mut byte = [0u8; 1];
     if matches!(std::fs::File::from(ready_read).read(&mut byte), Ok(1)) {
@@ -140,12 +180,12 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), NativeError> {
         .map_err(|e| NativeError::io("create a pipe")(e.into()))
 }
 
-/// Runs the helper for the namespaces of `pid`, reporting readiness on `ready` and exiting
-/// when `exit` hangs up.
+/// Runs the helper for `target`, reporting readiness on `ready` and exiting when `exit`
+/// (if any) hangs up.
 fn spawn_helper(
-    pid: u32,
+    target: HelperTarget<'_>,
     ready: &OwnedFd,
-    exit: &OwnedFd,
+    exit: Option<&OwnedFd>,
     stderr: Stdio,
 ) -> Result<Child, NativeError> {
     // Missing from the host, not a failure of this sandbox: the caller sees "unavailable".
@@ -154,15 +194,27 @@ fn spawn_helper(
             "outbound network needs {HELPER} (apt install {HELPER}); or run with --no-network"
         ))
     })?;
-    let (ready_fd, exit_fd) = (ready.as_raw_fd(), exit.as_raw_fd());
+    let ready_fd = ready.as_raw_fd();
+    let exit_fd = exit.map(AsRawFd::as_raw_fd);
     let mut command = Command::new(helper);
     command
         .args(["--configure", "--mtu=65520", "--disable-host-loopback"])
-        .arg(format!("--ready-fd={ready_fd}"))
-        .arg(format!("--exit-fd={exit_fd}"))
-        .arg(format!("--userns-path=/proc/{pid}/ns/user"))
-        .arg("--netns-type=path")
-        .arg(format!("/proc/{pid}/ns/net"))
+        .arg(format!("--ready-fd={ready_fd}"));
+    if let Some(exit_fd) = exit_fd {
+        command.arg(format!("--exit-fd={exit_fd}"));
+    }
+    match target {
+        HelperTarget::Process(pid) => {
+            command
+                .arg(format!("--userns-path=/proc/{pid}/ns/user"))
+                .arg("--netns-type=path")
+                .arg(format!("/proc/{pid}/ns/net"));
+        }
+        HelperTarget::Netns(path) => {
+            command.arg("--netns-type=path").arg(path);
+        }
+    }
+    command
         .arg("tap0")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -170,7 +222,7 @@ fn spawn_helper(
     // SAFETY: only fcntl on descriptors that exist in the forked child.
     unsafe {
         command.pre_exec(move || {
-            for fd in [ready_fd, exit_fd] {
+            for fd in std::iter::once(ready_fd).chain(exit_fd) {
                 if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }

@@ -11,56 +11,14 @@ use ak_core::{ImageRef, SandboxSpec};
 
 use crate::error::NativeError;
 
-/// Directories at the top of the host image that never come from the host as they are.
-/// `proc`, `sys`, `dev`, `tmp`, `run`, `root` and `home` get fresh mounts; the rest stay empty.
-const HOST_TOP_LEVEL_REPLACED: &[&str] = &[
-    "proc",
-    "sys",
-    "dev",
-    "tmp",
-    "run",
-    "root",
-    "home",
-    "mnt",
-    "media",
-    "boot",
-    "lost+found",
-];
-
-/// Places inside the host image that hold secrets: hidden behind an empty tmpfs.
-const HOST_HIDDEN_DIRS: &[&str] = &[
-    "/etc/ssh",
-    "/etc/ssl/private",
-    "/etc/sudoers.d",
-    "/var/lib/docker",
-    "/var/lib/containers",
-    "/var/lib/cloud",
-    "/var/lib/sudo",
-    "/var/lib/agentkernel",
-    "/var/log",
-    "/var/spool",
-    "/var/mail",
-];
-
-/// Secret files inside the host image: hidden behind `/dev/null`.
-const HOST_HIDDEN_FILES: &[&str] = &[
-    "/etc/shadow",
-    "/etc/shadow-",
-    "/etc/gshadow",
-    "/etc/gshadow-",
-    "/etc/sudoers",
-    "/etc/security/opasswd",
-];
-
 /// Writable directories of every sandbox, with their modes. They live in the sandbox's
 /// root tmpfs (private, memory-accounted, as large as the memory limit) rather than in
 /// tmpfs mounts of their own: every mount costs tens of microseconds at each start.
-pub(crate) const SCRATCH_DIRS: &[(&str, u32)] = &[
-    ("/tmp", 0o1777),
-    ("/run", 0o755),
-    ("/root", 0o700),
-    ("/home", 0o755),
-];
+pub(crate) use ak_core::host_image::SCRATCH_DIRS;
+use ak_core::host_image::{
+    HIDDEN_DIRS as HOST_HIDDEN_DIRS, HIDDEN_FILES as HOST_HIDDEN_FILES,
+    TOP_LEVEL_REPLACED as HOST_TOP_LEVEL_REPLACED,
+};
 
 /// Host devices made available in the sandbox's `/dev`.
 const DEVICES: &[&str] = &["null", "zero", "full", "random", "urandom", "tty"];

@@ -221,13 +221,26 @@ impl CommandSession {
     }
 
     /// Releases an owned sandbox and reports how the command ended.
-    pub async fn finish(mut self) -> Result<RunOutcome, ServiceError> {
-        let usage = match (self.usage.take(), self.owned.as_mut()) {
+    pub async fn finish(self) -> Result<RunOutcome, ServiceError> {
+        let CommandSession {
+            mut owned,
+            _client: client,
+            exec,
+            ended,
+            usage,
+            ..
+        } = self;
+        // The connection closes first: a one-shot sandbox's agent then ends by itself, and
+        // a backend whose sandbox ends with its agent (gVisor's foreground runsc) has
+        // nothing left to kill.
+        drop(exec);
+        drop(client);
+        let usage = match (usage, owned.as_mut()) {
             (Some(usage), _) => usage,
             (None, Some(owned)) => owned.release().await?,
             (None, None) => SandboxUsage::default(),
         };
-        let (status, timed_out) = self.ended.ok_or_else(|| {
+        let (status, timed_out) = ended.ok_or_else(|| {
             ServiceError::Protocol(ak_protocol::ProtocolError::Unexpected(
                 "the connection ended before the command reported an exit".into(),
             ))
