@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 /// Printed with every argument error.
-pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT | --vsock-connect PORT) [--hold-fd N] [--workdir DIR] [--guest] [--ready-port PORT] [--share TAG:PATH:rw|ro]... [--net ADDRESS/PREFIX,GATEWAY [--nameserver ADDRESS]...]";
+pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT | --vsock-connect PORT) [--hold-fd N] [--workdir DIR] [--seccomp FILE] [--guest] [--ready-port PORT] [--share TAG:PATH:rw|ro]... [--net ADDRESS/PREFIX,GATEWAY [--nameserver ADDRESS]...]";
 
 /// Where the host's connections come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,6 +40,8 @@ pub(crate) struct Args {
     /// holds a lock through it that tells it the sandbox still runs.
     pub(crate) hold_fd: Option<i32>,
     pub(crate) workdir: Option<PathBuf>,
+    /// Seccomp filters to install before serving (see `seccomp.rs`).
+    pub(crate) seccomp: Option<PathBuf>,
     /// Be a microVM's init: build the sandbox's root from the base disk first, and power
     /// the VM off at exit.
     pub(crate) guest: bool,
@@ -135,6 +137,7 @@ where
     let mut listen_fd = None;
     let mut hold_fd = None;
     let mut workdir = None;
+    let mut seccomp = None;
     let mut vsock = None;
     let mut vsock_once = None;
     let mut vsock_connect = None;
@@ -208,6 +211,13 @@ where
                     return Err(ArgsError::Repeated("--guest"));
                 }
             }
+            "--seccomp" => {
+                set_once(
+                    &mut seccomp,
+                    PathBuf::from(value("--seccomp")?),
+                    "--seccomp",
+                )?;
+            }
             "--workdir" => {
                 set_once(
                     &mut workdir,
@@ -249,6 +259,7 @@ where
         mode,
         hold_fd,
         workdir,
+        seccomp,
         guest,
         ready_port,
         shares,

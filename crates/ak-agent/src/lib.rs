@@ -19,6 +19,7 @@ mod output;
 mod paths;
 mod pty;
 mod reaper;
+mod seccomp;
 mod server;
 mod signals;
 mod spawn;
@@ -71,6 +72,17 @@ pub fn main_entry() -> i32 {
             tracing::error!("{e}");
             guest::power_off();
         }
+    }
+    // Before any other thread exists: a filter binds the thread that installs it and the
+    // threads and processes it starts afterwards.
+    if let Some(filters) = &args.seccomp
+        && let Err(e) = seccomp::install_from(filters)
+    {
+        tracing::error!(
+            "cannot install the seccomp filters of {}: {e}",
+            filters.display()
+        );
+        return 1;
     }
     let code = serve(args.clone());
     if args.guest {

@@ -167,9 +167,17 @@ impl Root {
                 // The kernel asks for a retry when a rename raced with the confined lookup.
                 Err(Errno::AGAIN) if attempts < RESOLVE_RETRIES => attempts += 1,
                 Err(Errno::INTR) => {}
+                Err(Errno::NOSYS) if self.is_sandbox_root() => {
+                    return open_without_openat2(&text, flags, mode);
+                }
                 other => return other,
             }
         }
+    }
+
+    /// Whether the root is the process's own `/` (a real sandbox, not a test directory).
+    fn is_sandbox_root(&self) -> bool {
+        self.host_dir == Path::new("/")
     }
 
     /// Opens the directory holding `path`, for `*at` calls on its last component. The
@@ -181,6 +189,19 @@ impl Root {
             OFlags::PATH | OFlags::DIRECTORY,
             Mode::empty(),
         )
+    }
+}
+
+/// `open` of absolute `path` for kernels without `openat2` (gVisor's): when the root is
+/// the process's own `/`, the kernel confines every lookup, symlinks included, to it
+/// anyway, which is what `RESOLVE_IN_ROOT` adds elsewhere. Magic links are not refused
+/// here, but inside such a sandbox they lead only to the sandbox's own objects.
+fn open_without_openat2(path: &str, flags: OFlags, mode: Mode) -> Result<OwnedFd, Errno> {
+    loop {
+        match rustix::fs::open(path, flags | OFlags::CLOEXEC, mode) {
+            Err(Errno::INTR) => {}
+            other => return other,
+        }
     }
 }
 

@@ -45,10 +45,20 @@ fn pids() -> impl Iterator<Item = u32> {
 }
 
 /// Processes whose host uid is a sandbox uid: the mapped-root range, or one of `uids`
-/// (the callers that ran rootless sandboxes).
+/// (the callers that ran rootless sandboxes); and gVisor's (`runsc`, `runsc-gofer`,
+/// `runsc-sandbox`), whatever their uid.
 fn sandbox_processes(uids: &[u32]) -> Vec<u32> {
     pids()
         .filter(|pid| {
+            let program = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let program = program.split(|&b| b == 0).next().unwrap_or_default();
+            if program
+                .rsplit(|&b| b == b'/')
+                .next()
+                .is_some_and(|name| name.starts_with(b"runsc"))
+            {
+                return true;
+            }
             let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
                 return false;
             };
@@ -81,22 +91,26 @@ fn net_namespaces() -> Vec<u64> {
     inodes
 }
 
-/// agentkernel's cgroups on every hierarchy (v1 controllers and the v2 tree).
+/// agentkernel's cgroups on every hierarchy (v1 controllers and the v2 tree): the native
+/// backend's under `agentkernel`, the ones runsc makes for gVisor sandboxes under
+/// `agentkernel-gvisor`.
 fn cgroups() -> Vec<String> {
     let root = Path::new("/sys/fs/cgroup");
     let mut cgroups = Vec::new();
-    for hierarchy in list_dir(root) {
-        let parent = root.join(&hierarchy).join("agentkernel");
-        for id in list_dir(&parent) {
-            if parent.join(&id).is_dir() {
-                cgroups.push(format!("{hierarchy}/{id}"));
+    for parent_name in ["agentkernel", "agentkernel-gvisor"] {
+        for hierarchy in list_dir(root) {
+            let parent = root.join(&hierarchy).join(parent_name);
+            for id in list_dir(&parent) {
+                if parent.join(&id).is_dir() {
+                    cgroups.push(format!("{hierarchy}/{parent_name}/{id}"));
+                }
             }
         }
-    }
-    let parent = root.join("agentkernel");
-    for id in list_dir(&parent) {
-        if parent.join(&id).is_dir() {
-            cgroups.push(id);
+        let parent = root.join(parent_name);
+        for id in list_dir(&parent) {
+            if parent.join(&id).is_dir() {
+                cgroups.push(format!("{parent_name}/{id}"));
+            }
         }
     }
     cgroups
@@ -109,6 +123,7 @@ impl HostSnapshot {
         // The native backend's, and the container backends' (one per engine).
         let mut runtime_dirs: Vec<String> = [
             BackendKind::Native,
+            BackendKind::Gvisor,
             BackendKind::Docker,
             BackendKind::Podman,
         ]

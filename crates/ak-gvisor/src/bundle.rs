@@ -22,16 +22,84 @@ pub const AGENT_PATH: &str = "/.agentkernel/agent";
 pub const RUN_DIR: &str = "/.agentkernel/run";
 /// The agent's socket, in that directory.
 pub const SOCKET_NAME: &str = "agent.sock";
+/// Where the seccomp filters the agent installs appear inside the sandbox (read-only).
+pub const SECCOMP_PATH: &str = "/.agentkernel/seccomp.bpf";
+
+/// Host tasks gVisor itself needs in the sandbox's cgroup (the sentry's and gofer's Go
+/// threads) on top of the sandbox's own processes: the pids limit counts them, and with
+/// fewer than ~40 runsc cannot even start (measured: 32 fails, 48 starts). gVisor does
+/// not enforce a process limit inside its own kernel, so this host limit is the one there
+/// is: guest processes cost host tasks under systrap and ptrace, and a fork bomb meets
+/// the limit there.
+const RUNSC_OWN_TASKS: u64 = 64;
+
+/// Makes mount points in the sandbox's own root directory; a mount point inside a
+/// directory bound from the image must exist there already (making it would write to the
+/// image: on the host image, to the host).
+struct MountPoints<'a> {
+    rootfs: &'a Path,
+    image_root: &'a Path,
+    /// The image's top-level directories bound into the root.
+    binds: HashSet<String>,
+}
+
+impl MountPoints<'_> {
+    fn place(&self, path: &Path, is_dir: bool) -> Result<Option<PathBuf>, GvisorError> {
+        let relative = path.strip_prefix("/").unwrap_or(path);
+        let first = relative
+            .components()
+            .next()
+            .and_then(|c| c.as_os_str().to_str())
+            .unwrap_or_default();
+        if self.binds.contains(first) {
+            let existing = self.image_root.join(relative);
+            let fits = existing.metadata().is_ok_and(|m| m.is_dir() == is_dir);
+            return if fits {
+                Ok(None)
+            } else {
+                Err(GvisorError::Unsupported(format!(
+                    "cannot mount at {}: it would have to be made inside the image's /{first}",
+                    path.display()
+                )))
+            };
+        }
+        Ok(Some(self.rootfs.join(relative)))
+    }
+
+    fn dir(&self, path: &Path) -> Result<(), GvisorError> {
+        if let Some(place) = self.place(path, true)? {
+            std::fs::create_dir_all(&place)
+                .map_err(GvisorError::io(format!("make {}", place.display())))?;
+        }
+        Ok(())
+    }
+
+    fn file(&self, path: &Path) -> Result<(), GvisorError> {
+        if let Some(place) = self.place(path, false)? {
+            if let Some(parent) = place.parent() {
+                std::fs::create_dir_all(parent)
+                    .map_err(GvisorError::io(format!("make {}", parent.display())))?;
+            }
+            std::fs::File::create(&place)
+                .map_err(GvisorError::io(format!("make {}", place.display())))?;
+        }
+        Ok(())
+    }
+}
 
 /// What a bundle needs besides the spec.
 #[derive(Debug, Clone)]
 pub struct Bundle<'a> {
     pub spec: &'a SandboxSpec,
+    /// Where `config.json` and the root directory go.
+    pub bundle_dir: &'a Path,
     pub lifetime: Lifetime,
     /// The static agent on the host.
     pub agent: &'a Path,
     /// The host directory the agent's socket is made in.
     pub socket_dir: &'a Path,
+    /// The seccomp filters (the native backend's) for the agent to install.
+    pub seccomp: &'a Path,
     /// The network namespace with the outbound network's interface, if any.
     pub netns: Option<&'a Path>,
     /// The resolver configuration for the outbound network.
@@ -87,14 +155,67 @@ impl Bundle<'_> {
         }
     }
 
-    fn mounts(&self, host_image: bool) -> Result<Vec<Mount>, GvisorError> {
+    /// Builds the sandbox's root directory `rootfs`, an empty directory of ours, and the
+    /// mounts onto it. The root is never the image itself: gVisor's file server makes a
+    /// missing mount point in the directory below it, so a root of `/` would leave
+    /// `/workspace` and `/.agentkernel` in the host's `/`. Every mount point is made here,
+    /// in `rootfs`, or must already exist in the image.
+    fn mounts(
+        &self,
+        image_root: &Path,
+        rootfs: &Path,
+        host_image: bool,
+    ) -> Result<Vec<Mount>, GvisorError> {
         let spec = self.spec;
         let memory = spec.resources.memory_bytes;
+        let mut points = MountPoints {
+            rootfs,
+            binds: HashSet::new(),
+            image_root,
+        };
         let mut mounts: Vec<Mount> = get_default_mounts()
             .into_iter()
             // The cgroup tree is the host's business; gVisor shows its own anyway.
             .filter(|m| m.destination() != Path::new("/sys/fs/cgroup"))
             .collect();
+        for dir in ["proc", "sys", "dev"] {
+            points.dir(Path::new(dir))?;
+        }
+        // The image's top level: its directories bound (read-only unless the policy says
+        // otherwise), its links copied; on the host image, the places that never come from
+        // the host stay empty directories of ours.
+        let entries = std::fs::read_dir(image_root)
+            .map_err(GvisorError::io(format!("read {}", image_root.display())))?;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            let source = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_symlink() {
+                let target = std::fs::read_link(&source)
+                    .map_err(GvisorError::io(format!("read {}", source.display())))?;
+                std::os::unix::fs::symlink(&target, rootfs.join(name)).map_err(GvisorError::io(
+                    format!("link {name} in the sandbox's root"),
+                ))?;
+                continue;
+            }
+            if !kind.is_dir() {
+                continue;
+            }
+            points.dir(Path::new(name))?;
+            let replaced = ["proc", "sys", "dev"].contains(&name)
+                || (host_image && TOP_LEVEL_REPLACED.contains(&name));
+            if !replaced {
+                points.binds.insert(name.to_string());
+                mounts.push(bind(
+                    &source,
+                    &format!("/{name}"),
+                    spec.policy.read_only_root,
+                )?);
+            }
+        }
         // Writable scratch places, as large as the memory limit (tmpfs in gVisor is the
         // sandbox's own memory, counted against its limit).
         let scratch: Vec<(&str, u32)> = if host_image {
@@ -103,25 +224,16 @@ impl Bundle<'_> {
             vec![("/tmp", 0o1777), ("/run", 0o755)]
         };
         for (dir, mode) in &scratch {
+            if points.binds.remove(dir.trim_start_matches('/')) {
+                mounts.retain(|m| m.destination() != Path::new(dir));
+            }
+            points.dir(Path::new(dir))?;
             mounts.push(tmpfs(
                 dir,
                 &format!("nosuid,nodev,mode={mode:o},size={memory}"),
             )?);
         }
         if host_image {
-            let scratch_names: HashSet<&str> = scratch
-                .iter()
-                .map(|(d, _)| d.trim_start_matches('/'))
-                .collect();
-            for name in TOP_LEVEL_REPLACED {
-                let fresh = ["proc", "sys", "dev"].contains(name) || scratch_names.contains(name);
-                if !fresh && Path::new("/").join(name).is_dir() {
-                    mounts.push(tmpfs(
-                        &format!("/{name}"),
-                        "ro,nosuid,nodev,mode=755,size=4k",
-                    )?);
-                }
-            }
             for dir in HIDDEN_DIRS.iter().filter(|d| Path::new(d).is_dir()) {
                 mounts.push(tmpfs(dir, "ro,nosuid,nodev,mode=755,size=4k")?);
             }
@@ -130,18 +242,40 @@ impl Bundle<'_> {
             }
         }
         if let Some(resolv_conf) = self.resolv_conf {
-            mounts.push(bind(resolv_conf, "/etc/resolv.conf", true)?);
+            // Only over a file the image has: never made in an image directory.
+            if image_root
+                .join("etc/resolv.conf")
+                .symlink_metadata()
+                .is_ok_and(|m| m.is_file())
+            {
+                mounts.push(bind(resolv_conf, "/etc/resolv.conf", true)?);
+            } else {
+                tracing::warn!(
+                    "{} has no regular etc/resolv.conf: DNS inside the sandbox uses what it has",
+                    image_root.display()
+                );
+            }
         }
+        points.dir(Path::new(RUN_DIR))?;
+        points.file(Path::new(AGENT_PATH))?;
+        points.file(Path::new(SECCOMP_PATH))?;
         mounts.push(bind(self.agent, AGENT_PATH, true)?);
+        mounts.push(bind(self.seccomp, SECCOMP_PATH, true)?);
         mounts.push(bind(self.socket_dir, RUN_DIR, false)?);
         let workdir = path_str(&spec.workdir)?;
         if !spec.mounts.iter().any(|m| m.target == spec.workdir) {
+            points.dir(&spec.workdir)?;
             mounts.push(tmpfs(
                 workdir,
                 &format!("nosuid,nodev,mode=755,size={memory}"),
             )?);
         }
         for mount in &spec.mounts {
+            if mount.host.is_dir() {
+                points.dir(&mount.target)?;
+            } else {
+                points.file(&mount.target)?;
+            }
             mounts.push(bind(
                 &mount.host,
                 path_str(&mount.target)?,
@@ -155,8 +289,12 @@ impl Bundle<'_> {
     pub fn spec(&self) -> Result<Spec, GvisorError> {
         let spec = self.spec;
         let error = |e: oci_spec::OciSpecError| GvisorError::Bundle(e.to_string());
-        let root = self.root()?;
-        let host_image = root == Path::new("/");
+        let image_root = self.root()?;
+        let host_image = image_root == Path::new("/");
+        let rootfs = self.bundle_dir.join("rootfs");
+        std::fs::create_dir(&rootfs)
+            .map_err(GvisorError::io(format!("make {}", rootfs.display())))?;
+        let mounts = self.mounts(&image_root, &rootfs, host_image)?;
         let socket = format!("{RUN_DIR}/{SOCKET_NAME}");
         let listen = match self.lifetime {
             // One connection; the agent, and with it the sandbox, ends when it closes.
@@ -186,6 +324,12 @@ impl Bundle<'_> {
                 AGENT_PATH.to_string(),
                 listen.to_string(),
                 socket,
+                // The native backend's deny-list, installed by the agent inside gVisor's
+                // kernel before it serves: the same promises on both backends. (runsc's
+                // own OCI seccomp support ignores `errnoRet`, and `clone3` must fail with
+                // ENOSYS for libc to fall back to the filterable `clone`.)
+                "--seccomp".into(),
+                SECCOMP_PATH.into(),
                 "--workdir".into(),
                 path_str(&spec.workdir)?.to_string(),
             ])
@@ -221,7 +365,10 @@ impl Bundle<'_> {
             )
             .pids(
                 LinuxPidsBuilder::default()
-                    .limit(i64::try_from(spec.resources.pids).unwrap_or(i64::MAX))
+                    .limit(
+                        i64::try_from(spec.resources.pids.saturating_add(RUNSC_OWN_TASKS))
+                            .unwrap_or(i64::MAX),
+                    )
                     .build()
                     .map_err(error)?,
             );
@@ -264,23 +411,23 @@ impl Bundle<'_> {
             .version("1.0.2")
             .root(
                 RootBuilder::default()
-                    .path(root)
+                    .path(rootfs)
                     .readonly(spec.policy.read_only_root)
                     .build()
                     .map_err(error)?,
             )
             .hostname(spec.hostname.clone())
             .process(process)
-            .mounts(self.mounts(host_image)?)
+            .mounts(mounts)
             .linux(linux)
             .build()
             .map_err(error)
     }
 
-    /// Writes `config.json` into `dir`.
-    pub fn write(&self, dir: &Path) -> Result<(), GvisorError> {
+    /// Makes the root directory and writes `config.json`, in the bundle directory.
+    pub fn write(&self) -> Result<(), GvisorError> {
         let spec = self.spec()?;
-        spec.save(dir.join("config.json"))
+        spec.save(self.bundle_dir.join("config.json"))
             .map_err(|e| GvisorError::Bundle(e.to_string()))
     }
 }

@@ -108,7 +108,13 @@ impl GvisorBackend {
             let Ok(creator) = std::fs::read_to_string(dir.join(CREATOR_FILE)) else {
                 continue;
             };
-            if ak_core::process::alive(creator.trim()) {
+            // The file is renamed into place whole, so a creator that cannot be read as one
+            // is not a sandbox of ours being set up: skipped rather than removed.
+            let creator = creator.trim();
+            let well_formed = creator.split_once(':').is_some_and(|(pid, start)| {
+                pid.parse::<u32>().is_ok() && start.parse::<u64>().is_ok()
+            });
+            if !well_formed || ak_core::process::alive(creator) {
                 continue;
             }
             let id = entry.file_name().to_string_lossy().into_owned();
@@ -163,7 +169,11 @@ impl GvisorBackend {
         let dir = data.dir.clone();
         if lifetime == Lifetime::Ephemeral {
             let creator = ak_core::process::identity(std::process::id()).unwrap_or_default();
-            write_file(&dir.join(CREATOR_FILE), &creator)?;
+            // Whole or not at all: another process's sweep may read it at any moment.
+            let staged = dir.join(format!(".{CREATOR_FILE}"));
+            write_file(&staged, &creator)?;
+            std::fs::rename(&staged, dir.join(CREATOR_FILE))
+                .map_err(GvisorError::io("put the creator file in place"))?;
         }
         let sockets = socket_dir(&dir);
         std::fs::DirBuilder::new()
@@ -188,15 +198,23 @@ impl GvisorBackend {
             write_file(&resolv_conf, &network::resolv_conf())?;
         }
         let netns_path = netns.as_ref().map(Netns::path);
+        let seccomp = dir.join("seccomp.bpf");
+        // gVisor's gofer is host root: no setuid or setgid bit may reach a shared directory.
+        let filters = ak_native::seccomp::filters_for_agent(true)
+            .map_err(|e| GvisorError::Bundle(e.to_string()))?;
+        std::fs::write(&seccomp, filters)
+            .map_err(GvisorError::io(format!("write {}", seccomp.display())))?;
         Bundle {
             spec,
+            bundle_dir: &dir,
             lifetime,
             agent: &self.agent_path,
             socket_dir: &sockets,
+            seccomp: &seccomp,
             netns: netns_path.as_deref(),
             resolv_conf: outbound.then_some(resolv_conf.as_path()),
         }
-        .write(&dir)?;
+        .write()?;
 
         let watch = SocketWatch::new(&sockets)
             .map_err(GvisorError::io(format!("watch {}", sockets.display())))?;
@@ -242,6 +260,7 @@ impl GvisorBackend {
                 last_lines(&said)
             ))
         };
+        let mut runsc_pid = None;
         let watcher = match lifetime {
             Lifetime::Persistent => {
                 // `run --detach` returns once the sandbox started.
@@ -264,6 +283,7 @@ impl GvisorBackend {
                         .map_err(|e| GvisorError::Agent(format!("did not listen: {e}")))?,
                     status = child.wait() => return Err(failed(status)),
                 }
+                runsc_pid = child.id().and_then(|pid| i32::try_from(pid).ok());
                 let running = running.clone();
                 Some(tokio::spawn(async move {
                     let _ = child.wait().await;
@@ -288,6 +308,7 @@ impl GvisorBackend {
             transport,
             running,
             watcher,
+            runsc_pid,
             network,
             destroyed: false,
         })
@@ -420,6 +441,7 @@ impl Backend for GvisorBackend {
             transport: Some(first),
             running: Arc::new(AtomicBool::new(true)),
             watcher: None,
+            runsc_pid: None,
             network: None,
             destroyed: false,
         }))

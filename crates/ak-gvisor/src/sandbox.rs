@@ -104,6 +104,8 @@ pub struct GvisorSandbox {
     pub(crate) running: Arc<AtomicBool>,
     /// Ephemeral: waits for the foreground `runsc run`, so it is reaped.
     pub(crate) watcher: Option<JoinHandle<()>>,
+    /// Ephemeral: the foreground `runsc run`'s pid, while the watcher has not reaped it.
+    pub(crate) runsc_pid: Option<i32>,
     /// Ephemeral: the outbound network's helper, ended with the sandbox.
     pub(crate) network: Option<OutboundNetwork>,
     pub(crate) destroyed: bool,
@@ -173,11 +175,17 @@ impl Sandbox for GvisorSandbox {
         if ended {
             remove_dir(&self.data.dir)?;
         } else {
-            remove(&self.id, &self.data).await?;
+            // Killing the foreground runsc ends its sandbox and gofer with it (they are
+            // started attached: they die with their parent); `delete` then removes its
+            // state and cgroups. Asking runsc to stop a sandbox that is busy ending by
+            // itself can time out instead.
+            if let Some(pid) = self.runsc_pid.and_then(rustix::process::Pid::from_raw) {
+                let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+            }
             if let Some(watcher) = self.watcher.take() {
-                // The kill ended the foreground runsc; reaping it is quick.
                 let _ = tokio::time::timeout(ONE_SHOT_END_LIMIT, watcher).await;
             }
+            remove(&self.id, &self.data).await?;
         }
         if let Some(network) = self.network.take() {
             network.stop();
@@ -208,10 +216,24 @@ impl Drop for GvisorSandbox {
         if self.destroyed || self.lifetime == Lifetime::Persistent {
             return;
         }
-        // Ephemeral: the connection closes with this value, the agent ends, and the
-        // foreground runsc deletes the container and exits (the watcher reaps it). The
-        // sandbox's directory is ours to remove; the helper goes with its exit pipe.
+        // Ephemeral, dropped without `destroy` (a command that failed in a one-shot CLI,
+        // which exits right after): nothing may outlive us. Killing the foreground runsc
+        // ends its sandbox and gofer with it (they are started attached); `delete` then
+        // removes its state and cgroups, waited for here since no task runs after us.
         drop(self.transport.take());
+        if let Some(pid) = self.runsc_pid.and_then(rustix::process::Pid::from_raw) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::KILL);
+        }
+        let deleted = std::process::Command::new(&self.data.runsc)
+            .arg(format!("--root={}", self.data.state_root.display()))
+            .args(["delete", "--force", &container_id(&self.id)])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        if let Err(e) = deleted {
+            tracing::warn!("cannot run runsc delete: {e}");
+        }
         drop(self.network.take());
         if let Err(e) = remove_dir(&self.data.dir) {
             tracing::warn!("{e}");

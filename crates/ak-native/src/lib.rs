@@ -15,7 +15,7 @@ mod plan;
 pub mod probe;
 pub mod rundir;
 mod sandbox;
-mod seccomp;
+pub mod seccomp;
 mod spawn;
 
 use std::os::fd::{AsRawFd, OwnedFd};

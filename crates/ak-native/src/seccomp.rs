@@ -133,6 +133,78 @@ pub(crate) fn build_filters() -> Result<Vec<BpfProgram>, NativeError> {
         .collect()
 }
 
+/// The filters of [`build_filters`] for an agent to install itself (`ak-agent --seccomp
+/// FILE`), where the backend cannot install them before the agent starts (gVisor, whose
+/// kernel runs the filters for its processes): for each program in order, its instruction
+/// count as a little-endian `u32`, then each instruction as `code: u16, jt: u8, jf: u8,
+/// k: u32`, little-endian.
+///
+/// With `deny_privilege_bits`, a third filter refuses (EPERM) setting the setuid or setgid
+/// bit through the `chmod` family and file creation: for backends whose file server is
+/// host root (gVisor's gofer), where such a file in a directory shared with the host
+/// would be a root-owned setuid program on the host.
+pub fn filters_for_agent(deny_privilege_bits: bool) -> Result<Vec<u8>, NativeError> {
+    let mut programs = build_filters()?;
+    if deny_privilege_bits {
+        programs.push(privilege_bits_filter()?);
+    }
+    let mut bytes = Vec::new();
+    for program in programs {
+        let count = u32::try_from(program.len())
+            .map_err(|_| NativeError::Seccomp("a filter longer than u32::MAX".into()))?;
+        bytes.extend_from_slice(&count.to_le_bytes());
+        for instruction in program {
+            bytes.extend_from_slice(&instruction.code.to_le_bytes());
+            bytes.push(instruction.jt);
+            bytes.push(instruction.jf);
+            bytes.extend_from_slice(&instruction.k.to_le_bytes());
+        }
+    }
+    Ok(bytes)
+}
+
+/// Refuses (EPERM) a mode argument with the setuid or setgid bit, for the calls that set a
+/// file's mode: `(system call, index of its mode argument)`.
+fn privilege_bits_filter() -> Result<BpfProgram, NativeError> {
+    const MODE_ARGUMENTS: &[(i64, u8)] = &[
+        (libc::SYS_chmod, 1),
+        (libc::SYS_fchmod, 1),
+        (libc::SYS_fchmodat, 2),
+        (libc::SYS_creat, 1),
+        (libc::SYS_open, 2),
+        (libc::SYS_openat, 3),
+        (libc::SYS_mknod, 1),
+        (libc::SYS_mknodat, 2),
+    ];
+    let err = |e: seccompiler::BackendError| NativeError::Seccomp(e.to_string());
+    let mut rules = BTreeMap::new();
+    for &(nr, index) in MODE_ARGUMENTS {
+        let bit_rules = [libc::S_ISUID, libc::S_ISGID]
+            .into_iter()
+            .map(|bit| {
+                let bit = u64::from(bit);
+                let condition = SeccompCondition::new(
+                    index,
+                    SeccompCmpArgLen::Dword,
+                    SeccompCmpOp::MaskedEq(bit),
+                    bit,
+                )
+                .map_err(err)?;
+                SeccompRule::new(vec![condition]).map_err(err)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        rules.insert(nr, bit_rules);
+    }
+    let filter = SeccompFilter::new(
+        rules,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EPERM as u32),
+        target_arch()?,
+    )
+    .map_err(err)?;
+    BpfProgram::try_from(filter).map_err(err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -47,13 +47,21 @@ fn shared_binaries() -> &'static PathBuf {
     })
 }
 
+/// The backend these tests drive: each test binary that includes this file names its own
+/// (`native` for the CLI tests, `gvisor` for the same tests on gVisor).
+pub(crate) use crate::BACKEND;
+
 /// The modes this host can test. Root is required: CI runs as root, and the rootless mode
-/// is entered from root with `setpriv`.
+/// is entered from root with `setpriv`. The gVisor backend runs as root only (its rootless
+/// refusal has a test of its own).
 pub fn modes() -> Vec<Mode> {
     assert!(
         is_root(),
         "these integration tests must run as root (CI does); rootless mode is entered with setpriv"
     );
+    if BACKEND == "gvisor" {
+        return vec![Mode::Root];
+    }
     vec![Mode::Root, Mode::Rootless]
 }
 
@@ -80,7 +88,7 @@ pub fn agentkernel(mode: Mode, args: &[&str]) -> Command {
         .env("AGENTKERNEL_CONFIG", "/dev/null")
         .env("AGENTKERNEL_REGISTRY", registry_path(mode))
         .env_remove("AGENTKERNEL_PROFILE")
-        .env_remove("AGENTKERNEL_BACKEND")
+        .env("AGENTKERNEL_BACKEND", BACKEND)
         .env_remove("AGENTKERNEL_IMAGE")
         .current_dir("/")
         .stdin(Stdio::null());
@@ -103,6 +111,29 @@ pub fn registry_path(mode: Mode) -> PathBuf {
         }
     }
     dir.join("registry.db")
+}
+
+/// The pid of a host process started as `program` (its first argument) whose command
+/// line mentions `marker` (waits up to 5 s for it to appear).
+pub fn host_process_with(marker: &str, program: &str) -> Option<i32> {
+    let find = || {
+        std::fs::read_dir("/proc")
+            .ok()?
+            .flatten()
+            .find_map(|entry| {
+                let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
+                let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+                let first = cmdline.split(|&b| b == 0).next()?;
+                let mentions = String::from_utf8_lossy(&cmdline).contains(marker);
+                (first == program.as_bytes() && mentions).then_some(pid)
+            })
+    };
+    (0..100).find_map(|_| {
+        find().or_else(|| {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            None
+        })
+    })
 }
 
 /// Runs `agentkernel ARGS…` and returns its output.

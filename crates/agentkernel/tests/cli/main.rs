@@ -6,6 +6,9 @@
     reason = "test helpers outside #[test] functions panic on failure by design"
 )]
 
+/// The backend the shared tests drive (see `common::BACKEND`).
+const BACKEND: &str = "native";
+
 mod bad_input;
 mod bench;
 mod common;

@@ -153,14 +153,11 @@ fn timeout_kills_the_whole_tree() {
 #[test]
 fn concurrent_runs_are_independent() {
     let _host = shared_host();
+    let modes = modes();
     let handles: Vec<_> = (0..8)
         .map(|i| {
+            let mode = modes[i % modes.len()];
             std::thread::spawn(move || {
-                let mode = if i % 2 == 0 {
-                    Mode::Root
-                } else {
-                    Mode::Rootless
-                };
                 let output = run(
                     mode,
                     &["--no-network"],
