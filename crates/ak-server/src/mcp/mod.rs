@@ -249,6 +249,9 @@ pub struct CreateParams {
     pub memory: Option<String>,
     /// CPU limit, e.g. 1 or 0.5.
     pub cpus: Option<f64>,
+    /// How long it may live, e.g. `30m` or `2h` (at most 30 days), as the HTTP API's
+    /// `ttl`: it is removed when that runs out.
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -367,9 +370,15 @@ impl McpServer {
                 ..SandboxOptions::default()
             },
         )?;
+        let ttl = params
+            .ttl
+            .as_deref()
+            .map(ak_core::resources::parse_duration)
+            .transpose()
+            .map_err(|e| self.refuse("sandbox_create", Some(&params.name), e))?;
         let record = self
             .service
-            .create_running(Caller::Mcp, &params.name, spec, None)
+            .create_running(Caller::Mcp, &params.name, spec, ttl)
             .await
             .map_err(message)?;
         Ok(Json(SandboxInfo::from(&record)))
