@@ -100,7 +100,8 @@ impl<W: AsyncWrite + Send + Unpin + 'static> BoundedTransport<W> {
             .spawn(move || pump(read, lines_out, &report, limit))?;
         // The lines passed on are bounded already; rmcp's own bound (which counts the line
         // end) stays as a second guard.
-        let inner = AsyncRwTransport::new(lines_in, write).with_max_line_length(limit + 2);
+        let inner =
+            AsyncRwTransport::new(lines_in, write).with_max_line_length(limit.saturating_add(2));
         Ok(BoundedTransport {
             inner,
             oversized,

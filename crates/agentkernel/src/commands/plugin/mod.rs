@@ -124,17 +124,26 @@ impl Client {
 
     /// Our entry.
     fn entry(self, exe: &str) -> Map<String, Value> {
-        let entry = match self {
-            Client::Claude => json!({"type": "stdio", "command": exe, "args": ["mcp"], "env": {}}),
+        let entry: &[(&str, Value)] = match self {
+            Client::Claude => &[
+                ("type", json!("stdio")),
+                ("command", json!(exe)),
+                ("args", json!(["mcp"])),
+                ("env", json!({})),
+            ],
             Client::Codex | Client::Cursor | Client::Gemini => {
-                json!({"command": exe, "args": ["mcp"]})
+                &[("command", json!(exe)), ("args", json!(["mcp"]))]
             }
-            Client::OpenCode => json!({"type": "local", "command": [exe, "mcp"], "enabled": true}),
+            Client::OpenCode => &[
+                ("type", json!("local")),
+                ("command", json!([exe, "mcp"])),
+                ("enabled", json!(true)),
+            ],
         };
-        match entry {
-            Value::Object(map) => map,
-            _ => Map::new(),
-        }
+        entry
+            .iter()
+            .map(|(key, value)| (key.to_string(), value.clone()))
+            .collect()
     }
 
     /// The keys of our entry that say how to start us; the rest of an existing entry is
