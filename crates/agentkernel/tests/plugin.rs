@@ -389,6 +389,22 @@ fn project_files_are_the_projects_own() {
 }
 
 #[test]
+fn a_linked_file_stays_linked_and_keeps_its_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let real = env.home("dotfiles/claude.json");
+    write(&real, CLAUDE);
+    std::fs::set_permissions(&real, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let link = env.home(".claude.json");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    env.ok(&["install", "claude"]);
+    assert!(link.symlink_metadata().unwrap().file_type().is_symlink());
+    assert!(read(&real).contains(exe()));
+    let mode = std::fs::metadata(&real).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[test]
 fn dry_run_writes_nothing() {
     let env = Env::new();
     let said = env.ok(&["install", "gemini", "--dry-run"]);

@@ -427,8 +427,15 @@ fn install(
 }
 
 /// Writes `path` through a temporary file in the same directory and a rename, keeping the
-/// mode of the file it replaces (these files may hold the user's secrets).
+/// mode of the file it replaces (these files may hold the user's secrets). A symbolic link
+/// (a dotfiles checkout) stays one: the file it points to is the one replaced.
 fn write_atomically(path: &Path, content: &str) -> anyhow::Result<()> {
+    let path = match std::fs::canonicalize(path) {
+        Ok(real) => real,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_path_buf(),
+        Err(e) => return Err(e).with_context(|| format!("resolve {}", path.display())),
+    };
+    let path = path.as_path();
     let dir = path
         .parent()
         .ok_or_else(|| anyhow!("{} has no parent directory", path.display()))?;
