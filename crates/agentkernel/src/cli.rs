@@ -82,12 +82,34 @@ pub struct SetupArgs {
 pub enum PluginCommand {
     /// Add agentkernel's MCP server to a client's configuration (merging, never clobbering).
     Install {
-        /// The client: claude, codex, gemini or opencode.
+        /// The client: claude, codex, cursor, gemini or opencode.
         client: String,
-        /// Print the configuration that would be written, and write nothing.
+        #[command(flatten)]
+        target: PluginTarget,
+        /// Also replace an agentkernel entry that starts something else (a wrapper, a
+        /// remote server): how it starts is set to ours, the rest of it is kept.
         #[arg(long)]
-        dry_run: bool,
+        force: bool,
     },
+    /// Remove agentkernel's MCP server from a client's configuration (nothing else).
+    Uninstall {
+        /// The client: claude, codex, cursor, gemini or opencode.
+        client: String,
+        #[command(flatten)]
+        target: PluginTarget,
+    },
+}
+
+/// Which of a client's files, and whether to write it.
+#[derive(Debug, Args)]
+pub struct PluginTarget {
+    /// The project's file in the current directory (Claude Code's .mcp.json, Gemini's
+    /// .gemini/settings.json, ...) instead of the user's.
+    #[arg(long)]
+    pub project: bool,
+    /// Print the file as it would be written, and write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 impl Command {

@@ -150,39 +150,12 @@ pub async fn create(
     .over(state.config.base_options.clone());
     let spec = resolve(options, &state.config.cwd, new_sandbox_id())?;
     let ttl = request.ttl.as_deref().map(parse_duration).transpose()?;
-    if let Some(ttl) = ttl {
-        ak_service::check_ttl(ttl)?;
-    }
-    state
+    // Created running, as MCP's create: the one service call for both.
+    let record = state
         .service
-        .create_named(Caller::Api, &request.name, spec, None)
+        .create_running(Caller::Api, &request.name, spec, ttl)
         .await?;
-    // The API's sandboxes are created running; one that cannot start is not left behind.
-    let started = match state.service.start_named(Caller::Api, &request.name).await {
-        Ok(record) => match ttl {
-            Some(ttl) => {
-                state
-                    .service
-                    .extend_named(Caller::Api, &request.name, ttl)
-                    .await
-            }
-            None => Ok(record),
-        },
-        Err(error) => Err(error),
-    };
-    match started {
-        Ok(record) => Ok(with_status(StatusCode::CREATED, SandboxInfo::from(&record))),
-        Err(error) => {
-            if let Err(cleanup) = state
-                .service
-                .remove_named(Caller::Api, &request.name, true)
-                .await
-            {
-                tracing::warn!(name = %request.name, "removing a sandbox that failed to start: {cleanup}");
-            }
-            Err(error.into())
-        }
-    }
+    Ok(with_status(StatusCode::CREATED, SandboxInfo::from(&record)))
 }
 
 /// One named sandbox.

@@ -500,6 +500,35 @@ impl Service {
         self.audited(caller, "remove", Some(name), None, result)
     }
 
+    /// Creates a sandbox and starts it, with an expiry `ttl` from now when given: what a
+    /// remote caller's create means (the HTTP API and MCP alike). A sandbox that cannot
+    /// start (or take its expiry) is removed again, so a failed create leaves nothing.
+    pub async fn create_running(
+        &self,
+        caller: Caller,
+        name: &str,
+        spec: SandboxSpec,
+        ttl: Option<std::time::Duration>,
+    ) -> Result<SandboxRecord, ServiceError> {
+        if let Some(ttl) = ttl {
+            crate::check_ttl(ttl)?;
+        }
+        self.create_named(caller, name, spec, None).await?;
+        let started = match self.start_named(caller, name).await {
+            Ok(record) => match ttl {
+                Some(ttl) => self.extend_named(caller, name, ttl).await,
+                None => Ok(record),
+            },
+            Err(error) => Err(error),
+        };
+        if started.is_err()
+            && let Err(cleanup) = self.remove_named(caller, name, true).await
+        {
+            tracing::warn!(name, "removing a sandbox that failed to start: {cleanup}");
+        }
+        started
+    }
+
     /// Starts a command in a running sandbox. The session ends without stopping it;
     /// dropping the session closes its connection, which ends the command.
     pub async fn exec_named(

@@ -257,16 +257,43 @@ impl CommandSession {
     /// Runs the command to its end and gathers its output into captures drawing on
     /// `budgets`. A command that could not be started (not found, not executable) is
     /// reported as a shell would: exit code 127 or 126 and the reason on stderr.
-    pub async fn collect(
+    pub async fn collect(self, budgets: Vec<Arc<ByteBudget>>) -> Result<Collected, ServiceError> {
+        let collected = self
+            .collect_until(budgets, |_| {}, std::future::pending())
+            .await?;
+        collected.ok_or_else(|| ServiceError::State("the collection was cancelled".into()))
+    }
+
+    /// As [`CommandSession::collect`], telling `on_output` the size of each piece of
+    /// output as it arrives, and giving up when `cancelled` completes first: then the
+    /// command is ended ([`CommandSession::cancel`]) before this returns `Ok(None)`.
+    pub async fn collect_until(
         mut self,
         budgets: Vec<Arc<ByteBudget>>,
-    ) -> Result<Collected, ServiceError> {
+        mut on_output: impl FnMut(usize),
+        cancelled: impl Future<Output = ()>,
+    ) -> Result<Option<Collected>, ServiceError> {
         let mut stdout = Capture::new(budgets.clone());
         let mut stderr = Capture::new(budgets);
+        let mut cancelled = std::pin::pin!(cancelled);
         loop {
-            match self.next_event().await {
-                Ok(Some(ExecEvent::Stdout(data))) => stdout.push(&data),
-                Ok(Some(ExecEvent::Stderr(data))) => stderr.push(&data),
+            let event = tokio::select! {
+                biased;
+                () = &mut cancelled => {
+                    self.cancel().await?;
+                    return Ok(None);
+                }
+                event = self.next_event() => event,
+            };
+            match event {
+                Ok(Some(ExecEvent::Stdout(data))) => {
+                    on_output(data.len());
+                    stdout.push(&data);
+                }
+                Ok(Some(ExecEvent::Stderr(data))) => {
+                    on_output(data.len());
+                    stderr.push(&data);
+                }
                 Ok(Some(ExecEvent::Started { .. })) => {}
                 Ok(Some(ExecEvent::Exited { .. }) | None) => break,
                 Err(error) => {
@@ -276,22 +303,40 @@ impl CommandSession {
                         return Err(error);
                     };
                     stderr.push(format!("{error}\n").as_bytes());
-                    return Ok(Collected {
+                    return Ok(Some(Collected {
                         stdout,
                         stderr,
                         exit_code,
                         timed_out: false,
-                    });
+                    }));
                 }
             }
         }
         let outcome = self.finish().await?;
-        Ok(Collected {
+        Ok(Some(Collected {
             stdout,
             stderr,
             exit_code: outcome.exit_code(),
             timed_out: outcome.timed_out,
-        })
+        }))
+    }
+
+    /// Ends the command before it finished (its caller gave up): its process group is
+    /// killed, and the sandbox released when the session owns it (a one-shot run). The
+    /// connection closes as the session drops, which ends anything the kill missed.
+    pub async fn cancel(mut self) -> Result<(), ServiceError> {
+        if self.ended.is_none()
+            && let Err(e) = self.exec.control().signal(SIGKILL).await
+        {
+            // The connection may be gone already; closing it below ends the command too.
+            tracing::debug!("killing a cancelled command: {e}");
+        }
+        if self.usage.is_none()
+            && let Some(owned) = self.owned.as_mut()
+        {
+            owned.release().await?;
+        }
+        Ok(())
     }
 }
 

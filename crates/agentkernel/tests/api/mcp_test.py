@@ -1,5 +1,7 @@
 """Drives `agentkernel mcp` over stdio with the MCP client library (`pip install mcp`):
-initialize, tools/list, and each tool, including refusals of bad input.
+initialize, tools/list, and each tool, including refusals of bad input; progress
+notifications, cancellation (the command and its one-shot sandbox really end) and a
+message over the size limit (an error answer, and the session goes on).
 
 Run by mcp.rs with AK_BIN (the agentkernel binary) and AK_ENV_* (its environment) set;
 any failed check raises, which fails the Rust test with this script's output.
@@ -9,9 +11,10 @@ import json
 import os
 import sys
 import time
+import uuid
 
 import anyio
-from mcp import ClientSession, StdioServerParameters, stdio_client
+from mcp import ClientSession, MCPError, StdioServerParameters, stdio_client
 
 TOOLS = {
     "sandbox_run",
@@ -52,6 +55,97 @@ async def ok(session, tool, arguments=None):
 async def refused(session, tool, arguments, needle):
     is_error, text = await call(session, tool, arguments)
     check(is_error and needle in text, f"{tool} refuses {arguments}: {text[:200]}")
+
+
+def proc_pids():
+    return [int(d) for d in os.listdir("/proc") if d.isdigit()]
+
+
+def start_time(pid):
+    """The process's start time (clock ticks since boot), so a reused pid is not taken for it."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[19])
+
+
+def parent(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def marked(marker):
+    """The processes whose environment holds AK_MCP_MARK=<marker>."""
+    needle = f"AK_MCP_MARK={marker}".encode()
+    found = []
+    for pid in proc_pids():
+        try:
+            with open(f"/proc/{pid}/environ", "rb") as f:
+                if needle in f.read().split(b"\0"):
+                    found.append(pid)
+        except OSError:
+            pass
+    return found
+
+
+def sandbox_processes(pid):
+    """`pid` and its ancestors up to (not including) the agentkernel server, this script
+    or init: the command and the sandbox around it, each with its start time."""
+    server = os.path.realpath(os.environ["AK_BIN"])
+    chain = []
+    while pid > 1 and pid != os.getpid():
+        try:
+            if os.path.realpath(f"/proc/{pid}/exe") == server:
+                break
+            chain.append((pid, start_time(pid)))
+            pid = parent(pid)
+        except OSError:
+            break
+    return chain
+
+
+def alive(processes):
+    return [(pid, t) for pid, t in processes if start_time(pid) == t]
+
+
+async def wait_for(what, predicate, seconds=10):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        await anyio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def cancel_kills(session, tool, arguments, one_shot):
+    """Calls `tool` running `sleep 60` with a marker in its environment, gives up on it
+    after 3 s (the client sends notifications/cancelled), and checks the call came back
+    promptly and the command (and, for a one-shot run, its sandbox) is gone."""
+    marker = uuid.uuid4().hex
+    arguments = dict(arguments, command=["sleep", "60"], env=[f"AK_MCP_MARK={marker}"])
+    processes = []
+
+    async def watch():
+        pids = await wait_for("the sleep to start", lambda: marked(marker))
+        # A named sandbox outlives the command: only the command must end.
+        processes.extend(sandbox_processes(pids[0]) if one_shot else [(pids[0], start_time(pids[0]))])
+
+    begun = time.monotonic()
+    async with anyio.create_task_group() as group:
+        group.start_soon(watch)
+        try:
+            await session.call_tool(tool, arguments, read_timeout_seconds=3)
+            raise AssertionError(f"{tool} with sleep 60 returned before its timeout")
+        except MCPError as error:
+            check("timed out" in str(error).lower() or "timeout" in str(error).lower(), f"{tool} gave up: {error}")
+    check(time.monotonic() - begun < 8, f"the cancelled {tool} returned promptly")
+    check(len(processes) >= (2 if one_shot else 1), f"{tool}'s processes seen: {processes}")
+    await wait_for("the cancelled command and its sandbox to end", lambda: not alive(processes))
+    check(not marked(marker), f"cancelling {tool} killed its sleep 60")
+    check(not alive(processes), f"nothing of the cancelled {tool} is left: {processes}")
 
 
 async def main():
@@ -95,6 +189,22 @@ async def main():
             out = await ok(session, "sandbox_run", {"command": ["sleep", "30"], "timeout_ms": 500})
             check(out["timed_out"] and out["exit_code"] == 124, f"run timeout: {out}")
             check(time.monotonic() - begun < 10, "the timeout cut the command short")
+
+            # Progress: a client that passes a token hears from a long command.
+            heard = []
+
+            async def on_progress(progress, total, message):
+                heard.append((progress, total, message))
+
+            out = await session.call_tool("sandbox_run", {
+                "command": ["sh", "-c", "echo one; sleep 2.6; echo two"], "timeout_ms": 20000,
+            }, progress_callback=on_progress)
+            check(not out.is_error and out.structured_content["output"] == "one\ntwo\n", f"run with progress: {out}")
+            check(len(heard) >= 2, f"progress notifications arrived: {heard}")
+            check(all(a[0] < b[0] for a, b in zip(heard, heard[1:])), f"progress increases: {heard}")
+            check(heard[0][1] == 20.0 and "bytes of output" in heard[0][2], f"progress says total and output: {heard}")
+            # Cancellation ends the command and releases its one-shot sandbox.
+            await cancel_kills(session, "sandbox_run", {"image": "host"}, one_shot=True)
             await refused(session, "sandbox_run", {"command": ["true"], "image": "--privileged"}, "invalid image")
             await refused(session, "sandbox_run", {"command": ["true"], "profile": "yolo"}, "unknown profile")
             await refused(session, "sandbox_run", {"command": ["true"], "cwd": "../etc"}, "invalid path")
@@ -103,12 +213,11 @@ async def main():
 
             # The lifecycle of a named sandbox.
             await refused(session, "sandbox_create", {"name": "../x"}, "invalid sandbox name")
+            # Created running, as the HTTP API's create.
             created = await ok(session, "sandbox_create", {"name": "mcp-box", "profile": "restrictive", "memory": "256M"})
-            check(created["status"] == "stopped", f"created stopped: {created}")
+            check(created["status"] == "running", f"created running: {created}")
             await refused(session, "sandbox_create", {"name": "mcp-box"}, "already exists")
-            await refused(session, "sandbox_exec", {"name": "mcp-box", "command": ["true"]}, "start it first")
-            started = await ok(session, "sandbox_start", {"name": "mcp-box"})
-            check(started["status"] == "running", f"started: {started}")
+            await refused(session, "sandbox_start", {"name": "mcp-box"}, "cannot start")
             out = await ok(session, "sandbox_exec", {
                 "name": "mcp-box", "command": ["sh", "-c", "echo $A; pwd"],
                 "env": ["A=b"], "cwd": "/tmp", "timeout_ms": 10000,
@@ -124,10 +233,25 @@ async def main():
             check(read == {"content": "written by mcp", "encoding": "utf8", "size": 14}, f"file read: {read}")
             await refused(session, "sandbox_file_read", {"name": "mcp-box", "path": "../../etc/passwd"}, "invalid path")
             await refused(session, "sandbox_file_write", {"name": "mcp-box", "path": "x", "content": "x", "encoding": "rot13"}, "encoding")
+            # A message over the size limit (16 MiB) is answered with an error, and the
+            # session goes on.
+            try:
+                await session.call_tool("sandbox_file_write", {"name": "mcp-box", "path": "big", "content": "x" * (17 << 20)},
+                                        read_timeout_seconds=60)
+                raise AssertionError("an oversized message was taken")
+            except MCPError as error:
+                check("over this server's limit" in str(error), f"an oversized message gets an error: {error}")
+            # Cancelling an exec kills its command; the sandbox stays.
+            await cancel_kills(session, "sandbox_exec", {"name": "mcp-box"}, one_shot=False)
+            out = await ok(session, "sandbox_exec", {"name": "mcp-box", "command": ["echo", "still here"]})
+            check(out["output"] == "still here\n", f"the sandbox outlives a cancelled exec: {out}")
             listed = await ok(session, "sandbox_list")
             check([s["name"] for s in listed["sandboxes"]] == ["mcp-box"], f"list: {listed}")
             stopped = await ok(session, "sandbox_stop", {"name": "mcp-box"})
             check(stopped["status"] == "stopped", f"stopped: {stopped}")
+            started = await ok(session, "sandbox_start", {"name": "mcp-box"})
+            check(started["status"] == "running", f"started again: {started}")
+            stopped = await ok(session, "sandbox_stop", {"name": "mcp-box"})
             await ok(session, "sandbox_remove", {"name": "mcp-box"})
             await refused(session, "sandbox_remove", {"name": "mcp-box"}, "no sandbox named")
             check(await ok(session, "sandbox_list") == {"sandboxes": []}, "nothing left")

@@ -9,6 +9,7 @@
 mod endpoints;
 mod input;
 mod local;
+mod mcp;
 mod policy;
 mod sandboxes;
 

@@ -1,20 +1,27 @@
 //! The MCP server (`agentkernel mcp`, over stdio, built on rmcp): each tool is one service
 //! call, and its input goes through the same validation as the CLI's (names, images,
 //! profiles, paths, environment entries), so `--privileged` as an image or `../x` as a name
-//! is refused the same way.
+//! is refused the same way. Long commands report progress to a client that asks for it,
+//! and end when the client cancels them.
+
+mod transport;
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use ak_core::config::{SandboxOptions, resolve};
 use ak_core::exec::ExecOptions;
 use ak_core::spec::new_sandbox_id;
-use ak_service::{Caller, ErrorClass, Placement, Service, ServiceError};
+use ak_service::{Caller, CommandSession, ErrorClass, Placement, Service, ServiceError};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rmcp::handler::server::router::tool::ToolRouter;
 use rmcp::handler::server::wrapper::{Json, Parameters};
-use rmcp::{ServerHandler, ServiceExt, tool, tool_handler, tool_router};
+use rmcp::model::ProgressNotificationParam;
+use rmcp::service::RequestContext;
+use rmcp::{RoleServer, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -24,6 +31,9 @@ use crate::sandboxes::SandboxInfo;
 
 /// Largest file `sandbox_file_read` returns.
 const MAX_READ: u64 = 16 << 20;
+
+/// How often a command's progress is reported to a client that asked for it.
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
 
 /// The MCP server over one service.
 #[derive(Debug, Clone)]
@@ -53,10 +63,29 @@ impl McpServer {
         }
     }
 
-    /// Serves MCP on stdin/stdout until the client disconnects.
+    /// Serves MCP on stdin/stdout until the client disconnects. A message is at most as
+    /// large as an HTTP request body may be.
     pub async fn serve_stdio(self) -> Result<(), McpError> {
+        self.serve_lines(
+            std::io::stdin(),
+            tokio::io::stdout(),
+            crate::DEFAULT_MAX_BODY,
+        )
+        .await
+    }
+
+    /// Serves MCP as JSON lines read from `read` and written to `write`, until `read`
+    /// ends; a message over `limit` bytes gets an error answer.
+    pub async fn serve_lines(
+        self,
+        read: impl std::io::Read + Send + 'static,
+        write: impl tokio::io::AsyncWrite + Send + Unpin + 'static,
+        limit: usize,
+    ) -> Result<(), McpError> {
+        let transport = transport::BoundedTransport::new(read, write, limit)
+            .map_err(|e| McpError::Session(format!("set up the transport: {e}")))?;
         let running = self
-            .serve(rmcp::transport::stdio())
+            .serve(transport)
             .await
             .map_err(|e| McpError::Session(e.to_string()))?;
         running
@@ -92,6 +121,53 @@ impl McpServer {
             Some(format!("mcp {tool}: {message}")),
         );
         message
+    }
+}
+
+/// Runs a tool's command to its end: every [`PROGRESS_EVERY`] a client that passed a
+/// progress token hears the time so far (the progress) and the output so far; when the
+/// client cancels the call, the command is killed (and a one-shot sandbox released) before
+/// this returns, and the answer is an error that rmcp does not send (a cancelled request
+/// gets none).
+async fn collect(
+    service: &Service,
+    session: CommandSession,
+    timeout_ms: Option<u64>,
+    context: &RequestContext<RoleServer>,
+) -> Result<Json<RunResult>, String> {
+    let output = AtomicU64::new(0);
+    let collecting = session.collect_until(
+        service.request_budgets(),
+        |bytes| {
+            output.fetch_add(bytes as u64, Ordering::Relaxed);
+        },
+        context.ct.cancelled(),
+    );
+    let mut collecting = std::pin::pin!(collecting);
+    let token = context.meta.get_progress_token();
+    let begun = tokio::time::Instant::now();
+    let mut ticks = tokio::time::interval_at(begun + PROGRESS_EVERY, PROGRESS_EVERY);
+    let collected = loop {
+        tokio::select! {
+            collected = &mut collecting => break collected,
+            _ = ticks.tick(), if token.is_some() => {
+                let Some(token) = token.clone() else { continue };
+                let elapsed = begun.elapsed().as_secs_f64();
+                let bytes = output.load(Ordering::Relaxed);
+                let mut progress = ProgressNotificationParam::new(token, elapsed)
+                    .with_message(format!("running for {elapsed:.0} s, {bytes} bytes of output"));
+                if let Some(ms) = timeout_ms {
+                    progress = progress.with_total(ms as f64 / 1000.0);
+                }
+                if let Err(e) = context.peer.notify_progress(progress).await {
+                    tracing::debug!("sending progress: {e}");
+                }
+            }
+        }
+    };
+    match collected.map_err(message)? {
+        Some(collected) => Ok(Json(RunResult::from(collected))),
+        None => Err("cancelled: the command was killed".into()),
     }
 }
 
@@ -173,6 +249,9 @@ pub struct CreateParams {
     pub memory: Option<String>,
     /// CPU limit, e.g. 1 or 0.5.
     pub cpus: Option<f64>,
+    /// How long it may live, e.g. `30m` or `2h` (at most 30 days), as the HTTP API's
+    /// `ttl`: it is removed when that runs out.
+    pub ttl: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -224,7 +303,7 @@ pub struct FileWriteParams {
 impl McpServer {
     #[tool(
         title = "Run a command in a fresh sandbox",
-        description = "Run a command in a fresh, isolated sandbox that is destroyed afterwards. Returns output (stdout, then stderr; base64 when encoding says so), exit_code, timed_out and truncated.",
+        description = "Run a command in a fresh, isolated sandbox that is destroyed afterwards. Returns output (stdout, then stderr; base64 when encoding says so), exit_code, timed_out and truncated. Reports progress every second when the call carries a progress token; cancelling the call kills the command.",
         annotations(
             read_only_hint = false,
             destructive_hint = false,
@@ -235,7 +314,9 @@ impl McpServer {
     async fn sandbox_run(
         &self,
         Parameters(params): Parameters<RunParams>,
+        context: RequestContext<RoleServer>,
     ) -> Result<Json<RunResult>, String> {
+        let timeout_ms = params.timeout_ms;
         let exec = self.exec(
             "sandbox_run",
             None,
@@ -261,15 +342,12 @@ impl McpServer {
             .start_run(Caller::Mcp, &spec, exec, Placement::Pooled)
             .await
             .map_err(message)?;
-        let budgets = self.service.request_budgets();
-        Ok(Json(RunResult::from(
-            session.collect(budgets).await.map_err(message)?,
-        )))
+        collect(&self.service, session, timeout_ms, &context).await
     }
 
     #[tool(
-        title = "Create a named sandbox",
-        description = "Create a named sandbox, stopped: start it with sandbox_start (unlike the HTTP API's create, which also starts it). Its /workspace persists until it is removed.",
+        title = "Create and start a named sandbox",
+        description = "Create a named sandbox and start it, as the HTTP API's create does (one that cannot start is not kept). Its /workspace persists until it is removed; sandbox_stop and sandbox_start stop and restart it.",
         annotations(
             read_only_hint = false,
             destructive_hint = false,
@@ -292,9 +370,15 @@ impl McpServer {
                 ..SandboxOptions::default()
             },
         )?;
+        let ttl = params
+            .ttl
+            .as_deref()
+            .map(ak_core::resources::parse_duration)
+            .transpose()
+            .map_err(|e| self.refuse("sandbox_create", Some(&params.name), e))?;
         let record = self
             .service
-            .create_named(Caller::Mcp, &params.name, spec, None)
+            .create_running(Caller::Mcp, &params.name, spec, ttl)
             .await
             .map_err(message)?;
         Ok(Json(SandboxInfo::from(&record)))
@@ -346,7 +430,7 @@ impl McpServer {
 
     #[tool(
         title = "Run a command in a named sandbox",
-        description = "Run a command in a running named sandbox. Returns output (stdout, then stderr; base64 when encoding says so), exit_code, timed_out and truncated.",
+        description = "Run a command in a running named sandbox. Returns output (stdout, then stderr; base64 when encoding says so), exit_code, timed_out and truncated. Reports progress every second when the call carries a progress token; cancelling the call kills the command.",
         annotations(
             read_only_hint = false,
             destructive_hint = true,
@@ -357,7 +441,9 @@ impl McpServer {
     async fn sandbox_exec(
         &self,
         Parameters(params): Parameters<ExecParams>,
+        context: RequestContext<RoleServer>,
     ) -> Result<Json<RunResult>, String> {
+        let timeout_ms = params.timeout_ms;
         let exec = self.exec(
             "sandbox_exec",
             Some(&params.name),
@@ -374,10 +460,7 @@ impl McpServer {
             .exec_named(Caller::Mcp, &params.name, exec)
             .await
             .map_err(message)?;
-        let budgets = self.service.request_budgets();
-        Ok(Json(RunResult::from(
-            session.collect(budgets).await.map_err(message)?,
-        )))
+        collect(&self.service, session, timeout_ms, &context).await
     }
 
     #[tool(
