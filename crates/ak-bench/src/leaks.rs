@@ -97,7 +97,7 @@ fn net_namespaces() -> Vec<u64> {
 fn cgroups() -> Vec<String> {
     let root = Path::new("/sys/fs/cgroup");
     let mut cgroups = Vec::new();
-    for parent_name in ["agentkernel", "agentkernel-gvisor"] {
+    for parent_name in ["agentkernel", ak_core::runtime::GVISOR_CGROUP_PARENT] {
         for hierarchy in list_dir(root) {
             let parent = root.join(&hierarchy).join(parent_name);
             for id in list_dir(&parent) {

@@ -8,6 +8,10 @@ use crate::backend::BackendKind;
 /// are the native backend's network helpers (leak checks look for them too).
 pub const NATIVE_NETWORK_HELPER: &str = "slirp4netns";
 
+/// The cgroup (in every hierarchy) under which runsc makes each gVisor sandbox's cgroup
+/// (leak checks look there too).
+pub const GVISOR_CGROUP_PARENT: &str = "agentkernel-gvisor";
+
 /// Where `kind`'s sandboxes keep their runtime directories: `agentkernel` for the native
 /// backend, `agentkernel-<backend>` for the others (see [`runtime_base`]).
 pub fn backend_runtime_base(kind: BackendKind) -> PathBuf {

@@ -403,7 +403,7 @@ impl Bundle<'_> {
         let linux = LinuxBuilder::default()
             .namespaces(namespaces)
             .resources(resources.build().map_err(error)?)
-            .cgroups_path(PathBuf::from(format!("/agentkernel-gvisor/{}", spec.id)))
+            .cgroups_path(crate::sandbox::cgroup_path(&spec.id))
             .build()
             .map_err(error)?;
 

@@ -54,6 +54,7 @@ pub async fn remove(id: &str, data: &HandleData) -> Result<(), GvisorError> {
         Err(GvisorError::Runsc { message, .. }) if is_not_found(&message) => Ok(()),
         other => other,
     };
+    remove_cgroups(id);
     if let Some(helper) = &data.network_helper {
         ak_core::process::kill_recorded(helper, Duration::from_secs(2));
     }
@@ -77,6 +78,36 @@ async fn runsc(data: &HandleData, args: &[&str]) -> Result<(), GvisorError> {
         command: args.first().copied().unwrap_or_default().to_string(),
         message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
     })
+}
+
+/// The cgroup path runsc makes for sandbox `id` in every hierarchy (set in its bundle).
+pub fn cgroup_path(id: &str) -> PathBuf {
+    Path::new("/")
+        .join(ak_core::runtime::GVISOR_CGROUP_PARENT)
+        .join(id)
+}
+
+/// Removes sandbox `id`'s cgroups that runsc left: a runsc killed while it deleted its
+/// container leaves them. Empty cgroups only (the kernel refuses others).
+fn remove_cgroups(id: &str) {
+    let relative = cgroup_path(id);
+    let relative = relative.strip_prefix("/").unwrap_or(&relative);
+    let root = Path::new("/sys/fs/cgroup");
+    let Ok(hierarchies) = std::fs::read_dir(root) else {
+        return;
+    };
+    let mut places: Vec<PathBuf> = hierarchies
+        .flatten()
+        .map(|hierarchy| hierarchy.path().join(relative))
+        .collect();
+    places.push(root.join(relative));
+    for place in places {
+        match std::fs::remove_dir(&place) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!("cannot remove {}: {e}", place.display()),
+        }
+    }
 }
 
 /// runsc's words for a container it does not know.
@@ -234,6 +265,7 @@ impl Drop for GvisorSandbox {
         if let Err(e) = deleted {
             tracing::warn!("cannot run runsc delete: {e}");
         }
+        remove_cgroups(&self.id);
         drop(self.network.take());
         if let Err(e) = remove_dir(&self.data.dir) {
             tracing::warn!("{e}");

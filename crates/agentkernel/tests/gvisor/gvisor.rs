@@ -161,3 +161,43 @@ fn runs_and_killed_clis_leave_nothing_behind() {
     assert_code(&run(Mode::Root, &["--no-network"], &["true"]), 0);
     crate::common::assert_no_leaks(&before);
 }
+
+#[test]
+fn a_killed_daemon_lets_its_command_finish_and_leaves_nothing_after_the_next_sweep() {
+    use crate::common::ak_with_state;
+    let _host = crate::common::exclusive_host();
+    let before = crate::common::snapshot();
+    let state = tempfile::tempdir().unwrap();
+    assert_code(&ak_with_state(state.path(), &["daemon", "start"]), 0);
+    let daemon = Daemon(state.path());
+    let status = ak_with_state(state.path(), &["daemon", "status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let pid = status["pid"].as_i64().unwrap() as i32;
+    let running = crate::common::agentkernel(
+        Mode::Root,
+        &[
+            "run",
+            "-F",
+            "--no-network",
+            "--",
+            "sh",
+            "-c",
+            "sleep 2; echo finished",
+        ],
+    )
+    .env("AGENTKERNEL_REGISTRY", state.path().join("registry.db"))
+    .stdout(std::process::Stdio::piped())
+    .spawn()
+    .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    // SAFETY: killing the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let output = running.wait_with_output().unwrap();
+    assert_code(&output, 0);
+    assert_eq!(stdout(&output), "finished\n");
+    drop(daemon);
+    // The dead daemon's spares end with its connections; the next create sweeps their
+    // directories.
+    assert_code(&run(Mode::Root, &["--no-network"], &["true"]), 0);
+    crate::common::assert_no_leaks(&before);
+}
