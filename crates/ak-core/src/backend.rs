@@ -208,6 +208,17 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     fn detach(self: Box<Self>);
 }
 
+/// A one-shot sandbox's one connection, for [`Sandbox::connect`]: taken out of the sandbox
+/// the first time, an error after.
+pub fn take_one_shot_transport(
+    transport: &mut Option<tokio::net::UnixStream>,
+) -> Result<Box<dyn Transport>, BackendError> {
+    transport
+        .take()
+        .map(|t| Box::new(t) as Box<dyn Transport>)
+        .ok_or_else(|| BackendError::Connect("the one-shot sandbox's connection is taken".into()))
+}
+
 /// A one-shot sandbox's connection (`transport`, taken out of the sandbox) as a blocking
 /// file descriptor, for [`Sandbox::take_transport_fd`]: the receiving process sets its own
 /// mode, and a blocking descriptor is the neutral one.

@@ -116,13 +116,7 @@ impl Sandbox for DockerSandbox {
 
     async fn connect(&mut self) -> Result<Box<dyn Transport>, BackendError> {
         match self.lifetime {
-            Lifetime::Ephemeral => self
-                .transport
-                .take()
-                .map(|t| Box::new(t) as Box<dyn Transport>)
-                .ok_or_else(|| {
-                    BackendError::Connect("the one-shot sandbox's connection is taken".into())
-                }),
+            Lifetime::Ephemeral => ak_core::backend::take_one_shot_transport(&mut self.transport),
             Lifetime::Persistent => {
                 if !self.running.load(Ordering::SeqCst) {
                     return Err(BackendError::Gone(self.id.clone()));

@@ -164,13 +164,7 @@ impl Sandbox for GvisorSandbox {
 
     async fn connect(&mut self) -> Result<Box<dyn Transport>, BackendError> {
         match self.lifetime {
-            Lifetime::Ephemeral => self
-                .transport
-                .take()
-                .map(|t| Box::new(t) as Box<dyn Transport>)
-                .ok_or_else(|| {
-                    BackendError::Connect("the one-shot sandbox's connection is taken".into())
-                }),
+            Lifetime::Ephemeral => ak_core::backend::take_one_shot_transport(&mut self.transport),
             Lifetime::Persistent => {
                 if let Some(stream) = self.transport.take() {
                     return Ok(Box::new(stream));

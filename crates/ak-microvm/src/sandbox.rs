@@ -50,13 +50,7 @@ impl Sandbox for MicrovmSandbox {
 
     async fn connect(&mut self) -> Result<Box<dyn Transport>, BackendError> {
         match self.lifetime() {
-            Lifetime::Ephemeral => self
-                .transport
-                .take()
-                .map(|t| Box::new(t) as Box<dyn Transport>)
-                .ok_or_else(|| {
-                    BackendError::Connect("the one-shot sandbox's connection is taken".into())
-                }),
+            Lifetime::Ephemeral => ak_core::backend::take_one_shot_transport(&mut self.transport),
             Lifetime::Persistent => {
                 if !self.is_running() {
                     return Err(BackendError::Gone(self.id.clone()));
