@@ -123,6 +123,23 @@ impl From<ak_core::ConfigError> for ApiError {
     }
 }
 
+/// Endpoint families the published SDKs call that this server does not have, each with
+/// what it is, so a client learns that rather than a bare "no such endpoint".
+pub const UNIMPLEMENTED_FAMILIES: &[(&str, &str)] = &[
+    ("snapshots", "sandbox snapshots"),
+    ("orchestrations", "orchestrations"),
+    ("objects", "durable objects"),
+    ("schedules", "schedules"),
+    ("stores", "durable stores"),
+];
+
+/// Answer for every request to an endpoint family of [`UNIMPLEMENTED_FAMILIES`].
+pub fn not_implemented(what: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "{what} are not implemented in this server (this endpoint family does not exist here)"
+    ))
+}
+
 /// Answer for a path no route matches.
 pub async fn not_found() -> ApiError {
     ApiError::NotFound("no such endpoint".into())

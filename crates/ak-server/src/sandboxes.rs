@@ -108,19 +108,19 @@ pub struct CreateRequest {
 }
 
 impl CreateRequest {
-    /// The SDK fields this server does not carry out yet, when given (a JSON `null` means
-    /// "not given", as the async SDK sends them).
+    /// The first SDK field given that this server does not carry out yet (a JSON `null`
+    /// means "not given", as the async SDK sends them; an empty list asks for nothing).
     fn unsupported(&self) -> Option<&'static str> {
         let given = |list: &Option<Vec<String>>| list.as_ref().is_some_and(|v| !v.is_empty());
-        if given(&self.volumes) {
-            Some("volumes")
-        } else if self.source_url.is_some() || self.source_ref.is_some() {
-            Some("source_url and source_ref")
-        } else if given(&self.secrets) || given(&self.secret_files) {
-            Some("secrets and secret_files")
-        } else {
-            None
-        }
+        [
+            ("volumes", given(&self.volumes)),
+            ("source_url", self.source_url.is_some()),
+            ("source_ref", self.source_ref.is_some()),
+            ("secrets", given(&self.secrets)),
+            ("secret_files", given(&self.secret_files)),
+        ]
+        .into_iter()
+        .find_map(|(field, given)| given.then_some(field))
     }
 }
 
@@ -134,9 +134,9 @@ pub async fn create(
     JsonBody(request): JsonBody<CreateRequest>,
 ) -> Result<Response, ApiError> {
     validate_name(&request.name)?;
-    if let Some(fields) = request.unsupported() {
+    if let Some(field) = request.unsupported() {
         return Err(ApiError::BadRequest(format!(
-            "{fields}: not supported by this server yet"
+            "{field}: this field is not supported by this server yet"
         )));
     }
     let options = SandboxOptions {

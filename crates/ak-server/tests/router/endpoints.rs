@@ -119,10 +119,90 @@ async fn backends_report_probes_and_capabilities() {
             "{field}: {native}"
         );
     }
+    // What this server does not have is not claimed: no snapshots, resume, volumes, secret
+    // bindings, SSH or endpoints on any backend.
+    for backend in backends {
+        for field in [
+            "mount_home",
+            "host_volumes",
+            "ssh",
+            "proxy_secret_bindings",
+            "secret_files",
+            "snapshots",
+            "resume",
+            "full_state_pause_resume",
+            "full_state_fork",
+            "endpoints",
+        ] {
+            assert_eq!(backend["capabilities"][field], false, "{field}: {backend}");
+        }
+    }
     let docker = backends.iter().find(|b| b["backend"] == "docker").unwrap();
     assert_eq!(docker["configured"], false);
     assert_eq!(docker["usable"], false);
     assert_eq!(docker["capabilities"]["attach"], false);
+}
+
+#[tokio::test]
+async fn sdk_endpoint_families_this_server_lacks_say_so() {
+    let app = app();
+    // The routes the published SDKs call for them (Python 0.21, npm 0.18).
+    for (method, uri, family) in [
+        ("GET", "/snapshots", "snapshots"),
+        ("POST", "/snapshots", "snapshots"),
+        ("GET", "/snapshots/s1", "snapshots"),
+        ("DELETE", "/snapshots/s1", "snapshots"),
+        ("POST", "/snapshots/s1/restore", "snapshots"),
+        ("GET", "/orchestrations", "orchestrations"),
+        ("POST", "/orchestrations/o1/events", "orchestrations"),
+        ("POST", "/orchestrations/o1/terminate", "orchestrations"),
+        ("DELETE", "/orchestrations/definitions/d", "orchestrations"),
+        ("GET", "/objects", "durable objects"),
+        ("PATCH", "/objects/o1", "durable objects"),
+        ("POST", "/objects/Counter/c1/call/inc", "durable objects"),
+        ("GET", "/schedules/s1", "schedules"),
+        ("POST", "/schedules", "schedules"),
+        ("GET", "/stores", "durable stores"),
+        ("POST", "/stores/s1/query", "durable stores"),
+        ("POST", "/stores/s1/command", "durable stores"),
+    ] {
+        let message = app
+            .error(method, uri, Some(json!({})), StatusCode::NOT_FOUND)
+            .await;
+        assert!(
+            message.contains(family) && message.contains("not implemented in this server"),
+            "{method} {uri}: {message}"
+        );
+    }
+    // Only those prefixes: a path that merely starts alike is no endpoint at all.
+    let message = app
+        .error("GET", "/snapshotsx", None, StatusCode::NOT_FOUND)
+        .await;
+    assert_eq!(message, "no such endpoint");
+}
+
+#[tokio::test]
+async fn sdk_fields_this_server_lacks_are_refused_by_name() {
+    let app = app();
+    for (field, value) in [
+        ("volumes", json!(["data:/data"])),
+        ("source_url", json!("https://example.com/r.git")),
+        ("source_ref", json!("main")),
+        ("secrets", json!(["KEY:api.example.com"])),
+        ("secret_files", json!(["KEY"])),
+    ] {
+        let mut body = json!({"name": "refused"});
+        body[field] = value;
+        let message = app
+            .error("POST", "/sandboxes", Some(body), StatusCode::BAD_REQUEST)
+            .await;
+        assert!(
+            message.starts_with(&format!("{field}: ")) && message.contains("not supported"),
+            "{field}: {message}"
+        );
+    }
+    // Nothing was created by a refused request.
+    assert_eq!(app.data("GET", "/sandboxes", None).await, json!([]));
 }
 
 #[tokio::test]

@@ -191,38 +191,58 @@ async fn files_round_trip() {
     assert_eq!(
         app.data(
             "PUT",
-            "/sandboxes/filer/files/notes/hello.txt",
+            "/sandboxes/filer/files/app/notes/hello.txt",
             Some(json!({"content": "héllo\n", "encoding": "utf8"})),
         )
         .await,
         "written"
     );
     let file = app
-        .data("GET", "/sandboxes/filer/files/notes/hello.txt", None)
+        .data("GET", "/sandboxes/filer/files/app/notes/hello.txt", None)
         .await;
     assert_eq!(
         file,
         json!({"content": "héllo\n", "encoding": "utf8", "size": 7})
     );
-    // Absolute paths (the SDK's `//workspace/...`) name the same file.
+    // Paths are absolute, with or without their leading slash (`//app/…` is `/app/…`),
+    // never taken from the workdir.
     let file = app
-        .data(
-            "GET",
-            "/sandboxes/filer/files//workspace/notes/hello.txt",
-            None,
-        )
+        .data("GET", "/sandboxes/filer/files//app/notes/hello.txt", None)
         .await;
     assert_eq!(file["content"], "héllo\n");
+    app.error(
+        "GET",
+        "/sandboxes/filer/files/workspace/app/notes/hello.txt",
+        None,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    // The SDKs' README example: a batch with leading slashes, read back without.
+    let written = app
+        .data(
+            "POST",
+            "/sandboxes/filer/files",
+            Some(json!({"files": {
+                "/app/index.js": "console.log('hi')",
+                "/app/package.json": "{\"name\":\"app\"}",
+            }})),
+        )
+        .await;
+    assert_eq!(written, json!({"written": 2}));
+    let file = app
+        .data("GET", "/sandboxes/filer/files/app/index.js", None)
+        .await;
+    assert_eq!(file["content"], "console.log('hi')");
 
     // Binary content travels as base64 both ways.
     app.data(
         "PUT",
-        "/sandboxes/filer/files/bin.dat",
+        "/sandboxes/filer/files/tmp/bin.dat",
         Some(json!({"content": "AP8Q", "encoding": "base64"})),
     )
     .await;
     let file = app
-        .data("GET", "/sandboxes/filer/files/bin.dat", None)
+        .data("GET", "/sandboxes/filer/files/tmp/bin.dat", None)
         .await;
     assert_eq!(
         file,
@@ -240,7 +260,7 @@ async fn files_round_trip() {
         .data(
             "POST",
             "/sandboxes/filer/files",
-            Some(json!({"files": {"a.txt": "A", "dir/b.txt": "B"}})),
+            Some(json!({"files": {"/workspace/a.txt": "A", "workspace/dir/b.txt": "B"}})),
         )
         .await;
     assert_eq!(written, json!({"written": 2}));
@@ -254,27 +274,27 @@ async fn files_round_trip() {
     assert_eq!(data["output"], "AB");
 
     assert_eq!(
-        app.data("DELETE", "/sandboxes/filer/files/a.txt", None)
+        app.data("DELETE", "/sandboxes/filer/files/workspace/a.txt", None)
             .await,
         "deleted"
     );
     app.error(
         "GET",
-        "/sandboxes/filer/files/a.txt",
+        "/sandboxes/filer/files/workspace/a.txt",
         None,
         StatusCode::NOT_FOUND,
     )
     .await;
     app.error(
         "DELETE",
-        "/sandboxes/filer/files/a.txt",
+        "/sandboxes/filer/files/workspace/a.txt",
         None,
         StatusCode::NOT_FOUND,
     )
     .await;
     app.error(
         "GET",
-        "/sandboxes/filer/files/dir",
+        "/sandboxes/filer/files/workspace/dir",
         None,
         StatusCode::BAD_REQUEST,
     )
