@@ -220,7 +220,9 @@ impl SecurityPolicy {
     /// them (`/app`, `/srv/x`), as in a container's copy-on-write layer: that root is
     /// private and thrown away with the sandbox, and the image under it stays read-only.
     /// Only the restrictive profile keeps the root read-only (its workdir, /tmp and
-    /// mounts stay writable). Every backend takes this one rule.
+    /// mounts stay writable). The native and container backends take this one rule; a
+    /// microVM's root is an overlay in the guest's own memory whatever the profile (the
+    /// VM itself is the boundary).
     pub fn writable_root(&self) -> bool {
         self.profile != Profile::Restrictive
     }

@@ -17,3 +17,4 @@ mod microvm;
 mod microvm_net;
 mod named;
 mod run;
+mod sdk_files;
