@@ -140,13 +140,14 @@ pub fn not_implemented(what: &str) -> ApiError {
     ))
 }
 
-/// Answer for a path no route matches.
-pub async fn not_found() -> ApiError {
+/// Answer for a path no route matches. The body is read first (as for every refusal
+/// below): one left unread ends the connection under a keep-alive client's next request.
+pub async fn not_found(_body: axum::body::Bytes) -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
 
 /// Answer for a known path with a method it does not take.
-pub async fn method_not_allowed() -> Response {
+pub async fn method_not_allowed(_body: axum::body::Bytes) -> Response {
     let mut response = (
         StatusCode::METHOD_NOT_ALLOWED,
         Json(

@@ -6,6 +6,7 @@
     reason = "test helpers outside #[test] functions panic on failure by design"
 )]
 
+mod compat;
 mod http;
 mod mcp;
 mod python;
