@@ -17,7 +17,7 @@ use ak_service::Caller;
 
 use crate::AppState;
 use crate::body::JsonBody;
-use crate::error::{ApiError, ErrorBody, ok};
+use crate::error::{ApiError, ok};
 
 /// How bytes (a file's content, a command's output) travel in JSON.
 #[derive(
@@ -70,10 +70,7 @@ pub struct FileContent {
 
 /// Reads a file of a running sandbox.
 #[utoipa::path(get, path = "/sandboxes/{name}/files/{path}", tag = "files", params(("name" = String, Path, description = "The sandbox's name"), ("path" = String, Path, description = "Absolute path inside the sandbox, without its leading slash (`tmp/x` is `/tmp/x`)")),
-    responses((status = 200, description = "The file", body = FileContent),
-        (status = 400, description = "Bad path (e.g. '..')", body = ErrorBody),
-        (status = 404, description = "No such sandbox or file", body = ErrorBody),
-        (status = 413, description = "The file is too large", body = ErrorBody)))]
+    responses((status = 200, description = "The file", body = FileContent)))]
 pub async fn read(
     State(state): State<AppState>,
     Path((name, path)): Path<(String, String)>,
@@ -105,8 +102,7 @@ pub struct WriteRequest {
 /// Writes a file of a running sandbox atomically (parent directories are created).
 #[utoipa::path(put, path = "/sandboxes/{name}/files/{path}", tag = "files", params(("name" = String, Path, description = "The sandbox's name"), ("path" = String, Path, description = "Absolute path inside the sandbox, without its leading slash (`tmp/x` is `/tmp/x`)")),
     request_body = WriteRequest,
-    responses((status = 200, description = "Written", body = String),
-        (status = 400, description = "Bad path or content", body = ErrorBody)))]
+    responses((status = 200, description = "Written", body = String)))]
 pub async fn write(
     State(state): State<AppState>,
     Path((name, path)): Path<(String, String)>,
@@ -128,8 +124,7 @@ pub async fn write(
 
 /// Deletes a file of a running sandbox.
 #[utoipa::path(delete, path = "/sandboxes/{name}/files/{path}", tag = "files", params(("name" = String, Path, description = "The sandbox's name"), ("path" = String, Path, description = "Absolute path inside the sandbox, without its leading slash (`tmp/x` is `/tmp/x`)")),
-    responses((status = 200, description = "Deleted", body = String),
-        (status = 404, description = "No such sandbox or file", body = ErrorBody)))]
+    responses((status = 200, description = "Deleted", body = String)))]
 pub async fn remove(
     State(state): State<AppState>,
     Path((name, path)): Path<(String, String)>,
@@ -158,8 +153,7 @@ pub struct Written {
 /// Writes several UTF-8 files; every path is checked before anything is written.
 #[utoipa::path(post, path = "/sandboxes/{name}/files", tag = "files", params(("name" = String, Path, description = "The sandbox's name")),
     request_body = WriteManyRequest,
-    responses((status = 200, description = "How many were written", body = Written),
-        (status = 400, description = "A bad path; nothing was written", body = ErrorBody)))]
+    responses((status = 200, description = "How many were written", body = Written)))]
 pub async fn write_many(
     State(state): State<AppState>,
     Path(name): Path<String>,

@@ -27,7 +27,7 @@ pub use crate::auth::{
     StoredToken, TOKEN_FILE, TokenCheck, TokenFileError, check_listen_address, load_or_create_token,
 };
 pub use crate::error::ApiError;
-pub use crate::openapi::ApiDoc;
+pub use crate::openapi::{ApiDoc, OPERATIONS, document as openapi_document};
 pub use crate::serve::{
     Bound, DEFAULT_HEADER_READ_TIMEOUT, Listen, ServeError, bind_private_socket,
 };
@@ -98,7 +98,7 @@ pub fn router(state: AppState) -> Router {
     routes
         .route("/health", get(info::health))
         .route("/backends", get(info::backends))
-        .route("/openapi.json", get(openapi::document))
+        .route("/openapi.json", get(openapi::serve))
         .route("/run", post(run::run))
         .route("/run/stream", post(run::run_stream))
         .route("/batch/run", post(run::batch))

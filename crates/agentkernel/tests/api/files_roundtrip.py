@@ -9,7 +9,7 @@ raises, which fails the Rust test with this script's output.
 import os
 
 from agentkernel import AgentKernel
-from agentkernel.errors import NotFoundError
+from agentkernel.errors import AgentKernelError, NotFoundError
 
 BACKEND = os.environ["AK_BACKEND"]
 IMAGE = os.environ.get("AK_IMAGE")
@@ -46,6 +46,12 @@ with AgentKernel(timeout=180) as client:
             check(False, "deleted")
         except NotFoundError:
             check(True, "delete_file app/main.py")
+        # A mount point is refused as the caller's error (403), never as a fault.
+        try:
+            client.delete_file(NAME, "proc")
+            check(False, "/proc removed")
+        except AgentKernelError as e:
+            check("internal error" not in str(e), f"removing /proc is refused: {e}")
     finally:
         client.remove_sandbox(NAME)
 

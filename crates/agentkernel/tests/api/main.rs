@@ -10,6 +10,7 @@ mod compat;
 mod http;
 mod mcp;
 mod python;
+mod schemathesis;
 mod serve;
 mod server;
 mod soak;

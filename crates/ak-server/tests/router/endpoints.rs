@@ -499,3 +499,80 @@ async fn openapi_document_matches_the_routes() {
         assert_ne!(value["error"], "no such endpoint", "{operation}");
     }
 }
+
+#[tokio::test]
+async fn openapi_document_describes_what_is_sent() {
+    let app = app();
+    let doc = ak_server::openapi_document().unwrap();
+    // Unique operation ids, and each operation's error statuses, with the error envelope.
+    let mut ids = Vec::new();
+    for (method, path, id, errors) in ak_server::OPERATIONS {
+        let operation = &doc["paths"][path][method];
+        assert_eq!(operation["operationId"], *id, "{method} {path}");
+        ids.push(*id);
+        for status in errors.iter().flat_map(|group| group.iter()) {
+            let schema = &operation["responses"][status.to_string()]["content"]["application/json"]
+                ["schema"];
+            assert_eq!(
+                schema["$ref"], "#/components/schemas/ErrorBody",
+                "{method} {path} {status}"
+            );
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        ak_server::OPERATIONS.len(),
+        "operation ids are unique"
+    );
+    let error = &doc["components"]["schemas"]["ErrorBody"];
+    assert_eq!(error["properties"]["success"]["enum"], json!([false]));
+
+    // Successful answers are described inside the envelope that is sent.
+    let created = &doc["paths"]["/sandboxes"]["post"]["responses"]["201"]["content"]["application/json"]
+        ["schema"];
+    assert_eq!(created["properties"]["success"]["enum"], json!([true]));
+    assert_eq!(
+        created["properties"]["data"]["$ref"],
+        "#/components/schemas/SandboxInfo"
+    );
+    assert_eq!(created["required"], json!(["success", "data"]));
+    let (status, sent) = app
+        .call("POST", "/sandboxes", Some(json!({"name": "doc"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(sent["success"], true);
+    assert!(sent["data"]["uuid"].is_string(), "{sent}");
+    app.data("DELETE", "/sandboxes/doc", None).await;
+
+    // The constraints the server enforces.
+    let schemas = &doc["components"]["schemas"];
+    let create = &schemas["CreateRequest"]["properties"];
+    assert_eq!(create["name"]["pattern"], ak_core::spec::NAME_PATTERN);
+    assert_eq!(
+        create["profile"]["enum"],
+        json!(["permissive", "moderate", "restrictive", null])
+    );
+    assert_eq!(create["backend"]["enum"][0], "native");
+    assert_eq!(create["vcpus"]["minimum"], 1);
+    assert_eq!(create["memory_mb"]["minimum"], 8);
+    assert_eq!(create["volumes"]["maxItems"], 0);
+    assert_eq!(create["source_url"]["type"], "null");
+    for request in ["RunRequest", "ExecRequest", "BatchCommand"] {
+        assert_eq!(
+            schemas[request]["properties"]["command"]["minItems"], 1,
+            "{request}"
+        );
+    }
+    assert_eq!(
+        schemas["BatchRequest"]["properties"]["commands"]["maxItems"],
+        64
+    );
+    let name = &doc["paths"]["/sandboxes/{name}"]["get"]["parameters"][0];
+    assert_eq!(
+        name["schema"]["pattern"],
+        ak_core::spec::NAME_PATTERN,
+        "{name}"
+    );
+}
