@@ -544,3 +544,41 @@ async fn concurrent_requests_on_one_name() {
             .all(|s| *s == StatusCode::OK || *s == StatusCode::NOT_FOUND)
     );
 }
+
+#[tokio::test]
+async fn a_sandbox_that_dies_during_a_request_answers_with_its_state() {
+    let backend = std::sync::Arc::new(crate::local::LocalBackend::default());
+    let state_dir = tempfile::tempdir().unwrap();
+    let service = ak_service::Service::new(
+        vec![backend.clone() as std::sync::Arc<dyn ak_core::Backend>],
+        state_dir.path().join("registry.db"),
+    );
+    let mut app = crate::app_over(service);
+    app.state_dir = state_dir;
+    for (method, uri, body) in [
+        ("GET", "/sandboxes/doomed/files/tmp/x", None),
+        (
+            "PUT",
+            "/sandboxes/doomed/files/tmp/x",
+            Some(json!({"content": "x"})),
+        ),
+        (
+            "POST",
+            "/sandboxes/doomed/exec",
+            Some(json!({"command": ["true"]})),
+        ),
+    ] {
+        app.sandbox("doomed").await;
+        let uuid = app.data("GET", "/sandboxes/doomed", None).await["uuid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        backend.dies_on_next_connect(&uuid);
+        // Not a fault (500): the sandbox's state, found when the connection broke.
+        let message = app.error(method, uri, body, StatusCode::CONFLICT).await;
+        assert!(message.contains("failed"), "{method} {uri}: {message}");
+        let info = app.data("GET", "/sandboxes/doomed", None).await;
+        assert_eq!(info["state"], "failed", "{info}");
+        app.data("DELETE", "/sandboxes/doomed", None).await;
+    }
+}
