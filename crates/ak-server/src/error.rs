@@ -140,14 +140,18 @@ pub fn not_implemented(what: &str) -> ApiError {
     ))
 }
 
-/// Answer for a path no route matches. The body is read first (as for every refusal
-/// below): one left unread ends the connection under a keep-alive client's next request.
-pub async fn not_found(_body: axum::body::Bytes) -> ApiError {
+/// A request body read to its end (within the body limit) before a refusal is sent: a
+/// body left unread ends the connection under a keep-alive client's next request. One
+/// that cannot be read (over the limit) changes nothing about the refusal.
+pub type Drained = Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>;
+
+/// Answer for a path no route matches (its body drained first).
+pub async fn not_found(_body: Drained) -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
 
 /// Answer for a known path with a method it does not take.
-pub async fn method_not_allowed(_body: axum::body::Bytes) -> Response {
+pub async fn method_not_allowed(_body: Drained) -> Response {
     let mut response = (
         StatusCode::METHOD_NOT_ALLOWED,
         Json(

@@ -87,10 +87,7 @@ pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body;
     let mut routes = Router::new();
     for (family, what) in error::UNIMPLEMENTED_FAMILIES {
-        // The body is read (within the body limit) before the answer: a request whose
-        // body is left unread ends its connection, and a client reusing it (keep-alive)
-        // would see its next request fail.
-        let refuse = move |_body: axum::body::Bytes| async move { error::not_implemented(what) };
+        let refuse = move |_body: error::Drained| async move { error::not_implemented(what) };
         routes = routes
             .route(&format!("/{family}"), any(refuse))
             .route(&format!("/{family}/{{*rest}}"), any(refuse));

@@ -174,6 +174,18 @@ async fn sdk_endpoint_families_this_server_lacks_say_so() {
             "{method} {uri}: {message}"
         );
     }
+    // A body over the limit changes nothing: still the JSON refusal.
+    let huge = Request::post("/snapshots")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(vec![b' '; ak_server::DEFAULT_MAX_BODY + 1]))
+        .unwrap();
+    let (status, value) = app.send(huge).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{value}");
+    assert!(
+        value["error"].as_str().unwrap().contains("not implemented"),
+        "{value}"
+    );
     // Only those prefixes: a path that merely starts alike is no endpoint at all.
     let message = app
         .error("GET", "/snapshotsx", None, StatusCode::NOT_FOUND)
