@@ -87,8 +87,17 @@ pub(crate) fn is_not_found(error: &bollard::errors::Error) -> bool {
 
 impl From<DockerError> for BackendError {
     fn from(error: DockerError) -> Self {
-        let reason = error.to_string();
-        match error {
+        error.into_backend(None)
+    }
+}
+
+impl DockerError {
+    /// As a backend error; `kind` names the engine in the message where the error itself
+    /// does not.
+    pub(crate) fn into_backend(self, kind: Option<BackendKind>) -> BackendError {
+        let engine = kind.map_or_else(|| "container engine".to_string(), |k| k.to_string());
+        let reason = self.to_string();
+        match self {
             DockerError::NoSocket { kind, .. } | DockerError::Unreachable { kind, .. } => {
                 BackendError::Unavailable {
                     backend: kind.to_string(),
@@ -104,12 +113,12 @@ impl From<DockerError> for BackendError {
             // an engine that was never found; not a fault of agentkernel.
             DockerError::Engine { source, .. } if engine_unreachable(&source) => {
                 BackendError::Unavailable {
-                    backend: "container engine".to_string(),
+                    backend: engine,
                     reason,
                 }
             }
             DockerError::Pull { .. } => BackendError::Unavailable {
-                backend: "container engine".to_string(),
+                backend: engine,
                 reason,
             },
             DockerError::Agent(_) => BackendError::Connect(reason),
