@@ -268,8 +268,15 @@ pub fn document() -> Result<Value, ApiError> {
     Ok(doc)
 }
 
-/// `{"success": true, "data": <what the annotation says>}` for a JSON answer.
+/// `{"success": true, "data": <what the annotation says>}` for a JSON answer. A plain
+/// string answer (`body = String`, which utoipa documents as `text/plain`) is sent as
+/// JSON too: `{"success": true, "data": "written"}`.
 fn wrap_in_envelope(response: &mut Value) {
+    if let Some(content) = response.get_mut("content").and_then(Value::as_object_mut)
+        && let Some(text) = content.remove("text/plain")
+    {
+        content.insert("application/json".to_string(), text);
+    }
     let Some(content) = response
         .get_mut("content")
         .and_then(|content| content.get_mut("application/json"))

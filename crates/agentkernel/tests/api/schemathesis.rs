@@ -1,7 +1,8 @@
 //! The OpenAPI document against the server it describes, with schemathesis (PyPI; `.ci/run`
 //! installs it): a few generated requests per operation against `agentkernel serve` on
-//! loopback with a token, checking that no answer is a server error, that every status is
-//! documented for its operation and that every answer matches its schema. Every sandbox
+//! loopback with a token, checking that no answer is a server error, that every status and
+//! content type is documented for its operation, that every answer matches its schema and
+//! that no operation that needs the token answers without it. Every sandbox
 //! the run made is removed afterwards. A missing schemathesis fails the test.
 
 use std::path::Path;
@@ -34,7 +35,8 @@ fn openapi_document_matches_the_server() {
         .args(["--max-examples", EXAMPLES, "--workers", "2"])
         .args([
             "--checks",
-            "not_a_server_error,status_code_conformance,response_schema_conformance",
+            "not_a_server_error,status_code_conformance,response_schema_conformance,\
+             content_type_conformance,ignored_auth",
         ])
         .current_dir(scratch.path())
         .output()
