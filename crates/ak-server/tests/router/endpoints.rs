@@ -557,6 +557,13 @@ async fn openapi_document_describes_what_is_sent() {
     assert_eq!(sent["success"], true);
     assert!(sent["data"]["uuid"].is_string(), "{sent}");
     app.data("DELETE", "/sandboxes/doc", None).await;
+    // A plain string answer ("ok") is JSON in the envelope too, and documented so.
+    let health = &doc["paths"]["/health"]["get"]["responses"]["200"]["content"];
+    assert!(health.get("text/plain").is_none(), "{health}");
+    assert_eq!(
+        health["application/json"]["schema"]["properties"]["data"]["type"],
+        "string"
+    );
 
     // The constraints the server enforces.
     let schemas = &doc["components"]["schemas"];
