@@ -195,11 +195,11 @@ class Client:
         elif kind == "write":
             content = f"client {self.index} step {self.step}\n"
             self.written = content
-            status, value = self.call("PUT", f"{base}/files/x.txt", {"content": content})
+            status, value = self.call("PUT", f"{base}/files/workspace/x.txt", {"content": content})
             self.check(kind, status, value, 200)
         elif kind == "read":
             want = self.written
-            status, value = self.call("GET", f"{base}/files/x.txt")
+            status, value = self.call("GET", f"{base}/files/workspace/x.txt")
             self.check(
                 kind, status, value, 200, lambda v: want is None or v["data"]["content"] == want
             )

@@ -10,14 +10,18 @@ use rustix::io::Errno;
 pub(crate) fn kind_of(errno: Errno) -> ErrorKind {
     match errno {
         Errno::NOENT => ErrorKind::NotFound,
-        Errno::ACCESS | Errno::PERM | Errno::ROFS => ErrorKind::PermissionDenied,
+        // A mount point of the sandbox (its /proc, an image directory) cannot be removed
+        // or renamed: not the caller's to change, like a read-only file.
+        Errno::ACCESS | Errno::PERM | Errno::ROFS | Errno::BUSY => ErrorKind::PermissionDenied,
         Errno::EXIST => ErrorKind::AlreadyExists,
         Errno::NOTDIR => ErrorKind::NotADirectory,
         Errno::ISDIR => ErrorKind::IsADirectory,
         Errno::NOTEMPTY => ErrorKind::DirectoryNotEmpty,
-        Errno::FBIG => ErrorKind::TooLarge,
+        // The sandbox's own space (its root is sized by its memory) is used up: what was
+        // asked for is too large for it, not a fault of agentkernel.
+        Errno::FBIG | Errno::NOSPC | Errno::DQUOT => ErrorKind::TooLarge,
         // openat2 refuses magic links and escapes from the root with these.
-        Errno::XDEV | Errno::LOOP => ErrorKind::InvalidPath,
+        Errno::XDEV | Errno::LOOP | Errno::NAMETOOLONG => ErrorKind::InvalidPath,
         _ => ErrorKind::Io,
     }
 }
@@ -28,6 +32,8 @@ pub(crate) fn fs_error(op: &str, path: &str, errno: Errno) -> AgentError {
         Errno::NOENT => "no such file or directory".into(),
         Errno::ACCESS | Errno::PERM => "permission denied".into(),
         Errno::ROFS => "read-only file system".into(),
+        Errno::BUSY => "a mount point of the sandbox, which cannot be changed".into(),
+        Errno::NOSPC => "no space left in the sandbox".into(),
         Errno::EXIST => "already exists".into(),
         Errno::NOTDIR => "not a directory".into(),
         Errno::ISDIR => "is a directory".into(),
@@ -59,7 +65,14 @@ mod tests {
             fs_error("remove", "/d", Errno::NOTEMPTY).kind,
             ErrorKind::DirectoryNotEmpty
         );
-        let other = fs_error("write", "/x", Errno::NOSPC);
+        let busy = fs_error("remove", "/proc", Errno::BUSY);
+        assert_eq!(busy.kind, ErrorKind::PermissionDenied);
+        assert!(busy.message.contains("mount point"), "{busy}");
+        assert_eq!(
+            fs_error("write", "/x", Errno::NOSPC).kind,
+            ErrorKind::TooLarge
+        );
+        let other = fs_error("write", "/x", Errno::IO);
         assert_eq!(other.kind, ErrorKind::Io);
         assert!(other.message.starts_with("cannot write /x: "), "{other}");
     }

@@ -215,6 +215,19 @@ pub struct SecurityPolicy {
     pub landlock: bool,
 }
 
+impl SecurityPolicy {
+    /// Whether the sandbox may create files and directories anywhere its root itself holds
+    /// them (`/app`, `/srv/x`), as in a container's copy-on-write layer: that root is
+    /// private and thrown away with the sandbox, and the image under it stays read-only.
+    /// Only the restrictive profile keeps the root read-only (its workdir, /tmp and
+    /// mounts stay writable). The native and container backends take this one rule; a
+    /// microVM's root is an overlay in the guest's own memory whatever the profile (the
+    /// VM itself is the boundary).
+    pub fn writable_root(&self) -> bool {
+        self.profile != Profile::Restrictive
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +241,13 @@ mod tests {
         for bad in ["", "Moderate", "strict", "moderate "] {
             assert!(bad.parse::<Profile>().is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn only_restrictive_keeps_the_root_read_only() {
+        assert!(!Profile::Restrictive.policy().writable_root());
+        assert!(Profile::Moderate.policy().writable_root());
+        assert!(Profile::Permissive.policy().writable_root());
     }
 
     #[test]

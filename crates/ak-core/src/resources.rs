@@ -17,7 +17,8 @@ pub struct Resources {
     pub pids: u64,
 }
 
-const MAX_CPUS: f64 = 1024.0;
+/// The most CPUs a sandbox may be given.
+pub const MAX_CPUS: f64 = 1024.0;
 /// One millicpu: the CFS quota cannot express less (the kernel refuses a quota under 1 ms
 /// per 100 ms period), so a smaller value could only be rounded, never honoured.
 const MIN_CPUS: f64 = 0.001;

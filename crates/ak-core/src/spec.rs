@@ -132,6 +132,10 @@ pub fn validate_workdir(path: &str) -> Result<PathBuf, ConfigError> {
 /// The longest sandbox name: a DNS label's limit, so a name can also serve as a hostname.
 pub const MAX_NAME_LEN: usize = 63;
 
+/// [`validate_name`]'s rule as a regular expression, for API documents (OpenAPI): the names
+/// it accepts are exactly those that match (`name_pattern_matches_validation` checks).
+pub const NAME_PATTERN: &str = "^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$";
+
 /// Checks a sandbox name: 1 to 63 ASCII letters, digits, `-`, `_` or `.`, starting with a
 /// letter or digit. Names end up in paths, hostnames, URLs and shell-adjacent output, so
 /// anything that could be read as a path step, an option or a metacharacter is refused.
@@ -305,5 +309,26 @@ mod tests {
         let message = validate_name("a\u{1b}[2J").unwrap_err().to_string();
         assert!(!message.contains('\u{1b}'), "{message}");
         assert!(message.contains("\\u{1b}"), "{message}");
+    }
+
+    #[test]
+    fn name_pattern_matches_validation() {
+        assert_eq!(
+            NAME_PATTERN,
+            format!("^[A-Za-z0-9][A-Za-z0-9._-]{{0,{}}}$", MAX_NAME_LEN - 1)
+        );
+        // Every ASCII character, first and later in a name, as the pattern's classes say.
+        for byte in 0u8..128 {
+            let c = char::from(byte);
+            let first = c.is_ascii_alphanumeric();
+            let later = first || matches!(c, '.' | '_' | '-');
+            assert_eq!(validate_name(&c.to_string()).is_ok(), first, "{c:?} first");
+            assert_eq!(
+                validate_name(&format!("a{c}")).is_ok(),
+                later,
+                "{c:?} later"
+            );
+        }
+        assert!(validate_name("é").is_err());
     }
 }

@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use ak_core::backend::Lifetime;
-use ak_core::{BackendKind, NetworkMode, Profile, SandboxSpec};
+use ak_core::{BackendKind, NetworkMode, SandboxSpec};
 use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountTypeEnum, ResourcesUlimits};
 
 /// Where the agent binary appears inside the container (bind-mounted read-only).
@@ -60,9 +60,9 @@ const TMPFS_OPTIONS: &str = "rw,exec,nosuid,nodev";
 
 impl Plan<'_> {
     fn read_only_root(&self) -> bool {
-        // A container's root is a copy-on-write layer thrown away with it, so only the
-        // restrictive profile needs it read-only (the image itself is never written).
-        self.spec.policy.profile == Profile::Restrictive
+        // A container's root is a copy-on-write layer thrown away with it (the image
+        // itself is never written).
+        !self.spec.policy.writable_root()
     }
 
     /// A private /tmp, and a scratch workdir when the root is read-only and nothing is

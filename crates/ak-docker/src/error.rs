@@ -61,6 +61,19 @@ impl DockerError {
     }
 }
 
+/// Whether the engine could not be reached at all (no connection, no answer in time), as
+/// opposed to an answer that says what went wrong.
+fn engine_unreachable(error: &bollard::errors::Error) -> bool {
+    use bollard::errors::Error;
+    matches!(
+        error,
+        Error::HyperLegacyError { .. }
+            | Error::IOError { .. }
+            | Error::RequestTimeoutError
+            | Error::SocketNotFoundError(_)
+    )
+}
+
 /// Whether the engine answered 404 (no such container or image).
 pub(crate) fn is_not_found(error: &bollard::errors::Error) -> bool {
     matches!(
@@ -74,8 +87,17 @@ pub(crate) fn is_not_found(error: &bollard::errors::Error) -> bool {
 
 impl From<DockerError> for BackendError {
     fn from(error: DockerError) -> Self {
-        let reason = error.to_string();
-        match error {
+        error.into_backend(None)
+    }
+}
+
+impl DockerError {
+    /// As a backend error; `kind` names the engine in the message where the error itself
+    /// does not.
+    pub(crate) fn into_backend(self, kind: Option<BackendKind>) -> BackendError {
+        let engine = kind.map_or_else(|| "container engine".to_string(), |k| k.to_string());
+        let reason = self.to_string();
+        match self {
             DockerError::NoSocket { kind, .. } | DockerError::Unreachable { kind, .. } => {
                 BackendError::Unavailable {
                     backend: kind.to_string(),
@@ -84,6 +106,19 @@ impl From<DockerError> for BackendError {
             }
             DockerError::Image(kind, _) => BackendError::Unsupported {
                 backend: kind.to_string(),
+                reason,
+            },
+            // The engine stopped answering, or an image could not be had here (no
+            // registry reachable, no such image there): not possible here or now, like
+            // an engine that was never found; not a fault of agentkernel.
+            DockerError::Engine { source, .. } if engine_unreachable(&source) => {
+                BackendError::Unavailable {
+                    backend: engine,
+                    reason,
+                }
+            }
+            DockerError::Pull { .. } => BackendError::Unavailable {
+                backend: engine,
                 reason,
             },
             DockerError::Agent(_) => BackendError::Connect(reason),

@@ -326,11 +326,15 @@ impl Backend for DockerBackend {
         spec: &SandboxSpec,
         lifetime: Lifetime,
     ) -> Result<Box<dyn Sandbox>, BackendError> {
-        let client = self.client().await?;
-        self.swept.get_or_try_init(|| self.sweep(client)).await?;
-        Ok(Box::new(
-            self.create_container(client, spec, lifetime).await?,
-        ))
+        let created = async {
+            let client = self.client().await?;
+            self.swept.get_or_try_init(|| self.sweep(client)).await?;
+            self.create_container(client, spec, lifetime).await
+        };
+        match created.await {
+            Ok(sandbox) => Ok(Box::new(sandbox)),
+            Err(error) => Err(error.into_backend(Some(self.kind))),
+        }
     }
 
     fn capabilities(&self) -> ak_core::backend::Capabilities {

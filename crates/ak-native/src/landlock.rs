@@ -14,6 +14,14 @@ const EXECUTE: u64 = 1 << 0;
 const WRITE_FILE: u64 = 1 << 1;
 const READ_FILE: u64 = 1 << 2;
 const READ_DIR: u64 = 1 << 3;
+const REMOVE_DIR: u64 = 1 << 4;
+const REMOVE_FILE: u64 = 1 << 5;
+const MAKE_DIR: u64 = 1 << 7;
+const MAKE_REG: u64 = 1 << 8;
+const MAKE_SOCK: u64 = 1 << 9;
+const MAKE_FIFO: u64 = 1 << 10;
+const MAKE_SYM: u64 = 1 << 12;
+const REFER: u64 = 1 << 13;
 const TRUNCATE: u64 = 1 << 14;
 const IOCTL_DEV: u64 = 1 << 15;
 
@@ -72,8 +80,27 @@ impl LandlockPlan {
     pub(crate) fn new(spec: &SandboxSpec, abi: u32, agent_fd: RawFd) -> Result<Self, NativeError> {
         let handled = handled_access(abi);
         let read_only = EXECUTE | READ_FILE | READ_DIR;
+        // A writable root: what the root tmpfs holds may be made, changed and removed.
+        // The right reaches everything beneath `/`, so what protects the image is its
+        // read-only mounts (and the host's own files, ownership); device nodes stay
+        // refused (the root is nodev as well).
+        let root = if spec.policy.writable_root() {
+            read_only
+                | WRITE_FILE
+                | TRUNCATE
+                | REMOVE_DIR
+                | REMOVE_FILE
+                | MAKE_DIR
+                | MAKE_REG
+                | MAKE_SOCK
+                | MAKE_FIFO
+                | MAKE_SYM
+                | REFER
+        } else {
+            read_only
+        };
         let mut rules = vec![
-            (cstring("/")?, read_only),
+            (cstring("/")?, root),
             (
                 cstring("/dev")?,
                 read_only | WRITE_FILE | TRUNCATE | IOCTL_DEV,
@@ -177,6 +204,35 @@ pub(crate) fn errno() -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn root_rights(profile: &str) -> u64 {
+        let options = ak_core::config::SandboxOptions {
+            profile: Some(profile.into()),
+            ..Default::default()
+        };
+        let spec = ak_core::config::resolve(
+            options,
+            std::path::Path::new("/"),
+            "0123456789abcdef0123456789abcdef".into(),
+        )
+        .unwrap();
+        let plan = LandlockPlan::new(&spec, 7, -1).unwrap();
+        let (path, rights) = &plan.rules[0];
+        assert_eq!(path.as_bytes(), b"/");
+        *rights
+    }
+
+    #[test]
+    fn the_root_is_writable_unless_restrictive() {
+        let making = MAKE_DIR | MAKE_REG | WRITE_FILE | REMOVE_FILE;
+        assert_eq!(root_rights("moderate") & making, making);
+        assert_eq!(root_rights("permissive") & making, making);
+        assert_eq!(root_rights("restrictive") & making, 0);
+        // Device nodes are never made, whatever the profile.
+        for profile in ["permissive", "moderate", "restrictive"] {
+            assert_eq!(root_rights(profile) & ((1 << 6) | (1 << 11) | IOCTL_DEV), 0);
+        }
+    }
 
     #[test]
     fn handled_access_grows_with_abi() {

@@ -123,13 +123,35 @@ impl From<ak_core::ConfigError> for ApiError {
     }
 }
 
-/// Answer for a path no route matches.
-pub async fn not_found() -> ApiError {
+/// Endpoint families the published SDKs call that this server does not have, each with
+/// what it is, so a client learns that rather than a bare "no such endpoint".
+pub const UNIMPLEMENTED_FAMILIES: &[(&str, &str)] = &[
+    ("snapshots", "sandbox snapshots"),
+    ("orchestrations", "orchestrations"),
+    ("objects", "durable objects"),
+    ("schedules", "schedules"),
+    ("stores", "durable stores"),
+];
+
+/// Answer for every request to an endpoint family of [`UNIMPLEMENTED_FAMILIES`].
+pub fn not_implemented(what: &str) -> ApiError {
+    ApiError::NotFound(format!(
+        "{what} are not implemented in this server (this endpoint family does not exist here)"
+    ))
+}
+
+/// A request body read to its end (within the body limit) before a refusal is sent: a
+/// body left unread ends the connection under a keep-alive client's next request. One
+/// that cannot be read (over the limit) changes nothing about the refusal.
+pub type Drained = Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>;
+
+/// Answer for a path no route matches (its body drained first).
+pub async fn not_found(_body: Drained) -> ApiError {
     ApiError::NotFound("no such endpoint".into())
 }
 
 /// Answer for a known path with a method it does not take.
-pub async fn method_not_allowed() -> Response {
+pub async fn method_not_allowed(_body: Drained) -> Response {
     let mut response = (
         StatusCode::METHOD_NOT_ALLOWED,
         Json(

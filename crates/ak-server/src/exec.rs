@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::body::JsonBody;
-use crate::error::{ApiError, ErrorBody, ok};
+use crate::error::{ApiError, ok};
 use crate::output::RunResult;
 
 /// `POST /sandboxes/{name}/exec` and `…/exec/detach`.
@@ -51,10 +51,7 @@ fn exec_spec(name: &str, request: ExecRequest) -> Result<ExecSpec, ApiError> {
 /// answer, not an error. A client that goes away ends the command.
 #[utoipa::path(post, path = "/sandboxes/{name}/exec", tag = "exec", params(("name" = String, Path, description = "The sandbox's name")),
     request_body = ExecRequest,
-    responses((status = 200, description = "The command ran", body = RunResult),
-        (status = 400, description = "Bad input", body = ErrorBody),
-        (status = 404, description = "No such sandbox", body = ErrorBody),
-        (status = 409, description = "The sandbox is not running", body = ErrorBody)))]
+    responses((status = 200, description = "The command ran", body = RunResult)))]
 pub async fn exec(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -97,9 +94,7 @@ impl From<Detached> for DetachedInfo {
 /// Starts a command that runs on after the answer; the service keeps its output.
 #[utoipa::path(post, path = "/sandboxes/{name}/exec/detach", tag = "exec", params(("name" = String, Path, description = "The sandbox's name")),
     request_body = ExecRequest,
-    responses((status = 200, description = "Started", body = DetachedInfo),
-        (status = 404, description = "No such sandbox", body = ErrorBody),
-        (status = 503, description = "Too many detached commands", body = ErrorBody)))]
+    responses((status = 200, description = "Started", body = DetachedInfo)))]
 pub async fn detach(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -115,8 +110,7 @@ pub async fn detach(
 
 /// The sandbox's detached commands.
 #[utoipa::path(get, path = "/sandboxes/{name}/exec/detached", tag = "exec", params(("name" = String, Path, description = "The sandbox's name")),
-    responses((status = 200, description = "Its detached commands", body = Vec<DetachedInfo>),
-        (status = 404, description = "No such sandbox", body = ErrorBody)))]
+    responses((status = 200, description = "Its detached commands", body = Vec<DetachedInfo>)))]
 pub async fn detached_list(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -132,8 +126,7 @@ pub async fn detached_list(
 /// One detached command.
 #[utoipa::path(get, path = "/sandboxes/{name}/exec/detached/{id}", tag = "exec",
     params(("name" = String, Path, description = "The sandbox's name"), ("id" = String, Path, description = "The command's id")),
-    responses((status = 200, description = "The command", body = DetachedInfo),
-        (status = 404, description = "No such command", body = ErrorBody)))]
+    responses((status = 200, description = "The command", body = DetachedInfo)))]
 pub async fn detached_get(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,
@@ -162,8 +155,7 @@ pub struct DetachedLogs {
 /// A detached command's output so far.
 #[utoipa::path(get, path = "/sandboxes/{name}/exec/detached/{id}/logs", tag = "exec",
     params(("name" = String, Path, description = "The sandbox's name"), ("id" = String, Path, description = "The command's id"), LogsQuery),
-    responses((status = 200, description = "stdout and stderr", body = DetachedLogs),
-        (status = 404, description = "No such command", body = ErrorBody)))]
+    responses((status = 200, description = "stdout and stderr", body = DetachedLogs)))]
 pub async fn detached_logs(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,
@@ -193,8 +185,7 @@ pub async fn detached_logs(
 /// Kills a detached command (SIGKILL to its process group).
 #[utoipa::path(delete, path = "/sandboxes/{name}/exec/detached/{id}", tag = "exec",
     params(("name" = String, Path, description = "The sandbox's name"), ("id" = String, Path, description = "The command's id")),
-    responses((status = 200, description = "Killed, or already finished", body = String),
-        (status = 404, description = "No such command", body = ErrorBody)))]
+    responses((status = 200, description = "Killed, or already finished", body = String)))]
 pub async fn detached_kill(
     State(state): State<AppState>,
     Path((name, id)): Path<(String, String)>,

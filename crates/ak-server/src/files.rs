@@ -1,5 +1,8 @@
 //! Files of a running named sandbox: read, write (atomic), delete, and several writes in one
 //! request. Paths are checked by the service and resolved by the agent inside the sandbox.
+//!
+//! Every path here is absolute, as in the server the SDKs were written for: the URL's
+//! `/files/tmp/x` names `/tmp/x`, and a batch's `app/main.py` names `/app/main.py`.
 
 use std::collections::BTreeMap;
 
@@ -14,7 +17,7 @@ use ak_service::Caller;
 
 use crate::AppState;
 use crate::body::JsonBody;
-use crate::error::{ApiError, ErrorBody, ok};
+use crate::error::{ApiError, ok};
 
 /// How bytes (a file's content, a command's output) travel in JSON.
 #[derive(
@@ -47,6 +50,16 @@ impl Encoding {
     }
 }
 
+/// The absolute path a request names: the SDKs send `app/main.py` and `/app/main.py` alike
+/// for `/app/main.py` (a URL's wildcard carries no leading slash).
+fn absolute(path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_string()
+    } else {
+        format!("/{path}")
+    }
+}
+
 /// `GET /sandboxes/{name}/files/{path}`: text when the file is UTF-8, base64 otherwise.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct FileContent {
@@ -56,11 +69,8 @@ pub struct FileContent {
 }
 
 /// Reads a file of a running sandbox.
-#[utoipa::path(get, path = "/sandboxes/{name}/files/{path}", tag = "files", params(("name" = String, Path, description = "The sandbox's name"), ("path" = String, Path, description = "Absolute, or relative to the sandbox's workdir")),
-    responses((status = 200, description = "The file", body = FileContent),
-        (status = 400, description = "Bad path (e.g. '..')", body = ErrorBody),
-        (status = 404, description = "No such sandbox or file", body = ErrorBody),
-        (status = 413, description = "The file is too large", body = ErrorBody)))]
+#[utoipa::path(get, path = "/sandboxes/{name}/files/{path}", tag = "files", params(("name" = String, Path, description = "The sandbox's name"), ("path" = String, Path, description = "Absolute path inside the sandbox, without its leading slash (`tmp/x` is `/tmp/x`)")),
+    responses((status = 200, description = "The file", body = FileContent)))]
 pub async fn read(
     State(state): State<AppState>,
     Path((name, path)): Path<(String, String)>,
@@ -69,7 +79,7 @@ pub async fn read(
     let max = state.config.max_body as u64;
     let bytes = state
         .service
-        .read_file_named(Caller::Api, &name, &path, max)
+        .read_file_named(Caller::Api, &name, &absolute(&path), max)
         .await?;
     let size = bytes.len() as u64;
     let (content, encoding) = Encoding::encode(bytes);
@@ -90,10 +100,9 @@ pub struct WriteRequest {
 }
 
 /// Writes a file of a running sandbox atomically (parent directories are created).
-#[utoipa::path(put, path = "/sandboxes/{name}/files/{path}", tag = "files", params(("name" = String, Path, description = "The sandbox's name"), ("path" = String, Path, description = "Absolute, or relative to the sandbox's workdir")),
+#[utoipa::path(put, path = "/sandboxes/{name}/files/{path}", tag = "files", params(("name" = String, Path, description = "The sandbox's name"), ("path" = String, Path, description = "Absolute path inside the sandbox, without its leading slash (`tmp/x` is `/tmp/x`)")),
     request_body = WriteRequest,
-    responses((status = 200, description = "Written", body = String),
-        (status = 400, description = "Bad path or content", body = ErrorBody)))]
+    responses((status = 200, description = "Written", body = String)))]
 pub async fn write(
     State(state): State<AppState>,
     Path((name, path)): Path<(String, String)>,
@@ -108,15 +117,14 @@ pub async fn write(
     };
     state
         .service
-        .write_file_named(Caller::Api, &name, &path, &content)
+        .write_file_named(Caller::Api, &name, &absolute(&path), &content)
         .await?;
     Ok(ok("written"))
 }
 
 /// Deletes a file of a running sandbox.
-#[utoipa::path(delete, path = "/sandboxes/{name}/files/{path}", tag = "files", params(("name" = String, Path, description = "The sandbox's name"), ("path" = String, Path, description = "Absolute, or relative to the sandbox's workdir")),
-    responses((status = 200, description = "Deleted", body = String),
-        (status = 404, description = "No such sandbox or file", body = ErrorBody)))]
+#[utoipa::path(delete, path = "/sandboxes/{name}/files/{path}", tag = "files", params(("name" = String, Path, description = "The sandbox's name"), ("path" = String, Path, description = "Absolute path inside the sandbox, without its leading slash (`tmp/x` is `/tmp/x`)")),
+    responses((status = 200, description = "Deleted", body = String)))]
 pub async fn remove(
     State(state): State<AppState>,
     Path((name, path)): Path<(String, String)>,
@@ -124,12 +132,12 @@ pub async fn remove(
     validate_name(&name)?;
     state
         .service
-        .remove_file_named(Caller::Api, &name, &path)
+        .remove_file_named(Caller::Api, &name, &absolute(&path))
         .await?;
     Ok(ok("deleted"))
 }
 
-/// `POST /sandboxes/{name}/files`: UTF-8 contents by path.
+/// `POST /sandboxes/{name}/files`: UTF-8 contents by absolute path (`app/x` is `/app/x`).
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WriteManyRequest {
@@ -145,8 +153,7 @@ pub struct Written {
 /// Writes several UTF-8 files; every path is checked before anything is written.
 #[utoipa::path(post, path = "/sandboxes/{name}/files", tag = "files", params(("name" = String, Path, description = "The sandbox's name")),
     request_body = WriteManyRequest,
-    responses((status = 200, description = "How many were written", body = Written),
-        (status = 400, description = "A bad path; nothing was written", body = ErrorBody)))]
+    responses((status = 200, description = "How many were written", body = Written)))]
 pub async fn write_many(
     State(state): State<AppState>,
     Path(name): Path<String>,
@@ -154,10 +161,15 @@ pub async fn write_many(
 ) -> Result<Response, ApiError> {
     validate_name(&name)?;
     // Every path is checked before anything is written, so a bad one changes nothing.
-    for path in request.files.keys() {
+    let files: Vec<(String, &String)> = request
+        .files
+        .iter()
+        .map(|(path, content)| (absolute(path), content))
+        .collect();
+    for (path, _) in &files {
         state.service.sandbox_path(&name, path)?;
     }
-    for (path, content) in &request.files {
+    for (path, content) in &files {
         state
             .service
             .write_file_named(Caller::Api, &name, path, content.as_bytes())

@@ -21,13 +21,13 @@ use ak_core::config::SandboxOptions;
 use ak_service::Service;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 pub use crate::auth::{
     StoredToken, TOKEN_FILE, TokenCheck, TokenFileError, check_listen_address, load_or_create_token,
 };
 pub use crate::error::ApiError;
-pub use crate::openapi::ApiDoc;
+pub use crate::openapi::{ApiDoc, OPERATIONS, document as openapi_document};
 pub use crate::serve::{
     Bound, DEFAULT_HEADER_READ_TIMEOUT, Listen, ServeError, bind_private_socket,
 };
@@ -85,10 +85,17 @@ impl AppState {
 /// The whole API. Tests call it without a socket; `serve` binds it to TCP or a Unix socket.
 pub fn router(state: AppState) -> Router {
     let max_body = state.config.max_body;
-    Router::new()
+    let mut routes = Router::new();
+    for (family, what) in error::UNIMPLEMENTED_FAMILIES {
+        let refuse = move |_body: error::Drained| async move { error::not_implemented(what) };
+        routes = routes
+            .route(&format!("/{family}"), any(refuse))
+            .route(&format!("/{family}/{{*rest}}"), any(refuse));
+    }
+    routes
         .route("/health", get(info::health))
         .route("/backends", get(info::backends))
-        .route("/openapi.json", get(openapi::document))
+        .route("/openapi.json", get(openapi::serve))
         .route("/run", post(run::run))
         .route("/run/stream", post(run::run_stream))
         .route("/batch/run", post(run::batch))

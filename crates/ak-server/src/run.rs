@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::AppState;
 use crate::body::JsonBody;
-use crate::error::{ApiError, ErrorBody, ok};
+use crate::error::{ApiError, ok};
 use crate::output::{RunResult, Utf8Chunks};
 
 /// Most commands one batch may hold.
@@ -86,10 +86,7 @@ fn prepare(
 
 /// Runs a command in a fresh sandbox and answers when it ends.
 #[utoipa::path(post, path = "/run", tag = "run", request_body = RunRequest,
-    responses((status = 200, description = "The command ran (whatever its exit code)", body = RunResult),
-        (status = 400, description = "Bad input", body = ErrorBody),
-        (status = 401, description = "Missing or wrong token", body = ErrorBody),
-        (status = 413, description = "Body too large", body = ErrorBody)))]
+    responses((status = 200, description = "The command ran (whatever its exit code)", body = RunResult)))]
 pub async fn run(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<RunRequest>,
@@ -144,8 +141,7 @@ pub enum BatchResult {
 
 /// Runs several commands in parallel, each in its own fresh sandbox.
 #[utoipa::path(post, path = "/batch/run", tag = "run", request_body = BatchRequest,
-    responses((status = 200, description = "One result per command: its output or why it could not run", body = BatchResults),
-        (status = 400, description = "Bad input", body = ErrorBody)))]
+    responses((status = 200, description = "One result per command: its output or why it could not run", body = BatchResults)))]
 pub async fn batch(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<BatchRequest>,
@@ -209,8 +205,7 @@ fn client_message(error: ApiError) -> String {
 /// Runs a command in a fresh sandbox and streams Server-Sent Events as it runs:
 /// `started {pid}`, `output {data, stream}`, then `done {exit_code}` or `error {message}`.
 #[utoipa::path(post, path = "/run/stream", tag = "run", request_body = RunRequest,
-    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String),
-        (status = 400, description = "Bad input (before any event)", body = ErrorBody)))]
+    responses((status = 200, description = "An event stream", content_type = "text/event-stream", body = String)))]
 pub async fn run_stream(
     State(state): State<AppState>,
     JsonBody(request): JsonBody<RunRequest>,

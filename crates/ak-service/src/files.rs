@@ -38,6 +38,7 @@ impl Service {
             Ok(client.read_file(&path, max_bytes).await?)
         }
         .await;
+        let result = self.settled(name, result).await;
         self.audited(
             caller,
             "file_read",
@@ -67,6 +68,7 @@ impl Service {
             Ok(client.write_file(&path, content, FILE_MODE).await?)
         }
         .await;
+        let result = self.settled(name, result).await;
         self.audited(
             caller,
             "file_write",
@@ -89,6 +91,7 @@ impl Service {
             Ok(client.remove(&path, false).await?)
         }
         .await;
+        let result = self.settled(name, result).await;
         self.audited(
             caller,
             "file_remove",

@@ -334,16 +334,44 @@ impl Service {
         exec: ExecSpec,
     ) -> Result<CommandSession, ServiceError> {
         ak_core::exec::validate_argv(&exec.argv, &[])?;
-        match CommandSession::over(self.connect_named(name).await?, exec).await {
-            // The connection failed: a sandbox whose processes died just now is found
-            // failed (and released) here, rather than left recorded as running.
-            Err(error @ ServiceError::Protocol(_)) => {
-                if let Err(e) = self.inspect_named(name).await {
-                    tracing::debug!(%name, "reconciling after a failed connection: {e}");
-                }
-                Err(error)
+        let started = CommandSession::over(self.connect_named(name).await?, exec).await;
+        self.settled(name, started).await
+    }
+
+    /// `result` of a request to `name`'s agent, a failed connection looked into (see
+    /// [`Service::connection_failed`]).
+    pub(crate) async fn settled<T>(
+        &self,
+        name: &str,
+        result: Result<T, ServiceError>,
+    ) -> Result<T, ServiceError> {
+        match result {
+            Err(error) => Err(self.connection_failed(name, error).await),
+            done => done,
+        }
+    }
+
+    /// What a request to `name`'s agent that failed with `error` answers. A failed
+    /// connection is looked into: a sandbox whose processes died just now is found failed
+    /// (and released) here rather than left recorded as running, and the caller learns
+    /// that (its state, or that it is gone); only a sandbox still running leaves the
+    /// connection's own error, a fault. Other errors are the agent's answer, unchanged.
+    async fn connection_failed(&self, name: &str, error: ServiceError) -> ServiceError {
+        if !matches!(error, ServiceError::Protocol(_)) {
+            return error;
+        }
+        match self.inspect_named(name).await {
+            Ok(record) if record.state == SandboxState::Running => error,
+            Ok(record) => ServiceError::WrongState {
+                name: name.to_string(),
+                state: record.state,
+                hint: "it stopped while the request ran".into(),
+            },
+            Err(gone @ ServiceError::NotFound(_)) => gone,
+            Err(e) => {
+                tracing::debug!(%name, "reconciling after a failed connection: {e}");
+                error
             }
-            started => started,
         }
     }
 

@@ -6,9 +6,11 @@
     reason = "test helpers outside #[test] functions panic on failure by design"
 )]
 
+mod compat;
 mod http;
 mod mcp;
 mod python;
+mod schemathesis;
 mod serve;
 mod server;
 mod soak;

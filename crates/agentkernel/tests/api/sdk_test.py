@@ -62,16 +62,16 @@ def main():
         out = sb.run(["sh", "-c", "exit 4"])
         check(out.output == "", "a failing exec is an answer, not an error")
 
-        client.write_file("sdk-box", "notes/hello.txt", "héllo")
-        read = client.read_file("sdk-box", "notes/hello.txt")
+        client.write_file("sdk-box", "tmp/notes/hello.txt", "héllo")
+        read = client.read_file("sdk-box", "tmp/notes/hello.txt")
         check((read.content, read.encoding, read.size) == ("héllo", "utf8", 6), f"read: {read}")
-        written = sb.write_files({"a.txt": "A", "dir/b.txt": "B"})
+        written = sb.write_files({"workspace/a.txt": "A", "/workspace/dir/b.txt": "B"})
         check(written.written == 2, f"write_files: {written}")
         out = sb.run(["cat", "/workspace/a.txt", "/workspace/dir/b.txt"])
         check(out.output == "AB", f"files visible to commands: {out.output!r}")
-        client.delete_file("sdk-box", "a.txt")
+        client.delete_file("sdk-box", "workspace/a.txt")
         try:
-            client.read_file("sdk-box", "a.txt")
+            client.read_file("sdk-box", "workspace/a.txt")
             check(False, "a deleted file is gone")
         except NotFoundError:
             check(True, "a deleted file is gone")

@@ -56,7 +56,7 @@ fn sandboxes_over_http() {
     assert_eq!(value["data"]["output"], "0\nfrom-env\n/workspace\n");
     let (status, _) = call(
         "PUT",
-        "/sandboxes/e2e-box/files/data/in.txt",
+        "/sandboxes/e2e-box/files/workspace/data/in.txt",
         Some(json!({"content": "payload"})),
     );
     assert_eq!(status, 200);

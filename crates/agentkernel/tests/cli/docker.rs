@@ -205,6 +205,13 @@ fn docker_run_streams_output_and_exits_with_the_code() {
 }
 
 #[test]
+fn docker_sdk_file_examples_round_trip() {
+    let _host = shared_host();
+    engine();
+    crate::sdk_files::sdk_file_examples_round_trip("docker", Some(IMAGE));
+}
+
+#[test]
 fn docker_sandboxes_are_hardened() {
     let _host = shared_host();
     engine();

@@ -81,6 +81,9 @@ fn host_files_cannot_be_written() {
     assert!(!target.exists());
     assert!(!std::path::Path::new("/etc/agentkernel-canary").exists());
     assert!(std::path::Path::new("/bin/sh").exists());
+    // A new top-level entry lands in the sandbox's private root (writable unless the
+    // profile is restrictive), never on the host.
+    assert!(!std::path::Path::new("/new-top-level-file").exists());
 }
 
 #[test]

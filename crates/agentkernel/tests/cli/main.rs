@@ -20,3 +20,4 @@ mod microvm;
 mod microvm_net;
 mod named;
 mod run;
+mod sdk_files;

@@ -212,6 +212,13 @@ fn microvm_is_isolated_from_the_host() {
 }
 
 #[test]
+fn microvm_sdk_file_examples_round_trip() {
+    let _host = shared_host();
+    ready();
+    crate::sdk_files::sdk_file_examples_round_trip("microvm", None);
+}
+
+#[test]
 fn microvm_named_lifecycle_cp_and_concurrent_execs() {
     let _host = shared_host();
     ready();

@@ -119,10 +119,102 @@ async fn backends_report_probes_and_capabilities() {
             "{field}: {native}"
         );
     }
+    // What this server does not have is not claimed: no snapshots, resume, volumes, secret
+    // bindings, SSH or endpoints on any backend.
+    for backend in backends {
+        for field in [
+            "mount_home",
+            "host_volumes",
+            "ssh",
+            "proxy_secret_bindings",
+            "secret_files",
+            "snapshots",
+            "resume",
+            "full_state_pause_resume",
+            "full_state_fork",
+            "endpoints",
+        ] {
+            assert_eq!(backend["capabilities"][field], false, "{field}: {backend}");
+        }
+    }
     let docker = backends.iter().find(|b| b["backend"] == "docker").unwrap();
     assert_eq!(docker["configured"], false);
     assert_eq!(docker["usable"], false);
     assert_eq!(docker["capabilities"]["attach"], false);
+}
+
+#[tokio::test]
+async fn sdk_endpoint_families_this_server_lacks_say_so() {
+    let app = app();
+    // The routes the published SDKs call for them (Python 0.21, npm 0.18).
+    for (method, uri, family) in [
+        ("GET", "/snapshots", "snapshots"),
+        ("POST", "/snapshots", "snapshots"),
+        ("GET", "/snapshots/s1", "snapshots"),
+        ("DELETE", "/snapshots/s1", "snapshots"),
+        ("POST", "/snapshots/s1/restore", "snapshots"),
+        ("GET", "/orchestrations", "orchestrations"),
+        ("POST", "/orchestrations/o1/events", "orchestrations"),
+        ("POST", "/orchestrations/o1/terminate", "orchestrations"),
+        ("DELETE", "/orchestrations/definitions/d", "orchestrations"),
+        ("GET", "/objects", "durable objects"),
+        ("PATCH", "/objects/o1", "durable objects"),
+        ("POST", "/objects/Counter/c1/call/inc", "durable objects"),
+        ("GET", "/schedules/s1", "schedules"),
+        ("POST", "/schedules", "schedules"),
+        ("GET", "/stores", "durable stores"),
+        ("POST", "/stores/s1/query", "durable stores"),
+        ("POST", "/stores/s1/command", "durable stores"),
+    ] {
+        let message = app
+            .error(method, uri, Some(json!({})), StatusCode::NOT_FOUND)
+            .await;
+        assert!(
+            message.contains(family) && message.contains("not implemented in this server"),
+            "{method} {uri}: {message}"
+        );
+    }
+    // A body over the limit changes nothing: still the JSON refusal.
+    let huge = Request::post("/snapshots")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from(vec![b' '; ak_server::DEFAULT_MAX_BODY + 1]))
+        .unwrap();
+    let (status, value) = app.send(huge).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{value}");
+    assert!(
+        value["error"].as_str().unwrap().contains("not implemented"),
+        "{value}"
+    );
+    // Only those prefixes: a path that merely starts alike is no endpoint at all.
+    let message = app
+        .error("GET", "/snapshotsx", None, StatusCode::NOT_FOUND)
+        .await;
+    assert_eq!(message, "no such endpoint");
+}
+
+#[tokio::test]
+async fn sdk_fields_this_server_lacks_are_refused_by_name() {
+    let app = app();
+    for (field, value) in [
+        ("volumes", json!(["data:/data"])),
+        ("source_url", json!("https://example.com/r.git")),
+        ("source_ref", json!("main")),
+        ("secrets", json!(["KEY:api.example.com"])),
+        ("secret_files", json!(["KEY"])),
+    ] {
+        let mut body = json!({"name": "refused"});
+        body[field] = value;
+        let message = app
+            .error("POST", "/sandboxes", Some(body), StatusCode::BAD_REQUEST)
+            .await;
+        assert!(
+            message.starts_with(&format!("{field}: ")) && message.contains("not supported"),
+            "{field}: {message}"
+        );
+    }
+    // Nothing was created by a refused request.
+    assert_eq!(app.data("GET", "/sandboxes", None).await, json!([]));
 }
 
 #[tokio::test]
@@ -418,4 +510,88 @@ async fn openapi_document_matches_the_routes() {
         assert_ne!(status, StatusCode::METHOD_NOT_ALLOWED, "{operation}");
         assert_ne!(value["error"], "no such endpoint", "{operation}");
     }
+}
+
+#[tokio::test]
+async fn openapi_document_describes_what_is_sent() {
+    let app = app();
+    let doc = ak_server::openapi_document().unwrap();
+    // Unique operation ids, and each operation's error statuses, with the error envelope.
+    let mut ids = Vec::new();
+    for (method, path, id, errors) in ak_server::OPERATIONS {
+        let operation = &doc["paths"][path][method];
+        assert_eq!(operation["operationId"], *id, "{method} {path}");
+        ids.push(*id);
+        for status in errors.iter().flat_map(|group| group.iter()) {
+            let schema = &operation["responses"][status.to_string()]["content"]["application/json"]
+                ["schema"];
+            assert_eq!(
+                schema["$ref"], "#/components/schemas/ErrorBody",
+                "{method} {path} {status}"
+            );
+        }
+    }
+    ids.sort();
+    ids.dedup();
+    assert_eq!(
+        ids.len(),
+        ak_server::OPERATIONS.len(),
+        "operation ids are unique"
+    );
+    let error = &doc["components"]["schemas"]["ErrorBody"];
+    assert_eq!(error["properties"]["success"]["enum"], json!([false]));
+
+    // Successful answers are described inside the envelope that is sent.
+    let created = &doc["paths"]["/sandboxes"]["post"]["responses"]["201"]["content"]["application/json"]
+        ["schema"];
+    assert_eq!(created["properties"]["success"]["enum"], json!([true]));
+    assert_eq!(
+        created["properties"]["data"]["$ref"],
+        "#/components/schemas/SandboxInfo"
+    );
+    assert_eq!(created["required"], json!(["success", "data"]));
+    let (status, sent) = app
+        .call("POST", "/sandboxes", Some(json!({"name": "doc"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(sent["success"], true);
+    assert!(sent["data"]["uuid"].is_string(), "{sent}");
+    app.data("DELETE", "/sandboxes/doc", None).await;
+    // A plain string answer ("ok") is JSON in the envelope too, and documented so.
+    let health = &doc["paths"]["/health"]["get"]["responses"]["200"]["content"];
+    assert!(health.get("text/plain").is_none(), "{health}");
+    assert_eq!(
+        health["application/json"]["schema"]["properties"]["data"]["type"],
+        "string"
+    );
+
+    // The constraints the server enforces.
+    let schemas = &doc["components"]["schemas"];
+    let create = &schemas["CreateRequest"]["properties"];
+    assert_eq!(create["name"]["pattern"], ak_core::spec::NAME_PATTERN);
+    assert_eq!(
+        create["profile"]["enum"],
+        json!(["permissive", "moderate", "restrictive", null])
+    );
+    assert_eq!(create["backend"]["enum"][0], "native");
+    assert_eq!(create["vcpus"]["minimum"], 1);
+    assert_eq!(create["memory_mb"]["minimum"], 8);
+    assert_eq!(create["volumes"]["maxItems"], 0);
+    assert_eq!(create["source_url"]["type"], "null");
+    for request in ["RunRequest", "ExecRequest", "BatchCommand"] {
+        assert_eq!(
+            schemas[request]["properties"]["command"]["minItems"], 1,
+            "{request}"
+        );
+    }
+    assert_eq!(
+        schemas["BatchRequest"]["properties"]["commands"]["maxItems"],
+        64
+    );
+    let name = &doc["paths"]["/sandboxes/{name}"]["get"]["parameters"][0];
+    assert_eq!(
+        name["schema"]["pattern"],
+        ak_core::spec::NAME_PATTERN,
+        "{name}"
+    );
 }

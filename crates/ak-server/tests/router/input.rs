@@ -211,14 +211,14 @@ async fn traversal_in_file_paths_is_refused() {
     app.error(
         "POST",
         "/sandboxes/files-box/files",
-        Some(json!({"files": {"ok.txt": "fine", "../escape.txt": "no"}})),
+        Some(json!({"files": {"tmp/ok.txt": "fine", "tmp/../escape.txt": "no"}})),
         StatusCode::BAD_REQUEST,
     )
     .await;
     // The good file of the refused batch was not written either.
     app.error(
         "GET",
-        "/sandboxes/files-box/files/ok.txt",
+        "/sandboxes/files-box/files/tmp/ok.txt",
         None,
         StatusCode::NOT_FOUND,
     )
@@ -234,7 +234,7 @@ async fn traversal_in_file_paths_is_refused() {
     assert_eq!(data["exit_code"], 0, "{data}");
     app.error(
         "GET",
-        "/sandboxes/files-box/files/up/etc/hostname",
+        "/sandboxes/files-box/files/workspace/up/etc/hostname",
         None,
         StatusCode::NOT_FOUND,
     )

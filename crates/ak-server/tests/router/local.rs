@@ -12,9 +12,13 @@ use ak_core::{Backend, BackendError, BackendKind, BackendProbe, Sandbox, Sandbox
 /// The running agents by sandbox id, each with the directory that is its root.
 type Running = Arc<Mutex<HashMap<String, (Agent, Arc<tempfile::TempDir>)>>>;
 
+/// Sandboxes that die the next time a connection to them is made.
+type Dying = Arc<Mutex<std::collections::HashSet<String>>>;
+
 #[derive(Debug, Default)]
 pub struct LocalBackend {
     running: Running,
+    dying: Dying,
     /// Each creation blocks its thread this long, as a real backend's system calls do.
     blocking_create: Option<std::time::Duration>,
     /// The threads creations ran on.
@@ -33,6 +37,12 @@ impl LocalBackend {
     /// The threads creations ran on, so far.
     pub fn create_threads(&self) -> Vec<std::thread::ThreadId> {
         self.create_threads.lock().unwrap().clone()
+    }
+
+    /// Sandbox `id` dies while the next connection to it is made: the connection breaks
+    /// and the sandbox is gone, as when its processes are killed at that moment.
+    pub fn dies_on_next_connect(&self, id: &str) {
+        self.dying.lock().unwrap().insert(id.to_string());
     }
 
     /// Sandboxes created and not yet released.
@@ -87,6 +97,7 @@ impl Backend for LocalBackend {
             id: spec.id.clone(),
             agent,
             running: self.running.clone(),
+            dying: self.dying.clone(),
         }))
     }
 
@@ -99,6 +110,7 @@ impl Backend for LocalBackend {
             id: handle.id.clone(),
             agent,
             running: self.running.clone(),
+            dying: self.dying.clone(),
         }))
     }
 
@@ -115,6 +127,7 @@ struct LocalSandbox {
     id: String,
     agent: Agent,
     running: Running,
+    dying: Dying,
 }
 
 #[async_trait::async_trait]
@@ -133,6 +146,13 @@ impl Sandbox for LocalSandbox {
 
     async fn connect(&mut self) -> Result<Box<dyn Transport>, BackendError> {
         let (host, guest) = tokio::net::UnixStream::pair()?;
+        if self.dying.lock().unwrap().remove(&self.id) {
+            if let Some((agent, _root)) = self.running.lock().unwrap().remove(&self.id) {
+                agent.shutdown();
+            }
+            drop(guest);
+            return Ok(Box::new(host));
+        }
         let agent = self.agent.clone();
         tokio::spawn(async move { agent.serve_connection(guest).await });
         Ok(Box::new(host))

@@ -191,38 +191,58 @@ async fn files_round_trip() {
     assert_eq!(
         app.data(
             "PUT",
-            "/sandboxes/filer/files/notes/hello.txt",
+            "/sandboxes/filer/files/app/notes/hello.txt",
             Some(json!({"content": "héllo\n", "encoding": "utf8"})),
         )
         .await,
         "written"
     );
     let file = app
-        .data("GET", "/sandboxes/filer/files/notes/hello.txt", None)
+        .data("GET", "/sandboxes/filer/files/app/notes/hello.txt", None)
         .await;
     assert_eq!(
         file,
         json!({"content": "héllo\n", "encoding": "utf8", "size": 7})
     );
-    // Absolute paths (the SDK's `//workspace/...`) name the same file.
+    // Paths are absolute, with or without their leading slash (`//app/…` is `/app/…`),
+    // never taken from the workdir.
     let file = app
-        .data(
-            "GET",
-            "/sandboxes/filer/files//workspace/notes/hello.txt",
-            None,
-        )
+        .data("GET", "/sandboxes/filer/files//app/notes/hello.txt", None)
         .await;
     assert_eq!(file["content"], "héllo\n");
+    app.error(
+        "GET",
+        "/sandboxes/filer/files/workspace/app/notes/hello.txt",
+        None,
+        StatusCode::NOT_FOUND,
+    )
+    .await;
+    // The SDKs' README example: a batch with leading slashes, read back without.
+    let written = app
+        .data(
+            "POST",
+            "/sandboxes/filer/files",
+            Some(json!({"files": {
+                "/app/index.js": "console.log('hi')",
+                "/app/package.json": "{\"name\":\"app\"}",
+            }})),
+        )
+        .await;
+    assert_eq!(written, json!({"written": 2}));
+    let file = app
+        .data("GET", "/sandboxes/filer/files/app/index.js", None)
+        .await;
+    assert_eq!(file["content"], "console.log('hi')");
 
     // Binary content travels as base64 both ways.
     app.data(
         "PUT",
-        "/sandboxes/filer/files/bin.dat",
+        "/sandboxes/filer/files/tmp/bin.dat",
         Some(json!({"content": "AP8Q", "encoding": "base64"})),
     )
     .await;
     let file = app
-        .data("GET", "/sandboxes/filer/files/bin.dat", None)
+        .data("GET", "/sandboxes/filer/files/tmp/bin.dat", None)
         .await;
     assert_eq!(
         file,
@@ -240,7 +260,7 @@ async fn files_round_trip() {
         .data(
             "POST",
             "/sandboxes/filer/files",
-            Some(json!({"files": {"a.txt": "A", "dir/b.txt": "B"}})),
+            Some(json!({"files": {"/workspace/a.txt": "A", "workspace/dir/b.txt": "B"}})),
         )
         .await;
     assert_eq!(written, json!({"written": 2}));
@@ -254,27 +274,27 @@ async fn files_round_trip() {
     assert_eq!(data["output"], "AB");
 
     assert_eq!(
-        app.data("DELETE", "/sandboxes/filer/files/a.txt", None)
+        app.data("DELETE", "/sandboxes/filer/files/workspace/a.txt", None)
             .await,
         "deleted"
     );
     app.error(
         "GET",
-        "/sandboxes/filer/files/a.txt",
+        "/sandboxes/filer/files/workspace/a.txt",
         None,
         StatusCode::NOT_FOUND,
     )
     .await;
     app.error(
         "DELETE",
-        "/sandboxes/filer/files/a.txt",
+        "/sandboxes/filer/files/workspace/a.txt",
         None,
         StatusCode::NOT_FOUND,
     )
     .await;
     app.error(
         "GET",
-        "/sandboxes/filer/files/dir",
+        "/sandboxes/filer/files/workspace/dir",
         None,
         StatusCode::BAD_REQUEST,
     )
@@ -523,4 +543,42 @@ async fn concurrent_requests_on_one_name() {
             .iter()
             .all(|s| *s == StatusCode::OK || *s == StatusCode::NOT_FOUND)
     );
+}
+
+#[tokio::test]
+async fn a_sandbox_that_dies_during_a_request_answers_with_its_state() {
+    let backend = std::sync::Arc::new(crate::local::LocalBackend::default());
+    let state_dir = tempfile::tempdir().unwrap();
+    let service = ak_service::Service::new(
+        vec![backend.clone() as std::sync::Arc<dyn ak_core::Backend>],
+        state_dir.path().join("registry.db"),
+    );
+    let mut app = crate::app_over(service);
+    app.state_dir = state_dir;
+    for (method, uri, body) in [
+        ("GET", "/sandboxes/doomed/files/tmp/x", None),
+        (
+            "PUT",
+            "/sandboxes/doomed/files/tmp/x",
+            Some(json!({"content": "x"})),
+        ),
+        (
+            "POST",
+            "/sandboxes/doomed/exec",
+            Some(json!({"command": ["true"]})),
+        ),
+    ] {
+        app.sandbox("doomed").await;
+        let uuid = app.data("GET", "/sandboxes/doomed", None).await["uuid"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        backend.dies_on_next_connect(&uuid);
+        // Not a fault (500): the sandbox's state, found when the connection broke.
+        let message = app.error(method, uri, body, StatusCode::CONFLICT).await;
+        assert!(message.contains("failed"), "{method} {uri}: {message}");
+        let info = app.data("GET", "/sandboxes/doomed", None).await;
+        assert_eq!(info["state"], "failed", "{info}");
+        app.data("DELETE", "/sandboxes/doomed", None).await;
+    }
 }
