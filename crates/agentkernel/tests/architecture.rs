@@ -16,6 +16,10 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("ak-native", &["ak-core", "ak-netif", "ak-protocol"]),
         ("ak-docker", &["ak-core"]),
         ("ak-microvm", &["ak-core", "ak-netif"]),
+        // The one sideways edge: a gVisor sandbox is the native sandbox's policy under
+        // another kernel, so it takes the native backend's seccomp deny-list and its
+        // user-mode network helper rather than a second copy of either.
+        ("ak-gvisor", &["ak-core", "ak-native"]),
         ("ak-service", &["ak-core", "ak-protocol"]),
         // The harness drives the CLI as a user would; it links only the shared types
         // (where backends keep their runtime state, for the leak check).
@@ -29,6 +33,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
                 "ak-bench",
                 "ak-core",
                 "ak-docker",
+                "ak-gvisor",
                 "ak-microvm",
                 "ak-native",
                 "ak-protocol",

@@ -87,6 +87,17 @@ impl MountPoints<'_> {
     }
 }
 
+/// runsc's `--overlay2` for `spec`: a writable root gets an overlay in the sandbox's own
+/// memory (counted against its limit; the root directory of ours on the host stays as it
+/// was made), a read-only one none.
+pub fn root_overlay(spec: &SandboxSpec) -> &'static str {
+    if spec.policy.writable_root() {
+        "--overlay2=root:memory"
+    } else {
+        "--overlay2=none"
+    }
+}
+
 /// What a bundle needs besides the spec.
 #[derive(Debug, Clone)]
 pub struct Bundle<'a> {
@@ -209,11 +220,8 @@ impl Bundle<'_> {
                 || (host_image && TOP_LEVEL_REPLACED.contains(&name));
             if !replaced {
                 points.binds.insert(name.to_string());
-                mounts.push(bind(
-                    &source,
-                    &format!("/{name}"),
-                    spec.policy.read_only_root,
-                )?);
+                // The image itself is never written, whatever the profile.
+                mounts.push(bind(&source, &format!("/{name}"), true)?);
             }
         }
         // Writable scratch places, as large as the memory limit (tmpfs in gVisor is the
@@ -412,7 +420,10 @@ impl Bundle<'_> {
             .root(
                 RootBuilder::default()
                     .path(rootfs)
-                    .readonly(spec.policy.read_only_root)
+                    // Writable unless restrictive, as on the native backend: new top-level
+                    // places (`/app`) go to the root's overlay in gVisor's memory (see
+                    // `root_overlay`), never to the root directory on the host.
+                    .readonly(!spec.policy.writable_root())
                     .build()
                     .map_err(error)?,
             )

@@ -231,8 +231,7 @@ impl GvisorBackend {
             } else {
                 "--network=none"
             })
-            // The root stays as the image is: read-only, no overlay file next to it.
-            .arg("--overlay2=none")
+            .arg(bundle::root_overlay(spec))
             .arg("run")
             .arg(format!("--bundle={}", dir.display()));
         if lifetime == Lifetime::Persistent {
