@@ -201,3 +201,9 @@ fn a_killed_daemon_lets_its_command_finish_and_leaves_nothing_after_the_next_swe
     assert_code(&run(Mode::Root, &["--no-network"], &["true"]), 0);
     crate::common::assert_no_leaks(&before);
 }
+
+#[test]
+fn the_sdk_file_examples_round_trip() {
+    let _host = shared_host();
+    crate::sdk_files::sdk_file_examples_round_trip("gvisor", None);
+}

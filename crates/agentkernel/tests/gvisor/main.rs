@@ -20,5 +20,7 @@ mod escape;
 mod named;
 #[path = "../cli/run.rs"]
 mod run;
+#[path = "../cli/sdk_files.rs"]
+mod sdk_files;
 
 mod gvisor;
