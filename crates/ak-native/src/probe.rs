@@ -25,8 +25,8 @@ pub struct HostFeatures {
     /// `CgroupLayout::describe()` of this host.
     pub cgroups: String,
     pub cgroups_usable: Result<(), String>,
-    /// Whether moving a process into a cgroup is fast here (see [`fast_cgroup_migration`]).
-    pub cgroup_migration: String,
+    /// How a sandbox's processes enter its cgroups (see [`CGROUP_ENTRY`]).
+    pub cgroup_entry: &'static str,
     pub kvm: KvmSupport,
     pub running_as_root: bool,
 }
@@ -71,9 +71,7 @@ impl HostFeatures {
             mount_setattr: probe_mount_setattr(),
             cgroups: cgroups.describe(),
             cgroups_usable: cgroups.usable(),
-            cgroup_migration: std::fs::read_to_string("/proc/self/mountinfo")
-                .map(|text| describe_cgroup_migration(fast_cgroup_migration(&text)))
-                .unwrap_or_else(|e| format!("unknown: {e}")),
+            cgroup_entry: CGROUP_ENTRY,
             kvm: KvmSupport::detect(),
             running_as_root,
         };
@@ -82,31 +80,11 @@ impl HostFeatures {
     }
 }
 
-/// Whether a cgroup2 hierarchy is mounted with `favordynmods`. Without it, every move of a
-/// process into a cgroup (each sandbox start) waits for an RCU grace period, about 10 ms on
-/// a 100 Hz kernel; with it the move costs about 0.1 ms.
-pub fn fast_cgroup_migration(mountinfo: &str) -> bool {
-    mountinfo.lines().any(|line| {
-        let Some((_, after)) = line.split_once(" - ") else {
-            return false;
-        };
-        let mut fields = after.split_whitespace();
-        fields.next() == Some("cgroup2")
-            && fields
-                .nth(1)
-                .is_some_and(|options| options.split(',').any(|o| o == "favordynmods"))
-    })
-}
-
-fn describe_cgroup_migration(fast: bool) -> String {
-    if fast {
-        "fast (cgroup2 mounted with favordynmods)".into()
-    } else {
-        "slow: each sandbox start waits for an RCU grace period (~10 ms); as root, \
-         `mount -o remount,favordynmods` the cgroup2 mount to fix"
-            .into()
-    }
-}
+/// How sandboxes enter their cgroups, for `status`. No process is ever moved into one by
+/// another (the move that waits for an RCU grace period unless cgroup2 is mounted with
+/// `favordynmods`), so that mount option, once recommended here, makes no difference.
+pub const CGROUP_ENTRY: &str = "at creation (clone3 into the v2 cgroup; v1 ones joined by the \
+     sandbox's first thread): no host tweak needed, favordynmods makes no difference";
 
 /// Whether `/proc/self/status` has a `Seccomp:` line (kernels built with seccomp).
 fn parse_status_seccomp(status: &str) -> bool {
@@ -233,17 +211,6 @@ mod tests {
         // The Debian switch does not apply to root.
         assert_eq!(userns_sysctl_block(Some("10\n"), Some("0\n"), true), None);
         assert_eq!(userns_sysctl_block(None, Some("1\n"), false), None);
-    }
-
-    #[test]
-    fn favordynmods_is_found_on_cgroup2_only() {
-        let fast =
-            "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,favordynmods\n";
-        let slow = "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
-                    30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,favordynmods\n";
-        assert!(fast_cgroup_migration(fast));
-        assert!(!fast_cgroup_migration(slow));
-        assert!(!fast_cgroup_migration(""));
     }
 
     #[test]
