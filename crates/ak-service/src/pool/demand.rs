@@ -18,6 +18,11 @@ const HEADROOM: f64 = 2.0;
 const FIRST_REFILL_GUESS: Duration = Duration::from_millis(20);
 /// The newest build time counts for 1/REFILL_SMOOTHING of the moving average.
 const REFILL_SMOOTHING: u32 = 4;
+/// From this request rate on (one every 50 ms, the daemon's maintenance tick) a spare taken
+/// is replaced at once instead of at the next tick, which would leave the pool empty for
+/// most of a burst. Slower than this, the replacement waits for the tick, so that it does
+/// not compete for the CPUs with the very run that took the spare.
+const BUSY_RATE: f64 = 20.0;
 /// Spares beyond the target are released after this long without a request, so that an
 /// idle pool shrinks back to `min_warm` but a pause within a burst keeps its spares.
 pub(super) const IDLE_AFTER: Duration = Duration::from_secs(5);
@@ -90,6 +95,11 @@ impl Demand {
         let expected = (self.rate(now) * build * HEADROOM).ceil();
         // `as` saturates; max_warm bounds it anyway.
         (expected as usize).max(min_warm).min(max_warm)
+    }
+
+    /// Whether requests come faster than [`BUSY_RATE`].
+    pub(super) fn busy(&self, now: Instant) -> bool {
+        self.rate(now) >= BUSY_RATE
     }
 
     /// Whether no request came for [`IDLE_AFTER`] (or ever).
@@ -175,6 +185,19 @@ mod tests {
         // ... but surplus spares are only released once the pool has been idle a while.
         assert!(!demand.idle(later));
         assert!(demand.idle(end + IDLE_AFTER));
+    }
+
+    #[test]
+    fn back_to_back_requests_are_busy_and_paused_ones_are_not() {
+        let start = Instant::now();
+        let mut paused = Demand::default();
+        let now = requests(&mut paused, start, 10, 150 * MS);
+        assert!(!paused.busy(now));
+        let mut back_to_back = Demand::default();
+        let now = requests(&mut back_to_back, start, 2, 30 * MS);
+        assert!(back_to_back.busy(now));
+        // The same pool once the requests stop.
+        assert!(!back_to_back.busy(now + WINDOW + MS));
     }
 
     #[test]

@@ -173,10 +173,11 @@ pub struct Pools {
     /// only makes each slower). Callers wait for a slot in turn; a spare is only started
     /// when a slot is free and no caller waits for one.
     build_slots: tokio::sync::Semaphore,
+    cpus: usize,
     /// Callers waiting for a build slot right now.
     callers_queued: AtomicUsize,
-    /// Woken when a pool falls short of a raised target, so that a burst is answered at
-    /// once rather than at the next maintenance tick.
+    /// Woken when a busy pool hands out a spare, so that a burst is answered at once
+    /// rather than at the next maintenance tick.
     short: tokio::sync::Notify,
     /// What pool sizing takes as the time: the real clock, or a test's.
     clock: Clock,
@@ -334,13 +335,13 @@ fn fresh(template: &SandboxSpec) -> SandboxSpec {
 
 impl Pools {
     pub fn new(config: PoolConfig) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         Pools {
             config,
             pools: Mutex::new(HashMap::new()),
             released: tokio::sync::Notify::new(),
-            build_slots: tokio::sync::Semaphore::new(
-                std::thread::available_parallelism().map_or(1, usize::from),
-            ),
+            build_slots: tokio::sync::Semaphore::new(cpus),
+            cpus,
             callers_queued: AtomicUsize::new(0),
             short: tokio::sync::Notify::new(),
             clock: Clock(Arc::new(Instant::now)),
@@ -358,6 +359,7 @@ impl Pools {
     #[cfg(test)]
     fn with_refill_parallelism(mut self, parallelism: usize) -> Self {
         self.build_slots = tokio::sync::Semaphore::new(parallelism.max(1));
+        self.cpus = parallelism.max(1);
         self
     }
 
@@ -429,9 +431,8 @@ impl Pools {
                 pool.template.get_or_insert_with(|| fresh(spec));
                 let now = self.clock.now();
                 pool.demand.record_request(now);
-                // During a burst the next pass must not wait for its tick; at the minimum
-                // it may (a refill started at once competes with this very run).
-                if pool.target(&self.config, now) > self.config.min_warm {
+                // During a burst the replacement must not wait for the next tick.
+                if pool.demand.busy(now) {
                     self.short.notify_one();
                 }
                 if let Some(sandbox) = pool.spares.pop_front() {
@@ -541,7 +542,7 @@ impl Pools {
 
     /// Destroys handed-out sandboxes whose command is done, releases the spares an idle
     /// pool no longer needs, and builds spares up to each pool's target, within
-    /// `max_total`, several at once (see [`Pools::build_slots`]). Call it periodically,
+    /// `max_total`, several at once (see [`Pools::refill_budget`]). Call it periodically,
     /// and when [`Pools::short`] wakes.
     pub async fn maintain(&self, service: &Service) {
         let started = Instant::now();
@@ -550,7 +551,10 @@ impl Pools {
             self.release_finished().await;
             // A pass ends after a while even under steady demand, so that a stop request
             // (taken between passes) is not held up; the next pass carries on.
-            while started.elapsed() < MAX_PASS && self.callers_queued.load(Ordering::SeqCst) == 0 {
+            while started.elapsed() < MAX_PASS
+                && self.callers_queued.load(Ordering::SeqCst) == 0
+                && builds.len() < self.refill_budget()
+            {
                 let Ok(slot) = self.build_slots.try_acquire() else {
                     break;
                 };
@@ -563,6 +567,16 @@ impl Pools {
                 return;
             }
         }
+    }
+
+    /// Spares that may be built at once: the CPUs that the commands of handed-out sandboxes
+    /// leave free, but always one (such commands may well be idle).
+    fn refill_budget(&self) -> usize {
+        let running: usize = lock(&self.pools)
+            .values()
+            .map(|pool| pool.in_use.len() + pool.taken)
+            .sum();
+        self.cpus.saturating_sub(running).max(1)
     }
 
     /// Destroys handed-out sandboxes whose command is done, and the spares beyond its
@@ -599,7 +613,7 @@ impl Pools {
         self.released.notify_waiters();
     }
 
-    /// Wakes when a pool falls short of a target raised by a burst.
+    /// Wakes when a busy pool hands out a spare (see `Demand::busy`).
     pub async fn short(&self) {
         self.short.notified().await
     }
