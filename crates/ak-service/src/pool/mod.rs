@@ -3,9 +3,10 @@
 //! the connection) and replaced in the background; it is never given to anyone else.
 //!
 //! Each pool holds as many spares as its recent requests call for (see [`demand`]):
-//! more during a burst, back to `min_warm` once idle. Spares are built several at a time,
-//! up to the host's CPUs, but only on CPUs no caller's own build is using; a caller that
-//! finds no spare ready takes one that is being built rather than building another.
+//! more during a burst, back to `min_warm` once idle. Builds take one of a slot per CPU;
+//! callers that must build their own queue for slots ahead of spares, and spares use only
+//! the CPUs that handed-out sandboxes' commands leave free. A caller that finds no spare
+//! ready takes one that is being built rather than building another.
 
 mod demand;
 
