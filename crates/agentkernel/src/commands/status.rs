@@ -75,6 +75,7 @@ fn render(report: &StatusReport) -> String {
         out.push_str(&format!("                  not usable: {reason}\n"));
     }
     out.push_str(&format!("  cgroup entry    {}\n", host.cgroup_entry));
+    out.push_str(&format!("  runtime dir     {}\n", host.runtime_dir));
     out.push_str(&format!("  kvm             {}\n", host.kvm.describe()));
     out
 }
