@@ -9,10 +9,13 @@ baseline in one hyperfine run, as ratios (these machines are noisy):
 - pooled runs at concurrency 8 (target: at least 300 runs/s, no errors);
 - the pool's hit rate and refill time from `daemon status --json`.
 
-Usage: scripts/bench-native-speed.py [--runs N] [--baseline OLD_AGENTKERNEL]
+Usage: scripts/bench-native-speed.py [--runs N] [--build AGENTKERNEL] [--baseline OLD_AGENTKERNEL]
 With --baseline (another build's agentkernel, its ak-agent beside it), the same
 measurements are made for it too: the cold lines in the same hyperfine run, the daemon
-lines right after. Needs root (or delegated cgroups), hyperfine, bubblewrap, slirp4netns and
+lines right after. Compare copies made at the same time (`cp` each build's agentkernel and
+ak-agent into a directory of its own just before): here a binary just written by the linker,
+or a copy made an hour earlier, starts up to 0.3 ms slower than a fresh copy of itself (the
+state of its pages in the page cache), which is as much as some changes gain. Needs root (or delegated cgroups), hyperfine, bubblewrap, slirp4netns and
 a release build. Uses private state directories. Writes
 benchmark-results/native_speed_<time>.json.
 """
@@ -96,9 +99,10 @@ def ratio(line, base):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=60, help="cold runs per command")
+    parser.add_argument("--build", default=BIN, help="the agentkernel to measure")
     parser.add_argument("--baseline", help="another build's agentkernel to compare with")
     args = parser.parse_args()
-    builds = [("this build", BIN)]
+    builds = [("this build", os.path.abspath(args.build))]
     if args.baseline:
         builds.append(("baseline", os.path.abspath(args.baseline)))
     for _, binary in builds:
