@@ -438,3 +438,44 @@ async fn spares_wait_while_callers_build_their_own() {
         pools.status()
     );
 }
+
+#[tokio::test]
+async fn a_busy_pool_wakes_its_maintenance_at_once_and_a_paused_one_waits_for_the_tick() {
+    let config = PoolConfig {
+        min_warm: 1,
+        max_warm: 4,
+        max_total: 64,
+    };
+    let start = Instant::now();
+    let offset_ms = Arc::new(AtomicU64::new(0));
+    let clock = {
+        let offset_ms = offset_ms.clone();
+        move || start + Duration::from_millis(offset_ms.load(Ordering::SeqCst))
+    };
+    let (_backend, service, _, spec) = setup(config);
+    let pools = Arc::new(Pools::new(config).with_clock(clock));
+    let woken = |pools: &Arc<Pools>| {
+        let pools = pools.clone();
+        tokio::spawn(async move { pools.short().await })
+    };
+
+    // Requests 150 ms apart (under 20/s): the replacement waits for the tick.
+    let wake = woken(&pools);
+    tokio::task::yield_now().await;
+    for i in 0..3 {
+        offset_ms.store(i * 150, Ordering::SeqCst);
+        drop(pools.acquire(&service, &spec).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!wake.is_finished(), "a paused pool woke its maintenance");
+
+    // Two requests 10 ms apart: busy, so the maintenance is woken at once.
+    offset_ms.store(2_000, Ordering::SeqCst);
+    drop(pools.acquire(&service, &spec).await.unwrap());
+    offset_ms.store(2_010, Ordering::SeqCst);
+    drop(pools.acquire(&service, &spec).await.unwrap());
+    tokio::time::timeout(Duration::from_secs(2), wake)
+        .await
+        .expect("a busy pool wakes its maintenance")
+        .unwrap();
+}
