@@ -31,10 +31,11 @@ pub(crate) enum Step {
     Seccomp,
     Exec,
     Session,
+    CgroupJoin,
 }
 
 impl Step {
-    pub(crate) const ALL: [Step; 16] = [
+    pub(crate) const ALL: [Step; 17] = [
         Step::Sync,
         Step::Credentials,
         Step::Namespaces,
@@ -51,6 +52,7 @@ impl Step {
         Step::Seccomp,
         Step::Exec,
         Step::Session,
+        Step::CgroupJoin,
     ];
 
     pub(crate) fn describe(code: u32, ops: &[Op]) -> String {
@@ -74,6 +76,7 @@ impl Step {
             Some(Step::Seccomp) => "install the seccomp filter".into(),
             Some(Step::Exec) => "execute the agent".into(),
             Some(Step::Session) => "start a new session".into(),
+            Some(Step::CgroupJoin) => "join the sandbox's cgroups".into(),
             None => format!("unknown step {code}"),
         }
     }
@@ -97,6 +100,9 @@ pub(crate) struct ChildPlan {
     /// Capabilities removed from the bounding set.
     pub drop_caps: Vec<u32>,
     pub agent_fd: RawFd,
+    /// v1 `tasks` files of the sandbox's cgroups: the child moves itself (`0`) into each
+    /// before anything else, so everything it does is charged and limited there.
+    pub cgroup_join: Vec<RawFd>,
     /// Left open across exec: the agent's end of the control socket (ephemeral), or its
     /// listening socket and the runtime directory's lock (persistent).
     pub inherit_fds: Vec<RawFd>,
@@ -152,11 +158,20 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
     // SAFETY (whole function): plain system calls on NUL-terminated strings and stack
     // buffers prepared by the parent; nothing here allocates.
     unsafe {
+        // Only this thread exists here, so moving itself needs no lock that would wait
+        // for an RCU grace period (see `SandboxCgroup::entry`).
+        for &fd in &plan.cgroup_join {
+            if libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
+                return Err((Step::CgroupJoin as u32, errno()));
+            }
+            libc::close(fd);
+        }
         for &fd in &plan.parent_fds {
             libc::close(fd);
         }
         // First go: the id maps are written, so files we create have owners.
         wait_for_parent(plan.sync_fd)?;
+        libc::close(plan.sync_fd);
 
         if plan.new_session {
             check(Step::Session, libc::setsid() as libc::c_long)?;
@@ -295,11 +310,8 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
                 0,
             ) as libc::c_long,
         )?;
-        // Second go: the parent has placed us in our cgroups (it did so while we were
-        // building the root); only now may the agent, and so untrusted code, run. The
-        // cgroup namespace is made after that move, so that its root is our own cgroup.
-        wait_for_parent(plan.sync_fd)?;
-        libc::close(plan.sync_fd);
+        // We joined our cgroups first thing, so the cgroup namespace made now has our own
+        // cgroup as its root.
         if plan.cgroup_namespace {
             check(
                 Step::CgroupNamespace,

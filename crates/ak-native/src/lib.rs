@@ -199,17 +199,29 @@ impl NativeBackend {
             Lifetime::Persistent => Some(PersistentEnds::open(&rundir)?),
         };
 
-        let mut cgroup = None;
-        let mut before_release = |pid: u32| -> Result<(), NativeError> {
-            if prepared.cgroups_usable.is_ok() {
-                let created = cgroup.insert(SandboxCgroup::create(
-                    self.cgroup_layout(),
-                    &spec.id,
-                    &spec.resources,
-                )?);
-                created.add_process(pid)?;
+        // Created with its limits before the clone, so that the child starts in it. A
+        // failed `create` leaves nothing behind; a cgroup that cannot be entered is removed.
+        let (cgroup, entry) = match &prepared.cgroups_usable {
+            Ok(()) => {
+                let entered =
+                    SandboxCgroup::create(self.cgroup_layout(), &spec.id, &spec.resources)
+                        .map_err(NativeError::from)
+                        .and_then(|cgroup| match cgroup.entry() {
+                            Ok(entry) => Ok((Some(cgroup), Some(entry))),
+                            Err(error) => {
+                                let _ = cgroup.remove();
+                                Err(error.into())
+                            }
+                        });
+                match entered {
+                    Ok(entered) => entered,
+                    Err(error) => {
+                        let _ = rundir.remove();
+                        return Err(error);
+                    }
+                }
             }
-            Ok(())
+            Err(_) => (None, None),
         };
         // An ephemeral sandbox's network helper starts as soon as the child has its network
         // namespace; a persistent sandbox's is detached from us and starts afterwards.
@@ -243,7 +255,7 @@ impl NativeBackend {
             hold_fd: rundir.lock_fd().ok_or_else(|| {
                 NativeError::InvalidSpec("a new runtime directory is always locked".into())
             })?,
-            before_release: &mut before_release,
+            cgroup: entry.as_ref(),
             after_netns,
         });
         tracing::debug!(elapsed = ?started.elapsed(), "sandbox init running the agent");
@@ -261,6 +273,7 @@ impl NativeBackend {
             }
         };
         drop(persistent_ends);
+        drop(entry);
         match lifetime {
             Lifetime::Ephemeral => {
                 let mut sandbox = NativeSandbox {

@@ -25,8 +25,10 @@ pub struct HostFeatures {
     /// `CgroupLayout::describe()` of this host.
     pub cgroups: String,
     pub cgroups_usable: Result<(), String>,
-    /// Whether moving a process into a cgroup is fast here (see [`fast_cgroup_migration`]).
-    pub cgroup_migration: String,
+    /// How a sandbox's processes enter its cgroups (see [`CGROUP_ENTRY`]).
+    pub cgroup_entry: &'static str,
+    /// Where sandboxes' runtime directories go, and whether that is a tmpfs.
+    pub runtime_dir: String,
     pub kvm: KvmSupport,
     pub running_as_root: bool,
 }
@@ -71,9 +73,8 @@ impl HostFeatures {
             mount_setattr: probe_mount_setattr(),
             cgroups: cgroups.describe(),
             cgroups_usable: cgroups.usable(),
-            cgroup_migration: std::fs::read_to_string("/proc/self/mountinfo")
-                .map(|text| describe_cgroup_migration(fast_cgroup_migration(&text)))
-                .unwrap_or_else(|e| format!("unknown: {e}")),
+            cgroup_entry: CGROUP_ENTRY,
+            runtime_dir: describe_runtime_dir(&crate::rundir::runtime_base()),
             kvm: KvmSupport::detect(),
             running_as_root,
         };
@@ -82,29 +83,37 @@ impl HostFeatures {
     }
 }
 
-/// Whether a cgroup2 hierarchy is mounted with `favordynmods`. Without it, every move of a
-/// process into a cgroup (each sandbox start) waits for an RCU grace period, about 10 ms on
-/// a 100 Hz kernel; with it the move costs about 0.1 ms.
-pub fn fast_cgroup_migration(mountinfo: &str) -> bool {
-    mountinfo.lines().any(|line| {
-        let Some((_, after)) = line.split_once(" - ") else {
-            return false;
-        };
-        let mut fields = after.split_whitespace();
-        fields.next() == Some("cgroup2")
-            && fields
-                .nth(1)
-                .is_some_and(|options| options.split(',').any(|o| o == "favordynmods"))
-    })
+/// How sandboxes enter their cgroups, for `status`. No process is ever moved into one by
+/// another (the move that waits for an RCU grace period unless cgroup2 is mounted with
+/// `favordynmods`), so that mount option, once recommended here, makes no difference.
+pub const CGROUP_ENTRY: &str = "at creation (clone3 into the v2 cgroup; v1 ones joined by the \
+     sandbox's first thread): no host tweak needed, favordynmods makes no difference";
+
+/// The `status` line for where runtime directories go. Each sandbox creates and removes
+/// one; off a tmpfs that costs more (docs/benchmarks.md: 0.13-0.19 ms on ext4 against
+/// 0.02 ms on tmpfs per sandbox on the development VM, whose `/run` is not a tmpfs).
+fn describe_runtime_dir(base: &Path) -> String {
+    // A base not made yet goes where its nearest existing ancestor is.
+    let existing = base
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    let on_tmpfs = rustix::fs::statfs(existing)
+        .map(|fs| fs.f_type == libc::TMPFS_MAGIC)
+        .map_err(io::Error::from);
+    runtime_dir_line(base, on_tmpfs)
 }
 
-fn describe_cgroup_migration(fast: bool) -> String {
-    if fast {
-        "fast (cgroup2 mounted with favordynmods)".into()
-    } else {
-        "slow: each sandbox start waits for an RCU grace period (~10 ms); as root, \
-         `mount -o remount,favordynmods` the cgroup2 mount to fix"
-            .into()
+fn runtime_dir_line(base: &Path, on_tmpfs: io::Result<bool>) -> String {
+    match on_tmpfs {
+        Ok(true) => format!("{} (tmpfs)", base.display()),
+        Ok(false) => format!(
+            "{} is not on a tmpfs: each sandbox spends 0.1-0.2 ms more creating and \
+             removing its runtime directory (0.13-0.19 against 0.02 ms, measured on ext4 \
+             with scripts/bench-rundir-fs.py); a tmpfs mounted there avoids it",
+            base.display()
+        ),
+        Err(e) => format!("{}: filesystem unknown ({e})", base.display()),
     }
 }
 
@@ -236,14 +245,16 @@ mod tests {
     }
 
     #[test]
-    fn favordynmods_is_found_on_cgroup2_only() {
-        let fast =
-            "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw,favordynmods\n";
-        let slow = "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
-                    30 25 0:26 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,favordynmods\n";
-        assert!(fast_cgroup_migration(fast));
-        assert!(!fast_cgroup_migration(slow));
-        assert!(!fast_cgroup_migration(""));
+    fn the_runtime_dir_line_says_what_a_tmpfs_would_save() {
+        let base = Path::new("/run/agentkernel");
+        assert_eq!(runtime_dir_line(base, Ok(true)), "/run/agentkernel (tmpfs)");
+        let slow = runtime_dir_line(base, Ok(false));
+        assert!(
+            slow.contains("not on a tmpfs") && slow.contains("ms more"),
+            "{slow}"
+        );
+        let unknown = runtime_dir_line(base, Err(io::ErrorKind::PermissionDenied.into()));
+        assert!(unknown.contains("filesystem unknown"), "{unknown}");
     }
 
     #[test]

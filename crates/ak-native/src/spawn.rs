@@ -9,6 +9,7 @@ use std::path::Path;
 
 use ak_core::SandboxSpec;
 
+use crate::cgroup::CgroupEntry;
 use crate::child::{self, ChildPlan, Step};
 use crate::error::NativeError;
 use crate::landlock::LandlockPlan;
@@ -41,9 +42,9 @@ pub(crate) struct SpawnRequest<'a> {
     /// not (only) its creator, keeps the directory from being swept. A daemon that hands a
     /// sandbox to a client and then dies must not get that sandbox swept while in use.
     pub hold_fd: RawFd,
-    /// Runs in the parent while the child builds its root, before the agent may start:
-    /// creates and joins the cgroup.
-    pub before_release: &'a mut dyn FnMut(u32) -> Result<(), NativeError>,
+    /// The sandbox's cgroups, created with their limits before the clone: the child starts
+    /// in them (v2) or joins them as its first step (v1), before it does anything else.
+    pub cgroup: Option<&'a CgroupEntry>,
     /// Runs in the parent once the child has made its own network namespace, while it goes
     /// on building its root: starts the network helper, whose own start (~3.5 ms here) then
     /// overlaps the rest of the sandbox's.
@@ -181,6 +182,10 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
             .filter(|c| !keep.contains(c))
             .collect(),
         agent_fd: request.agent_fd,
+        cgroup_join: request
+            .cgroup
+            .map(|entry| entry.self_join.iter().map(AsRawFd::as_raw_fd).collect())
+            .unwrap_or_default(),
         inherit_fds,
         stderr_fd,
         sync_fd: sync_read.as_raw_fd(),
@@ -199,7 +204,11 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
         envp: pointer_array(&env_strings),
     };
 
-    let (pid, pidfd) = clone_child(&plan)?;
+    let clone_into = request
+        .cgroup
+        .and_then(|entry| entry.clone_into.as_ref())
+        .map(AsRawFd::as_raw_fd);
+    let (pid, pidfd) = clone_child(&plan, clone_into)?;
     drop(agent_socket);
     drop(sync_read);
     drop(error_write);
@@ -211,8 +220,6 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
     };
     let netns_ready = netns_ready.map(|(read, _write)| read);
     let released = write_id_maps(pid, is_root)
-        .and_then(|()| go())
-        .and_then(|()| (request.before_release)(pid))
         .and_then(|()| go())
         .and_then(|()| match (netns_ready, request.after_netns) {
             // End of file instead of the byte: the child failed before, and the error pipe
@@ -262,8 +269,13 @@ fn read_byte(pipe: &OwnedFd) -> bool {
     }
 }
 
-/// `clone3` into new user and pid namespaces; the child runs the plan and never returns.
-fn clone_child(plan: &ChildPlan) -> Result<(u32, OwnedFd), NativeError> {
+/// `clone3`'s flag to start the child in the cgroup2 directory `clone_args.cgroup` names
+/// (Linux 5.7; libc's constant is declared as a C int, too narrow for it).
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
+/// `clone3` into new user and pid namespaces, and into the cgroup2 directory `cgroup` when
+/// given; the child runs the plan and never returns.
+fn clone_child(plan: &ChildPlan, cgroup: Option<RawFd>) -> Result<(u32, OwnedFd), NativeError> {
     let mut pidfd: RawFd = -1;
     let mut args = CloneArgs {
         // The other namespaces are created by the child itself (see child.rs).
@@ -272,6 +284,10 @@ fn clone_child(plan: &ChildPlan) -> Result<(u32, OwnedFd), NativeError> {
         exit_signal: libc::SIGCHLD as u64,
         ..CloneArgs::default()
     };
+    if let Some(fd) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = fd as u64;
+    }
     // Signals stay blocked in the child until just before exec, so no handler of the
     // parent's (e.g. the async runtime's) runs in the half-built sandbox.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };

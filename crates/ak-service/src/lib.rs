@@ -147,8 +147,15 @@ impl Service {
         let mut tick = tokio::time::interval(every);
         let mut last_reap = std::time::Instant::now();
         loop {
+            let short = async {
+                match &self.pools {
+                    Some(pools) => pools.short().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = tick.tick() => {}
+                () = short => {}
                 () = stop.notified() => break,
             }
             if let Some(pools) = &self.pools {

@@ -108,20 +108,46 @@ fn status(json: bool) -> anyhow::Result<()> {
     }
     let mut out = format!("daemon pid {}, up {} s\n", status.pid, status.uptime_s);
     out.push_str(&format!(
-        "{:<6} {:<7} {:<8} {:<6} {:<7} {:<11} POOL\n",
-        "WARM", "IN USE", "CREATED", "HITS", "MISSES", "HANDOUT ms"
+        "{:<5} {:<7} {:<9} {:<7} {:<8} {:<6} {:<7} {:<7} {:<6} {:<7} {:<11} {:<10} POOL\n",
+        "WARM",
+        "TARGET",
+        "BUILDING",
+        "IN USE",
+        "CREATED",
+        "HITS",
+        "JOINED",
+        "MISSES",
+        "HIT %",
+        "REQ/s",
+        "HANDOUT ms",
+        "REFILL ms"
     ));
     for pool in &status.pools {
+        let refill = pool
+            .refill_ms
+            .map_or("-".to_string(), |ms| format!("{ms:.2}"));
         out.push_str(&format!(
-            "{:<6} {:<7} {:<8} {:<6} {:<7} {:<11.3} {}\n",
+            "{:<5} {:<7} {:<9} {:<7} {:<8} {:<6} {:<7} {:<7} {:<6.1} {:<7.1} {:<11.3} {:<10} {}\n",
             pool.warm,
+            pool.target,
+            pool.building,
             pool.in_use,
             pool.created,
             pool.hits,
+            pool.joined,
             pool.misses,
+            pool.hit_rate * 100.0,
+            pool.requests_per_s,
             pool.average_handout_ms,
+            refill,
             pool.pool
         ));
+        if let Some(error) = &pool.last_error {
+            let retry = pool
+                .retry_in_ms
+                .map_or(String::new(), |ms| format!(" (next try in {ms} ms)"));
+            out.push_str(&format!("      cannot build a spare{retry}: {error}\n"));
+        }
     }
     say(out.trim_end());
     Ok(())

@@ -74,7 +74,8 @@ fn render(report: &StatusReport) -> String {
     if let Err(reason) = &host.cgroups_usable {
         out.push_str(&format!("                  not usable: {reason}\n"));
     }
-    out.push_str(&format!("  cgroup moves    {}\n", host.cgroup_migration));
+    out.push_str(&format!("  cgroup entry    {}\n", host.cgroup_entry));
+    out.push_str(&format!("  runtime dir     {}\n", host.runtime_dir));
     out.push_str(&format!("  kvm             {}\n", host.kvm.describe()));
     out
 }

@@ -107,12 +107,23 @@ fn pool_hands_each_sandbox_out_once() {
 
     let status = daemon_status(mode);
     let pool = &status["pools"][0];
+    let count = |field: &str| pool[field].as_u64().unwrap();
     assert_eq!(
-        pool["hits"].as_u64().unwrap() + pool["misses"].as_u64().unwrap(),
+        count("hits") + count("joined") + count("misses"),
         21,
         "{status}"
     );
-    assert!(pool["created"].as_u64().unwrap() >= 21, "{status}");
+    assert!(count("created") >= 21, "{status}");
+    // Spares were built, and timed.
+    assert!(count("refills") >= 1, "{status}");
+    assert!(pool["refill_ms"].as_f64().unwrap() > 0.0, "{status}");
+    let hit_rate = pool["hit_rate"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&hit_rate), "{status}");
+    let text = stdout(&ak(mode, &["daemon", "status"]));
+    assert!(
+        text.contains("HIT %") && text.contains("REFILL ms"),
+        "{text}"
+    );
     drop(daemon);
     assert_code(&ak(mode, &["daemon", "status"]), 1);
     assert_no_leaks(&before);

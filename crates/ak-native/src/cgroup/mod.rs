@@ -14,7 +14,7 @@ mod sandbox;
 mod tests;
 
 pub use layout::CgroupLayout;
-pub use sandbox::{SandboxCgroup, list_sandbox_cgroups};
+pub use sandbox::{CgroupEntry, SandboxCgroup, list_sandbox_cgroups};
 
 /// Directory under each hierarchy's root that holds one child cgroup per sandbox.
 pub const PARENT_DIR: &str = "agentkernel";

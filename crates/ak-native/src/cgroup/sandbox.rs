@@ -2,11 +2,13 @@
 //! accounting its processes, and removing them again.
 
 use std::collections::BTreeSet;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use std::{fs, io, thread};
 
 use ak_core::Resources;
+use rustix::fs::OFlags;
 use rustix::io::Errno;
 use rustix::process::{Pid, PidfdFlags, Signal};
 
@@ -47,6 +49,15 @@ pub struct SandboxCgroup {
     pub(super) cpu: Option<PathBuf>,
     /// The v2 directory whose `cgroup.kill` ends every process at once.
     kill: Option<PathBuf>,
+}
+
+/// How a new process enters a sandbox's cgroups by itself; see [`SandboxCgroup::entry`].
+#[derive(Debug)]
+pub struct CgroupEntry {
+    /// The sandbox's v2 directory, for `clone3`'s `CLONE_INTO_CGROUP`.
+    pub clone_into: Option<OwnedFd>,
+    /// Its v1 `tasks` files, opened for writing: the new process writes `0` to each.
+    pub self_join: Vec<OwnedFd>,
 }
 
 /// Removes the directories created so far unless cleared, so a failed `create` leaves nothing.
@@ -254,6 +265,37 @@ impl SandboxCgroup {
             cpu,
             kill,
         }
+    }
+
+    /// What a new process needs to start inside the sandbox's cgroups instead of being
+    /// moved into them afterwards. Moving another process takes the kernel's global
+    /// `cgroup_threadgroup_rwsem` for writing, which waits for an RCU grace period (5–26 ms
+    /// here) unless a cgroup2 mount has `favordynmods`; starting in the v2 directory
+    /// (`CLONE_INTO_CGROUP`) and a single-threaded process writing `0` to a v1 `tasks` file
+    /// (moving only itself) take that lock for reading only, or not at all.
+    pub fn entry(&self) -> Result<CgroupEntry, CgroupError> {
+        let open = |path: &Path, flags: OFlags| {
+            rustix::fs::open(path, flags | OFlags::CLOEXEC, rustix::fs::Mode::empty())
+                .map_err(|e| io_err("open", path)(e.into()))
+        };
+        let v2_dir = if self.v2 {
+            self.memory.as_ref()
+        } else {
+            self.kill.as_ref()
+        };
+        let clone_into = v2_dir
+            .map(|dir| open(dir, OFlags::RDONLY | OFlags::DIRECTORY))
+            .transpose()?;
+        let self_join = self
+            .dirs
+            .iter()
+            .filter(|dir| Some(*dir) != v2_dir)
+            .map(|dir| open(&dir.join("tasks"), OFlags::WRONLY))
+            .collect::<Result<_, _>>()?;
+        Ok(CgroupEntry {
+            clone_into,
+            self_join,
+        })
     }
 
     /// Moves `pid` into the sandbox: writes it into `cgroup.procs` of every directory.

@@ -1,11 +1,24 @@
 //! Warm pools: sandboxes created ahead of time, never used, handed out once. A handed-out
 //! sandbox is destroyed when its command is done (its agent exits when the caller closes
 //! the connection) and replaced in the background; it is never given to anyone else.
+//!
+//! Each pool holds as many spares as its recent requests call for (see [`demand`]):
+//! more during a burst, back to `min_warm` once idle. Builds take one of a slot per CPU;
+//! callers that must build their own queue for slots ahead of spares, and spares use only
+//! the CPUs that handed-out sandboxes' commands leave free. A caller that finds no spare
+//! ready takes one that is being built rather than building another.
+
+mod demand;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+use tokio::sync::oneshot;
 
 use ak_core::backend::Lifetime;
 use ak_core::spec::new_sandbox_id;
@@ -14,14 +27,15 @@ use serde::{Deserialize, Serialize};
 
 use crate::Service;
 use crate::error::ServiceError;
+use crate::pool::demand::Demand;
 
 /// Sizes of the pools; defaults that suit a laptop.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PoolConfig {
-    /// Spares kept ready per pool.
+    /// Spares kept ready per pool, also when idle.
     pub min_warm: usize,
-    /// Spares a pool may hold at most.
+    /// Spares a pool may hold at most, during a burst.
     pub max_warm: usize,
     /// Sandboxes (spares and handed out) across all pools, so a burst cannot exhaust the host.
     pub max_total: usize,
@@ -31,7 +45,7 @@ impl Default for PoolConfig {
     fn default() -> Self {
         PoolConfig {
             min_warm: 2,
-            max_warm: 4,
+            max_warm: 8,
             max_total: 64,
         }
     }
@@ -43,12 +57,35 @@ pub struct PoolStatus {
     /// The pool's key: backend, image, profile and limits.
     pub pool: String,
     pub warm: usize,
+    /// Spares the pool aims to hold now, from its recent requests.
+    #[serde(default)]
+    pub target: usize,
+    /// Spares being built right now.
+    #[serde(default)]
+    pub building: usize,
     pub in_use: usize,
     pub created: u64,
+    /// Requests given a ready spare.
     pub hits: u64,
+    /// Requests given a spare that was still being built when they came.
+    #[serde(default)]
+    pub joined: u64,
+    /// Requests for which a sandbox was built from scratch.
     pub misses: u64,
+    /// `hits` over all requests, 0 to 1.
+    #[serde(default)]
+    pub hit_rate: f64,
+    /// Requests per second over the last second.
+    #[serde(default)]
+    pub requests_per_s: f64,
     /// Mean time to hand a sandbox out, in milliseconds.
     pub average_handout_ms: f64,
+    /// Moving average of the time a spare takes to build, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refill_ms: Option<f64>,
+    /// Spares built so far.
+    #[serde(default)]
+    pub refills: u64,
     /// Why the last spare could not be built, while the pool backs off.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
@@ -82,10 +119,48 @@ struct Pool {
     /// Sandboxes being built for this pool right now: they count against `max_total`
     /// from the moment the decision to build them is taken.
     building: usize,
+    /// Of those, spares being built by the maintenance (callers may join them).
+    refilling: usize,
+    /// Callers that found no spare ready and wait for one being built, first come first
+    /// served; never more than `refilling`.
+    waiters: VecDeque<oneshot::Sender<Box<dyn Sandbox>>>,
+    demand: Demand,
     created: u64,
     hits: u64,
+    joined: u64,
     misses: u64,
     handout_total: Duration,
+}
+
+impl Pool {
+    /// Spares to hold now.
+    fn target(&self, config: &PoolConfig, now: Instant) -> usize {
+        self.demand.target(now, config.min_warm, config.max_warm)
+    }
+
+    /// Spares to start building now: the target less what is ready and what is being built
+    /// for no caller in particular.
+    fn shortfall(&self, config: &PoolConfig, now: Instant) -> usize {
+        if self.template.is_none() || self.retry_at.is_some_and(|at| at > now) {
+            return 0;
+        }
+        // Every waiter takes one of the spares being built.
+        let unclaimed = self.refilling.saturating_sub(self.waiters.len());
+        self.target(config, now)
+            .saturating_sub(self.spares.len() + unclaimed)
+    }
+
+    /// Gives a freshly built spare to the first caller still waiting, or keeps it.
+    fn deliver(&mut self, mut sandbox: Box<dyn Sandbox>) {
+        while let Some(waiter) = self.waiters.pop_front() {
+            match waiter.send(sandbox) {
+                Ok(()) => return,
+                // That caller went away; the next one may still wait.
+                Err(returned) => sandbox = returned,
+            }
+        }
+        self.spares.push_back(sandbox);
+    }
 }
 
 /// The warm pools of one service.
@@ -95,6 +170,61 @@ pub struct Pools {
     pools: Mutex<HashMap<String, Pool>>,
     /// Woken when sandboxes are released, for callers waiting on `max_total`.
     released: tokio::sync::Notify,
+    /// Sandboxes built at once, callers' and spares together: one per CPU (more at once
+    /// only makes each slower). Callers wait for a slot in turn; a spare is only started
+    /// when a slot is free and no caller waits for one.
+    build_slots: tokio::sync::Semaphore,
+    cpus: usize,
+    /// Callers waiting for a build slot right now.
+    callers_queued: AtomicUsize,
+    /// Woken when a busy pool hands out a spare, so that a burst is answered at once
+    /// rather than at the next maintenance tick.
+    short: tokio::sync::Notify,
+    /// What pool sizing takes as the time: the real clock, or a test's.
+    clock: Clock,
+}
+
+/// The time as pool sizing sees it.
+#[derive(Clone)]
+struct Clock(Arc<dyn Fn() -> Instant + Send + Sync>);
+
+impl Clock {
+    fn now(&self) -> Instant {
+        (self.0)()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Clock")
+    }
+}
+
+/// Counts a caller in [`Pools::callers_queued`] while it waits for a build slot.
+struct Queued<'a>(&'a AtomicUsize);
+
+impl<'a> Queued<'a> {
+    fn start(count: &'a AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        Queued(count)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How a request was served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// A ready spare.
+    Hit,
+    /// A spare that was being built when the request came.
+    Joined,
+    /// A sandbox built for this request.
+    Miss,
 }
 
 /// Room for one sandbox being built for pool `key`, counted against `max_total` until
@@ -148,6 +278,9 @@ fn backoff(failures: u32) -> Duration {
         .saturating_mul(1 << failures.saturating_sub(1).min(16))
         .min(MAX_BACKOFF)
 }
+
+/// How long one maintenance pass keeps starting builds.
+const MAX_PASS: Duration = Duration::from_secs(1);
 
 /// Where sandboxes with host mounts are counted: built per caller, never kept as spares.
 pub const ONE_OFF_POOL: &str = "one-off (host mounts; built per run)";
@@ -203,11 +336,32 @@ fn fresh(template: &SandboxSpec) -> SandboxSpec {
 
 impl Pools {
     pub fn new(config: PoolConfig) -> Self {
+        let cpus = std::thread::available_parallelism().map_or(1, usize::from);
         Pools {
             config,
             pools: Mutex::new(HashMap::new()),
             released: tokio::sync::Notify::new(),
+            build_slots: tokio::sync::Semaphore::new(cpus),
+            cpus,
+            callers_queued: AtomicUsize::new(0),
+            short: tokio::sync::Notify::new(),
+            clock: Clock(Arc::new(Instant::now)),
         }
+    }
+
+    /// The same pools reading the time from `clock` (tests move it forward at will).
+    #[cfg(test)]
+    fn with_clock(mut self, clock: impl Fn() -> Instant + Send + Sync + 'static) -> Self {
+        self.clock = Clock(Arc::new(clock));
+        self
+    }
+
+    /// The same pools building at most `parallelism` spares at once (at least one).
+    #[cfg(test)]
+    fn with_refill_parallelism(mut self, parallelism: usize) -> Self {
+        self.build_slots = tokio::sync::Semaphore::new(parallelism.max(1));
+        self.cpus = parallelism.max(1);
+        self
     }
 
     fn total(pools: &HashMap<String, Pool>) -> usize {
@@ -251,15 +405,16 @@ impl Pools {
         }
     }
 
-    /// A never-used sandbox for `spec`: a spare when one is ready (a hit), else a new one
-    /// (a miss), with the room it takes reserved. The pool learns `spec` and keeps spares
-    /// for it from now on, unless it has host mounts (see [`ONE_OFF_POOL`]).
+    /// A never-used sandbox for `spec`: a spare when one is ready (a hit), else one being
+    /// built that no other caller waits for (joined), else a new one (a miss), with the
+    /// room it takes reserved. The pool learns `spec` and keeps spares for it from now on,
+    /// unless it has host mounts (see [`ONE_OFF_POOL`]).
     async fn obtain(
         &self,
         service: &Service,
         spec: &SandboxSpec,
         setups: Option<&tokio::sync::Semaphore>,
-    ) -> Result<(String, Box<dyn Sandbox>, bool, Option<Reservation<'_>>), ServiceError> {
+    ) -> Result<(String, Box<dyn Sandbox>, Served, Option<Reservation<'_>>), ServiceError> {
         let mut spec = spec.clone();
         crate::run::settle_image(&mut spec, None);
         let spec = &spec;
@@ -270,47 +425,71 @@ impl Pools {
             Some(key) => (key, true),
             None => (ONE_OFF_POOL.to_string(), false),
         };
-        let spare = if poolable {
-            let mut pools = lock(&self.pools);
-            let pool = pools.entry(key.clone()).or_default();
-            pool.template.get_or_insert_with(|| fresh(spec));
-            pool.spares.pop_front()
-        } else {
-            None
-        };
-        match spare {
-            Some(sandbox) => Ok((key, sandbox, true, None)),
-            None => {
-                let reservation = self.reserve(&key).await?;
-                // A set-up turn only once there is room: waiting for room must not hold
-                // up set-ups that have it.
-                let _turn = match setups {
-                    Some(setups) => Some(setups.acquire().await.map_err(|e| {
-                        ServiceError::Unavailable(format!("sandbox set-up queue: {e}"))
-                    })?),
-                    None => None,
-                };
-                let sandbox = service
-                    .create_sandbox(&fresh(spec), Lifetime::Ephemeral)
-                    .await?;
-                lock(&self.pools).entry(key.clone()).or_default().created += 1;
-                Ok((key, sandbox, false, Some(reservation)))
+        if poolable {
+            let waiting = {
+                let mut pools = lock(&self.pools);
+                let pool = pools.entry(key.clone()).or_default();
+                pool.template.get_or_insert_with(|| fresh(spec));
+                let now = self.clock.now();
+                pool.demand.record_request(now);
+                // During a burst the replacement must not wait for the next tick.
+                if pool.demand.busy(now) {
+                    self.short.notify_one();
+                }
+                if let Some(sandbox) = pool.spares.pop_front() {
+                    return Ok((key, sandbox, Served::Hit, None));
+                }
+                // Callers that went away no longer wait.
+                pool.waiters.retain(|waiter| !waiter.is_closed());
+                (pool.refilling > pool.waiters.len()).then(|| {
+                    let (sender, receiver) = oneshot::channel();
+                    pool.waiters.push_back(sender);
+                    receiver
+                })
+            };
+            // A build that fails drops its waiters' senders: they build their own.
+            if let Some(receiver) = waiting
+                && let Ok(sandbox) = receiver.await
+            {
+                return Ok((key, sandbox, Served::Joined, None));
             }
         }
+        let reservation = self.reserve(&key).await?;
+        // A set-up turn only once there is room: waiting for room must not hold up
+        // set-ups that have it.
+        let _turn =
+            match setups {
+                Some(setups) => Some(setups.acquire().await.map_err(|e| {
+                    ServiceError::Unavailable(format!("sandbox set-up queue: {e}"))
+                })?),
+                None => None,
+            };
+        let _slot = {
+            let _queued = Queued::start(&self.callers_queued);
+            self.build_slots
+                .acquire()
+                .await
+                .map_err(|e| ServiceError::Unavailable(format!("sandbox build slots: {e}")))?
+        };
+        let sandbox = service
+            .create_sandbox(&fresh(spec), Lifetime::Ephemeral)
+            .await?;
+        lock(&self.pools).entry(key.clone()).or_default().created += 1;
+        Ok((key, sandbox, Served::Miss, Some(reservation)))
     }
 
     fn count_handout(
         &self,
         key: &str,
-        hit: bool,
+        served: Served,
         started: Instant,
     ) -> std::sync::MutexGuard<'_, HashMap<String, Pool>> {
         let mut pools = lock(&self.pools);
         let pool = pools.entry(key.to_string()).or_default();
-        if hit {
-            pool.hits += 1;
-        } else {
-            pool.misses += 1;
+        match served {
+            Served::Hit => pool.hits += 1,
+            Served::Joined => pool.joined += 1,
+            Served::Miss => pool.misses += 1,
         }
         pool.handout_total += started.elapsed();
         pools
@@ -326,15 +505,15 @@ impl Pools {
     ) -> Result<HandedOut, ServiceError> {
         let started = Instant::now();
         // A reservation for a sandbox built here lasts until it is counted in `in_use`.
-        let (key, mut sandbox, hit, _reservation) = self.obtain(service, spec, None).await?;
+        let (key, mut sandbox, served, _reservation) = self.obtain(service, spec, None).await?;
         let transport = sandbox.take_transport_fd()?;
         let sandbox_id = sandbox.id().to_string();
-        let mut pools = self.count_handout(&key, hit, started);
+        let mut pools = self.count_handout(&key, served, started);
         pools.entry(key).or_default().in_use.push(sandbox);
         Ok(HandedOut {
             sandbox_id,
             transport,
-            hit,
+            hit: served != Served::Miss,
         })
     }
 
@@ -348,8 +527,8 @@ impl Pools {
         setups: Option<&tokio::sync::Semaphore>,
     ) -> Result<Taken, ServiceError> {
         let started = Instant::now();
-        let (key, sandbox, hit, _reservation) = self.obtain(service, spec, setups).await?;
-        let mut pools = self.count_handout(&key, hit, started);
+        let (key, sandbox, served, _reservation) = self.obtain(service, spec, setups).await?;
+        let mut pools = self.count_handout(&key, served, started);
         pools.entry(key.clone()).or_default().taken += 1;
         drop(pools);
         Ok(Taken {
@@ -358,104 +537,190 @@ impl Pools {
                 pools: self.clone(),
                 key,
             },
-            hit,
+            hit: served != Served::Miss,
         })
     }
 
-    /// Destroys handed-out sandboxes whose command is done and tops every pool up to
-    /// `min_warm`, within `max_total`. Call it periodically.
+    /// Destroys handed-out sandboxes whose command is done, releases the spares an idle
+    /// pool no longer needs, and builds spares up to each pool's target, within
+    /// `max_total`, several at once (see [`Pools::refill_budget`]). Call it periodically,
+    /// and when [`Pools::short`] wakes.
     pub async fn maintain(&self, service: &Service) {
+        let started = Instant::now();
+        let mut builds = FuturesUnordered::new();
+        loop {
+            self.release_finished().await;
+            // A pass ends after a while even under steady demand, so that a stop request
+            // (taken between passes) is not held up; the next pass carries on.
+            while started.elapsed() < MAX_PASS
+                && self.callers_queued.load(Ordering::SeqCst) == 0
+                && builds.len() < self.refill_budget()
+            {
+                let Ok(slot) = self.build_slots.try_acquire() else {
+                    break;
+                };
+                let Some((key, template, reservation)) = self.next_refill() else {
+                    break;
+                };
+                builds.push(self.refill(service, key, template, reservation, slot));
+            }
+            if builds.next().await.is_none() {
+                return;
+            }
+        }
+    }
+
+    /// Spares that may be built at once: the CPUs that the commands of handed-out sandboxes
+    /// leave free, but always one (such commands may well be idle).
+    fn refill_budget(&self) -> usize {
+        let running: usize = lock(&self.pools)
+            .values()
+            .map(|pool| pool.in_use.len() + pool.taken)
+            .sum();
+        self.cpus.saturating_sub(running).max(1)
+    }
+
+    /// Destroys handed-out sandboxes whose command is done, and the spares beyond its
+    /// target of a pool that has been idle for a while (oldest first).
+    async fn release_finished(&self) {
+        let now = self.clock.now();
         let finished: Vec<Box<dyn Sandbox>> = {
             let mut pools = lock(&self.pools);
             pools
                 .values_mut()
                 .flat_map(|pool| {
-                    let (done, running): (Vec<_>, Vec<_>) =
+                    let (mut done, running): (Vec<_>, Vec<_>) =
                         pool.in_use.drain(..).partition(|s| !s.is_running());
                     pool.in_use = running;
+                    if pool.demand.idle(now) {
+                        let surplus = pool
+                            .spares
+                            .len()
+                            .saturating_sub(pool.target(&self.config, now));
+                        done.extend(pool.spares.drain(..surplus));
+                    }
                     done
                 })
                 .collect()
         };
-        let released_any = !finished.is_empty();
+        if finished.is_empty() {
+            return;
+        }
         for mut sandbox in finished {
             if let Err(e) = sandbox.destroy().await {
-                tracing::warn!(id = sandbox.id(), "releasing a used pool sandbox: {e}");
+                tracing::warn!(id = sandbox.id(), "releasing a pool sandbox: {e}");
             }
         }
-        if released_any {
-            self.released.notify_waiters();
+        self.released.notify_waiters();
+    }
+
+    /// Wakes when a busy pool hands out a spare (see `Demand::busy`).
+    pub async fn short(&self) {
+        self.short.notified().await
+    }
+
+    /// The pool whose spares fall furthest short of its target, with room reserved for
+    /// one more and that spare counted as being built.
+    fn next_refill(&self) -> Option<(String, SandboxSpec, Reservation<'_>)> {
+        let now = self.clock.now();
+        let mut pools = lock(&self.pools);
+        if Self::total(&pools) >= self.config.max_total {
+            return None;
         }
-        loop {
-            let wanted = {
-                let pools = lock(&self.pools);
-                let now = Instant::now();
-                pools
-                    .iter()
-                    .filter(|(_, p)| {
-                        p.spares.len() + p.building < self.config.min_warm.min(self.config.max_warm)
-                            && p.retry_at.is_none_or(|at| at <= now)
-                    })
-                    .find_map(|(key, p)| p.template.clone().map(|t| (key.clone(), t)))
-            };
-            let Some((key, template)) = wanted else {
-                return;
-            };
-            // Within `max_total`, counted with what callers are building right now.
-            let Some(_reservation) = self.try_reserve(&key) else {
-                return;
-            };
-            let created = service
-                .create_sandbox(&fresh(&template), Lifetime::Ephemeral)
-                .await;
-            let mut pools = lock(&self.pools);
-            let pool = pools.entry(key.clone()).or_default();
-            match created {
-                Ok(sandbox) => {
-                    pool.created += 1;
-                    pool.failures = 0;
-                    pool.retry_at = None;
-                    pool.last_error = None;
-                    pool.spares.push_back(sandbox);
-                }
-                Err(e) => {
-                    pool.failures = pool.failures.saturating_add(1);
-                    let wait = backoff(pool.failures);
-                    pool.retry_at = Some(Instant::now() + wait);
-                    pool.last_error = Some(e.to_string());
-                    tracing::warn!(
-                        "pool {key}: cannot create a spare (failure {} in a row; next try in {wait:?}): {e}",
-                        pool.failures
-                    );
-                    // Other pools may still build.
-                    continue;
-                }
+        let (key, pool) = pools
+            .iter_mut()
+            .map(|(key, pool)| (pool.shortfall(&self.config, now), key, pool))
+            .filter(|(shortfall, ..)| *shortfall > 0)
+            .max_by_key(|(shortfall, ..)| *shortfall)
+            .map(|(_, key, pool)| (key.clone(), pool))?;
+        let template = pool.template.clone()?;
+        pool.building += 1;
+        pool.refilling += 1;
+        drop(pools);
+        Some((key.clone(), template, Reservation { pools: self, key }))
+    }
+
+    /// Builds one spare for pool `key` and gives it to a waiting caller or keeps it.
+    async fn refill(
+        &self,
+        service: &Service,
+        key: String,
+        template: SandboxSpec,
+        reservation: Reservation<'_>,
+        slot: tokio::sync::SemaphorePermit<'_>,
+    ) {
+        let started = Instant::now();
+        let created = service
+            .create_sandbox(&fresh(&template), Lifetime::Ephemeral)
+            .await;
+        let took = started.elapsed();
+        drop(slot);
+        let mut pools = lock(&self.pools);
+        let pool = pools.entry(key.clone()).or_default();
+        pool.refilling = pool.refilling.saturating_sub(1);
+        match created {
+            Ok(sandbox) => {
+                pool.created += 1;
+                pool.failures = 0;
+                pool.retry_at = None;
+                pool.last_error = None;
+                pool.demand.record_refill(took);
+                pool.deliver(sandbox);
+            }
+            Err(e) => {
+                // Callers waiting for spares that will not come build their own.
+                pool.waiters.truncate(pool.refilling);
+                pool.failures = pool.failures.saturating_add(1);
+                let wait = backoff(pool.failures);
+                pool.retry_at = Some(self.clock.now() + wait);
+                pool.last_error = Some(e.to_string());
+                tracing::warn!(
+                    "pool {key}: cannot create a spare (failure {} in a row; next try in {wait:?}): {e}",
+                    pool.failures
+                );
             }
         }
+        drop(pools);
+        drop(reservation);
     }
 
     pub fn status(&self) -> Vec<PoolStatus> {
+        let now = self.clock.now();
         let pools = lock(&self.pools);
         let mut status: Vec<PoolStatus> = pools
             .iter()
             .map(|(key, pool)| {
-                let handed = pool.hits + pool.misses;
+                let handed = pool.hits + pool.joined + pool.misses;
+                let per_handout = |total: f64| {
+                    if handed == 0 {
+                        0.0
+                    } else {
+                        total / handed as f64
+                    }
+                };
                 PoolStatus {
                     pool: key.clone(),
                     warm: pool.spares.len(),
+                    target: if pool.template.is_some() {
+                        pool.target(&self.config, now)
+                    } else {
+                        0
+                    },
+                    building: pool.building,
                     in_use: pool.in_use.len() + pool.taken,
                     created: pool.created,
                     hits: pool.hits,
+                    joined: pool.joined,
                     misses: pool.misses,
-                    average_handout_ms: if handed == 0 {
-                        0.0
-                    } else {
-                        pool.handout_total.as_secs_f64() * 1000.0 / handed as f64
-                    },
+                    hit_rate: per_handout(pool.hits as f64),
+                    requests_per_s: pool.demand.rate(now),
+                    average_handout_ms: per_handout(pool.handout_total.as_secs_f64() * 1000.0),
+                    refill_ms: pool.demand.refill_time().map(|t| t.as_secs_f64() * 1000.0),
+                    refills: pool.demand.refills(),
                     last_error: pool.last_error.clone(),
-                    retry_in_ms: pool
-                        .retry_at
-                        .map(|at| at.saturating_duration_since(Instant::now()).as_millis() as u64),
+                    retry_in_ms: pool.retry_at.map(|at| {
+                        at.saturating_duration_since(self.clock.now()).as_millis() as u64
+                    }),
                 }
             })
             .collect();
@@ -478,6 +743,8 @@ impl Pools {
         let all: Vec<Box<dyn Sandbox>> = lock(&self.pools)
             .values_mut()
             .flat_map(|p| {
+                // Callers still waiting for a spare build their own (and are refused).
+                p.waiters.clear();
                 p.spares
                     .drain(..)
                     .chain(p.in_use.drain(..))

@@ -3,7 +3,7 @@
 #![allow(clippy::unwrap_used, reason = "tests")]
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use ak_core::backend::{BackendProbe, SandboxHandle, SandboxUsage, Transport};
 use ak_core::config::{SandboxOptions, resolve};
@@ -21,6 +21,10 @@ struct FakeBackend {
     /// Creations fail while set (an image that cannot be used); counts the attempts.
     fail: AtomicBool,
     attempts: AtomicUsize,
+    /// Each creation takes this long (a real backend's build time).
+    delay_ms: AtomicU64,
+    /// The next this many creations fail.
+    fail_next: AtomicUsize,
 }
 
 #[derive(Debug)]
@@ -45,8 +49,16 @@ impl Backend for FakeBackend {
         if self.hang.load(Ordering::SeqCst) {
             std::future::pending::<()>().await;
         }
+        let delay = self.delay_ms.load(Ordering::SeqCst);
+        if delay > 0 {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+        }
         self.attempts.fetch_add(1, Ordering::SeqCst);
-        if self.fail.load(Ordering::SeqCst) {
+        let fail_once = self
+            .fail_next
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok();
+        if fail_once || self.fail.load(Ordering::SeqCst) {
             return Err(BackendError::Setup("no such image".into()));
         }
         self.created.fetch_add(1, Ordering::SeqCst);
@@ -273,4 +285,197 @@ async fn a_taken_sandbox_holds_its_room_until_the_slot_goes() {
         .expect("the released room is given to the waiting caller")
         .unwrap();
     assert!(second.is_ok(), "{second:?}");
+}
+
+#[tokio::test]
+async fn a_caller_takes_a_spare_being_built_instead_of_building_another() {
+    let config = PoolConfig {
+        min_warm: 1,
+        max_warm: 1,
+        max_total: 8,
+    };
+    let (backend, service, pools, spec) = setup(config);
+    let first = pools.acquire(&service, &spec).await.unwrap();
+    assert!(!first.hit, "the pool learns the spec at its first request");
+    backend.delay_ms.store(200, Ordering::SeqCst);
+    let maintenance = tokio::spawn({
+        let (service, pools) = (service.clone(), pools.clone());
+        async move { pools.maintain(&service).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(pools.status()[0].building, 1, "the spare is being built");
+    let second = tokio::time::timeout(Duration::from_secs(5), pools.acquire(&service, &spec))
+        .await
+        .expect("the spare being built was handed out")
+        .unwrap();
+    assert!(second.hit);
+    maintenance.await.unwrap();
+    let status = &pools.status()[0];
+    assert_eq!(
+        (status.hits, status.joined, status.misses),
+        (0, 1, 1),
+        "{status:?}"
+    );
+    // One sandbox for the first request, the spare the second got, and its replacement.
+    assert_eq!(backend.attempts.load(Ordering::SeqCst), 3);
+    assert_eq!((status.refills, status.warm), (2, 1));
+    assert!(status.refill_ms.unwrap() >= 200.0, "{status:?}");
+}
+
+#[tokio::test]
+async fn a_caller_whose_spare_fails_to_build_builds_its_own() {
+    let config = PoolConfig {
+        min_warm: 1,
+        max_warm: 1,
+        max_total: 8,
+    };
+    let (backend, service, pools, spec) = setup(config);
+    drop(pools.acquire(&service, &spec).await.unwrap());
+    backend.delay_ms.store(100, Ordering::SeqCst);
+    backend.fail_next.store(1, Ordering::SeqCst);
+    let maintenance = tokio::spawn({
+        let (service, pools) = (service.clone(), pools.clone());
+        async move { pools.maintain(&service).await }
+    });
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let waiting = tokio::spawn({
+        let (service, pools, spec) = (service.clone(), pools.clone(), spec.clone());
+        async move { pools.acquire(&service, &spec).await.map(|h| h.hit) }
+    });
+    // The spare's build fails; the caller that waited for it builds one of its own.
+    maintenance.await.unwrap();
+    let hit = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the caller did not wait forever")
+        .unwrap()
+        .unwrap();
+    assert!(!hit);
+    assert_eq!(pools.status()[0].misses, 2);
+}
+
+#[tokio::test]
+async fn a_burst_raises_the_spares_and_an_idle_pool_shrinks_back() {
+    let config = PoolConfig {
+        min_warm: 1,
+        max_warm: 4,
+        max_total: 64,
+    };
+    let start = Instant::now();
+    let offset_ms = Arc::new(AtomicU64::new(0));
+    let clock = {
+        let offset_ms = offset_ms.clone();
+        move || start + Duration::from_millis(offset_ms.load(Ordering::SeqCst))
+    };
+    let (backend, service, _, spec) = setup(config);
+    let pools = Arc::new(
+        Pools::new(config)
+            .with_clock(clock)
+            .with_refill_parallelism(2),
+    );
+    // 50 requests within 100 ms of the pool's clock: 500/s.
+    for i in 0..50 {
+        offset_ms.store(i * 2, Ordering::SeqCst);
+        drop(pools.acquire(&service, &spec).await.unwrap());
+    }
+    backend.delay_ms.store(10, Ordering::SeqCst);
+    pools.maintain(&service).await;
+    let status = &pools.status()[0];
+    // 500/s × 20 ms (the first guess of a build's time) × 2 = 20, capped at max_warm.
+    assert_eq!((status.target, status.warm), (4, 4), "{status:?}");
+
+    // A second past the burst the target is the minimum again, but the spares stay
+    // until the pool has been idle for a while.
+    offset_ms.store(100 + 1_100, Ordering::SeqCst);
+    pools.maintain(&service).await;
+    let status = &pools.status()[0];
+    assert_eq!((status.target, status.warm), (1, 4), "{status:?}");
+    offset_ms.store(
+        100 + demand::IDLE_AFTER.as_millis() as u64,
+        Ordering::SeqCst,
+    );
+    pools.maintain(&service).await;
+    let status = &pools.status()[0];
+    assert_eq!((status.target, status.warm), (1, 1), "{status:?}");
+    let running = backend
+        .running
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.load(Ordering::SeqCst))
+        .count();
+    // The 50 handed out still run (their commands are the test's); 1 spare is left.
+    assert_eq!(running, 51);
+}
+
+#[tokio::test]
+async fn spares_wait_while_callers_build_their_own() {
+    let config = PoolConfig {
+        min_warm: 2,
+        max_warm: 2,
+        max_total: 8,
+    };
+    let (backend, service, _, spec) = setup(config);
+    let pools = Arc::new(Pools::new(config).with_refill_parallelism(1));
+    // The pool learns the spec; then a caller's build is in progress.
+    drop(pools.acquire(&service, &spec).await.unwrap());
+    backend.delay_ms.store(200, Ordering::SeqCst);
+    let caller = tokio::spawn({
+        let (service, pools) = (service.clone(), pools.clone());
+        let mut other = spec.clone();
+        other.resources.pids += 1;
+        async move { pools.acquire(&service, &other).await }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Its one CPU is the caller's: no spare is started.
+    pools.maintain(&service).await;
+    assert_eq!(backend.attempts.load(Ordering::SeqCst), 1);
+    caller.await.unwrap().unwrap();
+    backend.delay_ms.store(0, Ordering::SeqCst);
+    pools.maintain(&service).await;
+    assert!(
+        pools.status().iter().all(|s| s.warm == 2),
+        "{:?}",
+        pools.status()
+    );
+}
+
+#[tokio::test]
+async fn a_busy_pool_wakes_its_maintenance_at_once_and_a_paused_one_waits_for_the_tick() {
+    let config = PoolConfig {
+        min_warm: 1,
+        max_warm: 4,
+        max_total: 64,
+    };
+    let start = Instant::now();
+    let offset_ms = Arc::new(AtomicU64::new(0));
+    let clock = {
+        let offset_ms = offset_ms.clone();
+        move || start + Duration::from_millis(offset_ms.load(Ordering::SeqCst))
+    };
+    let (_backend, service, _, spec) = setup(config);
+    let pools = Arc::new(Pools::new(config).with_clock(clock));
+    let woken = |pools: &Arc<Pools>| {
+        let pools = pools.clone();
+        tokio::spawn(async move { pools.short().await })
+    };
+
+    // Requests 150 ms apart (under 20/s): the replacement waits for the tick.
+    let wake = woken(&pools);
+    tokio::task::yield_now().await;
+    for i in 0..3 {
+        offset_ms.store(i * 150, Ordering::SeqCst);
+        drop(pools.acquire(&service, &spec).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!wake.is_finished(), "a paused pool woke its maintenance");
+
+    // Two requests 10 ms apart: busy, so the maintenance is woken at once.
+    offset_ms.store(2_000, Ordering::SeqCst);
+    drop(pools.acquire(&service, &spec).await.unwrap());
+    offset_ms.store(2_010, Ordering::SeqCst);
+    drop(pools.acquire(&service, &spec).await.unwrap());
+    tokio::time::timeout(Duration::from_secs(2), wake)
+        .await
+        .expect("a busy pool wakes its maintenance")
+        .unwrap();
 }

@@ -1,0 +1,154 @@
+#!/usr/bin/env python3
+"""The native backend's speed targets (issue 18), each measured side by side with its
+baseline in one hyperfine run, as ratios (these machines are noisy):
+
+- cold `run --no-network -- /bin/echo hello` against bubblewrap with every namespace
+  (target: at most 1.0x), and cold `run` with the default outbound network (at most 1.3x);
+- through the daemon's warm pool: 40 back-to-back runs against a bare `/bin/echo hello`
+  (target: median at most 4x), and 40 runs 150 ms apart (at most 2.5x);
+- pooled runs at concurrency 8 (target: at least 300 runs/s, no errors);
+- the pool's hit rate and refill time from `daemon status --json`.
+
+Usage: scripts/bench-native-speed.py [--runs N] [--build AGENTKERNEL] [--baseline OLD_AGENTKERNEL]
+With --baseline (another build's agentkernel, its ak-agent beside it), the same
+measurements are made for it too: the cold lines in the same hyperfine run, the daemon
+lines right after. Compare copies made at the same time (`cp` each build's agentkernel and
+ak-agent into a directory of its own just before): here a binary just written by the linker,
+or a copy made an hour earlier, starts up to 0.3 ms slower than a fresh copy of itself (the
+state of its pages in the page cache), which is as much as some changes gain. Needs root (or delegated cgroups), hyperfine, bubblewrap, slirp4netns and
+a release build. Uses private state directories. Writes
+benchmark-results/native_speed_<time>.json.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target/x86_64-unknown-linux-gnu/release/agentkernel")
+ECHO = "/bin/echo hello"
+BWRAP = ("bwrap --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp --unshare-all "
+         "--die-with-parent /bin/echo hello")
+POOLED_RUNS = 40
+THROUGHPUT_RUNS = 400
+CONCURRENCY = 8
+
+
+def hyperfine(commands, runs, prepare=None, warmup=10):
+    """Median, mean (ms) and CPU (ms) of each command, measured in one hyperfine run."""
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        cmd = ["hyperfine", "-N", "--warmup", str(warmup), "--runs", str(runs),
+               "--export-json", out.name]
+        if prepare:
+            cmd += ["--prepare", prepare]
+        subprocess.run(cmd + commands, check=True, capture_output=True, cwd="/tmp")
+        results = json.load(open(out.name))["results"]
+    return [{"command": r["command"], "median_ms": r["median"] * 1000,
+             "mean_ms": r["mean"] * 1000, "user_ms": r["user"] * 1000,
+             "system_ms": r["system"] * 1000} for r in results]
+
+
+def throughput(binary):
+    started = time.monotonic()
+    xargs = subprocess.run(
+        ["xargs", "-P", str(CONCURRENCY), "-I{}", binary, "run", "--no-network", "--",
+         "/bin/echo", "hello"],
+        input="\n".join(str(i) for i in range(THROUGHPUT_RUNS)) + "\n",
+        capture_output=True, text=True)
+    wall = time.monotonic() - started
+    ok = xargs.stdout.count("hello\n")
+    return {"runs": THROUGHPUT_RUNS, "succeeded": ok, "errors": THROUGHPUT_RUNS - ok,
+            "concurrency": CONCURRENCY, "wall_s": wall, "runs_per_s": ok / wall,
+            "stderr_tail": xargs.stderr[-500:]}
+
+
+def pooled(binary):
+    """The daemon's numbers for one build, in a private state directory."""
+    state = tempfile.mkdtemp(prefix="ak-bench-native-")
+    os.chmod(state, 0o700)
+    env = dict(os.environ, AGENTKERNEL_REGISTRY=os.path.join(state, "registry.db"))
+    ak = lambda *args, check=True: subprocess.run(
+        [binary, *args], check=check, capture_output=True, text=True, env=env)
+    os.environ["AGENTKERNEL_REGISTRY"] = env["AGENTKERNEL_REGISTRY"]
+    run = f"{binary} run --no-network -- {ECHO}"
+    result = {}
+    ak("daemon", "start")
+    try:
+        ak("run", "-F", "--no-network", "--", "true")  # the pool learns the spec
+        time.sleep(1)
+        result["back_to_back"] = hyperfine([ECHO, run], POOLED_RUNS, warmup=0)
+        time.sleep(6)  # the pool goes idle again
+        result["paused_150ms"] = hyperfine([ECHO, run], POOLED_RUNS, prepare="sleep 0.15",
+                                           warmup=0)
+        time.sleep(6)
+        result["throughput"] = throughput(binary)
+        result["daemon_status"] = json.loads(ak("daemon", "status", "--json").stdout)
+    finally:
+        ak("daemon", "stop", check=False)
+        del os.environ["AGENTKERNEL_REGISTRY"]
+    return result
+
+
+def ratio(line, base):
+    return line["median_ms"] / base["median_ms"]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=60, help="cold runs per command")
+    parser.add_argument("--build", default=BIN, help="the agentkernel to measure")
+    parser.add_argument("--baseline", help="another build's agentkernel to compare with")
+    args = parser.parse_args()
+    builds = [("this build", os.path.abspath(args.build))]
+    if args.baseline:
+        builds.append(("baseline", os.path.abspath(args.baseline)))
+    for _, binary in builds:
+        if not os.access(binary, os.X_OK):
+            sys.exit(f"not executable: {binary} (build first: cargo build --release)")
+
+    cold_commands = [ECHO, BWRAP]
+    for _, binary in builds:
+        cold_commands += [f"{binary} run --no-network -- {ECHO}", f"{binary} run -- {ECHO}"]
+    cold = hyperfine(cold_commands, args.runs)
+    result = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
+                          "load_before": os.getloadavg()},
+              "cold": cold, "pooled": {}}
+    for name, binary in builds:
+        result["pooled"][name] = pooled(binary)
+
+    bwrap = cold[1]
+    print(f"cold, one hyperfine run of {args.runs} each (median ms; ratio to bwrap / to echo):")
+    for line in cold:
+        print(f"  {line['median_ms']:7.2f}  {ratio(line, bwrap):5.2f}x  "
+              f"{ratio(line, cold[0]):5.2f}x  {line['command']}")
+    for index, (name, _) in enumerate(builds):
+        no_net, net = cold[2 + 2 * index], cold[3 + 2 * index]
+        print(f"  {name}: no network {ratio(no_net, bwrap):.2f}x bwrap (target <= 1.0), "
+              f"outbound network {ratio(net, bwrap):.2f}x bwrap (target <= 1.3)")
+    for name, pool in result["pooled"].items():
+        print(f"pooled ({name}):")
+        for key, target in (("back_to_back", 4.0), ("paused_150ms", 2.5)):
+            echo, run = pool[key]
+            print(f"  {key:13} {run['median_ms']:6.2f} ms vs echo {echo['median_ms']:5.2f} ms: "
+                  f"{ratio(run, echo):.2f}x (target <= {target})")
+        t = pool["throughput"]
+        print(f"  concurrency {t['concurrency']}: {t['runs_per_s']:.0f} runs/s, "
+              f"{t['errors']} errors of {t['runs']} (target >= 300 runs/s, 0 errors)")
+        for p in pool["daemon_status"]["pools"]:
+            print(f"  pool: hits {p['hits']}, joined {p.get('joined', '-')}, "
+                  f"misses {p['misses']}, hit rate {p.get('hit_rate', float('nan')):.2f}, "
+                  f"refill {p.get('refill_ms') or float('nan'):.2f} ms, "
+                  f"handout {p['average_handout_ms']:.2f} ms")
+    os.makedirs(os.path.join(ROOT, "benchmark-results"), exist_ok=True)
+    path = os.path.join(ROOT, "benchmark-results",
+                        time.strftime("native_speed_%Y%m%d_%H%M%S.json", time.gmtime()))
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"written: {path}")
+
+
+if __name__ == "__main__":
+    main()
