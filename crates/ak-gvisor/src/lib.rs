@@ -83,16 +83,21 @@ impl GvisorBackend {
         Ok(base)
     }
 
-    /// runsc, checked: root only (see [`require_root`]).
+    /// runsc, checked: root only (see [`require_root`]). Makes nothing (the probe calls
+    /// it): what runsc supports is cached once the runtime directory exists.
     fn discover(&self) -> Result<Runsc, GvisorError> {
         require_root()?;
-        let base = self.make_base()?;
-        Runsc::discover(&self.options, &base)
+        Runsc::discover(&self.options, &self.base())
     }
 
     async fn runsc(&self) -> Result<Arc<Runsc>, GvisorError> {
         self.runsc
-            .get_or_try_init(|| async { self.discover().map(Arc::new) })
+            .get_or_try_init(|| async {
+                require_root()?;
+                // Made first, so what runsc supports is cached for later processes.
+                self.make_base()?;
+                self.discover().map(Arc::new)
+            })
             .await
             .cloned()
     }
@@ -314,15 +319,16 @@ impl GvisorBackend {
     }
 }
 
-/// runsc needs root here: rootless runsc can neither set cgroup limits nor give a
-/// sandbox its own network, and a sandbox without its limits is not one we hand out.
+/// The backend runs runsc as root, which sets the sandbox's cgroup limits and network; a
+/// rootless runsc was not made to do either here, and a sandbox without its limits is not
+/// one we hand out.
 fn require_root() -> Result<(), GvisorError> {
     if rustix::process::geteuid().is_root() {
         return Ok(());
     }
     Err(GvisorError::Unavailable(
-        "the gvisor backend needs root: runsc --rootless cannot apply a sandbox's memory, \
-         CPU and process limits (cgroups) or its network; use the native backend, or run as root"
+        "the gvisor backend needs root: it runs runsc as root, which sets the sandbox's \
+         cgroup limits and its network; use the native backend, or run as root"
             .into(),
     ))
 }
