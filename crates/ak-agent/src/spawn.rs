@@ -65,10 +65,12 @@ pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentEr
             cwd: &cwd,
             stdin: spec.stdin,
         };
-        let started = with_oom_preference(|| {
-            shared
-                .children
-                .register(|| direct_spawn::spawn(&request).map(|started| (started.pid, started)))
+        let started = retry_while_busy(|| {
+            with_oom_preference(|| {
+                shared.children.register(|| {
+                    direct_spawn::spawn(&request).map(|started| (started.pid, started))
+                })
+            })
         });
         match started {
             Ok((ends, exit)) => {
@@ -97,8 +99,9 @@ pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentEr
     let pty_master = set_stdio(&mut command, spec)?;
     set_up_child(&mut command, switch, pty_master.is_some());
 
-    let (mut child, exit) = with_oom_preference(|| shared.children.spawn(&mut command))
-        .map_err(|e| spawn_error(program, &e))?;
+    let (mut child, exit) =
+        retry_while_busy(|| with_oom_preference(|| shared.children.spawn(&mut command)))
+            .map_err(|e| spawn_error(program, &e))?;
     // The command holds the parent's copies of the pty slave: they must be closed now, or
     // reading the master would never see the end of the command's output.
     drop(command);
@@ -268,6 +271,28 @@ fn read_passwd(shared: &Shared) -> String {
     content
 }
 
+/// How often, and how far apart, a spawn is retried while its program is busy.
+const BUSY_RETRIES: u32 = 20;
+const BUSY_PAUSE: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// Runs `spawn` again while the program is "busy" (ETXTBSY), for a moment. A file just
+/// written by this agent (a `write_file`, then an `exec` of it) stays open for writing in
+/// any child another connection forked at that instant, until that child's exec closes
+/// it: the kernel then refuses to execute the file. The window is a fork's length, so a
+/// short wait ends it; a file someone really keeps open for writing still fails.
+fn retry_while_busy<T>(mut spawn: impl FnMut() -> std::io::Result<T>) -> std::io::Result<T> {
+    let mut attempts = 0;
+    loop {
+        match spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && attempts < BUSY_RETRIES => {
+                attempts += 1;
+                std::thread::sleep(BUSY_PAUSE);
+            }
+            other => return other,
+        }
+    }
+}
+
 /// Checked before the fork: a missing directory would otherwise fail the exec with the
 /// same `ENOENT` as a missing program. A working directory that is missing or no directory
 /// is a mistake in the request (the command never started), not the command's failure,
@@ -321,6 +346,32 @@ fn spawn_error(program: &str, error: &std::io::Error) -> AgentError {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_busy_program_is_retried_for_a_moment_only() {
+        let busy = || std::io::Error::from_raw_os_error(libc::ETXTBSY);
+        let mut calls = 0;
+        let started = retry_while_busy(|| {
+            calls += 1;
+            if calls < 3 { Err(busy()) } else { Ok(calls) }
+        });
+        assert_eq!(started.unwrap(), 3);
+        let mut calls = 0;
+        let never = retry_while_busy::<()>(|| {
+            calls += 1;
+            Err(busy())
+        });
+        assert_eq!(never.unwrap_err().raw_os_error(), Some(libc::ETXTBSY));
+        assert_eq!(calls, BUSY_RETRIES + 1);
+        let mut calls = 0;
+        let other = retry_while_busy::<()>(|| {
+            calls += 1;
+            Err(std::io::Error::from_raw_os_error(libc::ENOENT))
+        });
+        assert!(other.is_err());
+        assert_eq!(calls, 1, "other errors are not retried");
+    }
+
     use super::*;
 
     #[test]
