@@ -96,7 +96,7 @@ impl GvisorBackend {
                 require_root()?;
                 // Made first, so what runsc supports is cached for later processes.
                 self.make_base()?;
-                self.discover().map(Arc::new)
+                Runsc::discover(&self.options, &self.base()).map(Arc::new)
             })
             .await
             .cloned()
@@ -200,15 +200,11 @@ impl GvisorBackend {
                         Some(network::start_detached(netns, &dir.join("network.log"))?);
                 }
             }
-            write_file(&resolv_conf, &network::resolv_conf())?;
+            write_file(&resolv_conf, network::resolv_conf())?;
         }
         let netns_path = netns.as_ref().map(Netns::path);
         let seccomp = dir.join("seccomp.bpf");
-        // gVisor's gofer is host root: no setuid or setgid bit may reach a shared directory.
-        let filters = ak_native::seccomp::filters_for_agent(true)
-            .map_err(|e| GvisorError::Bundle(e.to_string()))?;
-        std::fs::write(&seccomp, filters)
-            .map_err(GvisorError::io(format!("write {}", seccomp.display())))?;
+        write_file(&seccomp, agent_filters()?)?;
         Bundle {
             spec,
             bundle_dir: &dir,
@@ -319,6 +315,19 @@ impl GvisorBackend {
     }
 }
 
+/// The seccomp filters every sandbox's agent installs, built once per process: the native
+/// deny-list, and (gVisor's gofer is host root) no setuid or setgid bit that could reach a
+/// shared directory.
+fn agent_filters() -> Result<&'static [u8], GvisorError> {
+    static FILTERS: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    if let Some(filters) = FILTERS.get() {
+        return Ok(filters);
+    }
+    let built = ak_native::seccomp::filters_for_agent(true)
+        .map_err(|e| GvisorError::Bundle(e.to_string()))?;
+    Ok(FILTERS.get_or_init(|| built))
+}
+
 /// The backend runs runsc as root, which sets the sandbox's cgroup limits and network; a
 /// rootless runsc was not made to do either here, and a sandbox without its limits is not
 /// one we hand out.
@@ -363,7 +372,7 @@ fn hide_host_sysctl_probe(command: &mut std::process::Command) {
     }
 }
 
-fn write_file(path: &Path, contents: &str) -> Result<(), GvisorError> {
+fn write_file(path: &Path, contents: impl AsRef<[u8]>) -> Result<(), GvisorError> {
     std::fs::write(path, contents).map_err(GvisorError::io(format!("write {}", path.display())))
 }
 

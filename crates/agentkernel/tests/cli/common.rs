@@ -113,27 +113,29 @@ pub fn registry_path(mode: Mode) -> PathBuf {
     dir.join("registry.db")
 }
 
+/// The `/proc/PID` directory of a host process whose command line (`\0`-separated)
+/// `matches` (waits up to 5 s for one to appear).
+pub fn find_host_process(matches: impl Fn(&[u8]) -> bool) -> Option<PathBuf> {
+    for _ in 0..100 {
+        let found = std::fs::read_dir("/proc").ok()?.flatten().find(|entry| {
+            std::fs::read(entry.path().join("cmdline")).is_ok_and(|cmdline| matches(&cmdline))
+        });
+        if let Some(entry) = found {
+            return Some(entry.path());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    None
+}
+
 /// The pid of a host process started as `program` (its first argument) whose command
 /// line mentions `marker` (waits up to 5 s for it to appear).
 pub fn host_process_with(marker: &str, program: &str) -> Option<i32> {
-    let find = || {
-        std::fs::read_dir("/proc")
-            .ok()?
-            .flatten()
-            .find_map(|entry| {
-                let pid: i32 = entry.file_name().to_str()?.parse().ok()?;
-                let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-                let first = cmdline.split(|&b| b == 0).next()?;
-                let mentions = String::from_utf8_lossy(&cmdline).contains(marker);
-                (first == program.as_bytes() && mentions).then_some(pid)
-            })
-    };
-    (0..100).find_map(|_| {
-        find().or_else(|| {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            None
-        })
-    })
+    let dir = find_host_process(|cmdline| {
+        cmdline.split(|&b| b == 0).next() == Some(program.as_bytes())
+            && String::from_utf8_lossy(cmdline).contains(marker)
+    })?;
+    dir.file_name()?.to_str()?.parse().ok()
 }
 
 /// Runs `agentkernel ARGS…` and returns its output.

@@ -344,18 +344,8 @@ fn root_inside_is_not_root_outside() {
 /// Host uid of the process running exactly `sleep <marker>` (waits up to 5 s).
 fn find_process_uid(marker: &str) -> Option<u32> {
     let wanted = format!("sleep\0{marker}\0");
-    for _ in 0..100 {
-        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            if cmdline == wanted.as_bytes() {
-                return std::fs::metadata(entry.path()).ok().map(|m| m.uid());
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    None
+    let dir = crate::common::find_host_process(|cmdline| cmdline == wanted.as_bytes())?;
+    std::fs::metadata(dir).ok().map(|m| m.uid())
 }
 
 #[test]
