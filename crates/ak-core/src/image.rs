@@ -19,6 +19,40 @@ pub enum ImageRef {
     /// No image named, on a backend that runs OCI images: chosen once the command is known
     /// ([`ImageRef::settle`]) from the command, then the project's files.
     Auto,
+    /// An OCI image already pulled into the local image store and unpacked there: what the
+    /// backends that assemble their own root (native, gVisor, microvm) are handed instead
+    /// of [`ImageRef::Oci`]. Container engines keep getting the name.
+    Stored(StoredImage),
+}
+
+/// An OCI image unpacked in the local image store (`ak-image`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredImage {
+    /// The reference as the user named it (`python:3.12-alpine`).
+    pub reference: String,
+    /// The digest of the image's manifest for this host's platform (`sha256:…`).
+    pub digest: String,
+    /// The unpacked layer directories, lowest first. Read-only: shared by every sandbox
+    /// and every image that has the same layer.
+    pub layers: Vec<PathBuf>,
+    /// What the image's configuration says about how its processes run.
+    pub config: ImageConfig,
+}
+
+/// The parts of an OCI image configuration that decide how a command runs in it, applied
+/// as Docker applies them.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    /// `Env`: `KEY=value` entries, before the sandbox's own environment.
+    pub env: Vec<String>,
+    /// `WorkingDir`, when the image names one.
+    pub working_dir: Option<String>,
+    /// `User` (`name`, `uid`, `uid:gid`, `name:group`), when the image names one.
+    pub user: Option<String>,
+    /// `Entrypoint`: prepended to the command.
+    pub entrypoint: Vec<String>,
+    /// `Cmd`: the command when none is given.
+    pub cmd: Vec<String>,
 }
 
 /// Commands and the image that has them (the table of the original agentkernel README).
@@ -156,6 +190,7 @@ impl fmt::Display for ImageRef {
             ImageRef::Directory(path) => write!(f, "{}", path.display()),
             ImageRef::Oci(name) => f.write_str(name),
             ImageRef::Auto => f.write_str("auto"),
+            ImageRef::Stored(image) => f.write_str(&image.reference),
         }
     }
 }

@@ -19,7 +19,7 @@ pub mod watch;
 pub use ak_protocol::{ExecSpec, ExitStatus, PtySize, StdinMode};
 pub use backend::{Backend, BackendKind, BackendProbe, Sandbox, Transport};
 pub use error::{BackendError, ConfigError};
-pub use image::ImageRef;
+pub use image::{ImageConfig, ImageRef, StoredImage};
 pub use policy::{Capability, NetworkMode, Profile, SecurityPolicy};
 pub use resources::Resources;
 pub use spec::{Mount, SandboxSpec};

@@ -159,7 +159,10 @@ impl Bundle<'_> {
         match &self.spec.image {
             ImageRef::Host | ImageRef::Auto => Ok(PathBuf::from("/")),
             ImageRef::Directory(dir) => Ok(dir.clone()),
-            ImageRef::Oci(name) => Err(GvisorError::Unsupported(format!(
+            ImageRef::Oci(name)
+            | ImageRef::Stored(ak_core::StoredImage {
+                reference: name, ..
+            }) => Err(GvisorError::Unsupported(format!(
                 "OCI images (here {name}) need an image store, which the gvisor backend does \
                  not have yet; use --image host or a directory holding a root filesystem"
             ))),

@@ -160,7 +160,10 @@ impl NativeBackend {
                 (PathBuf::from("/"), prepared.host_top_level.clone())
             }
             ImageRef::Directory(dir) => (dir.clone(), list_top_level(dir)?),
-            ImageRef::Oci(name) => {
+            ImageRef::Oci(name)
+            | ImageRef::Stored(ak_core::StoredImage {
+                reference: name, ..
+            }) => {
                 return Err(NativeError::InvalidSpec(format!(
                     "the native backend runs the `host` image or a directory, not the OCI image '{name}' (use --backend docker)"
                 )));

@@ -35,6 +35,7 @@ impl BaseSource {
             ImageRef::Oci(name) if name == MICROVM_BASE_IMAGE => Ok(BaseSource::Debian),
             ImageRef::Directory(path) => Ok(BaseSource::Directory(path.clone())),
             ImageRef::Oci(name) => Ok(BaseSource::Container(name.clone())),
+            ImageRef::Stored(stored) => Ok(BaseSource::Container(stored.reference.clone())),
             ImageRef::Host | ImageRef::Auto => Err(MicrovmError::Unsupported(format!(
                 "image {image}: a VM cannot boot the host's root; use {MICROVM_BASE_IMAGE} or a root file system directory"
             ))),
