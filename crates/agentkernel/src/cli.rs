@@ -46,6 +46,9 @@ pub enum Command {
     List(ListArgs),
     /// Show one named sandbox in detail.
     Inspect(InspectArgs),
+    /// Named volumes: directories that outlive sandboxes (`--volume NAME:/path`).
+    #[command(subcommand)]
+    Volume(VolumeCommand),
     /// The daemon that keeps warm pools, so that `run` starts in about a millisecond.
     #[command(subcommand)]
     Daemon(DaemonCommand),
@@ -76,6 +79,20 @@ pub struct SetupArgs {
     /// a container image (exported through the Docker engine).
     #[arg(long, value_name = "IMAGE", num_args = 0..=1, default_missing_value = "debian-minbase")]
     pub image: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VolumeCommand {
+    /// Create an empty volume (a sandbox naming a missing volume also creates it).
+    Create(InspectArgs),
+    /// List volumes: size, and the named sandboxes that mount each.
+    #[command(alias = "ls")]
+    List(ListArgs),
+    /// Show one volume.
+    Inspect(InspectArgs),
+    /// Remove a volume and its files; refused while a sandbox uses it.
+    #[command(alias = "rm")]
+    Remove(InspectArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -308,6 +325,14 @@ pub struct SandboxArgs {
     /// Bind the current directory read-write at the same path inside the sandbox.
     #[arg(long)]
     pub mount_cwd: bool,
+    /// A named volume (see `agentkernel volume`): NAME:/path, NAME:/path:ro, or
+    /// NAME:/path:shared to write alongside other sandboxes (repeatable).
+    #[arg(long = "volume", value_name = "NAME:/PATH[:ro|:shared]")]
+    pub volumes: Vec<String>,
+    /// Clone this git repository (https, ssh or file URL; `#REF` picks a branch, tag or
+    /// commit) into the workdir before the sandbox starts.
+    #[arg(long, value_name = "URL[#REF]", value_parser = ak_core::source::GitSource::parse_cli)]
+    pub source: Option<ak_core::source::GitSource>,
 }
 
 impl SandboxArgs {
@@ -329,6 +354,8 @@ impl SandboxArgs {
             env: (!self.env.is_empty()).then(|| self.env.clone()),
             workdir: self.workdir.clone(),
             mount_cwd: self.mount_cwd.then_some(true),
+            volumes: (!self.volumes.is_empty()).then(|| self.volumes.clone()),
+            source: self.source.clone(),
         }
     }
 }

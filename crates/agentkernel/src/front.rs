@@ -88,7 +88,7 @@ pub async fn inspect(name: &str) -> Result<SandboxRecord, Failure> {
 
 /// Performs `action`: by the daemon when one runs, else by this process's service. The
 /// same value either way.
-async fn perform(action: Action) -> Result<Answer, Failure> {
+pub async fn perform(action: Action) -> Result<Answer, Failure> {
     match ask(&Request::Perform(action.clone()))? {
         Some((Response::Performed(answer), _)) => Ok(answer),
         Some((other, _)) => Err(refused(other)),

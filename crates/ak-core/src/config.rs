@@ -11,7 +11,9 @@ use crate::error::ConfigError;
 use crate::image::ImageRef;
 use crate::policy::{NetworkMode, Profile};
 use crate::resources::{parse_cpus, parse_duration, parse_memory_limit, parse_pids};
+use crate::source::GitSource;
 use crate::spec::{DEFAULT_WORKDIR, Mount, SandboxSpec, parse_env_entry, validate_workdir};
+use crate::volume::VolumeMount;
 
 /// Name of the per-project config file, looked up from the current directory upwards.
 pub const PROJECT_FILE: &str = "agentkernel.toml";
@@ -152,6 +154,9 @@ pub struct ApiOptions {
     pub max_cpus: Option<f64>,
     /// Most processes (default: the kernel's limit).
     pub max_pids: Option<u64>,
+    /// The git protocols remote callers' `source_url`s may use (default `["https"]`; `ssh`
+    /// would clone with this user's keys, `file` would read this host's repositories).
+    pub source_protocols: Option<Vec<String>>,
 }
 
 /// Environment variable holding the API's bearer token.
@@ -245,6 +250,14 @@ pub struct SandboxOptions {
     pub env: Option<Vec<String>>,
     pub workdir: Option<String>,
     pub mount_cwd: Option<bool>,
+    /// `NAME:/path[:ro|:rw|:shared]` entries. Flags and requests only: a config file (a
+    /// project's may come with the repository) cannot hand a sandbox the user's volumes.
+    #[serde(skip)]
+    pub volumes: Option<Vec<String>>,
+    /// A repository cloned into the workdir before the sandbox starts (flags and requests
+    /// only, as volumes).
+    #[serde(skip)]
+    pub source: Option<GitSource>,
 }
 
 impl SandboxOptions {
@@ -269,6 +282,8 @@ impl SandboxOptions {
             env,
             workdir: self.workdir.or(lower.workdir),
             mount_cwd: self.mount_cwd.or(lower.mount_cwd),
+            volumes: self.volumes.or(lower.volumes),
+            source: self.source.or(lower.source),
         }
     }
 }
@@ -470,6 +485,16 @@ pub fn resolve(
     if let Some(dir) = &options.workdir {
         workdir = validate_workdir(dir)?;
     }
+    let volumes = VolumeMount::parse_all(options.volumes.as_deref().unwrap_or_default())?;
+    if let Some(volume) = volumes
+        .iter()
+        .find(|v| mounts.iter().any(|m| m.target == v.target))
+    {
+        return Err(ConfigError::InvalidVolume {
+            entry: volume.to_string(),
+            reason: format!("{} is already a host directory's", volume.target.display()),
+        });
+    }
 
     Ok(SandboxSpec {
         hostname: format!("ak-{}", &id[..id.len().min(12)]),
@@ -481,6 +506,8 @@ pub fn resolve(
         env,
         workdir,
         mounts,
+        volumes,
+        source: options.source,
         timeout,
     })
 }

@@ -48,6 +48,10 @@ pub enum ConfigError {
     InvalidCommand(&'static str),
     #[error("invalid sandbox name '{}': {reason}", shown_name(.name))]
     InvalidName { name: String, reason: &'static str },
+    #[error("invalid volume '{}': {reason}", shown_name(.entry))]
+    InvalidVolume { entry: String, reason: String },
+    #[error("invalid git source '{}': {reason}", shown_name(.input))]
+    InvalidSource { input: String, reason: String },
 }
 
 /// The longest part of a refused name an error message repeats.

@@ -12,8 +12,10 @@ pub mod policy;
 pub mod process;
 pub mod resources;
 pub mod runtime;
+pub mod source;
 pub mod spec;
 pub mod state;
+pub mod volume;
 pub mod watch;
 
 pub use ak_protocol::{ExecSpec, ExitStatus, PtySize, StdinMode};

@@ -10,6 +10,8 @@ use crate::error::ConfigError;
 use crate::image::ImageRef;
 use crate::policy::SecurityPolicy;
 use crate::resources::Resources;
+use crate::source::GitSource;
+use crate::volume::VolumeMount;
 
 /// Default working directory inside a sandbox (a private, writable tmpfs).
 pub const DEFAULT_WORKDIR: &str = "/workspace";
@@ -38,6 +40,12 @@ pub struct SandboxSpec {
     /// Working directory inside the sandbox.
     pub workdir: PathBuf,
     pub mounts: Vec<Mount>,
+    /// Named volumes, made into mounts by the service when the sandbox is built.
+    #[serde(default)]
+    pub volumes: Vec<VolumeMount>,
+    /// A repository the service clones into the workdir before the sandbox first starts.
+    #[serde(default)]
+    pub source: Option<GitSource>,
     /// Wall-clock limit of the whole sandbox run.
     pub timeout: Option<Duration>,
     pub hostname: String,

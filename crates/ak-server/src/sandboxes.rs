@@ -4,6 +4,7 @@
 use ak_core::SandboxState;
 use ak_core::config::{SandboxOptions, resolve};
 use ak_core::resources::parse_duration;
+use ak_core::source::GitSource;
 use ak_core::spec::{new_sandbox_id, validate_name};
 use ak_service::audit::rfc3339_unix;
 use ak_service::{Caller, SandboxRecord};
@@ -89,15 +90,19 @@ pub struct CreateRequest {
     pub memory_mb: Option<u64>,
     #[serde(default)]
     pub profile: Option<String>,
-    /// Named volumes; this server has none, so any is refused rather than ignored.
+    /// Named volumes, `NAME:/path`, `NAME:/path:ro` or `NAME:/path:shared`; a volume that
+    /// does not exist yet is created.
     #[serde(default)]
     pub volumes: Option<Vec<String>>,
     /// Time to live, e.g. `30m`: the service removes the sandbox after it (see `extend`).
     #[serde(default)]
     pub ttl: Option<String>,
-    /// A git repository to clone into the sandbox (not supported yet: refused when given).
+    /// A git repository cloned into the sandbox's workdir before it starts (the protocols
+    /// allowed are `source_protocols` under `[api]`: `https` by default).
     #[serde(default)]
     pub source_url: Option<String>,
+    /// The branch, tag or commit of `source_url` to check out (its default branch when
+    /// absent).
     #[serde(default)]
     pub source_ref: Option<String>,
     /// Secrets for the sandbox's egress proxy (not supported yet: refused when given).
@@ -109,26 +114,14 @@ pub struct CreateRequest {
 
 /// The SDK fields of `POST /sandboxes` this server does not carry out yet: given, they are
 /// refused with a 400 naming the field (the OpenAPI document says null or empty only).
-pub(crate) const UNSUPPORTED_FIELDS: [&str; 5] = [
-    "volumes",
-    "source_url",
-    "source_ref",
-    "secrets",
-    "secret_files",
-];
+pub(crate) const UNSUPPORTED_FIELDS: [&str; 2] = ["secrets", "secret_files"];
 
 impl CreateRequest {
     /// The first field of [`UNSUPPORTED_FIELDS`] given (a JSON `null` means "not given", as
     /// the async SDK sends them; an empty list asks for nothing).
     fn unsupported(&self) -> Option<&'static str> {
         let given = |list: &Option<Vec<String>>| list.as_ref().is_some_and(|v| !v.is_empty());
-        let given = [
-            given(&self.volumes),
-            self.source_url.is_some(),
-            self.source_ref.is_some(),
-            given(&self.secrets),
-            given(&self.secret_files),
-        ];
+        let given = [given(&self.secrets), given(&self.secret_files)];
         UNSUPPORTED_FIELDS
             .into_iter()
             .zip(given)
@@ -149,12 +142,16 @@ pub async fn create(
             "{field}: this field is not supported by this server yet"
         )));
     }
+    let source =
+        GitSource::from_fields(request.source_url.as_deref(), request.source_ref.as_deref())?;
     let options = SandboxOptions {
         backend: request.backend,
         image: request.image,
         profile: request.profile,
         cpus: request.vcpus.map(f64::from),
         memory: request.memory_mb.map(|mb| format!("{mb}M")),
+        volumes: request.volumes.filter(|v| !v.is_empty()),
+        source,
         ..SandboxOptions::default()
     }
     .over(state.config.base_options.clone());

@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ServiceError;
 use crate::registry::SandboxRecord;
+use crate::volumes::VolumeInfo;
 use crate::{Caller, Service};
 
 /// One operation on named sandboxes.
@@ -39,6 +40,17 @@ pub enum Action {
     Inspect {
         name: String,
     },
+    /// Named volumes (see `volumes.rs`): not sandboxes, but kept by the same service.
+    VolumeCreate {
+        name: String,
+    },
+    VolumeList,
+    VolumeInspect {
+        name: String,
+    },
+    VolumeRemove {
+        name: String,
+    },
 }
 
 /// What an [`Action`] answers.
@@ -48,6 +60,8 @@ pub enum Answer {
     Record(Box<SandboxRecord>),
     Records(Vec<SandboxRecord>),
     Removed,
+    Volume(Box<VolumeInfo>),
+    Volumes(Vec<VolumeInfo>),
 }
 
 impl Answer {
@@ -64,6 +78,22 @@ impl Answer {
         match self {
             Answer::Records(records) => Ok(records),
             other => Err(mismatch("a list of sandboxes", &other)),
+        }
+    }
+
+    /// The one volume this answer carries.
+    pub fn into_volume(self) -> Result<VolumeInfo, ServiceError> {
+        match self {
+            Answer::Volume(volume) => Ok(*volume),
+            other => Err(mismatch("a volume", &other)),
+        }
+    }
+
+    /// The volumes this answer carries.
+    pub fn into_volumes(self) -> Result<Vec<VolumeInfo>, ServiceError> {
+        match self {
+            Answer::Volumes(volumes) => Ok(volumes),
+            other => Err(mismatch("a list of volumes", &other)),
         }
     }
 
@@ -97,6 +127,19 @@ impl Service {
                 .map(|()| Answer::Removed),
             Action::List => self.list_named().await.map(Answer::Records),
             Action::Inspect { name } => self.inspect_named(&name).await.map(record),
+            Action::VolumeCreate { name } => self
+                .create_volume(caller, &name)
+                .await
+                .map(|v| Answer::Volume(Box::new(v))),
+            Action::VolumeList => self.list_volumes(caller).await.map(Answer::Volumes),
+            Action::VolumeInspect { name } => self
+                .inspect_volume(caller, &name)
+                .await
+                .map(|v| Answer::Volume(Box::new(v))),
+            Action::VolumeRemove { name } => self
+                .remove_volume(caller, &name)
+                .await
+                .map(|()| Answer::Removed),
         }
     }
 }

@@ -8,6 +8,7 @@ use std::path::Path;
 
 use ak_core::config::ApiOptions;
 use ak_core::resources::{parse_cpus, parse_memory, parse_pids};
+use ak_core::source::GitProtocol;
 use ak_core::{ConfigError, ImageRef, NetworkMode, Profile, SandboxSpec};
 
 use crate::error::ServiceError;
@@ -52,6 +53,8 @@ pub struct CallerPolicy {
     /// `None`: the host's CPUs, likewise.
     pub max_cpus: Option<f64>,
     pub max_pids: u64,
+    /// The git protocols a source may use.
+    pub source_protocols: Vec<GitProtocol>,
 }
 
 /// The kernel's largest pid limit (`PID_MAX_LIMIT` on 64-bit).
@@ -67,6 +70,7 @@ impl CallerPolicy {
             max_memory_bytes: None,
             max_cpus: None,
             max_pids: KERNEL_MAX_PIDS,
+            source_protocols: vec![GitProtocol::Https],
         }
     }
 
@@ -87,6 +91,12 @@ impl CallerPolicy {
         }
         if let Some(pids) = options.max_pids {
             policy.max_pids = parse_pids(pids)?;
+        }
+        if let Some(protocols) = &options.source_protocols {
+            policy.source_protocols = protocols
+                .iter()
+                .map(|p| GitProtocol::parse(p))
+                .collect::<Result<_, _>>()?;
         }
         Ok(policy)
     }
@@ -110,6 +120,20 @@ impl CallerPolicy {
         }
         if let Some(mount) = spec.mounts.first() {
             return refuse(format!("mount host paths ({})", mount.host.display()));
+        }
+        if let Some(source) = &spec.source {
+            let protocol = source.protocol()?;
+            if !self.source_protocols.contains(&protocol) {
+                return refuse(format!(
+                    "clone {} sources (allowed: {}; set source_protocols under [api])",
+                    protocol.as_str(),
+                    self.source_protocols
+                        .iter()
+                        .map(|p| p.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
+            }
         }
         if looseness(spec.policy.profile) > looseness(self.max_profile) {
             return refuse(format!(
@@ -200,7 +224,25 @@ mod tests {
             max_memory_bytes: Some(1 << 30),
             max_cpus: Some(2.0),
             max_pids: 2000,
+            source_protocols: vec![GitProtocol::Https],
         }
+    }
+
+    #[test]
+    fn remote_sources_use_only_the_allowed_protocols() {
+        let with_source = |url: &str| SandboxOptions {
+            source: Some(ak_core::source::GitSource::new(url, None).expect("source")),
+            ..SandboxOptions::default()
+        };
+        let message = refusal(Caller::Api, with_source("file:///etc/repo"));
+        assert!(message.contains("clone file sources"), "{message}");
+        assert!(message.contains("source_protocols"), "{message}");
+        assert!(refusal(Caller::Mcp, with_source("git@host:org/repo.git")).contains("ssh"));
+        let allowed = policy().admit(Caller::Api, &spec(with_source("https://h/r.git")));
+        assert!(allowed.is_ok(), "{allowed:?}");
+        // The local user may clone from anywhere git can.
+        let local = policy().admit(Caller::Local, &spec(with_source("file:///srv/r")));
+        assert!(local.is_ok(), "{local:?}");
     }
 
     fn refusal(caller: Caller, options: SandboxOptions) -> String {

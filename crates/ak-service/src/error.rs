@@ -48,6 +48,12 @@ pub enum ServiceError {
     NoSuch(String),
     #[error("a sandbox named '{0}' already exists")]
     Duplicate(String),
+    /// Something is in use and cannot be changed or shared as asked (`{0}` says by whom).
+    #[error("{0}")]
+    InUse(String),
+    /// A source repository could not be cloned (a bad URL or ref, a refusing remote).
+    #[error("cloning the source: {0}")]
+    Source(String),
     #[error("sandbox '{name}' is {state}: {hint}")]
     WrongState {
         name: String,
@@ -83,10 +89,13 @@ impl ServiceError {
         match self {
             ServiceError::Config(_)
             | ServiceError::EmptyCommand
-            | ServiceError::InvalidInput(_) => ErrorClass::Invalid,
+            | ServiceError::InvalidInput(_)
+            | ServiceError::Source(_) => ErrorClass::Invalid,
             ServiceError::Forbidden(_) => ErrorClass::Forbidden,
             ServiceError::NotFound(_) | ServiceError::NoSuch(_) => ErrorClass::NotFound,
-            ServiceError::Duplicate(_) | ServiceError::WrongState { .. } => ErrorClass::Conflict,
+            ServiceError::Duplicate(_)
+            | ServiceError::InUse(_)
+            | ServiceError::WrongState { .. } => ErrorClass::Conflict,
             ServiceError::BackendNotBuilt(_) | ServiceError::Unavailable(_) => {
                 ErrorClass::Unavailable
             }

@@ -2,6 +2,7 @@
 //! the backend a spec names, provisions the sandbox, speaks to its agent and releases it.
 
 mod action;
+mod attach;
 pub mod audit;
 mod caller;
 mod components;
@@ -15,6 +16,8 @@ pub mod registry;
 mod run;
 mod sandboxes;
 mod session;
+mod source;
+mod volumes;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -33,6 +36,7 @@ pub use crate::pool::{PoolConfig, PoolStatus, poolable};
 pub use crate::registry::{Registry, SandboxRecord};
 pub use crate::run::{Placement, settle_image};
 pub use crate::session::{Collected, CommandSession, RunOutcome, TIMED_OUT_CODE, connect_agent};
+pub use crate::volumes::{VolumeInfo, VolumeUser};
 
 /// The service: the registered backends, the registry of named sandboxes, and the
 /// operations on them. One per process; every operation names its [`Caller`].
@@ -127,12 +131,15 @@ impl Service {
         &self,
         spec: &ak_core::SandboxSpec,
         lifetime: ak_core::backend::Lifetime,
+        named: Option<&str>,
     ) -> Result<Box<dyn ak_core::Sandbox>, ServiceError> {
         let backend = self.backend(spec.backend)?.clone();
-        let spec = spec.clone();
-        Ok(self
+        let mut spec = spec.clone();
+        let attachments = self.attach(&mut spec, lifetime, named).await?;
+        let sandbox = self
             .offload(async move { backend.create(&spec, lifetime).await })
-            .await??)
+            .await??;
+        Ok(attach::Attached::wrap(sandbox, attachments))
     }
 
     /// Keeps pools topped up, releases used sandboxes and removes expired ones until the

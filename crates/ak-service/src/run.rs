@@ -78,7 +78,7 @@ impl Service {
             .acquire()
             .await
             .map_err(|e| ServiceError::Unavailable(format!("sandbox set-up queue: {e}")))?;
-        let sandbox = self.create_sandbox(spec, Lifetime::Ephemeral).await?;
+        let sandbox = self.create_sandbox(spec, Lifetime::Ephemeral, None).await?;
         drop(turn);
         tracing::debug!(elapsed = ?begun.elapsed(), "sandbox created");
         let session = self

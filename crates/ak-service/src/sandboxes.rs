@@ -112,8 +112,45 @@ impl Service {
         Ok(())
     }
 
-    fn host_dir_of(&self, record_uuid: &str) -> Result<PathBuf, ServiceError> {
+    pub(crate) fn host_dir_of(&self, record_uuid: &str) -> Result<PathBuf, ServiceError> {
         Ok(self.state_dir()?.join("sandboxes").join(record_uuid))
+    }
+
+    /// Makes the service-owned workdir of sandbox `id` on the host: private to the
+    /// sandbox, owned by its root (`root_owner`), which no other local user may read or
+    /// list. The sandbox's own directory only lets others pass (0711) when the sandbox's
+    /// root is another uid and must pass through.
+    pub(crate) fn make_workspace(
+        &self,
+        id: &str,
+        root_owner: Option<(u32, u32)>,
+    ) -> Result<PathBuf, ServiceError> {
+        self.make_traversable(root_owner)?;
+        let sandbox_dir = self.host_dir_of(id)?;
+        let host = sandbox_dir.join("workspace");
+        let sandbox_dir_mode = if foreign_root(root_owner).is_some() {
+            0o711
+        } else {
+            0o700
+        };
+        for (dir, mode) in [(&sandbox_dir, sandbox_dir_mode), (&host, 0o700)] {
+            std::fs::DirBuilder::new()
+                .mode(mode)
+                .create(dir)
+                .map_err(|e| ServiceError::State(format!("create {}: {e}", dir.display())))?;
+            // Exactly this mode: the umask may have taken the search bit away.
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+                .map_err(|e| ServiceError::State(format!("chmod {}: {e}", dir.display())))?;
+        }
+        if let Some((uid, gid)) = root_owner {
+            rustix::fs::chown(
+                &host,
+                Some(rustix::fs::Uid::from_raw(uid)),
+                Some(rustix::fs::Gid::from_raw(gid)),
+            )
+            .map_err(|e| ServiceError::State(format!("chown {}: {e}", host.display())))?;
+        }
+        Ok(host)
     }
 
     /// [`Service::create_named`] without its audit entry.
@@ -129,44 +166,31 @@ impl Service {
         if self.registry()?.get(name)?.is_some() {
             return Err(ServiceError::Duplicate(name.to_string()));
         }
+        if let (Some(source), Some(dir)) = (&spec.source, dir) {
+            return Err(ServiceError::InvalidInput(format!(
+                "a source ({source}) is cloned into the workdir the service keeps for the \
+                 sandbox, so it cannot come with a host directory ({}) as the workdir",
+                dir.display()
+            )));
+        }
         let workdir_host = match dir {
             Some(dir) => dir.canonicalize().map_err(|e| {
                 ServiceError::InvalidInput(format!("workdir {}: {e}", dir.display()))
             })?,
             None => {
                 let root_owner = backend.sandbox_root_owner();
-                self.make_traversable(root_owner)?;
-                // Private to the sandbox: its root owns the workspace, and no other local
-                // user may read or list it. The sandbox's own directory only lets others
-                // pass (0711) when the sandbox's root is another uid and must pass through.
-                let sandbox_dir = self.host_dir_of(&spec.id)?;
-                let host = sandbox_dir.join("workspace");
-                let sandbox_dir_mode = if foreign_root(root_owner).is_some() {
-                    0o711
-                } else {
-                    0o700
-                };
-                for (dir, mode) in [(&sandbox_dir, sandbox_dir_mode), (&host, 0o700)] {
-                    std::fs::DirBuilder::new()
-                        .mode(mode)
-                        .create(dir)
-                        .map_err(|e| {
-                            ServiceError::State(format!("create {}: {e}", dir.display()))
-                        })?;
-                    // Exactly this mode: the umask may have taken the search bit away.
-                    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)).map_err(
-                        |e| ServiceError::State(format!("chmod {}: {e}", dir.display())),
-                    )?;
+                let workspace = self.make_workspace(&spec.id, root_owner)?;
+                if let Some(source) = &spec.source
+                    && let Err(error) =
+                        crate::source::clone_into(source, &workspace, root_owner).await
+                {
+                    let sandbox_dir = self.host_dir_of(&spec.id)?;
+                    if let Err(e) = std::fs::remove_dir_all(&sandbox_dir) {
+                        tracing::warn!("removing {}: {e}", sandbox_dir.display());
+                    }
+                    return Err(error);
                 }
-                if let Some((uid, gid)) = root_owner {
-                    rustix::fs::chown(
-                        &host,
-                        Some(rustix::fs::Uid::from_raw(uid)),
-                        Some(rustix::fs::Gid::from_raw(gid)),
-                    )
-                    .map_err(|e| ServiceError::State(format!("chown {}: {e}", host.display())))?;
-                }
-                host
+                workspace
             }
         };
         // A directory the user named must be reachable by the sandbox's root too.
@@ -221,7 +245,7 @@ impl Service {
         // A failed start leaves the sandbox stopped (and its workdir untouched): the cause
         // may be passing, and `failed` would only allow removing it.
         let sandbox = self
-            .create_sandbox(&record.spec, Lifetime::Persistent)
+            .create_sandbox(&record.spec, Lifetime::Persistent, Some(name))
             .await?;
         let handle = sandbox.handle();
         let encoded = serde_json::to_string(&handle)

@@ -15,6 +15,7 @@ mod setup;
 mod status;
 mod stream;
 mod terminal;
+mod volume;
 
 use ak_core::SandboxSpec;
 use ak_core::config::{SandboxOptions, resolve};
@@ -30,6 +31,20 @@ pub(crate) fn say(text: &str) {
     println!("{text}");
 }
 
+/// Prints `value` as pretty JSON (the `--json` output of every command).
+pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> i32 {
+    match serde_json::to_string_pretty(value) {
+        Ok(json) => {
+            say(&json);
+            0
+        }
+        Err(e) => {
+            exit::report(&e.into());
+            exit::SANDBOX_FAILURE
+        }
+    }
+}
+
 pub async fn dispatch(command: Command) -> i32 {
     match command {
         Command::Run(args) => run::run(*args).await,
@@ -43,6 +58,7 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::Remove(args) => sandbox::remove(args).await,
         Command::List(args) => sandbox::list(args).await,
         Command::Inspect(args) => sandbox::inspect(args).await,
+        Command::Volume(command) => volume::volume(command).await,
         Command::Daemon(command) => daemon::daemon(command).await,
         Command::Bench(args) => bench::bench(*args).await,
         Command::Serve(args) => serve::serve(args).await,

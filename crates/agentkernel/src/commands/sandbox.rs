@@ -2,9 +2,8 @@
 
 use ak_service::SandboxRecord;
 
-use super::say;
+use super::{print_json, say};
 use crate::cli::{CreateArgs, InspectArgs, ListArgs, NameArgs, RemoveArgs};
-use crate::exit;
 use crate::front::{self, Failure};
 
 pub async fn create(args: CreateArgs) -> i32 {
@@ -100,6 +99,17 @@ pub async fn inspect(args: InspectArgs) -> i32 {
             if mount.writable { "rw" } else { "ro" }
         ));
     }
+    for volume in &spec.volumes {
+        out.push_str(&format!(
+            "volume:   {} -> {} ({})\n",
+            volume.name,
+            volume.target.display(),
+            volume.access.as_str()
+        ));
+    }
+    if let Some(source) = &spec.source {
+        out.push_str(&format!("source:   {source}\n"));
+    }
     if let Some(error) = &record.error {
         out.push_str(&format!("error:    {error}\n"));
     }
@@ -119,17 +129,4 @@ fn summary(record: &SandboxRecord) -> serde_json::Value {
         "memory_mb": record.spec.resources.memory_bytes >> 20,
         "created_at": record.created_at,
     })
-}
-
-fn print_json<T: serde::Serialize>(value: &T) -> i32 {
-    match serde_json::to_string_pretty(value) {
-        Ok(json) => {
-            say(&json);
-            0
-        }
-        Err(e) => {
-            exit::report(&e.into());
-            exit::SANDBOX_FAILURE
-        }
-    }
 }

@@ -6,6 +6,7 @@
 
 mod transport;
 
+use ak_core::source::GitSource;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -235,6 +236,13 @@ pub struct RunParams {
     pub env: Option<Vec<String>>,
     /// Wall-clock limit in milliseconds; the command is killed after it.
     pub timeout_ms: Option<u64>,
+    /// Named volumes: `NAME:/path`, `NAME:/path:ro` or `NAME:/path:shared` (created when
+    /// missing; they outlive the sandbox).
+    pub volumes: Option<Vec<String>>,
+    /// A git repository cloned into the workdir before the command runs.
+    pub source_url: Option<String>,
+    /// The branch, tag or commit of `source_url` (its default branch when absent).
+    pub source_ref: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -252,6 +260,13 @@ pub struct CreateParams {
     /// How long it may live, e.g. `30m` or `2h` (at most 30 days), as the HTTP API's
     /// `ttl`: it is removed when that runs out.
     pub ttl: Option<String>,
+    /// Named volumes: `NAME:/path`, `NAME:/path:ro` or `NAME:/path:shared` (created when
+    /// missing; they outlive the sandbox).
+    pub volumes: Option<Vec<String>>,
+    /// A git repository cloned into /workspace before the sandbox starts.
+    pub source_url: Option<String>,
+    /// The branch, tag or commit of `source_url` (its default branch when absent).
+    pub source_ref: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -317,6 +332,9 @@ impl McpServer {
         context: RequestContext<RoleServer>,
     ) -> Result<Json<RunResult>, String> {
         let timeout_ms = params.timeout_ms;
+        let source =
+            GitSource::from_fields(params.source_url.as_deref(), params.source_ref.as_deref())
+                .map_err(|e| self.refuse("sandbox_run", None, e))?;
         let exec = self.exec(
             "sandbox_run",
             None,
@@ -334,6 +352,8 @@ impl McpServer {
                 image: params.image,
                 profile: params.profile,
                 network: params.network,
+                volumes: params.volumes,
+                source,
                 ..SandboxOptions::default()
             },
         )?;
@@ -359,6 +379,9 @@ impl McpServer {
         &self,
         Parameters(params): Parameters<CreateParams>,
     ) -> Result<Json<SandboxInfo>, String> {
+        let source =
+            GitSource::from_fields(params.source_url.as_deref(), params.source_ref.as_deref())
+                .map_err(|e| self.refuse("sandbox_create", Some(&params.name), e))?;
         let spec = self.spec(
             "sandbox_create",
             SandboxOptions {
@@ -367,6 +390,8 @@ impl McpServer {
                 network: params.network,
                 memory: params.memory,
                 cpus: params.cpus,
+                volumes: params.volumes,
+                source,
                 ..SandboxOptions::default()
             },
         )?;

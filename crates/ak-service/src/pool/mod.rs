@@ -290,15 +290,16 @@ pub const ONE_OFF_POOL: &str = "one-off (host mounts; built per run)";
 const CAPACITY_WAIT: Duration = Duration::from_secs(30);
 
 /// Whether a sandbox for `spec` can be prepared ahead in a warm pool (it has no host
-/// mounts).
+/// mounts, volumes or source).
 pub fn poolable(spec: &SandboxSpec) -> bool {
     pool_key(spec).is_some()
 }
 
-/// The pool a spec belongs to, or `None` when it cannot be prepared ahead (host mounts).
-/// Environment and timeout are per command, so they are not part of it.
+/// The pool a spec belongs to, or `None` when it cannot be prepared ahead (host mounts,
+/// volumes and sources are each sandbox's own). Environment and timeout are per command,
+/// so they are not part of it.
 pub fn pool_key(spec: &SandboxSpec) -> Option<String> {
-    if !spec.mounts.is_empty() {
+    if !spec.mounts.is_empty() || !spec.volumes.is_empty() || spec.source.is_some() {
         return None;
     }
     let resources = &spec.resources;
@@ -472,7 +473,7 @@ impl Pools {
                 .map_err(|e| ServiceError::Unavailable(format!("sandbox build slots: {e}")))?
         };
         let sandbox = service
-            .create_sandbox(&fresh(spec), Lifetime::Ephemeral)
+            .create_sandbox(&fresh(spec), Lifetime::Ephemeral, None)
             .await?;
         lock(&self.pools).entry(key.clone()).or_default().created += 1;
         Ok((key, sandbox, Served::Miss, Some(reservation)))
@@ -651,7 +652,7 @@ impl Pools {
     ) {
         let started = Instant::now();
         let created = service
-            .create_sandbox(&fresh(&template), Lifetime::Ephemeral)
+            .create_sandbox(&fresh(&template), Lifetime::Ephemeral, None)
             .await;
         let took = started.elapsed();
         drop(slot);
