@@ -50,6 +50,7 @@ impl Service {
         settle_image(&mut spec, Some(&exec.argv));
         let spec = &spec;
         self.policy.admit(caller, spec)?;
+        self.admit_volumes(caller, spec)?;
         // A backend this build lacks is refused before the run waits for a set-up turn.
         self.backend(spec.backend)?;
         with_spec_timeout(spec, &mut exec);

@@ -506,6 +506,7 @@ impl Service {
         let result = async {
             self.policy.admit_dir(caller, dir)?;
             self.policy.admit(caller, &spec)?;
+            self.admit_volumes(caller, &spec)?;
             self.create_unaudited(name, spec, dir).await
         }
         .await;

@@ -280,6 +280,27 @@ impl Service {
             .collect())
     }
 
+    /// Remote callers name volumes the local user made (`volume create`): they may not
+    /// leave new directories on the host by naming them, as the SDKs document.
+    pub(crate) fn admit_volumes(
+        &self,
+        caller: Caller,
+        spec: &SandboxSpec,
+    ) -> Result<(), ServiceError> {
+        if !caller.is_remote() {
+            return Ok(());
+        }
+        for volume in &spec.volumes {
+            if self.existing_volume(&volume.name).is_err() {
+                return Err(ServiceError::NoSuch(format!(
+                    "volume named '{}' (the host's user creates volumes: `agentkernel volume create {}`)",
+                    volume.name, volume.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Turns `spec`'s volumes into mounts of their data directories (creating missing
     /// volumes), after checking that every other user of each volume can share it as asked.
     /// `named`: the named sandbox being started, whose own record does not count as another

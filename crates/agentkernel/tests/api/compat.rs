@@ -116,10 +116,60 @@ fn table(rows: &[Value]) -> String {
     out
 }
 
+/// A repository for the SDK examples' `source_url`: `main` holds `README.md`.
+fn git_repo(dir: &Path) -> PathBuf {
+    let repo = dir.join("repo");
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["commit", "-q", "--allow-empty", "-m", "empty"],
+    ] {
+        let output = Command::new("git")
+            .arg("-C")
+            .arg(if args[0] == "init" { dir } else { &repo })
+            .args(["-c", "user.email=t@example.com", "-c", "user.name=t"])
+            .args(args)
+            .args(if args[0] == "init" {
+                vec![repo.as_os_str()]
+            } else {
+                vec![]
+            })
+            .output()
+            .unwrap_or_else(|e| panic!("git is required for this test (apt-get install git): {e}"));
+        assert!(output.status.success(), "git {args:?}: {output:?}");
+        if args[0] == "init" {
+            std::fs::write(repo.join("README.md"), "cloned\n").unwrap();
+            let added = Command::new("git")
+                .arg("-C")
+                .arg(&repo)
+                .args(["add", "README.md"])
+                .status()
+                .unwrap();
+            assert!(added.success());
+        }
+    }
+    repo
+}
+
 #[test]
 fn published_sdks_every_method() {
-    let server = Server::start(Some(TOKEN), &[]);
+    // The SDK examples' sources and volumes, made local: file:// sources allowed for API
+    // callers (https to github is out of reach here), and the volumes the host's user
+    // creates first, as the SDKs document.
+    let server = Server::start_configured(
+        Some(TOKEN),
+        &[],
+        "[api]\nsource_protocols = [\"https\", \"file\"]\n",
+    );
+    for volume in ["mydata", "cache"] {
+        let created = server.cli(&["volume", "create", volume]);
+        assert!(
+            created.status.success(),
+            "volume create {volume}: {created:?}"
+        );
+    }
     let scratch = tempfile::tempdir().unwrap();
+    let repo = git_repo(scratch.path());
+    let repo_url = format!("file://{}", repo.display());
     let python_out = scratch.path().join("python.json");
     let output = python(
         "compat_python.py",
@@ -128,6 +178,7 @@ fn published_sdks_every_method() {
             ("AGENTKERNEL_BASE_URL", server.address.as_str()),
             ("AGENTKERNEL_API_KEY", TOKEN),
             ("AK_COMPAT_OUT", python_out.to_str().unwrap()),
+            ("AK_COMPAT_REPO", repo_url.as_str()),
         ],
     );
     let mut all = rows(&output, &python_out, "compat_python.py");
@@ -141,6 +192,7 @@ fn published_sdks_every_method() {
         .env("AGENTKERNEL_API_KEY", TOKEN)
         .env("AK_NPM_SDK", &package)
         .env("AK_COMPAT_OUT", &node_out)
+        .env("AK_COMPAT_REPO", &repo_url)
         .output()
         .unwrap_or_else(|e| panic!("node (v20 or later) is required for this test: {e}"));
     all.extend(rows(&output, &node_out, "compat_node.mjs"));

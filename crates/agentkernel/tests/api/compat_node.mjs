@@ -81,12 +81,30 @@ const CASES = [
     expect(info.status === "running" && info.name === "my-sandbox", show(info));
     ctx.uuid = info.uuid;
   }],
-  ["createSandbox", 'createSandbox("my-project", {image: "node:20-alpine", source_url: "https://github.com/user/repo.git", source_ref: "main"})',
-    field("source_url"), refusedField("source_url", (c) => c.createSandbox("my-project", {
-      image: "node:20-alpine", source_url: "https://github.com/user/repo.git", source_ref: "main" }))],
-  ["createSandbox", 'createSandbox("my-project", {image: "node:20-alpine", volumes: ["mydata:/data", "cache:/tmp/cache:ro"]})',
-    field("volumes"), refusedField("volumes", (c) => c.createSandbox("my-project", {
-      image: "node:20-alpine", volumes: ["mydata:/data", "cache:/tmp/cache:ro"] }))],
+  // The README's examples with a local repository (no github here) and the host image;
+  // the volumes were created with the CLI first, as the SDKs document.
+  ["createSandbox", 'createSandbox("my-project", {source_url: "file:///<a local repository>", source_ref: "main"})',
+    WORKS, async (c) => {
+      const info = await c.createSandbox("my-project", { source_url: process.env.AK_COMPAT_REPO, source_ref: "main" });
+      try {
+        const out = await c.execInSandbox("my-project", ["cat", "README.md"]);
+        expect(out.output === "cloned\n", `the clone's README: ${show(out.output)}`);
+      } finally {
+        await c.removeSandbox("my-project");
+      }
+      expect(info.status === "running", show(info));
+    }],
+  ["createSandbox", 'createSandbox("my-project", {volumes: ["mydata:/data", "cache:/tmp/cache:ro"]})',
+    WORKS, async (c) => {
+      await c.createSandbox("my-project", { volumes: ["mydata:/data", "cache:/tmp/cache:ro"] });
+      try {
+        const out = await c.execInSandbox("my-project",
+          ["sh", "-c", "echo kept > /data/f && cat /data/f && if touch /tmp/cache/x 2>/dev/null; then echo writable; else echo read-only; fi"]);
+        expect(out.output === "kept\nread-only\n", `volumes: ${show(out.output)}`);
+      } finally {
+        await c.removeSandbox("my-project");
+      }
+    }],
   ["createSandbox", 'createSandbox("my-project", {secrets: ["OPENAI_API_KEY:api.openai.com"]})',
     field("secrets"), refusedField("secrets", (c) => c.createSandbox("my-project", {
       secrets: ["OPENAI_API_KEY:api.openai.com"] }))],

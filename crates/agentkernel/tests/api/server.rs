@@ -61,17 +61,22 @@ pub struct Server {
 impl Server {
     /// Starts `agentkernel serve EXTRA…` with `token` (or none) and waits until it listens.
     pub fn start(token: Option<&str>, extra: &[&str]) -> Server {
-        Server::spawn(token, extra, false, Some(shared_host()))
+        Server::spawn(token, extra, false, Some(shared_host()), None)
+    }
+
+    /// As [`Server::start`], with `config` as the user's config file.
+    pub fn start_configured(token: Option<&str>, extra: &[&str], config: &str) -> Server {
+        Server::spawn(token, extra, false, Some(shared_host()), Some(config))
     }
 
     /// As [`Server::start`], with the server's stderr kept in [`Server::stderr`].
     pub fn start_logged(token: Option<&str>, extra: &[&str]) -> Server {
-        Server::spawn(token, extra, true, Some(shared_host()))
+        Server::spawn(token, extra, true, Some(shared_host()), None)
     }
 
     /// As [`Server::start`], for a test that holds [`exclusive_host`] itself.
     pub fn start_exclusive(token: Option<&str>, extra: &[&str]) -> Server {
-        Server::spawn(token, extra, false, None)
+        Server::spawn(token, extra, false, None, None)
     }
 
     fn spawn(
@@ -79,6 +84,7 @@ impl Server {
         extra: &[&str],
         logged: bool,
         host: Option<std::sync::RwLockReadGuard<'static, ()>>,
+        config: Option<&str>,
     ) -> Server {
         assert_root();
         let state = tempfile::tempdir().unwrap();
@@ -88,6 +94,11 @@ impl Server {
         }
         args.extend_from_slice(extra);
         let mut command = agentkernel(state.path(), &args);
+        if let Some(config) = config {
+            let file = state.path().join("config.toml");
+            std::fs::write(&file, config).unwrap();
+            command.env("AGENTKERNEL_CONFIG", file);
+        }
         if let Some(token) = token {
             command.env("AGENTKERNEL_API_KEY", token);
         }

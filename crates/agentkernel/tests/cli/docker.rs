@@ -586,3 +586,10 @@ fn podman_runs_and_execs() {
     let left = cli("podman", &["ps", "-a", "--format", "{{.Names}}"]);
     assert!(!stdout(&left).contains(&id), "{}", stdout(&left));
 }
+
+#[test]
+fn docker_volumes_and_sources() {
+    let _host = shared_host();
+    engine();
+    crate::volumes::volumes_and_sources(MODE, &["--backend", "docker", "--image", IMAGE]);
+}

@@ -504,3 +504,10 @@ fn microvm_boots_a_container_image() {
         stderr(&missing)
     );
 }
+
+#[test]
+fn microvm_volumes_and_sources() {
+    let _host = shared_host();
+    ready();
+    crate::volumes::volumes_and_sources(MODE, &["--backend", "microvm"]);
+}

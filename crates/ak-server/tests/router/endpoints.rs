@@ -197,9 +197,6 @@ async fn sdk_endpoint_families_this_server_lacks_say_so() {
 async fn sdk_fields_this_server_lacks_are_refused_by_name() {
     let app = app();
     for (field, value) in [
-        ("volumes", json!(["data:/data"])),
-        ("source_url", json!("https://example.com/r.git")),
-        ("source_ref", json!("main")),
         ("secrets", json!(["KEY:api.example.com"])),
         ("secret_files", json!(["KEY"])),
     ] {
@@ -576,8 +573,8 @@ async fn openapi_document_describes_what_is_sent() {
     assert_eq!(create["backend"]["enum"][0], "native");
     assert_eq!(create["vcpus"]["minimum"], 1);
     assert_eq!(create["memory_mb"]["minimum"], 8);
-    assert_eq!(create["volumes"]["maxItems"], 0);
-    assert_eq!(create["source_url"]["type"], "null");
+    assert_eq!(create["secrets"]["maxItems"], 0);
+    assert_eq!(create["secret_files"]["maxItems"], 0);
     for request in ["RunRequest", "ExecRequest", "BatchCommand"] {
         assert_eq!(
             schemas[request]["properties"]["command"]["minItems"], 1,

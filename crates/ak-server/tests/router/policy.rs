@@ -106,16 +106,58 @@ async fn a_json_null_means_not_given() {
     });
     let (status, value) = app.call("POST", "/sandboxes", Some(body)).await;
     assert_eq!(status, StatusCode::CREATED, "{value}");
-    // Given, they are refused clearly rather than ignored.
+    // Given, what this server lacks is refused clearly rather than ignored.
     let message = app
         .error(
             "POST",
             "/sandboxes",
-            Some(json!({"name": "cloned", "source_url": "https://example.com/r.git"})),
+            Some(json!({"name": "secret", "secrets": ["KEY:api.example.com"]})),
             StatusCode::BAD_REQUEST,
         )
         .await;
-    assert!(message.contains("source_url"), "{message}");
+    assert!(message.contains("secrets"), "{message}");
+}
+
+#[tokio::test]
+async fn remote_sources_and_volumes_stay_within_the_policy() {
+    let app = app();
+    // file:// would read this host's repositories: not for API callers by default.
+    let message = app
+        .error(
+            "POST",
+            "/sandboxes",
+            Some(json!({"name": "cloned", "source_url": "file:///etc"})),
+            StatusCode::FORBIDDEN,
+        )
+        .await;
+    assert!(message.contains("source_protocols"), "{message}");
+    // A ref without a URL, and URLs git could read as options or commands.
+    for body in [
+        json!({"name": "c", "source_ref": "main"}),
+        json!({"name": "c", "source_url": "--upload-pack=touch /tmp/x"}),
+        json!({"name": "c", "source_url": "ext::sh"}),
+        json!({"name": "c", "source_url": "https://h/r", "source_ref": "-b"}),
+        json!({"name": "c", "volumes": ["../x:/data"]}),
+    ] {
+        app.error("POST", "/sandboxes", Some(body), StatusCode::BAD_REQUEST)
+            .await;
+    }
+    // Volumes are the host user's to create: naming a missing one is an error, and
+    // leaves no directory behind.
+    let message = app
+        .error(
+            "POST",
+            "/sandboxes",
+            Some(json!({"name": "vol", "volumes": ["made-up:/data"]})),
+            StatusCode::NOT_FOUND,
+        )
+        .await;
+    assert!(
+        message.contains("agentkernel volume create made-up"),
+        "{message}"
+    );
+    let list = app.data("GET", "/sandboxes", None).await;
+    assert_eq!(list, json!([]));
 }
 
 #[tokio::test]
