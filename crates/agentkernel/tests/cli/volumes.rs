@@ -1,8 +1,8 @@
 //! Named volumes and git sources through the CLI: volumes persist across sandboxes, are
 //! shared only as asked, are never removed while used; sources are cloned on the host at
 //! the ref asked for, without running hooks, and refused clearly when bad. The same checks
-//! run on the docker and microvm backends (`docker_volumes_and_sources`,
-//! `microvm_volumes_and_sources`).
+//! run on the gVisor backend (this file is part of its suite), and on the docker and
+//! microvm backends (`docker_volumes_and_sources`, `microvm_volumes_and_sources`).
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -199,10 +199,10 @@ pub(crate) fn volumes_and_sources(mode: Mode, backend: &[&str]) {
 }
 
 #[test]
-fn volumes_and_sources_on_native() {
+fn volumes_and_sources_on_this_backend() {
     let _host = shared_host();
     for mode in modes() {
-        volumes_and_sources(mode, &["--backend", "native"]);
+        volumes_and_sources(mode, &["--backend", crate::common::BACKEND]);
     }
 }
 

@@ -22,5 +22,7 @@ mod named;
 mod run;
 #[path = "../cli/sdk_files.rs"]
 mod sdk_files;
+#[path = "../cli/volumes.rs"]
+mod volumes;
 
 mod gvisor;
