@@ -37,6 +37,10 @@ pub struct StoredImage {
     pub layers: Vec<PathBuf>,
     /// What the image's configuration says about how its processes run.
     pub config: ImageConfig,
+    /// How the layers' owners are stored: image uid/gid N as `id_base + N` (so that a user
+    /// namespace mapping 0 to `id_base` shows the image's owners). A backend without such
+    /// a namespace (a VM's disk) takes it off again.
+    pub id_base: u32,
 }
 
 /// The parts of an OCI image configuration that decide how a command runs in it, applied

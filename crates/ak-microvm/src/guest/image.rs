@@ -6,8 +6,8 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use ak_core::ImageRef;
 use ak_core::image::MICROVM_BASE_IMAGE;
+use ak_core::{ImageRef, StoredImage};
 
 use super::{Progress, ProgressSink, publish, run_build, short_hash};
 use crate::error::MicrovmError;
@@ -27,6 +27,9 @@ pub enum BaseSource {
     /// A container image, exported through a container engine (see
     /// [`crate::ImageExporter`]) and cached by the image's content id.
     Container(String),
+    /// An image of the local image store: its layers merged (see [`super::layers`]),
+    /// cached by its manifest's digest. No container engine involved.
+    Stored(Box<StoredImage>),
 }
 
 impl BaseSource {
@@ -35,7 +38,7 @@ impl BaseSource {
             ImageRef::Oci(name) if name == MICROVM_BASE_IMAGE => Ok(BaseSource::Debian),
             ImageRef::Directory(path) => Ok(BaseSource::Directory(path.clone())),
             ImageRef::Oci(name) => Ok(BaseSource::Container(name.clone())),
-            ImageRef::Stored(stored) => Ok(BaseSource::Container(stored.reference.clone())),
+            ImageRef::Stored(stored) => Ok(BaseSource::Stored(Box::new(stored.clone()))),
             ImageRef::Host | ImageRef::Auto => Err(MicrovmError::Unsupported(format!(
                 "image {image}: a VM cannot boot the host's root; use {MICROVM_BASE_IMAGE} or a root file system directory"
             ))),
@@ -53,6 +56,10 @@ impl BaseSource {
                 ])
             ),
             BaseSource::Directory(dir) => format!("dir-{}.ext4", tree_hash(dir)?),
+            BaseSource::Stored(image) => format!(
+                "store-{}.ext4",
+                short_hash([image.digest.as_bytes(), &image.id_base.to_le_bytes()])
+            ),
             BaseSource::Container(name) => {
                 return Err(MicrovmError::Artifact(format!(
                     "the container image {name} is found by its id: see container_path"
@@ -99,8 +106,30 @@ pub fn ensure(cache: &Path, source: &BaseSource) -> Result<PathBuf, MicrovmError
             pack(dir, &path)?;
             Ok(path)
         }
+        BaseSource::Stored(image) => {
+            pack_stored(cache, image, &path)?;
+            Ok(path)
+        }
         BaseSource::Container(_) => exported_on_first_use(),
     }
+}
+
+/// Merges a stored image's layers into a staging tree and packs it into `out`.
+fn pack_stored(cache: &Path, image: &StoredImage, out: &Path) -> Result<(), MicrovmError> {
+    let staging = export_staging(cache)?;
+    // Owners are set back to the image's own only where this process may set owners.
+    let id_base = rustix::process::geteuid()
+        .is_root()
+        .then_some(image.id_base);
+    let packed =
+        super::layers::merge(&image.layers, &staging, id_base).and_then(|()| pack(&staging, out));
+    if let Err(e) = std::fs::remove_dir_all(&staging) {
+        tracing::warn!("cannot remove {}: {e}", staging.display());
+    }
+    packed.map_err(|e| MicrovmError::Build {
+        what: format!("the disk of image {}", image.reference),
+        detail: e.to_string(),
+    })
 }
 
 fn exported_on_first_use() -> Result<PathBuf, MicrovmError> {
@@ -129,6 +158,14 @@ pub fn build(
             pack(dir, &path)?;
         }
         BaseSource::Container(_) => return exported_on_first_use(),
+        BaseSource::Stored(image) => {
+            progress(&Progress {
+                message: format!("packing image {} into an ext4 image", image.reference),
+                position: 0,
+                length: None,
+            });
+            pack_stored(cache, image, &path)?;
+        }
         BaseSource::Debian => {
             let debootstrap =
                 tools::require_program("debootstrap", "install Debian's debootstrap package")?;

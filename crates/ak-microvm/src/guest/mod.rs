@@ -4,6 +4,7 @@
 pub mod image;
 pub mod initramfs;
 pub mod kernel;
+pub mod layers;
 
 use std::io::Read;
 use std::path::Path;
