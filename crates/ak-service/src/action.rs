@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ServiceError;
 use crate::registry::SandboxRecord;
+use crate::snapshot::SnapshotInfo;
 use crate::{Caller, Service};
 
 /// One operation on named sandboxes.
@@ -39,6 +40,30 @@ pub enum Action {
     Inspect {
         name: String,
     },
+    /// Snapshots a sandbox's writable state; `snapshot` names it (default
+    /// `<sandbox>-<unix seconds>`).
+    SnapshotCreate {
+        sandbox: String,
+        snapshot: Option<String>,
+    },
+    SnapshotList,
+    SnapshotInspect {
+        snapshot: String,
+    },
+    SnapshotRemove {
+        snapshot: String,
+    },
+    /// Records a new sandbox made from a snapshot; `start` starts it too.
+    CreateFromSnapshot {
+        name: String,
+        snapshot: String,
+        start: bool,
+    },
+    /// Makes each of `new` from one snapshot of `sandbox` (running if it ran).
+    Fork {
+        sandbox: String,
+        new: Vec<String>,
+    },
 }
 
 /// What an [`Action`] answers.
@@ -48,6 +73,8 @@ pub enum Answer {
     Record(Box<SandboxRecord>),
     Records(Vec<SandboxRecord>),
     Removed,
+    Snapshot(Box<SnapshotInfo>),
+    Snapshots(Vec<SnapshotInfo>),
 }
 
 impl Answer {
@@ -76,6 +103,24 @@ impl Answer {
     }
 }
 
+impl Answer {
+    /// The one snapshot this answer carries.
+    pub fn into_snapshot(self) -> Result<SnapshotInfo, ServiceError> {
+        match self {
+            Answer::Snapshot(info) => Ok(*info),
+            other => Err(mismatch("a snapshot", &other)),
+        }
+    }
+
+    /// The snapshots this answer carries.
+    pub fn into_snapshots(self) -> Result<Vec<SnapshotInfo>, ServiceError> {
+        match self {
+            Answer::Snapshots(infos) => Ok(infos),
+            other => Err(mismatch("a list of snapshots", &other)),
+        }
+    }
+}
+
 fn mismatch(wanted: &str, got: &Answer) -> ServiceError {
     ServiceError::State(format!("expected {wanted} in the answer, got {got:?}"))
 }
@@ -97,6 +142,29 @@ impl Service {
                 .map(|()| Answer::Removed),
             Action::List => self.list_named().await.map(Answer::Records),
             Action::Inspect { name } => self.inspect_named(&name).await.map(record),
+            Action::SnapshotCreate { sandbox, snapshot } => self
+                .snapshot_create(caller, &sandbox, snapshot.as_deref())
+                .await
+                .map(|info| Answer::Snapshot(Box::new(info))),
+            Action::SnapshotList => self.snapshot_list().map(Answer::Snapshots),
+            Action::SnapshotInspect { snapshot } => self
+                .snapshot_inspect(&snapshot)
+                .map(|info| Answer::Snapshot(Box::new(info))),
+            Action::SnapshotRemove { snapshot } => self
+                .snapshot_remove(caller, &snapshot)
+                .await
+                .map(|()| Answer::Removed),
+            Action::CreateFromSnapshot {
+                name,
+                snapshot,
+                start,
+            } => self
+                .create_from_snapshot(caller, &name, &snapshot, start)
+                .await
+                .map(record),
+            Action::Fork { sandbox, new } => {
+                self.fork(caller, &sandbox, &new).await.map(Answer::Records)
+            }
         }
     }
 }

@@ -48,6 +48,10 @@ pub enum ServiceError {
     NoSuch(String),
     #[error("a sandbox named '{0}' already exists")]
     Duplicate(String),
+    #[error("a snapshot named '{0}' already exists")]
+    SnapshotExists(String),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("sandbox '{name}' is {state}: {hint}")]
     WrongState {
         name: String,
@@ -86,7 +90,12 @@ impl ServiceError {
             | ServiceError::InvalidInput(_) => ErrorClass::Invalid,
             ServiceError::Forbidden(_) => ErrorClass::Forbidden,
             ServiceError::NotFound(_) | ServiceError::NoSuch(_) => ErrorClass::NotFound,
-            ServiceError::Duplicate(_) | ServiceError::WrongState { .. } => ErrorClass::Conflict,
+            ServiceError::Duplicate(_)
+            | ServiceError::SnapshotExists(_)
+            | ServiceError::WrongState { .. } => ErrorClass::Conflict,
+            ServiceError::Snapshot(crate::snapshot::SnapshotError::Refused(_)) => {
+                ErrorClass::Invalid
+            }
             ServiceError::BackendNotBuilt(_) | ServiceError::Unavailable(_) => {
                 ErrorClass::Unavailable
             }
@@ -110,6 +119,7 @@ impl ServiceError {
             ServiceError::Backend(_)
             | ServiceError::Protocol(_)
             | ServiceError::Registry(_)
+            | ServiceError::Snapshot(_)
             | ServiceError::State(_) => ErrorClass::Fault,
         }
     }

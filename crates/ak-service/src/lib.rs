@@ -15,6 +15,8 @@ pub mod registry;
 mod run;
 mod sandboxes;
 mod session;
+mod snapshot;
+mod snapshots;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -33,6 +35,7 @@ pub use crate::pool::{PoolConfig, PoolStatus, poolable};
 pub use crate::registry::{Registry, SandboxRecord};
 pub use crate::run::{Placement, settle_image};
 pub use crate::session::{Collected, CommandSession, RunOutcome, TIMED_OUT_CODE, connect_agent};
+pub use crate::snapshot::{SnapshotError, SnapshotInfo};
 
 /// The service: the registered backends, the registry of named sandboxes, and the
 /// operations on them. One per process; every operation names its [`Caller`].

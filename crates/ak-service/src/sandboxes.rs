@@ -112,12 +112,12 @@ impl Service {
         Ok(())
     }
 
-    fn host_dir_of(&self, record_uuid: &str) -> Result<PathBuf, ServiceError> {
+    pub(crate) fn host_dir_of(&self, record_uuid: &str) -> Result<PathBuf, ServiceError> {
         Ok(self.state_dir()?.join("sandboxes").join(record_uuid))
     }
 
     /// [`Service::create_named`] without its audit entry.
-    async fn create_unaudited(
+    pub(crate) async fn create_unaudited(
         &self,
         name: &str,
         mut spec: SandboxSpec,
@@ -140,13 +140,23 @@ impl Service {
                 // user may read or list it. The sandbox's own directory only lets others
                 // pass (0711) when the sandbox's root is another uid and must pass through.
                 let sandbox_dir = self.host_dir_of(&spec.id)?;
-                let host = sandbox_dir.join("workspace");
+                let host = sandbox_dir.join(crate::snapshots::WORKSPACE_DIR);
                 let sandbox_dir_mode = if foreign_root(root_owner).is_some() {
                     0o711
                 } else {
                     0o700
                 };
-                for (dir, mode) in [(&sandbox_dir, sandbox_dir_mode), (&host, 0o700)] {
+                // A backend that snapshots keeps the root's writable layer here too, where
+                // it outlives a stop and the host can copy it.
+                let root = backend
+                    .capabilities()
+                    .snapshots
+                    .then(|| sandbox_dir.join(crate::snapshots::ROOT_DIR));
+                let mut dirs = vec![(&sandbox_dir, sandbox_dir_mode), (&host, 0o700)];
+                if let Some(root) = &root {
+                    dirs.push((root, 0o755));
+                }
+                for (dir, mode) in dirs {
                     std::fs::DirBuilder::new()
                         .mode(mode)
                         .create(dir)
@@ -159,13 +169,18 @@ impl Service {
                     )?;
                 }
                 if let Some((uid, gid)) = root_owner {
-                    rustix::fs::chown(
-                        &host,
-                        Some(rustix::fs::Uid::from_raw(uid)),
-                        Some(rustix::fs::Gid::from_raw(gid)),
-                    )
-                    .map_err(|e| ServiceError::State(format!("chown {}: {e}", host.display())))?;
+                    for dir in [Some(&host), root.as_ref()].into_iter().flatten() {
+                        rustix::fs::chown(
+                            dir,
+                            Some(rustix::fs::Uid::from_raw(uid)),
+                            Some(rustix::fs::Gid::from_raw(gid)),
+                        )
+                        .map_err(|e| {
+                            ServiceError::State(format!("chown {}: {e}", dir.display()))
+                        })?;
+                    }
                 }
+                spec.root_dir = root;
                 host
             }
         };
@@ -604,7 +619,7 @@ pub(crate) fn command_line(argv: &[String]) -> String {
         .join(" ")
 }
 
-fn parse_handle(record: &SandboxRecord) -> Result<SandboxHandle, ServiceError> {
+pub(crate) fn parse_handle(record: &SandboxRecord) -> Result<SandboxHandle, ServiceError> {
     let text = record.handle.as_deref().ok_or_else(|| {
         ServiceError::State(format!("sandbox '{}' has no backend handle", record.name))
     })?;
@@ -613,7 +628,7 @@ fn parse_handle(record: &SandboxRecord) -> Result<SandboxHandle, ServiceError> {
 }
 
 /// Fails with a message naming the state and what to do unless `record` is in `allowed`.
-fn require(
+pub(crate) fn require(
     record: &SandboxRecord,
     allowed: &[SandboxState],
     action: &str,

@@ -12,6 +12,7 @@ mod run;
 mod sandbox;
 mod serve;
 mod setup;
+mod snapshot;
 mod status;
 mod stream;
 mod terminal;
@@ -43,6 +44,8 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::Remove(args) => sandbox::remove(args).await,
         Command::List(args) => sandbox::list(args).await,
         Command::Inspect(args) => sandbox::inspect(args).await,
+        Command::Snapshot(command) => snapshot::snapshot(command).await,
+        Command::Fork(args) => snapshot::fork(args).await,
         Command::Daemon(command) => daemon::daemon(command).await,
         Command::Bench(args) => bench::bench(*args).await,
         Command::Serve(args) => serve::serve(args).await,
