@@ -438,7 +438,7 @@ impl Service {
     }
 
     /// With the name locked: true if alive; otherwise marks it failed and releases it.
-    async fn check_alive(&self, record: &SandboxRecord) -> Result<bool, ServiceError> {
+    pub(crate) async fn check_alive(&self, record: &SandboxRecord) -> Result<bool, ServiceError> {
         if record.state != SandboxState::Running {
             return Ok(true);
         }

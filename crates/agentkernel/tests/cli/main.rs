@@ -21,3 +21,4 @@ mod microvm_net;
 mod named;
 mod run;
 mod sdk_files;
+mod snapshot;
