@@ -32,6 +32,8 @@ stamp="$(date -u +%Y%m%d_%H%M%S)"
 out="$root/benchmark-results/snapshots_$stamp"
 mkdir -p "$out"
 state="$(mktemp -d /var/tmp/ak-bench-snap.XXXXXX)"
+# The sandboxes' root user (another uid) must pass through to their directories.
+chmod 711 "$state"
 trap 'rm -rf "$state"' EXIT
 export AGENTKERNEL_CONFIG=/dev/null AGENTKERNEL_BACKEND=native
 export AGENTKERNEL_REGISTRY="$state/this/registry.db"
@@ -68,7 +70,7 @@ life() {
 if [ -n "$baseline" ]; then
     hyperfine --warmup 3 --runs "$((runs * 6))" --export-json "$out/named_life.json" \
         -n "named create+start+exec+remove, baseline (root on tmpfs)" \
-        "AGENTKERNEL_REGISTRY='$state/base/registry.db' $(life "$baseline/agentkernel")" \
+        "export AGENTKERNEL_REGISTRY='$state/base/registry.db'; $(life "$baseline/agentkernel")" \
         -n "named create+start+exec+remove, this build (root on disk)" \
         "$(life "$ak")"
 fi

@@ -129,6 +129,8 @@ impl Service {
         if self.registry()?.get(name)?.is_some() {
             return Err(ServiceError::Duplicate(name.to_string()));
         }
+        // Only the service decides where a sandbox's root lives (below, for its own).
+        spec.root_dir = None;
         let workdir_host = match dir {
             Some(dir) => dir.canonicalize().map_err(|e| {
                 ServiceError::InvalidInput(format!("workdir {}: {e}", dir.display()))
