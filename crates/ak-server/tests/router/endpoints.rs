@@ -595,3 +595,84 @@ async fn openapi_document_describes_what_is_sent() {
         "{name}"
     );
 }
+
+#[tokio::test]
+async fn snapshot_routes_refuse_clearly() {
+    let app = app();
+    assert_eq!(app.data("GET", "/snapshots", None).await, json!([]));
+    // Bad names are 400, unknown snapshots and sandboxes 404, unknown fields 400.
+    for (method, uri, body, status, needle) in [
+        (
+            "GET",
+            "/snapshots/a..b%2Fc",
+            None,
+            StatusCode::BAD_REQUEST,
+            "snapshot name",
+        ),
+        (
+            "GET",
+            "/snapshots/nope",
+            None,
+            StatusCode::NOT_FOUND,
+            "no snapshot named 'nope'",
+        ),
+        (
+            "DELETE",
+            "/snapshots/nope",
+            None,
+            StatusCode::NOT_FOUND,
+            "no snapshot named 'nope'",
+        ),
+        (
+            "POST",
+            "/snapshots/nope/restore",
+            None,
+            StatusCode::NOT_FOUND,
+            "no snapshot named 'nope'",
+        ),
+        (
+            "POST",
+            "/snapshots/nope/restore",
+            Some(json!({"name": "x", "extra": 1})),
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
+        (
+            "POST",
+            "/snapshots",
+            Some(json!({"sandbox": "nobody"})),
+            StatusCode::NOT_FOUND,
+            "no sandbox named 'nobody'",
+        ),
+        (
+            "POST",
+            "/snapshots",
+            Some(json!({"sandbox": "nobody", "name": "../x"})),
+            StatusCode::BAD_REQUEST,
+            "snapshot name",
+        ),
+        (
+            "POST",
+            "/snapshots",
+            Some(json!({})),
+            StatusCode::BAD_REQUEST,
+            "sandbox",
+        ),
+    ] {
+        let message = app.error(method, uri, body, status).await;
+        assert!(message.contains(needle), "{method} {uri}: {message}");
+    }
+    // This test's in-process backend keeps no root on disk: it says it cannot snapshot.
+    app.data("POST", "/sandboxes", Some(json!({"name": "box"})))
+        .await;
+    let message = app
+        .error(
+            "POST",
+            "/snapshots",
+            Some(json!({"sandbox": "box"})),
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+        .await;
+    assert!(message.contains("cannot snapshot"), "{message}");
+    app.data("DELETE", "/sandboxes/box", None).await;
+}
