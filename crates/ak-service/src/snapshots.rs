@@ -124,6 +124,7 @@ impl Service {
         };
         let info = self
             .offload(async move {
+                let capture = store.lock_shared()?;
                 capture_frozen(&*backend, handle.as_ref(), &store, &root, &workspace, ids)
                     .await
                     .and_then(|(trees, stats, frozen_ms)| {
@@ -135,18 +136,13 @@ impl Service {
                             skipped: stats.skipped,
                             ..info_base
                         };
-                        let lock = store.lock()?;
-                        if store.exists(&info.name) {
+                        let record = SnapshotRecord {
+                            info: info.clone(),
+                            spec,
+                        };
+                        if !store.save(&capture, &record, &trees)? {
                             return Err(ServiceError::SnapshotExists(info.name));
                         }
-                        store.save(
-                            &lock,
-                            &SnapshotRecord {
-                                info: info.clone(),
-                                spec,
-                            },
-                            &trees,
-                        )?;
                         Ok(info)
                     })
             })
@@ -227,8 +223,14 @@ async fn capture_frozen(
     ids: IdMap,
 ) -> Result<(Trees, tree::CaptureStats, u64), ServiceError> {
     let started = Instant::now();
-    if let Some(handle) = handle {
-        backend.set_frozen(handle, true).await?;
+    if let Some(handle) = handle
+        && let Err(error) = backend.set_frozen(handle, true).await
+    {
+        // Freezing may have begun (a process stuck in an uninterruptible wait): let go.
+        if let Err(thaw) = backend.set_frozen(handle, false).await {
+            tracing::warn!(sandbox = %handle.id, "thawing after a failed freeze: {thaw}");
+        }
+        return Err(error.into());
     }
     let captured = (|| {
         let (root_entries, root_stats) = tree::capture(root, &store.blobs, ids)?;

@@ -9,9 +9,12 @@
 //! Metadata are JSON files written whole and renamed into place (then the directory is
 //! synced): a snapshot is immutable, so there is nothing to update in place, and a file per
 //! snapshot survives a crash at any point: the tree is written first and the metadata last,
-//! so a snapshot is listed only once everything it needs is on disk. A store-wide `flock`
-//! (`lock`) is held while a snapshot is written and while blobs are collected after a
-//! removal, so a collection never takes a blob a capture has just counted on.
+//! so a snapshot is listed only once everything it needs is on disk. Two `flock`s keep
+//! writers apart: `lock`, shared by every capture from its first blob to its metadata and
+//! exclusive for the collection that follows a removal (so a collection never takes a blob
+//! that a capture still in progress counts on), and `names.lock`, exclusive while a
+//! snapshot's name is checked and its files written (two captures under one name: the
+//! second is refused, not mixed with the first).
 
 mod blobs;
 pub(crate) mod tree;
@@ -128,13 +131,22 @@ impl Store {
         Ok(Store { dir, blobs })
     }
 
-    /// Waits for the store's lock (a blocking call: run it off the async workers).
+    /// Waits for the store's lock, exclusive: what a removal and its collection hold (a
+    /// blocking call, as the others: run them off the async workers).
     pub(crate) fn lock(&self) -> Result<StoreLock, SnapshotError> {
-        let path = self.dir.join("lock");
+        self.flock_file("lock", FlockOperation::LockExclusive)
+    }
+
+    /// Waits for the store's lock, shared: what a capture holds until it is saved.
+    pub(crate) fn lock_shared(&self) -> Result<StoreLock, SnapshotError> {
+        self.flock_file("lock", FlockOperation::LockShared)
+    }
+
+    fn flock_file(&self, name: &str, how: FlockOperation) -> Result<StoreLock, SnapshotError> {
+        let path = self.dir.join(name);
         let file =
             File::create(&path).map_err(SnapshotError::io(format!("open {}", path.display())))?;
-        flock(&file, FlockOperation::LockExclusive)
-            .map_err(SnapshotError::io(format!("lock {}", path.display())))?;
+        flock(&file, how).map_err(SnapshotError::io(format!("lock {}", path.display())))?;
         Ok(StoreLock { _file: file })
     }
 
@@ -150,16 +162,22 @@ impl Store {
         self.meta_path(name).exists()
     }
 
-    /// Records a snapshot whose blobs are stored: the trees, then the metadata.
+    /// Records a snapshot whose blobs are stored (under `capture`, the shared lock): the
+    /// trees, then the metadata. `false`: a snapshot of that name exists, nothing written.
     pub(crate) fn save(
         &self,
-        _lock: &StoreLock,
+        _capture: &StoreLock,
         record: &SnapshotRecord,
         trees: &Trees,
-    ) -> Result<(), SnapshotError> {
+    ) -> Result<bool, SnapshotError> {
+        let _names = self.flock_file("names.lock", FlockOperation::LockExclusive)?;
         let name = &record.info.name;
+        if self.exists(name) {
+            return Ok(false);
+        }
         write_atomically(&self.tree_path(name), trees)?;
-        write_atomically(&self.meta_path(name), record)
+        write_atomically(&self.meta_path(name), record)?;
+        Ok(true)
     }
 
     pub(crate) fn get(&self, name: &str) -> Result<Option<SnapshotRecord>, SnapshotError> {
