@@ -49,6 +49,12 @@ pub enum Command {
     /// Named volumes: directories that outlive sandboxes (`--volume NAME:/path`).
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// Snapshots of named sandboxes' writable state (root and workdir).
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Snapshot a named sandbox and make new sandboxes from that one instant (running if it
+    /// runs); each then goes its own way.
+    Fork(ForkArgs),
     /// The daemon that keeps warm pools, so that `run` starts in about a millisecond.
     #[command(subcommand)]
     Daemon(DaemonCommand),
@@ -218,6 +224,45 @@ pub struct CreateArgs {
     /// directory the service keeps for the sandbox.
     #[arg(long, value_name = "PATH")]
     pub dir: Option<std::path::PathBuf>,
+    /// Make the sandbox from this snapshot: its settings and its files (no other sandbox
+    /// option applies).
+    #[arg(long, value_name = "SNAPSHOT", conflicts_with = "dir")]
+    pub from_snapshot: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SnapshotCommand {
+    /// Snapshot a named sandbox, running (its processes frozen for the copy) or stopped.
+    Create(SnapshotCreateArgs),
+    /// List snapshots.
+    #[command(alias = "ls")]
+    List(ListArgs),
+    /// Show one snapshot.
+    Inspect(InspectArgs),
+    /// Remove a snapshot; sandboxes made from it keep their files.
+    #[command(alias = "rm")]
+    Remove(NameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotCreateArgs {
+    /// The sandbox to snapshot.
+    pub sandbox: String,
+    /// The snapshot's name (default: `<sandbox>-<unix seconds>`).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Print JSON instead of the snapshot's name.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ForkArgs {
+    /// The sandbox to fork.
+    pub name: String,
+    /// Names of the new sandboxes (one or more).
+    #[arg(required = true)]
+    pub new: Vec<String>,
 }
 
 #[derive(Debug, Args)]

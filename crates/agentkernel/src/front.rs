@@ -86,6 +86,52 @@ pub async fn inspect(name: &str) -> Result<SandboxRecord, Failure> {
     Ok(perform(action).await?.into_record()?)
 }
 
+pub async fn snapshot_create(
+    sandbox: &str,
+    snapshot: Option<&str>,
+) -> Result<ak_service::SnapshotInfo, Failure> {
+    let action = Action::SnapshotCreate {
+        sandbox: sandbox.into(),
+        snapshot: snapshot.map(str::to_string),
+    };
+    Ok(perform(action).await?.into_snapshot()?)
+}
+
+pub async fn snapshot_list() -> Result<Vec<ak_service::SnapshotInfo>, Failure> {
+    Ok(perform(Action::SnapshotList).await?.into_snapshots()?)
+}
+
+pub async fn snapshot_inspect(snapshot: &str) -> Result<ak_service::SnapshotInfo, Failure> {
+    let action = Action::SnapshotInspect {
+        snapshot: snapshot.into(),
+    };
+    Ok(perform(action).await?.into_snapshot()?)
+}
+
+pub async fn snapshot_remove(snapshot: &str) -> Result<(), Failure> {
+    let action = Action::SnapshotRemove {
+        snapshot: snapshot.into(),
+    };
+    Ok(perform(action).await?.into_removed()?)
+}
+
+pub async fn create_from_snapshot(name: &str, snapshot: &str) -> Result<SandboxRecord, Failure> {
+    let action = Action::CreateFromSnapshot {
+        name: name.into(),
+        snapshot: snapshot.into(),
+        start: false,
+    };
+    Ok(perform(action).await?.into_record()?)
+}
+
+pub async fn fork(sandbox: &str, new: &[String]) -> Result<Vec<SandboxRecord>, Failure> {
+    let action = Action::Fork {
+        sandbox: sandbox.into(),
+        new: new.to_vec(),
+    };
+    Ok(perform(action).await?.into_records()?)
+}
+
 /// Performs `action`: by the daemon when one runs, else by this process's service. The
 /// same value either way.
 pub async fn perform(action: Action) -> Result<Answer, Failure> {

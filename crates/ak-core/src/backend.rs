@@ -94,6 +94,9 @@ pub struct Capabilities {
     pub ssh: bool,
     pub proxy_secret_bindings: bool,
     pub secret_files: bool,
+    /// Named sandboxes' writable state (root and workdir) can be snapshotted, frozen while
+    /// running, and new sandboxes made from a snapshot; the service then gives each named
+    /// sandbox an on-disk root directory ([`crate::SandboxSpec::root_dir`]).
     pub snapshots: bool,
     pub resume: bool,
     pub full_state_pause_resume: bool,
@@ -170,7 +173,23 @@ pub trait Backend: Send + Sync + fmt::Debug {
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
     }
+
+    /// Stops (`true`) or lets go on (`false`) every process of a running persistent
+    /// sandbox, for a consistent copy of its writable state: a frozen process holds its
+    /// place and its memory but runs no instruction until thawed. Backends that snapshot
+    /// ([`Capabilities::snapshots`]) implement it.
+    async fn set_frozen(&self, handle: &SandboxHandle, frozen: bool) -> Result<(), BackendError> {
+        let _ = (handle, frozen);
+        Err(BackendError::Unsupported {
+            backend: self.kind().to_string(),
+            reason: "it cannot freeze a sandbox's processes".into(),
+        })
+    }
 }
+
+/// How many consecutive host uids (and gids), from [`Backend::sandbox_root_owner`]'s,
+/// a sandbox's ids map to: a file owned by any other id was not made by the sandbox.
+pub const SANDBOX_ID_COUNT: u32 = 65536;
 
 /// A running sandbox owned by a backend.
 #[async_trait::async_trait]

@@ -498,6 +498,7 @@ pub fn resolve(
 
     Ok(SandboxSpec {
         hostname: format!("ak-{}", &id[..id.len().min(12)]),
+        root_dir: None,
         id,
         backend,
         image,

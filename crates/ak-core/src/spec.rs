@@ -49,6 +49,12 @@ pub struct SandboxSpec {
     /// Wall-clock limit of the whole sandbox run.
     pub timeout: Option<Duration>,
     pub hostname: String,
+    /// A host directory that holds the root's writable state, given by the service to a
+    /// named sandbox of a backend that snapshots ([`crate::backend::Capabilities::snapshots`]),
+    /// so that the state outlives a stop and the host can copy it; `None`: the backend's
+    /// own private writable layer (native: a tmpfs), gone with the sandbox.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_dir: Option<PathBuf>,
 }
 
 /// A fresh, unique sandbox id (32 lowercase hex digits).

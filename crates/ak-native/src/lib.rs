@@ -473,11 +473,27 @@ impl Backend for NativeBackend {
     }
 
     fn capabilities(&self) -> ak_core::backend::Capabilities {
-        // `--mount-cwd` binds the current directory; `attach` opens a shell on a terminal.
+        // `--mount-cwd` binds the current directory; `attach` opens a shell on a terminal;
+        // a named sandbox's root lives in the directory the service gives it, frozen
+        // through its cgroup for a snapshot.
         ak_core::backend::Capabilities {
             mount_cwd: true,
             attach: true,
+            snapshots: true,
             ..ak_core::backend::Capabilities::default()
         }
+    }
+
+    async fn set_frozen(&self, handle: &SandboxHandle, frozen: bool) -> Result<(), BackendError> {
+        let data = HandleData::parse(handle)?;
+        if !data.cgroup {
+            return Err(NativeError::Cgroup(crate::cgroup::CgroupError::NoFreezer).into());
+        }
+        if persistent::open_process(data.init()).is_none_or(|(_, running)| !running) {
+            return Err(BackendError::Gone(handle.id.clone()));
+        }
+        SandboxCgroup::existing(self.cgroup_layout(), &handle.id)
+            .set_frozen(frozen)
+            .map_err(|e| NativeError::Cgroup(e).into())
     }
 }

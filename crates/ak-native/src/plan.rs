@@ -191,16 +191,27 @@ impl<'a> MountPlanner<'a> {
         let host_image = matches!(spec.image, ImageRef::Host | ImageRef::Auto);
         let ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
 
-        // The root is a private tmpfs holding the mount points and the scratch directories;
-        // everything that comes from the image is mounted read-only onto it.
-        let root_data = format!("mode=0755,size={}", spec.resources.memory_bytes);
-        self.mount(
-            "tmpfs",
-            self.new_root.to_path_buf(),
-            "tmpfs",
-            libc::MS_NOSUID | libc::MS_NODEV,
-            &root_data,
-        )?;
+        // The root holds the mount points and the scratch directories; everything that
+        // comes from the image is mounted onto it. A named sandbox's root is the on-disk
+        // directory the service gave it (kept across stops, copied by snapshots), any
+        // other's a private tmpfs.
+        match &spec.root_dir {
+            Some(dir) => self.ops.push(Op::Bind {
+                source: path_c(dir)?,
+                target: path_c(self.new_root)?,
+                attrs: MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+            }),
+            None => {
+                let root_data = format!("mode=0755,size={}", spec.resources.memory_bytes);
+                self.mount(
+                    "tmpfs",
+                    self.new_root.to_path_buf(),
+                    "tmpfs",
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    &root_data,
+                )?;
+            }
+        }
 
         for (dir, mode) in SCRATCH_DIRS {
             self.mkdir(self.inside(dir), *mode)?;

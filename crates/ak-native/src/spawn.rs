@@ -20,7 +20,7 @@ use crate::plan::{
 /// First uid/gid on the host that root-run sandboxes map to (65536 ids from here). Far
 /// above the ranges `useradd` and `/etc/subuid` hand out, so no host account owns them.
 pub const ROOT_MAPPED_BASE: u32 = 1_000_000_000;
-const MAPPED_RANGE: u32 = 65536;
+const MAPPED_RANGE: u32 = ak_core::backend::SANDBOX_ID_COUNT;
 
 /// What the caller needs to start one sandbox.
 pub(crate) struct SpawnRequest<'a> {

@@ -66,3 +66,36 @@ fn is_json(request: &Request) -> bool {
     essence == "application/json"
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
+
+/// A request body that may be left out (empty, as the SDKs send some `POST`s); when given,
+/// it is held to [`JsonBody`]'s rules.
+#[derive(Debug)]
+pub struct OptionalJsonBody<T>(pub Option<T>);
+
+impl<S, T> FromRequest<S> for OptionalJsonBody<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (parts, body) = request.into_parts();
+        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
+            .await
+            .map_err(|rejection| {
+                if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::TooLarge("request body too large".into())
+                } else {
+                    ApiError::BadRequest(rejection.body_text())
+                }
+            })?;
+        if bytes.is_empty() {
+            return Ok(OptionalJsonBody(None));
+        }
+        let request = Request::from_parts(parts, axum::body::Body::from(bytes));
+        JsonBody::from_request(request, state)
+            .await
+            .map(|JsonBody(value)| OptionalJsonBody(Some(value)))
+    }
+}

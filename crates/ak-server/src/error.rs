@@ -126,7 +126,6 @@ impl From<ak_core::ConfigError> for ApiError {
 /// Endpoint families the published SDKs call that this server does not have, each with
 /// what it is, so a client learns that rather than a bare "no such endpoint".
 pub const UNIMPLEMENTED_FAMILIES: &[(&str, &str)] = &[
-    ("snapshots", "sandbox snapshots"),
     ("orchestrations", "orchestrations"),
     ("objects", "durable objects"),
     ("schedules", "schedules"),

@@ -13,6 +13,7 @@ mod output;
 mod run;
 mod sandboxes;
 mod serve;
+mod snapshots;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -100,6 +101,12 @@ pub fn router(state: AppState) -> Router {
         .route("/run/stream", post(run::run_stream))
         .route("/batch/run", post(run::batch))
         .route("/sandboxes", get(sandboxes::list).post(sandboxes::create))
+        .route("/snapshots", get(snapshots::list).post(snapshots::create))
+        .route(
+            "/snapshots/{name}",
+            get(snapshots::get_one).delete(snapshots::remove),
+        )
+        .route("/snapshots/{name}/restore", post(snapshots::restore))
         .route("/sandboxes/by-uuid/{uuid}", get(sandboxes::by_uuid))
         .route(
             "/sandboxes/{name}",

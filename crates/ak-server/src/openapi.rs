@@ -24,7 +24,7 @@ use utoipa::{Modify, OpenApi};
 use crate::error::ApiError;
 use crate::run::MAX_BATCH;
 use crate::sandboxes::UNSUPPORTED_FIELDS;
-use crate::{error, exec, files, info, output, run, sandboxes};
+use crate::{error, exec, files, info, output, run, sandboxes, snapshots};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -57,6 +57,11 @@ use crate::{error, exec, files, info, output, run, sandboxes};
         files::write,
         files::remove,
         files::write_many,
+        snapshots::list,
+        snapshots::create,
+        snapshots::get_one,
+        snapshots::remove,
+        snapshots::restore,
     ),
     components(schemas(
         error::ErrorBody,
@@ -81,6 +86,9 @@ use crate::{error, exec, files, info, output, run, sandboxes};
         files::WriteRequest,
         files::WriteManyRequest,
         files::Written,
+        snapshots::SnapshotMeta,
+        snapshots::SnapshotRequest,
+        snapshots::RestoreRequest,
     )),
     modifiers(&BearerAuth),
     security(("bearer" = []))
@@ -203,6 +211,21 @@ pub const OPERATIONS: &[(&str, &str, &str, &[&[u16]])] = &[
         "writeFiles",
         &[NAMED, AGENT, &[413]],
     ),
+    ("get", "/snapshots", "listSnapshots", &[&[401, 500]]),
+    (
+        "post",
+        "/snapshots",
+        "takeSnapshot",
+        &[NAMED, &[409, 413, 503]],
+    ),
+    ("get", "/snapshots/{name}", "getSnapshot", &[NAMED]),
+    ("delete", "/snapshots/{name}", "deleteSnapshot", &[NAMED]),
+    (
+        "post",
+        "/snapshots/{name}/restore",
+        "restoreSnapshot",
+        &[MAKES, &[404, 409]],
+    ),
 ];
 
 fn reason(status: u16) -> &'static str {
@@ -210,7 +233,7 @@ fn reason(status: u16) -> &'static str {
         400 => "Bad input: malformed JSON, a bad name, path or field",
         401 => "Missing or wrong bearer token",
         403 => "Not allowed: beyond the [api] policy, or refused inside the sandbox",
-        404 => "No such sandbox, command or file",
+        404 => "No such sandbox, snapshot, command or file",
         409 => "The name is taken, or the sandbox's state does not allow it",
         413 => "The request body or the file is too large",
         503 => "Not possible here or now: a backend that cannot run it, capacity exhausted",

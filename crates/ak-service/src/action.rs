@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::ServiceError;
 use crate::registry::SandboxRecord;
 use crate::volumes::VolumeInfo;
+use crate::snapshot::SnapshotInfo;
 use crate::{Caller, Service};
 
 /// One operation on named sandboxes.
@@ -51,6 +52,30 @@ pub enum Action {
     VolumeRemove {
         name: String,
     },
+    /// Snapshots a sandbox's writable state; `snapshot` names it (default
+    /// `<sandbox>-<unix seconds>`).
+    SnapshotCreate {
+        sandbox: String,
+        snapshot: Option<String>,
+    },
+    SnapshotList,
+    SnapshotInspect {
+        snapshot: String,
+    },
+    SnapshotRemove {
+        snapshot: String,
+    },
+    /// Records a new sandbox made from a snapshot; `start` starts it too.
+    CreateFromSnapshot {
+        name: String,
+        snapshot: String,
+        start: bool,
+    },
+    /// Makes each of `new` from one snapshot of `sandbox` (running if it ran).
+    Fork {
+        sandbox: String,
+        new: Vec<String>,
+    },
 }
 
 /// What an [`Action`] answers.
@@ -62,6 +87,8 @@ pub enum Answer {
     Removed,
     Volume(Box<VolumeInfo>),
     Volumes(Vec<VolumeInfo>),
+    Snapshot(Box<SnapshotInfo>),
+    Snapshots(Vec<SnapshotInfo>),
 }
 
 impl Answer {
@@ -106,6 +133,24 @@ impl Answer {
     }
 }
 
+impl Answer {
+    /// The one snapshot this answer carries.
+    pub fn into_snapshot(self) -> Result<SnapshotInfo, ServiceError> {
+        match self {
+            Answer::Snapshot(info) => Ok(*info),
+            other => Err(mismatch("a snapshot", &other)),
+        }
+    }
+
+    /// The snapshots this answer carries.
+    pub fn into_snapshots(self) -> Result<Vec<SnapshotInfo>, ServiceError> {
+        match self {
+            Answer::Snapshots(infos) => Ok(infos),
+            other => Err(mismatch("a list of snapshots", &other)),
+        }
+    }
+}
+
 fn mismatch(wanted: &str, got: &Answer) -> ServiceError {
     ServiceError::State(format!("expected {wanted} in the answer, got {got:?}"))
 }
@@ -140,6 +185,29 @@ impl Service {
                 .remove_volume(caller, &name)
                 .await
                 .map(|()| Answer::Removed),
+            Action::SnapshotCreate { sandbox, snapshot } => self
+                .snapshot_create(caller, &sandbox, snapshot.as_deref())
+                .await
+                .map(|info| Answer::Snapshot(Box::new(info))),
+            Action::SnapshotList => self.snapshot_list().map(Answer::Snapshots),
+            Action::SnapshotInspect { snapshot } => self
+                .snapshot_inspect(&snapshot)
+                .map(|info| Answer::Snapshot(Box::new(info))),
+            Action::SnapshotRemove { snapshot } => self
+                .snapshot_remove(caller, &snapshot)
+                .await
+                .map(|()| Answer::Removed),
+            Action::CreateFromSnapshot {
+                name,
+                snapshot,
+                start,
+            } => self
+                .create_from_snapshot(caller, &name, &snapshot, start)
+                .await
+                .map(record),
+            Action::Fork { sandbox, new } => {
+                self.fork(caller, &sandbox, &new).await.map(Answer::Records)
+            }
         }
     }
 }

@@ -57,7 +57,7 @@ impl Service {
         if lifetime == Lifetime::Ephemeral
             && let Some(source) = spec.source.clone()
         {
-            let workspace = self.make_workspace(&spec.id, root_owner)?;
+            let (workspace, _) = self.make_workspace(&spec.id, root_owner, false)?;
             attachments.scratch = Some(self.host_dir_of(&spec.id)?);
             crate::source::clone_into(&source, &workspace, root_owner).await?;
             spec.mounts.retain(|m| m.target != spec.workdir);

@@ -54,6 +54,10 @@ pub enum ServiceError {
     /// A source repository could not be cloned (a bad URL or ref, a refusing remote).
     #[error("cloning the source: {0}")]
     Source(String),
+    #[error("a snapshot named '{0}' already exists")]
+    SnapshotExists(String),
+    #[error(transparent)]
+    Snapshot(#[from] crate::snapshot::SnapshotError),
     #[error("sandbox '{name}' is {state}: {hint}")]
     WrongState {
         name: String,
@@ -95,7 +99,11 @@ impl ServiceError {
             ServiceError::NotFound(_) | ServiceError::NoSuch(_) => ErrorClass::NotFound,
             ServiceError::Duplicate(_)
             | ServiceError::InUse(_)
+            | ServiceError::SnapshotExists(_)
             | ServiceError::WrongState { .. } => ErrorClass::Conflict,
+            ServiceError::Snapshot(crate::snapshot::SnapshotError::Refused(_)) => {
+                ErrorClass::Invalid
+            }
             ServiceError::BackendNotBuilt(_) | ServiceError::Unavailable(_) => {
                 ErrorClass::Unavailable
             }
@@ -119,6 +127,7 @@ impl ServiceError {
             ServiceError::Backend(_)
             | ServiceError::Protocol(_)
             | ServiceError::Registry(_)
+            | ServiceError::Snapshot(_)
             | ServiceError::State(_) => ErrorClass::Fault,
         }
     }

@@ -18,6 +18,8 @@ mod sandboxes;
 mod session;
 mod source;
 mod volumes;
+mod snapshot;
+mod snapshots;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -37,6 +39,7 @@ pub use crate::registry::{Registry, SandboxRecord};
 pub use crate::run::{Placement, settle_image};
 pub use crate::session::{Collected, CommandSession, RunOutcome, TIMED_OUT_CODE, connect_agent};
 pub use crate::volumes::{VolumeInfo, VolumeUser};
+pub use crate::snapshot::{SnapshotError, SnapshotInfo};
 
 /// The service: the registered backends, the registry of named sandboxes, and the
 /// operations on them. One per process; every operation names its [`Caller`].

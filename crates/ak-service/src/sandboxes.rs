@@ -119,21 +119,28 @@ impl Service {
     /// Makes the service-owned workdir of sandbox `id` on the host: private to the
     /// sandbox, owned by its root (`root_owner`), which no other local user may read or
     /// list. The sandbox's own directory only lets others pass (0711) when the sandbox's
-    /// root is another uid and must pass through.
+    /// root is another uid and must pass through. `with_root`: also the directory that
+    /// holds the root's writable layer (for backends that snapshot), returned second.
     pub(crate) fn make_workspace(
         &self,
         id: &str,
         root_owner: Option<(u32, u32)>,
-    ) -> Result<PathBuf, ServiceError> {
+        with_root: bool,
+    ) -> Result<(PathBuf, Option<PathBuf>), ServiceError> {
         self.make_traversable(root_owner)?;
         let sandbox_dir = self.host_dir_of(id)?;
-        let host = sandbox_dir.join("workspace");
+        let host = sandbox_dir.join(crate::snapshots::WORKSPACE_DIR);
+        let root = with_root.then(|| sandbox_dir.join(crate::snapshots::ROOT_DIR));
         let sandbox_dir_mode = if foreign_root(root_owner).is_some() {
             0o711
         } else {
             0o700
         };
-        for (dir, mode) in [(&sandbox_dir, sandbox_dir_mode), (&host, 0o700)] {
+        let mut dirs = vec![(&sandbox_dir, sandbox_dir_mode), (&host, 0o700)];
+        if let Some(root) = &root {
+            dirs.push((root, 0o755));
+        }
+        for (dir, mode) in dirs {
             std::fs::DirBuilder::new()
                 .mode(mode)
                 .create(dir)
@@ -143,18 +150,20 @@ impl Service {
                 .map_err(|e| ServiceError::State(format!("chmod {}: {e}", dir.display())))?;
         }
         if let Some((uid, gid)) = root_owner {
-            rustix::fs::chown(
-                &host,
-                Some(rustix::fs::Uid::from_raw(uid)),
-                Some(rustix::fs::Gid::from_raw(gid)),
-            )
-            .map_err(|e| ServiceError::State(format!("chown {}: {e}", host.display())))?;
+            for dir in [Some(&host), root.as_ref()].into_iter().flatten() {
+                rustix::fs::chown(
+                    dir,
+                    Some(rustix::fs::Uid::from_raw(uid)),
+                    Some(rustix::fs::Gid::from_raw(gid)),
+                )
+                .map_err(|e| ServiceError::State(format!("chown {}: {e}", dir.display())))?;
+            }
         }
-        Ok(host)
+        Ok((host, root))
     }
 
     /// [`Service::create_named`] without its audit entry.
-    async fn create_unaudited(
+    pub(crate) async fn create_unaudited(
         &self,
         name: &str,
         mut spec: SandboxSpec,
@@ -173,13 +182,21 @@ impl Service {
                 dir.display()
             )));
         }
+        // Only the service decides where a sandbox's root lives (below, for its own).
+        spec.root_dir = None;
         let workdir_host = match dir {
             Some(dir) => dir.canonicalize().map_err(|e| {
                 ServiceError::InvalidInput(format!("workdir {}: {e}", dir.display()))
             })?,
             None => {
                 let root_owner = backend.sandbox_root_owner();
-                let workspace = self.make_workspace(&spec.id, root_owner)?;
+                // A backend that snapshots keeps the root's writable layer beside the
+                // workspace, where it outlives a stop and the host can copy it.
+                let (workspace, root) = self.make_workspace(
+                    &spec.id,
+                    root_owner,
+                    backend.capabilities().snapshots,
+                )?;
                 if let Some(source) = &spec.source
                     && let Err(error) =
                         crate::source::clone_into(source, &workspace, root_owner).await
@@ -190,6 +207,7 @@ impl Service {
                     }
                     return Err(error);
                 }
+                spec.root_dir = root;
                 workspace
             }
         };
@@ -447,7 +465,7 @@ impl Service {
     }
 
     /// With the name locked: true if alive; otherwise marks it failed and releases it.
-    async fn check_alive(&self, record: &SandboxRecord) -> Result<bool, ServiceError> {
+    pub(crate) async fn check_alive(&self, record: &SandboxRecord) -> Result<bool, ServiceError> {
         if record.state != SandboxState::Running {
             return Ok(true);
         }
@@ -629,7 +647,7 @@ pub(crate) fn command_line(argv: &[String]) -> String {
         .join(" ")
 }
 
-fn parse_handle(record: &SandboxRecord) -> Result<SandboxHandle, ServiceError> {
+pub(crate) fn parse_handle(record: &SandboxRecord) -> Result<SandboxHandle, ServiceError> {
     let text = record.handle.as_deref().ok_or_else(|| {
         ServiceError::State(format!("sandbox '{}' has no backend handle", record.name))
     })?;
@@ -638,7 +656,7 @@ fn parse_handle(record: &SandboxRecord) -> Result<SandboxHandle, ServiceError> {
 }
 
 /// Fails with a message naming the state and what to do unless `record` is in `allowed`.
-fn require(
+pub(crate) fn require(
     record: &SandboxRecord,
     allowed: &[SandboxState],
     action: &str,

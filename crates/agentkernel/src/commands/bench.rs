@@ -144,6 +144,7 @@ fn fresh(spec: &SandboxSpec) -> SandboxSpec {
     let id = new_sandbox_id();
     SandboxSpec {
         hostname: format!("ak-{}", &id[..12]),
+        root_dir: None,
         id,
         ..spec.clone()
     }

@@ -12,6 +12,7 @@ mod run;
 mod sandbox;
 mod serve;
 mod setup;
+mod snapshot;
 mod status;
 mod stream;
 mod terminal;
@@ -59,6 +60,8 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::List(args) => sandbox::list(args).await,
         Command::Inspect(args) => sandbox::inspect(args).await,
         Command::Volume(command) => volume::volume(command).await,
+        Command::Snapshot(command) => snapshot::snapshot(command).await,
+        Command::Fork(args) => snapshot::fork(args).await,
         Command::Daemon(command) => daemon::daemon(command).await,
         Command::Bench(args) => bench::bench(*args).await,
         Command::Serve(args) => serve::serve(args).await,

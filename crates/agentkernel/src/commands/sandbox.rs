@@ -7,6 +7,9 @@ use crate::cli::{CreateArgs, InspectArgs, ListArgs, NameArgs, RemoveArgs};
 use crate::front::{self, Failure};
 
 pub async fn create(args: CreateArgs) -> i32 {
+    if let Some(snapshot) = &args.from_snapshot {
+        return super::snapshot::create_from(&args.name, snapshot, &args.sandbox).await;
+    }
     let spec = super::resolve_spec(&args.sandbox);
     named(front::create(&args.name, spec, args.dir.as_deref()).await)
 }
@@ -30,7 +33,7 @@ pub async fn remove(args: RemoveArgs) -> i32 {
 }
 
 /// Prints the name of the sandbox an operation left, or the failure.
-fn named(result: Result<SandboxRecord, Failure>) -> i32 {
+pub(super) fn named(result: Result<SandboxRecord, Failure>) -> i32 {
     match result {
         Ok(record) => {
             say(&record.name);

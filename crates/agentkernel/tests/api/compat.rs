@@ -87,7 +87,7 @@ fn table(rows: &[Value]) -> String {
          checked. Where an example needs an image, a registry or a file that is not here \
          (`python:3.12-alpine`, `npm start`, `train.py`), the command is one that exists on \
          the host image; the `call` column shows exactly what was sent.\n\
-         - `404: family not implemented`: snapshots, orchestrations, objects, schedules and \
+         - `404: family not implemented`: orchestrations, objects, schedules and \
          stores do not exist in this server; every route of theirs answers 404 with \
          `{\"success\": false, \"error\": \"… are not implemented in this server …\"}`.\n\
          - `400: names …`: create fields this server does not carry out yet are refused with \

@@ -199,6 +199,35 @@ const CASES = [
     const out = await c.extendTtl("my-sandbox", { by: "1h" });
     expect(typeof out.expires_at === "string" && out.expires_at.endsWith("Z"), show(out));
   }],
+  ["takeSnapshot", 'takeSnapshot({sandbox: "my-sandbox", name: "snap"})', WORKS, async (c) => {
+    const meta = await c.takeSnapshot({ sandbox: "my-sandbox", name: "snap" });
+    expect(meta.name === "snap" && meta.sandbox === "my-sandbox" && meta.backend === "native", show(meta));
+  }],
+  ["listSnapshots", "listSnapshots()", WORKS, async (c) => {
+    const names = (await c.listSnapshots()).map((s) => s.name);
+    expect(names.includes("snap"), show(names));
+  }],
+  ["getSnapshot", 'getSnapshot("snap")', WORKS, async (c) => {
+    const meta = await c.getSnapshot("snap");
+    expect(meta.name === "snap" && meta.created_at.endsWith("Z"), show(meta));
+  }],
+  ["restoreSnapshot", 'restoreSnapshot("snap"), then readFile(restored, "app/index.js")', WORKS, async (c) => {
+    const info = await c.restoreSnapshot("snap");
+    expect(info.status === "running" && info.name.startsWith("snap-"), show(info));
+    const file = await c.readFile(info.name, "app/index.js");
+    expect(file.content === "console.log('hi')", show(file));
+    await c.removeSandbox(info.name);
+  }],
+  ["deleteSnapshot", 'deleteSnapshot("snap")', WORKS, async (c) => {
+    await c.deleteSnapshot("snap");
+    try {
+      await c.getSnapshot("snap");
+    } catch (e) {
+      expect(e instanceof NotFoundError, `${e}`);
+      return;
+    }
+    throw new Error("deleted, yet found");
+  }],
   ["removeSandbox", 'removeSandbox("my-sandbox")', WORKS, async (c) => {
     await c.removeSandbox("my-sandbox");
     try {
@@ -270,11 +299,6 @@ const CASES = [
   ["queryStore", 'queryStore("kv", {sql: "select 1"})', NOT_HERE, refusedFamily((c) => c.queryStore("kv", { sql: "select 1" }))],
   ["executeStore", 'executeStore("kv", {sql: "delete from t"})', NOT_HERE, refusedFamily((c) => c.executeStore("kv", { sql: "delete from t" }))],
   ["commandStore", 'commandStore("kv", {command: ["PING"]})', NOT_HERE, refusedFamily((c) => c.commandStore("kv", { command: ["PING"] }))],
-  ["listSnapshots", "listSnapshots()", NOT_HERE, refusedFamily((c) => c.listSnapshots())],
-  ["takeSnapshot", 'takeSnapshot({sandbox: "my-sandbox"})', NOT_HERE, refusedFamily((c) => c.takeSnapshot({ sandbox: "my-sandbox" }))],
-  ["getSnapshot", 'getSnapshot("snap")', NOT_HERE, refusedFamily((c) => c.getSnapshot("snap"))],
-  ["deleteSnapshot", 'deleteSnapshot("snap")', NOT_HERE, refusedFamily((c) => c.deleteSnapshot("snap"))],
-  ["restoreSnapshot", 'restoreSnapshot("snap")', NOT_HERE, refusedFamily((c) => c.restoreSnapshot("snap"))],
 ];
 
 // Public methods: the prototype's own functions, without the constructor and the

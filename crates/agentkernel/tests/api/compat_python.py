@@ -59,8 +59,9 @@ async def c_get_backends(c, ctx):
     native = [b for b in found.backends if b.backend == "native"][0]
     expect(native.usable, f"native usable: {native}")
     caps = native.capabilities
-    expect(not (caps.snapshots or caps.resume or caps.full_state_pause_resume or caps.full_state_fork),
-           f"no snapshot or resume capability claimed: {caps}")
+    expect(caps.snapshots, f"native snapshots its named sandboxes: {caps}")
+    expect(not (caps.resume or caps.full_state_pause_resume or caps.full_state_fork),
+           f"no resume or memory-state capability claimed: {caps}")
 
 
 async def c_run(c, ctx):
@@ -223,6 +224,40 @@ async def c_extend_ttl(c, ctx):
     expect(isinstance(expires, str) and expires.endswith("Z"), f"{expires!r}")
 
 
+async def c_take_snapshot(c, ctx):
+    meta = await settle(c.take_snapshot("my-sandbox", snapshot_name="snap"))
+    expect(meta.name == "snap" and meta.sandbox == "my-sandbox" and meta.backend == "native",
+           f"{meta}")
+
+
+async def c_list_snapshots(c, ctx):
+    names = [s.name for s in await settle(c.list_snapshots())]
+    expect("snap" in names, f"listed: {names}")
+
+
+async def c_get_snapshot(c, ctx):
+    meta = await settle(c.get_snapshot("snap"))
+    expect(meta.name == "snap" and meta.created_at.endswith("Z"), f"{meta}")
+
+
+async def c_restore_snapshot(c, ctx):
+    info = await settle(c.restore_snapshot("snap"))
+    expect(info.status == "running" and info.name.startswith("snap-"), f"{info}")
+    # The files the sandbox had when it was snapshotted (write_files above).
+    file = await settle(c.read_file(info.name, "app/index.js"))
+    expect(file.content == "console.log('hi')", f"restored file: {file}")
+    await settle(c.remove_sandbox(info.name))
+
+
+async def c_delete_snapshot(c, ctx):
+    await settle(c.delete_snapshot("snap"))
+    try:
+        await settle(c.get_snapshot("snap"))
+    except NotFoundError:
+        return
+    raise AssertionError("deleted, yet found")
+
+
 async def c_remove_sandbox(c, ctx):
     await settle(c.remove_sandbox("my-sandbox"))
     try:
@@ -330,6 +365,11 @@ CASES = [
     ("detached_list", 'detached_list("my-sandbox")', WORKS, c_detached_list),
     ("detached_kill", 'detached_kill("my-sandbox", cmd.id)', WORKS, c_detached_kill),
     ("extend_ttl", 'extend_ttl("my-sandbox", by="1h")', WORKS, c_extend_ttl),
+    ("take_snapshot", 'take_snapshot("my-sandbox", snapshot_name="snap")', WORKS, c_take_snapshot),
+    ("list_snapshots", "list_snapshots()", WORKS, c_list_snapshots),
+    ("get_snapshot", 'get_snapshot("snap")', WORKS, c_get_snapshot),
+    ("restore_snapshot", 'restore_snapshot("snap"), then read_file(restored, "app/index.js")', WORKS, c_restore_snapshot),
+    ("delete_snapshot", 'delete_snapshot("snap")', WORKS, c_delete_snapshot),
     ("remove_sandbox", 'remove_sandbox("my-sandbox")', WORKS, c_remove_sandbox),
     ("sandbox", 'sandbox("test")', WORKS, c_sandbox),
     ("SandboxSession.info", "sb.info()", WORKS, s_info),
@@ -363,11 +403,6 @@ CASES = [
     ("query_store", 'query_store("kv", {"sql": "select 1"})', NOT_HERE, refused_family(lambda c: c.query_store("kv", {"sql": "select 1"}))),
     ("execute_store", 'execute_store("kv", {"sql": "delete from t"})', NOT_HERE, refused_family(lambda c: c.execute_store("kv", {"sql": "delete from t"}))),
     ("command_store", 'command_store("kv", {"command": ["PING"]})', NOT_HERE, refused_family(lambda c: c.command_store("kv", {"command": ["PING"]}))),
-    ("list_snapshots", "list_snapshots()", NOT_HERE, refused_family(lambda c: c.list_snapshots())),
-    ("take_snapshot", 'take_snapshot("my-sandbox")', NOT_HERE, refused_family(lambda c: c.take_snapshot("my-sandbox"))),
-    ("get_snapshot", 'get_snapshot("snap")', NOT_HERE, refused_family(lambda c: c.get_snapshot("snap"))),
-    ("delete_snapshot", 'delete_snapshot("snap")', NOT_HERE, refused_family(lambda c: c.delete_snapshot("snap"))),
-    ("restore_snapshot", 'restore_snapshot("snap")', NOT_HERE, refused_family(lambda c: c.restore_snapshot("snap"))),
     ("close", "close()", "works (no request)", c_close),
 ]
 

@@ -26,6 +26,11 @@ TOOLS = {
     "sandbox_remove",
     "sandbox_file_read",
     "sandbox_file_write",
+    "sandbox_snapshot",
+    "snapshot_list",
+    "snapshot_restore",
+    "snapshot_remove",
+    "sandbox_fork",
 }
 
 
@@ -251,6 +256,23 @@ async def main():
             check(stopped["status"] == "stopped", f"stopped: {stopped}")
             started = await ok(session, "sandbox_start", {"name": "mcp-box"})
             check(started["status"] == "running", f"started again: {started}")
+            # Snapshots: taken of the running sandbox, restored into another, forked.
+            snap = await ok(session, "sandbox_snapshot", {"name": "mcp-box", "snapshot": "mcp-snap"})
+            check(snap["name"] == "mcp-snap" and snap["taken_while"] == "running", f"snapshot: {snap}")
+            listed = await ok(session, "snapshot_list")
+            check([s["name"] for s in listed["snapshots"]] == ["mcp-snap"], f"snapshot list: {listed}")
+            await refused(session, "sandbox_snapshot", {"name": "mcp-box", "snapshot": "mcp-snap"}, "already exists")
+            await refused(session, "sandbox_snapshot", {"name": "mcp-box", "snapshot": "../x"}, "snapshot name")
+            restored = await ok(session, "snapshot_restore", {"snapshot": "mcp-snap", "name": "mcp-copy"})
+            check(restored["status"] == "running", f"restored: {restored}")
+            read = await ok(session, "sandbox_file_read", {"name": "mcp-copy", "path": "/workspace/notes/n.txt"})
+            check(read["content"] == "written by mcp", f"restored file: {read}")
+            forked = await ok(session, "sandbox_fork", {"name": "mcp-copy", "new": ["mcp-f1", "mcp-f2"]})
+            check([s["name"] for s in forked["sandboxes"]] == ["mcp-f1", "mcp-f2"], f"forked: {forked}")
+            for name in ["mcp-copy", "mcp-f1", "mcp-f2"]:
+                await ok(session, "sandbox_remove", {"name": name, "force": True})
+            await ok(session, "snapshot_remove", {"snapshot": "mcp-snap"})
+            await refused(session, "snapshot_remove", {"snapshot": "mcp-snap"}, "no snapshot named")
             stopped = await ok(session, "sandbox_stop", {"name": "mcp-box"})
             await ok(session, "sandbox_remove", {"name": "mcp-box"})
             await refused(session, "sandbox_remove", {"name": "mcp-box"}, "no sandbox named")

@@ -103,6 +103,39 @@ def main():
         check(isinstance(expires, str) and expires.endswith("Z"), f"extend_ttl: {expires!r}")
         check(client.get_sandbox("sdk-box").status == "running", "still running after extend")
 
+        # Snapshots: taken of the running sandbox, restored into a new one that has its
+        # files and goes its own way; removing the snapshot leaves the copy as it is.
+        caps = [b for b in client.get_backends().backends if b.backend == "native"][0].capabilities
+        check(caps.snapshots and not (caps.resume or caps.full_state_pause_resume or caps.full_state_fork),
+              f"capabilities: filesystem snapshots only: {caps}")
+        meta = client.take_snapshot("sdk-box", snapshot_name="sdk-snap")
+        check((meta.name, meta.sandbox, meta.backend) == ("sdk-snap", "sdk-box", "native"), f"take_snapshot: {meta}")
+        check(meta.memory_mb and meta.created_at.endswith("Z"), f"snapshot meta: {meta}")
+        auto = client.take_snapshot("sdk-box")
+        check(auto.name.startswith("sdk-box-"), f"a default snapshot name: {auto}")
+        check({"sdk-snap", auto.name} <= {s.name for s in client.list_snapshots()}, "list_snapshots")
+        check(client.get_snapshot("sdk-snap") == meta, "get_snapshot")
+        restored = client.restore_snapshot("sdk-snap")
+        check(restored.status == "running" and restored.name != "sdk-box", f"restore_snapshot: {restored}")
+        check(client.read_file(restored.name, "workspace/dir/b.txt").content == "B", "the restored sandbox has the files")
+        sb.run(["sh", "-c", "echo changed > /workspace/dir/b.txt"])
+        check(client.read_file(restored.name, "workspace/dir/b.txt").content == "B", "and goes its own way")
+        for name in ("sdk-snap", auto.name):
+            client.delete_snapshot(name)
+        try:
+            client.get_snapshot("sdk-snap")
+            check(False, "a deleted snapshot is gone")
+        except NotFoundError:
+            check(True, "a deleted snapshot is gone")
+        check(client.read_file(restored.name, "workspace/dir/b.txt").content == "B", "the copy outlives its snapshot")
+        client.remove_sandbox(restored.name)
+        for bad in ("../x", "no-such-snapshot"):
+            try:
+                client.restore_snapshot(bad)
+                check(False, f"restore of {bad} refused")
+            except (ValidationError, NotFoundError):
+                check(True, f"restore of {bad} refused")
+
         logs = client.get_sandbox_logs("sdk-box")
         actions = {entry["action"] for entry in logs}
         check({"create", "start", "exec", "file_write", "file_read", "extend"} <= actions, f"audit: {actions}")

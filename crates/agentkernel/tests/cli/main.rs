@@ -22,3 +22,4 @@ mod named;
 mod run;
 mod sdk_files;
 mod volumes;
+mod snapshot;

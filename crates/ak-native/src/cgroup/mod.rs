@@ -51,7 +51,15 @@ pub enum CgroupError {
     },
     #[error("{path} still lists {remaining} process(es) after {KILL_PATIENCE:?} of SIGKILL")]
     KillIncomplete { path: PathBuf, remaining: usize },
+    #[error("the sandbox has no cgroup v2 directory, whose cgroup.freeze stops its processes")]
+    NoFreezer,
+    #[error("{0} did not report the sandbox frozen within {FREEZE_PATIENCE:?}")]
+    FreezeIncomplete(PathBuf),
 }
+
+/// How long freezing may take: the kernel stops each task at its next return to user
+/// space, which takes microseconds unless one is stuck in an uninterruptible wait.
+pub const FREEZE_PATIENCE: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> CgroupError {
     let path = path.to_path_buf();

@@ -325,6 +325,31 @@ impl SandboxCgroup {
             .try_for_each(|dir| signal_until_empty(&dir.join("cgroup.procs"), deadline))
     }
 
+    /// Freezes (`true`) or thaws every process of the sandbox through the v2 directory's
+    /// `cgroup.freeze`; freezing returns once `cgroup.events` reports `frozen 1`, so that
+    /// nothing runs while the caller copies the sandbox's files.
+    pub fn set_frozen(&self, frozen: bool) -> Result<(), CgroupError> {
+        let dir = if self.v2 {
+            self.memory.as_ref()
+        } else {
+            self.kill.as_ref()
+        }
+        .ok_or(CgroupError::NoFreezer)?;
+        write_value(dir, "cgroup.freeze", u8::from(frozen))?;
+        let events = dir.join("cgroup.events");
+        let deadline = Instant::now() + super::FREEZE_PATIENCE;
+        loop {
+            let text = fs::read_to_string(&events).map_err(io_err("read", &events))?;
+            if parse_keyed(&text, "frozen") == Some(u64::from(frozen)) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(CgroupError::FreezeIncomplete(events));
+            }
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+
     /// Highest memory use seen (v2 `memory.peak`, v1 `memory.max_usage_in_bytes`).
     pub fn peak_memory_bytes(&self) -> Option<u64> {
         let file = if self.v2 {

@@ -29,6 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::files::Encoding;
 use crate::output::RunResult;
 use crate::sandboxes::SandboxInfo;
+use crate::snapshots::SnapshotMeta;
 
 /// Largest file `sandbox_file_read` returns.
 const MAX_READ: u64 = 16 << 20;
@@ -267,6 +268,50 @@ pub struct CreateParams {
     pub source_url: Option<String>,
     /// The branch, tag or commit of `source_url` (its default branch when absent).
     pub source_ref: Option<String>,
+}
+
+/// `snapshot_list`'s answer.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SnapshotList {
+    pub snapshots: Vec<SnapshotMeta>,
+}
+
+/// `sandbox_fork`'s answer.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Forked {
+    pub sandboxes: Vec<SandboxInfo>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotParams {
+    /// The sandbox to snapshot.
+    pub name: String,
+    /// The snapshot's name (default `<sandbox>-<unix seconds>`).
+    pub snapshot: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreParams {
+    pub snapshot: String,
+    /// The new sandbox's name.
+    pub name: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SnapshotNameParams {
+    pub snapshot: String,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ForkParams {
+    /// The sandbox to fork.
+    pub name: String,
+    /// Names of the new sandboxes.
+    pub new: Vec<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -589,11 +634,114 @@ impl McpServer {
             bytes: content.len(),
         }))
     }
+
+    #[tool(
+        title = "Snapshot a named sandbox",
+        description = "Snapshot a named sandbox's files (its root's writable layer and /workspace), running (its processes frozen for the copy) or stopped. snapshot_restore makes new sandboxes from it.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn sandbox_snapshot(
+        &self,
+        Parameters(params): Parameters<SnapshotParams>,
+    ) -> Result<Json<SnapshotMeta>, String> {
+        let info = self
+            .service
+            .snapshot_create(Caller::Mcp, &params.name, params.snapshot.as_deref())
+            .await
+            .map_err(message)?;
+        Ok(Json(SnapshotMeta::from(info)))
+    }
+
+    #[tool(
+        title = "List snapshots",
+        description = "List the snapshots.",
+        annotations(read_only_hint = true, open_world_hint = false)
+    )]
+    async fn snapshot_list(&self) -> Result<Json<SnapshotList>, String> {
+        let infos = self.service.snapshot_list().map_err(message)?;
+        Ok(Json(SnapshotList {
+            snapshots: infos.into_iter().map(SnapshotMeta::from).collect(),
+        }))
+    }
+
+    #[tool(
+        title = "Restore a snapshot",
+        description = "Create and start a named sandbox from a snapshot: its settings and its files.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn snapshot_restore(
+        &self,
+        Parameters(params): Parameters<RestoreParams>,
+    ) -> Result<Json<SandboxInfo>, String> {
+        let record = self
+            .service
+            .create_from_snapshot(Caller::Mcp, &params.name, &params.snapshot, true)
+            .await
+            .map_err(message)?;
+        Ok(Json(SandboxInfo::from(&record)))
+    }
+
+    #[tool(
+        title = "Remove a snapshot",
+        description = "Remove a snapshot; sandboxes made from it keep their files.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = true,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn snapshot_remove(
+        &self,
+        Parameters(params): Parameters<SnapshotNameParams>,
+    ) -> Result<Json<Removed>, String> {
+        self.service
+            .snapshot_remove(Caller::Mcp, &params.snapshot)
+            .await
+            .map_err(message)?;
+        Ok(Json(Removed {
+            removed: params.snapshot,
+        }))
+    }
+
+    #[tool(
+        title = "Fork a named sandbox",
+        description = "Make new named sandboxes from one instant of a sandbox's files (running if it runs); each then goes its own way.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn sandbox_fork(
+        &self,
+        Parameters(params): Parameters<ForkParams>,
+    ) -> Result<Json<Forked>, String> {
+        let records = self
+            .service
+            .fork(Caller::Mcp, &params.name, &params.new)
+            .await
+            .map_err(message)?;
+        Ok(Json(Forked {
+            sandboxes: records.iter().map(SandboxInfo::from).collect(),
+        }))
+    }
 }
 
 #[tool_handler(
     router = self.tool_router,
     name = "agentkernel",
-    instructions = "Run commands in isolated sandboxes: sandbox_run for one-shot commands; sandbox_create, sandbox_start, sandbox_exec, sandbox_file_read/write, sandbox_stop and sandbox_remove for sandboxes that persist."
+    instructions = "Run commands in isolated sandboxes: sandbox_run for one-shot commands; sandbox_create, sandbox_start, sandbox_exec, sandbox_file_read/write, sandbox_stop and sandbox_remove for sandboxes that persist; sandbox_snapshot, snapshot_list, snapshot_restore, snapshot_remove and sandbox_fork to keep and branch their files."
 )]
 impl ServerHandler for McpServer {}

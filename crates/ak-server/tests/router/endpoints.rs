@@ -119,8 +119,8 @@ async fn backends_report_probes_and_capabilities() {
             "{field}: {native}"
         );
     }
-    // What this server does not have is not claimed: no snapshots, resume, volumes, secret
-    // bindings, SSH or endpoints on any backend.
+    // What the backends here do not have is not claimed (this test's in-process backend
+    // has no snapshots; the real native backend's claim is checked by the SDK tests).
     for backend in backends {
         for field in [
             "mount_home",
@@ -148,11 +148,6 @@ async fn sdk_endpoint_families_this_server_lacks_say_so() {
     let app = app();
     // The routes the published SDKs call for them (Python 0.21, npm 0.18).
     for (method, uri, family) in [
-        ("GET", "/snapshots", "snapshots"),
-        ("POST", "/snapshots", "snapshots"),
-        ("GET", "/snapshots/s1", "snapshots"),
-        ("DELETE", "/snapshots/s1", "snapshots"),
-        ("POST", "/snapshots/s1/restore", "snapshots"),
         ("GET", "/orchestrations", "orchestrations"),
         ("POST", "/orchestrations/o1/events", "orchestrations"),
         ("POST", "/orchestrations/o1/terminate", "orchestrations"),
@@ -175,7 +170,7 @@ async fn sdk_endpoint_families_this_server_lacks_say_so() {
         );
     }
     // A body over the limit changes nothing: still the JSON refusal.
-    let huge = Request::post("/snapshots")
+    let huge = Request::post("/schedules")
         .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
         .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from(vec![b' '; ak_server::DEFAULT_MAX_BODY + 1]))
@@ -188,7 +183,7 @@ async fn sdk_endpoint_families_this_server_lacks_say_so() {
     );
     // Only those prefixes: a path that merely starts alike is no endpoint at all.
     let message = app
-        .error("GET", "/snapshotsx", None, StatusCode::NOT_FOUND)
+        .error("GET", "/schedulesx", None, StatusCode::NOT_FOUND)
         .await;
     assert_eq!(message, "no such endpoint");
 }
@@ -492,6 +487,11 @@ async fn openapi_document_matches_the_routes() {
         "PUT /sandboxes/{name}/files/{path}",
         "DELETE /sandboxes/{name}/files/{path}",
         "POST /sandboxes/{name}/files",
+        "GET /snapshots",
+        "POST /snapshots",
+        "GET /snapshots/{name}",
+        "DELETE /snapshots/{name}",
+        "POST /snapshots/{name}/restore",
     ];
     expected.sort();
     assert_eq!(documented, expected);
@@ -591,4 +591,85 @@ async fn openapi_document_describes_what_is_sent() {
         ak_core::spec::NAME_PATTERN,
         "{name}"
     );
+}
+
+#[tokio::test]
+async fn snapshot_routes_refuse_clearly() {
+    let app = app();
+    assert_eq!(app.data("GET", "/snapshots", None).await, json!([]));
+    // Bad names are 400, unknown snapshots and sandboxes 404, unknown fields 400.
+    for (method, uri, body, status, needle) in [
+        (
+            "GET",
+            "/snapshots/a..b%2Fc",
+            None,
+            StatusCode::BAD_REQUEST,
+            "snapshot name",
+        ),
+        (
+            "GET",
+            "/snapshots/nope",
+            None,
+            StatusCode::NOT_FOUND,
+            "no snapshot named 'nope'",
+        ),
+        (
+            "DELETE",
+            "/snapshots/nope",
+            None,
+            StatusCode::NOT_FOUND,
+            "no snapshot named 'nope'",
+        ),
+        (
+            "POST",
+            "/snapshots/nope/restore",
+            None,
+            StatusCode::NOT_FOUND,
+            "no snapshot named 'nope'",
+        ),
+        (
+            "POST",
+            "/snapshots/nope/restore",
+            Some(json!({"name": "x", "extra": 1})),
+            StatusCode::BAD_REQUEST,
+            "unknown field",
+        ),
+        (
+            "POST",
+            "/snapshots",
+            Some(json!({"sandbox": "nobody"})),
+            StatusCode::NOT_FOUND,
+            "no sandbox named 'nobody'",
+        ),
+        (
+            "POST",
+            "/snapshots",
+            Some(json!({"sandbox": "nobody", "name": "../x"})),
+            StatusCode::BAD_REQUEST,
+            "snapshot name",
+        ),
+        (
+            "POST",
+            "/snapshots",
+            Some(json!({})),
+            StatusCode::BAD_REQUEST,
+            "sandbox",
+        ),
+    ] {
+        let message = app.error(method, uri, body, status).await;
+        assert!(message.contains(needle), "{method} {uri}: {message}");
+    }
+    // This test's in-process backend keeps no root on disk: it says it cannot snapshot.
+    app.data("POST", "/sandboxes", Some(json!({"name": "box"})))
+        .await;
+    let message = app
+        .error(
+            "POST",
+            "/snapshots",
+            Some(json!({"sandbox": "box"})),
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+        .await;
+    assert!(message.contains("cannot snapshot"), "{message}");
+    app.data("DELETE", "/sandboxes/box", None).await;
 }

@@ -1,0 +1,427 @@
+//! Snapshots of named sandboxes' writable state (the root's writable layer and the
+//! workdir) and new sandboxes made from them: take, list, inspect, remove, restore, fork.
+//! A running sandbox is frozen (every process stopped by its backend) for the copy, so the
+//! snapshot is one instant of it; a stopped one is copied as it lies. The store is in
+//! [`crate::snapshot`].
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use ak_core::SandboxState;
+use ak_core::backend::{SANDBOX_ID_COUNT, SandboxHandle};
+use ak_core::spec::{new_sandbox_id, validate_name};
+
+use crate::error::ServiceError;
+use crate::registry::SandboxRecord;
+use crate::snapshot::tree::{self, IdMap};
+use crate::snapshot::{SnapshotInfo, SnapshotRecord, Store, Trees};
+use crate::{Caller, Service};
+
+/// Where a named sandbox's root directory lives, beside its workspace.
+pub(crate) const ROOT_DIR: &str = "root";
+pub(crate) const WORKSPACE_DIR: &str = "workspace";
+
+impl Service {
+    fn snapshot_store(&self) -> Result<Store, ServiceError> {
+        Ok(Store::open(self.state_dir()?)?)
+    }
+
+    /// The host ids of a backend's sandboxes, for mapping a snapshot's owners.
+    fn id_map(&self, backend: ak_core::BackendKind) -> Result<IdMap, ServiceError> {
+        let base = self.backend(backend)?.sandbox_root_owner().unwrap_or((
+            rustix::process::geteuid().as_raw(),
+            rustix::process::getegid().as_raw(),
+        ));
+        // A sandbox that maps one id (an unprivileged host user) has one id to give.
+        let count = if rustix::process::geteuid().is_root() {
+            SANDBOX_ID_COUNT
+        } else {
+            1
+        };
+        Ok(IdMap { base, count })
+    }
+
+    /// The directories of a named sandbox's writable state, or why it has none to copy.
+    fn writable_dirs(&self, record: &SandboxRecord) -> Result<(PathBuf, PathBuf), ServiceError> {
+        let backend = self.backend(record.backend)?;
+        if !backend.capabilities().snapshots {
+            return Err(ServiceError::Unavailable(format!(
+                "the {} backend cannot snapshot sandboxes yet",
+                record.backend
+            )));
+        }
+        let dir = self.host_dir_of(&record.uuid)?;
+        let workspace = dir.join(WORKSPACE_DIR);
+        let root = record.spec.root_dir.clone().ok_or_else(|| {
+            ServiceError::InvalidInput(format!(
+                "sandbox '{}' keeps its root in memory (it was made before snapshots, or \
+                 with a host directory as its workdir): it cannot be snapshotted",
+                record.name
+            ))
+        })?;
+        if root != dir.join(ROOT_DIR) || !record.spec.mounts.iter().any(|m| m.host == workspace) {
+            return Err(ServiceError::InvalidInput(format!(
+                "sandbox '{}' has a host directory as its workdir: snapshots copy only \
+                 what the sandbox owns",
+                record.name
+            )));
+        }
+        Ok((root, workspace))
+    }
+
+    /// [`Service::snapshot_create`] without its audit entry.
+    async fn snapshot_unaudited(
+        &self,
+        sandbox: &str,
+        name: Option<&str>,
+    ) -> Result<SnapshotInfo, ServiceError> {
+        let name = match name {
+            Some(name) => name.to_string(),
+            None => default_snapshot_name(sandbox),
+        };
+        validate_name(&name)
+            .map_err(|e| ServiceError::InvalidInput(format!("snapshot name: {e}")))?;
+        let _lock = self.lock_name(sandbox).await?;
+        // A sandbox whose processes died is found failed here, not frozen.
+        self.check_alive(&self.record(sandbox)?).await?;
+        let record = self.record(sandbox)?;
+        crate::sandboxes::require(
+            &record,
+            &[SandboxState::Running, SandboxState::Stopped],
+            "snapshot",
+        )?;
+        let (root, workspace) = self.writable_dirs(&record)?;
+        let store = self.snapshot_store()?;
+        if store.exists(&name) {
+            return Err(ServiceError::SnapshotExists(name));
+        }
+        let ids = self.id_map(record.backend)?;
+        let running = record.state == SandboxState::Running;
+        let handle = if running {
+            Some(crate::sandboxes::parse_handle(&record)?)
+        } else {
+            None
+        };
+        let backend = self.backend(record.backend)?.clone();
+        let mut spec = record.spec.clone();
+        spec.mounts.retain(|m| m.host != workspace);
+        spec.root_dir = None;
+        let info_base = SnapshotInfo {
+            name: name.clone(),
+            sandbox: sandbox.to_string(),
+            image_tag: spec.image.to_string(),
+            backend: record.backend,
+            base_image: Some(spec.image.to_string()),
+            vcpus: spec.resources.cpus.map(|cpus| cpus.ceil() as u32),
+            memory_mb: Some(spec.resources.memory_bytes >> 20),
+            created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
+            taken_while: if running { "running" } else { "stopped" }.into(),
+            frozen_ms: 0,
+            files: 0,
+            bytes: 0,
+            stored_bytes: 0,
+            skipped: 0,
+        };
+        let info = self
+            .offload(async move {
+                let capture = store.lock_shared()?;
+                capture_frozen(&*backend, handle.as_ref(), &store, &root, &workspace, ids)
+                    .await
+                    .and_then(|(trees, stats, frozen_ms)| {
+                        let info = SnapshotInfo {
+                            frozen_ms,
+                            files: stats.files,
+                            bytes: stats.bytes,
+                            stored_bytes: stats.stored_bytes,
+                            skipped: stats.skipped,
+                            ..info_base
+                        };
+                        let record = SnapshotRecord {
+                            info: info.clone(),
+                            spec,
+                        };
+                        if !store.save(&capture, &record, &trees)? {
+                            return Err(ServiceError::SnapshotExists(info.name));
+                        }
+                        Ok(info)
+                    })
+            })
+            .await??;
+        Ok(info)
+    }
+
+    /// Every snapshot.
+    pub fn snapshot_list(&self) -> Result<Vec<SnapshotInfo>, ServiceError> {
+        Ok(self
+            .snapshot_store()?
+            .list()?
+            .into_iter()
+            .map(|record| record.info)
+            .collect())
+    }
+
+    fn snapshot_record(&self, name: &str) -> Result<SnapshotRecord, ServiceError> {
+        validate_name(name)
+            .map_err(|e| ServiceError::InvalidInput(format!("snapshot name: {e}")))?;
+        self.snapshot_store()?
+            .get(name)?
+            .ok_or_else(|| ServiceError::NoSuch(format!("snapshot named '{name}'")))
+    }
+
+    /// One snapshot.
+    pub fn snapshot_inspect(&self, name: &str) -> Result<SnapshotInfo, ServiceError> {
+        Ok(self.snapshot_record(name)?.info)
+    }
+
+    /// [`Service::create_from_snapshot`] without its audit entry: the new sandbox is
+    /// recorded stopped, with the snapshot's files in its root and workdir.
+    async fn restore_unaudited(
+        &self,
+        caller: Caller,
+        name: &str,
+        snapshot: &str,
+    ) -> Result<SandboxRecord, ServiceError> {
+        let source = self.snapshot_record(snapshot)?;
+        let mut spec = source.spec;
+        spec.id = new_sandbox_id();
+        spec.hostname = format!("ak-{}", &spec.id[..12]);
+        // The workdir comes from the snapshot, not from cloning the source again.
+        spec.source = None;
+        self.policy.admit(caller, &spec)?;
+        self.admit_volumes(caller, &spec)?;
+        let record = self.create_unaudited(name, spec, None).await?;
+        let restored = async {
+            let (root, workspace) = self.writable_dirs(&record)?;
+            let ids = self.id_map(record.backend)?;
+            let store = self.snapshot_store()?;
+            let trees = store.trees(snapshot)?;
+            self.offload(async move {
+                clear_dir(&root)?;
+                clear_dir(&workspace)?;
+                tree::restore(&trees.root, &root, &store.blobs, ids)?;
+                tree::restore(&trees.workspace, &workspace, &store.blobs, ids)?;
+                Ok::<_, ServiceError>(())
+            })
+            .await?
+        }
+        .await;
+        if let Err(error) = restored {
+            if let Err(cleanup) = self.remove_named(caller, name, true).await {
+                tracing::warn!(name, "removing a sandbox whose restore failed: {cleanup}");
+            }
+            return Err(error);
+        }
+        Ok(record)
+    }
+}
+
+/// Freezes the sandbox (when `handle` names a running one), captures its trees, thaws it
+/// whatever happened. Returns the trees, what they hold and how long it was frozen.
+async fn capture_frozen(
+    backend: &dyn ak_core::Backend,
+    handle: Option<&SandboxHandle>,
+    store: &Store,
+    root: &Path,
+    workspace: &Path,
+    ids: IdMap,
+) -> Result<(Trees, tree::CaptureStats, u64), ServiceError> {
+    let started = Instant::now();
+    if let Some(handle) = handle
+        && let Err(error) = backend.set_frozen(handle, true).await
+    {
+        // Freezing may have begun (a process stuck in an uninterruptible wait): let go.
+        if let Err(thaw) = backend.set_frozen(handle, false).await {
+            tracing::warn!(sandbox = %handle.id, "thawing after a failed freeze: {thaw}");
+        }
+        return Err(error.into());
+    }
+    let captured = (|| {
+        let (root_entries, root_stats) = tree::capture(root, &store.blobs, ids)?;
+        let (work_entries, work_stats) = tree::capture(workspace, &store.blobs, ids)?;
+        let stats = tree::CaptureStats {
+            files: root_stats.files + work_stats.files,
+            bytes: root_stats.bytes + work_stats.bytes,
+            stored_bytes: root_stats.stored_bytes + work_stats.stored_bytes,
+            skipped: root_stats.skipped + work_stats.skipped,
+        };
+        Ok::<_, ServiceError>((
+            Trees {
+                root: root_entries,
+                workspace: work_entries,
+            },
+            stats,
+        ))
+    })();
+    let frozen_ms = match handle {
+        Some(handle) => {
+            let elapsed = started.elapsed().as_millis() as u64;
+            backend.set_frozen(handle, false).await?;
+            elapsed
+        }
+        None => 0,
+    };
+    let (trees, stats) = captured?;
+    Ok((trees, stats, frozen_ms))
+}
+
+/// Empties a new sandbox's directory (the service made it, so nothing in it is the
+/// sandbox's yet) before a restore fills it; the directory itself stays.
+fn clear_dir(dir: &Path) -> Result<(), ServiceError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| ServiceError::State(format!("list {}: {e}", dir.display())))?;
+    for entry in entries {
+        let path = entry
+            .map_err(|e| ServiceError::State(format!("list {}: {e}", dir.display())))?
+            .path();
+        let removed = if path.symlink_metadata().is_ok_and(|m| m.is_dir()) {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| ServiceError::State(format!("remove {}: {e}", path.display())))?;
+    }
+    Ok(())
+}
+
+/// `<sandbox>-<unix seconds>`, shortened to fit a name.
+fn default_snapshot_name(sandbox: &str) -> String {
+    let stamp = crate::registry::now_unix().to_string();
+    let keep = ak_core::spec::MAX_NAME_LEN - stamp.len() - 1;
+    let prefix: String = sandbox.chars().take(keep).collect();
+    format!("{prefix}-{stamp}")
+}
+
+/// The public operations: each records its outcome in the audit log.
+impl Service {
+    /// Snapshots a named sandbox's writable state under `name` (by default
+    /// `<sandbox>-<unix seconds>`): frozen while it runs, as it lies when stopped.
+    pub async fn snapshot_create(
+        &self,
+        caller: Caller,
+        sandbox: &str,
+        name: Option<&str>,
+    ) -> Result<SnapshotInfo, ServiceError> {
+        let result = self.snapshot_unaudited(sandbox, name).await;
+        let detail = result
+            .as_ref()
+            .ok()
+            .map(|info| format!("snapshot {}", info.name));
+        self.audited(caller, "snapshot", Some(sandbox), detail, result)
+    }
+
+    /// Removes a snapshot and the file contents no other snapshot shares. Sandboxes made
+    /// from it are copies and stay as they are.
+    pub async fn snapshot_remove(&self, caller: Caller, name: &str) -> Result<(), ServiceError> {
+        let result = async {
+            self.snapshot_record(name)?;
+            let store = self.snapshot_store()?;
+            let name = name.to_string();
+            self.offload(async move {
+                let lock = store.lock()?;
+                if !store.exists(&name) {
+                    return Err(ServiceError::NoSuch(format!("snapshot named '{name}'")));
+                }
+                store.remove(&lock, &name)?;
+                Ok(())
+            })
+            .await?
+        }
+        .await;
+        self.audited(
+            caller,
+            "snapshot-remove",
+            None,
+            Some(format!("snapshot {name}")),
+            result,
+        )
+    }
+
+    /// A new named sandbox `name` from a snapshot, stopped (`start`: running). The
+    /// snapshot's spec goes through the caller's policy as a new create would.
+    pub async fn create_from_snapshot(
+        &self,
+        caller: Caller,
+        name: &str,
+        snapshot: &str,
+        start: bool,
+    ) -> Result<SandboxRecord, ServiceError> {
+        let result = self.restore_unaudited(caller, name, snapshot).await;
+        let result = self.audited(
+            caller,
+            "create",
+            Some(name),
+            Some(format!("from snapshot {snapshot}")),
+            result,
+        );
+        match result {
+            Ok(_) if start => {
+                let started = self.start_named(caller, name).await;
+                if started.is_err()
+                    && let Err(cleanup) = self.remove_named(caller, name, true).await
+                {
+                    tracing::warn!(
+                        name,
+                        "removing a restored sandbox that failed to start: {cleanup}"
+                    );
+                }
+                started
+            }
+            other => other,
+        }
+    }
+
+    /// Snapshots `sandbox` and makes each of `new` from that one instant (running if it
+    /// ran); the snapshot is removed afterwards (each new sandbox has its own copy).
+    pub async fn fork(
+        &self,
+        caller: Caller,
+        sandbox: &str,
+        new: &[String],
+    ) -> Result<Vec<SandboxRecord>, ServiceError> {
+        if new.is_empty() {
+            return Err(ServiceError::InvalidInput(
+                "fork needs a name for the new sandbox".into(),
+            ));
+        }
+        for name in new {
+            validate_name(name)?;
+            if self.registry()?.get(name)?.is_some() {
+                return Err(ServiceError::Duplicate(name.clone()));
+            }
+        }
+        let running = self.record(sandbox)?.state == SandboxState::Running;
+        let snapshot = format!("fork-{}", &new_sandbox_id()[..16]);
+        let info = self
+            .snapshot_create(caller, sandbox, Some(&snapshot))
+            .await?;
+        let mut made = Vec::new();
+        let mut failure = None;
+        for name in new {
+            match self
+                .create_from_snapshot(caller, name, &info.name, running)
+                .await
+            {
+                Ok(record) => made.push(record),
+                Err(error) => {
+                    failure = Some(error);
+                    break;
+                }
+            }
+        }
+        if let Err(e) = self.snapshot_remove(caller, &info.name).await {
+            tracing::warn!(snapshot = %info.name, "removing a fork's snapshot: {e}");
+        }
+        match failure {
+            // All or nothing: the forks made before the failure go again.
+            Some(error) => {
+                for record in made {
+                    if let Err(e) = self.remove_named(caller, &record.name, true).await {
+                        tracing::warn!(name = %record.name, "removing a partial fork: {e}");
+                    }
+                }
+                Err(error)
+            }
+            None => Ok(made),
+        }
+    }
+}
