@@ -9,6 +9,7 @@ use std::os::fd::RawFd;
 use seccompiler::BpfProgram;
 
 use crate::landlock::{LandlockPlan, errno};
+use crate::overlay::OverlayMount;
 use crate::plan::Op;
 
 /// Steps after the mount ops; their numbers follow the ops' indices.
@@ -416,9 +417,65 @@ fn run_op(op: &Op) -> Result<(), i32> {
                 }
                 return set_attr(target, *attrs, libc::AT_RECURSIVE as u32);
             }
+            Op::Overlay(overlay) => return mount_overlay(overlay),
         };
         if ret < 0 { Err(errno()) } else { Ok(()) }
     }
+}
+
+/// Mounts an overlay through the new mount API, one `lowerdir+` per layer (Linux 6.8+:
+/// no limit on the number of layers); on an older kernel, with `mount(2)` and the layers
+/// in one data string, when they fit in it.
+fn mount_overlay(overlay: &OverlayMount) -> Result<(), i32> {
+    use rustix::mount::{
+        FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
+        fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+    };
+    let raw = |e: rustix::io::Errno| e.raw_os_error();
+    let context = fsopen(c"overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(raw)?;
+    for lower in &overlay.lowers {
+        if let Err(error) = fsconfig_set_string(&context, c"lowerdir+", lower.as_c_str()) {
+            drop(context);
+            return match (&overlay.legacy_data, error) {
+                (Some(data), rustix::io::Errno::INVAL) => mount_overlay_legacy(overlay, data),
+                // Too many layers for one data string on a kernel without `lowerdir+`.
+                (None, rustix::io::Errno::INVAL) => Err(libc::E2BIG),
+                (_, error) => Err(raw(error)),
+            };
+        }
+    }
+    fsconfig_set_string(&context, c"upperdir", overlay.upper.as_c_str()).map_err(raw)?;
+    fsconfig_set_string(&context, c"workdir", overlay.work.as_c_str()).map_err(raw)?;
+    fsconfig_set_flag(&context, c"userxattr").map_err(raw)?;
+    fsconfig_create(&context).map_err(raw)?;
+    let mount = fsmount(
+        &context,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
+    )
+    .map_err(raw)?;
+    move_mount(
+        &mount,
+        c"",
+        rustix::fs::CWD,
+        overlay.target.as_c_str(),
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(raw)
+}
+
+fn mount_overlay_legacy(overlay: &OverlayMount, data: &std::ffi::CStr) -> Result<(), i32> {
+    // SAFETY: NUL-terminated strings owned by the plan.
+    let ret = unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            overlay.target.as_ptr(),
+            c"overlay".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if ret < 0 { Err(errno()) } else { Ok(()) }
 }
 
 /// `struct mount_attr` of `mount_setattr(2)`.
