@@ -95,8 +95,9 @@ struct Layers {
 impl Layers {
     fn build() -> Layers {
         let dir = tempfile::tempdir().unwrap();
-        // Traversable by the sandbox's root, which is not root on the host.
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        // Private, as the store's directory is: the sandbox's root (no one on the host)
+        // cannot walk it, and need not.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
         let base = dir.path().join("busybox");
         mkdirs(
             &base,

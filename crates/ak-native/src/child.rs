@@ -33,10 +33,11 @@ pub(crate) enum Step {
     Exec,
     Session,
     CgroupJoin,
+    Layers,
 }
 
 impl Step {
-    pub(crate) const ALL: [Step; 17] = [
+    pub(crate) const ALL: [Step; 18] = [
         Step::Sync,
         Step::Credentials,
         Step::Namespaces,
@@ -54,6 +55,7 @@ impl Step {
         Step::Exec,
         Step::Session,
         Step::CgroupJoin,
+        Step::Layers,
     ];
 
     pub(crate) fn describe(code: u32, ops: &[Op]) -> String {
@@ -78,6 +80,7 @@ impl Step {
             Some(Step::Exec) => "execute the agent".into(),
             Some(Step::Session) => "start a new session".into(),
             Some(Step::CgroupJoin) => "join the sandbox's cgroups".into(),
+            Some(Step::Layers) => "open the image's layers in the sandbox's mount namespace".into(),
             None => format!("unknown step {code}"),
         }
     }
@@ -122,6 +125,10 @@ pub(crate) struct ChildPlan {
     pub empty: CString,
     pub argv: Vec<*const libc::c_char>,
     pub envp: Vec<*const libc::c_char>,
+    /// An overlay root's layers: each path is opened again once the child has its own
+    /// mount namespace (overlayfs takes no layer from another one) and put at the given
+    /// descriptor number, which the overlay step names as `/proc/self/fd/N`.
+    pub layers: Vec<(CString, RawFd)>,
 }
 
 // SAFETY: the raw pointers point into CStrings owned by the same spawn call, which outlive
@@ -186,6 +193,25 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
         // Raw system calls, not libc's wrappers: those apply the change to every thread
         // the parent had (glibc's setxid broadcast) and would wait forever for threads that
         // do not exist in this copy of the process.
+        // The layers are opened with the caller's own host credentials, before the child
+        // becomes the namespace's root (no one on the host): the store's directory is
+        // private to the caller.
+        if !plan.layers.is_empty() {
+            check(
+                Step::Namespaces,
+                libc::unshare(libc::CLONE_NEWNS) as libc::c_long,
+            )?;
+            for (path, fd) in &plan.layers {
+                let opened = libc::open(
+                    path.as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                );
+                if opened < 0 || libc::dup3(opened, *fd, libc::O_CLOEXEC) < 0 {
+                    return Err((Step::Layers as u32, errno()));
+                }
+                libc::close(opened);
+            }
+        }
         check(
             Step::Credentials,
             libc::syscall(libc::SYS_setresgid, 0, 0, 0),
@@ -200,7 +226,14 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
         check(
             Step::Namespaces,
             libc::unshare(
-                libc::CLONE_NEWNET | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
+                libc::CLONE_NEWNET
+                    | libc::CLONE_NEWUTS
+                    | libc::CLONE_NEWIPC
+                    | if plan.layers.is_empty() {
+                        libc::CLONE_NEWNS
+                    } else {
+                        0
+                    },
             ) as libc::c_long,
         )?;
         if let Some(fd) = plan.netns_ready_fd {

@@ -177,10 +177,7 @@ impl NativeBackend {
             ImageRef::Stored(image) => {
                 let writable = WritableLayer::for_sandbox(spec, rundir.path());
                 writable.prepare()?;
-                Some(LayeredRoot {
-                    layers: image.layers.clone(),
-                    writable,
-                })
+                Some(LayeredRoot::open(&image.layers, writable)?)
             }
             _ => None,
         };

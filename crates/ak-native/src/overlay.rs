@@ -7,11 +7,13 @@
 
 use std::collections::HashMap;
 use std::ffi::CString;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
 use ak_core::SandboxSpec;
+use rustix::fs::{Mode, OFlags};
 
 use crate::error::NativeError;
 use crate::plan::cstring;
@@ -59,11 +61,60 @@ impl WritableLayer {
 }
 
 /// The layers of a stored image and the writable layer above them.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub(crate) struct LayeredRoot {
     /// Lowest first, as the store lists them.
     pub layers: Vec<PathBuf>,
+    /// Each layer opened (`O_PATH`) by the parent, which reserves the descriptor numbers:
+    /// the child reopens each at its number in its own mount namespace and names them as
+    /// `/proc/self/fd/N`, since it could not walk the store's private (0700) directory
+    /// as the sandbox's root, which is no one on the host.
+    handles: Vec<OwnedFd>,
     pub writable: WritableLayer,
+}
+
+impl LayeredRoot {
+    pub(crate) fn open(
+        layers: &[PathBuf],
+        writable: WritableLayer,
+    ) -> Result<LayeredRoot, NativeError> {
+        let handles = layers
+            .iter()
+            .map(|layer| {
+                rustix::fs::open(
+                    layer,
+                    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| {
+                    NativeError::io(format!("open the image layer {}", layer.display()))(e.into())
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(LayeredRoot {
+            layers: layers.to_vec(),
+            handles,
+            writable,
+        })
+    }
+
+    /// Each layer's path and the descriptor the child reopens it at.
+    pub(crate) fn reopen(&self) -> Result<Vec<(CString, RawFd)>, NativeError> {
+        self.layers
+            .iter()
+            .zip(&self.handles)
+            .map(|(path, fd)| Ok((cstring(path.as_os_str().as_bytes())?, fd.as_raw_fd())))
+            .collect()
+    }
+
+    /// The layers as the child names them, top first (the order overlayfs takes them in).
+    fn lower_paths(&self) -> Vec<PathBuf> {
+        self.handles
+            .iter()
+            .rev()
+            .map(|fd| PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd())))
+            .collect()
+    }
 }
 
 /// The longest `mount(2)` data string: the kernel copies one page of it.
@@ -90,10 +141,9 @@ impl OverlayMount {
             ));
         }
         let bytes = |p: &Path| p.as_os_str().as_bytes().to_vec();
-        let lowers = root
-            .layers
+        let lower_paths = root.lower_paths();
+        let lowers = lower_paths
             .iter()
-            .rev()
             .map(|l| cstring(bytes(l)))
             .collect::<Result<Vec<_>, _>>()?;
         let upper = root.writable.upper();
@@ -109,7 +159,7 @@ impl OverlayMount {
             out
         };
         let mut data = b"lowerdir=".to_vec();
-        for (i, layer) in root.layers.iter().rev().enumerate() {
+        for (i, layer) in lower_paths.iter().enumerate() {
             if i > 0 {
                 data.push(b':');
             }
@@ -280,34 +330,40 @@ mod tests {
 
     #[test]
     fn the_legacy_string_is_dropped_when_it_does_not_fit_a_page() {
-        let layers: Vec<PathBuf> = (0..200)
-            .map(|i| PathBuf::from(format!("/var/lib/agentkernel/images/layers/sha256:{i:064}")))
+        let tmp = tempfile::tempdir().unwrap();
+        let layers: Vec<PathBuf> = (0..300)
+            .map(|i| {
+                let dir = tmp.path().join(i.to_string());
+                std::fs::create_dir(&dir).unwrap();
+                dir
+            })
             .collect();
-        let root = LayeredRoot {
-            layers,
-            writable: WritableLayer::Tmpfs {
-                dir: "/run/x/layer".into(),
-                size: 1,
-            },
+        let writable = || WritableLayer::Tmpfs {
+            dir: "/run/x/layer".into(),
+            size: 1,
         };
+        let root = LayeredRoot::open(&layers, writable()).unwrap();
         let mount = OverlayMount::new(&root, Path::new("/run/x/root")).unwrap();
         assert!(mount.legacy_data.is_none());
-        assert_eq!(mount.lowers.len(), 200);
-        assert!(
-            mount.lowers[0]
-                .to_bytes()
-                .ends_with(format!("{:064}", 199).as_bytes())
+        assert_eq!(mount.lowers.len(), 300);
+        // Top first: the last layer opened is the first lower.
+        let last = root.handles.last().unwrap().as_raw_fd();
+        assert_eq!(
+            mount.lowers[0].to_str().unwrap(),
+            format!("/proc/self/fd/{last}")
         );
-        let few = LayeredRoot {
-            layers: root.layers[..2].to_vec(),
-            writable: root.writable.clone(),
-        };
+        let few = LayeredRoot::open(&layers[..2], writable()).unwrap();
         let data = OverlayMount::new(&few, Path::new("/r"))
             .unwrap()
             .legacy_data
             .unwrap();
         let data = data.to_str().unwrap();
-        assert!(data.starts_with("lowerdir=/var/lib/agentkernel/images/layers/sha256\\:"));
-        assert!(data.ends_with(",upperdir=/run/x/layer/upper,workdir=/run/x/layer/work,userxattr"));
+        let (top, bottom) = (few.handles[1].as_raw_fd(), few.handles[0].as_raw_fd());
+        assert_eq!(
+            data,
+            format!(
+                "lowerdir=/proc/self/fd/{top}:/proc/self/fd/{bottom},upperdir=/run/x/layer/upper,workdir=/run/x/layer/work,userxattr"
+            )
+        );
     }
 }

@@ -200,6 +200,10 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
         empty: CString::from(c""),
         argv: pointer_array(&argv_strings),
         envp: pointer_array(&env_strings),
+        layers: match request.root {
+            RootSource::Layers(layered) => layered.reopen()?,
+            RootSource::Tree { .. } => Vec::new(),
+        },
     };
 
     let clone_into = request
