@@ -129,7 +129,7 @@ impl RegistryLogin {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+
     use crate::config::ConfigFile;
 
     #[test]
