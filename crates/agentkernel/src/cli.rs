@@ -61,6 +61,10 @@ pub enum Command {
     /// Set agent clients up to use `agentkernel mcp`.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// The local OCI image store: pull images from registries (no Docker needed), list,
+    /// inspect, remove, prune.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Build what the microvm backend boots: the guest kernel (from Debian's
     /// linux-source-6.1), the default base image (debootstrap), the agent's initramfs, and
     /// install the vsock daemon. Everything is cached; a second run costs nothing.
@@ -160,6 +164,39 @@ pub enum DaemonCommand {
     },
     /// Stop the daemon: waits for running commands (up to 10 s), then cleans up.
     Stop,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image into the store: its layers for this host's platform, each verified and
+    /// unpacked once (layers already in the store are not downloaded again).
+    Pull(ImageArgs),
+    /// List the images in the store.
+    #[command(alias = "ls")]
+    List(ImageListArgs),
+    /// Show one image: its digest, layers and configuration.
+    Inspect(ImageArgs),
+    /// Remove an image (refused while a sandbox uses it); `prune` then frees its layers.
+    #[command(alias = "rm")]
+    Remove(ImageArgs),
+    /// Remove the layers no image references.
+    Prune(ImageListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// The image reference (`busybox`, `registry.lan:5000/team/tool:1`, `name@sha256:…`).
+    pub reference: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageListArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

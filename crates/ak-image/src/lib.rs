@@ -33,7 +33,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use error::ImageError;
-pub use store::Store;
+pub use store::{Store, normalize};
 
 /// How image uids/gids are written on disk: image id N is stored as `base + N`, so that a
 /// user namespace mapping 0 → `base` (range `range`) shows files with their image owners.

@@ -90,13 +90,20 @@ impl Store {
                     reference: name.to_string(),
                     why: e.to_string(),
                 })?;
-        let remote = Remote::connect(&reference, options).await?;
-        let (manifest_ref, manifest, digest, platform) = remote.resolve(&reference).await?;
-        let (config, config_digest) = self.config(&remote, &manifest_ref, &manifest).await?;
+        let (remote, bytes, digest) = Remote::connect(&reference, options).await?;
+        let (manifest_ref, manifest, digest, platform) =
+            remote.resolve(&reference, bytes, digest).await?;
+        let (config_bytes, config) = self.config(&remote, &manifest_ref, &manifest).await?;
 
         let mut layers = Vec::new();
         for layer in &manifest.layers {
             layers.push(self.layer(&remote, &manifest_ref, layer, progress).await?);
+        }
+        // The configuration is kept only with a complete image: a failed pull leaves none.
+        let config_digest = manifest.config.digest.clone();
+        let config_path = self.config_path(&config_digest);
+        if !config_path.exists() {
+            self.write_bytes(&config_path, &config_bytes)?;
         }
         let info = ImageInfo {
             reference: name.to_string(),
@@ -114,13 +121,14 @@ impl Store {
         Ok(self.stored(&info))
     }
 
-    /// The image configuration: from the store when this digest was pulled before.
+    /// The image configuration (its bytes, and what a sandbox uses of it): from the
+    /// store when this digest was pulled before.
     async fn config(
         &self,
         remote: &Remote,
         reference: &Reference,
         manifest: &OciImageManifest,
-    ) -> Result<(ImageConfig, String), ImageError> {
+    ) -> Result<(Vec<u8>, ImageConfig), ImageError> {
         let descriptor = &manifest.config;
         check_digest(&descriptor.digest)?;
         if u64::try_from(descriptor.size).unwrap_or(u64::MAX) > MAX_CONFIG_BYTES {
@@ -140,16 +148,12 @@ impl Store {
                     .pull_blob(reference, descriptor, &mut bytes)
                     .await
                     .map_err(|e| remote.error(reference, "image configuration", e))?;
-                let tmp = tempfile::NamedTempFile::new_in(self.dir.join("tmp"))
-                    .map_err(|e| ImageError::io(self.dir.join("tmp"), e))?;
-                std::fs::write(tmp.path(), &bytes).map_err(|e| ImageError::io(tmp.path(), e))?;
-                tmp.persist(&path)
-                    .map_err(|e| ImageError::io(&path, e.error))?;
                 bytes
             }
             Err(e) => return Err(ImageError::io(&path, e)),
         };
-        Ok((parse_config(&bytes)?, descriptor.digest.clone()))
+        let config = parse_config(&bytes)?;
+        Ok((bytes, config))
     }
 
     /// One layer in the store: unpacked from the registry, unless it is there already
@@ -297,10 +301,14 @@ impl std::io::Read for ChannelReader {
 }
 
 impl Remote {
-    /// A client for the reference's registry: HTTPS with verified certificates, unless
-    /// the registry is listed insecure (certificates not verified). Insecure and loopback
-    /// registries fall back to plain HTTP when HTTPS cannot connect, as Docker's do.
-    async fn connect(reference: &Reference, options: &PullOptions) -> Result<Remote, ImageError> {
+    /// A client for the reference's registry, and the reference's manifest through it:
+    /// HTTPS with verified certificates, unless the registry is listed insecure
+    /// (certificates not verified). Insecure and loopback registries fall back to plain
+    /// HTTP when HTTPS cannot connect, as Docker's do.
+    async fn connect(
+        reference: &Reference,
+        options: &PullOptions,
+    ) -> Result<(Remote, bytes::Bytes, String), ImageError> {
         let registry = reference.resolve_registry().to_string();
         let auth = auth_for(reference.registry(), options)?;
         let insecure = options
@@ -318,48 +326,48 @@ impl Remote {
                 data,
             });
         }
-        let client = |protocol| {
-            Client::new(ClientConfig {
+        let remote = |protocol| Remote {
+            client: Client::new(ClientConfig {
                 protocol,
                 accept_invalid_certificates: insecure,
                 extra_root_certificates: extra_roots.clone(),
                 platform_resolver: None,
                 ..ClientConfig::default()
-            })
-        };
-        let https = Remote {
-            client: client(ClientProtocol::Https),
+            }),
             auth: auth.clone(),
             registry: registry.clone(),
         };
-        let first = match https.login(reference).await {
-            Ok(()) => return Ok(https),
+        let https = remote(ClientProtocol::Https);
+        let first = match https.manifest(reference).await {
+            Ok((bytes, digest)) => return Ok((https, bytes, digest)),
             Err(e) => e,
         };
         let may_fall_back = insecure || is_loopback(&registry);
         if !may_fall_back || !matches!(first, ImageError::Unreachable { .. }) {
             return Err(first);
         }
-        let http = Remote {
-            client: client(ClientProtocol::Http),
-            auth,
-            registry,
-        };
-        match http.login(reference).await {
-            Ok(()) => Ok(http),
-            // The HTTPS failure says more (a certificate not trusted, say) than an HTTPS
-            // server's answer to plain HTTP.
+        let http = remote(ClientProtocol::Http);
+        match http.manifest(reference).await {
+            Ok((bytes, digest)) => Ok((http, bytes, digest)),
+            // A registry that answers plain HTTP properly (an unknown image, a refused
+            // login) speaks HTTP; otherwise the HTTPS failure says more (a certificate not
+            // trusted, say) than an HTTPS server's answer to plain HTTP.
+            Err(e @ (ImageError::UnknownImage { .. } | ImageError::Unauthorized { .. })) => Err(e),
             Err(_) => Err(first),
         }
     }
 
-    /// Reaches `/v2/` and gets a token when the registry wants one.
-    async fn login(&self, reference: &Reference) -> Result<(), ImageError> {
+    /// The manifest (or index) `reference` names, after a login when the registry wants
+    /// one.
+    async fn manifest(&self, reference: &Reference) -> Result<(bytes::Bytes, String), ImageError> {
         self.client
             .auth(reference, &self.auth, RegistryOperation::Pull)
             .await
             .map_err(|e| self.error(reference, "registry", e))?;
-        Ok(())
+        self.client
+            .pull_manifest_raw(reference, &self.auth, MANIFEST_TYPES)
+            .await
+            .map_err(|e| self.error(reference, "manifest", e))
     }
 
     /// The manifest for this host's platform (through an index when the reference names
@@ -367,12 +375,9 @@ impl Remote {
     async fn resolve(
         &self,
         reference: &Reference,
+        bytes: bytes::Bytes,
+        digest: String,
     ) -> Result<(Reference, OciImageManifest, String, String), ImageError> {
-        let (bytes, digest) = self
-            .client
-            .pull_manifest_raw(reference, &self.auth, MANIFEST_TYPES)
-            .await
-            .map_err(|e| self.error(reference, "manifest", e))?;
         let (os, arch) = host_platform();
         let platform = format!("{os}/{arch}");
         let kind: MediaTypeOnly = parse_json("manifest", &bytes)?;

@@ -282,6 +282,11 @@ impl Store {
             what: "record",
             why: e.to_string(),
         })?;
+        self.write_bytes(path, &bytes)
+    }
+
+    /// Writes `bytes` to `path` atomically (a temp file in `tmp/`, then rename).
+    pub(crate) fn write_bytes(&self, path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
         let tmp = tempfile::NamedTempFile::new_in(self.dir.join("tmp"))
             .map_err(|e| ImageError::io(self.dir.join("tmp"), e))?;
         std::fs::write(tmp.path(), bytes).map_err(|e| ImageError::io(tmp.path(), e))?;

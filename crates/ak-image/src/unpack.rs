@@ -90,13 +90,19 @@ pub(crate) fn unpack(
         entry: "/".into(),
         why: "id 0 is outside the store's id range".into(),
     })?;
-    fchown(&root_fd, Some(uid(owner0)), Some(gid(owner0)))
-        .map_err(|e| ImageError::io(root, e.into()))?;
+    // Without root every file is the unpacking user's already (the single-id mapping of an
+    // unprivileged user collapses all owners to it), and chown to another group would fail.
+    let chown = rustix::process::geteuid().is_root();
+    if chown {
+        fchown(&root_fd, Some(uid(owner0)), Some(gid(owner0)))
+            .map_err(|e| ImageError::io(root, e.into()))?;
+    }
     let mut layer = Layer {
         root: root_fd,
         ids,
         owner0,
         digest,
+        chown,
         dir_times: Vec::new(),
         unpacked: Unpacked::default(),
     };
@@ -130,6 +136,8 @@ struct Layer<'a> {
     root: OwnedFd,
     ids: IdShift,
     owner0: u32,
+    /// Whether owners are set (only root can).
+    chown: bool,
     digest: &'a str,
     dir_times: Vec<(Vec<Vec<u8>>, Mode, Timestamps)>,
     unpacked: Unpacked,
@@ -223,14 +231,7 @@ impl Layer<'_> {
                 Err(Errno::NOENT) if create => {
                     mkdirat(&dir, name, Mode::from_raw_mode(0o755))
                         .map_err(|e| self.io(components, e))?;
-                    chownat(
-                        &dir,
-                        name,
-                        Some(uid(self.owner0)),
-                        Some(gid(self.owner0)),
-                        AtFlags::SYMLINK_NOFOLLOW,
-                    )
-                    .map_err(|e| self.io(components, e))?;
+                    self.chown_at(&dir, name, uid(self.owner0), gid(self.owner0), components)?;
                     openat(&dir, name, flags, Mode::empty()).map_err(|e| self.io(components, e))?
                 }
                 Err(Errno::LOOP | Errno::NOTDIR) => {
@@ -358,14 +359,7 @@ impl Layer<'_> {
                     }
                     None => OsStr::new("."),
                 };
-                chownat(
-                    &dir,
-                    target,
-                    Some(owner),
-                    Some(group),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| self.io(&components, e))?;
+                self.chown_at(&dir, target, owner, group, &components)?;
                 self.dir_times.push((components, mode, times));
             }
             EntryType::Regular | EntryType::Continuous => {
@@ -387,7 +381,9 @@ impl Layer<'_> {
                 let written = std::io::copy(entry, &mut file).map_err(|e| self.not_a_tar(e))?;
                 self.unpacked.size += written;
                 // chown before chmod: chown clears setuid and setgid bits.
-                fchown(&file, Some(owner), Some(group)).map_err(|e| self.io(&components, e))?;
+                if self.chown {
+                    fchown(&file, Some(owner), Some(group)).map_err(|e| self.io(&components, e))?;
+                }
                 fchmod(&file, mode).map_err(|e| self.io(&components, e))?;
                 futimens(&file, &times).map_err(|e| self.io(&components, e))?;
             }
@@ -401,14 +397,7 @@ impl Layer<'_> {
                 self.make_room(&dir, name, false, &components)?;
                 symlinkat(OsStr::from_bytes(&target), &dir, name)
                     .map_err(|e| self.io(&components, e))?;
-                chownat(
-                    &dir,
-                    name,
-                    Some(owner),
-                    Some(group),
-                    AtFlags::SYMLINK_NOFOLLOW,
-                )
-                .map_err(|e| self.io(&components, e))?;
+                self.chown_at(&dir, name, owner, group, &components)?;
                 utimensat(&dir, name, &times, AtFlags::SYMLINK_NOFOLLOW)
                     .map_err(|e| self.io(&components, e))?;
             }
@@ -462,6 +451,28 @@ impl Layer<'_> {
             }
         }
         Ok(())
+    }
+
+    /// Sets an entry's owner (never through a symlink), when owners are set at all.
+    fn chown_at(
+        &self,
+        dir: &OwnedFd,
+        name: &OsStr,
+        owner: Uid,
+        group: Gid,
+        components: &[Vec<u8>],
+    ) -> Result<(), ImageError> {
+        if !self.chown {
+            return Ok(());
+        }
+        chownat(
+            dir,
+            name,
+            Some(owner),
+            Some(group),
+            AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .map_err(|e| self.io(components, e))
     }
 
     fn set_opaque(&self, dir: &OwnedFd, components: &[Vec<u8>]) -> Result<(), ImageError> {

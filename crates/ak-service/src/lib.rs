@@ -9,6 +9,7 @@ pub mod detached;
 mod error;
 mod expiry;
 mod files;
+mod images;
 pub mod output;
 pub mod pool;
 pub mod registry;
@@ -29,6 +30,7 @@ pub use crate::caller::{Caller, CallerPolicy};
 pub use crate::components::ComponentTimes;
 pub use crate::error::{ErrorClass, ServiceError};
 pub use crate::expiry::{MAX_TTL, check_ttl};
+pub use crate::images::{ImageSetup, pull_options};
 pub use crate::pool::{PoolConfig, PoolStatus, poolable};
 pub use crate::registry::{Registry, SandboxRecord};
 pub use crate::run::{Placement, settle_image};
@@ -57,6 +59,10 @@ pub struct Service {
     detached: detached::Detached,
     /// Output held for callers at once, across every request of this service.
     output_budget: Arc<output::ByteBudget>,
+    /// Where the image store is, when this service has one.
+    images: Option<images::ImageSetup>,
+    /// Opened on first use, like the registry.
+    image_store: OnceLock<Result<ak_image::Store, String>>,
 }
 
 impl Service {
@@ -73,7 +79,15 @@ impl Service {
             offload_blocking: false,
             detached: detached::Detached::default(),
             output_budget: Arc::new(output::ByteBudget::new(output::SERVICE_OUTPUT_BUDGET)),
+            images: None,
+            image_store: OnceLock::new(),
         }
+    }
+
+    /// The same service with the image store `setup` describes.
+    pub fn with_images(mut self, setup: images::ImageSetup) -> Self {
+        self.images = Some(setup);
+        self
     }
 
     /// The same service with `policy` for remote callers.
