@@ -238,6 +238,10 @@ pub struct CreateArgs {
     /// directory the service keeps for the sandbox.
     #[arg(long, value_name = "PATH")]
     pub dir: Option<std::path::PathBuf>,
+    /// When to pull an OCI image into the store (native backend): never, missing
+    /// (default) or always.
+    #[arg(long, default_value_t = ak_image::PullPolicy::Missing)]
+    pub pull: ak_image::PullPolicy,
 }
 
 #[derive(Debug, Args)]
@@ -378,6 +382,10 @@ pub struct RunArgs {
     /// pool is used when a daemon runs and the sandbox has no host mounts.)
     #[arg(short = 'F', long)]
     pub fast: bool,
+    /// When to pull an OCI image into the store (native backend): never, missing
+    /// (default) or always.
+    #[arg(long, default_value_t = ak_image::PullPolicy::Missing)]
+    pub pull: ak_image::PullPolicy,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

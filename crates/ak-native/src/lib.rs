@@ -491,6 +491,7 @@ impl Backend for NativeBackend {
         ak_core::backend::Capabilities {
             mount_cwd: true,
             attach: true,
+            image_layers: true,
             ..ak_core::backend::Capabilities::default()
         }
     }

@@ -9,6 +9,7 @@ pub mod detached;
 mod error;
 mod expiry;
 mod files;
+mod image_config;
 mod images;
 pub mod output;
 pub mod pool;

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use ak_core::backend::{Lifetime, SandboxHandle, Transport};
 use ak_core::spec::validate_name;
 use ak_core::{BackendError, ExecSpec, Mount, SandboxSpec, SandboxState};
+
+use crate::image_config::Entry;
 use ak_protocol::AgentClient;
 use rustix::fs::{FlockOperation, flock};
 
@@ -192,7 +194,8 @@ impl Service {
             writable: true,
         });
         spec.workdir = target;
-        crate::run::settle_image(&mut spec, None);
+        self.prepare_image(&mut spec, None, ak_image::PullPolicy::Missing)
+            .await?;
         let record = SandboxRecord {
             name: name.to_string(),
             uuid: spec.id.clone(),
@@ -331,8 +334,9 @@ impl Service {
     async fn exec_unaudited(
         &self,
         name: &str,
-        exec: ExecSpec,
+        mut exec: ExecSpec,
     ) -> Result<CommandSession, ServiceError> {
+        crate::image_config::apply(&self.record(name)?.spec, &mut exec, Entry::Exec)?;
         ak_core::exec::validate_argv(&exec.argv, &[])?;
         let started = CommandSession::over(self.connect_named(name).await?, exec).await;
         self.settled(name, started).await
@@ -578,10 +582,16 @@ impl Service {
         caller: Caller,
         name: &str,
         transport: Box<dyn Transport>,
-        exec: ExecSpec,
+        mut exec: ExecSpec,
     ) -> Result<CommandSession, ServiceError> {
         let detail = command_line(&exec.argv);
-        let result = CommandSession::over(transport, exec).await;
+        let result = match self
+            .record(name)
+            .and_then(|record| crate::image_config::apply(&record.spec, &mut exec, Entry::Exec))
+        {
+            Ok(()) => CommandSession::over(transport, exec).await,
+            Err(error) => Err(error),
+        };
         self.audited(caller, "exec", Some(name), Some(detail), result)
     }
 }

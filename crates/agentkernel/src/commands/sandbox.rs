@@ -8,7 +8,14 @@ use crate::exit;
 use crate::front::{self, Failure};
 
 pub async fn create(args: CreateArgs) -> i32 {
-    let spec = super::resolve_spec(&args.sandbox);
+    let mut spec = super::resolve_spec(&args.sandbox);
+    // Pulled here, as `--pull` says; the service would pull a missing one itself.
+    if let Err(error) = crate::wiring::service()
+        .prepare_image(&mut spec, None, args.pull)
+        .await
+    {
+        return super::stream::fail_start(error);
+    }
     named(front::create(&args.name, spec, args.dir.as_deref()).await)
 }
 
