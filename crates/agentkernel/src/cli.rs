@@ -70,6 +70,10 @@ pub enum Command {
     /// Set agent clients up to use `agentkernel mcp`.
     #[command(subcommand)]
     Plugin(PluginCommand),
+    /// The local OCI image store: pull images from registries (no Docker needed), list,
+    /// inspect, remove, prune.
+    #[command(subcommand)]
+    Image(ImageCommand),
     /// Build what the microvm backend boots: the guest kernel (from Debian's
     /// linux-source-6.1), the default base image (debootstrap), the agent's initramfs, and
     /// install the vsock daemon. Everything is cached; a second run costs nothing.
@@ -185,6 +189,39 @@ pub enum DaemonCommand {
     Stop,
 }
 
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Pull an image into the store: its layers for this host's platform, each verified and
+    /// unpacked once (layers already in the store are not downloaded again).
+    Pull(ImageArgs),
+    /// List the images in the store.
+    #[command(alias = "ls")]
+    List(ImageListArgs),
+    /// Show one image: its digest, layers and configuration.
+    Inspect(ImageArgs),
+    /// Remove an image (refused while a sandbox uses it); `prune` then frees its layers.
+    #[command(alias = "rm")]
+    Remove(ImageArgs),
+    /// Remove the layers no image references.
+    Prune(ImageListArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    /// The image reference (`busybox`, `registry.lan:5000/team/tool:1`, `name@sha256:…`).
+    pub reference: String,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageListArgs {
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     /// Only the entries of this sandbox.
@@ -228,6 +265,10 @@ pub struct CreateArgs {
     /// option applies).
     #[arg(long, value_name = "SNAPSHOT", conflicts_with = "dir")]
     pub from_snapshot: Option<String>,
+    /// When to pull an OCI image into the store (native backend): never, missing
+    /// (default) or always.
+    #[arg(long, default_value_t = ak_image::PullPolicy::Missing)]
+    pub pull: ak_image::PullPolicy,
 }
 
 #[derive(Debug, Subcommand)]
@@ -413,6 +454,10 @@ pub struct RunArgs {
     /// pool is used when a daemon runs and the sandbox has no host mounts.)
     #[arg(short = 'F', long)]
     pub fast: bool,
+    /// When to pull an OCI image into the store (native backend): never, missing
+    /// (default) or always.
+    #[arg(long, default_value_t = ak_image::PullPolicy::Missing)]
+    pub pull: ak_image::PullPolicy,
     /// The command and its arguments (after `--`).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,

@@ -113,6 +113,31 @@ fn service_with(config: &ConfigFile) -> Service {
         ],
         registry_path(),
     )
+    .with_images(image_setup(config))
+}
+
+/// The image store under the state directory. Its layers are owned as the native
+/// backend's user namespace maps them: from root, the range mapped to uid 0 of root-run
+/// sandboxes; unprivileged, this user's own uid (every owner collapses to it).
+fn image_setup(config: &ConfigFile) -> ak_service::ImageSetup {
+    let uid = rustix::process::geteuid();
+    let ids = if uid.is_root() {
+        ak_image::IdShift {
+            base: ak_native::ROOT_MAPPED_BASE,
+            range: 65536,
+        }
+    } else {
+        ak_image::IdShift {
+            base: uid.as_raw(),
+            range: 1,
+        }
+    };
+    ak_service::ImageSetup {
+        dir: state_dir().join("images"),
+        ids,
+        options: ak_service::pull_options(&config.images, dirs::home_dir().as_deref())
+            .map_err(|e| e.to_string()),
+    }
 }
 
 /// The microvm backend as the user's config sets it up.

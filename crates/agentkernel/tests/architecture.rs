@@ -20,7 +20,10 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         // another kernel, so it takes the native backend's seccomp deny-list and its
         // user-mode network helper rather than a second copy of either.
         ("ak-gvisor", &["ak-core", "ak-native"]),
-        ("ak-service", &["ak-core", "ak-protocol"]),
+        // The OCI image store: a library beside the backends, which get its layers as
+        // plain directories (`ak_core::StoredImage`) and never link it.
+        ("ak-image", &["ak-core"]),
+        ("ak-service", &["ak-core", "ak-image", "ak-protocol"]),
         // The harness drives the CLI as a user would; it links only the shared types
         // (where backends keep their runtime state, for the leak check).
         ("ak-bench", &["ak-core"]),
@@ -34,6 +37,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
                 "ak-core",
                 "ak-docker",
                 "ak-gvisor",
+                "ak-image",
                 "ak-microvm",
                 "ak-native",
                 "ak-protocol",

@@ -102,6 +102,9 @@ pub struct Capabilities {
     pub full_state_pause_resume: bool,
     pub full_state_fork: bool,
     pub endpoints: bool,
+    /// Runs OCI images as the image store unpacks them ([`crate::ImageRef::Stored`]):
+    /// the service resolves a named image into the store for this backend.
+    pub image_layers: bool,
 }
 
 /// A byte stream to a sandbox's agent.

@@ -50,6 +50,9 @@ pub struct ConfigFile {
     /// backends' sandboxes.
     #[serde(default)]
     pub microvm: toml::Table,
+    /// `[images]`: how the image store reaches registries (user's file only).
+    #[serde(default)]
+    pub images: crate::image_options::ImageOptions,
 }
 
 /// The hypervisor of microVMs.
@@ -386,6 +389,11 @@ impl Settings {
     pub fn daemon(&self) -> Result<DaemonOptions, ConfigError> {
         self.user.daemon.checked()
     }
+
+    /// `[images]`, checked.
+    pub fn images(&self) -> Result<crate::image_options::ImageOptions, ConfigError> {
+        self.user.images.checked()
+    }
 }
 
 /// Merges the config files that apply in `cwd` under `flags` (see [`Settings::load`]).
@@ -402,6 +410,10 @@ fn refuse_user_tables(path: &Path, config: &ConfigFile) -> Result<(), ConfigErro
         ("gvisor", config.gvisor != GvisorOptions::default()),
         ("api", config.api != ApiOptions::default()),
         ("microvm", !config.microvm.is_empty()),
+        (
+            "images",
+            config.images != crate::image_options::ImageOptions::default(),
+        ),
     ];
     match tables.iter().find(|(_, set)| *set) {
         Some((table, _)) => Err(ConfigError::Parse {

@@ -109,6 +109,10 @@ impl ImageRef {
         if input == "host" {
             return Ok(ImageRef::Host);
         }
+        // Chosen by the command (then the project's files) on every backend.
+        if input == "auto" {
+            return Ok(ImageRef::Auto);
+        }
         if input.starts_with('/')
             || input.starts_with("./")
             || input.starts_with("../")

@@ -7,6 +7,7 @@ pub mod error;
 pub mod exec;
 pub mod host_image;
 pub mod image;
+pub mod image_options;
 pub mod kvm;
 pub mod policy;
 pub mod process;

@@ -9,6 +9,7 @@ use std::os::fd::RawFd;
 use seccompiler::BpfProgram;
 
 use crate::landlock::{LandlockPlan, errno};
+use crate::overlay::OverlayMount;
 use crate::plan::Op;
 
 /// Steps after the mount ops; their numbers follow the ops' indices.
@@ -32,10 +33,11 @@ pub(crate) enum Step {
     Exec,
     Session,
     CgroupJoin,
+    Layers,
 }
 
 impl Step {
-    pub(crate) const ALL: [Step; 17] = [
+    pub(crate) const ALL: [Step; 18] = [
         Step::Sync,
         Step::Credentials,
         Step::Namespaces,
@@ -53,6 +55,7 @@ impl Step {
         Step::Exec,
         Step::Session,
         Step::CgroupJoin,
+        Step::Layers,
     ];
 
     pub(crate) fn describe(code: u32, ops: &[Op]) -> String {
@@ -77,6 +80,7 @@ impl Step {
             Some(Step::Exec) => "execute the agent".into(),
             Some(Step::Session) => "start a new session".into(),
             Some(Step::CgroupJoin) => "join the sandbox's cgroups".into(),
+            Some(Step::Layers) => "open the image's layers in the sandbox's mount namespace".into(),
             None => format!("unknown step {code}"),
         }
     }
@@ -121,6 +125,10 @@ pub(crate) struct ChildPlan {
     pub empty: CString,
     pub argv: Vec<*const libc::c_char>,
     pub envp: Vec<*const libc::c_char>,
+    /// An overlay root's layers: each path is opened again once the child has its own
+    /// mount namespace (overlayfs takes no layer from another one) and put at the given
+    /// descriptor number, which the overlay step names as `/proc/self/fd/N`.
+    pub layers: Vec<(CString, RawFd)>,
 }
 
 // SAFETY: the raw pointers point into CStrings owned by the same spawn call, which outlive
@@ -185,6 +193,25 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
         // Raw system calls, not libc's wrappers: those apply the change to every thread
         // the parent had (glibc's setxid broadcast) and would wait forever for threads that
         // do not exist in this copy of the process.
+        // The layers are opened with the caller's own host credentials, before the child
+        // becomes the namespace's root (no one on the host): the store's directory is
+        // private to the caller.
+        if !plan.layers.is_empty() {
+            check(
+                Step::Namespaces,
+                libc::unshare(libc::CLONE_NEWNS) as libc::c_long,
+            )?;
+            for (path, fd) in &plan.layers {
+                let opened = libc::open(
+                    path.as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                );
+                if opened < 0 || libc::dup3(opened, *fd, libc::O_CLOEXEC) < 0 {
+                    return Err((Step::Layers as u32, errno()));
+                }
+                libc::close(opened);
+            }
+        }
         check(
             Step::Credentials,
             libc::syscall(libc::SYS_setresgid, 0, 0, 0),
@@ -199,7 +226,14 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
         check(
             Step::Namespaces,
             libc::unshare(
-                libc::CLONE_NEWNET | libc::CLONE_NEWNS | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC,
+                libc::CLONE_NEWNET
+                    | libc::CLONE_NEWUTS
+                    | libc::CLONE_NEWIPC
+                    | if plan.layers.is_empty() {
+                        libc::CLONE_NEWNS
+                    } else {
+                        0
+                    },
             ) as libc::c_long,
         )?;
         if let Some(fd) = plan.netns_ready_fd {
@@ -416,9 +450,65 @@ fn run_op(op: &Op) -> Result<(), i32> {
                 }
                 return set_attr(target, *attrs, libc::AT_RECURSIVE as u32);
             }
+            Op::Overlay(overlay) => return mount_overlay(overlay),
         };
         if ret < 0 { Err(errno()) } else { Ok(()) }
     }
+}
+
+/// Mounts an overlay through the new mount API, one `lowerdir+` per layer (Linux 6.8+:
+/// no limit on the number of layers); on an older kernel, with `mount(2)` and the layers
+/// in one data string, when they fit in it.
+fn mount_overlay(overlay: &OverlayMount) -> Result<(), i32> {
+    use rustix::mount::{
+        FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
+        fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
+    };
+    let raw = |e: rustix::io::Errno| e.raw_os_error();
+    let context = fsopen(c"overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(raw)?;
+    for lower in &overlay.lowers {
+        if let Err(error) = fsconfig_set_string(&context, c"lowerdir+", lower.as_c_str()) {
+            drop(context);
+            return match (&overlay.legacy_data, error) {
+                (Some(data), rustix::io::Errno::INVAL) => mount_overlay_legacy(overlay, data),
+                // Too many layers for one data string on a kernel without `lowerdir+`.
+                (None, rustix::io::Errno::INVAL) => Err(libc::E2BIG),
+                (_, error) => Err(raw(error)),
+            };
+        }
+    }
+    fsconfig_set_string(&context, c"upperdir", overlay.upper.as_c_str()).map_err(raw)?;
+    fsconfig_set_string(&context, c"workdir", overlay.work.as_c_str()).map_err(raw)?;
+    fsconfig_set_flag(&context, c"userxattr").map_err(raw)?;
+    fsconfig_create(&context).map_err(raw)?;
+    let mount = fsmount(
+        &context,
+        FsMountFlags::FSMOUNT_CLOEXEC,
+        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
+    )
+    .map_err(raw)?;
+    move_mount(
+        &mount,
+        c"",
+        rustix::fs::CWD,
+        overlay.target.as_c_str(),
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(raw)
+}
+
+fn mount_overlay_legacy(overlay: &OverlayMount, data: &std::ffi::CStr) -> Result<(), i32> {
+    // SAFETY: NUL-terminated strings owned by the plan.
+    let ret = unsafe {
+        libc::mount(
+            c"overlay".as_ptr(),
+            overlay.target.as_ptr(),
+            c"overlay".as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if ret < 0 { Err(errno()) } else { Ok(()) }
 }
 
 /// `struct mount_attr` of `mount_setattr(2)`.

@@ -10,6 +10,7 @@ mod child;
 mod error;
 mod landlock;
 pub mod network;
+mod overlay;
 mod persistent;
 mod plan;
 pub mod probe;
@@ -30,8 +31,9 @@ use ak_core::{
 use crate::cgroup::{CgroupLayout, SandboxCgroup};
 pub use crate::error::NativeError;
 use crate::network::NetworkHelper;
+use crate::overlay::{LayeredRoot, WritableLayer};
 use crate::persistent::{HandleData, ProcessRef};
-use crate::plan::{HiddenPaths, TopEntry, list_top_level};
+use crate::plan::{HiddenPaths, RootSource, TopEntry, list_top_level};
 use crate::probe::HostFeatures;
 use crate::rundir::RunDir;
 pub use crate::sandbox::NativeSandbox;
@@ -154,18 +156,16 @@ impl NativeBackend {
     ) -> Result<NativeSandbox, NativeError> {
         let started = std::time::Instant::now();
         let prepared = self.prepared()?;
-        let (image_root, top_level) = match &spec.image {
+        let tree = match &spec.image {
             // The native backend's own choice is the host.
             ImageRef::Host | ImageRef::Auto => {
-                (PathBuf::from("/"), prepared.host_top_level.clone())
+                Some((PathBuf::from("/"), prepared.host_top_level.clone()))
             }
-            ImageRef::Directory(dir) => (dir.clone(), list_top_level(dir)?),
-            ImageRef::Oci(name)
-            | ImageRef::Stored(ak_core::StoredImage {
-                reference: name, ..
-            }) => {
+            ImageRef::Directory(dir) => Some((dir.clone(), list_top_level(dir)?)),
+            ImageRef::Stored(_) => None,
+            ImageRef::Oci(name) => {
                 return Err(NativeError::InvalidSpec(format!(
-                    "the native backend runs the `host` image or a directory, not the OCI image '{name}' (use --backend docker)"
+                    "the OCI image '{name}' must be pulled into the image store before the native backend can run it"
                 )));
             }
         };
@@ -173,6 +173,21 @@ impl NativeBackend {
 
         let rundir = RunDir::create(&prepared.runtime_base, &spec.id)?;
         let new_root = rundir.path().join("root");
+        let layered = match &spec.image {
+            ImageRef::Stored(image) => {
+                let writable = WritableLayer::for_sandbox(spec, rundir.path());
+                writable.prepare()?;
+                Some(LayeredRoot::open(&image.layers, writable)?)
+            }
+            _ => None,
+        };
+        let root = match (&tree, &layered) {
+            (Some((image_root, top)), _) => RootSource::Tree { image_root, top },
+            (None, Some(layered)) => RootSource::Layers(layered),
+            (None, None) => {
+                return Err(NativeError::InvalidSpec("no root for this image".into()));
+            }
+        };
         std::fs::create_dir(&new_root)
             .map_err(NativeError::io(format!("create {}", new_root.display())))?;
 
@@ -241,8 +256,7 @@ impl NativeBackend {
             };
         let spawned = spawn::spawn(spawn::SpawnRequest {
             spec,
-            image_root: &image_root,
-            top_level: &top_level,
+            root,
             hidden: &prepared.hidden,
             new_root: &new_root,
             resolv_conf: resolv_conf.as_deref(),
@@ -480,6 +494,7 @@ impl Backend for NativeBackend {
             mount_cwd: true,
             attach: true,
             snapshots: true,
+            image_layers: true,
             ..ak_core::backend::Capabilities::default()
         }
     }

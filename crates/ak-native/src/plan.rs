@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use ak_core::{ImageRef, SandboxSpec};
 
 use crate::error::NativeError;
+use crate::overlay::{LayeredRoot, Merged, MergedView, OverlayMount};
 
 /// Writable directories of every sandbox, with their modes. They live in the sandbox's
 /// root tmpfs (private, memory-accounted, as large as the memory limit) rather than in
@@ -93,6 +94,8 @@ pub(crate) enum Op {
         target: CString,
         attrs: u64,
     },
+    /// Mount an overlay of an image's layers (nosuid, nodev).
+    Overlay(OverlayMount),
 }
 
 impl Op {
@@ -104,6 +107,11 @@ impl Op {
             Op::Touch { path } => format!("create mount point {}", s(path)),
             Op::Mount { fstype, target, .. } => format!("mount {} on {}", s(fstype), s(target)),
             Op::Bind { source, target, .. } => format!("bind {} on {}", s(source), s(target)),
+            Op::Overlay(overlay) => format!(
+                "mount the image's {} layers as an overlay on {}",
+                overlay.lowers.len(),
+                s(&overlay.target)
+            ),
         }
     }
 }
@@ -156,6 +164,19 @@ fn path_c(path: &Path) -> Result<CString, NativeError> {
     cstring(path.as_os_str().as_bytes())
 }
 
+/// What a sandbox's root is assembled from.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum RootSource<'a> {
+    /// A directory tree (the host's root, or a directory image), bound read-only into a
+    /// root tmpfs entry by entry.
+    Tree {
+        image_root: &'a Path,
+        top: &'a [TopEntry],
+    },
+    /// A stored OCI image: its layers under a writable overlay.
+    Layers(&'a LayeredRoot),
+}
+
 /// Builds the mount steps that assemble the sandbox root under `new_root`.
 #[derive(Debug)]
 pub(crate) struct MountPlanner<'a> {
@@ -163,6 +184,12 @@ pub(crate) struct MountPlanner<'a> {
     ops: Vec<Op>,
     /// Directories already planned, so that each is created once.
     made: std::collections::HashSet<PathBuf>,
+    /// For an overlay root: the image's tree, asked about every path the plan touches
+    /// before the mount on it is ours.
+    image: Option<MergedView<'a>>,
+    /// Places (inside the sandbox) where the plan mounts something of its own: beneath
+    /// them nothing comes from the image.
+    ours: Vec<PathBuf>,
 }
 
 impl<'a> MountPlanner<'a> {
@@ -171,6 +198,8 @@ impl<'a> MountPlanner<'a> {
             new_root,
             ops: Vec::new(),
             made: std::collections::HashSet::new(),
+            image: None,
+            ours: Vec::new(),
         }
     }
 
@@ -179,22 +208,95 @@ impl<'a> MountPlanner<'a> {
         self.new_root.join(path.trim_start_matches('/'))
     }
 
-    /// The whole plan for `spec`, whose image root is `image_root` with `top` entries.
+    /// The whole plan for `spec`, whose root is assembled from `source`.
     pub(crate) fn build(
         mut self,
         spec: &SandboxSpec,
-        image_root: &Path,
-        top: &[TopEntry],
+        source: RootSource<'a>,
         resolv_conf: Option<&Path>,
         hidden: &HiddenPaths,
     ) -> Result<Vec<Op>, NativeError> {
         let host_image = matches!(spec.image, ImageRef::Host | ImageRef::Auto);
         let ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
 
-        // The root holds the mount points and the scratch directories; everything that
-        // comes from the image is mounted onto it. A named sandbox's root is the on-disk
-        // directory the service gave it (kept across stops, copied by snapshots), any
-        // other's a private tmpfs.
+        match source {
+            RootSource::Tree { image_root, top } => {
+                self.plan_tree_root(spec, image_root, top, host_image)?
+            }
+            RootSource::Layers(layered) => self.plan_overlay_root(layered)?,
+        }
+
+        if host_image {
+            for dir in &hidden.dirs {
+                self.mount(
+                    "tmpfs",
+                    self.inside(dir),
+                    "tmpfs",
+                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_RDONLY,
+                    "mode=0755,size=4k",
+                )?;
+            }
+            for file in &hidden.files {
+                // Not nodev: the mask is the /dev/null device itself.
+                self.bind(
+                    "/dev/null",
+                    self.inside(file),
+                    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
+                )?;
+            }
+        }
+
+        // With outbound network the resolver is the helper's, whatever the image says. A
+        // resolv.conf that is a symlink (systemd-resolved) cannot be bound over safely.
+        if let Some(resolv_conf) = resolv_conf {
+            self.plan_resolv_conf(source, resolv_conf)?;
+        }
+
+        self.plan_dev()?;
+        self.plan_proc(hidden)?;
+        self.ensure_dir("/sys")?;
+        self.mount(
+            "sysfs",
+            self.inside("/sys"),
+            "sysfs",
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+            "",
+        )?;
+
+        // User mounts, then the default workdir unless a mount already provides it.
+        for mount in &spec.mounts {
+            let target = mount.target.to_string_lossy().into_owned();
+            self.ensure_dir(&target)?;
+            let attrs = if mount.writable {
+                MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
+            } else {
+                ro
+            };
+            self.claim(&self.inside(&target));
+            self.ops.push(Op::Bind {
+                source: path_c(&mount.host)?,
+                target: path_c(&self.inside(&target))?,
+                attrs,
+            });
+        }
+        // The workdir is created in the root tmpfs (or a scratch directory) unless an image
+        // directory or a mount provides it; creating it inside a read-only image fails.
+        self.ensure_dir(&spec.workdir.to_string_lossy())?;
+        Ok(self.ops)
+    }
+
+    /// The root of a tree image: a private tmpfs holding the mount points and the scratch
+    /// directories; everything that comes from the image is mounted read-only onto it.
+    fn plan_tree_root(
+        &mut self,
+        spec: &SandboxSpec,
+        image_root: &Path,
+        top: &[TopEntry],
+        host_image: bool,
+    ) -> Result<(), NativeError> {
+        let ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
+        // A named sandbox's root is the on-disk directory the service gave it (kept across
+        // stops, copied by snapshots), any other's a private tmpfs.
         match &spec.root_dir {
             Some(dir) => self.ops.push(Op::Bind {
                 source: path_c(dir)?,
@@ -245,75 +347,128 @@ impl<'a> MountPlanner<'a> {
                 }
             }
         }
+        Ok(())
+    }
 
-        if host_image {
-            for dir in &hidden.dirs {
+    /// The root of a stored image: its layers under the sandbox's writable layer. The
+    /// image's files are as writable as a container's (copied up on write; the layers
+    /// never change); landlock decides what the sandbox may write, as for a tree root.
+    fn plan_overlay_root(&mut self, layered: &'a LayeredRoot) -> Result<(), NativeError> {
+        match &layered.writable {
+            crate::overlay::WritableLayer::Tmpfs { dir, size } => {
                 self.mount(
                     "tmpfs",
-                    self.inside(dir),
+                    dir.clone(),
                     "tmpfs",
-                    libc::MS_NOSUID | libc::MS_NODEV | libc::MS_RDONLY,
-                    "mode=0755,size=4k",
+                    libc::MS_NOSUID | libc::MS_NODEV,
+                    &format!("mode=0755,size={size}"),
                 )?;
             }
-            for file in &hidden.files {
-                // Not nodev: the mask is the /dev/null device itself.
-                self.bind(
-                    "/dev/null",
-                    self.inside(file),
-                    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
-                )?;
-            }
+            crate::overlay::WritableLayer::Disk { .. } => {}
         }
-
-        // With outbound network the resolver is the helper's, whatever the image says. A
-        // resolv.conf that is a symlink (systemd-resolved) cannot be bound over safely.
-        if let Some(resolv_conf) = resolv_conf {
-            let image_file = image_root.join("etc/resolv.conf");
-            if image_file.symlink_metadata().is_ok_and(|m| m.is_file()) {
-                self.ops.push(Op::Bind {
-                    source: path_c(resolv_conf)?,
-                    target: path_c(&self.inside("/etc/resolv.conf"))?,
-                    attrs: ro,
-                });
-            } else {
-                tracing::warn!(
-                    "{} is not a regular file: DNS inside the sandbox uses it as is",
-                    image_file.display()
-                );
-            }
+        self.mkdir(layered.writable.upper(), 0o755)?;
+        self.mkdir(layered.writable.work(), 0o755)?;
+        self.ops
+            .push(Op::Overlay(OverlayMount::new(layered, self.new_root)?));
+        self.image = Some(MergedView::new(&layered.layers));
+        // The scratch directories an image lacks are made in its writable layer; those it
+        // has keep their modes.
+        for (dir, mode) in SCRATCH_DIRS {
+            self.mkdir(self.inside(dir), *mode)?;
         }
+        Ok(())
+    }
 
-        self.plan_dev()?;
-        self.plan_proc(hidden)?;
-        self.ensure_dir("/sys")?;
-        self.mount(
-            "sysfs",
-            self.inside("/sys"),
-            "sysfs",
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
-            "",
-        )?;
-
-        // User mounts, then the default workdir unless a mount already provides it.
-        for mount in &spec.mounts {
-            let target = mount.target.to_string_lossy().into_owned();
-            self.ensure_dir(&target)?;
-            let attrs = if mount.writable {
-                MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV
-            } else {
-                ro
-            };
+    fn plan_resolv_conf(
+        &mut self,
+        source: RootSource<'_>,
+        resolv_conf: &Path,
+    ) -> Result<(), NativeError> {
+        let target = self.inside("/etc/resolv.conf");
+        let bindable = match source {
+            RootSource::Tree { image_root, .. } => image_root
+                .join("etc/resolv.conf")
+                .symlink_metadata()
+                .is_ok_and(|m| m.is_file()),
+            RootSource::Layers(_) => {
+                self.ensure_dir("/etc")?;
+                match self.merged_kind("/etc/resolv.conf") {
+                    Merged::Other => true,
+                    Merged::Missing => {
+                        self.ops.push(Op::Touch {
+                            path: path_c(&target)?,
+                        });
+                        true
+                    }
+                    Merged::Dir | Merged::Symlink => false,
+                }
+            }
+        };
+        if bindable {
             self.ops.push(Op::Bind {
-                source: path_c(&mount.host)?,
-                target: path_c(&self.inside(&target))?,
-                attrs,
+                source: path_c(resolv_conf)?,
+                target: path_c(&target)?,
+                attrs: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
             });
+        } else {
+            tracing::warn!(
+                "the image's /etc/resolv.conf is not a regular file: DNS inside the sandbox uses it as is"
+            );
         }
-        // The workdir is created in the root tmpfs (or a scratch directory) unless an image
-        // directory or a mount provides it; creating it inside a read-only image fails.
-        self.ensure_dir(&spec.workdir.to_string_lossy())?;
-        Ok(self.ops)
+        Ok(())
+    }
+
+    /// What `path` (inside the sandbox, its parent a directory) is in the image's tree.
+    fn merged_kind(&mut self, path: &str) -> Merged {
+        match self.image.as_mut() {
+            None => Merged::Missing,
+            Some(view) => match view.first_non_dir(Path::new(path)) {
+                None => Merged::Dir,
+                Some((found, kind)) if found == Path::new(path) => kind,
+                Some(_) => Merged::Missing,
+            },
+        }
+    }
+
+    /// Refuses a directory to be made or mounted on at `target` (a host path) when the
+    /// image puts a symlink or a file on its way: before `pivot_root` the kernel would
+    /// follow the symlink on the host.
+    fn guard(&mut self, target: &Path) -> Result<(), NativeError> {
+        let Some(view) = self.image.as_mut() else {
+            return Ok(());
+        };
+        let Ok(inside) = target.strip_prefix(self.new_root) else {
+            return Ok(());
+        };
+        let inside = Path::new("/").join(inside);
+        if self.ours.iter().any(|mount| inside.starts_with(mount)) {
+            return Ok(());
+        }
+        match view.first_non_dir(&inside) {
+            Some((found, Merged::Symlink)) => Err(NativeError::InvalidSpec(format!(
+                "the image's {} is a symlink, so {} cannot be made or mounted on",
+                found.display(),
+                inside.display()
+            ))),
+            Some((found, Merged::Other)) => Err(NativeError::InvalidSpec(format!(
+                "the image's {} is not a directory, so {} cannot be made or mounted on",
+                found.display(),
+                inside.display()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Notes that a mount of ours covers `target` (a host path under the new root).
+    fn claim(&mut self, target: &Path) {
+        if self.image.is_none() {
+            return;
+        }
+        if let Ok(inside) = target.strip_prefix(self.new_root)
+            && !inside.as_os_str().is_empty()
+        {
+            self.ours.push(Path::new("/").join(inside));
+        }
     }
 
     fn plan_dev(&mut self) -> Result<(), NativeError> {
@@ -404,6 +559,8 @@ impl<'a> MountPlanner<'a> {
         flags: libc::c_ulong,
         data: &str,
     ) -> Result<(), NativeError> {
+        self.guard(&target)?;
+        self.claim(&target);
         self.ops.push(Op::Mount {
             source: cstring(source)?,
             target: path_c(&target)?,
@@ -415,6 +572,8 @@ impl<'a> MountPlanner<'a> {
     }
 
     fn bind(&mut self, source: &str, target: PathBuf, attrs: u64) -> Result<(), NativeError> {
+        self.guard(&target)?;
+        self.claim(&target);
         self.ops.push(Op::Bind {
             source: cstring(source)?,
             target: path_c(&target)?,
@@ -436,6 +595,10 @@ impl<'a> MountPlanner<'a> {
     }
 
     fn mkdir(&mut self, path: PathBuf, mode: u32) -> Result<(), NativeError> {
+        if self.made.contains(&path) {
+            return Ok(());
+        }
+        self.guard(&path)?;
         let op = Op::Mkdir {
             path: path_c(&path)?,
             mode,

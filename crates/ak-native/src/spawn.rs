@@ -14,7 +14,7 @@ use crate::child::{self, ChildPlan, Step};
 use crate::error::NativeError;
 use crate::landlock::LandlockPlan;
 use crate::plan::{
-    HiddenPaths, MountPlanner, TopEntry, cstring, env_block, os_cstring, pointer_array,
+    HiddenPaths, MountPlanner, RootSource, cstring, env_block, os_cstring, pointer_array,
 };
 
 /// First uid/gid on the host that root-run sandboxes map to (65536 ids from here). Far
@@ -25,8 +25,7 @@ const MAPPED_RANGE: u32 = ak_core::backend::SANDBOX_ID_COUNT;
 /// What the caller needs to start one sandbox.
 pub(crate) struct SpawnRequest<'a> {
     pub spec: &'a SandboxSpec,
-    pub image_root: &'a Path,
-    pub top_level: &'a [TopEntry],
+    pub root: RootSource<'a>,
     pub hidden: &'a HiddenPaths,
     pub new_root: &'a Path,
     pub resolv_conf: Option<&'a Path>,
@@ -105,8 +104,7 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
     let spec = request.spec;
     let ops = MountPlanner::new(request.new_root).build(
         spec,
-        request.image_root,
-        request.top_level,
+        request.root,
         request.resolv_conf,
         request.hidden,
     )?;
@@ -202,6 +200,10 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
         empty: CString::from(c""),
         argv: pointer_array(&argv_strings),
         envp: pointer_array(&env_strings),
+        layers: match request.root {
+            RootSource::Layers(layered) => layered.reopen()?,
+            RootSource::Tree { .. } => Vec::new(),
+        },
     };
 
     let clone_into = request

@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ServiceError;
 use crate::registry::SandboxRecord;
-use crate::volumes::VolumeInfo;
 use crate::snapshot::SnapshotInfo;
+use crate::volumes::VolumeInfo;
 use crate::{Caller, Service};
 
 /// One operation on named sandboxes.

@@ -76,6 +76,8 @@ pub enum ServiceError {
     /// The service's own state (directories, locks, handles) could not be used.
     #[error("{0}")]
     State(String),
+    #[error(transparent)]
+    Image(#[from] ak_image::ImageError),
 }
 
 impl From<ProtocolError> for ServiceError {
@@ -84,6 +86,32 @@ impl From<ProtocolError> for ServiceError {
             ProtocolError::Agent(agent) => ServiceError::Command(agent),
             other => ServiceError::Protocol(other),
         }
+    }
+}
+
+/// An image store failure's class: the user's input or the image is wrong (invalid), the
+/// registry has no such image or the store no such reference (not found), the registry
+/// refused the login (forbidden), cannot be reached (unavailable), the image is in use
+/// (conflict); the store itself failing is a fault.
+fn image_class(error: &ak_image::ImageError) -> ErrorClass {
+    use ak_image::ImageError as E;
+    match error {
+        E::InvalidReference { .. }
+        | E::DigestMismatch { .. }
+        | E::UnsupportedDigest { .. }
+        | E::NoPlatform { .. }
+        | E::UnsupportedMediaType { .. }
+        | E::Malformed { .. }
+        | E::NotATar { .. }
+        | E::HostileLayer { .. }
+        | E::Credentials { .. }
+        | E::CaFile { .. } => ErrorClass::Invalid,
+        E::TooLarge { .. } => ErrorClass::TooLarge,
+        E::NotFound(_) | E::UnknownImage { .. } => ErrorClass::NotFound,
+        E::Unauthorized { .. } => ErrorClass::Forbidden,
+        E::Unreachable { .. } | E::Registry { .. } => ErrorClass::Unavailable,
+        E::InUse { .. } => ErrorClass::Conflict,
+        E::IdShiftMismatch { .. } | E::Io { .. } => ErrorClass::Fault,
     }
 }
 
@@ -124,6 +152,7 @@ impl ServiceError {
                 ErrorKind::TooLarge => ErrorClass::TooLarge,
                 ErrorKind::Io => ErrorClass::Fault,
             },
+            ServiceError::Image(image) => image_class(image),
             ServiceError::Backend(_)
             | ServiceError::Protocol(_)
             | ServiceError::Registry(_)

@@ -10,16 +10,18 @@ pub mod detached;
 mod error;
 mod expiry;
 mod files;
+mod image_config;
+mod images;
 pub mod output;
 pub mod pool;
 pub mod registry;
 mod run;
 mod sandboxes;
 mod session;
-mod source;
-mod volumes;
 mod snapshot;
 mod snapshots;
+mod source;
+mod volumes;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -34,12 +36,13 @@ pub use crate::caller::{Caller, CallerPolicy};
 pub use crate::components::ComponentTimes;
 pub use crate::error::{ErrorClass, ServiceError};
 pub use crate::expiry::{MAX_TTL, check_ttl};
+pub use crate::images::{ImageSetup, pull_options};
 pub use crate::pool::{PoolConfig, PoolStatus, poolable};
 pub use crate::registry::{Registry, SandboxRecord};
 pub use crate::run::{Placement, settle_image};
 pub use crate::session::{Collected, CommandSession, RunOutcome, TIMED_OUT_CODE, connect_agent};
-pub use crate::volumes::{VolumeInfo, VolumeUser};
 pub use crate::snapshot::{SnapshotError, SnapshotInfo};
+pub use crate::volumes::{VolumeInfo, VolumeUser};
 
 /// The service: the registered backends, the registry of named sandboxes, and the
 /// operations on them. One per process; every operation names its [`Caller`].
@@ -64,6 +67,10 @@ pub struct Service {
     detached: detached::Detached,
     /// Output held for callers at once, across every request of this service.
     output_budget: Arc<output::ByteBudget>,
+    /// Where the image store is, when this service has one.
+    images: Option<images::ImageSetup>,
+    /// Opened on first use, like the registry.
+    image_store: OnceLock<Result<ak_image::Store, String>>,
 }
 
 impl Service {
@@ -80,7 +87,15 @@ impl Service {
             offload_blocking: false,
             detached: detached::Detached::default(),
             output_budget: Arc::new(output::ByteBudget::new(output::SERVICE_OUTPUT_BUDGET)),
+            images: None,
+            image_store: OnceLock::new(),
         }
+    }
+
+    /// The same service with the image store `setup` describes.
+    pub fn with_images(mut self, setup: images::ImageSetup) -> Self {
+        self.images = Some(setup);
+        self
     }
 
     /// The same service with `policy` for remote callers.

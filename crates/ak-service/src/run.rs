@@ -3,8 +3,10 @@
 
 use ak_core::backend::Lifetime;
 use ak_core::{ExecSpec, SandboxSpec};
+use ak_image::PullPolicy;
 
 use crate::error::ServiceError;
+use crate::image_config::{self, Entry};
 use crate::pool::poolable;
 use crate::sandboxes::command_line;
 use crate::session::{CommandSession, Owned};
@@ -45,10 +47,12 @@ impl Service {
         mut exec: ExecSpec,
         placement: Placement,
     ) -> Result<CommandSession, ServiceError> {
-        ak_core::exec::validate_argv(&exec.argv, &[])?;
         let mut spec = spec.clone();
-        settle_image(&mut spec, Some(&exec.argv));
+        self.prepare_image(&mut spec, Some(&exec.argv), PullPolicy::Missing)
+            .await?;
         let spec = &spec;
+        image_config::apply(spec, &mut exec, Entry::Run)?;
+        ak_core::exec::validate_argv(&exec.argv, &[])?;
         self.policy.admit(caller, spec)?;
         self.admit_volumes(caller, spec)?;
         // A backend this build lacks is refused before the run waits for a set-up turn.
@@ -112,11 +116,13 @@ impl Service {
         mut exec: ExecSpec,
     ) -> Result<CommandSession, ServiceError> {
         with_spec_timeout(spec, &mut exec);
+        let applied = image_config::apply(spec, &mut exec, Entry::Run);
         with_spec_env(spec, &mut exec);
         let detail = command_line(&exec.argv);
-        let result = match ak_core::exec::validate_argv(&exec.argv, &[]) {
+        let result = match applied.and_then(|()| Ok(ak_core::exec::validate_argv(&exec.argv, &[])?))
+        {
             Ok(()) => CommandSession::over(transport, exec).await,
-            Err(error) => Err(error.into()),
+            Err(error) => Err(error),
         };
         self.audited(caller, "run", None, Some(detail), result)
     }

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use ak_core::backend::{Lifetime, SandboxHandle, Transport};
 use ak_core::spec::validate_name;
 use ak_core::{BackendError, ExecSpec, Mount, SandboxSpec, SandboxState};
+
+use crate::image_config::Entry;
 use ak_protocol::AgentClient;
 use rustix::fs::{FlockOperation, flock};
 
@@ -192,11 +194,8 @@ impl Service {
                 let root_owner = backend.sandbox_root_owner();
                 // A backend that snapshots keeps the root's writable layer beside the
                 // workspace, where it outlives a stop and the host can copy it.
-                let (workspace, root) = self.make_workspace(
-                    &spec.id,
-                    root_owner,
-                    backend.capabilities().snapshots,
-                )?;
+                let (workspace, root) =
+                    self.make_workspace(&spec.id, root_owner, backend.capabilities().snapshots)?;
                 if let Some(source) = &spec.source
                     && let Err(error) =
                         crate::source::clone_into(source, &workspace, root_owner).await
@@ -234,7 +233,8 @@ impl Service {
             writable: true,
         });
         spec.workdir = target;
-        crate::run::settle_image(&mut spec, None);
+        self.prepare_image(&mut spec, None, ak_image::PullPolicy::Missing)
+            .await?;
         let record = SandboxRecord {
             name: name.to_string(),
             uuid: spec.id.clone(),
@@ -373,8 +373,9 @@ impl Service {
     async fn exec_unaudited(
         &self,
         name: &str,
-        exec: ExecSpec,
+        mut exec: ExecSpec,
     ) -> Result<CommandSession, ServiceError> {
+        crate::image_config::apply(&self.record(name)?.spec, &mut exec, Entry::Exec)?;
         ak_core::exec::validate_argv(&exec.argv, &[])?;
         let started = CommandSession::over(self.connect_named(name).await?, exec).await;
         self.settled(name, started).await
@@ -621,10 +622,16 @@ impl Service {
         caller: Caller,
         name: &str,
         transport: Box<dyn Transport>,
-        exec: ExecSpec,
+        mut exec: ExecSpec,
     ) -> Result<CommandSession, ServiceError> {
         let detail = command_line(&exec.argv);
-        let result = CommandSession::over(transport, exec).await;
+        let result = match self
+            .record(name)
+            .and_then(|record| crate::image_config::apply(&record.spec, &mut exec, Entry::Exec))
+        {
+            Ok(()) => CommandSession::over(transport, exec).await,
+            Err(error) => Err(error),
+        };
         self.audited(caller, "exec", Some(name), Some(detail), result)
     }
 }

@@ -6,6 +6,7 @@ mod bench;
 mod cp;
 mod daemon;
 mod exec;
+mod image;
 mod mcp;
 mod plugin;
 mod run;
@@ -68,6 +69,7 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::Audit(args) => audit::audit(args),
         Command::Mcp => mcp::mcp().await,
         Command::Plugin(command) => plugin::plugin(command),
+        Command::Image(command) => image::image(command).await,
         Command::Setup(args) => setup::setup(args).await,
     }
 }

@@ -16,8 +16,15 @@ use crate::wiring;
 
 pub async fn run(args: RunArgs) -> i32 {
     let mut spec = super::resolve_spec(&args.sandbox);
-    // Before the pool is asked: the image is part of the pool's key.
-    ak_service::settle_image(&mut spec, Some(&args.command));
+    let service = wiring::service();
+    // Before the pool is asked: the image (a stored one names its digest) is part of the
+    // pool's key.
+    if let Err(error) = service
+        .prepare_image(&mut spec, Some(&args.command), args.pull)
+        .await
+    {
+        return stream::fail_start(error);
+    }
     let stdin = stream::stdin_mode();
     let exec = ExecSpec {
         argv: args.command,
@@ -41,7 +48,6 @@ pub async fn run(args: RunArgs) -> i32 {
                     Ok(stream) => Box::new(stream),
                     Err(e) => exit::fail(exit::SANDBOX_FAILURE, &anyhow!("pool connection: {e}")),
                 };
-                let service = wiring::service();
                 let started = service
                     .start_handed_out(Caller::Local, transport, &spec, exec)
                     .await;
@@ -55,7 +61,6 @@ pub async fn run(args: RunArgs) -> i32 {
         }
     }
 
-    let service = wiring::service();
     match service
         .start_run(Caller::Local, &spec, exec, Placement::Fresh)
         .await

@@ -10,7 +10,14 @@ pub async fn create(args: CreateArgs) -> i32 {
     if let Some(snapshot) = &args.from_snapshot {
         return super::snapshot::create_from(&args.name, snapshot, &args.sandbox).await;
     }
-    let spec = super::resolve_spec(&args.sandbox);
+    let mut spec = super::resolve_spec(&args.sandbox);
+    // Pulled here, as `--pull` says; the service would pull a missing one itself.
+    if let Err(error) = crate::wiring::service()
+        .prepare_image(&mut spec, None, args.pull)
+        .await
+    {
+        return super::stream::fail_start(error);
+    }
     named(front::create(&args.name, spec, args.dir.as_deref()).await)
 }
 

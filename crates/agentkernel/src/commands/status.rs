@@ -12,12 +12,16 @@ use crate::wiring;
 struct StatusReport {
     backends: Vec<BackendProbe>,
     host: HostFeatures,
+    /// The image store's totals, or why it cannot be read.
+    image_store: Result<ak_image::StoreSize, String>,
 }
 
 pub fn status(args: StatusArgs) -> i32 {
+    let service = wiring::service();
     let report = StatusReport {
-        backends: wiring::service().status(),
+        backends: service.status(),
         host: crate::wiring::host_features(),
+        image_store: service.image_store_size().map_err(|e| e.to_string()),
     };
     let text = if args.json {
         match serde_json::to_string_pretty(&report) {
@@ -77,5 +81,15 @@ fn render(report: &StatusReport) -> String {
     out.push_str(&format!("  cgroup entry    {}\n", host.cgroup_entry));
     out.push_str(&format!("  runtime dir     {}\n", host.runtime_dir));
     out.push_str(&format!("  kvm             {}\n", host.kvm.describe()));
+    let images = match &report.image_store {
+        Ok(size) => format!(
+            "{} image(s), {} layer(s), {}",
+            size.images,
+            size.layers,
+            indicatif::HumanBytes(size.bytes)
+        ),
+        Err(reason) => format!("unreadable: {reason}"),
+    };
+    out.push_str(&format!("  image store     {images}\n"));
     out
 }

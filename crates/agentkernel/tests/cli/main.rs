@@ -21,5 +21,5 @@ mod microvm_net;
 mod named;
 mod run;
 mod sdk_files;
-mod volumes;
 mod snapshot;
+mod volumes;
