@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ak_core::{ImageConfig, StoredImage};
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use oci_client::client::{Certificate, CertificateEncoding, ClientConfig, ClientProtocol};
 use oci_client::errors::{DigestError, OciDistributionError};
 use oci_client::manifest::{self, OciDescriptor, OciImageIndex, OciImageManifest};
@@ -26,6 +26,9 @@ use crate::{ImageInfo, LayerInfo, LayerOutcome, PullOptions, PullProgress, host_
 /// Manifests and configurations are small JSON documents; anything bigger is refused
 /// before it is parsed.
 const MAX_CONFIG_BYTES: u64 = 8 << 20;
+/// Layers downloaded and unpacked at once (skopeo's default is 6 blobs; unpacking is
+/// CPU work, so fewer).
+const LAYERS_AT_ONCE: usize = 4;
 /// Blob chunks in flight between the download and the unpacker.
 const CHUNKS_IN_FLIGHT: usize = 64;
 
@@ -95,10 +98,16 @@ impl Store {
             remote.resolve(&reference, bytes, digest).await?;
         let (config_bytes, config) = self.config(&remote, &manifest_ref, &manifest).await?;
 
-        let mut layers = Vec::new();
-        for layer in &manifest.layers {
-            layers.push(self.layer(&remote, &manifest_ref, layer, progress).await?);
-        }
+        // Several layers at once: each is a download feeding its own unpacking thread.
+        let layers: Vec<LayerInfo> = futures_util::stream::iter(
+            manifest
+                .layers
+                .iter()
+                .map(|layer| self.layer(&remote, &manifest_ref, layer, progress)),
+        )
+        .buffered(LAYERS_AT_ONCE)
+        .try_collect()
+        .await?;
         // The configuration is kept only with a complete image: a failed pull leaves none.
         let config_digest = manifest.config.digest.clone();
         let config_path = self.config_path(&config_digest);

@@ -103,6 +103,7 @@ pub(crate) fn unpack(
         owner0,
         digest,
         chown,
+        last_parent: std::cell::RefCell::new(None),
         dir_times: Vec::new(),
         unpacked: Unpacked::default(),
     };
@@ -138,6 +139,8 @@ struct Layer<'a> {
     owner0: u32,
     /// Whether owners are set (only root can).
     chown: bool,
+    /// The parent directory components and descriptor [`Layer::parent_of`] found last.
+    last_parent: std::cell::RefCell<Option<(Vec<Vec<u8>>, OwnedFd)>>,
     digest: &'a str,
     dir_times: Vec<(Vec<Vec<u8>>, Mode, Timestamps)>,
     unpacked: Unpacked,
@@ -224,6 +227,15 @@ impl Layer<'_> {
         let Some((last, parents)) = components.split_last() else {
             return Ok((dir, None));
         };
+        // Entries come directory by directory: the last parent's descriptor serves the
+        // next entry in it. It stays right: a directory this layer made or walked is
+        // never removed or replaced while it unpacks (`make_room` refuses that).
+        if let Some((cached, fd)) = self.last_parent.borrow().as_ref()
+            && cached.as_slice() == parents
+        {
+            let fd = rustix::io::dup(fd).map_err(|e| self.io(components, e))?;
+            return Ok((fd, Some(OsStr::from_bytes(last))));
+        }
         for part in parents {
             let name = OsStr::from_bytes(part);
             let next = match openat(&dir, name, flags, Mode::empty()) {
@@ -249,6 +261,8 @@ impl Layer<'_> {
             };
             dir = next;
         }
+        let keep = rustix::io::dup(&dir).map_err(|e| self.io(components, e))?;
+        *self.last_parent.borrow_mut() = Some((parents.to_vec(), keep));
         Ok((dir, Some(OsStr::from_bytes(last))))
     }
 
