@@ -99,15 +99,18 @@ impl Store {
         let (config_bytes, config) = self.config(&remote, &manifest_ref, &manifest).await?;
 
         // Several layers at once: each is a download feeding its own unpacking thread.
-        let layers: Vec<LayerInfo> = futures_util::stream::iter(
-            manifest
-                .layers
-                .iter()
-                .map(|layer| self.layer(&remote, &manifest_ref, layer, progress)),
-        )
-        .buffered(LAYERS_AT_ONCE)
-        .try_collect()
-        .await?;
+        // Collected first: a lazy `map` inside the stream makes the future's `Send` depend
+        // on a closure's lifetimes, which callers that must be `Send` (the MCP tools)
+        // cannot prove.
+        let pending: Vec<_> = manifest
+            .layers
+            .iter()
+            .map(|layer| self.layer(&remote, &manifest_ref, layer, progress))
+            .collect();
+        let layers: Vec<LayerInfo> = futures_util::stream::iter(pending)
+            .buffered(LAYERS_AT_ONCE)
+            .try_collect()
+            .await?;
         // The configuration is kept only with a complete image: a failed pull leaves none.
         let config_digest = manifest.config.digest.clone();
         let config_path = self.config_path(&config_digest);

@@ -38,9 +38,10 @@ impl Service {
             if name == MICROVM_BASE_IMAGE {
                 return Ok(());
             }
-            let stored = match pull {
-                PullPolicy::Always => Some(self.ensure_image(name, pull, &NoProgress).await?),
-                _ => self.image_store()?.get(name).map_err(ServiceError::from)?,
+            let stored = if pull == PullPolicy::Always {
+                Some(self.ensure_image(name, pull, &NoProgress).await?)
+            } else {
+                self.stored_image(name)?
             };
             if let Some(stored) = stored {
                 spec.image = ImageRef::Stored(stored);

@@ -55,6 +55,14 @@ pub fn pull_options(
 
 impl Service {
     /// The image store, opened on first use.
+    /// The stored image `reference` names, if the store has it (never pulls).
+    pub(crate) fn stored_image(
+        &self,
+        reference: &str,
+    ) -> Result<Option<StoredImage>, ServiceError> {
+        Ok(self.image_store()?.get(reference)?)
+    }
+
     pub fn image_store(&self) -> Result<&Store, ServiceError> {
         let setup = self
             .images
