@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 /// The file name of the audit log inside the state directory.
 pub const AUDIT_FILE: &str = "audit.log";
 
+/// The `source` of the egress helper's entries (one per connection or DNS verdict).
+pub const EGRESS_SOURCE: &str = "egress";
+
 /// Size at which `audit.log` is rotated.
 pub const ROTATE_BYTES: u64 = 16 << 20;
 /// Rotated generations kept (`audit.log.1` is the newest): with [`ROTATE_BYTES`], the log

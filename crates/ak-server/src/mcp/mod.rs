@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ak_core::config::{SandboxOptions, resolve};
+use ak_core::config::{NetworkSetting, SandboxOptions, resolve};
 use ak_core::exec::ExecOptions;
 use ak_core::spec::new_sandbox_id;
 use ak_service::{Caller, CommandSession, ErrorClass, Placement, Service, ServiceError};
@@ -333,7 +333,7 @@ impl McpServer {
             SandboxOptions {
                 image: params.image,
                 profile: params.profile,
-                network: params.network,
+                network: params.network.map(NetworkSetting::Enabled),
                 ..SandboxOptions::default()
             },
         )?;
@@ -364,7 +364,7 @@ impl McpServer {
             SandboxOptions {
                 image: params.image,
                 profile: params.profile,
-                network: params.network,
+                network: params.network.map(NetworkSetting::Enabled),
                 memory: params.memory,
                 cpus: params.cpus,
                 ..SandboxOptions::default()
