@@ -168,6 +168,14 @@ async fn serve(
         .map_err(EgressError::io("watch the TUN device"))?;
     let mut config = IpStackConfig::default();
     config.mtu_unchecked(crate::MTU);
+    // ipstack's defaults (16 KiB in flight, 16 KiB read buffer) hold a bulk download to a
+    // small fraction of the open network's speed; its 60 s timeout would cut idle but
+    // live connections (a language server, a held database connection).
+    let mut tcp = ipstack::TcpConfig::default();
+    tcp.max_unacked_bytes = 4 << 20;
+    tcp.read_buffer_size = 1 << 20;
+    tcp.timeout = std::time::Duration::from_secs(2 * 3600);
+    config.with_tcp_config(tcp);
     let mut stack = IpStack::new(config, device);
     rustix::io::write(&ready, &[1]).map_err(|e| EgressError::io("report readiness")(e.into()))?;
     drop(ready);
