@@ -238,6 +238,16 @@ impl AuditLog {
         std::fs::rename(&self.path, self.generation(1)).map_err(io)
     }
 
+    /// How many connections and lookups the egress helper refused to sandbox `id` (the
+    /// helper names sandboxes by id).
+    pub fn egress_denied(&self, id: &str) -> Result<usize, AuditError> {
+        Ok(self
+            .read(Some(id))?
+            .iter()
+            .filter(|e| e.source == EGRESS_SOURCE && e.outcome == Outcome::Refused)
+            .count())
+    }
+
     /// Every entry, oldest first (the oldest rotated file first, `audit.log` last); only
     /// those of `sandbox` when given. A missing log is empty.
     pub fn read(&self, sandbox: Option<&str>) -> Result<Vec<AuditEntry>, AuditError> {

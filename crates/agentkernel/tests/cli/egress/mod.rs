@@ -264,3 +264,39 @@ fn allowlist_flags_are_checked() {
         );
     }
 }
+
+#[test]
+fn a_named_sandbox_keeps_its_allowlist_and_counts_denials() {
+    let internet = FakeInternet::start();
+    let name = format!("egress-{}", std::process::id());
+    let ak = |args: &[&str]| {
+        agentkernel(Mode::Root, args)
+            .env("AGENTKERNEL_CONFIG", internet.config.path())
+            .output()
+            .unwrap()
+    };
+    assert_code(&ak(&["create", &name, "--allow-host", "allowed.test"]), 0);
+    assert_code(&ak(&["start", &name]), 0);
+    let probe = "curl -sS --max-time 5 http://allowed.test/; \
+                 getent hosts denied.test || echo denied=nxdomain";
+    let output = ak(&["exec", &name, "--", "bash", "-c", probe]);
+    let text = stdout(&output);
+    let _ = ak(&["stop", &name]);
+    let inspect = ak(&["inspect", &name]);
+    let _ = ak(&["remove", &name, "--force"]);
+    assert!(
+        text.contains("fake internet: allowed.test"),
+        "{text}\n{}",
+        stderr(&output)
+    );
+    assert!(text.contains("denied=nxdomain"), "{text}");
+    let shown = stdout(&inspect);
+    assert!(shown.contains("network:  allowlist"), "{shown}");
+    assert!(shown.contains("allow:    host allowed.test"), "{shown}");
+    let denied: usize = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("denied:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(denied >= 1, "{shown}");
+}
