@@ -11,6 +11,8 @@ pub enum EgressError {
         #[source]
         source: io::Error,
     },
+    #[error("in the sandbox's namespaces: {0}")]
+    Child(String),
     #[error("bad policy file {path}: {message}")]
     Policy { path: String, message: String },
 }

@@ -57,6 +57,8 @@ impl PolicyFile {
 pub struct HelperArgs {
     /// The sandbox's network namespace (`/proc/PID/ns/net` or a namespace file).
     pub netns: PathBuf,
+    /// The sandbox's user namespace, entered first when the helper is not root.
+    pub userns: Option<PathBuf>,
     pub policy: PathBuf,
     /// Gets one byte once the sandbox's network is up.
     pub ready_fd: i32,
@@ -73,7 +75,7 @@ pub struct HelperArgs {
 impl HelperArgs {
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<HelperArgs, EgressError> {
         let (mut netns, mut policy, mut ready_fd, mut exit_fd) = (None, None, None, None);
-        let (mut sandbox, mut audit_dir) = (None, None);
+        let (mut sandbox, mut audit_dir, mut userns) = (None, None, None);
         let mut args = args.into_iter();
         let fd = |value: Option<String>, flag: &str| -> Result<i32, EgressError> {
             value
@@ -85,6 +87,7 @@ impl HelperArgs {
         while let Some(flag) = args.next() {
             match flag.as_str() {
                 "--netns" => netns = args.next().map(PathBuf::from),
+                "--userns" => userns = args.next().map(PathBuf::from),
                 "--policy" => policy = args.next().map(PathBuf::from),
                 "--ready-fd" => ready_fd = Some(fd(args.next(), "--ready-fd")?),
                 "--exit-fd" => exit_fd = Some(fd(args.next(), "--exit-fd")?),
@@ -96,6 +99,7 @@ impl HelperArgs {
         let missing = |flag: &str| EgressError::Usage(format!("{flag} is required"));
         Ok(HelperArgs {
             netns: netns.ok_or_else(|| missing("--netns"))?,
+            userns,
             policy: policy.ok_or_else(|| missing("--policy"))?,
             ready_fd: ready_fd.ok_or_else(|| missing("--ready-fd"))?,
             exit_fd,
@@ -116,6 +120,9 @@ impl HelperArgs {
             "--sandbox".to_string(),
             self.sandbox.clone(),
         ];
+        if let Some(userns) = &self.userns {
+            args.extend(["--userns".to_string(), userns.display().to_string()]);
+        }
         if let Some(dir) = &self.audit_dir {
             args.extend(["--audit-dir".to_string(), dir.display().to_string()]);
         }
@@ -147,7 +154,7 @@ pub fn run(args: HelperArgs, audit: Arc<dyn AuditSink>) -> Result<(), EgressErro
         args.policy.clone(),
         crate::tun::host_addresses(),
     )?);
-    let tun = crate::tun::open_in(&args.netns)?;
+    let tun = crate::tun::open_in(&args.netns, args.userns.as_deref())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -245,6 +252,7 @@ mod tests {
     fn arguments_round_trip() {
         let args = HelperArgs {
             netns: "/proc/7/ns/net".into(),
+            userns: Some("/proc/7/ns/user".into()),
             policy: "/run/x/egress.json".into(),
             ready_fd: 3,
             exit_fd: Some(4),

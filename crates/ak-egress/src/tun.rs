@@ -13,8 +13,106 @@ use crate::error::EgressError;
 
 /// Opens `tun0` in the network namespace at `netns` (`/proc/PID/ns/net` or a bound
 /// namespace file), gives it the sandbox's address and default route, and returns it
-/// (non-blocking). The calling thread is back in its own namespace when this returns.
-pub fn open_in(netns: &Path) -> Result<OwnedFd, EgressError> {
+/// (non-blocking). Root enters the namespace on this thread and returns; anyone else must
+/// enter the sandbox's user namespace `userns` first, which cannot be undone, so a forked
+/// child does that and hands the device back over a socket pair (as `slirp4netns` does).
+/// Call before any other thread exists.
+pub fn open_in(netns: &Path, userns: Option<&Path>) -> Result<OwnedFd, EgressError> {
+    match userns {
+        Some(userns) if !rustix::process::geteuid().is_root() => open_in_child(netns, userns),
+        _ => open_here(netns),
+    }
+}
+
+/// [`open_in`] through a forked child that enters `userns`, then `netns`.
+fn open_in_child(netns: &Path, userns: &Path) -> Result<OwnedFd, EgressError> {
+    use rustix::net::{
+        AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
+        SendAncillaryMessage, SendFlags, SocketFlags, SocketType, recvmsg, sendmsg, socketpair,
+    };
+    use std::io::{IoSlice, IoSliceMut};
+    use std::mem::MaybeUninit;
+
+    let open = |path: &Path| {
+        rustix::fs::open(path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| EgressError::io(format!("open {}", path.display()))(e.into()))
+    };
+    let (user_fd, net_fd) = (open(userns)?, open(netns)?);
+    let (ours, theirs) = socketpair(
+        AddressFamily::UNIX,
+        SocketType::STREAM,
+        SocketFlags::CLOEXEC,
+        None,
+    )
+    .map_err(|e| EgressError::io("make a socket pair")(e.into()))?;
+    // SAFETY: this process has one thread (the caller's promise), so the child may do
+    // anything the parent could; it leaves with _exit, never returning here.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(EgressError::io("fork")(std::io::Error::last_os_error()));
+    }
+    if child == 0 {
+        let made = move_into_link_name_space(user_fd.as_fd(), Some(LinkNameSpaceType::User))
+            .map_err(|e| EgressError::io(format!("enter {}", userns.display()))(e.into()))
+            .and_then(|()| {
+                move_into_link_name_space(net_fd.as_fd(), Some(LinkNameSpaceType::Network))
+                    .map_err(|e| EgressError::io(format!("enter {}", netns.display()))(e.into()))
+            })
+            .and_then(|()| make_device());
+        let code = match made {
+            Ok(tun) => {
+                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+                let mut control = SendAncillaryBuffer::new(&mut space);
+                let fds = [tun.as_fd()];
+                control.push(SendAncillaryMessage::ScmRights(&fds));
+                let sent = sendmsg(
+                    &theirs,
+                    &[IoSlice::new(b"t")],
+                    &mut control,
+                    SendFlags::empty(),
+                );
+                i32::from(sent.is_err())
+            }
+            Err(error) => {
+                let message = error.to_string();
+                let _ = rustix::io::write(&theirs, message.as_bytes());
+                1
+            }
+        };
+        // SAFETY: ends the child without running the parent's destructors or atexit.
+        unsafe { libc::_exit(code) };
+    }
+    drop(theirs);
+    let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
+    let mut control = RecvAncillaryBuffer::new(&mut space);
+    let mut buffer = [0u8; 512];
+    let received = recvmsg(
+        &ours,
+        &mut [IoSliceMut::new(&mut buffer)],
+        &mut control,
+        RecvFlags::CMSG_CLOEXEC,
+    );
+    let mut tun = None;
+    for message in control.drain() {
+        if let RecvAncillaryMessage::ScmRights(fds) = message {
+            for fd in fds {
+                tun.get_or_insert(fd);
+            }
+        }
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child forked above.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    match (tun, received) {
+        (Some(tun), _) => Ok(tun),
+        (None, Ok(message)) => Err(EgressError::Child(
+            String::from_utf8_lossy(&buffer[..message.bytes]).into_owned(),
+        )),
+        (None, Err(e)) => Err(EgressError::io("receive the TUN device")(e.into())),
+    }
+}
+
+fn open_here(netns: &Path) -> Result<OwnedFd, EgressError> {
     let own = rustix::fs::open(
         "/proc/thread-self/ns/net",
         OFlags::RDONLY | OFlags::CLOEXEC,

@@ -221,12 +221,16 @@ fn spawn_helper(
             sandbox,
             audit_dir,
         } => {
-            let netns = match target {
-                HelperTarget::Process(pid) => PathBuf::from(format!("/proc/{pid}/ns/net")),
-                HelperTarget::Netns(path) => path.to_path_buf(),
+            let (netns, userns) = match target {
+                HelperTarget::Process(pid) => (
+                    PathBuf::from(format!("/proc/{pid}/ns/net")),
+                    Some(PathBuf::from(format!("/proc/{pid}/ns/user"))),
+                ),
+                HelperTarget::Netns(path) => (path.to_path_buf(), None),
             };
             let args = ak_egress::HelperArgs {
                 netns,
+                userns,
                 policy: policy.to_path_buf(),
                 ready_fd,
                 exit_fd,
