@@ -8,7 +8,9 @@ use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Output, Stdio};
 
-use crate::common::{Mode, agentkernel, assert_code, is_root, registry_path, stderr, stdout};
+use crate::common::{
+    Mode, agentkernel, assert_code, is_root, registry_path, shared_host, stderr, stdout,
+};
 
 fn sh(command: &str) -> Output {
     Command::new("sh").args(["-c", command]).output().unwrap()
@@ -20,6 +22,8 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 /// The fake internet: a namespace with its services, removed on drop.
 struct FakeInternet {
     _alone: std::sync::MutexGuard<'static, ()>,
+    /// Not while the leak tests compare the host before and after.
+    _host: std::sync::RwLockReadGuard<'static, ()>,
     name: String,
     host_if: String,
     subnet: u8,
@@ -29,6 +33,7 @@ struct FakeInternet {
 
 impl FakeInternet {
     fn start() -> FakeInternet {
+        let host = shared_host();
         let alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
         assert!(
             is_root(),
@@ -75,6 +80,7 @@ impl FakeInternet {
         .unwrap();
         FakeInternet {
             _alone: alone,
+            _host: host,
             name,
             host_if,
             subnet,
