@@ -1,6 +1,6 @@
 //! Command-line arguments. Parsing only: validation and defaults live in `ak-core`.
 
-use ak_core::config::SandboxOptions;
+use ak_core::config::{NetworkSetting, SandboxOptions};
 use clap::{Args, Parser, Subcommand};
 
 #[derive(Debug, Parser)]
@@ -227,6 +227,9 @@ pub struct AuditArgs {
     /// Only the entries of this sandbox.
     #[arg(long, value_name = "NAME")]
     pub sandbox: Option<String>,
+    /// Only the egress verdicts (connections and DNS answers of allowlist sandboxes).
+    #[arg(long)]
+    pub network: bool,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -385,10 +388,27 @@ pub struct SandboxArgs {
     /// No network at all (only loopback), whatever the profile allows.
     #[arg(long)]
     pub no_network: bool,
-    /// Outbound network also where a backend gives none by default (a microVM gets a NIC
-    /// with NAT; root only).
-    #[arg(long, conflicts_with = "no_network")]
-    pub network: bool,
+    /// Network mode: none, allowlist (only --allow-host/--allow-cidr destinations) or open.
+    /// `--network` alone means open, also where a backend gives none by default (a microVM
+    /// gets a NIC with NAT; root only).
+    #[arg(
+        long,
+        conflicts_with = "no_network",
+        num_args = 0..=1,
+        default_missing_value = "open",
+        value_name = "MODE"
+    )]
+    pub network: Option<ak_core::NetworkMode>,
+    /// A host an allowlist sandbox may reach: a name, `*.domain`, or a preset (pypi, npm,
+    /// crates, github, debian). Repeatable; implies --network allowlist.
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_host: Vec<String>,
+    /// A CIDR (or one address) an allowlist sandbox may reach. Repeatable.
+    #[arg(long = "allow-cidr", value_name = "CIDR")]
+    pub allow_cidr: Vec<String>,
+    /// The only destination ports an allowlist sandbox may connect to. Repeatable.
+    #[arg(long = "allow-port", value_name = "PORT")]
+    pub allow_port: Vec<u16>,
     /// Memory limit, e.g. 512M or 2G.
     #[arg(long)]
     pub memory: Option<String>,
@@ -433,10 +453,13 @@ impl SandboxArgs {
             pids: self.pids,
             timeout: self.timeout.clone(),
             network: if self.no_network {
-                Some(false)
+                Some(NetworkSetting::Enabled(false))
             } else {
-                self.network.then_some(true)
+                self.network.map(NetworkSetting::Mode)
             },
+            allow_hosts: (!self.allow_host.is_empty()).then(|| self.allow_host.clone()),
+            allow_cidrs: (!self.allow_cidr.is_empty()).then(|| self.allow_cidr.clone()),
+            allow_ports: (!self.allow_port.is_empty()).then(|| self.allow_port.clone()),
             env: (!self.env.is_empty()).then(|| self.env.clone()),
             workdir: self.workdir.clone(),
             mount_cwd: self.mount_cwd.then_some(true),

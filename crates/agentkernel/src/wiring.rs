@@ -42,6 +42,20 @@ pub fn agent_path() -> PathBuf {
     .clone()
 }
 
+/// Environment variable naming the egress helper explicitly.
+pub const EGRESS_ENV: &str = "AGENTKERNEL_EGRESS";
+
+/// The egress helper: `$AGENTKERNEL_EGRESS`, else `ak-egress` beside this executable.
+pub fn egress_path() -> PathBuf {
+    if let Some(path) = std::env::var_os(EGRESS_ENV) {
+        return PathBuf::from(path);
+    }
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|dir| dir.join("ak-egress")))
+        .unwrap_or_else(|| PathBuf::from("ak-egress"))
+}
+
 /// Environment variable naming the registry database (tests use private ones).
 pub const REGISTRY_ENV: &str = "AGENTKERNEL_REGISTRY";
 
@@ -105,7 +119,11 @@ fn service_with(config: &ConfigFile) -> Service {
     };
     Service::new(
         vec![
-            Arc::new(NativeBackend::new(agent_path())),
+            Arc::new(NativeBackend::new(agent_path()).with_egress(
+                egress_path(),
+                config.network.upstream_dns,
+                Some(state_dir()),
+            )),
             Arc::new(GvisorBackend::new(agent_path(), config.gvisor.clone())),
             container(BackendKind::Docker, config.docker.socket.clone()),
             container(BackendKind::Podman, config.podman.socket.clone()),

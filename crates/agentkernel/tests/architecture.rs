@@ -13,7 +13,11 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ("ak-netif", &[]),
         ("ak-agent", &["ak-netif", "ak-protocol"]),
         ("ak-core", &["ak-protocol"]),
-        ("ak-native", &["ak-core", "ak-netif", "ak-protocol"]),
+        ("ak-egress", &["ak-core", "ak-netif"]),
+        (
+            "ak-native",
+            &["ak-core", "ak-egress", "ak-netif", "ak-protocol"],
+        ),
         ("ak-docker", &["ak-core"]),
         ("ak-microvm", &["ak-core", "ak-netif"]),
         // The one sideways edge: a gVisor sandbox is the native sandbox's policy under
@@ -36,6 +40,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
                 "ak-bench",
                 "ak-core",
                 "ak-docker",
+                "ak-egress",
                 "ak-gvisor",
                 "ak-image",
                 "ak-microvm",

@@ -13,7 +13,7 @@ use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ak_core::backend::Lifetime;
-use ak_core::config::{SandboxOptions, resolve};
+use ak_core::config::{NetworkSetting, SandboxOptions, resolve};
 use ak_core::spec::new_sandbox_id;
 use ak_core::{
     Backend, ExecSpec, ExitStatus, ImageConfig, ImageRef, Sandbox, SandboxSpec, StoredImage,
@@ -163,7 +163,7 @@ impl Layers {
 
 fn spec(image: ImageRef) -> SandboxSpec {
     let options = SandboxOptions {
-        network: Some(false),
+        network: Some(NetworkSetting::Enabled(false)),
         ..SandboxOptions::default()
     };
     let mut spec = resolve(options, Path::new("/"), new_sandbox_id()).unwrap();
@@ -409,7 +409,7 @@ async fn a_restrictive_sandbox_cannot_write_the_image_outside_its_scratch_places
     require_root_and_busybox();
     let layers = Layers::build();
     let options = SandboxOptions {
-        network: Some(false),
+        network: Some(NetworkSetting::Enabled(false)),
         profile: Some("restrictive".into()),
         ..SandboxOptions::default()
     };

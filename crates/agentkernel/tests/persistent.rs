@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ak_core::backend::{Lifetime, SandboxHandle};
-use ak_core::config::{SandboxOptions, resolve};
+use ak_core::config::{NetworkSetting, SandboxOptions, resolve};
 use ak_core::spec::new_sandbox_id;
 use ak_core::{Backend, BackendError, ExecSpec, ExitStatus, Mount, Sandbox, SandboxSpec};
 use ak_native::cgroup::{CgroupLayout, SandboxCgroup};
@@ -38,7 +38,7 @@ fn backend() -> NativeBackend {
 
 fn spec() -> SandboxSpec {
     let options = SandboxOptions {
-        network: Some(false),
+        network: Some(NetworkSetting::Enabled(false)),
         ..SandboxOptions::default()
     };
     resolve(options, Path::new("/"), new_sandbox_id()).unwrap()
@@ -370,7 +370,7 @@ async fn a_sandbox_outlives_the_process_that_created_it() {
 async fn the_network_helper_of_a_persistent_sandbox_lives_and_ends_with_it() {
     require_root();
     let options = SandboxOptions {
-        network: Some(true),
+        network: Some(NetworkSetting::Enabled(true)),
         ..SandboxOptions::default()
     };
     let spec = resolve(options, Path::new("/"), new_sandbox_id()).unwrap();

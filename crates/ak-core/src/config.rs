@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendKind;
+use crate::egress::Allowlist;
 use crate::error::ConfigError;
 use crate::image::ImageRef;
 use crate::policy::{NetworkMode, Profile};
@@ -53,6 +54,18 @@ pub struct ConfigFile {
     /// `[images]`: how the image store reaches registries (user's file only).
     #[serde(default)]
     pub images: crate::image_options::ImageOptions,
+    /// `[network]`: how the host side of the allowlist network works (user's file only).
+    #[serde(default)]
+    pub network: NetworkOptions,
+}
+
+/// `[network]` in the user's config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkOptions {
+    /// The resolver the egress helper asks for allowed names (`IP:PORT`; default: the
+    /// host's first `nameserver`). Tests point it at a resolver of their own.
+    pub upstream_dns: Option<std::net::SocketAddr>,
 }
 
 /// The hypervisor of microVMs.
@@ -247,8 +260,17 @@ pub struct SandboxOptions {
     pub cpus: Option<f64>,
     pub pids: Option<u64>,
     pub timeout: Option<String>,
-    /// `false` gives the sandbox no network whatever its profile says.
-    pub network: Option<bool>,
+    /// `false` or `"none"` gives the sandbox no network whatever its profile says; `true`
+    /// or `"open"` outbound network to anywhere; `"allowlist"` only what `allow_hosts`,
+    /// `allow_cidrs` and `allow_ports` name.
+    pub network: Option<NetworkSetting>,
+    /// Host names, `*.domain` patterns or presets (`pypi`, `npm`, `crates`, `github`,
+    /// `debian`) an allowlist sandbox may reach; lists of every layer are joined.
+    pub allow_hosts: Option<Vec<String>>,
+    /// CIDRs (or single addresses) an allowlist sandbox may reach.
+    pub allow_cidrs: Option<Vec<String>>,
+    /// Destination ports an allowlist sandbox may connect to (default: any).
+    pub allow_ports: Option<Vec<u16>>,
     /// `KEY=VALUE` entries; a higher layer's entry replaces a lower one's with the same key.
     pub env: Option<Vec<String>>,
     pub workdir: Option<String>,
@@ -273,7 +295,19 @@ impl SandboxOptions {
             }
             (base, top) => top.or(base),
         };
+        fn join<T>(lower: Option<Vec<T>>, top: Option<Vec<T>>) -> Option<Vec<T>> {
+            match (lower, top) {
+                (Some(mut base), Some(top)) => {
+                    base.extend(top);
+                    Some(base)
+                }
+                (base, top) => top.or(base),
+            }
+        }
         SandboxOptions {
+            allow_hosts: join(lower.allow_hosts, self.allow_hosts),
+            allow_cidrs: join(lower.allow_cidrs, self.allow_cidrs),
+            allow_ports: join(lower.allow_ports, self.allow_ports),
             backend: self.backend.or(lower.backend),
             image: self.image.or(lower.image),
             profile: self.profile.or(lower.profile),
@@ -289,6 +323,40 @@ impl SandboxOptions {
             source: self.source.or(lower.source),
         }
     }
+}
+
+/// How a layer sets the network: a boolean (the older form: `false` is `none`, `true` is
+/// `open`) or a mode's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum NetworkSetting {
+    Enabled(bool),
+    Mode(NetworkMode),
+}
+
+impl NetworkSetting {
+    pub fn mode(self) -> NetworkMode {
+        match self {
+            NetworkSetting::Enabled(false) => NetworkMode::None,
+            NetworkSetting::Enabled(true) => NetworkMode::Outbound,
+            NetworkSetting::Mode(mode) => mode,
+        }
+    }
+}
+
+/// The allowlist the options name (presets expanded, every entry checked).
+fn allowlist(options: &SandboxOptions) -> Result<Allowlist, ConfigError> {
+    let mut list = Allowlist::default();
+    for host in options.allow_hosts.iter().flatten() {
+        list.add_host(host)?;
+    }
+    for cidr in options.allow_cidrs.iter().flatten() {
+        list.add_cidr(cidr)?;
+    }
+    for port in options.allow_ports.iter().flatten() {
+        list.add_port(*port)?;
+    }
+    Ok(list)
 }
 
 /// Reads and parses one config file.
@@ -414,6 +482,7 @@ fn refuse_user_tables(path: &Path, config: &ConfigFile) -> Result<(), ConfigErro
             "images",
             config.images != crate::image_options::ImageOptions::default(),
         ),
+        ("network", config.network != NetworkOptions::default()),
     ];
     match tables.iter().find(|(_, set)| *set) {
         Some((table, _)) => Err(ConfigError::Parse {
@@ -449,13 +518,36 @@ pub fn resolve(
     };
 
     let mut policy = profile.policy();
-    if options.network == Some(false) {
-        policy.network = NetworkMode::None;
-    } else if options.network == Some(true) {
-        policy.network = NetworkMode::Outbound;
-    } else if backend == BackendKind::Microvm {
+    let allowlist = allowlist(&options)?;
+    let named = !allowlist.is_empty() || !allowlist.ports.is_empty();
+    match options.network.map(NetworkSetting::mode) {
+        Some(NetworkMode::Allowlist) if allowlist.is_empty() => {
+            return Err(ConfigError::EmptyAllowlist);
+        }
+        // Allowed hosts with no mode named mean an allowlist, never the open network.
+        Some(NetworkMode::Allowlist) | None if named => {
+            policy.network = NetworkMode::Allowlist;
+            if allowlist.is_empty() {
+                return Err(ConfigError::EmptyAllowlist);
+            }
+            policy.allowlist = allowlist;
+        }
+        // Entries and the open network contradict each other: the user has a mistake to
+        // hear about, not a wider network than they wrote down.
+        Some(NetworkMode::Outbound) if named => {
+            return Err(ConfigError::AllowlistWithoutMode(
+                NetworkMode::Outbound.as_str(),
+            ));
+        }
+        // `none` is narrower than any allowlist: entries from a lower layer just go unused.
+        Some(mode) => policy.network = mode,
         // A microVM gets no network device unless asked for one.
-        policy.network = NetworkMode::None;
+        None if backend == BackendKind::Microvm => policy.network = NetworkMode::None,
+        None => {}
+    }
+
+    if policy.network == NetworkMode::Allowlist && !backend.enforces_allowlist() {
+        return Err(ConfigError::AllowlistUnsupported(backend.as_str()));
     }
 
     let mut resources = profile.default_resources();
@@ -583,7 +675,7 @@ mod tests {
             memory: Some("64M".into()),
             pids: Some(32),
             timeout: Some("2s".into()),
-            network: Some(true),
+            network: Some(NetworkSetting::Enabled(true)),
             env: Some(vec!["A=1".into(), "A=2".into(), "B=3".into()]),
             ..Default::default()
         })
@@ -741,5 +833,62 @@ mod tests {
         std::fs::write(dir.path().join(PROJECT_FILE), "[sandbox]\npids = 77\n").unwrap();
         let options = load_options(SandboxOptions::default(), &nested).unwrap();
         assert_eq!(options.pids, Some(77));
+    }
+
+    #[test]
+    fn network_modes_and_allowlists() {
+        let with = |network: Option<&str>, hosts: &[&str], cidrs: &[&str]| {
+            resolve_default(SandboxOptions {
+                network: network.map(|m| NetworkSetting::Mode(m.parse().unwrap())),
+                allow_hosts: Some(hosts.iter().map(|h| h.to_string()).collect()),
+                allow_cidrs: Some(cidrs.iter().map(|c| c.to_string()).collect()),
+                ..Default::default()
+            })
+        };
+        let spec = with(
+            Some("allowlist"),
+            &["pypi", "*.example.org"],
+            &["10.0.0.0/8"],
+        )
+        .unwrap();
+        assert_eq!(spec.policy.network, NetworkMode::Allowlist);
+        assert!(spec.policy.allowlist.host_rule("pypi.org").is_some());
+        // Allowed hosts without a mode mean an allowlist, never the open network.
+        let spec = with(None, &["example.com"], &[]).unwrap();
+        assert_eq!(spec.policy.network, NetworkMode::Allowlist);
+        assert!(matches!(
+            with(Some("allowlist"), &[], &[]),
+            Err(ConfigError::EmptyAllowlist)
+        ));
+        assert!(matches!(
+            with(Some("open"), &["example.com"], &[]),
+            Err(ConfigError::AllowlistWithoutMode(_))
+        ));
+        assert!(with(Some("allowlist"), &["exa mple.com"], &[]).is_err());
+        let spec = with(Some("none"), &["example.com"], &[]).unwrap();
+        assert_eq!(spec.policy.network, NetworkMode::None);
+        assert!(spec.policy.allowlist.is_empty());
+        assert!("closed".parse::<NetworkMode>().is_err());
+    }
+
+    #[test]
+    fn network_setting_takes_booleans_and_modes() {
+        let file: ConfigFile = toml::from_str(
+            "[sandbox]\nnetwork = \"allowlist\"\nallow_hosts = [\"pypi\"]\nallow_ports = [443]\n",
+        )
+        .unwrap();
+        assert_eq!(
+            file.sandbox.network,
+            Some(NetworkSetting::Mode(NetworkMode::Allowlist))
+        );
+        let file: ConfigFile = toml::from_str("[sandbox]\nnetwork = false\n").unwrap();
+        assert_eq!(
+            file.sandbox.network.map(NetworkSetting::mode),
+            Some(NetworkMode::None)
+        );
+        assert!(toml::from_str::<ConfigFile>("[sandbox]\nnetwork = \"everywhere\"\n").is_err());
+        // Records written before `allowlist` existed keep their meaning.
+        let old: NetworkMode = serde_json::from_str("\"outbound\"").unwrap();
+        assert_eq!(old, NetworkMode::Outbound);
     }
 }

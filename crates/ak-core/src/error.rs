@@ -5,6 +5,20 @@ use std::path::PathBuf;
 /// Invalid user input: flags, config files, environment.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
+    #[error("unknown network mode '{0}' (expected none, allowlist or open)")]
+    UnknownNetworkMode(String),
+    #[error("bad allowlist entry '{entry}': {reason}")]
+    InvalidAllowlist { entry: String, reason: String },
+    #[error("network mode allowlist needs at least one allowed host or CIDR")]
+    EmptyAllowlist,
+    #[error(
+        "allowed hosts, CIDRs or ports were given but the network mode is {0}; use --network allowlist"
+    )]
+    AllowlistWithoutMode(&'static str),
+    #[error(
+        "the allowlist network is not enforced on the {0} backend yet (use --backend native, or --network none)"
+    )]
+    AllowlistUnsupported(&'static str),
     #[error("unknown profile '{0}' (expected permissive, moderate or restrictive)")]
     UnknownProfile(String),
     #[error("unknown backend '{0}' (expected native, gvisor, docker, podman, microvm or apple)")]

@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod config;
+pub mod egress;
 pub mod error;
 pub mod exec;
 pub mod host_image;

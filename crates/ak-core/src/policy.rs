@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::egress::Allowlist;
 use crate::error::ConfigError;
 use crate::resources::Resources;
 
@@ -56,6 +57,7 @@ impl Profile {
                 ],
                 read_only_root: true,
                 landlock: true,
+                allowlist: Allowlist::default(),
             },
             Profile::Moderate => SecurityPolicy {
                 profile: self,
@@ -72,6 +74,7 @@ impl Profile {
                 ],
                 read_only_root: true,
                 landlock: true,
+                allowlist: Allowlist::default(),
             },
             Profile::Restrictive => SecurityPolicy {
                 profile: self,
@@ -79,6 +82,7 @@ impl Profile {
                 capabilities: Vec::new(),
                 read_only_root: true,
                 landlock: true,
+                allowlist: Allowlist::default(),
             },
         }
     }
@@ -128,7 +132,12 @@ impl FromStr for Profile {
 pub enum NetworkMode {
     /// Its own network namespace with only loopback.
     None,
-    /// Outbound access through the host, never to the host's own loopback services.
+    /// Outbound access only to what [`SecurityPolicy::allowlist`] names, enforced on the
+    /// host side (`ak-egress`).
+    Allowlist,
+    /// Outbound access through the host to anywhere, never to the host's own loopback
+    /// services. Called `outbound` before `allowlist` existed; records keep that name.
+    #[serde(rename = "open", alias = "outbound")]
     Outbound,
 }
 
@@ -136,7 +145,26 @@ impl NetworkMode {
     pub fn as_str(self) -> &'static str {
         match self {
             NetworkMode::None => "none",
-            NetworkMode::Outbound => "outbound",
+            NetworkMode::Allowlist => "allowlist",
+            NetworkMode::Outbound => "open",
+        }
+    }
+
+    /// Whether the sandbox has an outbound interface at all.
+    pub fn has_network(self) -> bool {
+        self != NetworkMode::None
+    }
+}
+
+impl FromStr for NetworkMode {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(NetworkMode::None),
+            "allowlist" => Ok(NetworkMode::Allowlist),
+            "open" | "outbound" => Ok(NetworkMode::Outbound),
+            other => Err(ConfigError::UnknownNetworkMode(other.to_string())),
         }
     }
 }
@@ -213,6 +241,9 @@ pub struct SecurityPolicy {
     pub read_only_root: bool,
     /// Restrict file access with landlock where the kernel supports it.
     pub landlock: bool,
+    /// What a sandbox in [`NetworkMode::Allowlist`] may reach (empty otherwise).
+    #[serde(default, skip_serializing_if = "Allowlist::is_empty")]
+    pub allowlist: Allowlist,
 }
 
 impl SecurityPolicy {

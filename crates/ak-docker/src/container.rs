@@ -137,7 +137,9 @@ impl Plan<'_> {
             nano_cpus: spec.resources.cpus.map(|cpus| (cpus * 1e9) as i64),
             pids_limit: Some(i64::try_from(spec.resources.pids).unwrap_or(i64::MAX)),
             network_mode: match spec.policy.network {
-                NetworkMode::None => Some("none".into()),
+                // `resolve` refuses an allowlist for containers; should one get here, it
+                // gets no network rather than the engine's open one.
+                NetworkMode::None | NetworkMode::Allowlist => Some("none".into()),
                 // The engine's default network: outbound through NAT; the host's loopback
                 // is not the container's.
                 NetworkMode::Outbound => None,
@@ -182,12 +184,12 @@ impl Plan<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ak_core::config::{SandboxOptions, resolve};
+    use ak_core::config::{NetworkSetting, SandboxOptions, resolve};
 
     fn spec(profile: &str, network: Option<bool>) -> SandboxSpec {
         let options = SandboxOptions {
             profile: Some(profile.into()),
-            network,
+            network: network.map(NetworkSetting::Enabled),
             backend: Some("docker".into()),
             ..SandboxOptions::default()
         };

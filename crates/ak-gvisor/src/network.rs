@@ -7,7 +7,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
-use ak_native::network::{HelperTarget, NetworkHelper, SANDBOX_NAMESERVER};
+use ak_native::network::{HelperKind, HelperTarget, NetworkHelper, SANDBOX_NAMESERVER};
 
 use crate::error::GvisorError;
 
@@ -54,7 +54,8 @@ impl OutboundNetwork {
     /// Starts the helper for `netns` and waits until the interface is configured.
     pub fn start(netns: &Netns) -> Result<OutboundNetwork, GvisorError> {
         let mut helper =
-            NetworkHelper::start(HelperTarget::Netns(&netns.path())).map_err(helper_error)?;
+            NetworkHelper::start(HelperTarget::Netns(&netns.path()), HelperKind::Slirp)
+                .map_err(helper_error)?;
         helper.wait_ready().map_err(helper_error)?;
         Ok(OutboundNetwork { helper })
     }

@@ -226,6 +226,13 @@ impl MicrovmBackend {
 
     /// Checks what the spec asks for against what a VM here can give.
     fn check_spec(spec: &SandboxSpec) -> Result<(), MicrovmError> {
+        // Never the VM's NAT in its place: that would be the open network.
+        if spec.policy.network == NetworkMode::Allowlist {
+            return Err(MicrovmError::Unsupported(
+                "the allowlist network is not enforced for microVMs yet (use --backend native)"
+                    .into(),
+            ));
+        }
         if spec.policy.network != NetworkMode::None
             && let Some(why) = net::unavailable()
         {

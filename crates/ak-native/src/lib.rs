@@ -57,6 +57,12 @@ pub fn sandbox_root_host_ids() -> (u32, u32) {
 #[derive(Debug)]
 pub struct NativeBackend {
     agent_path: PathBuf,
+    /// The egress helper that enforces allowlists (`ak-egress`).
+    egress_path: PathBuf,
+    /// The resolver the egress helper asks (default: the host's).
+    upstream_dns: Option<std::net::SocketAddr>,
+    /// The state directory whose audit log the egress helper writes to.
+    audit_dir: Option<PathBuf>,
     /// What creating a sandbox needs (probed at the first creation).
     state: OnceLock<Result<Prepared, String>>,
     /// What reaching and releasing one needs: the cgroup layout alone, so that `exec`,
@@ -79,12 +85,47 @@ struct Prepared {
 
 impl NativeBackend {
     /// `agent_path` is the static `ak-agent` executable to run as each sandbox's init.
+    /// The egress helper is looked for beside it (`ak-egress`) unless
+    /// [`NativeBackend::with_egress`] says otherwise.
     pub fn new(agent_path: PathBuf) -> Self {
         NativeBackend {
+            egress_path: agent_path.with_file_name("ak-egress"),
+            upstream_dns: None,
+            audit_dir: None,
             agent_path,
             state: OnceLock::new(),
             cgroups: OnceLock::new(),
         }
+    }
+
+    /// The egress helper to run for allowlist sandboxes, the resolver it asks, and the
+    /// state directory whose audit log gets its verdicts.
+    pub fn with_egress(
+        mut self,
+        helper: PathBuf,
+        upstream_dns: Option<std::net::SocketAddr>,
+        audit_dir: Option<PathBuf>,
+    ) -> Self {
+        self.egress_path = helper;
+        self.upstream_dns = upstream_dns;
+        self.audit_dir = audit_dir;
+        self
+    }
+
+    /// Writes the egress helper's policy file for `spec` into the runtime directory.
+    fn write_egress_policy(
+        &self,
+        rundir: &RunDir,
+        spec: &SandboxSpec,
+    ) -> Result<PathBuf, NativeError> {
+        let path = rundir.path().join(EGRESS_POLICY_FILE);
+        ak_egress::PolicyFile {
+            allowlist: spec.policy.allowlist.clone(),
+            upstream_dns: self.upstream_dns,
+        }
+        .write(&path)
+        .map_err(|e| NativeError::Network(e.to_string()))?;
+        Ok(path)
     }
 
     fn prepared(&self) -> Result<&Prepared, NativeError> {
@@ -191,7 +232,7 @@ impl NativeBackend {
         std::fs::create_dir(&new_root)
             .map_err(NativeError::io(format!("create {}", new_root.display())))?;
 
-        let resolv_conf = if spec.policy.network == NetworkMode::Outbound {
+        let resolv_conf = if spec.policy.network.has_network() {
             let path = rundir.path().join("resolv.conf");
             std::fs::write(
                 &path,
@@ -243,10 +284,35 @@ impl NativeBackend {
         };
         // An ephemeral sandbox's network helper starts as soon as the child has its network
         // namespace; a persistent sandbox's is detached from us and starts afterwards.
-        let network = spec.policy.network == NetworkMode::Outbound;
+        let network = spec.policy.network.has_network();
+        let egress_policy = match spec.policy.network {
+            NetworkMode::Allowlist => match self.write_egress_policy(&rundir, spec) {
+                Ok(path) => Some(path),
+                Err(error) => {
+                    if let Some(cgroup) = &cgroup {
+                        let _ = cgroup.remove();
+                    }
+                    let _ = rundir.remove();
+                    return Err(error);
+                }
+            },
+            _ => None,
+        };
+        let kind = match &egress_policy {
+            Some(policy) => network::HelperKind::Egress {
+                program: &self.egress_path,
+                policy,
+                sandbox: &spec.id,
+                audit_dir: self.audit_dir.as_deref(),
+            },
+            None => network::HelperKind::Slirp,
+        };
         let mut helper = None;
         let mut start_helper = |pid: u32| -> Result<(), NativeError> {
-            helper = Some(NetworkHelper::start(network::HelperTarget::Process(pid))?);
+            helper = Some(NetworkHelper::start(
+                network::HelperTarget::Process(pid),
+                kind,
+            )?);
             Ok(())
         };
         let after_netns: Option<&mut dyn FnMut(u32) -> Result<(), NativeError>> =
@@ -330,7 +396,7 @@ impl NativeBackend {
                 };
                 if network {
                     // Dropping does not end a persistent sandbox, so a failure here must.
-                    if let Err(error) = self.start_persistent_network(&mut sandbox) {
+                    if let Err(error) = self.start_persistent_network(&mut sandbox, kind) {
                         let _ = sandbox.release();
                         return Err(error);
                     }
@@ -341,12 +407,16 @@ impl NativeBackend {
         }
     }
 
-    fn start_persistent_network(&self, sandbox: &mut NativeSandbox) -> Result<(), NativeError> {
+    fn start_persistent_network(
+        &self,
+        sandbox: &mut NativeSandbox,
+        kind: network::HelperKind<'_>,
+    ) -> Result<(), NativeError> {
         let Some(pidfd) = &sandbox.pidfd else {
             return Ok(());
         };
         let log = sandbox.rundir.path().join(persistent::NETWORK_LOG_FILE);
-        let pid = network::start_detached(sandbox.pid, pidfd, &log)?;
+        let pid = network::start_detached(sandbox.pid, kind, pidfd, &log)?;
         let helper = ProcessRef {
             pid,
             start_time: persistent::child_start_time(pid).unwrap_or_default(),
@@ -406,6 +476,9 @@ impl NativeBackend {
         }
     }
 }
+
+/// The egress helper's policy file in a sandbox's runtime directory (never visible inside).
+pub const EGRESS_POLICY_FILE: &str = "egress.json";
 
 /// A persistent sandbox's inheritance, opened before the clone: the listening socket, the
 /// runtime directory's lock and the agent's log.

@@ -1,7 +1,9 @@
-//! Outbound network for sandboxes whose policy allows it: `slirp4netns` gives the
-//! sandbox's own network namespace a user-mode NAT to the outside, with the host's
-//! loopback services out of reach (`--disable-host-loopback`). A sandbox without network
-//! keeps its empty namespace with only loopback, and no helper runs.
+//! Outbound network for sandboxes whose policy allows it. The open network: `slirp4netns`
+//! gives the sandbox's own network namespace a user-mode NAT to the outside, with the
+//! host's loopback services out of reach (`--disable-host-loopback`). An allowlist: our
+//! own egress helper (`ak-egress`, see that crate) holds a TUN device in the namespace and
+//! lets through only what the allowlist allows. A sandbox without network keeps its empty
+//! namespace with only loopback, and no helper runs.
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -32,6 +34,20 @@ pub enum HelperTarget<'a> {
     Netns(&'a Path),
 }
 
+/// Which helper gives a sandbox its network.
+#[derive(Debug, Clone, Copy)]
+pub enum HelperKind<'a> {
+    /// `slirp4netns`: NAT to anywhere (the open network).
+    Slirp,
+    /// Our egress helper at `program`, enforcing the policy file `policy`.
+    Egress {
+        program: &'a Path,
+        policy: &'a Path,
+        sandbox: &'a str,
+        audit_dir: Option<&'a Path>,
+    },
+}
+
 /// A running network helper for one sandbox.
 #[derive(Debug)]
 pub struct NetworkHelper {
@@ -44,10 +60,13 @@ pub struct NetworkHelper {
 impl NetworkHelper {
     /// Starts the helper for the namespaces of `pid`; call [`NetworkHelper::wait_ready`]
     /// before the sandbox's commands need the network.
-    pub fn start(target: HelperTarget<'_>) -> Result<NetworkHelper, NativeError> {
+    pub fn start(
+        target: HelperTarget<'_>,
+        kind: HelperKind<'_>,
+    ) -> Result<NetworkHelper, NativeError> {
         let (ready_read, ready_write) = pipe()?;
         let (exit_read, exit_write) = pipe()?;
-        let child = spawn_helper(target, &ready_write, Some(&exit_read), Stdio::piped())?;
+        let child = spawn_helper(target, kind, &ready_write, Some(&exit_read), Stdio::piped())?;
         drop(ready_write);
         drop(exit_read);
         Ok(NetworkHelper {
@@ -88,6 +107,7 @@ impl NetworkHelper {
 /// the helper's pid once the network is configured.
 pub(crate) fn start_detached(
     pid: u32,
+    kind: HelperKind<'_>,
     init_pidfd: &OwnedFd,
     log: &Path,
 ) -> Result<u32, NativeError> {
@@ -95,6 +115,7 @@ pub(crate) fn start_detached(
     let log_file = crate::persistent::open_log(log)?;
     let child = spawn_helper(
         HelperTarget::Process(pid),
+        kind,
         &ready_write,
         Some(init_pidfd),
         Stdio::from(log_file),
@@ -110,6 +131,7 @@ pub fn start_detached_in(netns: &Path, log: &Path) -> Result<u32, NativeError> {
     let log_file = crate::persistent::open_log(log)?;
     let child = spawn_helper(
         HelperTarget::Netns(netns),
+        HelperKind::Slirp,
         &ready_write,
         None,
         Stdio::from(log_file),
@@ -184,18 +206,81 @@ fn pipe() -> Result<(OwnedFd, OwnedFd), NativeError> {
 /// (if any) hangs up.
 fn spawn_helper(
     target: HelperTarget<'_>,
+    kind: HelperKind<'_>,
     ready: &OwnedFd,
     exit: Option<&OwnedFd>,
     stderr: Stdio,
 ) -> Result<Child, NativeError> {
+    let ready_fd = ready.as_raw_fd();
+    let exit_fd = exit.map(AsRawFd::as_raw_fd);
+    let mut command = match kind {
+        HelperKind::Slirp => slirp_command(target, ready_fd, exit_fd)?,
+        HelperKind::Egress {
+            program,
+            policy,
+            sandbox,
+            audit_dir,
+        } => {
+            let (netns, userns) = match target {
+                HelperTarget::Process(pid) => (
+                    PathBuf::from(format!("/proc/{pid}/ns/net")),
+                    Some(PathBuf::from(format!("/proc/{pid}/ns/user"))),
+                ),
+                HelperTarget::Netns(path) => (path.to_path_buf(), None),
+            };
+            let args = ak_egress::HelperArgs {
+                netns,
+                userns,
+                policy: policy.to_path_buf(),
+                ready_fd,
+                exit_fd,
+                sandbox: sandbox.to_string(),
+                audit_dir: audit_dir.map(Path::to_path_buf),
+            };
+            let mut command = Command::new(program);
+            command.args(args.to_args());
+            command
+        }
+    };
+    command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr);
+    // SAFETY: only fcntl on descriptors that exist in the forked child.
+    unsafe {
+        command.pre_exec(move || {
+            for fd in std::iter::once(ready_fd).chain(exit_fd) {
+                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+    let name = command.get_program().to_string_lossy().into_owned();
+    command.spawn().map_err(|e| match kind {
+        HelperKind::Egress { program, .. } if e.kind() == std::io::ErrorKind::NotFound => {
+            NativeError::Unavailable(format!(
+                "the allowlist network needs the egress helper {} (built beside agentkernel; set AGENTKERNEL_EGRESS)",
+                program.display()
+            ))
+        }
+        _ => NativeError::Network(format!("cannot start {name}: {e}")),
+    })
+}
+
+/// The `slirp4netns` command line for `target`.
+fn slirp_command(
+    target: HelperTarget<'_>,
+    ready_fd: i32,
+    exit_fd: Option<i32>,
+) -> Result<Command, NativeError> {
     // Missing from the host, not a failure of this sandbox: the caller sees "unavailable".
     let helper = find_helper().ok_or_else(|| {
         NativeError::Unavailable(format!(
             "outbound network needs {HELPER} (apt install {HELPER}); or run with --no-network"
         ))
     })?;
-    let ready_fd = ready.as_raw_fd();
-    let exit_fd = exit.map(AsRawFd::as_raw_fd);
     let mut command = Command::new(helper);
     command
         .args(["--configure", "--mtu=65520", "--disable-host-loopback"])
@@ -214,31 +299,14 @@ fn spawn_helper(
             command.arg("--netns-type=path").arg(path);
         }
     }
-    command
-        .arg("tap0")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr);
-    // SAFETY: only fcntl on descriptors that exist in the forked child.
-    unsafe {
-        command.pre_exec(move || {
-            for fd in std::iter::once(ready_fd).chain(exit_fd) {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
-    command
-        .spawn()
-        .map_err(|e| NativeError::Network(format!("cannot start {HELPER}: {e}")))
+    command.arg("tap0");
+    Ok(command)
 }
 
 /// The error for a helper that did not configure the network, from what it printed.
 fn failure(message: &str) -> NativeError {
     NativeError::Network(format!(
-        "{HELPER} failed: {}",
+        "the network helper failed: {}",
         if message.trim().is_empty() {
             "exited without configuring the network".to_string()
         } else {

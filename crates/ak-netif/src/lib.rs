@@ -52,6 +52,14 @@ impl Interfaces {
         check(unsafe { libc::ioctl(self.fd(), libc::SIOCSIFNETMASK, &request) })
     }
 
+    /// Sets the MTU of interface `name`.
+    pub fn set_mtu(&self, name: &str, mtu: u16) -> io::Result<()> {
+        let mut request = ifreq(name)?;
+        request.ifr_ifru.ifru_mtu = libc::c_int::from(mtu);
+        // SAFETY: SIOCSIFMTU reads an ifreq holding the MTU.
+        check(unsafe { libc::ioctl(self.fd(), libc::SIOCSIFMTU, &request) })
+    }
+
     /// Adds the default route through `gateway` (the interface is the one that reaches it).
     pub fn add_default_route(&self, gateway: Ipv4Addr) -> io::Result<()> {
         // SAFETY: rtentry is plain data; zeroed is a valid value for it (no device pointer:

@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 /// The file name of the audit log inside the state directory.
 pub const AUDIT_FILE: &str = "audit.log";
 
+/// The `source` of the egress helper's entries (one per connection or DNS verdict).
+pub const EGRESS_SOURCE: &str = "egress";
+
 /// Size at which `audit.log` is rotated.
 pub const ROTATE_BYTES: u64 = 16 << 20;
 /// Rotated generations kept (`audit.log.1` is the newest): with [`ROTATE_BYTES`], the log
@@ -233,6 +236,16 @@ impl AuditLog {
             }
         }
         std::fs::rename(&self.path, self.generation(1)).map_err(io)
+    }
+
+    /// How many connections and lookups the egress helper refused to sandbox `id` (the
+    /// helper names sandboxes by id).
+    pub fn egress_denied(&self, id: &str) -> Result<usize, AuditError> {
+        Ok(self
+            .read(Some(id))?
+            .iter()
+            .filter(|e| e.source == EGRESS_SOURCE && e.outcome == Outcome::Refused)
+            .count())
     }
 
     /// Every entry, oldest first (the oldest rotated file first, `audit.log` last); only

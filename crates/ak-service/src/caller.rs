@@ -211,7 +211,7 @@ fn host_memory_bytes() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ak_core::config::{SandboxOptions, resolve};
+    use ak_core::config::{NetworkSetting, SandboxOptions, resolve};
 
     fn spec(options: SandboxOptions) -> SandboxSpec {
         resolve(options, Path::new("/"), "0123456789abcdef".into()).expect("spec")
@@ -318,8 +318,14 @@ mod tests {
         };
         let open = spec(SandboxOptions::default());
         assert!(policy.admit(Caller::Api, &open).is_err());
+        // An allowlist is still network: refused where none is allowed.
+        let allowlist = spec(SandboxOptions {
+            allow_hosts: Some(vec!["pypi".into()]),
+            ..SandboxOptions::default()
+        });
+        assert!(policy.admit(Caller::Api, &allowlist).is_err());
         let closed = spec(SandboxOptions {
-            network: Some(false),
+            network: Some(NetworkSetting::Enabled(false)),
             ..SandboxOptions::default()
         });
         policy.admit(Caller::Api, &closed).expect("no network");

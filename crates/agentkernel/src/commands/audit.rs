@@ -18,6 +18,10 @@ pub fn audit(args: AuditArgs) -> i32 {
         .map_err(anyhow::Error::from)
         .and_then(|log| Ok(log.read(args.sandbox.as_deref())?))
     {
+        Ok(entries) if args.network => entries
+            .into_iter()
+            .filter(|e| e.source == ak_service::audit::EGRESS_SOURCE)
+            .collect(),
         Ok(entries) => entries,
         Err(error) => {
             exit::report(&error);

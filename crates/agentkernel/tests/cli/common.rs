@@ -37,6 +37,7 @@ fn shared_binaries() -> &'static PathBuf {
         for (name, source) in [
             ("agentkernel", env!("CARGO_BIN_EXE_agentkernel")),
             ("ak-agent", env!("CARGO_BIN_EXE_ak-agent")),
+            ("ak-egress", env!("CARGO_BIN_EXE_ak-egress")),
         ] {
             let staged = dir.join(format!(".{name}.{}", std::process::id()));
             std::fs::copy(source, &staged).unwrap();

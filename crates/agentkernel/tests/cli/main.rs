@@ -14,6 +14,7 @@ mod bench;
 mod common;
 mod daemon;
 mod docker;
+mod egress;
 mod escape;
 mod leaks;
 mod microvm;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ak_core::config::{SandboxOptions, resolve};
+use ak_core::config::{NetworkSetting, SandboxOptions, resolve};
 use ak_core::exec::ExecOptions;
 use ak_core::spec::new_sandbox_id;
 use ak_service::{Caller, CommandSession, ErrorClass, Placement, Service, ServiceError};
@@ -396,7 +396,7 @@ impl McpServer {
             SandboxOptions {
                 image: params.image,
                 profile: params.profile,
-                network: params.network,
+                network: params.network.map(NetworkSetting::Enabled),
                 volumes: params.volumes,
                 source,
                 ..SandboxOptions::default()
@@ -432,7 +432,7 @@ impl McpServer {
             SandboxOptions {
                 image: params.image,
                 profile: params.profile,
-                network: params.network,
+                network: params.network.map(NetworkSetting::Enabled),
                 memory: params.memory,
                 cpus: params.cpus,
                 volumes: params.volumes,

@@ -303,12 +303,24 @@ pub fn pool_key(spec: &SandboxSpec) -> Option<String> {
         return None;
     }
     let resources = &spec.resources;
+    // The allowlist is part of what a spare was made with (its egress helper enforces the
+    // one it started with): a spare must never serve a request for another list.
+    let allowlist = &spec.policy.allowlist;
+    let allowed = allowlist
+        .hosts
+        .iter()
+        .map(ToString::to_string)
+        .chain(allowlist.cidrs.iter().map(|net| format!("cidr:{net}")))
+        .chain(allowlist.ports.iter().map(|port| format!("port:{port}")))
+        .collect::<Vec<_>>()
+        .join(",");
     Some(format!(
-        "{}/{}/{}/{}/mem={}/pids={}/cpus={}/workdir={}",
+        "{}/{}/{}/{}[{}]/mem={}/pids={}/cpus={}/workdir={}",
         spec.backend,
         spec.image,
         spec.policy.profile,
         spec.policy.network.as_str(),
+        allowed,
         resources.memory_bytes,
         resources.pids,
         resources.cpus.map_or("unlimited".into(), |c| c.to_string()),

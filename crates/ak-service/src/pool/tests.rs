@@ -479,3 +479,22 @@ async fn a_busy_pool_wakes_its_maintenance_at_once_and_a_paused_one_waits_for_th
         .expect("a busy pool wakes its maintenance")
         .unwrap();
 }
+
+#[test]
+fn spares_of_one_allowlist_never_serve_another() {
+    let spec = |hosts: &[&str]| {
+        resolve(
+            SandboxOptions {
+                allow_hosts: Some(hosts.iter().map(|h| h.to_string()).collect()),
+                ..SandboxOptions::default()
+            },
+            std::path::Path::new("/"),
+            "0123456789abcdef0123456789abcdef".into(),
+        )
+        .unwrap()
+    };
+    let a = pool_key(&spec(&["a.example"])).unwrap();
+    assert_ne!(a, pool_key(&spec(&["b.example"])).unwrap());
+    assert_ne!(a, pool_key(&spec(&["a.example", "b.example"])).unwrap());
+    assert_eq!(a, pool_key(&spec(&["a.example"])).unwrap());
+}

@@ -1,0 +1,308 @@
+//! The allowlist network against a fake internet this test builds: a network namespace
+//! joined to the host by a veth pair, with a DNS server, an HTTP server and TCP/UDP echo
+//! services (`fake_internet.py`). The egress helper resolves and connects from the host,
+//! so its upstream resolver is the fake one (`[network] upstream_dns`). Traffic goes only to
+//! that namespace.
+
+use std::io::{BufRead, BufReader};
+use std::net::Ipv4Addr;
+use std::process::{Child, Command, Output, Stdio};
+
+use crate::common::{
+    Mode, agentkernel, assert_code, is_root, registry_path, shared_host, stderr, stdout,
+};
+
+fn sh(command: &str) -> Output {
+    Command::new("sh").args(["-c", command]).output().unwrap()
+}
+
+/// One fake internet at a time (its names are this process's).
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// The fake internet: a namespace with its services, removed on drop.
+struct FakeInternet {
+    _alone: std::sync::MutexGuard<'static, ()>,
+    /// Not while the leak tests compare the host before and after.
+    _host: std::sync::RwLockReadGuard<'static, ()>,
+    name: String,
+    host_if: String,
+    subnet: u8,
+    services: Child,
+    config: tempfile::NamedTempFile,
+}
+
+impl FakeInternet {
+    fn start() -> FakeInternet {
+        let host = shared_host();
+        let alone = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        assert!(
+            is_root(),
+            "the egress tests need root: they make a network namespace and a veth pair"
+        );
+        let pid = std::process::id();
+        let subnet = (pid % 250) as u8;
+        let (name, host_if, inner) = (
+            format!("akeg{pid}"),
+            format!("akeh{}", pid % 1_000_000),
+            format!("akei{}", pid % 1_000_000),
+        );
+        let made = sh(&format!(
+            "ip netns add {name} && ip link add {host_if} type veth peer name {inner} && \
+             ip link set {inner} netns {name} && ip addr add 198.18.{subnet}.1/30 dev {host_if} && \
+             ip link set {host_if} up && ip -n {name} addr add 198.18.{subnet}.2/30 dev {inner} && \
+             ip -n {name} link set {inner} up && ip -n {name} link set lo up"
+        ));
+        assert!(
+            made.status.success(),
+            "{}",
+            String::from_utf8_lossy(&made.stderr)
+        );
+        let script = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/cli/egress/fake_internet.py"
+        );
+        let address = Ipv4Addr::new(198, 18, subnet, 2).to_string();
+        let mut services = Command::new("ip")
+            .args(["netns", "exec", &name, "python3", script, &address])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("python3 is needed for the fake internet (apt-get install python3)");
+        let mut line = String::new();
+        BufReader::new(services.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert_eq!(line, "ready\n", "the fake internet did not start");
+        let config = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(
+            config.path(),
+            format!("[network]\nupstream_dns = \"{address}:53\"\n"),
+        )
+        .unwrap();
+        FakeInternet {
+            _alone: alone,
+            _host: host,
+            name,
+            host_if,
+            subnet,
+            services,
+            config,
+        }
+    }
+
+    fn address(&self) -> String {
+        format!("198.18.{}.2", self.subnet)
+    }
+
+    /// `agentkernel run FLAGS -- bash -c SCRIPT` with the fake resolver upstream.
+    fn run(&self, flags: &[&str], script: &str) -> Output {
+        let mut args = vec!["run"];
+        args.extend_from_slice(flags);
+        args.extend(["--", "bash", "-c", script]);
+        agentkernel(Mode::Root, &args)
+            .env("AGENTKERNEL_CONFIG", self.config.path())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for FakeInternet {
+    fn drop(&mut self) {
+        let _ = self.services.kill();
+        let _ = self.services.wait();
+        let _ = sh(&format!("ip netns del {}", self.name));
+        let _ = sh(&format!("ip link del {} 2>/dev/null", self.host_if));
+    }
+}
+
+/// The egress entries of the audit log.
+fn egress_audit() -> String {
+    let output = agentkernel(Mode::Root, &["audit", "--network"])
+        .output()
+        .unwrap();
+    assert_code(&output, 0);
+    stdout(&output)
+}
+
+const ALLOW: &[&str] = &[
+    "--allow-host",
+    "allowed.test",
+    "--allow-host",
+    "*.wild.test",
+];
+
+/// One line per check, `NAME=RESULT`, for the assertions below.
+const PROBES: &str = r#"
+ok() { echo "$1=yes"; }; no() { echo "$1=no"; }
+out=$(curl -sS --max-time 5 http://allowed.test/ 2>&1); echo "http=$out"
+getent hosts denied.test >/dev/null && ok denied_resolves || no denied_resolves
+getent ahostsv6 allowed.test | grep -v '::ffff:' | grep -q . && ok aaaa || no aaaa
+getent hosts rebind.wild.test >/dev/null && ok rebind_resolves || no rebind_resolves
+code=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H 'Host: denied.test' http://allowed.test/); echo "host_mismatch=$code"
+start=$(date +%s%N)
+(exec 3<>/dev/tcp/169.254.169.254/80) 2>/dev/null && ok metadata || no metadata
+echo "metadata_ms=$(( ($(date +%s%N) - start) / 1000000 ))"
+exec 4<>/dev/tcp/allowed.test/7 && echo raw-echo >&4 && read -t 5 line <&4 && echo "raw=$line"
+python3 - <<'PY'
+import socket
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1)
+s.sendto(b"ping", ("allowed.test", 9))
+try:
+    s.recvfrom(100); print("udp=answered")
+except OSError:
+    print("udp=dropped")
+try:
+    socket.create_connection(("2001:db8::7", 80), timeout=2); print("ipv6=connected")
+except OSError as e:
+    print("ipv6=refused")
+PY
+curl -sk --max-time 5 --connect-to denied.test:443:allowed.test:443 https://denied.test/ >/dev/null 2>&1
+echo sni=done
+"#;
+
+#[test]
+fn allowlist_lets_through_only_allowed_names() {
+    let internet = FakeInternet::start();
+    let output = internet.run(ALLOW, PROBES);
+    let text = stdout(&output);
+    assert_code(&output, 0);
+    let has = |line: &str| text.lines().any(|l| l == line);
+    assert!(
+        has("http=fake internet: allowed.test"),
+        "an allowed name over HTTP: {text}\n{}",
+        stderr(&output)
+    );
+    assert!(has("denied_resolves=no"), "a name not on the list: {text}");
+    assert!(has("aaaa=no"), "no IPv6 answers: {text}");
+    assert!(
+        has("rebind_resolves=no"),
+        "a wildcard name rebound to the metadata service: {text}"
+    );
+    assert!(
+        has("host_mismatch=403"),
+        "an HTTP Host not on the list: {text}"
+    );
+    assert!(has("metadata=no"), "the metadata address: {text}");
+    let metadata_ms: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("metadata_ms="))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(
+        metadata_ms < 1000,
+        "a denied connection fails fast, not after a hang: {metadata_ms} ms"
+    );
+    assert!(
+        has("raw=raw-echo"),
+        "raw TCP to an allowed name and port: {text}"
+    );
+    assert!(has("udp=dropped"), "UDP other than DNS: {text}");
+    assert!(has("ipv6=refused"), "IPv6: {text}");
+    let audit = egress_audit();
+    for expected in [
+        "dns denied.test: not an allowed host",
+        "TLS server name denied.test is not an allowed host",
+        "HTTP Host denied.test is not an allowed host",
+        "169.254.169.254 port 80: not an address an allowed name resolved to",
+        "port 9: UDP goes only to the sandbox resolver",
+        "port 7: host allowed.test",
+    ] {
+        assert!(
+            audit.contains(expected),
+            "audit lacks {expected:?}:\n{audit}"
+        );
+    }
+    let _ = registry_path(Mode::Root);
+}
+
+#[test]
+fn ip_literals_need_an_allowed_cidr() {
+    let internet = FakeInternet::start();
+    let address = internet.address();
+    let script = format!(
+        "start=$(date +%s%N); (exec 3<>/dev/tcp/{address}/7) 2>/dev/null && echo literal=yes || echo literal=no; \
+         echo \"ms=$(( ($(date +%s%N) - start) / 1000000 ))\""
+    );
+    // The address of an allowed name, never resolved in this sandbox: refused at once.
+    let output = internet.run(ALLOW, &script);
+    let text = stdout(&output);
+    assert!(text.contains("literal=no"), "{text}\n{}", stderr(&output));
+    let ms: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("ms="))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(ms < 1000, "refused, not hung: {ms} ms");
+    // The same address through an allowed CIDR.
+    let cidr = format!("{address}/32");
+    let output = internet.run(&["--network", "allowlist", "--allow-cidr", &cidr], &script);
+    assert!(
+        stdout(&output).contains("literal=yes"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
+fn allowlist_flags_are_checked() {
+    let internet = FakeInternet::start();
+    for (flags, message) in [
+        (
+            &["--network", "allowlist"][..],
+            "needs at least one allowed host",
+        ),
+        (
+            &["--network", "open", "--allow-host", "a.test"][..],
+            "network mode is open",
+        ),
+        (
+            &["--allow-host", "*.test"][..],
+            "a wildcard needs at least two labels",
+        ),
+        (&["--allow-cidr", "10.0.0.1/8"][..], "host bits are set"),
+        (&["--network", "everywhere"][..], "unknown network mode"),
+    ] {
+        let output = internet.run(flags, "true");
+        assert_code(&output, 2);
+        assert!(
+            stderr(&output).contains(message),
+            "{flags:?}: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[test]
+fn a_named_sandbox_keeps_its_allowlist_and_counts_denials() {
+    let internet = FakeInternet::start();
+    let name = format!("egress-{}", std::process::id());
+    let ak = |args: &[&str]| {
+        agentkernel(Mode::Root, args)
+            .env("AGENTKERNEL_CONFIG", internet.config.path())
+            .output()
+            .unwrap()
+    };
+    assert_code(&ak(&["create", &name, "--allow-host", "allowed.test"]), 0);
+    assert_code(&ak(&["start", &name]), 0);
+    let probe = "curl -sS --max-time 5 http://allowed.test/; \
+                 getent hosts denied.test || echo denied=nxdomain";
+    let output = ak(&["exec", &name, "--", "bash", "-c", probe]);
+    let text = stdout(&output);
+    let _ = ak(&["stop", &name]);
+    let inspect = ak(&["inspect", &name]);
+    let _ = ak(&["remove", &name, "--force"]);
+    assert!(
+        text.contains("fake internet: allowed.test"),
+        "{text}\n{}",
+        stderr(&output)
+    );
+    assert!(text.contains("denied=nxdomain"), "{text}");
+    let shown = stdout(&inspect);
+    assert!(shown.contains("network:  allowlist"), "{shown}");
+    assert!(shown.contains("allow:    host allowed.test"), "{shown}");
+    let denied: usize = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("denied:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(denied >= 1, "{shown}");
+}

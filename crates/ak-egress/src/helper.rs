@@ -1,0 +1,276 @@
+//! The helper process: its arguments, its policy file, and its main loop.
+
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ak_core::egress::Allowlist;
+use ipstack::{IpStack, IpStackConfig, IpStackStream};
+use serde::{Deserialize, Serialize};
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::audit::AuditSink;
+use crate::device::GatedTun;
+use crate::error::EgressError;
+use crate::gate::Gate;
+
+/// What the helper enforces, as the host writes it (JSON, replaced whole by rename; the
+/// helper reads it again whenever it changes).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyFile {
+    pub allowlist: Allowlist,
+    /// The resolver allowed names are asked of (default: the host's first `nameserver`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_dns: Option<SocketAddr>,
+}
+
+impl PolicyFile {
+    pub fn read(path: &Path) -> Result<PolicyFile, EgressError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(EgressError::io(format!("read {}", path.display())))?;
+        serde_json::from_str(&text).map_err(|e| EgressError::Policy {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })
+    }
+
+    /// Writes the file whole: a temporary file beside it renamed over it, so that the
+    /// helper never reads half of it.
+    pub fn write(&self, path: &Path) -> Result<(), EgressError> {
+        let json = serde_json::to_vec_pretty(self).map_err(|e| EgressError::Policy {
+            path: path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        let temporary = path.with_extension("json.new");
+        std::fs::write(&temporary, json)
+            .map_err(EgressError::io(format!("write {}", temporary.display())))?;
+        std::fs::rename(&temporary, path)
+            .map_err(EgressError::io(format!("rename {}", temporary.display())))
+    }
+}
+
+/// The helper's command line: `--netns PATH --policy FILE --ready-fd N [--exit-fd N]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HelperArgs {
+    /// The sandbox's network namespace (`/proc/PID/ns/net` or a namespace file).
+    pub netns: PathBuf,
+    /// The sandbox's user namespace, entered first when the helper is not root.
+    pub userns: Option<PathBuf>,
+    pub policy: PathBuf,
+    /// Gets one byte once the sandbox's network is up.
+    pub ready_fd: i32,
+    /// The helper ends when this becomes readable: the end of a pipe whose other end the
+    /// host holds, or a pidfd of the sandbox's init.
+    pub exit_fd: Option<i32>,
+    /// The sandbox's id, for the audit log.
+    pub sandbox: String,
+    /// The state directory whose audit log gets every verdict (none: verdicts go to the
+    /// helper's own log only).
+    pub audit_dir: Option<PathBuf>,
+}
+
+impl HelperArgs {
+    pub fn parse(args: impl IntoIterator<Item = String>) -> Result<HelperArgs, EgressError> {
+        let (mut netns, mut policy, mut ready_fd, mut exit_fd) = (None, None, None, None);
+        let (mut sandbox, mut audit_dir, mut userns) = (None, None, None);
+        let mut args = args.into_iter();
+        let fd = |value: Option<String>, flag: &str| -> Result<i32, EgressError> {
+            value
+                .as_deref()
+                .and_then(|v| v.parse().ok())
+                .filter(|fd: &i32| *fd >= 0)
+                .ok_or_else(|| EgressError::Usage(format!("{flag} takes a file descriptor")))
+        };
+        while let Some(flag) = args.next() {
+            match flag.as_str() {
+                "--netns" => netns = args.next().map(PathBuf::from),
+                "--userns" => userns = args.next().map(PathBuf::from),
+                "--policy" => policy = args.next().map(PathBuf::from),
+                "--ready-fd" => ready_fd = Some(fd(args.next(), "--ready-fd")?),
+                "--exit-fd" => exit_fd = Some(fd(args.next(), "--exit-fd")?),
+                "--sandbox" => sandbox = args.next(),
+                "--audit-dir" => audit_dir = args.next().map(PathBuf::from),
+                other => return Err(EgressError::Usage(format!("unknown argument {other}"))),
+            }
+        }
+        let missing = |flag: &str| EgressError::Usage(format!("{flag} is required"));
+        Ok(HelperArgs {
+            netns: netns.ok_or_else(|| missing("--netns"))?,
+            userns,
+            policy: policy.ok_or_else(|| missing("--policy"))?,
+            ready_fd: ready_fd.ok_or_else(|| missing("--ready-fd"))?,
+            exit_fd,
+            sandbox: sandbox.ok_or_else(|| missing("--sandbox"))?,
+            audit_dir,
+        })
+    }
+
+    /// The arguments that give `self` back from [`HelperArgs::parse`].
+    pub fn to_args(&self) -> Vec<String> {
+        let mut args = vec![
+            "--netns".to_string(),
+            self.netns.display().to_string(),
+            "--policy".to_string(),
+            self.policy.display().to_string(),
+            "--ready-fd".to_string(),
+            self.ready_fd.to_string(),
+            "--sandbox".to_string(),
+            self.sandbox.clone(),
+        ];
+        if let Some(userns) = &self.userns {
+            args.extend(["--userns".to_string(), userns.display().to_string()]);
+        }
+        if let Some(dir) = &self.audit_dir {
+            args.extend(["--audit-dir".to_string(), dir.display().to_string()]);
+        }
+        if let Some(fd) = self.exit_fd {
+            args.extend(["--exit-fd".to_string(), fd.to_string()]);
+        }
+        args
+    }
+}
+
+/// Runs the helper until its exit descriptor says so. Call it before any other thread
+/// exists (it changes its thread's network namespace for a moment).
+pub fn run(args: HelperArgs, audit: Arc<dyn AuditSink>) -> Result<(), EgressError> {
+    // SAFETY: the descriptors were given to this process to own, by its parent.
+    let ready = unsafe { OwnedFd::from_raw_fd(args.ready_fd) };
+    // SAFETY: as above.
+    let exit = args.exit_fd.map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+    let policy = PolicyFile::read(&args.policy)?;
+    let upstream = policy
+        .upstream_dns
+        .or_else(crate::dns::system_resolver)
+        .ok_or_else(|| {
+            EgressError::Usage(
+                "no upstream resolver: /etc/resolv.conf names none; set upstream_dns under [network]"
+                    .into(),
+            )
+        })?;
+    let gate = Arc::new(Gate::from_file(
+        args.policy.clone(),
+        crate::tun::host_addresses(),
+    )?);
+    let tun = crate::tun::open_in(&args.netns, args.userns.as_deref())?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(EgressError::io("start the runtime"))?;
+    runtime.block_on(serve(tun, gate, audit, upstream, ready, exit))
+}
+
+async fn serve(
+    tun: OwnedFd,
+    gate: Arc<Gate>,
+    audit: Arc<dyn AuditSink>,
+    upstream: SocketAddr,
+    ready: OwnedFd,
+    exit: Option<OwnedFd>,
+) -> Result<(), EgressError> {
+    let device = GatedTun::new(tun, gate.clone(), audit.clone())
+        .map_err(EgressError::io("watch the TUN device"))?;
+    let mut config = IpStackConfig::default();
+    config.mtu_unchecked(crate::MTU);
+    // ipstack's defaults (16 KiB in flight, 16 KiB read buffer) hold a bulk download to a
+    // small fraction of the open network's speed; its 60 s timeout would cut idle but
+    // live connections (a language server, a held database connection).
+    let mut tcp = ipstack::TcpConfig::default();
+    tcp.max_unacked_bytes = 4 << 20;
+    tcp.read_buffer_size = 1 << 20;
+    tcp.timeout = std::time::Duration::from_secs(2 * 3600);
+    config.with_tcp_config(tcp);
+    let mut stack = IpStack::new(config, device);
+    rustix::io::write(&ready, &[1]).map_err(|e| EgressError::io("report readiness")(e.into()))?;
+    drop(ready);
+    let exit = exit
+        // SAFETY: the OwnedFd moves into the AsyncFd, which owns it for its whole life.
+        .map(|fd| unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from))
+        .transpose()
+        .map_err(EgressError::io("watch the exit descriptor"))?;
+    let exited = async {
+        match &exit {
+            Some(fd) => {
+                let _ = fd.readable().await;
+            }
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(exited);
+    let resolver = SocketAddr::new(IpAddr::V4(crate::RESOLVER), 53);
+    loop {
+        let stream = tokio::select! {
+            _ = &mut exited => return Ok(()),
+            stream = stack.accept() => match stream {
+                Ok(stream) => stream,
+                // The stack ended: its device failed (the namespace is gone).
+                Err(_) => return Ok(()),
+            },
+        };
+        match stream {
+            IpStackStream::Tcp(tcp) => {
+                let destination = tcp.peer_addr();
+                tokio::spawn(crate::relay::relay(
+                    tcp,
+                    destination,
+                    gate.clone(),
+                    audit.clone(),
+                ));
+            }
+            IpStackStream::Udp(mut udp) if udp.peer_addr() == resolver => {
+                let (gate, audit) = (gate.clone(), audit.clone());
+                tokio::spawn(async move {
+                    let mut query = vec![0u8; 4096];
+                    // Ends when the flow has been idle for the stack's UDP timeout.
+                    while let Ok(n) = udp.read(&mut query).await {
+                        if n == 0 {
+                            break;
+                        }
+                        if let Some(answer) =
+                            crate::dns::answer(&gate, &audit, upstream, &query[..n]).await
+                            && udp.write_all(&answer).await.is_err()
+                        {
+                            break;
+                        }
+                    }
+                });
+            }
+            // The device lets nothing else through; dropping it answers nothing.
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arguments_round_trip() {
+        let args = HelperArgs {
+            netns: "/proc/7/ns/net".into(),
+            userns: Some("/proc/7/ns/user".into()),
+            policy: "/run/x/egress.json".into(),
+            ready_fd: 3,
+            exit_fd: Some(4),
+            sandbox: "0123".into(),
+            audit_dir: Some("/var/lib/agentkernel".into()),
+        };
+        assert_eq!(HelperArgs::parse(args.to_args()).unwrap(), args);
+        for bad in [
+            vec!["--netns"],
+            vec!["--netns", "/x", "--policy", "/p"],
+            vec!["--netns", "/x", "--policy", "/p", "--ready-fd", "-1"],
+            vec!["--netns", "/x", "--policy", "/p", "--ready-fd", "3"],
+            vec!["--bogus"],
+        ] {
+            assert!(
+                HelperArgs::parse(bad.iter().map(|s| s.to_string())).is_err(),
+                "{bad:?}"
+            );
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! One TCP connection from the sandbox: checked again against the gate, its first bytes
+//! checked (TLS SNI, HTTP `Host`), then joined to a real connection from the host.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ak_core::egress::Rule;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::audit::{AuditSink, Event, Verdict};
+use crate::gate::Gate;
+use crate::peek::{MAX_OPENING, Opening, classify};
+
+/// How long a connection may stay silent before it is judged by its address alone (a
+/// protocol where the server speaks first: SSH, SMTP).
+const OPENING_WAIT: Duration = Duration::from_millis(300);
+/// How long connecting to the destination may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Relays `client` (a connection the sandbox opened to `destination`) if the policy
+/// allows it; returns when both directions are done.
+pub async fn relay<C>(
+    mut client: C,
+    destination: SocketAddr,
+    gate: Arc<Gate>,
+    audit: Arc<dyn AuditSink>,
+) where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut event = Event {
+        protocol: "tcp",
+        name: gate.names_of(destination.ip()),
+        address: Some(destination.ip()),
+        port: destination.port(),
+        verdict: Verdict::Denied,
+        rule: String::new(),
+        closed: false,
+        sent: 0,
+        received: 0,
+    };
+    // The SYN passed the gate; the policy may have changed since.
+    let rule = match gate.connect(destination) {
+        Ok(rule) => rule,
+        Err(reason) => {
+            event.rule = reason;
+            audit.record(&event);
+            return;
+        }
+    };
+    // Connecting while the opening arrives keeps set-up to one round trip; the address is
+    // allowed already, and nothing is sent before the opening is judged.
+    let (opening, upstream) = tokio::join!(
+        read_opening(&mut client),
+        tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination))
+    );
+    let opening = match opening {
+        Ok(opening) => opening,
+        Err(_) => return,
+    };
+    let rule = match judge(&gate, &opening, rule) {
+        Ok(rule) => rule,
+        Err((name, reason, http)) => {
+            if http {
+                let body = format!("agentkernel: egress policy: {reason}\n");
+                let response = format!(
+                    "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = client.write_all(response.as_bytes()).await;
+                let _ = client.shutdown().await;
+            }
+            event.name = Some(name);
+            event.rule = reason;
+            audit.record(&event);
+            return;
+        }
+    };
+    let mut upstream = match upstream {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            event.rule = format!("allowed by {rule}, but the connection failed: {error}");
+            audit.record(&event);
+            return;
+        }
+        Err(_) => {
+            event.rule = format!("allowed by {rule}, but the connection timed out");
+            audit.record(&event);
+            return;
+        }
+    };
+    let _ = upstream.set_nodelay(true);
+    event.verdict = Verdict::Allowed;
+    event.rule = rule.to_string();
+    audit.record(&event);
+    event.closed = true;
+    if let Err(error) = upstream.write_all(&opening.bytes).await {
+        tracing::debug!("{destination}: {error}");
+    } else {
+        event.sent = opening.bytes.len() as u64;
+        if let Ok((sent, received)) =
+            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
+        {
+            event.sent += sent;
+            event.received = received;
+        }
+    }
+    audit.record(&event);
+}
+
+/// The first bytes of a connection and what they are.
+struct Read {
+    bytes: Vec<u8>,
+    kind: Opening,
+}
+
+/// Reads until the opening can be judged, the connection stays silent for
+/// [`OPENING_WAIT`], or [`MAX_OPENING`] bytes arrived.
+async fn read_opening<C: AsyncRead + Unpin>(client: &mut C) -> std::io::Result<Read> {
+    let mut bytes = Vec::new();
+    let mut chunk = vec![0u8; 4096];
+    loop {
+        let read = tokio::time::timeout(OPENING_WAIT, client.read(&mut chunk)).await;
+        let n = match read {
+            Err(_silent) => break,
+            Ok(result) => result?,
+        };
+        if n == 0 {
+            break;
+        }
+        bytes.extend_from_slice(&chunk[..n]);
+        let kind = classify(&bytes);
+        if kind != Opening::Incomplete || bytes.len() >= MAX_OPENING {
+            return Ok(Read { bytes, kind });
+        }
+    }
+    let kind = match classify(&bytes) {
+        Opening::Incomplete => Opening::Other,
+        kind => kind,
+    };
+    Ok(Read { bytes, kind })
+}
+
+/// The rule that lets this opening through, or (the name it named, why not, whether to
+/// answer with an HTTP 403).
+fn judge(gate: &Gate, opening: &Read, by_address: Rule) -> Result<Rule, (String, String, bool)> {
+    match &opening.kind {
+        Opening::Tls(Some(name)) => gate
+            .named_host(name)
+            .map_err(|reason| (name.clone(), format!("TLS server name {reason}"), false)),
+        Opening::Http(Some(host)) => gate
+            .named_host(host)
+            .map_err(|reason| (host.clone(), format!("HTTP Host {reason}"), true)),
+        // No name to check: the address alone decided.
+        Opening::Tls(None) | Opening::Http(None) | Opening::Other | Opening::Incomplete => {
+            Ok(by_address)
+        }
+    }
+}

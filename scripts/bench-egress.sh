@@ -1,0 +1,63 @@
+#!/usr/bin/env bash
+# The allowlist network against the open one and none, side by side in one run (root):
+#  1. cold `run -- true` with --no-network, the default open network, and an allowlist;
+#  2. download throughput of 64 MiB from a fake internet (a network namespace joined by a
+#     veth pair, crates/agentkernel/tests/cli/egress/fake_internet.py), open vs allowlist;
+#  3. TCP connection set-up latency (p50/p99 of 300 connects to an echo service).
+# Usage: scripts/bench-egress.sh [BIN_DIR]   (default target/x86_64-unknown-linux-gnu/release)
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+bin=${1:-$root/target/x86_64-unknown-linux-gnu/release}
+ak=$bin/agentkernel
+ns=akbench$$ hif=akbh$$ iif=akbi$$
+address=198.18.250.2
+state=$(mktemp -d)
+config=$state/config.toml
+printf '[network]\nupstream_dns = "%s:53"\n' "$address" > "$config"
+cleanup() {
+  kill "$services" 2>/dev/null || true
+  ip netns del "$ns" 2>/dev/null || true
+  ip link del "$hif" 2>/dev/null || true
+  rm -rf "$state"
+}
+trap cleanup EXIT
+ip netns add "$ns"
+ip link add "$hif" type veth peer name "$iif"
+ip link set "$iif" netns "$ns"
+ip addr add 198.18.250.1/30 dev "$hif" && ip link set "$hif" up
+ip -n "$ns" addr add "$address/30" dev "$iif" && ip -n "$ns" link set "$iif" up && ip -n "$ns" link set lo up
+ip netns exec "$ns" python3 "$root/crates/agentkernel/tests/cli/egress/fake_internet.py" "$address" > "$state/ready" &
+services=$!
+while ! grep -q ready "$state/ready" 2>/dev/null; do sleep 0.1; done
+
+export AGENTKERNEL_CONFIG=$config AGENTKERNEL_REGISTRY=$state/registry.db AGENTKERNEL_AGENT=$bin/ak-agent AGENTKERNEL_EGRESS=$bin/ak-egress
+allow=(--allow-host allowed.test)
+
+echo "== cold run -- true"
+hyperfine -N --warmup 5 --runs 60 \
+  "$ak run --no-network -- true" \
+  "$ak run -- true" \
+  "$ak run ${allow[*]} -- true"
+
+echo "== download 64 MiB (MB/s), three each, alternating"
+for i in 1 2 3; do
+  open=$("$ak" run -- curl -s -o /dev/null -w '%{speed_download}' "http://$address/big")
+  policy=$("$ak" run "${allow[@]}" -- curl -s -o /dev/null -w '%{speed_download}' "http://allowed.test/big")
+  echo "open $(( ${open%.*} / 1000000 )) allowlist $(( ${policy%.*} / 1000000 ))"
+done
+
+echo "== connect latency, 300 connects (ms)"
+probe='
+import socket, sys, time
+target = sys.argv[1]
+socket.getaddrinfo(target, 7)
+times = []
+for _ in range(300):
+    start = time.perf_counter()
+    s = socket.create_connection((target, 7)); s.sendall(b"x"); s.recv(1); s.close()
+    times.append((time.perf_counter() - start) * 1000)
+times.sort()
+print("p50 %.3f p99 %.3f" % (times[149], times[296]))
+'
+echo "open      $("$ak" run -- python3 -c "$probe" "$address")"
+echo "allowlist $("$ak" run "${allow[@]}" -- python3 -c "$probe" allowed.test)"
