@@ -9,6 +9,7 @@
 
 #[path = "../../../ak-image/tests/common/mod.rs"]
 mod registry;
+mod run_microvm;
 mod run_native;
 
 use std::path::Path;
