@@ -481,8 +481,9 @@ pub struct RunArgs {
     /// (default) or always.
     #[arg(long, default_value_t = ak_image::PullPolicy::Missing)]
     pub pull: ak_image::PullPolicy,
-    /// The command and its arguments (after `--`).
-    #[arg(last = true, required = true, value_name = "CMD")]
+    /// The command and its arguments (after `--`). Without one, an OCI image's own
+    /// `Entrypoint`/`Cmd` runs, as `docker run IMAGE` does.
+    #[arg(last = true, value_name = "CMD")]
     pub command: Vec<String>,
 }
 

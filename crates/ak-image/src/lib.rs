@@ -24,6 +24,7 @@ mod auth;
 mod error;
 mod lock;
 mod pull;
+mod reference;
 mod store;
 mod unpack;
 
@@ -33,7 +34,8 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 pub use error::ImageError;
-pub use store::{Store, normalize};
+pub use reference::normalize;
+pub use store::Store;
 
 /// How image uids/gids are written on disk: image id N is stored as `base + N`, so that a
 /// user namespace mapping 0 → `base` (range `range`) shows files with their image owners.

@@ -19,7 +19,8 @@ use serde::Deserialize;
 use crate::auth::auth_for;
 use crate::error::ImageError;
 use crate::lock::LockFile;
-use crate::store::{LayerFile, Store, hex_of, normalize, read_layer_file, uuid_like};
+use crate::reference::normalize;
+use crate::store::{LayerFile, Store, hex_of, read_layer_file, uuid_like};
 use crate::unpack::{Compression, unpack};
 use crate::{ImageInfo, LayerInfo, LayerOutcome, PullOptions, PullProgress, host_platform};
 

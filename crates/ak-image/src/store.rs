@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::error::ImageError;
 use crate::lock::LockFile;
+use crate::reference::normalize;
 use crate::{IdShift, ImageInfo, Pruned, PullOptions, PullPolicy, PullProgress, StoreSize};
 
 /// The layout version written in `store.json`.
@@ -364,18 +365,6 @@ fn parse_record(path: &Path, bytes: &[u8]) -> Result<ImageInfo, ImageError> {
         what: "image record",
         why: format!("{}: {e}", path.display()),
     })
-}
-
-/// `busybox` → `docker.io/library/busybox:latest`: one name per image, however written.
-pub fn normalize(reference: &str) -> Result<String, ImageError> {
-    let parsed: oci_client::Reference =
-        reference
-            .parse()
-            .map_err(|e: oci_client::ParseError| ImageError::InvalidReference {
-                reference: reference.to_string(),
-                why: e.to_string(),
-            })?;
-    Ok(parsed.whole())
 }
 
 /// The hex part of a `sha256:…` digest (already validated where it came in).

@@ -37,7 +37,7 @@ pub enum ServiceError {
     /// The agent could not start the command (not found, not executable, bad user).
     #[error("{0}")]
     Command(AgentError),
-    #[error("no command given")]
+    #[error("no command given, and no image Entrypoint or Cmd to run instead")]
     EmptyCommand,
     #[error("{0}")]
     InvalidInput(String),

@@ -31,17 +31,25 @@ impl Service {
             return Ok(());
         };
         if spec.backend == BackendKind::Microvm {
-            // A VM boots a disk: built from the store's layers when the store has the image
-            // (or `--pull always` asks the registry), else exported through a container
-            // engine as before, so an image only Docker has still boots. The default Debian
-            // root is `setup`'s, never an OCI image.
+            // A VM boots a disk built from the store's layers, pulled into the store as on
+            // every backend: no container engine is needed. Only an image that no
+            // registry here has (one built locally, or Docker Hub out of reach) is left
+            // to the engine's export, so an image only Docker has still boots. The default
+            // Debian root is `setup`'s, never an OCI image.
             if name == MICROVM_BASE_IMAGE {
                 return Ok(());
             }
-            let stored = if pull == PullPolicy::Always {
-                Some(self.ensure_image(name, pull, &NoProgress).await?)
-            } else {
-                self.stored_image(name)?
+            let stored = match pull {
+                PullPolicy::Never => self.stored_image(name)?,
+                PullPolicy::Always => Some(self.ensure_image(name, pull, &NoProgress).await?),
+                PullPolicy::Missing => match self.ensure_image(name, pull, &NoProgress).await {
+                    Ok(stored) => Some(stored),
+                    Err(ServiceError::Image(
+                        ak_image::ImageError::UnknownImage { .. }
+                        | ak_image::ImageError::Unreachable { .. },
+                    )) => None,
+                    Err(e) => return Err(e),
+                },
             };
             if let Some(stored) = stored {
                 spec.image = ImageRef::Stored(stored);

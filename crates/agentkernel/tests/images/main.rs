@@ -7,6 +7,7 @@
     reason = "test helpers outside #[test] functions panic on failure by design"
 )]
 
+mod python_like;
 #[path = "../../../ak-image/tests/common/mod.rs"]
 mod registry;
 mod run_microvm;

@@ -100,13 +100,18 @@ pub struct Blob {
     pub media_type: String,
     pub bytes: Vec<u8>,
     pub digest: String,
+    /// For a layer, the digest of its uncompressed tar (the config's `diff_ids`, which
+    /// Docker checks); the blob's own digest otherwise.
+    pub diff_id: String,
 }
 
 impl Blob {
     pub fn new(media_type: &str, bytes: Vec<u8>) -> Blob {
+        let digest = sha256(&bytes);
         Blob {
             media_type: media_type.into(),
-            digest: sha256(&bytes),
+            diff_id: digest.clone(),
+            digest,
             bytes,
         }
     }
@@ -122,7 +127,10 @@ pub const GZIP_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub fn gzip_layer(tar: &[u8]) -> Blob {
     let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     encoder.write_all(tar).unwrap();
-    Blob::new(GZIP_LAYER, encoder.finish().unwrap())
+    Blob {
+        diff_id: sha256(tar),
+        ..Blob::new(GZIP_LAYER, encoder.finish().unwrap())
+    }
 }
 
 /// An image: its layers (lowest first) and configuration.
@@ -138,7 +146,7 @@ impl Image {
             "architecture": arch,
             "os": "linux",
             "config": runtime,
-            "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.digest.clone()).collect::<Vec<_>>()},
+            "rootfs": {"type": "layers", "diff_ids": layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>()},
         });
         let config = Blob::new(
             "application/vnd.oci.image.config.v1+json",
@@ -305,4 +313,122 @@ pub async fn push_index(registry: &Registry, name: &str, images: &[(&str, &Image
     );
     push_manifest(&client, &reference, &index).await;
     reference.whole()
+}
+
+/// Parts of the standard library a python image's `python3 -c` never needs (tests, IDEs,
+/// GUI toolkits, installers, byte code caches), left out to keep the layer small.
+const PYTHON_SKIPPED: &[&str] = &[
+    "__pycache__",
+    "test",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "lib2to3",
+    "ensurepip",
+    "pydoc_data",
+    "distutils",
+    "unittest",
+    "site-packages",
+    "dist-packages",
+];
+
+/// Appends the host's `src` (a file, a symbolic link or a directory tree, minus
+/// [`PYTHON_SKIPPED`]) at `name` in the archive.
+fn append_host_tree(builder: &mut tar::Builder<Vec<u8>>, src: &std::path::Path, name: &str) {
+    let meta = std::fs::symlink_metadata(src).unwrap();
+    builder.append_path_with_name(src, name).unwrap();
+    if meta.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(src)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        entries.sort();
+        for entry in entries {
+            let entry = entry.to_str().unwrap();
+            if PYTHON_SKIPPED.contains(&entry) || entry.starts_with("config-") {
+                continue;
+            }
+            append_host_tree(builder, &src.join(entry), &format!("{name}/{entry}"));
+        }
+    }
+}
+
+/// The shared libraries `binary` loads, as the host's `ldd` lists them (absolute paths).
+fn linked_libraries(binary: &str) -> Vec<String> {
+    let out = std::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ldd {binary} failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find(|word| word.starts_with('/'))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// A python-like image, as the SDKs' `python:3.12-slim` examples expect one: the busybox
+/// layer below, and above it a layer with the host's Debian python3 (`/usr/bin/python3.11`,
+/// the libraries it links, its standard library without [`PYTHON_SKIPPED`]), with `PATH`
+/// and `Cmd` as python images set them.
+pub fn python_like() -> Image {
+    const PYTHON: &str = "/usr/bin/python3.11";
+    const STDLIB: &str = "/usr/lib/python3.11";
+    assert!(
+        std::path::Path::new(PYTHON).exists() && std::path::Path::new(STDLIB).is_dir(),
+        "{PYTHON} is missing: install Debian's python3 (apt-get install -y python3; .ci/run does)"
+    );
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder.mode(tar::HeaderMode::Deterministic);
+    append_host_tree(
+        &mut builder,
+        std::path::Path::new(PYTHON),
+        "usr/bin/python3.11",
+    );
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_600_000_000);
+        header.set_size(size);
+        header
+    };
+    let mut link = header(tar::EntryType::Symlink, 0o777, 0);
+    builder
+        .append_link(&mut link, "usr/bin/python3", "python3.11")
+        .unwrap();
+    // Each library at the path the loader asks for, with the real file's bytes (the host's
+    // merged /usr and its symbolic links stay out of it).
+    for library in linked_libraries(PYTHON) {
+        let bytes = std::fs::read(&library).unwrap();
+        builder
+            .append_data(
+                &mut header(tar::EntryType::Regular, 0o755, bytes.len() as u64),
+                library.trim_start_matches('/'),
+                bytes.as_slice(),
+            )
+            .unwrap();
+    }
+    append_host_tree(
+        &mut builder,
+        std::path::Path::new(STDLIB),
+        "usr/lib/python3.11",
+    );
+    let python = builder.into_inner().unwrap();
+    let base = busybox();
+    Image::new(
+        "amd64",
+        vec![base.layers[0].clone(), gzip_layer(&python)],
+        serde_json::json!({
+            "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", "PYTHON_VERSION=3.11"],
+            "Cmd": ["python3"],
+        }),
+    )
 }
