@@ -178,6 +178,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
         None
     }
 
+    /// [`Backend::sandbox_root_owner`] for the sandbox `spec` describes, for a backend
+    /// whose sandboxes map their ids differently by image (gVisor maps root to the image
+    /// store's ids only in sandboxes of a stored image).
+    fn root_owner_of(&self, spec: &SandboxSpec) -> Option<(u32, u32)> {
+        let _ = spec;
+        self.sandbox_root_owner()
+    }
+
     /// What this backend can do besides running commands.
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()

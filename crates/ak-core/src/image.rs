@@ -203,6 +203,40 @@ impl fmt::Display for ImageRef {
     }
 }
 
+/// The longest `mount(2)` data string: the kernel copies one page of it.
+pub const MOUNT_DATA_MAX: usize = 4095;
+
+/// The `mount(2)` data of an overlay: `lowers` top first, each path's `:`, `,` and `\`
+/// escaped as overlayfs reads them, then `extra` options (`userxattr`, …) if any. One
+/// place for the backends that stack a stored image's layers on the host.
+pub fn overlay_mount_data(lowers: &[&Path], upper: &Path, work: &Path, extra: &str) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let escape = |out: &mut Vec<u8>, path: &Path| {
+        for &b in path.as_os_str().as_bytes() {
+            if matches!(b, b':' | b',' | b'\\') {
+                out.push(b'\\');
+            }
+            out.push(b);
+        }
+    };
+    let mut data = b"lowerdir=".to_vec();
+    for (i, layer) in lowers.iter().enumerate() {
+        if i > 0 {
+            data.push(b':');
+        }
+        escape(&mut data, layer);
+    }
+    data.extend(b",upperdir=");
+    escape(&mut data, upper);
+    data.extend(b",workdir=");
+    escape(&mut data, work);
+    if !extra.is_empty() {
+        data.push(b',');
+        data.extend(extra.as_bytes());
+    }
+    data
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,9 +9,10 @@ use ak_core::backend::Lifetime;
 use ak_core::host_image::{HIDDEN_DIRS, HIDDEN_FILES, SCRATCH_DIRS, TOP_LEVEL_REPLACED};
 use ak_core::{ImageRef, SandboxSpec};
 use oci_spec::runtime::{
-    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxMemoryBuilder,
-    LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder, LinuxResourcesBuilder, Mount,
-    MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder, get_default_mounts,
+    Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxCpuBuilder, LinuxIdMappingBuilder,
+    LinuxMemoryBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, LinuxPidsBuilder,
+    LinuxResourcesBuilder, Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder, get_default_mounts,
 };
 
 use crate::error::GvisorError;
@@ -44,7 +45,8 @@ struct MountPoints<'a> {
 }
 
 impl MountPoints<'_> {
-    fn place(&self, path: &Path, is_dir: bool) -> Result<Option<PathBuf>, GvisorError> {
+    /// Whether `path` is to be made in the root (else it exists in a bound image directory).
+    fn place(&self, path: &Path, is_dir: bool) -> Result<bool, GvisorError> {
         let relative = path.strip_prefix("/").unwrap_or(path);
         let first = relative
             .components()
@@ -55,7 +57,7 @@ impl MountPoints<'_> {
             let existing = self.image_root.join(relative);
             let fits = existing.metadata().is_ok_and(|m| m.is_dir() == is_dir);
             return if fits {
-                Ok(None)
+                Ok(false)
             } else {
                 Err(GvisorError::Unsupported(format!(
                     "cannot mount at {}: it would have to be made inside the image's /{first}",
@@ -63,35 +65,84 @@ impl MountPoints<'_> {
                 )))
             };
         }
-        Ok(Some(self.rootfs.join(relative)))
+        Ok(true)
     }
 
     fn dir(&self, path: &Path) -> Result<(), GvisorError> {
-        if let Some(place) = self.place(path, true)? {
-            std::fs::create_dir_all(&place)
-                .map_err(GvisorError::io(format!("make {}", place.display())))?;
+        if self.place(path, true)? {
+            make_below(self.rootfs, path, true)?;
         }
         Ok(())
     }
 
     fn file(&self, path: &Path) -> Result<(), GvisorError> {
-        if let Some(place) = self.place(path, false)? {
-            if let Some(parent) = place.parent() {
-                std::fs::create_dir_all(parent)
-                    .map_err(GvisorError::io(format!("make {}", parent.display())))?;
-            }
-            std::fs::File::create(&place)
-                .map_err(GvisorError::io(format!("make {}", place.display())))?;
+        if self.place(path, false)? {
+            make_below(self.rootfs, path, false)?;
         }
         Ok(())
     }
 }
 
+/// Makes `path` (a directory, or an empty file unless `is_dir`) below `root`, with any
+/// directories above it, never following a symbolic link: `root` may be a stored image's
+/// own tree, whose links (`/workspace -> /etc`) are the image's to choose and would
+/// otherwise lead the host's root anywhere. What exists is kept as it is.
+fn make_below(root: &Path, path: &Path, is_dir: bool) -> Result<(), GvisorError> {
+    use rustix::fs::{CWD, Mode, OFlags, mkdirat, openat};
+    let refused =
+        |why: &str| GvisorError::Unsupported(format!("cannot mount at {}: {why}", path.display()));
+    let names: Vec<&std::ffi::OsStr> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(name) => Some(Ok(name)),
+            std::path::Component::RootDir | std::path::Component::CurDir => None,
+            _ => Some(Err(())),
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|()| refused("the path leaves the root"))?;
+    let directory = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let failed = |what: String| move |e: rustix::io::Errno| GvisorError::io(what)(e.into());
+    let mut dir = openat(CWD, root, directory, Mode::empty())
+        .map_err(failed(format!("open {}", root.display())))?;
+    for (i, name) in names.iter().enumerate() {
+        if i + 1 == names.len() && !is_dir {
+            return match openat(
+                &dir,
+                *name,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o644),
+            ) {
+                Ok(_) => Ok(()),
+                Err(rustix::io::Errno::LOOP | rustix::io::Errno::ISDIR) => {
+                    Err(refused("the image has a link or a directory there"))
+                }
+                Err(e) => Err(failed(format!("make {}", path.display()))(e)),
+            };
+        }
+        match mkdirat(&dir, *name, Mode::from_raw_mode(0o755)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => return Err(failed(format!("make {}", path.display()))(e)),
+        }
+        dir = match openat(&dir, *name, directory, Mode::empty()) {
+            Ok(next) => next,
+            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                return Err(refused(&format!(
+                    "{} is a link or a file in the image",
+                    name.to_string_lossy()
+                )));
+            }
+            Err(e) => return Err(failed(format!("open {}", path.display()))(e)),
+        };
+    }
+    Ok(())
+}
+
 /// runsc's `--overlay2` for `spec`: a writable root gets an overlay in the sandbox's own
 /// memory (counted against its limit; the root directory of ours on the host stays as it
-/// was made), a read-only one none.
+/// was made), a read-only one none. A stored image's root is already an overlay with an
+/// upper directory of the sandbox's own ([`crate::image`]): none either.
 pub fn root_overlay(spec: &SandboxSpec) -> &'static str {
-    if spec.policy.writable_root() {
+    if spec.policy.writable_root() && crate::image::stored(spec).is_none() {
         "--overlay2=root:memory"
     } else {
         "--overlay2=none"
@@ -154,7 +205,8 @@ fn path_str(path: &Path) -> Result<&str, GvisorError> {
 }
 
 impl Bundle<'_> {
-    /// The image's root directory on the host.
+    /// The image's root directory on the host, for an image that is a directory (the host
+    /// image is `/`); a stored image's root is its overlay ([`crate::image`]).
     fn root(&self) -> Result<PathBuf, GvisorError> {
         match &self.spec.image {
             ImageRef::Host | ImageRef::Auto => Ok(PathBuf::from("/")),
@@ -163,10 +215,25 @@ impl Bundle<'_> {
             | ImageRef::Stored(ak_core::StoredImage {
                 reference: name, ..
             }) => Err(GvisorError::Unsupported(format!(
-                "OCI images (here {name}) need an image store, which the gvisor backend does \
-                 not have yet; use --image host or a directory holding a root filesystem"
+                "OCI image {name} is not in the image store (the service pulls it first)"
             ))),
         }
+    }
+
+    /// The container's root directory and the image directory its top level comes from:
+    /// for a stored image, both are its overlay (the image is the root); otherwise an empty
+    /// directory of ours that the image's top-level directories are bound into.
+    fn root_and_image(&self) -> Result<(PathBuf, PathBuf), GvisorError> {
+        if let Some(image) = crate::image::stored(self.spec) {
+            let owner = crate::image::id_mapping(self.spec).map(|(base, _)| (base, base));
+            let merged = crate::image::mount(self.bundle_dir, image, owner)?;
+            return Ok((merged.clone(), merged));
+        }
+        let image_root = self.root()?;
+        let rootfs = self.bundle_dir.join("rootfs");
+        std::fs::create_dir(&rootfs)
+            .map_err(GvisorError::io(format!("make {}", rootfs.display())))?;
+        Ok((rootfs, image_root))
     }
 
     /// Builds the sandbox's root directory `rootfs`, an empty directory of ours, and the
@@ -198,9 +265,16 @@ impl Bundle<'_> {
         // The image's top level: its directories bound (read-only unless the policy says
         // otherwise), its links copied; on the host image, the places that never come from
         // the host stay empty directories of ours.
-        let entries = std::fs::read_dir(image_root)
-            .map_err(GvisorError::io(format!("read {}", image_root.display())))?;
-        for entry in entries.flatten() {
+        // (A stored image's overlay is the root itself: nothing to bind.)
+        let entries = if image_root == rootfs {
+            Vec::new()
+        } else {
+            std::fs::read_dir(image_root)
+                .map_err(GvisorError::io(format!("read {}", image_root.display())))?
+                .flatten()
+                .collect()
+        };
+        for entry in entries {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             let source = entry.path();
@@ -254,11 +328,25 @@ impl Bundle<'_> {
         }
         if let Some(resolv_conf) = self.resolv_conf {
             // Only over a file the image has: never made in an image directory.
-            if image_root
+            let has_file = image_root
                 .join("etc/resolv.conf")
                 .symlink_metadata()
-                .is_ok_and(|m| m.is_file())
-            {
+                .is_ok_and(|m| m.is_file());
+            // A stored image's root is the sandbox's own (its overlay): the mount point is
+            // made there when the image has an /etc without the file.
+            let own_root = image_root == rootfs
+                && image_root
+                    .join("etc")
+                    .symlink_metadata()
+                    .is_ok_and(|m| m.is_dir())
+                && image_root
+                    .join("etc/resolv.conf")
+                    .symlink_metadata()
+                    .is_err();
+            if own_root {
+                points.file(Path::new("/etc/resolv.conf"))?;
+            }
+            if has_file || own_root {
                 mounts.push(bind(resolv_conf, "/etc/resolv.conf", true)?);
             } else {
                 tracing::warn!(
@@ -300,11 +388,8 @@ impl Bundle<'_> {
     pub fn spec(&self) -> Result<Spec, GvisorError> {
         let spec = self.spec;
         let error = |e: oci_spec::OciSpecError| GvisorError::Bundle(e.to_string());
-        let image_root = self.root()?;
+        let (rootfs, image_root) = self.root_and_image()?;
         let host_image = image_root == Path::new("/");
-        let rootfs = self.bundle_dir.join("rootfs");
-        std::fs::create_dir(&rootfs)
-            .map_err(GvisorError::io(format!("make {}", rootfs.display())))?;
         let mounts = self.mounts(&image_root, &rootfs, host_image)?;
         let socket = format!("{RUN_DIR}/{SOCKET_NAME}");
         let listen = match self.lifetime {
@@ -393,7 +478,7 @@ impl Bundle<'_> {
                     .map_err(error)?,
             );
         }
-        let namespaces = [
+        let mut namespaces = [
             LinuxNamespaceType::Pid,
             LinuxNamespaceType::Ipc,
             LinuxNamespaceType::Uts,
@@ -411,7 +496,27 @@ impl Bundle<'_> {
             namespace.build().map_err(error)
         })
         .collect::<Result<Vec<_>, _>>()?;
-        let linux = LinuxBuilder::default()
+        let mut linux = LinuxBuilder::default();
+        if let Some((base, count)) = crate::image::id_mapping(spec) {
+            // The stored image's owners (see `crate::image`): root inside is `base` on the
+            // host, as the layers' files are owned.
+            namespaces.push(
+                LinuxNamespaceBuilder::default()
+                    .typ(LinuxNamespaceType::User)
+                    .build()
+                    .map_err(error)?,
+            );
+            let mapping = LinuxIdMappingBuilder::default()
+                .container_id(0u32)
+                .host_id(base)
+                .size(count)
+                .build()
+                .map_err(error)?;
+            linux = linux
+                .uid_mappings(vec![mapping])
+                .gid_mappings(vec![mapping]);
+        }
+        let linux = linux
             .namespaces(namespaces)
             .resources(resources.build().map_err(error)?)
             .cgroups_path(crate::sandbox::cgroup_path(&spec.id))
@@ -443,5 +548,37 @@ impl Bundle<'_> {
         let spec = self.spec()?;
         spec.save(self.bundle_dir.join("config.json"))
             .map_err(|e| GvisorError::Bundle(e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::make_below;
+
+    #[test]
+    fn mount_points_never_follow_the_images_links() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), root.path().join("workspace")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("f"), root.path().join("file")).unwrap();
+
+        let dir = make_below(root.path(), "/workspace/run".as_ref(), true).unwrap_err();
+        assert!(dir.to_string().contains("workspace is a link"), "{dir}");
+        let file = make_below(root.path(), "/file".as_ref(), false).unwrap_err();
+        assert!(file.to_string().contains("a link"), "{file}");
+        let up = make_below(root.path(), "/a/../../x".as_ref(), true).unwrap_err();
+        assert!(up.to_string().contains("leaves the root"), "{up}");
+        assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+
+        // What is not a link is made, parents too, and what exists is kept.
+        make_below(root.path(), "/.agentkernel/run".as_ref(), true).unwrap();
+        std::fs::write(root.path().join(".agentkernel/agent"), "kept").unwrap();
+        make_below(root.path(), "/.agentkernel/agent".as_ref(), false).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(root.path().join(".agentkernel/agent")).unwrap(),
+            "kept"
+        );
+        make_below(root.path(), "/etc/resolv.conf".as_ref(), false).unwrap();
+        assert!(root.path().join("etc/resolv.conf").is_file());
     }
 }

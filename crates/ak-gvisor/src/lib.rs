@@ -8,6 +8,7 @@
 
 mod bundle;
 mod error;
+mod image;
 mod network;
 mod runsc;
 mod sandbox;
@@ -147,6 +148,14 @@ impl GvisorBackend {
             .mode(0o700)
             .create(&dir)
             .map_err(GvisorError::io(format!("create {}", dir.display())))?;
+        // A stored image's sandbox runs as its mapped root (see `image`), whose gofer must
+        // reach the root below this directory: its group may search it, no one else.
+        if let Some((base, _)) = image::id_mapping(spec) {
+            rustix::fs::chown(&dir, None, Some(rustix::fs::Gid::from_raw(base)))
+                .map_err(|e| GvisorError::io(format!("chown {}", dir.display()))(e.into()))?;
+            std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o710))
+                .map_err(GvisorError::io(format!("chmod {}", dir.display())))?;
+        }
         let mut data = HandleData {
             dir: dir.clone(),
             state_root: self.state_root(),
@@ -185,6 +194,16 @@ impl GvisorBackend {
             .mode(0o700)
             .create(&sockets)
             .map_err(GvisorError::io(format!("create {}", sockets.display())))?;
+        // In a sandbox of a stored image, root is the image's mapped root: the agent makes
+        // its socket here as that user.
+        if let Some((base, _)) = image::id_mapping(spec) {
+            rustix::fs::chown(
+                &sockets,
+                Some(rustix::fs::Uid::from_raw(base)),
+                Some(rustix::fs::Gid::from_raw(base)),
+            )
+            .map_err(|e| GvisorError::io(format!("chown {}", sockets.display()))(e.into()))?;
+        }
 
         // The outbound network: a namespace with the helper's interface, made first
         // (runsc reads the interfaces when it creates the sandbox).
@@ -437,8 +456,13 @@ impl Backend for GvisorBackend {
         Capabilities {
             mount_cwd: true,
             attach: true,
+            image_layers: true,
             ..Capabilities::default()
         }
+    }
+
+    fn root_owner_of(&self, spec: &SandboxSpec) -> Option<(u32, u32)> {
+        image::id_mapping(spec).map(|(base, _)| (base, base))
     }
 
     async fn attach(&self, handle: &SandboxHandle) -> Result<Box<dyn Sandbox>, BackendError> {

@@ -116,6 +116,9 @@ fn is_not_found(message: &str) -> bool {
 }
 
 pub fn remove_dir(dir: &Path) -> Result<(), GvisorError> {
+    // A stored image's root is unmounted first: removing the directory must never reach
+    // through the overlay (a failed unmount leaves the directory in place).
+    crate::image::unmount(dir)?;
     match std::fs::remove_dir_all(dir) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),

@@ -13,6 +13,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Component, Path, PathBuf};
 
 use ak_core::SandboxSpec;
+use ak_core::image::MOUNT_DATA_MAX;
 use rustix::fs::{Mode, OFlags};
 
 use crate::error::NativeError;
@@ -125,9 +126,6 @@ impl LayeredRoot {
     }
 }
 
-/// The longest `mount(2)` data string: the kernel copies one page of it.
-const MOUNT_DATA_MAX: usize = 4095;
-
 /// The overlay mount step's prepared strings.
 #[derive(Debug)]
 pub(crate) struct OverlayMount {
@@ -156,28 +154,8 @@ impl OverlayMount {
             .collect::<Result<Vec<_>, _>>()?;
         let upper = root.writable.upper();
         let work = root.writable.work();
-        let escape = |p: &Path| {
-            let mut out = Vec::new();
-            for &b in p.as_os_str().as_bytes() {
-                if matches!(b, b':' | b',' | b'\\') {
-                    out.push(b'\\');
-                }
-                out.push(b);
-            }
-            out
-        };
-        let mut data = b"lowerdir=".to_vec();
-        for (i, layer) in lower_paths.iter().enumerate() {
-            if i > 0 {
-                data.push(b':');
-            }
-            data.extend(escape(layer));
-        }
-        data.extend(b",upperdir=");
-        data.extend(escape(&upper));
-        data.extend(b",workdir=");
-        data.extend(escape(&work));
-        data.extend(b",userxattr");
+        let lower_refs: Vec<&Path> = lower_paths.iter().map(PathBuf::as_path).collect();
+        let data = ak_core::image::overlay_mount_data(&lower_refs, &upper, &work, "userxattr");
         let legacy_data = if data.len() <= MOUNT_DATA_MAX {
             Some(cstring(data)?)
         } else {

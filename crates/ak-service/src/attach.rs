@@ -49,7 +49,7 @@ impl Service {
         named: Option<&str>,
     ) -> Result<Attachments, ServiceError> {
         let backend = self.backend(spec.backend)?.clone();
-        let root_owner = backend.sandbox_root_owner();
+        let root_owner = backend.root_owner_of(spec);
         let mut attachments = Attachments {
             volumes: self.attach_volumes(spec, named, root_owner)?,
             scratch: None,

@@ -184,6 +184,10 @@ impl Service {
                 dir.display()
             )));
         }
+        // The image first: a bad one is refused before anything is made, and the stored
+        // image decides who the sandbox's root is on some backends (see `root_owner_of`).
+        self.prepare_image(&mut spec, None, ak_image::PullPolicy::Missing)
+            .await?;
         // Only the service decides where a sandbox's root lives (below, for its own).
         spec.root_dir = None;
         let workdir_host = match dir {
@@ -191,7 +195,7 @@ impl Service {
                 ServiceError::InvalidInput(format!("workdir {}: {e}", dir.display()))
             })?,
             None => {
-                let root_owner = backend.sandbox_root_owner();
+                let root_owner = backend.root_owner_of(&spec);
                 // A backend that snapshots keeps the root's writable layer beside the
                 // workspace, where it outlives a stop and the host can copy it.
                 let (workspace, root) =
@@ -212,7 +216,7 @@ impl Service {
         };
         // A directory the user named must be reachable by the sandbox's root too.
         if dir.is_some()
-            && let Some(owner) = foreign_root(backend.sandbox_root_owner())
+            && let Some(owner) = foreign_root(backend.root_owner_of(&spec))
             && let Some(blocked) = unreachable_ancestor(&workdir_host, owner)?
         {
             return Err(ServiceError::InvalidInput(format!(
@@ -233,8 +237,6 @@ impl Service {
             writable: true,
         });
         spec.workdir = target;
-        self.prepare_image(&mut spec, None, ak_image::PullPolicy::Missing)
-            .await?;
         let record = SandboxRecord {
             name: name.to_string(),
             uuid: spec.id.clone(),

@@ -7,12 +7,130 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 use super::registry::Registry;
-use super::registry::images::{push, python_like};
+use super::registry::images::{Image, busybox, gzip_layer, push};
 use super::stderr;
 
 const SCRIPT: &str =
     "import json, sys; print(json.dumps({'major': sys.version_info[0], 'exe': sys.executable}))";
 const EXPECTED: &str = "{\"major\": 3, \"exe\": \"/usr/bin/python3\"}\n";
+
+/// Parts of the standard library a python image's `python3 -c` never needs (tests, IDEs,
+/// GUI toolkits, installers, byte code caches), left out to keep the layer small.
+const PYTHON_SKIPPED: &[&str] = &[
+    "__pycache__",
+    "test",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "lib2to3",
+    "ensurepip",
+    "pydoc_data",
+    "distutils",
+    "unittest",
+    "site-packages",
+    "dist-packages",
+];
+
+/// Appends the host's `src` (a file, a symbolic link or a directory tree, minus
+/// [`PYTHON_SKIPPED`]) at `name` in the archive.
+fn append_host_tree(builder: &mut tar::Builder<Vec<u8>>, src: &std::path::Path, name: &str) {
+    let meta = std::fs::symlink_metadata(src).unwrap();
+    builder.append_path_with_name(src, name).unwrap();
+    if meta.is_dir() {
+        let mut entries: Vec<_> = std::fs::read_dir(src)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        entries.sort();
+        for entry in entries {
+            let entry = entry.to_str().unwrap();
+            if PYTHON_SKIPPED.contains(&entry) || entry.starts_with("config-") {
+                continue;
+            }
+            append_host_tree(builder, &src.join(entry), &format!("{name}/{entry}"));
+        }
+    }
+}
+
+/// The shared libraries `binary` loads, as the host's `ldd` lists them (absolute paths).
+fn linked_libraries(binary: &str) -> Vec<String> {
+    let out = std::process::Command::new("ldd")
+        .arg(binary)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ldd {binary} failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find(|word| word.starts_with('/'))
+                .map(str::to_string)
+        })
+        .collect()
+}
+
+/// A python-like image, as the SDKs' `python:3.12-slim` examples expect one: the busybox
+/// layer below, and above it a layer with the host's Debian python3 (`/usr/bin/python3.11`,
+/// the libraries it links, its standard library without [`PYTHON_SKIPPED`]), with `PATH`
+/// and `Cmd` as python images set them.
+pub fn python_like() -> Image {
+    const PYTHON: &str = "/usr/bin/python3.11";
+    const STDLIB: &str = "/usr/lib/python3.11";
+    assert!(
+        std::path::Path::new(PYTHON).exists() && std::path::Path::new(STDLIB).is_dir(),
+        "{PYTHON} is missing: install Debian's python3 (apt-get install -y python3; .ci/run does)"
+    );
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder.mode(tar::HeaderMode::Deterministic);
+    append_host_tree(
+        &mut builder,
+        std::path::Path::new(PYTHON),
+        "usr/bin/python3.11",
+    );
+    let header = |kind: tar::EntryType, mode: u32, size: u64| {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_uid(0);
+        header.set_gid(0);
+        header.set_mtime(1_600_000_000);
+        header.set_size(size);
+        header
+    };
+    let mut link = header(tar::EntryType::Symlink, 0o777, 0);
+    builder
+        .append_link(&mut link, "usr/bin/python3", "python3.11")
+        .unwrap();
+    // Each library at the path the loader asks for, with the real file's bytes (the host's
+    // merged /usr and its symbolic links stay out of it).
+    for library in linked_libraries(PYTHON) {
+        let bytes = std::fs::read(&library).unwrap();
+        builder
+            .append_data(
+                &mut header(tar::EntryType::Regular, 0o755, bytes.len() as u64),
+                library.trim_start_matches('/'),
+                bytes.as_slice(),
+            )
+            .unwrap();
+    }
+    append_host_tree(
+        &mut builder,
+        std::path::Path::new(STDLIB),
+        "usr/lib/python3.11",
+    );
+    let python = builder.into_inner().unwrap();
+    let base = busybox();
+    Image::new(
+        "amd64",
+        vec![base.layers[0].clone(), gzip_layer(&python)],
+        serde_json::json!({
+            "Env": ["PATH=/usr/local/bin:/usr/bin:/bin", "LANG=C.UTF-8", "PYTHON_VERSION=3.11"],
+            "Cmd": ["python3"],
+        }),
+    )
+}
 
 /// The CLI with its own state, and no container engine it could reach.
 fn cli_without_engine(state: &Path, args: &[&str]) -> Output {
@@ -160,4 +278,43 @@ async fn python_image_runs_on_docker_from_the_registry() {
         .args(["rmi", "-f", &reference])
         .output();
     assert_python_ran(&out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_image_runs_on_gvisor_with_no_engine() {
+    let registry = Registry::plain();
+    let reference = pushed(&registry).await;
+    let state = tempfile::tempdir().unwrap();
+    let state = state.path();
+    std::fs::write(state.join("config.toml"), "").unwrap();
+    let gvisor = |command: &[&str]| {
+        let mut args = vec!["run", "--backend", "gvisor", "--image", &reference, "--"];
+        args.extend_from_slice(command);
+        cli_without_engine(state, &args)
+    };
+    assert_python_ran(&gvisor(&["python3", "-c", SCRIPT]));
+    // The image's owners inside (root, and the busybox layer's user 1000), a writable root
+    // whose writes stay in the sandbox: the next sandbox sees the image as pulled.
+    let out = gvisor(&[
+        "sh",
+        "-c",
+        "stat -c %u:%g /usr/bin/python3.11 /home/user/notes; id -u; \
+         mkdir -p /usr/local/lib && echo mine > /usr/local/lib/x && cat /usr/local/lib/x",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "0:0\n1000:1000\n0\nmine\n"
+    );
+    let again = gvisor(&[
+        "sh",
+        "-c",
+        "test -e /usr/local/lib/x && echo kept || echo fresh",
+    ]);
+    assert_eq!(
+        String::from_utf8_lossy(&again.stdout),
+        "fresh\n",
+        "{}",
+        stderr(&again)
+    );
 }
