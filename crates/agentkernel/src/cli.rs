@@ -94,7 +94,7 @@ pub struct SetupArgs {
 #[derive(Debug, Subcommand)]
 pub enum VolumeCommand {
     /// Create an empty volume (a sandbox naming a missing volume also creates it).
-    Create(InspectArgs),
+    Create(VolumeCreateArgs),
     /// List volumes: size, and the named sandboxes that mount each.
     #[command(alias = "ls")]
     List(ListArgs),
@@ -103,6 +103,22 @@ pub enum VolumeCommand {
     /// Remove a volume and its files; refused while a sandbox uses it.
     #[command(alias = "rm")]
     Remove(InspectArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VolumeCreateArgs {
+    pub name: String,
+    /// The most its files may take, e.g. 10G (binary units): a project quota, where the
+    /// file system keeps them (ext4 or xfs mounted with prjquota); elsewhere an error.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub size: Option<u64>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn parse_size(input: &str) -> Result<u64, String> {
+    ak_core::resources::parse_memory(input).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Subcommand)]

@@ -44,6 +44,9 @@ pub enum Action {
     /// Named volumes (see `volumes.rs`): not sandboxes, but kept by the same service.
     VolumeCreate {
         name: String,
+        /// The most its files may take, in bytes (a project quota).
+        #[serde(default)]
+        size_limit: Option<u64>,
     },
     VolumeList,
     VolumeInspect {
@@ -172,8 +175,8 @@ impl Service {
                 .map(|()| Answer::Removed),
             Action::List => self.list_named().await.map(Answer::Records),
             Action::Inspect { name } => self.inspect_named(&name).await.map(record),
-            Action::VolumeCreate { name } => self
-                .create_volume(caller, &name)
+            Action::VolumeCreate { name, size_limit } => self
+                .create_volume(caller, &name, size_limit)
                 .await
                 .map(|v| Answer::Volume(Box::new(v))),
             Action::VolumeList => self.list_volumes(caller).await.map(Answer::Volumes),

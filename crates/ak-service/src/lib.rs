@@ -21,6 +21,7 @@ mod session;
 mod snapshot;
 mod snapshots;
 mod source;
+mod volume_quota;
 mod volumes;
 
 use std::collections::BTreeMap;

@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::ServiceError;
 use crate::registry::now_unix;
+use crate::volume_quota::{Quota, QuotaError};
 use crate::{Caller, Service};
 
 /// The directory holding one volume's files inside its own directory.
@@ -37,6 +38,9 @@ pub struct VolumeInfo {
     pub created_by: String,
     /// Bytes its files take on disk (allocated blocks: a sparse file counts what it holds).
     pub size_bytes: u64,
+    /// The most its files may take (a project quota), when it was created with a limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size_limit_bytes: Option<u64>,
     /// The named sandboxes whose spec mounts it, with how.
     pub used_by: Vec<VolumeUser>,
     /// Where its files are on the host: shown to the local user only.
@@ -57,6 +61,15 @@ pub struct VolumeUser {
 struct VolumeMeta {
     created_at: i64,
     created_by: String,
+    /// The size limit and the quota project that enforces it (see `volume_quota`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    limit: Option<VolumeLimit>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct VolumeLimit {
+    bytes: u64,
+    quota: Quota,
 }
 
 /// The locks a one-shot sandbox holds on its volumes while it lives.
@@ -81,14 +94,17 @@ impl Service {
         Ok(self.volumes_dir()?.join(name))
     }
 
-    /// Creates an empty volume; an error if it exists.
+    /// Creates an empty volume, of at most `size_limit` bytes when given (where the file
+    /// system keeps project quotas; elsewhere that is an error and nothing is made); an
+    /// error if it exists.
     pub async fn create_volume(
         &self,
         caller: Caller,
         name: &str,
+        size_limit: Option<u64>,
     ) -> Result<VolumeInfo, ServiceError> {
         let result = self
-            .make_volume(caller.as_str(), name, true)
+            .make_volume(caller.as_str(), name, true, size_limit)
             .and_then(|()| self.volume_info(caller, name));
         self.audited(
             caller,
@@ -159,7 +175,19 @@ impl Service {
             ".removing-{name}-{}",
             ak_core::spec::new_sandbox_id()
         ));
+        let limit = read_meta(&dir).ok().and_then(|meta| meta.limit);
         std::fs::rename(&dir, &doomed).map_err(|e| state_error("rename", &dir, e))?;
+        // A project's limit goes with the volume (its id may be drawn again); a btrfs
+        // subvolume is removed with the files, its quota group stays (empty, unlimited
+        // once nothing refers to it).
+        if let Some(VolumeLimit {
+            quota: Quota::Project(id),
+            ..
+        }) = limit
+            && let Err(e) = crate::volume_quota::limit(&doomed.join(DATA_DIR), id, 0)
+        {
+            tracing::warn!("lifting the size limit of volume '{name}': {e}");
+        }
         std::fs::remove_dir_all(&doomed).map_err(|e| state_error("remove", &doomed, e))
     }
 
@@ -170,6 +198,7 @@ impl Service {
         created_by: &str,
         name: &str,
         exclusive: bool,
+        size_limit: Option<u64>,
     ) -> Result<(), ServiceError> {
         let dir = self.volume_dir(name)?;
         if dir.join(META_FILE).is_file() {
@@ -205,15 +234,36 @@ impl Service {
             std::fs::set_permissions(&building, std::fs::Permissions::from_mode(0o711))
                 .map_err(|e| state_error("chmod", &building, e))?;
             let data = building.join(DATA_DIR);
-            std::fs::DirBuilder::new()
-                .mode(0o700)
-                .create(&data)
-                .map_err(|e| state_error("create", &data, e))?;
+            let limit = match size_limit {
+                Some(0) => {
+                    return Err(ServiceError::InvalidInput(
+                        "a volume's size limit must be above 0 bytes".into(),
+                    ));
+                }
+                Some(bytes) => {
+                    let quota = crate::volume_quota::make_limited(&data, bytes, || {
+                        self.free_quota_project()
+                    })
+                    .map_err(|e| match e {
+                        QuotaError::Unsupported(_) => ServiceError::Unavailable(e.to_string()),
+                        other => ServiceError::State(other.to_string()),
+                    })?;
+                    Some(VolumeLimit { bytes, quota })
+                }
+                None => {
+                    std::fs::DirBuilder::new()
+                        .mode(0o700)
+                        .create(&data)
+                        .map_err(|e| state_error("create", &data, e))?;
+                    None
+                }
+            };
             File::create(building.join(LOCK_FILE))
                 .map_err(|e| state_error("create", &building, e))?;
             let meta = VolumeMeta {
                 created_at: now_unix(),
                 created_by: created_by.to_string(),
+                limit,
             };
             let text = serde_json::to_vec_pretty(&meta)
                 .map_err(|e| ServiceError::State(format!("encode volume record: {e}")))?;
@@ -245,22 +295,46 @@ impl Service {
 
     fn volume_info(&self, caller: Caller, name: &str) -> Result<VolumeInfo, ServiceError> {
         let dir = self.existing_volume(name)?;
-        let meta_path = dir.join(META_FILE);
-        let meta: VolumeMeta = std::fs::read(&meta_path)
-            .map_err(|e| state_error("read", &meta_path, e))
-            .and_then(|text| {
-                serde_json::from_slice(&text)
-                    .map_err(|e| ServiceError::State(format!("{}: {e}", meta_path.display())))
-            })?;
+        let meta = read_meta(&dir)?;
         let data = dir.join(DATA_DIR);
         Ok(VolumeInfo {
             name: name.to_string(),
             created_at: meta.created_at,
             created_by: meta.created_by,
             size_bytes: disk_usage(&data),
+            size_limit_bytes: meta.limit.map(|l| l.bytes),
             used_by: self.named_users(name)?,
             path: (!caller.is_remote()).then_some(data),
         })
+    }
+
+    /// A quota project id no volume uses: random in the upper half of the ids (below it,
+    /// ids an administrator may have given by hand), checked against every volume's.
+    fn free_quota_project(&self) -> u32 {
+        let Ok(volumes) = self.volumes_dir() else {
+            return 0x8000_0000;
+        };
+        let used: std::collections::HashSet<u32> = std::fs::read_dir(volumes)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter_map(|entry| match read_meta(&entry.path()).ok()?.limit?.quota {
+                        Quota::Project(id) => Some(id),
+                        Quota::Subvolume => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        loop {
+            // A fresh sandbox id's first 32 bits: a v4 UUID's hex, random (and always hex:
+            // the parse cannot fail, a failure would only retry).
+            let id = ak_core::spec::new_sandbox_id();
+            let random = u32::from_str_radix(id.get(..8).unwrap_or_default(), 16).unwrap_or(0);
+            let project = 0x8000_0000 | random;
+            if !used.contains(&project) {
+                return project;
+            }
+        }
     }
 
     /// The named sandboxes whose spec mounts `name`.
@@ -318,7 +392,7 @@ impl Service {
         }
         let users = self.registry()?.list()?;
         for volume in spec.volumes.clone() {
-            self.make_volume("first use", &volume.name, false)?;
+            self.make_volume("first use", &volume.name, false, None)?;
             let dir = self.existing_volume(&volume.name)?;
             if let Some(other) =
                 users.iter().find(|record| {
@@ -412,6 +486,14 @@ fn disk_usage(dir: &Path) -> u64 {
         }
     }
     total
+}
+
+/// A volume's record.
+fn read_meta(dir: &Path) -> Result<VolumeMeta, ServiceError> {
+    let path = dir.join(META_FILE);
+    let text = std::fs::read(&path).map_err(|e| state_error("read", &path, e))?;
+    serde_json::from_slice(&text)
+        .map_err(|e| ServiceError::State(format!("{}: {e}", path.display())))
 }
 
 fn state_error(what: &str, path: &Path, error: std::io::Error) -> ServiceError {

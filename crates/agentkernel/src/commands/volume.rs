@@ -12,6 +12,7 @@ pub async fn volume(command: VolumeCommand) -> i32 {
         VolumeCommand::Create(args) => (
             Action::VolumeCreate {
                 name: args.name.clone(),
+                size_limit: args.size,
             },
             args.json,
         ),
@@ -70,6 +71,9 @@ pub async fn volume(command: VolumeCommand) -> i32 {
                 volume.created_by,
                 users(&volume)
             );
+            if let Some(limit) = volume.size_limit_bytes {
+                out.push_str(&format!("limit:      {limit} bytes\n"));
+            }
             if let Some(path) = &volume.path {
                 out.push_str(&format!("path:       {}\n", path.display()));
             }

@@ -23,4 +23,5 @@ mod named;
 mod run;
 mod sdk_files;
 mod snapshot;
+mod volume_limits;
 mod volumes;
