@@ -70,10 +70,22 @@ mkdir -p "$WORK/state"
 "$AK" image pull "$IMAGE" >/dev/null
 
 RUN="$AK run --backend native --no-network"
+RESULTS=benchmark-results/image_run_$(date -u +%Y%m%d_%H%M%S)
+mkdir -p benchmark-results
+# Medians and their ratio from a hyperfine export (means hide a loaded machine's outliers).
+medians() {
+  python3 - "$1" <<'PY'
+import json, statistics, sys
+r = json.load(open(sys.argv[1]))["results"]
+m = [statistics.median(x["times"]) * 1000 for x in r]
+print(f"medians: {r[0]['command']} {m[0]:.2f} ms, {r[1]['command']} {m[1]:.2f} ms: ratio {m[1]/m[0]:.2f}x")
+PY
+}
 echo "== cold runs (no daemon)"
-hyperfine -N --warmup 20 --runs "$RUNS" \
+hyperfine -N --warmup 20 --runs "$RUNS" --export-json "${RESULTS}_cold.json" \
   -n host "$RUN -- /bin/true" \
   -n image "$RUN --image $IMAGE --pull never -- /bin/true"
+medians "${RESULTS}_cold.json"
 
 # The pooled path: a daemon in the same private state, each spec taught to its pool by a
 # few runs first; runs 150 ms apart so that a spare is ready for each (as a user's runs
@@ -85,10 +97,11 @@ for _ in 1 2 3; do
   $RUN --image "$IMAGE" --pull never -- /bin/true
 done
 sleep 1
-hyperfine -N --warmup 10 --runs "$RUNS" --prepare 'sleep 0.15' \
+hyperfine -N --warmup 10 --runs "$RUNS" --prepare 'sleep 0.15' --export-json "${RESULTS}_pooled.json" \
   -n host-pooled "$RUN -- /bin/true" \
   -n image-pooled "$RUN --image $IMAGE --pull never -- /bin/true"
+medians "${RESULTS}_pooled.json"
 "$AK" daemon status --json | python3 -c '
 import json, sys
 for pool in json.load(sys.stdin).get("pools", []):
-    print({k: pool.get(k) for k in ("image", "hits", "misses", "spares")})'
+    print({k: pool.get(k) for k in ("pool", "hits", "joined", "misses")})'
