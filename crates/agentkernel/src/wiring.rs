@@ -117,14 +117,15 @@ fn service_with(config: &ConfigFile) -> Service {
             settings: config.microvm_options().is_err().then(|| config.clone()),
         }),
     };
+    let egress = ak_native::network::Egress {
+        helper: egress_path(),
+        upstream_dns: config.network.upstream_dns,
+        audit_dir: Some(state_dir()),
+    };
     Service::new(
         vec![
-            Arc::new(NativeBackend::new(agent_path()).with_egress(
-                egress_path(),
-                config.network.upstream_dns,
-                Some(state_dir()),
-            )),
-            Arc::new(GvisorBackend::new(agent_path(), config.gvisor.clone())),
+            Arc::new(NativeBackend::new(agent_path()).with_egress(egress.clone())),
+            Arc::new(GvisorBackend::new(agent_path(), config.gvisor.clone()).with_egress(egress)),
             container(BackendKind::Docker, config.docker.socket.clone()),
             container(BackendKind::Podman, config.podman.socket.clone()),
             microvm,

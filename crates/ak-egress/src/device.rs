@@ -16,6 +16,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::audit::{AuditSink, Event, Verdict};
+use crate::ethernet::{self, Inbound, Link};
 use crate::gate::Gate;
 
 /// Most distinct dropped datagram flows remembered, so that each is audited once.
@@ -28,6 +29,9 @@ pub struct GatedTun {
     audit: Arc<dyn AuditSink>,
     packet: Vec<u8>,
     dropped_flows: HashSet<(SocketAddr, SocketAddr)>,
+    /// For a TAP device (the sandbox speaks Ethernet): its end of the link, and a frame
+    /// being written.
+    link: Option<(Link, Vec<u8>)>,
 }
 
 impl std::fmt::Debug for GatedTun {
@@ -37,17 +41,29 @@ impl std::fmt::Debug for GatedTun {
 }
 
 impl GatedTun {
-    /// `tun` must be non-blocking. Needs a Tokio runtime.
-    pub fn new(tun: OwnedFd, gate: Arc<Gate>, audit: Arc<dyn AuditSink>) -> io::Result<GatedTun> {
+    /// `tun` must be non-blocking; `ethernet`: it is a TAP device (see [`crate::ethernet`]).
+    /// Needs a Tokio runtime.
+    pub fn new(
+        tun: OwnedFd,
+        gate: Arc<Gate>,
+        audit: Arc<dyn AuditSink>,
+        ethernet: bool,
+    ) -> io::Result<GatedTun> {
         Ok(GatedTun {
             // SAFETY: the OwnedFd moves into the AsyncFd, which owns it (and so keeps it
             // open and the same) for its whole life.
             fd: unsafe { AsyncFd::register(tun) }?,
             gate,
             audit,
-            packet: vec![0; usize::from(crate::MTU)],
+            packet: vec![0; usize::from(crate::MTU) + ethernet::HEADER],
             dropped_flows: HashSet::new(),
+            link: ethernet.then(|| (Link::default(), Vec::new())),
         })
+    }
+
+    /// Writes one IP packet to the sandbox (see [`send_on`]).
+    fn send(&mut self, packet: &[u8]) -> io::Result<usize> {
+        send_on(self.fd.get_ref(), &mut self.link, packet)
     }
 
     /// What to do with one packet from the sandbox.
@@ -122,7 +138,7 @@ impl GatedTun {
     }
 
     /// Sends the sandbox a RST for its SYN from `from` to `to`.
-    fn reset(&self, from: SocketAddr, to: SocketAddr, ack: u32) {
+    fn reset(&mut self, from: SocketAddr, to: SocketAddr, ack: u32) {
         let (IpAddr::V4(source), IpAddr::V4(destination)) = (to.ip(), from.ip()) else {
             return;
         };
@@ -136,7 +152,19 @@ impl GatedTun {
         }
         // A RST that cannot be written now (the queue to the sandbox is full) is not
         // retried: the sandbox's SYN is retransmitted and meets the gate again.
-        let _ = rustix::io::write(self.fd.get_ref(), &packet);
+        let _ = self.send(&packet);
+    }
+}
+
+/// Writes one IP packet to the sandbox on `fd`, framed when the link is Ethernet.
+fn send_on(fd: &OwnedFd, link: &mut Option<(Link, Vec<u8>)>, packet: &[u8]) -> io::Result<usize> {
+    match link {
+        Some((link, frame)) => {
+            link.frame(packet, frame);
+            rustix::io::write(fd, frame)?;
+            Ok(packet.len())
+        }
+        None => Ok(rustix::io::write(fd, packet)?),
     }
 }
 
@@ -162,11 +190,25 @@ impl AsyncRead for GatedTun {
             let read = guard.try_io(|fd| {
                 rustix::io::read(fd.get_ref(), &mut this.packet[..]).map_err(io::Error::from)
             });
-            let length = match read {
+            let mut length = match read {
                 Ok(Ok(length)) => length,
                 Ok(Err(error)) => return Poll::Ready(Err(error)),
                 Err(_would_block) => continue,
             };
+            if let Some((link, _)) = &mut this.link {
+                match link.inbound(&this.packet[..length]) {
+                    Inbound::Ipv4(start) => {
+                        this.packet.copy_within(start..length, 0);
+                        length -= start;
+                    }
+                    Inbound::Reply(reply) => {
+                        // Lost if the queue is full: the sandbox asks again.
+                        let _ = rustix::io::write(this.fd.get_ref(), &reply);
+                        continue;
+                    }
+                    Inbound::Drop => continue,
+                }
+            }
             match this.judge(length) {
                 Judgement::Pass => {
                     let n = length.min(buf.remaining());
@@ -186,11 +228,10 @@ impl AsyncWrite for GatedTun {
         cx: &mut Context<'_>,
         packet: &[u8],
     ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
         loop {
-            let mut guard = ready!(self.fd.poll_write_ready(cx))?;
-            match guard
-                .try_io(|fd| rustix::io::write(fd.get_ref(), packet).map_err(io::Error::from))
-            {
+            let mut guard = ready!(this.fd.poll_write_ready(cx))?;
+            match guard.try_io(|fd| send_on(fd.get_ref(), &mut this.link, packet)) {
                 Ok(result) => return Poll::Ready(result),
                 Err(_would_block) => continue,
             }

@@ -70,12 +70,16 @@ pub struct HelperArgs {
     /// The state directory whose audit log gets every verdict (none: verdicts go to the
     /// helper's own log only).
     pub audit_dir: Option<PathBuf>,
+    /// `--ethernet`: a TAP device, for a sandbox whose network stack speaks Ethernet
+    /// (gVisor's); a TUN device otherwise.
+    pub ethernet: bool,
 }
 
 impl HelperArgs {
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<HelperArgs, EgressError> {
         let (mut netns, mut policy, mut ready_fd, mut exit_fd) = (None, None, None, None);
         let (mut sandbox, mut audit_dir, mut userns) = (None, None, None);
+        let mut ethernet = false;
         let mut args = args.into_iter();
         let fd = |value: Option<String>, flag: &str| -> Result<i32, EgressError> {
             value
@@ -93,6 +97,7 @@ impl HelperArgs {
                 "--exit-fd" => exit_fd = Some(fd(args.next(), "--exit-fd")?),
                 "--sandbox" => sandbox = args.next(),
                 "--audit-dir" => audit_dir = args.next().map(PathBuf::from),
+                "--ethernet" => ethernet = true,
                 other => return Err(EgressError::Usage(format!("unknown argument {other}"))),
             }
         }
@@ -105,6 +110,7 @@ impl HelperArgs {
             exit_fd,
             sandbox: sandbox.ok_or_else(|| missing("--sandbox"))?,
             audit_dir,
+            ethernet,
         })
     }
 
@@ -128,6 +134,9 @@ impl HelperArgs {
         }
         if let Some(fd) = self.exit_fd {
             args.extend(["--exit-fd".to_string(), fd.to_string()]);
+        }
+        if self.ethernet {
+            args.push("--ethernet".to_string());
         }
         args
     }
@@ -154,24 +163,33 @@ pub fn run(args: HelperArgs, audit: Arc<dyn AuditSink>) -> Result<(), EgressErro
         args.policy.clone(),
         crate::tun::host_addresses(),
     )?);
-    let tun = crate::tun::open_in(&args.netns, args.userns.as_deref())?;
+    let tun = crate::tun::open_in(&args.netns, args.userns.as_deref(), args.ethernet)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(EgressError::io("start the runtime"))?;
-    runtime.block_on(serve(tun, gate, audit, upstream, ready, exit))
+    runtime.block_on(serve(
+        tun,
+        args.ethernet,
+        gate,
+        audit,
+        upstream,
+        ready,
+        exit,
+    ))
 }
 
 async fn serve(
     tun: OwnedFd,
+    ethernet: bool,
     gate: Arc<Gate>,
     audit: Arc<dyn AuditSink>,
     upstream: SocketAddr,
     ready: OwnedFd,
     exit: Option<OwnedFd>,
 ) -> Result<(), EgressError> {
-    let device = GatedTun::new(tun, gate.clone(), audit.clone())
+    let device = GatedTun::new(tun, gate.clone(), audit.clone(), ethernet)
         .map_err(EgressError::io("watch the TUN device"))?;
     let mut config = IpStackConfig::default();
     config.mtu_unchecked(crate::MTU);
@@ -258,6 +276,7 @@ mod tests {
             exit_fd: Some(4),
             sandbox: "0123".into(),
             audit_dir: Some("/var/lib/agentkernel".into()),
+            ethernet: true,
         };
         assert_eq!(HelperArgs::parse(args.to_args()).unwrap(), args);
         for bad in [

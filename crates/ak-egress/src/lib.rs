@@ -20,6 +20,7 @@ pub mod audit;
 pub mod device;
 pub mod dns;
 mod error;
+pub mod ethernet;
 pub mod gate;
 pub mod helper;
 pub mod peek;

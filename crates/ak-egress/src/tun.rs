@@ -16,16 +16,23 @@ use crate::error::EgressError;
 /// (non-blocking). Root enters the namespace on this thread and returns; anyone else must
 /// enter the sandbox's user namespace `userns` first, which cannot be undone, so a forked
 /// child does that and hands the device back over a socket pair (as `slirp4netns` does).
-/// Call before any other thread exists.
-pub fn open_in(netns: &Path, userns: Option<&Path>) -> Result<OwnedFd, EgressError> {
+/// Call before any other thread exists. `ethernet`: a TAP device instead, for a sandbox
+/// whose network stack speaks Ethernet (see [`crate::ethernet`]).
+pub fn open_in(
+    netns: &Path,
+    userns: Option<&Path>,
+    ethernet: bool,
+) -> Result<OwnedFd, EgressError> {
     match userns {
-        Some(userns) if !rustix::process::geteuid().is_root() => open_in_child(netns, userns),
-        _ => open_here(netns),
+        Some(userns) if !rustix::process::geteuid().is_root() => {
+            open_in_child(netns, userns, ethernet)
+        }
+        _ => open_here(netns, ethernet),
     }
 }
 
 /// [`open_in`] through a forked child that enters `userns`, then `netns`.
-fn open_in_child(netns: &Path, userns: &Path) -> Result<OwnedFd, EgressError> {
+fn open_in_child(netns: &Path, userns: &Path, ethernet: bool) -> Result<OwnedFd, EgressError> {
     use rustix::net::{
         AddressFamily, RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
         SendAncillaryMessage, SendFlags, SocketFlags, SocketType, recvmsg, sendmsg, socketpair,
@@ -58,7 +65,7 @@ fn open_in_child(netns: &Path, userns: &Path) -> Result<OwnedFd, EgressError> {
                 move_into_link_name_space(net_fd.as_fd(), Some(LinkNameSpaceType::Network))
                     .map_err(|e| EgressError::io(format!("enter {}", netns.display()))(e.into()))
             })
-            .and_then(|()| make_device());
+            .and_then(|()| make_device(ethernet));
         let code = match made {
             Ok(tun) => {
                 let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(1))];
@@ -112,7 +119,7 @@ fn open_in_child(netns: &Path, userns: &Path) -> Result<OwnedFd, EgressError> {
     }
 }
 
-fn open_here(netns: &Path) -> Result<OwnedFd, EgressError> {
+fn open_here(netns: &Path, ethernet: bool) -> Result<OwnedFd, EgressError> {
     let own = rustix::fs::open(
         "/proc/thread-self/ns/net",
         OFlags::RDONLY | OFlags::CLOEXEC,
@@ -123,7 +130,7 @@ fn open_here(netns: &Path) -> Result<OwnedFd, EgressError> {
         .map_err(|e| EgressError::io(format!("open {}", netns.display()))(e.into()))?;
     move_into_link_name_space(target.as_fd(), Some(LinkNameSpaceType::Network))
         .map_err(|e| EgressError::io(format!("enter {}", netns.display()))(e.into()))?;
-    let made = make_device();
+    let made = make_device(ethernet);
     // Back home before anything else: every socket this process opens from now on must be
     // the host's. Failing to return would leave the helper connecting from inside the
     // sandbox, so it is an error however the device went.
@@ -132,7 +139,7 @@ fn open_here(netns: &Path) -> Result<OwnedFd, EgressError> {
     made
 }
 
-fn make_device() -> Result<OwnedFd, EgressError> {
+fn make_device(ethernet: bool) -> Result<OwnedFd, EgressError> {
     let tun = rustix::fs::open(
         "/dev/net/tun",
         OFlags::RDWR | OFlags::NONBLOCK | OFlags::CLOEXEC,
@@ -141,7 +148,12 @@ fn make_device() -> Result<OwnedFd, EgressError> {
     .map_err(|e| EgressError::io("open /dev/net/tun")(e.into()))?;
     let mut request =
         ak_netif::ifreq(crate::DEVICE).map_err(EgressError::io("name the TUN device"))?;
-    request.ifr_ifru.ifru_flags = (libc::IFF_TUN | libc::IFF_NO_PI) as libc::c_short;
+    let kind = if ethernet {
+        libc::IFF_TAP
+    } else {
+        libc::IFF_TUN
+    };
+    request.ifr_ifru.ifru_flags = (kind | libc::IFF_NO_PI) as libc::c_short;
     // SAFETY: TUNSETIFF reads an ifreq naming the device and its flags.
     ak_netif::check(unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, &request) })
         .map_err(EgressError::io("create the TUN device"))?;

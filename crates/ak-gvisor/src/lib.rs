@@ -50,6 +50,9 @@ const CREATOR_FILE: &str = "creator";
 pub struct GvisorBackend {
     agent_path: PathBuf,
     options: GvisorOptions,
+    /// How allowlist sandboxes get their network (the native backend's egress helper in
+    /// front of the sandbox's network namespace).
+    egress: ak_native::network::Egress,
     runsc: OnceCell<Arc<Runsc>>,
     swept: OnceCell<()>,
 }
@@ -57,11 +60,18 @@ pub struct GvisorBackend {
 impl GvisorBackend {
     pub fn new(agent_path: PathBuf, options: GvisorOptions) -> Self {
         GvisorBackend {
+            egress: ak_native::network::Egress::beside(&agent_path),
             agent_path,
             options,
             runsc: OnceCell::new(),
             swept: OnceCell::new(),
         }
+    }
+
+    /// How allowlist sandboxes get their network.
+    pub fn with_egress(mut self, egress: ak_native::network::Egress) -> Self {
+        self.egress = egress;
+        self
     }
 
     fn base(&self) -> PathBuf {
@@ -205,18 +215,32 @@ impl GvisorBackend {
             .map_err(|e| GvisorError::io(format!("chown {}", sockets.display()))(e.into()))?;
         }
 
-        // The outbound network: a namespace with the helper's interface, made first
-        // (runsc reads the interfaces when it creates the sandbox).
-        let outbound = spec.policy.network == NetworkMode::Outbound;
+        // The network: a namespace with the helper's interface, made first (runsc reads
+        // the interfaces when it creates the sandbox). The open network's helper is
+        // slirp4netns; an allowlist's is the egress helper, as on the native backend, on
+        // a TAP device (gVisor's network stack speaks Ethernet).
+        let outbound = spec.policy.network.has_network();
         let netns = outbound.then(Netns::new).transpose()?;
         let mut network = None;
         let resolv_conf = dir.join("resolv.conf");
         if let Some(netns) = &netns {
+            let policy = dir.join(ak_native::EGRESS_POLICY_FILE);
+            let kind = if spec.policy.network == NetworkMode::Allowlist {
+                self.egress
+                    .write_policy(&policy, &spec.policy.allowlist)
+                    .map_err(|e| GvisorError::Network(e.to_string()))?;
+                self.egress.helper(&policy, &spec.id, true)
+            } else {
+                ak_native::network::HelperKind::Slirp
+            };
             match lifetime {
-                Lifetime::Ephemeral => network = Some(OutboundNetwork::start(netns)?),
+                Lifetime::Ephemeral => network = Some(OutboundNetwork::start(netns, kind)?),
                 Lifetime::Persistent => {
-                    data.network_helper =
-                        Some(network::start_detached(netns, &dir.join("network.log"))?);
+                    data.network_helper = Some(network::start_detached(
+                        netns,
+                        kind,
+                        &dir.join("network.log"),
+                    )?);
                 }
             }
             write_file(&resolv_conf, network::resolv_conf())?;

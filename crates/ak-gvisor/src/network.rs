@@ -51,11 +51,10 @@ pub struct OutboundNetwork {
 }
 
 impl OutboundNetwork {
-    /// Starts the helper for `netns` and waits until the interface is configured.
-    pub fn start(netns: &Netns) -> Result<OutboundNetwork, GvisorError> {
+    /// Starts the helper `kind` for `netns` and waits until the interface is configured.
+    pub fn start(netns: &Netns, kind: HelperKind<'_>) -> Result<OutboundNetwork, GvisorError> {
         let mut helper =
-            NetworkHelper::start(HelperTarget::Netns(&netns.path()), HelperKind::Slirp)
-                .map_err(helper_error)?;
+            NetworkHelper::start(HelperTarget::Netns(&netns.path()), kind).map_err(helper_error)?;
         helper.wait_ready().map_err(helper_error)?;
         Ok(OutboundNetwork { helper })
     }
@@ -67,8 +66,13 @@ impl OutboundNetwork {
 
 /// Starts the helper of a persistent sandbox, which outlives this process; returns its
 /// `pid:start-time` for the release to end it.
-pub fn start_detached(netns: &Netns, log: &Path) -> Result<String, GvisorError> {
-    let pid = ak_native::network::start_detached_in(&netns.path(), log).map_err(helper_error)?;
+pub fn start_detached(
+    netns: &Netns,
+    kind: HelperKind<'_>,
+    log: &Path,
+) -> Result<String, GvisorError> {
+    let pid =
+        ak_native::network::start_detached_in(&netns.path(), kind, log).map_err(helper_error)?;
     ak_core::process::identity(pid)
         .ok_or_else(|| GvisorError::Network("the network helper ended at once".into()))
 }

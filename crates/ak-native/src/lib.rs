@@ -57,12 +57,8 @@ pub fn sandbox_root_host_ids() -> (u32, u32) {
 #[derive(Debug)]
 pub struct NativeBackend {
     agent_path: PathBuf,
-    /// The egress helper that enforces allowlists (`ak-egress`).
-    egress_path: PathBuf,
-    /// The resolver the egress helper asks (default: the host's).
-    upstream_dns: Option<std::net::SocketAddr>,
-    /// The state directory whose audit log the egress helper writes to.
-    audit_dir: Option<PathBuf>,
+    /// How allowlist sandboxes get their network.
+    egress: network::Egress,
     /// What creating a sandbox needs (probed at the first creation).
     state: OnceLock<Result<Prepared, String>>,
     /// What reaching and releasing one needs: the cgroup layout alone, so that `exec`,
@@ -89,43 +85,18 @@ impl NativeBackend {
     /// [`NativeBackend::with_egress`] says otherwise.
     pub fn new(agent_path: PathBuf) -> Self {
         NativeBackend {
-            egress_path: agent_path.with_file_name("ak-egress"),
-            upstream_dns: None,
-            audit_dir: None,
+            egress: network::Egress::beside(&agent_path),
             agent_path,
             state: OnceLock::new(),
             cgroups: OnceLock::new(),
         }
     }
 
-    /// The egress helper to run for allowlist sandboxes, the resolver it asks, and the
-    /// state directory whose audit log gets its verdicts.
-    pub fn with_egress(
-        mut self,
-        helper: PathBuf,
-        upstream_dns: Option<std::net::SocketAddr>,
-        audit_dir: Option<PathBuf>,
-    ) -> Self {
-        self.egress_path = helper;
-        self.upstream_dns = upstream_dns;
-        self.audit_dir = audit_dir;
+    /// How allowlist sandboxes get their network: the egress helper, the resolver it
+    /// asks, the state directory whose audit log gets its verdicts.
+    pub fn with_egress(mut self, egress: network::Egress) -> Self {
+        self.egress = egress;
         self
-    }
-
-    /// Writes the egress helper's policy file for `spec` into the runtime directory.
-    fn write_egress_policy(
-        &self,
-        rundir: &RunDir,
-        spec: &SandboxSpec,
-    ) -> Result<PathBuf, NativeError> {
-        let path = rundir.path().join(EGRESS_POLICY_FILE);
-        ak_egress::PolicyFile {
-            allowlist: spec.policy.allowlist.clone(),
-            upstream_dns: self.upstream_dns,
-        }
-        .write(&path)
-        .map_err(|e| NativeError::Network(e.to_string()))?;
-        Ok(path)
     }
 
     fn prepared(&self) -> Result<&Prepared, NativeError> {
@@ -286,25 +257,23 @@ impl NativeBackend {
         // namespace; a persistent sandbox's is detached from us and starts afterwards.
         let network = spec.policy.network.has_network();
         let egress_policy = match spec.policy.network {
-            NetworkMode::Allowlist => match self.write_egress_policy(&rundir, spec) {
-                Ok(path) => Some(path),
-                Err(error) => {
-                    if let Some(cgroup) = &cgroup {
-                        let _ = cgroup.remove();
+            NetworkMode::Allowlist => {
+                let path = rundir.path().join(EGRESS_POLICY_FILE);
+                match self.egress.write_policy(&path, &spec.policy.allowlist) {
+                    Ok(()) => Some(path),
+                    Err(error) => {
+                        if let Some(cgroup) = &cgroup {
+                            let _ = cgroup.remove();
+                        }
+                        let _ = rundir.remove();
+                        return Err(error);
                     }
-                    let _ = rundir.remove();
-                    return Err(error);
                 }
-            },
+            }
             _ => None,
         };
         let kind = match &egress_policy {
-            Some(policy) => network::HelperKind::Egress {
-                program: &self.egress_path,
-                policy,
-                sandbox: &spec.id,
-                audit_dir: self.audit_dir.as_deref(),
-            },
+            Some(policy) => self.egress.helper(policy, &spec.id, false),
             None => network::HelperKind::Slirp,
         };
         let mut helper = None;

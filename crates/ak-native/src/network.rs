@@ -45,7 +45,64 @@ pub enum HelperKind<'a> {
         policy: &'a Path,
         sandbox: &'a str,
         audit_dir: Option<&'a Path>,
+        /// A TAP device instead of a TUN one (the sandbox speaks Ethernet).
+        ethernet: bool,
     },
+}
+
+/// How a sandbox with an allowlist gets its network: the egress helper (`ak-egress`), the
+/// resolver it asks, and the state directory whose audit log gets its verdicts. One set of
+/// these per host, shared by every backend that puts the helper in front of a network
+/// namespace (native, gVisor).
+#[derive(Debug, Clone)]
+pub struct Egress {
+    pub helper: PathBuf,
+    /// The resolver the helper asks (default: the host's).
+    pub upstream_dns: Option<std::net::SocketAddr>,
+    pub audit_dir: Option<PathBuf>,
+}
+
+impl Egress {
+    /// The helper beside `agent` (both are built into the same directory), the host's
+    /// resolver, no audit log.
+    pub fn beside(agent: &Path) -> Egress {
+        Egress {
+            helper: agent.with_file_name("ak-egress"),
+            upstream_dns: None,
+            audit_dir: None,
+        }
+    }
+
+    /// Writes the helper's policy file for `allowlist` at `path`.
+    pub fn write_policy(
+        &self,
+        path: &Path,
+        allowlist: &ak_core::egress::Allowlist,
+    ) -> Result<(), NativeError> {
+        ak_egress::PolicyFile {
+            allowlist: allowlist.clone(),
+            upstream_dns: self.upstream_dns,
+        }
+        .write(path)
+        .map_err(|e| NativeError::Network(e.to_string()))
+    }
+
+    /// The helper for sandbox `sandbox`, enforcing the policy file `policy`; `ethernet`
+    /// for a sandbox whose network stack speaks Ethernet (gVisor's).
+    pub fn helper<'a>(
+        &'a self,
+        policy: &'a Path,
+        sandbox: &'a str,
+        ethernet: bool,
+    ) -> HelperKind<'a> {
+        HelperKind::Egress {
+            program: &self.helper,
+            policy,
+            sandbox,
+            audit_dir: self.audit_dir.as_deref(),
+            ethernet,
+        }
+    }
 }
 
 /// A running network helper for one sandbox.
@@ -126,12 +183,16 @@ pub(crate) fn start_detached(
 /// Starts the helper of a persistent sandbox in network namespace `netns`, to outlive
 /// this process: it has no exit descriptor, so the sandbox's release ends it by the pid
 /// this returns once the network is configured. Its diagnostics go to `log`.
-pub fn start_detached_in(netns: &Path, log: &Path) -> Result<u32, NativeError> {
+pub fn start_detached_in(
+    netns: &Path,
+    kind: HelperKind<'_>,
+    log: &Path,
+) -> Result<u32, NativeError> {
     let (ready_read, ready_write) = pipe()?;
     let log_file = crate::persistent::open_log(log)?;
     let child = spawn_helper(
         HelperTarget::Netns(netns),
-        HelperKind::Slirp,
+        kind,
         &ready_write,
         None,
         Stdio::from(log_file),
@@ -220,6 +281,7 @@ fn spawn_helper(
             policy,
             sandbox,
             audit_dir,
+            ethernet,
         } => {
             let (netns, userns) = match target {
                 HelperTarget::Process(pid) => (
@@ -236,6 +298,7 @@ fn spawn_helper(
                 exit_fd,
                 sandbox: sandbox.to_string(),
                 audit_dir: audit_dir.map(Path::to_path_buf),
+                ethernet,
             };
             let mut command = Command::new(program);
             command.args(args.to_args());

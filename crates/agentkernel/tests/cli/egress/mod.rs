@@ -306,3 +306,44 @@ fn a_named_sandbox_keeps_its_allowlist_and_counts_denials() {
         .unwrap_or_else(|| panic!("{shown}"));
     assert!(denied >= 1, "{shown}");
 }
+
+/// The same probes on the gVisor backend: the egress helper, on a TAP device (gVisor's
+/// network stack speaks Ethernet), in front of the namespace runsc's network stack uses.
+#[test]
+fn allowlist_on_gvisor_lets_through_only_allowed_names() {
+    let internet = FakeInternet::start();
+    let mut flags = vec!["--backend", "gvisor"];
+    flags.extend_from_slice(ALLOW);
+    let output = internet.run(&flags, PROBES);
+    let text = stdout(&output);
+    assert_code(&output, 0);
+    let has = |line: &str| text.lines().any(|l| l == line);
+    for expected in [
+        "http=fake internet: allowed.test",
+        "denied_resolves=no",
+        "aaaa=no",
+        "rebind_resolves=no",
+        "host_mismatch=403",
+        "metadata=no",
+        "raw=raw-echo",
+        "udp=dropped",
+        "ipv6=refused",
+    ] {
+        assert!(
+            has(expected),
+            "{expected} on gVisor: {text}\n{}",
+            stderr(&output)
+        );
+    }
+    let audit = egress_audit();
+    for expected in [
+        "dns denied.test: not an allowed host",
+        "HTTP Host denied.test is not an allowed host",
+        "169.254.169.254 port 80: not an address an allowed name resolved to",
+    ] {
+        assert!(
+            audit.contains(expected),
+            "audit lacks {expected:?}:\n{audit}"
+        );
+    }
+}
