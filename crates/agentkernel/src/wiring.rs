@@ -117,11 +117,7 @@ fn service_with(config: &ConfigFile) -> Service {
             settings: config.microvm_options().is_err().then(|| config.clone()),
         }),
     };
-    let egress = ak_native::network::Egress {
-        helper: egress_path(),
-        upstream_dns: config.network.upstream_dns,
-        audit_dir: Some(state_dir()),
-    };
+    let egress = egress_settings(config);
     Service::new(
         vec![
             Arc::new(NativeBackend::new(agent_path()).with_egress(egress.clone())),
@@ -159,6 +155,15 @@ fn image_setup(config: &ConfigFile) -> ak_service::ImageSetup {
     }
 }
 
+/// The egress helper and what it is told, for every backend that enforces allowlists.
+fn egress_settings(config: &ConfigFile) -> ak_egress::Egress {
+    ak_egress::Egress {
+        helper: egress_path(),
+        upstream_dns: config.network.upstream_dns,
+        audit_dir: Some(state_dir()),
+    }
+}
+
 /// The microvm backend as the user's config sets it up.
 pub fn microvm_backend(config: &ConfigFile) -> anyhow::Result<MicrovmBackend> {
     let options = config.microvm_options()?;
@@ -169,7 +174,8 @@ pub fn microvm_backend(config: &ConfigFile) -> anyhow::Result<MicrovmBackend> {
     )
     .with_pull_progress(pull_progress());
     Ok(MicrovmBackend::new(agent_path(), &options)?
-        .with_image_exporter(Arc::new(EngineImages(docker))))
+        .with_image_exporter(Arc::new(EngineImages(docker)))
+        .with_egress(egress_settings(config)))
 }
 
 /// A backend this build has but the settings make unusable: every use says why.

@@ -19,11 +19,13 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             &["ak-core", "ak-egress", "ak-netif", "ak-protocol"],
         ),
         ("ak-docker", &["ak-core"]),
-        ("ak-microvm", &["ak-core", "ak-netif"]),
+        // The egress helper is the far end of an allowlist VM's NIC (its arguments and
+        // settings come from ak-egress, as for the native and gVisor backends).
+        ("ak-microvm", &["ak-core", "ak-egress", "ak-netif"]),
         // The one sideways edge: a gVisor sandbox is the native sandbox's policy under
         // another kernel, so it takes the native backend's seccomp deny-list and its
         // user-mode network helper rather than a second copy of either.
-        ("ak-gvisor", &["ak-core", "ak-native"]),
+        ("ak-gvisor", &["ak-core", "ak-egress", "ak-native"]),
         // The OCI image store: a library beside the backends, which get its layers as
         // plain directories (`ak_core::StoredImage`) and never link it.
         ("ak-image", &["ak-core"]),

@@ -26,7 +26,10 @@ impl BackendKind {
     /// Whether the backend enforces an egress allowlist (`ak-egress` in front of its
     /// network); the others refuse the `allowlist` network mode.
     pub fn enforces_allowlist(self) -> bool {
-        matches!(self, BackendKind::Native | BackendKind::Gvisor)
+        matches!(
+            self,
+            BackendKind::Native | BackendKind::Gvisor | BackendKind::Microvm
+        )
     }
 
     /// Whether this backend's images are OCI images (no `host` image).

@@ -1,7 +1,10 @@
-//! The TUN device as the stack sees it, with the first checks on the way in: a TCP SYN to
-//! a destination the gate refuses is answered with a RST at once (the sandbox's `connect`
-//! fails with "connection refused", and no connection is ever set up); UDP other than DNS
-//! to the resolver, ICMP and IPv6 are dropped. Everything else goes to `ipstack`.
+//! The sandbox's link as the stack sees it, with the first checks on the way in: a TCP SYN
+//! to a destination the gate refuses is answered with a RST at once (the sandbox's
+//! `connect` fails with "connection refused", and no connection is ever set up); UDP
+//! other than DNS to the resolver, ICMP and IPv6 are dropped. Everything else goes to
+//! `ipstack`. The link is a TUN device (IP packets), a TAP device (Ethernet frames) or a
+//! stream socket of Ethernet frames each after its length: QEMU's `stream` network
+//! backend, a VM's NIC ([`Wire`]).
 
 use std::collections::HashSet;
 use std::io;
@@ -29,9 +32,46 @@ pub struct GatedTun {
     audit: Arc<dyn AuditSink>,
     packet: Vec<u8>,
     dropped_flows: HashSet<(SocketAddr, SocketAddr)>,
-    /// For a TAP device (the sandbox speaks Ethernet): its end of the link, and a frame
-    /// being written.
-    link: Option<(Link, Vec<u8>)>,
+    wire: Wire,
+}
+
+/// What the descriptor carries.
+#[derive(Debug)]
+pub enum Wire {
+    /// A TUN device: a read or a write is one IP packet.
+    Tun,
+    /// A TAP device: a read or a write is one Ethernet frame.
+    Tap { link: Link, frame: Vec<u8> },
+    /// A stream socket: Ethernet frames, each after its length (4 bytes, big-endian).
+    Stream {
+        link: Link,
+        /// Bytes read and not yet taken as a frame.
+        inbox: Vec<u8>,
+        /// Bytes of frames accepted from the stack and not yet written.
+        outbox: Vec<u8>,
+    },
+}
+
+/// Most bytes of frames waiting to be written to a stream before the stack is held back.
+const OUTBOX_LIMIT: usize = 1 << 20;
+
+impl Wire {
+    pub fn tun() -> Wire {
+        Wire::Tun
+    }
+    pub fn tap() -> Wire {
+        Wire::Tap {
+            link: Link::default(),
+            frame: Vec::new(),
+        }
+    }
+    pub fn stream() -> Wire {
+        Wire::Stream {
+            link: Link::default(),
+            inbox: Vec::new(),
+            outbox: Vec::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for GatedTun {
@@ -41,13 +81,12 @@ impl std::fmt::Debug for GatedTun {
 }
 
 impl GatedTun {
-    /// `tun` must be non-blocking; `ethernet`: it is a TAP device (see [`crate::ethernet`]).
-    /// Needs a Tokio runtime.
+    /// `tun` (non-blocking) carries what `wire` says. Needs a Tokio runtime.
     pub fn new(
         tun: OwnedFd,
+        wire: Wire,
         gate: Arc<Gate>,
         audit: Arc<dyn AuditSink>,
-        ethernet: bool,
     ) -> io::Result<GatedTun> {
         Ok(GatedTun {
             // SAFETY: the OwnedFd moves into the AsyncFd, which owns it (and so keeps it
@@ -57,13 +96,13 @@ impl GatedTun {
             audit,
             packet: vec![0; usize::from(crate::MTU) + ethernet::HEADER],
             dropped_flows: HashSet::new(),
-            link: ethernet.then(|| (Link::default(), Vec::new())),
+            wire,
         })
     }
 
     /// Writes one IP packet to the sandbox (see [`send_on`]).
     fn send(&mut self, packet: &[u8]) -> io::Result<usize> {
-        send_on(self.fd.get_ref(), &mut self.link, packet)
+        send_on(self.fd.get_ref(), &mut self.wire, packet)
     }
 
     /// What to do with one packet from the sandbox.
@@ -156,16 +195,125 @@ impl GatedTun {
     }
 }
 
-/// Writes one IP packet to the sandbox on `fd`, framed when the link is Ethernet.
-fn send_on(fd: &OwnedFd, link: &mut Option<(Link, Vec<u8>)>, packet: &[u8]) -> io::Result<usize> {
-    match link {
-        Some((link, frame)) => {
-            link.frame(packet, frame);
-            rustix::io::write(fd, frame)?;
-            Ok(packet.len())
+/// Reads the next IP packet from the sandbox on `fd` into `packet`: its length, or `None`
+/// when what was read was not one (an ARP request answered, a frame dropped) or a stream
+/// holds no whole frame yet; `Some(0)` at the end of a stream.
+fn receive(fd: &OwnedFd, wire: &mut Wire, packet: &mut [u8]) -> io::Result<Option<usize>> {
+    let length = match wire {
+        Wire::Tun => return Ok(Some(rustix::io::read(fd, &mut packet[..])?)),
+        Wire::Tap { .. } => rustix::io::read(fd, &mut packet[..])?,
+        Wire::Stream { inbox, .. } => {
+            let Some(frame) = take_frame(inbox, packet.len())? else {
+                let mut chunk = [0u8; 64 << 10];
+                let n = rustix::io::read(fd, &mut chunk)?;
+                if n == 0 {
+                    return Ok(Some(0));
+                }
+                inbox.extend_from_slice(&chunk[..n]);
+                return Ok(None);
+            };
+            packet[..frame.len()].copy_from_slice(&frame);
+            frame.len()
         }
-        None => Ok(rustix::io::write(fd, packet)?),
+    };
+    let (Wire::Tap { link, .. } | Wire::Stream { link, .. }) = wire else {
+        return Ok(Some(length));
+    };
+    match link.inbound(&packet[..length]) {
+        Inbound::Ipv4(offset) => {
+            packet.copy_within(offset..length, 0);
+            Ok(Some(length - offset))
+        }
+        Inbound::Reply(reply) => {
+            // Lost if the queue is full: the sandbox asks again.
+            let _ = send_frame(fd, wire, &reply);
+            Ok(None)
+        }
+        Inbound::Drop => Ok(None),
     }
+}
+
+/// Writes one IP packet to the sandbox on `fd`, framed as `wire` wants it.
+fn send_on(fd: &OwnedFd, wire: &mut Wire, packet: &[u8]) -> io::Result<usize> {
+    let frame = match wire {
+        Wire::Tun => return Ok(rustix::io::write(fd, packet)?),
+        Wire::Tap { link, frame } => {
+            link.frame(packet, frame);
+            std::mem::take(frame)
+        }
+        Wire::Stream { link, .. } => {
+            let mut frame = Vec::with_capacity(packet.len() + ethernet::HEADER);
+            link.frame(packet, &mut frame);
+            frame
+        }
+    };
+    let sent = send_frame(fd, wire, &frame);
+    // The TAP's frame buffer is kept for the next packet.
+    if let Wire::Tap { frame: buffer, .. } = wire {
+        *buffer = frame;
+    }
+    sent.map(|()| packet.len())
+}
+
+/// Writes one Ethernet frame: whole to a TAP device; after its length to a stream, where
+/// what the socket does not take now waits in the outbox (written before anything else).
+fn send_frame(fd: &OwnedFd, wire: &mut Wire, frame: &[u8]) -> io::Result<()> {
+    match wire {
+        Wire::Tun => Ok(()),
+        Wire::Tap { .. } => {
+            rustix::io::write(fd, frame)?;
+            Ok(())
+        }
+        Wire::Stream { outbox, .. } => {
+            flush(fd, outbox)?;
+            if outbox.len() > OUTBOX_LIMIT {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let length = u32::try_from(frame.len())
+                .map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+            outbox.extend_from_slice(&length.to_be_bytes());
+            outbox.extend_from_slice(frame);
+            match flush(fd, outbox) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(()),
+                other => other,
+            }
+        }
+    }
+}
+
+/// Writes what the socket takes of `outbox` and keeps the rest.
+fn flush(fd: &OwnedFd, outbox: &mut Vec<u8>) -> io::Result<()> {
+    while !outbox.is_empty() {
+        match rustix::io::write(fd, outbox) {
+            Ok(n) => {
+                outbox.drain(..n);
+            }
+            Err(rustix::io::Errno::AGAIN) => return Err(io::ErrorKind::WouldBlock.into()),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
+/// The first whole frame of a stream's `inbox` (taken out of it), if there is one; an
+/// error for a frame longer than `largest` (not a stream of ours).
+fn take_frame(inbox: &mut Vec<u8>, largest: usize) -> io::Result<Option<Vec<u8>>> {
+    let Some(prefix) = inbox.get(..4) else {
+        return Ok(None);
+    };
+    let length = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+    if length > largest {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a frame of {length} bytes on the VM's stream"),
+        ));
+    }
+    if inbox.len() < 4 + length {
+        return Ok(None);
+    }
+    let frame = inbox[4..4 + length].to_vec();
+    inbox.drain(..4 + length);
+    Ok(Some(frame))
 }
 
 enum Judgement {
@@ -186,28 +334,25 @@ impl AsyncRead for GatedTun {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            let mut guard = ready!(this.fd.poll_read_ready(cx))?;
-            let read = guard.try_io(|fd| {
-                rustix::io::read(fd.get_ref(), &mut this.packet[..]).map_err(io::Error::from)
-            });
-            let mut length = match read {
-                Ok(Ok(length)) => length,
-                Ok(Err(error)) => return Poll::Ready(Err(error)),
-                Err(_would_block) => continue,
-            };
-            if let Some((link, _)) = &mut this.link {
-                match link.inbound(&this.packet[..length]) {
-                    Inbound::Ipv4(start) => {
-                        this.packet.copy_within(start..length, 0);
-                        length -= start;
-                    }
-                    Inbound::Reply(reply) => {
-                        // Lost if the queue is full: the sandbox asks again.
-                        let _ = rustix::io::write(this.fd.get_ref(), &reply);
-                        continue;
-                    }
-                    Inbound::Drop => continue,
+            // A stream may hold a whole frame already: no readiness needed for it.
+            let buffered = matches!(&this.wire, Wire::Stream { inbox, .. } if inbox.len() >= 4);
+            let received = if buffered {
+                receive(this.fd.get_ref(), &mut this.wire, &mut this.packet)
+            } else {
+                let mut guard = ready!(this.fd.poll_read_ready(cx))?;
+                match guard.try_io(|fd| receive(fd.get_ref(), &mut this.wire, &mut this.packet)) {
+                    Ok(received) => received,
+                    Err(_would_block) => continue,
                 }
+            };
+            let length = match received {
+                Ok(Some(length)) => length,
+                Ok(None) => continue,
+                Err(error) => return Poll::Ready(Err(error)),
+            };
+            if length == 0 {
+                // The end of the VM's stream: the stack ends with it.
+                return Poll::Ready(Ok(()));
             }
             match this.judge(length) {
                 Judgement::Pass => {
@@ -231,7 +376,7 @@ impl AsyncWrite for GatedTun {
         let this = self.get_mut();
         loop {
             let mut guard = ready!(this.fd.poll_write_ready(cx))?;
-            match guard.try_io(|fd| send_on(fd.get_ref(), &mut this.link, packet)) {
+            match guard.try_io(|fd| send_on(fd.get_ref(), &mut this.wire, packet)) {
                 Ok(result) => return Poll::Ready(result),
                 Err(_would_block) => continue,
             }

@@ -12,7 +12,7 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::audit::AuditSink;
-use crate::device::GatedTun;
+use crate::device::{GatedTun, Wire};
 use crate::error::EgressError;
 use crate::gate::Gate;
 
@@ -55,8 +55,13 @@ impl PolicyFile {
 /// The helper's command line: `--netns PATH --policy FILE --ready-fd N [--exit-fd N]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HelperArgs {
-    /// The sandbox's network namespace (`/proc/PID/ns/net` or a namespace file).
-    pub netns: PathBuf,
+    /// The sandbox's network namespace (`/proc/PID/ns/net` or a namespace file), whose
+    /// device the helper makes; or else
+    pub netns: Option<PathBuf>,
+    /// `--stream PATH`: a Unix socket the helper listens on for a VM's NIC (QEMU's
+    /// `stream` network backend: Ethernet frames, each after its length). The helper ends
+    /// when that connection does.
+    pub stream: Option<PathBuf>,
     /// The sandbox's user namespace, entered first when the helper is not root.
     pub userns: Option<PathBuf>,
     pub policy: PathBuf,
@@ -78,7 +83,7 @@ pub struct HelperArgs {
 impl HelperArgs {
     pub fn parse(args: impl IntoIterator<Item = String>) -> Result<HelperArgs, EgressError> {
         let (mut netns, mut policy, mut ready_fd, mut exit_fd) = (None, None, None, None);
-        let (mut sandbox, mut audit_dir, mut userns) = (None, None, None);
+        let (mut sandbox, mut audit_dir, mut userns, mut stream) = (None, None, None, None);
         let mut ethernet = false;
         let mut args = args.into_iter();
         let fd = |value: Option<String>, flag: &str| -> Result<i32, EgressError> {
@@ -91,6 +96,7 @@ impl HelperArgs {
         while let Some(flag) = args.next() {
             match flag.as_str() {
                 "--netns" => netns = args.next().map(PathBuf::from),
+                "--stream" => stream = args.next().map(PathBuf::from),
                 "--userns" => userns = args.next().map(PathBuf::from),
                 "--policy" => policy = args.next().map(PathBuf::from),
                 "--ready-fd" => ready_fd = Some(fd(args.next(), "--ready-fd")?),
@@ -102,8 +108,14 @@ impl HelperArgs {
             }
         }
         let missing = |flag: &str| EgressError::Usage(format!("{flag} is required"));
+        if netns.is_some() == stream.is_some() {
+            return Err(EgressError::Usage(
+                "exactly one of --netns and --stream is required".into(),
+            ));
+        }
         Ok(HelperArgs {
-            netns: netns.ok_or_else(|| missing("--netns"))?,
+            netns,
+            stream,
             userns,
             policy: policy.ok_or_else(|| missing("--policy"))?,
             ready_fd: ready_fd.ok_or_else(|| missing("--ready-fd"))?,
@@ -116,16 +128,21 @@ impl HelperArgs {
 
     /// The arguments that give `self` back from [`HelperArgs::parse`].
     pub fn to_args(&self) -> Vec<String> {
-        let mut args = vec![
-            "--netns".to_string(),
-            self.netns.display().to_string(),
+        let mut args = Vec::new();
+        if let Some(netns) = &self.netns {
+            args.extend(["--netns".to_string(), netns.display().to_string()]);
+        }
+        if let Some(stream) = &self.stream {
+            args.extend(["--stream".to_string(), stream.display().to_string()]);
+        }
+        args.extend([
             "--policy".to_string(),
             self.policy.display().to_string(),
             "--ready-fd".to_string(),
             self.ready_fd.to_string(),
             "--sandbox".to_string(),
             self.sandbox.clone(),
-        ];
+        ]);
         if let Some(userns) = &self.userns {
             args.extend(["--userns".to_string(), userns.display().to_string()]);
         }
@@ -163,36 +180,99 @@ pub fn run(args: HelperArgs, audit: Arc<dyn AuditSink>) -> Result<(), EgressErro
         args.policy.clone(),
         crate::tun::host_addresses(),
     )?);
-    let tun = crate::tun::open_in(&args.netns, args.userns.as_deref(), args.ethernet)?;
+    // The link: a device made in the sandbox's namespace, or a VM's stream, listened for
+    // before readiness is reported (the VM connects once it is told to start).
+    let (device, wire, mtu, ready) = match (&args.netns, &args.stream) {
+        (Some(netns), _) => {
+            let tun = crate::tun::open_in(netns, args.userns.as_deref(), args.ethernet)?;
+            let wire = if args.ethernet {
+                Wire::tap()
+            } else {
+                Wire::tun()
+            };
+            (Link::Device(tun), wire, crate::MTU, Some(ready))
+        }
+        (None, Some(path)) => {
+            let listener = listen(path)?;
+            rustix::io::write(&ready, &[1])
+                .map_err(|e| EgressError::io("report readiness")(e.into()))?;
+            (Link::Listener(listener), Wire::stream(), VM_MTU, None)
+        }
+        (None, None) => {
+            return Err(EgressError::Usage(
+                "exactly one of --netns and --stream is required".into(),
+            ));
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .map_err(EgressError::io("start the runtime"))?;
-    runtime.block_on(serve(
-        tun,
-        args.ethernet,
-        gate,
-        audit,
-        upstream,
-        ready,
-        exit,
-    ))
+    runtime.block_on(async move {
+        let fd = match device {
+            Link::Device(fd) => fd,
+            Link::Listener(listener) => {
+                let listener = tokio::net::UnixListener::from_std(listener)
+                    .map_err(EgressError::io("watch the VM's socket"))?;
+                let (stream, _) = listener
+                    .accept()
+                    .await
+                    .map_err(EgressError::io("accept the VM's connection"))?;
+                let stream = stream
+                    .into_std()
+                    .map_err(EgressError::io("take the VM's connection"))?;
+                OwnedFd::from(stream)
+            }
+        };
+        serve(fd, wire, mtu, gate, audit, upstream, ready, exit).await
+    })
 }
 
+/// The MTU of a VM's NIC (the guest's default): the stack's segments must fit its frames.
+const VM_MTU: u16 = 1500;
+
+/// Where the sandbox's packets come from, before the runtime starts.
+enum Link {
+    Device(OwnedFd),
+    Listener(std::os::unix::net::UnixListener),
+}
+
+/// Listens on `path` (owner only, non-blocking), replacing a socket file left there.
+fn listen(path: &Path) -> Result<std::os::unix::net::UnixListener, EgressError> {
+    use std::os::unix::fs::PermissionsExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) => {
+            std::fs::remove_file(path)
+                .map_err(EgressError::io(format!("remove {}", path.display())))?;
+        }
+        _ => {}
+    }
+    let listener = std::os::unix::net::UnixListener::bind(path)
+        .map_err(EgressError::io(format!("listen on {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .map_err(EgressError::io(format!("chmod {}", path.display())))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(EgressError::io("make the VM's socket non-blocking"))?;
+    Ok(listener)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve(
-    tun: OwnedFd,
-    ethernet: bool,
+    fd: OwnedFd,
+    wire: Wire,
+    mtu: u16,
     gate: Arc<Gate>,
     audit: Arc<dyn AuditSink>,
     upstream: SocketAddr,
-    ready: OwnedFd,
+    ready: Option<OwnedFd>,
     exit: Option<OwnedFd>,
 ) -> Result<(), EgressError> {
-    let device = GatedTun::new(tun, gate.clone(), audit.clone(), ethernet)
-        .map_err(EgressError::io("watch the TUN device"))?;
+    let device = GatedTun::new(fd, wire, gate.clone(), audit.clone())
+        .map_err(EgressError::io("watch the sandbox's link"))?;
     let mut config = IpStackConfig::default();
-    config.mtu_unchecked(crate::MTU);
+    config.mtu_unchecked(mtu);
     // ipstack's defaults (16 KiB in flight, 16 KiB read buffer) hold a bulk download to a
     // small fraction of the open network's speed; its 60 s timeout would cut idle but
     // live connections (a language server, a held database connection).
@@ -202,8 +282,10 @@ async fn serve(
     tcp.timeout = std::time::Duration::from_secs(2 * 3600);
     config.with_tcp_config(tcp);
     let mut stack = IpStack::new(config, device);
-    rustix::io::write(&ready, &[1]).map_err(|e| EgressError::io("report readiness")(e.into()))?;
-    drop(ready);
+    if let Some(ready) = ready {
+        rustix::io::write(&ready, &[1])
+            .map_err(|e| EgressError::io("report readiness")(e.into()))?;
+    }
     let exit = exit
         // SAFETY: the OwnedFd moves into the AsyncFd, which owns it for its whole life.
         .map(|fd| unsafe { AsyncFd::register(fd) }.map_err(std::io::Error::from))
@@ -269,7 +351,8 @@ mod tests {
     #[test]
     fn arguments_round_trip() {
         let args = HelperArgs {
-            netns: "/proc/7/ns/net".into(),
+            netns: Some("/proc/7/ns/net".into()),
+            stream: None,
             userns: Some("/proc/7/ns/user".into()),
             policy: "/run/x/egress.json".into(),
             ready_fd: 3,
@@ -279,6 +362,28 @@ mod tests {
             ethernet: true,
         };
         assert_eq!(HelperArgs::parse(args.to_args()).unwrap(), args);
+        let vm = HelperArgs {
+            netns: None,
+            stream: Some("/run/vm/net.sock".into()),
+            userns: None,
+            exit_fd: None,
+            ethernet: false,
+            ..args.clone()
+        };
+        assert_eq!(HelperArgs::parse(vm.to_args()).unwrap(), vm);
+        let both = [
+            "--netns",
+            "/x",
+            "--stream",
+            "/s",
+            "--policy",
+            "/p",
+            "--ready-fd",
+            "3",
+            "--sandbox",
+            "a",
+        ];
+        assert!(HelperArgs::parse(both.iter().map(|s| s.to_string())).is_err());
         for bad in [
             vec!["--netns"],
             vec!["--netns", "/x", "--policy", "/p"],

@@ -25,12 +25,14 @@ pub mod gate;
 pub mod helper;
 pub mod peek;
 pub mod relay;
+mod settings;
 pub mod tun;
 
 pub use audit::{AuditSink, Event, Verdict};
 pub use error::EgressError;
 pub use gate::Gate;
 pub use helper::{HelperArgs, PolicyFile};
+pub use settings::Egress;
 
 use std::net::Ipv4Addr;
 

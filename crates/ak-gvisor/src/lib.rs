@@ -52,7 +52,7 @@ pub struct GvisorBackend {
     options: GvisorOptions,
     /// How allowlist sandboxes get their network (the native backend's egress helper in
     /// front of the sandbox's network namespace).
-    egress: ak_native::network::Egress,
+    egress: ak_egress::Egress,
     runsc: OnceCell<Arc<Runsc>>,
     swept: OnceCell<()>,
 }
@@ -60,7 +60,7 @@ pub struct GvisorBackend {
 impl GvisorBackend {
     pub fn new(agent_path: PathBuf, options: GvisorOptions) -> Self {
         GvisorBackend {
-            egress: ak_native::network::Egress::beside(&agent_path),
+            egress: ak_egress::Egress::beside(&agent_path),
             agent_path,
             options,
             runsc: OnceCell::new(),
@@ -69,7 +69,7 @@ impl GvisorBackend {
     }
 
     /// How allowlist sandboxes get their network.
-    pub fn with_egress(mut self, egress: ak_native::network::Egress) -> Self {
+    pub fn with_egress(mut self, egress: ak_egress::Egress) -> Self {
         self.egress = egress;
         self
     }
@@ -229,7 +229,7 @@ impl GvisorBackend {
                 self.egress
                     .write_policy(&policy, &spec.policy.allowlist)
                     .map_err(|e| GvisorError::Network(e.to_string()))?;
-                self.egress.helper(&policy, &spec.id, true)
+                ak_native::network::egress_helper(&self.egress, &policy, &spec.id, true)
             } else {
                 ak_native::network::HelperKind::Slirp
             };

@@ -65,11 +65,29 @@ pub struct Boot<'a> {
     pub nic: Option<Nic>,
 }
 
+/// What a VM holds on the host for its network: the tap, lease and NAT rules of the open
+/// network, or the egress helper (its identity) of an allowlist.
+#[derive(Debug, Default)]
+struct HostNetwork {
+    nat: Option<net::Attachment>,
+    egress_helper: Option<String>,
+}
+
+/// An allowlist VM's egress helper: its policy file, the socket QEMU's NIC connects to,
+/// its log, in the VM's directory; and the NIC's MAC (the link is the VM's alone).
+const EGRESS_POLICY: &str = "egress.json";
+const EGRESS_SOCKET: &str = "egress.sock";
+const EGRESS_LOG: &str = "egress.log";
+const EGRESS_GUEST_MAC: &str = "52:54:00:0a:00:64";
+
 /// A VM's network device: the host's tap it is connected to, and its MAC.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Nic {
     pub tap: String,
     pub mac: String,
+    /// Instead of the tap, a Unix socket whose far end is the egress helper (an allowlist
+    /// VM's NIC, through QEMU's `stream` network backend).
+    pub stream: Option<PathBuf>,
 }
 
 /// A host directory shared into a VM over 9p, mounted at `guest` by the agent.
@@ -119,12 +137,15 @@ pub struct MicrovmBackend {
     cache: PathBuf,
     swept: std::sync::Once,
     exporter: Option<Arc<dyn ImageExporter>>,
+    /// The egress helper and its settings, for allowlist VMs.
+    egress: ak_egress::Egress,
 }
 
 impl MicrovmBackend {
     pub fn new(agent: PathBuf, options: &MicrovmOptions) -> Result<Self, MicrovmError> {
         let driver = options.driver.unwrap_or_default();
         Ok(MicrovmBackend {
+            egress: ak_egress::Egress::beside(&agent),
             agent,
             driver,
             kernel: options.kernel.clone(),
@@ -133,6 +154,12 @@ impl MicrovmBackend {
             swept: std::sync::Once::new(),
             exporter: None,
         })
+    }
+
+    /// The egress helper that is the far end of allowlist VMs' NICs, and its settings.
+    pub fn with_egress(mut self, egress: ak_egress::Egress) -> Self {
+        self.egress = egress;
+        self
     }
 
     /// Boots container images exported through `exporter`.
@@ -225,15 +252,16 @@ impl MicrovmBackend {
     }
 
     /// Checks what the spec asks for against what a VM here can give.
-    fn check_spec(spec: &SandboxSpec) -> Result<(), MicrovmError> {
+    fn check_spec(&self, spec: &SandboxSpec) -> Result<(), MicrovmError> {
         // Never the VM's NAT in its place: that would be the open network.
-        if spec.policy.network == NetworkMode::Allowlist {
-            return Err(MicrovmError::Unsupported(
-                "the allowlist network is not enforced for microVMs yet (use --backend native)"
-                    .into(),
-            ));
+        if spec.policy.network == NetworkMode::Allowlist && self.driver != DriverKind::Qemu {
+            return Err(MicrovmError::Unsupported(format!(
+                "the allowlist network of a microVM needs the QEMU driver (its NIC's far end \
+                 is the egress helper, through QEMU's stream network backend; {} has none)",
+                self.driver
+            )));
         }
-        if spec.policy.network != NetworkMode::None
+        if spec.policy.network == NetworkMode::Outbound
             && let Some(why) = net::unavailable()
         {
             return Err(MicrovmError::Unsupported(format!(
@@ -305,6 +333,16 @@ impl MicrovmBackend {
                 init_args.push_str(&format!(" --nameserver {nameserver}"));
             }
         }
+        if spec.policy.network == NetworkMode::Allowlist {
+            // The egress helper's link, as native sandboxes see it: it answers for the
+            // gateway and is the resolver.
+            init_args.push_str(&format!(
+                " --net {}/24,{} --nameserver {}",
+                ak_egress::SANDBOX_ADDRESS,
+                ak_egress::GATEWAY,
+                ak_egress::RESOLVER
+            ));
+        }
         (kernel_args, init_args)
     }
 
@@ -313,7 +351,7 @@ impl MicrovmBackend {
         spec: &SandboxSpec,
         lifetime: Lifetime,
     ) -> Result<MicrovmSandbox, MicrovmError> {
-        Self::check_spec(spec)?;
+        self.check_spec(spec)?;
         self.hypervisor()?;
         let kernel = self.kernel()?;
         let source = BaseSource::from_image(&spec.image)?;
@@ -348,7 +386,7 @@ impl MicrovmBackend {
         let layout = Layout::create(run_base.join(&spec.id))?;
         // After the directory: a lease whose VM has no directory is an orphan to the sweep.
         let net_started = std::time::Instant::now();
-        let net = if spec.policy.network == NetworkMode::None {
+        let net = if spec.policy.network != NetworkMode::Outbound {
             None
         } else {
             let attached = tokio::task::spawn_blocking({
@@ -366,7 +404,18 @@ impl MicrovmBackend {
                 }
             }
         };
-        let net_set_up = net.as_ref().map(|_| net_started.elapsed());
+        let egress = if spec.policy.network == NetworkMode::Allowlist {
+            match self.start_egress(spec, &layout, lifetime).await {
+                Ok(egress) => Some(egress),
+                Err(e) => {
+                    let _ = layout.remove();
+                    return Err(e);
+                }
+            }
+        } else {
+            None
+        };
+        let net_set_up = (net.is_some() || egress.is_some()).then(|| net_started.elapsed());
         let (kernel_args, init_args) = self.boot_args(spec, lifetime, kvm, net.as_ref());
         let boot = Boot {
             kernel: &kernel,
@@ -377,13 +426,33 @@ impl MicrovmBackend {
             vcpus,
             memory_mib,
             shares: shares(spec),
-            nic: net.as_ref().map(|net| Nic {
-                tap: net.tap.clone(),
-                mac: net.mac(),
-            }),
+            nic: match (&net, &egress) {
+                (Some(net), _) => Some(Nic {
+                    tap: net.tap.clone(),
+                    mac: net.mac(),
+                    stream: None,
+                }),
+                (None, Some((socket, _))) => Some(Nic {
+                    tap: String::new(),
+                    mac: EGRESS_GUEST_MAC.into(),
+                    stream: Some(socket.clone()),
+                }),
+                (None, None) => None,
+            },
         };
+        let egress_helper = egress.map(|(_, helper)| helper);
         let mut started = self
-            .start(&boot, &layout, lifetime, spec, kvm, net.clone())
+            .start(
+                &boot,
+                &layout,
+                lifetime,
+                spec,
+                kvm,
+                HostNetwork {
+                    nat: net.clone(),
+                    egress_helper: egress_helper.clone(),
+                },
+            )
             .await;
         if let (Ok(sandbox), Some(took)) = (&mut started, net_set_up) {
             sandbox
@@ -396,9 +465,80 @@ impl MicrovmBackend {
             {
                 tracing::warn!("{e}");
             }
+            if let Some(helper) = &egress_helper {
+                ak_core::process::kill_recorded(helper, std::time::Duration::from_secs(2));
+            }
             let _ = layout.remove();
         }
         started
+    }
+
+    /// Starts the egress helper for an allowlist VM: it listens on a socket in the VM's
+    /// directory that QEMU's NIC connects to, and enforces the spec's allowlist on all that
+    /// comes through (as for native sandboxes). Returns the socket and the helper's
+    /// identity; the helper ends when the VM's connection does, or at the VM's release.
+    async fn start_egress(
+        &self,
+        spec: &SandboxSpec,
+        layout: &Layout,
+        lifetime: Lifetime,
+    ) -> Result<(PathBuf, String), MicrovmError> {
+        let failed = |e: String| MicrovmError::Network(format!("the egress helper: {e}"));
+        let policy = layout.dir.join(EGRESS_POLICY);
+        self.egress
+            .write_policy(&policy, &spec.policy.allowlist)
+            .map_err(|e| failed(e.to_string()))?;
+        let socket = layout.dir.join(EGRESS_SOCKET);
+        let (ready_read, ready_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+            .map_err(|e| failed(format!("a pipe: {e}")))?;
+        let args = ak_egress::HelperArgs {
+            netns: None,
+            stream: Some(socket.clone()),
+            userns: None,
+            policy,
+            ready_fd: std::os::fd::AsRawFd::as_raw_fd(&ready_write),
+            exit_fd: None,
+            sandbox: spec.id.clone(),
+            audit_dir: self.egress.audit_dir.clone(),
+            ethernet: false,
+        };
+        let log = layout.dir.join(EGRESS_LOG);
+        let (mut child, identity) = vm::spawn_keeping(
+            &self.egress.helper,
+            &args.to_args(),
+            &log,
+            lifetime,
+            Some(std::os::fd::AsRawFd::as_raw_fd(&ready_write)),
+        )
+        .map_err(|e| match e {
+            MicrovmError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                MicrovmError::Unsupported(format!(
+                    "the allowlist network needs the egress helper {} (built beside agentkernel)",
+                    self.egress.helper.display()
+                ))
+            }
+            other => other,
+        })?;
+        drop(ready_write);
+        let ready = tokio::task::spawn_blocking(move || {
+            let mut byte = [0u8; 1];
+            matches!(rustix::io::read(&ready_read, &mut byte), Ok(1))
+        })
+        .await
+        .unwrap_or(false);
+        if !ready {
+            let _ = child.kill().await;
+            let said = std::fs::read_to_string(&log).unwrap_or_default();
+            return Err(failed(format!(
+                "it did not start: {}",
+                said.trim().lines().last().unwrap_or("it printed nothing")
+            )));
+        }
+        // Reaped when it ends (with the VM's connection), so no zombie outlives it here.
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        Ok((socket, identity))
     }
 
     async fn start(
@@ -408,7 +548,7 @@ impl MicrovmBackend {
         lifetime: Lifetime,
         spec: &SandboxSpec,
         kvm: bool,
-        net: Option<net::Attachment>,
+        network: HostNetwork,
     ) -> Result<MicrovmSandbox, MicrovmError> {
         let ready_path = vsock::host_port_socket(&layout.vsock(), vsock::READY_PORT);
         // Listening before the VM starts: the agent's one connection here is its "ready",
@@ -438,7 +578,8 @@ impl MicrovmBackend {
             hypervisor: hypervisor_id,
             vsock_daemon: helper.as_ref().map(|(_, id)| id.clone()),
             creator: ak_core::process::identity(std::process::id()).unwrap_or_default(),
-            net,
+            net: network.nat,
+            egress: network.egress_helper,
         };
         let outcome = async {
             record.save()?;

@@ -104,13 +104,20 @@ pub fn arguments(boot: &Boot, layout: &Layout, kvm: bool) -> Vec<String> {
         "vhost-user-vsock-device,chardev=vsock".into(),
     ];
     if let Some(nic) = &boot.nic {
-        // The tap exists already (root made it, persistent): QEMU only opens it, and runs
-        // no script on it.
         args.push("-netdev".into());
-        args.push(format!(
-            "tap,id=net0,ifname={},script=no,downscript=no",
-            nic.tap
-        ));
+        match &nic.stream {
+            // The egress helper listens there: frames each after its length.
+            Some(socket) => args.push(format!(
+                "stream,id=net0,server=off,addr.type=unix,addr.path={}",
+                escape_option(&socket.to_string_lossy())
+            )),
+            // The tap exists already (root made it, persistent): QEMU only opens it, and
+            // runs no script on it.
+            None => args.push(format!(
+                "tap,id=net0,ifname={},script=no,downscript=no",
+                nic.tap
+            )),
+        }
         args.push("-device".into());
         args.push(format!("virtio-net-device,netdev=net0,mac={}", nic.mac));
     }
@@ -288,6 +295,7 @@ mod tests {
                 writable: true,
             }],
             nic: Some(crate::Nic {
+                stream: None,
                 tap: "akv0".into(),
                 mac: "02:ac:0a:d5:00:02".into(),
             }),
@@ -310,5 +318,21 @@ mod tests {
             "{args}"
         );
         assert_eq!(max_shares(true), max_shares(false) - 1);
+
+        // An allowlist VM's NIC: the egress helper's socket, never a tap.
+        let mut allowlist = boot;
+        allowlist.nic = Some(crate::Nic {
+            stream: Some("/run/vm/egress.sock".into()),
+            tap: String::new(),
+            mac: "52:54:00:0a:00:64".into(),
+        });
+        let args = arguments(&allowlist, &layout, false).join(" ");
+        assert!(
+            args.contains(
+                "-netdev stream,id=net0,server=off,addr.type=unix,addr.path=/run/vm/egress.sock -device virtio-net-device,netdev=net0,mac=52:54:00:0a:00:64"
+            ),
+            "{args}"
+        );
+        assert!(!args.contains("tap,"), "{args}");
     }
 }

@@ -101,6 +101,9 @@ pub struct VmRecord {
     /// Its network device's host side, when its policy allows network.
     #[serde(default)]
     pub net: Option<crate::net::Attachment>,
+    /// Of the egress helper that is the NIC's far end, when its policy is an allowlist.
+    #[serde(default)]
+    pub egress: Option<String>,
 }
 
 impl VmRecord {
@@ -136,6 +139,11 @@ impl VmRecord {
         {
             tracing::warn!("the vsock daemon is still not gone {KILL_WAIT:?} after SIGKILL");
         }
+        if let Some(egress) = &self.egress
+            && !ak_core::process::kill_recorded(egress, KILL_WAIT)
+        {
+            tracing::warn!("the egress helper is still not gone {KILL_WAIT:?} after SIGKILL");
+        }
         let net = self.net.as_ref().map_or(Ok(()), |net| net.release());
         let removed = self.layout.remove();
         net.and(removed)
@@ -150,6 +158,17 @@ pub fn spawn(
     args: &[String],
     log: &Path,
     lifetime: Lifetime,
+) -> Result<(tokio::process::Child, String), MicrovmError> {
+    spawn_keeping(program, args, log, lifetime, None)
+}
+
+/// [`spawn`], with the descriptor `keep` (if any) inherited by the process.
+pub fn spawn_keeping(
+    program: &Path,
+    args: &[String],
+    log: &Path,
+    lifetime: Lifetime,
+    keep: Option<std::os::fd::RawFd>,
 ) -> Result<(tokio::process::Child, String), MicrovmError> {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
@@ -166,9 +185,14 @@ pub fn spawn(
         .stdout(log_file)
         .stderr(log_err);
     // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (prctl, setsid).
+    // async-signal-safe system calls (prctl, setsid, fcntl).
     unsafe {
         command.pre_exec(move || {
+            if let Some(fd) = keep
+                && libc::fcntl(fd, libc::F_SETFD, 0) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
             match lifetime {
                 Lifetime::Ephemeral => {
                     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;

@@ -58,7 +58,7 @@ pub fn sandbox_root_host_ids() -> (u32, u32) {
 pub struct NativeBackend {
     agent_path: PathBuf,
     /// How allowlist sandboxes get their network.
-    egress: network::Egress,
+    egress: ak_egress::Egress,
     /// What creating a sandbox needs (probed at the first creation).
     state: OnceLock<Result<Prepared, String>>,
     /// What reaching and releasing one needs: the cgroup layout alone, so that `exec`,
@@ -85,7 +85,7 @@ impl NativeBackend {
     /// [`NativeBackend::with_egress`] says otherwise.
     pub fn new(agent_path: PathBuf) -> Self {
         NativeBackend {
-            egress: network::Egress::beside(&agent_path),
+            egress: ak_egress::Egress::beside(&agent_path),
             agent_path,
             state: OnceLock::new(),
             cgroups: OnceLock::new(),
@@ -94,7 +94,7 @@ impl NativeBackend {
 
     /// How allowlist sandboxes get their network: the egress helper, the resolver it
     /// asks, the state directory whose audit log gets its verdicts.
-    pub fn with_egress(mut self, egress: network::Egress) -> Self {
+    pub fn with_egress(mut self, egress: ak_egress::Egress) -> Self {
         self.egress = egress;
         self
     }
@@ -259,7 +259,11 @@ impl NativeBackend {
         let egress_policy = match spec.policy.network {
             NetworkMode::Allowlist => {
                 let path = rundir.path().join(EGRESS_POLICY_FILE);
-                match self.egress.write_policy(&path, &spec.policy.allowlist) {
+                match self
+                    .egress
+                    .write_policy(&path, &spec.policy.allowlist)
+                    .map_err(|e| NativeError::Network(e.to_string()))
+                {
                     Ok(()) => Some(path),
                     Err(error) => {
                         if let Some(cgroup) = &cgroup {
@@ -273,7 +277,7 @@ impl NativeBackend {
             _ => None,
         };
         let kind = match &egress_policy {
-            Some(policy) => self.egress.helper(policy, &spec.id, false),
+            Some(policy) => network::egress_helper(&self.egress, policy, &spec.id, false),
             None => network::HelperKind::Slirp,
         };
         let mut helper = None;

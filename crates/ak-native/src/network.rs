@@ -50,58 +50,20 @@ pub enum HelperKind<'a> {
     },
 }
 
-/// How a sandbox with an allowlist gets its network: the egress helper (`ak-egress`), the
-/// resolver it asks, and the state directory whose audit log gets its verdicts. One set of
-/// these per host, shared by every backend that puts the helper in front of a network
-/// namespace (native, gVisor).
-#[derive(Debug, Clone)]
-pub struct Egress {
-    pub helper: PathBuf,
-    /// The resolver the helper asks (default: the host's).
-    pub upstream_dns: Option<std::net::SocketAddr>,
-    pub audit_dir: Option<PathBuf>,
-}
-
-impl Egress {
-    /// The helper beside `agent` (both are built into the same directory), the host's
-    /// resolver, no audit log.
-    pub fn beside(agent: &Path) -> Egress {
-        Egress {
-            helper: agent.with_file_name("ak-egress"),
-            upstream_dns: None,
-            audit_dir: None,
-        }
-    }
-
-    /// Writes the helper's policy file for `allowlist` at `path`.
-    pub fn write_policy(
-        &self,
-        path: &Path,
-        allowlist: &ak_core::egress::Allowlist,
-    ) -> Result<(), NativeError> {
-        ak_egress::PolicyFile {
-            allowlist: allowlist.clone(),
-            upstream_dns: self.upstream_dns,
-        }
-        .write(path)
-        .map_err(|e| NativeError::Network(e.to_string()))
-    }
-
-    /// The helper for sandbox `sandbox`, enforcing the policy file `policy`; `ethernet`
-    /// for a sandbox whose network stack speaks Ethernet (gVisor's).
-    pub fn helper<'a>(
-        &'a self,
-        policy: &'a Path,
-        sandbox: &'a str,
-        ethernet: bool,
-    ) -> HelperKind<'a> {
-        HelperKind::Egress {
-            program: &self.helper,
-            policy,
-            sandbox,
-            audit_dir: self.audit_dir.as_deref(),
-            ethernet,
-        }
+/// The egress helper, as `egress` says, for sandbox `sandbox` enforcing the policy file
+/// `policy`; `ethernet` for a sandbox whose network stack speaks Ethernet (gVisor's).
+pub fn egress_helper<'a>(
+    egress: &'a ak_egress::Egress,
+    policy: &'a Path,
+    sandbox: &'a str,
+    ethernet: bool,
+) -> HelperKind<'a> {
+    HelperKind::Egress {
+        program: &egress.helper,
+        policy,
+        sandbox,
+        audit_dir: egress.audit_dir.as_deref(),
+        ethernet,
     }
 }
 
@@ -291,7 +253,8 @@ fn spawn_helper(
                 HelperTarget::Netns(path) => (path.to_path_buf(), None),
             };
             let args = ak_egress::HelperArgs {
-                netns,
+                netns: Some(netns),
+                stream: None,
                 userns,
                 policy: policy.to_path_buf(),
                 ready_fd,

@@ -255,6 +255,7 @@ async fn the_vm_is_configured_as_recorded_and_started_last() {
     // With a network device: the contract holds every call the driver can make.
     let mut with_nic = boot(kernel, initramfs, base);
     with_nic.nic = Some(crate::Nic {
+        stream: None,
         tap: "akv0".into(),
         mac: "02:ac:0a:d5:00:02".into(),
     });
@@ -306,6 +307,7 @@ async fn a_bad_network_interface_is_refused() {
     };
     let mut bad = boot(kernel, initramfs, base);
     bad.nic = Some(crate::Nic {
+        stream: None,
         tap: "akv0".into(),
         mac: "not-a-mac".into(),
     });

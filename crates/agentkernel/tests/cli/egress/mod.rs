@@ -347,3 +347,117 @@ fn allowlist_on_gvisor_lets_through_only_allowed_names() {
         );
     }
 }
+
+/// The helpers that are allowlist VMs' NICs (their far end), now.
+fn vm_egress_helpers() -> usize {
+    let out = sh("pgrep -f 'ak-egress --stream' || true");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
+/// The microVM's NIC, through QEMU's stream backend, has the egress helper as its far end:
+/// the same verdicts with the tools the default Debian guest has (bash, getent), for a
+/// one-shot and a named VM; the helper goes with the VM.
+#[test]
+fn allowlist_on_microvm_lets_through_only_allowed_names() {
+    let internet = FakeInternet::start();
+    crate::microvm::ready();
+    let helpers_before = vm_egress_helpers();
+    let address = internet.address();
+    let script = format!(
+        // The literal first: once the name has resolved in this VM, its address is one an
+        // allowed name resolved to, and reachable.
+        r#"
+start=$(date +%s%N); (exec 6<>/dev/tcp/{address}/7) 2>/dev/null && echo literal=yes || echo literal=no
+echo "literal_ms=$(( ($(date +%s%N) - start) / 1000000 ))"
+getent hosts allowed.test >/dev/null && echo resolves=yes || echo resolves=no
+getent hosts denied.test >/dev/null && echo denied_resolves=yes || echo denied_resolves=no
+exec 3<>/dev/tcp/allowed.test/80 && printf 'GET / HTTP/1.0\r\nHost: allowed.test\r\n\r\n' >&3 && echo "http=$(head -n1 <&3 | tr -d '\r')"
+exec 5<>/dev/tcp/allowed.test/80 && printf 'GET / HTTP/1.0\r\nHost: denied.test\r\n\r\n' >&5 && echo "mismatch=$(head -n1 <&5 | tr -d '\r')"
+exec 4<>/dev/tcp/allowed.test/7 && echo raw-echo >&4 && read -t 5 line <&4 && echo "raw=$line"
+(exec 7<>/dev/tcp/169.254.169.254/80) 2>/dev/null && echo metadata=yes || echo metadata=no
+"#
+    );
+    let output = internet.run(
+        &["--backend", "microvm", "--allow-host", "allowed.test"],
+        &script,
+    );
+    let text = stdout(&output);
+    assert_code(&output, 0);
+    let has = |line: &str| text.lines().any(|l| l == line);
+    for expected in [
+        "resolves=yes",
+        "denied_resolves=no",
+        "http=HTTP/1.0 200 OK",
+        "raw=raw-echo",
+        "literal=no",
+        "metadata=no",
+    ] {
+        assert!(
+            has(expected),
+            "{expected} in a VM: {text}\n{}",
+            stderr(&output)
+        );
+    }
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("mismatch=") && l.contains("403")),
+        "{text}"
+    );
+    let literal_ms: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("literal_ms="))
+        .and_then(|ms| ms.parse().ok())
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(literal_ms < 3000, "refused, not hung: {literal_ms} ms");
+    let audit = egress_audit();
+    assert!(
+        audit.contains("HTTP Host denied.test is not an allowed host"),
+        "{audit}"
+    );
+
+    // A named VM keeps its allowlist across its life; its helper goes when it does.
+    let name = format!("egress-vm-{}", std::process::id());
+    let cli = |args: &[&str]| {
+        agentkernel(Mode::Root, args)
+            .env("AGENTKERNEL_CONFIG", internet.config.path())
+            .output()
+            .unwrap()
+    };
+    assert_code(
+        &cli(&[
+            "create",
+            &name,
+            "--backend",
+            "microvm",
+            "--allow-host",
+            "allowed.test",
+        ]),
+        0,
+    );
+    assert_code(&cli(&["start", &name]), 0);
+    let probe = cli(&[
+        "exec",
+        &name,
+        "--",
+        "bash",
+        "-c",
+        "getent hosts denied.test || echo denied=no; exec 4<>/dev/tcp/allowed.test/7 && echo again >&4 && read -t 5 l <&4 && echo raw=$l",
+    ]);
+    assert_eq!(
+        stdout(&probe),
+        "denied=no\nraw=again\n",
+        "{}",
+        stderr(&probe)
+    );
+    assert_eq!(vm_egress_helpers(), helpers_before + 1);
+    assert_code(&cli(&["remove", "--force", &name]), 0);
+    let gone = std::time::Instant::now();
+    while vm_egress_helpers() > helpers_before && gone.elapsed().as_secs() < 10 {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert_eq!(
+        vm_egress_helpers(),
+        helpers_before,
+        "the VM's egress helper outlived it"
+    );
+}
