@@ -194,6 +194,21 @@ pub trait Backend: Send + Sync + fmt::Debug {
             reason: "it cannot freeze a sandbox's processes".into(),
         })
     }
+
+    /// Replaces the allowlist a running persistent sandbox's egress enforcement holds:
+    /// connections and lookups from then on are judged by `allowlist`. Backends whose
+    /// [`BackendKind::enforces_allowlist`] is true implement it.
+    async fn set_allowlist(
+        &self,
+        handle: &SandboxHandle,
+        allowlist: &crate::egress::Allowlist,
+    ) -> Result<(), BackendError> {
+        let _ = (handle, allowlist);
+        Err(BackendError::Unsupported {
+            backend: self.kind().to_string(),
+            reason: "it does not enforce allowlists".into(),
+        })
+    }
 }
 
 /// How many consecutive host uids (and gids), from [`Backend::sandbox_root_owner`]'s,
