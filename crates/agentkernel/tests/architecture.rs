@@ -18,7 +18,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             "ak-native",
             &["ak-core", "ak-egress", "ak-netif", "ak-protocol"],
         ),
-        ("ak-docker", &["ak-core"]),
+        ("ak-docker", &["ak-core", "ak-egress"]),
         ("ak-microvm", &["ak-core", "ak-netif"]),
         // The one sideways edge: a gVisor sandbox is the native sandbox's policy under
         // another kernel, so it takes the native backend's seccomp deny-list and its

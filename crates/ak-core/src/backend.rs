@@ -23,13 +23,16 @@ pub enum BackendKind {
 }
 
 impl BackendKind {
-    /// Whether this backend's images are OCI images (no `host` image).
     /// Whether the backend enforces an egress allowlist (`ak-egress` in front of its
     /// network); the others refuse the `allowlist` network mode.
     pub fn enforces_allowlist(self) -> bool {
-        matches!(self, BackendKind::Native)
+        matches!(
+            self,
+            BackendKind::Native | BackendKind::Docker | BackendKind::Podman
+        )
     }
 
+    /// Whether this backend's images are OCI images (no `host` image).
     pub fn runs_oci_images(self) -> bool {
         matches!(
             self,

@@ -16,7 +16,7 @@ pub enum ConfigError {
     )]
     AllowlistWithoutMode(&'static str),
     #[error(
-        "the allowlist network is not enforced on the {0} backend yet (use --backend native, or --network none)"
+        "the allowlist network is not enforced on the {0} backend yet (use --backend native, docker or podman, or --network none)"
     )]
     AllowlistUnsupported(&'static str),
     #[error(

@@ -22,6 +22,7 @@ pub mod dns;
 mod error;
 pub mod gate;
 pub mod helper;
+pub mod launch;
 pub mod peek;
 pub mod relay;
 pub mod tun;
