@@ -312,15 +312,19 @@ fn a_named_sandbox_keeps_its_allowlist_and_counts_denials() {
     assert!(denied >= 1, "{shown}");
 }
 
-/// The sandbox settings of `backend` in these tests: the docker backend runs the test
+/// The sandbox settings of `backend` in these tests: the container backends run the test
 /// image (busybox), built first; the native backend the host's root, which has busybox
-/// too (`busybox-static`), so the same probes run on both.
+/// too (`busybox-static`), so the same probes run on each.
 fn backend_flags(backend: &str) -> Vec<&'static str> {
     match backend {
         "native" => vec!["--backend", "native"],
         "docker" => {
             crate::docker::engine();
             vec!["--backend", "docker", "--image", crate::docker::IMAGE]
+        }
+        "podman" => {
+            crate::docker::podman_engine();
+            vec!["--backend", "podman", "--image", crate::docker::IMAGE]
         }
         other => panic!("no egress tests for the {other} backend"),
     }
@@ -392,6 +396,11 @@ fn one_shot_allowlist_on_docker() {
     one_shot_allowlist("docker");
 }
 
+#[test]
+fn one_shot_allowlist_on_podman() {
+    one_shot_allowlist("podman");
+}
+
 /// A running sandbox's allowlist replaced and then extended: the next connection is
 /// judged by the new list (a denied name becomes allowed, an allowed one denied); the
 /// record keeps it across a restart; `network show` counts the refusals.
@@ -460,6 +469,11 @@ fn allowlist_changes_while_running_on_native() {
 #[test]
 fn allowlist_changes_while_running_on_docker() {
     allowlist_changes_while_running("docker");
+}
+
+#[test]
+fn allowlist_changes_while_running_on_podman() {
+    allowlist_changes_while_running("podman");
 }
 
 #[test]
