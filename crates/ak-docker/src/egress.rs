@@ -100,13 +100,35 @@ impl EgressSetup {
             },
             Some(&exit),
         )?;
-        ak_core::process::identity(helper).ok_or_else(|| {
+        let recorded = ak_core::process::identity(helper).ok_or_else(|| {
             DockerError::EgressUnavailable(format!(
                 "the egress helper (pid {helper}) ended as soon as it started; {} may say why",
                 dir.join(LOG_FILE).display()
             ))
-        })
+        })?;
+        // The helper opened `/proc/<pid>/ns/net` by number. Still alive now, the process
+        // `exit` was opened on was alive all along, so the number named it when the helper
+        // looked (the caller checks that it is the container's).
+        if exited(&exit) {
+            stop(&recorded);
+            return Err(DockerError::Agent(format!(
+                "ended (pid {pid}) while its network was set up"
+            )));
+        }
+        Ok(recorded)
     }
+}
+
+/// Whether the process of `pidfd` has ended.
+fn exited(pidfd: &std::os::fd::OwnedFd) -> bool {
+    use rustix::event::{PollFd, PollFlags, Timespec, poll};
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    let now = Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // An error polling it is no proof that it lives.
+    poll(&mut fds, Some(&now)).map_or(true, |ready| ready > 0)
 }
 
 /// Ends the helper recorded as `helper` (`pid:start-time`), if it still runs.

@@ -278,32 +278,26 @@ impl DockerBackend {
         run_dir: &std::path::Path,
         sandbox: &str,
     ) -> Result<String, DockerError> {
-        let inspected = client
-            .inspect_container(
-                container,
-                None::<bollard::query_parameters::InspectContainerOptions>,
-            )
-            .await
-            .map_err(DockerError::engine(format!(
-                "inspect container {container}"
-            )))?;
-        let pid = inspected
-            .state
-            .and_then(|state| state.pid)
-            .and_then(|pid| u32::try_from(pid).ok())
-            .filter(|pid| *pid > 0)
-            .ok_or_else(|| {
-                DockerError::Agent("is not running (the engine reports no pid)".into())
-            })?;
-        let (egress, run_dir, sandbox) = (
+        let pid = init_pid(client, container).await?;
+        let (egress, dir, id) = (
             self.egress.clone(),
             run_dir.to_path_buf(),
             sandbox.to_string(),
         );
         // The helper's start forks and waits for its readiness: blocking work.
-        tokio::task::spawn_blocking(move || egress.start(&run_dir, &sandbox, pid))
+        let helper = tokio::task::spawn_blocking(move || egress.start(&dir, &id, pid))
             .await
-            .map_err(|e| DockerError::Agent(format!("egress helper start: {e}")))?
+            .map_err(|e| DockerError::Agent(format!("egress helper start: {e}")))??;
+        // The process the helper's namespace came from lived throughout (`start` checks);
+        // the engine still naming it the container's first process makes it the
+        // container's, not another that took a freed pid number.
+        let checked = match init_pid(client, container).await {
+            Ok(now) if now == pid => return Ok(helper),
+            Ok(_) => DockerError::Agent("changed its first process during set-up".into()),
+            Err(error) => error,
+        };
+        egress::stop(&helper);
+        Err(checked)
     }
 
     fn probe_blocking(&self) -> Result<(PathBuf, EngineInfo), DockerError> {
@@ -326,6 +320,26 @@ impl DockerBackend {
         .map_err(|_| DockerError::Agent("probe thread panicked".into()))?
         .map(|info| (socket, info))
     }
+}
+
+/// The host pid of running container `container`'s first process, as the engine reports it.
+async fn init_pid(client: &Docker, container: &str) -> Result<u32, DockerError> {
+    let inspected = client
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .map_err(DockerError::engine(format!(
+            "inspect container {container}"
+        )))?;
+    inspected
+        .state
+        .filter(|state| state.running == Some(true))
+        .and_then(|state| state.pid)
+        .and_then(|pid| u32::try_from(pid).ok())
+        .filter(|pid| *pid > 0)
+        .ok_or_else(|| DockerError::Agent("is not running (the engine reports no pid)".into()))
 }
 
 /// Explicit open-file and process limits for Podman, whose defaults (1M files) exceed
