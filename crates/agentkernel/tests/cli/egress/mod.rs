@@ -490,3 +490,32 @@ fn only_an_allowlist_sandbox_has_a_list_to_change() {
         stderr(&output)
     );
 }
+
+/// Without the egress helper an allowlist container is refused, saying what is missing,
+/// and nothing of it is left behind (its container, its runtime and egress directories).
+#[test]
+fn a_missing_helper_is_a_clear_error_on_docker() {
+    let internet = FakeInternet::start();
+    let mut args = vec!["run"];
+    args.extend(backend_flags("docker"));
+    args.extend(["--allow-host", "allowed.test", "--", "true"]);
+    let output = agentkernel(Mode::Root, &args)
+        .env("AGENTKERNEL_CONFIG", internet.config.path())
+        .env("AGENTKERNEL_EGRESS", "/nonexistent/ak-egress")
+        .output()
+        .unwrap();
+    assert_code(&output, 125);
+    assert!(
+        stderr(&output).contains("needs the egress helper /nonexistent/ak-egress"),
+        "{}",
+        stderr(&output)
+    );
+    let base = ak_core::runtime::backend_runtime_base(ak_core::BackendKind::Docker);
+    let left: Vec<_> = std::fs::read_dir(&base)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".egress"))
+        .collect();
+    assert!(left.is_empty(), "egress directories left: {left:?}");
+}
