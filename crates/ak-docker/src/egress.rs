@@ -138,6 +138,12 @@ pub fn stop(helper: &str) {
     }
 }
 
+/// Whether the sandbox whose runtime directory is `run_dir` has a policy file (it has
+/// from its creation to its release).
+pub fn has_policy(run_dir: &Path) -> bool {
+    dir_of(run_dir).join(POLICY_FILE).is_file()
+}
+
 /// Gives the running sandbox whose runtime directory is `run_dir` a new allowlist: the
 /// helper judges its next connection by it.
 pub fn set_allowlist(run_dir: &Path, allowlist: &Allowlist) -> Result<(), DockerError> {

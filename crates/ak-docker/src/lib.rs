@@ -481,6 +481,10 @@ impl Backend for DockerBackend {
                 handle.id
             )));
         }
+        // Its release removes the policy file with the container.
+        if !egress::has_policy(&data.run_dir) {
+            return Err(BackendError::Gone(handle.id.clone()));
+        }
         Ok(egress::set_allowlist(&data.run_dir, allowlist)?)
     }
 }

@@ -73,6 +73,15 @@ impl Service {
         }
         self.policy.admit_network(caller, mode, &allowlist)?;
         if record.state == SandboxState::Running {
+            // A sandbox whose processes died is found failed here (and released), not
+            // handed a list it cannot use.
+            if !self.check_alive(&record).await? {
+                return Err(ServiceError::WrongState {
+                    name: name.to_string(),
+                    state: SandboxState::Failed,
+                    hint: "it stopped unexpectedly; remove it".into(),
+                });
+            }
             self.apply_allowlist(&record, &allowlist).await?;
         }
         let mut spec = record.spec.clone();

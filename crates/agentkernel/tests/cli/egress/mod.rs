@@ -519,3 +519,37 @@ fn a_missing_helper_is_a_clear_error_on_docker() {
         .collect();
     assert!(left.is_empty(), "egress directories left: {left:?}");
 }
+
+/// A sandbox whose container was killed from outside is found failed by a change of its
+/// allowlist, rather than handed a list nothing enforces.
+#[test]
+fn a_change_finds_a_dead_container_failed() {
+    let internet = FakeInternet::start();
+    let name = format!("dead-{}", std::process::id());
+    let mut create = vec!["create", name.as_str()];
+    create.extend(backend_flags("docker"));
+    create.extend(["--allow-host", "allowed.test"]);
+    assert_code(&internet.ak(&create), 0);
+    assert_code(&internet.ak(&["start", &name]), 0);
+    let id = crate::common::sandbox_id(Mode::Root, &name);
+    let killed = Command::new("docker")
+        .args(["kill", &format!("agentkernel-{id}")])
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "{killed:?}");
+    let output = internet.ak(&["network", "set", &name, "--allow-host", "denied.test"]);
+    let inspect = internet.ak(&["inspect", &name]);
+    let _ = internet.ak(&["remove", &name, "--force"]);
+    assert_code(&output, 2);
+    assert!(stderr(&output).contains("failed"), "{}", stderr(&output));
+    assert!(
+        stdout(&inspect).contains("state:    failed"),
+        "{}",
+        stdout(&inspect)
+    );
+    assert!(
+        stdout(&inspect).contains("allow:    host allowed.test"),
+        "the record keeps the list it had: {}",
+        stdout(&inspect)
+    );
+}
