@@ -180,7 +180,9 @@ impl Plan<'_> {
             working_dir: Some(spec.workdir.to_string_lossy().into_owned()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
-            network_disabled: Some(spec.policy.network == NetworkMode::None),
+            // An allowlist container too: the engine's network stack has nothing to give
+            // it (the egress helper adds its device); the namespace is its own either way.
+            network_disabled: Some(spec.policy.network != NetworkMode::Outbound),
             host_config: Some(host_config),
             ..ContainerCreateBody::default()
         }
@@ -288,6 +290,7 @@ mod tests {
             ..plan(&spec)
         }
         .body();
+        assert_eq!(body.network_disabled, Some(true));
         let host = body.host_config.unwrap();
         assert_eq!(host.network_mode.as_deref(), Some("none"));
         let resolv = host
