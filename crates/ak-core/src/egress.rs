@@ -159,12 +159,6 @@ pub struct AllowlistEntries {
     pub ports: Vec<u16>,
 }
 
-impl AllowlistEntries {
-    pub fn is_empty(&self) -> bool {
-        self.hosts.is_empty() && self.cidrs.is_empty() && self.ports.is_empty()
-    }
-}
-
 /// What a sandbox in `allowlist` mode may reach.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
