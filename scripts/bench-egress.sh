@@ -3,7 +3,10 @@
 #  1. cold `run -- true` with --no-network, the default open network, and an allowlist;
 #  2. download throughput of 64 MiB from a fake internet (a network namespace joined by a
 #     veth pair, crates/agentkernel/tests/cli/egress/fake_internet.py), open vs allowlist;
-#  3. TCP connection set-up latency (p50/p99 of 300 connects to an echo service).
+#  3. TCP connection set-up latency (p50/p99 of 300 connects to an echo service);
+#  4. with a docker engine and the tests' busybox image (agentkernel-test:busybox): cold
+#     `run -- true` on docker with no network and with an allowlist, and a live change of
+#     a running sandbox's allowlist (`network set`) against `inspect` of the same sandbox.
 # Usage: scripts/bench-egress.sh [BIN_DIR]   (default target/x86_64-unknown-linux-gnu/release)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -61,3 +64,18 @@ print("p50 %.3f p99 %.3f" % (times[149], times[296]))
 '
 echo "open      $("$ak" run -- python3 -c "$probe" "$address")"
 echo "allowlist $("$ak" run "${allow[@]}" -- python3 -c "$probe" allowed.test)"
+
+if docker image inspect agentkernel-test:busybox >/dev/null 2>&1; then
+  image=(--backend docker --image agentkernel-test:busybox)
+  echo "== docker: cold run -- true"
+  hyperfine -N --warmup 3 --runs 20 \
+    "$ak run ${image[*]} --no-network -- true" \
+    "$ak run ${image[*]} ${allow[*]} -- true"
+  echo "== a live change of a running sandbox's allowlist, against inspect"
+  "$ak" create live-bench "${image[@]}" "${allow[@]}" >/dev/null
+  "$ak" start live-bench >/dev/null
+  hyperfine -N --warmup 3 --runs 40 \
+    "$ak inspect live-bench" \
+    "$ak network set live-bench --allow-host allowed.test"
+  "$ak" remove --force live-bench >/dev/null
+fi

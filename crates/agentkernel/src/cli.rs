@@ -52,6 +52,10 @@ pub enum Command {
     /// Snapshots of named sandboxes' writable state (root and workdir).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// A named sandbox's network: show it, or change an allowlist sandbox's allowlist
+    /// (a running sandbox's next connection is judged by the new list).
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Snapshot a named sandbox and make new sandboxes from that one instant (running if it
     /// runs); each then goes its own way.
     Fork(ForkArgs),
@@ -302,6 +306,35 @@ pub enum SnapshotCommand {
     /// Remove a snapshot; sandboxes made from it keep their files.
     #[command(alias = "rm")]
     Remove(NameArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Show a sandbox's network mode, its allowlist and how many connections it refused.
+    Show(InspectArgs),
+    /// Replace an allowlist sandbox's allowlist (`--add`: add to it).
+    Set(NetworkSetArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct NetworkSetArgs {
+    pub name: String,
+    /// Allow a host: a name, a `*.domain` pattern or a preset (pypi, npm, crates, github,
+    /// debian). Repeatable.
+    #[arg(long = "allow-host", value_name = "HOST")]
+    pub allow_host: Vec<String>,
+    /// Allow a CIDR or a single address. Repeatable.
+    #[arg(long = "allow-cidr", value_name = "CIDR")]
+    pub allow_cidr: Vec<String>,
+    /// Allow only these destination ports (default: any). Repeatable.
+    #[arg(long = "allow-port", value_name = "PORT")]
+    pub allow_port: Vec<u16>,
+    /// Add the entries to the current allowlist instead of replacing it.
+    #[arg(long)]
+    pub add: bool,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Debug, Args)]

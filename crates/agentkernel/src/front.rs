@@ -86,6 +86,19 @@ pub async fn inspect(name: &str) -> Result<SandboxRecord, Failure> {
     Ok(perform(action).await?.into_record()?)
 }
 
+pub async fn set_allowlist(
+    name: &str,
+    entries: ak_core::egress::AllowlistEntries,
+    extend: bool,
+) -> Result<SandboxRecord, Failure> {
+    let action = Action::SetAllowlist {
+        name: name.into(),
+        entries,
+        extend,
+    };
+    Ok(perform(action).await?.into_record()?)
+}
+
 pub async fn snapshot_create(
     sandbox: &str,
     snapshot: Option<&str>,

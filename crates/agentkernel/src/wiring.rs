@@ -104,7 +104,15 @@ pub fn serving_service(pools: PoolConfig) -> Result<Service, ak_core::ConfigErro
 
 fn service_with(config: &ConfigFile) -> Service {
     let container = |kind: BackendKind, socket: Option<String>| {
-        Arc::new(DockerBackend::new(kind, agent_path(), socket).with_pull_progress(pull_progress()))
+        Arc::new(
+            DockerBackend::new(kind, agent_path(), socket)
+                .with_pull_progress(pull_progress())
+                .with_egress(ak_docker::EgressSetup {
+                    program: egress_path(),
+                    upstream_dns: config.network.upstream_dns,
+                    audit_dir: Some(state_dir()),
+                }),
+        )
     };
     // A bad [microvm] section makes only that backend unusable (saying why), never the
     // others' sandboxes.

@@ -18,7 +18,7 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
             "ak-native",
             &["ak-core", "ak-egress", "ak-netif", "ak-protocol"],
         ),
-        ("ak-docker", &["ak-core"]),
+        ("ak-docker", &["ak-core", "ak-egress"]),
         // The egress helper is the far end of an allowlist VM's NIC (its arguments and
         // settings come from ak-egress, as for the native and gVisor backends).
         ("ak-microvm", &["ak-core", "ak-egress", "ak-netif"]),

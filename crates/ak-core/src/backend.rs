@@ -28,7 +28,11 @@ impl BackendKind {
     pub fn enforces_allowlist(self) -> bool {
         matches!(
             self,
-            BackendKind::Native | BackendKind::Gvisor | BackendKind::Microvm
+            BackendKind::Native
+                | BackendKind::Gvisor
+                | BackendKind::Microvm
+                | BackendKind::Docker
+                | BackendKind::Podman
         )
     }
 
@@ -203,6 +207,21 @@ pub trait Backend: Send + Sync + fmt::Debug {
         Err(BackendError::Unsupported {
             backend: self.kind().to_string(),
             reason: "it cannot freeze a sandbox's processes".into(),
+        })
+    }
+
+    /// Replaces the allowlist a running persistent sandbox's egress enforcement holds:
+    /// connections and lookups from then on are judged by `allowlist`. Backends whose
+    /// [`BackendKind::enforces_allowlist`] is true implement it.
+    async fn set_allowlist(
+        &self,
+        handle: &SandboxHandle,
+        allowlist: &crate::egress::Allowlist,
+    ) -> Result<(), BackendError> {
+        let _ = (handle, allowlist);
+        Err(BackendError::Unsupported {
+            backend: self.kind().to_string(),
+            reason: "it does not enforce allowlists".into(),
         })
     }
 }

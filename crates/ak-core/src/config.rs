@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::backend::BackendKind;
-use crate::egress::Allowlist;
+use crate::egress::{Allowlist, AllowlistEntries};
 use crate::error::ConfigError;
 use crate::image::ImageRef;
 use crate::policy::{NetworkMode, Profile};
@@ -162,8 +162,17 @@ pub struct ApiOptions {
     pub api_key: Option<String>,
     /// The least restrictive profile remote callers may use (default `moderate`).
     pub max_profile: Option<String>,
-    /// Whether remote callers' sandboxes may have outbound network (default true).
-    pub network: Option<bool>,
+    /// The widest network remote callers' sandboxes may have: `"none"`, `"allowlist"` or
+    /// `"open"`; the older booleans mean `"open"` (`true`) and `"none"` (`false`). Default
+    /// `"open"`, or `"allowlist"` when `allow_hosts`, `allow_cidrs` or `allow_ports` is set.
+    pub network: Option<NetworkSetting>,
+    /// Host names, `*.domain` patterns or presets: a remote caller's allowlist may name
+    /// only hosts these cover (unset: any host).
+    pub allow_hosts: Option<Vec<String>>,
+    /// CIDRs a remote caller's allowed CIDRs must lie within.
+    pub allow_cidrs: Option<Vec<String>>,
+    /// Ports a remote caller's allowlist may open (its ports must be among them).
+    pub allow_ports: Option<Vec<u16>>,
     /// Most memory a remote caller's sandbox may have (default: the host's memory).
     pub max_memory: Option<String>,
     /// Most CPUs (default: the host's CPUs).
@@ -346,17 +355,24 @@ impl NetworkSetting {
 
 /// The allowlist the options name (presets expanded, every entry checked).
 fn allowlist(options: &SandboxOptions) -> Result<Allowlist, ConfigError> {
-    let mut list = Allowlist::default();
-    for host in options.allow_hosts.iter().flatten() {
-        list.add_host(host)?;
+    Allowlist::from_entries(&entries(
+        &options.allow_hosts,
+        &options.allow_cidrs,
+        &options.allow_ports,
+    ))
+}
+
+/// Optional entry lists (as config layers and requests hold them) as one set of entries.
+pub fn entries(
+    hosts: &Option<Vec<String>>,
+    cidrs: &Option<Vec<String>>,
+    ports: &Option<Vec<u16>>,
+) -> AllowlistEntries {
+    AllowlistEntries {
+        hosts: hosts.clone().unwrap_or_default(),
+        cidrs: cidrs.clone().unwrap_or_default(),
+        ports: ports.clone().unwrap_or_default(),
     }
-    for cidr in options.allow_cidrs.iter().flatten() {
-        list.add_cidr(cidr)?;
-    }
-    for port in options.allow_ports.iter().flatten() {
-        list.add_port(*port)?;
-    }
-    Ok(list)
 }
 
 /// Reads and parses one config file.

@@ -145,6 +145,20 @@ impl fmt::Display for Rule {
     }
 }
 
+/// An allowlist's entries as a user writes them (a host may be a preset), before they are
+/// checked: what a request or a config layer carries, and what [`Allowlist::add_entries`]
+/// takes.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowlistEntries {
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    #[serde(default)]
+    pub cidrs: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<u16>,
+}
+
 /// What a sandbox in `allowlist` mode may reach.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -160,6 +174,28 @@ pub struct Allowlist {
 }
 
 impl Allowlist {
+    /// The allowlist `entries` name (presets expanded, every entry checked).
+    pub fn from_entries(entries: &AllowlistEntries) -> Result<Allowlist, ConfigError> {
+        let mut list = Allowlist::default();
+        list.add_entries(entries)?;
+        Ok(list)
+    }
+
+    /// Adds every entry of `entries`; the first bad one is an error (and `self` is then
+    /// left partly extended: callers extend a copy).
+    pub fn add_entries(&mut self, entries: &AllowlistEntries) -> Result<(), ConfigError> {
+        for host in &entries.hosts {
+            self.add_host(host)?;
+        }
+        for cidr in &entries.cidrs {
+            self.add_cidr(cidr)?;
+        }
+        for port in &entries.ports {
+            self.add_port(*port)?;
+        }
+        Ok(())
+    }
+
     /// Adds a host entry: a preset name (`pypi`), a domain or a `*.domain` pattern.
     pub fn add_host(&mut self, entry: &str) -> Result<(), ConfigError> {
         if let Some((_, hosts)) = PRESETS.iter().find(|(name, _)| *name == entry) {

@@ -16,9 +16,13 @@ pub enum ConfigError {
     )]
     AllowlistWithoutMode(&'static str),
     #[error(
-        "the allowlist network is not enforced on the {0} backend yet (use --backend native, or --network none)"
+        "the allowlist network is not enforced on the {0} backend yet (use --backend native, docker or podman, or --network none)"
     )]
     AllowlistUnsupported(&'static str),
+    #[error(
+        "[api] allow_hosts, allow_cidrs and allow_ports bound remote callers' allowlists, but network = \"open\" there lets them have any destination; set network = \"allowlist\" (or \"none\") under [api]"
+    )]
+    ApiAllowlistWithOpenNetwork,
     #[error("unknown profile '{0}' (expected permissive, moderate or restrictive)")]
     UnknownProfile(String),
     #[error("unknown backend '{0}' (expected native, gvisor, docker, podman, microvm or apple)")]

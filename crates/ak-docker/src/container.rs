@@ -42,6 +42,9 @@ pub struct Plan<'a> {
     /// Limits (name, soft, hard) to set explicitly: Podman's defaults can exceed what its
     /// service may grant, Docker inherits its daemon's.
     pub ulimits: Vec<(&'static str, u64, u64)>,
+    /// An allowlist sandbox's `/etc/resolv.conf` on the host (naming the egress helper's
+    /// resolver), bound read-only over the engine's.
+    pub resolv_conf: Option<&'a Path>,
 }
 
 fn bind(source: &Path, target: &Path, read_only: bool) -> Mount {
@@ -101,6 +104,9 @@ impl Plan<'_> {
                 .iter()
                 .map(|m| bind(&m.host, &m.target, !m.writable)),
         );
+        if let Some(resolv_conf) = self.resolv_conf {
+            mounts.push(bind(resolv_conf, Path::new("/etc/resolv.conf"), true));
+        }
         let lifetime = match self.lifetime {
             Lifetime::Ephemeral => "ephemeral",
             Lifetime::Persistent => "persistent",
@@ -137,8 +143,8 @@ impl Plan<'_> {
             nano_cpus: spec.resources.cpus.map(|cpus| (cpus * 1e9) as i64),
             pids_limit: Some(i64::try_from(spec.resources.pids).unwrap_or(i64::MAX)),
             network_mode: match spec.policy.network {
-                // `resolve` refuses an allowlist for containers; should one get here, it
-                // gets no network rather than the engine's open one.
+                // An allowlist's only way out is the egress helper's TUN device, added to
+                // the container's namespace once it runs (`egress.rs`).
                 NetworkMode::None | NetworkMode::Allowlist => Some("none".into()),
                 // The engine's default network: outbound through NAT; the host's loopback
                 // is not the container's.
@@ -174,7 +180,9 @@ impl Plan<'_> {
             working_dir: Some(spec.workdir.to_string_lossy().into_owned()),
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             labels: Some(labels),
-            network_disabled: Some(spec.policy.network == NetworkMode::None),
+            // An allowlist container too: the engine's network stack has nothing to give
+            // it (the egress helper adds its device); the namespace is its own either way.
+            network_disabled: Some(spec.policy.network != NetworkMode::Outbound),
             host_config: Some(host_config),
             ..ContainerCreateBody::default()
         }
@@ -201,6 +209,20 @@ mod tests {
         .unwrap()
     }
 
+    fn plan(spec: &SandboxSpec) -> Plan<'_> {
+        Plan {
+            kind: BackendKind::Docker,
+            spec,
+            image: "alpine:3.20",
+            lifetime: Lifetime::Persistent,
+            agent: Path::new("/opt/ak-agent"),
+            run_dir: Path::new("/run/agentkernel-docker/x"),
+            creator: "1:2",
+            ulimits: Vec::new(),
+            resolv_conf: None,
+        }
+    }
+
     fn body(spec: &SandboxSpec, lifetime: Lifetime, kind: BackendKind) -> ContainerCreateBody {
         Plan {
             kind,
@@ -215,6 +237,7 @@ mod tests {
             } else {
                 Vec::new()
             },
+            resolv_conf: None,
         }
         .body()
     }
@@ -247,6 +270,37 @@ mod tests {
         let labels = body.labels.unwrap();
         assert_eq!(labels[LABEL_SANDBOX], spec.id);
         assert_eq!(labels[LABEL_CREATOR], "1:2");
+    }
+
+    #[test]
+    fn an_allowlist_has_no_engine_network_and_our_resolver() {
+        let options = SandboxOptions {
+            backend: Some("docker".into()),
+            allow_hosts: Some(vec!["pypi".into()]),
+            ..SandboxOptions::default()
+        };
+        let spec = resolve(
+            options,
+            Path::new("/"),
+            "0123456789abcdef0123456789abcdef".into(),
+        )
+        .unwrap();
+        let body = Plan {
+            resolv_conf: Some(Path::new("/run/x.egress/resolv.conf")),
+            ..plan(&spec)
+        }
+        .body();
+        assert_eq!(body.network_disabled, Some(true));
+        let host = body.host_config.unwrap();
+        assert_eq!(host.network_mode.as_deref(), Some("none"));
+        let resolv = host
+            .mounts
+            .unwrap()
+            .into_iter()
+            .find(|m| m.target.as_deref() == Some("/etc/resolv.conf"))
+            .expect("resolv.conf is bound");
+        assert_eq!(resolv.read_only, Some(true));
+        assert_eq!(resolv.source.as_deref(), Some("/run/x.egress/resolv.conf"));
     }
 
     #[test]

@@ -37,6 +37,12 @@ pub enum DockerError {
     },
     #[error("the container's agent {0}")]
     Agent(String),
+    #[error("the allowlist network: {0}")]
+    Egress(#[from] ak_egress::EgressError),
+    /// The egress helper is missing or could not stay up: the allowlist network cannot be
+    /// had here.
+    #[error("{0}")]
+    EgressUnavailable(String),
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {
@@ -122,6 +128,10 @@ impl DockerError {
                 reason,
             },
             DockerError::Agent(_) => BackendError::Connect(reason),
+            DockerError::EgressUnavailable(_) => BackendError::Unavailable {
+                backend: engine,
+                reason,
+            },
             _ => BackendError::Setup(reason),
         }
     }

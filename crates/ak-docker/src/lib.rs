@@ -4,6 +4,7 @@
 //! the native backend; the engine is driven through its API (bollard), never its CLI.
 
 mod container;
+mod egress;
 mod engine;
 mod error;
 mod export;
@@ -15,13 +16,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use ak_core::backend::{Lifetime, SandboxHandle};
-use ak_core::{Backend, BackendError, BackendKind, BackendProbe, ImageRef, Sandbox, SandboxSpec};
+use ak_core::{
+    Backend, BackendError, BackendKind, BackendProbe, ImageRef, NetworkMode, Sandbox, SandboxSpec,
+};
 use bollard::Docker;
 use bollard::query_parameters::{CreateContainerOptionsBuilder, ListContainersOptionsBuilder};
 use tokio::net::UnixStream;
 use tokio::sync::OnceCell;
 
 use crate::container::{LABEL_CREATOR, LABEL_LIFETIME, LABEL_SANDBOX, Plan, SOCKET_NAME};
+pub use crate::egress::EgressSetup;
 pub use crate::engine::EngineInfo;
 pub use crate::error::DockerError;
 pub use crate::images::PullProgress;
@@ -46,6 +50,7 @@ pub struct DockerBackend {
     client: OnceCell<Docker>,
     swept: OnceCell<()>,
     progress: Option<ProgressSink>,
+    egress: EgressSetup,
 }
 
 impl std::fmt::Debug for DockerBackend {
@@ -63,12 +68,24 @@ impl DockerBackend {
     pub fn new(kind: BackendKind, agent_path: PathBuf, socket: Option<String>) -> Self {
         DockerBackend {
             kind,
-            agent_path,
             configured_socket: socket,
             client: OnceCell::new(),
             swept: OnceCell::new(),
             progress: None,
+            egress: EgressSetup {
+                program: agent_path.with_file_name("ak-egress"),
+                upstream_dns: None,
+                audit_dir: None,
+            },
+            agent_path,
         }
+    }
+
+    /// How allowlist sandboxes' egress helper runs (the native backend's, see
+    /// `NativeBackend::with_egress`).
+    pub fn with_egress(mut self, egress: EgressSetup) -> Self {
+        self.egress = egress;
+        self
     }
 
     /// Reports image pulls to `sink`.
@@ -149,6 +166,16 @@ impl DockerBackend {
             .map_err(DockerError::io(format!("create {}", run_dir.display())))?;
         let watch = SocketWatch::new(&run_dir)
             .map_err(DockerError::io(format!("watch {}", run_dir.display())))?;
+        let resolv_conf = match spec.policy.network {
+            NetworkMode::Allowlist => match self.egress.prepare(&run_dir, spec) {
+                Ok(resolv_conf) => Some(resolv_conf),
+                Err(e) => {
+                    let _ = remove_run_dir(&run_dir);
+                    return Err(e);
+                }
+            },
+            _ => None,
+        };
         let creator = ak_core::process::identity(std::process::id()).unwrap_or_default();
         let body = Plan {
             kind: self.kind,
@@ -163,6 +190,7 @@ impl DockerBackend {
             } else {
                 Vec::new()
             },
+            resolv_conf: resolv_conf.as_deref(),
         }
         .body();
         let name = container::container_name(&spec.id);
@@ -177,9 +205,10 @@ impl DockerBackend {
             }
         };
         let container = created.id;
-        let data = HandleData {
+        let mut data = HandleData {
             container: container.clone(),
             run_dir: run_dir.clone(),
+            egress_helper: None,
         };
         if let Err(e) = client
             .start_container(
@@ -201,6 +230,15 @@ impl DockerBackend {
                 code.unwrap_or(-1),
                 self.kind
             ))),
+        };
+        // The network before the first command: the agent is up, so the container's first
+        // process (whose namespace the helper enters) is the one that stays.
+        let ready = match ready {
+            Ok(()) if resolv_conf.is_some() => self
+                .start_egress(client, &container, &run_dir, &spec.id)
+                .await
+                .map(|helper| data.egress_helper = Some(helper)),
+            ready => ready,
         };
         let transport = match (ready, lifetime) {
             (Err(e), _) => Err(e),
@@ -225,9 +263,41 @@ impl DockerBackend {
             Err(e) => {
                 watcher.abort();
                 let _ = remove(client, &container, &run_dir).await;
+                data.stop_helper();
                 Err(e)
             }
         }
+    }
+
+    /// Starts the egress helper of allowlist container `container`; returns it as
+    /// `pid:start-time`.
+    async fn start_egress(
+        &self,
+        client: &Docker,
+        container: &str,
+        run_dir: &std::path::Path,
+        sandbox: &str,
+    ) -> Result<String, DockerError> {
+        let pid = init_pid(client, container).await?;
+        let (egress, dir, id) = (
+            self.egress.clone(),
+            run_dir.to_path_buf(),
+            sandbox.to_string(),
+        );
+        // The helper's start forks and waits for its readiness: blocking work.
+        let helper = tokio::task::spawn_blocking(move || egress.start(&dir, &id, pid))
+            .await
+            .map_err(|e| DockerError::Agent(format!("egress helper start: {e}")))??;
+        // The process the helper's namespace came from lived throughout (`start` checks);
+        // the engine still naming it the container's first process makes it the
+        // container's, not another that took a freed pid number.
+        let checked = match init_pid(client, container).await {
+            Ok(now) if now == pid => return Ok(helper),
+            Ok(_) => DockerError::Agent("changed its first process during set-up".into()),
+            Err(error) => error,
+        };
+        egress::stop(&helper);
+        Err(checked)
     }
 
     fn probe_blocking(&self) -> Result<(PathBuf, EngineInfo), DockerError> {
@@ -250,6 +320,26 @@ impl DockerBackend {
         .map_err(|_| DockerError::Agent("probe thread panicked".into()))?
         .map(|info| (socket, info))
     }
+}
+
+/// The host pid of running container `container`'s first process, as the engine reports it.
+async fn init_pid(client: &Docker, container: &str) -> Result<u32, DockerError> {
+    let inspected = client
+        .inspect_container(
+            container,
+            None::<bollard::query_parameters::InspectContainerOptions>,
+        )
+        .await
+        .map_err(DockerError::engine(format!(
+            "inspect container {container}"
+        )))?;
+    inspected
+        .state
+        .filter(|state| state.running == Some(true))
+        .and_then(|state| state.pid)
+        .and_then(|pid| u32::try_from(pid).ok())
+        .filter(|pid| *pid > 0)
+        .ok_or_else(|| DockerError::Agent("is not running (the engine reports no pid)".into()))
 }
 
 /// Explicit open-file and process limits for Podman, whose defaults (1M files) exceed
@@ -373,7 +463,29 @@ impl Backend for DockerBackend {
         let data: HandleData = serde_json::from_str(&handle.data)
             .map_err(|e| BackendError::Setup(format!("bad handle of {}: {e}", handle.id)))?;
         let client = self.client().await?;
-        Ok(remove(client, &data.container, &data.run_dir).await?)
+        let removed = remove(client, &data.container, &data.run_dir).await;
+        data.stop_helper();
+        Ok(removed?)
+    }
+
+    async fn set_allowlist(
+        &self,
+        handle: &SandboxHandle,
+        allowlist: &ak_core::egress::Allowlist,
+    ) -> Result<(), BackendError> {
+        let data: HandleData = serde_json::from_str(&handle.data)
+            .map_err(|e| BackendError::Setup(format!("bad handle of {}: {e}", handle.id)))?;
+        if data.egress_helper.is_none() {
+            return Err(BackendError::Setup(format!(
+                "sandbox {} has no egress helper to give an allowlist to",
+                handle.id
+            )));
+        }
+        // Its release removes the policy file with the container.
+        if !egress::has_policy(&data.run_dir) {
+            return Err(BackendError::Gone(handle.id.clone()));
+        }
+        Ok(egress::set_allowlist(&data.run_dir, allowlist)?)
     }
 }
 

@@ -22,6 +22,20 @@ use crate::error::{DockerError, is_not_found};
 pub struct HandleData {
     pub container: String,
     pub run_dir: PathBuf,
+    /// An allowlist sandbox's egress helper, `pid:start-time` (absent in the handles of
+    /// sandboxes made before allowlists reached containers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress_helper: Option<String>,
+}
+
+impl HandleData {
+    /// Ends the egress helper, if there is one: the container's end ends it too, but a
+    /// release returns only once every host process of the sandbox is gone.
+    pub fn stop_helper(&self) {
+        if let Some(helper) = &self.egress_helper {
+            crate::egress::stop(helper);
+        }
+    }
 }
 
 /// Watches the container and clears `running` when it stops (an event from the engine,
@@ -69,12 +83,17 @@ pub async fn remove(client: &Docker, container: &str, run_dir: &Path) -> Result<
     removed.and(dir_removed)
 }
 
+/// Removes the runtime directory and, beside it, the egress directory of an allowlist
+/// sandbox.
 pub fn remove_run_dir(run_dir: &Path) -> Result<(), DockerError> {
-    match std::fs::remove_dir_all(run_dir) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(DockerError::io(format!("remove {}", run_dir.display()))(e)),
+    for dir in [run_dir.to_path_buf(), crate::egress::dir_of(run_dir)] {
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(DockerError::io(format!("remove {}", dir.display()))(e)),
+        }
     }
+    Ok(())
 }
 
 #[derive(Debug)]
@@ -139,7 +158,9 @@ impl Sandbox for DockerSandbox {
     async fn destroy(&mut self) -> Result<SandboxUsage, BackendError> {
         // Closing the connection first lets a one-shot agent end by itself.
         drop(self.transport.take());
-        remove(&self.client, &self.data.container, &self.data.run_dir).await?;
+        let removed = remove(&self.client, &self.data.container, &self.data.run_dir).await;
+        self.data.stop_helper();
+        removed?;
         if let Some(watcher) = &self.watcher {
             watcher.abort();
         }
@@ -173,7 +194,8 @@ impl Drop for DockerSandbox {
             return;
         }
         // Ephemeral: the connection closes with this value, the agent ends, and the engine
-        // removes the auto-remove container; the host directory is ours to remove.
+        // removes the auto-remove container; the host directory is ours to remove (and
+        // the egress helper ends with the container's first process).
         drop(self.transport.take());
         if let Err(e) = remove_run_dir(&self.data.run_dir) {
             tracing::warn!("{e}");

@@ -13,6 +13,8 @@ pub enum EgressError {
     },
     #[error("in the sandbox's namespaces: {0}")]
     Child(String),
+    #[error("the egress helper failed: {0}")]
+    Helper(String),
     #[error("bad policy file {path}: {message}")]
     Policy { path: String, message: String },
 }

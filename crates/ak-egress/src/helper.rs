@@ -37,6 +37,14 @@ impl PolicyFile {
         })
     }
 
+    /// Gives the policy file at `path` a new allowlist, its other settings kept: a running
+    /// sandbox's live change. The helper judges its next connection by it.
+    pub fn replace_allowlist(path: &Path, allowlist: &Allowlist) -> Result<(), EgressError> {
+        let mut policy = PolicyFile::read(path)?;
+        policy.allowlist = allowlist.clone();
+        policy.write(path)
+    }
+
     /// Writes the file whole: a temporary file beside it renamed over it, so that the
     /// helper never reads half of it.
     pub fn write(&self, path: &Path) -> Result<(), EgressError> {
@@ -347,6 +355,31 @@ async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_new_allowlist_keeps_the_other_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("egress.json");
+        let mut first = Allowlist::default();
+        first.add_host("a.test").unwrap();
+        let upstream_dns = Some("192.0.2.53:53".parse().unwrap());
+        PolicyFile {
+            allowlist: first,
+            upstream_dns,
+        }
+        .write(&path)
+        .unwrap();
+        let mut second = Allowlist::default();
+        second.add_cidr("192.0.2.0/24").unwrap();
+        PolicyFile::replace_allowlist(&path, &second).unwrap();
+        let read = PolicyFile::read(&path).unwrap();
+        assert_eq!(read.allowlist, second);
+        assert_eq!(read.upstream_dns, upstream_dns);
+        // No policy file: no sandbox to change, an error rather than a new file.
+        let missing = dir.path().join("missing.json");
+        assert!(PolicyFile::replace_allowlist(&missing, &second).is_err());
+        assert!(!missing.exists());
+    }
 
     #[test]
     fn arguments_round_trip() {

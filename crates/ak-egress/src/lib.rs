@@ -23,6 +23,7 @@ mod error;
 pub mod ethernet;
 pub mod gate;
 pub mod helper;
+pub mod launch;
 pub mod peek;
 pub mod relay;
 mod settings;

@@ -65,6 +65,27 @@ pub struct Boot<'a> {
     pub nic: Option<Nic>,
 }
 
+/// Reaps the helper `pid` (our child) once it ends, so that a long-lived process (the
+/// daemon) collects no zombies: its pidfd becomes readable at its end.
+fn reap_when_done(pid: u32) {
+    let Some(child) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let Ok(pidfd) = rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        // SAFETY: the OwnedFd moves into the AsyncFd, which owns it for its whole life.
+        if let Ok(fd) = unsafe { tokio::io::unix::AsyncFd::register(pidfd) } {
+            let _ = fd.readable().await;
+        }
+        let _ = rustix::process::waitpid(Some(child), rustix::process::WaitOptions::NOHANG);
+    });
+}
+
 /// What a VM holds on the host for its network: the tap, lease and NAT rules of the open
 /// network, or the egress helper (its identity) of an allowlist.
 #[derive(Debug, Default)]
@@ -405,7 +426,7 @@ impl MicrovmBackend {
             }
         };
         let egress = if spec.policy.network == NetworkMode::Allowlist {
-            match self.start_egress(spec, &layout, lifetime).await {
+            match self.start_egress(spec, &layout).await {
                 Ok(egress) => Some(egress),
                 Err(e) => {
                     let _ = layout.remove();
@@ -481,7 +502,6 @@ impl MicrovmBackend {
         &self,
         spec: &SandboxSpec,
         layout: &Layout,
-        lifetime: Lifetime,
     ) -> Result<(PathBuf, String), MicrovmError> {
         let failed = |e: String| MicrovmError::Network(format!("the egress helper: {e}"));
         let policy = layout.dir.join(EGRESS_POLICY);
@@ -489,8 +509,9 @@ impl MicrovmBackend {
             .write_policy(&policy, &spec.policy.allowlist)
             .map_err(|e| failed(e.to_string()))?;
         let socket = layout.dir.join(EGRESS_SOCKET);
-        let (ready_read, ready_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-            .map_err(|e| failed(format!("a pipe: {e}")))?;
+        let log = layout.dir.join(EGRESS_LOG);
+        let (ready_read, ready_write) =
+            ak_egress::launch::pipe().map_err(|e| failed(format!("a pipe: {e}")))?;
         let args = ak_egress::HelperArgs {
             netns: None,
             stream: Some(socket.clone()),
@@ -502,42 +523,43 @@ impl MicrovmBackend {
             audit_dir: self.egress.audit_dir.clone(),
             ethernet: false,
         };
-        let log = layout.dir.join(EGRESS_LOG);
-        let (mut child, identity) = vm::spawn_keeping(
-            &self.egress.helper,
-            &args.to_args(),
-            &log,
-            lifetime,
-            Some(std::os::fd::AsRawFd::as_raw_fd(&ready_write)),
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(MicrovmError::io(format!("open {}", log.display())))?;
+        let mut command = std::process::Command::new(&self.egress.helper);
+        command.args(args.to_args());
+        let child = ak_egress::launch::spawn(
+            &mut command,
+            &ready_write,
+            None,
+            std::process::Stdio::from(log_file),
         )
-        .map_err(|e| match e {
-            MicrovmError::Io { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
                 MicrovmError::Unsupported(format!(
                     "the allowlist network needs the egress helper {} (built beside agentkernel)",
                     self.egress.helper.display()
                 ))
+            } else {
+                failed(format!(
+                    "cannot start {}: {e}",
+                    self.egress.helper.display()
+                ))
             }
-            other => other,
         })?;
-        drop(ready_write);
-        let ready = tokio::task::spawn_blocking(move || {
-            let mut byte = [0u8; 1];
-            matches!(rustix::io::read(&ready_read, &mut byte), Ok(1))
+        // Its end is the VM's connection's end (or the VM's release): not waited for by
+        // this process, which a one-shot VM's helper may outlive by a moment.
+        let pid = tokio::task::spawn_blocking(move || {
+            ak_egress::launch::wait_detached(child, ready_read, ready_write, &log)
         })
         .await
-        .unwrap_or(false);
-        if !ready {
-            let _ = child.kill().await;
-            let said = std::fs::read_to_string(&log).unwrap_or_default();
-            return Err(failed(format!(
-                "it did not start: {}",
-                said.trim().lines().last().unwrap_or("it printed nothing")
-            )));
-        }
-        // Reaped when it ends (with the VM's connection), so no zombie outlives it here.
-        tokio::spawn(async move {
-            let _ = child.wait().await;
-        });
+        .map_err(|e| failed(e.to_string()))?
+        .map_err(|e| failed(format!("it did not start: {e}")))?;
+        let identity =
+            ak_core::process::identity(pid).ok_or_else(|| failed("it ended at once".into()))?;
+        reap_when_done(pid);
         Ok((socket, identity))
     }
 

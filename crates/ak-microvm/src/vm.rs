@@ -159,17 +159,6 @@ pub fn spawn(
     log: &Path,
     lifetime: Lifetime,
 ) -> Result<(tokio::process::Child, String), MicrovmError> {
-    spawn_keeping(program, args, log, lifetime, None)
-}
-
-/// [`spawn`], with the descriptor `keep` (if any) inherited by the process.
-pub fn spawn_keeping(
-    program: &Path,
-    args: &[String],
-    log: &Path,
-    lifetime: Lifetime,
-    keep: Option<std::os::fd::RawFd>,
-) -> Result<(tokio::process::Child, String), MicrovmError> {
     let log_file = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -185,14 +174,9 @@ pub fn spawn_keeping(
         .stdout(log_file)
         .stderr(log_err);
     // SAFETY: the closure runs in the child between fork and exec and only makes
-    // async-signal-safe system calls (prctl, setsid, fcntl).
+    // async-signal-safe system calls (prctl, setsid).
     unsafe {
         command.pre_exec(move || {
-            if let Some(fd) = keep
-                && libc::fcntl(fd, libc::F_SETFD, 0) < 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
             match lifetime {
                 Lifetime::Ephemeral => {
                     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;

@@ -557,4 +557,26 @@ impl Backend for NativeBackend {
             .set_frozen(frozen)
             .map_err(|e| NativeError::Cgroup(e).into())
     }
+
+    async fn set_allowlist(
+        &self,
+        handle: &SandboxHandle,
+        allowlist: &ak_core::egress::Allowlist,
+    ) -> Result<(), BackendError> {
+        let data = HandleData::parse(handle)?;
+        if persistent::open_process(data.init()).is_none_or(|(_, running)| !running) {
+            return Err(BackendError::Gone(handle.id.clone()));
+        }
+        let path = data.rundir.join(EGRESS_POLICY_FILE);
+        // The helper watches this one file, which exists exactly when it was started.
+        if !path.is_file() {
+            return Err(NativeError::Network(format!(
+                "sandbox {} has no egress helper to give an allowlist to",
+                handle.id
+            ))
+            .into());
+        }
+        ak_egress::PolicyFile::replace_allowlist(&path, allowlist)
+            .map_err(|e| NativeError::Network(e.to_string()).into())
+    }
 }

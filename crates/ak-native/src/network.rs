@@ -7,7 +7,6 @@
 
 use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -164,23 +163,15 @@ pub fn start_detached_in(
 
 /// Waits for a detached helper to configure the network; returns its pid.
 fn wait_detached(
-    mut child: Child,
+    child: Child,
     ready_read: OwnedFd,
     ready_write: OwnedFd,
     log: &Path,
 ) -> Result<u32, NativeError> {
-    drop(ready_write);
-    let mut byte = [0u8; 1];
-    if matches!(std::fs::File::from(ready_read).read(&mut byte), Ok(1)) {
-        keep_tap_past_helper(child.id());
-        // Not waited for here: it runs on after we are gone; the release reaps it if we are
-        // still its parent then.
-        return Ok(child.id());
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    let message = std::fs::read_to_string(log).unwrap_or_default();
-    Err(failure(&message))
+    let pid = ak_egress::launch::wait_detached(child, ready_read, ready_write, log)
+        .map_err(|message| NativeError::Network(format!("the network helper failed: {message}")))?;
+    keep_tap_past_helper(pid);
+    Ok(pid)
 }
 
 /// Makes the helper's tap device persistent once it is configured, so that the helper's
@@ -221,8 +212,7 @@ fn helper_tap(helper: u32) -> std::io::Result<OwnedFd> {
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd), NativeError> {
-    rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
-        .map_err(|e| NativeError::io("create a pipe")(e.into()))
+    ak_egress::launch::pipe().map_err(NativeError::io("create a pipe"))
 }
 
 /// Runs the helper for `target`, reporting readiness on `ready` and exiting when `exit`
@@ -268,23 +258,8 @@ fn spawn_helper(
             command
         }
     };
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(stderr);
-    // SAFETY: only fcntl on descriptors that exist in the forked child.
-    unsafe {
-        command.pre_exec(move || {
-            for fd in std::iter::once(ready_fd).chain(exit_fd) {
-                if libc::fcntl(fd, libc::F_SETFD, 0) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            }
-            Ok(())
-        });
-    }
     let name = command.get_program().to_string_lossy().into_owned();
-    command.spawn().map_err(|e| match kind {
+    ak_egress::launch::spawn(&mut command, ready, exit, stderr).map_err(|e| match kind {
         HelperKind::Egress { program, .. } if e.kind() == std::io::ErrorKind::NotFound => {
             NativeError::Unavailable(format!(
                 "the allowlist network needs the egress helper {} (built beside agentkernel; set AGENTKERNEL_EGRESS)",
@@ -333,10 +308,6 @@ fn slirp_command(
 fn failure(message: &str) -> NativeError {
     NativeError::Network(format!(
         "the network helper failed: {}",
-        if message.trim().is_empty() {
-            "exited without configuring the network".to_string()
-        } else {
-            message.trim().lines().collect::<Vec<_>>().join("; ")
-        }
+        ak_egress::launch::failure(message)
     ))
 }

@@ -8,6 +8,7 @@ mod exec;
 mod files;
 mod info;
 pub mod mcp;
+mod network;
 mod openapi;
 mod output;
 mod run;
@@ -22,7 +23,7 @@ use ak_core::config::SandboxOptions;
 use ak_service::Service;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::routing::{any, get, post};
+use axum::routing::{any, get, post, put};
 
 pub use crate::auth::{
     StoredToken, TOKEN_FILE, TokenCheck, TokenFileError, check_listen_address, load_or_create_token,
@@ -114,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/sandboxes/{name}/logs", get(sandboxes::logs))
         .route("/sandboxes/{name}/extend", post(sandboxes::extend))
+        .route("/sandboxes/{name}/network", put(network::set))
         .route("/sandboxes/{name}/exec", post(exec::exec))
         .route("/sandboxes/{name}/exec/detach", post(exec::detach))
         .route("/sandboxes/{name}/exec/detached", get(exec::detached_list))

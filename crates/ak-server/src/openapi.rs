@@ -24,7 +24,7 @@ use utoipa::{Modify, OpenApi};
 use crate::error::ApiError;
 use crate::run::MAX_BATCH;
 use crate::sandboxes::UNSUPPORTED_FIELDS;
-use crate::{error, exec, files, info, output, run, sandboxes, snapshots};
+use crate::{error, exec, files, info, network, output, run, sandboxes, snapshots};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -47,6 +47,7 @@ use crate::{error, exec, files, info, output, run, sandboxes, snapshots};
         sandboxes::remove,
         sandboxes::extend,
         sandboxes::logs,
+        network::set,
         exec::exec,
         exec::detach,
         exec::detached_list,
@@ -78,6 +79,8 @@ use crate::{error, exec, files, info, output, run, sandboxes, snapshots};
         sandboxes::CreateRequest,
         sandboxes::ExtendRequest,
         sandboxes::ExtendResponse,
+        sandboxes::AllowlistInfo,
+        network::NetworkRequest,
         exec::ExecRequest,
         exec::DetachedInfo,
         exec::DetachedLogs,
@@ -151,6 +154,12 @@ pub const OPERATIONS: &[(&str, &str, &str, &[&[u16]])] = &[
         &[NAMED, &[409, 413]],
     ),
     ("get", "/sandboxes/{name}/logs", "getSandboxLogs", &[NAMED]),
+    (
+        "put",
+        "/sandboxes/{name}/network",
+        "setSandboxNetwork",
+        &[NAMED, &[403, 409, 503]],
+    ),
     (
         "post",
         "/sandboxes/{name}/exec",
@@ -369,9 +378,15 @@ fn constrain_schemas(doc: &mut Value) {
     for schema in ["RunRequest", "ExecRequest", "BatchCommand"] {
         schemas[schema]["properties"]["command"] = command.clone();
     }
+    let mut network = network::network_schema();
+    network["oneOf"]
+        .as_array_mut()
+        .into_iter()
+        .for_each(|choices| choices.push(json!({"type": "null"})));
     for schema in ["RunRequest", "CreateRequest"] {
         schemas[schema]["properties"]["profile"] =
             json!({"type": ["string", "null"], "enum": nullable(&profiles)});
+        schemas[schema]["properties"]["network"] = network.clone();
     }
     let create = &mut schemas["CreateRequest"]["properties"];
     create["name"] = name_schema();

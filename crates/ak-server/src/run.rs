@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::AppState;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ok};
+use crate::network::NetworkField;
 use crate::output::{RunResult, Utf8Chunks};
 
 /// Most commands one batch may hold.
@@ -36,6 +37,20 @@ pub struct RunRequest {
     /// Take a never-used sandbox from the warm pool when the server keeps one.
     #[serde(default)]
     pub fast: Option<bool>,
+    /// `none`, `allowlist` or `open` (or a boolean: `true` open, `false` none); default the
+    /// profile's, or `allowlist` when allowed hosts or CIDRs are given.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub network: Option<NetworkField>,
+    /// What an allowlist sandbox may reach: host names, `*.domain` patterns or presets.
+    #[serde(default)]
+    pub allow_hosts: Option<Vec<String>>,
+    /// CIDRs (or single addresses) an allowlist sandbox may reach.
+    #[serde(default)]
+    pub allow_cidrs: Option<Vec<String>>,
+    /// Destination ports an allowlist sandbox may connect to (default: any).
+    #[serde(default)]
+    pub allow_ports: Option<Vec<u16>>,
 }
 
 /// The sandbox of a one-shot run: the request's settings over the server's config files.
@@ -78,6 +93,10 @@ fn prepare(
         SandboxOptions {
             image: request.image,
             profile: request.profile,
+            network: request.network.map(|field| field.0),
+            allow_hosts: request.allow_hosts,
+            allow_cidrs: request.allow_cidrs,
+            allow_ports: request.allow_ports,
             ..SandboxOptions::default()
         },
     )?;
@@ -163,6 +182,10 @@ pub async fn batch(
                 image: None,
                 profile: None,
                 fast: Some(true),
+                network: None,
+                allow_hosts: None,
+                allow_cidrs: None,
+                allow_ports: None,
             };
             let result = match prepare(&state, request) {
                 Ok((spec, exec, fast)) => run_once(&state, &spec, exec, fast, budgets).await,

@@ -1,11 +1,11 @@
 //! Named sandboxes over HTTP: list, create (and start), inspect (by name or uuid), remove,
 //! and their audit entries.
 
-use ak_core::SandboxState;
 use ak_core::config::{SandboxOptions, resolve};
 use ak_core::resources::parse_duration;
 use ak_core::source::GitSource;
 use ak_core::spec::{new_sandbox_id, validate_name};
+use ak_core::{NetworkMode, SandboxState};
 use ak_service::audit::rfc3339_unix;
 use ak_service::{Caller, SandboxRecord};
 use axum::extract::{Path, State};
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use crate::AppState;
 use crate::body::JsonBody;
 use crate::error::{ApiError, ok, with_status};
+use crate::network::NetworkField;
 
 /// A sandbox as the SDKs describe it.
 #[derive(Debug, Serialize, utoipa::ToSchema, schemars::JsonSchema)]
@@ -40,6 +41,35 @@ pub struct SandboxInfo {
     pub error: Option<String>,
     /// RFC 3339: when the service removes it; absent when it lives until removed.
     pub expires_at: Option<String>,
+    /// `none`, `allowlist` or `open`.
+    pub network: &'static str,
+    /// What an allowlist sandbox may reach (absent for the other networks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub allowlist: Option<AllowlistInfo>,
+    /// How many connections and lookups its allowlist refused (one sandbox's answers
+    /// only, not lists; absent for the other networks).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub egress_denied: Option<usize>,
+}
+
+/// An allowlist as answers show it.
+#[derive(Debug, Serialize, utoipa::ToSchema, schemars::JsonSchema)]
+pub struct AllowlistInfo {
+    /// Host names and `*.domain` patterns (presets expanded).
+    pub hosts: Vec<String>,
+    pub cidrs: Vec<String>,
+    /// Empty: any port.
+    pub ports: Vec<u16>,
+}
+
+impl SandboxInfo {
+    /// With the count of refused connections (see [`ak_service::Service::egress_denied`]).
+    pub fn with_denied(self, egress_denied: Option<usize>) -> SandboxInfo {
+        SandboxInfo {
+            egress_denied,
+            ..self
+        }
+    }
 }
 
 impl From<&SandboxRecord> for SandboxInfo {
@@ -60,6 +90,16 @@ impl From<&SandboxRecord> for SandboxInfo {
             created_at: rfc3339_unix(record.created_at),
             error: record.error.clone(),
             expires_at: record.expires_at.map(rfc3339_unix),
+            network: record.spec.policy.network.as_str(),
+            allowlist: (record.spec.policy.network == NetworkMode::Allowlist).then(|| {
+                let list = &record.spec.policy.allowlist;
+                AllowlistInfo {
+                    hosts: list.hosts.iter().map(ToString::to_string).collect(),
+                    cidrs: list.cidrs.iter().map(ToString::to_string).collect(),
+                    ports: list.ports.clone(),
+                }
+            }),
+            egress_denied: None,
         }
     }
 }
@@ -105,6 +145,21 @@ pub struct CreateRequest {
     /// absent).
     #[serde(default)]
     pub source_ref: Option<String>,
+    /// `none`, `allowlist` or `open` (or a boolean: `true` open, `false` none); default the
+    /// profile's, or `allowlist` when allowed hosts or CIDRs are given.
+    #[serde(default)]
+    #[schema(value_type = Option<String>)]
+    pub network: Option<NetworkField>,
+    /// What an allowlist sandbox may reach: host names, `*.domain` patterns or presets
+    /// (`pypi`, `npm`, `crates`, `github`, `debian`).
+    #[serde(default)]
+    pub allow_hosts: Option<Vec<String>>,
+    /// CIDRs (or single addresses) an allowlist sandbox may reach.
+    #[serde(default)]
+    pub allow_cidrs: Option<Vec<String>>,
+    /// Destination ports an allowlist sandbox may connect to (default: any).
+    #[serde(default)]
+    pub allow_ports: Option<Vec<u16>>,
     /// Secrets for the sandbox's egress proxy (not supported yet: refused when given).
     #[serde(default)]
     pub secrets: Option<Vec<String>>,
@@ -152,6 +207,10 @@ pub async fn create(
         memory: request.memory_mb.map(|mb| format!("{mb}M")),
         volumes: request.volumes.filter(|v| !v.is_empty()),
         source,
+        network: request.network.map(|field| field.0),
+        allow_hosts: request.allow_hosts,
+        allow_cidrs: request.allow_cidrs,
+        allow_ports: request.allow_ports,
         ..SandboxOptions::default()
     }
     .over(state.config.base_options.clone());
@@ -173,7 +232,8 @@ pub async fn get_one(
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
     let record = state.service.inspect_named(&name).await?;
-    Ok(ok(SandboxInfo::from(&record)))
+    let denied = state.service.egress_denied(&record)?;
+    Ok(ok(SandboxInfo::from(&record).with_denied(denied)))
 }
 
 /// One named sandbox, by its uuid.
@@ -185,7 +245,8 @@ pub async fn by_uuid(
     Path(uuid): Path<String>,
 ) -> Result<Response, ApiError> {
     let record = state.service.inspect_by_uuid(&uuid).await?;
-    Ok(ok(SandboxInfo::from(&record)))
+    let denied = state.service.egress_denied(&record)?;
+    Ok(ok(SandboxInfo::from(&record).with_denied(denied)))
 }
 
 /// Removes a sandbox (stopping it first) and its workdir.

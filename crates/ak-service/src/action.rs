@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 use ak_core::SandboxSpec;
+use ak_core::egress::AllowlistEntries;
 use serde::{Deserialize, Serialize};
 
 use crate::error::ServiceError;
@@ -40,6 +41,13 @@ pub enum Action {
     List,
     Inspect {
         name: String,
+    },
+    /// Gives an allowlist sandbox the allowlist `entries` name; `extend` adds them to its
+    /// current one instead.
+    SetAllowlist {
+        name: String,
+        entries: AllowlistEntries,
+        extend: bool,
     },
     /// Named volumes (see `volumes.rs`): not sandboxes, but kept by the same service.
     VolumeCreate {
@@ -175,6 +183,14 @@ impl Service {
                 .map(|()| Answer::Removed),
             Action::List => self.list_named().await.map(Answer::Records),
             Action::Inspect { name } => self.inspect_named(&name).await.map(record),
+            Action::SetAllowlist {
+                name,
+                entries,
+                extend,
+            } => self
+                .set_allowlist(caller, &name, &entries, extend)
+                .await
+                .map(record),
             Action::VolumeCreate { name, size_limit } => self
                 .create_volume(caller, &name, size_limit)
                 .await

@@ -6,7 +6,8 @@
 
 use std::path::Path;
 
-use ak_core::config::ApiOptions;
+use ak_core::config::{ApiOptions, NetworkSetting};
+use ak_core::egress::Allowlist;
 use ak_core::resources::{parse_cpus, parse_memory, parse_pids};
 use ak_core::source::GitProtocol;
 use ak_core::{ConfigError, ImageRef, NetworkMode, Profile, SandboxSpec};
@@ -45,8 +46,10 @@ impl Caller {
 pub struct CallerPolicy {
     /// The least restrictive profile allowed.
     pub max_profile: Profile,
-    /// Whether sandboxes may have outbound network.
-    pub network: bool,
+    /// The widest network a sandbox may have.
+    pub network: NetworkMode,
+    /// What an allowlist sandbox's allowlist must stay within (`None`: anything).
+    pub allowlist: Option<Allowlist>,
     /// `None`: the host's memory, read when a remote caller asks (so that local runs
     /// never pay for reading it).
     pub max_memory_bytes: Option<u64>,
@@ -66,7 +69,8 @@ impl CallerPolicy {
     pub fn host_default() -> CallerPolicy {
         CallerPolicy {
             max_profile: Profile::Moderate,
-            network: true,
+            network: NetworkMode::Outbound,
+            allowlist: None,
             max_memory_bytes: None,
             max_cpus: None,
             max_pids: KERNEL_MAX_PIDS,
@@ -80,8 +84,26 @@ impl CallerPolicy {
         if let Some(profile) = &options.max_profile {
             policy.max_profile = profile.parse()?;
         }
-        if let Some(network) = options.network {
-            policy.network = network;
+        let bound = ak_core::config::entries(
+            &options.allow_hosts,
+            &options.allow_cidrs,
+            &options.allow_ports,
+        );
+        let bounded = options.allow_hosts.is_some()
+            || options.allow_cidrs.is_some()
+            || options.allow_ports.is_some();
+        policy.network = match options.network.map(NetworkSetting::mode) {
+            // A bound on allowlists that the open network would step around is a mistake
+            // to hear about, not a policy wider than the user wrote down.
+            Some(NetworkMode::Outbound) if bounded => {
+                return Err(ConfigError::ApiAllowlistWithOpenNetwork);
+            }
+            Some(mode) => mode,
+            None if bounded => NetworkMode::Allowlist,
+            None => NetworkMode::Outbound,
+        };
+        if bounded {
+            policy.allowlist = Some(Allowlist::from_entries(&bound)?);
         }
         if let Some(memory) = &options.max_memory {
             policy.max_memory_bytes = Some(parse_memory(memory)?);
@@ -142,11 +164,7 @@ impl CallerPolicy {
                 self.max_profile.as_str()
             ));
         }
-        if spec.policy.network != NetworkMode::None && !self.network {
-            return refuse(
-                "have network access (set network = true under [api] to allow it)".into(),
-            );
-        }
+        self.admit_network(caller, spec.policy.network, &spec.policy.allowlist)?;
         let resources = &spec.resources;
         let max_memory = self
             .max_memory_bytes
@@ -174,6 +192,42 @@ impl CallerPolicy {
         Ok(())
     }
 
+    /// Refuses a network (`mode`, and `allowlist` for that mode) wider than the policy
+    /// allows a remote `caller`; the local user passes. Creation and a running sandbox's
+    /// change of allowlist both come through here.
+    pub fn admit_network(
+        &self,
+        caller: Caller,
+        mode: NetworkMode,
+        allowlist: &Allowlist,
+    ) -> Result<(), ServiceError> {
+        if !caller.is_remote() {
+            return Ok(());
+        }
+        let refuse = |what: String| {
+            Err(ServiceError::Forbidden(format!(
+                "{} callers may not {what}",
+                caller.as_str()
+            )))
+        };
+        if width(mode) > width(self.network) {
+            return refuse(format!(
+                "have the {} network (allowed up to {}; set network under [api] to allow it)",
+                mode.as_str(),
+                self.network.as_str()
+            ));
+        }
+        if mode == NetworkMode::Allowlist
+            && let Some(bound) = &self.allowlist
+            && let Err(outside) = allowlist.within(bound)
+        {
+            return refuse(format!(
+                "allow {outside} (outside allow_hosts, allow_cidrs and allow_ports under [api])"
+            ));
+        }
+        Ok(())
+    }
+
     /// Refuses a host directory as a named sandbox's workdir for remote callers.
     pub fn admit_dir(&self, caller: Caller, dir: Option<&Path>) -> Result<(), ServiceError> {
         match dir {
@@ -184,6 +238,15 @@ impl CallerPolicy {
             ))),
             _ => Ok(()),
         }
+    }
+}
+
+/// How much of the network a mode reaches: higher reaches more.
+fn width(mode: NetworkMode) -> u8 {
+    match mode {
+        NetworkMode::None => 0,
+        NetworkMode::Allowlist => 1,
+        NetworkMode::Outbound => 2,
     }
 }
 
@@ -220,7 +283,8 @@ mod tests {
     fn policy() -> CallerPolicy {
         CallerPolicy {
             max_profile: Profile::Moderate,
-            network: true,
+            network: NetworkMode::Outbound,
+            allowlist: None,
             max_memory_bytes: Some(1 << 30),
             max_cpus: Some(2.0),
             max_pids: 2000,
@@ -313,7 +377,7 @@ mod tests {
     #[test]
     fn network_can_be_denied_to_remote_callers() {
         let policy = CallerPolicy {
-            network: false,
+            network: NetworkMode::None,
             ..policy()
         };
         let open = spec(SandboxOptions::default());
@@ -345,11 +409,80 @@ mod tests {
         assert!(CallerPolicy::from_options(&options).is_err());
         let options = ApiOptions {
             max_profile: Some("restrictive".into()),
-            network: Some(false),
+            network: Some(NetworkSetting::Enabled(false)),
             ..ApiOptions::default()
         };
         let policy = CallerPolicy::from_options(&options).expect("valid");
         assert_eq!(policy.max_profile, Profile::Restrictive);
-        assert!(!policy.network);
+        assert_eq!(policy.network, NetworkMode::None);
+        // The older boolean: `true` is the open network.
+        let options = ApiOptions {
+            network: Some(NetworkSetting::Enabled(true)),
+            ..ApiOptions::default()
+        };
+        let policy = CallerPolicy::from_options(&options).expect("valid");
+        assert_eq!(policy.network, NetworkMode::Outbound);
+        // Bounds on allowlists with the open network contradict each other.
+        let options = ApiOptions {
+            network: Some(NetworkSetting::Mode(NetworkMode::Outbound)),
+            allow_hosts: Some(vec!["pypi".into()]),
+            ..ApiOptions::default()
+        };
+        assert!(matches!(
+            CallerPolicy::from_options(&options),
+            Err(ConfigError::ApiAllowlistWithOpenNetwork)
+        ));
+        let options = ApiOptions {
+            allow_hosts: Some(vec!["*.".into()]),
+            ..ApiOptions::default()
+        };
+        assert!(CallerPolicy::from_options(&options).is_err());
+    }
+
+    #[test]
+    fn remote_networks_stay_within_the_api_bounds() {
+        let options = ApiOptions {
+            allow_hosts: Some(vec!["pypi".into(), "*.example.org".into()]),
+            allow_cidrs: Some(vec!["10.0.0.0/8".into()]),
+            ..ApiOptions::default()
+        };
+        let policy = CallerPolicy::from_options(&options).expect("valid");
+        // Allowed hosts alone make the widest network an allowlist.
+        assert_eq!(policy.network, NetworkMode::Allowlist);
+        let admit = |caller, options: SandboxOptions| policy.admit(caller, &spec(options));
+        let within = SandboxOptions {
+            allow_hosts: Some(vec!["pypi.org".into(), "a.example.org".into()]),
+            allow_cidrs: Some(vec!["10.1.0.0/16".into()]),
+            ..SandboxOptions::default()
+        };
+        admit(Caller::Api, within).expect("within the bounds");
+        let outside = SandboxOptions {
+            allow_hosts: Some(vec!["evil.test".into()]),
+            ..SandboxOptions::default()
+        };
+        let message = match admit(Caller::Mcp, outside.clone()) {
+            Err(ServiceError::Forbidden(message)) => message,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(message.contains("host evil.test"), "{message}");
+        assert!(message.contains("allow_hosts"), "{message}");
+        admit(Caller::Local, outside).expect("the local user is not bounded");
+        let open = SandboxOptions {
+            network: Some(NetworkSetting::Mode(NetworkMode::Outbound)),
+            ..SandboxOptions::default()
+        };
+        let message = match admit(Caller::Api, open) {
+            Err(ServiceError::Forbidden(message)) => message,
+            other => panic!("expected a refusal, got {other:?}"),
+        };
+        assert!(
+            message.contains("open network (allowed up to allowlist"),
+            "{message}"
+        );
+        let none = SandboxOptions {
+            network: Some(NetworkSetting::Mode(NetworkMode::None)),
+            ..SandboxOptions::default()
+        };
+        admit(Caller::Api, none).expect("no network is within any bound");
     }
 }

@@ -12,6 +12,7 @@ mod expiry;
 mod files;
 mod image_config;
 mod images;
+mod network;
 pub mod output;
 pub mod pool;
 pub mod registry;

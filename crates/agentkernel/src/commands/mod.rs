@@ -8,6 +8,7 @@ mod daemon;
 mod exec;
 mod image;
 mod mcp;
+mod network;
 mod plugin;
 mod run;
 mod sandbox;
@@ -62,6 +63,7 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::Inspect(args) => sandbox::inspect(args).await,
         Command::Volume(command) => volume::volume(command).await,
         Command::Snapshot(command) => snapshot::snapshot(command).await,
+        Command::Network(command) => network::network(command).await,
         Command::Fork(args) => snapshot::fork(args).await,
         Command::Daemon(command) => daemon::daemon(command).await,
         Command::Bench(args) => bench::bench(*args).await,

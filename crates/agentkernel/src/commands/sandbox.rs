@@ -101,25 +101,7 @@ pub async fn inspect(args: InspectArgs) -> i32 {
             .map_or("unlimited".to_string(), |c| c.to_string()),
         spec.workdir.display(),
     );
-    if spec.policy.network == ak_core::NetworkMode::Allowlist {
-        for host in &spec.policy.allowlist.hosts {
-            out.push_str(&format!("allow:    host {host}\n"));
-        }
-        for cidr in &spec.policy.allowlist.cidrs {
-            out.push_str(&format!("allow:    cidr {cidr}\n"));
-        }
-        for port in &spec.policy.allowlist.ports {
-            out.push_str(&format!("allow:    port {port}\n"));
-        }
-        let denied = crate::wiring::service()
-            .audit_log()
-            .map_err(anyhow::Error::from)
-            .and_then(|log| Ok(log.egress_denied(&spec.id)?));
-        match denied {
-            Ok(count) => out.push_str(&format!("denied:   {count}\n")),
-            Err(error) => out.push_str(&format!("denied:   unknown ({error:#})\n")),
-        }
-    }
+    out.push_str(&super::network::describe_allowlist(&record));
     for mount in &spec.mounts {
         out.push_str(&format!(
             "mount:    {} -> {} ({})\n",

@@ -9,6 +9,7 @@
 mod compat;
 mod http;
 mod mcp;
+mod network;
 mod python;
 mod schemathesis;
 mod serve;

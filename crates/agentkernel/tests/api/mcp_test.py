@@ -31,6 +31,8 @@ TOOLS = {
     "snapshot_restore",
     "snapshot_remove",
     "sandbox_fork",
+    "sandbox_network_show",
+    "sandbox_network_set",
 }
 
 
@@ -273,6 +275,19 @@ async def main():
                 await ok(session, "sandbox_remove", {"name": name, "force": True})
             await ok(session, "snapshot_remove", {"snapshot": "mcp-snap"})
             await refused(session, "snapshot_remove", {"snapshot": "mcp-snap"}, "no snapshot named")
+            # Networks: an allowlist sandbox made, shown and its list changed while it runs.
+            net = await ok(session, "sandbox_create", {"name": "mcp-net", "network": "allowlist", "allow_hosts": ["pypi"]})
+            check(net["network"] == "allowlist" and "pypi.org" in net["allowlist"]["hosts"], f"allowlist create: {net}")
+            shown = await ok(session, "sandbox_network_show", {"name": "mcp-net"})
+            check(shown["egress_denied"] == 0, f"nothing refused yet: {shown}")
+            changed = await ok(session, "sandbox_network_set", {"name": "mcp-net", "allow_hosts": ["example.org"], "extend": True})
+            check(changed["allowlist"]["hosts"] == ["pypi.org", "files.pythonhosted.org", "example.org"], f"extended: {changed}")
+            changed = await ok(session, "sandbox_network_set", {"name": "mcp-net", "allow_cidrs": ["192.0.2.0/24"]})
+            check(changed["allowlist"] == {"hosts": [], "cidrs": ["192.0.2.0/24"], "ports": []}, f"replaced: {changed}")
+            await refused(session, "sandbox_network_set", {"name": "mcp-box", "allow_hosts": ["pypi"]}, "only an allowlist sandbox")
+            await refused(session, "sandbox_network_set", {"name": "mcp-net", "allow_hosts": ["*.com"]}, "a wildcard needs")
+            await refused(session, "sandbox_create", {"name": "mcp-bad", "allow_hosts": ["*.com"]}, "a wildcard needs")
+            await ok(session, "sandbox_remove", {"name": "mcp-net", "force": True})
             stopped = await ok(session, "sandbox_stop", {"name": "mcp-box"})
             await ok(session, "sandbox_remove", {"name": "mcp-box"})
             await refused(session, "sandbox_remove", {"name": "mcp-box"}, "no sandbox named")

@@ -544,11 +544,16 @@ fn docker_failures_are_clear() {
     );
 }
 
+/// As [`engine`], for podman.
+pub(crate) fn podman_engine() {
+    static READY: OnceLock<()> = OnceLock::new();
+    READY.get_or_init(|| prepare("podman"));
+}
+
 #[test]
 fn podman_runs_and_execs() {
     let _host = shared_host();
-    static READY: OnceLock<()> = OnceLock::new();
-    READY.get_or_init(|| prepare("podman"));
+    podman_engine();
     let output = ak(
         MODE,
         &[

@@ -4,6 +4,7 @@
 //! is refused the same way. Long commands report progress to a client that asks for it,
 //! and end when the client cancels them.
 
+mod network;
 mod transport;
 
 use ak_core::source::GitSource;
@@ -12,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use ak_core::config::{NetworkSetting, SandboxOptions, resolve};
+use ak_core::config::{SandboxOptions, resolve};
 use ak_core::exec::ExecOptions;
 use ak_core::spec::new_sandbox_id;
 use ak_service::{Caller, CommandSession, ErrorClass, Placement, Service, ServiceError};
@@ -27,6 +28,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::files::Encoding;
+use crate::network::NetworkField;
 use crate::output::RunResult;
 use crate::sandboxes::SandboxInfo;
 use crate::snapshots::SnapshotMeta;
@@ -61,7 +63,7 @@ impl McpServer {
             service,
             base_options,
             cwd,
-            tool_router: Self::tool_router(),
+            tool_router: Self::tool_router() + Self::network_router(),
         }
     }
 
@@ -228,8 +230,16 @@ pub struct RunParams {
     pub image: Option<String>,
     /// `permissive`, `moderate` (default) or `restrictive`.
     pub profile: Option<String>,
-    /// `false`: no network at all; `true`: outbound network.
-    pub network: Option<bool>,
+    /// `none`, `allowlist` (only `allow_hosts`, `allow_cidrs` and `allow_ports`) or `open`;
+    /// `false` is none and `true` open, as before modes existed.
+    pub network: Option<NetworkField>,
+    /// Host names, `*.domain` patterns or presets (`pypi`, `npm`, `crates`, `github`,
+    /// `debian`) an allowlist sandbox may reach.
+    pub allow_hosts: Option<Vec<String>>,
+    /// CIDRs (or single addresses) an allowlist sandbox may reach.
+    pub allow_cidrs: Option<Vec<String>>,
+    /// Destination ports an allowlist sandbox may connect to (default: any).
+    pub allow_ports: Option<Vec<u16>>,
     /// Absolute working directory inside the sandbox (`cwd` is accepted too).
     #[serde(alias = "cwd")]
     pub workdir: Option<String>,
@@ -253,7 +263,16 @@ pub struct CreateParams {
     pub name: String,
     pub image: Option<String>,
     pub profile: Option<String>,
-    pub network: Option<bool>,
+    /// `none`, `allowlist` (only `allow_hosts`, `allow_cidrs` and `allow_ports`) or `open`;
+    /// `false` is none and `true` open, as before modes existed.
+    pub network: Option<NetworkField>,
+    /// Host names, `*.domain` patterns or presets (`pypi`, `npm`, `crates`, `github`,
+    /// `debian`) an allowlist sandbox may reach.
+    pub allow_hosts: Option<Vec<String>>,
+    /// CIDRs (or single addresses) an allowlist sandbox may reach.
+    pub allow_cidrs: Option<Vec<String>>,
+    /// Destination ports an allowlist sandbox may connect to (default: any).
+    pub allow_ports: Option<Vec<u16>>,
     /// Memory limit, e.g. `512M`.
     pub memory: Option<String>,
     /// CPU limit, e.g. 1 or 0.5.
@@ -396,7 +415,10 @@ impl McpServer {
             SandboxOptions {
                 image: params.image,
                 profile: params.profile,
-                network: params.network.map(NetworkSetting::Enabled),
+                network: params.network.map(|field| field.0),
+                allow_hosts: params.allow_hosts,
+                allow_cidrs: params.allow_cidrs,
+                allow_ports: params.allow_ports,
                 volumes: params.volumes,
                 source,
                 ..SandboxOptions::default()
@@ -432,7 +454,10 @@ impl McpServer {
             SandboxOptions {
                 image: params.image,
                 profile: params.profile,
-                network: params.network.map(NetworkSetting::Enabled),
+                network: params.network.map(|field| field.0),
+                allow_hosts: params.allow_hosts,
+                allow_cidrs: params.allow_cidrs,
+                allow_ports: params.allow_ports,
                 memory: params.memory,
                 cpus: params.cpus,
                 volumes: params.volumes,

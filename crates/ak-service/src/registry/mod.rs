@@ -320,6 +320,26 @@ impl Registry {
         Ok(record)
     }
 
+    /// Replaces the spec of `name` (a change that outlives a restart, such as a new
+    /// allowlist); returns the updated record.
+    pub fn set_spec(&self, name: &str, spec: &SandboxSpec) -> Result<SandboxRecord, RegistryError> {
+        let spec = serde_json::to_string(spec)
+            .map_err(|e| RegistryError::Corrupt(format!("cannot encode the spec: {e}")))?;
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
+            "UPDATE sandboxes SET spec = ?1, updated_at = ?2 WHERE name = ?3",
+            params![spec, now_unix(), name],
+        )?;
+        if changed == 0 {
+            return Err(RegistryError::NotFound(name.to_string()));
+        }
+        let record = query_one(&tx, "name", name)?
+            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
+        tx.commit()?;
+        Ok(record)
+    }
+
     /// The names of sandboxes whose expiry is at or before `now` (Unix seconds).
     pub fn expired(&self, now: i64) -> Result<Vec<String>, RegistryError> {
         let conn = self.conn();

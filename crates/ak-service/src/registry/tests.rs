@@ -72,6 +72,24 @@ fn insert_get_list_remove_round_trip() {
 }
 
 #[test]
+fn a_new_spec_is_kept() {
+    let (_dir, path, registry) = open_temp();
+    let a = record("a", 100);
+    registry.insert(&a).unwrap();
+    let mut spec = a.spec.clone();
+    spec.policy.allowlist.add_host("pypi").unwrap();
+    let updated = registry.set_spec("a", &spec).unwrap();
+    assert_eq!(updated.spec, spec);
+    // Read back by another connection: it is on disk, not only in this one.
+    let again = Registry::open(&path).unwrap();
+    assert_eq!(again.get("a").unwrap().unwrap().spec, spec);
+    assert!(matches!(
+        registry.set_spec("nope", &spec),
+        Err(RegistryError::NotFound(_))
+    ));
+}
+
+#[test]
 fn files_are_private() {
     let (dir, path, _registry) = open_temp();
     let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;

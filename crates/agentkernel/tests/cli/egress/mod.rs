@@ -98,7 +98,12 @@ impl FakeInternet {
         let mut args = vec!["run"];
         args.extend_from_slice(flags);
         args.extend(["--", "bash", "-c", script]);
-        agentkernel(Mode::Root, &args)
+        self.ak(&args)
+    }
+
+    /// `agentkernel ARGS` with the fake resolver upstream.
+    fn ak(&self, args: &[&str]) -> Output {
+        agentkernel(Mode::Root, args)
             .env("AGENTKERNEL_CONFIG", self.config.path())
             .output()
             .unwrap()
@@ -305,6 +310,248 @@ fn a_named_sandbox_keeps_its_allowlist_and_counts_denials() {
         .and_then(|n| n.trim().parse().ok())
         .unwrap_or_else(|| panic!("{shown}"));
     assert!(denied >= 1, "{shown}");
+}
+
+/// The sandbox settings of `backend` in these tests: the container backends run the test
+/// image (busybox), built first; the native backend the host's root, which has busybox
+/// too (`busybox-static`), so the same probes run on each.
+fn backend_flags(backend: &str) -> Vec<&'static str> {
+    match backend {
+        "native" => vec!["--backend", "native"],
+        "docker" => {
+            crate::docker::engine();
+            vec!["--backend", "docker", "--image", crate::docker::IMAGE]
+        }
+        "podman" => {
+            crate::docker::podman_engine();
+            vec!["--backend", "podman", "--image", crate::docker::IMAGE]
+        }
+        other => panic!("no egress tests for the {other} backend"),
+    }
+}
+
+/// Busybox probes, one `NAME=RESULT` line each: a connection to an IP literal (first:
+/// once a name resolves to an address, that address is allowed), an HTTP GET by name over
+/// `nc` (its input held open a moment: busybox's `nc` ends at the end of its input, before
+/// the answer), and a lookup.
+fn busybox_probes(literal: &str) -> String {
+    format!(
+        r#"
+echo "literal=$(busybox nc -w 3 {literal} 7 </dev/null 2>&1 | grep -o 'Connection refused')"
+get() {{ {{ printf 'GET / HTTP/1.0\r\nHost: %s\r\n\r\n' "$1"; sleep 1; }} | busybox nc -w 3 "$1" 80 2>/dev/null | tail -n 1; }}
+echo "allowed=$(get allowed.test)"
+echo "denied=$(get denied.test)"
+echo "lookup=$(busybox nslookup denied.test 2>&1 | grep -o NXDOMAIN | head -n 1)"
+"#
+    )
+}
+
+/// The value of `name=` in a probe's output.
+fn probe<'a>(text: &'a str, name: &str) -> &'a str {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name}= in {text}"))
+}
+
+/// A one-shot sandbox: an allowed name works, a denied one is NXDOMAIN, an IP literal is
+/// refused at once (a reset, not a timeout), and each verdict is in the audit log.
+fn one_shot_allowlist(backend: &str) {
+    let internet = FakeInternet::start();
+    let mut args = vec!["run"];
+    args.extend(backend_flags(backend));
+    let script = busybox_probes(&internet.address());
+    args.extend(["--allow-host", "allowed.test", "--", "sh", "-c", &script]);
+    let output = internet.ak(&args);
+    assert_code(&output, 0);
+    let text = stdout(&output);
+    let context = format!("{backend}: {text}\n{}", stderr(&output));
+    assert_eq!(
+        probe(&text, "allowed"),
+        "fake internet: allowed.test",
+        "{context}"
+    );
+    assert_eq!(probe(&text, "denied"), "", "{context}");
+    assert_eq!(probe(&text, "lookup"), "NXDOMAIN", "{context}");
+    assert_eq!(probe(&text, "literal"), "Connection refused", "{context}");
+    let audit = egress_audit();
+    for expected in [
+        "dns denied.test: not an allowed host",
+        "port 7: not an address an allowed name resolved to",
+        "port 80: host allowed.test",
+    ] {
+        assert!(
+            audit.contains(expected),
+            "{backend}: audit lacks {expected:?}:\n{audit}"
+        );
+    }
+}
+
+#[test]
+fn one_shot_allowlist_on_native() {
+    one_shot_allowlist("native");
+}
+
+#[test]
+fn one_shot_allowlist_on_docker() {
+    one_shot_allowlist("docker");
+}
+
+#[test]
+fn one_shot_allowlist_on_podman() {
+    one_shot_allowlist("podman");
+}
+
+/// A running sandbox's allowlist replaced and then extended: the next connection is
+/// judged by the new list (a denied name becomes allowed, an allowed one denied); the
+/// record keeps it across a restart; `network show` counts the refusals.
+fn allowlist_changes_while_running(backend: &str) {
+    let internet = FakeInternet::start();
+    let name = format!("live-{backend}-{}", std::process::id());
+    let mut create = vec!["create", name.as_str()];
+    create.extend(backend_flags(backend));
+    create.extend(["--allow-host", "allowed.test"]);
+    assert_code(&internet.ak(&create), 0);
+    assert_code(&internet.ak(&["start", &name]), 0);
+    let script = busybox_probes(&internet.address());
+    let check = |allowed: &str, denied: &str, when: &str| {
+        let output = internet.ak(&["exec", &name, "--", "sh", "-c", &script]);
+        let text = stdout(&output);
+        let context = format!("{backend}, {when}: {text}\n{}", stderr(&output));
+        assert_eq!(probe(&text, "allowed"), allowed, "{context}");
+        assert_eq!(probe(&text, "denied"), denied, "{context}");
+    };
+    let (allowed, denied) = ("fake internet: allowed.test", "fake internet: denied.test");
+    check(allowed, "", "at first");
+    let replaced = internet.ak(&["network", "set", &name, "--allow-host", "denied.test"]);
+    assert_code(&replaced, 0);
+    assert!(
+        stdout(&replaced).contains("allow:    host denied.test"),
+        "{}",
+        stdout(&replaced)
+    );
+    check("", denied, "replaced");
+    let added = internet.ak(&[
+        "network",
+        "set",
+        &name,
+        "--add",
+        "--allow-host",
+        "allowed.test",
+    ]);
+    assert_code(&added, 0);
+    check(allowed, denied, "extended");
+    assert_code(&internet.ak(&["stop", &name]), 0);
+    assert_code(&internet.ak(&["start", &name]), 0);
+    check(allowed, denied, "restarted");
+    let shown = internet.ak(&["network", "show", &name]);
+    let inspect = internet.ak(&["inspect", &name]);
+    let _ = internet.ak(&["remove", &name, "--force"]);
+    let shown = stdout(&shown);
+    assert!(shown.contains("allow:    host allowed.test"), "{shown}");
+    let denied: usize = shown
+        .lines()
+        .find_map(|l| l.strip_prefix("denied:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{shown}"));
+    assert!(denied >= 2, "the refusals before each change: {shown}");
+    assert!(
+        stdout(&inspect).contains(&format!("denied:   {denied}")),
+        "inspect shows the same count: {}",
+        stdout(&inspect)
+    );
+}
+
+#[test]
+fn allowlist_changes_while_running_on_native() {
+    allowlist_changes_while_running("native");
+}
+
+#[test]
+fn allowlist_changes_while_running_on_docker() {
+    allowlist_changes_while_running("docker");
+}
+
+#[test]
+fn allowlist_changes_while_running_on_podman() {
+    allowlist_changes_while_running("podman");
+}
+
+#[test]
+fn only_an_allowlist_sandbox_has_a_list_to_change() {
+    let internet = FakeInternet::start();
+    let name = format!("quiet-{}", std::process::id());
+    assert_code(&internet.ak(&["create", &name, "--network", "none"]), 0);
+    let output = internet.ak(&["network", "set", &name, "--allow-host", "allowed.test"]);
+    let _ = internet.ak(&["remove", &name, "--force"]);
+    assert_code(&output, 2);
+    assert!(
+        stderr(&output).contains("only an allowlist sandbox"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+/// Without the egress helper an allowlist container is refused, saying what is missing,
+/// and nothing of it is left behind (its container, its runtime and egress directories).
+#[test]
+fn a_missing_helper_is_a_clear_error_on_docker() {
+    let internet = FakeInternet::start();
+    let mut args = vec!["run"];
+    args.extend(backend_flags("docker"));
+    args.extend(["--allow-host", "allowed.test", "--", "true"]);
+    let output = agentkernel(Mode::Root, &args)
+        .env("AGENTKERNEL_CONFIG", internet.config.path())
+        .env("AGENTKERNEL_EGRESS", "/nonexistent/ak-egress")
+        .output()
+        .unwrap();
+    assert_code(&output, 125);
+    assert!(
+        stderr(&output).contains("needs the egress helper /nonexistent/ak-egress"),
+        "{}",
+        stderr(&output)
+    );
+    let base = ak_core::runtime::backend_runtime_base(ak_core::BackendKind::Docker);
+    let left: Vec<_> = std::fs::read_dir(&base)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".egress"))
+        .collect();
+    assert!(left.is_empty(), "egress directories left: {left:?}");
+}
+
+/// A sandbox whose container was killed from outside is found failed by a change of its
+/// allowlist, rather than handed a list nothing enforces.
+#[test]
+fn a_change_finds_a_dead_container_failed() {
+    let internet = FakeInternet::start();
+    let name = format!("dead-{}", std::process::id());
+    let mut create = vec!["create", name.as_str()];
+    create.extend(backend_flags("docker"));
+    create.extend(["--allow-host", "allowed.test"]);
+    assert_code(&internet.ak(&create), 0);
+    assert_code(&internet.ak(&["start", &name]), 0);
+    let id = crate::common::sandbox_id(Mode::Root, &name);
+    let killed = Command::new("docker")
+        .args(["kill", &format!("agentkernel-{id}")])
+        .output()
+        .unwrap();
+    assert!(killed.status.success(), "{killed:?}");
+    let output = internet.ak(&["network", "set", &name, "--allow-host", "denied.test"]);
+    let inspect = internet.ak(&["inspect", &name]);
+    let _ = internet.ak(&["remove", &name, "--force"]);
+    assert_code(&output, 2);
+    assert!(stderr(&output).contains("failed"), "{}", stderr(&output));
+    assert!(
+        stdout(&inspect).contains("state:    failed"),
+        "{}",
+        stdout(&inspect)
+    );
+    assert!(
+        stdout(&inspect).contains("allow:    host allowed.test"),
+        "the record keeps the list it had: {}",
+        stdout(&inspect)
+    );
 }
 
 /// The same probes on the gVisor backend: the egress helper, on a TAP device (gVisor's
