@@ -509,6 +509,30 @@ impl Backend for GvisorBackend {
         }))
     }
 
+    async fn set_allowlist(
+        &self,
+        handle: &SandboxHandle,
+        allowlist: &ak_core::egress::Allowlist,
+    ) -> Result<(), BackendError> {
+        let data: HandleData = serde_json::from_str(&handle.data)
+            .map_err(|e| BackendError::Setup(format!("bad handle of {}: {e}", handle.id)))?;
+        // The agent answering on its socket is what "running" means for a sandbox.
+        UnixStream::connect(socket_dir(&data.dir).join(SOCKET_NAME))
+            .await
+            .map_err(|_| BackendError::Gone(handle.id.clone()))?;
+        // The helper watches this one file, which exists exactly when it was started.
+        let policy = data.dir.join(ak_native::EGRESS_POLICY_FILE);
+        if !policy.is_file() {
+            return Err(GvisorError::Network(format!(
+                "sandbox {} has no egress helper to give an allowlist to",
+                handle.id
+            ))
+            .into());
+        }
+        ak_egress::PolicyFile::replace_allowlist(&policy, allowlist)
+            .map_err(|e| GvisorError::Network(e.to_string()).into())
+    }
+
     async fn release(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
         let data: HandleData = serde_json::from_str(&handle.data)
             .map_err(|e| BackendError::Setup(format!("bad handle of {}: {e}", handle.id)))?;

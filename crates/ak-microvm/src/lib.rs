@@ -827,6 +827,28 @@ impl Backend for MicrovmBackend {
         }))
     }
 
+    async fn set_allowlist(
+        &self,
+        handle: &SandboxHandle,
+        allowlist: &ak_core::egress::Allowlist,
+    ) -> Result<(), BackendError> {
+        let record = Self::decode(handle)?;
+        if !record.hypervisor_alive() {
+            return Err(BackendError::Gone(handle.id.clone()));
+        }
+        // The helper watches this one file, which exists exactly when it was started.
+        let policy = record.layout.dir.join(EGRESS_POLICY);
+        if record.egress.is_none() || !policy.is_file() {
+            return Err(MicrovmError::Network(format!(
+                "VM {} has no egress helper to give an allowlist to",
+                handle.id
+            ))
+            .into());
+        }
+        ak_egress::PolicyFile::replace_allowlist(&policy, allowlist)
+            .map_err(|e| MicrovmError::Network(e.to_string()).into())
+    }
+
     async fn release(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
         let record = Self::decode(handle)?;
         // A network's release runs iptables and waits on netlink: off the runtime's threads.

@@ -326,6 +326,14 @@ fn backend_flags(backend: &str) -> Vec<&'static str> {
             crate::docker::podman_engine();
             vec!["--backend", "podman", "--image", crate::docker::IMAGE]
         }
+        // The host's root, as on the native backend (it has busybox).
+        "gvisor" => vec!["--backend", "gvisor"],
+        // The docker tests' busybox image, exported into the VM's disk.
+        "microvm" => {
+            crate::docker::engine();
+            crate::microvm::ready();
+            vec!["--backend", "microvm", "--image", crate::docker::IMAGE]
+        }
         other => panic!("no egress tests for the {other} backend"),
     }
 }
@@ -469,6 +477,16 @@ fn allowlist_changes_while_running_on_native() {
 #[test]
 fn allowlist_changes_while_running_on_docker() {
     allowlist_changes_while_running("docker");
+}
+
+#[test]
+fn allowlist_changes_while_running_on_gvisor() {
+    allowlist_changes_while_running("gvisor");
+}
+
+#[test]
+fn allowlist_changes_while_running_on_microvm() {
+    allowlist_changes_while_running("microvm");
 }
 
 #[test]
