@@ -12,6 +12,7 @@ use crate::error::ConfigError;
 use crate::image::ImageRef;
 use crate::policy::{NetworkMode, Profile};
 use crate::resources::{parse_cpus, parse_duration, parse_memory_limit, parse_pids};
+use crate::secrets::Secrets;
 use crate::source::GitSource;
 use crate::spec::{DEFAULT_WORKDIR, Mount, SandboxSpec, parse_env_entry, validate_workdir};
 use crate::volume::VolumeMount;
@@ -283,6 +284,14 @@ pub struct SandboxOptions {
     /// only, as volumes).
     #[serde(skip)]
     pub source: Option<GitSource>,
+    /// `KEY=value:host`, `KEY:host` or `KEY:host:header` entries (flags and requests only:
+    /// a config file is no place for a secret, and a project's could send the user's
+    /// secrets to a host of its choosing).
+    #[serde(skip)]
+    pub secrets: Option<Vec<String>>,
+    /// Keys whose values the sandbox gets as files (flags and requests only, as secrets).
+    #[serde(skip)]
+    pub secret_files: Option<Vec<String>>,
 }
 
 impl SandboxOptions {
@@ -321,6 +330,8 @@ impl SandboxOptions {
             mount_cwd: self.mount_cwd.or(lower.mount_cwd),
             volumes: self.volumes.or(lower.volumes),
             source: self.source.or(lower.source),
+            secrets: self.secrets.or(lower.secrets),
+            secret_files: self.secret_files.or(lower.secret_files),
         }
     }
 }
@@ -518,7 +529,22 @@ pub fn resolve(
     };
 
     let mut policy = profile.policy();
-    let allowlist = allowlist(&options)?;
+    let mut allowlist = allowlist(&options)?;
+    let secrets = Secrets::parse(
+        options.secrets.as_deref().unwrap_or_default(),
+        options.secret_files.as_deref().unwrap_or_default(),
+    )?;
+    if !secrets.rules.is_empty() {
+        // A placeholder may leave the sandbox only through the egress helper, which knows
+        // where it may go: secrets imply the allowlist network, with their hosts on it.
+        match options.network.map(NetworkSetting::mode) {
+            Some(NetworkMode::Allowlist) | None => {}
+            Some(mode) => return Err(ConfigError::SecretsWithoutAllowlist(mode.as_str())),
+        }
+        for rule in &secrets.rules {
+            allowlist.add_host(&rule.host.to_string())?;
+        }
+    }
     let named = !allowlist.is_empty() || !allowlist.ports.is_empty();
     match options.network.map(NetworkSetting::mode) {
         Some(NetworkMode::Allowlist) if allowlist.is_empty() => {
@@ -568,6 +594,11 @@ pub fn resolve(
         env.retain(|(k, _)| *k != key);
         env.push((key, value));
     }
+    // A secret's variable holds its placeholder, whatever `env` said.
+    for rule in &secrets.rules {
+        env.retain(|(k, _)| *k != rule.key);
+        env.push((rule.key.clone(), rule.placeholder.clone()));
+    }
 
     let mut mounts = Vec::new();
     let mut workdir = PathBuf::from(DEFAULT_WORKDIR);
@@ -614,6 +645,9 @@ pub fn resolve(
         volumes,
         source: options.source,
         timeout,
+        secrets: secrets.rules,
+        secret_files: secrets.files,
+        secret_values: secrets.values,
     })
 }
 
@@ -833,6 +867,41 @@ mod tests {
         std::fs::write(dir.path().join(PROJECT_FILE), "[sandbox]\npids = 77\n").unwrap();
         let options = load_options(SandboxOptions::default(), &nested).unwrap();
         assert_eq!(options.pids, Some(77));
+    }
+
+    #[test]
+    fn secrets_imply_the_allowlist_and_never_serialize_their_value() {
+        let with = |network: Option<&str>| {
+            resolve_default(SandboxOptions {
+                network: network.map(|m| NetworkSetting::Mode(m.parse().unwrap())),
+                secrets: Some(vec!["TOKEN=hunter2:api.example.com".into()]),
+                env: Some(vec!["TOKEN=overridden".into()]),
+                ..Default::default()
+            })
+        };
+        let spec = with(None).unwrap();
+        assert_eq!(spec.policy.network, NetworkMode::Allowlist);
+        assert!(spec.policy.allowlist.host_rule("api.example.com").is_some());
+        let placeholder = &spec.secrets[0].placeholder;
+        assert_eq!(
+            spec.env,
+            [("TOKEN".to_string(), placeholder.clone())],
+            "the variable holds the placeholder"
+        );
+        assert_eq!(spec.secret_values.get("TOKEN").unwrap().expose(), "hunter2");
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(!json.contains("hunter2"), "{json}");
+        let back: SandboxSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.secrets, spec.secrets);
+        assert!(!format!("{spec:?}").contains("hunter2"));
+        assert!(with(Some("allowlist")).is_ok());
+        for mode in ["open", "none"] {
+            let error = with(Some(mode)).unwrap_err().to_string();
+            assert!(
+                error.contains("secrets need the allowlist network"),
+                "{error}"
+            );
+        }
     }
 
     #[test]
