@@ -13,6 +13,8 @@ pub enum EgressError {
     },
     #[error("in the sandbox's namespaces: {0}")]
     Child(String),
+    #[error("secret interception: {0}")]
+    Tls(String),
     #[error("bad policy file {path}: {message}")]
     Policy { path: String, message: String },
 }
