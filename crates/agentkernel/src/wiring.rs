@@ -119,11 +119,15 @@ fn service_with(config: &ConfigFile) -> Service {
     };
     Service::new(
         vec![
-            Arc::new(NativeBackend::new(agent_path()).with_egress(
-                egress_path(),
-                config.network.upstream_dns,
-                Some(state_dir()),
-            )),
+            Arc::new(
+                NativeBackend::new(agent_path())
+                    .with_egress(
+                        egress_path(),
+                        config.network.upstream_dns,
+                        Some(state_dir()),
+                    )
+                    .with_secrets(config.network.on_leak, config.network.upstream_ca.clone()),
+            ),
             Arc::new(GvisorBackend::new(agent_path(), config.gvisor.clone())),
             container(BackendKind::Docker, config.docker.socket.clone()),
             container(BackendKind::Podman, config.podman.socket.clone()),

@@ -67,6 +67,14 @@ pub struct NetworkOptions {
     /// The resolver the egress helper asks for allowed names (`IP:PORT`; default: the
     /// host's first `nameserver`). Tests point it at a resolver of their own.
     pub upstream_dns: Option<std::net::SocketAddr>,
+    /// What a secret's placeholder sent to a host not its own leads to: `block` (the
+    /// connection is refused and audited; the default) or `kill` (the sandbox is stopped
+    /// too).
+    #[serde(default)]
+    pub on_leak: crate::secrets::OnLeak,
+    /// A PEM file of root certificates trusted for secret hosts besides the host's own
+    /// (a company proxy's CA; tests' own CA).
+    pub upstream_ca: Option<PathBuf>,
 }
 
 /// The hypervisor of microVMs.
@@ -594,10 +602,17 @@ pub fn resolve(
         env.retain(|(k, _)| *k != key);
         env.push((key, value));
     }
-    // A secret's variable holds its placeholder, whatever `env` said.
+    // A secret's variable holds its placeholder, whatever `env` said, and TLS clients
+    // trust the sandbox CA that intercepts the secret hosts.
     for rule in &secrets.rules {
         env.retain(|(k, _)| *k != rule.key);
         env.push((rule.key.clone(), rule.placeholder.clone()));
+    }
+    if !secrets.rules.is_empty() {
+        for (key, value) in crate::secrets::trust_env() {
+            env.retain(|(k, _)| *k != key);
+            env.push((key, value));
+        }
     }
 
     let mut mounts = Vec::new();
@@ -884,10 +899,11 @@ mod tests {
         assert!(spec.policy.allowlist.host_rule("api.example.com").is_some());
         let placeholder = &spec.secrets[0].placeholder;
         assert_eq!(
-            spec.env,
-            [("TOKEN".to_string(), placeholder.clone())],
+            spec.env[0],
+            ("TOKEN".to_string(), placeholder.clone()),
             "the variable holds the placeholder"
         );
+        assert!(spec.env.contains(&("SSL_CERT_FILE".into(), crate::secrets::CA_BUNDLE.into())));
         assert_eq!(spec.secret_values.get("TOKEN").unwrap().expose(), "hunter2");
         let json = serde_json::to_string(&spec).unwrap();
         assert!(!json.contains("hunter2"), "{json}");

@@ -21,8 +21,33 @@ const MAX_KEY: usize = 128;
 /// Largest secret value: an API token or a key file, not a data set (it is held in memory
 /// by the egress helper and searched for in every response).
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
-/// Where `secret_files` land inside the sandbox (a read-only tmpfs mount).
+/// The directory the host gives a sandbox with secrets (read-only): the sandbox CA, a
+/// bundle of it and the image's roots, and the secret files.
+pub const RUN_DIR: &str = "/run/agentkernel";
+/// Where `secret_files` land inside the sandbox. Their real values are visible to every
+/// process of the sandbox that runs as its root: a tool that must read a file gets the
+/// secret itself, not a placeholder.
 pub const SECRET_FILES_DIR: &str = "/run/agentkernel/secrets";
+/// The sandbox CA's certificate inside the sandbox.
+pub const CA_FILE: &str = "/run/agentkernel/ca.pem";
+/// The image's root certificates and the sandbox CA, in one file.
+pub const CA_BUNDLE: &str = "/run/agentkernel/ca-bundle.pem";
+/// The system bundle the sandbox CA bundle is bound over, where the image has one.
+pub const SYSTEM_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// The variables that make common TLS clients trust the sandbox CA: OpenSSL and curl,
+/// Python's requests, Node (which adds to its own roots rather than replacing them).
+pub fn trust_env() -> Vec<(String, String)> {
+    [
+        ("SSL_CERT_FILE", CA_BUNDLE),
+        ("REQUESTS_CA_BUNDLE", CA_BUNDLE),
+        ("CURL_CA_BUNDLE", CA_BUNDLE),
+        ("NODE_EXTRA_CA_CERTS", CA_FILE),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect()
+}
 /// Prefix of every placeholder, so that a placeholder is recognisable in logs.
 pub const PLACEHOLDER_PREFIX: &str = "akph_";
 

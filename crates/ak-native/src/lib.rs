@@ -17,6 +17,7 @@ pub mod probe;
 pub mod rundir;
 mod sandbox;
 pub mod seccomp;
+mod secrets;
 mod spawn;
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -63,6 +64,10 @@ pub struct NativeBackend {
     upstream_dns: Option<std::net::SocketAddr>,
     /// The state directory whose audit log the egress helper writes to.
     audit_dir: Option<PathBuf>,
+    /// What a secret's leak leads to, and the roots trusted for secret hosts besides the
+    /// host's (`[network]`).
+    on_leak: ak_core::secrets::OnLeak,
+    upstream_ca: Option<PathBuf>,
     /// What creating a sandbox needs (probed at the first creation).
     state: OnceLock<Result<Prepared, String>>,
     /// What reaching and releasing one needs: the cgroup layout alone, so that `exec`,
@@ -92,6 +97,8 @@ impl NativeBackend {
             egress_path: agent_path.with_file_name("ak-egress"),
             upstream_dns: None,
             audit_dir: None,
+            on_leak: Default::default(),
+            upstream_ca: None,
             agent_path,
             state: OnceLock::new(),
             cgroups: OnceLock::new(),
@@ -112,20 +119,88 @@ impl NativeBackend {
         self
     }
 
+    /// What a secret's leak leads to, and a PEM file of roots trusted for secret hosts
+    /// besides the host's.
+    pub fn with_secrets(
+        mut self,
+        on_leak: ak_core::secrets::OnLeak,
+        upstream_ca: Option<PathBuf>,
+    ) -> Self {
+        self.on_leak = on_leak;
+        self.upstream_ca = upstream_ca;
+        self
+    }
+
+    /// The secrets part of the egress policy: each rule with its value, and the CA.
+    fn secret_policy(
+        &self,
+        spec: &SandboxSpec,
+        ca: &ak_egress::ca::CaPem,
+    ) -> Result<ak_egress::secrets::SecretPolicy, NativeError> {
+        let rules = spec
+            .secrets
+            .iter()
+            .map(|rule| {
+                let value = spec.secret_values.get(&rule.key).ok_or_else(|| {
+                    NativeError::InvalidSpec(format!(
+                        "secret {} has no value (the service gives each its value)",
+                        rule.key
+                    ))
+                })?;
+                Ok(ak_egress::secrets::WireSecret {
+                    key: rule.key.clone(),
+                    host: rule.host.to_string(),
+                    header: rule.header.clone(),
+                    placeholder: rule.placeholder.clone(),
+                    value: value.expose().to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, NativeError>>()?;
+        Ok(ak_egress::secrets::SecretPolicy {
+            rules,
+            on_leak: self.on_leak,
+            ca: ca.clone(),
+            upstream_ca: self.upstream_ca.clone(),
+        })
+    }
+
     /// Writes the egress helper's policy file for `spec` into the runtime directory.
     fn write_egress_policy(
         &self,
         rundir: &RunDir,
         spec: &SandboxSpec,
+        ca: Option<&ak_egress::ca::CaPem>,
     ) -> Result<PathBuf, NativeError> {
         let path = rundir.path().join(EGRESS_POLICY_FILE);
         ak_egress::PolicyFile {
             allowlist: spec.policy.allowlist.clone(),
             upstream_dns: self.upstream_dns,
+            secrets: ca.map(|ca| self.secret_policy(spec, ca)).transpose()?,
         }
         .write(&path)
         .map_err(|e| NativeError::Network(e.to_string()))?;
         Ok(path)
+    }
+
+    /// The sandbox CA of a sandbox with secret rules, for their hosts only.
+    fn sandbox_ca(&self, spec: &SandboxSpec) -> Result<Option<ak_egress::ca::CaPem>, NativeError> {
+        if spec.secrets.is_empty() {
+            return Ok(None);
+        }
+        if spec.policy.network != NetworkMode::Allowlist {
+            return Err(NativeError::InvalidSpec(
+                "secrets need the allowlist network (their egress helper substitutes them)".into(),
+            ));
+        }
+        let mut hosts: Vec<ak_core::egress::HostPattern> = Vec::new();
+        for rule in &spec.secrets {
+            if !hosts.contains(&rule.host) {
+                hosts.push(rule.host.clone());
+            }
+        }
+        ak_egress::ca::generate(&spec.id, &hosts)
+            .map(Some)
+            .map_err(|e| NativeError::Network(e.to_string()))
     }
 
     fn prepared(&self) -> Result<&Prepared, NativeError> {
@@ -243,6 +318,34 @@ impl NativeBackend {
         } else {
             None
         };
+        // A new CA at every start: the key lives only in the helper's policy file.
+        let ca = match self.sandbox_ca(spec) {
+            Ok(ca) => ca,
+            Err(error) => {
+                let _ = rundir.remove();
+                return Err(error);
+            }
+        };
+        let bundle = match &tree {
+            Some((image_root, _)) => secrets::image_bundle(Some(image_root), &[]),
+            None => match &spec.image {
+                ImageRef::Stored(image) => secrets::image_bundle(None, &image.layers),
+                _ => None,
+            },
+        };
+        let secret_files = match secrets::prepare(
+            rundir.path(),
+            spec,
+            ca.as_ref().map(|ca| ca.cert.as_str()),
+            bundle.as_deref(),
+            sandbox_root_host_ids(),
+        ) {
+            Ok(files) => files,
+            Err(error) => {
+                let _ = rundir.remove();
+                return Err(error);
+            }
+        };
 
         let mut rlimits = vec![(libc::RLIMIT_CORE, 0)];
         if let Err(reason) = &prepared.cgroups_usable {
@@ -286,7 +389,7 @@ impl NativeBackend {
         // namespace; a persistent sandbox's is detached from us and starts afterwards.
         let network = spec.policy.network.has_network();
         let egress_policy = match spec.policy.network {
-            NetworkMode::Allowlist => match self.write_egress_policy(&rundir, spec) {
+            NetworkMode::Allowlist => match self.write_egress_policy(&rundir, spec, ca.as_ref()) {
                 Ok(path) => Some(path),
                 Err(error) => {
                     if let Some(cgroup) = &cgroup {
@@ -326,6 +429,7 @@ impl NativeBackend {
             hidden: &prepared.hidden,
             new_root: &new_root,
             resolv_conf: resolv_conf.as_deref(),
+            secrets: secret_files.as_ref(),
             agent_fd: prepared.agent.as_raw_fd(),
             landlock_abi: prepared.landlock_abi,
             seccomp: &prepared.seccomp,
