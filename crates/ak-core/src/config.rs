@@ -182,6 +182,12 @@ pub struct ApiOptions {
     /// The git protocols remote callers' `source_url`s may use (default `["https"]`; `ssh`
     /// would clone with this user's keys, `file` would read this host's repositories).
     pub source_protocols: Option<Vec<String>>,
+    /// Whether remote callers' secrets may take values from the secret store (default
+    /// false: the caller chooses where a secret goes).
+    pub secrets_from_store: Option<bool>,
+    /// Whether remote callers' secrets may take values from the serving process's
+    /// environment (default false).
+    pub secrets_from_env: Option<bool>,
 }
 
 /// Environment variable holding the API's bearer token.

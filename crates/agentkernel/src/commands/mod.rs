@@ -11,6 +11,7 @@ mod mcp;
 mod plugin;
 mod run;
 mod sandbox;
+mod secret;
 mod serve;
 mod setup;
 mod snapshot;
@@ -61,6 +62,7 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::List(args) => sandbox::list(args).await,
         Command::Inspect(args) => sandbox::inspect(args).await,
         Command::Volume(command) => volume::volume(command).await,
+        Command::Secret(command) => secret::secret(command),
         Command::Snapshot(command) => snapshot::snapshot(command).await,
         Command::Fork(args) => snapshot::fork(args).await,
         Command::Daemon(command) => daemon::daemon(command).await,
