@@ -909,7 +909,10 @@ mod tests {
             ("TOKEN".to_string(), placeholder.clone()),
             "the variable holds the placeholder"
         );
-        assert!(spec.env.contains(&("SSL_CERT_FILE".into(), crate::secrets::CA_BUNDLE.into())));
+        assert!(
+            spec.env
+                .contains(&("SSL_CERT_FILE".into(), crate::secrets::CA_BUNDLE.into()))
+        );
         assert_eq!(spec.secret_values.get("TOKEN").unwrap().expose(), "hunter2");
         let json = serde_json::to_string(&spec).unwrap();
         assert!(!json.contains("hunter2"), "{json}");

@@ -670,6 +670,9 @@ impl Backend for NativeBackend {
         ak_core::backend::Capabilities {
             mount_cwd: true,
             attach: true,
+            // Secrets through the egress helper's interception, and secret files.
+            proxy_secret_bindings: true,
+            secret_files: true,
             snapshots: true,
             image_layers: true,
             ..ak_core::backend::Capabilities::default()

@@ -28,7 +28,11 @@ pub(crate) fn image_bundle(image_root: Option<&Path>, layers: &[PathBuf]) -> Opt
     let relative = SYSTEM_BUNDLE.trim_start_matches('/');
     match image_root {
         Some(root) => Some(root.join(relative)),
-        None => layers.iter().rev().map(|layer| layer.join(relative)).find(|p| p.is_file()),
+        None => layers
+            .iter()
+            .rev()
+            .map(|layer| layer.join(relative))
+            .find(|p| p.is_file()),
     }
     .filter(|path| path.is_file())
 }
@@ -48,10 +52,17 @@ pub(crate) fn prepare(
     }
     let dir = rundir.join("agentkernel");
     make_dir(&dir)?;
-    let inside = |path: &str| dir.join(path.strip_prefix(RUN_DIR).unwrap_or(path).trim_start_matches('/'));
+    let inside = |path: &str| {
+        dir.join(
+            path.strip_prefix(RUN_DIR)
+                .unwrap_or(path)
+                .trim_start_matches('/'),
+        )
+    };
     let mut bundle_text = match image_bundle {
-        Some(path) => std::fs::read(path)
-            .map_err(NativeError::io(format!("read {}", path.display())))?,
+        Some(path) => {
+            std::fs::read(path).map_err(NativeError::io(format!("read {}", path.display())))?
+        }
         None => Vec::new(),
     };
     if let Some(ca) = ca {

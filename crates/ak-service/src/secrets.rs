@@ -12,9 +12,9 @@ use std::path::{Path, PathBuf};
 use ak_core::SandboxSpec;
 use ak_core::secrets::{SecretValue, needed_keys, validate_key};
 
+use crate::Service;
 use crate::caller::Caller;
 use crate::error::ServiceError;
-use crate::Service;
 
 fn state_error(what: &str, path: &Path, error: std::io::Error) -> ServiceError {
     ServiceError::State(format!("{what} {}: {error}", path.display()))
@@ -79,7 +79,8 @@ impl SecretStore {
 
     /// The names in the store, sorted.
     pub fn list(&self) -> Result<Vec<String>, ServiceError> {
-        let entries = std::fs::read_dir(&self.dir).map_err(|e| state_error("list", &self.dir, e))?;
+        let entries =
+            std::fs::read_dir(&self.dir).map_err(|e| state_error("list", &self.dir, e))?;
         let mut names: Vec<String> = entries
             .filter_map(|entry| entry.ok())
             .filter_map(|entry| entry.file_name().into_string().ok())
@@ -138,13 +139,35 @@ impl Service {
         if keys.is_empty() {
             return Ok(());
         }
+        // A remote caller hears first that it may not use the host's values at all.
+        let may_store = !caller.is_remote() || self.policy.secrets_from_store;
+        let may_env = !caller.is_remote() || self.policy.secrets_from_env;
+        if !may_store
+            && !may_env
+            && let Some(key) = keys
+                .iter()
+                .find(|key| spec.secret_values.get(key).is_none())
+        {
+            return Err(ServiceError::Forbidden(format!(
+                "{} callers may use secret {key} only with its value inline (KEY=value:host); \
+                 set secrets_from_store or secrets_from_env under [api] to let them use the host's",
+                caller.as_str()
+            )));
+        }
+        let can = self.capabilities(spec.backend);
+        if (!spec.secrets.is_empty() && !can.proxy_secret_bindings)
+            || (!spec.secret_files.is_empty() && !can.secret_files)
+        {
+            return Err(ServiceError::InvalidInput(format!(
+                "the {} backend cannot give a sandbox secrets (use --backend native)",
+                spec.backend
+            )));
+        }
         let store = self.secret_store()?;
         for key in keys {
             if spec.secret_values.get(&key).is_some() {
                 continue;
             }
-            let may_store = !caller.is_remote() || self.policy.secrets_from_store;
-            let may_env = !caller.is_remote() || self.policy.secrets_from_env;
             let value = match may_store.then(|| store.get(&key)).transpose()?.flatten() {
                 Some(value) => value,
                 None => match may_env.then(|| std::env::var(&key).ok()).flatten() {
@@ -155,7 +178,11 @@ impl Service {
                              store or the host's environment where [api] allows it \
                              (secrets_from_store, secrets_from_env){}",
                             caller.as_str(),
-                            if may_store { "; it is not in the store" } else { "" }
+                            if may_store {
+                                "; it is not in the store"
+                            } else {
+                                ""
+                            }
                         )));
                     }
                     None => {
@@ -201,8 +228,8 @@ impl Service {
         }
         let path = self.values_path(&spec.id)?;
         let text = std::fs::read(&path).map_err(|e| state_error("read", &path, e))?;
-        let values: BTreeMap<String, String> =
-            serde_json::from_slice(&text).map_err(|e| ServiceError::State(format!("{}: {e}", path.display())))?;
+        let values: BTreeMap<String, String> = serde_json::from_slice(&text)
+            .map_err(|e| ServiceError::State(format!("{}: {e}", path.display())))?;
         for key in keys {
             let value = values.get(&key).ok_or_else(|| {
                 ServiceError::State(format!("{} lacks secret {key}", path.display()))

@@ -91,7 +91,9 @@ impl FakeInternet {
         make_certificates(certs.path());
         let certs_dir = certs.path().to_str().unwrap().to_string();
         let mut services = Command::new("ip")
-            .args(["netns", "exec", &name, "python3", script, &address, &certs_dir])
+            .args([
+                "netns", "exec", &name, "python3", script, &address, &certs_dir,
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 is needed for the fake internet (apt-get install python3)");

@@ -17,7 +17,10 @@ fn value(tag: &str) -> (String, String) {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_nanos();
-    (format!("{tag}-{}-", std::process::id()), format!("{nanos:x}"))
+    (
+        format!("{tag}-{}-", std::process::id()),
+        format!("{nanos:x}"),
+    )
 }
 
 impl FakeInternet {
@@ -96,11 +99,17 @@ fn secrets_are_substituted_for_their_host_only_and_never_enter_the_sandbox() {
     let file_secret = format!("{fa}{fb}");
 
     // The store: owner-only, names listed, values never shown.
-    assert_code(&set_secret(&internet, "AK_TEST_FILE_SECRET", &file_secret), 0);
+    assert_code(
+        &set_secret(&internet, "AK_TEST_FILE_SECRET", &file_secret),
+        0,
+    );
     let state = registry_path(Mode::Root).parent().unwrap().to_path_buf();
     let mode = |path: &std::path::Path| std::fs::metadata(path).unwrap().mode() & 0o777;
     assert_eq!(mode(&state.join("secrets")), 0o700);
-    assert_eq!(mode(&state.join("secrets/store/AK_TEST_FILE_SECRET")), 0o600);
+    assert_eq!(
+        mode(&state.join("secrets/store/AK_TEST_FILE_SECRET")),
+        0o600
+    );
     let listed = internet.command(&["secret", "list"], &[]).output().unwrap();
     assert!(stdout(&listed).lines().any(|l| l == "AK_TEST_FILE_SECRET"));
     assert!(!stdout(&listed).contains(&file_secret));
@@ -144,7 +153,10 @@ PY
     assert_code(&output, 0);
     let placeholder = line(&text, "token=");
     assert!(placeholder.starts_with("akph_"), "{context}");
-    assert!(!text.contains(&token), "the real value reached the sandbox: {context}");
+    assert!(
+        !text.contains(&token),
+        "the real value reached the sandbox: {context}"
+    );
     // The server got the real value, and only from api.test.
     let received = internet.received();
     assert!(
@@ -168,13 +180,21 @@ PY
     );
     // The placeholder towards another allowed host is refused; that host still works.
     assert_eq!(line(&text, "leak="), "403", "{context}");
-    assert_eq!(line(&text, "other="), "fake internet: other.test", "{context}");
+    assert_eq!(
+        line(&text, "other="),
+        "fake internet: other.test",
+        "{context}"
+    );
     assert_eq!(
         line(&text, "file="),
         format!("{file_secret} mode=400"),
         "{context}"
     );
-    assert_eq!(line(&text, "hits="), "", "the value found inside: {context}");
+    assert_eq!(
+        line(&text, "hits="),
+        "",
+        "the value found inside: {context}"
+    );
 
     let audit = egress_audit();
     assert!(
@@ -186,7 +206,10 @@ PY
         "{audit}"
     );
     let all = internet.command(&["audit"], &[]).output().unwrap();
-    assert!(!stdout(&all).contains(&token), "the audit log holds the value");
+    assert!(
+        !stdout(&all).contains(&token),
+        "the audit log holds the value"
+    );
     assert!(!stdout(&all).contains(&file_secret));
 
     let removed = internet
@@ -244,7 +267,10 @@ fn a_named_sandbox_keeps_its_secret_across_restarts_and_shows_no_value() {
             .output()
             .unwrap()
     };
-    assert_code(&ak(&["create", &name, "--secret", "AK_TEST_NAMED:api.test"]), 0);
+    assert_code(
+        &ak(&["create", &name, "--secret", "AK_TEST_NAMED:api.test"]),
+        0,
+    );
     let probe = "curl -sS --max-time 10 -H \"Authorization: $AK_TEST_NAMED\" https://api.test/echo";
     let mut seen = Vec::new();
     for _ in 0..2 {
@@ -269,7 +295,11 @@ fn a_named_sandbox_keeps_its_secret_across_restarts_and_shows_no_value() {
         assert!(shown.contains("secure: akph_"), "{shown}");
         assert!(!shown.contains(&token), "{shown}");
     }
-    assert!(stdout(&inspect).contains("AK_TEST_NAMED"), "{}", stdout(&inspect));
+    assert!(
+        stdout(&inspect).contains("AK_TEST_NAMED"),
+        "{}",
+        stdout(&inspect)
+    );
     assert!(!stdout(&inspect).contains(&token));
     assert!(
         !registry.windows(token.len()).any(|w| w == token.as_bytes()),
@@ -283,7 +313,9 @@ fn a_named_sandbox_keeps_its_secret_across_restarts_and_shows_no_value() {
         .map(|dir| dir.filter_map(|e| e.ok()).map(|e| e.path()).collect())
         .unwrap_or_default();
     assert!(
-        left.iter().all(|path| !std::fs::read_to_string(path).unwrap_or_default().contains(&token)),
+        left.iter().all(|path| !std::fs::read_to_string(path)
+            .unwrap_or_default()
+            .contains(&token)),
         "removing the sandbox forgets its values: {left:?}"
     );
 }
@@ -292,10 +324,22 @@ fn a_named_sandbox_keeps_its_secret_across_restarts_and_shows_no_value() {
 fn bad_secrets_are_refused() {
     let internet = FakeInternet::start();
     for (flags, message) in [
-        (&["--secret", "AK_TEST_TOKEN"][..], "expected KEY=value:host"),
-        (&["--secret", "bad-key:api.test"][..], "not an environment variable name"),
-        (&["--secret", "AK_TEST_TOKEN:"][..], "the host after ':' is empty"),
-        (&["--secret", "AK_TEST_TOKEN:api.test:bad header"][..], "not an HTTP header name"),
+        (
+            &["--secret", "AK_TEST_TOKEN"][..],
+            "expected KEY=value:host",
+        ),
+        (
+            &["--secret", "bad-key:api.test"][..],
+            "not an environment variable name",
+        ),
+        (
+            &["--secret", "AK_TEST_TOKEN:"][..],
+            "the host after ':' is empty",
+        ),
+        (
+            &["--secret", "AK_TEST_TOKEN:api.test:bad header"][..],
+            "not an HTTP header name",
+        ),
         (
             &["--secret", "AK_TEST_TOKEN=v:api.test", "--network", "open"][..],
             "secrets need the allowlist network",
@@ -304,7 +348,10 @@ fn bad_secrets_are_refused() {
             &["--secret", "AK_TEST_NOWHERE_SECRET:api.test"][..],
             "neither in the secret store",
         ),
-        (&["--secret-file", "no/slash"][..], "environment variable name"),
+        (
+            &["--secret-file", "no/slash"][..],
+            "environment variable name",
+        ),
     ] {
         let mut args = vec!["run"];
         args.extend_from_slice(flags);
@@ -319,5 +366,9 @@ fn bad_secrets_are_refused() {
     }
     let empty = set_secret(&internet, "AK_TEST_EMPTY", "");
     assert_ne!(empty.status.code(), Some(0));
-    assert!(stderr(&empty).contains("the value is empty"), "{}", stderr(&empty));
+    assert!(
+        stderr(&empty).contains("the value is empty"),
+        "{}",
+        stderr(&empty)
+    );
 }
