@@ -115,24 +115,16 @@ pub async fn relay<C>(
     event.verdict = Verdict::Allowed;
     event.rule = rule.to_string();
     audit.record(&event);
-    if let Some(secrets) = &secrets {
-        if let Opening::Tls(Some(name)) = &opening.kind
-            && secrets.intercepts(name)
-        {
-            let name = name.clone();
-            let secrets = secrets.clone();
-            crate::intercept::intercept(
-                client,
-                opening.bytes,
-                upstream,
-                name,
-                secrets,
-                audit,
-                event,
-            )
+    // A secret's host: intercepted, so that its placeholder can become the value.
+    if let Some(secrets) = &secrets
+        && let Opening::Tls(Some(name)) = &opening.kind
+        && secrets.intercepts(name)
+    {
+        let name = name.clone();
+        let secrets = secrets.clone();
+        crate::intercept::intercept(client, opening.bytes, upstream, name, secrets, audit, event)
             .await;
-            return;
-        }
+        return;
     }
     event.closed = true;
     if let Err(error) = upstream.write_all(&opening.bytes).await {

@@ -2,7 +2,7 @@
 //! standard input (never from the command line, where `ps` and shell history would see
 //! them) and never printed.
 
-use std::io::{IsTerminal, Read};
+use std::io::{IsTerminal, Read, Write};
 
 use ak_service::Caller;
 
@@ -48,7 +48,10 @@ pub fn secret(command: SecretCommand) -> i32 {
 fn read_value(name: &str) -> anyhow::Result<String> {
     let mut stdin = std::io::stdin();
     if stdin.is_terminal() {
-        eprint!("value of {name} (then Enter): ");
+        // The prompt goes to stderr so that stdout stays clean for scripts.
+        let mut prompt = std::io::stderr();
+        let _ = write!(prompt, "value of {name} (then Enter): ");
+        let _ = prompt.flush();
         let mut line = String::new();
         stdin.read_line(&mut line)?;
         return Ok(strip_newline(line));
