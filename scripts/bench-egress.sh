@@ -7,7 +7,10 @@
 #  4. with a docker engine and the tests' busybox image (agentkernel-test:busybox): cold
 #     `run -- true` on docker with no network and with an allowlist, and a live change of
 #     a running sandbox's allowlist (`network set`) against `inspect` of the same sandbox.
+#  5. HTTPS request latency (p50/p99 of 200 requests, each on a new connection): TLS end to
+#     end through the allowlist against a secret's host, where the helper intercepts.
 # Usage: scripts/bench-egress.sh [BIN_DIR]   (default target/x86_64-unknown-linux-gnu/release)
+#        BENCH_ONLY=secrets scripts/bench-egress.sh ...   runs section 5 alone.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 bin=${1:-$root/target/x86_64-unknown-linux-gnu/release}
@@ -16,7 +19,18 @@ ns=akbench$$ hif=akbh$$ iif=akbi$$
 address=198.18.250.2
 state=$(mktemp -d)
 config=$state/config.toml
-printf '[network]\nupstream_dns = "%s:53"\n' "$address" > "$config"
+# The fake internet's HTTPS server needs a certificate: a throwaway CA that the egress
+# helper trusts for secret hosts (upstream_ca).
+certs=$state/certs
+mkdir "$certs"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+  -subj /CN=bench-ca -keyout "$certs/ca.key" -out "$certs/ca.pem" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -subj /CN=api.test \
+  -keyout "$certs/key.pem" -out "$certs/req.csr" 2>/dev/null
+openssl x509 -req -in "$certs/req.csr" -CA "$certs/ca.pem" -CAkey "$certs/ca.key" \
+  -CAcreateserial -days 2 -out "$certs/cert.pem" 2>/dev/null \
+  -extfile <(printf 'subjectAltName=DNS:api.test,DNS:other.test,DNS:allowed.test\n')
+printf '[network]\nupstream_dns = "%s:53"\nupstream_ca = "%s"\n' "$address" "$certs/ca.pem" > "$config"
 cleanup() {
   kill "$services" 2>/dev/null || true
   ip netns del "$ns" 2>/dev/null || true
@@ -29,13 +43,14 @@ ip link add "$hif" type veth peer name "$iif"
 ip link set "$iif" netns "$ns"
 ip addr add 198.18.250.1/30 dev "$hif" && ip link set "$hif" up
 ip -n "$ns" addr add "$address/30" dev "$iif" && ip -n "$ns" link set "$iif" up && ip -n "$ns" link set lo up
-ip netns exec "$ns" python3 "$root/crates/agentkernel/tests/cli/egress/fake_internet.py" "$address" > "$state/ready" &
+ip netns exec "$ns" python3 "$root/crates/agentkernel/tests/cli/egress/fake_internet.py" "$address" "$certs" > "$state/ready" &
 services=$!
 while ! grep -q ready "$state/ready" 2>/dev/null; do sleep 0.1; done
 
 export AGENTKERNEL_CONFIG=$config AGENTKERNEL_REGISTRY=$state/registry.db AGENTKERNEL_AGENT=$bin/ak-agent AGENTKERNEL_EGRESS=$bin/ak-egress
 allow=(--allow-host allowed.test)
 
+if [ "${BENCH_ONLY:-}" != secrets ]; then
 echo "== cold run -- true"
 hyperfine -N --warmup 5 --runs 60 \
   "$ak run --no-network -- true" \
@@ -79,3 +94,30 @@ if docker image inspect agentkernel-test:busybox >/dev/null 2>&1; then
     "$ak network set live-bench --allow-host allowed.test"
   "$ak" remove --force live-bench >/dev/null
 fi
+fi
+
+echo "== HTTPS request on a new connection, 200 each (ms): TLS end to end vs intercepted"
+https='
+import os, socket, ssl, sys, time
+host = sys.argv[1]
+# Unverified on both sides of the comparison alike: the sandbox does not hold the test CA.
+context = ssl._create_unverified_context()
+request = ("GET /echo HTTP/1.1\r\nHost: %s\r\nAuthorization: Bearer %s\r\nConnection: close\r\n\r\n"
+           % (host, os.environ["AK_BENCH_TOKEN"])).encode()
+socket.getaddrinfo(host, 443)
+times = []
+for _ in range(200):
+    start = time.perf_counter()
+    tls = context.wrap_socket(socket.create_connection((host, 443)), server_hostname=host)
+    tls.sendall(request)
+    while tls.recv(65536):
+        pass
+    tls.close()
+    times.append((time.perf_counter() - start) * 1000)
+times.sort()
+print("p50 %.3f p99 %.3f" % (times[99], times[197]))
+'
+for i in 1 2; do
+  echo "allowlist    $("$ak" run --allow-host other.test -e AK_BENCH_TOKEN=plain -- python3 -c "$https" other.test)"
+  echo "intercepted  $("$ak" run --secret AK_BENCH_TOKEN=bench-value:api.test -- python3 -c "$https" api.test)"
+done

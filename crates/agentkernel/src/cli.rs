@@ -49,6 +49,9 @@ pub enum Command {
     /// Named volumes: directories that outlive sandboxes (`--volume NAME:/path`).
     #[command(subcommand)]
     Volume(VolumeCommand),
+    /// The secret store: values that sandboxes get as placeholders (`--secret KEY:host`).
+    #[command(subcommand)]
+    Secret(SecretCommand),
     /// Snapshots of named sandboxes' writable state (root and workdir).
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
@@ -123,6 +126,24 @@ pub struct VolumeCreateArgs {
 
 fn parse_size(input: &str) -> Result<u64, String> {
     ak_core::resources::parse_memory(input).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretCommand {
+    /// Store a secret; its value is read from standard input (never from the command line).
+    Set(SecretNameArgs),
+    /// List the secrets' names (values are never shown).
+    #[command(alias = "ls")]
+    List(ListArgs),
+    /// Remove a secret.
+    #[command(alias = "rm")]
+    Remove(SecretNameArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SecretNameArgs {
+    /// The secret's name (an environment variable name).
+    pub name: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -455,6 +476,16 @@ pub struct SandboxArgs {
     /// A CIDR (or one address) an allowlist sandbox may reach. Repeatable.
     #[arg(long = "allow-cidr", value_name = "CIDR")]
     pub allow_cidr: Vec<String>,
+    /// A secret the sandbox uses without holding it: `KEY:host`, `KEY:host:header` (value from
+    /// the secret store, else the environment) or `KEY=value:host`. Inside, $KEY holds a
+    /// placeholder that becomes the value only in HTTPS requests to host. Repeatable;
+    /// implies --network allowlist with host allowed.
+    #[arg(long = "secret", value_name = "KEY[=VALUE]:HOST[:HEADER]")]
+    pub secret: Vec<String>,
+    /// A secret whose real value the sandbox reads from /run/agentkernel/secrets/KEY
+    /// (visible to the sandbox: for tools that must read a file). Repeatable.
+    #[arg(long = "secret-file", value_name = "KEY")]
+    pub secret_file: Vec<String>,
     /// The only destination ports an allowlist sandbox may connect to. Repeatable.
     #[arg(long = "allow-port", value_name = "PORT")]
     pub allow_port: Vec<u16>,
@@ -514,6 +545,8 @@ impl SandboxArgs {
             mount_cwd: self.mount_cwd.then_some(true),
             volumes: (!self.volumes.is_empty()).then(|| self.volumes.clone()),
             source: self.source.clone(),
+            secrets: (!self.secret.is_empty()).then(|| self.secret.clone()),
+            secret_files: (!self.secret_file.is_empty()).then(|| self.secret_file.clone()),
         }
     }
 }

@@ -107,11 +107,7 @@ fn service_with(config: &ConfigFile) -> Service {
         Arc::new(
             DockerBackend::new(kind, agent_path(), socket)
                 .with_pull_progress(pull_progress())
-                .with_egress(ak_docker::EgressSetup {
-                    program: egress_path(),
-                    upstream_dns: config.network.upstream_dns,
-                    audit_dir: Some(state_dir()),
-                }),
+                .with_egress(ak_docker::EgressSetup(egress_settings(config))),
         )
     };
     // A bad [microvm] section makes only that backend unusable (saying why), never the
@@ -169,6 +165,8 @@ fn egress_settings(config: &ConfigFile) -> ak_egress::Egress {
         helper: egress_path(),
         upstream_dns: config.network.upstream_dns,
         audit_dir: Some(state_dir()),
+        on_leak: config.network.on_leak,
+        upstream_ca: config.network.upstream_ca.clone(),
     }
 }
 

@@ -12,6 +12,7 @@ use crate::error::ConfigError;
 use crate::image::ImageRef;
 use crate::policy::{NetworkMode, Profile};
 use crate::resources::{parse_cpus, parse_duration, parse_memory_limit, parse_pids};
+use crate::secrets::Secrets;
 use crate::source::GitSource;
 use crate::spec::{DEFAULT_WORKDIR, Mount, SandboxSpec, parse_env_entry, validate_workdir};
 use crate::volume::VolumeMount;
@@ -66,6 +67,14 @@ pub struct NetworkOptions {
     /// The resolver the egress helper asks for allowed names (`IP:PORT`; default: the
     /// host's first `nameserver`). Tests point it at a resolver of their own.
     pub upstream_dns: Option<std::net::SocketAddr>,
+    /// What a secret's placeholder sent to a host not its own leads to: `block` (the
+    /// connection is refused and audited; the default) or `kill` (the sandbox is stopped
+    /// too).
+    #[serde(default)]
+    pub on_leak: crate::secrets::OnLeak,
+    /// A PEM file of root certificates trusted for secret hosts besides the host's own
+    /// (a company proxy's CA; tests' own CA).
+    pub upstream_ca: Option<PathBuf>,
 }
 
 /// The hypervisor of microVMs.
@@ -182,6 +191,12 @@ pub struct ApiOptions {
     /// The git protocols remote callers' `source_url`s may use (default `["https"]`; `ssh`
     /// would clone with this user's keys, `file` would read this host's repositories).
     pub source_protocols: Option<Vec<String>>,
+    /// Whether remote callers' secrets may take values from the secret store (default
+    /// false: the caller chooses where a secret goes).
+    pub secrets_from_store: Option<bool>,
+    /// Whether remote callers' secrets may take values from the serving process's
+    /// environment (default false).
+    pub secrets_from_env: Option<bool>,
 }
 
 /// Environment variable holding the API's bearer token.
@@ -292,6 +307,14 @@ pub struct SandboxOptions {
     /// only, as volumes).
     #[serde(skip)]
     pub source: Option<GitSource>,
+    /// `KEY=value:host`, `KEY:host` or `KEY:host:header` entries (flags and requests only:
+    /// a config file is no place for a secret, and a project's could send the user's
+    /// secrets to a host of its choosing).
+    #[serde(skip)]
+    pub secrets: Option<Vec<String>>,
+    /// Keys whose values the sandbox gets as files (flags and requests only, as secrets).
+    #[serde(skip)]
+    pub secret_files: Option<Vec<String>>,
 }
 
 impl SandboxOptions {
@@ -330,6 +353,8 @@ impl SandboxOptions {
             mount_cwd: self.mount_cwd.or(lower.mount_cwd),
             volumes: self.volumes.or(lower.volumes),
             source: self.source.or(lower.source),
+            secrets: self.secrets.or(lower.secrets),
+            secret_files: self.secret_files.or(lower.secret_files),
         }
     }
 }
@@ -534,7 +559,22 @@ pub fn resolve(
     };
 
     let mut policy = profile.policy();
-    let allowlist = allowlist(&options)?;
+    let mut allowlist = allowlist(&options)?;
+    let secrets = Secrets::parse(
+        options.secrets.as_deref().unwrap_or_default(),
+        options.secret_files.as_deref().unwrap_or_default(),
+    )?;
+    if !secrets.rules.is_empty() {
+        // A placeholder may leave the sandbox only through the egress helper, which knows
+        // where it may go: secrets imply the allowlist network, with their hosts on it.
+        match options.network.map(NetworkSetting::mode) {
+            Some(NetworkMode::Allowlist) | None => {}
+            Some(mode) => return Err(ConfigError::SecretsWithoutAllowlist(mode.as_str())),
+        }
+        for rule in &secrets.rules {
+            allowlist.add_host(&rule.host.to_string())?;
+        }
+    }
     let named = !allowlist.is_empty() || !allowlist.ports.is_empty();
     match options.network.map(NetworkSetting::mode) {
         Some(NetworkMode::Allowlist) if allowlist.is_empty() => {
@@ -584,6 +624,18 @@ pub fn resolve(
         env.retain(|(k, _)| *k != key);
         env.push((key, value));
     }
+    // A secret's variable holds its placeholder, whatever `env` said, and TLS clients
+    // trust the sandbox CA that intercepts the secret hosts.
+    for rule in &secrets.rules {
+        env.retain(|(k, _)| *k != rule.key);
+        env.push((rule.key.clone(), rule.placeholder.clone()));
+    }
+    if !secrets.rules.is_empty() {
+        for (key, value) in crate::secrets::trust_env() {
+            env.retain(|(k, _)| *k != key);
+            env.push((key, value));
+        }
+    }
 
     let mut mounts = Vec::new();
     let mut workdir = PathBuf::from(DEFAULT_WORKDIR);
@@ -630,6 +682,9 @@ pub fn resolve(
         volumes,
         source: options.source,
         timeout,
+        secrets: secrets.rules,
+        secret_files: secrets.files,
+        secret_values: secrets.values,
     })
 }
 
@@ -849,6 +904,45 @@ mod tests {
         std::fs::write(dir.path().join(PROJECT_FILE), "[sandbox]\npids = 77\n").unwrap();
         let options = load_options(SandboxOptions::default(), &nested).unwrap();
         assert_eq!(options.pids, Some(77));
+    }
+
+    #[test]
+    fn secrets_imply_the_allowlist_and_never_serialize_their_value() {
+        let with = |network: Option<&str>| {
+            resolve_default(SandboxOptions {
+                network: network.map(|m| NetworkSetting::Mode(m.parse().unwrap())),
+                secrets: Some(vec!["TOKEN=hunter2:api.example.com".into()]),
+                env: Some(vec!["TOKEN=overridden".into()]),
+                ..Default::default()
+            })
+        };
+        let spec = with(None).unwrap();
+        assert_eq!(spec.policy.network, NetworkMode::Allowlist);
+        assert!(spec.policy.allowlist.host_rule("api.example.com").is_some());
+        let placeholder = &spec.secrets[0].placeholder;
+        assert_eq!(
+            spec.env[0],
+            ("TOKEN".to_string(), placeholder.clone()),
+            "the variable holds the placeholder"
+        );
+        assert!(
+            spec.env
+                .contains(&("SSL_CERT_FILE".into(), crate::secrets::CA_BUNDLE.into()))
+        );
+        assert_eq!(spec.secret_values.get("TOKEN").unwrap().expose(), "hunter2");
+        let json = serde_json::to_string(&spec).unwrap();
+        assert!(!json.contains("hunter2"), "{json}");
+        let back: SandboxSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.secrets, spec.secrets);
+        assert!(!format!("{spec:?}").contains("hunter2"));
+        assert!(with(Some("allowlist")).is_ok());
+        for mode in ["open", "none"] {
+            let error = with(Some(mode)).unwrap_err().to_string();
+            assert!(
+                error.contains("secrets need the allowlist network"),
+                "{error}"
+            );
+        }
     }
 
     #[test]

@@ -68,6 +68,12 @@ pub enum ConfigError {
     InvalidName { name: String, reason: &'static str },
     #[error("invalid volume '{}': {reason}", shown_name(.entry))]
     InvalidVolume { entry: String, reason: String },
+    #[error("invalid secret '{}': {reason}", shown_name(.entry))]
+    InvalidSecret { entry: String, reason: &'static str },
+    #[error(
+        "secrets need the allowlist network (the egress proxy substitutes them); the network mode is {0}"
+    )]
+    SecretsWithoutAllowlist(&'static str),
     #[error("invalid git source '{}': {reason}", shown_name(.input))]
     InvalidSource { input: String, reason: String },
 }

@@ -14,6 +14,7 @@ pub mod policy;
 pub mod process;
 pub mod resources;
 pub mod runtime;
+pub mod secrets;
 pub mod source;
 pub mod spec;
 pub mod state;

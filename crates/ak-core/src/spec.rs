@@ -10,6 +10,7 @@ use crate::error::ConfigError;
 use crate::image::ImageRef;
 use crate::policy::SecurityPolicy;
 use crate::resources::Resources;
+use crate::secrets::{SecretRule, SecretValues};
 use crate::source::GitSource;
 use crate::volume::VolumeMount;
 
@@ -55,6 +56,19 @@ pub struct SandboxSpec {
     /// own private writable layer (native: a tmpfs), gone with the sandbox.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_dir: Option<PathBuf>,
+    /// Secrets substituted on the wire by the egress helper: rules only (key, host, header,
+    /// placeholder); the sandbox's `env` holds each key's placeholder.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secrets: Vec<SecretRule>,
+    /// Keys whose real values are written to files under
+    /// [`crate::secrets::SECRET_FILES_DIR`] inside the sandbox.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub secret_files: Vec<String>,
+    /// The values of the keys above, filled in by the service just before a backend
+    /// provisions the sandbox; never serialized (not into the registry, the audit log or
+    /// `inspect`).
+    #[serde(skip)]
+    pub secret_values: SecretValues,
 }
 
 /// A fresh, unique sandbox id (32 lowercase hex digits).

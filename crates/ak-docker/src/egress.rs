@@ -11,7 +11,6 @@
 //! its own policy could widen it. The container's `/etc/resolv.conf` is bound read-only
 //! from there, naming the helper's resolver.
 
-use std::net::SocketAddr;
 use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,16 +32,10 @@ const LOG_FILE: &str = "egress.log";
 /// How long a release waits for a killed helper to go.
 const STOP_LIMIT: Duration = Duration::from_secs(2);
 
-/// How this backend runs the egress helper.
+/// How this backend runs the egress helper: the settings every backend that enforces
+/// allowlists shares.
 #[derive(Debug, Clone)]
-pub struct EgressSetup {
-    /// The `ak-egress` executable.
-    pub program: PathBuf,
-    /// The resolver allowed names are asked of (default: the host's).
-    pub upstream_dns: Option<SocketAddr>,
-    /// The state directory whose audit log gets the helper's verdicts.
-    pub audit_dir: Option<PathBuf>,
-}
+pub struct EgressSetup(pub ak_egress::Egress);
 
 /// The egress directory of the sandbox whose runtime directory is `run_dir`.
 pub fn dir_of(run_dir: &Path) -> PathBuf {
@@ -58,11 +51,9 @@ impl EgressSetup {
             .mode(0o700)
             .create(&dir)
             .map_err(DockerError::io(format!("create {}", dir.display())))?;
-        PolicyFile {
-            allowlist: spec.policy.allowlist.clone(),
-            upstream_dns: self.upstream_dns,
-        }
-        .write(&dir.join(POLICY_FILE))?;
+        // No secrets: the service refuses them for containers.
+        self.0
+            .write_policy(&dir.join(POLICY_FILE), &spec.policy.allowlist, None)?;
         let resolv = dir.join(RESOLV_FILE);
         std::fs::write(&resolv, format!("nameserver {}\n", ak_egress::RESOLVER))
             .map_err(DockerError::io(format!("write {}", resolv.display())))?;
@@ -73,10 +64,10 @@ impl EgressSetup {
     /// helper in its network namespace and returns the helper as `pid:start-time` (what
     /// [`stop`] ends). The helper ends by itself when that process does.
     pub fn start(&self, run_dir: &Path, sandbox: &str, pid: u32) -> Result<String, DockerError> {
-        if !ak_core::process::is_executable(&self.program) {
+        if !ak_core::process::is_executable(&self.0.helper) {
             return Err(DockerError::EgressUnavailable(format!(
                 "the allowlist network needs the egress helper {} (built beside agentkernel; set AGENTKERNEL_EGRESS)",
-                self.program.display()
+                self.0.helper.display()
             )));
         }
         let init = i32::try_from(pid)
@@ -89,13 +80,13 @@ impl EgressSetup {
         let dir = dir_of(run_dir);
         let helper = start_detached(
             &Detached {
-                program: &self.program,
+                program: &self.0.helper,
                 netns: PathBuf::from(format!("/proc/{pid}/ns/net")),
                 // The engine runs as root: the helper enters the namespace directly.
                 userns: None,
                 policy: &dir.join(POLICY_FILE),
                 sandbox,
-                audit_dir: self.audit_dir.as_deref(),
+                audit_dir: self.0.audit_dir.as_deref(),
                 log: &dir.join(LOG_FILE),
             },
             Some(&exit),

@@ -72,11 +72,7 @@ impl DockerBackend {
             client: OnceCell::new(),
             swept: OnceCell::new(),
             progress: None,
-            egress: EgressSetup {
-                program: agent_path.with_file_name("ak-egress"),
-                upstream_dns: None,
-                audit_dir: None,
-            },
+            egress: EgressSetup(ak_egress::Egress::beside(&agent_path)),
             agent_path,
         }
     }

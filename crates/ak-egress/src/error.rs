@@ -15,6 +15,8 @@ pub enum EgressError {
     Child(String),
     #[error("the egress helper failed: {0}")]
     Helper(String),
+    #[error("secret interception: {0}")]
+    Tls(String),
     #[error("bad policy file {path}: {message}")]
     Policy { path: String, message: String },
 }

@@ -284,6 +284,7 @@ mod tests {
             PolicyFile {
                 allowlist: list,
                 upstream_dns: None,
+                secrets: None,
             }
             .write(&path)
             .unwrap();

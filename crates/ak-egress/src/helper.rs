@@ -15,6 +15,7 @@ use crate::audit::AuditSink;
 use crate::device::{GatedTun, Wire};
 use crate::error::EgressError;
 use crate::gate::Gate;
+use crate::secrets::{SecretPolicy, Secrets};
 
 /// What the helper enforces, as the host writes it (JSON, replaced whole by rename; the
 /// helper reads it again whenever it changes).
@@ -25,6 +26,9 @@ pub struct PolicyFile {
     /// The resolver allowed names are asked of (default: the host's first `nameserver`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream_dns: Option<SocketAddr>,
+    /// The sandbox's secrets (read once, when the helper starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets: Option<SecretPolicy>,
 }
 
 impl PolicyFile {
@@ -46,14 +50,22 @@ impl PolicyFile {
     }
 
     /// Writes the file whole: a temporary file beside it renamed over it, so that the
-    /// helper never reads half of it.
+    /// helper never reads half of it. Readable by its owner only: it may hold secrets.
     pub fn write(&self, path: &Path) -> Result<(), EgressError> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let json = serde_json::to_vec_pretty(self).map_err(|e| EgressError::Policy {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
         let temporary = path.with_extension("json.new");
-        std::fs::write(&temporary, json)
+        let _ = std::fs::remove_file(&temporary);
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&temporary)
+            .and_then(|mut file| file.write_all(&json))
             .map_err(EgressError::io(format!("write {}", temporary.display())))?;
         std::fs::rename(&temporary, path)
             .map_err(EgressError::io(format!("rename {}", temporary.display())))
@@ -86,6 +98,8 @@ pub struct HelperArgs {
     /// `--ethernet`: a TAP device, for a sandbox whose network stack speaks Ethernet
     /// (gVisor's); a TUN device otherwise.
     pub ethernet: bool,
+    /// The sandbox's init, stopped on a secret's leak when the policy says `on_leak = kill`.
+    pub sandbox_pid: Option<u32>,
 }
 
 impl HelperArgs {
@@ -93,6 +107,7 @@ impl HelperArgs {
         let (mut netns, mut policy, mut ready_fd, mut exit_fd) = (None, None, None, None);
         let (mut sandbox, mut audit_dir, mut userns, mut stream) = (None, None, None, None);
         let mut ethernet = false;
+        let mut sandbox_pid = None;
         let mut args = args.into_iter();
         let fd = |value: Option<String>, flag: &str| -> Result<i32, EgressError> {
             value
@@ -112,6 +127,16 @@ impl HelperArgs {
                 "--sandbox" => sandbox = args.next(),
                 "--audit-dir" => audit_dir = args.next().map(PathBuf::from),
                 "--ethernet" => ethernet = true,
+                "--sandbox-pid" => {
+                    sandbox_pid = Some(
+                        args.next()
+                            .and_then(|v| v.parse().ok())
+                            .filter(|pid: &u32| *pid > 0)
+                            .ok_or_else(|| {
+                                EgressError::Usage("--sandbox-pid takes a process id".into())
+                            })?,
+                    )
+                }
                 other => return Err(EgressError::Usage(format!("unknown argument {other}"))),
             }
         }
@@ -131,6 +156,7 @@ impl HelperArgs {
             sandbox: sandbox.ok_or_else(|| missing("--sandbox"))?,
             audit_dir,
             ethernet,
+            sandbox_pid,
         })
     }
 
@@ -163,6 +189,9 @@ impl HelperArgs {
         if self.ethernet {
             args.push("--ethernet".to_string());
         }
+        if let Some(pid) = self.sandbox_pid {
+            args.extend(["--sandbox-pid".to_string(), pid.to_string()]);
+        }
         args
     }
 }
@@ -184,6 +213,25 @@ pub fn run(args: HelperArgs, audit: Arc<dyn AuditSink>) -> Result<(), EgressErro
                     .into(),
             )
         })?;
+    let secrets = match &policy.secrets {
+        Some(secrets) => {
+            // Opened now, while the sandbox surely runs, so that a later kill can never
+            // reach a process that took its pid.
+            let init = match (secrets.on_leak, args.sandbox_pid) {
+                (ak_core::secrets::OnLeak::Kill, Some(pid)) => Some(
+                    rustix::process::Pid::from_raw(pid as i32)
+                        .ok_or_else(|| EgressError::Usage("--sandbox-pid 0".into()))
+                        .and_then(|pid| {
+                            rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+                                .map_err(|e| EgressError::io("open the sandbox's init")(e.into()))
+                        })?,
+                ),
+                _ => None,
+            };
+            Some(Arc::new(Secrets::load(secrets, &args.sandbox, init)?))
+        }
+        None => None,
+    };
     let gate = Arc::new(Gate::from_file(
         args.policy.clone(),
         crate::tun::host_addresses(),
@@ -233,7 +281,7 @@ pub fn run(args: HelperArgs, audit: Arc<dyn AuditSink>) -> Result<(), EgressErro
                 OwnedFd::from(stream)
             }
         };
-        serve(fd, wire, mtu, gate, audit, upstream, ready, exit).await
+        serve(fd, wire, mtu, gate, secrets, audit, upstream, ready, exit).await
     })
 }
 
@@ -272,6 +320,7 @@ async fn serve(
     wire: Wire,
     mtu: u16,
     gate: Arc<Gate>,
+    secrets: Option<Arc<Secrets>>,
     audit: Arc<dyn AuditSink>,
     upstream: SocketAddr,
     ready: Option<OwnedFd>,
@@ -326,6 +375,7 @@ async fn serve(
                     destination,
                     gate.clone(),
                     audit.clone(),
+                    secrets.clone(),
                 ));
             }
             IpStackStream::Udp(mut udp) if udp.peer_addr() == resolver => {
@@ -366,6 +416,7 @@ mod tests {
         PolicyFile {
             allowlist: first,
             upstream_dns,
+            secrets: None,
         }
         .write(&path)
         .unwrap();
@@ -393,6 +444,7 @@ mod tests {
             sandbox: "0123".into(),
             audit_dir: Some("/var/lib/agentkernel".into()),
             ethernet: true,
+            sandbox_pid: Some(42),
         };
         assert_eq!(HelperArgs::parse(args.to_args()).unwrap(), args);
         let vm = HelperArgs {

@@ -107,6 +107,8 @@ pub fn start_detached(launch: &Detached<'_>, exit: Option<&OwnedFd>) -> Result<u
         netns: Some(launch.netns.clone()),
         stream: None,
         ethernet: false,
+        // Secrets are the native backend's only (the service refuses them elsewhere).
+        sandbox_pid: None,
         userns: launch.userns.clone(),
         policy: launch.policy.to_path_buf(),
         ready_fd: ready_write.as_raw_fd(),

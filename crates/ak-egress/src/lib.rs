@@ -13,19 +13,27 @@
 //!   is opened on the host ([`relay`]);
 //! - UDP other than DNS to the resolver, ICMP and IPv6 are dropped.
 //!
+//! - with secrets, connections to a secret's hosts are intercepted ([`intercept`]): the real
+//!   value replaces its placeholder in request headers and is masked back in responses;
+//!   a placeholder heading anywhere else is blocked ([`secrets`]).
+//!
 //! The allowlist lives in a policy file that is read again whenever it changes, so a new
 //! allowlist applies to the next connection. Every verdict goes to an [`AuditSink`].
 
 pub mod audit;
+pub mod ca;
 pub mod device;
 pub mod dns;
 mod error;
 pub mod ethernet;
 pub mod gate;
 pub mod helper;
+pub mod intercept;
 pub mod launch;
 pub mod peek;
 pub mod relay;
+pub mod scan;
+pub mod secrets;
 mod settings;
 pub mod tun;
 

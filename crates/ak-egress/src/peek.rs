@@ -14,6 +14,12 @@ pub enum Opening {
     Incomplete,
 }
 
+impl Opening {
+    pub fn is_http(&self) -> bool {
+        matches!(self, Opening::Http(_))
+    }
+}
+
 /// Longest opening read before deciding (a ClientHello or request head beyond it is
 /// judged on what arrived).
 pub const MAX_OPENING: usize = 16 * 1024;
@@ -66,7 +72,7 @@ fn http_host(bytes: &[u8]) -> Opening {
 }
 
 /// `example.com:8080` → `example.com`; `[2001:db8::1]:80` → `[2001:db8::1]`.
-fn strip_port(host: &str) -> &str {
+pub(crate) fn strip_port(host: &str) -> &str {
     let host = host.trim();
     if host.starts_with('[') {
         return host.split_inclusive(']').next().unwrap_or(host);

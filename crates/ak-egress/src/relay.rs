@@ -12,6 +12,7 @@ use tokio::net::TcpStream;
 use crate::audit::{AuditSink, Event, Verdict};
 use crate::gate::Gate;
 use crate::peek::{MAX_OPENING, Opening, classify};
+use crate::secrets::Secrets;
 
 /// How long a connection may stay silent before it is judged by its address alone (a
 /// protocol where the server speaks first: SSH, SMTP).
@@ -20,12 +21,15 @@ const OPENING_WAIT: Duration = Duration::from_millis(300);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Relays `client` (a connection the sandbox opened to `destination`) if the policy
-/// allows it; returns when both directions are done.
+/// allows it; returns when both directions are done. With `secrets`, a connection to a
+/// secret's host is intercepted, and a placeholder in the plain bytes of any other
+/// connection is a leak.
 pub async fn relay<C>(
     mut client: C,
     destination: SocketAddr,
     gate: Arc<Gate>,
     audit: Arc<dyn AuditSink>,
+    secrets: Option<Arc<Secrets>>,
 ) where
     C: AsyncRead + AsyncWrite + Unpin,
 {
@@ -63,13 +67,7 @@ pub async fn relay<C>(
         Ok(rule) => rule,
         Err((name, reason, http)) => {
             if http {
-                let body = format!("agentkernel: egress policy: {reason}\n");
-                let response = format!(
-                    "HTTP/1.1 403 Forbidden\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = client.write_all(response.as_bytes()).await;
-                let _ = client.shutdown().await;
+                let _ = crate::intercept::refuse(&mut client, 403, &reason).await;
             }
             event.name = Some(name);
             event.rule = reason;
@@ -77,6 +75,29 @@ pub async fn relay<C>(
             return;
         }
     };
+    // The names this connection goes to, as far as the helper can tell.
+    let names: Vec<String> = match &opening.kind {
+        Opening::Tls(Some(name)) | Opening::Http(Some(name)) => vec![name.clone()],
+        _ => event
+            .name
+            .as_deref()
+            .map(|names| names.split(',').map(String::from).collect())
+            .unwrap_or_default(),
+    };
+    if let Some(secrets) = &secrets
+        && let Some(index) = secrets.leak_in(&opening.bytes, &names)
+    {
+        if opening.kind.is_http() {
+            let _ = crate::intercept::refuse(
+                &mut client,
+                403,
+                "a secret's placeholder may not go to this host",
+            )
+            .await;
+        }
+        secrets.leaked(&*audit, event, index, &names);
+        return;
+    }
     let mut upstream = match upstream {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
@@ -94,19 +115,100 @@ pub async fn relay<C>(
     event.verdict = Verdict::Allowed;
     event.rule = rule.to_string();
     audit.record(&event);
+    // A secret's host: intercepted, so that its placeholder can become the value.
+    if let Some(secrets) = &secrets
+        && let Opening::Tls(Some(name)) = &opening.kind
+        && secrets.intercepts(name)
+    {
+        let name = name.clone();
+        let secrets = secrets.clone();
+        crate::intercept::intercept(client, opening.bytes, upstream, name, secrets, audit, event)
+            .await;
+        return;
+    }
     event.closed = true;
     if let Err(error) = upstream.write_all(&opening.bytes).await {
         tracing::debug!("{destination}: {error}");
     } else {
         event.sent = opening.bytes.len() as u64;
-        if let Ok((sent, received)) =
-            tokio::io::copy_bidirectional(&mut client, &mut upstream).await
-        {
-            event.sent += sent;
-            event.received = received;
+        let copied = match &secrets {
+            // Plain bytes are searched for placeholders for as long as the connection lasts
+            // (TLS to other hosts is opaque here: a placeholder inside it is worthless).
+            Some(secrets) if !matches!(opening.kind, Opening::Tls(_)) => {
+                copy_checked(&mut client, &mut upstream, secrets, &names).await
+            }
+            _ => tokio::io::copy_bidirectional(&mut client, &mut upstream)
+                .await
+                .map_err(Checked::Io),
+        };
+        match copied {
+            Ok((sent, received)) => {
+                event.sent += sent;
+                event.received = received;
+            }
+            Err(Checked::Leak(index)) => {
+                if let Some(secrets) = &secrets {
+                    secrets.leaked(&*audit, event, index, &names);
+                }
+                return;
+            }
+            Err(Checked::Io(error)) => tracing::debug!("{destination}: {error}"),
         }
     }
     audit.record(&event);
+}
+
+/// How a checked copy ended early.
+enum Checked {
+    Io(std::io::Error),
+    /// The placeholder of this rule went where it may not.
+    Leak(usize),
+}
+
+/// `copy_bidirectional`, with what the sandbox sends searched for placeholders that may
+/// not go to `names`; a leak ends the connection at once.
+async fn copy_checked<C>(
+    client: &mut C,
+    upstream: &mut TcpStream,
+    secrets: &Secrets,
+    names: &[String],
+) -> Result<(u64, u64), Checked>
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut from_client, mut to_client) = tokio::io::split(client);
+    let (mut from_upstream, mut to_upstream) = upstream.split();
+    let upload = async {
+        let mut detector = secrets.detector();
+        let mut buffer = vec![0u8; 64 * 1024];
+        let mut sent = 0u64;
+        loop {
+            let n = from_client.read(&mut buffer).await.map_err(Checked::Io)?;
+            if n == 0 {
+                let _ = to_upstream.shutdown().await;
+                return Ok(sent);
+            }
+            if let Some(index) = detector.scan(&buffer[..n])
+                && !secrets.may_go(index, names)
+            {
+                return Err(Checked::Leak(index));
+            }
+            to_upstream
+                .write_all(&buffer[..n])
+                .await
+                .map_err(Checked::Io)?;
+            sent += n as u64;
+        }
+    };
+    let download = async {
+        let received = tokio::io::copy(&mut from_upstream, &mut to_client)
+            .await
+            .map_err(Checked::Io)?;
+        let _ = to_client.shutdown().await;
+        Ok::<u64, Checked>(received)
+    };
+    let (sent, received) = tokio::try_join!(upload, download)?;
+    Ok((sent, received))
 }
 
 /// The first bytes of a connection and what they are.

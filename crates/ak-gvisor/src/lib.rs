@@ -227,7 +227,7 @@ impl GvisorBackend {
             let policy = dir.join(ak_native::EGRESS_POLICY_FILE);
             let kind = if spec.policy.network == NetworkMode::Allowlist {
                 self.egress
-                    .write_policy(&policy, &spec.policy.allowlist)
+                    .write_policy(&policy, &spec.policy.allowlist, None)
                     .map_err(|e| GvisorError::Network(e.to_string()))?;
                 ak_native::network::egress_helper(&self.egress, &policy, &spec.id, true)
             } else {

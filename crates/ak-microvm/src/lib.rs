@@ -506,7 +506,7 @@ impl MicrovmBackend {
         let failed = |e: String| MicrovmError::Network(format!("the egress helper: {e}"));
         let policy = layout.dir.join(EGRESS_POLICY);
         self.egress
-            .write_policy(&policy, &spec.policy.allowlist)
+            .write_policy(&policy, &spec.policy.allowlist, None)
             .map_err(|e| failed(e.to_string()))?;
         let socket = layout.dir.join(EGRESS_SOCKET);
         let log = layout.dir.join(EGRESS_LOG);
@@ -522,6 +522,8 @@ impl MicrovmBackend {
             sandbox: spec.id.clone(),
             audit_dir: self.egress.audit_dir.clone(),
             ethernet: false,
+            // Secrets are the native backend's only (the service refuses them elsewhere).
+            sandbox_pid: None,
         };
         let log_file = std::fs::OpenOptions::new()
             .create(true)

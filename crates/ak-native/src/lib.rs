@@ -17,6 +17,7 @@ pub mod probe;
 pub mod rundir;
 mod sandbox;
 pub mod seccomp;
+mod secrets;
 mod spawn;
 
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -97,6 +98,75 @@ impl NativeBackend {
     pub fn with_egress(mut self, egress: ak_egress::Egress) -> Self {
         self.egress = egress;
         self
+    }
+
+    /// The secrets part of the egress policy: each rule with its value, and the CA.
+    fn secret_policy(
+        &self,
+        spec: &SandboxSpec,
+        ca: &ak_egress::ca::CaPem,
+    ) -> Result<ak_egress::secrets::SecretPolicy, NativeError> {
+        let rules = spec
+            .secrets
+            .iter()
+            .map(|rule| {
+                let value = spec.secret_values.get(&rule.key).ok_or_else(|| {
+                    NativeError::InvalidSpec(format!(
+                        "secret {} has no value (the service gives each its value)",
+                        rule.key
+                    ))
+                })?;
+                Ok(ak_egress::secrets::WireSecret {
+                    key: rule.key.clone(),
+                    host: rule.host.to_string(),
+                    header: rule.header.clone(),
+                    placeholder: rule.placeholder.clone(),
+                    value: value.expose().to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, NativeError>>()?;
+        Ok(ak_egress::secrets::SecretPolicy {
+            rules,
+            on_leak: self.egress.on_leak,
+            ca: ca.clone(),
+            upstream_ca: self.egress.upstream_ca.clone(),
+        })
+    }
+
+    /// Writes the egress helper's policy file for `spec` into the runtime directory.
+    fn write_egress_policy(
+        &self,
+        rundir: &RunDir,
+        spec: &SandboxSpec,
+        ca: Option<&ak_egress::ca::CaPem>,
+    ) -> Result<PathBuf, NativeError> {
+        let path = rundir.path().join(EGRESS_POLICY_FILE);
+        let secrets = ca.map(|ca| self.secret_policy(spec, ca)).transpose()?;
+        self.egress
+            .write_policy(&path, &spec.policy.allowlist, secrets)
+            .map_err(|e| NativeError::Network(e.to_string()))?;
+        Ok(path)
+    }
+
+    /// The sandbox CA of a sandbox with secret rules, for their hosts only.
+    fn sandbox_ca(&self, spec: &SandboxSpec) -> Result<Option<ak_egress::ca::CaPem>, NativeError> {
+        if spec.secrets.is_empty() {
+            return Ok(None);
+        }
+        if spec.policy.network != NetworkMode::Allowlist {
+            return Err(NativeError::InvalidSpec(
+                "secrets need the allowlist network (their egress helper substitutes them)".into(),
+            ));
+        }
+        let mut hosts: Vec<ak_core::egress::HostPattern> = Vec::new();
+        for rule in &spec.secrets {
+            if !hosts.contains(&rule.host) {
+                hosts.push(rule.host.clone());
+            }
+        }
+        ak_egress::ca::generate(&spec.id, &hosts)
+            .map(Some)
+            .map_err(|e| NativeError::Network(e.to_string()))
     }
 
     fn prepared(&self) -> Result<&Prepared, NativeError> {
@@ -214,6 +284,34 @@ impl NativeBackend {
         } else {
             None
         };
+        // A new CA at every start: the key lives only in the helper's policy file.
+        let ca = match self.sandbox_ca(spec) {
+            Ok(ca) => ca,
+            Err(error) => {
+                let _ = rundir.remove();
+                return Err(error);
+            }
+        };
+        let bundle = match &tree {
+            Some((image_root, _)) => secrets::image_bundle(Some(image_root), &[]),
+            None => match &spec.image {
+                ImageRef::Stored(image) => secrets::image_bundle(None, &image.layers),
+                _ => None,
+            },
+        };
+        let secret_files = match secrets::prepare(
+            rundir.path(),
+            spec,
+            ca.as_ref().map(|ca| ca.cert.as_str()),
+            bundle.as_deref(),
+            sandbox_root_host_ids(),
+        ) {
+            Ok(files) => files,
+            Err(error) => {
+                let _ = rundir.remove();
+                return Err(error);
+            }
+        };
 
         let mut rlimits = vec![(libc::RLIMIT_CORE, 0)];
         if let Err(reason) = &prepared.cgroups_usable {
@@ -257,23 +355,16 @@ impl NativeBackend {
         // namespace; a persistent sandbox's is detached from us and starts afterwards.
         let network = spec.policy.network.has_network();
         let egress_policy = match spec.policy.network {
-            NetworkMode::Allowlist => {
-                let path = rundir.path().join(EGRESS_POLICY_FILE);
-                match self
-                    .egress
-                    .write_policy(&path, &spec.policy.allowlist)
-                    .map_err(|e| NativeError::Network(e.to_string()))
-                {
-                    Ok(()) => Some(path),
-                    Err(error) => {
-                        if let Some(cgroup) = &cgroup {
-                            let _ = cgroup.remove();
-                        }
-                        let _ = rundir.remove();
-                        return Err(error);
+            NetworkMode::Allowlist => match self.write_egress_policy(&rundir, spec, ca.as_ref()) {
+                Ok(path) => Some(path),
+                Err(error) => {
+                    if let Some(cgroup) = &cgroup {
+                        let _ = cgroup.remove();
                     }
+                    let _ = rundir.remove();
+                    return Err(error);
                 }
-            }
+            },
             _ => None,
         };
         let kind = match &egress_policy {
@@ -299,6 +390,7 @@ impl NativeBackend {
             hidden: &prepared.hidden,
             new_root: &new_root,
             resolv_conf: resolv_conf.as_deref(),
+            secrets: secret_files.as_ref(),
             agent_fd: prepared.agent.as_raw_fd(),
             landlock_abi: prepared.landlock_abi,
             seccomp: &prepared.seccomp,
@@ -539,6 +631,9 @@ impl Backend for NativeBackend {
         ak_core::backend::Capabilities {
             mount_cwd: true,
             attach: true,
+            // Secrets through the egress helper's interception, and secret files.
+            proxy_secret_bindings: true,
+            secret_files: true,
             snapshots: true,
             image_layers: true,
             ..ak_core::backend::Capabilities::default()

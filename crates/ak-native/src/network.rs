@@ -235,12 +235,13 @@ fn spawn_helper(
             audit_dir,
             ethernet,
         } => {
-            let (netns, userns) = match target {
+            let (netns, userns, sandbox_pid) = match target {
                 HelperTarget::Process(pid) => (
                     PathBuf::from(format!("/proc/{pid}/ns/net")),
                     Some(PathBuf::from(format!("/proc/{pid}/ns/user"))),
+                    Some(pid),
                 ),
-                HelperTarget::Netns(path) => (path.to_path_buf(), None),
+                HelperTarget::Netns(path) => (path.to_path_buf(), None, None),
             };
             let args = ak_egress::HelperArgs {
                 netns: Some(netns),
@@ -252,6 +253,7 @@ fn spawn_helper(
                 sandbox: sandbox.to_string(),
                 audit_dir: audit_dir.map(Path::to_path_buf),
                 ethernet,
+                sandbox_pid,
             };
             let mut command = Command::new(program);
             command.args(args.to_args());

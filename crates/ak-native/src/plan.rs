@@ -214,6 +214,7 @@ impl<'a> MountPlanner<'a> {
         spec: &SandboxSpec,
         source: RootSource<'a>,
         resolv_conf: Option<&Path>,
+        secrets: Option<&crate::secrets::SecretFiles>,
         hidden: &HiddenPaths,
     ) -> Result<Vec<Op>, NativeError> {
         let host_image = matches!(spec.image, ImageRef::Host | ImageRef::Auto);
@@ -249,7 +250,25 @@ impl<'a> MountPlanner<'a> {
         // With outbound network the resolver is the helper's, whatever the image says. A
         // resolv.conf that is a symlink (systemd-resolved) cannot be bound over safely.
         if let Some(resolv_conf) = resolv_conf {
-            self.plan_resolv_conf(source, resolv_conf)?;
+            self.plan_file_over(source, "/etc/resolv.conf", resolv_conf, true)?;
+        }
+        // The secrets directory (the sandbox CA, its bundle, secret files), read-only; the
+        // bundle also over the image's system bundle, where it has one.
+        if let Some(secrets) = secrets {
+            let target = ak_core::secrets::RUN_DIR;
+            self.ensure_dir(target)?;
+            self.claim(&self.inside(target));
+            self.ops.push(Op::Bind {
+                source: path_c(&secrets.dir)?,
+                target: path_c(&self.inside(target))?,
+                attrs: ro,
+            });
+            self.plan_file_over(
+                source,
+                ak_core::secrets::SYSTEM_BUNDLE,
+                &secrets.bundle,
+                false,
+            )?;
         }
 
         self.plan_dev()?;
@@ -379,41 +398,50 @@ impl<'a> MountPlanner<'a> {
         Ok(())
     }
 
-    fn plan_resolv_conf(
+    /// Binds the host file `file` read-only over the image's `path` (absolute, inside the
+    /// sandbox) when that is a regular file; a missing one is created first only when
+    /// `create` says so. A symlink (systemd-resolved's resolv.conf, a bundle linked
+    /// elsewhere) cannot be bound over safely and is left as it is.
+    fn plan_file_over(
         &mut self,
         source: RootSource<'_>,
-        resolv_conf: &Path,
+        path: &str,
+        file: &Path,
+        create: bool,
     ) -> Result<(), NativeError> {
-        let target = self.inside("/etc/resolv.conf");
+        let target = self.inside(path);
+        let parent = Path::new(path)
+            .parent()
+            .map(|p| p.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "/".into());
         let bindable = match source {
             RootSource::Tree { image_root, .. } => image_root
-                .join("etc/resolv.conf")
+                .join(path.trim_start_matches('/'))
                 .symlink_metadata()
                 .is_ok_and(|m| m.is_file()),
-            RootSource::Layers(_) => {
-                self.ensure_dir("/etc")?;
-                match self.merged_kind("/etc/resolv.conf") {
-                    Merged::Other => true,
-                    Merged::Missing => {
-                        self.ops.push(Op::Touch {
-                            path: path_c(&target)?,
-                        });
-                        true
-                    }
-                    Merged::Dir | Merged::Symlink => false,
+            RootSource::Layers(_) => match self.merged_kind(path) {
+                Merged::Other => {
+                    self.ensure_dir(&parent)?;
+                    true
                 }
-            }
+                Merged::Missing if create => {
+                    self.ensure_dir(&parent)?;
+                    self.ops.push(Op::Touch {
+                        path: path_c(&target)?,
+                    });
+                    true
+                }
+                Merged::Missing | Merged::Dir | Merged::Symlink => false,
+            },
         };
         if bindable {
             self.ops.push(Op::Bind {
-                source: path_c(resolv_conf)?,
+                source: path_c(file)?,
                 target: path_c(&target)?,
                 attrs: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
             });
         } else {
-            tracing::warn!(
-                "the image's /etc/resolv.conf is not a regular file: DNS inside the sandbox uses it as is"
-            );
+            tracing::warn!("the image's {path} is not a regular file: the sandbox uses it as is");
         }
         Ok(())
     }

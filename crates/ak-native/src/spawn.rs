@@ -29,6 +29,7 @@ pub(crate) struct SpawnRequest<'a> {
     pub hidden: &'a HiddenPaths,
     pub new_root: &'a Path,
     pub resolv_conf: Option<&'a Path>,
+    pub secrets: Option<&'a crate::secrets::SecretFiles>,
     pub agent_fd: RawFd,
     pub landlock_abi: Option<u32>,
     pub seccomp: &'a [seccompiler::BpfProgram],
@@ -106,6 +107,7 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
         spec,
         request.root,
         request.resolv_conf,
+        request.secrets,
         request.hidden,
     )?;
 

@@ -23,7 +23,6 @@ use utoipa::{Modify, OpenApi};
 
 use crate::error::ApiError;
 use crate::run::MAX_BATCH;
-use crate::sandboxes::UNSUPPORTED_FIELDS;
 use crate::{error, exec, files, info, network, output, run, sandboxes, snapshots};
 
 #[derive(OpenApi)]
@@ -398,18 +397,6 @@ fn constrain_schemas(doc: &mut Value) {
         "minimum": MIN_MEMORY >> 20,
         "maximum": MAX_MEMORY >> 20,
     });
-    for field in UNSUPPORTED_FIELDS {
-        let property = &mut create[field];
-        let list = property["type"]
-            .as_array()
-            .is_some_and(|types| types.contains(&json!("array")));
-        property["description"] = json!("Not supported by this server yet: refused when given.");
-        if list {
-            property["maxItems"] = json!(0);
-        } else {
-            property["type"] = json!("null");
-        }
-    }
     schemas["ExecRequest"]["properties"]["timeout_ms"] =
         json!({"type": ["integer", "null"], "minimum": 1});
     schemas["BatchRequest"]["properties"]["commands"]["minItems"] = json!(1);

@@ -160,28 +160,17 @@ pub struct CreateRequest {
     /// Destination ports an allowlist sandbox may connect to (default: any).
     #[serde(default)]
     pub allow_ports: Option<Vec<u16>>,
-    /// Secrets for the sandbox's egress proxy (not supported yet: refused when given).
+    /// Secrets the sandbox uses through placeholders: `KEY=value:host`, `KEY:host` or
+    /// `KEY:host:header`. Inside, `$KEY` holds a placeholder that the egress proxy replaces
+    /// with the value only in HTTPS requests to `host`; implies the allowlist network with
+    /// `host` on it. A value not given inline comes from the host's secret store or
+    /// environment only where `[api]` allows it (`secrets_from_store`, `secrets_from_env`).
     #[serde(default)]
     pub secrets: Option<Vec<String>>,
+    /// Keys whose real values the sandbox reads from `/run/agentkernel/secrets/KEY`
+    /// (visible to the sandbox; values found as for `secrets`).
     #[serde(default)]
     pub secret_files: Option<Vec<String>>,
-}
-
-/// The SDK fields of `POST /sandboxes` this server does not carry out yet: given, they are
-/// refused with a 400 naming the field (the OpenAPI document says null or empty only).
-pub(crate) const UNSUPPORTED_FIELDS: [&str; 2] = ["secrets", "secret_files"];
-
-impl CreateRequest {
-    /// The first field of [`UNSUPPORTED_FIELDS`] given (a JSON `null` means "not given", as
-    /// the async SDK sends them; an empty list asks for nothing).
-    fn unsupported(&self) -> Option<&'static str> {
-        let given = |list: &Option<Vec<String>>| list.as_ref().is_some_and(|v| !v.is_empty());
-        let given = [given(&self.secrets), given(&self.secret_files)];
-        UNSUPPORTED_FIELDS
-            .into_iter()
-            .zip(given)
-            .find_map(|(field, given)| given.then_some(field))
-    }
 }
 
 /// Creates a named sandbox and starts it.
@@ -192,11 +181,6 @@ pub async fn create(
     JsonBody(request): JsonBody<CreateRequest>,
 ) -> Result<Response, ApiError> {
     validate_name(&request.name)?;
-    if let Some(field) = request.unsupported() {
-        return Err(ApiError::BadRequest(format!(
-            "{field}: this field is not supported by this server yet"
-        )));
-    }
     let source =
         GitSource::from_fields(request.source_url.as_deref(), request.source_ref.as_deref())?;
     let options = SandboxOptions {
@@ -211,6 +195,8 @@ pub async fn create(
         allow_hosts: request.allow_hosts,
         allow_cidrs: request.allow_cidrs,
         allow_ports: request.allow_ports,
+        secrets: request.secrets.filter(|v| !v.is_empty()),
+        secret_files: request.secret_files.filter(|v| !v.is_empty()),
         ..SandboxOptions::default()
     }
     .over(state.config.base_options.clone());

@@ -58,6 +58,12 @@ pub struct CallerPolicy {
     pub max_pids: u64,
     /// The git protocols a source may use.
     pub source_protocols: Vec<GitProtocol>,
+    /// Whether remote callers' secrets may take their values from the host user's secret
+    /// store, or from the environment of the process serving them. Off by default: the
+    /// caller names the hosts a secret goes to, so either would let a token holder send
+    /// the user's secrets anywhere.
+    pub secrets_from_store: bool,
+    pub secrets_from_env: bool,
 }
 
 /// The kernel's largest pid limit (`PID_MAX_LIMIT` on 64-bit).
@@ -75,6 +81,8 @@ impl CallerPolicy {
             max_cpus: None,
             max_pids: KERNEL_MAX_PIDS,
             source_protocols: vec![GitProtocol::Https],
+            secrets_from_store: false,
+            secrets_from_env: false,
         }
     }
 
@@ -114,6 +122,8 @@ impl CallerPolicy {
         if let Some(pids) = options.max_pids {
             policy.max_pids = parse_pids(pids)?;
         }
+        policy.secrets_from_store = options.secrets_from_store.unwrap_or(false);
+        policy.secrets_from_env = options.secrets_from_env.unwrap_or(false);
         if let Some(protocols) = &options.source_protocols {
             policy.source_protocols = protocols
                 .iter()
@@ -289,6 +299,8 @@ mod tests {
             max_cpus: Some(2.0),
             max_pids: 2000,
             source_protocols: vec![GitProtocol::Https],
+            secrets_from_store: false,
+            secrets_from_env: false,
         }
     }
 

@@ -18,6 +18,7 @@ pub mod pool;
 pub mod registry;
 mod run;
 mod sandboxes;
+mod secrets;
 mod session;
 mod snapshot;
 mod snapshots;
@@ -155,6 +156,7 @@ impl Service {
     ) -> Result<Box<dyn ak_core::Sandbox>, ServiceError> {
         let backend = self.backend(spec.backend)?.clone();
         let mut spec = spec.clone();
+        self.load_secret_values(&mut spec)?;
         let attachments = self.attach(&mut spec, lifetime, named).await?;
         let sandbox = self
             .offload(async move { backend.create(&spec, lifetime).await })

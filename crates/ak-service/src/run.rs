@@ -50,6 +50,7 @@ impl Service {
         let mut spec = spec.clone();
         self.prepare_image(&mut spec, Some(&exec.argv), PullPolicy::Missing)
             .await?;
+        self.resolve_secrets(caller, &mut spec)?;
         let spec = &spec;
         image_config::apply(spec, &mut exec, Entry::Run)?;
         ak_core::exec::validate_argv(&exec.argv, &[])?;

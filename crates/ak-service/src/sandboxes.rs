@@ -335,6 +335,7 @@ impl Service {
                 .map_err(|e| ServiceError::State(format!("remove {}: {e}", host_dir.display())))?;
         }
         self.registry()?.remove(name)?;
+        self.forget_secret_values(&record.spec.id);
         Ok(())
     }
 
@@ -521,14 +522,22 @@ impl Service {
         &self,
         caller: Caller,
         name: &str,
-        spec: SandboxSpec,
+        mut spec: SandboxSpec,
         dir: Option<&Path>,
     ) -> Result<SandboxRecord, ServiceError> {
         let result = async {
             self.policy.admit_dir(caller, dir)?;
             self.policy.admit(caller, &spec)?;
             self.admit_volumes(caller, &spec)?;
-            self.create_unaudited(name, spec, dir).await
+            self.resolve_secrets(caller, &mut spec)?;
+            // The values the sandbox will start with every time (the registry holds none).
+            self.keep_secret_values(&spec)?;
+            let id = spec.id.clone();
+            let created = self.create_unaudited(name, spec, dir).await;
+            if created.is_err() {
+                self.forget_secret_values(&id);
+            }
+            created
         }
         .await;
         self.audited(caller, "create", Some(name), None, result)

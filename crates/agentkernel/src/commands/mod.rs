@@ -12,6 +12,7 @@ mod network;
 mod plugin;
 mod run;
 mod sandbox;
+mod secret;
 mod serve;
 mod setup;
 mod snapshot;
@@ -62,6 +63,7 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::List(args) => sandbox::list(args).await,
         Command::Inspect(args) => sandbox::inspect(args).await,
         Command::Volume(command) => volume::volume(command).await,
+        Command::Secret(command) => secret::secret(command),
         Command::Snapshot(command) => snapshot::snapshot(command).await,
         Command::Network(command) => network::network(command).await,
         Command::Fork(args) => snapshot::fork(args).await,

@@ -254,6 +254,13 @@ pub struct RunParams {
     pub source_url: Option<String>,
     /// The branch, tag or commit of `source_url` (its default branch when absent).
     pub source_ref: Option<String>,
+    /// Secrets used through placeholders: `KEY=value:host`, `KEY:host` or `KEY:host:header`;
+    /// `$KEY` holds a placeholder that becomes the value only in HTTPS requests to `host`
+    /// (the allowlist network, with `host` on it). Values not given inline come from the
+    /// host only where `[api]` allows it.
+    pub secrets: Option<Vec<String>>,
+    /// Keys whose real values the sandbox reads from `/run/agentkernel/secrets/KEY`.
+    pub secret_files: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -287,6 +294,13 @@ pub struct CreateParams {
     pub source_url: Option<String>,
     /// The branch, tag or commit of `source_url` (its default branch when absent).
     pub source_ref: Option<String>,
+    /// Secrets used through placeholders: `KEY=value:host`, `KEY:host` or `KEY:host:header`;
+    /// `$KEY` holds a placeholder that becomes the value only in HTTPS requests to `host`
+    /// (the allowlist network, with `host` on it). Values not given inline come from the
+    /// host only where `[api]` allows it.
+    pub secrets: Option<Vec<String>>,
+    /// Keys whose real values the sandbox reads from `/run/agentkernel/secrets/KEY`.
+    pub secret_files: Option<Vec<String>>,
 }
 
 /// `snapshot_list`'s answer.
@@ -421,6 +435,8 @@ impl McpServer {
                 allow_ports: params.allow_ports,
                 volumes: params.volumes,
                 source,
+                secrets: params.secrets,
+                secret_files: params.secret_files,
                 ..SandboxOptions::default()
             },
         )?;
@@ -462,6 +478,8 @@ impl McpServer {
                 cpus: params.cpus,
                 volumes: params.volumes,
                 source,
+                secrets: params.secrets,
+                secret_files: params.secret_files,
                 ..SandboxOptions::default()
             },
         )?;

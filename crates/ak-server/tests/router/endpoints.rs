@@ -189,7 +189,7 @@ async fn sdk_endpoint_families_this_server_lacks_say_so() {
 }
 
 #[tokio::test]
-async fn sdk_fields_this_server_lacks_are_refused_by_name() {
+async fn remote_secrets_from_the_host_need_the_api_policy() {
     let app = app();
     for (field, value) in [
         ("secrets", json!(["KEY:api.example.com"])),
@@ -198,10 +198,10 @@ async fn sdk_fields_this_server_lacks_are_refused_by_name() {
         let mut body = json!({"name": "refused"});
         body[field] = value;
         let message = app
-            .error("POST", "/sandboxes", Some(body), StatusCode::BAD_REQUEST)
+            .error("POST", "/sandboxes", Some(body), StatusCode::FORBIDDEN)
             .await;
         assert!(
-            message.starts_with(&format!("{field}: ")) && message.contains("not supported"),
+            message.contains("secrets_from_store") && message.contains("KEY"),
             "{field}: {message}"
         );
     }
@@ -573,8 +573,7 @@ async fn openapi_document_describes_what_is_sent() {
     assert_eq!(create["backend"]["enum"][0], "native");
     assert_eq!(create["vcpus"]["minimum"], 1);
     assert_eq!(create["memory_mb"]["minimum"], 8);
-    assert_eq!(create["secrets"]["maxItems"], 0);
-    assert_eq!(create["secret_files"]["maxItems"], 0);
+    assert_eq!(create["secrets"]["type"], json!(["array", "null"]));
     for request in ["RunRequest", "ExecRequest", "BatchCommand"] {
         assert_eq!(
             schemas[request]["properties"]["command"]["minItems"], 1,

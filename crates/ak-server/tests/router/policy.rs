@@ -106,16 +106,16 @@ async fn a_json_null_means_not_given() {
     });
     let (status, value) = app.call("POST", "/sandboxes", Some(body)).await;
     assert_eq!(status, StatusCode::CREATED, "{value}");
-    // Given, what this server lacks is refused clearly rather than ignored.
+    // A secret from the host's store is refused to a remote caller by default.
     let message = app
         .error(
             "POST",
             "/sandboxes",
             Some(json!({"name": "secret", "secrets": ["KEY:api.example.com"]})),
-            StatusCode::BAD_REQUEST,
+            StatusCode::FORBIDDEN,
         )
         .await;
-    assert!(message.contains("secrets"), "{message}");
+    assert!(message.contains("secrets_from_store"), "{message}");
 }
 
 #[tokio::test]

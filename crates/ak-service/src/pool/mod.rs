@@ -299,7 +299,13 @@ pub fn poolable(spec: &SandboxSpec) -> bool {
 /// volumes and sources are each sandbox's own). Environment and timeout are per command,
 /// so they are not part of it.
 pub fn pool_key(spec: &SandboxSpec) -> Option<String> {
-    if !spec.mounts.is_empty() || !spec.volumes.is_empty() || spec.source.is_some() {
+    // A sandbox with secrets has its own CA and placeholders: never made ahead.
+    if !spec.mounts.is_empty()
+        || !spec.volumes.is_empty()
+        || spec.source.is_some()
+        || !spec.secrets.is_empty()
+        || !spec.secret_files.is_empty()
+    {
         return None;
     }
     let resources = &spec.resources;

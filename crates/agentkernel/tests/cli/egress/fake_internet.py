@@ -1,14 +1,21 @@
 # The fake internet of the egress tests, run inside a network namespace the test made:
 # a DNS server (UDP 53) answering the names in NAMES, an HTTP server (80) that echoes the
-# Host it was asked for, a TCP echo service (7) and a UDP echo service (9). Prints
-# "ready" once everything listens.
+# Host it was asked for, an HTTPS server (443, with the test CA's certificate from the
+# directory in argv[2]) that echoes the Authorization it got and logs it to
+# received.log there, a TCP echo service (7) and a UDP echo service (9). Prints "ready"
+# once everything listens.
+import os
 import socket
+import ssl
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ADDRESS = sys.argv[1]
+CERTS = sys.argv[2]
 NAMES = {
+    "api.test": ADDRESS,
+    "other.test": ADDRESS,
     "allowed.test": ADDRESS,
     "denied.test": ADDRESS,
     "www.wild.test": ADDRESS,
@@ -75,6 +82,34 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
 
+class Secure(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        auth = str(self.headers.get("Authorization"))
+        with open(os.path.join(CERTS, "received.log"), "a") as log:
+            log.write(str(self.headers.get("Host")) + " " + auth + "\n")
+        self.send_response(200)
+        self.send_header("X-Echo", auth)
+        if self.path.startswith("/chunked"):
+            # The value split over two chunks: masking must see across them.
+            half = len(auth) // 2
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for part in ("chunked: " + auth[:half], auth[half:] + "\n"):
+                data = part.encode()
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.write(b"0\r\n\r\n")
+            return
+        body = ("secure: " + auth + "\n").encode()
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
 def tcp_echo(s):
     while True:
         c, _ = s.accept()
@@ -97,11 +132,15 @@ def udp_echo(s):
 
 
 http = ThreadingHTTPServer(("0.0.0.0", 80), Handler)
+https = ThreadingHTTPServer(("0.0.0.0", 443), Secure)
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(os.path.join(CERTS, "cert.pem"), os.path.join(CERTS, "key.pem"))
+https.socket = context.wrap_socket(https.socket, server_side=True)
 services = [
     (dns, (udp(53),)),
     (http.serve_forever, ()),
+    (https.serve_forever, ()),
     (tcp_echo, (tcp(7),)),
-    (tcp_echo, (tcp(443),)),
     (udp_echo, (udp(9),)),
 ]
 for target, args in services:

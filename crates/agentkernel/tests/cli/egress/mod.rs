@@ -8,6 +8,8 @@ use std::io::{BufRead, BufReader};
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Output, Stdio};
 
+mod secrets;
+
 use crate::common::{
     Mode, agentkernel, assert_code, is_root, registry_path, shared_host, stderr, stdout,
 };
@@ -29,6 +31,29 @@ struct FakeInternet {
     subnet: u8,
     services: Child,
     config: tempfile::NamedTempFile,
+    /// The test CA, the servers' certificate and key, and the HTTPS server's log.
+    certs: tempfile::TempDir,
+}
+
+/// A test CA and a certificate for the fake internet's names, in `dir` (`ca.pem`,
+/// `cert.pem`, `key.pem`); the egress helper trusts the CA through `[network] upstream_ca`.
+fn make_certificates(dir: &std::path::Path) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "fake internet test CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let names = ["api.test", "other.test", "allowed.test"].map(String::from);
+    let cert = rcgen::CertificateParams::new(names.to_vec())
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
 }
 
 impl FakeInternet {
@@ -62,8 +87,13 @@ impl FakeInternet {
             "/tests/cli/egress/fake_internet.py"
         );
         let address = Ipv4Addr::new(198, 18, subnet, 2).to_string();
+        let certs = tempfile::tempdir().unwrap();
+        make_certificates(certs.path());
+        let certs_dir = certs.path().to_str().unwrap().to_string();
         let mut services = Command::new("ip")
-            .args(["netns", "exec", &name, "python3", script, &address])
+            .args([
+                "netns", "exec", &name, "python3", script, &address, &certs_dir,
+            ])
             .stdout(Stdio::piped())
             .spawn()
             .expect("python3 is needed for the fake internet (apt-get install python3)");
@@ -75,7 +105,9 @@ impl FakeInternet {
         let config = tempfile::NamedTempFile::new().unwrap();
         std::fs::write(
             config.path(),
-            format!("[network]\nupstream_dns = \"{address}:53\"\n"),
+            format!(
+                "[network]\nupstream_dns = \"{address}:53\"\nupstream_ca = \"{certs_dir}/ca.pem\"\n"
+            ),
         )
         .unwrap();
         FakeInternet {
@@ -86,6 +118,7 @@ impl FakeInternet {
             subnet,
             services,
             config,
+            certs,
         }
     }
 
