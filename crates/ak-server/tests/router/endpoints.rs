@@ -476,6 +476,7 @@ async fn openapi_document_matches_the_routes() {
         "DELETE /sandboxes/{name}",
         "GET /sandboxes/by-uuid/{uuid}",
         "POST /sandboxes/{name}/extend",
+        "PUT /sandboxes/{name}/network",
         "GET /sandboxes/{name}/logs",
         "POST /sandboxes/{name}/exec",
         "POST /sandboxes/{name}/exec/detach",

@@ -98,6 +98,48 @@ async fn malformed_bodies_are_400() {
             br#"{"files": {"x": 1}}"#,
         ),
         ("POST", "/batch/run", json, br#"{"commands": [["true"]]}"#),
+        (
+            "POST",
+            "/run",
+            json,
+            br#"{"command": ["true"], "network": "everywhere"}"#,
+        ),
+        (
+            "POST",
+            "/run",
+            json,
+            br#"{"command": ["true"], "network": 1}"#,
+        ),
+        (
+            "POST",
+            "/sandboxes",
+            json,
+            br#"{"name": "a", "allow_ports": [70000]}"#,
+        ),
+        (
+            "POST",
+            "/sandboxes",
+            json,
+            br#"{"name": "a", "allow_hosts": ["http://x.test"]}"#,
+        ),
+        (
+            "POST",
+            "/sandboxes",
+            json,
+            br#"{"name": "a", "network": "open", "allow_hosts": ["x.test"]}"#,
+        ),
+        (
+            "PUT",
+            "/sandboxes/a/network",
+            json,
+            br#"{"allow_hosts": "x.test"}"#,
+        ),
+        (
+            "PUT",
+            "/sandboxes/a/network",
+            json,
+            br#"{"allow_hosts": ["x.test"], "mode": "replace"}"#,
+        ),
     ];
     for (method, uri, content_type, body) in cases {
         let (status, value) = app
