@@ -37,6 +37,9 @@ pub enum DockerError {
     },
     #[error("the container's agent {0}")]
     Agent(String),
+    /// A saved root layer (a snapshot's committed image) that cannot be used.
+    #[error("{0}")]
+    Layer(String),
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {

@@ -194,8 +194,9 @@ impl Service {
                 let root_owner = backend.sandbox_root_owner();
                 // A backend that snapshots keeps the root's writable layer beside the
                 // workspace, where it outlives a stop and the host can copy it.
-                let (workspace, root) =
-                    self.make_workspace(&spec.id, root_owner, backend.capabilities().snapshots)?;
+                let root_on_host = backend.capabilities().snapshots
+                    && backend.root_layer() == ak_core::backend::RootLayer::HostDir;
+                let (workspace, root) = self.make_workspace(&spec.id, root_owner, root_on_host)?;
                 if let Some(source) = &spec.source
                     && let Err(error) =
                         crate::source::clone_into(source, &workspace, root_owner).await
@@ -333,6 +334,13 @@ impl Service {
                 .map_err(|e| ServiceError::State(format!("remove {}: {e}", host_dir.display())))?;
         }
         self.registry()?.remove(name)?;
+        // A root layer the backend saved for a snapshot may have been kept for this
+        // sandbox alone (its snapshot removed since, or a fork's).
+        if let Some(layer) = &record.spec.root_layer
+            && let Err(e) = self.release_layer_if_unused(record.backend, layer).await
+        {
+            tracing::warn!(name, layer, "letting go of the sandbox's root layer: {e}");
+        }
         Ok(())
     }
 

@@ -86,6 +86,11 @@ pub struct SnapshotInfo {
     pub stored_bytes: u64,
     /// Sockets and device nodes, which snapshots leave out.
     pub skipped: u64,
+    /// The root's writable layer as the backend saved it, for backends that keep it
+    /// themselves (docker, podman: the committed image's id); `None` when the root is in
+    /// the trees (native) or the sandbox's root was its image alone (a stopped container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_layer: Option<String>,
 }
 
 /// A snapshot's metadata file.
