@@ -2,7 +2,7 @@
 //! with the engine's pause (the cgroup freezer), saved by a commit into an image, which
 //! is immutable and named by its content id; new containers start from that image.
 //!
-//! Every saved layer is tagged `agentkernel/layer:<its id's hex>`, so that the engine never
+//! Every saved layer is tagged `localhost/agentkernel/layer:<its id's hex>` (local only, on either engine), so that the engine never
 //! sees it as dangling (`docker image prune` would take an untagged image that no
 //! container uses: a stopped sandbox's layer has no container). Removing the tag lets the
 //! engine delete the image once nothing else holds it; while a container or a layer saved
@@ -16,7 +16,7 @@ use bollard::query_parameters::{
 use crate::error::{DockerError, is_not_found};
 
 /// The repository of saved layers' tags.
-pub const LAYER_REPO: &str = "agentkernel/layer";
+pub const LAYER_REPO: &str = "localhost/agentkernel/layer";
 
 /// The tag that keeps layer `id` (`sha256:<hex>`, or the bare hex Podman may give).
 pub fn layer_tag(id: &str) -> Result<String, DockerError> {
@@ -55,9 +55,7 @@ pub async fn set_paused(client: &Docker, container: &str, paused: bool) -> Resul
     if state == Some(paused) {
         Ok(())
     } else {
-        Err(DockerError::engine(format!("{what} container {container}"))(
-            error,
-        ))
+        Err(DockerError::engine(format!("{what} container {container}"))(error))
     }
 }
 
@@ -80,14 +78,23 @@ pub async fn save(client: &Docker, container: &str) -> Result<String, DockerErro
     let tagged = client
         .tag_image(
             &id,
-            Some(TagImageOptionsBuilder::default().repo(repo).tag(tag).build()),
+            Some(
+                TagImageOptionsBuilder::default()
+                    .repo(repo)
+                    .tag(tag)
+                    .build(),
+            ),
         )
         .await
         .map_err(DockerError::engine(format!("tag image {id}")));
     if let Err(error) = tagged {
         // Untagged, it would be dangling: give it back now rather than leave it.
         if let Err(e) = client
-            .remove_image(&id, None::<bollard::query_parameters::RemoveImageOptions>, None)
+            .remove_image(
+                &id,
+                None::<bollard::query_parameters::RemoveImageOptions>,
+                None,
+            )
             .await
         {
             tracing::warn!("removing the untagged commit {id}: {e}");
@@ -129,9 +136,12 @@ mod tests {
         let hex = "5a93adfc3116069fe352335dad36125378839e6b4f5aa0d16b3bbb923ea081a3";
         assert_eq!(
             layer_tag(&format!("sha256:{hex}")).unwrap(),
-            format!("agentkernel/layer:{hex}")
+            format!("localhost/agentkernel/layer:{hex}")
         );
-        assert_eq!(layer_tag(hex).unwrap(), format!("agentkernel/layer:{hex}"));
+        assert_eq!(
+            layer_tag(hex).unwrap(),
+            format!("localhost/agentkernel/layer:{hex}")
+        );
         for bad in ["", "sha256:", "alpine:3.20", "sha256:../../x", &hex[1..]] {
             let error = layer_tag(bad).unwrap_err().to_string();
             assert!(error.contains("not an image id"), "{bad}: {error}");

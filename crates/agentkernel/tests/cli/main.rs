@@ -14,6 +14,7 @@ mod bench;
 mod common;
 mod daemon;
 mod docker;
+mod docker_snapshot;
 mod egress;
 mod escape;
 mod leaks;
