@@ -46,6 +46,8 @@ use crate::{error, exec, files, info, output, run, sandboxes, snapshots};
         sandboxes::by_uuid,
         sandboxes::remove,
         sandboxes::extend,
+        sandboxes::pause,
+        sandboxes::resume,
         sandboxes::logs,
         exec::exec,
         exec::detach,

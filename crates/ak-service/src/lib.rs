@@ -13,6 +13,7 @@ mod files;
 mod image_config;
 mod images;
 pub mod output;
+mod pause;
 pub mod pool;
 pub mod registry;
 mod run;

@@ -100,7 +100,11 @@ impl Service {
         let record = self.record(sandbox)?;
         crate::sandboxes::require(
             &record,
-            &[SandboxState::Running, SandboxState::Stopped],
+            &[
+                SandboxState::Running,
+                SandboxState::Paused,
+                SandboxState::Stopped,
+            ],
             "snapshot",
         )?;
         let state = self.writable_state(&record)?;
@@ -109,8 +113,9 @@ impl Service {
             return Err(ServiceError::SnapshotExists(name));
         }
         let ids = self.id_map(record.backend)?;
-        let running = record.state == SandboxState::Running;
-        let handle = if running {
+        // A paused sandbox is frozen already, and stays so.
+        let freeze = record.state == SandboxState::Running;
+        let handle = if record.state.is_up() {
             Some(crate::sandboxes::parse_handle(&record)?)
         } else {
             None
@@ -128,7 +133,7 @@ impl Service {
             vcpus: spec.resources.cpus.map(|cpus| cpus.ceil() as u32),
             memory_mb: Some(spec.resources.memory_bytes >> 20),
             created_at: humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string(),
-            taken_while: if running { "running" } else { "stopped" }.into(),
+            taken_while: record.state.to_string(),
             frozen_ms: 0,
             files: 0,
             bytes: 0,
@@ -141,7 +146,7 @@ impl Service {
             .offload(async move {
                 let capture = store.lock_shared()?;
                 let (trees, layer, stats, frozen_ms) =
-                    capture_frozen(&*backend, handle.as_ref(), &store, &state, ids).await?;
+                    capture_frozen(&*backend, handle.as_ref(), freeze, &store, &state, ids).await?;
                 let saved = layer.clone();
                 // A stopped sandbox's root is the layer it was made from (if any): the
                 // snapshot names that one too.
@@ -299,19 +304,21 @@ enum Root {
     Backend,
 }
 
-/// Freezes the sandbox (when `handle` names a running one), captures its trees (and has
-/// the backend save its root layer, when the backend keeps it), thaws it whatever
-/// happened. Returns the trees, the layer saved, what the trees hold and how long the
-/// sandbox was frozen.
+/// Captures a sandbox's trees (and has the backend save its root layer, when the backend
+/// keeps it): `handle` names a live sandbox, which is frozen for it when `freeze` (a
+/// running one) and thawed whatever happened. Returns the trees, the layer saved, what
+/// the trees hold and how long the sandbox was frozen for it.
 async fn capture_frozen(
     backend: &dyn ak_core::Backend,
     handle: Option<&SandboxHandle>,
+    freeze: bool,
     store: &Store,
     state: &WritableState,
     ids: IdMap,
 ) -> Result<(Trees, Option<String>, tree::CaptureStats, u64), ServiceError> {
     let started = Instant::now();
-    if let Some(handle) = handle
+    let frozen_by_us = handle.filter(|_| freeze);
+    if let Some(handle) = frozen_by_us
         && let Err(error) = backend.set_frozen(handle, true).await
     {
         // Freezing may have begun (a process stuck in an uninterruptible wait): let go.
@@ -347,7 +354,7 @@ async fn capture_frozen(
         ))
     }
     .await;
-    let frozen_ms = match handle {
+    let frozen_ms = match frozen_by_us {
         Some(handle) => {
             let elapsed = started.elapsed().as_millis() as u64;
             if let Err(error) = backend.set_frozen(handle, false).await {
@@ -498,7 +505,8 @@ impl Service {
                 return Err(ServiceError::Duplicate(name.clone()));
             }
         }
-        let running = self.record(sandbox)?.state == SandboxState::Running;
+        // The forks of a paused sandbox run: pausing is of processes, not of files.
+        let running = self.record(sandbox)?.state.is_up();
         let snapshot = format!("fork-{}", &new_sandbox_id()[..16]);
         let info = self
             .snapshot_create(caller, sandbox, Some(&snapshot))

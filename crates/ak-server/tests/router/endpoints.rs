@@ -476,6 +476,8 @@ async fn openapi_document_matches_the_routes() {
         "DELETE /sandboxes/{name}",
         "GET /sandboxes/by-uuid/{uuid}",
         "POST /sandboxes/{name}/extend",
+        "POST /sandboxes/{name}/pause",
+        "POST /sandboxes/{name}/resume",
         "GET /sandboxes/{name}/logs",
         "POST /sandboxes/{name}/exec",
         "POST /sandboxes/{name}/exec/detach",
