@@ -9,6 +9,7 @@ pub mod firecracker;
 pub mod guest;
 mod net;
 mod qemu;
+mod qmp;
 mod sandbox;
 pub mod tools;
 mod vm;
@@ -646,6 +647,26 @@ impl Backend for MicrovmBackend {
             mount_cwd: self.driver == DriverKind::Qemu,
             ..Capabilities::default()
         }
+    }
+
+    async fn set_frozen(&self, handle: &SandboxHandle, frozen: bool) -> Result<(), BackendError> {
+        let record = Self::decode(handle)?;
+        if !record.hypervisor_alive() {
+            return Err(BackendError::Gone(handle.id.clone()));
+        }
+        // The vCPUs stop where they are; the guest's memory, devices and the host's side
+        // of its connections stay.
+        match record.driver {
+            DriverKind::Qemu => qmp::set_paused(&record.layout.qmp_socket(), frozen).await?,
+            DriverKind::Firecracker => {
+                firecracker::configure(
+                    &record.layout.api_socket(),
+                    &[firecracker::pause_request(frozen)],
+                )
+                .await?
+            }
+        }
+        Ok(())
     }
 
     async fn attach(&self, handle: &SandboxHandle) -> Result<Box<dyn Sandbox>, BackendError> {

@@ -75,6 +75,12 @@ pub fn arguments(boot: &Boot, layout: &Layout, kvm: bool) -> Vec<String> {
         "-display".into(),
         "none".into(),
         "-no-reboot".into(),
+        // The machine protocol, for pause and resume (`stop`, `cont`).
+        "-qmp".into(),
+        format!(
+            "unix:{},server=on,wait=off",
+            escape_option(&layout.qmp_socket().to_string_lossy())
+        ),
         "-kernel".into(),
         boot.kernel.display().to_string(),
         "-initrd".into(),
@@ -251,6 +257,10 @@ mod tests {
             "{args}"
         );
         assert!(args.contains("-no-reboot"), "{args}");
+        assert!(
+            args.contains("-qmp unix:/run/vm/qmp.sock,server=on,wait=off"),
+            "{args}"
+        );
         assert!(
             args.contains("-fsdev local,id=fs0,path=/srv/a,,b,security_model=none,readonly=on -device virtio-9p-device,fsdev=fs0,mount_tag=share0"),
             "{args}"
