@@ -21,6 +21,7 @@ mod leaks;
 mod microvm;
 mod microvm_net;
 mod named;
+mod pause;
 mod run;
 mod sdk_files;
 mod snapshot;
