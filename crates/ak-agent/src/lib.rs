@@ -39,6 +39,17 @@ const LOG_ENV: &str = "AK_AGENT_LOG";
 /// Runs the agent with the process's arguments; returns the process exit code: 0 after a
 /// shutdown or the end of the host connection, 1 on a start-up failure, 2 on bad arguments.
 pub fn main_entry() -> i32 {
+    // Not a way of serving, so apart from the parser: flush every file system's dirty data
+    // to its device and exit. The host runs it inside a microVM as `/proc/1/exe` (the
+    // agent itself, which every guest has whatever its image) before it stops the VM to
+    // copy its writable disk.
+    if std::env::args_os()
+        .skip(1)
+        .eq([std::ffi::OsString::from(ak_protocol::SYNC_FILESYSTEMS_ARG)])
+    {
+        rustix::fs::sync();
+        return 0;
+    }
     let args = match args::parse(std::env::args_os().skip(1)) {
         Ok(args) => args,
         Err(ArgsError::Help) => {
@@ -58,12 +69,11 @@ pub fn main_entry() -> i32 {
             tracing::error!("--guest is only for the init of a microVM");
             return 2;
         }
-        let entered = guest::enter_root(args.workdir.as_deref(), &args.shares).and_then(|()| {
-            match &args.net {
+        let entered = guest::enter_root(args.workdir.as_deref(), &args.shares, args.layer_disk)
+            .and_then(|()| match &args.net {
                 Some(net) => guest::network_up(net, &args.nameservers),
                 None => Ok(()),
-            }
-        });
+            });
         if entered.is_ok() && args.net.is_some() {
             guest::reached("network configured");
         }

@@ -120,6 +120,12 @@ pub enum RootLayer {
     /// In a host directory the service gives the sandbox ([`crate::SandboxSpec::root_dir`]),
     /// copied file by file into the snapshot store.
     HostDir,
+    /// In a disk image inside the host directory the service gives the sandbox
+    /// ([`crate::SandboxSpec::root_dir`]), whose file system the guest's kernel caches (a
+    /// microVM's writable disk): copied like [`RootLayer::HostDir`], once the guest has
+    /// flushed its file systems (the service runs the agent's `--sync-filesystems` in
+    /// it) and is frozen.
+    GuestDisk,
     /// Inside the backend, which saves it whole as an immutable layer of its own (a
     /// container engine's committed image) through [`Backend::save_root_layer`].
     Backend,

@@ -177,6 +177,11 @@ pub async fn launch(
     layout: &Layout,
     lifetime: Lifetime,
 ) -> Result<Launched, MicrovmError> {
+    if boot.layer.is_some() {
+        return Err(MicrovmError::Unsupported(
+            "a named sandbox's layer disk needs the qemu driver".into(),
+        ));
+    }
     if !boot.shares.is_empty() {
         return Err(MicrovmError::Unsupported(
             "Firecracker has no shared file system device: host directories (a named sandbox's workdir, --mount-cwd, --dir) need the qemu driver".into(),

@@ -11,6 +11,12 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 
+/// The agent's one argument that flushes every file system's cached data to its device
+/// and exits (`ak-agent --sync-filesystems`): what the host runs inside a microVM's guest,
+/// as `/proc/1/exe` (the agent is the guest's init, whatever its image holds), before it
+/// stops the VM to copy its writable disk. Here because host and agent both name it.
+pub const SYNC_FILESYSTEMS_ARG: &str = "--sync-filesystems";
+
 pub use client::{AgentClient, ExecControl, ExecEvent, ExecHandle};
 pub use error::ProtocolError;
 pub use frame::{FrameReader, FrameWriter, MAX_CHUNK_LEN, MAX_FRAME_LEN};

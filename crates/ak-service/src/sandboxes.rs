@@ -195,7 +195,7 @@ impl Service {
                 // A backend that snapshots keeps the root's writable layer beside the
                 // workspace, where it outlives a stop and the host can copy it.
                 let root_on_host = backend.capabilities().snapshots
-                    && backend.root_layer() == ak_core::backend::RootLayer::HostDir;
+                    && backend.root_layer() != ak_core::backend::RootLayer::Backend;
                 let (workspace, root) = self.make_workspace(&spec.id, root_owner, root_on_host)?;
                 if let Some(source) = &spec.source
                     && let Err(error) =

@@ -17,6 +17,10 @@ use crate::snapshot::tree::{self, IdMap};
 use crate::snapshot::{SnapshotInfo, SnapshotRecord, Store, Trees};
 use crate::{Caller, Service};
 
+/// How long a guest's flush may take before a snapshot gives up (a gigabyte of dirty
+/// pages written out under emulation takes seconds).
+const FLUSH_LIMIT_MS: u64 = 120_000;
+
 /// Where a named sandbox's root directory lives, beside its workspace.
 pub(crate) const ROOT_DIR: &str = "root";
 pub(crate) const WORKSPACE_DIR: &str = "workspace";
@@ -61,7 +65,7 @@ impl Service {
         }
         let root = match backend.root_layer() {
             RootLayer::Backend => Root::Backend,
-            RootLayer::HostDir => {
+            RootLayer::HostDir | RootLayer::GuestDisk => {
                 let root = record.spec.root_dir.clone().ok_or_else(|| {
                     ServiceError::InvalidInput(format!(
                         "sandbox '{}' keeps its root in memory (it was made before \
@@ -111,6 +115,13 @@ impl Service {
         let store = self.snapshot_store()?;
         if store.exists(&name) {
             return Err(ServiceError::SnapshotExists(name));
+        }
+        // A paused guest cannot flush: its disk holds what it had written when paused,
+        // as after a power cut (its journal recovers it on the restored VM's first mount).
+        if record.state == SandboxState::Running
+            && self.backend(record.backend)?.root_layer() == RootLayer::GuestDisk
+        {
+            self.flush_guest(sandbox).await?;
         }
         let ids = self.id_map(record.backend)?;
         // A paused sandbox is frozen already, and stays so.
@@ -209,6 +220,42 @@ impl Service {
         }
         drop(lock);
         Ok(())
+    }
+
+    /// Has a running VM's guest write its cached file system data to its disks, before it
+    /// is frozen for a copy of them: the agent's `--sync-filesystems`, run as `/proc/1/exe`.
+    /// Writes made between this and the freeze may be partly on the disk: they are what
+    /// the file system's journal recovers at the restored VM's first mount.
+    async fn flush_guest(&self, sandbox: &str) -> Result<(), ServiceError> {
+        let flush_failed =
+            |why: String| ServiceError::State(format!("flushing the guest's file systems: {why}"));
+        let client = self.client_named(sandbox).await?;
+        let mut exec = client
+            .exec(ak_core::ExecSpec {
+                argv: vec![
+                    "/proc/1/exe".into(),
+                    ak_protocol::SYNC_FILESYSTEMS_ARG.into(),
+                ],
+                timeout_ms: Some(FLUSH_LIMIT_MS),
+                ..ak_core::ExecSpec::default()
+            })
+            .await?;
+        loop {
+            match exec.next_event().await? {
+                Some(ak_protocol::ExecEvent::Exited { status, timed_out }) => {
+                    return match (status, timed_out) {
+                        (ak_core::ExitStatus::Code(0), false) => Ok(()),
+                        (_, true) => Err(flush_failed(format!(
+                            "not done within {} s",
+                            FLUSH_LIMIT_MS / 1000
+                        ))),
+                        (status, false) => Err(flush_failed(format!("it ended with {status:?}"))),
+                    };
+                }
+                Some(_) => {}
+                None => return Err(flush_failed("the agent's connection closed".into())),
+            }
+        }
     }
 
     /// Every snapshot.

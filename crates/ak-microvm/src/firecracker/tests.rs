@@ -253,6 +253,7 @@ fn boot<'a>(kernel: &'a Path, initramfs: &'a Path, base: &'a Path) -> Boot<'a> {
         kernel,
         initramfs,
         base,
+        layer: None,
         kernel_args: "console=ttyS0".into(),
         init_args: "--guest --vsock 1024".into(),
         vcpus: 2,
