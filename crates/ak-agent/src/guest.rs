@@ -131,8 +131,18 @@ pub(crate) fn enter_root(
     )?;
     reached("base image mounted");
     if layer_disk {
-        // Kept by the host across stops and copied by its snapshots.
-        mount_fs(LAYER_DEVICE, "/layer", "ext4", MountFlags::NOSUID, None)?;
+        // Kept by the host across stops and copied by its snapshots, taken between two
+        // instructions (the vCPUs stopped): with every write journalled, data included,
+        // the copy's journal recovers a state the guest really had (an ordered-data
+        // file system can come back with an appended file's new size before its data,
+        // zeros at its end; measured).
+        mount_fs(
+            LAYER_DEVICE,
+            "/layer",
+            "ext4",
+            MountFlags::NOSUID,
+            Some(c"data=journal"),
+        )?;
     } else {
         mount_fs(
             "tmpfs",

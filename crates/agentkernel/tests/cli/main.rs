@@ -20,6 +20,7 @@ mod escape;
 mod leaks;
 mod microvm;
 mod microvm_net;
+mod microvm_snapshot;
 mod named;
 mod pause;
 mod run;
