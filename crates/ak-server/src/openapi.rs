@@ -152,6 +152,19 @@ pub const OPERATIONS: &[(&str, &str, &str, &[&[u16]])] = &[
         "extendTtl",
         &[NAMED, &[409, 413]],
     ),
+    // 409: not in the state the change starts from; 503: a backend that cannot freeze.
+    (
+        "post",
+        "/sandboxes/{name}/pause",
+        "pauseSandbox",
+        &[NAMED, &[409, 503]],
+    ),
+    (
+        "post",
+        "/sandboxes/{name}/resume",
+        "resumeSandbox",
+        &[NAMED, &[409, 503]],
+    ),
     ("get", "/sandboxes/{name}/logs", "getSandboxLogs", &[NAMED]),
     (
         "post",
