@@ -1,4 +1,5 @@
-//! `pause` and `resume` of named sandboxes through the CLI, on native, docker and microvm:
+//! `pause` and `resume` of named sandboxes through the CLI, on native, docker, podman and
+//! microvm:
 //! a process inside stops where it is (a counter stops advancing) and goes on after, the
 //! sandbox cannot be reached while paused, a paused VM's QEMU uses no CPU, a TCP
 //! connection inside a VM survives, a paused sandbox can be stopped or removed, and
@@ -151,6 +152,15 @@ fn docker_sandboxes_pause_and_resume() {
     crate::docker::engine();
     let n = name("docker");
     crate::docker::create_started("docker", &n);
+    pause_and_resume(&n);
+}
+
+#[test]
+fn podman_sandboxes_pause_and_resume() {
+    let _host = shared_host();
+    crate::docker::podman_engine();
+    let n = name("podman");
+    crate::docker::create_started("podman", &n);
     pause_and_resume(&n);
 }
 
