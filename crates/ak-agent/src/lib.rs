@@ -23,6 +23,7 @@ mod seccomp;
 mod server;
 mod signals;
 mod spawn;
+mod tasks;
 mod users;
 mod write;
 
@@ -39,16 +40,16 @@ const LOG_ENV: &str = "AK_AGENT_LOG";
 /// Runs the agent with the process's arguments; returns the process exit code: 0 after a
 /// shutdown or the end of the host connection, 1 on a start-up failure, 2 on bad arguments.
 pub fn main_entry() -> i32 {
-    // Not a way of serving, so apart from the parser: flush every file system's dirty data
-    // to its device and exit. The host runs it inside a microVM as `/proc/1/exe` (the
-    // agent itself, which every guest has whatever its image) before it stops the VM to
-    // copy its writable disk.
-    if std::env::args_os()
-        .skip(1)
-        .eq([std::ffi::OsString::from(ak_protocol::SYNC_FILESYSTEMS_ARG)])
-    {
-        rustix::fs::sync();
-        return 0;
+    let given: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(task) = tasks::parse(&given) {
+        init_logging();
+        return match task {
+            Ok(task) => tasks::run(&task),
+            Err(e) => {
+                tracing::error!("{e}");
+                2
+            }
+        };
     }
     let args = match args::parse(std::env::args_os().skip(1)) {
         Ok(args) => args,

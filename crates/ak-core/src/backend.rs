@@ -231,6 +231,12 @@ pub trait Backend: Send + Sync + fmt::Debug {
         })
     }
 
+    /// Whether a sandbox's clock stands still while it is frozen (a VM's guest clock
+    /// follows its vCPUs): the service sets it to the host's after a resume.
+    fn clock_stops_when_frozen(&self) -> bool {
+        false
+    }
+
     /// Stops (`true`) or lets go on (`false`) every process of a running persistent
     /// sandbox, for a consistent copy of its writable state: a frozen process holds its
     /// place and its memory but runs no instruction until thawed. Backends that snapshot

@@ -669,6 +669,10 @@ impl Backend for MicrovmBackend {
         RootLayer::GuestDisk
     }
 
+    fn clock_stops_when_frozen(&self) -> bool {
+        true
+    }
+
     async fn set_frozen(&self, handle: &SandboxHandle, frozen: bool) -> Result<(), BackendError> {
         let record = Self::decode(handle)?;
         if !record.hypervisor_alive() {

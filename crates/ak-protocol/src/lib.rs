@@ -17,6 +17,11 @@ pub mod message;
 /// stops the VM to copy its writable disk. Here because host and agent both name it.
 pub const SYNC_FILESYSTEMS_ARG: &str = "--sync-filesystems";
 
+/// The agent's argument that sets the system clock and exits (`ak-agent --set-clock
+/// SECONDS.NANOSECONDS`, Unix time): what the host runs inside a microVM's guest after
+/// resuming it, since the guest's clock stood still while its vCPUs were stopped.
+pub const SET_CLOCK_ARG: &str = "--set-clock";
+
 pub use client::{AgentClient, ExecControl, ExecEvent, ExecHandle};
 pub use error::ProtocolError;
 pub use frame::{FrameReader, FrameWriter, MAX_CHUNK_LEN, MAX_FRAME_LEN};

@@ -10,6 +10,7 @@ pub mod detached;
 mod error;
 mod expiry;
 mod files;
+mod guest;
 mod image_config;
 mod images;
 pub mod output;

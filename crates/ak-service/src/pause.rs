@@ -54,13 +54,21 @@ impl Service {
         self.audited(caller, "pause", Some(name), None, result)
     }
 
-    /// Resumes a paused sandbox where it stopped.
+    /// Resumes a paused sandbox where it stopped (a VM's clock set to the host's: it
+    /// stood still while paused).
     pub async fn resume_named(
         &self,
         caller: Caller,
         name: &str,
     ) -> Result<SandboxRecord, ServiceError> {
         let result = self.set_paused(name, false).await;
+        if let Ok(record) = &result
+            && self.backend(record.backend)?.clock_stops_when_frozen()
+            && let Err(e) = self.set_guest_clock(name).await
+        {
+            // Resumed all the same; its clock lags by the time it was paused.
+            tracing::warn!(name, "setting the clock of a resumed VM: {e}");
+        }
         self.audited(caller, "resume", Some(name), None, result)
     }
 }

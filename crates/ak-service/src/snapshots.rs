@@ -10,17 +10,12 @@ use std::time::Instant;
 use ak_core::SandboxState;
 use ak_core::backend::{RootLayer, SANDBOX_ID_COUNT, SandboxHandle};
 use ak_core::spec::{new_sandbox_id, validate_name};
-use ak_protocol::AgentClient;
 
 use crate::error::ServiceError;
 use crate::registry::SandboxRecord;
 use crate::snapshot::tree::{self, IdMap};
 use crate::snapshot::{SnapshotInfo, SnapshotRecord, Store, Trees};
 use crate::{Caller, Service};
-
-/// How long a guest's flush may take before a snapshot gives up (a gigabyte of dirty
-/// pages written out under emulation takes seconds).
-const FLUSH_LIMIT_MS: u64 = 120_000;
 
 /// Where a named sandbox's root directory lives, beside its workspace.
 pub(crate) const ROOT_DIR: &str = "root";
@@ -235,43 +230,6 @@ impl Service {
         }
         drop(lock);
         Ok(())
-    }
-
-    /// Has a running VM's guest write its cached file system data to its disks, before it
-    /// is frozen for a copy of them: the agent's `--sync-filesystems`, run as `/proc/1/exe`.
-    /// Writes made between this and the freeze may be partly on the disk: they are what
-    /// the file system's journal recovers at the restored VM's first mount.
-    /// Returns the connection it used, for the caller to close once the VM runs again.
-    async fn flush_guest(&self, sandbox: &str) -> Result<AgentClient, ServiceError> {
-        let flush_failed =
-            |why: String| ServiceError::State(format!("flushing the guest's file systems: {why}"));
-        let client = self.client_named(sandbox).await?;
-        let mut exec = client
-            .exec(ak_core::ExecSpec {
-                argv: vec![
-                    "/proc/1/exe".into(),
-                    ak_protocol::SYNC_FILESYSTEMS_ARG.into(),
-                ],
-                timeout_ms: Some(FLUSH_LIMIT_MS),
-                ..ak_core::ExecSpec::default()
-            })
-            .await?;
-        loop {
-            match exec.next_event().await? {
-                Some(ak_protocol::ExecEvent::Exited { status, timed_out }) => {
-                    return match (status, timed_out) {
-                        (ak_core::ExitStatus::Code(0), false) => Ok(client),
-                        (_, true) => Err(flush_failed(format!(
-                            "not done within {} s",
-                            FLUSH_LIMIT_MS / 1000
-                        ))),
-                        (status, false) => Err(flush_failed(format!("it ended with {status:?}"))),
-                    };
-                }
-                Some(_) => {}
-                None => return Err(flush_failed("the agent's connection closed".into())),
-            }
-        }
     }
 
     /// Every snapshot.

@@ -1,8 +1,8 @@
 //! `pause` and `resume` of named sandboxes through the CLI, on native, docker, podman and
-//! microvm:
-//! a process inside stops where it is (a counter stops advancing) and goes on after, the
-//! sandbox cannot be reached while paused, a paused VM's QEMU uses no CPU, a TCP
-//! connection inside a VM survives, a paused sandbox can be stopped or removed, and
+//! microvm: a process inside stops where it is (a counter stops advancing) and goes on
+//! after, the sandbox cannot be reached while paused, a paused VM's QEMU uses no CPU, a
+//! TCP connection inside a VM survives, its clock is set again after the resume, a
+//! paused sandbox can be stopped or removed, and
 //! wrong-state requests are refused clearly.
 
 use std::path::PathBuf;
@@ -245,6 +245,21 @@ fn a_paused_vm_uses_no_cpu_and_keeps_its_processes_and_connections() {
     );
 
     assert_code(&ak(MODE, &["resume", &n]), 0);
+    // The guest's clock stood still while paused; the resume set it to the host's (it
+    // would lag by the whole pause otherwise).
+    let guest: f64 = stdout(&ak(MODE, &["exec", &n, "--", "date", "+%s.%N"]))
+        .trim()
+        .parse()
+        .unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        host - guest < WATCH.as_secs_f64() / 2.0,
+        "the guest's clock lags the host's by {:.2} s after a pause of {WATCH:?}",
+        host - guest
+    );
     crate::microvm::wait_until("pings after the resume", Duration::from_secs(30), || {
         lines().len() >= paused_lines + 3
     });
