@@ -38,6 +38,11 @@ pub enum Command {
     Cp(CpArgs),
     /// Stop a named sandbox: every process ends, its workdir stays.
     Stop(NameArgs),
+    /// Pause a running sandbox: its processes (a VM's vCPUs) stop where they are and use no
+    /// CPU, keeping their memory and connections, until `resume`.
+    Pause(NameArgs),
+    /// Resume a paused sandbox where it stopped.
+    Resume(NameArgs),
     /// Remove a stopped or failed sandbox and its workdir.
     #[command(alias = "rm")]
     Remove(RemoveArgs),

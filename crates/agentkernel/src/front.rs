@@ -69,6 +69,16 @@ pub async fn stop(name: &str) -> Result<SandboxRecord, Failure> {
     Ok(perform(action).await?.into_record()?)
 }
 
+pub async fn pause(name: &str) -> Result<SandboxRecord, Failure> {
+    let action = Action::Pause { name: name.into() };
+    Ok(perform(action).await?.into_record()?)
+}
+
+pub async fn resume(name: &str) -> Result<SandboxRecord, Failure> {
+    let action = Action::Resume { name: name.into() };
+    Ok(perform(action).await?.into_record()?)
+}
+
 pub async fn remove(name: &str, force: bool) -> Result<(), Failure> {
     let action = Action::Remove {
         name: name.into(),

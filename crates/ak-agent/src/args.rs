@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 /// Printed with every argument error.
-pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT | --vsock-connect PORT) [--hold-fd N] [--workdir DIR] [--seccomp FILE] [--guest] [--ready-port PORT] [--share TAG:PATH:rw|ro]... [--net ADDRESS/PREFIX,GATEWAY [--nameserver ADDRESS]...]";
+pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT | --vsock-connect PORT) [--hold-fd N] [--workdir DIR] [--seccomp FILE] [--guest] [--ready-port PORT] [--share TAG:PATH:rw|ro]... [--layer-disk] [--net ADDRESS/PREFIX,GATEWAY [--nameserver ADDRESS]...]";
 
 /// Where the host's connections come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +50,9 @@ pub(crate) struct Args {
     pub(crate) ready_port: Option<u32>,
     /// Host directories the VM's hypervisor shares over 9p, mounted by a `--guest` agent.
     pub(crate) shares: Vec<Share>,
+    /// The root's writable layer is the second virtio disk (ext4, kept by the host for a
+    /// named sandbox), not memory (`--guest` only).
+    pub(crate) layer_disk: bool,
     /// The VM's network device (`eth0`), configured by a `--guest` agent.
     pub(crate) net: Option<Net>,
     /// Written to the guest's `/etc/resolv.conf` (needs `--net`).
@@ -113,6 +116,8 @@ pub(crate) enum ArgsError {
     BadShare(String),
     #[error("--share is only for --guest")]
     ShareWithoutGuest,
+    #[error("--layer-disk is only for --guest")]
+    LayerDiskWithoutGuest,
     #[error(
         "--net needs ADDRESS/PREFIX,GATEWAY (IPv4, prefix 1-30, the gateway in the network and not the address), not {0:?}"
     )]
@@ -143,6 +148,7 @@ where
     let mut vsock_connect = None;
     let mut ready_port = None;
     let mut guest = false;
+    let mut layer_disk = false;
     let mut shares = Vec::new();
     let mut net = None;
     let mut nameservers = Vec::new();
@@ -206,6 +212,11 @@ where
                         .map_err(|_| ArgsError::BadNameserver(raw.to_string()))?,
                 );
             }
+            "--layer-disk" if inline.is_none() => {
+                if std::mem::replace(&mut layer_disk, true) {
+                    return Err(ArgsError::Repeated("--layer-disk"));
+                }
+            }
             "--guest" if inline.is_none() => {
                 if std::mem::replace(&mut guest, true) {
                     return Err(ArgsError::Repeated("--guest"));
@@ -249,6 +260,9 @@ where
     if !shares.is_empty() && !guest {
         return Err(ArgsError::ShareWithoutGuest);
     }
+    if layer_disk && !guest {
+        return Err(ArgsError::LayerDiskWithoutGuest);
+    }
     if net.is_some() && !guest {
         return Err(ArgsError::NetWithoutGuest);
     }
@@ -263,6 +277,7 @@ where
         guest,
         ready_port,
         shares,
+        layer_disk,
         net,
         nameservers,
     })
@@ -444,6 +459,15 @@ mod tests {
         assert_eq!(
             parse_strs(&["--vsock", "1", "--guest", "--guest"]),
             Err(ArgsError::Repeated("--guest"))
+        );
+        assert_eq!(
+            parse_strs(&["--vsock", "1", "--layer-disk"]),
+            Err(ArgsError::LayerDiskWithoutGuest)
+        );
+        assert!(
+            parse_strs(&["--vsock", "1", "--guest", "--layer-disk"])
+                .unwrap()
+                .layer_disk
         );
         assert_eq!(
             parse_strs(&["--vsock", "1", "--guest=yes"]),

@@ -11,6 +11,9 @@ use rustix::mount::{MountFlags, mount, mount_move};
 
 /// The disk holding the base image (the first virtio-blk device).
 const BASE_DEVICE: &str = "/dev/vda";
+/// The disk holding a named sandbox's writable layer (`--layer-disk`: the second
+/// virtio-blk device, ext4 made by the host).
+const LAYER_DEVICE: &str = "/dev/vdb";
 /// File systems a base image may have, tried in order (the host builds ext4).
 const BASE_FILE_SYSTEMS: [&str; 2] = ["ext4", "squashfs"];
 /// The search path of commands in the guest (the kernel starts init with none).
@@ -103,12 +106,13 @@ fn mount_fs(
     )
 }
 
-/// Builds the sandbox's root and enters it: base image (read-only) + tmpfs upper layer as
-/// an overlay, then `/proc`, `/sys`, `/dev`, `/dev/pts`, `/dev/shm`, `/tmp`, `/run`, and
+/// Builds the sandbox's root and enters it: base image (read-only) + an upper layer (a
+/// tmpfs, or the layer disk when `layer_disk`) as an overlay, then `/proc`, `/sys`, `/dev`, `/dev/pts`, `/dev/shm`, `/tmp`, `/run`, and
 /// the working directory (which an image need not have).
 pub(crate) fn enter_root(
     workdir: Option<&std::path::Path>,
     shares: &[crate::args::Share],
+    layer_disk: bool,
 ) -> Result<(), GuestError> {
     // In the initramfs (a writable ramfs holding only this program).
     mount_fs("devtmpfs", "/dev", "devtmpfs", MountFlags::NOSUID, None)?;
@@ -126,16 +130,31 @@ pub(crate) fn enter_root(
         mounted,
     )?;
     reached("base image mounted");
-    mount_fs(
-        "tmpfs",
-        "/layer",
-        "tmpfs",
-        MountFlags::NOSUID,
-        Some(c"mode=0755"),
-    )?;
+    if layer_disk {
+        // Kept by the host across stops and copied by its snapshots, taken between two
+        // instructions (the vCPUs stopped): with every write journalled, data included,
+        // the copy's journal recovers a state the guest really had (an ordered-data
+        // file system can come back with an appended file's new size before its data,
+        // zeros at its end; measured).
+        mount_fs(
+            LAYER_DEVICE,
+            "/layer",
+            "ext4",
+            MountFlags::NOSUID,
+            Some(c"data=journal"),
+        )?;
+    } else {
+        mount_fs(
+            "tmpfs",
+            "/layer",
+            "tmpfs",
+            MountFlags::NOSUID,
+            Some(c"mode=0755"),
+        )?;
+    }
     mkdir("/layer/upper")?;
     mkdir("/layer/work")?;
-    reached("tmpfs layer mounted");
+    reached("layer mounted");
     mount_fs(
         "overlay",
         "/root",

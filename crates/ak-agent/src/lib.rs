@@ -23,6 +23,7 @@ mod seccomp;
 mod server;
 mod signals;
 mod spawn;
+mod tasks;
 mod users;
 mod write;
 
@@ -39,6 +40,17 @@ const LOG_ENV: &str = "AK_AGENT_LOG";
 /// Runs the agent with the process's arguments; returns the process exit code: 0 after a
 /// shutdown or the end of the host connection, 1 on a start-up failure, 2 on bad arguments.
 pub fn main_entry() -> i32 {
+    let given: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    if let Some(task) = tasks::parse(&given) {
+        init_logging();
+        return match task {
+            Ok(task) => tasks::run(&task),
+            Err(e) => {
+                tracing::error!("{e}");
+                2
+            }
+        };
+    }
     let args = match args::parse(std::env::args_os().skip(1)) {
         Ok(args) => args,
         Err(ArgsError::Help) => {
@@ -58,12 +70,11 @@ pub fn main_entry() -> i32 {
             tracing::error!("--guest is only for the init of a microVM");
             return 2;
         }
-        let entered = guest::enter_root(args.workdir.as_deref(), &args.shares).and_then(|()| {
-            match &args.net {
+        let entered = guest::enter_root(args.workdir.as_deref(), &args.shares, args.layer_disk)
+            .and_then(|()| match &args.net {
                 Some(net) => guest::network_up(net, &args.nameservers),
                 None => Ok(()),
-            }
-        });
+            });
         if entered.is_ok() && args.net.is_some() {
             guest::reached("network configured");
         }

@@ -120,6 +120,24 @@ pub struct Capabilities {
     pub image_layers: bool,
 }
 
+/// Where a backend that snapshots ([`Capabilities::snapshots`]) keeps a named sandbox's
+/// root's writable layer, which decides how the service copies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RootLayer {
+    /// In a host directory the service gives the sandbox ([`crate::SandboxSpec::root_dir`]),
+    /// copied file by file into the snapshot store.
+    HostDir,
+    /// In a disk image inside the host directory the service gives the sandbox
+    /// ([`crate::SandboxSpec::root_dir`]), whose file system the guest's kernel caches (a
+    /// microVM's writable disk): copied like [`RootLayer::HostDir`], once the guest has
+    /// flushed its file systems (the service runs the agent's `--sync-filesystems` in
+    /// it) and is frozen.
+    GuestDisk,
+    /// Inside the backend, which saves it whole as an immutable layer of its own (a
+    /// container engine's committed image) through [`Backend::save_root_layer`].
+    Backend,
+}
+
 /// A byte stream to a sandbox's agent.
 pub trait Transport: AsyncRead + AsyncWrite + Send + Unpin + fmt::Debug {
     /// The connection as a blocking file descriptor, for another process to take over (the
@@ -196,6 +214,42 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// What this backend can do besides running commands.
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
+    }
+
+    /// Where this backend keeps a named sandbox's root's writable layer (meaningful when
+    /// [`Capabilities::snapshots`] is set).
+    fn root_layer(&self) -> RootLayer {
+        RootLayer::HostDir
+    }
+
+    /// [`RootLayer::Backend`] only: saves the root's writable layer of a running
+    /// persistent sandbox (frozen by the caller) as an immutable layer, and returns what
+    /// names it for [`crate::SandboxSpec::root_layer`]. The layer outlives the sandbox
+    /// and this process until [`Backend::remove_root_layer`].
+    async fn save_root_layer(&self, handle: &SandboxHandle) -> Result<String, BackendError> {
+        let _ = handle;
+        Err(BackendError::Unsupported {
+            backend: self.kind().to_string(),
+            reason: "it does not keep sandboxes' root layers itself".into(),
+        })
+    }
+
+    /// [`RootLayer::Backend`] only: lets go of a layer [`Backend::save_root_layer`] made,
+    /// once neither a snapshot nor a sandbox names it. A layer still in use by the
+    /// backend (a container made from it, a layer saved on top of it) stays until that
+    /// use ends. Idempotent: a layer already gone is fine.
+    async fn remove_root_layer(&self, layer: &str) -> Result<(), BackendError> {
+        let _ = layer;
+        Err(BackendError::Unsupported {
+            backend: self.kind().to_string(),
+            reason: "it does not keep sandboxes' root layers itself".into(),
+        })
+    }
+
+    /// Whether a sandbox's clock stands still while it is frozen (a VM's guest clock
+    /// follows its vCPUs): the service sets it to the host's after a resume.
+    fn clock_stops_when_frozen(&self) -> bool {
+        false
     }
 
     /// Stops (`true`) or lets go on (`false`) every process of a running persistent

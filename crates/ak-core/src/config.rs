@@ -671,6 +671,7 @@ pub fn resolve(
     Ok(SandboxSpec {
         hostname: format!("ak-{}", &id[..id.len().min(12)]),
         root_dir: None,
+        root_layer: None,
         id,
         backend,
         image,

@@ -69,6 +69,12 @@ pub struct SandboxSpec {
     /// `inspect`).
     #[serde(skip)]
     pub secret_values: SecretValues,
+    /// A root writable layer that a backend keeping it itself
+    /// ([`crate::backend::RootLayer::Backend`]) saved for a snapshot
+    /// ([`crate::Backend::save_root_layer`]; docker: a committed image's id): the root
+    /// starts from it, on top of the image, instead of from the image alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_layer: Option<String>,
 }
 
 /// A fresh, unique sandbox id (32 lowercase hex digits).

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 pub enum SandboxState {
     Creating,
     Running,
+    /// Alive but frozen: every process (or the VM's vCPUs) stopped where it was, holding
+    /// its memory and connections, using no CPU until resumed.
+    Paused,
     Stopped,
     Removed,
     Failed,
@@ -20,6 +23,7 @@ impl SandboxState {
         match self {
             SandboxState::Creating => "creating",
             SandboxState::Running => "running",
+            SandboxState::Paused => "paused",
             SandboxState::Stopped => "stopped",
             SandboxState::Removed => "removed",
             SandboxState::Failed => "failed",
@@ -32,10 +36,19 @@ impl SandboxState {
         matches!(
             (self, next),
             (Creating, Running | Stopped | Failed)
-                | (Running, Stopped | Failed)
+                | (Running, Paused | Stopped | Failed)
+                | (Paused, Running | Stopped | Failed)
                 | (Stopped, Running | Removed | Failed)
                 | (Failed, Removed)
         )
+    }
+}
+
+impl SandboxState {
+    /// Whether the sandbox's processes exist (running or paused): it holds host
+    /// resources that a stop or removal must release.
+    pub fn is_up(self) -> bool {
+        matches!(self, SandboxState::Running | SandboxState::Paused)
     }
 }
 
@@ -56,6 +69,10 @@ mod tests {
         assert!(Stopped.can_become(Running));
         assert!(Stopped.can_become(Removed));
         assert!(Failed.can_become(Removed));
+        assert!(Running.can_become(Paused));
+        assert!(Paused.can_become(Running));
+        assert!(Paused.can_become(Stopped));
+        assert!(Paused.can_become(Failed));
     }
 
     #[test]
@@ -65,5 +82,8 @@ mod tests {
         assert!(!Removed.can_become(Removed));
         assert!(!Failed.can_become(Running));
         assert!(!Stopped.can_become(Stopped));
+        assert!(!Stopped.can_become(Paused));
+        assert!(!Paused.can_become(Paused));
+        assert!(!Paused.can_become(Removed));
     }
 }

@@ -43,6 +43,9 @@ pub enum DockerError {
     /// had here.
     #[error("{0}")]
     EgressUnavailable(String),
+    /// A saved root layer (a snapshot's committed image) that cannot be used.
+    #[error("{0}")]
+    Layer(String),
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {

@@ -9,13 +9,14 @@ mod engine;
 mod error;
 mod export;
 mod images;
+mod layers;
 mod sandbox;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use ak_core::backend::{Lifetime, SandboxHandle};
+use ak_core::backend::{Lifetime, RootLayer, SandboxHandle};
 use ak_core::{
     Backend, BackendError, BackendKind, BackendProbe, ImageRef, NetworkMode, Sandbox, SandboxSpec,
 };
@@ -149,6 +150,15 @@ impl DockerBackend {
     ) -> Result<DockerSandbox, DockerError> {
         let image = self.image_name(spec)?;
         images::ensure_present(client, image, self.progress.as_deref()).await?;
+        // A sandbox restored from a snapshot starts from the layer saved on top of its
+        // image, by id: a saved layer is never pulled, and the name's image may have moved.
+        let image = match &spec.root_layer {
+            Some(layer) => {
+                layers::check_present(client, layer).await?;
+                layer.as_str()
+            }
+            None => image,
+        };
         let base = self.run_base();
         std::fs::DirBuilder::new()
             .recursive(true)
@@ -425,17 +435,39 @@ impl Backend for DockerBackend {
 
     fn capabilities(&self) -> ak_core::backend::Capabilities {
         // The workdir mount (`--mount-cwd`, `--dir`) is a bind mount; `attach` is the
-        // agent's PTY, as on the native backend.
+        // agent's PTY, as on the native backend; snapshots save the container's layer
+        // through the engine (`layers.rs`).
         ak_core::backend::Capabilities {
             mount_cwd: true,
             attach: true,
+            snapshots: true,
             ..ak_core::backend::Capabilities::default()
         }
     }
 
+    fn root_layer(&self) -> RootLayer {
+        RootLayer::Backend
+    }
+
+    async fn set_frozen(&self, handle: &SandboxHandle, frozen: bool) -> Result<(), BackendError> {
+        let data = decode(handle)?;
+        let client = self.client().await?;
+        Ok(layers::set_paused(client, &data.container, frozen).await?)
+    }
+
+    async fn save_root_layer(&self, handle: &SandboxHandle) -> Result<String, BackendError> {
+        let data = decode(handle)?;
+        let client = self.client().await?;
+        Ok(layers::save(client, &data.container).await?)
+    }
+
+    async fn remove_root_layer(&self, layer: &str) -> Result<(), BackendError> {
+        let client = self.client().await?;
+        Ok(layers::remove(client, layer).await?)
+    }
+
     async fn attach(&self, handle: &SandboxHandle) -> Result<Box<dyn Sandbox>, BackendError> {
-        let data: HandleData = serde_json::from_str(&handle.data)
-            .map_err(|e| BackendError::Setup(format!("bad handle of {}: {e}", handle.id)))?;
+        let data = decode(handle)?;
         // No engine round trip on this path (every `exec` takes it): the agent answering
         // on its socket is what "running" means for a sandbox.
         let first = UnixStream::connect(data.run_dir.join(SOCKET_NAME))
@@ -456,8 +488,7 @@ impl Backend for DockerBackend {
     }
 
     async fn release(&self, handle: &SandboxHandle) -> Result<(), BackendError> {
-        let data: HandleData = serde_json::from_str(&handle.data)
-            .map_err(|e| BackendError::Setup(format!("bad handle of {}: {e}", handle.id)))?;
+        let data = decode(handle)?;
         let client = self.client().await?;
         let removed = remove(client, &data.container, &data.run_dir).await;
         data.stop_helper();
@@ -483,6 +514,11 @@ impl Backend for DockerBackend {
         }
         Ok(egress::set_allowlist(&data.run_dir, allowlist)?)
     }
+}
+
+fn decode(handle: &SandboxHandle) -> Result<HandleData, BackendError> {
+    serde_json::from_str(&handle.data)
+        .map_err(|e| BackendError::Setup(format!("bad handle of {}: {e}", handle.id)))
 }
 
 #[cfg(test)]

@@ -36,6 +36,9 @@ pub enum MicrovmError {
     /// The VM's network could not be set up on the host.
     #[error("the VM's network: {0}")]
     Network(String),
+    /// QEMU's machine protocol failed or answered what it should not.
+    #[error("QEMU's machine protocol (QMP): {0}")]
+    Qmp(String),
     #[error("Firecracker's API at {}: {reason}", socket.display())]
     FirecrackerUnreachable { socket: PathBuf, reason: String },
 }

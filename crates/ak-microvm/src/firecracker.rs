@@ -33,60 +33,82 @@ pub const CMDLINE: &str = "reboot=k pci=off";
 /// One API call.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiRequest {
+    /// `PUT` (configuration and actions) or `PATCH` (a started VM's state).
+    pub method: hyper::Method,
     pub path: &'static str,
     pub body: Value,
+}
+
+impl ApiRequest {
+    fn put(path: &'static str, body: Value) -> ApiRequest {
+        ApiRequest {
+            method: hyper::Method::PUT,
+            path,
+            body,
+        }
+    }
+}
+
+/// The call that pauses (`true`) or resumes a started VM: its vCPUs stop where they are,
+/// its memory and devices stay.
+pub fn pause_request(paused: bool) -> ApiRequest {
+    ApiRequest {
+        method: hyper::Method::PATCH,
+        path: "/vm",
+        body: json!({ "state": if paused { "Paused" } else { "Resumed" } }),
+    }
 }
 
 /// The calls that configure and start a VM for `boot`, in the order they are made
 /// (every `PUT`; `InstanceStart` last, after everything it needs).
 pub fn requests(boot: &Boot, layout: &Layout) -> Vec<ApiRequest> {
     let mut requests = vec![
-        ApiRequest {
-            path: "/boot-source",
-            body: json!({
+        ApiRequest::put(
+            "/boot-source",
+            json!({
                 "kernel_image_path": boot.kernel,
                 "initrd_path": boot.initramfs,
                 "boot_args": boot.cmdline(CMDLINE),
             }),
-        },
-        ApiRequest {
-            path: "/drives/base",
-            body: json!({
+        ),
+        ApiRequest::put(
+            "/drives/base",
+            json!({
                 "drive_id": "base",
                 "path_on_host": boot.base,
                 "is_root_device": false,
                 "is_read_only": true,
             }),
-        },
-        ApiRequest {
-            path: "/machine-config",
-            body: json!({
+        ),
+        ApiRequest::put(
+            "/machine-config",
+            json!({
                 "vcpu_count": boot.vcpus,
                 "mem_size_mib": boot.memory_mib,
             }),
-        },
-        ApiRequest {
-            path: "/vsock",
-            body: json!({
+        ),
+        ApiRequest::put(
+            "/vsock",
+            json!({
                 "guest_cid": GUEST_CID,
                 "uds_path": layout.vsock(),
             }),
-        },
+        ),
     ];
     if let Some(nic) = &boot.nic {
-        requests.push(ApiRequest {
-            path: "/network-interfaces/eth0",
-            body: json!({
+        requests.push(ApiRequest::put(
+            "/network-interfaces/eth0",
+            json!({
                 "iface_id": "eth0",
                 "host_dev_name": nic.tap,
                 "guest_mac": nic.mac,
             }),
-        });
+        ));
     }
-    requests.push(ApiRequest {
-        path: "/actions",
-        body: json!({ "action_type": "InstanceStart" }),
-    });
+    requests.push(ApiRequest::put(
+        "/actions",
+        json!({ "action_type": "InstanceStart" }),
+    ));
     requests
 }
 
@@ -105,7 +127,9 @@ pub async fn configure(socket: &Path, requests: &[ApiRequest]) -> Result<(), Mic
     let driver = tokio::spawn(connection);
     let result = async {
         for request in requests {
-            let http_request = hyper::Request::put(request.path)
+            let http_request = hyper::Request::builder()
+                .method(request.method.clone())
+                .uri(request.path)
                 .header(hyper::header::HOST, "localhost")
                 .header(hyper::header::CONTENT_TYPE, "application/json")
                 .header(hyper::header::ACCEPT, "application/json")
@@ -133,7 +157,7 @@ pub async fn configure(socket: &Path, requests: &[ApiRequest]) -> Result<(), Mic
                     })
                     .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
                 return Err(MicrovmError::FirecrackerApi {
-                    request: format!("PUT {}", request.path),
+                    request: format!("{} {}", request.method, request.path),
                     status: status.as_u16(),
                     body: text,
                 });
@@ -153,6 +177,11 @@ pub async fn launch(
     layout: &Layout,
     lifetime: Lifetime,
 ) -> Result<Launched, MicrovmError> {
+    if boot.layer.is_some() {
+        return Err(MicrovmError::Unsupported(
+            "a named sandbox's layer disk needs the qemu driver".into(),
+        ));
+    }
     if !boot.shares.is_empty() {
         return Err(MicrovmError::Unsupported(
             "Firecracker has no shared file system device: host directories (a named sandbox's workdir, --mount-cwd, --dir) need the qemu driver".into(),

@@ -9,6 +9,7 @@ pub mod firecracker;
 pub mod guest;
 mod net;
 mod qemu;
+mod qmp;
 mod sandbox;
 pub mod tools;
 mod vm;
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use ak_core::backend::{Capabilities, Lifetime, SandboxHandle};
+use ak_core::backend::{Capabilities, Lifetime, RootLayer, SandboxHandle};
 use ak_core::config::MicrovmOptions;
 use ak_core::{
     Backend, BackendError, BackendKind, BackendProbe, NetworkMode, Sandbox, SandboxSpec,
@@ -53,6 +54,9 @@ pub struct Boot<'a> {
     pub initramfs: &'a Path,
     /// The read-only base image (the guest's `/dev/vda`).
     pub base: &'a Path,
+    /// A named sandbox's writable layer disk (the guest's `/dev/vdb`, ext4), kept in the
+    /// directory the service gives it; `None`: the layer is in the guest's memory.
+    pub layer: Option<&'a Path>,
     /// The kernel's parameters (the driver adds its own and its devices').
     pub kernel_args: String,
     /// The agent's arguments (after `--`).
@@ -306,7 +310,10 @@ impl MicrovmBackend {
         for mount in &spec.mounts {
             on_cmdline("mount point", &mount.target)?;
         }
-        let max_shares = qemu::max_shares(spec.policy.network != NetworkMode::None);
+        let max_shares = qemu::max_shares(
+            spec.policy.network != NetworkMode::None,
+            spec.root_dir.is_some(),
+        );
         if spec.mounts.len() > max_shares {
             return Err(MicrovmError::Unsupported(format!(
                 "at most {max_shares} host directories can be shared with a VM"
@@ -340,6 +347,9 @@ impl MicrovmBackend {
             ),
         };
         let mut init_args = format!("--guest {mode} --workdir {}", spec.workdir.display());
+        if spec.root_dir.is_some() {
+            init_args.push_str(" --layer-disk");
+        }
         for share in shares(spec) {
             let access = if share.writable { "rw" } else { "ro" };
             init_args.push_str(&format!(
@@ -381,13 +391,17 @@ impl MicrovmBackend {
             _ => None,
         };
         let (cache, agent) = (self.cache.clone(), self.agent.clone());
+        let layer_dir = spec.root_dir.clone();
         // Hashing a directory image and packing it are file-system heavy: off the runtime.
-        let (base, initramfs) = tokio::task::spawn_blocking(move || {
+        let (base, initramfs, layer) = tokio::task::spawn_blocking(move || {
             let base = match container {
                 Some(disk) => disk,
                 None => guest::image::ensure(&cache, &source)?,
             };
-            Ok::<_, MicrovmError>((base, initramfs::ensure(&cache, &agent)?))
+            let layer = layer_dir
+                .map(|dir| guest::layer_disk::ensure(&dir))
+                .transpose()?;
+            Ok::<_, MicrovmError>((base, initramfs::ensure(&cache, &agent)?, layer))
         })
         .await
         .map_err(|e| MicrovmError::Artifact(format!("preparing the guest failed: {e}")))??;
@@ -442,6 +456,7 @@ impl MicrovmBackend {
             kernel: &kernel,
             initramfs: &initramfs,
             base: &base,
+            layer: layer.as_deref(),
             kernel_args,
             init_args,
             vcpus,
@@ -805,12 +820,42 @@ impl Backend for MicrovmBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        // `attach` is the agent's PTY, as everywhere.
+        // `attach` is the agent's PTY, as everywhere. Named sandboxes (and with them
+        // snapshots of their layer disk) need the workdir shared: QEMU only.
         Capabilities {
             attach: true,
             mount_cwd: self.driver == DriverKind::Qemu,
+            snapshots: self.driver == DriverKind::Qemu,
             ..Capabilities::default()
         }
+    }
+
+    fn root_layer(&self) -> RootLayer {
+        RootLayer::GuestDisk
+    }
+
+    fn clock_stops_when_frozen(&self) -> bool {
+        true
+    }
+
+    async fn set_frozen(&self, handle: &SandboxHandle, frozen: bool) -> Result<(), BackendError> {
+        let record = Self::decode(handle)?;
+        if !record.hypervisor_alive() {
+            return Err(BackendError::Gone(handle.id.clone()));
+        }
+        // The vCPUs stop where they are; the guest's memory, devices and the host's side
+        // of its connections stay.
+        match record.driver {
+            DriverKind::Qemu => qmp::set_paused(&record.layout.qmp_socket(), frozen).await?,
+            DriverKind::Firecracker => {
+                firecracker::configure(
+                    &record.layout.api_socket(),
+                    &[firecracker::pause_request(frozen)],
+                )
+                .await?
+            }
+        }
+        Ok(())
     }
 
     async fn attach(&self, handle: &SandboxHandle) -> Result<Box<dyn Sandbox>, BackendError> {

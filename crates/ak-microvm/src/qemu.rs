@@ -26,13 +26,13 @@ const MMIO_BASE: u64 = 0xfeb0_0000;
 const MMIO_SIZE: u64 = 512;
 const MMIO_TRANSPORTS: u64 = 8;
 const MMIO_FIRST_IRQ: u64 = 5;
-/// Our fixed devices, in `-device` order: the base disk, then vsock; the network device
-/// (when there is one) and the shares follow.
+/// Our fixed devices, in `-device` order: the base disk, then vsock; the layer disk, the
+/// network device (when there are) and the shares follow.
 const FIXED_DEVICES: u64 = 2;
 
 /// How many 9p shares fit in the remaining transports.
-pub fn max_shares(nic: bool) -> usize {
-    (MMIO_TRANSPORTS - FIXED_DEVICES - u64::from(nic)) as usize
+pub fn max_shares(nic: bool, layer: bool) -> usize {
+    (MMIO_TRANSPORTS - FIXED_DEVICES - u64::from(nic) - u64::from(layer)) as usize
 }
 
 /// `virtio_mmio.device=` declarations of our devices. QEMU can append them itself, but
@@ -75,6 +75,12 @@ pub fn arguments(boot: &Boot, layout: &Layout, kvm: bool) -> Vec<String> {
         "-display".into(),
         "none".into(),
         "-no-reboot".into(),
+        // The machine protocol, for pause and resume (`stop`, `cont`).
+        "-qmp".into(),
+        format!(
+            "unix:{},server=on,wait=off",
+            escape_option(&layout.qmp_socket().to_string_lossy())
+        ),
         "-kernel".into(),
         boot.kernel.display().to_string(),
         "-initrd".into(),
@@ -83,7 +89,10 @@ pub fn arguments(boot: &Boot, layout: &Layout, kvm: bool) -> Vec<String> {
         boot.cmdline(&format!(
             "{CMDLINE} {}",
             device_declarations(
-                FIXED_DEVICES + u64::from(boot.nic.is_some()) + boot.shares.len() as u64
+                FIXED_DEVICES
+                    + u64::from(boot.layer.is_some())
+                    + u64::from(boot.nic.is_some())
+                    + boot.shares.len() as u64
             )
         )),
         "-chardev".into(),
@@ -103,6 +112,17 @@ pub fn arguments(boot: &Boot, layout: &Layout, kvm: bool) -> Vec<String> {
         "-device".into(),
         "vhost-user-vsock-device,chardev=vsock".into(),
     ];
+    if let Some(layer) = boot.layer {
+        // The guest's second disk (`/dev/vdb`): virtio-mmio devices are probed in the
+        // order declared, the base disk first.
+        args.push("-drive".into());
+        args.push(format!(
+            "id=layer,file={},format=raw,if=none",
+            escape_option(&layer.to_string_lossy())
+        ));
+        args.push("-device".into());
+        args.push("virtio-blk-device,drive=layer".into());
+    }
     if let Some(nic) = &boot.nic {
         args.push("-netdev".into());
         match &nic.stream {
@@ -228,6 +248,7 @@ mod tests {
             kernel: Path::new("/k/vmlinux"),
             initramfs: Path::new("/k/init.cpio"),
             base: Path::new("/i/base.ext4"),
+            layer: None,
             kernel_args: "console=ttyS0".into(),
             init_args: "--guest".into(),
             vcpus: 2,
@@ -259,6 +280,10 @@ mod tests {
         );
         assert!(args.contains("-no-reboot"), "{args}");
         assert!(
+            args.contains("-qmp unix:/run/vm/qmp.sock,server=on,wait=off"),
+            "{args}"
+        );
+        assert!(
             args.contains("-fsdev local,id=fs0,path=/srv/a,,b,security_model=none,readonly=on -device virtio-9p-device,fsdev=fs0,mount_tag=share0"),
             "{args}"
         );
@@ -284,6 +309,7 @@ mod tests {
             kernel: Path::new("/k/vmlinux"),
             initramfs: Path::new("/k/init.cpio"),
             base: Path::new("/i/base.ext4"),
+            layer: None,
             kernel_args: "console=ttyS0".into(),
             init_args: "--guest --net 10.213.0.2/30,10.213.0.1".into(),
             vcpus: 1,
@@ -317,7 +343,8 @@ mod tests {
             ),
             "{args}"
         );
-        assert_eq!(max_shares(true), max_shares(false) - 1);
+        assert_eq!(max_shares(true, false), max_shares(false, false) - 1);
+        assert_eq!(max_shares(true, true), max_shares(false, false) - 2);
 
         // An allowlist VM's NIC: the egress helper's socket, never a tap.
         let mut allowlist = boot;

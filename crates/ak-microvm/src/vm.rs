@@ -34,6 +34,10 @@ impl Layout {
     pub fn vsock(&self) -> PathBuf {
         self.dir.join("vsock.sock")
     }
+    /// QEMU's machine protocol socket (pause, resume).
+    pub fn qmp_socket(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
     /// Firecracker's API socket.
     pub fn api_socket(&self) -> PathBuf {
         self.dir.join("firecracker.sock")

@@ -11,6 +11,17 @@ pub mod frame;
 pub mod handshake;
 pub mod message;
 
+/// The agent's one argument that flushes every file system's cached data to its device
+/// and exits (`ak-agent --sync-filesystems`): what the host runs inside a microVM's guest,
+/// as `/proc/1/exe` (the agent is the guest's init, whatever its image holds), before it
+/// stops the VM to copy its writable disk. Here because host and agent both name it.
+pub const SYNC_FILESYSTEMS_ARG: &str = "--sync-filesystems";
+
+/// The agent's argument that sets the system clock and exits (`ak-agent --set-clock
+/// SECONDS.NANOSECONDS`, Unix time): what the host runs inside a microVM's guest after
+/// resuming it, since the guest's clock stood still while its vCPUs were stopped.
+pub const SET_CLOCK_ARG: &str = "--set-clock";
+
 pub use client::{AgentClient, ExecControl, ExecEvent, ExecHandle};
 pub use error::ProtocolError;
 pub use frame::{FrameReader, FrameWriter, MAX_CHUNK_LEN, MAX_FRAME_LEN};

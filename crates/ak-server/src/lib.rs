@@ -116,6 +116,8 @@ pub fn router(state: AppState) -> Router {
         .route("/sandboxes/{name}/logs", get(sandboxes::logs))
         .route("/sandboxes/{name}/extend", post(sandboxes::extend))
         .route("/sandboxes/{name}/network", put(network::set))
+        .route("/sandboxes/{name}/pause", post(sandboxes::pause))
+        .route("/sandboxes/{name}/resume", post(sandboxes::resume))
         .route("/sandboxes/{name}/exec", post(exec::exec))
         .route("/sandboxes/{name}/exec/detach", post(exec::detach))
         .route("/sandboxes/{name}/exec/detached", get(exec::detached_list))

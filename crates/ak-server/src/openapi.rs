@@ -45,6 +45,8 @@ use crate::{error, exec, files, info, network, output, run, sandboxes, snapshots
         sandboxes::by_uuid,
         sandboxes::remove,
         sandboxes::extend,
+        sandboxes::pause,
+        sandboxes::resume,
         sandboxes::logs,
         network::set,
         exec::exec,
@@ -151,6 +153,19 @@ pub const OPERATIONS: &[(&str, &str, &str, &[&[u16]])] = &[
         "/sandboxes/{name}/extend",
         "extendTtl",
         &[NAMED, &[409, 413]],
+    ),
+    // 409: not in the state the change starts from; 503: a backend that cannot freeze.
+    (
+        "post",
+        "/sandboxes/{name}/pause",
+        "pauseSandbox",
+        &[NAMED, &[409, 503]],
+    ),
+    (
+        "post",
+        "/sandboxes/{name}/resume",
+        "resumeSandbox",
+        &[NAMED, &[409, 503]],
     ),
     ("get", "/sandboxes/{name}/logs", "getSandboxLogs", &[NAMED]),
     (

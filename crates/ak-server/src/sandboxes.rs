@@ -23,7 +23,8 @@ use crate::network::NetworkField;
 pub struct SandboxInfo {
     pub name: String,
     pub uuid: String,
-    /// In the SDKs' words: `running`, or `stopped` for every state that is not.
+    /// In the SDKs' words: `running`, or `stopped` for every state that is not (a paused
+    /// sandbox too: `state` says `paused`).
     pub status: &'static str,
     /// agentkernel's own state (`running`, `stopped`, `failed`, …).
     #[schema(value_type = String, example = "running")]
@@ -245,6 +246,31 @@ pub async fn remove(
     validate_name(&name)?;
     state.service.remove_named(Caller::Api, &name, true).await?;
     Ok(ok("removed"))
+}
+
+/// Pauses a running sandbox: its processes (a VM's vCPUs) stop where they are and use no
+/// CPU, keeping their memory and connections, until resumed.
+#[utoipa::path(post, path = "/sandboxes/{name}/pause", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox's name")),
+    responses((status = 200, description = "Paused", body = SandboxInfo)))]
+pub async fn pause(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    validate_name(&name)?;
+    let record = state.service.pause_named(Caller::Api, &name).await?;
+    Ok(ok(SandboxInfo::from(&record)))
+}
+
+/// Resumes a paused sandbox where it stopped.
+#[utoipa::path(post, path = "/sandboxes/{name}/resume", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox's name")),
+    responses((status = 200, description = "Running again", body = SandboxInfo)))]
+pub async fn resume(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    validate_name(&name)?;
+    let record = state.service.resume_named(Caller::Api, &name).await?;
+    Ok(ok(SandboxInfo::from(&record)))
 }
 
 /// `POST /sandboxes/{name}/extend`.

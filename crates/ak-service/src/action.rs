@@ -33,6 +33,13 @@ pub enum Action {
     Stop {
         name: String,
     },
+    /// Freezes a running sandbox where it is (see `pause.rs`).
+    Pause {
+        name: String,
+    },
+    Resume {
+        name: String,
+    },
     /// `force` stops a running sandbox first.
     Remove {
         name: String,
@@ -177,6 +184,8 @@ impl Service {
                 .map(record),
             Action::Start { name } => self.start_named(caller, &name).await.map(record),
             Action::Stop { name } => self.stop_named(caller, &name).await.map(record),
+            Action::Pause { name } => self.pause_named(caller, &name).await.map(record),
+            Action::Resume { name } => self.resume_named(caller, &name).await.map(record),
             Action::Remove { name, force } => self
                 .remove_named(caller, &name, force)
                 .await

@@ -198,8 +198,9 @@ impl Service {
                 let root_owner = backend.root_owner_of(&spec);
                 // A backend that snapshots keeps the root's writable layer beside the
                 // workspace, where it outlives a stop and the host can copy it.
-                let (workspace, root) =
-                    self.make_workspace(&spec.id, root_owner, backend.capabilities().snapshots)?;
+                let root_on_host = backend.capabilities().snapshots
+                    && backend.root_layer() != ak_core::backend::RootLayer::Backend;
+                let (workspace, root) = self.make_workspace(&spec.id, root_owner, root_on_host)?;
                 if let Some(source) = &spec.source
                     && let Err(error) =
                         crate::source::clone_into(source, &workspace, root_owner).await
@@ -291,22 +292,22 @@ impl Service {
     async fn stop_unaudited(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
         let _lock = self.lock_name(name).await?;
         let record = self.record(name)?;
-        require(&record, &[SandboxState::Running], "stop")?;
+        require(
+            &record,
+            &[SandboxState::Running, SandboxState::Paused],
+            "stop",
+        )?;
         self.release_record(&record).await?;
-        Ok(self.registry()?.transition(
-            name,
-            SandboxState::Running,
-            SandboxState::Stopped,
-            None,
-            None,
-        )?)
+        Ok(self
+            .registry()?
+            .transition(name, record.state, SandboxState::Stopped, None, None)?)
     }
 
     /// [`Service::remove_named`] without its audit entry.
     async fn remove_unaudited(&self, name: &str, force: bool) -> Result<(), ServiceError> {
         let _lock = self.lock_name(name).await?;
         let mut record = self.record(name)?;
-        if record.state == SandboxState::Running {
+        if record.state.is_up() {
             if !force {
                 return Err(ServiceError::WrongState {
                     name: name.to_string(),
@@ -317,7 +318,7 @@ impl Service {
             self.release_record(&record).await?;
             record = self.registry()?.transition(
                 name,
-                SandboxState::Running,
+                record.state,
                 SandboxState::Stopped,
                 None,
                 None,
@@ -336,6 +337,13 @@ impl Service {
         }
         self.registry()?.remove(name)?;
         self.forget_secret_values(&record.spec.id);
+        // A root layer the backend saved for a snapshot may have been kept for this
+        // sandbox alone (its snapshot removed since, or a fork's).
+        if let Some(layer) = &record.spec.root_layer
+            && let Err(e) = self.release_layer_if_unused(record.backend, layer).await
+        {
+            tracing::warn!(name, layer, "letting go of the sandbox's root layer: {e}");
+        }
         Ok(())
     }
 
@@ -365,7 +373,7 @@ impl Service {
     /// One named sandbox, after reconciling it with reality.
     pub async fn inspect_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
         let record = self.record(name)?;
-        if record.state == SandboxState::Running {
+        if record.state.is_up() {
             let _lock = self.lock_name(name).await?;
             self.check_alive(&self.record(name)?).await?;
         }
@@ -454,7 +462,7 @@ impl Service {
     pub async fn reconcile(&self) -> Result<Vec<String>, ServiceError> {
         let mut failed = Vec::new();
         for record in self.registry()?.list()? {
-            if record.state != SandboxState::Running {
+            if !record.state.is_up() {
                 continue;
             }
             let _lock = self.lock_name(&record.name).await?;
@@ -470,7 +478,7 @@ impl Service {
 
     /// With the name locked: true if alive; otherwise marks it failed and releases it.
     pub(crate) async fn check_alive(&self, record: &SandboxRecord) -> Result<bool, ServiceError> {
-        if record.state != SandboxState::Running {
+        if !record.state.is_up() {
             return Ok(true);
         }
         match self.attach_record(record).await {
@@ -483,7 +491,7 @@ impl Service {
                 self.release_record(record).await?;
                 self.registry()?.transition(
                     &record.name,
-                    SandboxState::Running,
+                    record.state,
                     SandboxState::Failed,
                     None,
                     Some(format!("its processes ended unexpectedly ({reason})")),
@@ -684,6 +692,7 @@ pub(crate) fn require(
     }
     let hint = match (record.state, action) {
         (SandboxState::Running, "start") => "it is already running".to_string(),
+        (SandboxState::Running, "resume") => "it is not paused".to_string(),
         (SandboxState::Stopped, "stop") => "it is already stopped".to_string(),
         (SandboxState::Stopped, _) => "start it first".to_string(),
         (SandboxState::Failed, _) => format!(
@@ -691,6 +700,8 @@ pub(crate) fn require(
             record.error.as_deref().unwrap_or("unknown reason")
         ),
         (SandboxState::Running, _) => "stop it first".to_string(),
+        (SandboxState::Paused, "pause") => "it is already paused".to_string(),
+        (SandboxState::Paused, _) => "it is paused; resume it first".to_string(),
         _ => format!("it is {}", record.state),
     };
     Err(ServiceError::WrongState {

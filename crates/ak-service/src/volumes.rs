@@ -397,7 +397,7 @@ impl Service {
             if let Some(other) =
                 users.iter().find(|record| {
                     Some(record.name.as_str()) != named
-                        && record.state == SandboxState::Running
+                        && record.state.is_up()
                         && record.spec.volumes.iter().any(|v| {
                             v.name == volume.name && !v.access.compatible_with(volume.access)
                         })

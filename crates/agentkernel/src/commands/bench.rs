@@ -145,6 +145,7 @@ fn fresh(spec: &SandboxSpec) -> SandboxSpec {
     SandboxSpec {
         hostname: format!("ak-{}", &id[..12]),
         root_dir: None,
+        root_layer: None,
         id,
         ..spec.clone()
     }

@@ -59,6 +59,8 @@ pub async fn dispatch(command: Command) -> i32 {
         Command::Attach(args) => attach::attach(args).await,
         Command::Cp(args) => cp::cp(args).await,
         Command::Stop(args) => sandbox::stop(args).await,
+        Command::Pause(args) => sandbox::pause(args).await,
+        Command::Resume(args) => sandbox::resume(args).await,
         Command::Remove(args) => sandbox::remove(args).await,
         Command::List(args) => sandbox::list(args).await,
         Command::Inspect(args) => sandbox::inspect(args).await,

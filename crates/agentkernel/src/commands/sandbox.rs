@@ -1,4 +1,5 @@
-//! Lifecycle commands of named sandboxes: create, start, stop, remove, list, inspect.
+//! Lifecycle commands of named sandboxes: create, start, stop, pause, resume, remove, list,
+//! inspect.
 
 use ak_service::SandboxRecord;
 
@@ -27,6 +28,14 @@ pub async fn start(args: NameArgs) -> i32 {
 
 pub async fn stop(args: NameArgs) -> i32 {
     named(front::stop(&args.name).await)
+}
+
+pub async fn pause(args: NameArgs) -> i32 {
+    named(front::pause(&args.name).await)
+}
+
+pub async fn resume(args: NameArgs) -> i32 {
+    named(front::resume(&args.name).await)
 }
 
 pub async fn remove(args: RemoveArgs) -> i32 {

@@ -21,6 +21,8 @@ TOOLS = {
     "sandbox_create",
     "sandbox_start",
     "sandbox_stop",
+    "sandbox_pause",
+    "sandbox_resume",
     "sandbox_exec",
     "sandbox_list",
     "sandbox_remove",

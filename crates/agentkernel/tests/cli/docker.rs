@@ -18,12 +18,12 @@ use crate::common::{
 pub(crate) const IMAGE: &str = "agentkernel-test:busybox";
 const MODE: Mode = Mode::Root;
 
-fn docker(args: &[&str]) -> std::process::Output {
+pub(crate) fn docker(args: &[&str]) -> std::process::Output {
     cli("docker", args)
 }
 
 /// The engine's own CLI (`docker` or `podman`), for set-up and checks only.
-fn cli(engine: &str, args: &[&str]) -> std::process::Output {
+pub(crate) fn cli(engine: &str, args: &[&str]) -> std::process::Output {
     Command::new(engine)
         .args(args)
         .output()
@@ -95,7 +95,7 @@ fn name(test: &str) -> String {
 }
 
 /// Creates named sandbox `n` on `engine` (the test image, no network) and starts it.
-fn create_started(engine: &str, n: &str) {
+pub(crate) fn create_started(engine: &str, n: &str) {
     let create = [
         "create",
         n,
@@ -544,7 +544,7 @@ fn docker_failures_are_clear() {
     );
 }
 
-/// As [`engine`], for podman.
+/// Checks the podman engine answers and has the test image, building it once.
 pub(crate) fn podman_engine() {
     static READY: OnceLock<()> = OnceLock::new();
     READY.get_or_init(|| prepare("podman"));

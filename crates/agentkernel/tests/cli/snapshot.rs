@@ -12,12 +12,13 @@ fn name(test: &str, mode: Mode) -> String {
 }
 
 /// Every file under the sandbox's `/workspace` and `/app`: path, type, mode, owner, size
-/// and link target, sorted; `busy` (written to while the snapshot is taken) left out.
-const FINGERPRINT: &str = "cd / && find workspace app -path workspace/busy -prune -o \
-     -printf '%p %y %m %U:%G %s %l\\n' | sort";
+/// and link target, sorted; the `busy` files (written to while the snapshot is taken)
+/// left out.
+pub(crate) const FINGERPRINT: &str = "cd / && find workspace app \\( -path workspace/busy \
+     -o -path app/busy \\) -prune -o -printf '%p %y %m %U:%G %s %l\\n' | sort";
 
 /// The files the tests compare, made in a running sandbox as its root.
-const SETUP: &str = "set -e
+pub(crate) const SETUP: &str = "set -e
 cd /workspace
 echo hello > plain
 chmod 640 plain

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use axum::Json;
 use axum::extract::{Path as UrlPath, State};
 use axum::http::StatusCode;
-use axum::routing::put;
+use axum::routing::{patch, put};
 use serde_json::{Value, json};
 
 use super::*;
@@ -210,6 +210,27 @@ async fn actions(State(api): Shared, Json(body): Json<Value>) -> Reply {
     checked.map_or_else(|e| e, |()| no_content())
 }
 
+/// `PATCH /vm`: a started VM's state, `Paused` or `Resumed` (refused before the start).
+async fn vm_state(State(api): Shared, Json(body): Json<Value>) -> Reply {
+    let checked = fields(&body, &["state"], &[]).and_then(|()| {
+        let mut api = api.lock().unwrap();
+        if !api.started {
+            return Err(fault(
+                "The requested operation is not supported before starting the microVM.",
+            ));
+        }
+        match body["state"].as_str() {
+            Some("Paused" | "Resumed") => {
+                api.calls
+                    .push(json!({ "method": "PATCH", "path": "/vm", "body": body }));
+                Ok(())
+            }
+            _ => Err(fault("state must be Paused or Resumed")),
+        }
+    });
+    checked.map_or_else(|e| e, |()| no_content())
+}
+
 async fn serve(dir: &std::path::Path) -> (std::path::PathBuf, Arc<Mutex<Api>>) {
     let api = Arc::new(Mutex::new(Api::default()));
     let router = axum::Router::new()
@@ -219,6 +240,7 @@ async fn serve(dir: &std::path::Path) -> (std::path::PathBuf, Arc<Mutex<Api>>) {
         .route("/vsock", put(vsock))
         .route("/network-interfaces/{id}", put(network_interface))
         .route("/actions", put(actions))
+        .route("/vm", patch(vm_state))
         .with_state(api.clone());
     let socket = dir.join("firecracker.sock");
     let listener = tokio::net::UnixListener::bind(&socket).unwrap();
@@ -231,6 +253,7 @@ fn boot<'a>(kernel: &'a Path, initramfs: &'a Path, base: &'a Path) -> Boot<'a> {
         kernel,
         initramfs,
         base,
+        layer: None,
         kernel_args: "console=ttyS0".into(),
         init_args: "--guest --vsock 1024".into(),
         vcpus: 2,
@@ -259,9 +282,17 @@ async fn the_vm_is_configured_as_recorded_and_started_last() {
         tap: "akv0".into(),
         mac: "02:ac:0a:d5:00:02".into(),
     });
+    let early = configure(&socket, &[pause_request(true)]).await;
+    assert!(
+        early.unwrap_err().to_string().contains("PATCH /vm"),
+        "a VM not started yet cannot be paused"
+    );
     configure(&socket, &requests(&with_nic, &layout))
         .await
         .unwrap();
+    // Then paused and resumed, as `agentkernel pause|resume` does.
+    configure(&socket, &[pause_request(true)]).await.unwrap();
+    configure(&socket, &[pause_request(false)]).await.unwrap();
     let contract: Value = serde_json::from_str(include_str!("contract.json")).unwrap();
     let calls = Value::Array(api.lock().unwrap().calls.clone());
     assert_eq!(

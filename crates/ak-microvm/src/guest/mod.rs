@@ -4,6 +4,7 @@
 pub mod image;
 pub mod initramfs;
 pub mod kernel;
+pub mod layer_disk;
 pub mod layers;
 
 use std::io::Read;

@@ -542,6 +542,50 @@ impl McpServer {
     }
 
     #[tool(
+        title = "Pause a named sandbox",
+        description = "Pause a running named sandbox: its processes stop where they are and use no CPU, keeping their memory and connections, until sandbox_resume.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn sandbox_pause(
+        &self,
+        Parameters(params): Parameters<NameParams>,
+    ) -> Result<Json<SandboxInfo>, String> {
+        let record = self
+            .service
+            .pause_named(Caller::Mcp, &params.name)
+            .await
+            .map_err(message)?;
+        Ok(Json(SandboxInfo::from(&record)))
+    }
+
+    #[tool(
+        title = "Resume a paused sandbox",
+        description = "Resume a paused named sandbox where it stopped.",
+        annotations(
+            read_only_hint = false,
+            destructive_hint = false,
+            idempotent_hint = false,
+            open_world_hint = false
+        )
+    )]
+    async fn sandbox_resume(
+        &self,
+        Parameters(params): Parameters<NameParams>,
+    ) -> Result<Json<SandboxInfo>, String> {
+        let record = self
+            .service
+            .resume_named(Caller::Mcp, &params.name)
+            .await
+            .map_err(message)?;
+        Ok(Json(SandboxInfo::from(&record)))
+    }
+
+    #[tool(
         title = "Run a command in a named sandbox",
         description = "Run a command in a running named sandbox. Returns output (stdout, then stderr; base64 when encoding says so), exit_code, timed_out and truncated. Reports progress every second when the call carries a progress token; cancelling the call kills the command.",
         annotations(
@@ -785,6 +829,6 @@ impl McpServer {
 #[tool_handler(
     router = self.tool_router,
     name = "agentkernel",
-    instructions = "Run commands in isolated sandboxes: sandbox_run for one-shot commands; sandbox_create, sandbox_start, sandbox_exec, sandbox_file_read/write, sandbox_stop and sandbox_remove for sandboxes that persist; sandbox_snapshot, snapshot_list, snapshot_restore, snapshot_remove and sandbox_fork to keep and branch their files."
+    instructions = "Run commands in isolated sandboxes: sandbox_run for one-shot commands; sandbox_create, sandbox_start, sandbox_exec, sandbox_file_read/write, sandbox_stop and sandbox_remove for sandboxes that persist; sandbox_pause and sandbox_resume to freeze one where it is; sandbox_snapshot, snapshot_list, snapshot_restore, snapshot_remove and sandbox_fork to keep and branch their files."
 )]
 impl ServerHandler for McpServer {}

@@ -477,6 +477,8 @@ async fn openapi_document_matches_the_routes() {
         "GET /sandboxes/by-uuid/{uuid}",
         "POST /sandboxes/{name}/extend",
         "PUT /sandboxes/{name}/network",
+        "POST /sandboxes/{name}/pause",
+        "POST /sandboxes/{name}/resume",
         "GET /sandboxes/{name}/logs",
         "POST /sandboxes/{name}/exec",
         "POST /sandboxes/{name}/exec/detach",

@@ -577,6 +577,7 @@ fn parse_state(text: &str, name: &str) -> Result<SandboxState, RegistryError> {
     Ok(match text {
         "creating" => SandboxState::Creating,
         "running" => SandboxState::Running,
+        "paused" => SandboxState::Paused,
         "stopped" => SandboxState::Stopped,
         "removed" => SandboxState::Removed,
         "failed" => SandboxState::Failed,

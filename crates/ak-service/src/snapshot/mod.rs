@@ -75,9 +75,10 @@ pub struct SnapshotInfo {
     pub memory_mb: Option<u64>,
     /// RFC 3339, UTC.
     pub created_at: String,
-    /// Whether the sandbox ran (frozen for the copy) or was stopped.
+    /// The sandbox's state: `running` (frozen for the copy), `paused` or `stopped`.
     pub taken_while: String,
-    /// How long the sandbox's processes were frozen, in milliseconds (0 when stopped).
+    /// How long the snapshot kept the sandbox's processes frozen, in milliseconds (0 when
+    /// stopped or paused already).
     pub frozen_ms: u64,
     /// Regular files, and their logical size.
     pub files: u64,
@@ -86,6 +87,11 @@ pub struct SnapshotInfo {
     pub stored_bytes: u64,
     /// Sockets and device nodes, which snapshots leave out.
     pub skipped: u64,
+    /// The root's writable layer as the backend saved it, for backends that keep it
+    /// themselves (docker, podman: the committed image's id); `None` when the root is in
+    /// the trees (native) or the sandbox's root was its image alone (a stopped container).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_layer: Option<String>,
 }
 
 /// A snapshot's metadata file.
