@@ -371,7 +371,7 @@ async fn serve(
             IpStackStream::Tcp(tcp) => {
                 let destination = tcp.peer_addr();
                 tokio::spawn(crate::relay::relay(
-                    tcp,
+                    crate::closing::Closing::new(tcp),
                     destination,
                     gate.clone(),
                     audit.clone(),

@@ -22,6 +22,7 @@
 
 pub mod audit;
 pub mod ca;
+mod closing;
 pub mod device;
 pub mod dns;
 mod error;

@@ -172,6 +172,7 @@ const ALLOW: &[&str] = &[
 const PROBES: &str = r#"
 ok() { echo "$1=yes"; }; no() { echo "$1=no"; }
 out=$(curl -sS --max-time 5 http://allowed.test/ 2>&1); echo "http=$out"
+exec 8<>/dev/tcp/allowed.test/80 && printf 'GET / HTTP/1.0\r\nHost: allowed.test\r\n\r\n' >&8 && timeout 10 cat <&8 >/dev/null && echo eof=yes || echo eof=no
 getent hosts denied.test >/dev/null && ok denied_resolves || no denied_resolves
 getent ahostsv6 allowed.test | grep -v '::ffff:' | grep -q . && ok aaaa || no aaaa
 getent hosts rebind.wild.test >/dev/null && ok rebind_resolves || no rebind_resolves
@@ -208,6 +209,10 @@ fn allowlist_lets_through_only_allowed_names() {
         has("http=fake internet: allowed.test"),
         "an allowed name over HTTP: {text}\n{}",
         stderr(&output)
+    );
+    assert!(
+        has("eof=yes"),
+        "a server's close reaches the sandbox (HTTP/1.0 read to the end): {text}"
     );
     assert!(has("denied_resolves=no"), "a name not on the list: {text}");
     assert!(has("aaaa=no"), "no IPv6 answers: {text}");
@@ -618,6 +623,7 @@ fn allowlist_on_gvisor_lets_through_only_allowed_names() {
     let has = |line: &str| text.lines().any(|l| l == line);
     for expected in [
         "http=fake internet: allowed.test",
+        "eof=yes",
         "denied_resolves=no",
         "aaaa=no",
         "rebind_resolves=no",
@@ -670,6 +676,7 @@ echo "literal_ms=$(( ($(date +%s%N) - start) / 1000000 ))"
 getent hosts allowed.test >/dev/null && echo resolves=yes || echo resolves=no
 getent hosts denied.test >/dev/null && echo denied_resolves=yes || echo denied_resolves=no
 exec 3<>/dev/tcp/allowed.test/80 && printf 'GET / HTTP/1.0\r\nHost: allowed.test\r\n\r\n' >&3 && echo "http=$(head -n1 <&3 | tr -d '\r')"
+exec 8<>/dev/tcp/allowed.test/80 && printf 'GET / HTTP/1.0\r\nHost: allowed.test\r\n\r\n' >&8 && timeout 10 cat <&8 >/dev/null && echo eof=yes || echo eof=no
 exec 5<>/dev/tcp/allowed.test/80 && printf 'GET / HTTP/1.0\r\nHost: denied.test\r\n\r\n' >&5 && echo "mismatch=$(head -n1 <&5 | tr -d '\r')"
 exec 4<>/dev/tcp/allowed.test/7 && echo raw-echo >&4 && read -t 5 line <&4 && echo "raw=$line"
 (exec 7<>/dev/tcp/169.254.169.254/80) 2>/dev/null && echo metadata=yes || echo metadata=no
@@ -686,6 +693,7 @@ exec 4<>/dev/tcp/allowed.test/7 && echo raw-echo >&4 && read -t 5 line <&4 && ec
         "resolves=yes",
         "denied_resolves=no",
         "http=HTTP/1.0 200 OK",
+        "eof=yes",
         "raw=raw-echo",
         "literal=no",
         "metadata=no",
