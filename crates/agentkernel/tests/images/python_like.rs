@@ -3,8 +3,8 @@
 //! pointed at a Docker and a Podman socket that do not exist, so any use of an engine
 //! fails), and on docker, whose engine pulls the image from the same registry.
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
 
 use super::registry::Registry;
 use super::registry::images::{Image, busybox, gzip_layer, push};
@@ -132,26 +132,57 @@ pub fn python_like() -> Image {
     )
 }
 
-/// The CLI with its own state, and no container engine it could reach.
-fn cli_without_engine(state: &Path, args: &[&str]) -> Output {
-    let missing = format!("unix://{}", state.join("no-engine.sock").display());
-    Command::new(env!("CARGO_BIN_EXE_agentkernel"))
-        .args(args)
-        .env("AGENTKERNEL_REGISTRY", state.join("registry.db"))
-        .env("AGENTKERNEL_CONFIG", state.join("config.toml"))
-        .env("HOME", state)
-        .env("DOCKER_HOST", &missing)
-        .env("CONTAINER_HOST", &missing)
-        .output()
-        .unwrap()
+/// A python-like image in a loopback registry, and a CLI state of its own.
+struct Fixture {
+    _registry: Registry,
+    reference: String,
+    state: tempfile::TempDir,
 }
 
-async fn pushed(registry: &Registry) -> String {
-    assert!(
-        rustix::process::geteuid().is_root(),
-        "these tests need root"
-    );
-    push(registry, "python-like:1", &python_like()).await
+impl Fixture {
+    async fn new() -> Fixture {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "these tests need root"
+        );
+        let registry = Registry::plain();
+        let reference = push(&registry, "python-like:1", &python_like()).await;
+        let state = tempfile::tempdir().unwrap();
+        std::fs::write(state.path().join("config.toml"), "").unwrap();
+        Fixture {
+            _registry: registry,
+            reference,
+            state,
+        }
+    }
+
+    /// The CLI with this state; `engine: false`: pointed at a Docker and a Podman socket
+    /// that do not exist, so that any use of an engine fails.
+    fn cli(&self, engine: bool) -> Command {
+        let state = self.state.path();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_agentkernel"));
+        command
+            .env("AGENTKERNEL_REGISTRY", state.join("registry.db"))
+            .env("AGENTKERNEL_CONFIG", state.join("config.toml"))
+            .env("HOME", state);
+        if !engine {
+            let missing = format!("unix://{}", state.join("no-engine.sock").display());
+            command
+                .env("DOCKER_HOST", &missing)
+                .env("CONTAINER_HOST", &missing);
+        }
+        command
+    }
+
+    /// `run --backend BACKEND FLAGS… --image <the image> -- python3 -c SCRIPT`.
+    fn run_script(&self, engine: bool, backend: &str, flags: &[&str]) -> Output {
+        self.cli(engine)
+            .args(["run", "--backend", backend])
+            .args(flags)
+            .args(["--image", &self.reference, "--", "python3", "-c", SCRIPT])
+            .output()
+            .unwrap()
+    }
 }
 
 fn assert_python_ran(out: &Output) {
@@ -166,151 +197,96 @@ fn assert_python_ran(out: &Output) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_image_runs_on_native_with_no_engine() {
-    let registry = Registry::plain();
-    let reference = pushed(&registry).await;
-    let state = tempfile::tempdir().unwrap();
-    let state = state.path();
-    std::fs::write(state.join("config.toml"), "").unwrap();
-
+    let fixture = Fixture::new().await;
     // The engine really is out of reach for this CLI.
-    let docker = cli_without_engine(state, &["run", "--backend", "docker", "--", "true"]);
+    let docker = fixture
+        .cli(false)
+        .args(["run", "--backend", "docker", "--", "true"])
+        .output()
+        .unwrap();
     assert!(!docker.status.success(), "docker ran without an engine");
+    assert_python_ran(&fixture.run_script(false, "native", &["--no-network"]));
 
-    let out = cli_without_engine(
-        state,
-        &[
-            "run",
-            "--backend",
-            "native",
-            "--no-network",
-            "--image",
-            &reference,
-            "--",
-            "python3",
-            "-c",
-            SCRIPT,
-        ],
-    );
-    assert_python_ran(&out);
     // The image's Cmd when no command is given: python3 reading the script from stdin.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_agentkernel"))
+    let mut child = fixture
+        .cli(false)
         .args([
             "run",
             "--backend",
             "native",
             "--no-network",
             "--image",
-            &reference,
+            &fixture.reference,
         ])
-        .env("AGENTKERNEL_REGISTRY", state.join("registry.db"))
-        .env("AGENTKERNEL_CONFIG", state.join("config.toml"))
-        .env("HOME", state)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().unwrap();
-        stdin.write_all(SCRIPT.as_bytes()).unwrap();
-    }
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(SCRIPT.as_bytes())
+        .unwrap();
     assert_python_ran(&child.wait_with_output().unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_image_boots_on_microvm_with_no_engine() {
-    let registry = Registry::plain();
-    let reference = pushed(&registry).await;
-    let state = tempfile::tempdir().unwrap();
-    let state = state.path();
-    std::fs::write(state.join("config.toml"), "").unwrap();
+    let fixture = Fixture::new().await;
     // The default pull policy (when missing): the store pulls it, the disk is built from
     // its layers; no `--pull always` needed.
-    let out = cli_without_engine(
-        state,
-        &[
-            "run",
-            "--backend",
-            "microvm",
-            "--image",
-            &reference,
-            "--",
-            "python3",
-            "-c",
-            SCRIPT,
-        ],
-    );
-    assert_python_ran(&out);
+    assert_python_ran(&fixture.run_script(false, "microvm", &[]));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_image_runs_on_docker_from_the_registry() {
-    let registry = Registry::plain();
-    let reference = pushed(&registry).await;
+    let fixture = Fixture::new().await;
     let engine = Command::new("docker").arg("version").output();
     assert!(
         engine.as_ref().is_ok_and(|o| o.status.success()),
         "the docker tests need a running Docker engine (.ci/run starts dockerd)"
     );
-    let state = tempfile::tempdir().unwrap();
-    let state = state.path();
-    std::fs::write(state.join("config.toml"), "").unwrap();
-    let out = Command::new(env!("CARGO_BIN_EXE_agentkernel"))
-        .args([
-            "run",
-            "--backend",
-            "docker",
-            "--image",
-            &reference,
-            "--",
-            "python3",
-            "-c",
-            SCRIPT,
-        ])
-        .env("AGENTKERNEL_REGISTRY", state.join("registry.db"))
-        .env("AGENTKERNEL_CONFIG", state.join("config.toml"))
-        .env("HOME", state)
-        .output()
-        .unwrap();
+    let out = fixture.run_script(true, "docker", &[]);
     // The engine keeps what it pulled; remove it so reruns pull again.
     let _ = Command::new("docker")
-        .args(["rmi", "-f", &reference])
+        .args(["rmi", "-f", &fixture.reference])
         .output();
     assert_python_ran(&out);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn python_image_runs_on_gvisor_with_no_engine() {
-    let registry = Registry::plain();
-    let reference = pushed(&registry).await;
-    let state = tempfile::tempdir().unwrap();
-    let state = state.path();
-    std::fs::write(state.join("config.toml"), "").unwrap();
-    let gvisor = |command: &[&str]| {
-        let mut args = vec!["run", "--backend", "gvisor", "--image", &reference, "--"];
-        args.extend_from_slice(command);
-        cli_without_engine(state, &args)
-    };
-    assert_python_ran(&gvisor(&["python3", "-c", SCRIPT]));
+    let fixture = Fixture::new().await;
+    assert_python_ran(&fixture.run_script(false, "gvisor", &[]));
     // The image's owners inside (root, and the busybox layer's user 1000), a writable root
     // whose writes stay in the sandbox: the next sandbox sees the image as pulled.
-    let out = gvisor(&[
-        "sh",
-        "-c",
+    let sh = |script: &str| {
+        fixture
+            .cli(false)
+            .args([
+                "run",
+                "--backend",
+                "gvisor",
+                "--image",
+                &fixture.reference,
+                "--",
+            ])
+            .args(["sh", "-c", script])
+            .output()
+            .unwrap()
+    };
+    let out = sh(
         "stat -c %u:%g /usr/bin/python3.11 /home/user/notes; id -u; \
-         mkdir -p /usr/local/lib && echo mine > /usr/local/lib/x && cat /usr/local/lib/x",
-    ]);
+                  mkdir -p /usr/local/lib && echo mine > /usr/local/lib/x && cat /usr/local/lib/x",
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "0:0\n1000:1000\n0\nmine\n"
     );
-    let again = gvisor(&[
-        "sh",
-        "-c",
-        "test -e /usr/local/lib/x && echo kept || echo fresh",
-    ]);
+    let again = sh("test -e /usr/local/lib/x && echo kept || echo fresh");
     assert_eq!(
         String::from_utf8_lossy(&again.stdout),
         "fresh\n",
