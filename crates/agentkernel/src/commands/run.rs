@@ -25,6 +25,21 @@ pub async fn run(args: RunArgs) -> i32 {
     {
         return stream::fail_start(error);
     }
+    // Only an OCI image brings a command of its own (its Entrypoint/Cmd).
+    if args.command.is_empty()
+        && !matches!(
+            spec.image,
+            ak_core::ImageRef::Oci(_) | ak_core::ImageRef::Stored(_)
+        )
+    {
+        crate::exit::fail(
+            crate::exit::USAGE,
+            &anyhow::anyhow!(
+                "the command to run is missing: agentkernel run [OPTIONS] -- CMD… (only an OCI \
+                 image, --image NAME, brings one of its own)"
+            ),
+        );
+    }
     let stdin = stream::stdin_mode();
     let exec = ExecSpec {
         argv: args.command,
