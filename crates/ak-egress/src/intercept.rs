@@ -374,11 +374,11 @@ fn rewrite_request(head: &[u8], name: &str, secrets: &Secrets) -> Result<Request
             if rule.header.as_deref().is_some_and(|h| h != lower) {
                 continue;
             }
-            let placeholder = rule.placeholder.as_bytes();
-            if memchr::memmem::find(&value, placeholder).is_none() {
+            let placeholder = memchr::memmem::Finder::new(rule.placeholder.as_bytes());
+            if placeholder.find(&value).is_none() {
                 continue;
             }
-            value = replace(&value, placeholder, rule.value.as_bytes());
+            value = crate::scan::replace(&value, &placeholder, rule.value.as_bytes());
             if !substituted.contains(&rule.key) {
                 substituted.push(rule.key.clone());
             }
@@ -394,18 +394,6 @@ fn rewrite_request(head: &[u8], name: &str, secrets: &Secrets) -> Result<Request
         is_head: method.eq_ignore_ascii_case("HEAD"),
         substituted,
     })
-}
-
-fn replace(text: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() + to.len());
-    let mut last = 0;
-    for at in memchr::memmem::find_iter(text, from) {
-        out.extend_from_slice(&text[last..at]);
-        out.extend_from_slice(to);
-        last = at + from.len();
-    }
-    out.extend_from_slice(&text[last..]);
-    out
 }
 
 /// How a response body ends.

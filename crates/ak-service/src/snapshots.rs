@@ -183,13 +183,21 @@ impl Service {
     ) -> Result<SandboxRecord, ServiceError> {
         let source = self.snapshot_record(snapshot)?;
         let mut spec = source.spec;
-        spec.id = new_sandbox_id();
+        let source_id = std::mem::replace(&mut spec.id, new_sandbox_id());
         spec.hostname = format!("ak-{}", &spec.id[..12]);
         // The workdir comes from the snapshot, not from cloning the source again.
         spec.source = None;
         self.policy.admit(caller, &spec)?;
         self.admit_volumes(caller, &spec)?;
-        let record = self.create_unaudited(name, spec, None).await?;
+        self.inherit_secret_values(caller, &source_id, &mut spec)?;
+        let id = spec.id.clone();
+        let record = match self.create_unaudited(name, spec, None).await {
+            Ok(record) => record,
+            Err(error) => {
+                self.forget_secret_values(&id);
+                return Err(error);
+            }
+        };
         let restored = async {
             let (root, workspace) = self.writable_dirs(&record)?;
             let ids = self.id_map(record.backend)?;
