@@ -110,8 +110,15 @@ for _ in range(200):
     start = time.perf_counter()
     tls = context.wrap_socket(socket.create_connection((host, 443)), server_hostname=host)
     tls.sendall(request)
-    while tls.recv(65536):
-        pass
+    # To the end of the body: Content-Length where the server sent one (end to end), else
+    # the close (the interception path ends bodies by closing).
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += tls.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = [int(l.split(b":")[1]) for l in head.split(b"\r\n") if l.lower().startswith(b"content-length:")]
+    while (len(body) < length[0]) if length else (chunk := tls.recv(65536)):
+        body += tls.recv(65536) if length else chunk
     tls.close()
     times.append((time.perf_counter() - start) * 1000)
 times.sort()

@@ -228,7 +228,7 @@ async fn serve<C>(
 where
     C: AsyncRead + AsyncWrite + Unpin,
 {
-    let (head, leftover) = match read_head(inside).await? {
+    let (head, leftover) = match read_head(inside, Vec::new()).await? {
         Some(read) => read,
         None => return Ok((0, 0)),
     };
@@ -294,12 +294,12 @@ where
     Ok((sent.into_inner(), received))
 }
 
-/// Reads a head (through its blank line); returns it and the bytes read beyond it, or
-/// `None` when the stream ends before any byte.
+/// Reads a head (through its blank line) that starts with `bytes` read already; returns it
+/// and the bytes read beyond it, or `None` when the stream ends before any byte.
 async fn read_head<R: AsyncRead + Unpin>(
     reader: &mut R,
+    mut bytes: Vec<u8>,
 ) -> Result<Option<(Vec<u8>, Vec<u8>)>, Cut> {
-    let mut bytes = Vec::new();
     let mut chunk = vec![0u8; 8192];
     loop {
         if let Some(end) = memchr::memmem::find(&bytes, b"\r\n\r\n") {
@@ -374,11 +374,11 @@ fn rewrite_request(head: &[u8], name: &str, secrets: &Secrets) -> Result<Request
             if rule.header.as_deref().is_some_and(|h| h != lower) {
                 continue;
             }
-            let placeholder = rule.placeholder.as_bytes();
-            if memchr::memmem::find(&value, placeholder).is_none() {
+            let placeholder = memchr::memmem::Finder::new(rule.placeholder.as_bytes());
+            if placeholder.find(&value).is_none() {
                 continue;
             }
-            value = replace(&value, placeholder, rule.value.as_bytes());
+            value = crate::scan::replace(&value, &placeholder, rule.value.as_bytes());
             if !substituted.contains(&rule.key) {
                 substituted.push(rule.key.clone());
             }
@@ -394,18 +394,6 @@ fn rewrite_request(head: &[u8], name: &str, secrets: &Secrets) -> Result<Request
         is_head: method.eq_ignore_ascii_case("HEAD"),
         substituted,
     })
-}
-
-fn replace(text: &[u8], from: &[u8], to: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() + to.len());
-    let mut last = 0;
-    for at in memchr::memmem::find_iter(text, from) {
-        out.extend_from_slice(&text[last..at]);
-        out.extend_from_slice(to);
-        last = at + from.len();
-    }
-    out.extend_from_slice(&text[last..]);
-    out
 }
 
 /// How a response body ends.
@@ -430,8 +418,10 @@ where
     W: AsyncWrite + Unpin,
 {
     let mut received = 0u64;
+    // Bytes read past an interim response's head: the start of the next one.
+    let mut pending = Vec::new();
     loop {
-        let Some((head, leftover)) = read_head(outside).await? else {
+        let Some((head, leftover)) = read_head(outside, std::mem::take(&mut pending)).await? else {
             return Ok(received);
         };
         received += head.len() as u64;
@@ -487,9 +477,7 @@ where
         inside.write_all(&masked).await?;
         // An interim response (100 Continue): the real one follows.
         if (100..200).contains(&status) && status != 101 {
-            if !leftover.is_empty() {
-                return Err(Cut::Broken("bytes after an interim response".into()));
-            }
+            pending = leftover;
             continue;
         }
         let mut body = std::io::Cursor::new(leftover).chain(&mut *outside);
@@ -570,4 +558,149 @@ async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
         return Err(Cut::Broken("a chunked body ended early".into()));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::secrets::Rule;
+
+    fn secrets() -> Secrets {
+        let rule =
+            |key: &str, host: &str, header: Option<&str>, placeholder: &str, value: &str| Rule {
+                key: key.into(),
+                host: host.parse().unwrap(),
+                header: header.map(String::from),
+                placeholder: placeholder.into(),
+                value: value.into(),
+            };
+        let rules = vec![
+            rule("A", "api.test", Some("authorization"), "akph_a", "VALUE-A"),
+            rule("B", "other.test", None, "akph_b", "VALUE-B"),
+        ];
+        let hosts: Vec<_> = rules.iter().map(|r| r.host.clone()).collect();
+        let ca = crate::ca::generate("0123456789ab", &hosts).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+        Secrets {
+            rules,
+            on_leak: Default::default(),
+            ca: crate::ca::SandboxCa::load(&ca, "0123456789ab", &hosts).unwrap(),
+            client: Arc::new(client),
+            init: None,
+        }
+    }
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    #[test]
+    fn requests_get_values_in_their_header_only() {
+        let secrets = secrets();
+        let head = b"GET /x HTTP/1.1\r\nHost: api.test:443\r\nAuthorization: Bearer akph_a\r\nX-Copy: akph_a\r\nConnection: keep-alive\r\n\r\n";
+        let request = rewrite_request(head, "api.test", &secrets).unwrap_or_else(|_| panic!());
+        let out = text(&request.head);
+        assert!(out.starts_with("GET /x HTTP/1.1\r\n"), "{out}");
+        assert!(out.contains("Authorization: Bearer VALUE-A\r\n"), "{out}");
+        assert!(
+            out.contains("X-Copy: akph_a\r\n"),
+            "only the named header: {out}"
+        );
+        assert!(out.ends_with("Connection: close\r\n\r\n"), "{out}");
+        assert!(!out.contains("keep-alive"), "{out}");
+        assert_eq!(request.substituted, ["A"]);
+        // A rule without a header fills any header.
+        let head = b"POST / HTTP/1.1\r\nHost: other.test\r\nX-Key: akph_b\r\n\r\n";
+        let request = rewrite_request(head, "other.test", &secrets).unwrap_or_else(|_| panic!());
+        assert!(text(&request.head).contains("X-Key: VALUE-B\r\n"));
+    }
+
+    #[test]
+    fn another_hosts_placeholder_or_host_is_refused() {
+        let secrets = secrets();
+        let leak = b"GET /?k=akph_b HTTP/1.1\r\nHost: api.test\r\n\r\n";
+        assert!(matches!(
+            rewrite_request(leak, "api.test", &secrets),
+            Err(Cut::Leak(1))
+        ));
+        let fronted = b"GET / HTTP/1.1\r\nHost: other.test\r\nAuthorization: akph_a\r\n\r\n";
+        assert!(matches!(
+            rewrite_request(fronted, "api.test", &secrets),
+            Err(Cut::Leak(0)) | Err(Cut::Refused(421, _))
+        ));
+        let fronted = b"GET / HTTP/1.1\r\nHost: other.test\r\n\r\n";
+        assert!(matches!(
+            rewrite_request(fronted, "api.test", &secrets),
+            Err(Cut::Refused(421, _))
+        ));
+        assert!(matches!(
+            rewrite_request(b"\x16\x03junk\r\n\r\n", "api.test", &secrets),
+            Err(Cut::Refused(400, _))
+        ));
+    }
+
+    async fn respond_to(response: &[u8], is_head: bool) -> (Result<u64, Cut>, String) {
+        let masker = secrets().masker();
+        let mut reader = response;
+        let mut out = Vec::new();
+        let result = respond(&mut reader, &mut out, masker, is_head).await;
+        (result, text(&out))
+    }
+
+    #[tokio::test]
+    async fn responses_come_back_masked_and_reframed() {
+        let (result, out) = respond_to(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 20\r\nX-Echo: VALUE-A\r\n\r\nbody VALUE-A VALUE-Bextra",
+            false,
+        )
+        .await;
+        assert!(result.is_ok());
+        assert!(out.contains("X-Echo: akph_a\r\n"), "{out}");
+        assert!(
+            !out.to_ascii_lowercase().contains("content-length"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Connection: close\r\n\r\nbody akph_a akph_b"),
+            "{out}"
+        );
+        assert!(
+            !out.contains("extra"),
+            "bytes past the body are not passed on: {out}"
+        );
+
+        let (result, out) = respond_to(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n6\r\nVALUE-\r\n3;x=y\r\nA!!\r\n0\r\nTrailer: t\r\n\r\n",
+            false,
+        )
+        .await;
+        assert!(result.is_ok());
+        assert!(
+            out.starts_with("HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n"),
+            "{out}"
+        );
+        assert!(out.ends_with("\r\n\r\nakph_a!!"), "{out}");
+    }
+
+    #[tokio::test]
+    async fn bad_responses_end_the_connection_without_panicking() {
+        for response in [
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"[..],
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nffffffffffffffffff\r\n",
+            b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n",
+            b"not http at all\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+        ] {
+            let (result, _) = respond_to(response, false).await;
+            assert!(result.is_err(), "{}", text(response));
+        }
+        let (result, out) = respond_to(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).await;
+        assert!(result.is_ok() && out.ends_with("\r\n\r\n"), "{out}");
+    }
 }

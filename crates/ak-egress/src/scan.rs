@@ -68,21 +68,26 @@ impl Masker {
     fn replace_all(&self) -> Vec<u8> {
         let mut text = self.carry.clone();
         for (finder, placeholder) in &self.pairs {
-            if finder.find(&text).is_none() {
-                continue;
+            if finder.find(&text).is_some() {
+                text = replace(&text, finder, placeholder);
             }
-            let mut out = Vec::with_capacity(text.len());
-            let mut last = 0;
-            for at in finder.find_iter(&text) {
-                out.extend_from_slice(&text[last..at]);
-                out.extend_from_slice(placeholder);
-                last = at + finder.needle().len();
-            }
-            out.extend_from_slice(&text[last..]);
-            text = out;
         }
         text
     }
+}
+
+/// `text` with every occurrence of `from`'s needle (left to right, not overlapping) replaced
+/// by `to`.
+pub fn replace(text: &[u8], from: &Finder<'_>, to: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + to.len());
+    let mut last = 0;
+    for at in from.find_iter(text) {
+        out.extend_from_slice(&text[last..at]);
+        out.extend_from_slice(to);
+        last = at + from.needle().len();
+    }
+    out.extend_from_slice(&text[last..]);
+    out
 }
 
 /// Finds any of a set of placeholders in a stream.

@@ -241,6 +241,31 @@ impl Service {
         Ok(())
     }
 
+    /// Gives a sandbox made from a snapshot of sandbox `source_id` that sandbox's values
+    /// where they are still kept, and finds the others as a new create would; keeps them
+    /// for its starts. Its placeholders are the source's: files in the snapshot may hold
+    /// them.
+    pub(crate) fn inherit_secret_values(
+        &self,
+        caller: Caller,
+        source_id: &str,
+        spec: &mut SandboxSpec,
+    ) -> Result<(), ServiceError> {
+        if spec.secrets.is_empty() && spec.secret_files.is_empty() {
+            return Ok(());
+        }
+        let mut source = SandboxSpec {
+            id: source_id.to_string(),
+            ..spec.clone()
+        };
+        if self.values_path(source_id)?.exists() {
+            self.load_secret_values(&mut source)?;
+            spec.secret_values = source.secret_values;
+        }
+        self.resolve_secrets(caller, spec)?;
+        self.keep_secret_values(spec)
+    }
+
     /// Forgets a removed sandbox's values.
     pub(crate) fn forget_secret_values(&self, id: &str) {
         if let Ok(path) = self.values_path(id)

@@ -274,15 +274,23 @@ impl Service {
             .await??;
         let source = self.snapshot_record(snapshot)?;
         let mut spec = source.spec;
-        spec.id = new_sandbox_id();
+        let source_id = std::mem::replace(&mut spec.id, new_sandbox_id());
         spec.hostname = format!("ak-{}", &spec.id[..12]);
         // The workdir comes from the snapshot, not from cloning the source again.
         spec.source = None;
         self.policy.admit(caller, &spec)?;
         self.admit_volumes(caller, &spec)?;
+        self.inherit_secret_values(caller, &source_id, &mut spec)?;
+        let id = spec.id.clone();
         let record = self.create_unaudited(name, spec, None).await;
         drop(held);
-        let record = record?;
+        let record = match record {
+            Ok(record) => record,
+            Err(error) => {
+                self.forget_secret_values(&id);
+                return Err(error);
+            }
+        };
         let restored = async {
             let state = self.writable_state(&record)?;
             let ids = self.id_map(record.backend)?;

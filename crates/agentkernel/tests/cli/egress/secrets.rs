@@ -284,12 +284,29 @@ fn a_named_sandbox_keeps_its_secret_across_restarts_and_shows_no_value() {
     }
     let inspect = ak(&["inspect", &name, "--json"]);
     let registry = std::fs::read(registry_path(Mode::Root)).unwrap();
+    // A sandbox made from a snapshot has the secret too (the source's kept value).
+    let snapshot = format!("{name}-snap");
+    let copy = format!("{name}-copy");
+    assert_code(&ak(&["snapshot", "create", &name, "--name", &snapshot]), 0);
+    let made = internet
+        .command(&["create", &copy, "--from-snapshot", &snapshot], &[])
+        .output()
+        .unwrap();
     let _ = ak(&["remove", &name, "--force"]);
+    assert_code(&made, 0);
+    assert_code(&ak(&["start", &copy]), 0);
+    let output = internet
+        .command(&["exec", &copy, "--", "bash", "-c", probe], &[])
+        .output()
+        .unwrap();
+    seen.push(format!("{}{}", stdout(&output), stderr(&output)));
+    let _ = ak(&["remove", &copy, "--force"]);
+    let _ = ak(&["snapshot", "remove", &snapshot]);
     let received = internet.received();
     assert_eq!(
         received.matches(&format!("api.test {token}")).count(),
-        2,
-        "both starts substituted: {received:?}\n{seen:?}"
+        3,
+        "both starts and the copy substituted: {received:?}\n{seen:?}"
     );
     for shown in &seen {
         assert!(shown.contains("secure: akph_"), "{shown}");
