@@ -281,7 +281,8 @@ pub fn run(args: HelperArgs, audit: Arc<dyn AuditSink>) -> Result<(), EgressErro
                 OwnedFd::from(stream)
             }
         };
-        serve(fd, wire, mtu, gate, secrets, audit, upstream, ready, exit).await
+        let link = SandboxLink { fd, wire, mtu };
+        serve(link, gate, secrets, audit, upstream, ready, exit).await
     })
 }
 
@@ -314,11 +315,15 @@ fn listen(path: &Path) -> Result<std::os::unix::net::UnixListener, EgressError> 
     Ok(listener)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn serve(
+/// The sandbox's link, ready to carry packets: its descriptor, what it carries, its MTU.
+struct SandboxLink {
     fd: OwnedFd,
     wire: Wire,
     mtu: u16,
+}
+
+async fn serve(
+    link: SandboxLink,
     gate: Arc<Gate>,
     secrets: Option<Arc<Secrets>>,
     audit: Arc<dyn AuditSink>,
@@ -326,10 +331,10 @@ async fn serve(
     ready: Option<OwnedFd>,
     exit: Option<OwnedFd>,
 ) -> Result<(), EgressError> {
-    let device = GatedTun::new(fd, wire, gate.clone(), audit.clone())
+    let device = GatedTun::new(link.fd, link.wire, gate.clone(), audit.clone())
         .map_err(EgressError::io("watch the sandbox's link"))?;
     let mut config = IpStackConfig::default();
-    config.mtu_unchecked(mtu);
+    config.mtu_unchecked(link.mtu);
     // ipstack's defaults (16 KiB in flight, 16 KiB read buffer) hold a bulk download to a
     // small fraction of the open network's speed; its 60 s timeout would cut idle but
     // live connections (a language server, a held database connection).
