@@ -257,6 +257,9 @@ fn send_on(fd: &OwnedFd, wire: &mut Wire, packet: &[u8]) -> io::Result<usize> {
 
 /// Writes one Ethernet frame: whole to a TAP device; after its length to a stream, where
 /// what the socket does not take now waits in the outbox (written before anything else).
+/// ipstack never flushes its device, so a remainder left when the VM's socket is full goes
+/// out with the next packet (at the latest the stack's retransmission): a pause under
+/// backpressure, never a loss.
 fn send_frame(fd: &OwnedFd, wire: &mut Wire, frame: &[u8]) -> io::Result<()> {
     match wire {
         Wire::Tun => Ok(()),
@@ -293,6 +296,18 @@ fn flush(fd: &OwnedFd, outbox: &mut Vec<u8>) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether a stream's `inbox` holds a whole frame (or an oversized frame's length, which
+/// [`take_frame`] then refuses).
+fn whole_frame(inbox: &[u8]) -> bool {
+    match inbox.get(..4) {
+        Some(prefix) => {
+            let length = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]);
+            inbox.len() >= 4 + length as usize || length as usize > usize::from(crate::MTU)
+        }
+        None => false,
+    }
 }
 
 /// The first whole frame of a stream's `inbox` (taken out of it), if there is one; an
@@ -334,8 +349,9 @@ impl AsyncRead for GatedTun {
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
         loop {
-            // A stream may hold a whole frame already: no readiness needed for it.
-            let buffered = matches!(&this.wire, Wire::Stream { inbox, .. } if inbox.len() >= 4);
+            // A stream may hold a whole frame already: no readiness needed for it (a part of
+            // one waits for the descriptor like an empty inbox does).
+            let buffered = matches!(&this.wire, Wire::Stream { inbox, .. } if whole_frame(inbox));
             let received = if buffered {
                 receive(this.fd.get_ref(), &mut this.wire, &mut this.packet)
             } else {
@@ -395,5 +411,34 @@ impl AsyncWrite for GatedTun {
 impl AsRawFd for GatedTun {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.fd.get_ref().as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{take_frame, whole_frame};
+
+    #[test]
+    fn a_stream_gives_whole_frames_only() {
+        let mut inbox = Vec::new();
+        assert!(!whole_frame(&inbox));
+        inbox.extend_from_slice(&5u32.to_be_bytes());
+        inbox.extend_from_slice(b"abc");
+        // A part of a frame: not taken, and not "buffered" (the descriptor is waited for).
+        assert!(!whole_frame(&inbox));
+        assert_eq!(take_frame(&mut inbox, 1500).unwrap(), None);
+        inbox.extend_from_slice(b"de");
+        inbox.extend_from_slice(&1u32.to_be_bytes());
+        assert!(whole_frame(&inbox));
+        assert_eq!(take_frame(&mut inbox, 1500).unwrap().unwrap(), b"abcde");
+        // The next frame's length alone: still waiting for its byte.
+        assert!(!whole_frame(&inbox));
+        inbox.push(b'z');
+        assert_eq!(take_frame(&mut inbox, 1500).unwrap().unwrap(), b"z");
+        assert!(inbox.is_empty());
+        // A length no frame of ours has: refused, not waited for.
+        inbox.extend_from_slice(&u32::MAX.to_be_bytes());
+        assert!(whole_frame(&inbox));
+        assert!(take_frame(&mut inbox, 1500).is_err());
     }
 }

@@ -66,12 +66,14 @@ pub async fn relay<C>(
     let rule = match judge(&gate, &opening, rule) {
         Ok(rule) => rule,
         Err((name, reason, http)) => {
-            if http {
-                let _ = crate::intercept::refuse(&mut client, 403, &reason).await;
-            }
+            // Recorded first: the refusal's answer waits for the sandbox to take it, and a
+            // sandbox that ends meanwhile (its helper with it) must not lose the verdict.
             event.name = Some(name);
             event.rule = reason;
             audit.record(&event);
+            if http {
+                let _ = crate::intercept::refuse(&mut client, 403, &event.rule).await;
+            }
             return;
         }
     };
