@@ -81,7 +81,8 @@ impl EgressSetup {
         let helper = start_detached(
             &Detached {
                 program: &self.0.helper,
-                netns: PathBuf::from(format!("/proc/{pid}/ns/net")),
+                netns: Some(PathBuf::from(format!("/proc/{pid}/ns/net"))),
+                stream: None,
                 // The engine runs as root: the helper enters the namespace directly.
                 userns: None,
                 policy: &dir.join(POLICY_FILE),
@@ -91,6 +92,7 @@ impl EgressSetup {
             },
             Some(&exit),
         )?;
+        ak_egress::launch::reap_when_done(helper);
         let recorded = ak_core::process::identity(helper).ok_or_else(|| {
             DockerError::EgressUnavailable(format!(
                 "the egress helper (pid {helper}) ended as soon as it started; {} may say why",

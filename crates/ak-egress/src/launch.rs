@@ -82,8 +82,10 @@ pub fn failure(message: &str) -> String {
 pub struct Detached<'a> {
     /// The `ak-egress` executable.
     pub program: &'a Path,
-    /// The sandbox's network namespace.
-    pub netns: PathBuf,
+    /// The sandbox's network namespace; or else
+    pub netns: Option<PathBuf>,
+    /// the socket a VM's NIC connects to (see [`HelperArgs::stream`]).
+    pub stream: Option<PathBuf>,
     /// Its user namespace, when the helper must enter one first (see [`HelperArgs`]).
     pub userns: Option<PathBuf>,
     pub policy: &'a Path,
@@ -94,8 +96,8 @@ pub struct Detached<'a> {
 }
 
 /// Starts our helper for a sandbox that outlives this process, ending when `exit` (a
-/// pidfd of the sandbox's first process) reports its end, or when killed by the pid this
-/// returns once the sandbox's network is configured.
+/// pidfd of the sandbox's first process) reports its end (a VM's: when its connection
+/// does), or when killed by the pid this returns once the sandbox's network is configured.
 pub fn start_detached(launch: &Detached<'_>, exit: Option<&OwnedFd>) -> Result<u32, EgressError> {
     let (ready_read, ready_write) = pipe().map_err(EgressError::io("create a pipe"))?;
     let log = std::fs::OpenOptions::new()
@@ -104,8 +106,8 @@ pub fn start_detached(launch: &Detached<'_>, exit: Option<&OwnedFd>) -> Result<u
         .open(launch.log)
         .map_err(EgressError::io(format!("open {}", launch.log.display())))?;
     let args = HelperArgs {
-        netns: Some(launch.netns.clone()),
-        stream: None,
+        netns: launch.netns.clone(),
+        stream: launch.stream.clone(),
         ethernet: false,
         // Secrets are the native backend's only (the service refuses them elsewhere).
         sandbox_pid: None,
@@ -125,4 +127,30 @@ pub fn start_detached(launch: &Detached<'_>, exit: Option<&OwnedFd>) -> Result<u
         ))(e)
     })?;
     wait_detached(child, ready_read, ready_write, launch.log).map_err(EgressError::Helper)
+}
+
+/// Reaps the detached helper `pid` (our child, see [`start_detached`]) once it ends, so
+/// that a long-lived process (the daemon, `serve`) collects no zombies: its pidfd becomes
+/// readable at its end.
+pub fn reap_when_done(pid: u32) {
+    let Some(child) = i32::try_from(pid)
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+    else {
+        return;
+    };
+    let Ok(pidfd) = rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty()) else {
+        return;
+    };
+    // Outside a runtime there is no long-lived process to keep clean (a one-shot CLI).
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    runtime.spawn(async move {
+        // SAFETY: the OwnedFd moves into the AsyncFd, which owns it for its whole life.
+        if let Ok(fd) = unsafe { tokio::io::unix::AsyncFd::register(pidfd) } {
+            let _ = fd.readable().await;
+        }
+        let _ = rustix::process::waitpid(Some(child), rustix::process::WaitOptions::NOHANG);
+    });
 }

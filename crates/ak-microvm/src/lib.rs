@@ -69,27 +69,6 @@ pub struct Boot<'a> {
     pub nic: Option<Nic>,
 }
 
-/// Reaps the helper `pid` (our child) once it ends, so that a long-lived process (the
-/// daemon) collects no zombies: its pidfd becomes readable at its end.
-fn reap_when_done(pid: u32) {
-    let Some(child) = i32::try_from(pid)
-        .ok()
-        .and_then(rustix::process::Pid::from_raw)
-    else {
-        return;
-    };
-    let Ok(pidfd) = rustix::process::pidfd_open(child, rustix::process::PidfdFlags::empty()) else {
-        return;
-    };
-    tokio::spawn(async move {
-        // SAFETY: the OwnedFd moves into the AsyncFd, which owns it for its whole life.
-        if let Ok(fd) = unsafe { tokio::io::unix::AsyncFd::register(pidfd) } {
-            let _ = fd.readable().await;
-        }
-        let _ = rustix::process::waitpid(Some(child), rustix::process::WaitOptions::NOHANG);
-    });
-}
-
 /// What a VM holds on the host for its network: the tap, lease and NAT rules of the open
 /// network, or the egress helper (its identity) of an allowlist.
 #[derive(Debug, Default)]
@@ -523,60 +502,42 @@ impl MicrovmBackend {
         self.egress
             .write_policy(&policy, &spec.policy.allowlist, None)
             .map_err(|e| failed(e.to_string()))?;
+        if !ak_core::process::is_executable(&self.egress.helper) {
+            return Err(MicrovmError::Unsupported(format!(
+                "the allowlist network needs the egress helper {} (built beside agentkernel)",
+                self.egress.helper.display()
+            )));
+        }
         let socket = layout.dir.join(EGRESS_SOCKET);
-        let log = layout.dir.join(EGRESS_LOG);
-        let (ready_read, ready_write) =
-            ak_egress::launch::pipe().map_err(|e| failed(format!("a pipe: {e}")))?;
-        let args = ak_egress::HelperArgs {
-            netns: None,
-            stream: Some(socket.clone()),
-            userns: None,
-            policy,
-            ready_fd: std::os::fd::AsRawFd::as_raw_fd(&ready_write),
-            exit_fd: None,
-            sandbox: spec.id.clone(),
-            audit_dir: self.egress.audit_dir.clone(),
-            ethernet: false,
-            // Secrets are the native backend's only (the service refuses them elsewhere).
-            sandbox_pid: None,
-        };
-        let log_file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)
-            .map_err(MicrovmError::io(format!("open {}", log.display())))?;
-        let mut command = std::process::Command::new(&self.egress.helper);
-        command.args(args.to_args());
-        let child = ak_egress::launch::spawn(
-            &mut command,
-            &ready_write,
-            None,
-            std::process::Stdio::from(log_file),
-        )
-        .map_err(|e| {
-            if e.kind() == std::io::ErrorKind::NotFound {
-                MicrovmError::Unsupported(format!(
-                    "the allowlist network needs the egress helper {} (built beside agentkernel)",
-                    self.egress.helper.display()
-                ))
-            } else {
-                failed(format!(
-                    "cannot start {}: {e}",
-                    self.egress.helper.display()
-                ))
-            }
-        })?;
+        let (program, socket_path) = (self.egress.helper.clone(), socket.clone());
+        let (audit_dir, log, sandbox) = (
+            self.egress.audit_dir.clone(),
+            layout.dir.join(EGRESS_LOG),
+            spec.id.clone(),
+        );
         // Its end is the VM's connection's end (or the VM's release): not waited for by
         // this process, which a one-shot VM's helper may outlive by a moment.
         let pid = tokio::task::spawn_blocking(move || {
-            ak_egress::launch::wait_detached(child, ready_read, ready_write, &log)
+            ak_egress::launch::start_detached(
+                &ak_egress::launch::Detached {
+                    program: &program,
+                    netns: None,
+                    stream: Some(socket_path),
+                    userns: None,
+                    policy: &policy,
+                    sandbox: &sandbox,
+                    audit_dir: audit_dir.as_deref(),
+                    log: &log,
+                },
+                None,
+            )
         })
         .await
         .map_err(|e| failed(e.to_string()))?
         .map_err(|e| failed(format!("it did not start: {e}")))?;
         let identity =
             ak_core::process::identity(pid).ok_or_else(|| failed("it ended at once".into()))?;
-        reap_when_done(pid);
+        ak_egress::launch::reap_when_done(pid);
         Ok((socket, identity))
     }
 

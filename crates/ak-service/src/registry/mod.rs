@@ -305,19 +305,7 @@ impl Registry {
         name: &str,
         expires_at: Option<i64>,
     ) -> Result<SandboxRecord, RegistryError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let changed = tx.execute(
-            "UPDATE sandboxes SET expires_at = ?1, updated_at = ?2 WHERE name = ?3",
-            params![expires_at, now_unix(), name],
-        )?;
-        if changed == 0 {
-            return Err(RegistryError::NotFound(name.to_string()));
-        }
-        let record = query_one(&tx, "name", name)?
-            .ok_or_else(|| RegistryError::NotFound(name.to_string()))?;
-        tx.commit()?;
-        Ok(record)
+        self.update_named(name, "expires_at", &expires_at)
     }
 
     /// Replaces the spec of `name` (a change that outlives a restart, such as a new
@@ -325,11 +313,22 @@ impl Registry {
     pub fn set_spec(&self, name: &str, spec: &SandboxSpec) -> Result<SandboxRecord, RegistryError> {
         let spec = serde_json::to_string(spec)
             .map_err(|e| RegistryError::Corrupt(format!("cannot encode the spec: {e}")))?;
+        self.update_named(name, "spec", &spec)
+    }
+
+    /// Sets column `column` (one of ours, never input) of `name` to `value`, and its
+    /// update time; returns the updated record.
+    fn update_named(
+        &self,
+        name: &str,
+        column: &'static str,
+        value: &dyn rusqlite::ToSql,
+    ) -> Result<SandboxRecord, RegistryError> {
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let changed = tx.execute(
-            "UPDATE sandboxes SET spec = ?1, updated_at = ?2 WHERE name = ?3",
-            params![spec, now_unix(), name],
+            &format!("UPDATE sandboxes SET {column} = ?1, updated_at = ?2 WHERE name = ?3"),
+            params![value, now_unix(), name],
         )?;
         if changed == 0 {
             return Err(RegistryError::NotFound(name.to_string()));
