@@ -45,6 +45,9 @@ pub struct Plan<'a> {
     /// An allowlist sandbox's `/etc/resolv.conf` on the host (naming the egress helper's
     /// resolver), bound read-only over the engine's.
     pub resolv_conf: Option<&'a Path>,
+    /// A sandbox with secrets: the host directory bound read-only at `/run/agentkernel`
+    /// (`secrets.rs`).
+    pub secrets_dir: Option<&'a Path>,
 }
 
 fn bind(source: &Path, target: &Path, read_only: bool) -> Mount {
@@ -62,7 +65,7 @@ fn bind(source: &Path, target: &Path, read_only: bool) -> Mount {
 const TMPFS_OPTIONS: &str = "rw,exec,nosuid,nodev";
 
 impl Plan<'_> {
-    fn read_only_root(&self) -> bool {
+    pub fn read_only_root(&self) -> bool {
         // A container's root is a copy-on-write layer thrown away with it (the image
         // itself is never written).
         !self.spec.policy.writable_root()
@@ -106,6 +109,9 @@ impl Plan<'_> {
         );
         if let Some(resolv_conf) = self.resolv_conf {
             mounts.push(bind(resolv_conf, Path::new("/etc/resolv.conf"), true));
+        }
+        if let Some(secrets) = self.secrets_dir {
+            mounts.push(bind(secrets, Path::new(ak_core::secrets::RUN_DIR), true));
         }
         let lifetime = match self.lifetime {
             Lifetime::Ephemeral => "ephemeral",
@@ -220,6 +226,7 @@ mod tests {
             creator: "1:2",
             ulimits: Vec::new(),
             resolv_conf: None,
+            secrets_dir: None,
         }
     }
 
@@ -238,6 +245,7 @@ mod tests {
                 Vec::new()
             },
             resolv_conf: None,
+            secrets_dir: None,
         }
         .body()
     }

@@ -19,6 +19,7 @@ use ak_core::SandboxSpec;
 use ak_core::egress::Allowlist;
 use ak_egress::PolicyFile;
 use ak_egress::launch::{Detached, start_detached};
+use ak_egress::secrets::SecretPolicy;
 use rustix::process::{Pid, PidfdFlags, pidfd_open};
 
 use crate::error::DockerError;
@@ -45,15 +46,19 @@ pub fn dir_of(run_dir: &Path) -> PathBuf {
 impl EgressSetup {
     /// Before the container is made: the egress directory (0700) with the policy file and
     /// the resolv.conf to bind; returns the resolv.conf.
-    pub fn prepare(&self, run_dir: &Path, spec: &SandboxSpec) -> Result<PathBuf, DockerError> {
+    pub fn prepare(
+        &self,
+        run_dir: &Path,
+        spec: &SandboxSpec,
+        secrets: Option<SecretPolicy>,
+    ) -> Result<PathBuf, DockerError> {
         let dir = dir_of(run_dir);
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
             .map_err(DockerError::io(format!("create {}", dir.display())))?;
-        // No secrets: the service refuses them for containers.
         self.0
-            .write_policy(&dir.join(POLICY_FILE), &spec.policy.allowlist, None)?;
+            .write_policy(&dir.join(POLICY_FILE), &spec.policy.allowlist, secrets)?;
         let resolv = dir.join(RESOLV_FILE);
         std::fs::write(&resolv, format!("nameserver {}\n", ak_egress::RESOLVER))
             .map_err(DockerError::io(format!("write {}", resolv.display())))?;
@@ -62,7 +67,8 @@ impl EgressSetup {
 
     /// Once the container runs with `pid` as its first process (a host pid): starts the
     /// helper in its network namespace and returns the helper as `pid:start-time` (what
-    /// [`stop`] ends). The helper ends by itself when that process does.
+    /// [`stop`] ends). The helper ends by itself when that process does; it kills that
+    /// process on a secret's leak under `on_leak = "kill"` (the container ends with it).
     pub fn start(&self, run_dir: &Path, sandbox: &str, pid: u32) -> Result<String, DockerError> {
         if !ak_core::process::is_executable(&self.0.helper) {
             return Err(DockerError::EgressUnavailable(format!(
@@ -89,6 +95,7 @@ impl EgressSetup {
                 sandbox,
                 audit_dir: self.0.audit_dir.as_deref(),
                 log: &dir.join(LOG_FILE),
+                sandbox_pid: Some(pid),
             },
             Some(&exit),
         )?;

@@ -46,6 +46,9 @@ pub enum DockerError {
     /// A saved root layer (a snapshot's committed image) that cannot be used.
     #[error("{0}")]
     Layer(String),
+    /// What this engine cannot give a sandbox (secrets under user-namespace remapping).
+    #[error("{0}")]
+    Unsupported(String),
 }
 
 fn display_paths(paths: &[PathBuf]) -> String {
@@ -131,6 +134,10 @@ impl DockerError {
                 reason,
             },
             DockerError::Agent(_) => BackendError::Connect(reason),
+            DockerError::Unsupported(_) => BackendError::Unsupported {
+                backend: engine,
+                reason,
+            },
             DockerError::EgressUnavailable(_) => BackendError::Unavailable {
                 backend: engine,
                 reason,

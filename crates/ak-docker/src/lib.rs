@@ -11,6 +11,7 @@ mod export;
 mod images;
 mod layers;
 mod sandbox;
+mod secrets;
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -172,8 +173,16 @@ impl DockerBackend {
             .map_err(DockerError::io(format!("create {}", run_dir.display())))?;
         let watch = SocketWatch::new(&run_dir)
             .map_err(DockerError::io(format!("watch {}", run_dir.display())))?;
+        let secrets = match secrets::prepare(client, &self.egress.0, &run_dir, spec).await {
+            Ok(secrets) => secrets,
+            Err(e) => {
+                let _ = remove_run_dir(&run_dir);
+                return Err(e);
+            }
+        };
+        let secret_policy = secrets.as_ref().and_then(|s| s.policy.clone());
         let resolv_conf = match spec.policy.network {
-            NetworkMode::Allowlist => match self.egress.prepare(&run_dir, spec) {
+            NetworkMode::Allowlist => match self.egress.prepare(&run_dir, spec, secret_policy) {
                 Ok(resolv_conf) => Some(resolv_conf),
                 Err(e) => {
                     let _ = remove_run_dir(&run_dir);
@@ -183,7 +192,7 @@ impl DockerBackend {
             _ => None,
         };
         let creator = ak_core::process::identity(std::process::id()).unwrap_or_default();
-        let body = Plan {
+        let plan = Plan {
             kind: self.kind,
             spec,
             image,
@@ -197,8 +206,10 @@ impl DockerBackend {
                 Vec::new()
             },
             resolv_conf: resolv_conf.as_deref(),
-        }
-        .body();
+            secrets_dir: secrets.as_ref().map(|s| s.files.dir.as_path()),
+        };
+        let read_only_root = plan.read_only_root();
+        let body = plan.body();
         let name = container::container_name(&spec.id);
         let options = CreateContainerOptionsBuilder::default().name(&name).build();
         let created = match client.create_container(Some(options), body).await {
@@ -211,6 +222,13 @@ impl DockerBackend {
             }
         };
         let container = created.id;
+        if let Some(secrets) = &secrets
+            && let Err(e) =
+                secrets::install_bundle(client, &container, secrets, read_only_root).await
+        {
+            let _ = remove(client, &container, &run_dir).await;
+            return Err(e);
+        }
         let mut data = HandleData {
             container: container.clone(),
             run_dir: run_dir.clone(),
@@ -441,6 +459,9 @@ impl Backend for DockerBackend {
             mount_cwd: true,
             attach: true,
             snapshots: true,
+            // The egress helper substitutes them, as for native sandboxes (`secrets.rs`).
+            proxy_secret_bindings: true,
+            secret_files: true,
             ..ak_core::backend::Capabilities::default()
         }
     }

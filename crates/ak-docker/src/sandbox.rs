@@ -86,7 +86,11 @@ pub async fn remove(client: &Docker, container: &str, run_dir: &Path) -> Result<
 /// Removes the runtime directory and, beside it, the egress directory of an allowlist
 /// sandbox.
 pub fn remove_run_dir(run_dir: &Path) -> Result<(), DockerError> {
-    for dir in [run_dir.to_path_buf(), crate::egress::dir_of(run_dir)] {
+    for dir in [
+        run_dir.to_path_buf(),
+        crate::egress::dir_of(run_dir),
+        crate::secrets::dir_of(run_dir),
+    ] {
         match std::fs::remove_dir_all(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -17,6 +17,9 @@ pub enum EgressError {
     Helper(String),
     #[error("secret interception: {0}")]
     Tls(String),
+    /// A sandbox's secrets cannot be given to it as asked.
+    #[error("{0}")]
+    Secrets(String),
     #[error("bad policy file {path}: {message}")]
     Policy { path: String, message: String },
 }

@@ -93,6 +93,9 @@ pub struct Detached<'a> {
     pub audit_dir: Option<&'a Path>,
     /// Where the helper's diagnostics go.
     pub log: &'a Path,
+    /// The sandbox's first process, stopped on a secret's leak under `on_leak = "kill"`
+    /// (see [`HelperArgs::sandbox_pid`]).
+    pub sandbox_pid: Option<u32>,
 }
 
 /// Starts our helper for a sandbox that outlives this process, ending when `exit` (a
@@ -109,8 +112,7 @@ pub fn start_detached(launch: &Detached<'_>, exit: Option<&OwnedFd>) -> Result<u
         netns: launch.netns.clone(),
         stream: launch.stream.clone(),
         ethernet: false,
-        // Secrets are the native backend's only (the service refuses them elsewhere).
-        sandbox_pid: None,
+        sandbox_pid: launch.sandbox_pid,
         userns: launch.userns.clone(),
         policy: launch.policy.to_path_buf(),
         ready_fd: ready_write.as_raw_fd(),

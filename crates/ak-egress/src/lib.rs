@@ -32,6 +32,7 @@ pub mod helper;
 pub mod intercept;
 pub mod launch;
 pub mod peek;
+pub mod provision;
 pub mod relay;
 pub mod scan;
 pub mod secrets;

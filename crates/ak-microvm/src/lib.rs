@@ -528,6 +528,7 @@ impl MicrovmBackend {
                     sandbox: &sandbox,
                     audit_dir: audit_dir.as_deref(),
                     log: &log,
+                    sandbox_pid: None,
                 },
                 None,
             )

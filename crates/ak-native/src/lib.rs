@@ -54,6 +54,15 @@ pub fn sandbox_root_host_ids() -> (u32, u32) {
     }
 }
 
+/// A sandbox's secrets that cannot be given as asked are a bad spec; anything else
+/// (writing the files, making the CA) is a failure of the host.
+fn secrets_error(error: ak_egress::EgressError) -> NativeError {
+    match error {
+        ak_egress::EgressError::Secrets(reason) => NativeError::InvalidSpec(reason),
+        other => NativeError::Network(other.to_string()),
+    }
+}
+
 /// The native backend. Cheap to create; host facts are probed once, on first use.
 #[derive(Debug)]
 pub struct NativeBackend {
@@ -100,73 +109,18 @@ impl NativeBackend {
         self
     }
 
-    /// The secrets part of the egress policy: each rule with its value, and the CA.
-    fn secret_policy(
-        &self,
-        spec: &SandboxSpec,
-        ca: &ak_egress::ca::CaPem,
-    ) -> Result<ak_egress::secrets::SecretPolicy, NativeError> {
-        let rules = spec
-            .secrets
-            .iter()
-            .map(|rule| {
-                let value = spec.secret_values.get(&rule.key).ok_or_else(|| {
-                    NativeError::InvalidSpec(format!(
-                        "secret {} has no value (the service gives each its value)",
-                        rule.key
-                    ))
-                })?;
-                Ok(ak_egress::secrets::WireSecret {
-                    key: rule.key.clone(),
-                    host: rule.host.to_string(),
-                    header: rule.header.clone(),
-                    placeholder: rule.placeholder.clone(),
-                    value: value.expose().to_string(),
-                })
-            })
-            .collect::<Result<Vec<_>, NativeError>>()?;
-        Ok(ak_egress::secrets::SecretPolicy {
-            rules,
-            on_leak: self.egress.on_leak,
-            ca: ca.clone(),
-            upstream_ca: self.egress.upstream_ca.clone(),
-        })
-    }
-
     /// Writes the egress helper's policy file for `spec` into the runtime directory.
     fn write_egress_policy(
         &self,
         rundir: &RunDir,
         spec: &SandboxSpec,
-        ca: Option<&ak_egress::ca::CaPem>,
+        secrets: Option<ak_egress::secrets::SecretPolicy>,
     ) -> Result<PathBuf, NativeError> {
         let path = rundir.path().join(EGRESS_POLICY_FILE);
-        let secrets = ca.map(|ca| self.secret_policy(spec, ca)).transpose()?;
         self.egress
             .write_policy(&path, &spec.policy.allowlist, secrets)
             .map_err(|e| NativeError::Network(e.to_string()))?;
         Ok(path)
-    }
-
-    /// The sandbox CA of a sandbox with secret rules, for their hosts only.
-    fn sandbox_ca(&self, spec: &SandboxSpec) -> Result<Option<ak_egress::ca::CaPem>, NativeError> {
-        if spec.secrets.is_empty() {
-            return Ok(None);
-        }
-        if spec.policy.network != NetworkMode::Allowlist {
-            return Err(NativeError::InvalidSpec(
-                "secrets need the allowlist network (their egress helper substitutes them)".into(),
-            ));
-        }
-        let mut hosts: Vec<ak_core::egress::HostPattern> = Vec::new();
-        for rule in &spec.secrets {
-            if !hosts.contains(&rule.host) {
-                hosts.push(rule.host.clone());
-            }
-        }
-        ak_egress::ca::generate(&spec.id, &hosts)
-            .map(Some)
-            .map_err(|e| NativeError::Network(e.to_string()))
     }
 
     fn prepared(&self) -> Result<&Prepared, NativeError> {
@@ -285,28 +239,33 @@ impl NativeBackend {
             None
         };
         // A new CA at every start: the key lives only in the helper's policy file.
-        let ca = match self.sandbox_ca(spec) {
-            Ok(ca) => ca,
-            Err(error) => {
-                let _ = rundir.remove();
-                return Err(error);
-            }
-        };
-        let bundle = match &tree {
-            Some((image_root, _)) => secrets::image_bundle(Some(image_root), &[]),
-            None => match &spec.image {
-                ImageRef::Stored(image) => secrets::image_bundle(None, &image.layers),
-                _ => None,
-            },
-        };
-        let secret_files = match secrets::prepare(
-            rundir.path(),
-            spec,
-            ca.as_ref().map(|ca| ca.cert.as_str()),
-            bundle.as_deref(),
-            sandbox_root_host_ids(),
-        ) {
-            Ok(files) => files,
+        let prepared_secrets = ak_egress::provision::secret_policy(&self.egress, spec)
+            .map_err(secrets_error)
+            .and_then(|policy| {
+                let roots = match &tree {
+                    Some((image_root, _)) => secrets::image_bundle(Some(image_root), &[]),
+                    None => match &spec.image {
+                        ImageRef::Stored(image) => secrets::image_bundle(None, &image.layers),
+                        _ => None,
+                    },
+                };
+                let roots = match roots {
+                    Some(path) => std::fs::read(&path)
+                        .map_err(NativeError::io(format!("read {}", path.display())))?,
+                    None => Vec::new(),
+                };
+                let files = ak_egress::provision::write_files(
+                    &rundir.path().join("agentkernel"),
+                    spec,
+                    policy.as_ref(),
+                    &roots,
+                    sandbox_root_host_ids(),
+                )
+                .map_err(secrets_error)?;
+                Ok((policy, files))
+            });
+        let (secret_policy, secret_files) = match prepared_secrets {
+            Ok(prepared) => prepared,
             Err(error) => {
                 let _ = rundir.remove();
                 return Err(error);
@@ -355,16 +314,18 @@ impl NativeBackend {
         // namespace; a persistent sandbox's is detached from us and starts afterwards.
         let network = spec.policy.network.has_network();
         let egress_policy = match spec.policy.network {
-            NetworkMode::Allowlist => match self.write_egress_policy(&rundir, spec, ca.as_ref()) {
-                Ok(path) => Some(path),
-                Err(error) => {
-                    if let Some(cgroup) = &cgroup {
-                        let _ = cgroup.remove();
+            NetworkMode::Allowlist => {
+                match self.write_egress_policy(&rundir, spec, secret_policy) {
+                    Ok(path) => Some(path),
+                    Err(error) => {
+                        if let Some(cgroup) = &cgroup {
+                            let _ = cgroup.remove();
+                        }
+                        let _ = rundir.remove();
+                        return Err(error);
                     }
-                    let _ = rundir.remove();
-                    return Err(error);
                 }
-            },
+            }
             _ => None,
         };
         let kind = match &egress_policy {

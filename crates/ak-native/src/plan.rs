@@ -214,7 +214,7 @@ impl<'a> MountPlanner<'a> {
         spec: &SandboxSpec,
         source: RootSource<'a>,
         resolv_conf: Option<&Path>,
-        secrets: Option<&crate::secrets::SecretFiles>,
+        secrets: Option<&ak_egress::provision::SecretFiles>,
         hidden: &HiddenPaths,
     ) -> Result<Vec<Op>, NativeError> {
         let host_image = matches!(spec.image, ImageRef::Host | ImageRef::Auto);

@@ -29,7 +29,7 @@ pub(crate) struct SpawnRequest<'a> {
     pub hidden: &'a HiddenPaths,
     pub new_root: &'a Path,
     pub resolv_conf: Option<&'a Path>,
-    pub secrets: Option<&'a crate::secrets::SecretFiles>,
+    pub secrets: Option<&'a ak_egress::provision::SecretFiles>,
     pub agent_fd: RawFd,
     pub landlock_abi: Option<u32>,
     pub seccomp: &'a [seccompiler::BpfProgram],

@@ -9,6 +9,7 @@ use std::net::Ipv4Addr;
 use std::process::{Child, Command, Output, Stdio};
 
 mod secrets;
+mod secrets_backends;
 
 use crate::common::{
     Mode, agentkernel, assert_code, is_root, registry_path, shared_host, stderr, stdout,

@@ -12,7 +12,7 @@ use crate::common::{Mode, agentkernel, assert_code, registry_path, stderr, stdou
 
 /// A value unique to this test run, in two halves: a script that names both halves apart
 /// does not hold the value itself (its command line is searched too).
-fn value(tag: &str) -> (String, String) {
+pub(super) fn value(tag: &str) -> (String, String) {
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
