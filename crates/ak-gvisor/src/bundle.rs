@@ -166,6 +166,8 @@ pub struct Bundle<'a> {
     pub netns: Option<&'a Path>,
     /// The resolver configuration for the outbound network.
     pub resolv_conf: Option<&'a Path>,
+    /// A sandbox with secrets: what is shown read-only at `/run/agentkernel`.
+    pub secrets: Option<&'a ak_egress::provision::SecretFiles>,
 }
 
 fn bind(source: &Path, destination: &str, read_only: bool) -> Result<Mount, GvisorError> {
@@ -353,6 +355,20 @@ impl Bundle<'_> {
                     "{} has no regular etc/resolv.conf: DNS inside the sandbox uses what it has",
                     image_root.display()
                 );
+            }
+        }
+        if let Some(secrets) = self.secrets {
+            // Below the scratch /run, which is mounted first.
+            points.dir(Path::new(ak_core::secrets::RUN_DIR))?;
+            mounts.push(bind(&secrets.dir, ak_core::secrets::RUN_DIR, true)?);
+            // Over the image's system bundle where it is a regular file (never made).
+            let system = ak_core::secrets::SYSTEM_BUNDLE;
+            if image_root
+                .join(system.trim_start_matches('/'))
+                .symlink_metadata()
+                .is_ok_and(|m| m.is_file())
+            {
+                mounts.push(bind(&secrets.bundle, system, true)?);
             }
         }
         points.dir(Path::new(RUN_DIR))?;

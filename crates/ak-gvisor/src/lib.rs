@@ -183,6 +183,64 @@ impl GvisorBackend {
         }
     }
 
+    /// A sandbox with secrets: the secret part of its egress policy, and the files of
+    /// `/run/agentkernel` in `agentkernel/` of its bundle directory, owned by its root,
+    /// with the image's system roots in their bundle. `on_leak = "kill"` is refused: the
+    /// egress helper starts before runsc has made the sandbox, so it holds no process
+    /// of the sandbox to stop.
+    fn secrets(
+        &self,
+        spec: &SandboxSpec,
+        dir: &Path,
+    ) -> Result<
+        (
+            Option<ak_egress::secrets::SecretPolicy>,
+            Option<ak_egress::provision::SecretFiles>,
+        ),
+        GvisorError,
+    > {
+        if !ak_egress::provision::has_secrets(spec) {
+            return Ok((None, None));
+        }
+        if !spec.secrets.is_empty() && self.egress.on_leak == ak_core::secrets::OnLeak::Kill {
+            return Err(GvisorError::Unsupported(
+                "on_leak = \"kill\" is not available on gVisor: its egress helper starts \
+                 before the sandbox exists and holds none of its processes to stop; use \
+                 on_leak = \"block\" or another backend"
+                    .into(),
+            ));
+        }
+        let failed = |e: ak_egress::EgressError| match e {
+            ak_egress::EgressError::Secrets(reason) => GvisorError::Unsupported(reason),
+            other => GvisorError::Network(other.to_string()),
+        };
+        let policy = ak_egress::provision::secret_policy(&self.egress, spec).map_err(failed)?;
+        let roots_file = match &spec.image {
+            ak_core::ImageRef::Host | ak_core::ImageRef::Auto => {
+                ak_native::image_bundle(Some(Path::new("/")), &[])
+            }
+            ak_core::ImageRef::Directory(root) => ak_native::image_bundle(Some(root), &[]),
+            ak_core::ImageRef::Stored(image) => ak_native::image_bundle(None, &image.layers),
+            ak_core::ImageRef::Oci(_) => None,
+        };
+        let roots = match roots_file {
+            Some(path) => {
+                std::fs::read(&path).map_err(GvisorError::io(format!("read {}", path.display())))?
+            }
+            None => Vec::new(),
+        };
+        let owner = image::id_mapping(spec).map_or((0, 0), |(base, _)| (base, base));
+        let files = ak_egress::provision::write_files(
+            &dir.join("agentkernel"),
+            spec,
+            policy.as_ref(),
+            &roots,
+            owner,
+        )
+        .map_err(failed)?;
+        Ok((policy, files))
+    }
+
     async fn start(
         &self,
         runsc: &Runsc,
@@ -220,6 +278,7 @@ impl GvisorBackend {
         // slirp4netns; an allowlist's is the egress helper, as on the native backend, on
         // a TAP device (gVisor's network stack speaks Ethernet).
         let outbound = spec.policy.network.has_network();
+        let (secret_policy, secret_files) = self.secrets(spec, &dir)?;
         let netns = outbound.then(Netns::new).transpose()?;
         let mut network = None;
         let resolv_conf = dir.join("resolv.conf");
@@ -227,7 +286,7 @@ impl GvisorBackend {
             let policy = dir.join(ak_native::EGRESS_POLICY_FILE);
             let kind = if spec.policy.network == NetworkMode::Allowlist {
                 self.egress
-                    .write_policy(&policy, &spec.policy.allowlist, None)
+                    .write_policy(&policy, &spec.policy.allowlist, secret_policy)
                     .map_err(|e| GvisorError::Network(e.to_string()))?;
                 ak_native::network::egress_helper(&self.egress, &policy, &spec.id, true)
             } else {
@@ -257,6 +316,7 @@ impl GvisorBackend {
             seccomp: &seccomp,
             netns: netns_path.as_deref(),
             resolv_conf: outbound.then_some(resolv_conf.as_path()),
+            secrets: secret_files.as_ref(),
         }
         .write()?;
 
@@ -481,6 +541,9 @@ impl Backend for GvisorBackend {
             mount_cwd: true,
             attach: true,
             image_layers: true,
+            // The egress helper substitutes them, as for native sandboxes.
+            proxy_secret_bindings: true,
+            secret_files: true,
             ..Capabilities::default()
         }
     }

@@ -39,6 +39,7 @@ use crate::probe::HostFeatures;
 use crate::rundir::RunDir;
 pub use crate::sandbox::NativeSandbox;
 use crate::sandbox::Reach;
+pub use crate::secrets::image_bundle;
 pub use crate::spawn::ROOT_MAPPED_BASE;
 
 /// The host uid and gid that are root inside this process's sandboxes: what a host

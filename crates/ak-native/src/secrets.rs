@@ -9,7 +9,7 @@ use ak_core::secrets::SYSTEM_BUNDLE;
 
 /// Where the image keeps its system bundle on the host: the tree's own file, or the top
 /// layer's that has one.
-pub(crate) fn image_bundle(image_root: Option<&Path>, layers: &[PathBuf]) -> Option<PathBuf> {
+pub fn image_bundle(image_root: Option<&Path>, layers: &[PathBuf]) -> Option<PathBuf> {
     let relative = SYSTEM_BUNDLE.trim_start_matches('/');
     match image_root {
         Some(root) => Some(root.join(relative)),

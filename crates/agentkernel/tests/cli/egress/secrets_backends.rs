@@ -137,7 +137,8 @@ echo "hits=$hits"
 }
 
 /// Substitution, masking, a leak, the bundle and the search, in one sandbox of `backend`;
-/// then, where the backend can stop a sandbox, a leak under `on_leak = "kill"`.
+/// then a leak under `on_leak = "kill"`, which stops the sandbox where the backend can
+/// (`kills`) and is refused where it cannot.
 fn secrets_on(backend: &str, kills: bool) {
     let internet = FakeInternet::start();
     let flags = flags(backend);
@@ -246,9 +247,6 @@ fn secrets_on(backend: &str, kills: bool) {
     );
     assert!(!audit.contains(&token), "the audit log holds the value");
 
-    if !kills {
-        return;
-    }
     let config = tempfile::NamedTempFile::new().unwrap();
     let base = std::fs::read_to_string(internet.config.path()).unwrap();
     std::fs::write(config.path(), format!("{base}on_leak = \"kill\"\n")).unwrap();
@@ -271,6 +269,15 @@ fn secrets_on(backend: &str, kills: bool) {
         .output()
         .unwrap();
     let context = format!("{backend}: {}\n{}", stdout(&output), stderr(&output));
+    if !kills {
+        // Refused before anything runs, saying why.
+        assert_ne!(output.status.code(), Some(0), "{context}");
+        assert!(
+            stderr(&output).contains("on_leak = \"kill\" is not available"),
+            "{context}"
+        );
+        return;
+    }
     assert!(!stdout(&output).contains("survived"), "{context}");
     assert_ne!(output.status.code(), Some(0), "{context}");
     assert_eq!(
@@ -288,4 +295,9 @@ fn secrets_on_docker() {
 #[test]
 fn secrets_on_podman() {
     secrets_on("podman", true);
+}
+
+#[test]
+fn secrets_on_gvisor() {
+    secrets_on("gvisor", false);
 }
