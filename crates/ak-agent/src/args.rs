@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 /// Printed with every argument error.
-pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT | --vsock-connect PORT) [--hold-fd N] [--workdir DIR] [--seccomp FILE] [--guest] [--ready-port PORT] [--share TAG:PATH:rw|ro]... [--layer-disk] [--net ADDRESS/PREFIX,GATEWAY [--nameserver ADDRESS]...]";
+pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT | --vsock-connect PORT) [--hold-fd N] [--workdir DIR] [--seccomp FILE] [--guest] [--ready-port PORT] [--share TAG:PATH:rw|ro]... [--layer-disk] [--net ADDRESS/PREFIX,GATEWAY [--nameserver ADDRESS]...] [--trust-bundle CA,BUNDLE,SYSTEM]";
 
 /// Where the host's connections come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +57,20 @@ pub(crate) struct Args {
     pub(crate) net: Option<Net>,
     /// Written to the guest's `/etc/resolv.conf` (needs `--net`).
     pub(crate) nameservers: Vec<Ipv4Addr>,
+    /// A sandbox with secrets (`--guest` only): the guest's own trust bundle is made.
+    pub(crate) trust_bundle: Option<TrustBundle>,
+}
+
+/// `--trust-bundle CA,BUNDLE,SYSTEM`: once the shares are mounted, the guest's system
+/// roots (SYSTEM, its links followed) and the sandbox CA (the file CA, in a share) are
+/// written to a file on `/run`, which is bound read-only over BUNDLE (the host's bundle in
+/// the share, which lacks the guest's roots: the host cannot read them) and over SYSTEM
+/// when that is a regular file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct TrustBundle {
+    pub(crate) ca: PathBuf,
+    pub(crate) bundle: PathBuf,
+    pub(crate) system: PathBuf,
 }
 
 /// `--net ADDRESS/PREFIX,GATEWAY`: `eth0`'s address and the default route's gateway, which
@@ -128,6 +142,10 @@ pub(crate) enum ArgsError {
     BadNameserver(String),
     #[error("--nameserver is only for --net")]
     NameserverWithoutNet,
+    #[error("--trust-bundle needs three absolute paths CA,BUNDLE,SYSTEM, not {0:?}")]
+    BadTrustBundle(String),
+    #[error("--trust-bundle is only for --guest")]
+    TrustBundleWithoutGuest,
 }
 
 /// Parses the arguments after the program name.
@@ -152,6 +170,7 @@ where
     let mut shares = Vec::new();
     let mut net = None;
     let mut nameservers = Vec::new();
+    let mut trust_bundle = None;
     while let Some(arg) = args.next() {
         let text = arg
             .to_str()
@@ -204,6 +223,11 @@ where
             )?,
             "--share" => shares.push(share(value("--share")?)?),
             "--net" => set_once(&mut net, network(value("--net")?)?, "--net")?,
+            "--trust-bundle" => set_once(
+                &mut trust_bundle,
+                trust(value("--trust-bundle")?)?,
+                "--trust-bundle",
+            )?,
             "--nameserver" => {
                 let raw = value("--nameserver")?;
                 let raw = raw.to_str().ok_or(ArgsError::NotUtf8("--nameserver"))?;
@@ -266,6 +290,9 @@ where
     if net.is_some() && !guest {
         return Err(ArgsError::NetWithoutGuest);
     }
+    if trust_bundle.is_some() && !guest {
+        return Err(ArgsError::TrustBundleWithoutGuest);
+    }
     if !nameservers.is_empty() && net.is_none() {
         return Err(ArgsError::NameserverWithoutNet);
     }
@@ -280,7 +307,21 @@ where
         layer_disk,
         net,
         nameservers,
+        trust_bundle,
     })
+}
+
+fn trust(raw: OsString) -> Result<TrustBundle, ArgsError> {
+    let raw = raw.to_str().ok_or(ArgsError::NotUtf8("--trust-bundle"))?;
+    let paths: Vec<&str> = raw.split(',').collect();
+    match paths[..] {
+        [ca, bundle, system] if paths.iter().all(|p| p.starts_with('/')) => Ok(TrustBundle {
+            ca: PathBuf::from(ca),
+            bundle: PathBuf::from(bundle),
+            system: PathBuf::from(system),
+        }),
+        _ => Err(ArgsError::BadTrustBundle(raw.to_string())),
+    }
 }
 
 fn network(raw: OsString) -> Result<Net, ArgsError> {
@@ -550,6 +591,37 @@ mod tests {
                 "--net=10.0.0.3/24,10.0.0.1"
             ]),
             Err(ArgsError::Repeated("--net"))
+        );
+    }
+
+    #[test]
+    fn a_guest_trust_bundle() {
+        let args = parse_strs(&[
+            "--guest",
+            "--vsock",
+            "1",
+            "--trust-bundle",
+            "/run/a/ca.pem,/run/a/b.pem,/etc/s.crt",
+        ])
+        .unwrap();
+        assert_eq!(
+            args.trust_bundle,
+            Some(TrustBundle {
+                ca: "/run/a/ca.pem".into(),
+                bundle: "/run/a/b.pem".into(),
+                system: "/etc/s.crt".into(),
+            })
+        );
+        for bad in ["/a,/b", "/a,/b,c", "/a,/b,/c,/d", ""] {
+            assert_eq!(
+                parse_strs(&["--guest", "--vsock", "1", "--trust-bundle", bad]),
+                Err(ArgsError::BadTrustBundle(bad.into())),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_strs(&["--vsock", "1", "--trust-bundle", "/a,/b,/c"]),
+            Err(ArgsError::TrustBundleWithoutGuest)
         );
     }
 

@@ -7,7 +7,7 @@ use std::ffi::CStr;
 use std::net::Ipv4Addr;
 
 use rustix::fs::Mode;
-use rustix::mount::{MountFlags, mount, mount_move};
+use rustix::mount::{MountFlags, mount, mount_bind, mount_move, mount_remount};
 
 /// The disk holding the base image (the first virtio-blk device).
 const BASE_DEVICE: &str = "/dev/vda";
@@ -254,6 +254,58 @@ fn mount_share(share: &crate::args::Share) -> Result<(), GuestError> {
             Some(c"trans=virtio,version=9p2000.L,msize=262144,cache=none"),
         ),
     )
+}
+
+/// Where the guest's trust bundle is written (on the `/run` tmpfs, before any command).
+const TRUST_BUNDLE: &str = "/run/.agentkernel-trust.pem";
+
+/// Makes the sandbox's trust bundle from the guest's own system roots and the sandbox CA
+/// (see [`crate::args::TrustBundle`]): the host wrote a bundle of the CA alone, since it
+/// cannot read the guest image's roots. The file is bound read-only over the shared
+/// bundle and over the system bundle when that is a regular file (never made).
+pub(crate) fn trust_bundle(trust: &crate::args::TrustBundle) -> Result<(), GuestError> {
+    let io = |step: String| move |source| GuestError { step, source };
+    let ca = std::fs::read(&trust.ca).map_err(io(format!("read {}", trust.ca.display())))?;
+    // The roots through any links (Alpine's bundle is reached through one).
+    let mut text = match std::fs::read(&trust.system) {
+        Ok(roots) => roots,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(io(format!("read {}", trust.system.display()))(e)),
+    };
+    // Roots, then the CA: the order `ak_egress::provision::bundle` makes on the host.
+    if !text.is_empty() && !text.ends_with(b"\n") {
+        text.push(b'\n');
+    }
+    text.extend_from_slice(&ca);
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(TRUST_BUNDLE)
+            .and_then(|mut file| file.write_all(&text))
+            .map_err(io(format!("write {TRUST_BUNDLE}")))?;
+    }
+    let system_is_file = std::fs::symlink_metadata(&trust.system).is_ok_and(|m| m.is_file());
+    let targets = std::iter::once(&trust.bundle).chain(system_is_file.then_some(&trust.system));
+    for target in targets {
+        step(
+            format!("bind the trust bundle over {}", target.display()),
+            mount_bind(TRUST_BUNDLE, target),
+        )?;
+        step(
+            format!("make {} read-only", target.display()),
+            mount_remount(
+                target,
+                MountFlags::BIND | MountFlags::RDONLY | MountFlags::NOSUID | MountFlags::NODEV,
+                c"",
+            ),
+        )?;
+    }
+    reached("trust bundle made");
+    Ok(())
 }
 
 /// Sets `lo` up.

@@ -71,6 +71,10 @@ pub fn main_entry() -> i32 {
             return 2;
         }
         let entered = guest::enter_root(args.workdir.as_deref(), &args.shares, args.layer_disk)
+            .and_then(|()| match &args.trust_bundle {
+                Some(trust) => guest::trust_bundle(trust),
+                None => Ok(()),
+            })
             .and_then(|()| match &args.net {
                 Some(net) => guest::network_up(net, &args.nameservers),
                 None => Ok(()),

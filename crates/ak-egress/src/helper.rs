@@ -218,6 +218,13 @@ pub fn run(args: HelperArgs, audit: Arc<dyn AuditSink>) -> Result<(), EgressErro
             // Opened now, while the sandbox surely runs, so that a later kill can never
             // reach a process that took its pid.
             let init = match (secrets.on_leak, args.sandbox_pid) {
+                // A VM's: its hypervisor, once it connects (`peer_of`).
+                (ak_core::secrets::OnLeak::Kill, None) if args.stream.is_some() => None,
+                (ak_core::secrets::OnLeak::Kill, None) => {
+                    return Err(EgressError::Usage(
+                        "on_leak = \"kill\" needs the sandbox's init (--sandbox-pid)".into(),
+                    ));
+                }
                 (ak_core::secrets::OnLeak::Kill, Some(pid)) => Some(
                     rustix::process::Pid::from_raw(pid as i32)
                         .ok_or_else(|| EgressError::Usage("--sandbox-pid 0".into()))
@@ -275,6 +282,11 @@ pub fn run(args: HelperArgs, audit: Arc<dyn AuditSink>) -> Result<(), EgressErro
                     .accept()
                     .await
                     .map_err(EgressError::io("accept the VM's connection"))?;
+                if let Some(secrets) = &secrets
+                    && secrets.on_leak == ak_core::secrets::OnLeak::Kill
+                {
+                    secrets.stops(peer_of(&stream)?);
+                }
                 let stream = stream
                     .into_std()
                     .map_err(EgressError::io("take the VM's connection"))?;
@@ -284,6 +296,21 @@ pub fn run(args: HelperArgs, audit: Arc<dyn AuditSink>) -> Result<(), EgressErro
         let link = SandboxLink { fd, wire, mtu };
         serve(link, gate, secrets, audit, upstream, ready, exit).await
     })
+}
+
+/// A pidfd of the process at the other end of `stream` (the VM's hypervisor, which a
+/// leak under `on_leak = "kill"` stops), opened while it is connected: the kernel's
+/// record of the connecting pid, taken as the connection was made.
+fn peer_of(stream: &tokio::net::UnixStream) -> Result<OwnedFd, EgressError> {
+    let failed = |e: std::io::Error| EgressError::io("find the VM's hypervisor")(e);
+    let pid = stream
+        .peer_cred()
+        .map_err(failed)?
+        .pid()
+        .and_then(rustix::process::Pid::from_raw)
+        .ok_or_else(|| failed(std::io::Error::other("the connection names no process")))?;
+    rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        .map_err(|e| failed(e.into()))
 }
 
 /// The MTU of a VM's NIC (the guest's default): the stack's segments must fit its frames.

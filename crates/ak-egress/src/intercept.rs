@@ -177,19 +177,21 @@ pub async fn intercept<C>(
             event.rule = format!("secret host {name}: intercepted");
             audit.record(&event);
         }
+        // Recorded before the answer: a sandbox that ends once it has it (its helper with
+        // it) must not lose the verdict.
         Err(Cut::Leak(index)) => {
+            secrets.leaked(&*audit, event, index, &names);
             let _ = refuse(
                 &mut inside,
                 403,
                 "a secret's placeholder may not go to this host",
             )
             .await;
-            secrets.leaked(&*audit, event, index, &names);
         }
         Err(Cut::Refused(status, reason)) => {
-            let _ = refuse(&mut inside, status, &reason).await;
             event.rule = format!("secret host {name}: {reason}");
             audit.record(&event);
+            let _ = refuse(&mut inside, status, &reason).await;
         }
         Err(Cut::Broken(reason)) => tracing::debug!("{name}: {reason}"),
     }
@@ -592,7 +594,7 @@ mod tests {
             on_leak: Default::default(),
             ca: crate::ca::SandboxCa::load(&ca, "0123456789ab", &hosts).unwrap(),
             client: Arc::new(client),
-            init: None,
+            init: std::sync::OnceLock::new(),
         }
     }
 

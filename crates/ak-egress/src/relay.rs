@@ -17,6 +17,10 @@ use crate::secrets::Secrets;
 /// How long a connection may stay silent before it is judged by its address alone (a
 /// protocol where the server speaks first: SSH, SMTP).
 const OPENING_WAIT: Duration = Duration::from_millis(300);
+/// The same for an address a secret's host resolved to: deciding too early not to
+/// intercept would send the TLS on unchanged, its placeholder with it, and an emulated
+/// VM's client can take seconds between its SYN and its ClientHello.
+const SECRET_OPENING_WAIT: Duration = Duration::from_secs(5);
 /// How long connecting to the destination may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -55,8 +59,14 @@ pub async fn relay<C>(
     };
     // Connecting while the opening arrives keeps set-up to one round trip; the address is
     // allowed already, and nothing is sent before the opening is judged.
+    let wait = match (&secrets, &event.name) {
+        (Some(secrets), Some(names)) if names.split(',').any(|name| secrets.intercepts(name)) => {
+            SECRET_OPENING_WAIT
+        }
+        _ => OPENING_WAIT,
+    };
     let (opening, upstream) = tokio::join!(
-        read_opening(&mut client),
+        read_opening(&mut client, wait),
         tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(destination))
     );
     let opening = match opening {
@@ -89,6 +99,8 @@ pub async fn relay<C>(
     if let Some(secrets) = &secrets
         && let Some(index) = secrets.leak_in(&opening.bytes, &names)
     {
+        // Recorded before the answer, as a refusal is (see above).
+        secrets.leaked(&*audit, event, index, &names);
         if opening.kind.is_http() {
             let _ = crate::intercept::refuse(
                 &mut client,
@@ -97,7 +109,6 @@ pub async fn relay<C>(
             )
             .await;
         }
-        secrets.leaked(&*audit, event, index, &names);
         return;
     }
     let mut upstream = match upstream {
@@ -221,11 +232,15 @@ struct Read {
 
 /// Reads until the opening can be judged, the connection stays silent for
 /// [`OPENING_WAIT`], or [`MAX_OPENING`] bytes arrived.
-async fn read_opening<C: AsyncRead + Unpin>(client: &mut C) -> std::io::Result<Read> {
+/// The connection's first bytes, until they can be classified or it is silent for `wait`.
+async fn read_opening<C: AsyncRead + Unpin>(
+    client: &mut C,
+    wait: Duration,
+) -> std::io::Result<Read> {
     let mut bytes = Vec::new();
     let mut chunk = vec![0u8; 4096];
     loop {
-        let read = tokio::time::timeout(OPENING_WAIT, client.read(&mut chunk)).await;
+        let read = tokio::time::timeout(wait, client.read(&mut chunk)).await;
         let n = match read {
             Err(_silent) => break,
             Ok(result) => result?,

@@ -3,7 +3,7 @@
 
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use ak_core::egress::HostPattern;
 use ak_core::secrets::OnLeak;
@@ -79,8 +79,9 @@ pub struct Secrets {
     pub ca: SandboxCa,
     /// Upstream TLS: the host's roots (and `upstream_ca`), HTTP/1.1 only.
     pub client: Arc<rustls::ClientConfig>,
-    /// The sandbox's init, killed on a leak when `on_leak` is `kill`.
-    pub init: Option<OwnedFd>,
+    /// The sandbox's init, killed on a leak when `on_leak` is `kill`: given at start, or
+    /// (a VM's) once its hypervisor connects ([`Secrets::stops`]).
+    pub(crate) init: OnceLock<OwnedFd>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -117,18 +118,23 @@ impl Secrets {
         let hosts: Vec<HostPattern> = unique(rules.iter().map(|r| r.host.clone()));
         let ca = SandboxCa::load(&policy.ca, sandbox, &hosts)?;
         let client = Arc::new(client_config(policy.upstream_ca.as_deref())?);
-        if policy.on_leak == OnLeak::Kill && init.is_none() {
-            return Err(EgressError::Usage(
-                "on_leak = \"kill\" needs the sandbox's init (--sandbox-pid)".into(),
-            ));
-        }
-        Ok(Secrets {
+        let secrets = Secrets {
             rules,
             on_leak: policy.on_leak,
             ca,
             client,
-            init,
-        })
+            init: OnceLock::new(),
+        };
+        if let Some(init) = init {
+            secrets.stops(init);
+        }
+        Ok(secrets)
+    }
+
+    /// Makes `init` (a pidfd) the process a leak stops under `on_leak = "kill"`; the
+    /// first one given stays.
+    pub fn stops(&self, init: OwnedFd) {
+        let _ = self.init.set(init);
     }
 
     /// Whether connections named `name` are intercepted (it is one of a secret's hosts).
@@ -173,12 +179,15 @@ impl Secrets {
     /// `on_leak` says so.
     pub fn leaked(&self, audit: &dyn AuditSink, mut event: Event, index: usize, names: &[String]) {
         let rule = &self.rules[index];
-        let stopped = match (&self.on_leak, &self.init) {
+        let stopped = match (&self.on_leak, self.init.get()) {
             (OnLeak::Kill, Some(init)) => {
                 match rustix::process::pidfd_send_signal(init, rustix::process::Signal::KILL) {
                     Ok(()) => "; the sandbox was stopped (on_leak = kill)".to_string(),
                     Err(error) => format!("; stopping the sandbox failed: {error}"),
                 }
+            }
+            (OnLeak::Kill, None) => {
+                "; the sandbox could not be stopped (no process of it is known)".to_string()
             }
             _ => String::new(),
         };

@@ -289,10 +289,19 @@ impl MicrovmBackend {
         for mount in &spec.mounts {
             on_cmdline("mount point", &mount.target)?;
         }
+        let secrets = ak_egress::provision::has_secrets(spec);
+        if secrets && self.driver != DriverKind::Qemu {
+            return Err(MicrovmError::Unsupported(format!(
+                "the secrets of a microVM need the QEMU driver (their files come through a \
+                 9p share and their substitution through the egress helper; {} has neither)",
+                self.driver
+            )));
+        }
         let max_shares = qemu::max_shares(
             spec.policy.network != NetworkMode::None,
             spec.root_dir.is_some(),
-        );
+        )
+        .saturating_sub(usize::from(secrets));
         if spec.mounts.len() > max_shares {
             return Err(MicrovmError::Unsupported(format!(
                 "at most {max_shares} host directories can be shared with a VM"
@@ -307,6 +316,7 @@ impl MicrovmBackend {
         lifetime: Lifetime,
         kvm: bool,
         net: Option<&net::Attachment>,
+        secrets: Option<&Path>,
     ) -> (String, String) {
         let mut kernel_args = KERNEL_ARGS.to_string();
         if !kvm && let Some(khz) = tools::host_tsc_khz() {
@@ -329,7 +339,7 @@ impl MicrovmBackend {
         if spec.root_dir.is_some() {
             init_args.push_str(" --layer-disk");
         }
-        for share in shares(spec) {
+        for share in shares(spec, secrets) {
             let access = if share.writable { "rw" } else { "ro" };
             init_args.push_str(&format!(
                 " --share {}:{}:{access}",
@@ -342,6 +352,13 @@ impl MicrovmBackend {
             for nameserver in net::host_nameservers() {
                 init_args.push_str(&format!(" --nameserver {nameserver}"));
             }
+        }
+        if secrets.is_some() && !spec.secrets.is_empty() {
+            // The guest's roots join the CA in the bundle there (the host cannot read them).
+            use ak_core::secrets::{CA_BUNDLE, CA_FILE, SYSTEM_BUNDLE};
+            init_args.push_str(&format!(
+                " --trust-bundle {CA_FILE},{CA_BUNDLE},{SYSTEM_BUNDLE}"
+            ));
         }
         if spec.policy.network == NetworkMode::Allowlist {
             // The egress helper's link, as native sandboxes see it: it answers for the
@@ -418,8 +435,16 @@ impl MicrovmBackend {
                 }
             }
         };
+        let (secret_policy, secret_files) = match self.secrets(spec, &layout) {
+            Ok(secrets) => secrets,
+            Err(e) => {
+                let _ = layout.remove();
+                return Err(e);
+            }
+        };
+        let secrets_dir = secret_files.as_ref().map(|files| files.dir.as_path());
         let egress = if spec.policy.network == NetworkMode::Allowlist {
-            match self.start_egress(spec, &layout).await {
+            match self.start_egress(spec, &layout, secret_policy).await {
                 Ok(egress) => Some(egress),
                 Err(e) => {
                     let _ = layout.remove();
@@ -430,7 +455,8 @@ impl MicrovmBackend {
             None
         };
         let net_set_up = (net.is_some() || egress.is_some()).then(|| net_started.elapsed());
-        let (kernel_args, init_args) = self.boot_args(spec, lifetime, kvm, net.as_ref());
+        let (kernel_args, init_args) =
+            self.boot_args(spec, lifetime, kvm, net.as_ref(), secrets_dir);
         let boot = Boot {
             kernel: &kernel,
             initramfs: &initramfs,
@@ -440,7 +466,7 @@ impl MicrovmBackend {
             init_args,
             vcpus,
             memory_mib,
-            shares: shares(spec),
+            shares: shares(spec, secrets_dir),
             nic: match (&net, &egress) {
                 (Some(net), _) => Some(Nic {
                     tap: net.tap.clone(),
@@ -488,6 +514,42 @@ impl MicrovmBackend {
         started
     }
 
+    /// A VM with secrets: the secret part of its egress policy, and the files of
+    /// `/run/agentkernel` in `secrets/` of its directory, shared read-only over 9p. They
+    /// are host root's, which the guest's root is (9p without id mapping shows the host's
+    /// owners). The bundle there holds the CA alone until the guest's agent adds the
+    /// image's roots (`--trust-bundle`). A leak under `on_leak = "kill"` stops QEMU: the
+    /// helper takes it as the process that connected the VM's NIC.
+    fn secrets(
+        &self,
+        spec: &SandboxSpec,
+        layout: &Layout,
+    ) -> Result<
+        (
+            Option<ak_egress::secrets::SecretPolicy>,
+            Option<ak_egress::provision::SecretFiles>,
+        ),
+        MicrovmError,
+    > {
+        if !ak_egress::provision::has_secrets(spec) {
+            return Ok((None, None));
+        }
+        let failed = |e: ak_egress::EgressError| match e {
+            ak_egress::EgressError::Secrets(reason) => MicrovmError::Unsupported(reason),
+            other => MicrovmError::Network(other.to_string()),
+        };
+        let policy = ak_egress::provision::secret_policy(&self.egress, spec).map_err(failed)?;
+        let files = ak_egress::provision::write_files(
+            &layout.dir.join("secrets"),
+            spec,
+            policy.as_ref(),
+            &[],
+            (0, 0),
+        )
+        .map_err(failed)?;
+        Ok((policy, files))
+    }
+
     /// Starts the egress helper for an allowlist VM: it listens on a socket in the VM's
     /// directory that QEMU's NIC connects to, and enforces the spec's allowlist on all that
     /// comes through (as for native sandboxes). Returns the socket and the helper's
@@ -496,11 +558,12 @@ impl MicrovmBackend {
         &self,
         spec: &SandboxSpec,
         layout: &Layout,
+        secrets: Option<ak_egress::secrets::SecretPolicy>,
     ) -> Result<(PathBuf, String), MicrovmError> {
         let failed = |e: String| MicrovmError::Network(format!("the egress helper: {e}"));
         let policy = layout.dir.join(EGRESS_POLICY);
         self.egress
-            .write_policy(&policy, &spec.policy.allowlist, None)
+            .write_policy(&policy, &spec.policy.allowlist, secrets)
             .map_err(|e| failed(e.to_string()))?;
         if !ak_core::process::is_executable(&self.egress.helper) {
             return Err(MicrovmError::Unsupported(format!(
@@ -655,8 +718,9 @@ impl MicrovmBackend {
     }
 }
 
-/// The spec's host directories as 9p shares, tagged in order.
-fn shares(spec: &SandboxSpec) -> Vec<Share> {
+/// The spec's host directories as 9p shares, tagged in order; then a sandbox's secrets
+/// directory, read-only at `/run/agentkernel`.
+fn shares(spec: &SandboxSpec, secrets: Option<&Path>) -> Vec<Share> {
     spec.mounts
         .iter()
         .enumerate()
@@ -666,6 +730,12 @@ fn shares(spec: &SandboxSpec) -> Vec<Share> {
             guest: mount.target.clone(),
             writable: mount.writable,
         })
+        .chain(secrets.map(|dir| Share {
+            tag: "secrets".into(),
+            host: dir.to_path_buf(),
+            guest: PathBuf::from(ak_core::secrets::RUN_DIR),
+            writable: false,
+        }))
         .collect()
 }
 
@@ -788,6 +858,9 @@ impl Backend for MicrovmBackend {
             attach: true,
             mount_cwd: self.driver == DriverKind::Qemu,
             snapshots: self.driver == DriverKind::Qemu,
+            // Through the egress helper and a 9p share: QEMU only.
+            proxy_secret_bindings: self.driver == DriverKind::Qemu,
+            secret_files: self.driver == DriverKind::Qemu,
             ..Capabilities::default()
         }
     }

@@ -59,6 +59,7 @@ impl Service {
         // A backend this build lacks is refused before the run waits for a set-up turn.
         self.backend(spec.backend)?;
         with_spec_timeout(spec, &mut exec);
+        with_spec_env(spec, &mut exec);
         let begun = std::time::Instant::now();
         if placement == Placement::Pooled
             && let Some(pools) = &self.pools
@@ -67,9 +68,6 @@ impl Service {
             // A spare needs no set-up turn; a miss takes one once the pool has room.
             match pools.take(self, spec, Some(&self.setups)).await {
                 Ok(taken) => {
-                    // Spares start without any caller's environment; the spec's goes
-                    // with the command.
-                    with_spec_env(spec, &mut exec);
                     let owned = Owned::new(taken.sandbox, Some(taken.slot), self.offload_blocking);
                     return self.connect_owned(owned, exec).await;
                 }
@@ -129,9 +127,10 @@ impl Service {
     }
 }
 
-/// Pool sandboxes start without any caller's environment, so the spec's goes with the
-/// command (the command's own entries win).
-fn with_spec_env(spec: &SandboxSpec, exec: &mut ExecSpec) {
+/// The spec's environment goes with every command (the command's own entries win): pool
+/// sandboxes start without any caller's environment, and a microVM's agent, the kernel's
+/// init, starts with none of the spec's; elsewhere it repeats what the agent inherited.
+pub(crate) fn with_spec_env(spec: &SandboxSpec, exec: &mut ExecSpec) {
     let command_env = std::mem::take(&mut exec.env);
     exec.env = spec.env.iter().cloned().chain(command_env).collect();
 }

@@ -386,7 +386,9 @@ impl Service {
         name: &str,
         mut exec: ExecSpec,
     ) -> Result<CommandSession, ServiceError> {
-        crate::image_config::apply(&self.record(name)?.spec, &mut exec, Entry::Exec)?;
+        let spec = &self.record(name)?.spec;
+        crate::image_config::apply(spec, &mut exec, Entry::Exec)?;
+        crate::run::with_spec_env(spec, &mut exec);
         ak_core::exec::validate_argv(&exec.argv, &[])?;
         let started = CommandSession::over(self.connect_named(name).await?, exec).await;
         self.settled(name, started).await
@@ -644,10 +646,11 @@ impl Service {
         mut exec: ExecSpec,
     ) -> Result<CommandSession, ServiceError> {
         let detail = command_line(&exec.argv);
-        let result = match self
-            .record(name)
-            .and_then(|record| crate::image_config::apply(&record.spec, &mut exec, Entry::Exec))
-        {
+        let result = match self.record(name).and_then(|record| {
+            crate::image_config::apply(&record.spec, &mut exec, Entry::Exec)?;
+            crate::run::with_spec_env(&record.spec, &mut exec);
+            Ok(())
+        }) {
             Ok(()) => CommandSession::over(transport, exec).await,
             Err(error) => Err(error),
         };

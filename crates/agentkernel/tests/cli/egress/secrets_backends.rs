@@ -301,3 +301,9 @@ fn secrets_on_podman() {
 fn secrets_on_gvisor() {
     secrets_on("gvisor", false);
 }
+
+/// In a QEMU microVM (emulated here: one VM for all the checks, and one for the kill).
+#[test]
+fn secrets_on_microvm() {
+    secrets_on("microvm", true);
+}
