@@ -108,12 +108,16 @@ pub(crate) fn wait_until(what: &str, limit: Duration, mut done: impl FnMut() -> 
 fn microvm_run_exit_codes_and_its_own_kernel() {
     let _host = shared_host();
     ready();
-    let output = vrun(&[], &["sh", "-c", "echo hello from $(uname -r); exit 7"]);
+    let output = vrun(
+        &["--env", "AK_VM_ENV=run"],
+        &["sh", "-c", "echo hello from $(uname -r) $AK_VM_ENV; exit 7"],
+    );
     assert_code(&output, 7);
-    // Our guest kernel, not the host's.
+    // Our guest kernel, not the host's; the sandbox's environment reaches the command
+    // (the guest's agent, the kernel's init, starts without it).
     assert_eq!(
         stdout(&output),
-        "hello from 6.1.192\n",
+        "hello from 6.1.192 run\n",
         "{}",
         stderr(&output)
     );
@@ -223,12 +227,25 @@ fn microvm_named_lifecycle_cp_and_concurrent_execs() {
     let _host = shared_host();
     ready();
     let n = name("named");
-    assert_code(&ak(MODE, &["create", &n, "--backend", "microvm"]), 0);
+    assert_code(
+        &ak(
+            MODE,
+            &[
+                "create",
+                &n,
+                "--backend",
+                "microvm",
+                "--env",
+                "AK_VM_ENV=named",
+            ],
+        ),
+        0,
+    );
     assert_code(&ak(MODE, &["start", &n]), 0);
     let exec = |script: &str| ak(MODE, &["exec", &n, "--", "sh", "-c", script]);
-    let output = exec("echo kept > /workspace/f; cat /workspace/f");
+    let output = exec("echo kept > /workspace/f; cat /workspace/f; echo $AK_VM_ENV");
     assert_code(&output, 0);
-    assert_eq!(stdout(&output), "kept\n");
+    assert_eq!(stdout(&output), "kept\nnamed\n");
     // Files in both directions, a directory included.
     let host = tempfile::tempdir().unwrap();
     let tree = host.path().join("tree");
