@@ -80,6 +80,16 @@ fn value_of<'a>(spec: &'a SandboxSpec, key: &str) -> Result<&'a str, EgressError
         })
 }
 
+/// This process's user and group: the owner of the files for a sandbox whose root reaches
+/// them as whoever serves them (a VM's 9p server, gVisor's file server without id
+/// mapping), which runs as this process does.
+pub fn this_process_ids() -> (u32, u32) {
+    (
+        rustix::process::geteuid().as_raw(),
+        rustix::process::getegid().as_raw(),
+    )
+}
+
 /// The host side of [`RUN_DIR`], as [`write_files`] left it.
 #[derive(Debug, Clone)]
 pub struct SecretFiles {

@@ -229,7 +229,10 @@ impl GvisorBackend {
             }
             None => Vec::new(),
         };
-        let owner = image::id_mapping(spec).map_or((0, 0), |(base, _)| (base, base));
+        let owner = image::id_mapping(spec)
+            .map_or_else(ak_egress::provision::this_process_ids, |(base, _)| {
+                (base, base)
+            });
         let files = ak_egress::provision::write_files(
             &dir.join("agentkernel"),
             spec,

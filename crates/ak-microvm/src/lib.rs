@@ -516,8 +516,8 @@ impl MicrovmBackend {
 
     /// A VM with secrets: the secret part of its egress policy, and the files of
     /// `/run/agentkernel` in `secrets/` of its directory, shared read-only over 9p. They
-    /// are host root's, which the guest's root is (9p without id mapping shows the host's
-    /// owners). The bundle there holds the CA alone until the guest's agent adds the
+    /// are this process's, as QEMU is, which reads them for the guest (9p without id
+    /// mapping: the guest sees the host's owners, root's when we are root). The bundle there holds the CA alone until the guest's agent adds the
     /// image's roots (`--trust-bundle`). A leak under `on_leak = "kill"` stops QEMU: the
     /// helper takes it as the process that connected the VM's NIC.
     fn secrets(
@@ -544,7 +544,7 @@ impl MicrovmBackend {
             spec,
             policy.as_ref(),
             &[],
-            (0, 0),
+            ak_egress::provision::this_process_ids(),
         )
         .map_err(failed)?;
         Ok((policy, files))
