@@ -70,14 +70,34 @@ pub async fn remove(client: &Docker, container: &str, run_dir: &Path) -> Result<
         .force(true)
         .v(true)
         .build();
-    let removed = match client.remove_container(container, Some(options)).await {
-        Ok(()) => Ok(()),
-        Err(e) if is_not_found(&e) => Ok(()),
-        // Already being removed (auto-remove racing us): it is going away by itself.
-        Err(bollard::errors::Error::DockerResponseServerError {
-            status_code: 409, ..
-        }) => Ok(()),
-        Err(e) => Err(DockerError::engine(format!("remove container {container}"))(e)),
+    // Podman answers 500 "could not be stopped … container state improper: stopped" when
+    // the container's process ended while it was killing it (about one removal in twenty
+    // of a container whose command had just finished); the container is stopped by then,
+    // so trying again removes it.
+    const ATTEMPTS: u32 = 5;
+    let mut attempt = 1;
+    let removed = loop {
+        match client
+            .remove_container(container, Some(options.clone()))
+            .await
+        {
+            Ok(()) => break Ok(()),
+            Err(e) if is_not_found(&e) => break Ok(()),
+            // Already being removed (auto-remove racing us): it is going away by itself.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 409, ..
+            }) => break Ok(()),
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 500,
+                message,
+            }) if attempt < ATTEMPTS && message.contains("state improper") => {
+                attempt += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            Err(e) => {
+                break Err(DockerError::engine(format!("remove container {container}"))(e));
+            }
+        }
     };
     let dir_removed = remove_run_dir(run_dir);
     removed.and(dir_removed)

@@ -29,17 +29,28 @@ fn image_with_curl(engine: &str) {
             stderr(&output)
         );
     };
-    if crate::docker::cli(engine, &["image", "inspect", CURL_IMAGE])
-        .status
-        .success()
-    {
-        return;
-    }
     assert!(
         std::path::Path::new(HOST_BUNDLE).is_file(),
         "the secrets tests need the host's CA bundle {HOST_BUNDLE} (apt-get install ca-certificates)"
     );
     let curl = which("curl");
+    // The image is kept between runs, labelled with what it was made from: the tests
+    // compare its roots with the host's bundle, which an upgrade of ca-certificates (or
+    // of curl) changes, so a stale image is made again.
+    let inputs = inputs_label(&[std::path::Path::new(HOST_BUNDLE), &curl]);
+    let label = crate::docker::cli(
+        engine,
+        &[
+            "image",
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"agentkernel.test.inputs\"}}",
+            CURL_IMAGE,
+        ],
+    );
+    if label.status.success() && stdout(&label).trim() == inputs {
+        return;
+    }
     let tree = tempfile::tempdir().unwrap();
     let put = |from: &std::path::Path, to: &str| {
         let target = tree.path().join(to.trim_start_matches('/'));
@@ -68,8 +79,22 @@ fn image_with_curl(engine: &str) {
     // The tree's content into `/`, merged with the image's.
     let source = format!("{}/.", tree.path().display());
     cli(&["cp", &source, &format!("{name}:/")]);
-    cli(&["commit", &name, CURL_IMAGE]);
+    let change = format!("LABEL agentkernel.test.inputs={inputs}");
+    cli(&["commit", "--change", &change, &name, CURL_IMAGE]);
     cli(&["rm", "-f", &name]);
+}
+
+/// A digest of the files' contents (not stable across Rust releases, which only means a
+/// needless rebuild of the image).
+fn inputs_label(files: &[&std::path::Path]) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    for file in files {
+        std::fs::read(file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .hash(&mut hasher);
+    }
+    format!("{:016x}", hasher.finish())
 }
 
 fn which(program: &str) -> std::path::PathBuf {
