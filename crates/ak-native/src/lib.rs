@@ -5,6 +5,7 @@
 //! caller) or a listening socket in the runtime directory (persistent ones, which run on
 //! until released and are found again from their handle).
 
+mod bpf;
 pub mod cgroup;
 mod child;
 mod error;
