@@ -1,11 +1,15 @@
 #!/usr/bin/env python3
 """Interleaved A/B timing of whole commands: each round runs every command once, in turn,
 so that drift in the host's load hits all of them alike (hyperfine runs one command's
-batch after the other's). Prints each command's median wall time.
+batch after the other's). Prints, for each command, the median wall time and the median
+CPU time (user + system, of the command and every descendant it waited for, from
+wait4's rusage), and both as ratios to the first command.
 
 Usage: scripts/ab-interleave.py ROUNDS PAUSE_S 'CMD A' 'CMD B' [...]
 Times include starting the command from Python (the same for every command), so compare
-differences, not absolute values. Five warm-up rounds are not counted.
+differences, not absolute values. CPU time misses work the kernel does later in its own
+threads (a network namespace's teardown) and processes nobody waited for. Five warm-up
+rounds are not counted.
 """
 import os
 import shlex
@@ -19,7 +23,8 @@ def main() -> None:
         sys.exit(__doc__)
     rounds, pause = int(sys.argv[1]), float(sys.argv[2])
     commands = [shlex.split(c) for c in sys.argv[3:]]
-    times = [[] for _ in commands]
+    walls = [[] for _ in commands]
+    cpus = [[] for _ in commands]
     devnull = os.open(os.devnull, os.O_WRONLY)
     for round_ in range(rounds + 5):
         for index, argv in enumerate(commands):
@@ -27,14 +32,20 @@ def main() -> None:
             started = time.perf_counter()
             pid = os.posix_spawnp(argv[0], argv, os.environ,
                                   file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 1)])
-            _, status = os.waitpid(pid, 0)
+            _, status, usage = os.wait4(pid, 0)
             elapsed = (time.perf_counter() - started) * 1000
             if status != 0:
                 sys.exit(f"{sys.argv[3 + index]} failed (wait status {status})")
             if round_ >= 5:
-                times[index].append(elapsed)
+                walls[index].append(elapsed)
+                cpus[index].append((usage.ru_utime + usage.ru_stime) * 1000)
+    wall = [statistics.median(w) for w in walls]
+    cpu = [statistics.median(c) for c in cpus]
+    print(f"{'wall ms':>8} {'cpu ms':>8} {'wall x':>7} {'cpu x':>7}  command "
+          f"(medians of {rounds} rounds; ratios to the first)")
     for index, command in enumerate(sys.argv[3:]):
-        print(f"{statistics.median(times[index]):8.3f} ms  {command}")
+        print(f"{wall[index]:8.3f} {cpu[index]:8.3f} {wall[index] / wall[0]:7.2f} "
+              f"{cpu[index] / cpu[0]:7.2f}  {command}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 //! The only place that names concrete backends: builds the service for this build.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use std::sync::Mutex;
@@ -25,21 +25,25 @@ pub fn host_features() -> HostFeatures {
 
 pub const AGENT_ENV: &str = "AGENTKERNEL_AGENT";
 
-/// The static agent: `$AGENTKERNEL_AGENT`, else `ak-agent` beside this executable. Worked
-/// out once per process: every backend asks, and each `readlink` of /proc/self/exe cost a
-/// pooled `run` about 30 µs (measured with perf).
-pub fn agent_path() -> PathBuf {
-    static PATH: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    PATH.get_or_init(|| {
-        if let Some(path) = std::env::var_os(AGENT_ENV) {
-            return PathBuf::from(path);
-        }
+/// The directory of this executable, where its helpers are looked for. Worked out once per
+/// process: every backend asks for the agent and the egress helper, and each `readlink` of
+/// /proc/self/exe cost a pooled `run` about 30 µs (measured with perf).
+fn exe_dir() -> Option<&'static Path> {
+    static DIR: std::sync::OnceLock<Option<PathBuf>> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
         std::env::current_exe()
             .ok()
-            .and_then(|exe| exe.parent().map(|dir| dir.join("ak-agent")))
-            .unwrap_or_else(|| PathBuf::from("ak-agent"))
+            .and_then(|exe| exe.parent().map(PathBuf::from))
     })
-    .clone()
+    .as_deref()
+}
+
+/// The static agent: `$AGENTKERNEL_AGENT`, else `ak-agent` beside this executable.
+pub fn agent_path() -> PathBuf {
+    if let Some(path) = std::env::var_os(AGENT_ENV) {
+        return PathBuf::from(path);
+    }
+    exe_dir().map_or_else(|| PathBuf::from("ak-agent"), |dir| dir.join("ak-agent"))
 }
 
 /// Environment variable naming the egress helper explicitly.
@@ -50,10 +54,7 @@ pub fn egress_path() -> PathBuf {
     if let Some(path) = std::env::var_os(EGRESS_ENV) {
         return PathBuf::from(path);
     }
-    std::env::current_exe()
-        .ok()
-        .and_then(|exe| exe.parent().map(|dir| dir.join("ak-egress")))
-        .unwrap_or_else(|| PathBuf::from("ak-egress"))
+    exe_dir().map_or_else(|| PathBuf::from("ak-egress"), |dir| dir.join("ak-egress"))
 }
 
 /// Environment variable naming the registry database (tests use private ones).

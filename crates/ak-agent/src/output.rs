@@ -17,6 +17,10 @@ use crate::outbox::Outbox;
 /// `ak_protocol::MAX_CHUNK_LEN`).
 const READ_CHUNK: usize = 64 * 1024;
 const _: () = assert!(READ_CHUNK <= ak_protocol::MAX_CHUNK_LEN);
+/// The buffer a pump starts with. Most commands write a few lines: two 64 KiB buffers per
+/// exec, zeroed and faulted in page by page, cost more than the command's output; the
+/// buffer doubles whenever a read fills it, up to [`READ_CHUNK`].
+const FIRST_CHUNK: usize = 4 * 1024;
 
 /// Which output event a pump produces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -40,7 +44,7 @@ pub(crate) async fn pump(
     let Some(source) = source else {
         return;
     };
-    let mut buf = vec![0u8; READ_CHUNK];
+    let mut buf = vec![0u8; FIRST_CHUNK];
     // Bytes that were in the pipe when the exit was seen: the command's own last output.
     let mut owed: Option<usize> = None;
     loop {
@@ -98,6 +102,9 @@ pub(crate) async fn pump(
             *owed = owed.saturating_sub(n);
         }
         let data = ByteBuf::from(buf[..n].to_vec());
+        if n == buf.len() && buf.len() < READ_CHUNK {
+            buf.resize(buf.len() * 2, 0);
+        }
         let event = match stream {
             Stream::Stdout => Event::Stdout { id, data },
             Stream::Stderr => Event::Stderr { id, data },

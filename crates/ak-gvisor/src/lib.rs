@@ -224,10 +224,11 @@ impl GvisorBackend {
             ak_core::ImageRef::Oci(_) => None,
         };
         let roots = match roots_file {
-            Some(path) => {
+            // Only a sandbox with secrets gets a bundle; don't read the image's at every start.
+            Some(path) if ak_egress::provision::has_secrets(spec) => {
                 std::fs::read(&path).map_err(GvisorError::io(format!("read {}", path.display())))?
             }
-            None => Vec::new(),
+            _ => Vec::new(),
         };
         let owner = image::id_mapping(spec)
             .map_or_else(ak_egress::provision::this_process_ids, |(base, _)| {

@@ -448,6 +448,9 @@ fn run_op(op: &Op) -> Result<(), i32> {
                 {
                     return Err(errno());
                 }
+                if *attrs == crate::plan::KEEP_ATTRS {
+                    return Ok(());
+                }
                 return set_attr(target, *attrs, libc::AT_RECURSIVE as u32);
             }
             Op::Overlay(overlay) => return mount_overlay(overlay),

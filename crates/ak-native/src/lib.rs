@@ -5,6 +5,7 @@
 //! caller) or a listening socket in the runtime directory (persistent ones, which run on
 //! until released and are found again from their handle).
 
+mod bpf;
 pub mod cgroup;
 mod child;
 mod error;
@@ -75,6 +76,10 @@ pub struct NativeBackend {
     /// What reaching and releasing one needs: the cgroup layout alone, so that `exec`,
     /// `inspect` and `stop` do not also probe for what a creation needs (~0.5 ms here).
     cgroups: OnceLock<CgroupLayout>,
+    /// When a creation last swept for stale sandboxes: at most once a second, since each
+    /// sweep opens and tries to lock every live sandbox's runtime directory, and a daemon
+    /// keeping pools creates many sandboxes a second while many are alive.
+    last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 /// Host facts and prepared artefacts shared by every sandbox of this backend.
@@ -100,6 +105,7 @@ impl NativeBackend {
             agent_path,
             state: OnceLock::new(),
             cgroups: OnceLock::new(),
+            last_sweep: std::sync::Mutex::new(None),
         }
     }
 
@@ -180,6 +186,23 @@ impl NativeBackend {
         }
     }
 
+    /// [`NativeBackend::sweep_stale`], unless a sweep ran within the last second.
+    fn sweep_stale_now_and_then(&self) {
+        const EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+        {
+            let mut last = self
+                .last_sweep
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let now = std::time::Instant::now();
+            if last.is_some_and(|at| now.duration_since(at) < EVERY) {
+                return;
+            }
+            *last = Some(now);
+        }
+        self.sweep_stale();
+    }
+
     /// The cgroup layout, also when the backend cannot start sandboxes any more (its agent
     /// executable is gone, say) but must still release them.
     fn cgroup_layout(&self) -> &CgroupLayout {
@@ -206,7 +229,7 @@ impl NativeBackend {
                 )));
             }
         };
-        self.sweep_stale();
+        self.sweep_stale_now_and_then();
 
         let rundir = RunDir::create(&prepared.runtime_base, &spec.id)?;
         let new_root = rundir.path().join("root");
@@ -251,9 +274,13 @@ impl NativeBackend {
                     },
                 };
                 let roots = match roots {
-                    Some(path) => std::fs::read(&path)
-                        .map_err(NativeError::io(format!("read {}", path.display())))?,
-                    None => Vec::new(),
+                    // Only a sandbox with secrets gets a bundle: reading the image's (some
+                    // 200 KB) at every start cost a cold run ~0.1 ms of page faults (perf).
+                    Some(path) if ak_egress::provision::has_secrets(spec) => {
+                        std::fs::read(&path)
+                            .map_err(NativeError::io(format!("read {}", path.display())))?
+                    }
+                    _ => Vec::new(),
                 };
                 let files = ak_egress::provision::write_files(
                     &rundir.path().join("agentkernel"),

@@ -89,48 +89,64 @@ fn target_arch() -> Result<TargetArch, NativeError> {
     TargetArch::try_from(std::env::consts::ARCH).map_err(|e| NativeError::Seccomp(e.to_string()))
 }
 
-/// The filters to install, in order. `clone3` passes its flags in memory where a filter
-/// cannot read them, so it gets ENOSYS (libc then falls back to `clone`, which is checked).
+/// `AUDIT_ARCH_*` of the architecture we are built for: system calls made with another
+/// calling convention (i386's `int 0x80` on x86_64) kill the process, as seccompiler's
+/// filters do, since their numbers mean other calls.
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xC000_003E;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xC000_00B7;
+#[cfg(target_arch = "riscv64")]
+const AUDIT_ARCH: u32 = 0xC000_00F3;
+
+/// x86_64's x32 system calls carry this bit in their number; a deny-list that compares
+/// numbers would let `mount | X32_BIT` through where the kernel enables x32, so every
+/// number from it on fails with ENOSYS (what a kernel without x32 answers).
+#[cfg(target_arch = "x86_64")]
+const X32_BIT: u32 = 0x4000_0000;
+
+/// The sandbox's seccomp policy as one program: the denied calls and `clone` with a
+/// namespace flag fail with EPERM; `clone3`, which passes its flags in memory where a
+/// filter cannot read them, with ENOSYS (libc then falls back to `clone`, which is
+/// checked). One program rather than one per action: each filter installed is compiled
+/// by the kernel at every sandbox start and run on every system call of the sandbox.
 pub(crate) fn build_filters() -> Result<Vec<BpfProgram>, NativeError> {
-    let arch = target_arch()?;
-    let err = |e: seccompiler::BackendError| NativeError::Seccomp(e.to_string());
+    use crate::bpf::{Assembler, DATA_ARCH, DATA_NR, Target, data_arg_low};
 
-    let mut rules: BTreeMap<i64, Vec<SeccompRule>> =
-        DENIED.iter().map(|&nr| (nr, Vec::new())).collect();
-    let clone_rules = CLONE_NAMESPACE_FLAGS
+    let mut asm = Assembler::default();
+    let (allow, eperm, enosys, kill) = (
+        asm.new_label(),
+        asm.new_label(),
+        asm.new_label(),
+        asm.new_label(),
+    );
+    asm.load(DATA_ARCH);
+    asm.jump_eq(AUDIT_ARCH, Target::Next, Target::Label(kill));
+    asm.load(DATA_NR);
+    #[cfg(target_arch = "x86_64")]
+    asm.jump_ge(X32_BIT, Target::Label(enosys), Target::Next);
+    for &nr in DENIED {
+        asm.jump_eq(nr as u32, Target::Label(eperm), Target::Next);
+    }
+    asm.jump_eq(libc::SYS_clone3 as u32, Target::Label(enosys), Target::Next);
+    asm.jump_eq(libc::SYS_clone as u32, Target::Next, Target::Label(allow));
+    // Every namespace flag lives in the low half of `clone`'s flags.
+    asm.load(data_arg_low(0));
+    let namespaces = CLONE_NAMESPACE_FLAGS
         .iter()
-        .map(|&flag| {
-            let condition = SeccompCondition::new(
-                0,
-                SeccompCmpArgLen::Qword,
-                SeccompCmpOp::MaskedEq(flag),
-                flag,
-            )
-            .map_err(err)?;
-            SeccompRule::new(vec![condition]).map_err(err)
-        })
-        .collect::<Result<Vec<_>, _>>()?;
-    rules.insert(libc::SYS_clone, clone_rules);
-    let deny = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        arch,
-    )
-    .map_err(err)?;
-
-    let clone3 = SeccompFilter::new(
-        BTreeMap::from([(libc::SYS_clone3, Vec::new())]),
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::ENOSYS as u32),
-        arch,
-    )
-    .map_err(err)?;
-
-    [deny, clone3]
-        .into_iter()
-        .map(|filter| BpfProgram::try_from(filter).map_err(err))
-        .collect()
+        .fold(0u64, |all, flag| all | flag);
+    let namespaces = u32::try_from(namespaces)
+        .map_err(|_| NativeError::Seccomp("a namespace flag above bit 31".into()))?;
+    asm.jump_set(namespaces, Target::Label(eperm), Target::Label(allow));
+    asm.label(allow);
+    asm.ret(libc::SECCOMP_RET_ALLOW);
+    asm.label(eperm);
+    asm.ret(libc::SECCOMP_RET_ERRNO | libc::EPERM as u32);
+    asm.label(enosys);
+    asm.ret(libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32);
+    asm.label(kill);
+    asm.ret(libc::SECCOMP_RET_KILL_PROCESS);
+    Ok(vec![asm.finish()?])
 }
 
 /// The filters of [`build_filters`] for an agent to install itself (`ak-agent --seccomp
@@ -210,9 +226,44 @@ mod tests {
     use super::*;
 
     #[test]
-    fn filters_compile() {
+    fn one_program_with_every_outcome() {
+        use crate::bpf::evaluate;
         let filters = build_filters().unwrap();
-        assert_eq!(filters.len(), 2);
-        assert!(filters.iter().all(|f| !f.is_empty()));
+        assert_eq!(filters.len(), 1);
+        let program = &filters[0];
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let enosys = libc::SECCOMP_RET_ERRNO | libc::ENOSYS as u32;
+        let call =
+            |nr: i64, arg0: u64| evaluate(program, AUDIT_ARCH, nr as u32, [arg0, 0, 0, 0, 0, 0]);
+        for &nr in DENIED {
+            assert_eq!(call(nr, 0), eperm, "system call {nr}");
+        }
+        for nr in [
+            libc::SYS_read,
+            libc::SYS_openat,
+            libc::SYS_execve,
+            libc::SYS_mkdir,
+        ] {
+            assert_eq!(call(nr, 0), libc::SECCOMP_RET_ALLOW, "system call {nr}");
+        }
+        let thread = (libc::CLONE_VM | libc::CLONE_THREAD | libc::CLONE_SIGHAND) as u64;
+        assert_eq!(call(libc::SYS_clone, thread), libc::SECCOMP_RET_ALLOW);
+        assert_eq!(
+            call(libc::SYS_clone, libc::SIGCHLD as u64),
+            libc::SECCOMP_RET_ALLOW
+        );
+        for &flag in CLONE_NAMESPACE_FLAGS {
+            assert_eq!(call(libc::SYS_clone, flag | libc::SIGCHLD as u64), eperm);
+        }
+        assert_eq!(call(libc::SYS_clone3, 0), enosys);
+        assert_eq!(
+            evaluate(program, 0x4000_0003, libc::SYS_read as u32, [0; 6]),
+            libc::SECCOMP_RET_KILL_PROCESS,
+            "i386 calls"
+        );
+        #[cfg(target_arch = "x86_64")]
+        for nr in [libc::SYS_read, libc::SYS_mount] {
+            assert_eq!(call(nr | i64::from(X32_BIT), 0), enosys, "x32 call {nr}");
+        }
     }
 }

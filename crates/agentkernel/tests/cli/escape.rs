@@ -58,6 +58,31 @@ fn host_files_outside_the_view_are_invisible() {
     }
 }
 
+/// Every hidden host directory (one empty read-only tmpfs, bound over the others) is empty
+/// and cannot be written.
+#[test]
+fn hidden_directories_are_empty_and_read_only() {
+    let _host = shared_host();
+    let canary = "/var/log/agentkernel-canary";
+    std::fs::write(canary, "secret").unwrap();
+    for mode in modes() {
+        let output = run(
+            mode,
+            &["--no-network"],
+            &[
+                "sh",
+                "-c",
+                "ls -A /etc/ssh /var/log /var/spool; touch /var/log/x /etc/ssh/x 2>&1 && echo written; exit 0",
+            ],
+        );
+        let out = stdout(&output);
+        assert!(!out.contains("canary"), "{mode:?}: {out}");
+        assert!(!out.contains("written"), "{mode:?}: {out}");
+        assert!(out.contains("Read-only"), "{mode:?}: {out}");
+    }
+    std::fs::remove_file(canary).unwrap();
+}
+
 #[test]
 fn host_files_cannot_be_written() {
     let _host = shared_host();
@@ -230,6 +255,22 @@ fn mounting_is_denied() {
         );
         assert!(!stdout(&output).contains("mounted"), "{mode:?}");
         assert!(!stdout(&output).contains("unshared"), "{mode:?}");
+    }
+}
+
+/// The x32 calling convention (the number's bit 30 on x86_64) cannot reach a denied call:
+/// the filter compares numbers, and `mount | 0x40000000` is mount where a kernel has x32.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn x32_system_calls_are_refused() {
+    let _host = shared_host();
+    // unshare(CLONE_NEWNS) through the x32 number: 0x40000000 + 272.
+    for mode in modes() {
+        assert_eq!(
+            syscall_probe(mode, 0x4000_0000 + 272, ", 0x20000"),
+            format!("-1 {}\n", libc::ENOSYS),
+            "{mode:?}"
+        );
     }
 }
 

@@ -49,6 +49,17 @@ fn missing_and_unexecutable_commands_have_distinct_codes() {
     }
 }
 
+/// Output larger than the agent's read buffer, which starts small and grows while reads
+/// fill it: every byte arrives, in order.
+#[test]
+fn large_output_arrives_whole_and_in_order() {
+    let _host = shared_host();
+    let output = run(Mode::Root, &["--no-network"], &["seq", "1", "300000"]);
+    assert_code(&output, 0);
+    let expected: String = (1..=300_000).map(|n| format!("{n}\n")).collect();
+    assert!(stdout(&output) == expected, "{} bytes", output.stdout.len());
+}
+
 #[test]
 fn stdout_and_stderr_stay_apart() {
     let _host = shared_host();
