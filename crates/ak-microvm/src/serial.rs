@@ -34,9 +34,20 @@ pub async fn wait_ready(layout: &Layout) -> Result<(), MicrovmError> {
         .wait_for(&socket, Duration::from_secs(30))
         .await
         .map_err(MicrovmError::io(format!("wait for {}", socket.display())))?;
-    let stream = UnixStream::connect(&socket)
-        .await
-        .map_err(MicrovmError::io(format!("connect to {}", socket.display())))?;
+    // QEMU binds the socket before it listens on it: refused for a moment.
+    let mut tries = 0;
+    let stream = loop {
+        match UnixStream::connect(&socket).await {
+            Ok(stream) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < 1000 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => {
+                return Err(MicrovmError::io(format!("connect to {}", socket.display()))(e));
+            }
+        }
+    };
     let mut line = Vec::new();
     BufReader::new(stream)
         .take(64)
