@@ -21,6 +21,10 @@ use crate::{Caller, Service};
 
 /// A saved sandbox's memory state, in its directory.
 const MEMORY_STATE: &str = "memory.state";
+/// How long a restored guest's agent gets to answer (clock set, RNG reseeded): past it the
+/// restore failed (seen, rarely, under emulation: a restored guest that never takes
+/// another host connection).
+const ANSWER_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Service {
     fn memory_state_of(&self, record: &SandboxRecord) -> Result<PathBuf, ServiceError> {
@@ -74,21 +78,36 @@ impl Service {
         self.audited(caller, "pause", Some(name), Some("saved".into()), result)
     }
 
-    /// Starts a saved sandbox from its memory state (the file goes once it runs).
+    /// Starts a saved sandbox from its memory state (the file goes once it answers).
     pub(crate) async fn resume_saved(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
-        let record = {
+        let (started, state) = {
             let _lock = self.lock_name(name).await?;
             let record = self.record(name)?;
             require(&record, &[SandboxState::Saved], "resume")?;
             let state = self.memory_state_of(&record)?;
-            let record = self.start_from_memory(&record, &state).await?;
-            if let Err(e) = std::fs::remove_file(&state) {
-                tracing::warn!(name, "removing the memory state of a resumed sandbox: {e}");
-            }
-            record
+            (self.start_from_memory(&record, &state).await?, state)
         };
-        self.refresh_restored_guest(name).await;
-        Ok(record)
+        // Not under the name's lock: reaching the agent may need it.
+        if let Err(error) = self.refresh_restored_guest(name).await {
+            // Saved as before: its state file is still there to try again.
+            let _lock = self.lock_name(name).await?;
+            let current = self.record(name)?;
+            if current.state == SandboxState::Running {
+                self.release_record(&current).await?;
+                self.registry()?.transition(
+                    name,
+                    SandboxState::Running,
+                    SandboxState::Saved,
+                    None,
+                    None,
+                )?;
+            }
+            return Err(error);
+        }
+        if let Err(e) = std::fs::remove_file(&state) {
+            tracing::warn!(name, "removing the memory state of a resumed sandbox: {e}");
+        }
+        Ok(started)
     }
 
     /// Starts sandbox `record` (saved, or a fork's new record, stopped) from `state` and
@@ -121,17 +140,20 @@ impl Service {
     }
 
     /// A restored guest's clock set to the host's and its random number generator
-    /// reseeded. A failure is logged: the sandbox runs all the same.
-    async fn refresh_restored_guest(&self, name: &str) {
-        if let Err(e) = self.set_guest_clock(name).await {
-            tracing::warn!(name, "setting the clock of a restored VM: {e}");
-        }
-        if let Err(e) = self.reseed_guest(name).await {
-            tracing::warn!(
-                name,
-                "reseeding the random number generator of a restored VM: {e}"
-            );
-        }
+    /// reseeded: forks must not draw the same numbers, so a failure fails the restore.
+    async fn refresh_restored_guest(&self, name: &str) -> Result<(), ServiceError> {
+        let refreshed = async {
+            self.set_guest_clock(name).await?;
+            self.reseed_guest(name).await
+        };
+        tokio::time::timeout(ANSWER_LIMIT, refreshed)
+            .await
+            .map_err(|_| {
+                ServiceError::State(format!(
+                    "the restored VM {name}'s agent did not answer within {}s",
+                    ANSWER_LIMIT.as_secs()
+                ))
+            })?
     }
 
     /// Drops a saved sandbox's memory state (a `stop` or forced removal of it).
@@ -279,15 +301,16 @@ impl Service {
             let from = root_copy.to_path_buf();
             self.offload(async move { copy_tree(&from, &root) })
                 .await??;
-            let _lock = self.lock_name(name).await?;
-            self.start_from_memory(&record, state).await
+            let record = {
+                let _lock = self.lock_name(name).await?;
+                self.start_from_memory(&record, state).await?
+            };
+            self.refresh_restored_guest(name).await?;
+            Ok(record)
         }
         .await;
         let result = match started {
-            Ok(record) => {
-                self.refresh_restored_guest(name).await;
-                Ok(record)
-            }
+            Ok(record) => Ok(record),
             Err(error) => {
                 if let Err(cleanup) = self.remove_named(caller, name, true).await {
                     tracing::warn!(name, "removing a fork that failed to start: {cleanup}");

@@ -528,7 +528,7 @@ impl Service {
         Ok(self.backend(record.backend)?.attach(&handle).await?)
     }
 
-    async fn release_record(&self, record: &SandboxRecord) -> Result<(), ServiceError> {
+    pub(crate) async fn release_record(&self, record: &SandboxRecord) -> Result<(), ServiceError> {
         if record.handle.is_none() {
             return Ok(());
         }
