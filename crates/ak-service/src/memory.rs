@@ -59,11 +59,9 @@ impl Service {
         self.require_full_state(&record, "save")?;
         let handle = parse_handle(&record)?;
         let state = self.memory_state_of(&record)?;
-        let settled = self.settle_guest(&record).await?;
         self.backend(record.backend)?
             .save_memory(&handle, &record.spec, &state, true)
             .await?;
-        drop(settled);
         Ok(self
             .registry()?
             .transition(name, record.state, SandboxState::Saved, None, None)?)
@@ -158,22 +156,6 @@ impl Service {
             })?
     }
 
-    /// Before a running guest is saved: its file systems flushed (the layer disk copied
-    /// for a fork is then whole) through a connection kept open over the save. The
-    /// guest's answer on it also means it has taken in every earlier connection's end
-    /// (QEMU's word of those comes on one queue, in order); a connection that had just
-    /// ended when the VM stopped was seen once to leave a restored guest taking no other
-    /// connection. The open one ends cleanly after a restore. `None` for a paused guest.
-    async fn settle_guest(
-        &self,
-        record: &SandboxRecord,
-    ) -> Result<Option<ak_protocol::AgentClient>, ServiceError> {
-        if record.state != SandboxState::Running {
-            return Ok(None);
-        }
-        self.flush_guest(&record.name).await.map(Some)
-    }
-
     /// Drops a saved sandbox's memory state (a `stop` or forced removal of it).
     pub(crate) fn discard_memory_state(&self, record: &SandboxRecord) -> Result<(), ServiceError> {
         match std::fs::remove_file(self.memory_state_of(record)?) {
@@ -219,7 +201,6 @@ impl Service {
             )?;
             let handle = parse_handle(&source)?;
             let was_running = source.state == SandboxState::Running;
-            let settled = self.settle_guest(&source).await?;
             // Frozen here, not by the backend's save: the root's layer is copied at the
             // same instant as the memory, before the sandbox goes on.
             if was_running {
@@ -235,7 +216,6 @@ impl Service {
             if was_running && let Err(e) = backend.set_frozen(&handle, false).await {
                 tracing::warn!(sandbox, "resuming a forked sandbox: {e}");
             }
-            drop(settled);
             match saved {
                 Ok(copy) => copy,
                 Err(ServiceError::Backend(BackendError::Unsupported { reason, .. })) => {
