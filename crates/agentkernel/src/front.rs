@@ -69,11 +69,8 @@ pub async fn stop(name: &str) -> Result<SandboxRecord, Failure> {
     Ok(perform(action).await?.into_record()?)
 }
 
-pub async fn pause(name: &str, save: bool) -> Result<SandboxRecord, Failure> {
-    let action = Action::Pause {
-        name: name.into(),
-        save,
-    };
+pub async fn pause(name: &str) -> Result<SandboxRecord, Failure> {
+    let action = Action::Pause { name: name.into() };
     Ok(perform(action).await?.into_record()?)
 }
 

@@ -11,7 +11,7 @@ use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 
 use crate::vm::VmRecord;
-use crate::{serial, vsock};
+use crate::vsock;
 
 #[derive(Debug)]
 pub struct MicrovmSandbox {
@@ -55,12 +55,7 @@ impl Sandbox for MicrovmSandbox {
                 if !self.is_running() {
                     return Err(BackendError::Gone(self.id.clone()));
                 }
-                let connected = if self.record.serial_ports > 0 {
-                    serial::connect(&self.record.layout, self.record.serial_ports).await
-                } else {
-                    vsock::connect(&self.record.layout.vsock(), vsock::AGENT_PORT).await
-                };
-                match connected {
+                match vsock::connect(&self.record.layout.vsock(), vsock::AGENT_PORT).await {
                     Ok(stream) => Ok(Box::new(stream)),
                     Err(e) if !self.record.hypervisor_alive() => {
                         tracing::debug!("{e}");

@@ -13,7 +13,6 @@ mod files;
 mod guest;
 mod image_config;
 mod images;
-mod memory;
 mod network;
 pub mod output;
 mod pause;
