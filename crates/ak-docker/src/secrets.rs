@@ -63,7 +63,7 @@ pub async fn prepare(
         ));
     }
     let policy = secret_policy(egress, spec).map_err(secrets_error)?;
-    let files = write_files(&dir_of(run_dir), spec, policy.as_ref(), &[], OWNER)
+    let files = write_files(&dir_of(run_dir), spec, policy.as_ref(), None, OWNER)
         .map_err(secrets_error)?
         .ok_or_else(|| DockerError::Agent("has secrets but no secret files were written".into()))?;
     Ok(Some(Prepared { policy, files }))

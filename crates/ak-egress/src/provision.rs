@@ -113,20 +113,27 @@ pub fn bundle(system_roots: &[u8], ca: Option<&str>) -> Vec<u8> {
 }
 
 /// Makes `dir` (0700, which must not exist) and writes [`RUN_DIR`]'s files for `spec`
-/// into it: the CA of `secrets` when it has secret rules, the bundle of `system_roots`
-/// and that CA, and the secret files. Everything is owned by `owner` (the host uid and
+/// into it: the CA of `secrets` when it has secret rules, the bundle of the image's roots
+/// (the file `system_roots`, read only here: a sandbox without secrets never pays for its
+/// some 200 KB) and that CA, and the secret files. Everything is owned by `owner` (the host uid and
 /// gid of the sandbox's root), which the sandbox sees through a read-only view, so it
 /// cannot change them. `None` when the sandbox has no secrets.
 pub fn write_files(
     dir: &Path,
     spec: &SandboxSpec,
     secrets: Option<&SecretPolicy>,
-    system_roots: &[u8],
+    system_roots: Option<&Path>,
     owner: (u32, u32),
 ) -> Result<Option<SecretFiles>, EgressError> {
     if !has_secrets(spec) {
         return Ok(None);
     }
+    let system_roots = match system_roots {
+        Some(path) => {
+            std::fs::read(path).map_err(EgressError::io(format!("read {}", path.display())))?
+        }
+        None => Vec::new(),
+    };
     make_dir(dir)?;
     let inside = |path: &str| {
         dir.join(
@@ -140,7 +147,7 @@ pub fn write_files(
         write_file(&inside(CA_FILE), ca.as_bytes(), 0o444, owner)?;
     }
     let bundle_path = inside(CA_BUNDLE);
-    write_file(&bundle_path, &bundle(system_roots, ca), 0o444, owner)?;
+    write_file(&bundle_path, &bundle(&system_roots, ca), 0o444, owner)?;
     if !spec.secret_files.is_empty() {
         let files = inside(SECRET_FILES_DIR);
         make_dir(&files)?;

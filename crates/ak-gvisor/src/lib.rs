@@ -223,13 +223,6 @@ impl GvisorBackend {
             ak_core::ImageRef::Stored(image) => ak_native::image_bundle(None, &image.layers),
             ak_core::ImageRef::Oci(_) => None,
         };
-        let roots = match roots_file {
-            // Only a sandbox with secrets gets a bundle; don't read the image's at every start.
-            Some(path) if ak_egress::provision::has_secrets(spec) => {
-                std::fs::read(&path).map_err(GvisorError::io(format!("read {}", path.display())))?
-            }
-            _ => Vec::new(),
-        };
         let owner = image::id_mapping(spec)
             .map_or_else(ak_egress::provision::this_process_ids, |(base, _)| {
                 (base, base)
@@ -238,7 +231,7 @@ impl GvisorBackend {
             &dir.join("agentkernel"),
             spec,
             policy.as_ref(),
-            &roots,
+            roots_file.as_deref(),
             owner,
         )
         .map_err(failed)?;

@@ -543,7 +543,7 @@ impl MicrovmBackend {
             &layout.dir.join("secrets"),
             spec,
             policy.as_ref(),
-            &[],
+            None,
             ak_egress::provision::this_process_ids(),
         )
         .map_err(failed)?;

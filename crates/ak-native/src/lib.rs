@@ -273,20 +273,11 @@ impl NativeBackend {
                         _ => None,
                     },
                 };
-                let roots = match roots {
-                    // Only a sandbox with secrets gets a bundle: reading the image's (some
-                    // 200 KB) at every start cost a cold run ~0.1 ms of page faults (perf).
-                    Some(path) if ak_egress::provision::has_secrets(spec) => {
-                        std::fs::read(&path)
-                            .map_err(NativeError::io(format!("read {}", path.display())))?
-                    }
-                    _ => Vec::new(),
-                };
                 let files = ak_egress::provision::write_files(
                     &rundir.path().join("agentkernel"),
                     spec,
                     policy.as_ref(),
-                    &roots,
+                    roots.as_deref(),
                     sandbox_root_host_ids(),
                 )
                 .map_err(secrets_error)?;
