@@ -5,7 +5,8 @@
 #
 #   scripts/bench-image-pull.sh [ROUNDS]      (as root; needs docker-registry and skopeo)
 #
-# agentkernel: `image pull` (download, digest check, unpack into layer directories).
+# agentkernel: `image pull` (download and digest check into the store's blobs; the first
+# use unpacks), and `image pull --unpack` (unpacked into layer directories as it downloads).
 # skopeo: `copy docker://… dir:…` (download and digest check only: it unpacks nothing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,20 +74,28 @@ echo "image: ${#layers[@]} layers, $((BYTES / 1000000)) MB compressed"
 
 now() { date +%s.%N; }
 mbps() { python3 -c "print(f'{$BYTES/1e6/($2-$1):.0f}')"; }
-printf '%-6s %12s %12s %12s %12s %8s\n' round "ak s" "ak MB/s" "skopeo s" "skopeo MB/s" ratio
+pull() { # STATE [ARGS...]
+  local state=$1; shift
+  AGENTKERNEL_REGISTRY=$state/registry.db AGENTKERNEL_CONFIG=$WORK/none.toml HOME=$state \
+    "$AK" image pull "$@" "$IMAGE" >/dev/null
+}
+printf '%-6s %10s %10s %10s %10s %8s %14s\n' round "ak s" "ak MB/s" "skopeo s" "sk MB/s" ratio "ak --unpack s"
 for round in $(seq "$ROUNDS"); do
   sync; echo 3 >/proc/sys/vm/drop_caches 2>/dev/null || true
-  state=$WORK/state-$round
-  mkdir -p "$state"
+  mkdir -p "$WORK/state-$round" "$WORK/unpack-$round"
   t0=$(now)
-  AGENTKERNEL_REGISTRY=$state/registry.db AGENTKERNEL_CONFIG=$WORK/none.toml HOME=$state \
-    "$AK" image pull "$IMAGE" >/dev/null
+  pull "$WORK/state-$round"
   t1=$(now)
   skopeo copy -q --src-tls-verify=false "docker://$IMAGE" "dir:$WORK/skopeo-$round"
   t2=$(now)
-  ak=$(python3 -c "print(f'{$t1-$t0:.2f}')"); sk=$(python3 -c "print(f'{$t2-$t1:.2f}')")
-  printf '%-6s %12s %12s %12s %12s %8s\n' "$round" "$ak" "$(mbps "$t0" "$t1")" "$sk" "$(mbps "$t1" "$t2")" \
-    "$(python3 -c "print(f'{($t2-$t1)/($t1-$t0):.2f}x')")"
-  rm -rf "$state" "$WORK/skopeo-$round"
+  pull "$WORK/unpack-$round" --unpack
+  t3=$(now)
+  s() { python3 -c "print(f'{$2-$1:.2f}')"; }
+  printf '%-6s %10s %10s %10s %10s %8s %14s\n' "$round" "$(s "$t0" "$t1")" "$(mbps "$t0" "$t1")" \
+    "$(s "$t1" "$t2")" "$(mbps "$t1" "$t2")" \
+    "$(python3 -c "print(f'{($t2-$t1)/($t1-$t0):.2f}x')")" "$(s "$t2" "$t3")"
+  rm -rf "$WORK/state-$round" "$WORK/unpack-$round" "$WORK/skopeo-$round"
 done
-echo "ratio: agentkernel throughput / skopeo throughput (above 1: agentkernel faster)"
+echo "ratio: agentkernel's pull throughput / skopeo's (above 1: agentkernel faster)."
+echo "ak --unpack: the same pull unpacking every layer as it downloads (what a pull without"
+echo "it leaves to the image's first use)."

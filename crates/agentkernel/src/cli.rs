@@ -237,9 +237,10 @@ pub enum DaemonCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ImageCommand {
-    /// Pull an image into the store: its layers for this host's platform, each verified and
-    /// unpacked once (layers already in the store are not downloaded again).
-    Pull(ImageArgs),
+    /// Pull an image into the store: its layers for this host's platform, each verified
+    /// (layers already in the store are not downloaded again). The first sandbox that
+    /// uses a layer unpacks it, once; `--unpack` does it now.
+    Pull(ImagePullArgs),
     /// List the images in the store.
     #[command(alias = "ls")]
     List(ImageListArgs),
@@ -259,6 +260,16 @@ pub struct ImageArgs {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ImagePullArgs {
+    #[command(flatten)]
+    pub image: ImageArgs,
+    /// Unpack the layers now, while they download (the pull takes longer, the image's
+    /// first run does not unpack; a hostile layer fails the pull).
+    #[arg(long)]
+    pub unpack: bool,
 }
 
 #[derive(Debug, Args)]

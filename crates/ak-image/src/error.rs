@@ -67,6 +67,10 @@ pub enum ImageError {
         base: u32,
         range: u32,
     },
+    #[error(
+        "image {reference}: its layer {digest} is neither unpacked nor fetched (a prune or a failed unpack removed it): pull the image again"
+    )]
+    LayerMissing { reference: String, digest: String },
     #[error("image {reference} is in use by {users}")]
     InUse { reference: String, users: String },
     #[error("image store {path}: {source}")]

@@ -6,12 +6,19 @@
 //! assemble their own root (native, gVisor) stack those directories as overlay lower
 //! layers; they get them as an [`ak_core::StoredImage`].
 //!
+//! Two ways in: [`Store::pull`] unpacks each layer while it downloads (what a sandbox that
+//! needs the image now wants), [`Store::fetch`] only stores the verified compressed blobs
+//! (as `skopeo copy` or containerd's content fetch do) and the first [`Store::get`] that
+//! needs a layer unpacks it, once. Unpacking is most of a pull's CPU (inflating and
+//! writing every file); a fetch moves it to the first use.
+//!
 //! Layout under the store directory (`<state_dir>/images`):
 //!
 //! ```text
 //! store.json                      format version and the id shift the layers were made with
 //! layers/sha256/<hex>/root/       an unpacked layer (named by its compressed blob's digest)
 //! layers/sha256/<hex>/layer.json  its sizes
+//! blobs/sha256/<hex>              a layer fetched and verified but not unpacked yet
 //! configs/sha256/<hex>.json       image configurations, as pulled (verified)
 //! refs/<sha256 of name>.json      one per pulled reference: manifest digest, layers, config
 //! locks/                          lock files that coalesce concurrent pulls (flock)
@@ -22,6 +29,7 @@
 
 mod auth;
 mod error;
+mod layers;
 mod lock;
 mod pull;
 mod reference;
@@ -162,8 +170,21 @@ pub struct LayerInfo {
     pub digest: String,
     /// The compressed size, as pulled.
     pub compressed_size: u64,
-    /// Bytes of file data unpacked.
+    /// Bytes of file data unpacked (0 while the layer is only fetched).
     pub size: u64,
+    /// The blob's media type (it says how the blob is compressed). Records written before
+    /// fetching existed have none: their layers were all unpacked.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub media_type: String,
+    /// Whether the layer is unpacked in the store; a fetched layer is unpacked by the
+    /// first [`Store::get`] that needs it.
+    #[serde(default = "unpacked_by_default")]
+    pub unpacked: bool,
+}
+
+/// Records written before fetching existed describe unpacked layers only.
+fn unpacked_by_default() -> bool {
+    true
 }
 
 /// What the store knows about one pulled reference.
@@ -185,7 +206,7 @@ pub struct ImageInfo {
 }
 
 impl ImageInfo {
-    /// Unpacked bytes of all its layers (shared layers counted in each image).
+    /// Unpacked bytes of its layers unpacked so far (shared layers counted in each image).
     pub fn size(&self) -> u64 {
         self.layers.iter().map(|l| l.size).sum()
     }
@@ -202,9 +223,15 @@ pub struct Pruned {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoreSize {
     pub images: usize,
+    /// Unpacked layers.
     pub layers: usize,
     /// Unpacked bytes of all layers, each counted once.
     pub bytes: u64,
+    /// Layers fetched but not unpacked yet, and their compressed bytes.
+    #[serde(default)]
+    pub fetched_layers: usize,
+    #[serde(default)]
+    pub fetched_bytes: u64,
 }
 
 /// The platform this host runs, as OCI names it (`linux/amd64`).

@@ -1,10 +1,9 @@
 //! Pulling: resolve the reference to this host's manifest, fetch the configuration, and
-//! download and unpack each missing layer, streaming the blob into the unpacker while the
-//! client checks its digest. A layer is renamed into the store only once both finished
-//! cleanly; the image's record is written last.
+//! download each missing layer, streaming the blob into the unpacker (a pull) or into a
+//! blob file (a fetch) while the client checks its digest. A layer or blob is renamed into
+//! the store only once both finished cleanly; the image's record is written last.
 
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use ak_core::{ImageConfig, StoredImage};
@@ -18,9 +17,10 @@ use serde::Deserialize;
 
 use crate::auth::auth_for;
 use crate::error::ImageError;
+use crate::layers::{LayerWork, TempTree};
 use crate::lock::LockFile;
 use crate::reference::normalize;
-use crate::store::{LayerFile, Store, hex_of, read_layer_file, uuid_like};
+use crate::store::{Store, hex_of, read_layer_file};
 use crate::unpack::{Compression, unpack};
 use crate::{ImageInfo, LayerInfo, LayerOutcome, PullOptions, PullProgress, host_platform};
 
@@ -47,10 +47,19 @@ struct Remote {
     registry: String,
 }
 
+/// What a pull does with a layer it downloads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LayerMode {
+    /// Unpack it while it downloads: the image can be used at once.
+    Unpack,
+    /// Keep the verified blob; the first use unpacks it.
+    Fetch,
+}
+
 impl Store {
-    /// Pulls `reference` from its registry (layers already in the store are not
-    /// downloaded again). A second pull of the same image, here or in another process,
-    /// waits for the first and then finds its layers.
+    /// Pulls `reference` from its registry and unpacks its layers while they download
+    /// (layers already in the store are not downloaded again). A second pull of the same
+    /// image, here or in another process, waits for the first and then finds its layers.
     pub async fn pull(
         &self,
         reference: &str,
@@ -58,7 +67,23 @@ impl Store {
         progress: &dyn PullProgress,
     ) -> Result<StoredImage, ImageError> {
         let (name, _locks) = self.lock_image(reference).await?;
-        self.pull_locked(&name, options, progress).await
+        let info = self
+            .pull_locked(&name, options, LayerMode::Unpack, progress)
+            .await?;
+        Ok(self.stored(&info))
+    }
+
+    /// Fetches `reference` from its registry: the verified layer blobs and the image's
+    /// record, without unpacking anything (the first [`Store::get`] of the image does).
+    pub async fn fetch(
+        &self,
+        reference: &str,
+        options: &PullOptions,
+        progress: &dyn PullProgress,
+    ) -> Result<ImageInfo, ImageError> {
+        let (name, _locks) = self.lock_image(reference).await?;
+        self.pull_locked(&name, options, LayerMode::Fetch, progress)
+            .await
     }
 
     /// Pulls `reference` unless another puller brought it in while this one waited.
@@ -68,11 +93,20 @@ impl Store {
         options: &PullOptions,
         progress: &dyn PullProgress,
     ) -> Result<StoredImage, ImageError> {
-        let (name, _locks) = self.lock_image(reference).await?;
-        if let Some(image) = self.get(&name)? {
-            return Ok(image);
+        let (name, locks) = self.lock_image(reference).await?;
+        if self.inspect(&name)?.is_some() {
+            // Unpacking a fetched image may need the image's lock (to forget it when a
+            // layer is hostile): not while this holds it.
+            drop(locks);
+            return self
+                .get(&name)
+                .await?
+                .ok_or_else(|| ImageError::NotFound(name.clone()));
         }
-        self.pull_locked(&name, options, progress).await
+        let info = self
+            .pull_locked(&name, options, LayerMode::Unpack, progress)
+            .await?;
+        Ok(self.stored(&info))
     }
 
     async fn lock_image(&self, reference: &str) -> Result<(String, [LockFile; 2]), ImageError> {
@@ -86,8 +120,9 @@ impl Store {
         &self,
         name: &str,
         options: &PullOptions,
+        mode: LayerMode,
         progress: &dyn PullProgress,
-    ) -> Result<StoredImage, ImageError> {
+    ) -> Result<ImageInfo, ImageError> {
         let reference: Reference =
             name.parse()
                 .map_err(|e: oci_client::ParseError| ImageError::InvalidReference {
@@ -99,14 +134,14 @@ impl Store {
             remote.resolve(&reference, bytes, digest).await?;
         let (config_bytes, config) = self.config(&remote, &manifest_ref, &manifest).await?;
 
-        // Several layers at once: each is a download feeding its own unpacking thread.
-        // Collected first: a lazy `map` inside the stream makes the future's `Send` depend
-        // on a closure's lifetimes, which callers that must be `Send` (the MCP tools)
-        // cannot prove.
+        // Several layers at once: each is a download feeding its own unpacking (or
+        // writing) thread. Collected first: a lazy `map` inside the stream makes the
+        // future's `Send` depend on a closure's lifetimes, which callers that must be
+        // `Send` (the MCP tools) cannot prove.
         let pending: Vec<_> = manifest
             .layers
             .iter()
-            .map(|layer| self.layer(&remote, &manifest_ref, layer, progress))
+            .map(|layer| self.layer(&remote, &manifest_ref, layer, mode, progress))
             .collect();
         let layers: Vec<LayerInfo> = futures_util::stream::iter(pending)
             .buffered(LAYERS_AT_ONCE)
@@ -131,7 +166,7 @@ impl Store {
                 .unwrap_or(0),
         };
         self.write_json(&self.ref_path(name), &info)?;
-        Ok(self.stored(&info))
+        Ok(info)
     }
 
     /// The image configuration (its bytes, and what a sandbox uses of it): from the
@@ -169,13 +204,15 @@ impl Store {
         Ok((bytes, config))
     }
 
-    /// One layer in the store: unpacked from the registry, unless it is there already
-    /// (a lock per layer makes concurrent pullers of it wait for the first).
+    /// One layer in the store, unpacked or (`Fetch`) at least fetched: downloaded unless
+    /// it is there already (a lock per layer makes concurrent pullers of it wait for the
+    /// first).
     async fn layer(
         &self,
         remote: &Remote,
         reference: &Reference,
         descriptor: &OciDescriptor,
+        mode: LayerMode,
         progress: &dyn PullProgress,
     ) -> Result<LayerInfo, ImageError> {
         let digest = descriptor.digest.clone();
@@ -187,104 +224,93 @@ impl Store {
         })?;
         progress.layer_started(&digest, size);
         let _lock = LockFile::acquire(&self.lock_path("layer", &digest), true).await?;
-        let dir = self.layer_dir(&digest);
+        let layer = self.layer_locked(remote, reference, descriptor, compression, mode, progress);
+        let (mut layer, outcome) = layer.await?;
+        layer.media_type = descriptor.media_type.clone();
+        progress.layer_done(&digest, outcome);
+        Ok(layer)
+    }
+
+    async fn layer_locked(
+        &self,
+        remote: &Remote,
+        reference: &Reference,
+        descriptor: &OciDescriptor,
+        compression: Compression,
+        mode: LayerMode,
+        progress: &dyn PullProgress,
+    ) -> Result<(LayerInfo, LayerOutcome), ImageError> {
+        let digest = &descriptor.digest;
+        let dir = self.layer_dir(digest);
         if dir.exists() {
             let file = read_layer_file(&dir)?;
-            progress.layer_done(&digest, LayerOutcome::AlreadyPresent);
-            return Ok(LayerInfo {
-                digest,
+            let layer = LayerInfo {
+                digest: digest.clone(),
                 compressed_size: file.compressed_size,
                 size: file.size,
-            });
+                media_type: String::new(),
+                unpacked: true,
+            };
+            return Ok((layer, LayerOutcome::AlreadyPresent));
         }
-
-        // Everything is built under tmp/ and renamed into place whole; the guard removes
-        // it on any failure.
-        let work = TempTree {
-            store: self,
-            path: self
-                .dir
-                .join("tmp")
-                .join(format!("layer-{}-{}", hex_of(&digest), uuid_like())),
-        };
-        let root = work.path.join("root");
-        std::fs::create_dir_all(&root).map_err(|e| ImageError::io(&root, e))?;
-
-        let mut stream = remote
-            .client
-            .pull_blob_stream(reference, descriptor)
-            .await
-            .map_err(|e| remote.error(reference, "layer", e))?;
-        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(CHUNKS_IN_FLIGHT);
-        let unpacker = {
-            let root = root.clone();
-            let ids = self.ids;
-            let digest = digest.clone();
-            tokio::task::spawn_blocking(move || {
-                unpack(ChannelReader::new(rx), compression, &root, ids, &digest)
-            })
-        };
-        let mut tx = Some(tx);
-        let mut done = 0u64;
-        let mut download: Result<(), ImageError> = Ok(());
-        // The whole blob is read even when the unpacker stops early (the end of a tar
-        // archive may come before the end of the blob): its digest is checked at the end.
-        while let Some(chunk) = stream.next().await {
-            match chunk {
-                Ok(chunk) => {
-                    done += chunk.len() as u64;
-                    progress.layer_progress(&digest, done);
-                    if let Some(sender) = &tx
-                        && sender.send(chunk).await.is_err()
-                    {
-                        tx = None;
-                    }
-                }
-                Err(e) => {
-                    download = Err(stream_error(&remote.registry, &digest, e));
-                    break;
-                }
+        let blob = self.blob_path(digest);
+        if let Ok(meta) = std::fs::metadata(&blob) {
+            let layer = match mode {
+                LayerMode::Unpack => self.unpack_blob(digest, compression).await?,
+                LayerMode::Fetch => fetched(digest, meta.len()),
+            };
+            return Ok((layer, LayerOutcome::AlreadyPresent));
+        }
+        let layer = match mode {
+            LayerMode::Unpack => {
+                // Built under tmp/ and renamed into place whole; dropped (removed) on any
+                // failure.
+                let work = LayerWork::new(self, digest)?;
+                let (root, ids, owned_digest) = (work.root.clone(), self.ids, digest.clone());
+                let (done, unpacked) = remote
+                    .download(reference, descriptor, progress, move |blob| {
+                        unpack(blob, compression, &root, ids, &owned_digest)
+                    })
+                    .await?;
+                work.install(digest, done, unpacked)?
             }
-        }
-        drop(tx);
-        let unpacked = unpacker
-            .await
-            .map_err(|e| ImageError::io(&root, std::io::Error::other(e)));
-        // A failed download explains a failed unpack (a cut stream is not a bad tar).
-        download?;
-        let unpacked = unpacked??;
-        let file = LayerFile {
-            compressed_size: done,
-            size: unpacked.size,
+            LayerMode::Fetch => {
+                let tmp = TempTree {
+                    store: self,
+                    path: self.temp_path(&format!("blob-{}", hex_of(digest))),
+                };
+                let path = tmp.path.clone();
+                let (done, ()) = remote
+                    .download(reference, descriptor, progress, move |mut blob| {
+                        let mut file =
+                            std::fs::File::create(&path).map_err(|e| ImageError::io(&path, e))?;
+                        std::io::copy(&mut blob, &mut file)
+                            .map_err(|e| ImageError::io(&path, e))?;
+                        Ok(())
+                    })
+                    .await?;
+                std::fs::rename(&tmp.path, &blob).map_err(|e| ImageError::io(&blob, e))?;
+                std::mem::forget(tmp);
+                fetched(digest, done)
+            }
         };
-        self.write_json(&work.path.join("layer.json"), &file)?;
-        std::fs::rename(&work.path, &dir).map_err(|e| ImageError::io(&dir, e))?;
-        std::mem::forget(work);
-        progress.layer_done(&digest, LayerOutcome::Downloaded);
-        Ok(LayerInfo {
-            digest,
-            compressed_size: file.compressed_size,
-            size: file.size,
-        })
+        Ok((layer, LayerOutcome::Downloaded))
     }
 }
 
-/// A directory under `tmp/` removed when dropped (a pull that failed or was cancelled).
-struct TempTree<'a> {
-    store: &'a Store,
-    path: PathBuf,
-}
-
-impl Drop for TempTree<'_> {
-    fn drop(&mut self) {
-        if let Err(e) = self.store.remove_tree(&self.path) {
-            tracing::warn!(path = %self.path.display(), error = %e, "could not remove an unfinished layer");
-        }
+/// A layer whose verified blob is in the store, not unpacked yet.
+fn fetched(digest: &str, compressed_size: u64) -> LayerInfo {
+    LayerInfo {
+        digest: digest.to_string(),
+        compressed_size,
+        size: 0,
+        media_type: String::new(),
+        unpacked: false,
     }
 }
 
 /// The unpacker's view of the download: a blocking `Read` over the chunks it is sent.
-struct ChannelReader {
+pub(crate) struct ChannelReader {
     rx: tokio::sync::mpsc::Receiver<bytes::Bytes>,
     chunk: bytes::Bytes,
 }
@@ -314,6 +340,54 @@ impl std::io::Read for ChannelReader {
 }
 
 impl Remote {
+    /// Downloads a blob into `consume`, which reads it on a blocking thread (unpacking or
+    /// writing it) while the client checks its digest; the blob's size and what `consume`
+    /// made. The whole blob is read even when `consume` stops early (the end of a tar
+    /// archive may come before the end of the blob): its digest is checked at the end.
+    async fn download<T: Send + 'static>(
+        &self,
+        reference: &Reference,
+        descriptor: &OciDescriptor,
+        progress: &dyn PullProgress,
+        consume: impl FnOnce(ChannelReader) -> Result<T, ImageError> + Send + 'static,
+    ) -> Result<(u64, T), ImageError> {
+        let digest = &descriptor.digest;
+        let mut stream = self
+            .client
+            .pull_blob_stream(reference, descriptor)
+            .await
+            .map_err(|e| self.error(reference, "layer", e))?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(CHUNKS_IN_FLIGHT);
+        let consumer = tokio::task::spawn_blocking(move || consume(ChannelReader::new(rx)));
+        let mut tx = Some(tx);
+        let mut done = 0u64;
+        let mut download: Result<(), ImageError> = Ok(());
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(chunk) => {
+                    done += chunk.len() as u64;
+                    progress.layer_progress(digest, done);
+                    if let Some(sender) = &tx
+                        && sender.send(chunk).await.is_err()
+                    {
+                        tx = None;
+                    }
+                }
+                Err(e) => {
+                    download = Err(stream_error(&self.registry, digest, e));
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let consumed = consumer
+            .await
+            .map_err(|e| ImageError::io(digest.as_str(), std::io::Error::other(e)));
+        // A failed download explains a failed consumer (a cut stream is not a bad tar).
+        download?;
+        Ok((done, consumed??))
+    }
+
     /// A client for the reference's registry, and the reference's manifest through it:
     /// HTTPS with verified certificates, unless the registry is listed insecure
     /// (certificates not verified). Insecure and loopback registries fall back to plain

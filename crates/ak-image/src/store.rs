@@ -44,7 +44,14 @@ impl Store {
     /// `ids`; a store made with another shift is refused rather than handed out with
     /// owners that would be wrong in the sandbox.
     pub fn open(dir: &Path, ids: IdShift) -> Result<Store, ImageError> {
-        for sub in ["layers/sha256", "configs/sha256", "refs", "locks", "tmp"] {
+        for sub in [
+            "layers/sha256",
+            "blobs/sha256",
+            "configs/sha256",
+            "refs",
+            "locks",
+            "tmp",
+        ] {
             let path = dir.join(sub);
             std::fs::create_dir_all(&path).map_err(|e| ImageError::io(&path, e))?;
         }
@@ -99,9 +106,13 @@ impl Store {
         &self.dir
     }
 
-    /// The image `reference` names, when it was pulled.
-    pub fn get(&self, reference: &str) -> Result<Option<StoredImage>, ImageError> {
-        Ok(self.inspect(reference)?.map(|info| self.stored(&info)))
+    /// The image `reference` names, when it was pulled or fetched: its layers fetched
+    /// but not unpacked yet are unpacked first.
+    pub async fn get(&self, reference: &str) -> Result<Option<StoredImage>, ImageError> {
+        match self.inspect(reference)? {
+            Some(info) => Ok(Some(self.unpacked(&info).await?)),
+            None => Ok(None),
+        }
     }
 
     /// Everything the store records about `reference`, when it was pulled.
@@ -109,10 +120,23 @@ impl Store {
         let name = normalize(reference)?;
         let path = self.ref_path(&name);
         match std::fs::read(&path) {
-            Ok(bytes) => Ok(Some(parse_record(&path, &bytes)?)),
+            Ok(bytes) => Ok(Some(self.current(parse_record(&path, &bytes)?)?)),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(ImageError::io(&path, e)),
         }
+    }
+
+    /// A record with its fetched layers' state as it is now: the first use of an image
+    /// unpacks them without rewriting the records that name them.
+    fn current(&self, mut info: ImageInfo) -> Result<ImageInfo, ImageError> {
+        for layer in info.layers.iter_mut().filter(|l| !l.unpacked) {
+            let dir = self.layer_dir(&layer.digest);
+            if dir.exists() {
+                layer.size = read_layer_file(&dir)?.size;
+                layer.unpacked = true;
+            }
+        }
+        Ok(info)
     }
 
     /// Every pulled reference, sorted by name.
@@ -123,7 +147,7 @@ impl Store {
             let path = entry.map_err(|e| ImageError::io(&dir, e))?.path();
             if path.extension().is_some_and(|e| e == "json") {
                 let bytes = std::fs::read(&path).map_err(|e| ImageError::io(&path, e))?;
-                out.push(parse_record(&path, &bytes)?);
+                out.push(self.current(parse_record(&path, &bytes)?)?);
             }
         }
         out.sort_by(|a, b| a.reference.cmp(&b.reference));
@@ -141,9 +165,10 @@ impl Store {
         match policy {
             PullPolicy::Always => self.pull(reference, options, progress).await,
             PullPolicy::Never => self
-                .get(reference)?
+                .get(reference)
+                .await?
                 .ok_or_else(|| ImageError::NotFound(normalize(reference).unwrap_or_default())),
-            PullPolicy::Missing => match self.get(reference)? {
+            PullPolicy::Missing => match self.get(reference).await? {
                 Some(image) => Ok(image),
                 None => self.pull_missing(reference, options, progress).await,
             },
@@ -164,7 +189,7 @@ impl Store {
         Ok(info)
     }
 
-    /// Removes the layers and configurations no image references, except the layer
+    /// Removes the layers, fetched blobs and configurations no image references, except the layer
     /// directories in `keep` (those of running sandboxes whose image was removed or
     /// re-tagged). Also clears work left in `tmp/` by a process that died mid-pull.
     pub async fn prune(&self, keep: &[PathBuf]) -> Result<Pruned, ImageError> {
@@ -192,6 +217,21 @@ impl Store {
             pruned.layers.push(format!("sha256:{hex}"));
             pruned.bytes += size;
         }
+        let blobs = self.dir.join("blobs/sha256");
+        for entry in std::fs::read_dir(&blobs).map_err(|e| ImageError::io(&blobs, e))? {
+            let entry = entry.map_err(|e| ImageError::io(&blobs, e))?;
+            let hex = entry.file_name().to_string_lossy().into_owned();
+            // A blob beside its unpacked layer is left from a process that died between
+            // the two steps: the layer has it all.
+            if used_layers.contains(&hex) && !layers.join(&hex).exists() {
+                continue;
+            }
+            let path = entry.path();
+            let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+            std::fs::remove_file(&path).map_err(|e| ImageError::io(&path, e))?;
+            pruned.layers.push(format!("sha256:{hex}"));
+            pruned.bytes += size;
+        }
         let configs = self.dir.join("configs/sha256");
         for entry in std::fs::read_dir(&configs).map_err(|e| ImageError::io(&configs, e))? {
             let path = entry.map_err(|e| ImageError::io(&configs, e))?.path();
@@ -211,7 +251,8 @@ impl Store {
         Ok(pruned)
     }
 
-    /// Image count and the unpacked bytes of all layers, each counted once.
+    /// Image count, the unpacked bytes of all layers (each counted once) and the fetched
+    /// blobs waiting to be unpacked.
     pub fn size(&self) -> Result<StoreSize, ImageError> {
         let images = self.list()?.len();
         let layers_dir = self.dir.join("layers/sha256");
@@ -224,10 +265,19 @@ impl Store {
             size.layers += 1;
             size.bytes += read_layer_file(&path)?.size;
         }
+        let blobs = self.dir.join("blobs/sha256");
+        for entry in std::fs::read_dir(&blobs).map_err(|e| ImageError::io(&blobs, e))? {
+            let entry = entry.map_err(|e| ImageError::io(&blobs, e))?;
+            size.fetched_layers += 1;
+            size.fetched_bytes += entry
+                .metadata()
+                .map_err(|e| ImageError::io(entry.path(), e))?
+                .len();
+        }
         Ok(size)
     }
 
-    /// The [`StoredImage`] the backends get for a record.
+    /// The [`StoredImage`] the backends get for a record whose layers are all unpacked.
     pub(crate) fn stored(&self, info: &ImageInfo) -> StoredImage {
         StoredImage {
             reference: info.reference.clone(),

@@ -30,7 +30,13 @@ fn store() -> (tempfile::TempDir, Store) {
 
 /// Nothing but the empty skeleton: no layer, no config, no record, no work left.
 fn assert_empty(store: &Store) {
-    for sub in ["layers/sha256", "configs/sha256", "refs", "tmp"] {
+    for sub in [
+        "layers/sha256",
+        "blobs/sha256",
+        "configs/sha256",
+        "refs",
+        "tmp",
+    ] {
         let dir = store.dir().join(sub);
         let left: Vec<_> = std::fs::read_dir(&dir)
             .unwrap()
@@ -83,7 +89,7 @@ async fn pulls_what_was_pushed_over_plain_http() {
     assert_eq!(stored.config.working_dir.as_deref(), Some("/home/user"));
 
     // The store answers for it afterwards, by any spelling of the name.
-    assert_eq!(store.get(&reference).unwrap().unwrap(), stored);
+    assert_eq!(store.get(&reference).await.unwrap().unwrap(), stored);
     let list = store.list().unwrap();
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].reference, reference);
@@ -105,7 +111,7 @@ async fn pulls_what_was_pushed_over_plain_http() {
 
     // Removal forgets the reference; prune then frees its layer.
     store.remove(&reference).await.unwrap();
-    assert!(store.get(&reference).unwrap().is_none());
+    assert!(store.get(&reference).await.unwrap().is_none());
     let pruned = store.prune(&[]).await.unwrap();
     assert_eq!(pruned.layers, vec![image.layers[0].digest.clone()]);
     assert_empty(&store);
@@ -120,6 +126,78 @@ async fn pulls_what_was_pushed_over_plain_http() {
             .await,
         Err(ImageError::NotFound(_))
     ));
+}
+
+/// A fetch keeps the verified blobs only; the first `get` unpacks them (once) and the
+/// blobs go; prune frees blobs no image names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_stores_blobs_and_the_first_use_unpacks_them() {
+    let registry = Registry::plain();
+    let image = busybox();
+    let reference = push(&registry, "fetched:1", &image).await;
+    let (_dir, store) = store();
+    let digest = &image.layers[0].digest;
+    let hex = digest.strip_prefix("sha256:").unwrap();
+
+    let info = store
+        .fetch(&reference, &PullOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(info.digest, image.manifest.digest);
+    assert!(!info.layers[0].unpacked && info.layers[0].size == 0);
+    let blob = store.dir().join("blobs/sha256").join(hex);
+    assert!(blob.is_file());
+    assert!(!store.dir().join("layers/sha256").join(hex).exists());
+    let size = store.size().unwrap();
+    assert_eq!((size.images, size.layers, size.fetched_layers), (1, 0, 1));
+    assert_eq!(size.fetched_bytes, std::fs::metadata(&blob).unwrap().len());
+    // Fetching again downloads nothing.
+    store
+        .fetch(&reference, &PullOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(registry.blob_gets(digest), 1);
+
+    // Two first uses at once unpack it once; the blob is gone after.
+    let other = Store::open(store.dir(), SHIFT).unwrap();
+    let (a, b) = tokio::join!(store.get(&reference), other.get(&reference));
+    let stored = a.unwrap().unwrap();
+    assert_eq!(stored, b.unwrap().unwrap());
+    assert_eq!(
+        std::fs::read(stored.layers[0].join("bin/busybox")).unwrap(),
+        std::fs::read("/bin/busybox").unwrap()
+    );
+    assert!(!blob.exists());
+    let inspected = store.inspect(&reference).unwrap().unwrap();
+    assert!(inspected.layers[0].unpacked && inspected.layers[0].size > 0);
+    let size = store.size().unwrap();
+    assert_eq!((size.layers, size.fetched_layers), (1, 0));
+    // An eager pull of a fetched image unpacks from the blob, not the registry.
+    store.remove(&reference).await.unwrap();
+    store.prune(&[]).await.unwrap();
+    store
+        .fetch(&reference, &PullOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(registry.blob_gets(digest), 2);
+    let pulled = store
+        .pull(&reference, &PullOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    assert_eq!(registry.blob_gets(digest), 2);
+    assert!(pulled.layers[0].join("bin/busybox").is_file() && !blob.exists());
+
+    // A fetched blob no image names is pruned.
+    store.remove(&reference).await.unwrap();
+    store.prune(&[]).await.unwrap();
+    store
+        .fetch(&reference, &PullOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    store.remove(&reference).await.unwrap();
+    let pruned = store.prune(&[]).await.unwrap();
+    assert_eq!(pruned.layers, vec![digest.clone()]);
+    assert_empty(&store);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +244,7 @@ async fn shared_layers_are_stored_once_and_concurrent_pulls_download_once() {
     let size = store.size().unwrap();
     assert_eq!((size.images, size.layers), (2, 3));
     assert_eq!(
-        store.get(&one_ref).unwrap().unwrap().layers[0],
+        store.get(&one_ref).await.unwrap().unwrap().layers[0],
         two_stored.layers[0],
         "the shared layer is one directory"
     );
@@ -394,6 +472,25 @@ async fn hostile_layers_are_refused_and_leave_nothing() {
         assert_empty(&store);
     }
     assert!(!Path::new("/escape").exists() && !Path::new("/etc/escape").exists());
+
+    // Fetched without unpacking, a hostile layer is refused at its first use, which
+    // forgets the image and its blob.
+    let tar = Tar::new().file("../escape", b"x").finish();
+    let image = Image::new("amd64", vec![gzip_layer(&tar)], serde_json::json!({}));
+    let reference = push(&registry, "fetched-dotdot:1", &image).await;
+    store
+        .fetch(&reference, &PullOptions::default(), &NoProgress)
+        .await
+        .unwrap();
+    let err = store.get(&reference).await.unwrap_err();
+    assert!(
+        matches!(&err, ImageError::HostileLayer { .. }) && err.to_string().contains("'..'"),
+        "{err}"
+    );
+    assert!(store.inspect(&reference).unwrap().is_none());
+    store.prune(&[]).await.unwrap();
+    assert_empty(&store);
+    assert!(!Path::new("/escape").exists());
 
     // Not a tar at all.
     let garbage = gzip_layer(&b"this is not a tar archive, just text. ".repeat(40));

@@ -107,7 +107,7 @@ fn image_class(error: &ak_image::ImageError) -> ErrorClass {
         | E::Credentials { .. }
         | E::CaFile { .. } => ErrorClass::Invalid,
         E::TooLarge { .. } => ErrorClass::TooLarge,
-        E::NotFound(_) | E::UnknownImage { .. } => ErrorClass::NotFound,
+        E::NotFound(_) | E::UnknownImage { .. } | E::LayerMissing { .. } => ErrorClass::NotFound,
         E::Unauthorized { .. } => ErrorClass::Forbidden,
         E::Unreachable { .. } | E::Registry { .. } => ErrorClass::Unavailable,
         E::InUse { .. } => ErrorClass::Conflict,

@@ -40,7 +40,7 @@ impl Service {
                 return Ok(());
             }
             let stored = match pull {
-                PullPolicy::Never => self.stored_image(name)?,
+                PullPolicy::Never => self.stored_image(name).await?,
                 PullPolicy::Always => Some(self.ensure_image(name, pull, &NoProgress).await?),
                 PullPolicy::Missing => match self.ensure_image(name, pull, &NoProgress).await {
                     Ok(stored) => Some(stored),

@@ -54,15 +54,16 @@ pub fn pull_options(
 }
 
 impl Service {
-    /// The image store, opened on first use.
-    /// The stored image `reference` names, if the store has it (never pulls).
-    pub(crate) fn stored_image(
+    /// The stored image `reference` names, if the store has it (never pulls; unpacks the
+    /// layers only fetched so far).
+    pub(crate) async fn stored_image(
         &self,
         reference: &str,
     ) -> Result<Option<StoredImage>, ServiceError> {
-        Ok(self.image_store()?.get(reference)?)
+        Ok(self.image_store()?.get(reference).await?)
     }
 
+    /// The image store, opened on first use.
     pub fn image_store(&self) -> Result<&Store, ServiceError> {
         let setup = self
             .images
@@ -85,21 +86,27 @@ impl Service {
             .map_err(|e| ServiceError::InvalidInput(e.clone()))
     }
 
-    /// Pulls `reference` into the store (layers it has are not downloaded again).
+    /// Pulls `reference` into the store (layers it has are not downloaded again): its
+    /// verified blobs, unpacked by the first sandbox that uses them, or with `unpack`
+    /// unpacked while they download.
     pub async fn image_pull(
         &self,
         caller: Caller,
         reference: &str,
+        unpack: bool,
         progress: &dyn PullProgress,
     ) -> Result<ImageInfo, ServiceError> {
         let result = async {
             let store = self.image_store()?;
-            let image = store
-                .pull(reference, self.pull_options()?, progress)
-                .await?;
+            let options = self.pull_options()?;
+            let reference = if unpack {
+                store.pull(reference, options, progress).await?.reference
+            } else {
+                store.fetch(reference, options, progress).await?.reference
+            };
             store
-                .inspect(&image.reference)?
-                .ok_or_else(|| ServiceError::NoSuch(format!("image {}", image.reference)))
+                .inspect(&reference)?
+                .ok_or_else(|| ServiceError::NoSuch(format!("image {reference}")))
         }
         .await;
         self.audited(

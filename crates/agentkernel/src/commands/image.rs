@@ -9,17 +9,20 @@ use indicatif::{HumanBytes, MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 
 use super::say;
-use crate::cli::{ImageArgs, ImageCommand, ImageListArgs};
+use crate::cli::{ImageArgs, ImageCommand, ImageListArgs, ImagePullArgs};
 use crate::exit;
 use crate::wiring;
 
 pub async fn image(command: ImageCommand) -> i32 {
     let service = wiring::service();
     match command {
-        ImageCommand::Pull(args) => {
+        ImageCommand::Pull(ImagePullArgs {
+            image: args,
+            unpack,
+        }) => {
             let bars = LayerBars::new();
             let result = service
-                .image_pull(Caller::Local, &args.reference, &bars)
+                .image_pull(Caller::Local, &args.reference, unpack, &bars)
                 .await;
             bars.clear();
             answer(result, args.json, |info| {

@@ -82,6 +82,14 @@ fn render(report: &StatusReport) -> String {
     out.push_str(&format!("  runtime dir     {}\n", host.runtime_dir));
     out.push_str(&format!("  kvm             {}\n", host.kvm.describe()));
     let images = match &report.image_store {
+        Ok(size) if size.fetched_layers > 0 => format!(
+            "{} image(s), {} layer(s), {}; {} layer(s) fetched, not unpacked yet, {}",
+            size.images,
+            size.layers,
+            indicatif::HumanBytes(size.bytes),
+            size.fetched_layers,
+            indicatif::HumanBytes(size.fetched_bytes)
+        ),
         Ok(size) => format!(
             "{} image(s), {} layer(s), {}",
             size.images,

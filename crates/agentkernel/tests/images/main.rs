@@ -68,6 +68,23 @@ async fn image_commands_pull_list_inspect_remove_prune() {
     assert_eq!(pulled["config"]["cmd"][0], "/bin/sh");
     // No host path in any answer.
     assert!(!pulled.to_string().contains(&state.display().to_string()));
+    // A pull fetches: the layer waits, compressed, for its first use.
+    assert_eq!(pulled["layers"][0]["unpacked"], false);
+    let status = json(&cli(state, &["status", "--json"]));
+    assert_eq!(status["image_store"]["Ok"]["fetched_layers"], 1);
+    assert_eq!(status["image_store"]["Ok"]["layers"], 0);
+    let text = cli(state, &["status"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout).contains("1 layer(s) fetched, not unpacked yet"),
+        "{}",
+        String::from_utf8_lossy(&text.stdout)
+    );
+    // `--unpack` unpacks it now.
+    let pulled = json(&cli(
+        state,
+        &["image", "pull", &reference, "--unpack", "--json"],
+    ));
+    assert_eq!(pulled["layers"][0]["unpacked"], true);
 
     let list = json(&cli(state, &["image", "list", "--json"]));
     assert_eq!(list.as_array().unwrap().len(), 1);
@@ -245,13 +262,37 @@ async fn two_processes_download_each_blob_once_and_hostile_images_leave_nothing(
         serde_json::json!({}),
     );
     let hostile = push(&registry, "hostile:cli", &escape).await;
-    let out = cli(state, &["image", "pull", &hostile]);
+    let out = cli(state, &["image", "pull", "--unpack", &hostile]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains("hard link out of the layer"),
         "{}",
         stderr(&out)
     );
+    // Only fetched, it is refused by the first run that needs it, which forgets it.
+    let out = cli(state, &["image", "pull", &hostile]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cli(
+        state,
+        &[
+            "run",
+            "--backend",
+            "native",
+            "--no-network",
+            "--image",
+            &hostile,
+            "--",
+            "true",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("hard link out of the layer"),
+        "{}",
+        stderr(&out)
+    );
+    let out = cli(state, &["image", "inspect", &hostile]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let good = Image::new(
         "amd64",
         vec![gzip_layer(&Tar::new().file("ok", b"ok").finish())],
@@ -271,7 +312,8 @@ async fn two_processes_download_each_blob_once_and_hostile_images_leave_nothing(
     );
     let status = json(&cli(state, &["status", "--json"]));
     assert_eq!(status["image_store"]["Ok"]["images"], 1);
-    assert_eq!(status["image_store"]["Ok"]["layers"], 1);
+    assert_eq!(status["image_store"]["Ok"]["layers"], 0);
+    assert_eq!(status["image_store"]["Ok"]["fetched_layers"], 1);
     let tmp = state.join("images/tmp");
     assert_eq!(
         std::fs::read_dir(&tmp).unwrap().count(),
