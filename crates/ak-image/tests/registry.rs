@@ -519,6 +519,12 @@ async fn hostile_layers_are_refused_and_leave_nothing() {
         .unwrap_err();
     assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
     assert_empty(&store);
+    let err = store
+        .fetch(&reference, &PullOptions::default(), &NoProgress)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ImageError::DigestMismatch { .. }), "{err}");
+    assert_empty(&store);
 
     // Device nodes and fifos are skipped, the rest of the layer kept.
     let devices = Tar::new()
