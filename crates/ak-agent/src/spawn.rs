@@ -92,16 +92,36 @@ pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentEr
         }
     }
 
-    let mut command = Command::new(program);
-    command.args(&spec.argv[1..]);
-    command.current_dir(&cwd);
-    command.env_clear().envs(env);
-    let pty_master = set_stdio(&mut command, spec)?;
-    set_up_child(&mut command, switch, pty_master.is_some());
-
-    let (mut child, exit) =
-        retry_while_busy(|| with_oom_preference(|| shared.children.spawn(&mut command)))
-            .map_err(|e| spawn_error(program, &e))?;
+    let start = |script: Option<&Path>| {
+        let mut command = match script {
+            None => Command::new(program),
+            Some(file) => {
+                let mut command = Command::new(SHELL);
+                command.arg(file);
+                command
+            }
+        };
+        command.args(&spec.argv[1..]);
+        command.current_dir(&cwd);
+        command
+            .env_clear()
+            .envs(env.iter().map(|(name, value)| (name, value)));
+        let pty_master = set_stdio(&mut command, spec)?;
+        set_up_child(&mut command, switch, pty_master.is_some());
+        let started =
+            retry_while_busy(|| with_oom_preference(|| shared.children.spawn(&mut command)));
+        Ok::<_, AgentError>((started, pty_master, command))
+    };
+    let (mut started, mut pty_master, mut command) = start(None)?;
+    // A file without `#!` is a shell script: POSIX's execvp runs it with the shell, glibc's
+    // does, musl's does not (the agent is also built against musl), so it is done here, as
+    // glibc does it: `/bin/sh FILE ARGS…` with the file found on the command's PATH.
+    if matches!(&started, Err(e) if e.raw_os_error() == Some(libc::ENOEXEC))
+        && let Some(file) = script_file(program, &env, &cwd)
+    {
+        (started, pty_master, command) = start(Some(&file))?;
+    }
+    let (mut child, exit) = started.map_err(|e| spawn_error(program, &e))?;
     // The command holds the parent's copies of the pty slave: they must be closed now, or
     // reading the master would never see the end of the command's output.
     drop(command);
@@ -113,6 +133,29 @@ pub(crate) fn spawn(shared: &Shared, spec: &ExecSpec) -> Result<Spawned, AgentEr
         stderr: child.stderr.take().map(OwnedFd::from),
         pty_master,
     })
+}
+
+/// The shell that runs a script without `#!` (execvp's `_PATH_BSHELL`).
+const SHELL: &str = "/bin/sh";
+
+/// The file the kernel refused as a script without `#!`: `program` itself when it names a
+/// path, else the first executable file of that name on the command's `PATH` (searched as
+/// execvp did; relative entries are relative to the command's working directory `cwd`).
+fn script_file(
+    program: &str,
+    env: &[(OsString, OsString)],
+    cwd: &Path,
+) -> Option<std::path::PathBuf> {
+    if program.contains('/') {
+        return Some(program.into());
+    }
+    let path = env.iter().find(|(name, _)| name == "PATH")?;
+    std::env::split_paths(&path.1)
+        .map(|dir| dir.join(program))
+        .find(|file| {
+            let seen = cwd.join(file);
+            seen.is_file() && rustix::fs::access(&seen, rustix::fs::Access::EXEC_OK).is_ok()
+        })
 }
 
 /// The command's whole environment: the agent's, the request's variables on top, and

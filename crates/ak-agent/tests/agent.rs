@@ -420,6 +420,24 @@ async fn a_script_without_an_interpreter_line_runs_with_sh() {
     assert_eq!(out.status, Some(ExitStatus::Code(0)));
 }
 
+/// Found on PATH (here a relative entry, so under the command's working directory), with
+/// its arguments: run as `/bin/sh FILE ARGS…` whichever libc the agent was built with.
+#[tokio::test]
+async fn a_script_without_an_interpreter_line_is_found_on_path() {
+    let h = harness().await;
+    h.client.mkdir("/scripts", false, 0o755).await.unwrap();
+    h.client
+        .write_file("/scripts/plain-on-path", b"echo \"got $1\"\n", 0o755)
+        .await
+        .unwrap();
+    let mut spec = argv(&["plain-on-path", "one two"]);
+    spec.cwd = Some("/".into());
+    spec.env = vec![("PATH".into(), "scripts:/usr/bin:/bin".into())];
+    let out = run(&h.client, spec).await;
+    assert_eq!(out.stdout, b"got one two\n", "{out:?}");
+    assert_eq!(out.status, Some(ExitStatus::Code(0)));
+}
+
 #[tokio::test]
 async fn spawn_failures_are_agent_errors() {
     let h = harness().await;

@@ -6,6 +6,10 @@
 //! Our own, on purpose: rustix has none of these ioctls, and a netlink crate for an
 //! address and a route is out of proportion. Nothing here allocates (errors are errno
 //! values), so the native backend may call it between `clone` and `exec`.
+//!
+//! Request numbers are cast to `libc::Ioctl`: glibc's `ioctl` takes a `c_ulong` request,
+//! musl's a `c_int`, and the agent is also built against musl
+//! (`scripts/build-musl-agent.sh`).
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -33,12 +37,12 @@ impl Interfaces {
     pub fn set_up(&self, name: &str) -> io::Result<()> {
         let mut request = ifreq(name)?;
         // SAFETY: SIOCGIFFLAGS fills the flags of the ifreq it is given.
-        check(unsafe { libc::ioctl(self.fd(), libc::SIOCGIFFLAGS, &mut request) })?;
+        check(unsafe { libc::ioctl(self.fd(), libc::SIOCGIFFLAGS as libc::Ioctl, &mut request) })?;
         // SAFETY: the kernel just wrote the flags member of the union.
         let flags = unsafe { request.ifr_ifru.ifru_flags };
         request.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
         // SAFETY: SIOCSIFFLAGS reads an ifreq.
-        check(unsafe { libc::ioctl(self.fd(), libc::SIOCSIFFLAGS, &request) })
+        check(unsafe { libc::ioctl(self.fd(), libc::SIOCSIFFLAGS as libc::Ioctl, &request) })
     }
 
     /// Gives interface `name` the IPv4 `address` with `netmask`.
@@ -46,10 +50,10 @@ impl Interfaces {
         let mut request = ifreq(name)?;
         request.ifr_ifru.ifru_addr = sockaddr(address);
         // SAFETY: SIOCSIFADDR reads an ifreq holding a sockaddr_in.
-        check(unsafe { libc::ioctl(self.fd(), libc::SIOCSIFADDR, &request) })?;
+        check(unsafe { libc::ioctl(self.fd(), libc::SIOCSIFADDR as libc::Ioctl, &request) })?;
         request.ifr_ifru.ifru_netmask = sockaddr(netmask);
         // SAFETY: as above, for the netmask.
-        check(unsafe { libc::ioctl(self.fd(), libc::SIOCSIFNETMASK, &request) })
+        check(unsafe { libc::ioctl(self.fd(), libc::SIOCSIFNETMASK as libc::Ioctl, &request) })
     }
 
     /// Sets the MTU of interface `name`.
@@ -57,7 +61,7 @@ impl Interfaces {
         let mut request = ifreq(name)?;
         request.ifr_ifru.ifru_mtu = libc::c_int::from(mtu);
         // SAFETY: SIOCSIFMTU reads an ifreq holding the MTU.
-        check(unsafe { libc::ioctl(self.fd(), libc::SIOCSIFMTU, &request) })
+        check(unsafe { libc::ioctl(self.fd(), libc::SIOCSIFMTU as libc::Ioctl, &request) })
     }
 
     /// Adds the default route through `gateway` (the interface is the one that reaches it).
@@ -70,7 +74,7 @@ impl Interfaces {
         route.rt_gateway = sockaddr(gateway);
         route.rt_flags = libc::RTF_UP | libc::RTF_GATEWAY;
         // SAFETY: SIOCADDRT reads an rtentry.
-        check(unsafe { libc::ioctl(self.fd(), libc::SIOCADDRT, &route) })
+        check(unsafe { libc::ioctl(self.fd(), libc::SIOCADDRT as libc::Ioctl, &route) })
     }
 
     fn fd(&self) -> libc::c_int {

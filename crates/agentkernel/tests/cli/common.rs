@@ -1,6 +1,7 @@
 //! Shared helpers of the CLI integration tests: run the built `agentkernel` as root or as
 //! an unprivileged user, and snapshot host resources to prove nothing leaked.
 
+use std::ffi::OsStr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
@@ -29,15 +30,21 @@ fn shared_binaries() -> &'static PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         use std::hash::{Hash, Hasher};
+        // AGENTKERNEL_TEST_AGENT: another build of the agent to run the sandboxes with (CI
+        // runs the run and escape tests again with the static musl agent); part of the
+        // directory's name, so a run with one agent never swaps another run's.
+        let agent = std::env::var_os("AGENTKERNEL_TEST_AGENT")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_ak-agent").into());
         let mut tree = std::hash::DefaultHasher::new();
         env!("CARGO_BIN_EXE_agentkernel").hash(&mut tree);
+        agent.hash(&mut tree);
         let dir = std::env::temp_dir().join(format!("agentkernel-test-bin-{:016x}", tree.finish()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         for (name, source) in [
-            ("agentkernel", env!("CARGO_BIN_EXE_agentkernel")),
-            ("ak-agent", env!("CARGO_BIN_EXE_ak-agent")),
-            ("ak-egress", env!("CARGO_BIN_EXE_ak-egress")),
+            ("agentkernel", OsStr::new(env!("CARGO_BIN_EXE_agentkernel"))),
+            ("ak-agent", agent.as_os_str()),
+            ("ak-egress", OsStr::new(env!("CARGO_BIN_EXE_ak-egress"))),
         ] {
             let staged = dir.join(format!(".{name}.{}", std::process::id()));
             std::fs::copy(source, &staged).unwrap();
