@@ -22,6 +22,30 @@ pub const SYNC_FILESYSTEMS_ARG: &str = "--sync-filesystems";
 /// resuming it, since the guest's clock stood still while its vCPUs were stopped.
 pub const SET_CLOCK_ARG: &str = "--set-clock";
 
+/// The agent's argument that mixes fresh host randomness into the guest's entropy pool
+/// and reseeds its random number generator (`ak-agent --reseed HEX`): what the host runs
+/// inside a microVM restored from a memory snapshot, whose generator state is otherwise
+/// the same in every copy restored from that snapshot.
+pub const RESEED_ARG: &str = "--reseed";
+
+/// The names of a microVM's virtio-serial ports (`/sys/class/virtio-ports/*/name` in the
+/// guest, `name=` of QEMU's `virtserialport`): the agent's channel for VMs that can be
+/// saved with their memory (vsock through vhost-user cannot migrate). Here because host
+/// and agent both name them.
+pub mod serial {
+    /// The agent writes [`READY`] on this port once it serves the data ports.
+    pub const CONTROL_PORT: &str = "ak.control";
+    /// The line the agent writes on the control port when it is ready.
+    pub const READY: &[u8] = b"ready\n";
+    /// The most data ports a VM has (each carries one host connection at a time).
+    pub const MAX_DATA_PORTS: u32 = 16;
+
+    /// The name of data port `index`.
+    pub fn data_port(index: u32) -> String {
+        format!("ak.{index}")
+    }
+}
+
 pub use client::{AgentClient, ExecControl, ExecEvent, ExecHandle};
 pub use error::ProtocolError;
 pub use frame::{FrameReader, FrameWriter, MAX_CHUNK_LEN, MAX_FRAME_LEN};
