@@ -36,6 +36,21 @@ use crate::sandbox::MicrovmSandbox;
 use crate::vm::{Layout, VmRecord};
 use ak_core::kvm::KvmSupport;
 
+/// Opens (creating it) the lock file at `path` and takes an exclusive `flock` on it,
+/// waiting for it; the lock lasts as long as the returned file.
+pub(crate) fn lock_exclusive(path: &Path) -> Result<std::fs::File, MicrovmError> {
+    use std::os::fd::AsFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(MicrovmError::io(format!("open {}", path.display())))?;
+    rustix::fs::flock(file.as_fd(), rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| MicrovmError::io(format!("lock {}", path.display()))(e.into()))?;
+    Ok(file)
+}
+
 /// How long a VM gets from launch to its agent listening (emulated boots on a loaded
 /// host take seconds); past it the watchdog kills the VM.
 const BOOT_LIMIT: Duration = Duration::from_secs(60);

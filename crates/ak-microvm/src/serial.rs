@@ -5,7 +5,6 @@
 //! (`query-chardev`), under a lock file that keeps other host processes (the daemon, CLIs)
 //! from picking the same one before QEMU has accepted.
 
-use std::os::fd::AsFd;
 use std::time::Duration;
 
 use ak_core::watch::SocketWatch;
@@ -151,18 +150,7 @@ fn write_next(lock: &mut std::fs::File, next: u32) {
 /// runtime's threads; released when the returned file is dropped.
 async fn lock_ports(layout: &Layout) -> Result<std::fs::File, MicrovmError> {
     let path = layout.ports_lock();
-    tokio::task::spawn_blocking(move || {
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(MicrovmError::io(format!("open {}", path.display())))?;
-        rustix::fs::flock(file.as_fd(), rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| MicrovmError::io(format!("lock {}", path.display()))(e.into()))?;
-        Ok(file)
-    })
-    .await
-    .map_err(|e| MicrovmError::Serial(format!("locking the ports: {e}")))?
+    tokio::task::spawn_blocking(move || crate::lock_exclusive(&path))
+        .await
+        .map_err(|e| MicrovmError::Serial(format!("locking the ports: {e}")))?
 }
