@@ -43,6 +43,8 @@ pub(crate) fn lock_exclusive(path: &Path) -> Result<std::fs::File, MicrovmError>
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
+        // Read too: the serial ports' lock file holds the next port to try.
+        .read(true)
         .write(true)
         .open(path)
         .map_err(MicrovmError::io(format!("open {}", path.display())))?;

@@ -154,3 +154,26 @@ async fn lock_ports(layout: &Layout) -> Result<std::fs::File, MicrovmError> {
         .await
         .map_err(|e| MicrovmError::Serial(format!("locking the ports: {e}")))?
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The next port to try is kept in the lock file from one host process to the next
+    /// (a lock file opened without read access once made every connection take the
+    /// first port, so a new connection could follow the end of the last one on the same
+    /// port before the guest saw that end).
+    #[test]
+    fn the_next_port_goes_round_through_the_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ports.lock");
+        let mut taken = Vec::new();
+        for _ in 0..10 {
+            let mut lock = crate::lock_exclusive(&path).unwrap();
+            let next = read_next(&mut lock, 8);
+            taken.push(next);
+            write_next(&mut lock, (next + 1) % 8);
+        }
+        assert_eq!(taken, [0, 1, 2, 3, 4, 5, 6, 7, 0, 1]);
+    }
+}
