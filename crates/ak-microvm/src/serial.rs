@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use ak_core::watch::SocketWatch;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
 use crate::error::MicrovmError;
@@ -23,8 +23,10 @@ const BUSY_LIMIT: Duration = Duration::from_secs(60);
 /// How long QEMU gets to accept the connection to a free port.
 const ACCEPT_LIMIT: Duration = Duration::from_secs(5);
 
-/// Waits until the agent writes its ready line on the control port; the VM's QEMU has
-/// just been started (its sockets appear a moment later).
+/// Tells the agent on the control port that every data port starts over and waits for
+/// its ready line; the VM's QEMU has just been started (its sockets appear a moment
+/// later) or restored. No data port may be connected meanwhile: the agent ends what each
+/// still serves, whatever it saw of the end (see the agent's `serial.rs`).
 pub async fn wait_ready(layout: &Layout) -> Result<(), MicrovmError> {
     let socket = layout.serial_socket(ak_protocol::serial::CONTROL_PORT);
     let watch = SocketWatch::new(&layout.dir)
@@ -35,7 +37,7 @@ pub async fn wait_ready(layout: &Layout) -> Result<(), MicrovmError> {
         .map_err(MicrovmError::io(format!("wait for {}", socket.display())))?;
     // QEMU binds the socket before it listens on it: refused for a moment.
     let mut tries = 0;
-    let stream = loop {
+    let mut stream = loop {
         match UnixStream::connect(&socket).await {
             Ok(stream) => break stream,
             Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < 1000 => {
@@ -47,6 +49,10 @@ pub async fn wait_ready(layout: &Layout) -> Result<(), MicrovmError> {
             }
         }
     };
+    stream
+        .write_all(ak_protocol::serial::SYNC)
+        .await
+        .map_err(MicrovmError::io("write to the agent's control port"))?;
     let mut line = Vec::new();
     BufReader::new(stream)
         .take(64)

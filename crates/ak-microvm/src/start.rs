@@ -75,9 +75,12 @@ impl MicrovmBackend {
                         .map(|(stream, _)| Some(stream))
                         .map_err(MicrovmError::io("accept the agent's ready connection")),
                     (None, None) => serial::wait_ready(layout).await.map(|()| None),
-                    (None, Some(_)) => qmp::wait_restored(&layout.qmp_socket())
-                        .await
-                        .map(|()| None),
+                    (None, Some(_)) => {
+                        // Only once it runs: QEMU tells the guest which hosts left over
+                        // the save as it starts it, before this connection's word.
+                        qmp::wait_restored(&layout.qmp_socket()).await?;
+                        serial::wait_ready(layout).await.map(|()| None)
+                    }
                 }
             };
             let accepted: Option<UnixStream> = tokio::select! {

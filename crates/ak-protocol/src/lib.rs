@@ -33,9 +33,14 @@ pub const RESEED_ARG: &str = "--reseed";
 /// saved with their memory (vsock through vhost-user cannot migrate). Here because host
 /// and agent both name them.
 pub mod serial {
-    /// The agent writes [`READY`] on this port once it serves the data ports.
+    /// The host writes [`SYNC`] on this port after it started or restored the VM; the
+    /// agent answers [`READY`] once it serves the data ports afresh.
     pub const CONTROL_PORT: &str = "ak.control";
-    /// The line the agent writes on the control port when it is ready.
+    /// The host's line on the control port: every data port's earlier connection is
+    /// over (none is open at a boot or a restore), whatever the guest saw of its end.
+    pub const SYNC: &[u8] = b"sync\n";
+    /// The agent's answer to [`SYNC`]: it serves the data ports, none holding an earlier
+    /// connection or its bytes.
     pub const READY: &[u8] = b"ready\n";
     /// The most data ports a VM has (each carries one host connection at a time).
     pub const MAX_DATA_PORTS: u32 = 16;

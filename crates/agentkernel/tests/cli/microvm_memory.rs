@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::{ak_with_state, assert_code, shared_host, stderr, stdout};
+use crate::common::{Mode, agentkernel, ak_with_state, assert_code, shared_host, stderr, stdout};
 use crate::microvm::{name, ready, wait_until};
 
 fn sh(state: &Path, sandbox: &str, script: &str) -> String {
@@ -45,6 +45,47 @@ fn ticking(state: &Path, sandbox: &str) {
     });
 }
 
+/// A command kept running in `sandbox` (its host connection open) until the returned
+/// process is killed or the sandbox's connection ends; returns once it runs.
+fn held(state: &Path, sandbox: &str, script: &str) -> std::process::Child {
+    let marker = format!(
+        "/tmp/held-{}",
+        std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos()
+    );
+    let child = agentkernel(
+        Mode::Root,
+        &[
+            "exec",
+            sandbox,
+            "--",
+            "sh",
+            "-c",
+            &format!("touch {marker}; {script}"),
+        ],
+    )
+    .env("AGENTKERNEL_REGISTRY", state.join("registry.db"))
+    .stdout(std::process::Stdio::null())
+    .stderr(std::process::Stdio::null())
+    .spawn()
+    .unwrap();
+    wait_until("the held command runs", Duration::from_secs(30), || {
+        sh(
+            state,
+            sandbox,
+            &format!("test -e {marker} && echo yes || echo no"),
+        ) == "yes\n"
+    });
+    child
+}
+
+/// More commands than the VM has serial ports, each on a new host connection: every
+/// port takes a connection after the restore.
+fn every_port_answers(state: &Path, sandbox: &str) {
+    for i in 0..10 {
+        assert_eq!(sh(state, sandbox, &format!("echo {i}")), format!("{i}\n"));
+    }
+}
+
 #[test]
 fn microvm_memory_saved_resumed_after_a_daemon_restart_and_forked() {
     let _host = shared_host();
@@ -74,8 +115,17 @@ fn microvm_memory_saved_resumed_after_a_daemon_restart_and_forked() {
         sh(state, &n, "cat /tmp/ticks 2>/dev/null | wc -l").trim() != "0"
     });
 
+    // Host connections open over the save, one idle and one streaming output: the guest
+    // still serves them when it is restored, and QEMU tells it they ended only as it
+    // runs again (the restore once read the next connection as more of such a one and
+    // never answered it).
+    let mut idle = held(state, &n, "sleep 1000");
+    let mut streaming = held(state, &n, "while :; do echo output; done");
     assert_code(&ak_with_state(state, &["pause", &n, "--save"]), 0);
     assert_eq!(sandbox_state(state, &n), "saved");
+    // Their connections ended with the save.
+    assert_ne!(idle.wait().unwrap().code(), Some(0));
+    assert_ne!(streaming.wait().unwrap().code(), Some(0));
     let refused = ak_with_state(state, &["exec", &n, "--", "true"]);
     assert_ne!(refused.status.code(), Some(0));
     assert!(stderr(&refused).contains("resume"), "{}", stderr(&refused));
@@ -92,6 +142,7 @@ fn microvm_memory_saved_resumed_after_a_daemon_restart_and_forked() {
 
     assert_code(&ak_with_state(state, &["resume", &n]), 0);
     assert_eq!(sandbox_state(state, &n), "running");
+    every_port_answers(state, &n);
     assert_eq!(sh(state, &n, "cat /tmp/mem"), "kept\n");
     ticking(state, &n);
     // Its clock is the host's again, not the one it was saved with.
@@ -103,11 +154,18 @@ fn microvm_memory_saved_resumed_after_a_daemon_restart_and_forked() {
     assert!(host.abs_diff(guest) <= 3, "host {host}, guest {guest}");
 
     // Two forks of the running VM: its memory, each with a generator of its own.
+    // Forked with a connection open (streaming): the copies' guests hold it too.
+    let mut streaming = held(state, &n, "while :; do echo output; done");
     let forks = [format!("{n}-f1"), format!("{n}-f2")];
     let output = ak_with_state(state, &["fork", &n, &forks[0], &forks[1]]);
     assert_code(&output, 0);
+    // The original's goes on.
+    assert_eq!(streaming.try_wait().unwrap(), None);
+    streaming.kill().unwrap();
+    streaming.wait().unwrap();
     let mut draws = Vec::new();
     for fork in &forks {
+        every_port_answers(state, fork);
         assert_eq!(sh(state, fork, "cat /tmp/mem"), "kept\n");
         ticking(state, fork);
         draws.push(sh(state, fork, "od -An -tx1 -N32 /dev/urandom"));
