@@ -68,6 +68,54 @@ pub async fn wait_ready(layout: &Layout) -> Result<(), MicrovmError> {
     Ok(())
 }
 
+/// Connects to each of the `ports` data ports of a restored VM once and hangs up, after
+/// [`wait_ready`]. A port whose host was slow to read when the VM was saved comes back
+/// throttled: QEMU retries the guest's pending bytes on a port with no host, fails,
+/// and waits for the host to take more, which no later connection makes it do; the next
+/// connection to that port never got an answer (a test holding one unread stream open
+/// over the save hung so). A hang-up drops those bytes and lifts the throttle
+/// (`virtio_serial_close`); the agent, reset by [`wait_ready`], writes nothing there
+/// meanwhile.
+pub async fn clear_ports(layout: &Layout, ports: u32) -> Result<(), MicrovmError> {
+    let _lock = lock_ports(layout).await?;
+    let mut qmp = Qmp::connect(&layout.qmp_socket()).await?;
+    let names: Vec<String> = (0..ports).map(ak_protocol::serial::data_port).collect();
+    let mut streams = Vec::new();
+    for name in &names {
+        let socket = layout.serial_socket(name);
+        streams.push(
+            UnixStream::connect(&socket)
+                .await
+                .map_err(MicrovmError::io(format!("connect to {}", socket.display())))?,
+        );
+    }
+    // Each taken, then each let go, by QEMU's account: a later connection must not queue
+    // behind one of these (taken the moment this one ends, the guest could see the two
+    // as one).
+    wait_ports(&mut qmp, &names, false).await?;
+    drop(streams);
+    wait_ports(&mut qmp, &names, true).await
+}
+
+/// Waits until QEMU reports each of `names` free (`true`) or taken.
+async fn wait_ports(qmp: &mut Qmp, names: &[String], free: bool) -> Result<(), MicrovmError> {
+    let deadline = tokio::time::Instant::now() + ACCEPT_LIMIT;
+    loop {
+        let now_free = free_ports(qmp).await?;
+        if names.iter().all(|name| now_free.contains(name) == free) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(MicrovmError::Serial(format!(
+                "QEMU did not {} the agent's ports within {}s",
+                if free { "let go of" } else { "take" },
+                ACCEPT_LIMIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
 /// Connects to a free data port of the VM in `layout` (one of `ports`).
 pub async fn connect(layout: &Layout, ports: u32) -> Result<UnixStream, MicrovmError> {
     let deadline = tokio::time::Instant::now() + BUSY_LIMIT;

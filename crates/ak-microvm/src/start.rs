@@ -79,7 +79,10 @@ impl MicrovmBackend {
                         // Only once it runs: QEMU tells the guest which hosts left over
                         // the save as it starts it, before this connection's word.
                         qmp::wait_restored(&layout.qmp_socket()).await?;
-                        serial::wait_ready(layout).await.map(|()| None)
+                        serial::wait_ready(layout).await?;
+                        serial::clear_ports(layout, boot.serial_ports)
+                            .await
+                            .map(|()| None)
                     }
                 }
             };

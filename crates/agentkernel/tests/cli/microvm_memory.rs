@@ -45,37 +45,33 @@ fn ticking(state: &Path, sandbox: &str) {
     });
 }
 
-/// A command kept running in `sandbox` (its host connection open) until the returned
-/// process is killed or the sandbox's connection ends; returns once it runs.
-fn held(state: &Path, sandbox: &str, script: &str) -> std::process::Child {
-    let marker = format!(
-        "/tmp/held-{}",
-        std::time::UNIX_EPOCH.elapsed().unwrap().as_nanos()
-    );
-    let child = agentkernel(
-        Mode::Root,
-        &[
-            "exec",
-            sandbox,
-            "--",
-            "sh",
-            "-c",
-            &format!("touch {marker}; {script}"),
-        ],
-    )
-    .env("AGENTKERNEL_REGISTRY", state.join("registry.db"))
-    .stdout(std::process::Stdio::null())
-    .stderr(std::process::Stdio::null())
-    .spawn()
-    .unwrap();
-    wait_until("the held command runs", Duration::from_secs(30), || {
-        sh(
-            state,
-            sandbox,
-            &format!("test -e {marker} && echo yes || echo no"),
-        ) == "yes\n"
-    });
-    child
+/// Commands kept running in `sandbox`, one on each of its serial ports (each on a host
+/// connection of its own, open until the process is killed or the connection ends), so
+/// that whichever port a host takes next had a connection open; returns once all run.
+/// Some stream output that nobody reads, so the guest is also stopped mid-write.
+fn held_on_every_port(state: &Path, sandbox: &str) -> Vec<std::process::Child> {
+    use std::io::BufRead;
+    (0..8)
+        .map(|i| {
+            let script = if i % 4 == 0 {
+                "echo held; while :; do echo output; done"
+            } else {
+                "echo held; exec sleep 1000"
+            };
+            let mut child = agentkernel(Mode::Root, &["exec", sandbox, "--", "sh", "-c", script])
+                .env("AGENTKERNEL_REGISTRY", state.join("registry.db"))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut first = String::new();
+            std::io::BufReader::new(child.stdout.as_mut().unwrap())
+                .read_line(&mut first)
+                .unwrap();
+            assert_eq!(first, "held\n");
+            child
+        })
+        .collect()
 }
 
 /// More commands than the VM has serial ports, each on a new host connection: every
@@ -119,13 +115,15 @@ fn microvm_memory_saved_resumed_after_a_daemon_restart_and_forked() {
     // still serves them when it is restored, and QEMU tells it they ended only as it
     // runs again (the restore once read the next connection as more of such a one and
     // never answered it).
-    let mut idle = held(state, &n, "sleep 1000");
-    let mut streaming = held(state, &n, "while :; do echo output; done");
+    let held = held_on_every_port(state, &n);
     assert_code(&ak_with_state(state, &["pause", &n, "--save"]), 0);
     assert_eq!(sandbox_state(state, &n), "saved");
-    // Their connections ended with the save.
-    assert_ne!(idle.wait().unwrap().code(), Some(0));
-    assert_ne!(streaming.wait().unwrap().code(), Some(0));
+    // Their connections ended with the save (a streaming one's writer, blocked on its
+    // unread output, ends once nobody reads it).
+    for mut child in held {
+        drop(child.stdout.take());
+        assert_ne!(child.wait().unwrap().code(), Some(0));
+    }
     let refused = ak_with_state(state, &["exec", &n, "--", "true"]);
     assert_ne!(refused.status.code(), Some(0));
     assert!(stderr(&refused).contains("resume"), "{}", stderr(&refused));
@@ -154,15 +152,17 @@ fn microvm_memory_saved_resumed_after_a_daemon_restart_and_forked() {
     assert!(host.abs_diff(guest) <= 3, "host {host}, guest {guest}");
 
     // Two forks of the running VM: its memory, each with a generator of its own.
-    // Forked with a connection open (streaming): the copies' guests hold it too.
-    let mut streaming = held(state, &n, "while :; do echo output; done");
+    // Forked with connections open: the copies' guests hold them too.
+    let held = held_on_every_port(state, &n);
     let forks = [format!("{n}-f1"), format!("{n}-f2")];
     let output = ak_with_state(state, &["fork", &n, &forks[0], &forks[1]]);
     assert_code(&output, 0);
-    // The original's goes on.
-    assert_eq!(streaming.try_wait().unwrap(), None);
-    streaming.kill().unwrap();
-    streaming.wait().unwrap();
+    // The original's go on.
+    for mut child in held {
+        assert_eq!(child.try_wait().unwrap(), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
     let mut draws = Vec::new();
     for fork in &forks {
         every_port_answers(state, fork);
