@@ -12,6 +12,7 @@
 use std::process::Stdio;
 
 use crate::common::{Mode, agentkernel, ak, assert_code, sandbox_id, shared_host, stderr, stdout};
+use crate::daemon::RemovedAtEnd;
 use crate::microvm::{name, ready, vm_processes, wait_until};
 use crate::snapshot::{FINGERPRINT, SETUP};
 
@@ -209,12 +210,18 @@ fn vm_forks_diverge_independently() {
     let _host = shared_host();
     ready();
     let base = name("fork-base");
+    let forks: Vec<String> = (1..=3).map(|i| format!("{base}-f{i}")).collect();
+    // Also when a step fails (a fork that hung once left VMs running).
+    let _removed: Vec<RemovedAtEnd> = forks
+        .iter()
+        .chain([&base])
+        .map(|n| RemovedAtEnd(MODE, n.clone()))
+        .collect();
     create_started(&base);
     sh(
         &base,
         "echo base > /workspace/n; mkdir -p /app; echo base > /app/n",
     );
-    let forks: Vec<String> = (1..=3).map(|i| format!("{base}-f{i}")).collect();
     let mut args = vec!["fork", base.as_str()];
     args.extend(forks.iter().map(String::as_str));
     let output = ak(MODE, &args);
