@@ -40,8 +40,8 @@ pub enum Command {
     Stop(NameArgs),
     /// Pause a running sandbox: its processes (a VM's vCPUs) stop where they are and use no
     /// CPU, keeping their memory and connections, until `resume`.
-    Pause(NameArgs),
-    /// Resume a paused sandbox where it stopped.
+    Pause(PauseArgs),
+    /// Resume a paused or saved sandbox where it stopped.
     Resume(NameArgs),
     /// Remove a stopped or failed sandbox and its workdir.
     #[command(alias = "rm")]
@@ -398,6 +398,15 @@ pub struct ForkArgs {
 #[derive(Debug, Args)]
 pub struct NameArgs {
     pub name: String,
+}
+
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    pub name: String,
+    /// Save it to disk with its memory and end its processes (QEMU microVMs): it holds no
+    /// memory or CPU until `resume`, which also works after the daemon or host restarted.
+    #[arg(long)]
+    pub save: bool,
 }
 
 #[derive(Debug, Args)]

@@ -45,7 +45,9 @@ pub fn hint_for(error: &ServiceError) -> Option<String> {
                 "agentkernel stop {name}, or agentkernel remove --force {name}"
             )),
             ak_core::SandboxState::Failed => Some(format!("agentkernel remove {name}")),
-            ak_core::SandboxState::Paused => Some(format!("agentkernel resume {name}")),
+            ak_core::SandboxState::Paused | ak_core::SandboxState::Saved => {
+                Some(format!("agentkernel resume {name}"))
+            }
             _ => None,
         },
         _ => None,

@@ -69,8 +69,11 @@ pub async fn stop(name: &str) -> Result<SandboxRecord, Failure> {
     Ok(perform(action).await?.into_record()?)
 }
 
-pub async fn pause(name: &str) -> Result<SandboxRecord, Failure> {
-    let action = Action::Pause { name: name.into() };
+pub async fn pause(name: &str, save: bool) -> Result<SandboxRecord, Failure> {
+    let action = Action::Pause {
+        name: name.into(),
+        save,
+    };
     Ok(perform(action).await?.into_record()?)
 }
 

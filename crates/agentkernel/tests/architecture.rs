@@ -20,8 +20,12 @@ fn allowed() -> BTreeMap<&'static str, BTreeSet<&'static str>> {
         ),
         ("ak-docker", &["ak-core", "ak-egress"]),
         // The egress helper is the far end of an allowlist VM's NIC (its arguments and
-        // settings come from ak-egress, as for the native and gVisor backends).
-        ("ak-microvm", &["ak-core", "ak-egress", "ak-netif"]),
+        // settings come from ak-egress, as for the native and gVisor backends). The
+        // protocol names the virtio-serial ports the guest agent and the host agree on.
+        (
+            "ak-microvm",
+            &["ak-core", "ak-egress", "ak-netif", "ak-protocol"],
+        ),
         // The one sideways edge: a gVisor sandbox is the native sandbox's policy under
         // another kernel, so it takes the native backend's seccomp deny-list and its
         // user-mode network helper rather than a second copy of either.

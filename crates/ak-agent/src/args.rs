@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 /// Printed with every argument error.
-pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT | --vsock-connect PORT) [--hold-fd N] [--workdir DIR] [--seccomp FILE] [--guest] [--ready-port PORT] [--share TAG:PATH:rw|ro]... [--layer-disk] [--net ADDRESS/PREFIX,GATEWAY [--nameserver ADDRESS]...] [--trust-bundle CA,BUNDLE,SYSTEM]";
+pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT | --vsock-connect PORT | --serial N) [--hold-fd N] [--workdir DIR] [--seccomp FILE] [--guest] [--ready-port PORT] [--share TAG:PATH:rw|ro]... [--layer-disk] [--net ADDRESS/PREFIX,GATEWAY [--nameserver ADDRESS]...] [--trust-bundle CA,BUNDLE,SYSTEM]";
 
 /// Where the host's connections come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,6 +30,10 @@ pub(crate) enum Mode {
     /// and its transport, which saves a second connection's set-up through the vsock
     /// device at every boot. The agent, and with it the VM, ends when it closes.
     VsockConnect(u32),
+    /// A microVM's virtio-serial ports (`--serial N`: the control port and N data ports,
+    /// each carrying one host connection at a time): the channel of VMs that can be saved
+    /// with their memory, which vsock through vhost-user cannot.
+    Serial(u32),
 }
 
 /// The parsed command line.
@@ -117,13 +121,15 @@ pub(crate) enum ArgsError {
     #[error("{0} needs a port number, not {1:?}")]
     BadPort(&'static str, String),
     #[error(
-        "only one of --fd, --listen, --listen-once, --listen-fd, --vsock, --vsock-once and --vsock-connect can be used"
+        "only one of --fd, --listen, --listen-once, --listen-fd, --vsock, --vsock-once, --vsock-connect and --serial can be used"
     )]
     ConflictingModes,
     #[error(
-        "one of --fd N, --listen PATH, --listen-once PATH, --listen-fd N, --vsock PORT, --vsock-once PORT or --vsock-connect PORT is required"
+        "one of --fd N, --listen PATH, --listen-once PATH, --listen-fd N, --vsock PORT, --vsock-once PORT, --vsock-connect PORT or --serial N is required"
     )]
     NoMode,
+    #[error("--serial needs a number of data ports from 1 to {max}, not {0:?}", max = ak_protocol::serial::MAX_DATA_PORTS)]
+    BadSerial(String),
     #[error("--ready-port is only for --vsock and --vsock-once")]
     ReadyPortWithoutVsock,
     #[error("--share needs TAG:/ABSOLUTE/PATH:rw or :ro, not {0:?}")]
@@ -165,6 +171,7 @@ where
     let mut vsock_once = None;
     let mut vsock_connect = None;
     let mut ready_port = None;
+    let mut serial = None;
     let mut guest = false;
     let mut layer_disk = false;
     let mut shares = Vec::new();
@@ -216,6 +223,7 @@ where
                 port(value("--vsock-connect")?, "--vsock-connect")?,
                 "--vsock-connect",
             )?,
+            "--serial" => set_once(&mut serial, serial_ports(value("--serial")?)?, "--serial")?,
             "--ready-port" => set_once(
                 &mut ready_port,
                 port(value("--ready-port")?, "--ready-port")?,
@@ -272,6 +280,7 @@ where
         vsock.map(Mode::Vsock),
         vsock_once.map(Mode::VsockOnce),
         vsock_connect.map(Mode::VsockConnect),
+        serial.map(Mode::Serial),
     ];
     let mut given = modes.into_iter().flatten();
     let mode = given.next().ok_or(ArgsError::NoMode)?;
@@ -356,6 +365,14 @@ fn port(raw: OsString, option: &'static str) -> Result<u32, ArgsError> {
         .map_err(|_| ArgsError::BadPort(option, raw.to_string()))
 }
 
+fn serial_ports(raw: OsString) -> Result<u32, ArgsError> {
+    let raw = raw.to_str().ok_or(ArgsError::NotUtf8("--serial"))?;
+    raw.parse::<u32>()
+        .ok()
+        .filter(|n| (1..=ak_protocol::serial::MAX_DATA_PORTS).contains(n))
+        .ok_or_else(|| ArgsError::BadSerial(raw.to_string()))
+}
+
 fn share(raw: OsString) -> Result<Share, ArgsError> {
     let raw = raw.to_str().ok_or(ArgsError::NotUtf8("--share"))?;
     let bad = || ArgsError::BadShare(raw.to_string());
@@ -428,6 +445,27 @@ mod tests {
         assert_eq!(
             parse_strs(&["--listen-once", "/a", "--listen", "/b"]),
             Err(ArgsError::ConflictingModes)
+        );
+    }
+
+    #[test]
+    fn serial_mode_takes_a_bounded_number_of_ports() {
+        let args = parse_strs(&["--guest", "--serial", "8"]).unwrap();
+        assert_eq!(args.mode, Mode::Serial(8));
+        for bad in ["0", "17", "x", "-1"] {
+            assert_eq!(
+                parse_strs(&["--serial", bad]),
+                Err(ArgsError::BadSerial(bad.into())),
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            parse_strs(&["--serial", "8", "--vsock", "1024"]),
+            Err(ArgsError::ConflictingModes)
+        );
+        assert_eq!(
+            parse_strs(&["--serial", "8", "--ready-port", "1025"]),
+            Err(ArgsError::ReadyPortWithoutVsock)
         );
     }
 

@@ -20,6 +20,7 @@ mod paths;
 mod pty;
 mod reaper;
 mod seccomp;
+mod serial;
 mod server;
 mod signals;
 mod spawn;
@@ -229,5 +230,6 @@ async fn run(args: args::Args) -> i32 {
         Mode::Vsock(port) => listener::serve_vsock(agent, port, false, args.ready_port).await,
         Mode::VsockOnce(port) => listener::serve_vsock(agent, port, true, args.ready_port).await,
         Mode::VsockConnect(port) => listener::serve_vsock_connect(agent, port).await,
+        Mode::Serial(ports) => serial::serve_serial(agent, ports).await,
     }
 }

@@ -246,6 +246,15 @@ pub trait Backend: Send + Sync + fmt::Debug {
         })
     }
 
+    /// Whether a named sandbox's service-owned workdir is a directory in its root's
+    /// writable layer instead of a host directory shared into it: a microVM that may be
+    /// saved with its memory can have no 9p share mounted (QEMU refuses to migrate one).
+    /// A host directory the user names as the workdir, or a source cloned on the host,
+    /// is shared all the same.
+    fn workdir_in_root_layer(&self) -> bool {
+        false
+    }
+
     /// Whether a sandbox's clock stands still while it is frozen (a VM's guest clock
     /// follows its vCPUs): the service sets it to the host's after a resume.
     fn clock_stops_when_frozen(&self) -> bool {
@@ -261,6 +270,40 @@ pub trait Backend: Send + Sync + fmt::Debug {
         Err(BackendError::Unsupported {
             backend: self.kind().to_string(),
             reason: "it cannot freeze a sandbox's processes".into(),
+        })
+    }
+
+    /// Writes the whole state of a running or paused persistent sandbox (memory, devices,
+    /// processes: a VM's) to the file `state`, consistent with its writable root layer
+    /// at that moment. `end`: its processes end afterwards (a sandbox saved to disk, to be
+    /// resumed by [`Backend::restore_memory`]); otherwise it goes on as it was (a copy
+    /// for a fork). Backends with [`Capabilities::full_state_pause_resume`] implement it.
+    async fn save_memory(
+        &self,
+        handle: &SandboxHandle,
+        spec: &SandboxSpec,
+        state: &std::path::Path,
+        end: bool,
+    ) -> Result<(), BackendError> {
+        let _ = (handle, spec, state, end);
+        Err(BackendError::Unsupported {
+            backend: self.kind().to_string(),
+            reason: "it cannot save a sandbox with its memory (only QEMU microVMs can)".into(),
+        })
+    }
+
+    /// Starts the persistent sandbox `spec` describes from the state file
+    /// [`Backend::save_memory`] wrote (of it, or of the sandbox it is a fork of, whose
+    /// root layer `spec`'s is a copy of): its processes go on where they were.
+    async fn restore_memory(
+        &self,
+        spec: &SandboxSpec,
+        state: &std::path::Path,
+    ) -> Result<Box<dyn Sandbox>, BackendError> {
+        let _ = (spec, state);
+        Err(BackendError::Unsupported {
+            backend: self.kind().to_string(),
+            reason: "it cannot resume a sandbox from its memory (only QEMU microVMs can)".into(),
         })
     }
 

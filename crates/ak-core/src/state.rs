@@ -13,6 +13,9 @@ pub enum SandboxState {
     /// Alive but frozen: every process (or the VM's vCPUs) stopped where it was, holding
     /// its memory and connections, using no CPU until resumed.
     Paused,
+    /// Saved to disk with its memory (a VM): no process runs, and `resume` starts it
+    /// again where it was, also after the daemon or the host restarted.
+    Saved,
     Stopped,
     Removed,
     Failed,
@@ -24,6 +27,7 @@ impl SandboxState {
             SandboxState::Creating => "creating",
             SandboxState::Running => "running",
             SandboxState::Paused => "paused",
+            SandboxState::Saved => "saved",
             SandboxState::Stopped => "stopped",
             SandboxState::Removed => "removed",
             SandboxState::Failed => "failed",
@@ -36,8 +40,9 @@ impl SandboxState {
         matches!(
             (self, next),
             (Creating, Running | Stopped | Failed)
-                | (Running, Paused | Stopped | Failed)
-                | (Paused, Running | Stopped | Failed)
+                | (Running, Paused | Saved | Stopped | Failed)
+                | (Paused, Running | Saved | Stopped | Failed)
+                | (Saved, Running | Stopped | Failed)
                 | (Stopped, Running | Removed | Failed)
                 | (Failed, Removed)
         )
@@ -73,6 +78,9 @@ mod tests {
         assert!(Paused.can_become(Running));
         assert!(Paused.can_become(Stopped));
         assert!(Paused.can_become(Failed));
+        assert!(Running.can_become(Saved) && Paused.can_become(Saved));
+        assert!(Saved.can_become(Running) && Saved.can_become(Stopped));
+        assert!(!Saved.can_become(Paused) && !Saved.can_become(Removed));
     }
 
     #[test]

@@ -27,6 +27,11 @@ pub enum MicrovmError {
     Unsupported(String),
     #[error("the vsock connection to the agent failed: {0}")]
     Vsock(String),
+    #[error("the serial connection to the agent failed: {0}")]
+    Serial(String),
+    /// Saving or restoring a VM's memory state failed.
+    #[error("the VM's memory state: {0}")]
+    State(String),
     #[error("Firecracker's API refused {request}: {status} {body}")]
     FirecrackerApi {
         request: String,
@@ -71,7 +76,9 @@ impl From<MicrovmError> for BackendError {
                 backend: "microvm".into(),
                 reason,
             },
-            MicrovmError::Vsock(reason) => BackendError::Connect(reason),
+            MicrovmError::Vsock(reason) | MicrovmError::Serial(reason) => {
+                BackendError::Connect(reason)
+            }
             other => BackendError::Setup(other.to_string()),
         }
     }

@@ -7,17 +7,20 @@
 mod error;
 pub mod firecracker;
 pub mod guest;
+mod memory;
 mod net;
 mod qemu;
 mod qmp;
 mod sandbox;
+mod serial;
+mod start;
 pub mod tools;
 mod vm;
 pub mod vsock;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use ak_core::backend::{Capabilities, Lifetime, RootLayer, SandboxHandle};
@@ -25,7 +28,6 @@ use ak_core::config::MicrovmOptions;
 use ak_core::{
     Backend, BackendError, BackendKind, BackendProbe, NetworkMode, Sandbox, SandboxSpec,
 };
-use tokio::net::UnixListener;
 
 pub use crate::error::MicrovmError;
 use crate::guest::image::BaseSource;
@@ -33,6 +35,23 @@ use crate::guest::{initramfs, kernel};
 use crate::sandbox::MicrovmSandbox;
 use crate::vm::{Layout, VmRecord};
 use ak_core::kvm::KvmSupport;
+
+/// Opens (creating it) the lock file at `path` and takes an exclusive `flock` on it,
+/// waiting for it; the lock lasts as long as the returned file.
+pub(crate) fn lock_exclusive(path: &Path) -> Result<std::fs::File, MicrovmError> {
+    use std::os::fd::AsFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        // Read too: the serial ports' lock file holds the next port to try.
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(MicrovmError::io(format!("open {}", path.display())))?;
+    rustix::fs::flock(file.as_fd(), rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| MicrovmError::io(format!("lock {}", path.display()))(e.into()))?;
+    Ok(file)
+}
 
 /// How long a VM gets from launch to its agent listening (emulated boots on a loaded
 /// host take seconds); past it the watchdog kills the VM.
@@ -67,6 +86,11 @@ pub struct Boot<'a> {
     pub shares: Vec<Share>,
     /// The network device, when the policy allows network.
     pub nic: Option<Nic>,
+    /// The agent's channel: vsock when 0, else virtio-serial with this many data ports
+    /// (QEMU only; a VM that may be saved with its memory, which vsock cannot be).
+    pub serial_ports: u32,
+    /// A memory state to start from instead of booting (QEMU's `-incoming`).
+    pub incoming: Option<&'a Path>,
 }
 
 /// What a VM holds on the host for its network: the tap, lease and NAT rules of the open
@@ -327,6 +351,11 @@ impl MicrovmBackend {
             // A one-shot VM's agent serves its one connection, to the host's ready port:
             // one vsock connection set up per boot instead of two.
             Lifetime::Ephemeral => format!("--vsock-connect {}", vsock::READY_PORT),
+            // A persistent QEMU VM's agent serves virtio-serial ports, which (unlike
+            // vhost-user vsock) migrate: the VM can be saved with its memory.
+            Lifetime::Persistent if self.driver == DriverKind::Qemu => {
+                format!("--serial {}", serial::DATA_PORTS)
+            }
             // A persistent VM's agent listens for every later connection and tells the
             // host it does by connecting to the ready port.
             Lifetime::Persistent => format!(
@@ -373,10 +402,12 @@ impl MicrovmBackend {
         (kernel_args, init_args)
     }
 
+    /// Boots a VM for `spec`, or (`incoming`) starts it from a saved memory state.
     async fn boot(
         &self,
         spec: &SandboxSpec,
         lifetime: Lifetime,
+        incoming: Option<&Path>,
     ) -> Result<MicrovmSandbox, MicrovmError> {
         self.check_spec(spec)?;
         self.hypervisor()?;
@@ -480,6 +511,12 @@ impl MicrovmBackend {
                 }),
                 (None, None) => None,
             },
+            serial_ports: if lifetime == Lifetime::Persistent && self.driver == DriverKind::Qemu {
+                serial::DATA_PORTS
+            } else {
+                0
+            },
+            incoming,
         };
         let egress_helper = egress.map(|(_, helper)| helper);
         let mut started = self
@@ -603,113 +640,6 @@ impl MicrovmBackend {
             ak_core::process::identity(pid).ok_or_else(|| failed("it ended at once".into()))?;
         ak_egress::launch::reap_when_done(pid);
         Ok((socket, identity))
-    }
-
-    async fn start(
-        &self,
-        boot: &Boot<'_>,
-        layout: &Layout,
-        lifetime: Lifetime,
-        spec: &SandboxSpec,
-        kvm: bool,
-        network: HostNetwork,
-    ) -> Result<MicrovmSandbox, MicrovmError> {
-        let ready_path = vsock::host_port_socket(&layout.vsock(), vsock::READY_PORT);
-        // Listening before the VM starts: the agent's one connection here is its "ready",
-        // and a one-shot VM's transport.
-        let ready = UnixListener::bind(&ready_path).map_err(MicrovmError::io(format!(
-            "listen on {}",
-            ready_path.display()
-        )))?;
-        let launch_started = std::time::Instant::now();
-        let launched = match self.driver {
-            DriverKind::Qemu => qemu::launch(boot, layout, lifetime, kvm).await?,
-            DriverKind::Firecracker => {
-                firecracker::launch(&self.hypervisor()?, boot, layout, lifetime).await?
-            }
-        };
-        let Launched {
-            mut hypervisor,
-            hypervisor_id,
-            helper,
-            mut phases,
-        } = launched;
-        let launch_done = std::time::Instant::now();
-        let record = VmRecord {
-            layout: layout.clone(),
-            driver: self.driver,
-            lifetime,
-            hypervisor: hypervisor_id,
-            vsock_daemon: helper.as_ref().map(|(_, id)| id.clone()),
-            creator: ak_core::process::identity(std::process::id()).unwrap_or_default(),
-            net: network.nat,
-            egress: network.egress_helper,
-        };
-        let outcome = async {
-            record.save()?;
-            let accepted = tokio::select! {
-                accepted = ready.accept() => accepted
-                    .map(|(stream, _)| stream)
-                    .map_err(MicrovmError::io("accept the agent's ready connection")),
-                status = hypervisor.wait() => Err(MicrovmError::Boot {
-                    reason: format!(
-                        "the {} process exited ({}) before the agent was ready",
-                        self.driver,
-                        status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
-                    ),
-                    log: layout.last_output(),
-                }),
-                () = tokio::time::sleep(BOOT_LIMIT) => Err(MicrovmError::Boot {
-                    reason: format!(
-                        "the agent was not ready within {}s; the watchdog killed the VM",
-                        BOOT_LIMIT.as_secs()
-                    ),
-                    log: layout.last_output(),
-                }),
-            }?;
-            drop(ready);
-            let _ = std::fs::remove_file(&ready_path);
-            phases.push(("guest boot until the agent is ready", launch_done.elapsed()));
-            // A persistent VM's connections are made to its listener, later.
-            Ok(match lifetime {
-                Lifetime::Ephemeral => Some(accepted),
-                Lifetime::Persistent => None,
-            })
-        }
-        .await;
-        let transport = match outcome {
-            Ok(transport) => transport,
-            Err(e) => {
-                let _ = hypervisor.start_kill();
-                if let Some((mut helper, _)) = helper {
-                    let _ = helper.start_kill();
-                }
-                let _ = record.end();
-                return Err(e);
-            }
-        };
-        let running = Arc::new(AtomicBool::new(true));
-        let watcher = {
-            let running = running.clone();
-            tokio::spawn(async move {
-                let _ = hypervisor.wait().await;
-                running.store(false, Ordering::SeqCst);
-                // The vsock daemon serves no one once the VM is gone.
-                if let Some((mut helper, _)) = helper {
-                    let _ = helper.kill().await;
-                }
-            })
-        };
-        tracing::debug!(?phases, total = ?launch_started.elapsed(), "microVM booted");
-        Ok(MicrovmSandbox {
-            id: spec.id.clone(),
-            record,
-            transport,
-            running,
-            watcher: Some(watcher),
-            destroyed: false,
-            boot_phases: phases,
-        })
     }
 
     fn decode(handle: &SandboxHandle) -> Result<VmRecord, BackendError> {
@@ -848,7 +778,7 @@ impl Backend for MicrovmBackend {
         spec: &SandboxSpec,
         lifetime: Lifetime,
     ) -> Result<Box<dyn Sandbox>, BackendError> {
-        Ok(Box::new(self.boot(spec, lifetime).await?))
+        Ok(Box::new(self.boot(spec, lifetime, None).await?))
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -861,6 +791,10 @@ impl Backend for MicrovmBackend {
             // Through the egress helper and a 9p share: QEMU only.
             proxy_secret_bindings: self.driver == DriverKind::Qemu,
             secret_files: self.driver == DriverKind::Qemu,
+            // Named VMs saved with their memory and resumed, or forked from it (see
+            // `memory.rs`): QEMU only.
+            full_state_pause_resume: self.driver == DriverKind::Qemu,
+            full_state_fork: self.driver == DriverKind::Qemu,
             ..Capabilities::default()
         }
     }
@@ -871,6 +805,11 @@ impl Backend for MicrovmBackend {
 
     fn clock_stops_when_frozen(&self) -> bool {
         true
+    }
+
+    fn workdir_in_root_layer(&self) -> bool {
+        // Its named VMs may be saved with their memory (see `memory.rs`).
+        self.driver == DriverKind::Qemu
     }
 
     async fn set_frozen(&self, handle: &SandboxHandle, frozen: bool) -> Result<(), BackendError> {
@@ -907,6 +846,24 @@ impl Backend for MicrovmBackend {
             destroyed: false,
             boot_phases: Vec::new(),
         }))
+    }
+
+    async fn save_memory(
+        &self,
+        handle: &SandboxHandle,
+        spec: &SandboxSpec,
+        state: &Path,
+        end: bool,
+    ) -> Result<(), BackendError> {
+        Ok(self.save(handle, spec, state, end).await?)
+    }
+
+    async fn restore_memory(
+        &self,
+        spec: &SandboxSpec,
+        state: &Path,
+    ) -> Result<Box<dyn Sandbox>, BackendError> {
+        self.restore(spec, state).await
     }
 
     async fn set_allowlist(

@@ -1,6 +1,8 @@
 //! The QEMU driver: `qemu-system-x86_64 -M microvm` with the kernel loaded through PVH,
-//! the base image on virtio-blk, and vsock through the `vhost-device-vsock` daemon
-//! (vhost-user), with KVM where it takes ordinary guests and emulation (TCG) elsewhere.
+//! the base image on virtio-blk, and the agent's channel either vsock through the
+//! `vhost-device-vsock` daemon (vhost-user; one-shot VMs) or virtio-serial ports on Unix
+//! sockets (named VMs: unlike vhost-user, they migrate, so the VM can be saved with its
+//! memory), with KVM where it takes ordinary guests and emulation (TCG) elsewhere.
 
 use std::path::Path;
 use std::time::Duration;
@@ -26,8 +28,9 @@ const MMIO_BASE: u64 = 0xfeb0_0000;
 const MMIO_SIZE: u64 = 512;
 const MMIO_TRANSPORTS: u64 = 8;
 const MMIO_FIRST_IRQ: u64 = 5;
-/// Our fixed devices, in `-device` order: the base disk, then vsock; the layer disk, the
-/// network device (when there are) and the shares follow.
+/// Our fixed devices, in `-device` order: the base disk, then the agent's channel (vsock
+/// or virtio-serial); the layer disk, the network device (when there are) and the shares
+/// follow.
 const FIXED_DEVICES: u64 = 2;
 
 /// How many 9p shares fit in the remaining transports.
@@ -107,11 +110,20 @@ pub fn arguments(boot: &Boot, layout: &Layout, kvm: bool) -> Vec<String> {
         ),
         "-device".into(),
         "virtio-blk-device,drive=base".into(),
-        "-chardev".into(),
-        format!("socket,id=vsock,path={}", layout.vhost_socket().display()),
-        "-device".into(),
-        "vhost-user-vsock-device,chardev=vsock".into(),
     ];
+    if boot.serial_ports == 0 {
+        args.extend([
+            "-chardev".into(),
+            format!(
+                "socket,id=vsock,path={}",
+                escape_option(&layout.vhost_socket().to_string_lossy())
+            ),
+            "-device".into(),
+            "vhost-user-vsock-device,chardev=vsock".into(),
+        ]);
+    } else {
+        args.extend(serial_arguments(layout, boot.serial_ports));
+    }
     if let Some(layer) = boot.layer {
         // The guest's second disk (`/dev/vdb`): virtio-mmio devices are probed in the
         // order declared, the base disk first.
@@ -156,7 +168,44 @@ pub fn arguments(boot: &Boot, layout: &Layout, kvm: bool) -> Vec<String> {
             share.tag
         ));
     }
+    if let Some(state) = boot.incoming {
+        // Loaded before the guest runs; the state's own run state decides nothing: the
+        // VM runs once loaded.
+        args.push("-incoming".into());
+        args.push(format!(
+            "exec:cat {}",
+            shell_quote(&state.to_string_lossy())
+        ));
+    }
     args
+}
+
+/// The virtio-serial device and its ports: the control port, then `ports` data ports,
+/// each on a Unix socket QEMU listens on in the VM's directory. Port 0 is the console's
+/// by QEMU's rule, so ours are numbered from 1.
+fn serial_arguments(layout: &Layout, ports: u32) -> Vec<String> {
+    let mut args = vec![
+        "-device".into(),
+        format!("virtio-serial-device,max_ports={}", ports + 2),
+    ];
+    let names = std::iter::once(ak_protocol::serial::CONTROL_PORT.to_string())
+        .chain((0..ports).map(ak_protocol::serial::data_port));
+    for (nr, name) in (1..).zip(names) {
+        args.push("-chardev".into());
+        args.push(format!(
+            "socket,id={name},path={},server=on,wait=off",
+            escape_option(&layout.serial_socket(&name).to_string_lossy())
+        ));
+        args.push("-device".into());
+        args.push(format!("virtserialport,chardev={name},name={name},nr={nr}"));
+    }
+    args
+}
+
+/// `text` as one word of a shell command (QEMU runs `exec:` migration commands with
+/// `/bin/sh -c`).
+pub(crate) fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "'\\''"))
 }
 
 /// A value inside QEMU's `key=value,…` option syntax: commas are doubled.
@@ -164,7 +213,7 @@ fn escape_option(value: &str) -> String {
     value.replace(',', ",,")
 }
 
-/// Starts the vsock daemon, then QEMU.
+/// Starts the vsock daemon (for a vsock VM), then QEMU.
 pub async fn launch(
     boot: &Boot<'_>,
     layout: &Layout,
@@ -172,6 +221,21 @@ pub async fn launch(
     kvm: bool,
 ) -> Result<Launched, MicrovmError> {
     let qemu = tools::require_program(tools::QEMU, tools::QEMU_HINT)?;
+    if boot.serial_ports > 0 {
+        let started = std::time::Instant::now();
+        let (hypervisor, hypervisor_id) = vm::spawn(
+            &qemu,
+            &arguments(boot, layout, kvm),
+            &layout.host_log(),
+            lifetime,
+        )?;
+        return Ok(Launched {
+            hypervisor,
+            hypervisor_id,
+            helper: None,
+            phases: vec![("hypervisor process start", started.elapsed())],
+        });
+    }
     let daemon = tools::require_program(tools::VSOCK_DAEMON, tools::VSOCK_DAEMON_HINT)?;
     let daemon_started = std::time::Instant::now();
     let watch = SocketWatch::new(&layout.dir)
@@ -260,6 +324,8 @@ mod tests {
                 writable: false,
             }],
             nic: None,
+            serial_ports: 0,
+            incoming: None,
         };
         let layout = Layout {
             dir: "/run/vm".into(),
@@ -325,6 +391,8 @@ mod tests {
                 tap: "akv0".into(),
                 mac: "02:ac:0a:d5:00:02".into(),
             }),
+            serial_ports: 0,
+            incoming: None,
         };
         let layout = Layout {
             dir: "/run/vm".into(),
@@ -361,5 +429,39 @@ mod tests {
             "{args}"
         );
         assert!(!args.contains("tap,"), "{args}");
+    }
+
+    #[test]
+    fn a_serial_vm_has_its_ports_on_sockets_and_no_vsock() {
+        let state = Path::new("/s/it's/memory.state");
+        let boot = Boot {
+            kernel: Path::new("/k/vmlinux"),
+            initramfs: Path::new("/k/init.cpio"),
+            base: Path::new("/i/base.ext4"),
+            layer: None,
+            kernel_args: "console=ttyS0".into(),
+            init_args: "--guest --serial 2".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            shares: Vec::new(),
+            nic: None,
+            serial_ports: 2,
+            incoming: Some(state),
+        };
+        let layout = Layout {
+            dir: "/run/vm".into(),
+        };
+        let args = arguments(&boot, &layout, false).join(" ");
+        assert!(!args.contains("vhost-user-vsock"), "{args}");
+        assert!(
+            args.contains(
+                "-device virtio-serial-device,max_ports=4 -chardev socket,id=ak.control,path=/run/vm/ak.control.sock,server=on,wait=off -device virtserialport,chardev=ak.control,name=ak.control,nr=1 -chardev socket,id=ak.0,path=/run/vm/ak.0.sock,server=on,wait=off -device virtserialport,chardev=ak.0,name=ak.0,nr=2 -chardev socket,id=ak.1"
+            ),
+            "{args}"
+        );
+        assert!(
+            args.ends_with("-incoming exec:cat '/s/it'\\''s/memory.state'"),
+            "{args}"
+        );
     }
 }

@@ -4,7 +4,8 @@
 //! `{"error": …}`, with asynchronous `{"event": …}` lines possibly in between.
 //!
 //! What the backend asks: `stop` and `cont` (pause and resume the vCPUs; the devices and
-//! the guest's memory stay as they are), `query-status`.
+//! the guest's memory stay as they are), `query-status`, `query-chardev` (which serial
+//! ports have a host connection), and `migrate` to a file (a VM saved with its memory).
 
 use std::path::Path;
 use std::time::Duration;
@@ -133,6 +134,96 @@ pub async fn set_paused(socket: &Path, paused: bool) -> Result<(), MicrovmError>
         )));
     }
     Ok(())
+}
+
+/// How long saving a VM's memory state may take (a gigabyte written under load).
+const SAVE_LIMIT: Duration = Duration::from_secs(300);
+/// Migration's bandwidth cap: QEMU's default (128 MiB/s) is for networks; a local file
+/// takes what the disk takes.
+const SAVE_BANDWIDTH: u64 = 64 << 30;
+
+/// Whether the VM whose QMP socket is `socket` runs its vCPUs.
+pub async fn is_running(socket: &Path) -> Result<bool, MicrovmError> {
+    running(&mut Qmp::connect(socket).await?).await
+}
+
+async fn running(qmp: &mut Qmp) -> Result<bool, MicrovmError> {
+    let status = qmp.execute("query-status", None).await?;
+    status
+        .get("running")
+        .and_then(Value::as_bool)
+        .ok_or_else(|| MicrovmError::Qmp(format!("query-status answered {status}")))
+}
+
+/// Writes the whole state of the stopped VM whose QMP socket is `socket` (memory,
+/// devices, vCPUs) to `state`; QEMU flushes its disks at the end.
+pub async fn save_state(socket: &Path, state: &Path) -> Result<(), MicrovmError> {
+    let mut qmp = Qmp::connect(socket).await?;
+    qmp.execute(
+        "migrate-set-parameters",
+        Some(json!({ "max-bandwidth": SAVE_BANDWIDTH })),
+    )
+    .await?;
+    let target = state.to_string_lossy();
+    qmp.execute(
+        "migrate",
+        Some(json!({ "uri": format!("exec:cat > {}", crate::qemu::shell_quote(&target)) })),
+    )
+    .await?;
+    let deadline = tokio::time::Instant::now() + SAVE_LIMIT;
+    loop {
+        let progress = qmp.execute("query-migrate", None).await?;
+        match progress.get("status").and_then(Value::as_str) {
+            Some("completed") => return Ok(()),
+            Some("failed" | "cancelled") => {
+                let reason = progress
+                    .get("error-desc")
+                    .and_then(Value::as_str)
+                    .unwrap_or("no reason given");
+                return Err(MicrovmError::State(format!(
+                    "QEMU could not save it to {target}: {reason}"
+                )));
+            }
+            _ if tokio::time::Instant::now() >= deadline => {
+                let _ = qmp.execute("migrate_cancel", None).await;
+                return Err(MicrovmError::State(format!(
+                    "saving it took over {}s",
+                    SAVE_LIMIT.as_secs()
+                )));
+            }
+            _ => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    }
+}
+
+/// Resolves once a VM started with `-incoming` has loaded its state and runs. (Failing
+/// to load it makes QEMU exit, which the caller watches for.) A VM saved stopped (as
+/// ours are, for the copy) loads stopped: it is let go on.
+pub async fn wait_restored(socket: &Path) -> Result<(), MicrovmError> {
+    let mut qmp = loop {
+        // The socket appears a moment after QEMU starts.
+        match Qmp::connect(socket).await {
+            Ok(qmp) => break qmp,
+            Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
+        }
+    };
+    loop {
+        let status = qmp.execute("query-status", None).await?;
+        if status.get("running").and_then(Value::as_bool) == Some(true) {
+            return Ok(());
+        }
+        if status.get("status").and_then(Value::as_str) != Some("inmigrate") {
+            qmp.execute("cont", None).await?;
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// Asks the VM's QEMU to exit.
+pub async fn quit(socket: &Path) -> Result<(), MicrovmError> {
+    let mut qmp = Qmp::connect(socket).await?;
+    qmp.execute("quit", None).await.map(drop)
 }
 
 #[cfg(test)]

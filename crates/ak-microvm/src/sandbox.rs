@@ -11,7 +11,7 @@ use tokio::net::UnixStream;
 use tokio::task::JoinHandle;
 
 use crate::vm::VmRecord;
-use crate::vsock;
+use crate::{serial, vsock};
 
 #[derive(Debug)]
 pub struct MicrovmSandbox {
@@ -55,7 +55,12 @@ impl Sandbox for MicrovmSandbox {
                 if !self.is_running() {
                     return Err(BackendError::Gone(self.id.clone()));
                 }
-                match vsock::connect(&self.record.layout.vsock(), vsock::AGENT_PORT).await {
+                let connected = if self.record.serial_ports > 0 {
+                    serial::connect(&self.record.layout, self.record.serial_ports).await
+                } else {
+                    vsock::connect(&self.record.layout.vsock(), vsock::AGENT_PORT).await
+                };
+                match connected {
                     Ok(stream) => Ok(Box::new(stream)),
                     Err(e) if !self.record.hypervisor_alive() => {
                         tracing::debug!("{e}");

@@ -34,6 +34,14 @@ impl Layout {
     pub fn vsock(&self) -> PathBuf {
         self.dir.join("vsock.sock")
     }
+    /// Where QEMU listens for the host end of the virtio-serial port `name`.
+    pub fn serial_socket(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.sock"))
+    }
+    /// Held locked while a host process picks a free serial port (see [`crate::serial`]).
+    pub fn ports_lock(&self) -> PathBuf {
+        self.dir.join("ports.lock")
+    }
     /// QEMU's machine protocol socket (pause, resume).
     pub fn qmp_socket(&self) -> PathBuf {
         self.dir.join("qmp.sock")
@@ -108,6 +116,9 @@ pub struct VmRecord {
     /// Of the egress helper that is the NIC's far end, when its policy is an allowlist.
     #[serde(default)]
     pub egress: Option<String>,
+    /// The agent's channel: vsock when 0, else this many virtio-serial data ports.
+    #[serde(default)]
+    pub serial_ports: u32,
 }
 
 impl VmRecord {

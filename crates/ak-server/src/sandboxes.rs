@@ -8,7 +8,7 @@ use ak_core::spec::{new_sandbox_id, validate_name};
 use ak_core::{NetworkMode, SandboxState};
 use ak_service::audit::rfc3339_unix;
 use ak_service::{Caller, SandboxRecord};
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use serde::{Deserialize, Serialize};
@@ -248,16 +248,31 @@ pub async fn remove(
     Ok(ok("removed"))
 }
 
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct PauseQuery {
+    /// Save it to disk with its memory.
+    #[serde(default)]
+    pub save: bool,
+}
+
 /// Pauses a running sandbox: its processes (a VM's vCPUs) stop where they are and use no
 /// CPU, keeping their memory and connections, until resumed.
-#[utoipa::path(post, path = "/sandboxes/{name}/pause", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox's name")),
+/// With `?save=true`, it is saved to disk with its memory and its processes end (state
+/// `saved`; QEMU microVMs only, 503 elsewhere) until resumed.
+#[utoipa::path(post, path = "/sandboxes/{name}/pause", tag = "sandboxes", params(("name" = String, Path, description = "The sandbox's name"), PauseQuery),
     responses((status = 200, description = "Paused", body = SandboxInfo)))]
 pub async fn pause(
     State(state): State<AppState>,
     Path(name): Path<String>,
+    query: Result<Query<PauseQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     validate_name(&name)?;
-    let record = state.service.pause_named(Caller::Api, &name).await?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let record = state
+        .service
+        .pause_named(Caller::Api, &name, query.save)
+        .await?;
     Ok(ok(SandboxInfo::from(&record)))
 }
 

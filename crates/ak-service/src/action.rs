@@ -36,6 +36,9 @@ pub enum Action {
     /// Freezes a running sandbox where it is (see `pause.rs`).
     Pause {
         name: String,
+        /// Saved to disk with its memory (see `memory.rs`).
+        #[serde(default)]
+        save: bool,
     },
     Resume {
         name: String,
@@ -184,7 +187,7 @@ impl Service {
                 .map(record),
             Action::Start { name } => self.start_named(caller, &name).await.map(record),
             Action::Stop { name } => self.stop_named(caller, &name).await.map(record),
-            Action::Pause { name } => self.pause_named(caller, &name).await.map(record),
+            Action::Pause { name, save } => self.pause_named(caller, &name, save).await.map(record),
             Action::Resume { name } => self.resume_named(caller, &name).await.map(record),
             Action::Remove { name, force } => self
                 .remove_named(caller, &name, force)

@@ -70,6 +70,25 @@ impl Service {
         .await
     }
 
+    /// Mixes fresh host randomness into a restored VM's entropy pool and reseeds its
+    /// generator: every copy restored from one memory state would draw the same numbers.
+    pub(crate) async fn reseed_guest(&self, sandbox: &str) -> Result<(), ServiceError> {
+        use std::io::Read;
+        let mut seed = [0u8; 64];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut random| random.read_exact(&mut seed))
+            .map_err(|e| ServiceError::State(format!("the host's randomness: {e}")))?;
+        let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
+        self.run_guest_agent(
+            sandbox,
+            vec![ak_protocol::RESEED_ARG.into(), hex],
+            CLOCK_LIMIT,
+            "reseeding the random number generator",
+        )
+        .await
+        .map(drop)
+    }
+
     /// Sets a resumed VM's clock to the host's: it stood still while the VM was paused.
     pub(crate) async fn set_guest_clock(&self, sandbox: &str) -> Result<(), ServiceError> {
         let now = SystemTime::now()

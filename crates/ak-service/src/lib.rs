@@ -13,6 +13,7 @@ mod files;
 mod guest;
 mod image_config;
 mod images;
+mod memory;
 mod network;
 pub mod output;
 mod pause;

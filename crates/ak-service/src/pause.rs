@@ -45,11 +45,17 @@ impl Service {
 
     /// Pauses a running sandbox: its processes stop where they are and use no CPU; they
     /// keep their memory, files and connections. Commands cannot reach it until resumed.
+    /// `save`: saved to disk with its memory instead, its processes ended (state
+    /// `saved`, see `memory.rs`).
     pub async fn pause_named(
         &self,
         caller: Caller,
         name: &str,
+        save: bool,
     ) -> Result<SandboxRecord, ServiceError> {
+        if save {
+            return self.save_named(caller, name).await;
+        }
         let result = self.set_paused(name, true).await;
         self.audited(caller, "pause", Some(name), None, result)
     }
@@ -61,6 +67,11 @@ impl Service {
         caller: Caller,
         name: &str,
     ) -> Result<SandboxRecord, ServiceError> {
+        // A saved sandbox is started from its memory state, which sets its clock.
+        if self.record(name)?.state == SandboxState::Saved {
+            let result = self.resume_saved(name).await;
+            return self.audited(caller, "resume", Some(name), Some("saved".into()), result);
+        }
         let result = self.set_paused(name, false).await;
         if let Ok(record) = &result
             && self.backend(record.backend)?.clock_stops_when_frozen()

@@ -232,11 +232,19 @@ impl Service {
             PathBuf::from(NAMED_WORKDIR)
         };
         spec.mounts.retain(|m| m.target != target);
-        spec.mounts.push(Mount {
-            host: workdir_host,
-            target: target.clone(),
-            writable: true,
-        });
+        // The backend's own workdir in the root's layer (the agent makes it): nothing
+        // from the host to share, the service's directory stays empty.
+        let in_root = dir.is_none()
+            && spec.source.is_none()
+            && spec.root_dir.is_some()
+            && backend.workdir_in_root_layer();
+        if !in_root {
+            spec.mounts.push(Mount {
+                host: workdir_host,
+                target: target.clone(),
+                writable: true,
+            });
+        }
         spec.workdir = target;
         let record = SandboxRecord {
             name: name.to_string(),
@@ -294,9 +302,17 @@ impl Service {
         let record = self.record(name)?;
         require(
             &record,
-            &[SandboxState::Running, SandboxState::Paused],
+            &[
+                SandboxState::Running,
+                SandboxState::Paused,
+                SandboxState::Saved,
+            ],
             "stop",
         )?;
+        // A saved sandbox's processes are gone already; its memory state goes.
+        if record.state == SandboxState::Saved {
+            self.discard_memory_state(&record)?;
+        }
         self.release_record(&record).await?;
         Ok(self
             .registry()?
@@ -307,7 +323,7 @@ impl Service {
     async fn remove_unaudited(&self, name: &str, force: bool) -> Result<(), ServiceError> {
         let _lock = self.lock_name(name).await?;
         let mut record = self.record(name)?;
-        if record.state.is_up() {
+        if record.state.is_up() || record.state == SandboxState::Saved {
             if !force {
                 return Err(ServiceError::WrongState {
                     name: name.to_string(),
@@ -512,7 +528,7 @@ impl Service {
         Ok(self.backend(record.backend)?.attach(&handle).await?)
     }
 
-    async fn release_record(&self, record: &SandboxRecord) -> Result<(), ServiceError> {
+    pub(crate) async fn release_record(&self, record: &SandboxRecord) -> Result<(), ServiceError> {
         if record.handle.is_none() {
             return Ok(());
         }
@@ -705,6 +721,8 @@ pub(crate) fn require(
         (SandboxState::Running, _) => "stop it first".to_string(),
         (SandboxState::Paused, "pause") => "it is already paused".to_string(),
         (SandboxState::Paused, _) => "it is paused; resume it first".to_string(),
+        (SandboxState::Saved, "pause") => "it is already saved".to_string(),
+        (SandboxState::Saved, _) => "it is saved with its memory; resume it first".to_string(),
         _ => format!("it is {}", record.state),
     };
     Err(ServiceError::WrongState {

@@ -52,7 +52,13 @@ impl Service {
         }
         let dir = self.host_dir_of(&record.uuid)?;
         let workspace = dir.join(WORKSPACE_DIR);
-        if !record.spec.mounts.iter().any(|m| m.host == workspace) {
+        // The workdir is the service's directory, or (a VM's) in the root's layer.
+        let foreign_workdir = record
+            .spec
+            .mounts
+            .iter()
+            .any(|m| m.target == record.spec.workdir && m.host != workspace);
+        if foreign_workdir {
             return Err(ServiceError::InvalidInput(format!(
                 "sandbox '{}' has a host directory as its workdir: snapshots copy only \
                  what the sandbox owns",
@@ -533,6 +539,10 @@ impl Service {
             if self.registry()?.get(name)?.is_some() {
                 return Err(ServiceError::Duplicate(name.clone()));
             }
+        }
+        // A VM that can be saved with its memory is forked from it: its processes too.
+        if let Some(forks) = self.fork_from_memory(caller, sandbox, new).await? {
+            return Ok(forks);
         }
         // The forks of a paused sandbox run: pausing is of processes, not of files.
         let running = self.record(sandbox)?.state.is_up();

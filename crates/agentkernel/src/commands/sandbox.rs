@@ -4,7 +4,7 @@
 use ak_service::SandboxRecord;
 
 use super::{print_json, say};
-use crate::cli::{CreateArgs, InspectArgs, ListArgs, NameArgs, RemoveArgs};
+use crate::cli::{CreateArgs, InspectArgs, ListArgs, NameArgs, PauseArgs, RemoveArgs};
 use crate::front::{self, Failure};
 
 pub async fn create(args: CreateArgs) -> i32 {
@@ -30,8 +30,8 @@ pub async fn stop(args: NameArgs) -> i32 {
     named(front::stop(&args.name).await)
 }
 
-pub async fn pause(args: NameArgs) -> i32 {
-    named(front::pause(&args.name).await)
+pub async fn pause(args: PauseArgs) -> i32 {
+    named(front::pause(&args.name, args.save).await)
 }
 
 pub async fn resume(args: NameArgs) -> i32 {

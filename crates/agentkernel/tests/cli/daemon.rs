@@ -281,8 +281,9 @@ fn the_daemon_serves_the_http_api_on_its_socket() {
     assert_no_leaks(&before);
 }
 
-/// Removes a named sandbox when the test ends, passed or failed.
-struct RemovedAtEnd(Mode, String);
+/// Removes a named sandbox when the test ends, passed or failed: a failing test leaves
+/// no sandbox (a VM's QEMU) running behind it.
+pub(crate) struct RemovedAtEnd(pub(crate) Mode, pub(crate) String);
 
 impl Drop for RemovedAtEnd {
     fn drop(&mut self) {

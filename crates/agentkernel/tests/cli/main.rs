@@ -19,6 +19,7 @@ mod egress;
 mod escape;
 mod leaks;
 mod microvm;
+mod microvm_memory;
 mod microvm_net;
 mod microvm_snapshot;
 mod named;

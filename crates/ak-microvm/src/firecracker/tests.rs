@@ -260,6 +260,8 @@ fn boot<'a>(kernel: &'a Path, initramfs: &'a Path, base: &'a Path) -> Boot<'a> {
         memory_mib: 512,
         shares: Vec::new(),
         nic: None,
+        serial_ports: 0,
+        incoming: None,
     }
 }
 

@@ -12,7 +12,6 @@ mod lease;
 mod tap;
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -96,16 +95,7 @@ impl Attachment {
 /// An exclusive lock on the lease directory for the duration of a network change: leases,
 /// taps and our firewall chains change one process at a time.
 fn lock(dir: &Path) -> Result<std::fs::File, MicrovmError> {
-    let path = dir.join(LOCK);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .map_err(MicrovmError::io(format!("open {}", path.display())))?;
-    rustix::fs::flock(file.as_fd(), rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| MicrovmError::io(format!("lock {}", path.display()))(e.into()))?;
-    Ok(file)
+    crate::lock_exclusive(&dir.join(LOCK))
 }
 
 /// Why no VM can get a network device here, if none can.

@@ -355,6 +355,14 @@ pub struct NameParams {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct PauseParams {
+    pub name: String,
+    /// Save it to disk with its memory and end its processes (QEMU microVMs only).
+    pub save: Option<bool>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RemoveParams {
     pub name: String,
     /// Stop it first if it runs.
@@ -543,7 +551,7 @@ impl McpServer {
 
     #[tool(
         title = "Pause a named sandbox",
-        description = "Pause a running named sandbox: its processes stop where they are and use no CPU, keeping their memory and connections, until sandbox_resume.",
+        description = "Pause a running named sandbox: its processes stop where they are and use no CPU, keeping their memory and connections, until sandbox_resume. With save, it is saved to disk with its memory and its processes end (QEMU microVMs only) until sandbox_resume.",
         annotations(
             read_only_hint = false,
             destructive_hint = false,
@@ -553,11 +561,11 @@ impl McpServer {
     )]
     async fn sandbox_pause(
         &self,
-        Parameters(params): Parameters<NameParams>,
+        Parameters(params): Parameters<PauseParams>,
     ) -> Result<Json<SandboxInfo>, String> {
         let record = self
             .service
-            .pause_named(Caller::Mcp, &params.name)
+            .pause_named(Caller::Mcp, &params.name, params.save.unwrap_or(false))
             .await
             .map_err(message)?;
         Ok(Json(SandboxInfo::from(&record)))

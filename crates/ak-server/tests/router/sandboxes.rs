@@ -582,3 +582,32 @@ async fn a_sandbox_that_dies_during_a_request_answers_with_its_state() {
         app.data("DELETE", "/sandboxes/doomed", None).await;
     }
 }
+
+#[tokio::test]
+async fn saving_memory_is_refused_where_the_backend_cannot() {
+    let app = crate::app();
+    app.sandbox("kept").await;
+    // This backend (as native, docker and Firecracker VMs) cannot save a sandbox with its
+    // memory: unavailable here (503), said plainly, the sandbox left as it was.
+    let message = app
+        .error(
+            "POST",
+            "/sandboxes/kept/pause?save=true",
+            None,
+            StatusCode::SERVICE_UNAVAILABLE,
+        )
+        .await;
+    assert!(message.contains("with its memory"), "{message}");
+    let info = app.data("GET", "/sandboxes/kept", None).await;
+    assert_eq!(info["state"], "running", "{info}");
+    let message = app
+        .error(
+            "POST",
+            "/sandboxes/kept/pause?save=maybe",
+            None,
+            StatusCode::BAD_REQUEST,
+        )
+        .await;
+    assert!(message.contains("save"), "{message}");
+    app.data("DELETE", "/sandboxes/kept", None).await;
+}

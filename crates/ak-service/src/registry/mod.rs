@@ -577,6 +577,7 @@ fn parse_state(text: &str, name: &str) -> Result<SandboxState, RegistryError> {
         "creating" => SandboxState::Creating,
         "running" => SandboxState::Running,
         "paused" => SandboxState::Paused,
+        "saved" => SandboxState::Saved,
         "stopped" => SandboxState::Stopped,
         "removed" => SandboxState::Removed,
         "failed" => SandboxState::Failed,

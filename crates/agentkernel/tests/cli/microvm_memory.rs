@@ -1,0 +1,208 @@
+//! microVMs saved with their memory (QEMU, emulated here): `pause --save` writes the VM's
+//! whole state to disk and ends QEMU, `resume` (after the daemon was killed -9 and
+//! started again) restores it where it was, and `fork` restores copies of a running VM's
+//! memory. What lives only in the guest's memory survives: a process started before the
+//! save, a file in its `/tmp` (tmpfs). Forks draw different random numbers (their
+//! generators are reseeded from the host). A VM with a host directory shared into it is
+//! refused clearly. Its own registry and daemon: no other test's.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::common::{Mode, agentkernel, ak_with_state, assert_code, shared_host, stderr, stdout};
+use crate::microvm::{name, ready, wait_until};
+
+fn sh(state: &Path, sandbox: &str, script: &str) -> String {
+    let output = ak_with_state(state, &["exec", sandbox, "--", "sh", "-c", script]);
+    assert_code(&output, 0);
+    stdout(&output)
+}
+
+fn sandbox_state(state: &Path, sandbox: &str) -> String {
+    let inspected: serde_json::Value =
+        serde_json::from_slice(&ak_with_state(state, &["inspect", sandbox, "--json"]).stdout)
+            .unwrap();
+    inspected["state"].as_str().unwrap_or_default().to_string()
+}
+
+/// The guest's ticker is alive (its pid, recorded at its start) and still counting.
+fn ticking(state: &Path, sandbox: &str) {
+    let alive = sh(
+        state,
+        sandbox,
+        "kill -0 $(cat /tmp/ticker.pid) && echo alive",
+    );
+    assert_eq!(alive, "alive\n", "{sandbox}");
+    let count = || {
+        sh(state, sandbox, "wc -l < /tmp/ticks")
+            .trim()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let before = count();
+    wait_until("the ticker goes on", Duration::from_secs(30), || {
+        count() > before
+    });
+}
+
+/// Commands kept running in `sandbox`, one on each of its serial ports (each on a host
+/// connection of its own, open until the process is killed or the connection ends), so
+/// that whichever port a host takes next had a connection open; returns once all run.
+/// Some stream output that nobody reads, so the guest is also stopped mid-write.
+fn held_on_every_port(state: &Path, sandbox: &str) -> Vec<std::process::Child> {
+    use std::io::BufRead;
+    (0..8)
+        .map(|i| {
+            let script = if i % 4 == 0 {
+                "echo held; while :; do echo output; done"
+            } else {
+                "echo held; exec sleep 1000"
+            };
+            let mut child = agentkernel(Mode::Root, &["exec", sandbox, "--", "sh", "-c", script])
+                .env("AGENTKERNEL_REGISTRY", state.join("registry.db"))
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            let mut first = String::new();
+            std::io::BufReader::new(child.stdout.as_mut().unwrap())
+                .read_line(&mut first)
+                .unwrap();
+            assert_eq!(first, "held\n");
+            child
+        })
+        .collect()
+}
+
+/// More commands than the VM has serial ports, each on a new host connection: every
+/// port takes a connection after the restore.
+fn every_port_answers(state: &Path, sandbox: &str) {
+    for i in 0..10 {
+        assert_eq!(sh(state, sandbox, &format!("echo {i}")), format!("{i}\n"));
+    }
+}
+
+#[test]
+fn microvm_memory_saved_resumed_after_a_daemon_restart_and_forked() {
+    let _host = shared_host();
+    ready();
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path();
+    assert_code(&ak_with_state(state, &["daemon", "start"]), 0);
+    let n = name("mem");
+    let create = [
+        "create",
+        &n,
+        "--backend",
+        "microvm",
+        "--no-network",
+        "--memory",
+        "256M",
+    ];
+    assert_code(&ak_with_state(state, &create), 0);
+    assert_code(&ak_with_state(state, &["start", &n]), 0);
+    // In the guest's memory only: a file on tmpfs and a process of its own session.
+    sh(
+        state,
+        &n,
+        "echo kept > /tmp/mem; setsid sh -c 'echo $$ > /tmp/ticker.pid; while :; do echo t >> /tmp/ticks; sleep 0.2; done' </dev/null >/dev/null 2>&1 &",
+    );
+    wait_until("the ticker starts", Duration::from_secs(30), || {
+        sh(state, &n, "cat /tmp/ticks 2>/dev/null | wc -l").trim() != "0"
+    });
+
+    // Host connections open over the save, one idle and one streaming output: the guest
+    // still serves them when it is restored, and QEMU tells it they ended only as it
+    // runs again (the restore once read the next connection as more of such a one and
+    // never answered it).
+    let held = held_on_every_port(state, &n);
+    assert_code(&ak_with_state(state, &["pause", &n, "--save"]), 0);
+    assert_eq!(sandbox_state(state, &n), "saved");
+    // Their connections ended with the save (a streaming one's writer, blocked on its
+    // unread output, ends once nobody reads it).
+    for mut child in held {
+        drop(child.stdout.take());
+        assert_ne!(child.wait().unwrap().code(), Some(0));
+    }
+    let refused = ak_with_state(state, &["exec", &n, "--", "true"]);
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(stderr(&refused).contains("resume"), "{}", stderr(&refused));
+
+    // The daemon dies; the saved state is on disk and in the registry.
+    let status: serde_json::Value =
+        serde_json::from_slice(&ak_with_state(state, &["daemon", "status", "--json"]).stdout)
+            .unwrap();
+    let pid = status["pid"].as_i64().unwrap() as i32;
+    // SAFETY: killing the daemon this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    assert_code(&ak_with_state(state, &["daemon", "start"]), 0);
+    assert_eq!(sandbox_state(state, &n), "saved");
+
+    assert_code(&ak_with_state(state, &["resume", &n]), 0);
+    assert_eq!(sandbox_state(state, &n), "running");
+    every_port_answers(state, &n);
+    assert_eq!(sh(state, &n, "cat /tmp/mem"), "kept\n");
+    ticking(state, &n);
+    // Its clock is the host's again, not the one it was saved with.
+    let guest: u64 = sh(state, &n, "date +%s").trim().parse().unwrap();
+    let host = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(host.abs_diff(guest) <= 3, "host {host}, guest {guest}");
+
+    // Two forks of the running VM: its memory, each with a generator of its own.
+    // Forked with connections open: the copies' guests hold them too.
+    let held = held_on_every_port(state, &n);
+    let forks = [format!("{n}-f1"), format!("{n}-f2")];
+    let output = ak_with_state(state, &["fork", &n, &forks[0], &forks[1]]);
+    assert_code(&output, 0);
+    // The original's go on.
+    for mut child in held {
+        assert_eq!(child.try_wait().unwrap(), None);
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    let mut draws = Vec::new();
+    for fork in &forks {
+        every_port_answers(state, fork);
+        assert_eq!(sh(state, fork, "cat /tmp/mem"), "kept\n");
+        ticking(state, fork);
+        draws.push(sh(state, fork, "od -An -tx1 -N32 /dev/urandom"));
+    }
+    assert_ne!(draws[0], draws[1], "the forks drew the same random bytes");
+    // They diverge: a file written in one is in neither the other nor the original.
+    sh(state, &forks[0], "echo one > /tmp/mine");
+    assert_eq!(
+        sh(state, &forks[1], "cat /tmp/mine 2>/dev/null || echo none"),
+        "none\n"
+    );
+    assert_eq!(
+        sh(state, &n, "cat /tmp/mine 2>/dev/null || echo none"),
+        "none\n"
+    );
+
+    // A host directory shared over 9p cannot migrate: refused, the VM left running.
+    let shared = tempfile::tempdir().unwrap();
+    let m = name("mem-dir");
+    let with_dir = [
+        "create",
+        &m,
+        "--backend",
+        "microvm",
+        "--no-network",
+        "--dir",
+        shared.path().to_str().unwrap(),
+    ];
+    assert_code(&ak_with_state(state, &with_dir), 0);
+    assert_code(&ak_with_state(state, &["start", &m]), 0);
+    let refused = ak_with_state(state, &["pause", &m, "--save"]);
+    assert_ne!(refused.status.code(), Some(0));
+    assert!(stderr(&refused).contains("9p"), "{}", stderr(&refused));
+    assert_eq!(sandbox_state(state, &m), "running");
+
+    for sandbox in forks.iter().chain([&n, &m]) {
+        assert_code(&ak_with_state(state, &["remove", sandbox, "--force"]), 0);
+    }
+    assert_code(&ak_with_state(state, &["daemon", "stop"]), 0);
+}

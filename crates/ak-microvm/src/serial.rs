@@ -1,0 +1,233 @@
+//! The host's side of a VM's virtio-serial channel (see the agent's `serial.rs`): QEMU
+//! listens on one Unix socket per port in the VM's directory and takes one connection per
+//! port at a time; a second connection to a busy port waits, unaccepted, until the first
+//! ends. So a host process picks a port nobody is connected to, as QEMU itself reports
+//! (`query-chardev`), under a lock file that keeps other host processes (the daemon, CLIs)
+//! from picking the same one before QEMU has accepted.
+
+use std::time::Duration;
+
+use ak_core::watch::SocketWatch;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use crate::error::MicrovmError;
+use crate::qmp::Qmp;
+use crate::vm::Layout;
+
+/// How many data ports a named VM's agent serves: how many host connections (commands,
+/// file transfers, shells) it takes at once before the next one waits for a free port.
+pub const DATA_PORTS: u32 = 8;
+/// How long a connection waits for a free port before it fails.
+const BUSY_LIMIT: Duration = Duration::from_secs(60);
+/// How long QEMU gets to accept the connection to a free port.
+const ACCEPT_LIMIT: Duration = Duration::from_secs(5);
+
+/// Tells the agent on the control port that every data port starts over and waits for
+/// its ready line; the VM's QEMU has just been started (its sockets appear a moment
+/// later) or restored. No data port may be connected meanwhile: the agent ends what each
+/// still serves, whatever it saw of the end (see the agent's `serial.rs`).
+pub async fn wait_ready(layout: &Layout) -> Result<(), MicrovmError> {
+    let socket = layout.serial_socket(ak_protocol::serial::CONTROL_PORT);
+    let watch = SocketWatch::new(&layout.dir)
+        .map_err(MicrovmError::io(format!("watch {}", layout.dir.display())))?;
+    watch
+        .wait_for(&socket, Duration::from_secs(30))
+        .await
+        .map_err(MicrovmError::io(format!("wait for {}", socket.display())))?;
+    // QEMU binds the socket before it listens on it: refused for a moment.
+    let mut tries = 0;
+    let mut stream = loop {
+        match UnixStream::connect(&socket).await {
+            Ok(stream) => break stream,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused && tries < 1000 => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => {
+                return Err(MicrovmError::io(format!("connect to {}", socket.display()))(e));
+            }
+        }
+    };
+    stream
+        .write_all(ak_protocol::serial::SYNC)
+        .await
+        .map_err(MicrovmError::io("write to the agent's control port"))?;
+    let mut line = Vec::new();
+    BufReader::new(stream)
+        .take(64)
+        .read_until(b'\n', &mut line)
+        .await
+        .map_err(MicrovmError::io("read the agent's ready line"))?;
+    if line != ak_protocol::serial::READY {
+        return Err(MicrovmError::Serial(format!(
+            "the agent's control port said {:?}, not that it is ready",
+            String::from_utf8_lossy(&line)
+        )));
+    }
+    Ok(())
+}
+
+/// Connects to each of the `ports` data ports of a restored VM once and hangs up, after
+/// [`wait_ready`]. A port whose host was slow to read when the VM was saved comes back
+/// throttled: QEMU retries the guest's pending bytes on a port with no host, fails,
+/// and waits for the host to take more, which no later connection makes it do; the next
+/// connection to that port never got an answer (a test holding one unread stream open
+/// over the save hung so). A hang-up drops those bytes and lifts the throttle
+/// (`virtio_serial_close`); the agent, reset by [`wait_ready`], writes nothing there
+/// meanwhile.
+pub async fn clear_ports(layout: &Layout, ports: u32) -> Result<(), MicrovmError> {
+    let _lock = lock_ports(layout).await?;
+    let mut qmp = Qmp::connect(&layout.qmp_socket()).await?;
+    let names: Vec<String> = (0..ports).map(ak_protocol::serial::data_port).collect();
+    let mut streams = Vec::new();
+    for name in &names {
+        let socket = layout.serial_socket(name);
+        streams.push(
+            UnixStream::connect(&socket)
+                .await
+                .map_err(MicrovmError::io(format!("connect to {}", socket.display())))?,
+        );
+    }
+    // Each taken, then each let go, by QEMU's account: a later connection must not queue
+    // behind one of these (taken the moment this one ends, the guest could see the two
+    // as one).
+    wait_ports(&mut qmp, &names, false).await?;
+    drop(streams);
+    wait_ports(&mut qmp, &names, true).await
+}
+
+/// Waits until QEMU reports each of `names` free (`true`) or taken.
+async fn wait_ports(qmp: &mut Qmp, names: &[String], free: bool) -> Result<(), MicrovmError> {
+    let deadline = tokio::time::Instant::now() + ACCEPT_LIMIT;
+    loop {
+        let now_free = free_ports(qmp).await?;
+        if names.iter().all(|name| now_free.contains(name) == free) {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(MicrovmError::Serial(format!(
+                "QEMU did not {} the agent's ports within {}s",
+                if free { "let go of" } else { "take" },
+                ACCEPT_LIMIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Connects to a free data port of the VM in `layout` (one of `ports`).
+pub async fn connect(layout: &Layout, ports: u32) -> Result<UnixStream, MicrovmError> {
+    let deadline = tokio::time::Instant::now() + BUSY_LIMIT;
+    loop {
+        let mut lock = lock_ports(layout).await?;
+        let mut qmp = Qmp::connect(&layout.qmp_socket()).await?;
+        let free = free_ports(&mut qmp).await?;
+        // In turn from the port after the last one taken, never the one just let go
+        // first: the guest sees a connection end only once QEMU's word of it reached
+        // it, and a new connection to the same port before that would be read as more
+        // of the old one.
+        let next = read_next(&mut lock, ports);
+        if let Some(index) = (0..ports)
+            .map(|i| (next + i) % ports)
+            .find(|i| free.contains(&ak_protocol::serial::data_port(*i)))
+        {
+            let name = ak_protocol::serial::data_port(index);
+            write_next(&mut lock, (index + 1) % ports);
+            let socket = layout.serial_socket(&name);
+            let stream = UnixStream::connect(&socket)
+                .await
+                .map_err(MicrovmError::io(format!("connect to {}", socket.display())))?;
+            // Held until QEMU has taken it: until then the port still looks free.
+            let accepted = tokio::time::Instant::now() + ACCEPT_LIMIT;
+            while free_ports(&mut qmp).await?.contains(&name) {
+                if tokio::time::Instant::now() >= accepted {
+                    return Err(MicrovmError::Serial(format!(
+                        "QEMU did not take the connection to port {name}"
+                    )));
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            drop(lock);
+            return Ok(stream);
+        }
+        drop((lock, qmp));
+        if tokio::time::Instant::now() >= deadline {
+            return Err(MicrovmError::Serial(format!(
+                "all {ports} agent ports of the VM stayed busy for {}s (each carries one \
+                 command, file transfer or shell at a time)",
+                BUSY_LIMIT.as_secs()
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The serial ports nobody is connected to, by QEMU's account: a listening socket
+/// chardev's `filename` starts with `disconnected:` until it has accepted a client.
+async fn free_ports(qmp: &mut Qmp) -> Result<Vec<String>, MicrovmError> {
+    let chardevs = qmp.execute("query-chardev", None).await?;
+    let list = chardevs
+        .as_array()
+        .ok_or_else(|| MicrovmError::Qmp(format!("query-chardev answered {chardevs}")))?;
+    Ok(list
+        .iter()
+        .filter(|dev| {
+            dev.get("filename")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|name| name.starts_with("disconnected:"))
+        })
+        .filter_map(|dev| dev.get("label")?.as_str().map(String::from))
+        .collect())
+}
+
+/// The port to try first, kept in the lock file (by every host process in turn).
+fn read_next(lock: &mut std::fs::File, ports: u32) -> u32 {
+    use std::io::{Read, Seek};
+    let mut text = String::new();
+    let _ = lock.rewind().and_then(|()| lock.read_to_string(&mut text));
+    text.trim().parse::<u32>().unwrap_or(0) % ports.max(1)
+}
+
+fn write_next(lock: &mut std::fs::File, next: u32) {
+    use std::io::{Seek, Write};
+    let written = lock
+        .set_len(0)
+        .and_then(|()| lock.rewind())
+        .and_then(|()| lock.write_all(next.to_string().as_bytes()));
+    if let Err(e) = written {
+        tracing::debug!("recording the next serial port: {e}");
+    }
+}
+
+/// Takes the VM's port lock (a `flock` on a file in its directory), waiting off the
+/// runtime's threads; released when the returned file is dropped.
+async fn lock_ports(layout: &Layout) -> Result<std::fs::File, MicrovmError> {
+    let path = layout.ports_lock();
+    tokio::task::spawn_blocking(move || crate::lock_exclusive(&path))
+        .await
+        .map_err(|e| MicrovmError::Serial(format!("locking the ports: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The next port to try is kept in the lock file from one host process to the next
+    /// (a lock file opened without read access once made every connection take the
+    /// first port, so a new connection could follow the end of the last one on the same
+    /// port before the guest saw that end).
+    #[test]
+    fn the_next_port_goes_round_through_the_lock_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ports.lock");
+        let mut taken = Vec::new();
+        for _ in 0..10 {
+            let mut lock = crate::lock_exclusive(&path).unwrap();
+            let next = read_next(&mut lock, 8);
+            taken.push(next);
+            write_next(&mut lock, (next + 1) % 8);
+        }
+        assert_eq!(taken, [0, 1, 2, 3, 4, 5, 6, 7, 0, 1]);
+    }
+}
