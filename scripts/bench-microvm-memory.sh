@@ -13,6 +13,9 @@
 # 3. Memory: N VMs forked from one running VM against N VMs booted, all running at once:
 #    the sum of the PSS (/proc/PID/smaps_rollup) of their QEMU processes, and of the RSS.
 #
+# 4. The start of a restore's QEMU until it can take a state (scripts/qemu-incoming-start.py):
+#    what a pool of QEMUs pre-started with `-incoming defer` would save.
+#
 # Also the size of the memory file. Writes benchmark-results/microvm_memory_<time>/.
 #
 #   cargo build --release -p agentkernel     (or AK=path/to/agentkernel)
@@ -145,5 +148,10 @@ for label, names in (("forked", sys.argv[2].split()), ("booted", sys.argv[3].spl
     each = ", ".join(f"{r['Pss'] // 1024}" for r in rows)
     print(f"{label}: {len(rows)} QEMUs, PSS {pss / 1024:.0f} MiB in all (each: {each} MiB), "
           f"RSS {rss / 1024:.0f} MiB in all")
+open(sys.argv[1] + ".fork-pid", "w").write(str(qemu_of(uuid[sys.argv[2].split()[0]])))
 PY
+
+echo "== 4. what a QEMU pre-started with -incoming defer would save a restore"
+"$root/scripts/qemu-incoming-start.py" "$(cat "$out/list.json.fork-pid")" 10 | tee "$out/incoming-start.txt"
+rm -f "$out/list.json.fork-pid"
 echo "results in $out"
