@@ -143,8 +143,13 @@ impl Service {
     /// reseeded: forks must not draw the same numbers, so a failure fails the restore.
     async fn refresh_restored_guest(&self, name: &str) -> Result<(), ServiceError> {
         let refreshed = async {
+            let started = std::time::Instant::now();
             self.set_guest_clock(name).await?;
-            self.reseed_guest(name).await
+            let clock = started.elapsed();
+            self.reseed_guest(name).await?;
+            let reseed = started.elapsed() - clock;
+            tracing::debug!(name, ?clock, ?reseed, "restored guest refreshed");
+            Ok::<(), ServiceError>(())
         };
         tokio::time::timeout(ANSWER_LIMIT, refreshed)
             .await
