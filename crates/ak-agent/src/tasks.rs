@@ -66,9 +66,10 @@ fn parse_seed(hex: &str) -> Option<Vec<u8>> {
 }
 
 /// `RNDADDENTROPY` (`_IOW('R', 0x03, int[2])`) and `RNDRESEEDCRNG` (`_IO('R', 0x07)`) of
-/// `linux/random.h`.
-const RNDADDENTROPY: libc::c_ulong = 0x4008_5203;
-const RNDRESEEDCRNG: libc::c_ulong = 0x5207;
+/// `linux/random.h`. Typed `libc::Ioctl`: the request is a `c_ulong` in glibc, a `c_int` in
+/// musl (the agent is built against both).
+const RNDADDENTROPY: libc::Ioctl = 0x4008_5203;
+const RNDRESEEDCRNG: libc::Ioctl = 0x5207;
 
 /// Credits `seed` to the kernel's pool as entropy (it is the host's randomness) and
 /// reseeds the generator from the pool at once, so that what the guest draws next
