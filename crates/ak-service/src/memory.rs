@@ -121,22 +121,8 @@ impl Service {
         let sandbox = backend.restore_memory(&record.spec, state).await?;
         let handle = sandbox.handle();
         sandbox.detach();
-        let recorded = serde_json::to_string(&handle)
-            .map_err(|e| ServiceError::State(format!("encode handle: {e}")))
-            .and_then(|encoded| {
-                Ok(self.registry()?.transition(
-                    &record.name,
-                    record.state,
-                    SandboxState::Running,
-                    Some(encoded),
-                    None,
-                )?)
-            });
-        if recorded.is_err() {
-            // Unrecorded, nobody could reach or stop it: end it now.
-            let _ = backend.release(&handle).await;
-        }
-        recorded
+        self.record_running(&record.name, record.state, &backend, &handle)
+            .await
     }
 
     /// A restored guest's clock set to the host's and its random number generator
@@ -252,18 +238,9 @@ impl Service {
         if let Err(e) = std::fs::remove_dir_all(&root_copy) {
             tracing::warn!("removing {}: {e}", root_copy.display());
         }
-        match failure {
-            // All or nothing, as a fork of files.
-            Some(error) => {
-                for record in made {
-                    if let Err(e) = self.remove_named(caller, &record.name, true).await {
-                        tracing::warn!(name = %record.name, "removing a partial fork: {e}");
-                    }
-                }
-                Err(error)
-            }
-            None => Ok(Some(made)),
-        }
+        self.all_forks_or_none(caller, made, failure)
+            .await
+            .map(Some)
     }
 
     /// Copies `record`'s root directory (its writable layer: a VM's disk) beside it.

@@ -6,8 +6,9 @@
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use ak_core::backend::{Lifetime, SandboxHandle, Transport};
+use ak_core::backend::{Backend, Lifetime, SandboxHandle, Transport};
 use ak_core::spec::validate_name;
 use ak_core::{BackendError, ExecSpec, Mount, SandboxSpec, SandboxState};
 
@@ -277,21 +278,33 @@ impl Service {
             .create_sandbox(&record.spec, Lifetime::Persistent, Some(name))
             .await?;
         let handle = sandbox.handle();
-        let encoded = serde_json::to_string(&handle)
-            .map_err(|e| ServiceError::State(format!("encode handle: {e}")));
         sandbox.detach();
-        let recorded = encoded.and_then(|encoded| {
-            Ok(self.registry()?.transition(
-                name,
-                SandboxState::Stopped,
-                SandboxState::Running,
-                Some(encoded),
-                None,
-            )?)
-        });
+        self.record_running(name, SandboxState::Stopped, &backend, &handle)
+            .await
+    }
+
+    /// Records sandbox `name` (in state `from`) running with `handle`. One that cannot be
+    /// recorded is released: nobody could reach or stop it.
+    pub(crate) async fn record_running(
+        &self,
+        name: &str,
+        from: SandboxState,
+        backend: &Arc<dyn Backend>,
+        handle: &SandboxHandle,
+    ) -> Result<SandboxRecord, ServiceError> {
+        let recorded = serde_json::to_string(handle)
+            .map_err(|e| ServiceError::State(format!("encode handle: {e}")))
+            .and_then(|encoded| {
+                Ok(self.registry()?.transition(
+                    name,
+                    from,
+                    SandboxState::Running,
+                    Some(encoded),
+                    None,
+                )?)
+            });
         if recorded.is_err() {
-            // Unrecorded, nobody could reach or stop it: end it now.
-            let _ = backend.release(&handle).await;
+            let _ = backend.release(handle).await;
         }
         recorded
     }

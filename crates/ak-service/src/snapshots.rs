@@ -567,17 +567,24 @@ impl Service {
         if let Err(e) = self.snapshot_remove(caller, &info.name).await {
             tracing::warn!(snapshot = %info.name, "removing a fork's snapshot: {e}");
         }
-        match failure {
-            // All or nothing: the forks made before the failure go again.
-            Some(error) => {
-                for record in made {
-                    if let Err(e) = self.remove_named(caller, &record.name, true).await {
-                        tracing::warn!(name = %record.name, "removing a partial fork: {e}");
-                    }
-                }
-                Err(error)
+        self.all_forks_or_none(caller, made, failure).await
+    }
+
+    /// A fork is all or nothing: after a `failure`, the forks `made` before it go again.
+    pub(crate) async fn all_forks_or_none(
+        &self,
+        caller: Caller,
+        made: Vec<SandboxRecord>,
+        failure: Option<ServiceError>,
+    ) -> Result<Vec<SandboxRecord>, ServiceError> {
+        let Some(error) = failure else {
+            return Ok(made);
+        };
+        for record in made {
+            if let Err(e) = self.remove_named(caller, &record.name, true).await {
+                tracing::warn!(name = %record.name, "removing a partial fork: {e}");
             }
-            None => Ok(made),
         }
+        Err(error)
     }
 }
