@@ -4,11 +4,12 @@
 # 1. Side by side in one hyperfine run: a boot of a stopped VM (`start`: a new QEMU boots
 #    the kernel until the agent answers), the same with the VM's creation (`create` +
 #    `start`), a `pause --save` of a running VM (QMP stop, migrate to a file, QEMU ends), a
-#    restore (`resume` of the saved VM: a QEMU started with -incoming, then the guest's
-#    clock set and its RNG reseeded through the agent: the VM answers when it returns) and
-#    a `fork` of a running VM from its memory (save a copy, copy the layer disk, restore
-#    the copy as a new VM). Boot and restore use the same kernel, image and memory size;
-#    both commands end when the agent answered. Their ratio is written to ratio.txt.
+#    restore (`resume` of the saved VM: a QEMU started with -incoming, then the agent's
+#    sync, which sets the guest's clock and reseeds its RNG: the VM answers when it
+#    returns) and a `fork` of a running VM from its memory (save a copy, copy the layer
+#    disk, restore the copy as a new VM). Boot and restore use the same kernel, image and
+#    memory size; both commands end when the agent answered. Their ratio is written to
+#    ratio.txt.
 # 2. Where one restore's time goes: the phases the backend logs (AGENTKERNEL_LOG=debug).
 # 3. Memory: N VMs forked from one running VM against N VMs booted, all running at once:
 #    the sum of the PSS (/proc/PID/smaps_rollup) of their QEMU processes, and of the RSS.
@@ -103,7 +104,7 @@ ls -l "$state"/sandboxes/*/memory.state | tee "$out/memory-file.txt"
 started=$(date +%s%N)
 AGENTKERNEL_LOG=ak_microvm=debug,ak_service=debug "$ak" resume src 2>"$out/resume-phases.log" >/dev/null
 echo "resume: $(( ($(date +%s%N) - started) / 1000000 )) ms in all" | tee -a "$out/resume-phases.log"
-grep -E "microVM started|restored guest" "$out/resume-phases.log" || true
+grep -E "microVM started" "$out/resume-phases.log" || true
 
 echo "== 3. memory of $vms forked VMs against $vms booted ones"
 forks=() booted=()

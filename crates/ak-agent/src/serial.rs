@@ -12,9 +12,11 @@
 //! the restoring host connects right after. The agent read the new connection's
 //! handshake as a frame of the old one, dropped it, and the host waited forever. So the
 //! host says where connections start over, on the control port: after it started or
-//! restored the VM, before it opens any data port, it writes [`serial::SYNC`]; the agent
+//! restored the VM, before it opens any data port, it writes a [`SyncLine`]; the agent
 //! ends whatever connection each data port still serves (nothing more is written to it),
-//! drops the bytes that came for it, and only then answers [`serial::READY`].
+//! drops the bytes that came for it, and only then answers [`serial::READY`]. After a
+//! restore the line also carries the host's time and a seed, which the agent applies
+//! first (see [`SyncLine::Restore`]).
 
 mod port;
 
@@ -22,7 +24,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use ak_protocol::serial;
+use ak_protocol::serial::{self, SyncLine};
 use tokio::task::JoinSet;
 
 use crate::agent::Agent;
@@ -33,8 +35,6 @@ const PORTS_DIR: &str = "/sys/class/virtio-ports";
 /// How long the ports get to appear (the driver adds them as QEMU announces them, which
 /// may be a moment after init started).
 const PORTS_LIMIT: Duration = Duration::from_secs(10);
-/// The longest line the host sends on the control port.
-const MAX_CONTROL_LINE: usize = 64;
 
 /// Serves the control port and `ports` data ports until a shutdown; returns the exit code.
 pub(crate) async fn serve_serial(agent: Agent, ports: u32) -> i32 {
@@ -102,15 +102,16 @@ async fn find_port(name: &str) -> Result<PathBuf, String> {
     }
 }
 
-/// Answers each [`serial::SYNC`] line on the control port, whichever host connection it
-/// comes on: lines are read across connections, so a hang-up the agent never saw (the
-/// boot's connection, ended before a save) changes nothing.
+/// Answers each [`SyncLine`] on the control port, whichever host connection it comes
+/// on: lines are read across connections, so a hang-up the agent never saw (the boot's
+/// connection, ended before a save) changes nothing. A line it cannot act on gets
+/// [`serial::REFUSED`] and why, so the host fails at once instead of waiting.
 async fn serve_control(control: &Port, data: &[Arc<Port>]) -> std::io::Result<()> {
     let mut pending = Vec::new();
     let mut first = true;
     loop {
         control.wait_for_host().await?;
-        let mut buffer = [0u8; MAX_CONTROL_LINE];
+        let mut buffer = [0u8; serial::MAX_CONTROL_LINE];
         let n = control.read_some(&mut buffer).await?;
         if n == 0 {
             // The host left (mid-line, if ever): the next one starts afresh.
@@ -120,11 +121,12 @@ async fn serve_control(control: &Port, data: &[Arc<Port>]) -> std::io::Result<()
         pending.extend_from_slice(&buffer[..n]);
         while let Some(end) = pending.iter().position(|&b| b == b'\n') {
             let line: Vec<u8> = pending.drain(..=end).collect();
-            if line != serial::SYNC {
-                tracing::warn!(
-                    "an unknown line on the serial control port: {:?}",
-                    String::from_utf8_lossy(&line)
-                );
+            if let Err(why) = refresh(&line) {
+                tracing::warn!("refusing a line on the serial control port: {why}");
+                let answer = format!("{} {why}\n", serial::REFUSED);
+                if let Err(e) = control.write_all(answer.as_bytes()).await {
+                    tracing::warn!("answering the host's sync on the control port: {e}");
+                }
                 continue;
             }
             let targets: Vec<u64> = data.iter().map(|port| port.request_reset()).collect();
@@ -141,9 +143,23 @@ async fn serve_control(control: &Port, data: &[Arc<Port>]) -> std::io::Result<()
                 Err(e) => tracing::warn!("answering the host's sync on the control port: {e}"),
             }
         }
-        if pending.len() > MAX_CONTROL_LINE {
+        if pending.len() > serial::MAX_CONTROL_LINE {
             tracing::warn!("dropping an overlong line on the serial control port");
             pending.clear();
+        }
+    }
+}
+
+/// Acts on sync line `line` before the data ports start over: a restore's sets the clock
+/// and reseeds the random number generator (forks must not draw the same numbers, so a
+/// failure refuses the sync and so fails the restore). Why not, if it cannot.
+fn refresh(line: &[u8]) -> Result<(), String> {
+    match SyncLine::parse(line).map_err(|e| e.to_string())? {
+        SyncLine::Boot => Ok(()),
+        SyncLine::Restore { time, seed } => {
+            crate::tasks::set_clock(time).map_err(|e| format!("cannot set the clock: {e}"))?;
+            crate::tasks::reseed(&seed)
+                .map_err(|e| format!("cannot reseed the random number generator: {e}"))
         }
     }
 }
@@ -176,6 +192,30 @@ async fn serve_port(agent: Agent, port: Arc<Port>) {
         if let Err(e) = port.drain_until_hangup().await {
             tracing::error!("draining a serial port: {e}");
             return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A boot's line needs nothing done; a bad one is refused with why, before anything
+    /// is set (a restore's good line sets the host's clock: not run here).
+    #[test]
+    fn sync_lines_are_acted_on_or_refused() {
+        assert_eq!(refresh(&SyncLine::Boot.to_line()), Ok(()));
+        let seed = "ab".repeat(serial::SEED_LEN);
+        for (line, why) in [
+            ("sync x\n".to_string(), "not a sync line"),
+            (format!("sync 1.000000000 {seed}\n"), "a time must be"),
+            (
+                "sync 1796453090.632820754 abcd\n".to_string(),
+                "a seed must be",
+            ),
+        ] {
+            let refused = refresh(line.as_bytes()).unwrap_err();
+            assert!(refused.contains(why), "{line:?}: {refused}");
         }
     }
 }

@@ -294,7 +294,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
 
     /// Starts the persistent sandbox `spec` describes from the state file
     /// [`Backend::save_memory`] wrote (of it, or of the sandbox it is a fork of, whose
-    /// root layer `spec`'s is a copy of): its processes go on where they were.
+    /// root layer `spec`'s is a copy of): its processes go on where they were, and
+    /// before it returns its clock is the host's and its random number generator is
+    /// reseeded from the host (every copy of one state would otherwise draw the same
+    /// numbers).
     async fn restore_memory(
         &self,
         spec: &SandboxSpec,

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use ak_core::watch::SocketWatch;
+use ak_protocol::serial::{self, SyncLine, WallTime};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 
@@ -25,10 +26,11 @@ const ACCEPT_LIMIT: Duration = Duration::from_secs(5);
 
 /// Tells the agent on the control port that every data port starts over and waits for
 /// its ready line; the VM's QEMU has just been started (its sockets appear a moment
-/// later) or restored. No data port may be connected meanwhile: the agent ends what each
-/// still serves, whatever it saw of the end (see the agent's `serial.rs`).
-pub async fn wait_ready(layout: &Layout) -> Result<(), MicrovmError> {
-    let socket = layout.serial_socket(ak_protocol::serial::CONTROL_PORT);
+/// later) or `restored` (then the line carries the host's time and a fresh seed for the
+/// guest: [`SyncLine::Restore`]). No data port may be connected meanwhile: the agent ends
+/// what each still serves, whatever it saw of the end (see the agent's `serial.rs`).
+pub async fn wait_ready(layout: &Layout, restored: bool) -> Result<(), MicrovmError> {
+    let socket = layout.serial_socket(serial::CONTROL_PORT);
     let watch = SocketWatch::new(&layout.dir)
         .map_err(MicrovmError::io(format!("watch {}", layout.dir.display())))?;
     watch
@@ -49,23 +51,38 @@ pub async fn wait_ready(layout: &Layout) -> Result<(), MicrovmError> {
             }
         }
     };
+    // The time taken last: the guest's clock is off by how long the line takes to land.
+    let sync = if restored {
+        let mut seed = [0u8; serial::SEED_LEN];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut random| std::io::Read::read_exact(&mut random, &mut seed))
+            .map_err(MicrovmError::io("read the host's randomness"))?;
+        let time =
+            WallTime::now().map_err(|e| MicrovmError::Serial(format!("the host's clock: {e}")))?;
+        SyncLine::Restore { time, seed }
+    } else {
+        SyncLine::Boot
+    };
     stream
-        .write_all(ak_protocol::serial::SYNC)
+        .write_all(&sync.to_line())
         .await
         .map_err(MicrovmError::io("write to the agent's control port"))?;
     let mut line = Vec::new();
     BufReader::new(stream)
-        .take(64)
+        .take(serial::MAX_CONTROL_LINE as u64)
         .read_until(b'\n', &mut line)
         .await
         .map_err(MicrovmError::io("read the agent's ready line"))?;
-    if line != ak_protocol::serial::READY {
-        return Err(MicrovmError::Serial(format!(
-            "the agent's control port said {:?}, not that it is ready",
-            String::from_utf8_lossy(&line)
-        )));
+    if line == serial::READY {
+        return Ok(());
     }
-    Ok(())
+    let line = String::from_utf8_lossy(&line);
+    Err(MicrovmError::Serial(
+        match line.strip_prefix(serial::REFUSED).map(str::trim) {
+            Some(why) => format!("the agent refused the host's sync: {why}"),
+            None => format!("the agent's control port said {line:?}, not that it is ready"),
+        },
+    ))
 }
 
 /// Connects to each of the `ports` data ports of a restored VM once and hangs up, after
@@ -79,7 +96,7 @@ pub async fn wait_ready(layout: &Layout) -> Result<(), MicrovmError> {
 pub async fn clear_ports(layout: &Layout, ports: u32) -> Result<(), MicrovmError> {
     let _lock = lock_ports(layout).await?;
     let mut qmp = Qmp::connect(&layout.qmp_socket()).await?;
-    let names: Vec<String> = (0..ports).map(ak_protocol::serial::data_port).collect();
+    let names: Vec<String> = (0..ports).map(serial::data_port).collect();
     let mut streams = Vec::new();
     for name in &names {
         let socket = layout.serial_socket(name);
@@ -130,9 +147,9 @@ pub async fn connect(layout: &Layout, ports: u32) -> Result<UnixStream, MicrovmE
         let next = read_next(&mut lock, ports);
         if let Some(index) = (0..ports)
             .map(|i| (next + i) % ports)
-            .find(|i| free.contains(&ak_protocol::serial::data_port(*i)))
+            .find(|i| free.contains(&serial::data_port(*i)))
         {
-            let name = ak_protocol::serial::data_port(index);
+            let name = serial::data_port(index);
             write_next(&mut lock, (index + 1) % ports);
             let socket = layout.serial_socket(&name);
             let stream = UnixStream::connect(&socket)

@@ -76,7 +76,7 @@ impl MicrovmBackend {
                         .await
                         .map(|(stream, _)| Some(stream))
                         .map_err(MicrovmError::io("accept the agent's ready connection")),
-                    (None, None) => serial::wait_ready(layout).await.map(|()| None),
+                    (None, None) => serial::wait_ready(layout, false).await.map(|()| None),
                     (None, Some(_)) => {
                         // Only once it runs: QEMU tells the guest which hosts left over
                         // the save as it starts it, before this connection's word.
@@ -84,8 +84,11 @@ impl MicrovmBackend {
                         qmp::wait_restored(&layout.qmp_socket()).await?;
                         restore_phases.push(("memory state loaded, guest running", step.elapsed()));
                         let step = std::time::Instant::now();
-                        serial::wait_ready(layout).await?;
-                        restore_phases.push(("agent's sync on the control port", step.elapsed()));
+                        serial::wait_ready(layout, true).await?;
+                        restore_phases.push((
+                            "agent's sync on the control port (clock set, RNG reseeded)",
+                            step.elapsed(),
+                        ));
                         let step = std::time::Instant::now();
                         serial::clear_ports(layout, boot.serial_ports).await?;
                         restore_phases.push(("data ports cleared", step.elapsed()));

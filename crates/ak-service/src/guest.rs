@@ -1,12 +1,14 @@
 //! What the service has a VM's guest do through the agent itself: the agent is the
 //! guest's init, so `/proc/1/exe` runs it whatever the image holds. Two one-shot modes of
 //! the agent serve the microVM backend: `--sync-filesystems` (before a snapshot's freeze,
-//! the guest's cached writes go to its disks) and `--set-clock` (after a resume, the
-//! guest's clock, which stopped with its vCPUs, is set to the host's).
+//! the guest's cached writes go to its disks) and `--set-clock` (after a resume from a pause,
+//! the guest's clock, which stopped with its vCPUs, is set to the host's; a restore from
+//! a memory state sets it on the agent's serial sync line instead).
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use ak_core::ExitStatus;
+use ak_protocol::serial::WallTime;
 use ak_protocol::{AgentClient, ExecEvent};
 
 use crate::Service;
@@ -70,36 +72,13 @@ impl Service {
         .await
     }
 
-    /// Mixes fresh host randomness into a restored VM's entropy pool and reseeds its
-    /// generator: every copy restored from one memory state would draw the same numbers.
-    pub(crate) async fn reseed_guest(&self, sandbox: &str) -> Result<(), ServiceError> {
-        use std::io::Read;
-        let mut seed = [0u8; 64];
-        std::fs::File::open("/dev/urandom")
-            .and_then(|mut random| random.read_exact(&mut seed))
-            .map_err(|e| ServiceError::State(format!("the host's randomness: {e}")))?;
-        let hex: String = seed.iter().map(|b| format!("{b:02x}")).collect();
-        self.run_guest_agent(
-            sandbox,
-            vec![ak_protocol::RESEED_ARG.into(), hex],
-            CLOCK_LIMIT,
-            "reseeding the random number generator",
-        )
-        .await
-        .map(drop)
-    }
-
     /// Sets a resumed VM's clock to the host's: it stood still while the VM was paused.
     pub(crate) async fn set_guest_clock(&self, sandbox: &str) -> Result<(), ServiceError> {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_err(|e| ServiceError::State(format!("the host's clock: {e}")))?;
+        let now =
+            WallTime::now().map_err(|e| ServiceError::State(format!("the host's clock: {e}")))?;
         self.run_guest_agent(
             sandbox,
-            vec![
-                ak_protocol::SET_CLOCK_ARG.into(),
-                format!("{}.{:09}", now.as_secs(), now.subsec_nanos()),
-            ],
+            vec![ak_protocol::SET_CLOCK_ARG.into(), now.to_string()],
             CLOCK_LIMIT,
             "setting the clock",
         )

@@ -7,7 +7,8 @@
 //! refuse (the API's 503).
 //!
 //! A restored guest's clock is the one it was saved with and its random number generator
-//! the one every copy of that state has: both are set afresh after each restore.
+//! the one every copy of that state has: the backend sets both afresh as part of each
+//! restore, before it reports the sandbox started (the microvm backend's sync line).
 
 use std::path::{Path, PathBuf};
 
@@ -21,10 +22,6 @@ use crate::{Caller, Service};
 
 /// A saved sandbox's memory state, in its directory.
 const MEMORY_STATE: &str = "memory.state";
-/// How long a restored guest's agent gets to answer (clock set, RNG reseeded): past it the
-/// restore failed (seen, rarely, under emulation: a restored guest that never takes
-/// another host connection).
-const ANSWER_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl Service {
     fn memory_state_of(&self, record: &SandboxRecord) -> Result<PathBuf, ServiceError> {
@@ -78,32 +75,14 @@ impl Service {
         self.audited(caller, "pause", Some(name), Some("saved".into()), result)
     }
 
-    /// Starts a saved sandbox from its memory state (the file goes once it answers).
+    /// Starts a saved sandbox from its memory state (the file goes once it runs; a failed
+    /// restore leaves it saved, its state file there to try again).
     pub(crate) async fn resume_saved(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
-        let (started, state) = {
-            let _lock = self.lock_name(name).await?;
-            let record = self.record(name)?;
-            require(&record, &[SandboxState::Saved], "resume")?;
-            let state = self.memory_state_of(&record)?;
-            (self.start_from_memory(&record, &state).await?, state)
-        };
-        // Not under the name's lock: reaching the agent may need it.
-        if let Err(error) = self.refresh_restored_guest(name).await {
-            // Saved as before: its state file is still there to try again.
-            let _lock = self.lock_name(name).await?;
-            let current = self.record(name)?;
-            if current.state == SandboxState::Running {
-                self.release_record(&current).await?;
-                self.registry()?.transition(
-                    name,
-                    SandboxState::Running,
-                    SandboxState::Saved,
-                    None,
-                    None,
-                )?;
-            }
-            return Err(error);
-        }
+        let _lock = self.lock_name(name).await?;
+        let record = self.record(name)?;
+        require(&record, &[SandboxState::Saved], "resume")?;
+        let state = self.memory_state_of(&record)?;
+        let started = self.start_from_memory(&record, &state).await?;
         if let Err(e) = std::fs::remove_file(&state) {
             tracing::warn!(name, "removing the memory state of a resumed sandbox: {e}");
         }
@@ -123,28 +102,6 @@ impl Service {
         sandbox.detach();
         self.record_running(&record.name, record.state, &backend, &handle)
             .await
-    }
-
-    /// A restored guest's clock set to the host's and its random number generator
-    /// reseeded: forks must not draw the same numbers, so a failure fails the restore.
-    async fn refresh_restored_guest(&self, name: &str) -> Result<(), ServiceError> {
-        let refreshed = async {
-            let started = std::time::Instant::now();
-            self.set_guest_clock(name).await?;
-            let clock = started.elapsed();
-            self.reseed_guest(name).await?;
-            let reseed = started.elapsed() - clock;
-            tracing::debug!(name, ?clock, ?reseed, "restored guest refreshed");
-            Ok::<(), ServiceError>(())
-        };
-        tokio::time::timeout(ANSWER_LIMIT, refreshed)
-            .await
-            .map_err(|_| {
-                ServiceError::State(format!(
-                    "the restored VM {name}'s agent did not answer within {}s",
-                    ANSWER_LIMIT.as_secs()
-                ))
-            })?
     }
 
     /// Drops a saved sandbox's memory state (a `stop` or forced removal of it).
@@ -283,12 +240,8 @@ impl Service {
             let from = root_copy.to_path_buf();
             self.offload(async move { copy_tree(&from, &root) })
                 .await??;
-            let record = {
-                let _lock = self.lock_name(name).await?;
-                self.start_from_memory(&record, state).await?
-            };
-            self.refresh_restored_guest(name).await?;
-            Ok(record)
+            let _lock = self.lock_name(name).await?;
+            self.start_from_memory(&record, state).await
         }
         .await;
         let result = match started {
