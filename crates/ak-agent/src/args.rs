@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
 /// Printed with every argument error.
-pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT | --vsock-connect PORT | --serial N) [--hold-fd N] [--workdir DIR] [--seccomp FILE] [--guest] [--ready-port PORT] [--share TAG:PATH:rw|ro]... [--layer-disk] [--net ADDRESS/PREFIX,GATEWAY [--nameserver ADDRESS]...] [--trust-bundle CA,BUNDLE,SYSTEM]";
+pub(crate) const USAGE: &str = "usage: ak-agent (--fd N | --listen PATH | --listen-once PATH | --listen-fd N | --vsock PORT | --vsock-once PORT | --vsock-connect PORT | --serial N | --serial-once) [--hold-fd N] [--workdir DIR] [--seccomp FILE] [--guest] [--ready-port PORT] [--share TAG:PATH:rw|ro]... [--layer-disk] [--net ADDRESS/PREFIX,GATEWAY [--nameserver ADDRESS]...] [--trust-bundle CA,BUNDLE,SYSTEM]";
 
 /// Where the host's connections come from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,6 +34,11 @@ pub(crate) enum Mode {
     /// each carrying one host connection at a time): the channel of VMs that can be saved
     /// with their memory, which vsock through vhost-user cannot.
     Serial(u32),
+    /// A one-shot microVM started from a memory state (`--serial-once`): the control port
+    /// and one data port, whose first host connection is served; the agent, and with it
+    /// the VM, ends when that connection closes. A VM booted so serves nothing until it is
+    /// saved (a template) and restored: every restored copy serves one command.
+    SerialOnce,
 }
 
 /// The parsed command line.
@@ -121,11 +126,11 @@ pub(crate) enum ArgsError {
     #[error("{0} needs a port number, not {1:?}")]
     BadPort(&'static str, String),
     #[error(
-        "only one of --fd, --listen, --listen-once, --listen-fd, --vsock, --vsock-once, --vsock-connect and --serial can be used"
+        "only one of --fd, --listen, --listen-once, --listen-fd, --vsock, --vsock-once, --vsock-connect, --serial and --serial-once can be used"
     )]
     ConflictingModes,
     #[error(
-        "one of --fd N, --listen PATH, --listen-once PATH, --listen-fd N, --vsock PORT, --vsock-once PORT, --vsock-connect PORT or --serial N is required"
+        "one of --fd N, --listen PATH, --listen-once PATH, --listen-fd N, --vsock PORT, --vsock-once PORT, --vsock-connect PORT, --serial N or --serial-once is required"
     )]
     NoMode,
     #[error("--serial needs a number of data ports from 1 to {max}, not {0:?}", max = ak_protocol::serial::MAX_DATA_PORTS)]
@@ -172,6 +177,7 @@ where
     let mut vsock_connect = None;
     let mut ready_port = None;
     let mut serial = None;
+    let mut serial_once = None;
     let mut guest = false;
     let mut layer_disk = false;
     let mut shares = Vec::new();
@@ -224,6 +230,7 @@ where
                 "--vsock-connect",
             )?,
             "--serial" => set_once(&mut serial, serial_ports(value("--serial")?)?, "--serial")?,
+            "--serial-once" => set_once(&mut serial_once, (), "--serial-once")?,
             "--ready-port" => set_once(
                 &mut ready_port,
                 port(value("--ready-port")?, "--ready-port")?,
@@ -281,6 +288,7 @@ where
         vsock_once.map(Mode::VsockOnce),
         vsock_connect.map(Mode::VsockConnect),
         serial.map(Mode::Serial),
+        serial_once.map(|()| Mode::SerialOnce),
     ];
     let mut given = modes.into_iter().flatten();
     let mode = given.next().ok_or(ArgsError::NoMode)?;
@@ -466,6 +474,16 @@ mod tests {
         assert_eq!(
             parse_strs(&["--serial", "8", "--ready-port", "1025"]),
             Err(ArgsError::ReadyPortWithoutVsock)
+        );
+        let args = parse_strs(&["--guest", "--serial-once"]).unwrap();
+        assert_eq!(args.mode, Mode::SerialOnce);
+        assert_eq!(
+            parse_strs(&["--serial-once", "--serial", "1"]),
+            Err(ArgsError::ConflictingModes)
+        );
+        assert_eq!(
+            parse_strs(&["--serial-once", "--serial-once"]),
+            Err(ArgsError::Repeated("--serial-once"))
         );
     }
 

@@ -230,6 +230,7 @@ async fn run(args: args::Args) -> i32 {
         Mode::Vsock(port) => listener::serve_vsock(agent, port, false, args.ready_port).await,
         Mode::VsockOnce(port) => listener::serve_vsock(agent, port, true, args.ready_port).await,
         Mode::VsockConnect(port) => listener::serve_vsock_connect(agent, port).await,
-        Mode::Serial(ports) => serial::serve_serial(agent, ports).await,
+        Mode::Serial(ports) => serial::serve_serial(agent, ports, false).await,
+        Mode::SerialOnce => serial::serve_serial(agent, 1, true).await,
     }
 }

@@ -36,8 +36,9 @@ const PORTS_DIR: &str = "/sys/class/virtio-ports";
 /// may be a moment after init started).
 const PORTS_LIMIT: Duration = Duration::from_secs(10);
 
-/// Serves the control port and `ports` data ports until a shutdown; returns the exit code.
-pub(crate) async fn serve_serial(agent: Agent, ports: u32) -> i32 {
+/// Serves the control port and `ports` data ports until a shutdown (`once`: until the
+/// first host connection on a data port ended); returns the exit code.
+pub(crate) async fn serve_serial(agent: Agent, ports: u32, once: bool) -> i32 {
     let control = match open_port(serial::CONTROL_PORT).await {
         Ok(port) => port,
         Err(e) => {
@@ -57,7 +58,7 @@ pub(crate) async fn serve_serial(agent: Agent, ports: u32) -> i32 {
     }
     let mut served = JoinSet::new();
     for port in &data {
-        served.spawn(serve_port(agent.clone(), port.clone()));
+        served.spawn(serve_port(agent.clone(), port.clone(), once));
     }
     crate::guest::reached("serving the serial ports");
     let code = tokio::select! {
@@ -165,8 +166,9 @@ fn refresh(line: &[u8]) -> Result<(), String> {
 }
 
 /// Serves one host connection after another on `port`, starting over when the control
-/// port asks.
-async fn serve_port(agent: Agent, port: Arc<Port>) {
+/// port asks; `once`: serves one connection, then shuts the agent down (a one-shot VM
+/// restored from a template, which ends with its command's connection).
+async fn serve_port(agent: Agent, port: Arc<Port>, once: bool) {
     loop {
         port.settle();
         match port.wait_for_host_or_reset().await {
@@ -184,6 +186,10 @@ async fn serve_port(agent: Agent, port: Arc<Port>) {
             .serve_connection(PortStream::new(port.clone(), ending.clone()))
             .await;
         let end = port.finish(&ending);
+        if once {
+            agent.shutdown();
+            return;
+        }
         if end.reset || end.hung_up {
             continue;
         }

@@ -106,6 +106,9 @@ pub struct MicrovmOptions {
     pub kernel: Option<PathBuf>,
     /// The firecracker executable, when not on PATH.
     pub firecracker: Option<PathBuf>,
+    /// Whether one-shot VMs without network start from a template's memory state
+    /// instead of booting (QEMU; default `true`).
+    pub restore_one_shot: Option<bool>,
 }
 
 /// How gVisor's `runsc` intercepts the sandbox's system calls.

@@ -14,6 +14,7 @@ mod qmp;
 mod sandbox;
 mod serial;
 mod start;
+mod template;
 pub mod tools;
 mod vm;
 pub mod vsock;
@@ -167,6 +168,9 @@ pub struct MicrovmBackend {
     exporter: Option<Arc<dyn ImageExporter>>,
     /// The egress helper and its settings, for allowlist VMs.
     egress: ak_egress::Egress,
+    /// One-shot VMs without network start from a template's memory state (see
+    /// `template.rs`); `[microvm] restore_one_shot = false` boots each.
+    restore_one_shot: bool,
 }
 
 impl MicrovmBackend {
@@ -181,6 +185,7 @@ impl MicrovmBackend {
             cache: tools::cache_dir(),
             swept: std::sync::Once::new(),
             exporter: None,
+            restore_one_shot: options.restore_one_shot.unwrap_or(true),
         })
     }
 
@@ -341,6 +346,7 @@ impl MicrovmBackend {
         kvm: bool,
         net: Option<&net::Attachment>,
         secrets: Option<&Path>,
+        template: bool,
     ) -> (String, String) {
         let mut kernel_args = KERNEL_ARGS.to_string();
         if !kvm && let Some(khz) = tools::host_tsc_khz() {
@@ -348,6 +354,9 @@ impl MicrovmBackend {
             kernel_args.push_str(&format!(" tsc_early_khz={khz}"));
         }
         let mode = match lifetime {
+            // A template's agent serves nothing until the VM is restored, then the one
+            // connection of each restored copy (see `template.rs`).
+            Lifetime::Ephemeral if template => "--serial-once".to_string(),
             // A one-shot VM's agent serves its one connection, to the host's ready port:
             // one vsock connection set up per boot instead of two.
             Lifetime::Ephemeral => format!("--vsock-connect {}", vsock::READY_PORT),
@@ -486,8 +495,9 @@ impl MicrovmBackend {
             None
         };
         let net_set_up = (net.is_some() || egress.is_some()).then(|| net_started.elapsed());
+        let template = incoming.is_none() && self.starts_from_template(spec, lifetime);
         let (kernel_args, init_args) =
-            self.boot_args(spec, lifetime, kvm, net.as_ref(), secrets_dir);
+            self.boot_args(spec, lifetime, kvm, net.as_ref(), secrets_dir, template);
         let boot = Boot {
             kernel: &kernel,
             initramfs: &initramfs,
@@ -511,12 +521,30 @@ impl MicrovmBackend {
                 }),
                 (None, None) => None,
             },
-            serial_ports: if lifetime == Lifetime::Persistent && self.driver == DriverKind::Qemu {
+            serial_ports: if template {
+                1
+            } else if lifetime == Lifetime::Persistent && self.driver == DriverKind::Qemu {
                 serial::DATA_PORTS
             } else {
                 0
             },
             incoming,
+        };
+        // A template's VM has no network, secrets or egress helper: only the directory.
+        let (template_state, template_made) = if template {
+            match self.template_state(&boot, spec, kvm).await {
+                Ok((state, made)) => (Some(state), made),
+                Err(e) => {
+                    let _ = layout.remove();
+                    return Err(e);
+                }
+            }
+        } else {
+            (None, None)
+        };
+        let boot = Boot {
+            incoming: template_state.as_deref().or(boot.incoming),
+            ..boot
         };
         let egress_helper = egress.map(|(_, helper)| helper);
         let mut started = self
@@ -536,6 +564,12 @@ impl MicrovmBackend {
             sandbox
                 .boot_phases
                 .insert(0, ("network set-up (lease, tap, NAT rules)", took));
+        }
+        if let (Ok(sandbox), Some(took)) = (&mut started, template_made) {
+            sandbox.boot_phases.insert(
+                0,
+                ("template booted and saved (first VM of its kind)", took),
+            );
         }
         if started.is_err() {
             if let Some(net) = &net

@@ -32,6 +32,16 @@ impl MicrovmSandbox {
     fn lifetime(&self) -> Lifetime {
         self.record.lifetime
     }
+
+    /// Lets go of the VM without ending it (its record ends it): nothing watches it or
+    /// ends it when this is dropped.
+    pub(crate) fn forget(mut self) -> VmRecord {
+        if let Some(watcher) = self.watcher.take() {
+            watcher.abort();
+        }
+        self.destroyed = true;
+        self.record.clone()
+    }
 }
 
 #[async_trait::async_trait]

@@ -133,6 +133,15 @@ async fn wait_ports(qmp: &mut Qmp, names: &[String], free: bool) -> Result<(), M
     }
 }
 
+/// Connects to the first data port of a VM that no other host process knows yet (a
+/// one-shot VM just restored from a template): no lock, no QEMU query.
+pub async fn connect_first(layout: &Layout) -> Result<UnixStream, MicrovmError> {
+    let socket = layout.serial_socket(&serial::data_port(0));
+    UnixStream::connect(&socket)
+        .await
+        .map_err(MicrovmError::io(format!("connect to {}", socket.display())))
+}
+
 /// Connects to a free data port of the VM in `layout` (one of `ports`).
 pub async fn connect(layout: &Layout, ports: u32) -> Result<UnixStream, MicrovmError> {
     let deadline = tokio::time::Instant::now() + BUSY_LIMIT;

@@ -17,6 +17,10 @@ use crate::{
     serial, vsock,
 };
 
+/// How long a VM whose agent's channel failed gets to be seen exiting: its exit, not the
+/// channel's error, is the reason to report.
+const EXIT_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl MicrovmBackend {
     pub(crate) async fn start(
         &self,
@@ -90,6 +94,14 @@ impl MicrovmBackend {
                             step.elapsed(),
                         ));
                         let step = std::time::Instant::now();
+                        if lifetime == Lifetime::Ephemeral {
+                            // A copy of a template, whose ports were never connected:
+                            // nothing to clear, and its agent serves the first
+                            // connection, this one, as the VM's only one.
+                            let stream = serial::connect_first(layout).await?;
+                            restore_phases.push(("one-shot connection made", step.elapsed()));
+                            return Ok(Some(stream));
+                        }
                         serial::clear_ports(layout, boot.serial_ports).await?;
                         restore_phases.push(("data ports cleared", step.elapsed()));
                         Ok(None)
@@ -97,7 +109,24 @@ impl MicrovmBackend {
                 }
             };
             let accepted: Option<UnixStream> = tokio::select! {
-                accepted = agent_ready => accepted,
+                accepted = agent_ready => match accepted {
+                    // A serial channel fails at once when the guest dies (QEMU closes
+                    // its sockets as it exits): the VM's own last words say why.
+                    Err(e) if !matches!(e, MicrovmError::Boot { .. }) => {
+                        match tokio::time::timeout(EXIT_WAIT, hypervisor.wait()).await {
+                            Ok(status) => Err(MicrovmError::Boot {
+                                reason: format!(
+                                    "the {} process exited ({}) before the agent was ready ({e})",
+                                    self.driver,
+                                    status.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string())
+                                ),
+                                log: layout.last_output(),
+                            }),
+                            Err(_) => Err(e),
+                        }
+                    }
+                    accepted => accepted,
+                },
                 status = hypervisor.wait() => Err(MicrovmError::Boot {
                     reason: format!(
                         "the {} process exited ({}) before the agent was ready",

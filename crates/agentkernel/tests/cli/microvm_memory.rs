@@ -206,3 +206,126 @@ fn microvm_memory_saved_resumed_after_a_daemon_restart_and_forked() {
     }
     assert_code(&ak_with_state(state, &["daemon", "stop"]), 0);
 }
+
+/// One-shot VMs without network start from a template (a VM booted once and saved before
+/// it served anything): cold runs and the daemon's pool alike. Each copy draws its own
+/// random bytes, has the host's time, runs one command and ends; the template is the
+/// owner's alone. With `restore_one_shot = false` each VM boots, and says nothing of a
+/// template.
+#[test]
+fn microvm_one_shot_runs_restore_a_template() {
+    let _host = shared_host();
+    ready();
+    let script = "head -c 16 /dev/urandom | od -An -tx1 | tr -d ' \\n'; echo; date +%s";
+    let state = tempfile::tempdir().unwrap();
+    let with_state = |args: &[&str]| ak_with_state(state.path(), args);
+    let mut draws = Vec::new();
+    let mut check = |output: std::process::Output| {
+        assert_code(&output, 0);
+        let text = stdout(&output);
+        let (random, time) = text.trim().split_once('\n').unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let guest: u64 = time.parse().unwrap();
+        assert!(now.abs_diff(guest) <= 10, "guest clock {guest}, host {now}");
+        assert_eq!(random.len(), 32, "{text}");
+        draws.push(random.to_string());
+    };
+    // `-vv` logs where each VM's start went.
+    let cold = || {
+        let args = [
+            "run",
+            "--backend",
+            "microvm",
+            "--no-network",
+            "-vv",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ];
+        agentkernel(Mode::Root, &args).output().unwrap()
+    };
+    for _ in 0..2 {
+        let output = cold();
+        assert!(
+            stderr(&output).contains("memory state loaded"),
+            "not restored: {}",
+            stderr(&output)
+        );
+        check(output);
+    }
+    assert_code(&with_state(&["daemon", "start"]), 0);
+    for _ in 0..3 {
+        check(with_state(&[
+            "run",
+            "-F",
+            "--backend",
+            "microvm",
+            "--no-network",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ]));
+    }
+    let status: serde_json::Value =
+        serde_json::from_slice(&with_state(&["daemon", "status", "--json"]).stdout).unwrap();
+    assert_code(&with_state(&["daemon", "stop"]), 0);
+    let pool = status["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pool"].as_str().unwrap().starts_with("microvm/"))
+        .unwrap_or_else(|| panic!("no microvm pool in {status}"))
+        .clone();
+    assert!(pool["refills"].as_u64().unwrap() >= 1, "{status}");
+    let mut distinct = draws.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(
+        distinct.len(),
+        draws.len(),
+        "copies drew the same bytes: {draws:?}"
+    );
+
+    let templates = Path::new("/var/cache/agentkernel/microvm/templates");
+    let states: Vec<_> = std::fs::read_dir(templates)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "state"))
+        .collect();
+    assert!(!states.is_empty(), "no template in {}", templates.display());
+    for entry in states {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", entry.path().display());
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "[microvm]\nrestore_one_shot = false\n").unwrap();
+    let booted = agentkernel(
+        Mode::Root,
+        &[
+            "run",
+            "--backend",
+            "microvm",
+            "--no-network",
+            "-vv",
+            "--",
+            "true",
+        ],
+    )
+    .env("AGENTKERNEL_CONFIG", &config)
+    .output()
+    .unwrap();
+    assert_code(&booted, 0);
+    let log = stderr(&booted);
+    assert!(
+        log.contains("guest boot until the agent is ready") && !log.contains("memory state"),
+        "{log}"
+    );
+}
