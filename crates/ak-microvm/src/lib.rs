@@ -92,6 +92,10 @@ pub struct Boot<'a> {
     pub serial_ports: u32,
     /// A memory state to start from instead of booting (QEMU's `-incoming`).
     pub incoming: Option<&'a Path>,
+    /// Firecracker only: KVM logs the pages the guest writes, so that diff snapshots
+    /// ([`firecracker::SnapshotKind::Diff`]) can be taken. Off unless one is wanted: the
+    /// logging costs the guest on every first write to a page.
+    pub track_dirty_pages: bool,
 }
 
 /// What a VM holds on the host for its network: the tap, lease and NAT rules of the open
@@ -529,6 +533,7 @@ impl MicrovmBackend {
                 0
             },
             incoming,
+            track_dirty_pages: false,
         };
         // A template's VM has no network, secrets or egress helper: only the directory.
         let (template_state, template_made) = if template {

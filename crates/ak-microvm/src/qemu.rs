@@ -334,6 +334,7 @@ mod tests {
             nic: None,
             serial_ports: 0,
             incoming: None,
+            track_dirty_pages: false,
         };
         let layout = Layout {
             dir: "/run/vm".into(),
@@ -401,6 +402,7 @@ mod tests {
             }),
             serial_ports: 0,
             incoming: None,
+            track_dirty_pages: false,
         };
         let layout = Layout {
             dir: "/run/vm".into(),
@@ -455,6 +457,7 @@ mod tests {
             nic: None,
             serial_ports: 2,
             incoming: Some(state),
+            track_dirty_pages: false,
         };
         let layout = Layout {
             dir: "/run/vm".into(),
