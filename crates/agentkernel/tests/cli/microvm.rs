@@ -468,13 +468,7 @@ fn microvm_pool_hands_out_booted_vms() {
     }
     let status: serde_json::Value =
         serde_json::from_slice(&with_state(&["daemon", "status", "--json"]).stdout).unwrap();
-    let pool = status["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pool"].as_str().unwrap().starts_with("microvm/"))
-        .unwrap_or_else(|| panic!("no microvm pool in {status}"))
-        .clone();
+    let pool = microvm_pool(&status);
     // A spare ready (a hit) or one still booting when the run came (joined).
     let pooled = pool["hits"].as_u64().unwrap() + pool["joined"].as_u64().unwrap();
     assert!(pooled >= 1, "{status}");
@@ -484,6 +478,17 @@ fn microvm_pool_hands_out_booted_vms() {
         Duration::from_secs(15),
         || run_dirs().is_subset(&before),
     );
+}
+
+/// The microvm pool of `daemon status --json`'s answer `status`.
+pub(crate) fn microvm_pool(status: &serde_json::Value) -> serde_json::Value {
+    status["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pool"].as_str().unwrap().starts_with("microvm/"))
+        .unwrap_or_else(|| panic!("no microvm pool in {status}"))
+        .clone()
 }
 
 /// The VMs' runtime directories now.

@@ -274,13 +274,7 @@ fn microvm_one_shot_runs_restore_a_template() {
     let status: serde_json::Value =
         serde_json::from_slice(&with_state(&["daemon", "status", "--json"]).stdout).unwrap();
     assert_code(&with_state(&["daemon", "stop"]), 0);
-    let pool = status["pools"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["pool"].as_str().unwrap().starts_with("microvm/"))
-        .unwrap_or_else(|| panic!("no microvm pool in {status}"))
-        .clone();
+    let pool = crate::microvm::microvm_pool(&status);
     assert!(pool["refills"].as_u64().unwrap() >= 1, "{status}");
     let mut distinct = draws.clone();
     distinct.sort();
