@@ -18,6 +18,18 @@ use crate::{DriverKind, MicrovmBackend, qmp};
 impl MicrovmBackend {
     /// Why a VM of `spec` cannot be saved with its memory, if it cannot.
     pub(crate) fn check_savable(&self, spec: &SandboxSpec) -> Result<(), MicrovmError> {
+        self.check_carried_over(spec)?;
+        if spec.root_dir.is_none() {
+            return Err(MicrovmError::Unsupported(
+                "a VM is saved with its memory (pause --save, fork of a running VM) only when it is a named sandbox (its root's layer disk goes with it)".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Why a VM of `spec` cannot be carried across a save and a restore, if it cannot
+    /// (also what a one-shot VM restored from a template must meet, `template.rs`).
+    pub(crate) fn check_carried_over(&self, spec: &SandboxSpec) -> Result<(), MicrovmError> {
         let refuse = |why: &str| {
             Err(MicrovmError::Unsupported(format!(
                 "a VM is saved with its memory (pause --save, fork of a running VM) only {why}"
@@ -33,9 +45,6 @@ impl MicrovmBackend {
             return refuse(
                 "without host directories or secrets shared into it (QEMU cannot migrate a mounted 9p share)",
             );
-        }
-        if spec.root_dir.is_none() {
-            return refuse("when it is a named sandbox (its root's layer disk goes with it)");
         }
         Ok(())
     }

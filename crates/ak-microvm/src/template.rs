@@ -23,13 +23,13 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
+use ak_core::SandboxSpec;
 use ak_core::backend::Lifetime;
-use ak_core::{NetworkMode, SandboxSpec};
 use sha2::{Digest, Sha256};
 
 use crate::error::MicrovmError;
 use crate::vm::Layout;
-use crate::{Boot, DriverKind, HostNetwork, MicrovmBackend, lock_exclusive, qmp};
+use crate::{Boot, HostNetwork, MicrovmBackend, lock_exclusive, qmp};
 
 /// Templates kept in the cache at most; the least recently used go first. Each is a
 /// guest's used memory (tens of MiB), and a new agent or kernel makes new ones.
@@ -43,11 +43,8 @@ impl MicrovmBackend {
     pub(crate) fn starts_from_template(&self, spec: &SandboxSpec, lifetime: Lifetime) -> bool {
         self.restore_one_shot
             && lifetime == Lifetime::Ephemeral
-            && self.driver == DriverKind::Qemu
-            && spec.policy.network == NetworkMode::None
-            && spec.mounts.is_empty()
             && spec.root_dir.is_none()
-            && !ak_egress::provision::has_secrets(spec)
+            && self.check_carried_over(spec).is_ok()
     }
 
     /// The memory state of the template for `boot` (which starts nothing itself: it has
