@@ -8,6 +8,9 @@
 # 2. Warm-pool refill: a daemon per mode serves N back-to-back pooled runs; `daemon
 #    status` reports the pool's moving average of the time to build a spare (refill_ms)
 #    and its hits. Refill by restore against refill by boot.
+# 3. Memory of the pool's spares, once it is idle: the sum of Pss and Rss
+#    (/proc/PID/smaps_rollup) of its QEMU processes. Restored spares map the template's
+#    memory file copy-on-write and share the pages none of them wrote.
 #
 # Writes benchmark-results/microvm_template_<time>/.
 #
@@ -51,6 +54,30 @@ for mode in restore boot; do
         "$AK" run -F --backend microvm --no-network -- true
     done
     "$AK" daemon status --json > "$out/pool-$mode.json"
+    # The spares' memory once the pool has refilled and settled.
+    sleep 10
+    python3 - "$mode" <<'PY' | tee -a "$out/pss.txt"
+import os, sys
+mode = sys.argv[1]
+total = {"Pss": 0, "Rss": 0}
+vms = 0
+for pid in filter(str.isdigit, os.listdir("/proc")):
+    try:
+        cmdline = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
+        if not cmdline[0].endswith(b"qemu-system-x86_64"):
+            continue
+        # Every QEMU of the host: run this where no other VM runs.
+        rollup = open(f"/proc/{pid}/smaps_rollup").read()
+    except OSError:
+        continue
+    vms += 1
+    for line in rollup.splitlines():
+        key, _, value = line.partition(":")
+        if key in total:
+            total[key] += int(value.split()[0])
+print(f"{mode:8} {vms} VMs: Pss {total['Pss'] / 1024:.0f} MiB, Rss {total['Rss'] / 1024:.0f} MiB"
+      f" ({total['Pss'] / 1024 / max(vms, 1):.0f} / {total['Rss'] / 1024 / max(vms, 1):.0f} MiB each)")
+PY
     "$AK" daemon stop >/dev/null
     unset AGENTKERNEL_REGISTRY AGENTKERNEL_CONFIG
     python3 - "$out/pool-$mode.json" "$mode" <<'PY' | tee -a "$out/pool.txt"

@@ -310,6 +310,33 @@ pub trait Backend: Send + Sync + fmt::Debug {
         })
     }
 
+    /// Readies a state [`Backend::save_memory`] wrote for forks (`end` false) to start
+    /// several sandboxes that share its memory copy-on-write, where the backend can:
+    /// each fork then maps the pages none of them wrote instead of loading its own copy.
+    /// `spec` is a sandbox of the saved one's shape whose root is the copy of its
+    /// writable layer that the forks' roots are copied from (a backend may let that
+    /// copy go on from the state for a moment, as a first fork would). Afterwards
+    /// `state` is still what [`Backend::restore_memory`] takes, and
+    /// [`Backend::discard_memory_state`] removes it with whatever it put beside it. By
+    /// default the state stays as it is (each fork loads its own copy).
+    async fn share_memory_state(
+        &self,
+        spec: &SandboxSpec,
+        state: &std::path::Path,
+    ) -> Result<(), BackendError> {
+        let _ = (spec, state);
+        Ok(())
+    }
+
+    /// Removes a state [`Backend::save_memory`] wrote to `state`, with every file the
+    /// backend keeps beside it; a state that is not there is no error.
+    fn discard_memory_state(&self, state: &std::path::Path) -> std::io::Result<()> {
+        match std::fs::remove_file(state) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Replaces the allowlist a running persistent sandbox's egress enforcement holds:
     /// connections and lookups from then on are judged by `allowlist`. Backends whose
     /// [`BackendKind::enforces_allowlist`] is true implement it.

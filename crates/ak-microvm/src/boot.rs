@@ -13,8 +13,8 @@ use crate::guest::initramfs;
 use crate::sandbox::MicrovmSandbox;
 use crate::vm::Layout;
 use crate::{
-    Boot, DriverKind, EGRESS_GUEST_MAC, HostNetwork, KERNEL_ARGS, MIN_MEMORY_MIB, MicrovmBackend,
-    Nic, guest, net, serial, shares, tools, vm, vsock,
+    Boot, DriverKind, EGRESS_GUEST_MAC, GuestMemory, HostNetwork, KERNEL_ARGS, MIN_MEMORY_MIB,
+    MicrovmBackend, Nic, guest, net, serial, shares, tools, vm, vsock,
 };
 use ak_core::kvm::KvmSupport;
 
@@ -91,12 +91,14 @@ impl MicrovmBackend {
         (kernel_args, init_args)
     }
 
-    /// Boots a VM for `spec`, or (`incoming`) starts it from a saved memory state.
+    /// Boots a VM for `spec`, or (`incoming`) starts it from a saved memory state, its
+    /// memory where `memory` says (a one-shot VM from a template maps the template's).
     pub(crate) async fn boot(
         &self,
         spec: &SandboxSpec,
         lifetime: Lifetime,
         incoming: Option<&Path>,
+        memory: GuestMemory<'_>,
     ) -> Result<MicrovmSandbox, MicrovmError> {
         self.check_spec(spec)?;
         self.hypervisor()?;
@@ -209,12 +211,13 @@ impl MicrovmBackend {
                 0
             },
             incoming,
+            memory,
             track_dirty_pages: false,
         };
         // A template's VM has no network, secrets or egress helper: only the directory.
-        let (template_state, template_made) = if template {
+        let (template, template_made) = if template {
             match self.template_state(&boot, spec, kvm).await {
-                Ok((state, made)) => (Some(state), made),
+                Ok((files, made)) => (Some(files), made),
                 Err(e) => {
                     let _ = layout.remove();
                     return Err(e);
@@ -223,9 +226,13 @@ impl MicrovmBackend {
         } else {
             (None, None)
         };
-        let boot = Boot {
-            incoming: template_state.as_deref().or(boot.incoming),
-            ..boot
+        let boot = match &template {
+            Some(files) => Boot {
+                incoming: Some(&files.state),
+                memory: GuestMemory::MappedFrom(&files.memory),
+                ..boot
+            },
+            None => boot,
         };
         let egress_helper = egress.map(|(_, helper)| helper);
         let mut started = self

@@ -93,10 +93,36 @@ pub struct Boot<'a> {
     pub serial_ports: u32,
     /// A memory state to start from instead of booting (QEMU's `-incoming`).
     pub incoming: Option<&'a Path>,
+    /// Where the guest's memory lives (QEMU only).
+    pub memory: GuestMemory<'a>,
     /// Firecracker only: KVM logs the pages the guest writes, so that diff snapshots
     /// ([`firecracker::SnapshotKind::Diff`]) can be taken. Off unless one is wanted: the
     /// logging costs the guest on every first write to a page.
     pub track_dirty_pages: bool,
+}
+
+/// Where a QEMU VM's memory lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestMemory<'a> {
+    /// The QEMU process's own: private memory for a VM on virtio-serial, a shared memfd
+    /// for one on vhost-user vsock (whose daemon maps it too). Its save carries it whole.
+    Anonymous,
+    /// A file the VM's memory is (mapped shared): a template being made. Its save
+    /// carries only the devices' and vCPUs' state (QEMU's `x-ignore-shared`); the file
+    /// is the memory.
+    WrittenTo(&'a Path),
+    /// A template's memory file mapped copy-on-write: every VM restored from it shares
+    /// the pages it has not written, in the host's page cache, and nothing is copied at
+    /// the restore. Its state is one saved from [`GuestMemory::WrittenTo`].
+    MappedFrom(&'a Path),
+}
+
+impl GuestMemory<'_> {
+    /// Whether the state this VM loads (`incoming`) was saved without the memory, which
+    /// is a file the VM maps.
+    pub fn loads_without_memory(&self) -> bool {
+        matches!(self, GuestMemory::MappedFrom(_))
+    }
 }
 
 /// What a VM holds on the host for its network: the tap, lease and NAT rules of the open
@@ -571,7 +597,10 @@ impl Backend for MicrovmBackend {
         spec: &SandboxSpec,
         lifetime: Lifetime,
     ) -> Result<Box<dyn Sandbox>, BackendError> {
-        Ok(Box::new(self.boot(spec, lifetime, None).await?))
+        Ok(Box::new(
+            self.boot(spec, lifetime, None, GuestMemory::Anonymous)
+                .await?,
+        ))
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -657,6 +686,18 @@ impl Backend for MicrovmBackend {
         state: &Path,
     ) -> Result<Box<dyn Sandbox>, BackendError> {
         self.restore(spec, state).await
+    }
+
+    async fn share_memory_state(
+        &self,
+        spec: &SandboxSpec,
+        state: &Path,
+    ) -> Result<(), BackendError> {
+        Ok(self.share_state(spec, state).await?)
+    }
+
+    fn discard_memory_state(&self, state: &Path) -> std::io::Result<()> {
+        memory::discard_state(state)
     }
 
     async fn set_allowlist(

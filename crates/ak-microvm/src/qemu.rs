@@ -13,7 +13,7 @@ use ak_core::watch::SocketWatch;
 use crate::error::MicrovmError;
 use crate::tools;
 use crate::vm::{self, Layout};
-use crate::{Boot, Launched};
+use crate::{Boot, GuestMemory, Launched};
 
 /// How long the vsock daemon gets to create its control socket.
 const DAEMON_START_LIMIT: Duration = Duration::from_secs(10);
@@ -71,15 +71,27 @@ pub fn arguments(boot: &Boot, layout: &Layout, kvm: bool) -> Vec<String> {
         "-m".into(),
         memory.clone(),
         "-object".into(),
-        if boot.serial_ports == 0 {
+        match boot.memory {
             // vhost-user needs the guest's memory shared with the vsock daemon.
-            format!("memory-backend-memfd,id=mem,size={memory},share=on")
-        } else {
+            GuestMemory::Anonymous if boot.serial_ports == 0 => {
+                format!("memory-backend-memfd,id=mem,size={memory},share=on")
+            }
             // Nobody else maps it: private memory, where the pages a restore reads and
             // finds zero stay the kernel's one zero page. In a shared memfd each read
             // allocated a page: a restored 256 MiB guest took all 256 MiB (forks 287 MiB
             // PSS each against 124 MiB for a booted VM, docs/benchmarks.md).
-            format!("memory-backend-ram,id=mem,size={memory}")
+            GuestMemory::Anonymous => format!("memory-backend-ram,id=mem,size={memory}"),
+            // `share` decides QEMU's mapping: MAP_SHARED writes into the file, MAP_PRIVATE
+            // copies a page on its first write and leaves the file as it is.
+            GuestMemory::WrittenTo(file) | GuestMemory::MappedFrom(file) => format!(
+                "memory-backend-file,id=mem,size={memory},mem-path={},share={}",
+                escape_option(&file.to_string_lossy()),
+                if matches!(boot.memory, GuestMemory::WrittenTo(_)) {
+                    "on"
+                } else {
+                    "off"
+                }
+            ),
         },
         "-nodefaults".into(),
         "-no-user-config".into(),
@@ -176,14 +188,11 @@ pub fn arguments(boot: &Boot, layout: &Layout, kvm: bool) -> Vec<String> {
             share.tag
         ));
     }
-    if let Some(state) = boot.incoming {
-        // Loaded before the guest runs; the state's own run state decides nothing: the
-        // VM runs once loaded.
+    if boot.incoming.is_some() {
+        // The state is loaded over QMP (`qmp::wait_restored`), after the migration
+        // capabilities it was saved with are set, which QEMU 7.2 takes only there.
         args.push("-incoming".into());
-        args.push(format!(
-            "exec:cat {}",
-            shell_quote(&state.to_string_lossy())
-        ));
+        args.push("defer".into());
     }
     args
 }
@@ -334,6 +343,7 @@ mod tests {
             nic: None,
             serial_ports: 0,
             incoming: None,
+            memory: GuestMemory::Anonymous,
             track_dirty_pages: false,
         };
         let layout = Layout {
@@ -402,6 +412,7 @@ mod tests {
             }),
             serial_ports: 0,
             incoming: None,
+            memory: GuestMemory::Anonymous,
             track_dirty_pages: false,
         };
         let layout = Layout {
@@ -457,6 +468,7 @@ mod tests {
             nic: None,
             serial_ports: 2,
             incoming: Some(state),
+            memory: GuestMemory::Anonymous,
             track_dirty_pages: false,
         };
         let layout = Layout {
@@ -474,9 +486,6 @@ mod tests {
             ),
             "{args}"
         );
-        assert!(
-            args.ends_with("-incoming exec:cat '/s/it'\\''s/memory.state'"),
-            "{args}"
-        );
+        assert!(args.ends_with("-incoming defer"), "{args}");
     }
 }

@@ -156,14 +156,21 @@ async fn running(qmp: &mut Qmp) -> Result<bool, MicrovmError> {
 }
 
 /// Writes the whole state of the stopped VM whose QMP socket is `socket` (memory,
-/// devices, vCPUs) to `state`; QEMU flushes its disks at the end.
-pub async fn save_state(socket: &Path, state: &Path) -> Result<(), MicrovmError> {
+/// devices, vCPUs) to `state`; QEMU flushes its disks at the end. With `memory_in_file`
+/// (a VM whose memory is a shared file, [`crate::GuestMemory::WrittenTo`]) the memory is
+/// left out: the file is it.
+pub async fn save_state(
+    socket: &Path,
+    state: &Path,
+    memory_in_file: bool,
+) -> Result<(), MicrovmError> {
     let mut qmp = Qmp::connect(socket).await?;
     qmp.execute(
         "migrate-set-parameters",
         Some(json!({ "max-bandwidth": SAVE_BANDWIDTH })),
     )
     .await?;
+    set_memory_in_file(&mut qmp, memory_in_file).await?;
     let target = state.to_string_lossy();
     qmp.execute(
         "migrate",
@@ -196,10 +203,30 @@ pub async fn save_state(socket: &Path, state: &Path) -> Result<(), MicrovmError>
     }
 }
 
-/// Resolves once a VM started with `-incoming` has loaded its state and runs. (Failing
-/// to load it makes QEMU exit, which the caller watches for.) A VM saved stopped (as
-/// ours are, for the copy) loads stopped: it is let go on.
-pub async fn wait_restored(socket: &Path) -> Result<(), MicrovmError> {
+/// QEMU's `x-ignore-shared`: a migration leaves out memory mapped shared from a file.
+/// Both sides must have it: it adds each memory block's address to the stream.
+async fn set_memory_in_file(qmp: &mut Qmp, on: bool) -> Result<(), MicrovmError> {
+    if !on {
+        return Ok(());
+    }
+    qmp.execute(
+        "migrate-set-capabilities",
+        Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })),
+    )
+    .await
+    .map(drop)
+}
+
+/// Loads `state` into a VM started with `-incoming defer` and resolves once it runs.
+/// (Failing to load it makes QEMU exit, which the caller watches for.) A VM saved
+/// stopped (as ours are, for the copy) loads stopped: it is let go on. `memory_in_file`:
+/// the state was saved without the memory, which is a file this VM maps
+/// ([`crate::GuestMemory::MappedFrom`]).
+pub async fn wait_restored(
+    socket: &Path,
+    state: &Path,
+    memory_in_file: bool,
+) -> Result<(), MicrovmError> {
     let mut qmp = loop {
         // The socket appears a moment after QEMU starts.
         match Qmp::connect(socket).await {
@@ -207,6 +234,13 @@ pub async fn wait_restored(socket: &Path) -> Result<(), MicrovmError> {
             Err(_) => tokio::time::sleep(Duration::from_millis(2)).await,
         }
     };
+    set_memory_in_file(&mut qmp, memory_in_file).await?;
+    let source = crate::qemu::shell_quote(&state.to_string_lossy());
+    qmp.execute(
+        "migrate-incoming",
+        Some(json!({ "uri": format!("exec:cat {source}") })),
+    )
+    .await?;
     loop {
         let status = qmp.execute("query-status", None).await?;
         if status.get("running").and_then(Value::as_bool) == Some(true) {

@@ -81,11 +81,16 @@ impl MicrovmBackend {
                         .map(|(stream, _)| Some(stream))
                         .map_err(MicrovmError::io("accept the agent's ready connection")),
                     (None, None) => serial::wait_ready(layout, false).await.map(|()| None),
-                    (None, Some(_)) => {
+                    (None, Some(state)) => {
                         // Only once it runs: QEMU tells the guest which hosts left over
                         // the save as it starts it, before this connection's word.
                         let step = std::time::Instant::now();
-                        qmp::wait_restored(&layout.qmp_socket()).await?;
+                        qmp::wait_restored(
+                            &layout.qmp_socket(),
+                            state,
+                            boot.memory.loads_without_memory(),
+                        )
+                        .await?;
                         restore_phases.push(("memory state loaded, guest running", step.elapsed()));
                         let step = std::time::Instant::now();
                         serial::wait_ready(layout, true).await?;

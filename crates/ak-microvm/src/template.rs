@@ -1,9 +1,13 @@
 //! One-shot VMs restored from a template instead of booted. A template is a VM of the
-//! same kernel, agent, image, size and agent arguments, booted once and saved with its
-//! memory (QEMU's migration to a file) before it served anything; each later one-shot VM
-//! of that shape starts from a copy of the state (`-incoming`), which under emulation
-//! takes a fraction of a boot (docs/benchmarks.md). Warm pools of such VMs refill by
-//! restoring, and so does a cold `run --backend microvm --no-network`.
+//! same kernel, agent, image, size and agent arguments, booted once with its memory in a
+//! file (mapped shared) and saved before it served anything: the file is its memory,
+//! the state (QEMU's migration, `x-ignore-shared`) its devices and vCPUs. Each later
+//! one-shot VM of that shape maps the memory file copy-on-write and loads the state
+//! (`-incoming`): nothing of the memory is copied at the restore, and every VM restored
+//! from one template shares the pages it has not written (the host's page cache holds
+//! them once). Under emulation that takes a fraction of a boot (docs/benchmarks.md).
+//! Warm pools of such VMs refill by restoring, and so does a cold
+//! `run --backend microvm --no-network`.
 //!
 //! What every copy shares, and why that is safe:
 //! - Nothing of a sandbox: the template's agent never served a connection; it serves
@@ -28,14 +32,26 @@ use ak_core::backend::Lifetime;
 use sha2::{Digest, Sha256};
 
 use crate::error::MicrovmError;
+use crate::memory::{partial_file, restricted_empty_file};
 use crate::vm::Layout;
-use crate::{Boot, HostNetwork, MicrovmBackend, lock_exclusive, qmp};
+use crate::{Boot, GuestMemory, HostNetwork, MicrovmBackend, lock_exclusive, qmp};
 
 /// Templates kept in the cache at most; the least recently used go first. Each is a
 /// guest's used memory (tens of MiB), and a new agent or kernel makes new ones.
 const KEPT_TEMPLATES: usize = 8;
 /// The cache's directory of templates.
 const TEMPLATES_DIR: &str = "templates";
+/// A template's devices' and vCPUs' state, and its memory (`KEY.state`, `KEY.memory`).
+const STATE: &str = "state";
+const MEMORY: &str = "memory";
+
+/// A template's two files.
+pub(crate) struct TemplateFiles {
+    /// Its devices' and vCPUs' state (QEMU's migration stream without the memory).
+    pub state: PathBuf,
+    /// Its memory, mapped copy-on-write by each VM restored from it.
+    pub memory: PathBuf,
+}
 
 impl MicrovmBackend {
     /// Whether a VM of `spec` and `lifetime` starts from a template (see the module's
@@ -47,57 +63,76 @@ impl MicrovmBackend {
             && self.check_carried_over(spec).is_ok()
     }
 
-    /// The memory state of the template for `boot` (which starts nothing itself: it has
-    /// no `incoming`), booting and saving the template first when there is none. Also
-    /// how long making it took, when it was made now. Processes making the same
-    /// template wait for the first.
+    /// The template for `boot` (which starts nothing itself: it has no `incoming`),
+    /// booting and saving the template first when there is none. Also how long making
+    /// it took, when it was made now. Processes making the same template wait for the
+    /// first.
     pub(crate) async fn template_state(
         &self,
         boot: &Boot<'_>,
         spec: &SandboxSpec,
         kvm: bool,
-    ) -> Result<(PathBuf, Option<Duration>), MicrovmError> {
+    ) -> Result<(TemplateFiles, Option<Duration>), MicrovmError> {
         let dir = self.cache.join(TEMPLATES_DIR);
         std::fs::create_dir_all(&dir)
             .map_err(MicrovmError::io(format!("create {}", dir.display())))?;
         let key = template_key(boot, kvm, &self.hypervisor()?);
-        let state = dir.join(format!("{key}.state"));
+        let files = TemplateFiles {
+            state: dir.join(format!("{key}.{STATE}")),
+            memory: dir.join(format!("{key}.{MEMORY}")),
+        };
         let lock_path = dir.join(format!("{key}.lock"));
         let _lock = tokio::task::spawn_blocking(move || lock_exclusive(&lock_path))
             .await
             .map_err(|e| MicrovmError::State(format!("locking a template: {e}")))??;
-        if state.is_file() {
+        // The state is renamed into place last: with it, the memory is whole too.
+        if files.state.is_file() && files.memory.is_file() {
             // Its modification time is its last use: the eviction's order.
             if let Err(e) = std::fs::File::options()
                 .write(true)
-                .open(&state)
+                .open(&files.state)
                 .and_then(|file| file.set_modified(SystemTime::now()))
             {
-                tracing::debug!("marking {} used: {e}", state.display());
+                tracing::debug!("marking {} used: {e}", files.state.display());
             }
-            return Ok((state, None));
+            return Ok((files, None));
         }
         let started = std::time::Instant::now();
-        self.make_template(boot, spec, kvm, &state).await?;
+        self.make_template(boot, spec, kvm, &files).await?;
         evict(&dir, KEPT_TEMPLATES);
-        Ok((state, Some(started.elapsed())))
+        Ok((files, Some(started.elapsed())))
     }
 
-    /// Boots a VM for `boot` in a directory of its own, waits for its agent, saves it to
-    /// `state` (written beside, renamed into place once whole) and ends it.
+    /// Boots a VM for `boot` in a directory of its own with its memory in a file, waits
+    /// for its agent, saves its state and ends it. Both files are written beside and
+    /// renamed into place once whole, the state last.
     async fn make_template(
         &self,
         boot: &Boot<'_>,
         spec: &SandboxSpec,
         kvm: bool,
-        state: &Path,
+        files: &TemplateFiles,
     ) -> Result<(), MicrovmError> {
+        let (state_partial, memory_partial) =
+            (partial_file(&files.state), partial_file(&files.memory));
+        // Emptied, should an earlier attempt have left one.
+        restricted_empty_file(&memory_partial)?;
+        let boot = Boot {
+            memory: GuestMemory::WrittenTo(&memory_partial),
+            ..boot.clone()
+        };
         let mut template_spec = spec.clone();
         template_spec.id = ak_core::spec::new_sandbox_id();
-        let layout = Layout::create(self.run_base().join(&template_spec.id))?;
+        let layout = match Layout::create(self.run_base().join(&template_spec.id)) {
+            Ok(layout) => layout,
+            Err(e) => {
+                let _ = std::fs::remove_file(&memory_partial);
+                return Err(e);
+            }
+        };
         let template = self
             .start(
-                boot,
+                &boot,
                 &layout,
                 Lifetime::Ephemeral,
                 &template_spec,
@@ -109,26 +144,30 @@ impl MicrovmBackend {
             Ok(template) => template,
             Err(e) => {
                 let _ = layout.remove();
+                let _ = std::fs::remove_file(&memory_partial);
                 return Err(e);
             }
         };
-        let partial = state.with_extension("partial");
         let socket = layout.qmp_socket();
         let saved = async {
             qmp::set_paused(&socket, true).await?;
-            qmp::save_state(&socket, &partial).await?;
-            // The guest's memory: the owner's alone, as the rest of the cache's VM files.
-            std::fs::set_permissions(
-                &partial,
-                std::os::unix::fs::PermissionsExt::from_mode(0o600),
-            )
-            .map_err(MicrovmError::io(format!("restrict {}", partial.display())))?;
-            std::fs::rename(&partial, state)
-                .map_err(MicrovmError::io(format!("rename {}", partial.display())))
+            restricted_empty_file(&state_partial)?;
+            qmp::save_state(&socket, &state_partial, true).await?;
+            // The guest's pages are in the file (the page cache) as it wrote them;
+            // nothing more is needed for the copies' mappings to see them.
+            std::fs::rename(&memory_partial, &files.memory).map_err(MicrovmError::io(format!(
+                "rename {}",
+                memory_partial.display()
+            )))?;
+            std::fs::rename(&state_partial, &files.state).map_err(MicrovmError::io(format!(
+                "rename {}",
+                state_partial.display()
+            )))
         }
         .await;
         if saved.is_err() {
-            let _ = std::fs::remove_file(&partial);
+            let _ = std::fs::remove_file(&state_partial);
+            let _ = std::fs::remove_file(&memory_partial);
         }
         // Ended either way: it served its purpose, or failed to.
         let record = template.forget();
@@ -144,6 +183,8 @@ impl MicrovmBackend {
 /// path makes a new template), and every argument of the boot.
 fn template_key(boot: &Boot<'_>, kvm: bool, hypervisor: &Path) -> String {
     let mut hash = Sha256::new();
+    // The templates' format: a state without the memory, and the memory's file.
+    hash.update(b"memory-file\0");
     for file in [hypervisor, boot.kernel, boot.initramfs, boot.base] {
         hash.update(file.as_os_str().as_encoded_bytes());
         hash.update([0]);
@@ -168,9 +209,10 @@ fn template_key(boot: &Boot<'_>, kvm: bool, hypervisor: &Path) -> String {
         .collect()
 }
 
-/// Removes the least recently used templates in `dir` beyond `keep` (a restore reading
-/// one keeps its open copy). Their lock files stay: removing one that another process
-/// waits on would let a third make the same template beside it.
+/// Removes the least recently used templates in `dir` beyond `keep`, state and memory (a
+/// VM restored from one keeps its open copy and mapping). Their lock files stay:
+/// removing one that another process waits on would let a third make the same template
+/// beside it.
 fn evict(dir: &Path, keep: usize) {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
@@ -178,13 +220,18 @@ fn evict(dir: &Path, keep: usize) {
     let mut states: Vec<(SystemTime, PathBuf)> = entries
         .flatten()
         .map(|entry| entry.path())
-        .filter(|path| path.extension().is_some_and(|ext| ext == "state"))
+        .filter(|path| path.extension().is_some_and(|ext| ext == STATE))
         .filter_map(|path| Some((std::fs::metadata(&path).ok()?.modified().ok()?, path)))
         .collect();
     states.sort_by_key(|(modified, _)| std::cmp::Reverse(*modified));
-    for (_, path) in states.into_iter().skip(keep) {
-        if let Err(e) = std::fs::remove_file(&path) {
-            tracing::warn!("removing the template {}: {e}", path.display());
+    for (_, state) in states.into_iter().skip(keep) {
+        // The state first: without it the memory is never used.
+        for path in [state.clone(), state.with_extension(MEMORY)] {
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!("removing the template {}: {e}", path.display()),
+            }
         }
     }
 }
@@ -200,6 +247,7 @@ mod tests {
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
             let path = dir.path().join(format!("{name}.state"));
             std::fs::write(&path, name).unwrap();
+            std::fs::write(path.with_extension("memory"), name).unwrap();
             std::fs::write(path.with_extension("lock"), "").unwrap();
             std::fs::File::options()
                 .write(true)
@@ -214,6 +262,11 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         left.sort();
-        assert_eq!(left, ["a.lock", "b.lock", "b.state", "c.lock", "c.state"]);
+        assert_eq!(
+            left,
+            [
+                "a.lock", "b.lock", "b.memory", "b.state", "c.lock", "c.memory", "c.state"
+            ]
+        );
     }
 }

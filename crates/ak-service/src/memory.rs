@@ -83,7 +83,7 @@ impl Service {
         require(&record, &[SandboxState::Saved], "resume")?;
         let state = self.memory_state_of(&record)?;
         let started = self.start_from_memory(&record, &state).await?;
-        if let Err(e) = std::fs::remove_file(&state) {
+        if let Err(e) = self.backend(record.backend)?.discard_memory_state(&state) {
             tracing::warn!(name, "removing the memory state of a resumed sandbox: {e}");
         }
         Ok(started)
@@ -106,14 +106,11 @@ impl Service {
 
     /// Drops a saved sandbox's memory state (a `stop` or forced removal of it).
     pub(crate) fn discard_memory_state(&self, record: &SandboxRecord) -> Result<(), ServiceError> {
-        match std::fs::remove_file(self.memory_state_of(record)?) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(ServiceError::State(format!(
-                "removing the memory state of {}: {e}",
-                record.name
-            ))),
-        }
+        self.backend(record.backend)?
+            .discard_memory_state(&self.memory_state_of(record)?)
+            .map_err(|e| {
+                ServiceError::State(format!("removing the memory state of {}: {e}", record.name))
+            })
     }
 
     /// Forks running or paused `sandbox` from its memory: its state is saved once (the
@@ -177,6 +174,16 @@ impl Service {
                 }
             }
         };
+        // The forks share what they can of the state; the source goes on meanwhile.
+        let mut shape = source.spec.clone();
+        shape.root_dir = Some(root_copy.clone());
+        if let Err(e) = backend.share_memory_state(&shape, &state).await {
+            let _ = backend.discard_memory_state(&state);
+            if let Err(e) = std::fs::remove_dir_all(&root_copy) {
+                tracing::warn!("removing {}: {e}", root_copy.display());
+            }
+            return Err(e.into());
+        }
         let mut made = Vec::new();
         let mut failure = None;
         for name in new {
@@ -191,7 +198,10 @@ impl Service {
                 }
             }
         }
-        let _ = std::fs::remove_file(&state);
+        // Each fork maps what it shares of the state: the files can go.
+        if let Err(e) = backend.discard_memory_state(&state) {
+            tracing::warn!("removing {}: {e}", state.display());
+        }
         if let Err(e) = std::fs::remove_dir_all(&root_copy) {
             tracing::warn!("removing {}: {e}", root_copy.display());
         }

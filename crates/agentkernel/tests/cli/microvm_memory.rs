@@ -82,6 +82,36 @@ fn every_port_answers(state: &Path, sandbox: &str) {
     }
 }
 
+/// How many QEMU processes map each removed shared-state memory file (by device and
+/// inode) privately, i.e. copy-on-write.
+fn memory_file_mappings() -> std::collections::HashMap<String, usize> {
+    let mut sharing = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let dir = entry.path();
+        let is_qemu = std::fs::read(dir.join("cmdline"))
+            .is_ok_and(|cmdline| cmdline.starts_with(b"/usr/bin/qemu-system-x86_64"));
+        let Ok(maps) = std::fs::read_to_string(dir.join("maps")) else {
+            continue;
+        };
+        if !is_qemu {
+            continue;
+        }
+        let files: std::collections::HashSet<String> = maps
+            .lines()
+            .filter(|line| line.ends_with(".state.memory (deleted)"))
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                // address, permissions, offset, device, inode, path…
+                (fields[1].ends_with('p')).then(|| format!("{} {}", fields[3], fields[4]))
+            })
+            .collect();
+        for file in files {
+            *sharing.entry(file).or_insert(0) += 1;
+        }
+    }
+    sharing
+}
+
 #[test]
 fn microvm_memory_saved_resumed_after_a_daemon_restart_and_forked() {
     let _host = shared_host();
@@ -163,6 +193,13 @@ fn microvm_memory_saved_resumed_after_a_daemon_restart_and_forked() {
         child.kill().unwrap();
         child.wait().unwrap();
     }
+    // They share one memory file copy-on-write (private mappings of one inode), already
+    // removed from the disk: only their mappings hold it.
+    let sharing = memory_file_mappings();
+    assert!(
+        sharing.values().any(|vms| *vms == forks.len()),
+        "the forks share no memory file: {sharing:?}"
+    );
     let mut draws = Vec::new();
     for fork in &forks {
         every_port_answers(state, fork);
@@ -289,9 +326,13 @@ fn microvm_one_shot_runs_restore_a_template() {
     let states: Vec<_> = std::fs::read_dir(templates)
         .unwrap()
         .flatten()
-        .filter(|e| e.path().extension().is_some_and(|x| x == "state"))
+        .filter(|e| {
+            e.path()
+                .extension()
+                .is_some_and(|x| x == "state" || x == "memory")
+        })
         .collect();
-    assert!(!states.is_empty(), "no template in {}", templates.display());
+    assert!(states.len() >= 2, "no template in {}", templates.display());
     for entry in states {
         use std::os::unix::fs::PermissionsExt;
         let mode = entry.metadata().unwrap().permissions().mode() & 0o777;

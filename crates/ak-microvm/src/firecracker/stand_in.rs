@@ -429,6 +429,7 @@ pub(super) fn boot<'a>(kernel: &'a Path, initramfs: &'a Path, base: &'a Path) ->
         nic: None,
         serial_ports: 0,
         incoming: None,
+        memory: crate::GuestMemory::Anonymous,
         track_dirty_pages: false,
     }
 }
