@@ -203,9 +203,11 @@ pub fn spawn(
             Ok(())
         });
     }
-    let child = command
-        .spawn()
-        .map_err(MicrovmError::io(format!("start {}", program.display())))?;
+    let child = match lifetime {
+        Lifetime::Ephemeral => on_lasting_thread(move || command.spawn()),
+        Lifetime::Persistent => command.spawn(),
+    }
+    .map_err(MicrovmError::io(format!("start {}", program.display())))?;
     let identity = child
         .id()
         .and_then(ak_core::process::identity)
@@ -214,6 +216,43 @@ pub fn spawn(
             log: String::new(),
         })?;
     Ok((child, identity))
+}
+
+/// Runs `spawn` (a process start, in the caller's tokio runtime) on a thread that lives
+/// as long as the process. A one-shot VM's processes get SIGKILL when their parent goes
+/// (`PR_SET_PDEATHSIG`), and the kernel ties that to the *thread* that forked them, not
+/// the process: forked on one of tokio's blocking threads, which end after 10 s idle
+/// (a daemon builds its pools' sandboxes there), every spare VM of an idle pool was
+/// killed about 10 s after it was built.
+fn on_lasting_thread(
+    spawn: impl FnOnce() -> std::io::Result<tokio::process::Child> + Send + 'static,
+) -> std::io::Result<tokio::process::Child> {
+    type Job = Box<dyn FnOnce() + Send>;
+    static SPAWNER: std::sync::OnceLock<std::io::Result<std::sync::mpsc::Sender<Job>>> =
+        std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (jobs, queue) = std::sync::mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("ak-vm-spawner".into())
+            .spawn(move || queue.into_iter().for_each(|job| job()))
+            .map(|_| jobs)
+    });
+    let spawner = match spawner {
+        Ok(spawner) => spawner.clone(),
+        Err(e) => return Err(std::io::Error::new(e.kind(), e.to_string())),
+    };
+    // The child is registered with the caller's runtime (its exit is watched there).
+    let runtime = tokio::runtime::Handle::current();
+    let (done, result) = std::sync::mpsc::sync_channel(1);
+    spawner
+        .send(Box::new(move || {
+            let _entered = runtime.enter();
+            let _ = done.send(spawn());
+        }))
+        .map_err(|_| std::io::Error::other("the VM spawner thread is gone"))?;
+    result
+        .recv()
+        .map_err(|_| std::io::Error::other("the VM spawner thread is gone"))?
 }
 
 /// Ends the one-shot VMs in `base` whose creator is gone (it was killed before it could

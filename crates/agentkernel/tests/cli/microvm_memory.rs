@@ -308,8 +308,35 @@ fn microvm_one_shot_runs_restore_a_template() {
             script,
         ]));
     }
-    let status: serde_json::Value =
-        serde_json::from_slice(&with_state(&["daemon", "status", "--json"]).stdout).unwrap();
+    // Spares outlive the daemon's thread that built them: tokio's blocking threads end
+    // after 10 s idle, and a VM's death signal was tied to that thread (every spare of
+    // an idle pool died). Past that, the next run is served by a spare.
+    let hits = |status: &serde_json::Value| {
+        crate::microvm::microvm_pool(status)["hits"]
+            .as_u64()
+            .unwrap()
+    };
+    let status = |with_state: &dyn Fn(&[&str]) -> std::process::Output| {
+        serde_json::from_slice::<serde_json::Value>(
+            &with_state(&["daemon", "status", "--json"]).stdout,
+        )
+        .unwrap()
+    };
+    let before = status(&with_state);
+    std::thread::sleep(std::time::Duration::from_secs(12));
+    check(with_state(&[
+        "run",
+        "-F",
+        "--backend",
+        "microvm",
+        "--no-network",
+        "--",
+        "sh",
+        "-c",
+        script,
+    ]));
+    let status = status(&with_state);
+    assert_eq!(hits(&status), hits(&before) + 1, "{before}\n{status}");
     assert_code(&with_state(&["daemon", "stop"]), 0);
     let pool = crate::microvm::microvm_pool(&status);
     assert!(pool["refills"].as_u64().unwrap() >= 1, "{status}");
