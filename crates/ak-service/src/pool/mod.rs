@@ -455,7 +455,31 @@ impl Pools {
                 if pool.demand.busy(now) {
                     self.short.notify_one();
                 }
-                if let Some(sandbox) = pool.spares.pop_front() {
+                // A spare that ended while it waited (killed from outside, its VM gone)
+                // is not handed out: the next one is, or the caller builds its own.
+                let mut ended = Vec::new();
+                let spare = loop {
+                    match pool.spares.pop_front() {
+                        Some(sandbox) if sandbox.is_running() => break Some(sandbox),
+                        Some(sandbox) => ended.push(sandbox),
+                        None => break None,
+                    }
+                };
+                if !ended.is_empty() {
+                    tracing::warn!(
+                        pool = key,
+                        count = ended.len(),
+                        "spares had ended; released"
+                    );
+                    tokio::spawn(async move {
+                        for mut sandbox in ended {
+                            if let Err(e) = sandbox.destroy().await {
+                                tracing::warn!(id = sandbox.id(), "releasing an ended spare: {e}");
+                            }
+                        }
+                    });
+                }
+                if let Some(sandbox) = spare {
                     return Ok((key, sandbox, Served::Hit, None));
                 }
                 // Callers that went away no longer wait.

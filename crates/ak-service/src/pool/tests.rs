@@ -170,6 +170,29 @@ async fn refills_stay_within_max_total() {
 }
 
 #[tokio::test]
+async fn a_spare_that_ended_is_not_handed_out() {
+    let config = PoolConfig {
+        min_warm: 2,
+        max_warm: 2,
+        max_total: 8,
+    };
+    let (backend, service, pools, spec) = setup(config);
+    let first = pools.acquire(&service, &spec).await.unwrap();
+    pools.maintain(&service).await;
+    assert_eq!(pools.status()[0].warm, 2);
+    // Both spares end while they wait (a VM killed from outside); the first request
+    // after that gets neither, but a sandbox of its own.
+    for running in backend.running.lock().unwrap().iter().skip(1) {
+        running.store(false, Ordering::SeqCst);
+    }
+    let handed = pools.acquire(&service, &spec).await.unwrap();
+    assert!(!handed.hit, "an ended spare was handed out");
+    assert_ne!(handed.sandbox_id, first.sandbox_id);
+    assert_eq!(backend.created.load(Ordering::SeqCst), 4);
+    assert_eq!(pools.status()[0].warm, 0);
+}
+
+#[tokio::test]
 async fn a_caller_that_gives_up_mid_build_gives_its_room_back() {
     let config = PoolConfig {
         min_warm: 0,
