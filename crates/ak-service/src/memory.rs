@@ -174,10 +174,17 @@ impl Service {
                 }
             }
         };
-        // The forks share what they can of the state; the source goes on meanwhile.
+        // Several forks share what they can of the state (the source goes on
+        // meanwhile). Not one: making the state shareable costs about a restore (QEMU:
+        // docs/benchmarks.md), and a single fork has nothing to share it with.
         let mut shape = source.spec.clone();
         shape.root_dir = Some(root_copy.clone());
-        if let Err(e) = backend.share_memory_state(&shape, &state).await {
+        let shared = if new.len() > 1 {
+            backend.share_memory_state(&shape, &state).await
+        } else {
+            Ok(())
+        };
+        if let Err(e) = shared {
             let _ = backend.discard_memory_state(&state);
             if let Err(e) = std::fs::remove_dir_all(&root_copy) {
                 tracing::warn!("removing {}: {e}", root_copy.display());
