@@ -13,6 +13,7 @@
 # 2. Where one restore's time goes: the phases the backend logs (AGENTKERNEL_LOG=debug).
 # 3. Memory: N VMs forked from one running VM against N VMs booted, all running at once:
 #    the sum of the PSS (/proc/PID/smaps_rollup) of their QEMU processes, and of the RSS.
+#    The forks map one memory file copy-on-write; the time of that `fork` is written too.
 #
 # 4. The start of a restore's QEMU until it can take a state (scripts/qemu-incoming-start.py):
 #    what a pool of QEMUs pre-started with `-incoming defer` would save.
@@ -109,7 +110,10 @@ grep -E "microVM started" "$out/resume-phases.log" || true
 echo "== 3. memory of $vms forked VMs against $vms booted ones"
 forks=() booted=()
 for i in $(seq 1 "$vms"); do forks+=("f$i"); booted+=("b$i"); done
+# Two or more forks share the state's memory (made shareable first: one more restore).
+started=$(date +%s%N)
 "$ak" fork src "${forks[@]}" >/dev/null
+echo "fork into $vms: $(( ($(date +%s%N) - started) / 1000000 )) ms" | tee "$out/fork-n.txt"
 for b in "${booted[@]}"; do
     "$ak" create "$b" $flags >/dev/null
     "$ak" start "$b" >/dev/null
