@@ -204,14 +204,13 @@ pub async fn save_state(
 }
 
 /// QEMU's `x-ignore-shared`: a migration leaves out memory mapped shared from a file.
-/// Both sides must have it: it adds each memory block's address to the stream.
+/// Both sides must agree: it adds each memory block's address to the stream. Set either
+/// way every time: a VM keeps the capability it loaded its state with (a fork), and its
+/// own later save must not carry it.
 async fn set_memory_in_file(qmp: &mut Qmp, on: bool) -> Result<(), MicrovmError> {
-    if !on {
-        return Ok(());
-    }
     qmp.execute(
         "migrate-set-capabilities",
-        Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": true }] })),
+        Some(json!({ "capabilities": [{ "capability": "x-ignore-shared", "state": on }] })),
     )
     .await
     .map(drop)

@@ -218,6 +218,16 @@ fn microvm_memory_saved_resumed_after_a_daemon_restart_and_forked() {
         sh(state, &n, "cat /tmp/mine 2>/dev/null || echo none"),
         "none\n"
     );
+    // A fork, whose memory maps the (removed) shared file, saves and resumes whole,
+    // its own writes and the pages it shares alike.
+    assert_code(&ak_with_state(state, &["pause", &forks[0], "--save"]), 0);
+    assert_eq!(sandbox_state(state, &forks[0]), "saved");
+    assert_code(&ak_with_state(state, &["resume", &forks[0]]), 0);
+    assert_eq!(
+        sh(state, &forks[0], "cat /tmp/mine /tmp/mem"),
+        "one\nkept\n"
+    );
+    every_port_answers(state, &forks[0]);
 
     // A host directory shared over 9p cannot migrate: refused, the VM left running.
     let shared = tempfile::tempdir().unwrap();
