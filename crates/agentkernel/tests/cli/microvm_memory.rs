@@ -305,8 +305,8 @@ fn microvm_one_shot_runs_restore_a_template() {
         check(output);
     }
     assert_code(&with_state(&["daemon", "start"]), 0);
-    for _ in 0..3 {
-        check(with_state(&[
+    let pooled = || {
+        with_state(&[
             "run",
             "-F",
             "--backend",
@@ -316,7 +316,10 @@ fn microvm_one_shot_runs_restore_a_template() {
             "sh",
             "-c",
             script,
-        ]));
+        ])
+    };
+    for _ in 0..3 {
+        check(pooled());
     }
     // Spares outlive the daemon's thread that built them: tokio's blocking threads end
     // after 10 s idle, and a VM's death signal was tied to that thread (every spare of
@@ -334,17 +337,7 @@ fn microvm_one_shot_runs_restore_a_template() {
     };
     let before = status(&with_state);
     std::thread::sleep(std::time::Duration::from_secs(12));
-    check(with_state(&[
-        "run",
-        "-F",
-        "--backend",
-        "microvm",
-        "--no-network",
-        "--",
-        "sh",
-        "-c",
-        script,
-    ]));
+    check(pooled());
     let status = status(&with_state);
     assert_eq!(hits(&status), hits(&before) + 1, "{before}\n{status}");
     assert_code(&with_state(&["daemon", "stop"]), 0);
