@@ -51,6 +51,11 @@ for _ in range(runs):
                 skip = True
                 continue
             a = a.replace(vm_dir, tmp)
+            # A fork maps its forker's memory file (/proc/PID/fd/N), gone with that
+            # process: this start needs memory of the same size, not that file.
+            if a.startswith("memory-backend-file,"):
+                size = next(p for p in a.split(",") if p.startswith("size="))
+                a = f"memory-backend-ram,id=mem,{size}"
             if a.startswith("id=") and "format=raw" in a:
                 a += ",file.locking=off"
             args.append(a)

@@ -202,6 +202,9 @@ pub struct MicrovmBackend {
     /// One-shot VMs without network start from a template's memory state (see
     /// `template.rs`); `[microvm] restore_one_shot = false` boots each.
     restore_one_shot: bool,
+    /// The memory of each state made shareable for forks (`memory.rs`), by state file:
+    /// an unlinked in-memory file only this process holds, until the state is discarded.
+    shared_memory: memory::SharedMemory,
 }
 
 impl MicrovmBackend {
@@ -215,6 +218,7 @@ impl MicrovmBackend {
             firecracker: options.firecracker.clone(),
             cache: tools::cache_dir(),
             swept: std::sync::Once::new(),
+            shared_memory: memory::SharedMemory::default(),
             exporter: None,
             restore_one_shot: options.restore_one_shot.unwrap_or(true),
         })
@@ -697,7 +701,7 @@ impl Backend for MicrovmBackend {
     }
 
     fn discard_memory_state(&self, state: &Path) -> std::io::Result<()> {
-        memory::discard_state(state)
+        self.shared_memory.discard(state)
     }
 
     async fn set_allowlist(

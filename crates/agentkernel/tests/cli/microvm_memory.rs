@@ -99,7 +99,7 @@ fn every_port_answers(state: &Path, sandbox: &str) {
     }
 }
 
-/// How many QEMU processes map each removed shared-state memory file (by device and
+/// How many QEMU processes map each forks' memory file (an unlinked memfd; by device and
 /// inode) privately, i.e. copy-on-write.
 fn memory_file_mappings() -> std::collections::HashMap<String, usize> {
     let mut sharing = std::collections::HashMap::new();
@@ -115,7 +115,7 @@ fn memory_file_mappings() -> std::collections::HashMap<String, usize> {
         }
         let files: std::collections::HashSet<String> = maps
             .lines()
-            .filter(|line| line.ends_with(".state.memory (deleted)"))
+            .filter(|line| line.ends_with("/memfd:agentkernel-fork-memory (deleted)"))
             .filter_map(|line| {
                 let fields: Vec<&str> = line.split_whitespace().collect();
                 // address, permissions, offset, device, inode, path…
@@ -211,8 +211,8 @@ fn microvm_memory_saved_resumed_after_a_daemon_restart_and_forked() {
         child.kill().unwrap();
         child.wait().unwrap();
     }
-    // They share one memory file copy-on-write (private mappings of one inode), already
-    // removed from the disk: only their mappings hold it.
+    // They share one memory file copy-on-write (private mappings of one inode), which
+    // the forking process no longer holds: only their mappings do.
     let sharing = memory_file_mappings();
     assert!(
         sharing.values().any(|vms| *vms == forks.len()),
