@@ -316,9 +316,10 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// `spec` is a sandbox of the saved one's shape whose root is the copy of its
     /// writable layer that the forks' roots are copied from (a backend may let that
     /// copy go on from the state for a moment, as a first fork would). Afterwards
-    /// `state` is still what [`Backend::restore_memory`] takes, and
-    /// [`Backend::discard_memory_state`] removes it with whatever it put beside it. By
-    /// default the state stays as it is (each fork loads its own copy).
+    /// `state` is still what [`Backend::restore_memory`] takes, in this process (the
+    /// shared memory may be held by it: the microvm backend's is an unlinked in-memory
+    /// file), and [`Backend::discard_memory_state`] removes it with whatever the backend
+    /// keeps for it. By default the state stays as it is (each fork loads its own copy).
     async fn share_memory_state(
         &self,
         spec: &SandboxSpec,
@@ -328,8 +329,8 @@ pub trait Backend: Send + Sync + fmt::Debug {
         Ok(())
     }
 
-    /// Removes a state [`Backend::save_memory`] wrote to `state`, with every file the
-    /// backend keeps beside it; a state that is not there is no error.
+    /// Removes a state [`Backend::save_memory`] wrote to `state`, with whatever the
+    /// backend keeps for it; a state that is not there is no error.
     fn discard_memory_state(&self, state: &std::path::Path) -> std::io::Result<()> {
         match std::fs::remove_file(state) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
