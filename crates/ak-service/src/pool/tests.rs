@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use ak_core::backend::{BackendProbe, SandboxHandle, SandboxUsage, Transport};
 use ak_core::config::{SandboxOptions, resolve};
+use ak_core::spec::new_sandbox_id;
 use ak_core::{Backend, BackendError, BackendKind};
 
 use super::*;
