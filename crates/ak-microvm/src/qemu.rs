@@ -83,15 +83,8 @@ pub fn arguments(boot: &Boot, layout: &Layout, kvm: bool) -> Vec<String> {
             GuestMemory::Anonymous => format!("memory-backend-ram,id=mem,size={memory}"),
             // `share` decides QEMU's mapping: MAP_SHARED writes into the file, MAP_PRIVATE
             // copies a page on its first write and leaves the file as it is.
-            GuestMemory::WrittenTo(file) | GuestMemory::MappedFrom(file) => format!(
-                "memory-backend-file,id=mem,size={memory},mem-path={},share={}",
-                escape_option(&file.to_string_lossy()),
-                if matches!(boot.memory, GuestMemory::WrittenTo(_)) {
-                    "on"
-                } else {
-                    "off"
-                }
-            ),
+            GuestMemory::WrittenTo(file) => memory_file(&memory, file, "on"),
+            GuestMemory::MappedFrom(file) => memory_file(&memory, file, "off"),
         },
         "-nodefaults".into(),
         "-no-user-config".into(),
@@ -217,6 +210,14 @@ fn serial_arguments(layout: &Layout, ports: u32) -> Vec<String> {
         args.push(format!("virtserialport,chardev={name},name={name},nr={nr}"));
     }
     args
+}
+
+/// The `-object` of guest memory in `file`, mapped shared or not (`share`).
+fn memory_file(size: &str, file: &Path, share: &str) -> String {
+    format!(
+        "memory-backend-file,id=mem,size={size},mem-path={},share={share}",
+        escape_option(&file.to_string_lossy())
+    )
 }
 
 /// `text` as one word of a shell command (QEMU runs `exec:` migration commands with
@@ -487,5 +488,41 @@ mod tests {
             "{args}"
         );
         assert!(args.ends_with("-incoming defer"), "{args}");
+    }
+
+    #[test]
+    fn guest_memory_in_a_file_is_mapped_shared_or_copy_on_write() {
+        let layout = Layout {
+            dir: "/run/vm".into(),
+        };
+        let template = Path::new("/cache/t,1.memory");
+        for (memory, share) in [
+            (GuestMemory::WrittenTo(template), "on"),
+            (GuestMemory::MappedFrom(template), "off"),
+        ] {
+            let boot = Boot {
+                kernel: Path::new("/k/vmlinux"),
+                initramfs: Path::new("/k/init.cpio"),
+                base: Path::new("/i/base.ext4"),
+                layer: None,
+                kernel_args: String::new(),
+                init_args: "--guest --serial-once".into(),
+                vcpus: 1,
+                memory_mib: 256,
+                shares: Vec::new(),
+                nic: None,
+                serial_ports: 1,
+                incoming: None,
+                memory,
+                track_dirty_pages: false,
+            };
+            let args = arguments(&boot, &layout, false).join(" ");
+            assert!(
+                args.contains(&format!(
+                    "-object memory-backend-file,id=mem,size=256M,mem-path=/cache/t,,1.memory,share={share} "
+                )),
+                "{args}"
+            );
+        }
     }
 }
