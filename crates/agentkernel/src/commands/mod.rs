@@ -21,6 +21,9 @@ mod stream;
 mod terminal;
 mod volume;
 
+use std::future::Future;
+use std::pin::Pin;
+
 use ak_core::SandboxSpec;
 use ak_core::config::{SandboxOptions, resolve};
 use ak_core::spec::new_sandbox_id;
@@ -49,34 +52,39 @@ pub(crate) fn print_json<T: serde::Serialize>(value: &T) -> i32 {
     }
 }
 
-pub async fn dispatch(command: Command) -> i32 {
+/// The command's future, boxed: each lives on the heap at its own size. As one `async fn`
+/// over every command, the future was as large as the largest command's, and it was moved
+/// through `main`'s and the runtime's stack frames, whose probes touched every page of them:
+/// about 125 KB of stack, ~30 page faults of every `run` (perf, `--call-graph`, `%sp`
+/// probes; docs/benchmarks.md).
+pub fn dispatch(command: Command) -> Pin<Box<dyn Future<Output = i32>>> {
     match command {
-        Command::Run(args) => run::run(*args).await,
-        Command::Status(args) => status::status(args),
-        Command::Create(args) => sandbox::create(*args).await,
-        Command::Start(args) => sandbox::start(args).await,
-        Command::Exec(args) => exec::exec(args).await,
-        Command::Attach(args) => attach::attach(args).await,
-        Command::Cp(args) => cp::cp(args).await,
-        Command::Stop(args) => sandbox::stop(args).await,
-        Command::Pause(args) => sandbox::pause(args).await,
-        Command::Resume(args) => sandbox::resume(args).await,
-        Command::Remove(args) => sandbox::remove(args).await,
-        Command::List(args) => sandbox::list(args).await,
-        Command::Inspect(args) => sandbox::inspect(args).await,
-        Command::Volume(command) => volume::volume(command).await,
-        Command::Secret(command) => secret::secret(command),
-        Command::Snapshot(command) => snapshot::snapshot(command).await,
-        Command::Network(command) => network::network(command).await,
-        Command::Fork(args) => snapshot::fork(args).await,
-        Command::Daemon(command) => daemon::daemon(command).await,
-        Command::Bench(args) => bench::bench(*args).await,
-        Command::Serve(args) => serve::serve(args).await,
-        Command::Audit(args) => audit::audit(args),
-        Command::Mcp => mcp::mcp().await,
-        Command::Plugin(command) => plugin::plugin(command),
-        Command::Image(command) => image::image(command).await,
-        Command::Setup(args) => setup::setup(args).await,
+        Command::Run(args) => Box::pin(run::run(*args)),
+        Command::Status(args) => Box::pin(async move { status::status(args) }),
+        Command::Create(args) => Box::pin(sandbox::create(*args)),
+        Command::Start(args) => Box::pin(sandbox::start(args)),
+        Command::Exec(args) => Box::pin(exec::exec(args)),
+        Command::Attach(args) => Box::pin(attach::attach(args)),
+        Command::Cp(args) => Box::pin(cp::cp(args)),
+        Command::Stop(args) => Box::pin(sandbox::stop(args)),
+        Command::Pause(args) => Box::pin(sandbox::pause(args)),
+        Command::Resume(args) => Box::pin(sandbox::resume(args)),
+        Command::Remove(args) => Box::pin(sandbox::remove(args)),
+        Command::List(args) => Box::pin(sandbox::list(args)),
+        Command::Inspect(args) => Box::pin(sandbox::inspect(args)),
+        Command::Volume(command) => Box::pin(volume::volume(command)),
+        Command::Secret(command) => Box::pin(async move { secret::secret(command) }),
+        Command::Snapshot(command) => Box::pin(snapshot::snapshot(command)),
+        Command::Network(command) => Box::pin(network::network(command)),
+        Command::Fork(args) => Box::pin(snapshot::fork(args)),
+        Command::Daemon(command) => Box::pin(daemon::daemon(command)),
+        Command::Bench(args) => Box::pin(bench::bench(*args)),
+        Command::Serve(args) => Box::pin(serve::serve(args)),
+        Command::Audit(args) => Box::pin(async move { audit::audit(args) }),
+        Command::Mcp => Box::pin(mcp::mcp()),
+        Command::Plugin(command) => Box::pin(async move { plugin::plugin(command) }),
+        Command::Image(command) => Box::pin(image::image(command)),
+        Command::Setup(args) => Box::pin(setup::setup(args)),
     }
 }
 
