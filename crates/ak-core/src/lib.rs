@@ -12,6 +12,7 @@ pub mod image_options;
 pub mod kvm;
 pub mod policy;
 pub mod process;
+pub mod random;
 pub mod resources;
 pub mod runtime;
 pub mod secrets;

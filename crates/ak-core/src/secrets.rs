@@ -249,7 +249,7 @@ fn shown_entry(entry: &str) -> String {
 /// A fresh placeholder: [`PLACEHOLDER_PREFIX`] and 32 random hex digits, so that it is
 /// unique to one sandbox and one secret and cannot be guessed from either.
 pub fn new_placeholder() -> String {
-    format!("{PLACEHOLDER_PREFIX}{}", uuid::Uuid::new_v4().simple())
+    format!("{PLACEHOLDER_PREFIX}{}", crate::random::uuid_v4().simple())
 }
 
 /// The rules, values and files of a sandbox's `secrets` and `secret_files`, checked: one

@@ -79,7 +79,7 @@ pub struct SandboxSpec {
 
 /// A fresh, unique sandbox id (32 lowercase hex digits).
 pub fn new_sandbox_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()
+    crate::random::uuid_v4().simple().to_string()
 }
 
 /// The kernel's longest path (`PATH_MAX`, counting the terminating NUL): a longer path

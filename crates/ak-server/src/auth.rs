@@ -117,13 +117,16 @@ pub fn load_or_create_token(path: &Path) -> Result<StoredToken, TokenFileError> 
         .mode(0o700)
         .create(dir)
         .map_err(create_error)?;
-    // uuid's v4 is 122 bits from the OS's random source; two make 244.
+    // A v4 UUID is 122 bits from the kernel's random source; two make 244.
     let token = format!(
         "{}{}",
-        uuid::Uuid::new_v4().simple(),
-        uuid::Uuid::new_v4().simple()
+        ak_core::random::uuid_v4().simple(),
+        ak_core::random::uuid_v4().simple()
     );
-    let staged = dir.join(format!(".{TOKEN_FILE}.{}", uuid::Uuid::new_v4().simple()));
+    let staged = dir.join(format!(
+        ".{TOKEN_FILE}.{}",
+        ak_core::random::uuid_v4().simple()
+    ));
     let written = OpenOptions::new()
         .write(true)
         .create_new(true)

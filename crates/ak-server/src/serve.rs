@@ -225,7 +225,7 @@ impl PrivateDir {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."));
         // Short names: a socket's whole path must fit in 108 bytes.
-        let unique = uuid::Uuid::new_v4().simple().to_string();
+        let unique = ak_core::random::uuid_v4().simple().to_string();
         let dir = parent.join(format!(".ak-{}", &unique[..12]));
         // mkdir sets the mode itself; a umask can only narrow it.
         std::fs::DirBuilder::new().mode(0o700).create(&dir)?;

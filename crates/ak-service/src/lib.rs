@@ -63,8 +63,12 @@ pub struct Service {
     /// Warm pools, in hosts that keep them (the daemon, `serve`).
     pools: Option<Arc<pool::Pools>>,
     /// One-shot sandboxes being set up at once; sized apart from the async workers, which
-    /// never do the set-up themselves in a long-lived host (see `offload_blocking`).
-    setups: tokio::sync::Semaphore,
+    /// never do the set-up themselves in a long-lived host (see `offload_blocking`). Made
+    /// on first use: sizing it by the CPUs reads the cgroup's CPU quota (~75 µs, perf), which
+    /// a pooled `run`'s CLI, which sets nothing up, need not pay.
+    setups: OnceLock<tokio::sync::Semaphore>,
+    /// `setups`' size when set explicitly; else one per CPU.
+    setup_limit: Option<usize>,
     /// Whether backend work (clone, mounts, cgroup writes) runs on blocking threads, so that
     /// a burst of set-ups cannot stall the async workers (`/health` keeps answering).
     /// Long-lived hosts turn it on; a one-shot CLI run does the work inline (no thread hop).
@@ -89,7 +93,8 @@ impl Service {
             registry: OnceLock::new(),
             policy: CallerPolicy::host_default(),
             pools: None,
-            setups: tokio::sync::Semaphore::new(default_setup_limit()),
+            setups: OnceLock::new(),
+            setup_limit: None,
             offload_blocking: false,
             detached: detached::Detached::default(),
             output_budget: Arc::new(output::ByteBudget::new(output::SERVICE_OUTPUT_BUDGET)),
@@ -120,8 +125,16 @@ impl Service {
 
     /// The same service with at most `limit` one-shot set-ups at once (at least one).
     pub fn with_setup_limit(mut self, limit: usize) -> Self {
-        self.setups = tokio::sync::Semaphore::new(limit.max(1));
+        self.setup_limit = Some(limit.max(1));
+        self.setups = OnceLock::new();
         self
+    }
+
+    /// The turns for one-shot set-ups (see `setups`).
+    fn setups(&self) -> &tokio::sync::Semaphore {
+        self.setups.get_or_init(|| {
+            tokio::sync::Semaphore::new(self.setup_limit.unwrap_or_else(default_setup_limit))
+        })
     }
 
     /// The budgets one request's captured output draws on: its own (shared by every

@@ -66,7 +66,7 @@ impl Service {
             && poolable(spec)
         {
             // A spare needs no set-up turn; a miss takes one once the pool has room.
-            match pools.take(self, spec, Some(&self.setups)).await {
+            match pools.take(self, spec, Some(self.setups())).await {
                 Ok(taken) => {
                     let owned = Owned::new(taken.sandbox, Some(taken.slot), self.offload_blocking);
                     return self.connect_owned(owned, exec).await;
@@ -78,7 +78,7 @@ impl Service {
         }
         // Only the set-up takes a turn: the command then runs without holding one.
         let turn = self
-            .setups
+            .setups()
             .acquire()
             .await
             .map_err(|e| ServiceError::Unavailable(format!("sandbox set-up queue: {e}")))?;

@@ -88,25 +88,36 @@ pub async fn serve(socket: &Path, api_socket: &Path, service: Service) -> anyhow
     // SIGTERM and SIGINT stop the daemon as gracefully as `daemon stop` does.
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut interrupt = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let daemon = daemon.clone();
-                    tokio::spawn(async move {
-                        if let Err(e) = handle(&daemon, stream).await {
-                            tracing::warn!("daemon request failed: {e:#}");
+    // The accept loop is a task of its own, not this function's (which the main thread
+    // drives outside the workers): a request's task then starts on the worker that
+    // accepted it, with no hop to and from the main thread (sched traces: 6 context
+    // switches and ~0.26 ms per hand-out before).
+    let accepting = tokio::spawn({
+        let daemon = daemon.clone();
+        async move {
+            loop {
+                tokio::select! {
+                    accepted = listener.accept() => match accepted {
+                        Ok((stream, _)) => {
+                            let daemon = daemon.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = handle(&daemon, stream).await {
+                                    tracing::warn!("daemon request failed: {e:#}");
+                                }
+                            });
                         }
-                    });
+                        Err(e) => tracing::warn!("accept: {e}"),
+                    },
+                    _ = daemon.stop.notified() => break,
+                    _ = terminate.recv() => break,
+                    _ = interrupt.recv() => break,
                 }
-                Err(e) => tracing::warn!("accept: {e}"),
-            },
-            _ = daemon.stop.notified() => break,
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
+            }
         }
+    });
+    if let Err(error) = accepting.await {
+        tracing::warn!("the daemon's accept loop ended abnormally: {error}");
     }
-    drop(listener);
     let _ = api_stop.send(());
     // Requests in flight (a long stream) get the same grace as handed-out sandboxes.
     match tokio::time::timeout(STOP_GRACE, api_task).await {
