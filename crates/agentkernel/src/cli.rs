@@ -3,18 +3,68 @@
 use ak_core::config::{NetworkSetting, SandboxOptions};
 use clap::{Args, Parser, Subcommand};
 
+/// What `agentkernel --help` says the program is.
+const ABOUT: &str = "Run AI agents' commands in isolated sandboxes";
+/// What `agentkernel run --help` says `run` does (in both trees below).
+const RUN_ABOUT: &str =
+    "Run a command in a fresh sandbox, stream its output, exit with its exit code.";
+
 #[derive(Debug, Parser)]
-#[command(
-    name = "agentkernel",
-    version,
-    about = "Run AI agents' commands in isolated sandboxes"
-)]
+#[command(name = "agentkernel", version, about = ABOUT)]
 pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+// The options every command takes. (A plain comment: clap makes a flattened struct's doc
+// comment the about text of the command it is flattened into.)
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
     /// More log output on stderr (-v info, -vv debug, -vvv trace); AGENTKERNEL_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+}
+
+impl Cli {
+    /// This process's command line. `agentkernel run …`, which agents call for every
+    /// command they run, is parsed against a tree of `run` alone: clap builds and
+    /// completes the whole tree (26 subcommands) before parsing any of it, about a third
+    /// of a pooled `run`'s argument parsing (perf probes; docs/benchmarks.md). The same
+    /// definitions make both trees, so `run` parses, helps and fails the same (tested).
+    pub fn from_command_line() -> Cli {
+        if std::env::args_os()
+            .nth(1)
+            .is_some_and(|first| first == "run")
+        {
+            let RunCommandLine {
+                global,
+                command: RunOnly::Run(args),
+            } = RunCommandLine::parse();
+            return Cli {
+                global,
+                command: Command::Run(args),
+            };
+        }
+        Cli::parse()
+    }
+}
+
+/// [`Cli`] with `run` as its only subcommand (see [`Cli::from_command_line`]).
+#[derive(Debug, Parser)]
+#[command(name = "agentkernel", version, about = ABOUT)]
+struct RunCommandLine {
+    #[command(flatten)]
+    global: GlobalArgs,
     #[command(subcommand)]
-    pub command: Command,
+    command: RunOnly,
+}
+
+#[derive(Debug, Subcommand)]
+enum RunOnly {
+    #[command(about = RUN_ABOUT)]
+    Run(Box<RunArgs>),
 }
 
 // `defer`: a subcommand's arguments are built only when it is the one given. Building the
@@ -22,7 +72,8 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 #[command(defer = true)]
 pub enum Command {
-    /// Run a command in a fresh sandbox, stream its output, exit with its exit code.
+    // Its help text is a constant: `RunOnly` shows the same.
+    #[command(about = RUN_ABOUT)]
     Run(Box<RunArgs>),
     /// Show which backends work here, and why the others do not.
     Status(StatusArgs),
@@ -468,7 +519,8 @@ pub struct InspectArgs {
     pub json: bool,
 }
 
-/// Sandbox settings shared by every command that makes a sandbox.
+// Sandbox settings shared by every command that makes a sandbox. (A plain comment: clap
+// made a flattened struct's doc comment the about text of `run --help` and `create --help`.)
 #[derive(Debug, Args)]
 pub struct SandboxArgs {
     /// Backend: native, gvisor, docker, podman, microvm, apple.
@@ -599,4 +651,109 @@ pub struct StatusArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    fn run_help(mut tree: clap::Command) -> String {
+        tree.build();
+        let run = tree.find_subcommand_mut("run").expect("a run subcommand");
+        format!("{}\n{}", run.render_long_help(), run.render_usage())
+    }
+
+    /// What `argv` gives: the options and `run`'s arguments, or the error's text.
+    fn outcome(parsed: Result<(GlobalArgs, Box<RunArgs>), clap::Error>) -> String {
+        match parsed {
+            Ok((global, args)) => format!("{global:?} {args:?}"),
+            Err(error) => format!("{:?}: {error}", error.kind()),
+        }
+    }
+
+    fn whole_tree(argv: &[&str]) -> String {
+        outcome(Cli::try_parse_from(argv).map(|cli| match cli.command {
+            Command::Run(args) => (cli.global, args),
+            other => panic!("{argv:?} parsed as {other:?}"),
+        }))
+    }
+
+    fn run_alone(argv: &[&str]) -> String {
+        outcome(RunCommandLine::try_parse_from(argv).map(|line| {
+            let RunOnly::Run(args) = line.command;
+            (line.global, args)
+        }))
+    }
+
+    #[test]
+    fn run_alone_helps_as_run_in_the_whole_tree() {
+        let whole = run_help(Cli::command());
+        assert!(whole.starts_with(RUN_ABOUT), "{whole}");
+        assert_eq!(whole, run_help(RunCommandLine::command()));
+    }
+
+    /// Each command's help says what that command does: a flattened struct's doc comment
+    /// once replaced the text of both `run` and `create`.
+    #[test]
+    fn every_command_has_its_own_about_text() {
+        let mut tree = Cli::command();
+        tree.build();
+        let mut seen = std::collections::HashMap::new();
+        for command in tree.get_subcommands() {
+            let about = command
+                .get_about()
+                .map(ToString::to_string)
+                .unwrap_or_default();
+            assert!(
+                !about.is_empty(),
+                "{} has no about text",
+                command.get_name()
+            );
+            if let Some(other) = seen.insert(about.clone(), command.get_name().to_string()) {
+                panic!("{other} and {} both say {about:?}", command.get_name());
+            }
+        }
+    }
+
+    #[test]
+    fn run_alone_parses_and_fails_as_run_in_the_whole_tree() {
+        let argvs: &[&[&str]] = &[
+            &["agentkernel", "run", "--", "echo", "hi"],
+            &[
+                "agentkernel",
+                "run",
+                "-v",
+                "--no-network",
+                "--",
+                "echo",
+                "hi",
+            ],
+            &[
+                "agentkernel",
+                "run",
+                "--memory",
+                "256M",
+                "-F",
+                "--",
+                "sh",
+                "-c",
+                "x",
+            ],
+            &["agentkernel", "run", "--bogus", "--", "true"],
+            &["agentkernel", "run", "--memory"],
+            &["agentkernel", "run", "--pull", "sometimes", "--", "true"],
+            &["agentkernel", "run", "stray", "--", "true"],
+            &["agentkernel", "run", "--help"],
+            &["agentkernel", "run", "--version"],
+        ];
+        for argv in argvs {
+            assert_eq!(whole_tree(argv), run_alone(argv), "{argv:?}");
+        }
+        // And the outcomes are what they look like, not two equal failures.
+        assert!(run_alone(argvs[1]).contains("verbose: 1"));
+        assert!(run_alone(argvs[3]).starts_with("UnknownArgument"));
+        assert!(run_alone(argvs[7]).starts_with("DisplayHelp"));
+    }
 }

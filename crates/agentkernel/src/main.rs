@@ -7,11 +7,9 @@ mod exit;
 mod front;
 mod wiring;
 
-use clap::Parser;
-
 fn main() {
-    let cli = cli::Cli::parse();
-    init_tracing(cli.verbose);
+    let cli = cli::Cli::from_command_line();
+    init_tracing(cli.global.verbose);
     // One thread for one command; commands that build several sandboxes at once (blocking
     // work) get a worker per core.
     let mut builder = if cli.command.needs_worker_threads() {
