@@ -185,6 +185,8 @@ async fn run(args: args::Args) -> i32 {
             return 1;
         }
     };
+    // Before the agent is ready: its first command's start should not pay for it.
+    spawn::prepare_oom_preference();
     let pid1 = rustix::process::getpid().is_init();
     // Orphaned grandchildren are re-parented to the agent instead of escaping to an
     // outer init, so they stay inside the agent's control (and get reaped by it).

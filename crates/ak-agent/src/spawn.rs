@@ -2,6 +2,7 @@
 
 use std::ffi::OsString;
 use std::os::fd::OwnedFd;
+use std::os::unix::fs::FileExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -265,26 +266,59 @@ const OOM_SCORE_ADJ: &str = "/proc/self/oom_score_adj";
 /// nothing changes.
 fn with_oom_preference<T>(spawn: impl FnOnce() -> T) -> T {
     static TOGGLE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    // The agent's own value, when it may write it: found out once (writing the value it
-    // has changes nothing), so that a sandbox whose /proc refuses it pays nothing per spawn.
-    static OWN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
-    let own = OWN.get_or_init(|| {
-        let value = std::fs::read_to_string(OOM_SCORE_ADJ).ok()?;
-        let value = value.trim().to_string();
-        std::fs::write(OOM_SCORE_ADJ, &value).ok().map(|()| value)
-    });
-    let Some(own) = own else {
+    let Some(adjustment) = OomAdjustment::get() else {
         return spawn();
     };
     let _held = TOGGLE
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let raised = std::fs::write(OOM_SCORE_ADJ, "1000").is_ok();
+    let raised = adjustment.set(b"1000").is_ok();
     let spawned = spawn();
-    if raised && let Err(e) = std::fs::write(OOM_SCORE_ADJ, own) {
+    if raised && let Err(e) = adjustment.set(adjustment.own.as_bytes()) {
         tracing::warn!("cannot restore the agent's OOM score adjustment: {e}");
     }
     spawned
+}
+
+/// The agent's OOM score adjustment file, kept open, and the value it started with.
+struct OomAdjustment {
+    file: std::fs::File,
+    own: String,
+}
+
+impl OomAdjustment {
+    /// Found out once per agent: [`prepare_oom_preference`] does it before the agent
+    /// serves, so a command's start pays two writes, not opening and probing the file
+    /// (eight system calls more, on a pooled `run`'s path).
+    fn get() -> Option<&'static OomAdjustment> {
+        static ADJUSTMENT: std::sync::OnceLock<Option<OomAdjustment>> = std::sync::OnceLock::new();
+        ADJUSTMENT.get_or_init(Self::open).as_ref()
+    }
+
+    /// `None` when the file cannot be written (writing the value it has changes nothing,
+    /// so a sandbox whose /proc refuses it pays nothing per spawn).
+    fn open() -> Option<OomAdjustment> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(OOM_SCORE_ADJ)
+            .ok()?;
+        let mut value = [0u8; 16];
+        let read = file.read_at(&mut value, 0).ok()?;
+        let own = std::str::from_utf8(&value[..read]).ok()?.trim().to_string();
+        let adjustment = OomAdjustment { file, own };
+        adjustment.set(adjustment.own.as_bytes()).ok()?;
+        Some(adjustment)
+    }
+
+    fn set(&self, value: &[u8]) -> std::io::Result<()> {
+        self.file.write_at(value, 0).map(drop)
+    }
+}
+
+/// Opens the OOM score adjustment ahead of the first command (see [`OomAdjustment::get`]).
+pub(crate) fn prepare_oom_preference() {
+    OomAdjustment::get();
 }
 
 fn resolve_user(shared: &Shared, name: &str) -> Result<User, AgentError> {
