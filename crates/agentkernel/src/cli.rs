@@ -5,9 +5,10 @@ use clap::{Args, Parser, Subcommand};
 
 /// What `agentkernel --help` says the program is.
 const ABOUT: &str = "Run AI agents' commands in isolated sandboxes";
-/// What `agentkernel run --help` says `run` does (in both trees below).
+/// What `agentkernel run --help` says `run` does (in both trees below; no final period, as
+/// clap leaves the other commands' doc comments).
 const RUN_ABOUT: &str =
-    "Run a command in a fresh sandbox, stream its output, exit with its exit code.";
+    "Run a command in a fresh sandbox, stream its output, exit with its exit code";
 
 #[derive(Debug, Parser)]
 #[command(name = "agentkernel", version, about = ABOUT)]
