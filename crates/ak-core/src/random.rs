@@ -6,8 +6,8 @@
 //! to opening `/dev/random`, polling it and reading `/dev/urandom`: six system calls,
 //! ~22 µs of every CLI command that names a sandbox (perf probes, docs/benchmarks.md).
 
-/// A version 4 UUID from the kernel's random source: the same bits `getrandom(2)` gives
-/// `/dev/urandom` readers once the pool is initialised (it blocks until then).
+/// A version 4 UUID from the kernel's random source (`getrandom(2)`, which waits only
+/// until the pool is initialised at boot, as `/dev/random`'s poll did).
 pub fn uuid_v4() -> uuid::Uuid {
     let mut bytes = [0u8; 16];
     match fill(&mut bytes) {
