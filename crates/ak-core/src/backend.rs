@@ -332,10 +332,7 @@ pub trait Backend: Send + Sync + fmt::Debug {
     /// Removes a state [`Backend::save_memory`] wrote to `state`, with whatever the
     /// backend keeps for it; a state that is not there is no error.
     fn discard_memory_state(&self, state: &std::path::Path) -> std::io::Result<()> {
-        match std::fs::remove_file(state) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        remove_state_file(state)
     }
 
     /// Replaces the allowlist a running persistent sandbox's egress enforcement holds:
@@ -423,4 +420,13 @@ pub struct SandboxUsage {
     pub peak_memory_bytes: Option<u64>,
     /// The kernel killed a process of the sandbox for exceeding its memory limit.
     pub oom_killed: bool,
+}
+
+/// Removes a saved memory state's file; one that is not there is no error (what
+/// [`Backend::discard_memory_state`] does by default, and backends do beside their own).
+pub fn remove_state_file(state: &std::path::Path) -> std::io::Result<()> {
+    match std::fs::remove_file(state) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    }
 }

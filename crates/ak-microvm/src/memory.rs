@@ -222,10 +222,7 @@ impl SharedMemory {
     /// VMs that map it keep what they use).
     pub(crate) fn discard(&self, state: &Path) -> std::io::Result<()> {
         self.lock().remove(state);
-        match std::fs::remove_file(state) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        ak_core::backend::remove_state_file(state)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, OwnedFd>> {
