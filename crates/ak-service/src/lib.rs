@@ -174,10 +174,17 @@ impl Service {
         let mut spec = spec.clone();
         self.load_secret_values(&mut spec)?;
         let attachments = self.attach(&mut spec, lifetime, named).await?;
-        let sandbox = self
-            .offload(async move { backend.create(&spec, lifetime).await })
+        // A caller that goes away while its sandbox is built (a client that hangs up) drops
+        // this future, but an offloaded build goes on: the sandbox leaves the build owned, so
+        // one nobody takes is destroyed rather than left running where nobody can reach it.
+        let offload = self.offload_blocking;
+        let owned = self
+            .offload(async move {
+                let sandbox = backend.create(&spec, lifetime).await?;
+                Ok::<_, ak_core::BackendError>(session::Owned::new(sandbox, None, offload))
+            })
             .await??;
-        Ok(attach::Attached::wrap(sandbox, attachments))
+        Ok(attach::Attached::wrap(owned.into_sandbox(), attachments))
     }
 
     /// Keeps pools topped up, releases used sandboxes and removes expired ones until the

@@ -34,6 +34,13 @@ impl Owned {
         }
     }
 
+    /// The sandbox, no longer released when this is dropped: its new owner releases it.
+    pub(crate) fn into_sandbox(mut self) -> Box<dyn Sandbox> {
+        self.sandbox
+            .take()
+            .expect("an owned sandbox is only taken out when it is consumed")
+    }
+
     /// A connection to the sandbox's agent.
     pub(crate) async fn connect(&mut self) -> Result<Box<dyn ak_core::Transport>, ServiceError> {
         match self.sandbox.as_mut() {

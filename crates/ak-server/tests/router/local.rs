@@ -23,6 +23,8 @@ pub struct LocalBackend {
     blocking_create: Option<std::time::Duration>,
     /// The threads creations ran on.
     create_threads: Mutex<Vec<std::thread::ThreadId>>,
+    /// Creations that finished.
+    created: std::sync::atomic::AtomicUsize,
 }
 
 impl LocalBackend {
@@ -43,6 +45,11 @@ impl LocalBackend {
     /// and the sandbox is gone, as when its processes are killed at that moment.
     pub fn dies_on_next_connect(&self, id: &str) {
         self.dying.lock().unwrap().insert(id.to_string());
+    }
+
+    /// Creations that finished, released since or not.
+    pub fn created(&self) -> usize {
+        self.created.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Sandboxes created and not yet released.
@@ -93,6 +100,8 @@ impl Backend for LocalBackend {
             .lock()
             .unwrap()
             .insert(spec.id.clone(), (agent.clone(), root.clone()));
+        self.created
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(Box::new(LocalSandbox {
             id: spec.id.clone(),
             agent,

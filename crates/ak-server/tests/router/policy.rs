@@ -319,6 +319,45 @@ async fn a_client_that_goes_away_ends_its_run() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_during_the_set_up_leaves_no_sandbox() {
+    // The set-up blocks its thread for 300 ms and goes on after the handler is dropped.
+    let (app, backend) = serving_app(Some(Duration::from_millis(300)), 2);
+    let router = app.router.clone();
+    let call = tokio::spawn(async move {
+        use tower::ServiceExt;
+        router
+            .oneshot(request(
+                "POST",
+                "/run",
+                Some(json!({"command": ["sleep", "60"]})),
+            ))
+            .await
+    });
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while backend.create_threads().is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(backend.create_threads().len(), 1, "the set-up started");
+    assert_eq!(backend.running(), 0, "the set-up has not finished yet");
+    call.abort();
+    // The set-up finishes with nobody to take its sandbox, which it then releases.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while (backend.created() == 0 || backend.running() > 0) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        backend.created(),
+        1,
+        "the set-up went on after its caller went away"
+    );
+    assert_eq!(
+        backend.running(),
+        0,
+        "the sandbox built for a caller that went away was released"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_on_the_server_ends_its_run() {
     // Served as `serve` serves it (hyper over TCP), not only the router.
     let backend = Arc::new(LocalBackend::blocking(None));
