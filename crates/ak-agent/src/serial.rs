@@ -165,9 +165,10 @@ fn refresh(line: &[u8]) -> Result<(), String> {
     }
 }
 
-/// Serves one host connection after another on `port`, starting over when the control
-/// port asks; `once`: serves one connection, then shuts the agent down (a one-shot VM
-/// restored from a template, which ends with its command's connection).
+/// Serves one host connection after another on `port`, each begun with the host's
+/// greeting, starting over when the control port asks; `once`: serves one connection,
+/// which has no greeting, then shuts the agent down (a one-shot VM restored from a
+/// template, which ends with its command's connection).
 async fn serve_port(agent: Agent, port: Arc<Port>, once: bool) {
     loop {
         port.settle();
@@ -182,9 +183,18 @@ async fn serve_port(agent: Agent, port: Arc<Port>, once: bool) {
         let Some(ending) = port.begin() else {
             continue;
         };
-        agent
-            .serve_connection(PortStream::new(port.clone(), ending.clone()))
-            .await;
+        let mut stream = PortStream::new(port.clone(), ending.clone());
+        let greeted = once
+            || match echo_greeting(&mut stream).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::debug!("a host connection on a serial port began badly: {e}");
+                    false
+                }
+            };
+        if greeted {
+            agent.serve_connection(stream).await;
+        }
         let end = port.finish(&ending);
         if once {
             agent.shutdown();
@@ -200,6 +210,32 @@ async fn serve_port(agent: Agent, port: Arc<Port>, once: bool) {
             return;
         }
     }
+}
+
+/// Reads the host's greeting line on a connection just begun and writes it back (see
+/// [`serial::GREETING_WORD`]). The host sends nothing after it until the echo, so the
+/// line is all there is to read.
+async fn echo_greeting(stream: &mut PortStream) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut line = Vec::with_capacity(serial::MAX_GREETING);
+    let mut buffer = [0u8; serial::MAX_GREETING];
+    while !line.ends_with(b"\n") {
+        let n = stream.read(&mut buffer).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        line.extend_from_slice(&buffer[..n]);
+        if line.len() > serial::MAX_GREETING {
+            break;
+        }
+    }
+    if !serial::is_greeting(&line) {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("not a greeting: {:?}", String::from_utf8_lossy(&line)),
+        ));
+    }
+    stream.write_all(&line).await
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 //! port at a time; a second connection to a busy port waits, unaccepted, until the first
 //! ends. So a host process picks a port nobody is connected to, as QEMU itself reports
 //! (`query-chardev`), under a lock file that keeps other host processes (the daemon, CLIs)
-//! from picking the same one before QEMU has accepted.
+//! from picking the same one before QEMU has accepted. Each connection then begins with a
+//! greeting the agent echoes (see [`serial::GREETING_WORD`]).
 
 use std::time::Duration;
 
@@ -23,6 +24,10 @@ pub const DATA_PORTS: u32 = 8;
 const BUSY_LIMIT: Duration = Duration::from_secs(60);
 /// How long QEMU gets to accept the connection to a free port.
 const ACCEPT_LIMIT: Duration = Duration::from_secs(5);
+/// How long the agent gets to echo a connection's greeting before the host hangs up and
+/// tries another port: an answer takes milliseconds, and seconds under emulation on a
+/// busy host.
+const GREETING_LIMIT: Duration = Duration::from_secs(15);
 
 /// Tells the agent on the control port that every data port starts over and waits for
 /// its ready line; the VM's QEMU has just been started (its sockets appear a moment
@@ -142,9 +147,21 @@ pub async fn connect_first(layout: &Layout) -> Result<UnixStream, MicrovmError> 
         .map_err(MicrovmError::io(format!("connect to {}", socket.display())))
 }
 
-/// Connects to a free data port of the VM in `layout` (one of `ports`).
+/// Connects to a free data port of the VM in `layout` (one of `ports`) whose agent
+/// echoed the connection's greeting; a port that does not is hung up on and the next
+/// one tried, each port once at most.
 pub async fn connect(layout: &Layout, ports: u32) -> Result<UnixStream, MicrovmError> {
+    connect_within(layout, ports, GREETING_LIMIT).await
+}
+
+/// [`connect`], waiting `greeting_limit` for each port's echo.
+async fn connect_within(
+    layout: &Layout,
+    ports: u32,
+    greeting_limit: Duration,
+) -> Result<UnixStream, MicrovmError> {
     let deadline = tokio::time::Instant::now() + BUSY_LIMIT;
+    let mut unanswered = Vec::new();
     loop {
         let mut lock = lock_ports(layout).await?;
         let mut qmp = Qmp::connect(&layout.qmp_socket()).await?;
@@ -175,7 +192,20 @@ pub async fn connect(layout: &Layout, ports: u32) -> Result<UnixStream, MicrovmE
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
             drop(lock);
-            return Ok(stream);
+            match greet(stream, greeting_limit).await {
+                Ok(stream) => return Ok(stream),
+                Err(why) => {
+                    tracing::warn!(port = %name, "the agent did not begin a connection: {why}; trying another port");
+                    unanswered.push(format!("{name}: {why}"));
+                    if unanswered.len() >= ports as usize {
+                        return Err(MicrovmError::Serial(format!(
+                            "no port of the VM's agent answered a new connection ({})",
+                            unanswered.join("; ")
+                        )));
+                    }
+                    continue;
+                }
+            }
         }
         drop((lock, qmp));
         if tokio::time::Instant::now() >= deadline {
@@ -186,6 +216,27 @@ pub async fn connect(layout: &Layout, ports: u32) -> Result<UnixStream, MicrovmE
             )));
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Writes a greeting with a fresh nonce on `stream` and waits for the agent to write it
+/// back within `limit` (see [`serial::GREETING_WORD`]); why not, if it does not.
+async fn greet(mut stream: UnixStream, limit: Duration) -> Result<UnixStream, String> {
+    let line = serial::greeting(&ak_core::random::uuid_v4().simple().to_string());
+    let exchange = async {
+        stream.write_all(&line).await?;
+        let mut echo = vec![0u8; line.len()];
+        stream.read_exact(&mut echo).await?;
+        Ok::<_, std::io::Error>(echo)
+    };
+    match tokio::time::timeout(limit, exchange).await {
+        Ok(Ok(echo)) if echo == line => Ok(stream),
+        Ok(Ok(echo)) => Err(format!(
+            "it answered {:?}, not the greeting",
+            String::from_utf8_lossy(&echo)
+        )),
+        Ok(Err(e)) => Err(format!("the greeting failed: {e}")),
+        Err(_) => Err(format!("no echo of the greeting within {limit:?}")),
     }
 }
 
@@ -255,5 +306,115 @@ mod tests {
             write_next(&mut lock, (next + 1) % 8);
         }
         assert_eq!(taken, [0, 1, 2, 3, 4, 5, 6, 7, 0, 1]);
+    }
+
+    /// A stand-in for QEMU and the agent: QMP answers `query-chardev` from which ports
+    /// have a client; the agent on each port in `echoing` echoes the greeting and then
+    /// writes the port's name, the others take the connection and say nothing.
+    fn fake_vm(dir: &std::path::Path, ports: u32, echoing: &[u32]) -> Layout {
+        use std::collections::HashSet;
+        use std::sync::{Arc, Mutex};
+        use tokio::net::UnixListener;
+        let layout = Layout {
+            dir: dir.to_path_buf(),
+        };
+        let connected = Arc::new(Mutex::new(HashSet::<String>::new()));
+        let qmp = UnixListener::bind(layout.qmp_socket()).unwrap();
+        let chardevs = connected.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = qmp.accept().await {
+                let chardevs = chardevs.clone();
+                tokio::spawn(async move {
+                    let (read, mut write) = stream.into_split();
+                    let mut lines = BufReader::new(read).lines();
+                    write.write_all(b"{\"QMP\": {}}\r\n").await.unwrap();
+                    while let Ok(Some(line)) = lines.next_line().await {
+                        let answer = if line.contains("query-chardev") {
+                            let taken = chardevs.lock().unwrap().clone();
+                            let list: Vec<_> = (0..ports)
+                                .map(serial::data_port)
+                                .map(|label| {
+                                    let state = if taken.contains(&label) {
+                                        "unix:"
+                                    } else {
+                                        "disconnected:"
+                                    };
+                                    serde_json::json!({"label": label, "filename": state})
+                                })
+                                .collect();
+                            serde_json::json!({ "return": list })
+                        } else {
+                            serde_json::json!({"return": {}})
+                        };
+                        let _ = write.write_all(format!("{answer}\r\n").as_bytes()).await;
+                    }
+                });
+            }
+        });
+        for index in 0..ports {
+            let name = serial::data_port(index);
+            let listener = UnixListener::bind(layout.serial_socket(&name)).unwrap();
+            let echoes = echoing.contains(&index);
+            let connected = connected.clone();
+            tokio::spawn(async move {
+                while let Ok((mut stream, _)) = listener.accept().await {
+                    connected.lock().unwrap().insert(name.clone());
+                    let mut line = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while stream.read_exact(&mut byte).await.is_ok() {
+                        line.push(byte[0]);
+                        if byte[0] == b'\n' {
+                            break;
+                        }
+                    }
+                    if echoes && serial::is_greeting(&line) {
+                        stream.write_all(&line).await.unwrap();
+                        stream.write_all(name.as_bytes()).await.unwrap();
+                    }
+                    // Held until the host hangs up, as QEMU holds a port.
+                    let mut rest = Vec::new();
+                    let _ = stream.read_to_end(&mut rest).await;
+                    connected.lock().unwrap().remove(&name);
+                }
+            });
+        }
+        layout
+    }
+
+    /// A port whose agent does not echo the greeting (it took the connection for more of
+    /// an earlier one) is hung up on, and the next port serves the connection.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_port_that_does_not_echo_the_greeting_is_passed_over() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = fake_vm(dir.path(), 3, &[1, 2]);
+        let limit = Duration::from_millis(200);
+        let mut stream = connect_within(&layout, 3, limit).await.unwrap();
+        let mut name = [0u8; 4];
+        stream.read_exact(&mut name).await.unwrap();
+        assert_eq!(&name, b"ak.1");
+        // Taken in turn after the one that answered.
+        let mut stream = connect_within(&layout, 3, limit).await.unwrap();
+        stream.read_exact(&mut name).await.unwrap();
+        assert_eq!(&name, b"ak.2");
+    }
+
+    /// When no port echoes, the connection fails saying which ports did not answer,
+    /// after trying each once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_echo_on_any_port_is_an_error_naming_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = fake_vm(dir.path(), 2, &[]);
+        let error = connect_within(&layout, 2, Duration::from_millis(100))
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("no port of the VM's agent answered"),
+            "{error}"
+        );
+        assert!(
+            error.contains("ak.0: no echo") && error.contains("ak.1: no echo"),
+            "{error}"
+        );
     }
 }

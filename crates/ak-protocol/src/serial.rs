@@ -24,6 +24,39 @@ pub const MAX_DATA_PORTS: u32 = 16;
 /// worth for the guest's generator, and no flood.
 pub const SEED_LEN: usize = 64;
 
+/// How a host connection to a data port of a VM that serves many connections starts
+/// (not a one-shot VM's, whose port carries one): the host writes [`greeting`] with a
+/// nonce of its own and sends nothing more until the agent wrote the same line back,
+/// which it does only for a connection it serves afresh. A new connection the guest took
+/// for more of the last one on that port (it saw no hang-up between them: see the agent's
+/// `serial.rs`), or one that would first get bytes the guest wrote for an earlier one,
+/// then gets no echo: the host hangs up, which ends it on both sides, and tries another
+/// port, instead of waiting forever for an answer to a handshake the agent dropped.
+pub const GREETING_WORD: &str = "port";
+/// The longest greeting line either side takes.
+pub const MAX_GREETING: usize = 64;
+
+/// The greeting line carrying `nonce` (a word of letters, digits and dashes), newline
+/// included.
+pub fn greeting(nonce: &str) -> Vec<u8> {
+    format!("{GREETING_WORD} {nonce}\n").into_bytes()
+}
+
+/// Whether `line` (newline included) is a greeting line.
+pub fn is_greeting(line: &[u8]) -> bool {
+    line.len() <= MAX_GREETING
+        && line
+            .strip_suffix(b"\n")
+            .and_then(|text| text.strip_prefix(GREETING_WORD.as_bytes()))
+            .and_then(|rest| rest.strip_prefix(b" "))
+            .is_some_and(|nonce| {
+                !nonce.is_empty()
+                    && nonce
+                        .iter()
+                        .all(|b| b.is_ascii_alphanumeric() || *b == b'-')
+            })
+}
+
 /// The name of data port `index`.
 pub fn data_port(index: u32) -> String {
     format!("ak.{index}")
@@ -201,6 +234,23 @@ pub enum ControlLineError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn greetings_carry_a_nonce_and_nothing_else() {
+        let line = greeting("5f0c-9a");
+        assert_eq!(line, b"port 5f0c-9a\n");
+        assert!(is_greeting(&line));
+        for bad in [
+            &b"port \n"[..],
+            b"port 5f0c",
+            b"port 5f 0c\n",
+            b"porta 5f0c\n",
+            b"\x00\x00\x00\x10{\"id\":1}\n",
+        ] {
+            assert!(!is_greeting(bad), "{bad:?}");
+        }
+        assert!(!is_greeting(&greeting(&"a".repeat(MAX_GREETING))));
+    }
 
     fn time(raw: &str) -> WallTime {
         raw.parse().unwrap()
