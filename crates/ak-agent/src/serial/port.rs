@@ -13,8 +13,9 @@ use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::sync::{Notify, watch};
 
-/// A re-check of a port's host connection, should a wake-up ever be missed: cheap, and
-/// bounds how long a host connection could wait.
+/// A re-check of a port (its host connection, or data to read and room to write while a
+/// connection waits for them), should a wake-up ever be missed: cheap, and bounds how
+/// long a host connection could wait.
 const RECHECK: Duration = Duration::from_millis(500);
 
 /// One open port, non-blocking. Its changes (data came, room to write, the host
@@ -351,11 +352,55 @@ fn read(fd: &OwnedFd, buffer: &mut [u8]) -> std::io::Result<usize> {
 pub(super) struct PortStream {
     port: Arc<Port>,
     ending: Arc<Ending>,
+    /// When a waiting read looks again without a wake-up (see [`RECHECK`]).
+    read_recheck: Recheck,
+    /// When a waiting write looks again without a wake-up.
+    write_recheck: Recheck,
 }
 
 impl PortStream {
     pub(super) fn new(port: Arc<Port>, ending: Arc<Ending>) -> PortStream {
-        PortStream { port, ending }
+        PortStream {
+            port,
+            ending,
+            read_recheck: Recheck::default(),
+            write_recheck: Recheck::default(),
+        }
+    }
+}
+
+/// Waits for a port's next change, or [`RECHECK`] at most. A connection in the middle of
+/// a file transfer once waited for good with its data delivered to the guest and nothing
+/// read (CI, a named VM under load): a wake-up that never came. The caller tries again
+/// either way; a try that finds what no wake-up announced says so in the guest's log.
+#[derive(Debug, Default)]
+struct Recheck {
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The last wait ended by the timer, not a wake-up.
+    timed_out: bool,
+}
+
+impl Recheck {
+    fn poll_wait(&mut self, edges: &Edges, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if let Poll::Ready(result) = edges.poll_edge(cx) {
+            self.timer = None;
+            self.timed_out = false;
+            return Poll::Ready(result);
+        }
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(RECHECK)));
+        ready!(timer.as_mut().poll(cx));
+        self.timer = None;
+        self.timed_out = true;
+        Poll::Ready(Ok(()))
+    }
+
+    /// The try after a wait succeeded: notes it if the wait had timed out.
+    fn found(&mut self, what: &str) {
+        if std::mem::take(&mut self.timed_out) {
+            tracing::warn!("a serial port had {what} that no wake-up announced");
+        }
     }
 }
 
@@ -368,21 +413,23 @@ impl AsyncRead for PortStream {
         if buf.remaining() == 0 {
             return Poll::Ready(Ok(()));
         }
+        let this = self.get_mut();
         loop {
-            if self.ending.ended_or_wake(cx.waker(), true) {
+            if this.ending.ended_or_wake(cx.waker(), true) {
                 return Poll::Ready(Ok(()));
             }
-            match read(&self.port.fd, buf.initialize_unfilled()) {
+            match read(&this.port.fd, buf.initialize_unfilled()) {
                 Ok(0) => {
-                    self.ending.state().hung_up = true;
+                    this.ending.state().hung_up = true;
                     return Poll::Ready(Ok(()));
                 }
                 Ok(n) => {
+                    this.read_recheck.found("data");
                     buf.advance(n);
                     return Poll::Ready(Ok(()));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    ready!(self.port.reads.poll_edge(cx))?;
+                    ready!(this.read_recheck.poll_wait(&this.port.reads, cx))?;
                 }
                 Err(e) => return Poll::Ready(Err(e)),
             }
@@ -396,17 +443,21 @@ impl AsyncWrite for PortStream {
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
         loop {
-            if self.ending.ended_or_wake(cx.waker(), false) {
+            if this.ending.ended_or_wake(cx.waker(), false) {
                 return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
             }
-            match rustix::io::write(self.port.fd.as_fd(), data) {
-                Ok(n) => return Poll::Ready(Ok(n)),
+            match rustix::io::write(this.port.fd.as_fd(), data) {
+                Ok(n) => {
+                    this.write_recheck.found("room to write");
+                    return Poll::Ready(Ok(n));
+                }
                 Err(rustix::io::Errno::AGAIN) => {
-                    if !self.port.host_connected()? {
+                    if !this.port.host_connected()? {
                         return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
                     }
-                    ready!(self.port.writes.poll_edge(cx))?;
+                    ready!(this.write_recheck.poll_wait(&this.port.writes, cx))?;
                 }
                 Err(e) => return Poll::Ready(Err(e.into())),
             }
