@@ -381,7 +381,9 @@ struct Recheck {
 }
 
 impl Recheck {
+    /// Called after a try that found nothing: so a try after a timed-out wait did too.
     fn poll_wait(&mut self, edges: &Edges, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.timed_out = false;
         if let Poll::Ready(result) = edges.poll_edge(cx) {
             self.timer = None;
             self.timed_out = false;
