@@ -286,12 +286,14 @@ async fn one_shot_sandboxes_go_when_their_command_ends() {
     assert!(pools.iter().all(|p| p.in_use == 0), "{pools:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_goes_away_ends_its_run() {
-    let (app, backend) = serving_app(None, 2);
+/// A run of `sleep 60` through the router, on a task of its own: aborting the task is
+/// what the server does to a request's handler when its client goes away.
+fn start_a_long_run(
+    app: &App,
+) -> tokio::task::JoinHandle<Result<axum::response::Response, std::convert::Infallible>> {
+    use tower::ServiceExt;
     let router = app.router.clone();
-    let call = tokio::spawn(async move {
-        use tower::ServiceExt;
+    tokio::spawn(async move {
         router
             .oneshot(request(
                 "POST",
@@ -299,7 +301,13 @@ async fn a_client_that_goes_away_ends_its_run() {
                 Some(json!({"command": ["sleep", "60"]})),
             ))
             .await
-    });
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_goes_away_ends_its_run() {
+    let (app, backend) = serving_app(None, 2);
+    let call = start_a_long_run(&app);
     let deadline = Instant::now() + Duration::from_secs(5);
     while backend.running() == 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -322,17 +330,7 @@ async fn a_client_that_goes_away_ends_its_run() {
 async fn a_client_that_goes_away_during_the_set_up_leaves_no_sandbox() {
     // The set-up blocks its thread for 300 ms and goes on after the handler is dropped.
     let (app, backend) = serving_app(Some(Duration::from_millis(300)), 2);
-    let router = app.router.clone();
-    let call = tokio::spawn(async move {
-        use tower::ServiceExt;
-        router
-            .oneshot(request(
-                "POST",
-                "/run",
-                Some(json!({"command": ["sleep", "60"]})),
-            ))
-            .await
-    });
+    let call = start_a_long_run(&app);
     let deadline = Instant::now() + Duration::from_secs(5);
     while backend.create_threads().is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(5)).await;
