@@ -371,8 +371,9 @@ impl PortStream {
 
 /// Waits for a port's next change, or [`RECHECK`] at most. A connection in the middle of
 /// a file transfer once waited for good with its data delivered to the guest and nothing
-/// read (CI, a named VM under load): a wake-up that never came. The caller tries again
-/// either way; a try that finds what no wake-up announced says so in the guest's log.
+/// answered (a named VM under load), as a lost wake-up would leave it (see "Connections
+/// that waited for good" in docs/architecture.md). The caller tries again either way; a
+/// try that finds what no wake-up announced says so in the guest's log.
 #[derive(Debug, Default)]
 struct Recheck {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
@@ -386,7 +387,6 @@ impl Recheck {
         self.timed_out = false;
         if let Poll::Ready(result) = edges.poll_edge(cx) {
             self.timer = None;
-            self.timed_out = false;
             return Poll::Ready(result);
         }
         let timer = self
