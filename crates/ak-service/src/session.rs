@@ -16,7 +16,8 @@ use crate::pool::Slot;
 
 /// A one-shot sandbox a session owns: released when the session finishes, and also when
 /// it is dropped half-way (a client that went away), so a one-shot sandbox never outlives
-/// its command.
+/// its command. A sandbox being built is owned so too until its caller takes it
+/// ([`Owned::into_sandbox`]), so a build whose caller went away releases what it built.
 #[derive(Debug)]
 pub(crate) struct Owned {
     sandbox: Option<Box<dyn Sandbox>>,
