@@ -171,13 +171,14 @@ const CASES = [
     expect(status.status === "running", show(status));
   }],
   ["detachedLogs", 'detachedLogs("my-sandbox", cmd.id), and with "stderr"', WORKS, async (c) => {
+    // The shell writes "warn" after "training": wait for both, not just the first.
     let logs;
     for (let i = 0; i < 100; i++) {
       logs = await c.detachedLogs("my-sandbox", ctx.cmd);
-      if (logs.stdout === "training\n") break;
+      if (logs.stdout === "training\n" && logs.stderr === "warn\n") break;
       await sleep(50);
     }
-    expect(logs.stdout === "training\n", show(logs));
+    expect(logs.stdout === "training\n" && logs.stderr === "warn\n", show(logs));
     const stderr = await c.detachedLogs("my-sandbox", ctx.cmd, "stderr");
     expect(stderr.stderr === "warn\n" && !stderr.stdout, show(stderr));
   }],

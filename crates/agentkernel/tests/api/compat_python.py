@@ -195,12 +195,13 @@ async def c_detached_status(c, ctx):
 
 
 async def c_detached_logs(c, ctx):
+    # The shell writes "warn" after "training": wait for both, not just the first.
     for _ in range(100):
         logs = await settle(c.detached_logs("my-sandbox", ctx.cmd))
-        if logs.stdout == "training\n":
+        if logs.stdout == "training\n" and logs.stderr == "warn\n":
             break
         time.sleep(0.05)
-    expect(logs.stdout == "training\n", f"{logs}")
+    expect(logs.stdout == "training\n" and logs.stderr == "warn\n", f"{logs}")
     stderr = await settle(c.detached_logs("my-sandbox", ctx.cmd, stream="stderr"))
     expect(stderr.stderr == "warn\n" and not stderr.stdout, f"stderr only: {stderr}")
 
