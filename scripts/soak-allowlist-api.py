@@ -20,7 +20,8 @@ def snap():
     fds = len(os.listdir(f"/proc/{PID}/fd"))
     rss = int([l for l in open(f"/proc/{PID}/status") if l.startswith("VmRSS")][0].split()[1])
     ps = subprocess.run(["pgrep", "-c", "-f", "ak-egress|ak-agent"], capture_output=True, text=True).stdout.strip()
-    mounts = sum(1 for _ in open("/proc/self/mountinfo"))
+    # Less the tmpfs that root's first native sandbox mounts on its runtime base for good.
+    mounts = sum(1 for line in open("/proc/self/mountinfo") if line.split()[4] != "/run/agentkernel")
     cg = subprocess.run("find /sys/fs/cgroup -maxdepth 3 -type d -name '*agentkernel*' | wc -l", shell=True, capture_output=True, text=True).stdout.strip()
     return dict(fds=fds, rss_kib=rss, helpers_agents=ps, mounts=mounts, cgroup_dirs=cg)
 st, _ = req("POST", "/sandboxes", {"name": "soak-live", "network": "allowlist", "allow_hosts": ["allowed.test"]})

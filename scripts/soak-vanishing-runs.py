@@ -49,8 +49,9 @@ def host_state(pid):
         if root.count("/") >= 6:
             dirs[:] = []
     agents = subprocess.run(["pgrep", "-c", "ak-agent"], capture_output=True, text=True)
+    # Less the tmpfs that root's first native sandbox mounts on its runtime base for good.
     with open("/proc/self/mountinfo") as mounts:
-        mount_count = sum(1 for _ in mounts)
+        mount_count = sum(1 for line in mounts if line.split()[4] != "/run/agentkernel")
     return {
         "fds": count(f"/proc/{pid}/fd"),
         "rss_kb": rss_kb,

@@ -116,6 +116,22 @@ fn cgroups() -> Vec<String> {
     cgroups
 }
 
+/// How many mounts the host has, less the tmpfs that root's native sandboxes mount once
+/// on their runtime base and keep (`ak_native::rundir`): made by whichever sandbox first
+/// finds the base on disk, it is the runtime's own filesystem, not a sandbox's leftover.
+fn host_mounts() -> usize {
+    let base = backend_runtime_base(BackendKind::Native);
+    let Ok(mountinfo) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return 0;
+    };
+    mountinfo
+        .lines()
+        // Field 5 is the mount point (octal escapes only for spaces and the like, which
+        // the base's path has none of).
+        .filter(|line| line.split(' ').nth(4) != base.to_str())
+        .count()
+}
+
 impl HostSnapshot {
     /// The host now. `rootless_uids`: host uids that ran rootless sandboxes, whose
     /// processes and runtime directories count as the sandboxes'.
@@ -140,8 +156,7 @@ impl HostSnapshot {
             ));
         }
         HostSnapshot {
-            mounts: std::fs::read_to_string("/proc/self/mountinfo")
-                .map_or(0, |m| m.lines().count()),
+            mounts: host_mounts(),
             cgroups: cgroups(),
             net_namespaces: net_namespaces(),
             interfaces: list_dir(Path::new("/sys/class/net")),

@@ -93,6 +93,7 @@ struct Prepared {
     seccomp: Vec<seccompiler::BpfProgram>,
     cap_last: u32,
     runtime_base: PathBuf,
+    base_mount: rundir::BaseMount,
 }
 
 impl NativeBackend {
@@ -163,6 +164,7 @@ impl NativeBackend {
             seccomp: seccomp::build_filters()?,
             cap_last,
             runtime_base: rundir::runtime_base(),
+            base_mount: rundir::BaseMount::for_runtime_base(),
         })
     }
 
@@ -231,7 +233,7 @@ impl NativeBackend {
         };
         self.sweep_stale_now_and_then();
 
-        let rundir = RunDir::create(&prepared.runtime_base, &spec.id)?;
+        let rundir = RunDir::create(&prepared.runtime_base, &spec.id, prepared.base_mount)?;
         let new_root = rundir.path().join("root");
         let layered = match &spec.image {
             ImageRef::Stored(image) => {

@@ -90,30 +90,41 @@ pub const CGROUP_ENTRY: &str = "at creation (clone3 into the v2 cgroup; v1 ones 
      sandbox's first thread): no host tweak needed, favordynmods makes no difference";
 
 /// The `status` line for where runtime directories go. Each sandbox creates and removes
-/// one; off a tmpfs that costs more (docs/benchmarks.md: 0.13-0.19 ms on ext4 against
-/// 0.02 ms on tmpfs per sandbox on the development VM, whose `/run` is not a tmpfs).
+/// one; off a tmpfs that costs more (docs/benchmarks.md), so root's sandboxes mount one
+/// there (`rundir::keep_in_memory`).
 fn describe_runtime_dir(base: &Path) -> String {
     // A base not made yet goes where its nearest existing ancestor is.
     let existing = base
         .ancestors()
         .find(|p| p.exists())
         .unwrap_or(Path::new("/"));
-    let on_tmpfs = rustix::fs::statfs(existing)
-        .map(|fs| fs.f_type == libc::TMPFS_MAGIC)
-        .map_err(io::Error::from);
-    runtime_dir_line(base, on_tmpfs)
+    runtime_dir_line(
+        base,
+        crate::rundir::in_memory(existing),
+        crate::rundir::BaseMount::for_runtime_base(),
+    )
 }
 
-fn runtime_dir_line(base: &Path, on_tmpfs: io::Result<bool>) -> String {
-    match on_tmpfs {
-        Ok(true) => format!("{} (tmpfs)", base.display()),
-        Ok(false) => format!(
-            "{} is not on a tmpfs: each sandbox spends 0.1-0.2 ms more creating and \
-             removing its runtime directory (0.13-0.19 against 0.02 ms, measured on ext4 \
-             with scripts/bench-rundir-fs.py); a tmpfs mounted there avoids it",
+fn runtime_dir_line(
+    base: &Path,
+    in_memory: io::Result<bool>,
+    mount: crate::rundir::BaseMount,
+) -> String {
+    const COST: &str = "on disk each sandbox spends ~0.2 ms more creating and removing its \
+         runtime directory, more where the filesystem discards freed blocks at once \
+         (docs/benchmarks.md)";
+    match (in_memory, mount) {
+        (Ok(true), _) => format!("{} (tmpfs)", base.display()),
+        (Ok(false), crate::rundir::BaseMount::TmpfsWhenEmpty) => format!(
+            "{} is not on a tmpfs yet: the next sandbox mounts one there once no sandbox's \
+             directory is in it ({COST})",
             base.display()
         ),
-        Err(e) => format!("{}: filesystem unknown ({e})", base.display()),
+        (Ok(false), crate::rundir::BaseMount::AsItIs) => format!(
+            "{} is not on a tmpfs: set XDG_RUNTIME_DIR to a directory on one ({COST})",
+            base.display()
+        ),
+        (Err(e), _) => format!("{}: filesystem unknown ({e})", base.display()),
     }
 }
 
@@ -245,15 +256,28 @@ mod tests {
     }
 
     #[test]
-    fn the_runtime_dir_line_says_what_a_tmpfs_would_save() {
+    fn the_runtime_dir_line_says_what_a_tmpfs_saves_and_who_mounts_it() {
+        use crate::rundir::BaseMount;
         let base = Path::new("/run/agentkernel");
-        assert_eq!(runtime_dir_line(base, Ok(true)), "/run/agentkernel (tmpfs)");
-        let slow = runtime_dir_line(base, Ok(false));
-        assert!(
-            slow.contains("not on a tmpfs") && slow.contains("ms more"),
-            "{slow}"
+        assert_eq!(
+            runtime_dir_line(base, Ok(true), BaseMount::TmpfsWhenEmpty),
+            "/run/agentkernel (tmpfs)"
         );
-        let unknown = runtime_dir_line(base, Err(io::ErrorKind::PermissionDenied.into()));
+        let root = runtime_dir_line(base, Ok(false), BaseMount::TmpfsWhenEmpty);
+        assert!(
+            root.contains("the next sandbox mounts one") && root.contains("ms more"),
+            "{root}"
+        );
+        let user = runtime_dir_line(base, Ok(false), BaseMount::AsItIs);
+        assert!(
+            user.contains("XDG_RUNTIME_DIR") && user.contains("ms more"),
+            "{user}"
+        );
+        let unknown = runtime_dir_line(
+            base,
+            Err(io::ErrorKind::PermissionDenied.into()),
+            BaseMount::AsItIs,
+        );
         assert!(unknown.contains("filesystem unknown"), "{unknown}");
     }
 

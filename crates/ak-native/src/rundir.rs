@@ -31,14 +31,39 @@ pub struct RunDir {
     lock: Option<File>,
 }
 
+/// Whether the base may get a tmpfs of its own (see [`keep_in_memory`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseMount {
+    /// The system's base, as root: mount a tmpfs on it while it is on disk and empty.
+    TmpfsWhenEmpty,
+    /// A base given by the caller (tests, a user's own): used as it is.
+    AsItIs,
+}
+
+impl BaseMount {
+    /// For [`runtime_base`]: only root may mount, and only the system's base is ours to.
+    pub fn for_runtime_base() -> BaseMount {
+        if rustix::process::geteuid().is_root() {
+            BaseMount::TmpfsWhenEmpty
+        } else {
+            BaseMount::AsItIs
+        }
+    }
+}
+
 impl RunDir {
-    pub fn create(base: &Path, id: &str) -> Result<RunDir, NativeError> {
+    pub fn create(base: &Path, id: &str, mount: BaseMount) -> Result<RunDir, NativeError> {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(DIR_MODE)
             .create(base)
             .map_err(NativeError::io(format!("create {}", base.display())))?;
         check_owned(base)?;
+        // Held until the directory is in place, when the base is still on disk.
+        let _base_lock = match mount {
+            BaseMount::TmpfsWhenEmpty => keep_in_memory(base)?,
+            BaseMount::AsItIs => None,
+        };
         // Built under a hidden name and renamed once locked, so the sweep never sees a
         // directory that exists but is not locked yet.
         let building = base.join(format!(".{id}"));
@@ -110,6 +135,68 @@ impl RunDir {
     }
 }
 
+/// Whether `path` is on a tmpfs.
+pub fn in_memory(path: &Path) -> std::io::Result<bool> {
+    Ok(rustix::fs::statfs(path)?.f_type == libc::TMPFS_MAGIC)
+}
+
+/// Set once a tmpfs could not be mounted on the base, so that every later sandbox of this
+/// process does not try again (and warn again).
+static MOUNT_REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Runtime state belongs in memory: nothing in it outlives a reboot, and on a disk every
+/// sandbox's two directories cost block allocations and, at their removal, a discard that
+/// ext4 mounted with `discard` (as on this project's VMs, whose `/run` is no tmpfs) issues
+/// synchronously: 0.2 ms a sandbox at the median, milliseconds in its tail
+/// (docs/benchmarks.md). So root mounts a tmpfs on a base that is on disk, as systemd
+/// does on `/run` itself, but only while the base is empty: a tmpfs over live sandboxes'
+/// directories would hide them from their owners.
+///
+/// Returns the base's lock while it stays on disk: every creator on disk holds it until
+/// its directory is in place, so no other process can find the base empty and mount over
+/// a directory being made. The lock is the underlying directory's own; a waiter that gets
+/// it after the mount sees the tmpfs when it looks again, and creates there.
+fn keep_in_memory(base: &Path) -> Result<Option<File>, NativeError> {
+    use std::sync::atomic::Ordering;
+    // Unknown counts as in memory: creating there is what happened before this existed.
+    if in_memory(base).unwrap_or(true) {
+        return Ok(None);
+    }
+    let lock = File::open(base).map_err(NativeError::io(format!("open {}", base.display())))?;
+    flock(&lock, FlockOperation::LockExclusive)
+        .map_err(|e| NativeError::io(format!("lock {}", base.display()))(e.into()))?;
+    if in_memory(base).unwrap_or(true) {
+        // Mounted by another process while this one waited.
+        return Ok(None);
+    }
+    if MOUNT_REFUSED.load(Ordering::Relaxed) {
+        return Ok(Some(lock));
+    }
+    let empty = std::fs::read_dir(base)
+        .map_err(NativeError::io(format!("list {}", base.display())))?
+        .next()
+        .is_none();
+    if !empty {
+        return Ok(Some(lock));
+    }
+    use rustix::mount::{MountFlags, mount};
+    let flags = MountFlags::NOSUID | MountFlags::NODEV | MountFlags::NOEXEC;
+    match mount("agentkernel", base, "tmpfs", flags, c"mode=0711") {
+        Ok(()) => {
+            tracing::info!(base = %base.display(), "runtime state moved to a tmpfs of its own");
+            Ok(None)
+        }
+        Err(e) => {
+            MOUNT_REFUSED.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                base = %base.display(),
+                "runtime state stays on disk: mounting a tmpfs there failed: {e}"
+            );
+            Ok(Some(lock))
+        }
+    }
+}
+
 /// Refuses a runtime base that another user could have prepared (in a shared /tmp):
 /// it must be a real directory of ours that nobody else can write.
 fn check_owned(base: &Path) -> Result<(), NativeError> {
@@ -155,9 +242,9 @@ mod tests {
     #[test]
     fn live_dirs_are_not_stale_and_dead_ones_are() {
         let base = tempfile::tempdir().unwrap();
-        let live = RunDir::create(base.path(), "live").unwrap();
+        let live = RunDir::create(base.path(), "live", BaseMount::AsItIs).unwrap();
         {
-            let _dead = RunDir::create(base.path(), "dead").unwrap();
+            let _dead = RunDir::create(base.path(), "dead", BaseMount::AsItIs).unwrap();
         }
         let stale: Vec<String> = stale_entries(base.path())
             .into_iter()
@@ -167,5 +254,83 @@ mod tests {
         live.remove().unwrap();
         assert!(!live.path().exists());
         live.remove().unwrap();
+    }
+
+    /// A base on disk for the mount tests: the temporary directory, unless that is a
+    /// tmpfs already (then this crate's own directory).
+    fn base_on_disk() -> tempfile::TempDir {
+        let parent = [
+            std::env::temp_dir(),
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+        ]
+        .into_iter()
+        .find(|dir| !in_memory(dir).unwrap())
+        .expect("no directory on disk to test in");
+        let dir = tempfile::tempdir_in(parent).unwrap();
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o711),
+        )
+        .unwrap();
+        dir
+    }
+
+    /// Unmounts what a test mounted, even when it fails half-way.
+    struct Unmount<'a>(&'a Path);
+
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            while in_memory(self.0).unwrap_or(false) {
+                rustix::mount::unmount(self.0, rustix::mount::UnmountFlags::DETACH).unwrap();
+            }
+        }
+    }
+
+    #[test]
+    fn root_puts_an_empty_base_on_disk_in_memory_once() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        }
+        let base = base_on_disk();
+        let _unmount = Unmount(base.path());
+        let first = RunDir::create(base.path(), "first", BaseMount::TmpfsWhenEmpty).unwrap();
+        assert!(in_memory(base.path()).unwrap());
+        assert!(in_memory(first.path()).unwrap());
+        let second = RunDir::create(base.path(), "second", BaseMount::TmpfsWhenEmpty).unwrap();
+        let mounted_here = std::fs::read_to_string("/proc/self/mountinfo")
+            .unwrap()
+            .lines()
+            .filter(|line| line.split(' ').nth(4) == base.path().to_str())
+            .count();
+        assert_eq!(mounted_here, 1, "one tmpfs, not one per sandbox");
+        use std::os::unix::fs::MetadataExt;
+        let mode = std::fs::metadata(base.path()).unwrap().mode() & 0o7777;
+        assert_eq!(mode, DIR_MODE, "{mode:o}");
+        first.remove().unwrap();
+        second.remove().unwrap();
+    }
+
+    #[test]
+    fn a_base_with_live_directories_is_not_mounted_over() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return;
+        }
+        let base = base_on_disk();
+        let _unmount = Unmount(base.path());
+        let live = RunDir::create(base.path(), "live", BaseMount::AsItIs).unwrap();
+        let next = RunDir::create(base.path(), "next", BaseMount::TmpfsWhenEmpty).unwrap();
+        assert!(
+            !in_memory(base.path()).unwrap(),
+            "mounted over a live sandbox"
+        );
+        assert!(live.path().join(LOCK_FILE).exists() && next.path().exists());
+        live.remove().unwrap();
+        next.remove().unwrap();
+        // Empty again: the next sandbox moves the base into memory.
+        let last = RunDir::create(base.path(), "last", BaseMount::TmpfsWhenEmpty).unwrap();
+        assert!(in_memory(last.path()).unwrap());
+        last.remove().unwrap();
     }
 }
