@@ -238,6 +238,17 @@ pub struct PluginTarget {
 }
 
 impl Command {
+    /// Whether this command is a server that lives on and reads other programs' input,
+    /// which `ak-server` runs (see `Executable`).
+    pub fn is_long_lived_server(&self) -> bool {
+        matches!(
+            self,
+            Command::Daemon(DaemonCommand::Start { foreground: true })
+                | Command::Serve(_)
+                | Command::Mcp
+        )
+    }
+
     /// Whether this command does several sandboxes' blocking work at once (the daemon
     /// serving while it builds spares, the benchmark's throughput run), so it needs a
     /// worker thread per core.

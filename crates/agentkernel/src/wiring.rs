@@ -38,6 +38,25 @@ fn exe_dir() -> Option<&'static Path> {
     .as_deref()
 }
 
+/// `ak-server` beside this executable: the position-independent build of this command
+/// line that runs its long-lived servers (`agentkernel_cli::Executable`).
+pub fn server_path() -> PathBuf {
+    exe_dir().map_or_else(|| PathBuf::from("ak-server"), |dir| dir.join("ak-server"))
+}
+
+/// Hands this process's command line to `ak-server` (returns only if that fails).
+pub fn exec_server() -> anyhow::Error {
+    use std::os::unix::process::CommandExt;
+    let server = server_path();
+    let error = std::process::Command::new(&server)
+        .args(std::env::args_os().skip(1))
+        .exec();
+    anyhow::Error::new(error).context(format!(
+        "start {} (servers run from it; it is built and installed beside agentkernel)",
+        server.display()
+    ))
+}
+
 /// The static agent: `$AGENTKERNEL_AGENT`, else `ak-agent` beside this executable.
 pub fn agent_path() -> PathBuf {
     if let Some(path) = std::env::var_os(AGENT_ENV) {

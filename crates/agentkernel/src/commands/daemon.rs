@@ -65,8 +65,7 @@ fn start_background() -> anyhow::Result<()> {
         .append(true)
         .open(&log)
         .with_context(|| format!("open {}", log.display()))?;
-    let exe = std::env::current_exe().context("find this executable")?;
-    let mut command = std::process::Command::new(exe);
+    let mut command = std::process::Command::new(crate::wiring::server_path());
     command
         .args(["daemon", "start", "--foreground"])
         .stdin(Stdio::null())

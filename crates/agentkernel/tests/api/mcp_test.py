@@ -101,8 +101,9 @@ def marked(marker):
 
 def sandbox_processes(pid):
     """`pid` and its ancestors up to (not including) the agentkernel server, this script
-    or init: the command and the sandbox around it, each with its start time."""
-    server = os.path.realpath(os.environ["AK_BIN"])
+    or init: the command and the sandbox around it, each with its start time. The server
+    runs from ak-server beside AK_BIN (`agentkernel mcp` hands itself to it)."""
+    server = os.path.join(os.path.dirname(os.path.realpath(os.environ["AK_BIN"])), "ak-server")
     chain = []
     while pid > 1 and pid != os.getpid():
         try:

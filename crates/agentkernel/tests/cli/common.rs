@@ -43,6 +43,7 @@ fn shared_binaries() -> &'static PathBuf {
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
         for (name, source) in [
             ("agentkernel", OsStr::new(env!("CARGO_BIN_EXE_agentkernel"))),
+            ("ak-server", OsStr::new(env!("CARGO_BIN_EXE_ak-server"))),
             ("ak-agent", agent.as_os_str()),
             ("ak-egress", OsStr::new(env!("CARGO_BIN_EXE_ak-egress"))),
         ] {

@@ -457,3 +457,53 @@ fn named_commands_go_through_the_daemon_and_survive_its_kill() {
     drop(daemon);
     assert_no_leaks(&before);
 }
+
+/// The executable a process runs, by file name.
+fn executable_of(pid: u32) -> String {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// `agentkernel` is linked at a fixed address for its start-up time; the servers that
+/// read other programs' input for as long as they live (the daemon, `serve`, `mcp`) are
+/// handed to `ak-server`, the position-independent build, in the same process.
+#[test]
+fn servers_run_from_the_position_independent_executable() {
+    // ELF header's e_type: 2 is an executable at a fixed address, 3 a position-independent one.
+    let elf_type = |path: &str| {
+        let bytes = std::fs::read(path).unwrap();
+        u16::from_le_bytes([bytes[16], bytes[17]])
+    };
+    assert_eq!(elf_type(env!("CARGO_BIN_EXE_agentkernel")), 2);
+    assert_eq!(elf_type(env!("CARGO_BIN_EXE_ak-server")), 3);
+
+    let _host = exclusive_host();
+    let mode = Mode::Root;
+    let daemon = Running::start(mode);
+    let pid = daemon_status(mode)["pid"].as_u64().unwrap();
+    assert_eq!(executable_of(pid as u32), "ak-server");
+    drop(daemon);
+
+    let socket = registry_path(mode).parent().unwrap().join("pie-test.sock");
+    let socket = socket.to_str().unwrap();
+    for args in [&["serve", "--socket", socket][..], &["mcp"]] {
+        let mut server = crate::common::agentkernel(mode, args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while executable_of(server.id()) != "ak-server" && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let running = executable_of(server.id());
+        server.kill().unwrap();
+        server.wait().unwrap();
+        assert_eq!(running, "ak-server", "{args:?}");
+    }
+    let _ = std::fs::remove_file(socket);
+}
