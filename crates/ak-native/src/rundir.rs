@@ -256,44 +256,48 @@ mod tests {
         live.remove().unwrap();
     }
 
-    /// A base on disk for the mount tests: the temporary directory, unless that is a
-    /// tmpfs already (then this crate's own directory).
-    fn base_on_disk() -> tempfile::TempDir {
-        let parent = [
-            std::env::temp_dir(),
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")),
-        ]
-        .into_iter()
-        .find(|dir| !in_memory(dir).unwrap())
-        .expect("no directory on disk to test in");
-        let dir = tempfile::tempdir_in(parent).unwrap();
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o711),
-        )
-        .unwrap();
-        dir
+    /// A base on disk for the mount tests (the temporary directory, unless that is a
+    /// tmpfs already: then this crate's own directory), unmounted when dropped. `None`,
+    /// and the test skips, unless running as root, which mounting needs.
+    struct BaseOnDisk(tempfile::TempDir);
+
+    impl BaseOnDisk {
+        fn new() -> Option<BaseOnDisk> {
+            if !rustix::process::geteuid().is_root() {
+                eprintln!("skipped: mounting a tmpfs needs root");
+                return None;
+            }
+            let parent = [
+                std::env::temp_dir(),
+                PathBuf::from(env!("CARGO_MANIFEST_DIR")),
+            ]
+            .into_iter()
+            .find(|dir| !in_memory(dir).unwrap())
+            .expect("no directory on disk to test in");
+            let dir = tempfile::tempdir_in(parent).unwrap();
+            let mode = std::os::unix::fs::PermissionsExt::from_mode(DIR_MODE);
+            std::fs::set_permissions(dir.path(), mode).unwrap();
+            Some(BaseOnDisk(dir))
+        }
+
+        fn path(&self) -> &Path {
+            self.0.path()
+        }
     }
 
-    /// Unmounts what a test mounted, even when it fails half-way.
-    struct Unmount<'a>(&'a Path);
-
-    impl Drop for Unmount<'_> {
+    impl Drop for BaseOnDisk {
         fn drop(&mut self) {
-            while in_memory(self.0).unwrap_or(false) {
-                rustix::mount::unmount(self.0, rustix::mount::UnmountFlags::DETACH).unwrap();
+            while in_memory(self.path()).unwrap_or(false) {
+                rustix::mount::unmount(self.path(), rustix::mount::UnmountFlags::DETACH).unwrap();
             }
         }
     }
 
     #[test]
     fn root_puts_an_empty_base_on_disk_in_memory_once() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: mounting a tmpfs needs root");
+        let Some(base) = BaseOnDisk::new() else {
             return;
-        }
-        let base = base_on_disk();
-        let _unmount = Unmount(base.path());
+        };
         let first = RunDir::create(base.path(), "first", BaseMount::TmpfsWhenEmpty).unwrap();
         assert!(in_memory(base.path()).unwrap());
         assert!(in_memory(first.path()).unwrap());
@@ -313,12 +317,9 @@ mod tests {
 
     #[test]
     fn a_base_with_live_directories_is_not_mounted_over() {
-        if !rustix::process::geteuid().is_root() {
-            eprintln!("skipped: mounting a tmpfs needs root");
+        let Some(base) = BaseOnDisk::new() else {
             return;
-        }
-        let base = base_on_disk();
-        let _unmount = Unmount(base.path());
+        };
         let live = RunDir::create(base.path(), "live", BaseMount::AsItIs).unwrap();
         let next = RunDir::create(base.path(), "next", BaseMount::TmpfsWhenEmpty).unwrap();
         assert!(
