@@ -65,7 +65,8 @@ fn start_background() -> anyhow::Result<()> {
         .append(true)
         .open(&log)
         .with_context(|| format!("open {}", log.display()))?;
-    let mut command = std::process::Command::new(crate::wiring::server_path());
+    let server = crate::wiring::server_path();
+    let mut command = std::process::Command::new(&server);
     command
         .args(["daemon", "start", "--foreground"])
         .stdin(Stdio::null())
@@ -75,7 +76,9 @@ fn start_background() -> anyhow::Result<()> {
     unsafe {
         command.pre_exec(|| rustix::process::setsid().map(drop).map_err(Into::into));
     }
-    let mut child = command.spawn().context("start the daemon")?;
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("start the daemon ({})", server.display()))?;
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
         if let Ok((Response::Status(status), _)) = client::call(&socket, &Request::Status) {

@@ -507,3 +507,22 @@ fn servers_run_from_the_position_independent_executable() {
     }
     let _ = std::fs::remove_file(socket);
 }
+
+/// Without `ak-server` beside it, `agentkernel` says what is missing instead of serving.
+#[test]
+fn a_missing_server_executable_is_a_clear_error() {
+    let lonely = tempfile::tempdir().unwrap();
+    let cli = lonely.path().join("agentkernel");
+    std::fs::copy(env!("CARGO_BIN_EXE_agentkernel"), &cli).unwrap();
+    for args in [&["mcp"][..], &["daemon", "start"]] {
+        let output = std::process::Command::new(&cli)
+            .args(args)
+            .env("AGENTKERNEL_CONFIG", "/dev/null")
+            .env("AGENTKERNEL_REGISTRY", lonely.path().join("registry.db"))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(stderr(&output).contains("ak-server"), "{}", stderr(&output));
+    }
+}
