@@ -116,6 +116,9 @@ pub(crate) struct ChildPlan {
     pub error_fd: RawFd,
     /// Gets one byte once the child has its own network namespace (and is then closed).
     pub netns_ready_fd: Option<RawFd>,
+    /// Whether the child makes its network namespace; `false` when it was born in one
+    /// made ahead with loopback up (netns.rs).
+    pub own_netns: bool,
     /// The parent's ends of the pipes: the child's copies must go at once, or a parent
     /// that dies would never be noticed (the child would hold the write end it waits on).
     pub parent_fds: Vec<RawFd>,
@@ -226,8 +229,11 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
         check(
             Step::Namespaces,
             libc::unshare(
-                libc::CLONE_NEWNET
-                    | libc::CLONE_NEWUTS
+                if plan.own_netns {
+                    libc::CLONE_NEWNET
+                } else {
+                    0
+                } | libc::CLONE_NEWUTS
                     | libc::CLONE_NEWIPC
                     | if plan.layers.is_empty() {
                         libc::CLONE_NEWNS
@@ -280,7 +286,9 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
             Step::Hostname,
             libc::sethostname(hostname.as_ptr().cast(), hostname.len()) as libc::c_long,
         )?;
-        loopback_up().map_err(|e| (Step::Loopback as u32, e))?;
+        if plan.own_netns {
+            loopback_up().map_err(|e| (Step::Loopback as u32, e))?;
+        }
 
         for &(resource, limit) in &plan.rlimits {
             let value = libc::rlimit {
@@ -454,6 +462,18 @@ fn run_op(op: &Op) -> Result<(), i32> {
                 return set_attr(target, *attrs, libc::AT_RECURSIVE as u32);
             }
             Op::Overlay(overlay) => return mount_overlay(overlay),
+            Op::MoveMount { fd, target } => {
+                // SAFETY: the parent opened it and keeps it open until we have exec'd.
+                let mount = std::os::fd::BorrowedFd::borrow_raw(*fd);
+                return rustix::mount::move_mount(
+                    mount,
+                    c"",
+                    rustix::fs::CWD,
+                    target.as_c_str(),
+                    rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+                )
+                .map_err(|e| e.raw_os_error());
+            }
         };
         if ret < 0 { Err(errno()) } else { Ok(()) }
     }

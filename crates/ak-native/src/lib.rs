@@ -10,6 +10,7 @@ pub mod cgroup;
 mod child;
 mod error;
 mod landlock;
+mod netns;
 pub mod network;
 mod overlay;
 mod persistent;
@@ -217,6 +218,12 @@ impl NativeBackend {
         lifetime: Lifetime,
     ) -> Result<NativeSandbox, NativeError> {
         let started = std::time::Instant::now();
+        // First of all, so that it overlaps everything up to the clone.
+        let making = match (lifetime, spec.policy.network) {
+            (Lifetime::Ephemeral, NetworkMode::None) => netns::Making::start(false),
+            (Lifetime::Ephemeral, NetworkMode::Outbound) => netns::Making::start(true),
+            _ => None,
+        };
         let prepared = self.prepared()?;
         let tree = match &spec.image {
             // The native backend's own choice is the host.
@@ -361,9 +368,34 @@ impl NativeBackend {
             )?);
             Ok(())
         };
+        let ahead = match making.map(netns::Making::finish).transpose() {
+            Ok(ahead) => ahead.flatten(),
+            Err(error) => {
+                if let Some(cgroup) = &cgroup {
+                    let _ = cgroup.remove();
+                }
+                let _ = rundir.remove();
+                return Err(error);
+            }
+        };
+        let (ahead, ahead_helper) = match ahead {
+            Some((netns, helper)) => (Some(netns), helper),
+            None => (None, None),
+        };
+        // Started by the thread that made the namespace, while everything above ran.
+        let ahead_helper = match ahead_helper.transpose() {
+            Ok(helper) => helper,
+            Err(error) => {
+                if let Some(cgroup) = &cgroup {
+                    let _ = cgroup.remove();
+                }
+                let _ = rundir.remove();
+                return Err(error);
+            }
+        };
         let after_netns: Option<&mut dyn FnMut(u32) -> Result<(), NativeError>> =
-            match (network, lifetime) {
-                (true, Lifetime::Ephemeral) => Some(&mut start_helper),
+            match (network, lifetime, &ahead) {
+                (true, Lifetime::Ephemeral, None) => Some(&mut start_helper),
                 _ => None,
             };
         let spawned = spawn::spawn(spawn::SpawnRequest {
@@ -387,7 +419,9 @@ impl NativeBackend {
             })?,
             cgroup: entry.as_ref(),
             after_netns,
+            netns: ahead.as_ref(),
         });
+        let helper = helper.or(ahead_helper);
         tracing::debug!(elapsed = ?started.elapsed(), "sandbox init running the agent");
         let spawned = match spawned {
             Ok(spawned) => spawned,

@@ -4,6 +4,7 @@
 //! and the child only reads them.
 
 use std::ffi::{CString, OsStr};
+use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
@@ -100,6 +101,11 @@ pub(crate) enum Op {
     },
     /// Mount an overlay of an image's layers (nosuid, nodev).
     Overlay(OverlayMount),
+    /// Attach the detached mount open as `fd` (made by the parent) at `target`.
+    MoveMount {
+        fd: RawFd,
+        target: CString,
+    },
 }
 
 impl Op {
@@ -111,6 +117,7 @@ impl Op {
             Op::Touch { path } => format!("create mount point {}", s(path)),
             Op::Mount { fstype, target, .. } => format!("mount {} on {}", s(fstype), s(target)),
             Op::Bind { source, target, .. } => format!("bind {} on {}", s(source), s(target)),
+            Op::MoveMount { target, .. } => format!("attach a prepared mount on {}", s(target)),
             Op::Overlay(overlay) => format!(
                 "mount the image's {} layers as an overlay on {}",
                 overlay.lowers.len(),
@@ -220,6 +227,7 @@ impl<'a> MountPlanner<'a> {
         resolv_conf: Option<&Path>,
         secrets: Option<&ak_egress::provision::SecretFiles>,
         hidden: &HiddenPaths,
+        sysfs: Option<RawFd>,
     ) -> Result<Vec<Op>, NativeError> {
         let host_image = matches!(spec.image, ImageRef::Host | ImageRef::Auto);
         let ro = MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV;
@@ -285,13 +293,18 @@ impl<'a> MountPlanner<'a> {
         self.plan_dev()?;
         self.plan_proc(hidden)?;
         self.ensure_dir("/sys")?;
-        self.mount(
-            "sysfs",
-            self.inside("/sys"),
-            "sysfs",
-            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
-            "",
-        )?;
+        match sysfs {
+            // Made read-only by the parent for a network namespace made ahead, which the
+            // sandbox may not mount one for (see netns.rs).
+            Some(fd) => self.attach(fd, self.inside("/sys"))?,
+            None => self.mount(
+                "sysfs",
+                self.inside("/sys"),
+                "sysfs",
+                libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY,
+                "",
+            )?,
+        }
 
         // User mounts, then the default workdir unless a mount already provides it.
         for mount in &spec.mounts {
@@ -608,6 +621,16 @@ impl<'a> MountPlanner<'a> {
             fstype: cstring(fstype)?,
             flags,
             data: cstring(data)?,
+        });
+        Ok(())
+    }
+
+    fn attach(&mut self, fd: RawFd, target: PathBuf) -> Result<(), NativeError> {
+        self.guard(&target)?;
+        self.claim(&target);
+        self.ops.push(Op::MoveMount {
+            fd,
+            target: path_c(&target)?,
         });
         Ok(())
     }

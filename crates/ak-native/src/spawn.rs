@@ -13,6 +13,7 @@ use crate::cgroup::CgroupEntry;
 use crate::child::{self, ChildPlan, Step};
 use crate::error::NativeError;
 use crate::landlock::LandlockPlan;
+use crate::netns::AheadNetns;
 use crate::plan::{
     HiddenPaths, MountPlanner, RootSource, cstring, env_block, os_cstring, pointer_array,
 };
@@ -49,6 +50,9 @@ pub(crate) struct SpawnRequest<'a> {
     /// on building its root: starts the network helper, whose own start (~3.5 ms here) then
     /// overlaps the rest of the sandbox's.
     pub after_netns: Option<&'a mut dyn FnMut(u32) -> Result<(), NativeError>>,
+    /// A network namespace made ahead (netns.rs): the child starts in it instead of making
+    /// its own.
+    pub netns: Option<&'a AheadNetns>,
 }
 
 /// What a persistent sandbox's agent inherits from the parent (all close-on-exec here).
@@ -109,6 +113,7 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
         request.resolv_conf,
         request.secrets,
         request.hidden,
+        request.netns.map(AheadNetns::sysfs_fd),
     )?;
 
     let (sync_read, sync_write) = pipe()?;
@@ -191,6 +196,7 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
         sync_fd: sync_read.as_raw_fd(),
         error_fd: error_write.as_raw_fd(),
         netns_ready_fd: netns_ready.as_ref().map(|(_, write)| write.as_raw_fd()),
+        own_netns: request.netns.is_none(),
         parent_fds: [&sync_write, &error_read]
             .into_iter()
             .chain(netns_ready.as_ref().map(|(read, _)| read))
@@ -212,7 +218,10 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
         .cgroup
         .and_then(|entry| entry.clone_into.as_ref())
         .map(AsRawFd::as_raw_fd);
-    let (pid, pidfd) = clone_child(&plan, clone_into)?;
+    let (pid, pidfd) = match request.netns {
+        Some(netns) => netns.clone_inside(|| clone_child(&plan, clone_into))?,
+        None => clone_child(&plan, clone_into)?,
+    };
     drop(agent_socket);
     drop(sync_read);
     drop(error_write);

@@ -415,3 +415,42 @@ fn outbound_network_still_cannot_reach_host_loopback() {
     assert!(!text.contains("reached"), "host loopback reachable: {text}");
     assert!(listener.accept().is_err(), "the listener saw a connection");
 }
+
+/// A sandbox sees only its own network; run by root, its namespace belongs to the host's
+/// root (made ahead of it), so it cannot reconfigure it either: no interface changes, no
+/// new devices (the kernel code behind them stays out of its reach).
+#[test]
+fn a_sandbox_sees_only_its_network_and_root_runs_cannot_reconfigure_it() {
+    let _host = shared_host();
+    for mode in modes() {
+        // Rootless outbound network needs a world-usable /dev/net/tun (leaks.rs).
+        let networks: &[&[&str]] = match mode {
+            Mode::Root => &[&["--no-network"], &[]],
+            Mode::Rootless => &[&["--no-network"]],
+        };
+        for &flags in networks {
+            let output = run(
+                mode,
+                flags,
+                &[
+                    "sh",
+                    "-c",
+                    "ls /sys/class/net | tr '\\n' ' '; echo; \
+                     ip link set lo down 2>/dev/null && echo changed; \
+                     ip link add agentkernel-x type dummy 2>/dev/null && echo added; exit 0",
+                ],
+            );
+            assert_code(&output, 0);
+            let text = stdout(&output);
+            let interfaces = text.lines().next().unwrap_or_default().trim();
+            let expected = if flags.is_empty() { "lo tap0" } else { "lo" };
+            assert_eq!(interfaces, expected, "{mode:?} {flags:?}");
+            if mode == Mode::Root {
+                assert!(
+                    !text.contains("changed") && !text.contains("added"),
+                    "{mode:?} {flags:?}: {text}"
+                );
+            }
+        }
+    }
+}
