@@ -29,8 +29,11 @@ pub enum Executable {
 /// Runs the command line and exits.
 pub fn main(executable: Executable) -> ! {
     let cli = cli::Cli::from_command_line();
-    if executable == Executable::Client && cli.command.is_long_lived_server() {
-        exit::fail(exit::SANDBOX_FAILURE, &wiring::exec_server());
+    if cli.command.is_long_lived_server() {
+        if executable == Executable::Client {
+            exit::fail(exit::SANDBOX_FAILURE, &wiring::exec_server());
+        }
+        wiring::LONG_LIVED.store(true, std::sync::atomic::Ordering::Relaxed);
     }
     init_tracing(cli.global.verbose);
     // One thread for one command; commands that build several sandboxes at once (blocking

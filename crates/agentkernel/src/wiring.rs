@@ -2,6 +2,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use std::sync::Mutex;
 
@@ -37,6 +38,11 @@ fn exe_dir() -> Option<&'static Path> {
     })
     .as_deref()
 }
+
+/// Set by a long-lived server (the daemon, `serve`, `mcp`) before it builds its service:
+/// such a process builds sandboxes for many callers at once, and is wired for throughput
+/// rather than for one cold start's latency.
+pub static LONG_LIVED: AtomicBool = AtomicBool::new(false);
 
 /// `ak-server` beside this executable: the position-independent build of this command
 /// line that runs its long-lived servers (`agentkernel_cli::Executable`).
@@ -144,7 +150,11 @@ fn service_with(config: &ConfigFile) -> Service {
     let egress = egress_settings(config);
     Service::new(
         vec![
-            Arc::new(NativeBackend::new(agent_path()).with_egress(egress.clone())),
+            Arc::new(
+                NativeBackend::new(agent_path())
+                    .with_egress(egress.clone())
+                    .with_netns_ahead(!LONG_LIVED.load(Ordering::Relaxed)),
+            ),
             Arc::new(GvisorBackend::new(agent_path(), config.gvisor.clone()).with_egress(egress)),
             container(BackendKind::Docker, config.docker.socket.clone()),
             container(BackendKind::Podman, config.podman.socket.clone()),

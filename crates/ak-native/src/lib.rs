@@ -81,6 +81,8 @@ pub struct NativeBackend {
     /// sweep opens and tries to lock every live sandbox's runtime directory, and a daemon
     /// keeping pools creates many sandboxes a second while many are alive.
     last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Whether one-shot sandboxes get their network namespace made ahead (netns.rs).
+    netns_ahead: bool,
 }
 
 /// Host facts and prepared artefacts shared by every sandbox of this backend.
@@ -108,7 +110,18 @@ impl NativeBackend {
             state: OnceLock::new(),
             cgroups: OnceLock::new(),
             last_sweep: std::sync::Mutex::new(None),
+            netns_ahead: false,
         }
+    }
+
+    /// Makes each one-shot sandbox's network namespace ahead, on a thread of its own
+    /// (netns.rs): a cold start's latency for a process that starts one sandbox at a time
+    /// on otherwise idle CPUs. Not for a server building many at once: its CPUs are busy
+    /// with the other builds, so the overlap has nothing to win there and the thread per
+    /// sandbox is only overhead.
+    pub fn with_netns_ahead(mut self, enabled: bool) -> Self {
+        self.netns_ahead = enabled;
+        self
     }
 
     /// How allowlist sandboxes get their network: the egress helper, the resolver it
@@ -219,9 +232,9 @@ impl NativeBackend {
     ) -> Result<NativeSandbox, NativeError> {
         let started = std::time::Instant::now();
         // First of all, so that it overlaps everything up to the clone.
-        let making = match (lifetime, spec.policy.network) {
-            (Lifetime::Ephemeral, NetworkMode::None) => netns::Making::start(false),
-            (Lifetime::Ephemeral, NetworkMode::Outbound) => netns::Making::start(true),
+        let making = match (self.netns_ahead, lifetime, spec.policy.network) {
+            (true, Lifetime::Ephemeral, NetworkMode::None) => netns::Making::start(false),
+            (true, Lifetime::Ephemeral, NetworkMode::Outbound) => netns::Making::start(true),
             _ => None,
         };
         let prepared = self.prepared()?;

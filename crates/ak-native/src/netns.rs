@@ -166,6 +166,13 @@ fn own_netns() -> Result<File, NativeError> {
 
 /// On its own thread: the namespace, then (back in the host's) the helper.
 fn make(open_network: bool, allowed: Option<libc::cpu_set_t>) -> Result<Made, NativeError> {
+    if let Some(allowed) = allowed {
+        // Started on another CPU (`start_elsewhere`); from here on free to move again, so
+        // that many at once (a daemon's burst) spread over every CPU, and the helper,
+        // which inherits this thread's CPUs, gets all the caller's.
+        // SAFETY: a valid set for this thread.
+        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &allowed) };
+    }
     let host = own_netns()?;
     // SAFETY: only the network namespace of this thread, which no other thread shares.
     unsafe { rustix::thread::unshare_unsafe(UnshareFlags::NEWNET) }.map_err(|e| {
@@ -176,11 +183,6 @@ fn make(open_network: bool, allowed: Option<libc::cpu_set_t>) -> Result<Made, Na
     rustix::thread::move_into_link_name_space(host.as_fd(), Some(LinkNameSpaceType::Network))
         .map_err(|e| NativeError::io("return to the host's network namespace")(e.into()))?;
     let ahead = inside?;
-    if let Some(allowed) = allowed {
-        // The helper inherits this thread's CPUs: all the caller's again, not the others.
-        // SAFETY: a valid set for this thread.
-        unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &allowed) };
-    }
     let helper = open_network.then(|| {
         // The helper opens the namespace through our descriptor, which stays open until it
         // has reported ready.

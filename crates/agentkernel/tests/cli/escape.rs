@@ -416,9 +416,10 @@ fn outbound_network_still_cannot_reach_host_loopback() {
     assert!(listener.accept().is_err(), "the listener saw a connection");
 }
 
-/// A sandbox sees only its own network; run by root, its namespace belongs to the host's
-/// root (made ahead of it), so it cannot reconfigure it either: no interface changes, no
-/// new devices (the kernel code behind them stays out of its reach).
+/// A sandbox sees only its own network; a one-shot `run` by root gets a namespace that
+/// belongs to the host's root (made ahead of it, ak-native's netns.rs), so it cannot
+/// reconfigure it either: no interface changes, no new devices (the kernel code behind
+/// them stays out of its reach).
 #[test]
 fn a_sandbox_sees_only_its_network_and_root_runs_cannot_reconfigure_it() {
     let _host = shared_host();
