@@ -422,6 +422,12 @@ fn outbound_network_still_cannot_reach_host_loopback() {
 /// them stays out of its reach).
 #[test]
 fn a_sandbox_sees_only_its_network_and_root_runs_cannot_reconfigure_it() {
+    if crate::common::BACKEND == "gvisor" {
+        // gVisor's network is its own kernel's stack, not a host namespace: nothing a root
+        // inside configures reaches the host's network code, and its sysfs lists no
+        // interfaces. What this checks is the native backend's namespaces.
+        return;
+    }
     let _host = shared_host();
     for mode in modes() {
         // Rootless outbound network needs a world-usable /dev/net/tun (leaks.rs).
