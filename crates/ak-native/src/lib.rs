@@ -381,23 +381,17 @@ impl NativeBackend {
             )?);
             Ok(())
         };
-        let ahead = match making.map(netns::Making::finish).transpose() {
-            Ok(ahead) => ahead.flatten(),
-            Err(error) => {
-                if let Some(cgroup) = &cgroup {
-                    let _ = cgroup.remove();
-                }
-                let _ = rundir.remove();
-                return Err(error);
-            }
-        };
-        let (ahead, ahead_helper) = match ahead {
-            Some((netns, helper)) => (Some(netns), helper),
-            None => (None, None),
-        };
-        // Started by the thread that made the namespace, while everything above ran.
-        let ahead_helper = match ahead_helper.transpose() {
-            Ok(helper) => helper,
+        // The namespace made ahead, and the helper its thread started while everything
+        // above ran.
+        let made = making
+            .map(netns::Making::finish)
+            .transpose()
+            .and_then(|made| match made.flatten() {
+                Some((netns, helper)) => helper.transpose().map(|helper| (Some(netns), helper)),
+                None => Ok((None, None)),
+            });
+        let (ahead, ahead_helper) = match made {
+            Ok(made) => made,
             Err(error) => {
                 if let Some(cgroup) = &cgroup {
                     let _ = cgroup.remove();
