@@ -34,6 +34,9 @@ impl Service {
     /// Waits for the name's lock without holding up the async runtime: a contended lock is
     /// waited for on a blocking thread (the holder may need this runtime to finish).
     pub(crate) async fn lock_name(&self, name: &str) -> Result<NameLock, ServiceError> {
+        // The name becomes a file name: one that no sandbox could have (a NUL, a `/`, `..`)
+        // is the caller's mistake, said as such, and never a path outside the directory.
+        validate_name(name)?;
         let dir = self.state_dir()?.join("locks");
         std::fs::DirBuilder::new()
             .recursive(true)

@@ -327,3 +327,23 @@ fn insecure_no_auth_serves_loopback_without_a_token() {
     );
     assert!(!server.state.path().join("api-token").exists());
 }
+
+/// Operations that lock a sandbox by name refuse a name no sandbox can have before it
+/// becomes a file name (found by schemathesis: a NUL in a snapshot's sandbox was a 500).
+#[test]
+fn names_that_no_sandbox_can_have_are_refused_before_any_lock() {
+    let server = Server::start(Some(TOKEN), &[]);
+    for sandbox in ["a\u{0}b", "../../escaped", "\u{10}\u{a4}"] {
+        let body = json!({"sandbox": sandbox, "name": "0"}).to_string();
+        let stream = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+        let answer = exchange(
+            stream,
+            "POST",
+            "/snapshots",
+            Some(TOKEN),
+            Some(body.as_bytes()),
+        );
+        assert_eq!(answer.status, 400, "{sandbox:?}: {}", answer.json());
+        assert_eq!(answer.json()["success"], false);
+    }
+}
