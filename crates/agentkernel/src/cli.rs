@@ -253,13 +253,7 @@ impl Command {
     /// serving while it builds spares, the benchmark's throughput run), so it needs a
     /// worker thread per core.
     pub fn needs_worker_threads(&self) -> bool {
-        matches!(
-            self,
-            Command::Daemon(DaemonCommand::Start { foreground: true })
-                | Command::Bench(_)
-                | Command::Serve(_)
-                | Command::Mcp
-        )
+        self.is_long_lived_server() || matches!(self, Command::Bench(_))
     }
 }
 

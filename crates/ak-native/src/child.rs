@@ -564,8 +564,9 @@ fn set_attr(target: &CString, attrs: u64, flags: u32) -> Result<(), i32> {
     if ret < 0 { Err(errno()) } else { Ok(()) }
 }
 
-/// Sets IFF_UP on `lo` in the sandbox's new network namespace (allocation-free).
-fn loopback_up() -> Result<(), i32> {
+/// Sets IFF_UP on `lo` in the calling thread's network namespace (allocation-free: the
+/// child calls it between clone and exec; netns.rs, for a namespace made ahead).
+pub(crate) fn loopback_up() -> Result<(), i32> {
     ak_netif::Interfaces::open()
         .and_then(|interfaces| interfaces.set_up("lo"))
         .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))

@@ -201,9 +201,12 @@ fn set_up_inside() -> Result<AheadNetns, NativeError> {
     // What fails here fails for every sandbox of this host: they make their own instead.
     let unavailable =
         |what: &str, e: std::io::Error| NativeError::Unavailable(format!("{what}: {e}"));
-    ak_netif::Interfaces::open()
-        .and_then(|interfaces| interfaces.set_up("lo"))
-        .map_err(|e| unavailable("bring up loopback", e))?;
+    crate::child::loopback_up().map_err(|errno| {
+        unavailable(
+            "bring up loopback",
+            std::io::Error::from_raw_os_error(errno),
+        )
+    })?;
     // A per-namespace setting: any group may open ICMP echo sockets, as distributions set
     // on the host, since the sandbox has no raw sockets here. Without it only `ping` fails.
     if let Err(e) = std::fs::write("/proc/sys/net/ipv4/ping_group_range", "0 2147483647") {
