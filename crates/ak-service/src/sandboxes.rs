@@ -31,9 +31,17 @@ pub(crate) struct NameLock {
 }
 
 impl Service {
-    /// Waits for the name's lock without holding up the async runtime: a contended lock is
-    /// waited for on a blocking thread (the holder may need this runtime to finish).
+    /// Holds sandbox `name`'s lock for an operation on it: a name that no sandbox has is
+    /// not found, and leaves no lock file behind (a request per missing name made one).
     pub(crate) async fn lock_name(&self, name: &str) -> Result<NameLock, ServiceError> {
+        self.record(name)?;
+        self.lock_new_name(name).await
+    }
+
+    /// Holds the lock of `name`, which need not be a sandbox's yet (one being created).
+    /// Waits without holding up the async runtime: a contended lock is waited for on a
+    /// blocking thread (the holder may need this runtime to finish).
+    pub(crate) async fn lock_new_name(&self, name: &str) -> Result<NameLock, ServiceError> {
         // The name becomes a file name: one that no sandbox could have (a NUL, a `/`, `..`)
         // is the caller's mistake, said as such, and never a path outside the directory.
         validate_name(name)?;
@@ -177,7 +185,7 @@ impl Service {
     ) -> Result<SandboxRecord, ServiceError> {
         validate_name(name)?;
         let backend = self.backend(spec.backend)?.clone();
-        let _lock = self.lock_name(name).await?;
+        let _lock = self.lock_new_name(name).await?;
         if self.registry()?.get(name)?.is_some() {
             return Err(ServiceError::Duplicate(name.to_string()));
         }

@@ -346,4 +346,21 @@ fn names_that_no_sandbox_can_have_are_refused_before_any_lock() {
         assert_eq!(answer.status, 400, "{sandbox:?}: {}", answer.json());
         assert_eq!(answer.json()["success"], false);
     }
+    // A valid name that no sandbox has is not found, and leaves no lock file per request.
+    for i in 0..20 {
+        let body = json!({"sandbox": format!("missing-{i}"), "name": "0"}).to_string();
+        let stream = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+        let answer = exchange(
+            stream,
+            "POST",
+            "/snapshots",
+            Some(TOKEN),
+            Some(body.as_bytes()),
+        );
+        assert_eq!(answer.status, 404, "{}", answer.json());
+    }
+    let locks = std::fs::read_dir(server.state.path().join("locks"))
+        .map(|entries| entries.count())
+        .unwrap_or(0);
+    assert_eq!(locks, 0, "lock files left for sandboxes that do not exist");
 }
