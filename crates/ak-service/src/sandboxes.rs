@@ -507,7 +507,13 @@ impl Service {
             if !record.state.is_up() {
                 continue;
             }
-            let _lock = self.lock_name(&record.name).await?;
+            // Removed since it was listed (by another caller): nothing to reconcile, and
+            // not a reason to fail the whole list.
+            let _lock = match self.lock_name(&record.name).await {
+                Ok(lock) => lock,
+                Err(ServiceError::NotFound(_)) => continue,
+                Err(e) => return Err(e),
+            };
             let Some(current) = self.registry()?.get(&record.name)? else {
                 continue;
             };

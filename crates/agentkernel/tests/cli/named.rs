@@ -338,6 +338,73 @@ fn a_sandbox_killed_from_outside_becomes_failed_and_is_released() {
 }
 
 #[test]
+fn a_sandbox_removed_while_the_list_runs_is_left_out_of_it() {
+    use std::os::fd::AsRawFd;
+    let _host = shared_host();
+    // A registry of its own, so that the list holds these two sandboxes and nothing else.
+    let state = tempfile::tempdir().unwrap();
+    let with_state = |args: &[&str]| {
+        let mut command = agentkernel(Mode::Root, args);
+        command
+            .env("AGENTKERNEL_REGISTRY", state.path().join("registry.db"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    };
+    let first = name("listed-first", Mode::Root);
+    let second = name("removed-meanwhile", Mode::Root);
+    for n in [&first, &second] {
+        assert_code(
+            &with_state(&["create", n, "--no-network"]).output().unwrap(),
+            0,
+        );
+        assert_code(&with_state(&["start", n]).output().unwrap(), 0);
+    }
+    // Holding the first sandbox's lock stops the list there, after it has read both
+    // records: the second is removed while the list waits, as another caller would.
+    let lock = std::fs::File::open(state.path().join(format!("locks/{first}.lock"))).unwrap();
+    // SAFETY: flock on a descriptor this test owns.
+    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
+    let list = with_state(&["list"]).spawn().unwrap();
+    let inode = std::os::unix::fs::MetadataExt::ino(&lock.metadata().unwrap());
+    let waiting = |locks: &str| {
+        locks.lines().any(|l| {
+            l.contains("->")
+                && l.split_whitespace()
+                    .any(|f| f.ends_with(&format!(":{inode}")))
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !waiting(&std::fs::read_to_string("/proc/locks").unwrap()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the list never waited for the lock"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert_code(
+        &with_state(&["remove", &second, "--force"])
+            .output()
+            .unwrap(),
+        0,
+    );
+    drop(lock);
+    let listed = list.wait_with_output().unwrap();
+    assert_code(&listed, 0);
+    let text = stdout(&listed);
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&first) && l.contains("running")),
+        "{text}"
+    );
+    assert!(!text.contains(&second), "{text}");
+    assert_code(
+        &with_state(&["remove", &first, "--force"]).output().unwrap(),
+        0,
+    );
+}
+
+#[test]
 fn a_shared_state_directory_keeps_its_mode() {
     use std::os::unix::fs::PermissionsExt;
     let _host = shared_host();
