@@ -188,6 +188,14 @@ pub trait Backend: Send + Sync + fmt::Debug {
         lifetime: Lifetime,
     ) -> Result<Box<dyn Sandbox>, BackendError>;
 
+    /// Says that this process is about to create one ephemeral sandbox for `spec`: a
+    /// backend may start, on other CPUs, the part of that creation which depends on
+    /// nothing else, while the caller finishes its own preparation. A hint only: nothing
+    /// needs to follow it, and the default does nothing.
+    fn expect_ephemeral(&self, spec: &SandboxSpec) {
+        let _ = spec;
+    }
+
     /// Re-attaches to a running persistent sandbox; [`BackendError::Gone`] if it no longer
     /// runs.
     async fn attach(&self, handle: &SandboxHandle) -> Result<Box<dyn Sandbox>, BackendError>;

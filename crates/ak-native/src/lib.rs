@@ -83,6 +83,9 @@ pub struct NativeBackend {
     last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
     /// Whether one-shot sandboxes get their network namespace made ahead (netns.rs).
     netns_ahead: bool,
+    /// The namespace [`Backend::expect_ephemeral`] started making, and whether it is for
+    /// the open network, until the creation it was made for takes it.
+    expected_netns: std::sync::Mutex<Option<(bool, netns::Making)>>,
 }
 
 /// Host facts and prepared artefacts shared by every sandbox of this backend.
@@ -111,6 +114,7 @@ impl NativeBackend {
             cgroups: OnceLock::new(),
             last_sweep: std::sync::Mutex::new(None),
             netns_ahead: false,
+            expected_netns: std::sync::Mutex::new(None),
         }
     }
 
@@ -122,6 +126,32 @@ impl NativeBackend {
     pub fn with_netns_ahead(mut self, enabled: bool) -> Self {
         self.netns_ahead = enabled;
         self
+    }
+
+    /// Whether a sandbox for `spec` gets its network namespace made ahead, and if so
+    /// whether for the open network (its helper is started there too).
+    fn netns_ahead_for(&self, spec: &SandboxSpec, lifetime: Lifetime) -> Option<bool> {
+        match (self.netns_ahead, lifetime, spec.policy.network) {
+            (true, Lifetime::Ephemeral, NetworkMode::None) => Some(false),
+            (true, Lifetime::Ephemeral, NetworkMode::Outbound) => Some(true),
+            _ => None,
+        }
+    }
+
+    /// The network namespace being made for a sandbox about to be created: the one
+    /// [`Backend::expect_ephemeral`] started when it fits, else one started now.
+    fn netns_for(&self, spec: &SandboxSpec, lifetime: Lifetime) -> Option<netns::Making> {
+        let open_network = self.netns_ahead_for(spec, lifetime)?;
+        let expected = self
+            .expected_netns
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        match expected {
+            Some((open, making)) if open == open_network => Some(making),
+            // One that does not fit (another network) is waited for and let go.
+            _ => netns::Making::start(open_network),
+        }
     }
 
     /// How allowlist sandboxes get their network: the egress helper, the resolver it
@@ -232,11 +262,7 @@ impl NativeBackend {
     ) -> Result<NativeSandbox, NativeError> {
         let started = std::time::Instant::now();
         // First of all, so that it overlaps everything up to the clone.
-        let making = match (self.netns_ahead, lifetime, spec.policy.network) {
-            (true, Lifetime::Ephemeral, NetworkMode::None) => netns::Making::start(false),
-            (true, Lifetime::Ephemeral, NetworkMode::Outbound) => netns::Making::start(true),
-            _ => None,
-        };
+        let making = self.netns_for(spec, lifetime);
         let prepared = self.prepared()?;
         let tree = match &spec.image {
             // The native backend's own choice is the host.
@@ -625,6 +651,23 @@ impl Backend for NativeBackend {
                 .unwrap_or_else(|| "namespaces, seccomp and pivot_root work here".into()),
             details,
         }
+    }
+
+    /// Starts making the network namespace (netns.rs), which then overlaps the rest of the
+    /// caller's preparation as well as this backend's.
+    fn expect_ephemeral(&self, spec: &SandboxSpec) {
+        let Some(open_network) = self.netns_ahead_for(spec, Lifetime::Ephemeral) else {
+            return;
+        };
+        let making = netns::Making::start(open_network).map(|making| (open_network, making));
+        let replaced = std::mem::replace(
+            &mut *self
+                .expected_netns
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            making,
+        );
+        drop(replaced);
     }
 
     async fn create(

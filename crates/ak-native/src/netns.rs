@@ -43,6 +43,7 @@ type Made = (AheadNetns, Option<Result<NetworkHelper, NativeError>>);
 /// The namespace (and, for the open network, its helper) being made. Dropped unfinished
 /// (the sandbox failed before it needed them), it waits for the thread and stops the
 /// helper, so that no helper runs on for nobody.
+#[derive(Debug)]
 pub(crate) struct Making(Option<JoinHandle<Result<Made, NativeError>>>);
 
 impl Drop for Making {
@@ -292,5 +293,52 @@ mod tests {
             0,
             "the child starts in the namespace, with loopback up"
         );
+    }
+
+    #[test]
+    fn an_expected_run_takes_the_namespace_started_for_it_and_only_one_that_fits() {
+        use ak_core::backend::Lifetime;
+        use ak_core::{Backend, NetworkMode};
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: making a network namespace needs root");
+            return;
+        }
+        let backend = crate::NativeBackend::new(PathBuf::from("/nonexistent/ak-agent"))
+            .with_netns_ahead(true);
+        let expected = |backend: &crate::NativeBackend| {
+            backend
+                .expected_netns
+                .lock()
+                .unwrap()
+                .as_ref()
+                .map(|(open, _)| *open)
+        };
+        let mut spec = ak_core::config::resolve(
+            ak_core::config::SandboxOptions::default(),
+            std::path::Path::new("/"),
+            ak_core::spec::new_sandbox_id(),
+        )
+        .unwrap();
+        spec.policy.network = NetworkMode::None;
+        backend.expect_ephemeral(&spec);
+        assert_eq!(expected(&backend), Some(false), "started by the hint");
+        let making = backend.netns_for(&spec, Lifetime::Ephemeral).unwrap();
+        assert_eq!(expected(&backend), None, "taken by the creation");
+        let (_, helper) = making.finish().unwrap().expect("root makes one");
+        assert!(helper.is_none(), "no helper without a network");
+
+        // One made for another network is let go, and the creation gets its own.
+        backend.expect_ephemeral(&spec);
+        spec.policy.network = NetworkMode::Outbound;
+        let making = backend.netns_for(&spec, Lifetime::Ephemeral).unwrap();
+        assert_eq!(expected(&backend), None);
+        let (_, helper) = making.finish().unwrap().expect("root makes one");
+        helper.expect("the open network's helper").unwrap().stop();
+
+        // A persistent sandbox leaves the hint's namespace alone (it makes its own).
+        spec.policy.network = NetworkMode::None;
+        backend.expect_ephemeral(&spec);
+        assert!(backend.netns_for(&spec, Lifetime::Persistent).is_none());
+        assert_eq!(expected(&backend), Some(false));
     }
 }

@@ -26,6 +26,16 @@ impl Service {
     /// Starts `exec` in a one-shot sandbox described by `spec`, which the session releases
     /// when the command ends (or when the session is dropped); the sandbox's timeout
     /// applies to the command.
+    /// Says that a [`Service::start_run`] of `spec` in a fresh sandbox follows: its backend
+    /// may begin, on other CPUs, the part of the creation that needs nothing else (see
+    /// [`ak_core::Backend::expect_ephemeral`]). For a process that is about to run one
+    /// command; the run then checks and refuses exactly as without it.
+    pub fn expect_run(&self, spec: &SandboxSpec) {
+        if let Ok(backend) = self.backend(spec.backend) {
+            backend.expect_ephemeral(spec);
+        }
+    }
+
     pub async fn start_run(
         &self,
         caller: Caller,
