@@ -667,6 +667,7 @@ impl Backend for NativeBackend {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
             making,
         );
+        // Let go of an earlier one outside the lock: dropping waits for its thread.
         drop(replaced);
     }
 

@@ -23,9 +23,6 @@ pub enum Placement {
 }
 
 impl Service {
-    /// Starts `exec` in a one-shot sandbox described by `spec`, which the session releases
-    /// when the command ends (or when the session is dropped); the sandbox's timeout
-    /// applies to the command.
     /// Says that a [`Service::start_run`] of `spec` in a fresh sandbox follows: its backend
     /// may begin, on other CPUs, the part of the creation that needs nothing else (see
     /// [`ak_core::Backend::expect_ephemeral`]). For a process that is about to run one
@@ -36,6 +33,9 @@ impl Service {
         }
     }
 
+    /// Starts `exec` in a one-shot sandbox described by `spec`, which the session releases
+    /// when the command ends (or when the session is dropped); the sandbox's timeout
+    /// applies to the command.
     pub async fn start_run(
         &self,
         caller: Caller,
