@@ -14,6 +14,7 @@ mod guest;
 mod image_config;
 mod images;
 mod memory;
+mod name_lock;
 mod network;
 pub mod output;
 mod pause;

@@ -3,7 +3,6 @@
 //! concurrent callers (several CLIs, the daemon) cannot interleave, and records its result
 //! in the registry before returning.
 
-use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -14,7 +13,6 @@ use ak_core::{BackendError, ExecSpec, Mount, SandboxSpec, SandboxState};
 
 use crate::image_config::Entry;
 use ak_protocol::AgentClient;
-use rustix::fs::{FlockOperation, flock};
 
 use crate::error::ServiceError;
 use crate::registry::{RegistryError, SandboxRecord, now_unix};
@@ -24,52 +22,7 @@ use crate::{Caller, Service};
 /// Where a named sandbox's workdir lives inside it when the service provides one.
 const NAMED_WORKDIR: &str = "/workspace";
 
-/// Exclusive hold on one sandbox name, across processes, while an operation runs.
-#[derive(Debug)]
-pub(crate) struct NameLock {
-    _file: File,
-}
-
 impl Service {
-    /// Holds sandbox `name`'s lock for an operation on it: a name that no sandbox has is
-    /// not found, and leaves no lock file behind (a request per missing name made one).
-    pub(crate) async fn lock_name(&self, name: &str) -> Result<NameLock, ServiceError> {
-        self.record(name)?;
-        self.lock_new_name(name).await
-    }
-
-    /// Holds the lock of `name`, which need not be a sandbox's yet (one being created).
-    /// Waits without holding up the async runtime: a contended lock is waited for on a
-    /// blocking thread (the holder may need this runtime to finish).
-    pub(crate) async fn lock_new_name(&self, name: &str) -> Result<NameLock, ServiceError> {
-        // The name becomes a file name: one that no sandbox could have (a NUL, a `/`, `..`)
-        // is the caller's mistake, said as such, and never a path outside the directory.
-        validate_name(name)?;
-        let dir = self.state_dir()?.join("locks");
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| ServiceError::State(format!("create {}: {e}", dir.display())))?;
-        let path = dir.join(format!("{name}.lock"));
-        let file = File::create(&path)
-            .map_err(|e| ServiceError::State(format!("open {}: {e}", path.display())))?;
-        let lock_error =
-            |e: rustix::io::Errno| ServiceError::State(format!("lock {}: {e}", path.display()));
-        match flock(&file, FlockOperation::NonBlockingLockExclusive) {
-            Ok(()) => return Ok(NameLock { _file: file }),
-            Err(rustix::io::Errno::WOULDBLOCK) => {}
-            Err(e) => return Err(lock_error(e)),
-        }
-        let file = tokio::task::spawn_blocking(move || {
-            flock(&file, FlockOperation::LockExclusive).map(|()| file)
-        })
-        .await
-        .map_err(|e| ServiceError::State(format!("lock {}: {e}", path.display())))?
-        .map_err(lock_error)?;
-        Ok(NameLock { _file: file })
-    }
-
     /// Fails unless a named sandbox `name` exists (in any state).
     pub fn require_named(&self, name: &str) -> Result<(), ServiceError> {
         self.record(name).map(|_| ())
@@ -345,7 +298,7 @@ impl Service {
 
     /// [`Service::remove_named`] without its audit entry.
     async fn remove_unaudited(&self, name: &str, force: bool) -> Result<(), ServiceError> {
-        let _lock = self.lock_name(name).await?;
+        let lock = self.lock_name(name).await?;
         let mut record = self.record(name)?;
         if record.state.is_up() || record.state == SandboxState::Saved {
             if !force {
@@ -376,6 +329,7 @@ impl Service {
                 .map_err(|e| ServiceError::State(format!("remove {}: {e}", host_dir.display())))?;
         }
         self.registry()?.remove(name)?;
+        lock.remove_file();
         self.forget_secret_values(&record.spec.id);
         // A root layer the backend saved for a snapshot may have been kept for this
         // sandbox alone (its snapshot removed since, or a fork's).

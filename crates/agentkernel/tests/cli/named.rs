@@ -337,36 +337,34 @@ fn a_sandbox_killed_from_outside_becomes_failed_and_is_released() {
     assert_code(&ak(mode, &["remove", &n]), 0);
 }
 
-#[test]
-fn a_sandbox_removed_while_the_list_runs_is_left_out_of_it() {
+/// `agentkernel ARGS…` as root with the registry (and state directory) in `state`, its
+/// output captured.
+fn with_private_state(state: &std::path::Path, args: &[&str]) -> std::process::Command {
+    let mut command = agentkernel(Mode::Root, args);
+    command
+        .env("AGENTKERNEL_REGISTRY", state.join("registry.db"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    command
+}
+
+/// The file at `path` (created if need be), locked as the service locks a name.
+fn held_lock(path: &std::path::Path) -> std::fs::File {
     use std::os::fd::AsRawFd;
-    let _host = shared_host();
-    // A registry of its own, so that the list holds these two sandboxes and nothing else.
-    let state = tempfile::tempdir().unwrap();
-    let with_state = |args: &[&str]| {
-        let mut command = agentkernel(Mode::Root, args);
-        command
-            .env("AGENTKERNEL_REGISTRY", state.path().join("registry.db"))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        command
-    };
-    let first = name("listed-first", Mode::Root);
-    let second = name("removed-meanwhile", Mode::Root);
-    for n in [&first, &second] {
-        assert_code(
-            &with_state(&["create", n, "--no-network"]).output().unwrap(),
-            0,
-        );
-        assert_code(&with_state(&["start", n]).output().unwrap(), 0);
-    }
-    // Holding the first sandbox's lock stops the list there, after it has read both
-    // records: the second is removed while the list waits, as another caller would.
-    let lock = std::fs::File::open(state.path().join(format!("locks/{first}.lock"))).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .unwrap();
     // SAFETY: flock on a descriptor this test owns.
-    assert_eq!(unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) }, 0);
-    let list = with_state(&["list"]).spawn().unwrap();
-    let inode = std::os::unix::fs::MetadataExt::ino(&lock.metadata().unwrap());
+    assert_eq!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) }, 0);
+    file
+}
+
+/// Returns once some process waits for the lock on `file` (`/proc/locks`).
+fn wait_until_waited_for(file: &std::fs::File) {
+    let inode = std::os::unix::fs::MetadataExt::ino(&file.metadata().unwrap());
     let waiting = |locks: &str| {
         locks.lines().any(|l| {
             l.contains("->")
@@ -378,10 +376,32 @@ fn a_sandbox_removed_while_the_list_runs_is_left_out_of_it() {
     while !waiting(&std::fs::read_to_string("/proc/locks").unwrap()) {
         assert!(
             std::time::Instant::now() < deadline,
-            "the list never waited for the lock"
+            "nobody waited for the lock"
         );
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
+}
+
+#[test]
+fn a_sandbox_removed_while_the_list_runs_is_left_out_of_it() {
+    let _host = shared_host();
+    // A registry of its own, so that the list holds these two sandboxes and nothing else.
+    let state = tempfile::tempdir().unwrap();
+    let with_state = |args: &[&str]| with_private_state(state.path(), args);
+    let first = name("listed-first", Mode::Root);
+    let second = name("removed-meanwhile", Mode::Root);
+    for n in [&first, &second] {
+        assert_code(
+            &with_state(&["create", n, "--no-network"]).output().unwrap(),
+            0,
+        );
+        assert_code(&with_state(&["start", n]).output().unwrap(), 0);
+    }
+    // Holding the first sandbox's lock stops the list there, after it has read both
+    // records: the second is removed while the list waits, as another caller would.
+    let lock = held_lock(&state.path().join(format!("locks/{first}.lock")));
+    let list = with_state(&["list"]).spawn().unwrap();
+    wait_until_waited_for(&lock);
     assert_code(
         &with_state(&["remove", &second, "--force"])
             .output()
@@ -402,6 +422,43 @@ fn a_sandbox_removed_while_the_list_runs_is_left_out_of_it() {
         &with_state(&["remove", &first, "--force"]).output().unwrap(),
         0,
     );
+}
+
+#[test]
+fn a_removed_sandbox_takes_its_lock_file_and_a_waiter_follows_the_name_to_its_new_one() {
+    let _host = shared_host();
+    let state = tempfile::tempdir().unwrap();
+    let with_state = |args: &[&str]| with_private_state(state.path(), args);
+    let n = name("lock-file", Mode::Root);
+    let path = state.path().join(format!("locks/{n}.lock"));
+    assert_code(
+        &with_state(&["create", &n, "--no-network"])
+            .output()
+            .unwrap(),
+        0,
+    );
+    assert!(path.exists(), "a sandbox's lock file");
+    assert_code(&with_state(&["remove", &n]).output().unwrap(), 0);
+    assert!(!path.exists(), "a removed sandbox's lock file is left");
+
+    // A caller waiting on a file that the holder removes (as a removal does) must lock the
+    // name's new file, not the removed one that nobody else can see any more.
+    assert_code(
+        &with_state(&["create", &n, "--no-network"])
+            .output()
+            .unwrap(),
+        0,
+    );
+    let removed = held_lock(&path);
+    let start = with_state(&["start", &n]).spawn().unwrap();
+    wait_until_waited_for(&removed);
+    std::fs::remove_file(&path).unwrap();
+    let current = held_lock(&path);
+    drop(removed);
+    wait_until_waited_for(&current);
+    drop(current);
+    assert_code(&start.wait_with_output().unwrap(), 0);
+    assert_code(&with_state(&["remove", &n, "--force"]).output().unwrap(), 0);
 }
 
 #[test]
