@@ -1,7 +1,8 @@
 //! Per-name locks of named sandboxes: an `flock` on `<state>/locks/NAME.lock`, held across
 //! processes (several CLIs, the daemon, `serve`) while one operation on that name runs.
-//! A sandbox's removal also removes its lock file, so that the directory holds one file per
-//! sandbox rather than one per name ever used.
+//! The directory holds one file per sandbox rather than one per name ever used: a name
+//! with no sandbox gets no file, and whoever finds its name without a sandbox while holding
+//! the lock (a removal, a failed creation, a caller that waited for a removal) removes it.
 
 use std::fs::File;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt};
@@ -47,7 +48,27 @@ impl Service {
     /// not found, and leaves no lock file behind (a request per missing name made one).
     pub(crate) async fn lock_name(&self, name: &str) -> Result<NameLock, ServiceError> {
         self.record(name)?;
-        self.lock_new_name(name).await
+        let lock = self.lock_new_name(name).await?;
+        // Removed by the caller we waited for.
+        if self.remove_lock_file_if_unnamed(&lock, name)? {
+            return Err(ServiceError::NotFound(name.to_string()));
+        }
+        Ok(lock)
+    }
+
+    /// Removes `lock`'s file when no sandbox has `name` (removed while we waited, or never
+    /// created: a creation failed), so that the directory holds one file per sandbox;
+    /// true if so.
+    pub(crate) fn remove_lock_file_if_unnamed(
+        &self,
+        lock: &NameLock,
+        name: &str,
+    ) -> Result<bool, ServiceError> {
+        let unnamed = self.registry()?.get(name)?.is_none();
+        if unnamed {
+            lock.remove_file();
+        }
+        Ok(unnamed)
     }
 
     /// Holds the lock of `name`, which need not be a sandbox's yet (one being created).

@@ -133,12 +133,27 @@ impl Service {
     pub(crate) async fn create_unaudited(
         &self,
         name: &str,
-        mut spec: SandboxSpec,
+        spec: SandboxSpec,
         dir: Option<&Path>,
     ) -> Result<SandboxRecord, ServiceError> {
         validate_name(name)?;
         let backend = self.backend(spec.backend)?.clone();
-        let _lock = self.lock_new_name(name).await?;
+        let lock = self.lock_new_name(name).await?;
+        let created = self.create_locked(name, spec, dir, &backend).await;
+        if created.is_err() {
+            self.remove_lock_file_if_unnamed(&lock, name)?;
+        }
+        created
+    }
+
+    /// The rest of [`Service::create_unaudited`], with `name` locked.
+    async fn create_locked(
+        &self,
+        name: &str,
+        mut spec: SandboxSpec,
+        dir: Option<&Path>,
+        backend: &Arc<dyn Backend>,
+    ) -> Result<SandboxRecord, ServiceError> {
         if self.registry()?.get(name)?.is_some() {
             return Err(ServiceError::Duplicate(name.to_string()));
         }
@@ -468,9 +483,7 @@ impl Service {
                 Err(ServiceError::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
-            let Some(current) = self.registry()?.get(&record.name)? else {
-                continue;
-            };
+            let current = self.record(&record.name)?;
             if !self.check_alive(&current).await? {
                 failed.push(record.name.clone());
             }

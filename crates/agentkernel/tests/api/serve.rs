@@ -359,6 +359,25 @@ fn names_that_no_sandbox_can_have_are_refused_before_any_lock() {
         );
         assert_eq!(answer.status, 404, "{}", answer.json());
     }
+    // Nor does a creation that fails once it holds the name (here: its source cannot be
+    // cloned, nothing listens on that port).
+    for i in 0..10 {
+        let body = json!({
+            "name": format!("unclonable-{i}"),
+            "network": "none",
+            "source_url": "https://127.0.0.1:1/nothing.git",
+        })
+        .to_string();
+        let stream = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
+        let answer = exchange(
+            stream,
+            "POST",
+            "/sandboxes",
+            Some(TOKEN),
+            Some(body.as_bytes()),
+        );
+        assert!(answer.status >= 400, "{}", answer.json());
+    }
     let locks = std::fs::read_dir(server.state.path().join("locks"))
         .map(|entries| entries.count())
         .unwrap_or(0);
