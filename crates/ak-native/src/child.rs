@@ -1,16 +1,18 @@
 //! Code that runs in the sandbox's first process between `clone3` and `execveat` of the
-//! agent. It must not allocate, lock or panic (it is a raw copy of a possibly
-//! multi-threaded parent), so it only reads the prepared [`ChildPlan`] and makes system
-//! calls; the first failure is reported to the parent as `(step, errno)`.
+//! agent. That process shares its parent's memory and its parent thread's thread-locals
+//! (`CLONE_VM`, see spawn.rs), while the parent's threads go on: it must not allocate, lock,
+//! panic or touch `errno`, so it only reads the prepared [`ChildPlan`] and makes system
+//! calls through `rawsys`; the first failure is reported to the parent as `(step, errno)`.
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
 
 use seccompiler::BpfProgram;
 
-use crate::landlock::{LandlockPlan, errno};
+use crate::landlock::LandlockPlan;
 use crate::overlay::OverlayMount;
 use crate::plan::Op;
+use crate::rawsys::sys;
 
 /// Steps after the mount ops; their numbers follow the ops' indices.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,144 +152,123 @@ pub(crate) fn run(plan: &ChildPlan) -> ! {
     report[4..].copy_from_slice(&error.to_le_bytes());
     // SAFETY: writing a stack buffer to our error pipe, then leaving without unwinding.
     unsafe {
-        libc::write(plan.error_fd, report.as_ptr().cast(), report.len());
-        libc::_exit(125)
+        let _ = sys!(
+            libc::SYS_write,
+            plan.error_fd,
+            report.as_ptr(),
+            report.len()
+        );
+        loop {
+            let _ = sys!(libc::SYS_exit_group, 125);
+        }
     }
 }
 
 enum Never {}
 
-fn check(step: Step, ret: libc::c_long) -> Result<(), (u32, i32)> {
-    if ret < 0 {
-        Err((step as u32, errno()))
-    } else {
-        Ok(())
-    }
+/// Tags a system call's failure with the step it belongs to.
+fn at(step: Step) -> impl Fn(i32) -> (u32, i32) {
+    move |errno| (step as u32, errno)
 }
 
 fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
     // SAFETY (whole function): plain system calls on NUL-terminated strings and stack
-    // buffers prepared by the parent; nothing here allocates.
+    // buffers prepared by the parent; nothing here allocates, and nothing touches errno
+    // or any other thread-local (see rawsys.rs).
     unsafe {
         // Only this thread exists here, so moving itself needs no lock that would wait
         // for an RCU grace period (see `SandboxCgroup::entry`).
         for &fd in &plan.cgroup_join {
-            if libc::write(fd, c"0".as_ptr().cast(), 1) != 1 {
-                return Err((Step::CgroupJoin as u32, errno()));
+            match sys!(libc::SYS_write, fd, c"0".as_ptr(), 1) {
+                Ok(1) => {}
+                Ok(_) => return Err((Step::CgroupJoin as u32, libc::EIO)),
+                Err(errno) => return Err((Step::CgroupJoin as u32, errno)),
             }
-            libc::close(fd);
+            let _ = sys!(libc::SYS_close, fd);
         }
         for &fd in &plan.parent_fds {
-            libc::close(fd);
+            let _ = sys!(libc::SYS_close, fd);
         }
         // First go: the id maps are written, so files we create have owners.
         wait_for_parent(plan.sync_fd)?;
-        libc::close(plan.sync_fd);
+        let _ = sys!(libc::SYS_close, plan.sync_fd);
 
         if plan.new_session {
-            check(Step::Session, libc::setsid() as libc::c_long)?;
+            sys!(libc::SYS_setsid).map_err(at(Step::Session))?;
         }
+        // Raw system calls, not libc's wrappers: those apply a credential change to every
+        // thread the parent has (glibc's setxid broadcast).
         if plan.drop_groups {
-            check(
-                Step::Credentials,
-                libc::syscall(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>()),
-            )?;
+            sys!(libc::SYS_setgroups, 0, std::ptr::null::<libc::gid_t>())
+                .map_err(at(Step::Credentials))?;
         }
-        // Raw system calls, not libc's wrappers: those apply the change to every thread
-        // the parent had (glibc's setxid broadcast) and would wait forever for threads that
-        // do not exist in this copy of the process.
         // The layers are opened with the caller's own host credentials, before the child
         // becomes the namespace's root (no one on the host): the store's directory is
         // private to the caller.
         if !plan.layers.is_empty() {
-            check(
-                Step::Namespaces,
-                libc::unshare(libc::CLONE_NEWNS) as libc::c_long,
-            )?;
+            sys!(libc::SYS_unshare, libc::CLONE_NEWNS).map_err(at(Step::Namespaces))?;
             for (path, fd) in &plan.layers {
-                let opened = libc::open(
+                let opened = sys!(
+                    libc::SYS_openat,
+                    libc::AT_FDCWD,
                     path.as_ptr(),
-                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-                );
-                if opened < 0 || libc::dup3(opened, *fd, libc::O_CLOEXEC) < 0 {
-                    return Err((Step::Layers as u32, errno()));
-                }
-                libc::close(opened);
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC
+                )
+                .map_err(at(Step::Layers))?;
+                sys!(libc::SYS_dup3, opened, *fd, libc::O_CLOEXEC).map_err(at(Step::Layers))?;
+                let _ = sys!(libc::SYS_close, opened);
             }
         }
-        check(
-            Step::Credentials,
-            libc::syscall(libc::SYS_setresgid, 0, 0, 0),
-        )?;
-        check(
-            Step::Credentials,
-            libc::syscall(libc::SYS_setresuid, 0, 0, 0),
-        )?;
+        sys!(libc::SYS_setresgid, 0, 0, 0).map_err(at(Step::Credentials))?;
+        sys!(libc::SYS_setresuid, 0, 0, 0).map_err(at(Step::Credentials))?;
         // The network, mount, uts and ipc namespaces are made here rather than by clone3:
         // a network namespace costs most of a millisecond of kernel work, which this way
         // overlaps with the parent's cgroup set-up instead of delaying it.
-        check(
-            Step::Namespaces,
-            libc::unshare(
-                if plan.own_netns {
-                    libc::CLONE_NEWNET
-                } else {
-                    0
-                } | libc::CLONE_NEWUTS
-                    | libc::CLONE_NEWIPC
-                    | if plan.layers.is_empty() {
-                        libc::CLONE_NEWNS
-                    } else {
-                        0
-                    },
-            ) as libc::c_long,
-        )?;
+        let namespaces = if plan.own_netns {
+            libc::CLONE_NEWNET
+        } else {
+            0
+        } | libc::CLONE_NEWUTS
+            | libc::CLONE_NEWIPC
+            | if plan.layers.is_empty() {
+                libc::CLONE_NEWNS
+            } else {
+                0
+            };
+        sys!(libc::SYS_unshare, namespaces).map_err(at(Step::Namespaces))?;
         if let Some(fd) = plan.netns_ready_fd {
             let byte = 1u8;
-            libc::write(fd, (&raw const byte).cast(), 1);
-            libc::close(fd);
+            let _ = sys!(libc::SYS_write, fd, &raw const byte, 1);
+            let _ = sys!(libc::SYS_close, fd);
         }
-        check(
-            Step::Propagation,
-            libc::mount(
-                std::ptr::null(),
-                plan.root_dir.as_ptr(),
-                std::ptr::null(),
-                libc::MS_REC | libc::MS_PRIVATE,
-                std::ptr::null(),
-            ) as libc::c_long,
-        )?;
+        sys!(
+            libc::SYS_mount,
+            std::ptr::null::<libc::c_char>(),
+            plan.root_dir.as_ptr(),
+            std::ptr::null::<libc::c_char>(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null::<libc::c_void>()
+        )
+        .map_err(at(Step::Propagation))?;
 
         // Modes in the plan are exact; the agent gets the usual 022 back before exec.
-        libc::umask(0);
+        let _ = sys!(libc::SYS_umask, 0);
         for (index, op) in plan.ops.iter().enumerate() {
             run_op(op).map_err(|e| (index as u32, e))?;
         }
 
-        check(
-            Step::PivotRoot,
-            libc::chdir(plan.new_root.as_ptr()) as libc::c_long,
-        )?;
-        check(
-            Step::PivotRoot,
-            libc::syscall(libc::SYS_pivot_root, plan.dot.as_ptr(), plan.dot.as_ptr()),
-        )?;
-        check(
-            Step::PivotRoot,
-            libc::umount2(plan.dot.as_ptr(), libc::MNT_DETACH) as libc::c_long,
-        )?;
-        check(
-            Step::PivotRoot,
-            libc::chdir(plan.root_dir.as_ptr()) as libc::c_long,
-        )?;
+        sys!(libc::SYS_chdir, plan.new_root.as_ptr()).map_err(at(Step::PivotRoot))?;
+        sys!(libc::SYS_pivot_root, plan.dot.as_ptr(), plan.dot.as_ptr())
+            .map_err(at(Step::PivotRoot))?;
+        sys!(libc::SYS_umount2, plan.dot.as_ptr(), libc::MNT_DETACH)
+            .map_err(at(Step::PivotRoot))?;
+        sys!(libc::SYS_chdir, plan.root_dir.as_ptr()).map_err(at(Step::PivotRoot))?;
 
         let hostname = plan.hostname.as_bytes();
-        check(
-            Step::Hostname,
-            libc::sethostname(hostname.as_ptr().cast(), hostname.len()) as libc::c_long,
-        )?;
+        sys!(libc::SYS_sethostname, hostname.as_ptr(), hostname.len())
+            .map_err(at(Step::Hostname))?;
         if plan.own_netns {
-            loopback_up().map_err(|e| (Step::Loopback as u32, e))?;
+            loopback_up().map_err(at(Step::Loopback))?;
         }
 
         for &(resource, limit) in &plan.rlimits {
@@ -295,138 +276,166 @@ fn steps(plan: &ChildPlan) -> Result<Never, (u32, i32)> {
                 rlim_cur: limit,
                 rlim_max: limit,
             };
-            check(
-                Step::Rlimits,
-                libc::setrlimit(resource, &value) as libc::c_long,
-            )?;
+            sys!(
+                libc::SYS_prlimit64,
+                0,
+                resource,
+                &raw const value,
+                std::ptr::null_mut::<libc::rlimit>()
+            )
+            .map_err(at(Step::Rlimits))?;
         }
 
         // Standard input and output of the agent are /dev/null; stderr stays the caller's
         // (or becomes the persistent sandbox's log), for the agent's own diagnostics. Every
         // other inherited descriptor closes at exec.
-        let null = libc::open(plan.dev_null.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC);
-        check(Step::Descriptors, null as libc::c_long)?;
-        check(Step::Descriptors, libc::dup2(null, 0) as libc::c_long)?;
-        check(Step::Descriptors, libc::dup2(null, 1) as libc::c_long)?;
-        libc::close(null);
-        if let Some(log) = plan.stderr_fd {
-            check(Step::Descriptors, libc::dup2(log, 2) as libc::c_long)?;
+        let null = sys!(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            plan.dev_null.as_ptr(),
+            libc::O_RDWR | libc::O_CLOEXEC
+        )
+        .map_err(at(Step::Descriptors))?;
+        dup_onto(null, 0).map_err(at(Step::Descriptors))?;
+        dup_onto(null, 1).map_err(at(Step::Descriptors))?;
+        if null > 1 {
+            let _ = sys!(libc::SYS_close, null);
         }
-        check(
-            Step::Descriptors,
-            libc::syscall(
-                libc::SYS_close_range,
-                3u32,
-                u32::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ),
-        )?;
+        if let Some(log) = plan.stderr_fd {
+            dup_onto(log as usize, 2).map_err(at(Step::Descriptors))?;
+        }
+        sys!(
+            libc::SYS_close_range,
+            3u32,
+            u32::MAX,
+            libc::CLOSE_RANGE_CLOEXEC
+        )
+        .map_err(at(Step::Descriptors))?;
         for &fd in &plan.inherit_fds {
-            check(
-                Step::Descriptors,
-                libc::fcntl(fd, libc::F_SETFD, 0) as libc::c_long,
-            )?;
+            sys!(libc::SYS_fcntl, fd, libc::F_SETFD, 0).map_err(at(Step::Descriptors))?;
         }
 
-        libc::umask(0o022);
-        check(
-            Step::NoNewPrivs,
-            libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) as libc::c_long,
-        )?;
+        let _ = sys!(libc::SYS_umask, 0o022);
+        sys!(libc::SYS_prctl, libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
+            .map_err(at(Step::NoNewPrivs))?;
         if let Some(landlock) = &plan.landlock {
-            landlock.apply().map_err(|e| (Step::Landlock as u32, e))?;
+            landlock.apply().map_err(at(Step::Landlock))?;
         }
         for &cap in &plan.drop_caps {
-            check(
-                Step::Capabilities,
-                libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) as libc::c_long,
-            )?;
+            sys!(libc::SYS_prctl, libc::PR_CAPBSET_DROP, cap, 0, 0, 0)
+                .map_err(at(Step::Capabilities))?;
         }
-        check(
-            Step::Capabilities,
-            libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) as libc::c_long,
-        )?;
+        sys!(
+            libc::SYS_prctl,
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0
+        )
+        .map_err(at(Step::Capabilities))?;
         // We joined our cgroups first thing, so the cgroup namespace made now has our own
         // cgroup as its root.
         if plan.cgroup_namespace {
-            check(
-                Step::CgroupNamespace,
-                libc::unshare(libc::CLONE_NEWCGROUP) as libc::c_long,
-            )?;
+            sys!(libc::SYS_unshare, libc::CLONE_NEWCGROUP).map_err(at(Step::CgroupNamespace))?;
         }
         for program in &plan.seccomp {
             let fprog = libc::sock_fprog {
                 len: program.len() as u16,
                 filter: program.as_ptr() as *mut libc::sock_filter,
             };
-            check(
-                Step::Seccomp,
-                libc::syscall(
-                    libc::SYS_seccomp,
-                    libc::SECCOMP_SET_MODE_FILTER,
-                    0u32,
-                    &fprog as *const libc::sock_fprog,
-                ),
-            )?;
+            sys!(
+                libc::SYS_seccomp,
+                libc::SECCOMP_SET_MODE_FILTER,
+                0u32,
+                &raw const fprog
+            )
+            .map_err(at(Step::Seccomp))?;
         }
 
-        let mut empty_set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut empty_set);
-        libc::sigprocmask(libc::SIG_SETMASK, &empty_set, std::ptr::null_mut());
-        libc::syscall(
+        // The kernel's signal set is 8 bytes (glibc's sigset_t is larger).
+        let empty_set = 0u64;
+        let _ = sys!(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &raw const empty_set,
+            std::ptr::null_mut::<u64>(),
+            std::mem::size_of::<u64>()
+        );
+        let Err(errno) = sys!(
             libc::SYS_execveat,
             plan.agent_fd,
             plan.empty.as_ptr(),
             plan.argv.as_ptr(),
             plan.envp.as_ptr(),
-            libc::AT_EMPTY_PATH,
-        );
-        Err((Step::Exec as u32, errno()))
+            libc::AT_EMPTY_PATH
+        ) else {
+            // execveat returns only on failure.
+            return Err((Step::Exec as u32, libc::EIO));
+        };
+        Err((Step::Exec as u32, errno))
+    }
+}
+
+/// `dup2(fd, target)`: dup3 refuses equal descriptors, where dup2 keeps the one there
+/// (then only its close-on-exec flag has to go).
+///
+/// # Safety
+/// Both must be descriptors this process may replace.
+unsafe fn dup_onto(fd: usize, target: usize) -> Result<(), i32> {
+    // SAFETY: per the function's contract.
+    unsafe {
+        if fd == target {
+            sys!(libc::SYS_fcntl, fd, libc::F_SETFD, 0).map(drop)
+        } else {
+            sys!(libc::SYS_dup3, fd, target, 0).map(drop)
+        }
     }
 }
 
 /// Blocks until the parent writes one byte; a closed pipe means the parent gave up.
 fn wait_for_parent(fd: RawFd) -> Result<(), (u32, i32)> {
     let mut byte = 0u8;
-    // SAFETY: reading one byte into a stack variable.
-    if unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) } != 1 {
-        return Err((Step::Sync as u32, libc::EPIPE));
+    loop {
+        // SAFETY: reading one byte into a stack variable.
+        match unsafe { sys!(libc::SYS_read, fd, &raw mut byte, 1) } {
+            Ok(1) => return Ok(()),
+            Err(libc::EINTR) => continue,
+            _ => return Err((Step::Sync as u32, libc::EPIPE)),
+        }
     }
-    Ok(())
 }
 
 fn run_op(op: &Op) -> Result<(), i32> {
     // SAFETY: system calls on NUL-terminated strings owned by the plan.
     unsafe {
-        let ret = match op {
+        match op {
             Op::Mkdir { path, mode } => {
-                if libc::mkdir(path.as_ptr(), *mode) < 0 && errno() != libc::EEXIST {
-                    return Err(errno());
+                match sys!(libc::SYS_mkdirat, libc::AT_FDCWD, path.as_ptr(), *mode) {
+                    Ok(_) | Err(libc::EEXIST) => Ok(()),
+                    Err(errno) => Err(errno),
                 }
-                0
             }
             Op::Symlink { target, link } => {
-                if libc::symlink(target.as_ptr(), link.as_ptr()) < 0 && errno() != libc::EEXIST {
-                    return Err(errno());
+                match sys!(
+                    libc::SYS_symlinkat,
+                    target.as_ptr(),
+                    libc::AT_FDCWD,
+                    link.as_ptr()
+                ) {
+                    Ok(_) | Err(libc::EEXIST) => Ok(()),
+                    Err(errno) => Err(errno),
                 }
-                0
             }
             Op::Touch { path } => {
-                let fd = libc::open(
+                let fd = sys!(
+                    libc::SYS_openat,
+                    libc::AT_FDCWD,
                     path.as_ptr(),
                     libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
-                    0o644,
-                );
-                if fd < 0 {
-                    return Err(errno());
-                }
-                libc::close(fd)
+                    0o644
+                )?;
+                sys!(libc::SYS_close, fd).map(drop)
             }
             Op::Mount {
                 source,
@@ -434,48 +443,47 @@ fn run_op(op: &Op) -> Result<(), i32> {
                 fstype,
                 flags,
                 data,
-            } => libc::mount(
+            } => sys!(
+                libc::SYS_mount,
                 source.as_ptr(),
                 target.as_ptr(),
                 fstype.as_ptr(),
                 *flags,
-                data.as_ptr().cast(),
-            ),
+                data.as_ptr()
+            )
+            .map(drop),
             Op::Bind {
                 source,
                 target,
                 attrs,
             } => {
-                if libc::mount(
+                sys!(
+                    libc::SYS_mount,
                     source.as_ptr(),
                     target.as_ptr(),
-                    std::ptr::null(),
+                    std::ptr::null::<libc::c_char>(),
                     libc::MS_BIND | libc::MS_REC,
-                    std::ptr::null(),
-                ) < 0
-                {
-                    return Err(errno());
-                }
+                    std::ptr::null::<libc::c_void>()
+                )?;
                 if *attrs == crate::plan::KEEP_ATTRS {
                     return Ok(());
                 }
-                return set_attr(target, *attrs, libc::AT_RECURSIVE as u32);
+                set_attr(target, *attrs, libc::AT_RECURSIVE as u32)
             }
-            Op::Overlay(overlay) => return mount_overlay(overlay),
+            Op::Overlay(overlay) => mount_overlay(overlay),
             Op::MoveMount { fd, target } => {
                 // SAFETY: the parent opened it and keeps it open until we have exec'd.
                 let mount = std::os::fd::BorrowedFd::borrow_raw(*fd);
-                return rustix::mount::move_mount(
+                rustix::mount::move_mount(
                     mount,
                     c"",
                     rustix::fs::CWD,
                     target.as_c_str(),
                     rustix::mount::MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
                 )
-                .map_err(|e| e.raw_os_error());
+                .map_err(|e| e.raw_os_error())
             }
-        };
-        if ret < 0 { Err(errno()) } else { Ok(()) }
+        }
     }
 }
 
@@ -522,16 +530,17 @@ fn mount_overlay(overlay: &OverlayMount) -> Result<(), i32> {
 
 fn mount_overlay_legacy(overlay: &OverlayMount, data: &std::ffi::CStr) -> Result<(), i32> {
     // SAFETY: NUL-terminated strings owned by the plan.
-    let ret = unsafe {
-        libc::mount(
+    unsafe {
+        sys!(
+            libc::SYS_mount,
             c"overlay".as_ptr(),
             overlay.target.as_ptr(),
             c"overlay".as_ptr(),
             libc::MS_NOSUID | libc::MS_NODEV,
-            data.as_ptr().cast(),
+            data.as_ptr()
         )
-    };
-    if ret < 0 { Err(errno()) } else { Ok(()) }
+        .map(drop)
+    }
 }
 
 /// `struct mount_attr` of `mount_setattr(2)`.
@@ -551,23 +560,51 @@ fn set_attr(target: &CString, attrs: u64, flags: u32) -> Result<(), i32> {
         userns_fd: 0,
     };
     // SAFETY: valid path and mount_attr of the size passed.
-    let ret = unsafe {
-        libc::syscall(
+    unsafe {
+        sys!(
             libc::SYS_mount_setattr,
             libc::AT_FDCWD,
             target.as_ptr(),
             flags,
-            &attr as *const MountAttr,
-            std::mem::size_of::<MountAttr>(),
+            &raw const attr,
+            std::mem::size_of::<MountAttr>()
         )
-    };
-    if ret < 0 { Err(errno()) } else { Ok(()) }
+        .map(drop)
+    }
 }
 
-/// Sets IFF_UP on `lo` in the calling thread's network namespace (allocation-free: the
-/// child calls it between clone and exec; netns.rs, for a namespace made ahead).
+/// Sets IFF_UP on `lo` in the calling thread's network namespace (allocation-free and
+/// errno-free: the child calls it between clone and exec; netns.rs, for a namespace made
+/// ahead).
 pub(crate) fn loopback_up() -> Result<(), i32> {
-    ak_netif::Interfaces::open()
-        .and_then(|interfaces| interfaces.set_up("lo"))
-        .map_err(|e| e.raw_os_error().unwrap_or(libc::EINVAL))
+    // SAFETY: an ifreq on the stack, named "lo", for ioctls on a socket opened here.
+    unsafe {
+        let socket = sys!(
+            libc::SYS_socket,
+            libc::AF_INET,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            0
+        )?;
+        let mut request: libc::ifreq = std::mem::zeroed();
+        for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo") {
+            *slot = *byte as libc::c_char;
+        }
+        let result = sys!(
+            libc::SYS_ioctl,
+            socket,
+            libc::SIOCGIFFLAGS,
+            &raw mut request
+        )
+        .and_then(|_| {
+            request.ifr_ifru.ifru_flags |= libc::IFF_UP as libc::c_short;
+            sys!(
+                libc::SYS_ioctl,
+                socket,
+                libc::SIOCSIFFLAGS,
+                &raw const request
+            )
+        });
+        let _ = sys!(libc::SYS_close, socket);
+        result.map(drop)
+    }
 }

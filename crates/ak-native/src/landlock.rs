@@ -1,6 +1,7 @@
 //! Landlock rules for a sandbox, prepared in the parent and applied by the child with raw
 //! system calls. The `landlock` crate allocates while building a ruleset, which the
-//! child of a raw `clone3` must not do (see `plan.rs`), so the few structures are here.
+//! child between `clone3` and exec must not do (see `plan.rs`), so the few structures are
+//! here.
 
 use std::ffi::CString;
 use std::os::fd::RawFd;
@@ -9,6 +10,7 @@ use ak_core::SandboxSpec;
 
 use crate::error::NativeError;
 use crate::plan::{SCRATCH_DIRS, cstring};
+use crate::rawsys::sys;
 
 const EXECUTE: u64 = 1 << 0;
 const WRITE_FILE: u64 = 1 << 1;
@@ -128,77 +130,76 @@ impl LandlockPlan {
         })
     }
 
-    /// Restricts the calling (child) process. Allocation-free; returns the errno on failure.
-    /// Requires `no_new_privs` to be set already.
+    /// Restricts the calling (child) process. Allocation-free and errno-free (it runs in
+    /// the child, see rawsys.rs); returns the errno on failure. Requires `no_new_privs` to
+    /// be set already.
     pub(crate) fn apply(&self) -> Result<(), i32> {
         let attr = RulesetAttr {
             handled_access_fs: self.handled,
         };
         // SAFETY: attr is a valid ruleset_attr of the size passed.
         let ruleset = unsafe {
-            libc::syscall(
+            sys!(
                 libc::SYS_landlock_create_ruleset,
-                &attr as *const RulesetAttr,
+                &raw const attr,
                 std::mem::size_of::<RulesetAttr>(),
-                0u32,
-            )
+                0u32
+            )?
         };
-        if ruleset < 0 {
-            return Err(errno());
-        }
-        let ruleset = ruleset as libc::c_int;
         let result = self.add_rules(ruleset).and_then(|()| {
             // SAFETY: ruleset is a landlock ruleset fd owned by this function.
-            let ret = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0u32) };
-            if ret < 0 { Err(errno()) } else { Ok(()) }
+            unsafe { sys!(libc::SYS_landlock_restrict_self, ruleset, 0u32).map(drop) }
         });
         // SAFETY: closing the fd this function opened.
-        unsafe { libc::close(ruleset) };
+        let _ = unsafe { sys!(libc::SYS_close, ruleset) };
         result
     }
 
-    fn add_rules(&self, ruleset: libc::c_int) -> Result<(), i32> {
+    fn add_rules(&self, ruleset: usize) -> Result<(), i32> {
         for (path, access) in &self.rules {
             // SAFETY: path is a NUL-terminated string prepared by the parent.
-            let fd = unsafe { libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC) };
-            if fd < 0 {
-                let error = errno();
-                if error == libc::ENOENT {
-                    continue;
-                }
-                return Err(error);
-            }
+            let opened = unsafe {
+                sys!(
+                    libc::SYS_openat,
+                    libc::AT_FDCWD,
+                    path.as_ptr(),
+                    libc::O_PATH | libc::O_CLOEXEC
+                )
+            };
+            let fd = match opened {
+                Ok(fd) => fd,
+                Err(libc::ENOENT) => continue,
+                Err(errno) => return Err(errno),
+            };
             let result = add_rule(ruleset, fd, access & self.handled);
             // SAFETY: closing the fd opened just above.
-            unsafe { libc::close(fd) };
+            let _ = unsafe { sys!(libc::SYS_close, fd) };
             result?;
         }
-        add_rule(ruleset, self.agent_fd, (EXECUTE | READ_FILE) & self.handled)
+        add_rule(
+            ruleset,
+            self.agent_fd as usize,
+            (EXECUTE | READ_FILE) & self.handled,
+        )
     }
 }
 
-fn add_rule(ruleset: libc::c_int, fd: RawFd, access: u64) -> Result<(), i32> {
+fn add_rule(ruleset: usize, fd: usize, access: u64) -> Result<(), i32> {
     let attr = PathBeneathAttr {
         allowed_access: access,
-        parent_fd: fd,
+        parent_fd: fd as i32,
     };
     // SAFETY: attr is a valid path_beneath_attr; ruleset and fd are open.
-    let ret = unsafe {
-        libc::syscall(
+    unsafe {
+        sys!(
             libc::SYS_landlock_add_rule,
             ruleset,
             RULE_PATH_BENEATH,
-            &attr as *const PathBeneathAttr,
-            0u32,
+            &raw const attr,
+            0u32
         )
-    };
-    if ret < 0 { Err(errno()) } else { Ok(()) }
-}
-
-pub(crate) fn errno() -> i32 {
-    std::io::Error::last_os_error()
-        .raw_os_error()
-        .unwrap_or(libc::EIO)
+        .map(drop)
+    }
 }
 
 #[cfg(test)]

@@ -16,6 +16,7 @@ mod overlay;
 mod persistent;
 mod plan;
 pub mod probe;
+mod rawsys;
 pub mod rundir;
 mod sandbox;
 pub mod seccomp;

@@ -1,7 +1,8 @@
-//! The set-up steps of one sandbox, prepared in the parent. The child that runs them is a
-//! raw `clone3` copy of a possibly multi-threaded process, where allocating could deadlock
-//! on a lock held by another thread; so every string, path and pointer array is built here
-//! and the child only reads them.
+//! The set-up steps of one sandbox, prepared in the parent. The child that runs them shares
+//! the memory of a possibly multi-threaded process (`clone3` with `CLONE_VM`, see
+//! spawn.rs), where allocating would use the parent thread's allocator state at the same
+//! time as the parent; so every string, path and pointer array is built here and the child
+//! only reads them.
 
 use std::ffi::{CString, OsStr};
 use std::os::fd::RawFd;

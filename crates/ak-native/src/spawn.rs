@@ -17,6 +17,7 @@ use crate::netns::AheadNetns;
 use crate::plan::{
     HiddenPaths, MountPlanner, RootSource, cstring, env_block, os_cstring, pointer_array,
 };
+use crate::rawsys::{self, ChildStack};
 
 /// First uid/gid on the host that root-run sandboxes map to (65536 ids from here). Far
 /// above the ranges `useradd` and `/etc/subuid` hand out, so no host account owns them.
@@ -218,9 +219,19 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
         .cgroup
         .and_then(|entry| entry.clone_into.as_ref())
         .map(AsRawFd::as_raw_fd);
+    let stack = ChildStack::new().map_err(NativeError::io("map the sandbox child's stack"))?;
     let (pid, pidfd) = match request.netns {
-        Some(netns) => netns.clone_inside(|| clone_child(&plan, clone_into))?,
-        None => clone_child(&plan, clone_into)?,
+        Some(netns) => netns.clone_inside(|| clone_child(&plan, &stack, clone_into))?,
+        None => clone_child(&plan, &stack, clone_into)?,
+    };
+    // From here until the child has executed the agent or is gone, it runs in our memory,
+    // on `stack` and reading `plan`: every way out of this function (an error, a panic)
+    // first ends it, which this guard does unless disarmed. Declared after `plan` and
+    // `stack`, it is dropped before them.
+    let mut child_guard = ChildGuard {
+        pid,
+        pidfd: &pidfd,
+        armed: true,
     };
     drop(agent_socket);
     drop(sync_read);
@@ -241,19 +252,17 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
             _ => Ok(()),
         });
     drop(sync_write);
-    if let Err(error) = released {
-        reap(pid, &pidfd);
-        return Err(error);
-    }
+    released?;
 
-    // The error pipe closes on exec (success) or carries (step, errno).
+    // The error pipe closes on exec (success) or carries (step, errno). The kernel closes
+    // it after the child has left our memory: at exec, after the switch to the agent's
+    // own; at exit, after it let go of ours.
     let mut report = Vec::with_capacity(8);
     let mut error_read = std::fs::File::from(error_read);
     error_read
         .read_to_end(&mut report)
         .map_err(NativeError::io("read the sandbox start-up status"))?;
     if report.len() == 8 {
-        reap(pid, &pidfd);
         let step = u32::from_le_bytes([report[0], report[1], report[2], report[3]]);
         let errno = i32::from_le_bytes([report[4], report[5], report[6], report[7]]);
         return Err(NativeError::ChildStep {
@@ -261,6 +270,9 @@ pub(crate) fn spawn(request: SpawnRequest<'_>) -> Result<Spawned, NativeError> {
             source: std::io::Error::from_raw_os_error(errno),
         });
     }
+    child_guard.armed = false;
+    drop(child_guard);
+    drop(stack);
     drop(plan);
     drop(argv_strings);
     drop(env_strings);
@@ -286,47 +298,84 @@ fn read_byte(pipe: &OwnedFd) -> bool {
 /// (Linux 5.7; libc's constant is declared as a C int, too narrow for it).
 const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
 
+/// Ends a sandbox child that may still run in our memory (see `spawn`).
+struct ChildGuard<'a> {
+    pid: u32,
+    pidfd: &'a OwnedFd,
+    armed: bool,
+}
+
+impl Drop for ChildGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            reap(self.pid, self.pidfd);
+        }
+    }
+}
+
 /// `clone3` into new user and pid namespaces, and into the cgroup2 directory `cgroup` when
-/// given; the child runs the plan and never returns.
-fn clone_child(plan: &ChildPlan, cgroup: Option<RawFd>) -> Result<(u32, OwnedFd), NativeError> {
+/// given; the child runs the plan on `stack` and never returns.
+///
+/// The child shares our memory (`CLONE_VM`) instead of getting a copy of it: copying the
+/// page tables of a large, multi-threaded parent (the daemon), then copying every page
+/// either side writes to while the other still maps it (each copy a TLB shootdown across
+/// the parent's CPUs), and tearing the copy down again at exec cost ~0.8 ms of CPU per
+/// sandbox in a burst of pooled runs (`perf`, docs/benchmarks.md). glibc's `posix_spawn`
+/// does the same. What sharing demands of the child is in child.rs and rawsys.rs; the
+/// rest (the parent keeps `plan` and `stack` until the child is gone from its memory) is
+/// `spawn`'s. One thing it changes: until exec, the child's memory is the parent's, so an
+/// out-of-memory kill in the sandbox's cgroup during set-up would take the parent too.
+/// The set-up charges well under a MiB of kernel memory to a cgroup of at least
+/// `ak_core::resources::MIN_MEMORY` (8 MiB) with nothing else in it, so it cannot.
+fn clone_child(
+    plan: &ChildPlan,
+    stack: &ChildStack,
+    cgroup: Option<RawFd>,
+) -> Result<(u32, OwnedFd), NativeError> {
     let mut pidfd: RawFd = -1;
+    let (stack_low, stack_size) = stack.region();
     let mut args = CloneArgs {
         // The other namespaces are created by the child itself (see child.rs).
-        flags: (libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_PIDFD) as u64,
+        flags: (libc::CLONE_VM | libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::CLONE_PIDFD)
+            as u64,
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
+        stack: stack_low,
+        stack_size,
         ..CloneArgs::default()
     };
     if let Some(fd) = cgroup {
         args.flags |= CLONE_INTO_CGROUP;
         args.cgroup = fd as u64;
     }
+    extern "C" fn entry(plan: *const std::ffi::c_void) -> ! {
+        // SAFETY: `clone_child`'s caller keeps the plan alive until the child is gone.
+        child::run(unsafe { &*plan.cast::<ChildPlan>() })
+    }
     // Signals stay blocked in the child until just before exec, so no handler of the
     // parent's (e.g. the async runtime's) runs in the half-built sandbox.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     let mut previous: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid sigset pointers; clone3 gets a properly sized clone_args.
-    let ret = unsafe {
+    // SAFETY: valid sigset pointers; clone3 gets a properly sized clone_args whose stack
+    // the caller keeps mapped, and an entry that only makes raw system calls.
+    let cloned = unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
-        let ret = libc::syscall(
-            libc::SYS_clone3,
-            &mut args as *mut CloneArgs,
+        let cloned = rawsys::clone3_with_entry(
+            (&raw mut args).cast(),
             std::mem::size_of::<CloneArgs>(),
+            entry,
+            (plan as *const ChildPlan).cast(),
         );
-        if ret == 0 {
-            child::run(plan);
-        }
-        let saved = std::io::Error::last_os_error();
         libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
-        if ret < 0 {
-            return Err(NativeError::io("clone3 into new namespaces")(saved));
-        }
-        ret
+        cloned
     };
+    let pid = cloned.map_err(|errno| {
+        NativeError::io("clone3 into new namespaces")(std::io::Error::from_raw_os_error(errno))
+    })?;
     // SAFETY: clone3 with CLONE_PIDFD stored a new, owned pidfd.
     let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
-    Ok((ret as u32, pidfd))
+    Ok((pid, pidfd))
 }
 
 /// Maps uid/gid 0 inside to an unprivileged host id: the caller's own when unprivileged,
