@@ -69,6 +69,23 @@ macro_rules! sys {
 }
 pub(crate) use sys;
 
+/// `struct clone_args` of `clone3(2)`.
+#[repr(C)]
+#[derive(Default)]
+pub(crate) struct CloneArgs {
+    pub flags: u64,
+    pub pidfd: u64,
+    pub child_tid: u64,
+    pub parent_tid: u64,
+    pub exit_signal: u64,
+    pub stack: u64,
+    pub stack_size: u64,
+    pub tls: u64,
+    pub set_tid: u64,
+    pub set_tid_size: u64,
+    pub cgroup: u64,
+}
+
 /// `clone3` whose child starts on a stack of its own (`args.stack`, `args.stack_size`) and
 /// calls `entry(arg)`, which must never return; the parent gets the child's pid. A child
 /// that shares the parent's memory cannot return from a system call wrapper the way a
@@ -76,15 +93,16 @@ pub(crate) use sys;
 /// frames at all, so the jump to `entry` is made right after the system call instruction.
 ///
 /// # Safety
-/// `args` must be a valid `clone_args` of `size` bytes whose stack stays mapped until the
-/// child has executed another program or exited; `entry` must only make system calls
-/// through [`syscall`] (see the module's comment) and must not return.
+/// `args.stack` must stay mapped until the child has executed another program or exited,
+/// and so must whatever `arg` points to; `entry` must only make system calls through
+/// [`syscall`] (see the module's comment) and must not return.
 pub(crate) unsafe fn clone3_with_entry(
-    args: *mut c_void,
-    size: usize,
+    args: &mut CloneArgs,
     entry: extern "C" fn(*const c_void) -> !,
     arg: *const c_void,
 ) -> Result<u32, i32> {
+    let size = std::mem::size_of::<CloneArgs>();
+    let args: *mut CloneArgs = args;
     let ret: isize;
     #[cfg(target_arch = "x86_64")]
     // SAFETY: the parent's path returns from the system call as from any other; the
@@ -188,3 +206,59 @@ impl Drop for ChildStack {
 
 // SAFETY: a plain mapping; whoever owns the value may unmap it from any thread.
 unsafe impl Send for ChildStack {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[test]
+    fn a_failure_comes_back_as_its_errno_and_leaves_errno_alone() {
+        // SAFETY: errno is this thread's; closing an invalid descriptor has no effect.
+        unsafe {
+            *libc::__errno_location() = 12345;
+            assert_eq!(sys!(libc::SYS_close, -1i32), Err(libc::EBADF));
+            assert_eq!(*libc::__errno_location(), 12345);
+            assert_eq!(sys!(libc::SYS_getpid), Ok(std::process::id() as usize));
+        }
+    }
+
+    extern "C" fn write_and_exit(shared: *const c_void) -> ! {
+        // SAFETY: the test keeps the counter alive until it has reaped this child.
+        let shared = unsafe { &*shared.cast::<AtomicU32>() };
+        shared.store(42, Ordering::SeqCst);
+        loop {
+            // SAFETY: leaving the child.
+            let _ = unsafe { sys!(libc::SYS_exit_group, 7) };
+        }
+    }
+
+    #[test]
+    fn a_child_on_its_own_stack_writes_the_parents_memory_and_exits() {
+        let shared = AtomicU32::new(0);
+        let stack = ChildStack::new().unwrap();
+        let (low, size) = stack.region();
+        let mut args = CloneArgs {
+            flags: libc::CLONE_VM as u64,
+            exit_signal: libc::SIGCHLD as u64,
+            stack: low,
+            stack_size: size,
+            ..CloneArgs::default()
+        };
+        // SAFETY: the stack and the counter outlive the child, which is reaped below.
+        let pid = unsafe {
+            clone3_with_entry(&mut args, write_and_exit, (&raw const shared).cast()).unwrap()
+        };
+        let mut status = 0;
+        // SAFETY: waiting for our own child.
+        let reaped = unsafe { libc::waitpid(pid as i32, &mut status, 0) };
+        assert_eq!(reaped, pid as i32);
+        assert!(libc::WIFEXITED(status));
+        assert_eq!(libc::WEXITSTATUS(status), 7);
+        assert_eq!(
+            shared.load(Ordering::SeqCst),
+            42,
+            "the child wrote our memory, not a copy"
+        );
+    }
+}

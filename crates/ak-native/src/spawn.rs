@@ -17,7 +17,7 @@ use crate::netns::AheadNetns;
 use crate::plan::{
     HiddenPaths, MountPlanner, RootSource, cstring, env_block, os_cstring, pointer_array,
 };
-use crate::rawsys::{self, ChildStack};
+use crate::rawsys::{self, ChildStack, CloneArgs};
 
 /// First uid/gid on the host that root-run sandboxes map to (65536 ids from here). Far
 /// above the ranges `useradd` and `/etc/subuid` hand out, so no host account owns them.
@@ -72,22 +72,6 @@ pub(crate) struct Spawned {
     pub pidfd: OwnedFd,
     /// The host's end of the socket pair; `None` for a persistent sandbox.
     pub socket: Option<std::os::unix::net::UnixStream>,
-}
-
-#[repr(C)]
-#[derive(Default)]
-struct CloneArgs {
-    flags: u64,
-    pidfd: u64,
-    child_tid: u64,
-    parent_tid: u64,
-    exit_signal: u64,
-    stack: u64,
-    stack_size: u64,
-    tls: u64,
-    set_tid: u64,
-    set_tid_size: u64,
-    cgroup: u64,
 }
 
 const AGENT_BASE_ENV: &[(&str, &str)] = &[
@@ -361,12 +345,7 @@ fn clone_child(
     let cloned = unsafe {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut previous);
-        let cloned = rawsys::clone3_with_entry(
-            (&raw mut args).cast(),
-            std::mem::size_of::<CloneArgs>(),
-            entry,
-            (plan as *const ChildPlan).cast(),
-        );
+        let cloned = rawsys::clone3_with_entry(&mut args, entry, (plan as *const ChildPlan).cast());
         libc::pthread_sigmask(libc::SIG_SETMASK, &previous, std::ptr::null_mut());
         cloned
     };
