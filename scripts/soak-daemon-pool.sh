@@ -2,7 +2,8 @@
 # Soaks the daemon's own socket: ROUNDS rounds (default 12) of 400 pooled `run -F`s at
 # concurrency 8, then 500 clients that connect and vanish, 200 that send half a request
 # and vanish, 200 that send garbage; after each round (6 s to settle) prints the daemon's
-# descriptors, RSS and threads and the running agents. Stops the daemon at the end and
+# descriptors, RSS, threads and memory mappings (each sandbox's child runs on a stack the
+# daemon maps for it) and the running agents. Stops the daemon at the end and
 # says whether anything is left. Uses a private state directory; needs root.
 #   AK=target/x86_64-unknown-linux-gnu/release/agentkernel scripts/soak-daemon-pool.sh [ROUNDS]
 set -euo pipefail
@@ -14,7 +15,7 @@ SOCK=$STATE/daemon.sock
 daemon_pid() { "$AK" daemon status --json | python3 -c 'import json,sys; print(json.load(sys.stdin)["pid"])'; }
 sample() {
   local pid; pid=$(daemon_pid)
-  echo "$1: fds=$(ls "/proc/$pid/fd" | wc -l) rss_kb=$(awk '/VmRSS/{print $2}' "/proc/$pid/status") threads=$(ls "/proc/$pid/task" | wc -l) agents=$(pgrep -c ak-agent || true)"
+  echo "$1: fds=$(ls "/proc/$pid/fd" | wc -l) rss_kb=$(awk '/VmRSS/{print $2}' "/proc/$pid/status") threads=$(ls "/proc/$pid/task" | wc -l) maps=$(wc -l < "/proc/$pid/maps") agents=$(pgrep -c ak-agent || true)"
 }
 "$AK" daemon start >/dev/null
 "$AK" run -F --no-network -- true >/dev/null

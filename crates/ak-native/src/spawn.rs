@@ -307,10 +307,19 @@ impl Drop for ChildGuard<'_> {
 /// sandbox in a burst of pooled runs (`perf`, docs/benchmarks.md). glibc's `posix_spawn`
 /// does the same. What sharing demands of the child is in child.rs and rawsys.rs; the
 /// rest (the parent keeps `plan` and `stack` until the child is gone from its memory) is
-/// `spawn`'s. One thing it changes: until exec, the child's memory is the parent's, so an
-/// out-of-memory kill in the sandbox's cgroup during set-up would take the parent too.
-/// The set-up charges well under a MiB of kernel memory to a cgroup of at least
-/// `ak_core::resources::MIN_MEMORY` (8 MiB) with nothing else in it, so it cannot.
+/// `spawn`'s. Two things it changes, both because until exec the child's memory is the
+/// parent's:
+/// - An out-of-memory kill in the sandbox's cgroup during set-up would take the parent
+///   too. The set-up charges about 0.5 MiB (`memory.max_usage_in_bytes` of a sandbox
+///   with 8 MiB: 512 KiB, of which 250 KiB kernel memory) to a cgroup of at least
+///   `ak_core::resources::MIN_MEMORY` (8 MiB) with nothing else in it, so it cannot.
+/// - When a root caller's child takes its mapped ids (`setresuid`), the kernel marks the
+///   memory it runs in non-dumpable, which is now the caller's: a root daemon or CLI is
+///   non-dumpable from its first sandbox on (`PR_GET_DUMPABLE` reads 0; no core dump
+///   without `fs.suid_dumpable=2`). Setting it back is safe only while no other child is
+///   between its id change and its exec, when a dumpable memory would let processes of
+///   the mapped uid trace it; so it stays off. Rootless callers keep their ids, and
+///   nothing changes for them.
 fn clone_child(
     plan: &ChildPlan,
     stack: &ChildStack,
