@@ -49,7 +49,12 @@ pub(crate) unsafe fn syscall(number: libc::c_long, args: [usize; 6]) -> Result<u
             options(nostack),
         );
     }
-    // -4095..-1 are errors; any other value (an address, say) is a result.
+    decode(ret)
+}
+
+/// A system call's return value: -4095..-1 are errors; any other value (an address, say)
+/// is a result.
+fn decode(ret: isize) -> Result<usize, i32> {
     if (-4095..0).contains(&ret) {
         Err(-ret as i32)
     } else {
@@ -148,11 +153,7 @@ pub(crate) unsafe fn clone3_with_entry(
             options(nostack),
         );
     }
-    if ret < 0 {
-        Err(-ret as i32)
-    } else {
-        Ok(ret as u32)
-    }
+    decode(ret).map(|pid| pid as u32)
 }
 
 /// A stack for a child started by [`clone3_with_entry`], with an inaccessible page below it
