@@ -496,7 +496,7 @@ fn mount_overlay(overlay: &OverlayMount) -> Result<(), i32> {
         fsconfig_set_flag, fsconfig_set_string, fsmount, fsopen, move_mount,
     };
     let raw = |e: rustix::io::Errno| e.raw_os_error();
-    let context = fsopen(c"overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(raw)?;
+    let context = ChildFd::from(fsopen(c"overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(raw)?);
     for lower in &overlay.lowers {
         if let Err(error) = fsconfig_set_string(&context, c"lowerdir+", lower.as_c_str()) {
             drop(context);
@@ -512,12 +512,14 @@ fn mount_overlay(overlay: &OverlayMount) -> Result<(), i32> {
     fsconfig_set_string(&context, c"workdir", overlay.work.as_c_str()).map_err(raw)?;
     fsconfig_set_flag(&context, c"userxattr").map_err(raw)?;
     fsconfig_create(&context).map_err(raw)?;
-    let mount = fsmount(
-        &context,
-        FsMountFlags::FSMOUNT_CLOEXEC,
-        MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
-    )
-    .map_err(raw)?;
+    let mount = ChildFd::from(
+        fsmount(
+            &context,
+            FsMountFlags::FSMOUNT_CLOEXEC,
+            MountAttrFlags::MOUNT_ATTR_NOSUID | MountAttrFlags::MOUNT_ATTR_NODEV,
+        )
+        .map_err(raw)?,
+    );
     move_mount(
         &mount,
         c"",
@@ -526,6 +528,30 @@ fn mount_overlay(overlay: &OverlayMount) -> Result<(), i32> {
         MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
     )
     .map_err(raw)
+}
+
+/// A descriptor the child owns: closed through `rawsys` when dropped, where std's
+/// `OwnedFd` would close it through libc (see the module's comment).
+struct ChildFd(RawFd);
+
+impl From<std::os::fd::OwnedFd> for ChildFd {
+    fn from(fd: std::os::fd::OwnedFd) -> ChildFd {
+        ChildFd(std::os::fd::IntoRawFd::into_raw_fd(fd))
+    }
+}
+
+impl std::os::fd::AsFd for ChildFd {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        // SAFETY: open until this value is dropped.
+        unsafe { std::os::fd::BorrowedFd::borrow_raw(self.0) }
+    }
+}
+
+impl Drop for ChildFd {
+    fn drop(&mut self) {
+        // SAFETY: closing the descriptor this value owns.
+        let _ = unsafe { sys!(libc::SYS_close, self.0) };
+    }
 }
 
 fn mount_overlay_legacy(overlay: &OverlayMount, data: &std::ffi::CStr) -> Result<(), i32> {
