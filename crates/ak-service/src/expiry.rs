@@ -38,8 +38,7 @@ impl Service {
     ) -> Result<SandboxRecord, ServiceError> {
         let result = async {
             check_ttl(by)?;
-            let _lock = self.lock_name(name).await?;
-            let record = self.record(name)?;
+            let (_lock, record) = self.lock_name(name).await?;
             let now = now_unix();
             let from = record.expires_at.unwrap_or(0).max(now);
             let until = from.saturating_add(by.as_secs() as i64);

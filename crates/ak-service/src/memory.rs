@@ -45,8 +45,8 @@ impl Service {
 
     /// [`Service::save_named`] without its audit entry.
     async fn save_unaudited(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
-        let _lock = self.lock_name(name).await?;
-        self.check_alive(&self.record(name)?).await?;
+        let (_lock, record) = self.lock_name(name).await?;
+        self.check_alive(&record).await?;
         let record = self.record(name)?;
         require(
             &record,
@@ -78,8 +78,7 @@ impl Service {
     /// Starts a saved sandbox from its memory state (the file goes once it runs; a failed
     /// restore leaves it saved, its state file there to try again).
     pub(crate) async fn resume_saved(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
-        let _lock = self.lock_name(name).await?;
-        let record = self.record(name)?;
+        let (_lock, record) = self.lock_name(name).await?;
         require(&record, &[SandboxState::Saved], "resume")?;
         let state = self.memory_state_of(&record)?;
         let started = self.start_from_memory(&record, &state).await?;
@@ -136,8 +135,8 @@ impl Service {
             .host_dir_of(&source.uuid)?
             .join(format!("fork-{}.state", &new_sandbox_id()[..16]));
         let root_copy = {
-            let _lock = self.lock_name(sandbox).await?;
-            self.check_alive(&self.record(sandbox)?).await?;
+            let (_lock, record) = self.lock_name(sandbox).await?;
+            self.check_alive(&record).await?;
             let source = self.record(sandbox)?;
             require(
                 &source,

@@ -13,6 +13,7 @@ use rustix::fs::{FlockOperation, flock};
 
 use crate::Service;
 use crate::error::ServiceError;
+use crate::registry::SandboxRecord;
 
 /// Exclusive hold on one sandbox name, across processes, while an operation runs.
 #[derive(Debug)]
@@ -44,31 +45,35 @@ impl NameLock {
 }
 
 impl Service {
-    /// Holds sandbox `name`'s lock for an operation on it: a name that no sandbox has is
-    /// not found, and leaves no lock file behind (a request per missing name made one).
-    pub(crate) async fn lock_name(&self, name: &str) -> Result<NameLock, ServiceError> {
+    /// Holds sandbox `name`'s lock for an operation on it, with its record as read under
+    /// the lock: a name that no sandbox has is not found, and leaves no lock file behind
+    /// (a request per missing name made one).
+    pub(crate) async fn lock_name(
+        &self,
+        name: &str,
+    ) -> Result<(NameLock, SandboxRecord), ServiceError> {
         self.record(name)?;
         let lock = self.lock_new_name(name).await?;
-        // Removed by the caller we waited for.
-        if self.remove_lock_file_if_unnamed(&lock, name)? {
-            return Err(ServiceError::NotFound(name.to_string()));
+        // None: removed by the caller we waited for.
+        match self.record_or_remove_lock_file(&lock, name)? {
+            Some(record) => Ok((lock, record)),
+            None => Err(ServiceError::NotFound(name.to_string())),
         }
-        Ok(lock)
     }
 
-    /// Removes `lock`'s file when no sandbox has `name` (removed while we waited, or never
-    /// created: a creation failed), so that the directory holds one file per sandbox;
-    /// true if so.
-    pub(crate) fn remove_lock_file_if_unnamed(
+    /// `name`'s record, read with its lock held; when no sandbox has `name` (removed while
+    /// we waited, or never created: a creation failed), removes `lock`'s file instead, so
+    /// that the directory holds one file per sandbox.
+    pub(crate) fn record_or_remove_lock_file(
         &self,
         lock: &NameLock,
         name: &str,
-    ) -> Result<bool, ServiceError> {
-        let unnamed = self.registry()?.get(name)?.is_none();
-        if unnamed {
+    ) -> Result<Option<SandboxRecord>, ServiceError> {
+        let record = self.registry()?.get(name)?;
+        if record.is_none() {
             lock.remove_file();
         }
-        Ok(unnamed)
+        Ok(record)
     }
 
     /// Holds the lock of `name`, which need not be a sandbox's yet (one being created).

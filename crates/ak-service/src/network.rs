@@ -47,8 +47,7 @@ impl Service {
         entries: &AllowlistEntries,
         extend: bool,
     ) -> Result<SandboxRecord, ServiceError> {
-        let _lock = self.lock_name(name).await?;
-        let record = self.record(name)?;
+        let (_lock, record) = self.lock_name(name).await?;
         require(
             &record,
             &[SandboxState::Running, SandboxState::Stopped],

@@ -20,9 +20,9 @@ impl Service {
         } else {
             (SandboxState::Paused, SandboxState::Running, "resume")
         };
-        let _lock = self.lock_name(name).await?;
+        let (_lock, record) = self.lock_name(name).await?;
         // A sandbox whose processes died is found failed here, not paused.
-        self.check_alive(&self.record(name)?).await?;
+        self.check_alive(&record).await?;
         let record = self.record(name)?;
         require(&record, &[from], action)?;
         let handle = parse_handle(&record)?;

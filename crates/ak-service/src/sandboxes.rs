@@ -141,7 +141,7 @@ impl Service {
         let lock = self.lock_new_name(name).await?;
         let created = self.create_locked(name, spec, dir, &backend).await;
         if created.is_err() {
-            self.remove_lock_file_if_unnamed(&lock, name)?;
+            self.record_or_remove_lock_file(&lock, name)?;
         }
         created
     }
@@ -247,8 +247,7 @@ impl Service {
 
     /// [`Service::start_named`] without its audit entry.
     async fn start_unaudited(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
-        let _lock = self.lock_name(name).await?;
-        let record = self.record(name)?;
+        let (_lock, record) = self.lock_name(name).await?;
         require(&record, &[SandboxState::Stopped], "start")?;
         let backend = self.backend(record.backend)?.clone();
         // A failed start leaves the sandbox stopped (and its workdir untouched): the cause
@@ -290,8 +289,7 @@ impl Service {
 
     /// [`Service::stop_named`] without its audit entry.
     async fn stop_unaudited(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
-        let _lock = self.lock_name(name).await?;
-        let record = self.record(name)?;
+        let (_lock, record) = self.lock_name(name).await?;
         require(
             &record,
             &[
@@ -313,8 +311,7 @@ impl Service {
 
     /// [`Service::remove_named`] without its audit entry.
     async fn remove_unaudited(&self, name: &str, force: bool) -> Result<(), ServiceError> {
-        let lock = self.lock_name(name).await?;
-        let mut record = self.record(name)?;
+        let (lock, mut record) = self.lock_name(name).await?;
         if record.state.is_up() || record.state == SandboxState::Saved {
             if !force {
                 return Err(ServiceError::WrongState {
@@ -383,8 +380,8 @@ impl Service {
     pub async fn inspect_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
         let record = self.record(name)?;
         if record.state.is_up() {
-            let _lock = self.lock_name(name).await?;
-            self.check_alive(&self.record(name)?).await?;
+            let (_lock, record) = self.lock_name(name).await?;
+            self.check_alive(&record).await?;
         }
         self.record(name)
     }
@@ -453,8 +450,8 @@ impl Service {
         let mut sandbox = match self.attach_record(&record).await {
             Ok(sandbox) => sandbox,
             Err(ServiceError::Backend(BackendError::Gone(_))) => {
-                let _lock = self.lock_name(name).await?;
-                self.check_alive(&self.record(name)?).await?;
+                let (_lock, record) = self.lock_name(name).await?;
+                self.check_alive(&record).await?;
                 return Err(ServiceError::WrongState {
                     name: name.to_string(),
                     state: SandboxState::Failed,
@@ -478,12 +475,11 @@ impl Service {
             }
             // Removed since it was listed (by another caller): nothing to reconcile, and
             // not a reason to fail the whole list.
-            let _lock = match self.lock_name(&record.name).await {
-                Ok(lock) => lock,
+            let (_lock, current) = match self.lock_name(&record.name).await {
+                Ok(locked) => locked,
                 Err(ServiceError::NotFound(_)) => continue,
                 Err(e) => return Err(e),
             };
-            let current = self.record(&record.name)?;
             if !self.check_alive(&current).await? {
                 failed.push(record.name.clone());
             }

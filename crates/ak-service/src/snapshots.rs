@@ -100,9 +100,9 @@ impl Service {
         };
         validate_name(&name)
             .map_err(|e| ServiceError::InvalidInput(format!("snapshot name: {e}")))?;
-        let _lock = self.lock_name(sandbox).await?;
+        let (_lock, record) = self.lock_name(sandbox).await?;
         // A sandbox whose processes died is found failed here, not frozen.
-        self.check_alive(&self.record(sandbox)?).await?;
+        self.check_alive(&record).await?;
         let record = self.record(sandbox)?;
         crate::sandboxes::require(
             &record,
