@@ -334,47 +334,40 @@ fn insecure_no_auth_serves_loopback_without_a_token() {
 fn names_that_no_sandbox_can_have_are_refused_before_any_lock() {
     let server = Server::start(Some(TOKEN), &[]);
     for sandbox in ["a\u{0}b", "../../escaped", "\u{10}\u{a4}"] {
-        let body = json!({"sandbox": sandbox, "name": "0"}).to_string();
-        let stream = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
-        let answer = exchange(
-            stream,
+        let answer = tcp(
+            server.port(),
             "POST",
             "/snapshots",
             Some(TOKEN),
-            Some(body.as_bytes()),
+            Some(&json!({"sandbox": sandbox, "name": "0"})),
         );
         assert_eq!(answer.status, 400, "{sandbox:?}: {}", answer.json());
         assert_eq!(answer.json()["success"], false);
     }
     // A valid name that no sandbox has is not found, and leaves no lock file per request.
     for i in 0..20 {
-        let body = json!({"sandbox": format!("missing-{i}"), "name": "0"}).to_string();
-        let stream = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
-        let answer = exchange(
-            stream,
+        let answer = tcp(
+            server.port(),
             "POST",
             "/snapshots",
             Some(TOKEN),
-            Some(body.as_bytes()),
+            Some(&json!({"sandbox": format!("missing-{i}"), "name": "0"})),
         );
         assert_eq!(answer.status, 404, "{}", answer.json());
     }
     // Nor does a creation that fails once it holds the name (here: its source cannot be
     // cloned, nothing listens on that port).
     for i in 0..10 {
-        let body = json!({
-            "name": format!("unclonable-{i}"),
-            "network": "none",
-            "source_url": "https://127.0.0.1:1/nothing.git",
-        })
-        .to_string();
-        let stream = std::net::TcpStream::connect(("127.0.0.1", server.port())).unwrap();
-        let answer = exchange(
-            stream,
+        let answer = tcp(
+            server.port(),
             "POST",
             "/sandboxes",
             Some(TOKEN),
-            Some(body.as_bytes()),
+            Some(&json!({
+                "name": format!("unclonable-{i}"),
+                "network": "none",
+                "source_url": "https://127.0.0.1:1/nothing.git",
+            })),
         );
         assert!(answer.status >= 400, "{}", answer.json());
     }
