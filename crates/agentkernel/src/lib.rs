@@ -35,6 +35,10 @@ pub fn main(executable: Executable) -> ! {
         }
         wiring::LONG_LIVED.store(true, std::sync::atomic::Ordering::Relaxed);
     }
+    wiring::ONE_AT_A_TIME.store(
+        !cli.command.needs_worker_threads(),
+        std::sync::atomic::Ordering::Relaxed,
+    );
     init_tracing(cli.global.verbose);
     // One thread for one command; commands that build several sandboxes at once (blocking
     // work) get a worker per core.

@@ -82,3 +82,44 @@ fn a_killed_cli_leaves_nothing_behind() {
     assert_code(&run(Mode::Rootless, &["--no-network"], &["true"]), 0);
     assert_no_leaks(&before);
 }
+
+/// A one-shot `run` returns once every process of its sandbox is gone, and leaves only the
+/// host's bookkeeping (cgroups, runtime directory) to a janitor, which removes it.
+#[test]
+fn a_run_returns_with_its_processes_gone_and_its_janitor_removes_the_rest() {
+    let _host = exclusive_host();
+    let before = snapshot();
+    // A process the command leaves behind, found on the host by its unusual argument.
+    let marker = "4242.4242";
+    for mode in [Mode::Root, Mode::Rootless] {
+        let output = agentkernel(
+            mode,
+            &[
+                "run",
+                "--no-network",
+                "--",
+                "sh",
+                "-c",
+                &format!("sleep {marker} & echo started"),
+            ],
+        )
+        .env("AGENTKERNEL_LOG", "debug")
+        .output()
+        .unwrap();
+        assert_code(&output, 0);
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok())
+            .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+            // The command's own `sleep`, not a CLI (or its janitor) that names it.
+            .filter(|cmdline| cmdline.starts_with("sleep ") && cmdline.contains(marker))
+            .collect();
+        assert!(left.is_empty(), "{mode:?}: still running: {left:?}");
+        assert!(
+            stderr(&output).contains("sandbox release handed over"),
+            "{mode:?}: the release was not left to a janitor:\n{}",
+            stderr(&output)
+        );
+    }
+    assert_no_leaks(&before);
+}
