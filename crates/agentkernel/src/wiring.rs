@@ -44,9 +44,8 @@ fn exe_dir() -> Option<&'static Path> {
 /// rather than for one cold start's latency.
 pub static LONG_LIVED: AtomicBool = AtomicBool::new(false);
 
-/// Set by a command that builds one sandbox at a time and exits once it is done (`run`,
-/// not the servers or the benchmark's throughput run): its one-shot sandboxes leave the
-/// host-side end of their release to a janitor (`NativeBackend::with_background_release`).
+/// Set by a command that builds one sandbox at a time (`run`; not the servers or the
+/// benchmark's throughput run), whose service then takes one set-up turn at a time.
 pub static ONE_AT_A_TIME: AtomicBool = AtomicBool::new(false);
 
 /// `ak-server` beside this executable: the position-independent build of this command
@@ -165,8 +164,7 @@ fn service_with(config: &ConfigFile) -> Service {
             Arc::new(
                 NativeBackend::new(agent_path())
                     .with_egress(egress.clone())
-                    .with_netns_ahead(!LONG_LIVED.load(Ordering::Relaxed))
-                    .with_background_release(ONE_AT_A_TIME.load(Ordering::Relaxed)),
+                    .with_netns_ahead(!LONG_LIVED.load(Ordering::Relaxed)),
             ),
             Arc::new(GvisorBackend::new(agent_path(), config.gvisor.clone()).with_egress(egress)),
             container(BackendKind::Docker, config.docker.socket.clone()),

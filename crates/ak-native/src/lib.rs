@@ -9,7 +9,6 @@ mod bpf;
 pub mod cgroup;
 mod child;
 mod error;
-mod janitor;
 mod landlock;
 mod netns;
 pub mod network;
@@ -85,9 +84,6 @@ pub struct NativeBackend {
     last_sweep: std::sync::Mutex<Option<std::time::Instant>>,
     /// Whether one-shot sandboxes get their network namespace made ahead (netns.rs).
     netns_ahead: bool,
-    /// Whether one-shot sandboxes leave the host-side end of their release to a janitor
-    /// (janitor.rs).
-    background_release: bool,
     /// The namespace [`Backend::expect_ephemeral`] started making, and whether it is for
     /// the open network, until the creation it was made for takes it.
     expected_netns: std::sync::Mutex<Option<(bool, netns::Making)>>,
@@ -119,7 +115,6 @@ impl NativeBackend {
             cgroups: OnceLock::new(),
             last_sweep: std::sync::Mutex::new(None),
             netns_ahead: false,
-            background_release: false,
             expected_netns: std::sync::Mutex::new(None),
         }
     }
@@ -131,16 +126,6 @@ impl NativeBackend {
     /// sandbox is only overhead.
     pub fn with_netns_ahead(mut self, enabled: bool) -> Self {
         self.netns_ahead = enabled;
-        self
-    }
-
-    /// Leaves the end of each one-shot sandbox's release (its cgroup and runtime directory,
-    /// once its processes are gone) to a forked janitor (janitor.rs), so that the caller
-    /// can go on at once: for a process that exits right after its sandbox (the CLI's
-    /// `run`). Not for a server: it is not waiting to exit, and a fork of it would copy a
-    /// large, busy process.
-    pub fn with_background_release(mut self, enabled: bool) -> Self {
-        self.background_release = enabled;
         self
     }
 
@@ -498,7 +483,6 @@ impl NativeBackend {
                     reach: Reach::Ephemeral {
                         socket: spawned.socket,
                         network: None,
-                        background_release: self.background_release,
                     },
                 };
                 // Started while the child built its root; the agent's commands need it ready.

@@ -116,12 +116,6 @@ impl NetworkHelper {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-
-    /// Kills the helper without waiting for it: for a one-shot process about to exit, whose
-    /// own end reaps it (the helper is its child).
-    pub(crate) fn kill(mut self) {
-        let _ = self.child.kill();
-    }
 }
 
 /// Starts the helper of a persistent sandbox, which must outlive this process: its exit

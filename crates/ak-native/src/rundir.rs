@@ -29,8 +29,6 @@ const DIR_MODE: u32 = 0o711;
 pub struct RunDir {
     path: PathBuf,
     lock: Option<File>,
-    /// Left to a janitor (see [`RunDir::hand_over`]): removing it is no longer ours to do.
-    handed_over: bool,
 }
 
 /// Whether the base may get a tmpfs of its own (see [`keep_in_memory`]).
@@ -91,7 +89,6 @@ impl RunDir {
             Ok(lock) => Ok(RunDir {
                 path,
                 lock: Some(lock),
-                handed_over: false,
             }),
             Err(error) => {
                 // The sweep skips hidden names: nothing else would ever remove it.
@@ -103,18 +100,7 @@ impl RunDir {
 
     /// The runtime directory of a sandbox created elsewhere (not locked by this value).
     pub fn adopt(path: PathBuf) -> RunDir {
-        RunDir {
-            path,
-            lock: None,
-            handed_over: false,
-        }
-    }
-
-    /// Leaves the directory to the janitor forked just before (janitor.rs), which holds
-    /// its lock through the same open file: from now on [`RunDir::remove`] does nothing.
-    pub(crate) fn hand_over(&mut self) {
-        self.lock = None;
-        self.handed_over = true;
+        RunDir { path, lock: None }
     }
 
     pub fn path(&self) -> &Path {
@@ -130,9 +116,6 @@ impl RunDir {
     /// The known entries go one by one, which is a fraction of a generic recursive walk;
     /// anything unexpected falls back to the walk.
     pub fn remove(&self) -> Result<(), NativeError> {
-        if self.handed_over {
-            return Ok(());
-        }
         // A persistent sandbox's socket and logs are left to the walk: listing them here
         // would cost every ephemeral run three failed unlinks.
         for file in [LOCK_FILE, "resolv.conf"] {

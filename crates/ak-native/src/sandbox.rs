@@ -35,9 +35,6 @@ pub(crate) enum Reach {
     Ephemeral {
         socket: Option<std::os::unix::net::UnixStream>,
         network: Option<NetworkHelper>,
-        /// Whether the release leaves its host-side end to a janitor (janitor.rs) once the
-        /// sandbox's processes are gone: in a one-shot process, which exits right after.
-        background_release: bool,
     },
     /// The agent listens at `socket`; the sandbox outlives this value and maybe us.
     Persistent {
@@ -50,10 +47,9 @@ pub(crate) enum Reach {
 }
 
 impl NativeSandbox {
-    /// Kills every process and releases every host resource; idempotent. Every process of
-    /// the sandbox is gone when this returns; with a background release, its cgroup and
-    /// runtime directory go a moment later, in a janitor.
+    /// Kills every process and releases every host resource; idempotent.
     pub(crate) fn release(&mut self) -> Result<SandboxUsage, NativeError> {
+        let mut usage = SandboxUsage::default();
         let started = std::time::Instant::now();
         if let Some(pidfd) = self.pidfd.take() {
             // The whole pid namespace dies with its init.
@@ -64,55 +60,8 @@ impl NativeSandbox {
             }
             tracing::debug!(elapsed = ?started.elapsed(), "sandbox init reaped");
         }
-        let usage = self
-            .cgroup
-            .as_ref()
-            .map(|cgroup| SandboxUsage {
-                peak_memory_bytes: cgroup.peak_memory_bytes(),
-                oom_killed: cgroup.oom_killed(),
-            })
-            .unwrap_or_default();
-        if let Reach::Ephemeral {
-            socket,
-            network,
-            background_release: background_release @ true,
-        } = &mut self.reach
-        {
-            // Once: what is handed over is no longer ours to release again.
-            *background_release = false;
-            *socket = None;
-            // The helper is our child (a janitor could not wait for it): killed here, it
-            // is reaped with the rest of this one-shot process.
-            if let Some(helper) = network.take() {
-                helper.kill();
-            }
-            match crate::janitor::fork() {
-                Ok(crate::janitor::Side::Caller) => {
-                    // The janitor removes them; dropped here, they remove nothing.
-                    self.cgroup = None;
-                    self.rundir.hand_over();
-                    tracing::debug!(elapsed = ?started.elapsed(), "sandbox release handed over");
-                    return Ok(usage);
-                }
-                Ok(crate::janitor::Side::Janitor) => {
-                    let _ = self.release_host_side();
-                    crate::janitor::exit();
-                }
-                Err(e) => tracing::debug!("no janitor ({e}): releasing here"),
-            }
-        }
-        self.release_host_side()?;
-        tracing::debug!(elapsed = ?started.elapsed(), "sandbox released");
-        Ok(usage)
-    }
-
-    /// What is left once the sandbox's processes are gone: its network helper, cgroup and
-    /// runtime directory.
-    fn release_host_side(&mut self) -> Result<(), NativeError> {
         match &mut self.reach {
-            Reach::Ephemeral {
-                socket, network, ..
-            } => {
+            Reach::Ephemeral { socket, network } => {
                 *socket = None;
                 if let Some(helper) = network.take() {
                     helper.stop();
@@ -125,6 +74,8 @@ impl NativeSandbox {
             }
         }
         if let Some(cgroup) = self.cgroup.take() {
+            usage.peak_memory_bytes = cgroup.peak_memory_bytes();
+            usage.oom_killed = cgroup.oom_killed();
             // Every process died with the pid namespace's init; should anything still be
             // in the cgroup (it cannot be, short of a kernel surprise), kill it and retry.
             if cgroup.remove().is_err() {
@@ -132,7 +83,9 @@ impl NativeSandbox {
                 cgroup.remove()?;
             }
         }
-        self.rundir.remove()
+        self.rundir.remove()?;
+        tracing::debug!(elapsed = ?started.elapsed(), "sandbox released");
+        Ok(usage)
     }
 
     /// What a handle records about this sandbox.
