@@ -82,3 +82,30 @@ fn a_killed_cli_leaves_nothing_behind() {
     assert_code(&run(Mode::Rootless, &["--no-network"], &["true"]), 0);
     assert_no_leaks(&before);
 }
+
+/// A one-shot `run` returns only once every process of its sandbox is gone, also one its
+/// command left running in the background.
+#[test]
+fn a_run_returns_with_every_process_of_its_sandbox_gone() {
+    let _host = exclusive_host();
+    let before = snapshot();
+    // Found on the host by its unusual argument.
+    let marker = "4242.4242";
+    for mode in [Mode::Root, Mode::Rootless] {
+        let output = run(
+            mode,
+            &["--no-network"],
+            &["sh", "-c", &format!("sleep {marker} & echo started")],
+        );
+        assert_code(&output, 0);
+        let left: Vec<String> = std::fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|entry| std::fs::read(entry.ok()?.path().join("cmdline")).ok())
+            .map(|cmdline| String::from_utf8_lossy(&cmdline).replace('\0', " "))
+            // The command's own `sleep`, not a process that names it (the CLI's argv).
+            .filter(|cmdline| cmdline.starts_with("sleep ") && cmdline.contains(marker))
+            .collect();
+        assert!(left.is_empty(), "{mode:?}: still running: {left:?}");
+    }
+    assert_no_leaks(&before);
+}
