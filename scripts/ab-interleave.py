@@ -7,7 +7,9 @@ wait4's rusage), and both as ratios to the first command.
 
 Usage: scripts/ab-interleave.py ROUNDS PAUSE_S 'CMD A' 'CMD B' [...]
 Times include starting the command from Python (the same for every command), so compare
-differences, not absolute values. CPU time misses work the kernel does later in its own
+differences, not absolute values. Put the compared builds' binaries in the same page cache
+state first (scripts/binary-cache-state.py read DIR...): that state alone moves a cold run
+by up to ~1.2 ms. CPU time misses work the kernel does later in its own
 threads (a network namespace's teardown) and processes nobody waited for. Five warm-up
 rounds are not counted.
 """

@@ -12,10 +12,12 @@ baseline in one hyperfine run, as ratios (these machines are noisy):
 Usage: scripts/bench-native-speed.py [--runs N] [--build AGENTKERNEL] [--baseline OLD_AGENTKERNEL]
 With --baseline (another build's agentkernel, its ak-agent beside it), the same
 measurements are made for it too: the cold lines in the same hyperfine run, the daemon
-lines right after. Compare copies made at the same time (`cp` each build's agentkernel and
-ak-agent into a directory of its own just before): here a binary just written by the linker,
-or a copy made an hour earlier, starts up to 0.3 ms slower than a fresh copy of itself (the
-state of its pages in the page cache), which is as much as some changes gain. Needs root (or delegated cgroups), hyperfine, bubblewrap, slirp4netns and
+lines right after. Each build's binaries are first put in the same page cache state
+(--binary-cache, scripts/binary-cache-state.py): a binary faulted in from disk by its first
+exec (after a reboot, or an eviction) starts up to ~1.2 ms slower per cold run than the same
+file freshly written or read, which is more than most changes gain. Put each build in a
+directory of its own (agentkernel, ak-server, ak-agent, ak-egress) and stop its daemons first.
+Needs root (or delegated cgroups), hyperfine, bubblewrap, slirp4netns and
 a release build. Uses private state directories. Writes
 benchmark-results/native_speed_<time>.json.
 """
@@ -101,6 +103,10 @@ def main():
     parser.add_argument("--runs", type=int, default=60, help="cold runs per command")
     parser.add_argument("--build", default=BIN, help="the agentkernel to measure")
     parser.add_argument("--baseline", help="another build's agentkernel to compare with")
+    parser.add_argument("--binary-cache", choices=("read", "exec", "as-is"), default="read",
+                        help="the page cache state to put each build's binaries in first "
+                             "(scripts/binary-cache-state.py): read = as freshly installed "
+                             "(the default), exec = as after a reboot, as-is = leave it")
     args = parser.parse_args()
     builds = [("this build", os.path.abspath(args.build))]
     if args.baseline:
@@ -108,6 +114,12 @@ def main():
     for _, binary in builds:
         if not os.access(binary, os.X_OK):
             sys.exit(f"not executable: {binary} (build first: cargo build --release)")
+
+    if args.binary_cache != "as-is":
+        # The state of a binary's page cache alone moves a cold run by up to ~1.2 ms here
+        # (docs/benchmarks.md): every build starts from the same one.
+        subprocess.run([os.path.join(ROOT, "scripts/binary-cache-state.py"), args.binary_cache]
+                       + [os.path.dirname(binary) for _, binary in builds], check=True)
 
     cold_commands = [ECHO, BWRAP]
     for _, binary in builds:
