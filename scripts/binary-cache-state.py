@@ -19,6 +19,7 @@ Eviction (POSIX_FADV_DONTNEED) drops only pages nobody maps: stop daemons of the
 first. Prints, for each binary, how much of it is in the page cache afterwards.
 """
 import os
+import subprocess
 import sys
 
 BINARIES = ("agentkernel", "ak-server", "ak-agent", "ak-egress")
@@ -26,8 +27,6 @@ BINARIES = ("agentkernel", "ak-server", "ak-agent", "ak-egress")
 
 def resident(path: str) -> str:
     """How much of `path` is in the page cache, as util-linux's `fincore` reports it."""
-    import subprocess
-
     result = subprocess.run(
         ["fincore", "--noheadings", "--output", "RES,SIZE", path],
         capture_output=True,
