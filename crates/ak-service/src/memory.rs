@@ -45,9 +45,7 @@ impl Service {
 
     /// [`Service::save_named`] without its audit entry.
     async fn save_unaudited(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
-        let (_lock, record) = self.lock_name(name).await?;
-        self.check_alive(&record).await?;
-        let record = self.record(name)?;
+        let (_lock, record) = self.lock_name_checked(name).await?;
         require(
             &record,
             &[SandboxState::Running, SandboxState::Paused],
@@ -135,9 +133,7 @@ impl Service {
             .host_dir_of(&source.uuid)?
             .join(format!("fork-{}.state", &new_sandbox_id()[..16]));
         let root_copy = {
-            let (_lock, record) = self.lock_name(sandbox).await?;
-            self.check_alive(&record).await?;
-            let source = self.record(sandbox)?;
+            let (_lock, source) = self.lock_name_checked(sandbox).await?;
             require(
                 &source,
                 &[SandboxState::Running, SandboxState::Paused],

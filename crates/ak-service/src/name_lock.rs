@@ -61,6 +61,20 @@ impl Service {
         }
     }
 
+    /// [`Service::lock_name`], then [`Service::check_alive`]: the record as it stands once
+    /// a sandbox whose processes died is marked failed (read again only then).
+    pub(crate) async fn lock_name_checked(
+        &self,
+        name: &str,
+    ) -> Result<(NameLock, SandboxRecord), ServiceError> {
+        let (lock, record) = self.lock_name(name).await?;
+        if self.check_alive(&record).await? {
+            return Ok((lock, record));
+        }
+        let record = self.record(name)?;
+        Ok((lock, record))
+    }
+
     /// `name`'s record, read with its lock held; when no sandbox has `name` (removed while
     /// we waited, or never created: a creation failed), removes `lock`'s file instead, so
     /// that the directory holds one file per sandbox.

@@ -20,10 +20,8 @@ impl Service {
         } else {
             (SandboxState::Paused, SandboxState::Running, "resume")
         };
-        let (_lock, record) = self.lock_name(name).await?;
         // A sandbox whose processes died is found failed here, not paused.
-        self.check_alive(&record).await?;
-        let record = self.record(name)?;
+        let (_lock, record) = self.lock_name_checked(name).await?;
         require(&record, &[from], action)?;
         let handle = parse_handle(&record)?;
         self.backend(record.backend)?

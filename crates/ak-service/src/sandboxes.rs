@@ -379,11 +379,11 @@ impl Service {
     /// One named sandbox, after reconciling it with reality.
     pub async fn inspect_named(&self, name: &str) -> Result<SandboxRecord, ServiceError> {
         let record = self.record(name)?;
-        if record.state.is_up() {
-            let (_lock, record) = self.lock_name(name).await?;
-            self.check_alive(&record).await?;
+        if !record.state.is_up() {
+            return Ok(record);
         }
-        self.record(name)
+        let (_lock, record) = self.lock_name_checked(name).await?;
+        Ok(record)
     }
 
     /// [`Service::exec_named`] without its audit entry.

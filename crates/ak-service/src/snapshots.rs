@@ -100,10 +100,8 @@ impl Service {
         };
         validate_name(&name)
             .map_err(|e| ServiceError::InvalidInput(format!("snapshot name: {e}")))?;
-        let (_lock, record) = self.lock_name(sandbox).await?;
         // A sandbox whose processes died is found failed here, not frozen.
-        self.check_alive(&record).await?;
-        let record = self.record(sandbox)?;
+        let (_lock, record) = self.lock_name_checked(sandbox).await?;
         crate::sandboxes::require(
             &record,
             &[
