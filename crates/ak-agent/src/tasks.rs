@@ -39,8 +39,9 @@ pub(crate) fn parse(args: &[OsString]) -> Option<Result<Task, BadTask>> {
 /// (`--set-clock`) or a restore (the sync line), the guest's clock is behind the host's.
 pub(crate) fn set_clock(time: WallTime) -> std::io::Result<()> {
     let time = libc::timespec {
-        // Both fit: a WallTime is before 2100, its nanoseconds below 10^9.
-        tv_sec: time.seconds() as libc::time_t,
+        // Both fit: a WallTime is before 2100, its nanoseconds below 10^9. (`as _`, the
+        // field's own type: the libc crate deprecates naming musl's `time_t`.)
+        tv_sec: time.seconds() as _,
         tv_nsec: time.nanoseconds() as libc::c_long,
     };
     // SAFETY: `time` is a valid timespec for the call to read.
