@@ -7,7 +7,9 @@ baseline in one hyperfine run, as ratios (these machines are noisy):
 - through the daemon's warm pool: 40 back-to-back runs against a bare `/bin/echo hello`
   (target: median at most 4x), and 40 runs 150 ms apart (at most 2.5x);
 - pooled runs at concurrency 8 (target: at least 300 runs/s, no errors);
-- the pool's hit rate and refill time from `daemon status --json`.
+- the pool's hit rate and refill time from `daemon status --json`;
+- whether each build's hot functions are laid out by this tree's lists
+  (`scripts/symbol-order.py --check`).
 
 Usage: scripts/bench-native-speed.py [--runs N] [--build AGENTKERNEL] [--baseline OLD_AGENTKERNEL]
 With --baseline (another build's agentkernel, its ak-agent beside it), the same
@@ -121,13 +123,25 @@ def main():
         subprocess.run([os.path.join(ROOT, "scripts/binary-cache-state.py"), args.binary_cache]
                        + [os.path.dirname(binary) for _, binary in builds], check=True)
 
+    # Whether each build's hot functions are laid out together by this tree's lists
+    # (scripts/symbol-order.py): a build without it runs cold ~0.5 ms slower.
+    layout = {}
+    for name, binary in builds:
+        checked = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/symbol-order.py"),
+                                  "--check", "--build", os.path.dirname(binary),
+                                  "--musl-agent", os.path.join(os.path.dirname(binary), "ak-agent")],
+                                 capture_output=True, text=True, check=False)
+        layout[name] = (checked.stdout or checked.stderr).strip().splitlines()
+        for line in layout[name]:
+            print(f"{name}: {line}")
+
     cold_commands = [ECHO, BWRAP]
     for _, binary in builds:
         cold_commands += [f"{binary} run --no-network -- {ECHO}", f"{binary} run -- {ECHO}"]
     cold = hyperfine(cold_commands, args.runs)
     result = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
                           "load_before": os.getloadavg()},
-              "cold": cold, "pooled": {}}
+              "symbol_order": layout, "cold": cold, "pooled": {}}
     for name, binary in builds:
         result["pooled"][name] = pooled(binary)
 
