@@ -18,7 +18,8 @@ lines right after. Each build's binaries are first put in the same page cache st
 (--binary-cache, scripts/binary-cache-state.py): a binary faulted in from disk by its first
 exec (after a reboot, or an eviction) starts up to ~1.2 ms slower per cold run than the same
 file freshly written or read, which is more than most changes gain. Put each build in a
-directory of its own (agentkernel, ak-server, ak-agent, ak-egress) and stop its daemons first.
+directory of its own (agentkernel, ak-server, ak-agent, ak-egress, and ak-agent-musl where
+scripts/build-musl-agent.sh DIR installed it) and stop its daemons first.
 Needs root (or delegated cgroups), hyperfine, bubblewrap, slirp4netns and
 a release build. Uses private state directories. Writes
 benchmark-results/native_speed_<time>.json.
@@ -96,6 +97,15 @@ def pooled(binary):
     return result
 
 
+def musl_agent_beside(binary):
+    """The musl agent the CLI at `binary` runs if it is there (scripts/build-musl-agent.sh
+    DIR installs it as ak-agent-musl), else the ak-agent beside it, which an older layout
+    replaced with the musl one."""
+    directory = os.path.dirname(binary)
+    musl = os.path.join(directory, "ak-agent-musl")
+    return musl if os.path.exists(musl) else os.path.join(directory, "ak-agent")
+
+
 def ratio(line, base):
     return line["median_ms"] / base["median_ms"]
 
@@ -129,7 +139,7 @@ def main():
     for name, binary in builds:
         checked = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/symbol-order.py"),
                                   "--check", "--build", os.path.dirname(binary),
-                                  "--musl-agent", os.path.join(os.path.dirname(binary), "ak-agent")],
+                                  "--musl-agent", musl_agent_beside(binary)],
                                  capture_output=True, text=True, check=False)
         layout[name] = (checked.stdout or checked.stderr).strip().splitlines()
         for line in layout[name]:

@@ -22,7 +22,7 @@ import os
 import subprocess
 import sys
 
-BINARIES = ("agentkernel", "ak-server", "ak-agent", "ak-egress")
+BINARIES = ("agentkernel", "ak-server", "ak-agent", "ak-agent-musl", "ak-egress")
 
 
 def resident(path: str) -> str:

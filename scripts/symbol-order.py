@@ -272,7 +272,9 @@ def generate(build: str, musl_agent: str, rounds: int, out_dir: str | None) -> N
     exact = []
     with tempfile.TemporaryDirectory(prefix="symbol-order-") as workdir:
         env = environment(workdir)
-        profile(cli.path, [cli, agent], workdir, env, rounds, exact)
+        # Named outright: the CLI would prefer an `ak-agent-musl` beside it.
+        profile(cli.path, [cli, agent], workdir, {**env, "AGENTKERNEL_AGENT": agent.path},
+                rounds, exact)
         write_order(cli, exact, list_path(CLI_LIST, out_dir))
         write_order(agent, [], list_path(AGENT_LIST, out_dir))
         if os.path.exists(musl_agent):

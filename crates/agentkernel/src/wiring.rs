@@ -16,7 +16,6 @@ use ak_service::pool::PoolConfig;
 use ak_service::{CallerPolicy, Service};
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// Environment variable naming the agent executable explicitly.
 /// The kernel features the native backend found on this host (for `status`).
 pub use ak_native::probe::HostFeatures;
 
@@ -24,6 +23,7 @@ pub fn host_features() -> HostFeatures {
     HostFeatures::detect()
 }
 
+/// Environment variable naming the agent executable explicitly.
 pub const AGENT_ENV: &str = "AGENTKERNEL_AGENT";
 
 /// The directory of this executable, where its helpers are looked for. Worked out once per
@@ -67,12 +67,38 @@ pub fn exec_server() -> anyhow::Error {
     ))
 }
 
-/// The static agent: `$AGENTKERNEL_AGENT`, else `ak-agent` beside this executable.
+/// The static agent: `$AGENTKERNEL_AGENT`, else the one beside this executable that
+/// [`agent_beside`] picks.
 pub fn agent_path() -> PathBuf {
     if let Some(path) = std::env::var_os(AGENT_ENV) {
         return PathBuf::from(path);
     }
-    exe_dir().map_or_else(|| PathBuf::from("ak-agent"), |dir| dir.join("ak-agent"))
+    static BESIDE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BESIDE
+        .get_or_init(|| exe_dir().map_or_else(|| PathBuf::from(AGENT), agent_beside))
+        .clone()
+}
+
+/// The agent `cargo build` links (static glibc).
+const AGENT: &str = "ak-agent";
+/// The agent `scripts/build-musl-agent.sh DIR` installs (static musl): its start skips
+/// glibc's `cpuid` probing of the CPU's caches, which traps to the hypervisor in a VM, so a
+/// cold `run` takes ~0.4 ms less (docs/benchmarks.md). It has a name of its own because
+/// every `cargo build`, even one that builds nothing, links `ak-agent` back into place.
+const MUSL_AGENT: &str = "ak-agent-musl";
+
+/// In `dir`: the musl agent where it is at least as new as the glibc one, else the glibc
+/// one. A musl agent older than a `cargo build`'s agent was built from older code, and the
+/// newer code wins until the script builds it again.
+fn agent_beside(dir: &Path) -> PathBuf {
+    let glibc = dir.join(AGENT);
+    let musl = dir.join(MUSL_AGENT);
+    let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    match (modified(&musl), modified(&glibc)) {
+        (Some(musl_time), Some(glibc_time)) if musl_time >= glibc_time => musl,
+        (Some(_), None) => musl,
+        _ => glibc,
+    }
 }
 
 /// Environment variable naming the egress helper explicitly.
@@ -322,4 +348,55 @@ fn pull_progress() -> ProgressSink {
             bar.finish_and_clear();
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    fn agent_file(dir: &Path, name: &str, modified: SystemTime) {
+        let file = std::fs::File::create(dir.join(name)).unwrap();
+        file.set_modified(modified).unwrap();
+    }
+
+    #[test]
+    fn the_musl_agent_is_chosen_unless_a_newer_build_replaced_the_glibc_one() {
+        let earlier = SystemTime::now() - Duration::from_secs(60);
+        let later = SystemTime::now();
+
+        let only_glibc = tempfile::tempdir().unwrap();
+        agent_file(only_glibc.path(), AGENT, later);
+        assert_eq!(
+            agent_beside(only_glibc.path()),
+            only_glibc.path().join(AGENT)
+        );
+
+        let musl_newer = tempfile::tempdir().unwrap();
+        agent_file(musl_newer.path(), AGENT, earlier);
+        agent_file(musl_newer.path(), MUSL_AGENT, later);
+        assert_eq!(
+            agent_beside(musl_newer.path()),
+            musl_newer.path().join(MUSL_AGENT)
+        );
+
+        let glibc_newer = tempfile::tempdir().unwrap();
+        agent_file(glibc_newer.path(), MUSL_AGENT, earlier);
+        agent_file(glibc_newer.path(), AGENT, later);
+        assert_eq!(
+            agent_beside(glibc_newer.path()),
+            glibc_newer.path().join(AGENT)
+        );
+
+        let only_musl = tempfile::tempdir().unwrap();
+        agent_file(only_musl.path(), MUSL_AGENT, earlier);
+        assert_eq!(
+            agent_beside(only_musl.path()),
+            only_musl.path().join(MUSL_AGENT)
+        );
+
+        // Neither: the glibc name, so that the error names what `cargo build` makes.
+        let neither = tempfile::tempdir().unwrap();
+        assert_eq!(agent_beside(neither.path()), neither.path().join(AGENT));
+    }
 }
