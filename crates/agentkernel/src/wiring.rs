@@ -355,48 +355,30 @@ mod tests {
     use super::*;
     use std::time::{Duration, SystemTime};
 
-    fn agent_file(dir: &Path, name: &str, modified: SystemTime) {
-        let file = std::fs::File::create(dir.join(name)).unwrap();
-        file.set_modified(modified).unwrap();
-    }
-
     #[test]
     fn the_musl_agent_is_chosen_unless_a_newer_build_replaced_the_glibc_one() {
         let earlier = SystemTime::now() - Duration::from_secs(60);
         let later = SystemTime::now();
-
-        let only_glibc = tempfile::tempdir().unwrap();
-        agent_file(only_glibc.path(), AGENT, later);
-        assert_eq!(
-            agent_beside(only_glibc.path()),
-            only_glibc.path().join(AGENT)
-        );
-
-        let musl_newer = tempfile::tempdir().unwrap();
-        agent_file(musl_newer.path(), AGENT, earlier);
-        agent_file(musl_newer.path(), MUSL_AGENT, later);
-        assert_eq!(
-            agent_beside(musl_newer.path()),
-            musl_newer.path().join(MUSL_AGENT)
-        );
-
-        let glibc_newer = tempfile::tempdir().unwrap();
-        agent_file(glibc_newer.path(), MUSL_AGENT, earlier);
-        agent_file(glibc_newer.path(), AGENT, later);
-        assert_eq!(
-            agent_beside(glibc_newer.path()),
-            glibc_newer.path().join(AGENT)
-        );
-
-        let only_musl = tempfile::tempdir().unwrap();
-        agent_file(only_musl.path(), MUSL_AGENT, earlier);
-        assert_eq!(
-            agent_beside(only_musl.path()),
-            only_musl.path().join(MUSL_AGENT)
-        );
-
-        // Neither: the glibc name, so that the error names what `cargo build` makes.
-        let neither = tempfile::tempdir().unwrap();
-        assert_eq!(agent_beside(neither.path()), neither.path().join(AGENT));
+        // (the agents in the directory and when each was written, the one chosen); with
+        // neither, the glibc name, so that the error names what `cargo build` makes.
+        let cases: [(&[(&str, SystemTime)], &str); 5] = [
+            (&[(AGENT, later)], AGENT),
+            (&[(AGENT, earlier), (MUSL_AGENT, later)], MUSL_AGENT),
+            (&[(MUSL_AGENT, earlier), (AGENT, later)], AGENT),
+            (&[(MUSL_AGENT, earlier)], MUSL_AGENT),
+            (&[], AGENT),
+        ];
+        for (agents, chosen) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            for (name, modified) in agents {
+                let file = std::fs::File::create(dir.path().join(name)).unwrap();
+                file.set_modified(*modified).unwrap();
+            }
+            assert_eq!(
+                agent_beside(dir.path()),
+                dir.path().join(chosen),
+                "{agents:?}"
+            );
+        }
     }
 }
