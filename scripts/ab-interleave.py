@@ -20,15 +20,15 @@ import sys
 import time
 
 
-def main() -> None:
-    if len(sys.argv) < 5:
-        sys.exit(__doc__)
-    rounds, pause = int(sys.argv[1]), float(sys.argv[2])
-    commands = [shlex.split(c) for c in sys.argv[3:]]
+def interleave(commands: list[list[str]], rounds: int, pause: float,
+               warmup: int = 5) -> list[dict]:
+    """Runs every command once per round, in turn, `pause` seconds before each, output to
+    /dev/null; returns each command's median wall and CPU time (ms) over `rounds` rounds,
+    after `warmup` rounds not counted. Exits if a command fails."""
     walls = [[] for _ in commands]
     cpus = [[] for _ in commands]
     devnull = os.open(os.devnull, os.O_WRONLY)
-    for round_ in range(rounds + 5):
+    for round_ in range(rounds + warmup):
         for index, argv in enumerate(commands):
             time.sleep(pause)
             started = time.perf_counter()
@@ -37,17 +37,28 @@ def main() -> None:
             _, status, usage = os.wait4(pid, 0)
             elapsed = (time.perf_counter() - started) * 1000
             if status != 0:
-                sys.exit(f"{sys.argv[3 + index]} failed (wait status {status})")
-            if round_ >= 5:
+                sys.exit(f"{shlex.join(argv)} failed (wait status {status})")
+            if round_ >= warmup:
                 walls[index].append(elapsed)
                 cpus[index].append((usage.ru_utime + usage.ru_stime) * 1000)
-    wall = [statistics.median(w) for w in walls]
-    cpu = [statistics.median(c) for c in cpus]
+    os.close(devnull)
+    return [{"command": shlex.join(argv), "median_ms": statistics.median(wall),
+             "cpu_ms": statistics.median(cpu), "rounds": rounds}
+            for argv, wall, cpu in zip(commands, walls, cpus)]
+
+
+def main() -> None:
+    if len(sys.argv) < 5:
+        sys.exit(__doc__)
+    rounds, pause = int(sys.argv[1]), float(sys.argv[2])
+    lines = interleave([shlex.split(c) for c in sys.argv[3:]], rounds, pause)
+    first = lines[0]
     print(f"{'wall ms':>8} {'cpu ms':>8} {'wall x':>7} {'cpu x':>7}  command "
           f"(medians of {rounds} rounds; ratios to the first)")
-    for index, command in enumerate(sys.argv[3:]):
-        print(f"{wall[index]:8.3f} {cpu[index]:8.3f} {wall[index] / wall[0]:7.2f} "
-              f"{cpu[index] / cpu[0]:7.2f}  {command}")
+    for line, command in zip(lines, sys.argv[3:]):
+        print(f"{line['median_ms']:8.3f} {line['cpu_ms']:8.3f} "
+              f"{line['median_ms'] / first['median_ms']:7.2f} "
+              f"{line['cpu_ms'] / first['cpu_ms']:7.2f}  {command}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """The native backend's speed targets (issue 18), each measured side by side with its
-baseline in one hyperfine run, as ratios (these machines are noisy):
+baseline, as ratios (these machines are noisy): the commands run in turn, round after round
+(scripts/ab-interleave.py), except the back-to-back runs, which one hyperfine batch makes:
 
 - cold `run --no-network -- /bin/echo hello` against bubblewrap with every namespace
   (target: at most 1.0x), and cold `run` with the default outbound network (at most 1.3x);
@@ -13,7 +14,7 @@ baseline in one hyperfine run, as ratios (these machines are noisy):
 
 Usage: scripts/bench-native-speed.py [--runs N] [--build AGENTKERNEL] [--baseline OLD_AGENTKERNEL]
 With --baseline (another build's agentkernel, its ak-agent beside it), the same
-measurements are made for it too: the cold lines in the same hyperfine run, the daemon
+measurements are made for it too: the cold lines in the same interleaved rounds, the daemon
 lines right after. Each build's binaries are first put in the same page cache state
 (--binary-cache, scripts/binary-cache-state.py): a binary faulted in from disk by its first
 exec (after a reboot, or an eviction) starts up to ~1.2 ms slower per cold run than the same
@@ -25,8 +26,10 @@ a release build. Uses private state directories. Writes
 benchmark-results/native_speed_<time>.json.
 """
 import argparse
+import importlib.util
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -40,6 +43,17 @@ BWRAP = ("bwrap --ro-bind / / --dev /dev --proc /proc --tmpfs /tmp --unshare-all
 POOLED_RUNS = 40
 THROUGHPUT_RUNS = 400
 CONCURRENCY = 8
+
+
+def interleaved(commands, rounds, pause):
+    """Median wall and CPU time (ms) of each command, the commands run in turn round after
+    round (scripts/ab-interleave.py): batches of one command after the other drift on these
+    VMs by more than the differences measured."""
+    spec = importlib.util.spec_from_file_location(
+        "ab_interleave", os.path.join(ROOT, "scripts", "ab-interleave.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.interleave([shlex.split(c) for c in commands], rounds, pause)
 
 
 def hyperfine(commands, runs, prepare=None, warmup=10):
@@ -86,8 +100,7 @@ def pooled(binary):
         time.sleep(1)
         result["back_to_back"] = hyperfine([ECHO, run], POOLED_RUNS, warmup=0)
         time.sleep(6)  # the pool goes idle again
-        result["paused_150ms"] = hyperfine([ECHO, run], POOLED_RUNS, prepare="sleep 0.15",
-                                           warmup=0)
+        result["paused_150ms"] = interleaved([ECHO, run], POOLED_RUNS, 0.15)
         time.sleep(6)
         result["throughput"] = throughput(binary)
         result["daemon_status"] = json.loads(ak("daemon", "status", "--json").stdout)
@@ -112,7 +125,8 @@ def ratio(line, base):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=60, help="cold runs per command")
+    parser.add_argument("--runs", type=int, default=60,
+                        help="cold runs per command (interleaved rounds)")
     parser.add_argument("--build", default=BIN, help="the agentkernel to measure")
     parser.add_argument("--baseline", help="another build's agentkernel to compare with")
     parser.add_argument("--binary-cache", choices=("read", "exec", "as-is"), default="read",
@@ -148,7 +162,7 @@ def main():
     cold_commands = [ECHO, BWRAP]
     for _, binary in builds:
         cold_commands += [f"{binary} run --no-network -- {ECHO}", f"{binary} run -- {ECHO}"]
-    cold = hyperfine(cold_commands, args.runs)
+    cold = interleaved(cold_commands, args.runs, 0.02)
     result = {"machine": {"cpus": os.cpu_count(), "kernel": os.uname().release,
                           "load_before": os.getloadavg()},
               "symbol_order": layout, "cold": cold, "pooled": {}}
@@ -156,7 +170,7 @@ def main():
         result["pooled"][name] = pooled(binary)
 
     bwrap = cold[1]
-    print(f"cold, one hyperfine run of {args.runs} each (median ms; ratio to bwrap / to echo):")
+    print(f"cold, {args.runs} interleaved rounds (median ms; ratio to bwrap / to echo):")
     for line in cold:
         print(f"  {line['median_ms']:7.2f}  {ratio(line, bwrap):5.2f}x  "
               f"{ratio(line, cold[0]):5.2f}x  {line['command']}")
