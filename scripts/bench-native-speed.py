@@ -45,24 +45,30 @@ THROUGHPUT_RUNS = 400
 CONCURRENCY = 8
 
 
-def interleaved(commands, rounds, pause):
-    """Median wall and CPU time (ms) of each command, the commands run in turn round after
-    round (scripts/ab-interleave.py): batches of one command after the other drift on these
-    VMs by more than the differences measured."""
+def load_ab_interleave():
+    """scripts/ab-interleave.py as a module (its file name is not an importable one)."""
     spec = importlib.util.spec_from_file_location(
         "ab_interleave", os.path.join(ROOT, "scripts", "ab-interleave.py"))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.interleave([shlex.split(c) for c in commands], rounds, pause)
+    return module
 
 
-def hyperfine(commands, runs, prepare=None, warmup=10):
+AB_INTERLEAVE = load_ab_interleave()
+
+
+def interleaved(commands, rounds, pause):
+    """Median wall and CPU time (ms) of each command, the commands run in turn round after
+    round (scripts/ab-interleave.py): batches of one command after the other drift on these
+    VMs by more than the differences measured."""
+    return AB_INTERLEAVE.interleave([shlex.split(c) for c in commands], rounds, pause)
+
+
+def hyperfine(commands, runs, warmup=10):
     """Median, mean (ms) and CPU (ms) of each command, measured in one hyperfine run."""
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
         cmd = ["hyperfine", "-N", "--warmup", str(warmup), "--runs", str(runs),
                "--export-json", out.name]
-        if prepare:
-            cmd += ["--prepare", prepare]
         subprocess.run(cmd + commands, check=True, capture_output=True, cwd="/tmp")
         results = json.load(open(out.name))["results"]
     return [{"command": r["command"], "median_ms": r["median"] * 1000,
