@@ -5,7 +5,7 @@
 # relinked the agent from newer code wins until this runs again); or point
 # AGENTKERNEL_AGENT at it. Why: every sandbox starts the agent, and musl's start-up does
 # less than static glibc's (no IRELATIVE relocations, tunables or CPU cache probing by
-# cpuid, which traps to the hypervisor in a VM): 0.16 ms of CPU instead of 0.54 ms per
+# cpuid, which traps to the hypervisor in a VM): 0.14 ms of CPU instead of 0.54 ms per
 # start, ~0.4 ms less per cold `run` (docs/benchmarks.md). Only the agent crate and its
 # dependencies are built (no C code), so Rust's bundled musl is all it needs: no musl-gcc.
 #
