@@ -3,7 +3,7 @@
 
 /// musl's allocator (mallocng) keeps each size class in groups of its own, mapped apart,
 /// and maps and unmaps them as they fill and empty; dlmalloc carves blocks out of a few
-/// large regions. Serving one pooled `run`, the agent took 6 page faults fewer with it
+/// large regions, and the agent serving a pooled `run` takes fewer page faults with it
 /// (docs/benchmarks.md, "The musl agent, lighter"). glibc's allocator packs blocks too, so
 /// the glibc build keeps it. The agent is single-threaded but for tokio's blocking pool,
 /// so dlmalloc's one lock is seldom contended.
