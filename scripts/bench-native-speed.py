@@ -116,15 +116,6 @@ def pooled(binary):
     return result
 
 
-def musl_agent_beside(binary):
-    """The musl agent the CLI at `binary` runs if it is there (scripts/build-musl-agent.sh
-    DIR installs it as ak-agent-musl), else the ak-agent beside it, which an older layout
-    replaced with the musl one."""
-    directory = os.path.dirname(binary)
-    musl = os.path.join(directory, "ak-agent-musl")
-    return musl if os.path.exists(musl) else os.path.join(directory, "ak-agent")
-
-
 def ratio(line, base):
     return line["median_ms"] / base["median_ms"]
 
@@ -159,7 +150,10 @@ def main():
     for name, binary in builds:
         checked = subprocess.run([sys.executable, os.path.join(ROOT, "scripts/symbol-order.py"),
                                   "--check", "--build", os.path.dirname(binary),
-                                  "--musl-agent", musl_agent_beside(binary)],
+                                  # where scripts/build-musl-agent.sh DIR installs it;
+                                  # reported as not built when absent
+                                  "--musl-agent",
+                                  os.path.join(os.path.dirname(binary), "ak-agent-musl")],
                                  capture_output=True, text=True, check=False)
         layout[name] = (checked.stdout or checked.stderr).strip().splitlines()
         for line in layout[name]:
